@@ -1,0 +1,220 @@
+// Host-side helpers of the fused ConvLSTM cell shared by the CPU and CUDA implementations:
+// argument checks with clear messages, and the (N, C, P = H*W) strided view the kernels iterate.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+namespace pyframepred {
+
+// A 4-d tensor (N, K, H, W) seen as (N, K, P = H*W) with one stride per dimension. Contiguous
+// NCHW, channels_last and expanded (stride-0) tensors all have such a view; anything else is
+// made contiguous first (see `as_view3`).
+struct View3 {
+  int64_t sN, sC, sP;
+};
+
+inline bool has_view3(const at::Tensor& t) {
+  const int64_t H = t.size(2), W = t.size(3);
+  return H == 1 || W == 1 || t.stride(2) == W * t.stride(3);
+}
+
+inline View3 view3_strides(const at::Tensor& t) {
+  const int64_t H = t.size(2), W = t.size(3);
+  int64_t sP = 1;
+  if (W > 1) {
+    sP = t.stride(3);
+  } else if (H > 1) {
+    sP = t.stride(2);
+  }
+  return View3{t.stride(0), t.stride(1), sP};
+}
+
+// Returns `t` itself when it has a (N, K, P) view, otherwise a contiguous copy.
+inline at::Tensor as_view3(const at::Tensor& t) {
+  return has_view3(t) ? t : t.contiguous();
+}
+
+// True when the tensor's memory runs channel-fastest (channels_last), which decides the kernels'
+// iteration order (results never depend on it).
+inline bool channels_fastest(const at::Tensor& t) {
+  const View3 v = view3_strides(t);
+  const int64_t P = t.size(2) * t.size(3);
+  return P > 1 && t.size(1) > 1 && v.sC == 1 && v.sP != 1;
+}
+
+inline std::string shape_str(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t k = 0; k < s.size(); ++k) {
+    out += std::to_string(s[k]);
+    if (k + 1 < s.size()) out += ", ";
+  }
+  return out + ")";
+}
+
+inline void check_float_tensor(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+              " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+              t.scalar_type());
+}
+
+inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
+                       const char* name, const char* ref_name) {
+  check_float_tensor(t, op, name);
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
+              ref_name, " is on ", ref.device(), "; all inputs must be on one device");
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type(),
+              "; all inputs must have one dtype");
+}
+
+inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op,
+                        const char* name, const char* what) {
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", what, " = ",
+              shape_str(expected), ", got ", shape_str(t.sizes()));
+}
+
+// Checks the forward arguments and returns C (the hidden channel count).
+inline int64_t check_convlstm_forward_args(const at::Tensor& x_gates,
+                                           const std::optional<at::Tensor>& h_gates,
+                                           const at::Tensor& c_prev,
+                                           const std::optional<at::Tensor>& bias,
+                                           const std::optional<at::Tensor>& peephole) {
+  constexpr const char* op = "convlstm_gates";
+  check_float_tensor(x_gates, op, "x_gates");
+  TORCH_CHECK(x_gates.dim() == 4, op, ": x_gates must be 4-d (N, 4*C, H, W), got shape ",
+              shape_str(x_gates.sizes()));
+  TORCH_CHECK(x_gates.size(1) % 4 == 0 && x_gates.size(1) > 0, op,
+              ": x_gates must have 4*C channels (gates i, f, g, o), got ", x_gates.size(1));
+  const int64_t N = x_gates.size(0), C = x_gates.size(1) / 4;
+  const int64_t H = x_gates.size(2), W = x_gates.size(3);
+  if (h_gates.has_value()) {
+    check_like(*h_gates, x_gates, op, "h_gates", "x_gates");
+    check_shape(*h_gates, x_gates.sizes(), op, "h_gates", "x_gates.shape");
+  }
+  check_like(c_prev, x_gates, op, "c_prev", "x_gates");
+  check_shape(c_prev, {N, C, H, W}, op, "c_prev", "(N, C, H, W)");
+  if (bias.has_value()) {
+    check_like(*bias, x_gates, op, "bias", "x_gates");
+    check_shape(*bias, {4 * C}, op, "bias", "(4*C,)");
+  }
+  if (peephole.has_value()) {
+    check_like(*peephole, x_gates, op, "peephole", "x_gates");
+    check_shape(*peephole, {3, C}, op, "peephole", "(3, C)");
+  }
+  return C;
+}
+
+inline int64_t check_convlstm_backward_args(const at::Tensor& grad_h, const at::Tensor& grad_c,
+                                            const at::Tensor& gates, const at::Tensor& c_prev,
+                                            const std::optional<at::Tensor>& peephole) {
+  constexpr const char* op = "convlstm_gates_backward";
+  check_float_tensor(gates, op, "gates");
+  TORCH_CHECK(gates.dim() == 4 && gates.size(1) % 4 == 0 && gates.size(1) > 0, op,
+              ": gates must be (N, 4*C, H, W), got ", shape_str(gates.sizes()));
+  const int64_t N = gates.size(0), C = gates.size(1) / 4;
+  const int64_t H = gates.size(2), W = gates.size(3);
+  check_like(c_prev, gates, op, "c_prev", "gates");
+  check_shape(c_prev, {N, C, H, W}, op, "c_prev", "(N, C, H, W)");
+  check_like(grad_h, gates, op, "grad_h", "gates");
+  check_shape(grad_h, {N, C, H, W}, op, "grad_h", "(N, C, H, W)");
+  check_like(grad_c, gates, op, "grad_c", "gates");
+  check_shape(grad_c, {N, C, H, W}, op, "grad_c", "(N, C, H, W)");
+  if (peephole.has_value()) {
+    check_like(*peephole, gates, op, "peephole", "gates");
+    check_shape(*peephole, {3, C}, op, "peephole", "(3, C)");
+  }
+  return C;
+}
+
+inline at::MemoryFormat output_format(const at::Tensor& like) {
+  return channels_fastest(like) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+}  // namespace pyframepred
+
+namespace pyframepred {
+
+// Inputs of a kernel call after checking: every 4-d tensor has a (N, K, P) view, small
+// parameter vectors are contiguous, and outputs are allocated in the iteration's memory format.
+struct ConvLSTMForwardPlan {
+  int64_t N, C, H, W;
+  bool cl;  // iterate channels-fastest
+  at::Tensor x_gates, h_gates, c_prev, bias, peephole;  // h_gates/bias/peephole may be undefined
+  at::Tensor h, c, gates;                              // gates undefined unless saved
+};
+
+inline ConvLSTMForwardPlan plan_convlstm_forward(const at::Tensor& x_gates,
+                                                 const std::optional<at::Tensor>& h_gates,
+                                                 const at::Tensor& c_prev,
+                                                 const std::optional<at::Tensor>& bias,
+                                                 const std::optional<at::Tensor>& peephole,
+                                                 bool save_gates) {
+  ConvLSTMForwardPlan p;
+  p.C = check_convlstm_forward_args(x_gates, h_gates, c_prev, bias, peephole);
+  p.N = x_gates.size(0);
+  p.H = x_gates.size(2);
+  p.W = x_gates.size(3);
+  p.x_gates = as_view3(x_gates);
+  p.cl = channels_fastest(p.x_gates);
+  if (h_gates.has_value()) p.h_gates = as_view3(*h_gates);
+  p.c_prev = as_view3(c_prev);
+  if (bias.has_value()) p.bias = bias->contiguous();
+  if (peephole.has_value()) p.peephole = peephole->contiguous();
+  const auto fmt = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto opts = x_gates.options().memory_format(fmt);
+  p.h = at::empty({p.N, p.C, p.H, p.W}, opts);
+  p.c = at::empty({p.N, p.C, p.H, p.W}, opts);
+  p.gates = save_gates ? at::empty({p.N, 4 * p.C, p.H, p.W}, opts) : at::empty({0}, x_gates.options());
+  return p;
+}
+
+struct ConvLSTMBackwardPlan {
+  int64_t N, C, H, W;
+  bool cl;
+  bool param_grads;
+  at::Tensor grad_h, grad_c, gates, c_prev, peephole;
+  at::Tensor grad_gates, grad_c_prev;
+};
+
+inline ConvLSTMBackwardPlan plan_convlstm_backward(const at::Tensor& grad_h,
+                                                   const at::Tensor& grad_c,
+                                                   const at::Tensor& gates,
+                                                   const at::Tensor& c_prev,
+                                                   const std::optional<at::Tensor>& peephole,
+                                                   bool param_grads) {
+  ConvLSTMBackwardPlan p;
+  p.C = check_convlstm_backward_args(grad_h, grad_c, gates, c_prev, peephole);
+  p.N = gates.size(0);
+  p.H = gates.size(2);
+  p.W = gates.size(3);
+  p.param_grads = param_grads;
+  p.gates = as_view3(gates);
+  p.cl = channels_fastest(p.gates);
+  p.grad_h = as_view3(grad_h);
+  p.grad_c = as_view3(grad_c);
+  p.c_prev = as_view3(c_prev);
+  if (peephole.has_value()) p.peephole = peephole->contiguous();
+  const auto fmt = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto opts = gates.options().memory_format(fmt);
+  p.grad_gates = at::empty({p.N, 4 * p.C, p.H, p.W}, opts);
+  p.grad_c_prev = at::empty({p.N, p.C, p.H, p.W}, opts);
+  return p;
+}
+
+// Rows of per-channel partial sums (R, 7, C) -> (grad_bias (4C,), grad_peephole (3, C)); the
+// seven quantities are the gate gradients i, f, g, o and the peephole products i, f, o.
+inline std::tuple<at::Tensor, at::Tensor> finish_param_grads(const at::Tensor& partial,
+                                                             bool peephole,
+                                                             at::ScalarType dtype) {
+  const int64_t C = partial.size(2);
+  at::Tensor total = partial.sum(0);  // (7, C), fixed reduction order: deterministic
+  at::Tensor grad_bias = total.narrow(0, 0, 4).reshape({4 * C}).to(dtype);
+  at::Tensor grad_peephole =
+      peephole ? total.narrow(0, 4, 3).to(dtype).contiguous() : at::empty({0}, grad_bias.options());
+  return {grad_bias, grad_peephole};
+}
+
+}  // namespace pyframepred

@@ -1,0 +1,311 @@
+// CPU kernels of the fused ConvLSTM cell: one pass forward, one pass backward.
+//
+// Work is split in rows of the (N, K, P = H*W) view: rows (n, channel) walking P when the memory
+// is NCHW, rows (n, p) walking the channels when it is channels_last, so that the inner loop reads
+// memory in order; rows are spread over threads with at::parallel_for and each row is processed a
+// SIMD vector at a time with the shared templates of convlstm.h.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "convlstm.h"
+#include "convlstm_host.h"
+#include "cpu/vec_utils.h"
+
+namespace pyframepred {
+namespace cpu {
+namespace {
+
+// One strided operand as rows: a pointer to a row's first element, the step between two elements
+// of a row (`inner`) and between two gate blocks (`gate`).
+template <typename T>
+struct Rows {
+  T* data = nullptr;
+  int64_t sN = 0, sC = 0, sP = 0, C = 1, P = 1;
+  bool cl = false;
+
+  Rows() = default;
+  Rows(T* d, const at::Tensor& t, int64_t C_, bool cl_) : data(d), C(C_), cl(cl_) {
+    const View3 v = view3_strides(t);
+    sN = v.sN;
+    sC = v.sC;
+    sP = v.sP;
+    P = t.size(2) * t.size(3);
+  }
+  // A per-channel vector (bias (4C,) or peephole (3, C)), contiguous: broadcast along P.
+  static Rows channel_vector(T* d, int64_t C_, bool cl_) {
+    Rows r;
+    r.data = d;
+    r.C = C_;
+    r.cl = cl_;
+    r.sN = 0;
+    r.sC = 1;
+    r.sP = 0;
+    return r;
+  }
+  // A zero standing in for an absent operand.
+  static Rows zero(T* d) {
+    Rows r;
+    r.data = d;
+    r.C = 0;
+    return r;
+  }
+  inline T* row(int64_t r) const {
+    if (C == 0) return data;
+    return cl ? data + (r / P) * sN + (r % P) * sP : data + (r / C) * sN + (r % C) * sC;
+  }
+  inline int64_t inner() const { return cl ? sC : sP; }
+  inline int64_t gate() const { return C * sC; }
+};
+
+template <typename scalar_t>
+struct ForwardArgs {
+  Rows<const scalar_t> xg, hg, cp, bias, peep;
+  Rows<scalar_t> h, c, gates;
+  bool save;
+  int64_t len;  // elements per row
+};
+
+template <typename scalar_t, bool kPeep>
+void forward_rows(const ForwardArgs<scalar_t>& a, int64_t r0, int64_t r1) {
+  using V = VecAcc<scalar_t>;
+  const V zero(0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* xg = a.xg.row(r);
+    const scalar_t* hg = a.hg.row(r);
+    const scalar_t* cp = a.cp.row(r);
+    const scalar_t* b = a.bias.row(r);
+    const scalar_t* w = a.peep.row(r);
+    scalar_t* ho = a.h.row(r);
+    scalar_t* co = a.c.row(r);
+    scalar_t* go = a.save ? a.gates.row(r) : nullptr;
+    const int64_t xs = a.xg.inner(), xk = a.xg.gate(), hs = a.hg.inner(), hk = a.hg.gate();
+    const int64_t cs = a.cp.inner(), bs = a.bias.inner(), bk = a.bias.gate();
+    const int64_t ws = a.peep.inner(), wk = a.peep.gate();
+    const int64_t hos = a.h.inner(), cos = a.c.inner(), gs = a.gates.inner(), gk = a.gates.gate();
+    for (int64_t j = 0; j < a.len; j += V::size()) {
+      const int64_t n = std::min<int64_t>(V::size(), a.len - j);
+      V g4[4];
+      for (int k = 0; k < 4; ++k) {
+        g4[k] = load(xg + j * xs + k * xk, xs, n) + load(hg + j * hs + k * hk, hs, n) +
+                load(b + j * bs + k * bk, bs, n);
+      }
+      const V c_prev = load(cp + j * cs, cs, n);
+      V wci = zero, wcf = zero, wco = zero;
+      if constexpr (kPeep) {
+        wci = load(w + j * ws, ws, n);
+        wcf = load(w + j * ws + wk, ws, n);
+        wco = load(w + j * ws + 2 * wk, ws, n);
+      }
+      V i, f, g, o, c, h;
+      convlstm_cell_forward<V, kPeep>(g4[0], g4[1], g4[2], g4[3], c_prev, wci, wcf, wco, i, f, g,
+                                      o, c, h);
+      store(ho + j * hos, hos, h, n);
+      store(co + j * cos, cos, c, n);
+      if (go != nullptr) {
+        store(go + j * gs, gs, i, n);
+        store(go + j * gs + gk, gs, f, n);
+        store(go + j * gs + 2 * gk, gs, g, n);
+        store(go + j * gs + 3 * gk, gs, o, n);
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cpu(
+    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
+    bool save_gates) {
+  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
+  const int64_t P = p.H * p.W;
+  if (p.N * p.C * P == 0) return {p.h, p.c, p.gates};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
+                                  "convlstm_gates_forward_cpu", [&] {
+    static const scalar_t kZero[1] = {scalar_t(0)};
+    ForwardArgs<scalar_t> a;
+    a.xg = Rows<const scalar_t>(p.x_gates.const_data_ptr<scalar_t>(), p.x_gates, p.C, p.cl);
+    a.hg = p.h_gates.defined()
+               ? Rows<const scalar_t>(p.h_gates.const_data_ptr<scalar_t>(), p.h_gates, p.C, p.cl)
+               : Rows<const scalar_t>::zero(kZero);
+    a.cp = Rows<const scalar_t>(p.c_prev.const_data_ptr<scalar_t>(), p.c_prev, p.C, p.cl);
+    a.bias = p.bias.defined()
+                 ? Rows<const scalar_t>::channel_vector(p.bias.const_data_ptr<scalar_t>(), p.C, p.cl)
+                 : Rows<const scalar_t>::zero(kZero);
+    a.peep = p.peephole.defined() ? Rows<const scalar_t>::channel_vector(
+                                        p.peephole.const_data_ptr<scalar_t>(), p.C, p.cl)
+                                  : Rows<const scalar_t>::zero(kZero);
+    a.h = Rows<scalar_t>(p.h.mutable_data_ptr<scalar_t>(), p.h, p.C, p.cl);
+    a.c = Rows<scalar_t>(p.c.mutable_data_ptr<scalar_t>(), p.c, p.C, p.cl);
+    a.save = save_gates;
+    if (save_gates) a.gates = Rows<scalar_t>(p.gates.mutable_data_ptr<scalar_t>(), p.gates, p.C, p.cl);
+    a.len = p.cl ? p.C : P;
+    const int64_t rows = p.cl ? p.N * P : p.N * p.C;
+    const int64_t grain = std::max<int64_t>(1, 8192 / a.len);
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      if (p.peephole.defined()) {
+        forward_rows<scalar_t, true>(a, r0, r1);
+      } else {
+        forward_rows<scalar_t, false>(a, r0, r1);
+      }
+    });
+  });
+  return {p.h, p.c, p.gates};
+}
+
+template <typename scalar_t>
+struct BackwardArgs {
+  Rows<const scalar_t> gh, gc, gates, cp, peep;
+  Rows<scalar_t> dgates, dcp;
+  bool param_grads;
+  int64_t len;
+};
+
+// Processes row r; for each vector of results calls sink(j, count, q[7]) with the seven
+// per-channel quantities summed into the parameter gradients (lanes past count are zero).
+template <typename scalar_t, bool kPeep, typename Sink>
+inline void backward_row(const BackwardArgs<scalar_t>& a, int64_t r, Sink&& sink) {
+  using V = VecAcc<scalar_t>;
+  const V zero(0);
+  const scalar_t* gh = a.gh.row(r);
+  const scalar_t* gc = a.gc.row(r);
+  const scalar_t* gt = a.gates.row(r);
+  const scalar_t* cp = a.cp.row(r);
+  const scalar_t* w = a.peep.row(r);
+  scalar_t* dg_out = a.dgates.row(r);
+  scalar_t* dcp_out = a.dcp.row(r);
+  const int64_t ghs = a.gh.inner(), gcs = a.gc.inner(), gts = a.gates.inner(), gtk = a.gates.gate();
+  const int64_t cs = a.cp.inner(), ws = a.peep.inner(), wk = a.peep.gate();
+  const int64_t ds = a.dgates.inner(), dk = a.dgates.gate(), dcs = a.dcp.inner();
+  for (int64_t j = 0; j < a.len; j += V::size()) {
+    const int64_t n = std::min<int64_t>(V::size(), a.len - j);
+    const V i = load(gt + j * gts, gts, n);
+    const V f = load(gt + j * gts + gtk, gts, n);
+    const V g = load(gt + j * gts + 2 * gtk, gts, n);
+    const V o = load(gt + j * gts + 3 * gtk, gts, n);
+    const V c_prev = load(cp + j * cs, cs, n);
+    const V dh = load(gh + j * ghs, ghs, n);
+    const V dc = load(gc + j * gcs, gcs, n);
+    V wci = zero, wcf = zero, wco = zero;
+    if constexpr (kPeep) {
+      wci = load(w + j * ws, ws, n);
+      wcf = load(w + j * ws + wk, ws, n);
+      wco = load(w + j * ws + 2 * wk, ws, n);
+    }
+    V di, df, dg, do_, dc_prev, c;
+    convlstm_cell_backward<V, kPeep>(i, f, g, o, c_prev, dh, dc, wci, wcf, wco, di, df, dg, do_,
+                                     dc_prev, c);
+    store(dg_out + j * ds, ds, di, n);
+    store(dg_out + j * ds + dk, ds, df, n);
+    store(dg_out + j * ds + 2 * dk, ds, dg, n);
+    store(dg_out + j * ds + 3 * dk, ds, do_, n);
+    store(dcp_out + j * dcs, dcs, dc_prev, n);
+    if (a.param_grads) {
+      V q[7] = {head(di, n), head(df, n), head(dg, n), head(do_, n), zero, zero, zero};
+      if constexpr (kPeep) {
+        q[4] = head(di * c_prev, n);
+        q[5] = head(df * c_prev, n);
+        q[6] = head(do_ * c, n);
+      }
+      sink(j, n, q);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
+    const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
+    const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
+  auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+  const int64_t P = p.H * p.W;
+  const bool peep = p.peephole.defined();
+  const auto acc_dtype = at::toOpMathType(gates.scalar_type());
+  at::Tensor partial;
+  const int64_t len = p.cl ? p.C : P;
+  // channels_last: rows (n, p) in fixed blocks, each block owning one row of partial sums
+  // (fixed by the shape, not the thread count, so results are deterministic).
+  const int64_t block = p.cl ? std::max<int64_t>(1, 16384 / std::max<int64_t>(len, 1)) : 1;
+  const int64_t rows = p.cl ? p.N * P : p.N * p.C;
+  const int64_t tasks = (rows + block - 1) / block;
+  if (param_grads) {
+    partial = at::zeros({p.cl ? tasks : p.N, 7, p.C}, gates.options().dtype(acc_dtype));
+  }
+  if (rows * len > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
+                                    "convlstm_gates_backward_cpu", [&] {
+      using A = acc_t<scalar_t>;
+      using V = VecAcc<scalar_t>;
+      static const scalar_t kZero[1] = {scalar_t(0)};
+      BackwardArgs<scalar_t> a;
+      a.gh = Rows<const scalar_t>(p.grad_h.const_data_ptr<scalar_t>(), p.grad_h, p.C, p.cl);
+      a.gc = Rows<const scalar_t>(p.grad_c.const_data_ptr<scalar_t>(), p.grad_c, p.C, p.cl);
+      a.gates = Rows<const scalar_t>(p.gates.const_data_ptr<scalar_t>(), p.gates, p.C, p.cl);
+      a.cp = Rows<const scalar_t>(p.c_prev.const_data_ptr<scalar_t>(), p.c_prev, p.C, p.cl);
+      a.peep = peep ? Rows<const scalar_t>::channel_vector(p.peephole.const_data_ptr<scalar_t>(),
+                                                           p.C, p.cl)
+                    : Rows<const scalar_t>::zero(kZero);
+      a.dgates = Rows<scalar_t>(p.grad_gates.mutable_data_ptr<scalar_t>(), p.grad_gates, p.C, p.cl);
+      a.dcp = Rows<scalar_t>(p.grad_c_prev.mutable_data_ptr<scalar_t>(), p.grad_c_prev, p.C, p.cl);
+      a.param_grads = param_grads;
+      a.len = len;
+      A* part = param_grads ? partial.mutable_data_ptr<A>() : nullptr;
+      const int64_t C = p.C;
+      const int64_t grain = p.cl ? 1 : std::max<int64_t>(1, 8192 / len);
+      at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          if (!p.cl) {
+            // Row t = (n, ch): one channel, so the sums collapse to scalars at the row's end.
+            V acc[7] = {V(0), V(0), V(0), V(0), V(0), V(0), V(0)};
+            auto sink = [&](int64_t, int64_t, const V* q) {
+              for (int k = 0; k < 7; ++k) acc[k] = acc[k] + q[k];
+            };
+            if (peep) {
+              backward_row<scalar_t, true>(a, t, sink);
+            } else {
+              backward_row<scalar_t, false>(a, t, sink);
+            }
+            if (part != nullptr) {
+              const int64_t n = t / C, ch = t % C;
+              for (int k = 0; k < 7; ++k) part[(n * 7 + k) * C + ch] = hsum(acc[k]);
+            }
+          } else {
+            A* out = part != nullptr ? part + t * 7 * C : nullptr;
+            auto sink = [&](int64_t j, int64_t n, const V* q) {
+              for (int k = 0; k < 7; ++k) {
+                A* dst = out + k * C + j;
+                (V::loadu(dst, n) + q[k]).store(dst, n);
+              }
+            };
+            const int64_t r1 = std::min(rows, (t + 1) * block);
+            for (int64_t r = t * block; r < r1; ++r) {
+              if (peep) {
+                backward_row<scalar_t, true>(a, r, sink);
+              } else {
+                backward_row<scalar_t, false>(a, r, sink);
+              }
+            }
+          }
+        }
+      });
+    });
+  }
+  at::Tensor grad_bias, grad_peephole;
+  if (param_grads) {
+    std::tie(grad_bias, grad_peephole) = finish_param_grads(partial, peep, gates.scalar_type());
+  } else {
+    grad_bias = at::empty({0}, gates.options());
+    grad_peephole = at::empty({0}, gates.options());
+  }
+  return {p.grad_gates, p.grad_c_prev, grad_bias, grad_peephole};
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
+  m.impl("convlstm_gates_forward", &cpu::convlstm_gates_forward_cpu);
+  m.impl("convlstm_gates_backward", &cpu::convlstm_gates_backward_cpu);
+}
+
+}  // namespace pyframepred

@@ -1,0 +1,96 @@
+// CPU helpers: Fn<> for at::vec::Vectorized, and strided load/store of a row of values converted
+// to the accumulation type (float for half/bfloat16, the type itself otherwise).
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <type_traits>
+
+#include "math.h"
+
+namespace pyframepred {
+
+template <>
+struct Fn<at::vec::Vectorized<float>> {
+  using V = at::vec::Vectorized<float>;
+  static inline V exp(V x) { return x.exp(); }
+  static inline V tanh(V x) { return x.tanh(); }
+  static inline V abs(V x) { return x.abs(); }
+};
+
+template <>
+struct Fn<at::vec::Vectorized<double>> {
+  using V = at::vec::Vectorized<double>;
+  static inline V exp(V x) { return x.exp(); }
+  static inline V tanh(V x) { return x.tanh(); }
+  static inline V abs(V x) { return x.abs(); }
+};
+
+namespace cpu {
+
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;
+
+template <typename scalar_t>
+using VecAcc = at::vec::Vectorized<acc_t<scalar_t>>;
+
+// Loads `count` (1..size) values p[0], p[s], p[2s], ...; lanes past `count` are zero.
+// Unit stride on an accumulation-typed tensor is a plain vector load, stride 0 a broadcast.
+template <typename scalar_t>
+inline VecAcc<scalar_t> load(const scalar_t* p, int64_t s, int64_t count) {
+  using A = acc_t<scalar_t>;
+  using V = VecAcc<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, A>) {
+    if (s == 1) {
+      return count == V::size() ? V::loadu(p) : V::loadu(p, count);
+    }
+  }
+  if (s == 0) {
+    return V(static_cast<A>(p[0]));
+  }
+  alignas(64) A buf[V::size()];
+  for (int64_t k = 0; k < V::size(); ++k) {
+    buf[k] = k < count ? static_cast<A>(p[k * s]) : A(0);
+  }
+  return V::loadu(buf);
+}
+
+template <typename scalar_t>
+inline void store(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, int64_t count) {
+  using A = acc_t<scalar_t>;
+  using V = VecAcc<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, A>) {
+    if (s == 1) {
+      if (count == V::size()) {
+        v.store(p);
+      } else {
+        v.store(p, count);
+      }
+      return;
+    }
+  }
+  alignas(64) A buf[V::size()];
+  v.store(buf);
+  for (int64_t k = 0; k < count; ++k) {
+    p[k * s] = static_cast<scalar_t>(buf[k]);
+  }
+}
+
+// Zeroes the lanes at and past `count` (so padded lanes never enter a reduction).
+template <typename V>
+inline V head(const V& v, int64_t count) {
+  return count == V::size() ? v : V::set(V(0), v, count);
+}
+
+template <typename V>
+inline typename V::value_type hsum(const V& v) {
+  alignas(64) typename V::value_type buf[V::size()];
+  v.store(buf);
+  typename V::value_type s = 0;
+  for (int64_t k = 0; k < V::size(); ++k) s += buf[k];
+  return s;
+}
+
+}  // namespace cpu
+}  // namespace pyframepred

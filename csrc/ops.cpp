@@ -1,0 +1,25 @@
+// The one list of pyframepred's operators: their schemas. Kernels register implementations for
+// CPU (csrc/cpu) and CUDA (csrc/cuda); fake kernels and autograd live in pyframepred/ops.
+#include <torch/library.h>
+
+TORCH_LIBRARY(pyframepred, m) {
+  // Fused ConvLSTM cell. x_gates/h_gates: (N, 4C, H, W) pre-activations in gate order i, f, g, o;
+  // c_prev: (N, C, H, W); bias: (4C,); peephole: (3, C) weights of i, f (on c_prev) and o (on c).
+  // Returns h, c and, when save_gates, the activated gates (N, 4C, H, W) that backward needs
+  // (an empty tensor otherwise).
+  m.def(
+      "convlstm_gates_forward(Tensor x_gates, Tensor? h_gates, Tensor c_prev, Tensor? bias, "
+      "Tensor? peephole, bool save_gates) -> (Tensor h, Tensor c, Tensor gates)");
+  // Backward of convlstm_gates_forward. Returns the gradient of the gate pre-activations (shared by
+  // x_gates and h_gates), of c_prev, and, when param_grads, of bias (4C,) and peephole (3, C)
+  // (empty tensors otherwise; the peephole gradient is empty without peephole weights).
+  m.def(
+      "convlstm_gates_backward(Tensor grad_h, Tensor grad_c, Tensor gates, Tensor c_prev, "
+      "Tensor? peephole, bool param_grads) -> (Tensor grad_gates, Tensor grad_c_prev, "
+      "Tensor grad_bias, Tensor grad_peephole)");
+  // Gradient difference loss (Mathieu et al. 2015). reduction: 0 = none, 1 = mean, 2 = sum.
+  m.def("gdl_loss_forward(Tensor pred, Tensor target, float alpha, int reduction) -> Tensor");
+  m.def(
+      "gdl_loss_backward(Tensor grad_out, Tensor pred, Tensor target, float alpha, int reduction, "
+      "bool target_grad) -> (Tensor grad_pred, Tensor grad_target)");
+}

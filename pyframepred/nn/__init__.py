@@ -1,0 +1,4 @@
+"""Drop-in modules built on the fused operators."""
+from .convlstm import ConvLSTM, ConvLSTMCell
+
+__all__ = ["ConvLSTMCell", "ConvLSTM"]

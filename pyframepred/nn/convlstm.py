@@ -1,0 +1,2 @@
+class ConvLSTMCell: pass
+class ConvLSTM: pass

@@ -1,0 +1,9 @@
+"""Fused operators, autograd-aware and ``torch.compile``-friendly.
+
+Each operator's schema is declared in ``csrc/ops.cpp`` (``torch.ops.pyframepred``); this package
+registers its fake (meta) kernel and its autograd formula, and exposes a Python function with the
+same semantics as its plain-PyTorch twin in :mod:`pyframepred.reference`.
+"""
+from ._convlstm import convlstm_gates
+
+__all__ = ["convlstm_gates"]

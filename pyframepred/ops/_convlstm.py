@@ -1,0 +1,154 @@
+"""The fused ConvLSTM cell: ``convlstm_gates`` and its fake kernel and autograd registration."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ._common import check_float, check_like, check_shape
+
+_OP = "convlstm_gates"
+
+
+def convlstm_gates(x_gates: Tensor, h_gates: Optional[Tensor], c_prev: Tensor,
+                   bias: Optional[Tensor] = None,
+                   peephole: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One ConvLSTM state update from gate pre-activations, fused into one kernel.
+
+    Args:
+        x_gates: ``(N, 4C, H, W)`` input-convolution output, gate blocks in the order
+            i, f, g, o (as ``torch.nn.LSTMCell``).
+        h_gates: ``(N, 4C, H, W)`` hidden-convolution output, or ``None`` for a zero hidden
+            state (first step).
+        c_prev: ``(N, C, H, W)`` previous cell state.
+        bias: optional ``(4C,)`` gate bias, added inside the kernel.
+        peephole: optional ``(3, C)`` per-channel peephole weights: rows for i and f multiply
+            ``c_prev``, the row for o multiplies the new ``c``.
+
+    Returns:
+        ``(h, c)``, each ``(N, C, H, W)``, in the memory format of ``x_gates`` (NCHW or
+        channels_last).
+
+    Gradients flow to every input that requires them. Only the activated gates and ``c_prev``
+    are kept for backward; ``c`` and ``tanh(c)`` are recomputed.
+    """
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x_gates, h_gates, c_prev, bias, peephole))
+    h, c, _ = torch.ops.pyframepred.convlstm_gates_forward(x_gates, h_gates, c_prev, bias,
+                                                           peephole, save)
+    return h, c
+
+
+def _view3_strides(t: Tensor):
+    """Strides of ``t`` (N, K, H, W) seen as (N, K, H*W), mirroring csrc/convlstm_host.h."""
+    _, K, H, W = t.shape
+    s = t.stride()
+    if not (H == 1 or W == 1 or s[2] == W * s[3]):
+        return K * H * W, H * W, 1  # the kernel works on a contiguous copy
+    if W > 1:
+        return s[0], s[1], s[3]
+    if H > 1:
+        return s[0], s[1], s[2]
+    return s[0], s[1], 1
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    _, K, H, W = t.shape
+    _, s_c, s_p = _view3_strides(t)
+    cl = H * W > 1 and K > 1 and s_c == 1 and s_p != 1
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _check_forward(x_gates, h_gates, c_prev, bias, peephole) -> int:
+    check_float(_OP, "x_gates", x_gates)
+    if x_gates.dim() != 4:
+        raise RuntimeError(f"{_OP}: x_gates must be 4-d (N, 4*C, H, W), got shape "
+                           f"{tuple(x_gates.shape)}")
+    if x_gates.shape[1] % 4 != 0 or x_gates.shape[1] == 0:
+        raise RuntimeError(f"{_OP}: x_gates must have 4*C channels (gates i, f, g, o), got "
+                           f"{x_gates.shape[1]}")
+    N, C4, H, W = x_gates.shape
+    C = C4 // 4
+    if h_gates is not None:
+        check_like(_OP, "h_gates", h_gates, "x_gates", x_gates)
+        check_shape(_OP, "h_gates", h_gates, x_gates.shape, "x_gates.shape")
+    check_like(_OP, "c_prev", c_prev, "x_gates", x_gates)
+    check_shape(_OP, "c_prev", c_prev, (N, C, H, W), "(N, C, H, W)")
+    if bias is not None:
+        check_like(_OP, "bias", bias, "x_gates", x_gates)
+        check_shape(_OP, "bias", bias, (4 * C,), "(4*C,)")
+    if peephole is not None:
+        check_like(_OP, "peephole", peephole, "x_gates", x_gates)
+        check_shape(_OP, "peephole", peephole, (3, C), "(3, C)")
+    return C
+
+
+@torch.library.register_fake("pyframepred::convlstm_gates_forward")
+def _forward_fake(x_gates, h_gates, c_prev, bias, peephole, save_gates):
+    C = _check_forward(x_gates, h_gates, c_prev, bias, peephole)
+    N, _, H, W = x_gates.shape
+    fmt = _memory_format(x_gates)
+    h = torch.empty((N, C, H, W), dtype=x_gates.dtype, device=x_gates.device, memory_format=fmt)
+    c = torch.empty_like(h)
+    if save_gates:
+        gates = torch.empty((N, 4 * C, H, W), dtype=x_gates.dtype, device=x_gates.device,
+                            memory_format=fmt)
+    else:
+        gates = x_gates.new_empty((0,))
+    return h, c, gates
+
+
+@torch.library.register_fake("pyframepred::convlstm_gates_backward")
+def _backward_fake(grad_h, grad_c, gates, c_prev, peephole, param_grads):
+    op = "convlstm_gates_backward"
+    check_float(op, "gates", gates)
+    N, C4, H, W = gates.shape
+    C = C4 // 4
+    for name, t in (("c_prev", c_prev), ("grad_h", grad_h), ("grad_c", grad_c)):
+        check_like(op, name, t, "gates", gates)
+        check_shape(op, name, t, (N, C, H, W), "(N, C, H, W)")
+    fmt = _memory_format(gates)
+    opts = dict(dtype=gates.dtype, device=gates.device)
+    grad_gates = torch.empty((N, C4, H, W), memory_format=fmt, **opts)
+    grad_c_prev = torch.empty((N, C, H, W), memory_format=fmt, **opts)
+    grad_bias = gates.new_empty((C4,) if param_grads else (0,))
+    grad_peephole = gates.new_empty((3, C) if (param_grads and peephole is not None) else (0,))
+    return grad_gates, grad_c_prev, grad_bias, grad_peephole
+
+
+def _setup_context(ctx, inputs, output):
+    _, h_gates, c_prev, _, peephole, _ = inputs
+    _, _, gates = output
+    ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(gates, c_prev, peephole)
+
+
+def _backward(ctx, grad_h, grad_c, _grad_gates):
+    gates, c_prev, peephole = ctx.saved_tensors
+    if gates.numel() == 0 and c_prev.numel() != 0:
+        raise RuntimeError("convlstm_gates_forward was called with save_gates=False, so it kept "
+                           "nothing for backward; call pyframepred.ops.convlstm_gates instead")
+    if grad_h is None and grad_c is None:
+        return None, None, None, None, None, None
+    # An output that received no gradient contributes zero: an expanded scalar costs no memory.
+    if grad_h is None:
+        grad_h = c_prev.new_zeros(()).expand(c_prev.shape)
+    if grad_c is None:
+        grad_c = c_prev.new_zeros(()).expand(c_prev.shape)
+    need = ctx.needs_input_grad
+    param_grads = bool(need[3] or need[4])
+    grad_gates, grad_c_prev, grad_bias, grad_peephole = \
+        torch.ops.pyframepred.convlstm_gates_backward(grad_h, grad_c, gates, c_prev, peephole,
+                                                      param_grads)
+    return (grad_gates if need[0] else None,
+            grad_gates if need[1] else None,
+            grad_c_prev if need[2] else None,
+            grad_bias if need[3] else None,
+            grad_peephole if need[4] else None,
+            None)
+
+
+torch.library.register_autograd("pyframepred::convlstm_gates_forward", _backward,
+                                setup_context=_setup_context)

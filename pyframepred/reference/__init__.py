@@ -1,0 +1,7 @@
+"""Plain-PyTorch versions of every fused operator, with the same signatures and semantics.
+
+They are the oracle of the tests and the baseline of the benchmarks.
+"""
+from .convlstm import convlstm_gates
+
+__all__ = ["convlstm_gates"]

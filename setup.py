@@ -1,0 +1,173 @@
+"""Build script for pyframepred's C++/CUDA extension (``pyframepred._C``).
+
+Environment switches
+--------------------
+PYFRAMEPRED_CUDA=1|0     force the CUDA kernels on or off (default: on when the installed torch
+                         is a CUDA build and a CUDA toolkit with nvcc is found; no GPU needed).
+TORCH_CUDA_ARCH_LIST     GPU architectures to compile for (default "8.0;9.0").
+CUDA_HOME                CUDA toolkit folder; found from nvcc when unset.
+MAX_JOBS                 parallel compile jobs (ninja).
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _log(msg):
+    print(f"[pyframepred setup] {msg}", file=sys.stderr)
+
+
+def _toolkit_from_nvcc(nvcc):
+    """Return the real toolkit folder behind ``nvcc``.
+
+    The ``nvcc`` on PATH may be a small wrapper script living outside the toolkit, so the folder
+    above it is not necessarily CUDA_HOME. nvcc's dry run prints the folder it really runs from.
+    """
+    try:
+        # A dry run compiles nothing; it prints the variables nvcc sets, TOP among them.
+        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+        text = out.stdout + out.stderr
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    match = re.search(r"^#\$ TOP=(.+)$", text, flags=re.M)
+    candidates = []
+    if match:
+        candidates.append(match.group(1).strip())
+    real = os.path.realpath(nvcc)
+    candidates.append(os.path.dirname(os.path.dirname(real)))
+    # A wrapper script that execs the real nvcc: read the path out of it.
+    try:
+        with open(real, "r", errors="ignore") as fh:
+            head = fh.read(4096)
+        for path in re.findall(r"(/\S+/bin/nvcc)\b", head):
+            candidates.append(os.path.dirname(os.path.dirname(path)))
+    except OSError:
+        pass
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for cand in candidates:
+        cand = os.path.realpath(cand)
+        if os.path.exists(os.path.join(cand, "bin", "nvcc")) and (
+            glob.glob(os.path.join(cand, "lib64", "libcudart*"))
+            or glob.glob(os.path.join(cand, "lib", "libcudart*"))
+            or glob.glob(os.path.join(cand, "targets", "*", "lib", "libcudart*"))
+        ):
+            return cand
+    return None
+
+
+def _want_cuda(torch):
+    flag = os.environ.get("PYFRAMEPRED_CUDA", "").strip().lower()
+    if flag in ("0", "off", "false", "no"):
+        _log("CUDA kernels disabled by PYFRAMEPRED_CUDA")
+        return False
+    forced = flag in ("1", "on", "true", "yes")
+    if torch.version.cuda is None:
+        if forced:
+            raise RuntimeError("PYFRAMEPRED_CUDA=1 but the installed torch is a CPU-only build "
+                               f"({torch.__version__}); install a CUDA build of torch first")
+        _log(f"torch {torch.__version__} is a CPU build: building CPU kernels only")
+        return False
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if not cuda_home:
+        nvcc = shutil.which("nvcc")
+        if nvcc is None:
+            if forced:
+                raise RuntimeError("PYFRAMEPRED_CUDA=1 but nvcc was not found on PATH and CUDA_HOME "
+                                   "is unset")
+            _log("nvcc not found: building CPU kernels only")
+            return False
+        cuda_home = _toolkit_from_nvcc(nvcc)
+        if cuda_home is None:
+            msg = f"found {nvcc} but could not locate the CUDA toolkit behind it; set CUDA_HOME"
+            if forced:
+                raise RuntimeError(msg)
+            _log(msg + ": building CPU kernels only")
+            return False
+    # torch.utils.cpp_extension reads CUDA_HOME when it is first imported.
+    os.environ["CUDA_HOME"] = cuda_home
+    _log(f"building CUDA kernels with the toolkit in {cuda_home}")
+    return True
+
+
+def _cpu_isa():
+    """SIMD level the CPU kernels are compiled for: avx2 when this (x86-64) machine has it.
+
+    The package is built from source on the machine that runs it; PYFRAMEPRED_CPU_ISA=default
+    builds portable kernels instead.
+    """
+    isa = os.environ.get("PYFRAMEPRED_CPU_ISA", "").strip().lower()
+    if isa in ("default", "avx2"):
+        return isa
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return "default"
+    return "avx2" if all(f" {f}" in flags for f in ("avx2", "fma", "f16c")) else "default"
+
+
+def _write_build_config(torch, isa, use_cuda):
+    path = os.path.join(HERE, "pyframepred", "_build_config.py")
+    text = ("# Written by setup.py when the extension is built; do not edit.\n"
+            f"TORCH_VERSION = {torch.__version__.split('+')[0]!r}\n"
+            f"CPU_ISA = {isa!r}\n"
+            f"WITH_CUDA = {bool(use_cuda)!r}\n")
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def _extensions():
+    import torch
+
+    use_cuda = _want_cuda(torch)
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    sources = ["csrc/ops.cpp", "csrc/module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    base_version = torch.__version__.split("+")[0]
+    define_macros = [("PYFRAMEPRED_TORCH_VERSION", f'"{base_version}"'),
+                     ("Py_LIMITED_API", "0x030A0000")]
+    cxx_flags = ["-O3", "-fdiagnostics-color=always"]  # the C++ standard is torch's choice
+    isa = _cpu_isa()
+    if isa == "avx2":
+        # at::vec::Vectorized picks its AVX2 implementation from these macros (as ATen's own
+        # per-capability kernel builds do); the exp/tanh it calls come from libtorch's Sleef.
+        cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    else:
+        cxx_flags += ["-DCPU_CAPABILITY=DEFAULT"]
+    _log(f"CPU kernels: {isa}")
+    _write_build_config(torch, isa, use_cuda)
+    if use_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        define_macros.append(("PYFRAMEPRED_WITH_CUDA", None))
+        ext = CUDAExtension(
+            "pyframepred._C", sources, define_macros=define_macros, py_limited_api=True,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args={"cxx": cxx_flags,
+                                "nvcc": ["-O3", "-lineinfo"]})
+    else:
+        ext = CppExtension(
+            "pyframepred._C", sources, define_macros=define_macros, py_limited_api=True,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args={"cxx": cxx_flags})
+    return [ext]
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(ext_modules=_extensions(),
+          cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+          options={"bdist_wheel": {"py_limited_api": "cp310"}})
+
+
+if __name__ == "__main__":
+    main()
