@@ -71,8 +71,9 @@ class VideoClips(Dataset):
         ``N = split_index``), the videos listed in the train (``train=True``) or test list;
         matching is on the file name without extension. Otherwise a deterministic split by group
         (``gXX`` in UCF names; one group never lands on both sides), ``test_fraction`` of each
-        class's groups going to the test side; ``test_fraction=0`` puts every video in the train
-        set.
+        class's groups going to the test side. ``test_fraction=0`` (or ``None``) disables the
+        split: ``train=True`` and ``train=False`` then both use every video (``train`` still
+        chooses random or fixed clips).
 
     Clip selection
         ``interval`` frames are skipped between two taken frames: frame numbers
@@ -121,7 +122,7 @@ class VideoClips(Dataset):
                  include_classes: Iterable[str] | None = None,
                  exclude_classes: Iterable[str] | None = None, train: bool = True, seed: int = 0,
                  *, clips_per_video: int = 1, split_dir=None, split_index: int = 1,
-                 test_fraction: float = 0.2, fps: float | None = None, resize: str = "stretch",
+                 test_fraction: float | None = 0.2, fps: float | None = None, resize: str = "stretch",
                  random_crop: bool = False, crop_scale: float = 1.15, hflip: bool = False,
                  transform: Callable | None = None, index_cache="auto", cache_dir=None,
                  progress: bool = True, index_workers: int | None = None,
@@ -171,9 +172,12 @@ class VideoClips(Dataset):
 
         # -- class filters
         present = {c.lower(): c for c in classes}
+        if isinstance(include_classes, str) or isinstance(exclude_classes, str):
+            raise TypeError("include_classes / exclude_classes take a list of class names")
+        wanted = list(include_classes or []) + list(exclude_classes or [])
         include = {c.lower() for c in include_classes} if include_classes is not None else None
         exclude = {c.lower() for c in exclude_classes} if exclude_classes is not None else set()
-        unknown = sorted(((include or set()) | exclude) - set(present))
+        unknown = sorted({c for c in wanted if c.lower() not in present})
         if unknown:
             warnings.warn(f"VideoClips: class filter names not found in '{root_txt}': "
                           f"{_names(unknown)} (classes present: {_names(sorted(present.values()), 20)})",
@@ -196,6 +200,9 @@ class VideoClips(Dataset):
             keep = [list_key(v.path) in listed for v in infos]
             cause = (f"none of its {len(infos)} videos is listed in the {side} list of split "
                      f"{split_index} in '{split_dir}'")
+        elif not test_fraction:
+            keep = [True] * len(infos)  # no split: both sides use every video
+            cause = ""
         else:
             is_test = group_split([v.path for v in infos], classes, test_fraction)
             keep = [t != self.train for t in is_test]
@@ -336,11 +343,14 @@ class VideoClips(Dataset):
             arr = arr[:, y0:y0 + out_h, x0:x0 + out_w]
         if augment and self.hflip and bool(torch.rand(()) < 0.5):
             arr = arr[:, :, ::-1]
-        # uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [-1, 1]
-        pixels = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
-        clip = torch.empty(pixels.shape, dtype=torch.float32)
-        clip.copy_(pixels)
-        return clip.sub_(127.5).div_(127.5)
+        # uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [-1, 1], in NumPy: single-threaded and
+        # about 5x faster than torch's thread pool for clips this small (it also avoids
+        # oversubscription against decord's decoder threads).
+        clip = np.empty((arr.shape[0], 3, arr.shape[1], arr.shape[2]), np.float32)
+        np.copyto(clip, arr.transpose(0, 3, 1, 2))
+        clip -= np.float32(127.5)
+        clip /= np.float32(127.5)
+        return torch.from_numpy(clip)
 
     # ------------------------------------------------------------------ public access
     def clip_at(self, video: int, start: int | None = None) -> Clip:
