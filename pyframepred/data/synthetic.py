@@ -12,7 +12,8 @@ Six classes, in a UCF-101-like layout (``<root>/<Class>/v_<Class>_gGG_cCC.mp4``)
 Objects move with sub-pixel precision (anti-aliased, bilinear placement). Videos of one group
 (``gGG``) share their background, as UCF-101's groups share an actor and a scene, so the group
 split keeps backgrounds seen in training out of the test set. Everything is determined by the
-seed; files are encoded with libx264 (``yuv420p``, so frame sizes are even).
+seed; files are encoded with libx264 (``yuv420p``, so frame sizes are even; a key frame every
+12 frames).
 
 Command line: ``python -m pyframepred.data.synthetic OUT_DIR [--seed 0] [--videos-per-class 12]``
 (``--help`` for all options). From Python: :func:`generate` or, for the cached default set,
@@ -303,7 +304,7 @@ def _config(seed, videos_per_class, frames, size, classes, fps, groups_per_class
     return {"generator_version": GENERATOR_VERSION, "seed": int(seed),
             "videos_per_class": int(videos_per_class), "frames": [fmin, fmax],
             "size": [height, width], "classes": classes, "fps": float(fps),
-            "groups_per_class": int(groups_per_class), "crf": int(crf)}
+            "groups_per_class": int(groups_per_class), "crf": int(crf), "gop": 12}
 
 
 def _video_plan(cfg: dict):
@@ -358,8 +359,10 @@ def generate(out_dir, *, seed: int = 0, videos_per_class: int = 12, frames=(40, 
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         video = render_video(cls, n, height, width, group_seed, clip_seed)
-        # libx264 with one thread: identical bytes for identical pixels on any machine.
-        write_video(path, video, cfg["fps"], crf=cfg["crf"], options={"threads": "1"})
+        # libx264 with one thread: identical bytes for identical pixels on any machine. A key
+        # frame every 12 frames (as in UCF-101's AVI files) keeps random access cheap: a clip
+        # never needs more than 11 frames decoded before its start.
+        write_video(path, video, cfg["fps"], crf=cfg["crf"], options={"threads": "1", "g": "12"})
     atomic_write_json(manifest, cfg)
     logger.info("generated %d synthetic videos in %s in %.1f s", len(plan), out_dir,
                 time.perf_counter() - t0)

@@ -168,7 +168,7 @@ class VideoClips(Dataset):
             raise NoVideosError(
                 f"VideoClips: no video files ({' '.join(VIDEO_EXTENSIONS)}) found in "
                 f"'{root_txt}' (searched recursively; hidden files and folders are ignored)")
-        classes = [class_of(v.path, self.root.name) for v in infos]
+        classes = [class_of(v.path, self.root.resolve().name) for v in infos]
 
         # -- class filters
         present = {c.lower(): c for c in classes}
