@@ -8,6 +8,19 @@
 * :func:`default_dataset_root` -- the embedded synthetic data set (moving objects), generated into
   the cache folder on first use (:mod:`pyframepred.data.synthetic`);
 * :func:`index_videos` -- the cached video index behind :class:`VideoClips`.
+
+Example::
+
+    from torch.utils.data import DataLoader
+    from pyframepred.data import VideoClips, default_dataset_root, multiscale
+
+    root = default_dataset_root()            # or a UCF-101 folder
+    train = VideoClips(root, frames=5, interval=0, size=64, train=True, clips_per_video=8)
+    test = VideoClips(root, frames=5, interval=0, size=64, train=False)   # fixed clips
+    for clips in DataLoader(train, batch_size=16, shuffle=True, num_workers=2):
+        # clips: float32 (16, 5, 3, 64, 64) in [-1, 1]
+        inputs, targets = multiscale(clips, scales=(4, 16, 32, 64))  # 4 frames in, 1 out
+        ...
 """
 from ._common import VIDEO_EXTENSIONS, default_cache_dir
 from .index import VideoInfo, find_videos, index_videos, probe_video

@@ -234,7 +234,7 @@ def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
             workers = min(8, os.cpu_count() or 1)
         workers = max(1, min(int(workers), len(todo)))
         t0 = time.perf_counter()
-        bar = tqdm(total=len(todo), desc=f"Indexing videos in {root}", unit="video",
+        bar = tqdm(total=len(todo), desc=f"Indexing videos in {root.name or root}", unit="video",
                    disable=not progress, leave=False, dynamic_ncols=True)
         try:
             def work(rel):
