@@ -323,6 +323,21 @@ def test_unreadable_and_short_videos_are_skipped_with_one_warning(data_root, cap
     assert "corrupt.mp4" in caplog.text and "truncated.mp4" in caplog.text  # details in the log
 
 
+def test_a_truncated_stream_keeps_the_frames_it_still_has(tmp_path):
+    # Without B-frames, so that the frames left are exactly the first ones. (With B-frames a cut
+    # leaves gaps in time: decord then numbers the frames that are present, as they decode.)
+    whole = write_video(tmp_path / "whole.mkv", coded_frames(40), 25,
+                        options={"bf": "0"}).read_bytes()
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "cut.mkv").write_bytes(whole[: len(whole) * 6 // 10])
+    (tmp_path / "whole.mkv").unlink()
+    ds = VideoClips(tmp_path, frames=4, train=False, test_fraction=0, progress=False)
+    n = ds.videos[0].frames
+    assert 4 <= n < 40
+    last = ds.clip_at(0, ds.max_start(0))
+    assert last.indices[-1] == n - 1 and frame_ids(last.frames) == last.indices
+
+
 def test_length_requirement_depends_on_clip_span(data_root):
     # 3 frames is enough for frames=3, interval=0: the short video is then used
     ds = quiet(VideoClips, data_root, frames=3, test_fraction=0, progress=False)
