@@ -48,7 +48,15 @@ WORKERS = (0, 2)
 
 
 # --------------------------------------------------------------------------- data sets
+_LOAD_AT_START: list[float] = []
+
+
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def make_datasets(base: Path) -> dict[str, Path]:
+    _LOAD_AT_START[:] = [_load()]
     roots = {"synthetic-64x64": synthetic.generate(base / "synthetic", progress=False)}
     ucf = base / "ucf-like"
     if not (ucf / "done").exists():
@@ -132,7 +140,8 @@ def machine_info() -> dict:
         "platform": platform.platform(), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "decord": decord.__version__, "av": av.__version__, "numpy": np.__version__,
-        "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1min_at_start": _LOAD_AT_START[0] if _LOAD_AT_START else None,
+        "load_average_1min_at_end": _load(),
     }
 
 
@@ -152,8 +161,9 @@ def write_results(rows: list[dict], path_stem: Path = RESULTS / "data_cpu") -> N
         f"{info['date']} -- {info['cpu']}, {info['usable_cores']} cores usable "
         f"({info['cpu_count']} logical), {info['gpu']}; Python {info['python']}, "
         f"torch {info['torch']}, decord {info['decord']}, PyAV {info['av']}, "
-        f"NumPy {info['numpy']}. Load average (1 min) when done: "
-        f"{info['load_average_1min_at_end']:.2f}.",
+        f"NumPy {info['numpy']}. Load average (1 min) at start / end: "
+        f"{info['load_average_1min_at_start']} / {info['load_average_1min_at_end']} "
+        "(the machine may be shared with other jobs; above ~0.5 the numbers are pessimistic).",
         "",
         f"Clips of {FRAMES} frames at {SIZE}x{SIZE}, float32 in [-1, 1], batches of {BATCH}, "
         "random starts, shuffled, persistent workers (worker start-up not timed). "
