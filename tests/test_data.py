@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import warnings
 from fractions import Fraction
 from pathlib import Path
