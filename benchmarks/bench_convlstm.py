@@ -28,7 +28,7 @@ _COMPILED = {}
 
 def _compiled(key, fn):
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(fn)
+        _COMPILED[key] = torch.compile(fn, dynamic=False)
     return _COMPILED[key]
 
 
@@ -162,7 +162,7 @@ def _layer(impl, size, device):
         fn = model
     else:
         model = ConvLSTM(Cin, C, 3, fused=(impl == "fused")).to(device)
-        fn = torch.compile(model) if impl == "compile" else model
+        fn = torch.compile(model, dynamic=False) if impl == "compile" else model
     _COMPILED[key] = (model, fn)
     return model, fn
 
