@@ -162,9 +162,10 @@ def _extensions():
 
 
 def main():
+    ext_modules = _extensions()  # first: it fixes CUDA_HOME before cpp_extension is imported
     from torch.utils.cpp_extension import BuildExtension
 
-    setup(ext_modules=_extensions(),
+    setup(ext_modules=ext_modules,
           cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
           options={"bdist_wheel": {"py_limited_api": "cp310"}})
 

@@ -9,7 +9,7 @@
 // recomputed.
 #pragma once
 
-#include "math.h"
+#include "pf_math.h"
 
 namespace pyframepred {
 

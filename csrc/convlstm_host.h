@@ -204,17 +204,10 @@ inline ConvLSTMBackwardPlan plan_convlstm_backward(const at::Tensor& grad_h,
   return p;
 }
 
-// Rows of per-channel partial sums (R, 7, C) -> (grad_bias (4C,), grad_peephole (3, C)); the
-// seven quantities are the gate gradients i, f, g, o and the peephole products i, f, o.
-inline std::tuple<at::Tensor, at::Tensor> finish_param_grads(const at::Tensor& partial,
-                                                             bool peephole,
-                                                             at::ScalarType dtype) {
-  const int64_t C = partial.size(2);
-  at::Tensor total = partial.sum(0);  // (7, C), fixed reduction order: deterministic
-  at::Tensor grad_bias = total.narrow(0, 0, 4).reshape({4 * C}).to(dtype);
-  at::Tensor grad_peephole =
-      peephole ? total.narrow(0, 4, 3).to(dtype).contiguous() : at::empty({0}, grad_bias.options());
-  return {grad_bias, grad_peephole};
+// Rows of per-channel partial sums (R, 7, C) -> grad_params (7, C): rows 0-3 are the bias
+// gradient (gates i, f, g, o), rows 4-6 the peephole gradient (i, f, o; zero without peephole).
+inline at::Tensor finish_param_grads(const at::Tensor& partial, at::ScalarType dtype) {
+  return partial.sum(0).to(dtype);  // fixed reduction order: deterministic
 }
 
 }  // namespace pyframepred

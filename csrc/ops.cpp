@@ -11,12 +11,12 @@ TORCH_LIBRARY(pyframepred, m) {
       "convlstm_gates_forward(Tensor x_gates, Tensor? h_gates, Tensor c_prev, Tensor? bias, "
       "Tensor? peephole, bool save_gates) -> (Tensor h, Tensor c, Tensor gates)");
   // Backward of convlstm_gates_forward. Returns the gradient of the gate pre-activations (shared by
-  // x_gates and h_gates), of c_prev, and, when param_grads, of bias (4C,) and peephole (3, C)
-  // (empty tensors otherwise; the peephole gradient is empty without peephole weights).
+  // x_gates and h_gates), of c_prev, and, when param_grads, grad_params (7, C): rows 0-3 the bias
+  // gradient (reshape to (4C,)), rows 4-6 the peephole gradient (empty when not param_grads).
   m.def(
       "convlstm_gates_backward(Tensor grad_h, Tensor grad_c, Tensor gates, Tensor c_prev, "
       "Tensor? peephole, bool param_grads) -> (Tensor grad_gates, Tensor grad_c_prev, "
-      "Tensor grad_bias, Tensor grad_peephole)");
+      "Tensor grad_params)");
   // Gradient difference loss (Mathieu et al. 2015). reduction: 0 = none, 1 = mean, 2 = sum.
   m.def("gdl_loss_forward(Tensor pred, Tensor target, float alpha, int reduction) -> Tensor");
   m.def(

@@ -214,7 +214,7 @@ inline void backward_row(const BackwardArgs<scalar_t>& a, int64_t r, Sink&& sink
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
     const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
     const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
   auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
@@ -290,14 +290,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backwa
       });
     });
   }
-  at::Tensor grad_bias, grad_peephole;
-  if (param_grads) {
-    std::tie(grad_bias, grad_peephole) = finish_param_grads(partial, peep, gates.scalar_type());
-  } else {
-    grad_bias = at::empty({0}, gates.options());
-    grad_peephole = at::empty({0}, gates.options());
-  }
-  return {p.grad_gates, p.grad_c_prev, grad_bias, grad_peephole};
+  at::Tensor grad_params = param_grads ? finish_param_grads(partial, gates.scalar_type())
+                                        : at::empty({0}, gates.options());
+  return {p.grad_gates, p.grad_c_prev, grad_params};
 }
 
 }  // namespace

@@ -1,2 +1,202 @@
-class ConvLSTMCell: pass
-class ConvLSTM: pass
+"""ConvLSTM modules (Shi et al. 2015) on the fused cell kernel.
+
+``ConvLSTMCell`` is one step; ``ConvLSTM`` runs stacked layers over a sequence, computing each
+layer's input convolution for all time steps as one batched convolution and only the hidden
+convolution step by step. ``fused=False`` switches to the plain-PyTorch cell with the same
+parameters and state_dict, so the two are interchangeable.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops, reference
+
+State = Tuple[Tensor, Tensor]
+IntOrPair = Union[int, Tuple[int, int]]
+
+
+def _pair(kernel_size: IntOrPair) -> Tuple[int, int]:
+    if isinstance(kernel_size, int):
+        kernel_size = (kernel_size, kernel_size)
+    kernel_size = tuple(int(k) for k in kernel_size)
+    if len(kernel_size) != 2 or any(k < 1 or k % 2 == 0 for k in kernel_size):
+        raise ValueError(f"kernel_size must be an odd int or a pair of odd ints (odd sizes keep "
+                         f"the frame size with 'same' padding), got {kernel_size}")
+    return kernel_size
+
+
+class ConvLSTMCell(nn.Module):
+    """One ConvLSTM step: ``(h, c) = cell(x, (h_prev, c_prev))``.
+
+    Args:
+        in_channels: channels of the input frames ``x`` (N, in_channels, H, W).
+        hidden_channels: channels C of ``h`` and ``c``.
+        kernel_size: odd int or pair; the convolutions keep H and W.
+        bias: learn a gate bias (4C,), added inside the fused kernel.
+        peephole: learn per-channel peephole weights (3, C): i and f see ``c_prev``, o sees ``c``.
+        fused: use the fused kernel (True) or the plain-PyTorch reference (False).
+
+    ``state=None`` starts from zeros (created on the input's device and dtype, for any frame
+    size). Gate order of the convolution outputs is i, f, g, o.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: IntOrPair = 3,
+                 bias: bool = True, peephole: bool = False, fused: bool = True):
+        super().__init__()
+        if in_channels < 1 or hidden_channels < 1:
+            raise ValueError(f"in_channels and hidden_channels must be positive, got "
+                             f"{in_channels} and {hidden_channels}")
+        kh, kw = _pair(kernel_size)
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.kernel_size = (kh, kw)
+        self.fused = fused
+        padding = (kh // 2, kw // 2)
+        self.conv_x = nn.Conv2d(in_channels, 4 * hidden_channels, (kh, kw), padding=padding,
+                                bias=False)
+        self.conv_h = nn.Conv2d(hidden_channels, 4 * hidden_channels, (kh, kw), padding=padding,
+                                bias=False)
+        self.bias = nn.Parameter(torch.empty(4 * hidden_channels)) if bias else None
+        self.peephole = nn.Parameter(torch.empty(3, hidden_channels)) if peephole else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Like one convolution over cat(x, h): uniform(+-1/sqrt(fan_in)) for every weight.
+        fan_in = (self.in_channels + self.hidden_channels) * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        for w in (self.conv_x.weight, self.conv_h.weight):
+            nn.init.uniform_(w, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        if self.peephole is not None:
+            nn.init.zeros_(self.peephole)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
+                f"bias={self.bias is not None}, peephole={self.peephole is not None}, "
+                f"fused={self.fused}")
+
+    def init_state(self, like: Tensor) -> Tensor:
+        """A zero cell state for input frames like ``like`` (N, *, H, W)."""
+        n, _, h, w = like.shape
+        return like.new_zeros((n, self.hidden_channels, h, w))
+
+    def step(self, x_gates: Tensor, state: Optional[State]) -> State:
+        """Advance one step from precomputed input gates ``conv_x(x)`` (N, 4C, H, W)."""
+        if state is None:
+            h_gates, c_prev = None, self.init_state(x_gates)
+        else:
+            h_prev, c_prev = state
+            h_gates = self.conv_h(h_prev)
+        fn = ops.convlstm_gates if self.fused else reference.convlstm_gates
+        return fn(x_gates, h_gates, c_prev, self.bias, self.peephole)
+
+    def forward(self, x: Tensor, state: Optional[State] = None) -> State:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"ConvLSTMCell expects x of shape (N, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
+        if state is not None:
+            _check_state(state, x, self.hidden_channels, "state")
+        return self.step(self.conv_x(x), state)
+
+
+def _check_state(state, x: Tensor, hidden: int, name: str) -> None:
+    if not (isinstance(state, (tuple, list)) and len(state) == 2):
+        raise ValueError(f"{name} must be a pair (h, c), got {type(state).__name__}")
+    expected = (x.shape[0], hidden, x.shape[-2], x.shape[-1])
+    for part, t in zip("hc", state):
+        if tuple(t.shape) != expected:
+            raise ValueError(f"{name}: {part} must have shape {expected}, got {tuple(t.shape)}")
+
+
+class ConvLSTM(nn.Module):
+    """Stacked ConvLSTM layers over a sequence of frames.
+
+    Args:
+        in_channels: channels of the input frames.
+        hidden_channels: int (every layer) or list with one entry per layer.
+        kernel_size: odd int or pair, or a list with one per layer.
+        num_layers: number of stacked layers.
+        batch_first: inputs/outputs are (N, T, C, H, W) if True, else (T, N, C, H, W).
+        bias, peephole, fused: as in :class:`ConvLSTMCell`.
+
+    ``forward(x, state=None) -> (outputs, last_states)``: ``outputs`` holds the last layer's ``h``
+    at every step (same layout as ``x``); ``last_states`` is a list of ``(h, c)`` per layer, which
+    can be passed back as ``state`` (e.g. from an encoder to a decoder).
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: Union[int, Sequence[int]],
+                 kernel_size: Union[IntOrPair, Sequence[IntOrPair]] = 3, num_layers: int = 1,
+                 batch_first: bool = True, bias: bool = True, peephole: bool = False,
+                 fused: bool = True):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        hidden = self._per_layer(hidden_channels, num_layers, "hidden_channels", int)
+        is_one = isinstance(kernel_size, int) or (
+            isinstance(kernel_size, tuple) and len(kernel_size) == 2
+            and all(isinstance(k, int) for k in kernel_size))
+        kernels = [kernel_size] * num_layers if is_one else self._per_layer(
+            kernel_size, num_layers, "kernel_size", None)
+        self.batch_first = batch_first
+        self.num_layers = num_layers
+        self.hidden_channels = hidden
+        self.cells = nn.ModuleList(
+            ConvLSTMCell(in_channels if i == 0 else hidden[i - 1], hidden[i], kernels[i], bias,
+                         peephole, fused) for i in range(num_layers))
+
+    @staticmethod
+    def _per_layer(value, num_layers, name, kind):
+        if kind is int and isinstance(value, int):
+            return [value] * num_layers
+        value = list(value)
+        if len(value) != num_layers:
+            raise ValueError(f"{name} must have one entry per layer ({num_layers}), got {value}")
+        return value
+
+    @property
+    def fused(self) -> bool:
+        return all(cell.fused for cell in self.cells)
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        for cell in self.cells:
+            cell.fused = value
+
+    def forward(self, x: Tensor, state: Optional[List[State]] = None
+                ) -> Tuple[Tensor, List[State]]:
+        if x.dim() != 5:
+            raise ValueError(f"ConvLSTM expects a 5-d input ({'N, T' if self.batch_first else 'T, N'}"
+                             f", C, H, W), got shape {tuple(x.shape)}")
+        seq = x if not self.batch_first else x.transpose(0, 1)  # (T, N, C, H, W) view
+        T, N = seq.shape[:2]
+        if T == 0:
+            raise ValueError("ConvLSTM got an empty sequence (T = 0)")
+        if seq.shape[2] != self.cells[0].in_channels:
+            raise ValueError(f"ConvLSTM expects {self.cells[0].in_channels} input channels, got "
+                             f"{seq.shape[2]}")
+        if state is not None and len(state) != self.num_layers:
+            raise ValueError(f"state must hold one (h, c) per layer ({self.num_layers}), got "
+                             f"{len(state)}")
+        last_states: List[State] = []
+        layer_in = seq
+        for li, cell in enumerate(self.cells):
+            layer_state = None if state is None else state[li]
+            if layer_state is not None:
+                _check_state(layer_state, layer_in[0], cell.hidden_channels, f"state[{li}]")
+            # Input convolution of all T steps at once, in the time-major order of `seq`.
+            frames = layer_in.reshape(T * N, *layer_in.shape[2:])
+            x_gates = cell.conv_x(frames).view(T, N, *((4 * cell.hidden_channels,)
+                                                       + tuple(layer_in.shape[3:])))
+            hs = []
+            for t in range(T):
+                layer_state = cell.step(x_gates[t], layer_state)
+                hs.append(layer_state[0])
+            last_states.append(layer_state)
+            layer_in = torch.stack(hs, dim=0)
+        outputs = layer_in.transpose(0, 1) if self.batch_first else layer_in
+        return outputs, last_states

@@ -112,9 +112,8 @@ def _backward_fake(grad_h, grad_c, gates, c_prev, peephole, param_grads):
     opts = dict(dtype=gates.dtype, device=gates.device)
     grad_gates = torch.empty((N, C4, H, W), memory_format=fmt, **opts)
     grad_c_prev = torch.empty((N, C, H, W), memory_format=fmt, **opts)
-    grad_bias = gates.new_empty((C4,) if param_grads else (0,))
-    grad_peephole = gates.new_empty((3, C) if (param_grads and peephole is not None) else (0,))
-    return grad_gates, grad_c_prev, grad_bias, grad_peephole
+    grad_params = gates.new_empty((7, C) if param_grads else (0,))
+    return grad_gates, grad_c_prev, grad_params
 
 
 def _setup_context(ctx, inputs, output):
@@ -139,14 +138,13 @@ def _backward(ctx, grad_h, grad_c, _grad_gates):
         grad_c = c_prev.new_zeros(()).expand(c_prev.shape)
     need = ctx.needs_input_grad
     param_grads = bool(need[3] or need[4])
-    grad_gates, grad_c_prev, grad_bias, grad_peephole = \
-        torch.ops.pyframepred.convlstm_gates_backward(grad_h, grad_c, gates, c_prev, peephole,
-                                                      param_grads)
+    grad_gates, grad_c_prev, grad_params = torch.ops.pyframepred.convlstm_gates_backward(
+        grad_h, grad_c, gates, c_prev, peephole, param_grads)
     return (grad_gates if need[0] else None,
             grad_gates if need[1] else None,
             grad_c_prev if need[2] else None,
-            grad_bias if need[3] else None,
-            grad_peephole if need[4] else None,
+            grad_params[:4].reshape(-1) if need[3] else None,
+            grad_params[4:] if need[4] else None,
             None)
 
 

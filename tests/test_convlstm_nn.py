@@ -1,0 +1,167 @@
+"""ConvLSTMCell / ConvLSTM modules: fused vs reference equivalence, state handling, errors."""
+import pytest
+import torch
+
+from pyframepred import ops, reference
+from pyframepred.nn import ConvLSTM, ConvLSTMCell
+from conftest import requires_cuda
+
+
+def _grads(module, loss):
+    return torch.autograd.grad(loss, list(module.parameters()))
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cell_fused_equals_reference(peephole, bias):
+    cell = ConvLSTMCell(3, 8, 3, bias=bias, peephole=peephole).double()
+    if peephole:
+        torch.nn.init.normal_(cell.peephole)
+    x1, x2 = torch.randn(2, 2, 3, 9, 11, dtype=torch.float64).unbind(0)
+    results = []
+    for fused in (True, False):
+        cell.fused = fused
+        h, c = cell(x1)             # zero state
+        h, c = cell(x2, (h, c))     # carried state: every parameter is used
+        results.append((h, c, _grads(cell, (h ** 2).sum() + c.sum())))
+    (h1, c1, g1), (h2, c2, g2) = results
+    torch.testing.assert_close(h1, h2)
+    torch.testing.assert_close(c1, c2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("num_layers,hidden", [(1, 6), (3, [4, 6, 5])])
+def test_convlstm_fused_equals_reference(batch_first, num_layers, hidden):
+    m = ConvLSTM(3, hidden, kernel_size=[3, (5, 3), 1][:num_layers] if num_layers == 3 else 3,
+                 num_layers=num_layers, batch_first=batch_first, peephole=True).double()
+    for cell in m.cells:
+        torch.nn.init.normal_(cell.peephole, std=0.3)
+    x = torch.randn(2, 5, 3, 10, 12, dtype=torch.float64)
+    if not batch_first:
+        x = x.transpose(0, 1).contiguous()
+    results = []
+    for fused in (True, False):
+        m.fused = fused
+        out, states = m(x)
+        loss = (out ** 2).sum() + sum(c.sum() for _, c in states)
+        results.append((out, states, _grads(m, loss)))
+    (o1, s1, g1), (o2, s2, g2) = results
+    torch.testing.assert_close(o1, o2)
+    for (h1, c1), (h2, c2) in zip(s1, s2):
+        torch.testing.assert_close(h1, h2)
+        torch.testing.assert_close(c1, c2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+    expected_shape = (2, 5) if batch_first else (5, 2)
+    last = hidden if isinstance(hidden, int) else hidden[-1]
+    assert o1.shape == (*expected_shape, last, 10, 12)
+
+
+def test_convlstm_matches_unrolled_cells():
+    """The batched input convolution gives exactly what stepping the cell does."""
+    m = ConvLSTM(2, 4, 3, num_layers=2).double()
+    x = torch.randn(3, 4, 2, 8, 8, dtype=torch.float64)
+    out, states = m(x)
+    hs = x
+    for cell in m.cells:
+        state, steps = None, []
+        for t in range(x.shape[1]):
+            state = cell(hs[:, t], state)
+            steps.append(state[0])
+        hs = torch.stack(steps, 1)
+    torch.testing.assert_close(out, hs)
+    torch.testing.assert_close(states[-1][0], hs[:, -1])
+
+
+def test_state_passing_encoder_decoder():
+    enc = ConvLSTM(3, [8, 8], 3, num_layers=2)
+    dec = ConvLSTM(3, [8, 8], 3, num_layers=2)
+    x = torch.randn(2, 4, 3, 16, 16)
+    _, states = enc(x)
+    out, _ = dec(x[:, -1:], states)
+    assert out.shape == (2, 1, 8, 16, 16)
+    out.sum().backward()
+    # gradients reach the encoder through the passed state; no parameter is left unused
+    for p in list(enc.parameters()) + list(dec.parameters()):
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+def test_state_dict_interchangeable():
+    a = ConvLSTM(3, 5, 3, fused=True, peephole=True)
+    b = ConvLSTM(3, 5, 3, fused=False, peephole=True)
+    b.load_state_dict(a.state_dict())
+    assert a.state_dict().keys() == b.state_dict().keys()
+    x = torch.randn(1, 3, 3, 7, 7)
+    torch.testing.assert_close(a(x)[0], b(x)[0])
+
+
+def test_any_frame_size_and_dtype():
+    m = ConvLSTM(1, 4, (3, 5)).double()
+    for hw in [(5, 5), (17, 9), (1, 1)]:
+        out, _ = m(torch.randn(1, 2, 1, *hw, dtype=torch.float64))
+        assert out.shape[-2:] == hw and out.dtype == torch.float64
+
+
+def test_channels_last_input():
+    m = ConvLSTM(3, 6, 3)
+    x = torch.randn(2, 3, 3, 8, 8)
+    ref, _ = m(x)
+    xc = x.flatten(0, 1).to(memory_format=torch.channels_last).view(2, 3, 3, 8, 8)
+    out, _ = m(xc)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_flag_switches_op(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ops, "convlstm_gates",
+                        lambda *a: calls.append("fused") or reference.convlstm_gates(*a))
+    m = ConvLSTM(1, 2, 3)
+    m(torch.randn(1, 2, 1, 4, 4))
+    assert calls == ["fused", "fused"]
+    m.fused = False
+    m(torch.randn(1, 2, 1, 4, 4))
+    assert calls == ["fused", "fused"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(kernel_size=4), "odd"),
+    (dict(kernel_size=(3, 2)), "odd"),
+    (dict(num_layers=2, hidden_channels=[4, 4, 4]), "one entry per layer"),
+    (dict(num_layers=0), "num_layers"),
+])
+def test_constructor_errors(kwargs, match):
+    args = dict(in_channels=3, hidden_channels=4, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        ConvLSTM(**args)
+
+
+def test_forward_errors():
+    m = ConvLSTM(3, 4, 3)
+    with pytest.raises(ValueError, match="5-d input"):
+        m(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="3 input channels"):
+        m(torch.randn(2, 2, 4, 8, 8))
+    with pytest.raises(ValueError, match="empty sequence"):
+        m(torch.randn(2, 0, 3, 8, 8))
+    with pytest.raises(ValueError, match="h must have shape"):
+        m(torch.randn(2, 2, 3, 8, 8), [(torch.randn(2, 4, 8, 7), torch.randn(2, 4, 8, 8))])
+    cell = ConvLSTMCell(3, 4, 3)
+    with pytest.raises(ValueError, match="expects x of shape"):
+        cell(torch.randn(2, 5, 8, 8))
+
+
+@requires_cuda
+def test_convlstm_cuda_matches_cpu():
+    m = ConvLSTM(3, [8, 8], 3, num_layers=2, peephole=True)
+    x = torch.randn(2, 4, 3, 16, 16)
+    out_cpu, _ = m(x)
+    g_cpu = _grads(m, out_cpu.sum())
+    m = m.cuda()
+    out, _ = m(x.cuda())
+    g = _grads(m, out.sum())
+    torch.testing.assert_close(out.cpu(), out_cpu, atol=1e-4, rtol=1e-4)
+    for a, b in zip(g, g_cpu):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-3, rtol=1e-3)

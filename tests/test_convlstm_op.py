@@ -1,0 +1,316 @@
+"""The fused ConvLSTM cell op against its plain-PyTorch reference, gradcheck, opcheck, compile,
+and every bad-input case."""
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyframepred import ops, reference
+from conftest import CUDA, requires_cuda
+
+FWD = torch.ops.pyframepred.convlstm_gates_forward
+BWD = torch.ops.pyframepred.convlstm_gates_backward
+
+
+def make_inputs(N, C, H, W, *, dtype=torch.float32, device="cpu", has_h=True, bias=True,
+                peephole=False, layout="nchw", requires_grad=True):
+    def t(*shape):
+        return torch.randn(*shape, dtype=dtype, device=device)
+
+    xg, hg, cp = t(N, 4 * C, H, W), (t(N, 4 * C, H, W) if has_h else None), t(N, C, H, W)
+    if layout == "channels_last":
+        xg = xg.to(memory_format=torch.channels_last)
+        hg = hg.to(memory_format=torch.channels_last) if hg is not None else None
+        cp = cp.to(memory_format=torch.channels_last)
+    elif layout == "sliced":  # a channel slice of a bigger tensor: strided, still viewable
+        xg = t(N, 4 * C + 3, H, W)[:, 2:2 + 4 * C]
+    elif layout == "transposed":  # H and W swapped in memory: not (N, K, H*W)-viewable
+        xg = t(N, 4 * C, W, H).transpose(2, 3)
+        cp = t(N, C, W, H).transpose(2, 3)
+    b = t(4 * C) if bias else None
+    w = t(3, C) * 0.5 if peephole else None
+    args = [xg, hg, cp, b, w]
+    if requires_grad:
+        for a in args:
+            if a is not None:
+                a.requires_grad_(True)
+    return args
+
+
+def run_both(args, gh=None, gc=None, upcast=False):
+    """Forward + backward through fused and reference; returns (fused, reference) results."""
+    results = []
+    for fn, cast in ((ops.convlstm_gates, False), (reference.convlstm_gates, upcast)):
+        inputs = [a.detach().clone().double() if (cast and a is not None) else
+                  (a.detach().clone() if a is not None else None) for a in args]
+        for a, orig in zip(inputs, args):
+            if a is not None:
+                a.requires_grad_(orig.requires_grad)
+        h, c = fn(*inputs)
+        gh_ = torch.randn_like(h) if gh is None else gh
+        gc_ = torch.randn_like(c) if gc is None else gc
+        gh, gc = gh_, gc_
+        loss = (h * gh_.to(h.dtype)).sum() + (c * gc_.to(c.dtype)).sum()
+        leaves = [a for a in inputs if a is not None and a.requires_grad]
+        grads = torch.autograd.grad(loss, leaves)
+        results.append((h, c, grads))
+    return results
+
+
+def assert_close_results(fused, ref, atol, rtol):
+    (h1, c1, g1), (h2, c2, g2) = fused, ref
+    torch.testing.assert_close(h1.double(), h2.double(), atol=atol, rtol=rtol)
+    torch.testing.assert_close(c1.double(), c2.double(), atol=atol, rtol=rtol)
+    assert len(g1) == len(g2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a.double(), b.double(), atol=atol, rtol=rtol)
+
+
+SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 8, 16, 16), (2, 17, 9, 13), (1, 4, 1, 33)]
+LAYOUTS = ["nchw", "channels_last", "sliced", "transposed"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("peephole", [False, True])
+def test_matches_reference_float64(shape, layout, peephole):
+    args = make_inputs(*shape, dtype=torch.float64, layout=layout, peephole=peephole)
+    fused, ref = run_both(args)
+    assert_close_results(fused, ref, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("has_h,bias,peephole",
+                         list(itertools.product([False, True], repeat=3)))
+def test_optional_inputs_float32(has_h, bias, peephole):
+    args = make_inputs(2, 6, 11, 10, has_h=has_h, bias=bias, peephole=peephole)
+    fused, ref = run_both(args)
+    assert_close_results(fused, ref, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 12), H=st.integers(1, 12), W=st.integers(1, 12),
+       has_h=st.booleans(), bias=st.booleans(), peephole=st.booleans(),
+       layout=st.sampled_from(LAYOUTS), scale=st.sampled_from([0.1, 1.0, 8.0]))
+def test_property_matches_reference(N, C, H, W, has_h, bias, peephole, layout, scale):
+    args = make_inputs(N, C, H, W, dtype=torch.float64, has_h=has_h, bias=bias,
+                       peephole=peephole, layout=layout, requires_grad=False)
+    args = [a * scale if a is not None else None for a in args]
+    for a in args:
+        if a is not None:
+            a.requires_grad_(True)
+    fused, ref = run_both(args)
+    assert_close_results(fused, ref, atol=1e-11, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_reduced_precision_cpu(dtype, layout):
+    args = make_inputs(2, 8, 12, 12, dtype=dtype, layout=layout, peephole=True)
+    fused, ref = run_both(args, upcast=True)
+    tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+    # parameter gradients sum N*H*W terms: compare relative to their size
+    assert_close_results(fused, ref, atol=tol * 10, rtol=tol * 4)
+    assert fused[0].dtype == dtype
+
+
+def test_output_layout_follows_input():
+    xg, hg, cp, b, _ = make_inputs(2, 4, 6, 6, layout="channels_last", requires_grad=False)
+    h, c = ops.convlstm_gates(xg, hg, cp, b)
+    assert h.is_contiguous(memory_format=torch.channels_last)
+    xg, hg, cp, b, _ = make_inputs(2, 4, 6, 6, requires_grad=False)
+    h, c = ops.convlstm_gates(xg, hg, cp, b)
+    assert h.is_contiguous()
+
+
+def test_only_h_or_only_c_used():
+    for use in ("h", "c"):
+        args = make_inputs(2, 5, 7, 7, dtype=torch.float64, peephole=True)
+        outs = []
+        for fn in (ops.convlstm_gates, reference.convlstm_gates):
+            h, c = fn(*args)
+            out = h if use == "h" else c
+            outs.append(torch.autograd.grad(out.sum(), [a for a in args if a is not None]))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b)
+
+
+def test_no_grad_saves_nothing():
+    xg, hg, cp, b, w = make_inputs(2, 4, 5, 5, requires_grad=False)
+    h, c, gates = FWD(xg, hg, cp, b, w, False)
+    assert gates.numel() == 0
+    h2, c2, gates2 = FWD(xg, hg, cp, b, w, True)
+    assert gates2.shape == xg.shape
+    torch.testing.assert_close(h, h2)
+    # the saved gates are the activated i, f, g, o
+    i, f, g, o = gates2.chunk(4, 1)
+    gi, gf, gg, go = (xg + hg + b.view(1, -1, 1, 1)).chunk(4, 1)
+    torch.testing.assert_close(i, torch.sigmoid(gi))
+    torch.testing.assert_close(g, torch.tanh(gg))
+
+
+def test_backward_without_saved_gates_is_a_clear_error():
+    xg, hg, cp, b, w = make_inputs(2, 4, 5, 5)
+    h, c, _ = FWD(xg, hg, cp, b, w, False)
+    with pytest.raises(RuntimeError, match="save_gates=False"):
+        h.sum().backward()
+
+
+def test_param_grads_are_deterministic():
+    args = make_inputs(4, 16, 32, 32, peephole=True, layout="channels_last")
+    runs = []
+    for _ in range(2):
+        h, c = ops.convlstm_gates(*args)
+        runs.append(torch.autograd.grad((h + c).sum(), [args[3], args[4]]))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_gradcheck():
+    for peephole, has_h in ((True, True), (False, False)):
+        args = make_inputs(2, 3, 4, 5, dtype=torch.float64, peephole=peephole, has_h=has_h)
+        assert torch.autograd.gradcheck(ops.convlstm_gates, args, eps=1e-6, atol=1e-7)
+    args = make_inputs(1, 2, 3, 3, dtype=torch.float64, peephole=True, layout="channels_last")
+    assert torch.autograd.gradcheck(ops.convlstm_gates, args)
+
+
+@pytest.mark.parametrize("save", [True, False])
+@pytest.mark.parametrize("peephole", [True, False])
+def test_opcheck_forward(save, peephole):
+    args = make_inputs(2, 3, 4, 5, peephole=peephole, requires_grad=save)
+    torch.library.opcheck(FWD, (*args, save))
+
+
+def test_opcheck_backward():
+    xg, hg, cp, b, w = make_inputs(2, 3, 4, 5, peephole=True, requires_grad=False)
+    _, _, gates = FWD(xg, hg, cp, b, w, True)
+    gh, gc = torch.randn_like(cp), torch.randn_like(cp)
+    torch.library.opcheck(BWD, (gh, gc, gates, cp, w, True))
+    torch.library.opcheck(BWD, (gh, gc, gates, cp, None, False))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def step(xg, hg, cp, b, w):
+        h, c = ops.convlstm_gates(xg, hg, cp, b, w)
+        return (h * 2).sum() + c.mean()
+
+    compiled = torch.compile(step, fullgraph=True, backend="inductor")
+    args = make_inputs(2, 4, 6, 6, peephole=True)
+    eager = step(*args)
+    g_eager = torch.autograd.grad(eager, [a for a in args if a is not None])
+    out = compiled(*args)
+    g_comp = torch.autograd.grad(out, [a for a in args if a is not None])
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(g_comp, g_eager):
+        torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def _valid(**over):
+    xg, hg, cp, b, w = make_inputs(2, 3, 4, 5, peephole=True, requires_grad=False)
+    d = dict(x_gates=xg, h_gates=hg, c_prev=cp, bias=b, peephole=w)
+    d.update(over)
+    return d
+
+
+BAD = [
+    ("x_gates 3-d", dict(x_gates=torch.randn(12, 4, 5)), "x_gates must be 4-d"),
+    ("channels not 4C", dict(x_gates=torch.randn(2, 13, 4, 5)), "4\\*C channels"),
+    ("h_gates shape", dict(h_gates=torch.randn(2, 12, 4, 6)), "h_gates must have shape"),
+    ("c_prev shape", dict(c_prev=torch.randn(2, 4, 4, 5)), "c_prev must have shape"),
+    ("bias shape", dict(bias=torch.randn(3)), "bias must have shape"),
+    ("peephole shape", dict(peephole=torch.randn(4, 3)), "peephole must have shape"),
+    ("dtype mismatch", dict(c_prev=torch.randn(2, 3, 4, 5, dtype=torch.float64)),
+     "c_prev has dtype"),
+    ("integer x_gates", dict(x_gates=torch.ones(2, 12, 4, 5, dtype=torch.int64)),
+     "x_gates must be a floating-point"),
+    ("integer bias", dict(bias=torch.ones(12, dtype=torch.int32)),
+     "bias must be a floating-point"),
+]
+
+
+@pytest.mark.parametrize("name,override,match", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_eager(name, override, match):
+    with pytest.raises(RuntimeError, match=match):
+        ops.convlstm_gates(**_valid(**override))
+
+
+@pytest.mark.parametrize("name,override,match", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_fake(name, override, match):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with pytest.raises(RuntimeError, match=match):
+            FWD(*_valid(**override).values(), False)
+
+
+def test_bad_input_device_mismatch():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    kwargs = _valid()
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = {k: mode.from_tensor(v) for k, v in kwargs.items()}
+        fake["c_prev"] = torch.empty(2, 3, 4, 5, device="meta")
+        with pytest.raises(RuntimeError, match="c_prev is on meta but x_gates is on cpu"):
+            FWD(*fake.values(), False)
+
+
+def test_backward_bad_input():
+    xg, hg, cp, b, w = make_inputs(2, 3, 4, 5, requires_grad=False)
+    _, _, gates = FWD(xg, hg, cp, b, w, True)
+    with pytest.raises(RuntimeError, match="grad_h must have shape"):
+        BWD(torch.randn(2, 3, 4, 4), cp, gates, cp, None, False)
+
+
+# ---------------------------------------------------------------------------- CUDA
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("peephole", [False, True])
+def test_cuda_matches_reference(dtype, layout, peephole):
+    for shape in [(2, 3, 5, 7), (3, 16, 20, 20), (1, 40, 33, 17)]:
+        args = make_inputs(*shape, dtype=dtype, device="cuda", layout=layout, peephole=peephole)
+        fused, ref = run_both(args, upcast=dtype in (torch.float16, torch.bfloat16))
+        tol = {torch.float64: (1e-12, 1e-10), torch.float32: (1e-5, 1e-5),
+               torch.float16: (4e-2, 1.6e-2), torch.bfloat16: (2e-1, 8e-2)}[dtype]
+        assert_close_results(fused, ref, *tol)
+
+
+@requires_cuda
+def test_cuda_gradcheck_and_opcheck():
+    args = make_inputs(2, 3, 4, 5, dtype=torch.float64, device="cuda", peephole=True)
+    assert torch.autograd.gradcheck(ops.convlstm_gates, args)
+    torch.library.opcheck(FWD, (*args, True))
+
+
+@requires_cuda
+def test_cuda_matches_cpu_bitwise_deterministic():
+    args = make_inputs(4, 32, 24, 24, device="cuda", peephole=True)
+    runs = []
+    for _ in range(2):
+        h, c = ops.convlstm_gates(*args)
+        runs.append(torch.autograd.grad((h * c).sum(), [a for a in args if a is not None]))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_cuda_large_int64_indexing():
+    # > 2^31 elements in x_gates: exercises the 64-bit index path.
+    N, C, H, W = 1, 2 ** 13, 2 ** 8, 2 ** 8 + 1  # x_gates has 4*C*H*W > 2^31 elements
+    try:
+        xg = torch.randn(N, 4 * C, H, W, device="cuda", dtype=torch.float16)
+        cp = torch.randn(N, C, H, W, device="cuda", dtype=torch.float16)
+    except torch.OutOfMemoryError:
+        pytest.skip("not enough GPU memory")
+    h, c = ops.convlstm_gates(xg, None, cp)
+    sl = (0, slice(C - 3, C), slice(H - 2, H), slice(W - 2, W))
+    gates = [xg[0, k * C + C - 3:k * C + C, H - 2:, W - 2:][None] for k in range(4)]
+    h_ref, c_ref = reference.convlstm_gates(torch.cat(gates, 1).float(), None, cp[sl][None].float())
+    torch.testing.assert_close(h[sl][None].float(), h_ref, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(c[sl][None].float(), c_ref, atol=2e-3, rtol=2e-3)
