@@ -21,7 +21,7 @@
 
 #include <type_traits>
 
-#include "math.h"
+#include "pf_math.h"
 
 namespace pyframepred {
 
