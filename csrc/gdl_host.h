@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <string>
 
@@ -99,6 +100,15 @@ inline std::string gdl_shape_str(at::IntArrayRef s) {
   return out + ")";
 }
 
+// Numbers and devices in messages are formatted here rather than streamed into TORCH_CHECK:
+// on one toolchain seen (GCC 13 with torch 2.11) streaming a double through c10::str crashed inside
+// the extension's copy of std::ostream::_M_insert<double>.
+inline std::string gdl_num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
 inline const char* gdl_reduction_name(int64_t reduction) {
   return reduction == 0 ? "none" : (reduction == 1 ? "mean" : "sum");
 }
@@ -110,8 +120,8 @@ inline void check_gdl_args(const at::Tensor& pred, const at::Tensor& target, dou
               ": pred must be a floating-point tensor (float32, float64, float16 or bfloat16), "
               "got ",
               pred.scalar_type());
-  TORCH_CHECK(target.device() == pred.device(), op, ": target is on ", target.device(),
-              " but pred is on ", pred.device(), "; pred and target must be on one device");
+  TORCH_CHECK(target.device() == pred.device(), op, ": target is on ", target.device().str(),
+              " but pred is on ", pred.device().str(), "; pred and target must be on one device");
   TORCH_CHECK(target.scalar_type() == pred.scalar_type(), op, ": target has dtype ",
               target.scalar_type(), " but pred has dtype ", pred.scalar_type(),
               "; pred and target must have one dtype");
@@ -122,9 +132,10 @@ inline void check_gdl_args(const at::Tensor& pred, const at::Tensor& target, dou
   TORCH_CHECK(pred.numel() > 0, op, ": pred and target must not be empty, got shape ",
               gdl_shape_str(pred.sizes()));
   TORCH_CHECK(std::isfinite(alpha) && alpha >= 1.0, op,
-              ": alpha must be a finite number >= 1, got ", alpha);
+              ": alpha must be a finite number >= 1, got ", gdl_num(alpha));
   TORCH_CHECK(reduction >= 0 && reduction <= 2, op,
-              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+              std::to_string(reduction));
 }
 
 // Inputs after checking, with the (B, H, W) geometry.
@@ -165,8 +176,8 @@ inline at::Tensor gdl_forward_output(const at::Tensor& pred, int64_t reduction) 
 // one value per image for "none", a single value otherwise.
 inline at::Tensor gdl_grad_scale(const at::Tensor& grad_out, const at::Tensor& pred,
                                  int64_t reduction, const char* op) {
-  TORCH_CHECK(grad_out.device() == pred.device(), op, ": grad_out is on ", grad_out.device(),
-              " but pred is on ", pred.device());
+  TORCH_CHECK(grad_out.device() == pred.device(), op, ": grad_out is on ",
+              grad_out.device().str(), " but pred is on ", pred.device().str());
   TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op,
               ": grad_out must be a floating-point tensor, got ", grad_out.scalar_type());
   if (reduction == 0) {

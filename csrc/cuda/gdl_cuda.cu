@@ -1,19 +1,22 @@
 // CUDA kernels of the fused gradient difference loss: one pass forward, one pass backward.
 //
-// Each image (B of them, see gdl_host.h) is cut in tiles of kTileH x kTileW pixels; a block of
-// kBX x kBY threads handles one tile at a time (grid-stride over the B * tiles work items), each
-// thread kRows x kCols pixels, a warp reading 32 consecutive pixels of a row. The per-element
-// math is the shared gdl.h, exactly what the CPU kernels run.
+// Work is split in warp items: (image b, strip of 32 * kV columns, band of R rows). Lane l of a
+// warp owns the kV consecutive columns x0 = strip * 32 * kV + l * kV ... x0 + kV - 1 and walks
+// down the band one row at a time, keeping the row above (forward) or the coefficients of the
+// vertical pairs above (backward) in registers, so every element is loaded once; the left and
+// right neighbours come from the adjacent lanes by warp shuffles (lanes 0 and 31 load theirs).
+// Rows whose W stride is 1 and that are suitably aligned are read (and gradients written) with
+// one vector access per lane; any other layout is read element by element through its strides.
+// The next row is loaded before the current one is processed, to keep loads in flight. The
+// per-element math is the shared gdl.h, exactly what the CPU kernels run.
 //
-// Forward: every pixel adds the terms of its pairs with the left and upper neighbours (loaded
-// through L1: each element comes from DRAM once); a CUB block reduction writes one partial sum
-// per work item, and a second small kernel sums the partials of each output in a fixed order, so
-// the result depends on the shape only: bit-identical run after run.
-// Backward (gather form, no atomics): every pixel recomputes the coefficients of its up to four
-// pairs and writes its gradient (and the target's) once.
+// Forward: the 8 warps of a block take 8 consecutive items of one image; a CUB block reduction
+// writes one partial sum per group of 8 items and a second small kernel sums the partials of each
+// output in a fixed order: the result depends on the shape only, bit-identical run after run.
+// Backward (gather form, no atomics): each pixel's gradient (and the target's) is written once.
 //
-// Offsets inside an image use 32-bit arithmetic when they fit, 64-bit otherwise; image offsets
-// are always 64-bit.
+// The band height R and all groupings depend on the shape only. Offsets inside an image use
+// 32-bit arithmetic when they fit, 64-bit otherwise; image offsets are always 64-bit.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,11 +37,12 @@ namespace pyframepred {
 namespace cuda {
 namespace {
 
-constexpr int kBX = 32, kBY = 8, kThreads = kBX * kBY;
-constexpr int kCols = 2, kRows = 4;  // pixels per thread
-constexpr int kTileW = kBX * kCols, kTileH = kBY * kRows;
+constexpr int kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kV = 4;                   // columns per lane
+constexpr int kStrip = 32 * kV;         // columns per warp item
 constexpr int kFinishThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride beyond
+constexpr unsigned kFull = 0xffffffffu;
 
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
@@ -48,64 +52,164 @@ struct TypeTag {
   using type = T;
 };
 
-// Work items: image b, tile (ty, tx).
-struct Tiling {
-  int64_t items, per_image, x_tiles;
+// kV consecutive elements, aligned for one vector access.
+template <typename scalar_t>
+struct alignas(sizeof(scalar_t) * kV) Pack {
+  scalar_t v[kV];
 };
 
-inline Tiling make_tiling(const GdlPlan& p) {
-  Tiling t;
-  t.x_tiles = (p.W + kTileW - 1) / kTileW;
-  t.per_image = ((p.H + kTileH - 1) / kTileH) * t.x_tiles;
-  t.items = p.B * t.per_image;
-  return t;
+// Work decomposition (host-computed, shape-dependent only).
+struct Plan {
+  int64_t strips, bands, rows;     // per image: strips of kStrip columns, bands of `rows` rows
+  int64_t items_per_image;         // strips * bands warp items
+  int64_t groups_per_image;        // ceil(items_per_image / kWarps) blocks' worth
+  int64_t groups;                  // B * groups_per_image
+};
+
+inline Plan make_plan(const GdlPlan& p) {
+  Plan q;
+  q.strips = (p.W + kStrip - 1) / kStrip;
+  // Bands of 32 rows, fewer when that leaves too few warps to fill the GPU.
+  int64_t rows = 32;
+  while (rows > 4 && p.B * q.strips * ((p.H + rows - 1) / rows) < 8192) rows /= 2;
+  q.rows = std::min<int64_t>(rows, p.H);
+  q.bands = (p.H + q.rows - 1) / q.rows;
+  q.items_per_image = q.strips * q.bands;
+  q.groups_per_image = (q.items_per_image + kWarps - 1) / kWarps;
+  q.groups = p.B * q.groups_per_image;
+  return q;
 }
 
-inline int grid_for(int64_t items) {
-  return static_cast<int>(std::min<int64_t>(items, kMaxBlocks));
+inline int grid_for(int64_t n) { return static_cast<int>(std::min<int64_t>(n, kMaxBlocks)); }
+
+// Whether `t` can be accessed a Pack at a time at every lane's first column: W stride 1, every
+// other stride a multiple of kV, and the data pointer aligned.
+template <typename scalar_t>
+inline bool packable(const at::Tensor& t, const scalar_t* data) {
+  if (t.stride(-1) != 1) return false;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) {
+    if (t.size(d) > 1 && t.stride(d) % kV != 0) return false;
+  }
+  return reinterpret_cast<uintptr_t>(data) % (sizeof(scalar_t) * kV) == 0;
 }
 
-template <typename scalar_t, typename index_t, GdlPower kP>
+// Loads the kV elements of row `row` (a pointer to its column 0) at columns x0 .. x0+kV-1
+// (0 past W), converted to the accumulation type.
+template <bool kPack, typename scalar_t, typename index_t, typename A>
+__device__ __forceinline__ void load_row(const scalar_t* row, index_t x0, index_t W, index_t sW,
+                                         A (&out)[kV]) {
+  if (kPack && x0 + kV <= W) {
+    const Pack<scalar_t> pk = *reinterpret_cast<const Pack<scalar_t>*>(row + x0);
+#pragma unroll
+    for (int k = 0; k < kV; ++k) out[k] = static_cast<A>(pk.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kV; ++k) {
+      const index_t x = x0 + k;
+      out[k] = x < W ? static_cast<A>(row[x * sW]) : A(0);
+    }
+  }
+}
+
+template <bool kPack, typename scalar_t, typename index_t, typename A>
+__device__ __forceinline__ void store_row(scalar_t* row, index_t x0, index_t W, index_t sW,
+                                          const A (&in)[kV]) {
+  if (kPack && x0 + kV <= W) {
+    Pack<scalar_t> pk;
+#pragma unroll
+    for (int k = 0; k < kV; ++k) pk.v[k] = static_cast<scalar_t>(in[k]);
+    *reinterpret_cast<Pack<scalar_t>*>(row + x0) = pk;
+  } else {
+#pragma unroll
+    for (int k = 0; k < kV; ++k) {
+      const index_t x = x0 + k;
+      if (x < W) row[x * sW] = static_cast<scalar_t>(in[k]);
+    }
+  }
+}
+
+// The warp item of (group g, warp w): image b and the item's first row/column; false when the
+// group has fewer than kWarps items.
+struct Item {
+  int64_t b;
+  int64_t y0, y1, strip;
+};
+
+__device__ __forceinline__ bool item_of(const Plan& q, int64_t H, int64_t g, int w, Item& it) {
+  it.b = g / q.groups_per_image;
+  const int64_t local = (g - it.b * q.groups_per_image) * kWarps + w;
+  if (local >= q.items_per_image) return false;
+  const int64_t band = local / q.strips;
+  it.strip = local - band * q.strips;
+  it.y0 = band * q.rows;
+  it.y1 = it.y0 + q.rows < H ? it.y0 + q.rows : H;
+  return true;
+}
+
+template <typename scalar_t, typename index_t, GdlPower kP, bool kPack>
 __global__ void __launch_bounds__(kThreads)
     gdl_forward_kernel(const GdlOperand<const scalar_t> p, const GdlOperand<const scalar_t> t,
-                       const Tiling tiling, const index_t H, const index_t W,
+                       const Plan q, const int64_t H64, const int64_t W64,
                        const acc_t<scalar_t> alpha, acc_t<scalar_t>* __restrict__ partial) {
   using A = acc_t<scalar_t>;
-  using Reduce = cub::BlockReduce<A, kBX, cub::BLOCK_REDUCE_WARP_REDUCTIONS, kBY>;
+  using Reduce = cub::BlockReduce<A, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const index_t H = static_cast<index_t>(H64), W = static_cast<index_t>(W64);
   const index_t psH = static_cast<index_t>(p.sH), psW = static_cast<index_t>(p.sW);
   const index_t tsH = static_cast<index_t>(t.sH), tsW = static_cast<index_t>(t.sW);
-  for (int64_t item = blockIdx.x; item < tiling.items; item += gridDim.x) {
-    const int64_t b = item / tiling.per_image;
-    const int64_t r = item - b * tiling.per_image;
-    const index_t ty = static_cast<index_t>(r / tiling.x_tiles);
-    const index_t tx = static_cast<index_t>(r - static_cast<int64_t>(ty) * tiling.x_tiles);
-    const scalar_t* P = p.data + p.batch.offset(b);
-    const scalar_t* T = t.data + t.batch.offset(b);
+  for (int64_t g = blockIdx.x; g < q.groups; g += gridDim.x) {
     A acc = A(0);
+    Item it;
+    if (item_of(q, H64, g, warp, it)) {  // warp-uniform
+      const scalar_t* P = p.data + p.batch.offset(it.b);
+      const scalar_t* T = t.data + t.batch.offset(it.b);
+      const index_t x0 = static_cast<index_t>(it.strip) * kStrip + lane * kV;
+      const index_t y0 = static_cast<index_t>(it.y0), y1 = static_cast<index_t>(it.y1);
+      A pu[kV], tu[kV], pc[kV], tc[kV], pn[kV], tn[kV];
 #pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const index_t y = ty * kTileH + static_cast<index_t>(threadIdx.y) + i * kBY;
+      for (int k = 0; k < kV; ++k) pu[k] = tu[k] = pn[k] = tn[k] = A(0);
+      if (y0 > 0) {
+        load_row<kPack>(P + (y0 - 1) * psH, x0, W, psW, pu);
+        load_row<kPack>(T + (y0 - 1) * tsH, x0, W, tsW, tu);
+      }
+      load_row<kPack>(P + y0 * psH, x0, W, psW, pc);
+      load_row<kPack>(T + y0 * tsH, x0, W, tsW, tc);
+      for (index_t y = y0; y < y1; ++y) {
+        if (y + 1 < y1) {  // next row in flight while this one is processed
+          load_row<kPack>(P + (y + 1) * psH, x0, W, psW, pn);
+          load_row<kPack>(T + (y + 1) * tsH, x0, W, tsW, tn);
+        }
+        // Left neighbour of the lane's first column: the previous lane's last one.
+        A pl = __shfl_up_sync(kFull, pc[kV - 1], 1);
+        A tl = __shfl_up_sync(kFull, tc[kV - 1], 1);
+        if (lane == 0 && x0 > 0 && x0 - 1 < W) {
+          pl = static_cast<A>(P[y * psH + (x0 - 1) * psW]);
+          tl = static_cast<A>(T[y * tsH + (x0 - 1) * tsW]);
+        }
 #pragma unroll
-      for (int j = 0; j < kCols; ++j) {
-        const index_t x = tx * kTileW + static_cast<index_t>(threadIdx.x) + j * kBX;
-        if (y < H && x < W) {
-          const index_t po = y * psH + x * psW, to = y * tsH + x * tsW;
-          const A pc = static_cast<A>(P[po]), tc = static_cast<A>(T[to]);
-          if (x > 0) {
-            acc += gdl_term<kP>(tc - static_cast<A>(T[to - tsW]), pc - static_cast<A>(P[po - psW]),
-                                alpha);
+        for (int k = 0; k < kV; ++k) {
+          const index_t x = x0 + k;
+          if (x < W) {
+            if (x > 0) {
+              const A lp = k == 0 ? pl : pc[k - 1], lt = k == 0 ? tl : tc[k - 1];
+              acc += gdl_term<kP>(tc[k] - lt, pc[k] - lp, alpha);
+            }
+            if (y > 0) acc += gdl_term<kP>(tc[k] - tu[k], pc[k] - pu[k], alpha);
           }
-          if (y > 0) {
-            acc += gdl_term<kP>(tc - static_cast<A>(T[to - tsH]), pc - static_cast<A>(P[po - psH]),
-                                alpha);
-          }
+        }
+#pragma unroll
+        for (int k = 0; k < kV; ++k) {
+          pu[k] = pc[k];
+          tu[k] = tc[k];
+          pc[k] = pn[k];
+          tc[k] = tn[k];
         }
       }
     }
     const A total = Reduce(tmp).Sum(acc);
-    if (threadIdx.x == 0 && threadIdx.y == 0) partial[item] = total;
-    __syncthreads();  // tmp is reused by the next item
+    if (threadIdx.x == 0) partial[g] = total;
+    __syncthreads();  // tmp is reused by the next group
   }
 }
 
@@ -128,71 +232,101 @@ __global__ void __launch_bounds__(kFinishThreads)
   }
 }
 
-template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget>
+template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget, bool kPack>
 __global__ void __launch_bounds__(kThreads)
     gdl_backward_kernel(const GdlOperand<const scalar_t> p, const GdlOperand<const scalar_t> t,
                         const GdlOperand<scalar_t> gp, const GdlOperand<scalar_t> gt,
-                        const Tiling tiling, const index_t H, const index_t W,
+                        const Plan q, const int64_t H64, const int64_t W64,
                         const acc_t<scalar_t> alpha, const acc_t<scalar_t>* __restrict__ scale,
                         const bool per_image, const acc_t<scalar_t> divisor) {
   using A = acc_t<scalar_t>;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const index_t H = static_cast<index_t>(H64), W = static_cast<index_t>(W64);
   const index_t psH = static_cast<index_t>(p.sH), psW = static_cast<index_t>(p.sW);
   const index_t tsH = static_cast<index_t>(t.sH), tsW = static_cast<index_t>(t.sW);
   const index_t gpH = static_cast<index_t>(gp.sH), gpW = static_cast<index_t>(gp.sW);
   const index_t gtH = static_cast<index_t>(gt.sH), gtW = static_cast<index_t>(gt.sW);
-  for (int64_t item = blockIdx.x; item < tiling.items; item += gridDim.x) {
-    const int64_t b = item / tiling.per_image;
-    const int64_t r = item - b * tiling.per_image;
-    const index_t ty = static_cast<index_t>(r / tiling.x_tiles);
-    const index_t tx = static_cast<index_t>(r - static_cast<int64_t>(ty) * tiling.x_tiles);
-    const scalar_t* P = p.data + p.batch.offset(b);
-    const scalar_t* T = t.data + t.batch.offset(b);
-    scalar_t* GP = gp.data + gp.batch.offset(b);
-    scalar_t* GT = kTarget ? gt.data + gt.batch.offset(b) : nullptr;
-    const A s = scale[per_image ? b : 0] / divisor;
+  for (int64_t g = blockIdx.x; g < q.groups; g += gridDim.x) {
+    Item it;
+    if (!item_of(q, H64, g, warp, it)) continue;  // warp-uniform
+    const scalar_t* P = p.data + p.batch.offset(it.b);
+    const scalar_t* T = t.data + t.batch.offset(it.b);
+    scalar_t* GP = gp.data + gp.batch.offset(it.b);
+    scalar_t* GT = kTarget ? gt.data + gt.batch.offset(it.b) : nullptr;
+    const A s = scale[per_image ? it.b : 0] / divisor;
+    const index_t x0 = static_cast<index_t>(it.strip) * kStrip + lane * kV;
+    const index_t y0 = static_cast<index_t>(it.y0), y1 = static_cast<index_t>(it.y1);
+    A pc[kV], tc[kV], pn[kV], tn[kV];
+    A up_p[kV], up_t[kV];  // coefficients of the vertical pairs above the current row
+    load_row<kPack>(P + y0 * psH, x0, W, psW, pc);
+    load_row<kPack>(T + y0 * tsH, x0, W, tsW, tc);
 #pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const index_t y = ty * kTileH + static_cast<index_t>(threadIdx.y) + i * kBY;
+    for (int k = 0; k < kV; ++k) up_p[k] = up_t[k] = pn[k] = tn[k] = A(0);
+    if (y0 > 0) {
+      load_row<kPack>(P + (y0 - 1) * psH, x0, W, psW, pn);
+      load_row<kPack>(T + (y0 - 1) * tsH, x0, W, tsW, tn);
 #pragma unroll
-      for (int j = 0; j < kCols; ++j) {
-        const index_t x = tx * kTileW + static_cast<index_t>(threadIdx.x) + j * kBX;
-        if (y < H && x < W) {
-          const index_t po = y * psH + x * psW, to = y * tsH + x * tsW;
-          const A pc = static_cast<A>(P[po]), tc = static_cast<A>(T[to]);
-          A up_p = A(0), down_p = A(0), left_p = A(0), right_p = A(0);
-          A up_t = A(0), down_t = A(0), left_t = A(0), right_t = A(0);
-          A cp = A(0), ct = A(0);
-          if (y > 0) {
-            gdl_coef<kP, kTarget>(tc - static_cast<A>(T[to - tsH]),
-                                  pc - static_cast<A>(P[po - psH]), alpha, cp, ct);
-            up_p = cp;
-            up_t = ct;
-          }
-          if (y + 1 < H) {
-            gdl_coef<kP, kTarget>(static_cast<A>(T[to + tsH]) - tc,
-                                  static_cast<A>(P[po + psH]) - pc, alpha, cp, ct);
-            down_p = cp;
-            down_t = ct;
-          }
-          if (x > 0) {
-            gdl_coef<kP, kTarget>(tc - static_cast<A>(T[to - tsW]),
-                                  pc - static_cast<A>(P[po - psW]), alpha, cp, ct);
-            left_p = cp;
-            left_t = ct;
-          }
-          if (x + 1 < W) {
-            gdl_coef<kP, kTarget>(static_cast<A>(T[to + tsW]) - tc,
-                                  static_cast<A>(P[po + psW]) - pc, alpha, cp, ct);
-            right_p = cp;
-            right_t = ct;
-          }
-          GP[y * gpH + x * gpW] =
-              static_cast<scalar_t>(gdl_gather(up_p, down_p, left_p, right_p, s));
-          if constexpr (kTarget) {
-            GT[y * gtH + x * gtW] =
-                static_cast<scalar_t>(gdl_gather(up_t, down_t, left_t, right_t, s));
-          }
+      for (int k = 0; k < kV; ++k) {
+        if (x0 + k < W) gdl_coef<kP, kTarget>(tc[k] - tn[k], pc[k] - pn[k], alpha, up_p[k], up_t[k]);
+      }
+    }
+    for (index_t y = y0; y < y1; ++y) {
+      const bool down = y + 1 < H;  // warp-uniform
+      if (down) {
+        load_row<kPack>(P + (y + 1) * psH, x0, W, psW, pn);
+        load_row<kPack>(T + (y + 1) * tsH, x0, W, tsW, tn);
+      }
+      // Horizontal pairs (x-1, x) of the lane's columns: `left`; the pair (x, x+1) of its last
+      // column is the next lane's first `left` (lane 31 computes it from memory).
+      A pl = __shfl_up_sync(kFull, pc[kV - 1], 1);
+      A tl = __shfl_up_sync(kFull, tc[kV - 1], 1);
+      if (lane == 0 && x0 > 0 && x0 - 1 < W) {
+        pl = static_cast<A>(P[y * psH + (x0 - 1) * psW]);
+        tl = static_cast<A>(T[y * tsH + (x0 - 1) * tsW]);
+      }
+      A left_p[kV], left_t[kV];
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        left_p[k] = left_t[k] = A(0);
+        const index_t x = x0 + k;
+        if (x < W && x > 0) {
+          const A lp = k == 0 ? pl : pc[k - 1], lt = k == 0 ? tl : tc[k - 1];
+          gdl_coef<kP, kTarget>(tc[k] - lt, pc[k] - lp, alpha, left_p[k], left_t[k]);
         }
+      }
+      A last_p = __shfl_down_sync(kFull, left_p[0], 1);
+      A last_t = __shfl_down_sync(kFull, left_t[0], 1);
+      if (lane == 31) {
+        last_p = last_t = A(0);
+        const index_t xr = x0 + kV;
+        if (xr < W) {
+          const A pr = static_cast<A>(P[y * psH + xr * psW]);
+          const A tr = static_cast<A>(T[y * tsH + xr * tsW]);
+          gdl_coef<kP, kTarget>(tr - tc[kV - 1], pr - pc[kV - 1], alpha, last_p, last_t);
+        }
+      }
+      A down_p[kV], down_t[kV], out_p[kV], out_t[kV];
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        down_p[k] = down_t[k] = A(0);
+        if (down && x0 + k < W) {
+          gdl_coef<kP, kTarget>(tn[k] - tc[k], pn[k] - pc[k], alpha, down_p[k], down_t[k]);
+        }
+        const A right_p = k + 1 < kV ? left_p[k + 1] : last_p;
+        out_p[k] = gdl_gather(up_p[k], down_p[k], left_p[k], right_p, s);
+        if constexpr (kTarget) {
+          const A right_t = k + 1 < kV ? left_t[k + 1] : last_t;
+          out_t[k] = gdl_gather(up_t[k], down_t[k], left_t[k], right_t, s);
+        }
+      }
+      store_row<kPack>(GP + y * gpH, x0, W, gpW, out_p);
+      if constexpr (kTarget) store_row<kPack>(GT + y * gtH, x0, W, gtW, out_t);
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        up_p[k] = down_p[k];
+        up_t[k] = down_t[k];
+        pc[k] = pn[k];
+        tc[k] = tn[k];
       }
     }
   }
@@ -203,32 +337,37 @@ at::Tensor gdl_loss_forward_cuda(const at::Tensor& pred, const at::Tensor& targe
   const GdlPlan p = plan_gdl(pred, target, alpha, reduction, "gdl_loss_forward");
   const c10::cuda::CUDAGuard guard(pred.device());
   at::Tensor out = gdl_forward_output(pred, reduction);
-  const Tiling tiling = make_tiling(p);
+  const Plan q = make_plan(p);
   const auto acc_dtype = at::toOpMathType(pred.scalar_type());
-  at::Tensor partial = at::empty({tiling.items}, pred.options().dtype(acc_dtype));
+  at::Tensor partial = at::empty({q.groups}, pred.options().dtype(acc_dtype));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_forward_cuda", [&] {
     using A = acc_t<scalar_t>;
     const auto po = gdl_operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
     const auto to = gdl_operand(p.target.const_data_ptr<scalar_t>(), p.target);
+    const bool pack = packable(p.pred, po.data) && packable(p.target, to.data);
     const A a = static_cast<A>(alpha);
     A* part = partial.mutable_data_ptr<A>();
     gdl_dispatch_power(alpha, [&](auto tag) {
       constexpr GdlPower kP = decltype(tag)::value;
-      if (p.fits32) {
-        gdl_forward_kernel<scalar_t, int32_t, kP>
-            <<<grid_for(tiling.items), dim3(kBX, kBY), 0, stream>>>(
-                po, to, tiling, static_cast<int32_t>(p.H), static_cast<int32_t>(p.W), a, part);
+      auto launch = [&](auto pack_tag, auto index_tag) {
+        constexpr bool kPack = decltype(pack_tag)::value;
+        using index_t = typename decltype(index_tag)::type;
+        gdl_forward_kernel<scalar_t, index_t, kP, kPack>
+            <<<grid_for(q.groups), kThreads, 0, stream>>>(po, to, q, p.H, p.W, a, part);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      using I32 = TypeTag<int32_t>;
+      using I64 = TypeTag<int64_t>;
+      if (pack) {
+        p.fits32 ? launch(std::true_type{}, I32{}) : launch(std::true_type{}, I64{});
       } else {
-        gdl_forward_kernel<scalar_t, int64_t, kP>
-            <<<grid_for(tiling.items), dim3(kBX, kBY), 0, stream>>>(po, to, tiling, p.H, p.W, a,
-                                                                    part);
+        p.fits32 ? launch(std::false_type{}, I32{}) : launch(std::false_type{}, I64{});
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     const int64_t nout = reduction == 0 ? p.B : 1;
-    const int64_t per_out = reduction == 0 ? tiling.per_image : tiling.items;
+    const int64_t per_out = reduction == 0 ? q.groups_per_image : q.groups;
     const A divisor = reduction == 1 ? static_cast<A>(p.numel) : A(1);
     gdl_finish_kernel<scalar_t><<<grid_for(nout), kFinishThreads, 0, stream>>>(
         part, per_out, nout, divisor, out.mutable_data_ptr<scalar_t>());
@@ -250,7 +389,7 @@ std::tuple<at::Tensor, at::Tensor> gdl_loss_backward_cuda(const at::Tensor& grad
   if (target_grad) gt = gdl_grad_output(target);
   const bool fits32 =
       p.fits32 && gdl_fits32(gp.write) && (!target_grad || gdl_fits32(gt.write));
-  const Tiling tiling = make_tiling(p);
+  const Plan q = make_plan(p);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_backward_cuda", [&] {
@@ -260,28 +399,32 @@ std::tuple<at::Tensor, at::Tensor> gdl_loss_backward_cuda(const at::Tensor& grad
     const auto gpo = gdl_operand(gp.write.mutable_data_ptr<scalar_t>(), gp.write);
     GdlOperand<scalar_t> gto;
     if (target_grad) gto = gdl_operand(gt.write.mutable_data_ptr<scalar_t>(), gt.write);
+    const bool pack = packable(p.pred, po.data) && packable(p.target, to.data) &&
+                      packable(gp.write, gpo.data) &&
+                      (!target_grad || packable(gt.write, gto.data));
     const A a = static_cast<A>(alpha);
     const A* sc = scale.const_data_ptr<A>();
     const bool per_image = reduction == 0;
     const A divisor = reduction == 1 ? static_cast<A>(p.numel) : A(1);
-    const int grid = grid_for(tiling.items);
+    const int grid = grid_for(q.groups);
     gdl_dispatch_power(alpha, [&](auto tag) {
       constexpr GdlPower kP = decltype(tag)::value;
-      auto launch = [&](auto target_tag, auto index_tag) {
+      auto launch = [&](auto target_tag, auto pack_tag, auto index_tag) {
         constexpr bool kTarget = decltype(target_tag)::value;
+        constexpr bool kPack = decltype(pack_tag)::value;
         using index_t = typename decltype(index_tag)::type;
-        gdl_backward_kernel<scalar_t, index_t, kP, kTarget><<<grid, dim3(kBX, kBY), 0, stream>>>(
-            po, to, gpo, gto, tiling, static_cast<index_t>(p.H), static_cast<index_t>(p.W), a, sc,
-            per_image, divisor);
+        gdl_backward_kernel<scalar_t, index_t, kP, kTarget, kPack><<<grid, kThreads, 0, stream>>>(
+            po, to, gpo, gto, q, p.H, p.W, a, sc, per_image, divisor);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
-      using I32 = TypeTag<int32_t>;
-      using I64 = TypeTag<int64_t>;
-      if (target_grad) {
-        fits32 ? launch(std::true_type{}, I32{}) : launch(std::true_type{}, I64{});
-      } else {
-        fits32 ? launch(std::false_type{}, I32{}) : launch(std::false_type{}, I64{});
-      }
+      auto with_index = [&](auto target_tag, auto pack_tag) {
+        fits32 ? launch(target_tag, pack_tag, TypeTag<int32_t>{})
+               : launch(target_tag, pack_tag, TypeTag<int64_t>{});
+      };
+      auto with_pack = [&](auto target_tag) {
+        pack ? with_index(target_tag, std::true_type{}) : with_index(target_tag, std::false_type{});
+      };
+      target_grad ? with_pack(std::true_type{}) : with_pack(std::false_type{});
     });
   });
   gdl_finish_grad(gp);
