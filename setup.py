@@ -130,7 +130,7 @@ def _extensions():
     use_cuda = _want_cuda(torch)
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = ["csrc/ops.cpp", "csrc/module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     base_version = torch.__version__.split("+")[0]
     define_macros = [("PYFRAMEPRED_TORCH_VERSION", f'"{base_version}"'),
                      ("Py_LIMITED_API", "0x030A0000")]

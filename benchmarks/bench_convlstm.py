@@ -28,7 +28,7 @@ _COMPILED = {}
 
 def _compiled(key, fn):
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(fn)
+        _COMPILED[key] = torch.compile(fn, dynamic=False)
     return _COMPILED[key]
 
 
@@ -162,7 +162,7 @@ def _layer(impl, size, device):
         fn = model
     else:
         model = ConvLSTM(Cin, C, 3, fused=(impl == "fused")).to(device)
-        fn = torch.compile(model) if impl == "compile" else model
+        fn = torch.compile(model, dynamic=False) if impl == "compile" else model
     _COMPILED[key] = (model, fn)
     return model, fn
 
@@ -200,3 +200,49 @@ def test_layer(benchmark, annotate, device, impl, size, mode):
         packed, distinct, _ = saved_tensor_bytes(lambda: fn(x))
         extra.update(saved_bytes_packed=packed, saved_bytes_distinct=distinct)
     annotate(**extra)
+
+
+REPEAT = 20
+
+
+@pytest.mark.parametrize("size", ["realistic"])
+@pytest.mark.parametrize("case", ["fused-forward", "fused-forward-save", "fused-backward",
+                                  "reference-forward", "compile-forward"])
+def test_op_device_throughput(benchmark, annotate, device, case, size):
+    """GPU: 20 back-to-back calls then one sync, so host overhead hides behind the kernels and the
+    time per call is the device's. Bandwidth is counted with the bytes each pass must move."""
+    if not device.startswith("cuda"):
+        pytest.skip("launch-pipelined throughput is a GPU measurement")
+    benchmark.group = f"convlstm-op device throughput {size} {OP_SIZES[size]} {device}"
+    xg, hg, cp, b = _op_inputs(OP_SIZES[size], device, requires_grad=False)
+    fwd = torch.ops.pyframepred.convlstm_gates_forward
+    planes = {"fused-forward": 11, "fused-forward-save": 15, "fused-backward": 12,
+              "reference-forward": 11, "compile-forward": 11}[case]
+    if case == "fused-backward":
+        _, _, gates = fwd(xg, hg, cp, b, None, True)
+        gh, gc = torch.randn_like(cp), torch.randn_like(cp)
+        bwd = torch.ops.pyframepred.convlstm_gates_backward
+
+        def once():
+            return bwd(gh, gc, gates, cp, None, True)
+    elif case.startswith("fused"):
+        save = case.endswith("save")
+
+        def once():
+            return fwd(xg, hg, cp, b, None, save)
+    else:
+        fn = _op_fn(case.split("-")[0])
+
+        def once():
+            return fn(xg, hg, cp, b)
+
+    def run():
+        for _ in range(REPEAT):
+            once()
+        sync(device)
+
+    for _ in range(3):
+        run()
+    benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+    annotate(bytes_moved=REPEAT * planes * _elem_bytes(OP_SIZES[size]), impl=case,
+             calls_per_round=REPEAT)

@@ -45,6 +45,9 @@ inline bool channels_fastest(const at::Tensor& t) {
   return P > 1 && t.size(1) > 1 && v.sC == 1 && v.sP != 1;
 }
 
+// Messages format numbers and devices as strings before TORCH_CHECK sees them: with GCC 13 and
+// torch 2.11 (seen on a GPU machine) streaming an integer through c10::str crashed inside the
+// extension's copy of std::ostream::_M_insert.
 inline std::string shape_str(at::IntArrayRef s) {
   std::string out = "(";
   for (size_t k = 0; k < s.size(); ++k) {
@@ -63,8 +66,8 @@ inline void check_float_tensor(const at::Tensor& t, const char* op, const char* 
 inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
                        const char* name, const char* ref_name) {
   check_float_tensor(t, op, name);
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
-              ref_name, " is on ", ref.device(), "; all inputs must be on one device");
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device().str(), " but ",
+              ref_name, " is on ", ref.device().str(), "; all inputs must be on one device");
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
               t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type(),
               "; all inputs must have one dtype");
@@ -87,7 +90,8 @@ inline int64_t check_convlstm_forward_args(const at::Tensor& x_gates,
   TORCH_CHECK(x_gates.dim() == 4, op, ": x_gates must be 4-d (N, 4*C, H, W), got shape ",
               shape_str(x_gates.sizes()));
   TORCH_CHECK(x_gates.size(1) % 4 == 0 && x_gates.size(1) > 0, op,
-              ": x_gates must have 4*C channels (gates i, f, g, o), got ", x_gates.size(1));
+              ": x_gates must have 4*C channels (gates i, f, g, o), got ",
+              std::to_string(x_gates.size(1)));
   const int64_t N = x_gates.size(0), C = x_gates.size(1) / 4;
   const int64_t H = x_gates.size(2), W = x_gates.size(3);
   if (h_gates.has_value()) {

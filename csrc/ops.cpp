@@ -1,5 +1,6 @@
 // The one list of pyframepred's operators: their schemas. Kernels register implementations for
-// CPU (csrc/cpu) and CUDA (csrc/cuda); fake kernels and autograd live in pyframepred/ops.
+// CPU (csrc/cpu) and CUDA (csrc/cuda); fake kernels live in pyframepred/ops. The kernels honour
+// any strides, hence `flexible_layout`: torch.compile need not copy inputs into a fixed layout.
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyframepred, m) {
@@ -9,14 +10,16 @@ TORCH_LIBRARY(pyframepred, m) {
   // (an empty tensor otherwise).
   m.def(
       "convlstm_gates_forward(Tensor x_gates, Tensor? h_gates, Tensor c_prev, Tensor? bias, "
-      "Tensor? peephole, bool save_gates) -> (Tensor h, Tensor c, Tensor gates)");
+      "Tensor? peephole, bool save_gates) -> (Tensor h, Tensor c, Tensor gates)",
+      {at::Tag::flexible_layout});
   // Backward of convlstm_gates_forward. Returns the gradient of the gate pre-activations (shared by
   // x_gates and h_gates), of c_prev, and, when param_grads, grad_params (7, C): rows 0-3 the bias
   // gradient (reshape to (4C,)), rows 4-6 the peephole gradient (empty when not param_grads).
   m.def(
       "convlstm_gates_backward(Tensor grad_h, Tensor grad_c, Tensor gates, Tensor c_prev, "
       "Tensor? peephole, bool param_grads) -> (Tensor grad_gates, Tensor grad_c_prev, "
-      "Tensor grad_params)");
+      "Tensor grad_params)",
+      {at::Tag::flexible_layout});
   // Gradient difference loss (Mathieu et al. 2015). reduction: 0 = none, 1 = mean, 2 = sum.
   m.def("gdl_loss_forward(Tensor pred, Tensor target, float alpha, int reduction) -> Tensor");
   m.def(

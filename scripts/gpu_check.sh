@@ -20,7 +20,8 @@ tail -3 "$OUT/build.log"
 
 echo "== tests"
 TESTS=$(ls tests/test_convlstm*.py tests/test_gdl*.py 2>/dev/null)
-$PY -m pytest $TESTS -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
+# pytest-xdist workers: a crash in one test is reported as that test's failure, the rest go on.
+$PY -m pytest $TESTS -q -p no:cacheprovider -n 4 -rfE 2>&1 | tee "$OUT/tests.log" | tail -15
 
 echo "== compute-sanitizer (memcheck) on the CUDA tests"
 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest $TESTS -q -x -p no:cacheprovider \

@@ -195,8 +195,8 @@ dim3 grid_for(int64_t N, int64_t C, int64_t P) {
   const int64_t gx = (P + Tl::kPositions - 1) / Tl::kPositions;
   const int64_t gy = (C + Tl::kChannels - 1) / Tl::kChannels;
   TORCH_CHECK(gx <= std::numeric_limits<int32_t>::max() && gy <= 65535,
-              "convlstm_gates: frame or channel count too large for one launch (C = ", C,
-              ", H*W = ", P, ")");
+              "convlstm_gates: frame or channel count too large for one launch (C = ",
+              std::to_string(C), ", H*W = ", std::to_string(P), ")");
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
               static_cast<unsigned>(std::min<int64_t>(N, 65535)));
 }

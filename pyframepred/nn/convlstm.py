@@ -193,8 +193,10 @@ class ConvLSTM(nn.Module):
             x_gates = cell.conv_x(frames).view(T, N, *((4 * cell.hidden_channels,)
                                                        + tuple(layer_in.shape[3:])))
             hs = []
-            for t in range(T):
-                layer_state = cell.step(x_gates[t], layer_state)
+            # unbind, not x_gates[t]: its backward stacks the T gradients once, where T separate
+            # selects would each scatter into a zero tensor of the full sequence.
+            for xg_t in x_gates.unbind(0):
+                layer_state = cell.step(xg_t, layer_state)
                 hs.append(layer_state[0])
             last_states.append(layer_state)
             layer_in = torch.stack(hs, dim=0)

@@ -115,38 +115,4 @@ def _backward_fake(grad_h, grad_c, gates, c_prev, peephole, param_grads):
     grad_params = gates.new_empty((7, C) if param_grads else (0,))
     return grad_gates, grad_c_prev, grad_params
 
-
-def _setup_context(ctx, inputs, output):
-    _, h_gates, c_prev, _, peephole, _ = inputs
-    _, _, gates = output
-    ctx.mark_non_differentiable(gates)
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(gates, c_prev, peephole)
-
-
-def _backward(ctx, grad_h, grad_c, _grad_gates):
-    gates, c_prev, peephole = ctx.saved_tensors
-    if gates.numel() == 0 and c_prev.numel() != 0:
-        raise RuntimeError("convlstm_gates_forward was called with save_gates=False, so it kept "
-                           "nothing for backward; call pyframepred.ops.convlstm_gates instead")
-    if grad_h is None and grad_c is None:
-        return None, None, None, None, None, None
-    # An output that received no gradient contributes zero: an expanded scalar costs no memory.
-    if grad_h is None:
-        grad_h = c_prev.new_zeros(()).expand(c_prev.shape)
-    if grad_c is None:
-        grad_c = c_prev.new_zeros(()).expand(c_prev.shape)
-    need = ctx.needs_input_grad
-    param_grads = bool(need[3] or need[4])
-    grad_gates, grad_c_prev, grad_params = torch.ops.pyframepred.convlstm_gates_backward(
-        grad_h, grad_c, gates, c_prev, peephole, param_grads)
-    return (grad_gates if need[0] else None,
-            grad_gates if need[1] else None,
-            grad_c_prev if need[2] else None,
-            grad_params[:4].reshape(-1) if need[3] else None,
-            grad_params[4:] if need[4] else None,
-            None)
-
-
-torch.library.register_autograd("pyframepred::convlstm_gates_forward", _backward,
-                                setup_context=_setup_context)
+# Autograd is registered in C++ (csrc/convlstm_autograd.cpp).

@@ -1,0 +1,274 @@
+"""Finding videos under a folder and indexing them (frame count, size, frame rate), with a cache.
+
+Probing a video means opening it with decord, reading its frame count, average frame rate and
+frame size, and decoding its first and last frames (which catches files that do not open,
+truncated files and files whose header announces frames that are not there). The results, failures
+included, are kept in a JSON index keyed by the path relative to the data folder, together with
+each file's size and modification time: a later run re-probes only new or changed files.
+
+The index lives beside the data (``<root>/.pyframepred-index.json``); when that folder is not
+writable it goes to ``<cache>/indexes/<hash of the folder's real path>.json`` instead (see
+:func:`~pyframepred.data.default_cache_dir`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ._common import VIDEO_EXTENSIONS, atomic_write_json, default_cache_dir, logger
+
+__all__ = ["VideoInfo", "find_videos", "probe_video", "index_videos", "class_of", "group_of",
+           "INDEX_FILENAME"]
+
+INDEX_FILENAME = ".pyframepred-index.json"
+INDEX_VERSION = 1
+
+# v_<Class>_g<group>_c<clip>, UCF-101's naming ("v_ApplyEyeMakeup_g08_c01.avi").
+_UCF_NAME = re.compile(r"^v_(?P<cls>.+?)_g(?P<group>\d+)_c(?P<clip>\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the index knows about one video file.
+
+    ``path`` is relative to the data folder (POSIX separators). ``error`` is ``None`` for a
+    readable video, otherwise a one-line reason and the other numbers may be 0.
+    """
+
+    path: str
+    frames: int
+    height: int
+    width: int
+    fps: float
+    size_bytes: int = 0
+    mtime_ns: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def find_videos(root) -> list[str]:
+    """Relative POSIX paths of the video files under ``root`` (recursive, sorted).
+
+    An extension in :data:`VIDEO_EXTENSIONS` (any case) makes a file a video. Hidden files and
+    folders (name starting with ``.``, which includes macOS ``._*`` resource forks) are ignored.
+    Symbolic links are followed.
+    """
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
+                continue
+            found.append((rel_dir / name).as_posix())
+    found.sort()
+    return found
+
+
+def class_of(rel_path: str, root_name: str = "") -> str:
+    """Class name of a video: its parent folder; for files directly in the data folder the
+    ``v_<Class>_gXX_cYY`` pattern of the file name; failing both, ``root_name``.
+
+    The folder wins over the file name because UCF-101 itself is inconsistent in a few names
+    (folder ``HandstandPushups``, files ``v_HandStandPushups_...``).
+    """
+    parts = rel_path.split("/")
+    if len(parts) > 1:
+        return parts[-2]
+    match = _UCF_NAME.match(parts[-1])
+    if match:
+        return match.group("cls")
+    return root_name
+
+
+def group_of(rel_path: str) -> str | None:
+    """UCF-101 group (``"08"`` for ``v_X_g08_c01``), or ``None`` when the name has none."""
+    match = _UCF_NAME.match(rel_path.rsplit("/", 1)[-1])
+    return match.group("group") if match else None
+
+
+def _short_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    # decord's messages carry long "[hh:mm:ss] /github/workspace/src/..." prefixes; keep the end.
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", text)
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def probe_video(path) -> dict:
+    """Probe one file with decord. Returns ``frames, height, width, fps, error`` (never raises).
+
+    The first and last frames are decoded. When the last frame announced by the container does not
+    decode (a truncated file, or a count estimated from the duration), a few earlier frames are
+    tried and the count is lowered to the last one that decodes; when none does, the file counts
+    as unreadable.
+    """
+    import decord
+
+    result = {"frames": 0, "height": 0, "width": 0, "fps": 0.0, "error": None}
+    path = os.fspath(path)
+    try:
+        vr = decord.VideoReader(path, num_threads=1)
+        n = len(vr)
+        if n <= 0:
+            result["error"] = "no video frames"
+            return result
+        fps = float(vr.get_avg_fps())
+        first = vr[0].shape
+        result.update(height=int(first[0]), width=int(first[1]),
+                      fps=fps if math.isfinite(fps) and fps > 0 else 0.0)
+    except Exception as exc:  # decord raises DECORDError or RuntimeError, sometimes others
+        result["error"] = "cannot open or decode: " + _short_error(exc)
+        return result
+    last_error = None
+    for back in (1, 2, 3, 5, 9, 17):
+        k = n - back
+        if k < 0:
+            break
+        try:
+            if back > 1:  # a failed decode can leave the reader in a bad state: reopen
+                vr = decord.VideoReader(path, num_threads=1)
+            vr[k].shape
+        except Exception as exc:
+            last_error = exc
+            continue
+        if k != n - 1:
+            logger.info("%s: the container announces %d frames but only %d decode; using %d",
+                        path, n, k + 1, k + 1)
+        result["frames"] = k + 1
+        return result
+    result["error"] = "truncated or corrupt: last frames do not decode: " + _short_error(last_error)
+    return result
+
+
+def _index_locations(root: Path, cache_dir) -> list[Path]:
+    real = os.path.realpath(root)
+    key = hashlib.sha1(real.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return [root / INDEX_FILENAME, cache_dir / "indexes" / f"{key}.json"]
+
+
+def _load_index(path: Path, root: Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.info("ignoring unreadable video index %s: %s", path, exc)
+        return None
+    if not isinstance(data, dict) or data.get("version") != INDEX_VERSION \
+            or not isinstance(data.get("videos"), dict):
+        return None
+    return data["videos"]
+
+
+def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
+                 workers: int | None = None) -> list[VideoInfo]:
+    """Index every video under ``root``; return one :class:`VideoInfo` per file (sorted by path).
+
+    ``cache``: ``"auto"`` (beside the data, else in the cache folder), ``"data"`` (beside the data
+    only), ``"cache"`` (cache folder only), a file path, or ``None``/``False`` (no cache).
+    ``workers`` threads probe new files in parallel (decord releases the GIL while decoding);
+    default ``min(8, cpu count)``. A ``tqdm`` progress bar shows while probing when ``progress``.
+    """
+    root = Path(root)
+    rel_paths = find_videos(root)
+    stats = {}
+    for rel in rel_paths:
+        try:
+            st = os.stat(root / rel)
+            stats[rel] = (st.st_size, st.st_mtime_ns)
+        except OSError as exc:  # vanished or unreadable entry
+            stats[rel] = (0, 0)
+            logger.info("cannot stat %s: %s", root / rel, exc)
+
+    if cache in (None, False):
+        locations = []
+    elif cache == "auto":
+        locations = _index_locations(root, cache_dir)
+    elif cache == "data":
+        locations = _index_locations(root, cache_dir)[:1]
+    elif cache == "cache":
+        locations = _index_locations(root, cache_dir)[1:]
+    else:
+        locations = [Path(cache)]
+
+    # Every readable index is consulted: an entry is reused when the file's size and modification
+    # time still match (e.g. a stale index beside read-only data plus a fresh one in the cache).
+    indexes = [d for d in (_load_index(loc, root) for loc in locations) if d is not None]
+
+    infos: dict[str, VideoInfo] = {}
+    todo = []
+    for rel in rel_paths:
+        size, mtime = stats[rel]
+        for cached in indexes:
+            entry = cached.get(rel)
+            if (isinstance(entry, dict) and entry.get("size_bytes") == size
+                    and entry.get("mtime_ns") == mtime and mtime != 0):
+                try:
+                    infos[rel] = VideoInfo(path=rel, **{k: entry[k] for k in (
+                        "frames", "height", "width", "fps", "size_bytes", "mtime_ns", "error")})
+                    break
+                except (KeyError, TypeError):
+                    pass
+        else:
+            todo.append(rel)
+
+    if todo:
+        from tqdm.auto import tqdm
+
+        if workers is None:
+            workers = min(8, os.cpu_count() or 1)
+        workers = max(1, min(int(workers), len(todo)))
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(todo), desc=f"Indexing videos in {root.name or root}", unit="video",
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        try:
+            def work(rel):
+                return rel, probe_video(root / rel)
+
+            if workers == 1:
+                results = map(work, todo)
+            else:
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pfp-index")
+                results = pool.map(work, todo)
+            for rel, res in results:
+                size, mtime = stats[rel]
+                infos[rel] = VideoInfo(path=rel, size_bytes=size, mtime_ns=mtime, **res)
+                bar.update(1)
+            if workers > 1:
+                pool.shutdown()
+        finally:
+            bar.close()
+        logger.info("indexed %d video(s) under %s in %.1f s (%d from the cache)", len(todo), root,
+                    time.perf_counter() - t0, len(rel_paths) - len(todo))
+
+    ordered = [infos[rel] for rel in rel_paths]
+    changed = bool(todo) or not indexes or set(indexes[0]) != set(rel_paths)
+    if changed and locations:
+        payload = {"version": INDEX_VERSION, "root": os.path.realpath(root),
+                   "videos": {v.path: {k: val for k, val in asdict(v).items() if k != "path"}
+                              for v in ordered}}
+        for loc in locations:
+            try:
+                atomic_write_json(loc, payload)
+                logger.debug("wrote video index %s", loc)
+                break
+            except OSError as exc:
+                logger.info("cannot write the video index to %s (%s)", loc, exc)
+        else:
+            logger.info("the video index of %s is not cached (no writable location)", root)
+    return ordered

@@ -1,0 +1,92 @@
+"""Train/test splits: UCF-101's official split lists, or a deterministic split by group."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .index import group_of
+
+__all__ = ["read_ucf_split", "group_split"]
+
+
+def _key(rel_path: str) -> str:
+    # Lists are matched on the file name without extension, case-insensitively, so that a copy
+    # converted to another container or stored in another folder layout still matches.
+    return os.path.splitext(rel_path.replace("\\", "/").rsplit("/", 1)[-1])[0].lower()
+
+
+def read_ucf_split(split_dir, split_index: int = 1, train: bool = True) -> set[str]:
+    """Video keys (lower-case file names without extension) listed in UCF-101's
+    ``trainlist0N.txt`` (``train=True``) or ``testlist0N.txt`` in ``split_dir``.
+
+    ``split_dir`` may also be the list file itself. Lines look like
+    ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`` (train) or without the label (test).
+    """
+    split_path = Path(split_dir)
+    if split_path.is_file():
+        list_file = split_path
+    else:
+        name = f"{'train' if train else 'test'}list{int(split_index):02d}.txt"
+        list_file = split_path / name
+        if not list_file.is_file():
+            # Tolerate case differences in the file name (TrainList01.txt...).
+            matches = [p for p in split_path.glob("*") if p.name.lower() == name] \
+                if split_path.is_dir() else []
+            if not matches:
+                raise FileNotFoundError(
+                    f"UCF-101 split list {name!r} not found in {str(split_path)!r} "
+                    f"(expected the official trainlist0N.txt / testlist0N.txt files)")
+            list_file = matches[0]
+    keys = set()
+    with open(list_file, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.add(_key(line.split()[0]))
+    if not keys:
+        raise ValueError(f"UCF-101 split list {str(list_file)!r} lists no videos")
+    return keys
+
+
+def list_key(rel_path: str) -> str:
+    """Key under which :func:`read_ucf_split` matches a video path."""
+    return _key(rel_path)
+
+
+def _rank(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: float = 0.2
+                ) -> list[bool]:
+    """Deterministic split of videos into train/test by group; returns ``is_test`` per video.
+
+    Videos are grouped per class by the ``gXX`` of UCF-style names (``v_<Class>_gXX_cYY``; in
+    UCF-101 a group is one actor/scene, so its clips are near duplicates); a video without a
+    group is its own group. Within each class, the groups are ordered by a hash of their name and
+    the first ``round(test_fraction * n_groups)`` go to the test set (at least one and at most
+    ``n_groups - 1`` when the class has two or more groups and ``0 < test_fraction < 1``). The
+    split depends only on the file names: never on a seed, the machine, or the other classes.
+    """
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+    groups_per_class: dict[str, set[str]] = {}
+    keys = []
+    for rel, cls in zip(paths, classes):
+        group = group_of(rel)
+        gkey = f"g{int(group)}" if group is not None else "file:" + _key(rel)
+        keys.append((cls.lower(), gkey))
+        groups_per_class.setdefault(cls.lower(), set()).add(gkey)
+    test_groups: set[tuple[str, str]] = set()
+    for cls, groups in groups_per_class.items():
+        n = len(groups)
+        n_test = int(round(test_fraction * n))
+        if 0.0 < test_fraction < 1.0 and n >= 2:
+            n_test = min(max(n_test, 1), n - 1)
+        ordered = sorted(groups, key=lambda g: _rank(f"{cls}/{g}"))
+        test_groups.update((cls, g) for g in ordered[:n_test])
+    return [k in test_groups for k in keys]
+
+

@@ -1,0 +1,139 @@
+"""Pixel scaling and the multi-scale view of a clip.
+
+Pixel contract of the package: frames are float32 tensors in [-1, 1] obtained from 8-bit RGB with
+``x = (x - 127.5) / 127.5``; :func:`denormalize` is the exact inverse ``x * 127.5 + 127.5``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["normalize", "denormalize", "to_uint8", "multiscale", "MultiScale"]
+
+_HALF = 127.5
+
+
+def normalize(x):
+    """Scale 8-bit pixel values to [-1, 1]: ``(x - 127.5) / 127.5``, as float32.
+
+    Accepts a tensor or a NumPy array of any shape and dtype (typically uint8); the layout is not
+    changed. Returns the same kind of object (tensor -> tensor, array -> array).
+    """
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point() or x.dtype == torch.float64:
+            x = x.to(torch.float32)
+        else:
+            x = x.clone()
+        return x.sub_(_HALF).div_(_HALF)
+    return (np.asarray(x, dtype=np.float32) - np.float32(_HALF)) / np.float32(_HALF)
+
+
+def denormalize(x, *, clamp: bool = False):
+    """Inverse of :func:`normalize`: ``x * 127.5 + 127.5`` (floats in [0, 255]).
+
+    ``clamp=True`` clips the result to [0, 255] (useful for model outputs that overshoot).
+    Tensor in -> tensor out, array in -> array out; the dtype stays floating point.
+    """
+    if isinstance(x, torch.Tensor):
+        y = x.to(torch.float32) * _HALF + _HALF if not x.is_floating_point() else x * _HALF + _HALF
+        return y.clamp_(0.0, 255.0) if clamp else y
+    y = np.asarray(x, dtype=np.float32) * np.float32(_HALF) + np.float32(_HALF)
+    return np.clip(y, 0.0, 255.0) if clamp else y
+
+
+def to_uint8(x):
+    """[-1, 1] frames -> uint8 pixels (rounded and clamped), same layout; for saving or display."""
+    y = denormalize(x, clamp=True)
+    if isinstance(y, torch.Tensor):
+        return y.round_().to(torch.uint8)
+    return np.rint(y).astype(np.uint8)
+
+
+def _scale_hw(scale, height: int, width: int) -> tuple[int, int]:
+    if isinstance(scale, int):
+        # An int is the output height; the width follows the clip's aspect ratio (square clips
+        # give (s, s)).
+        return scale, max(1, round(scale * width / height))
+    h, w = scale
+    return int(h), int(w)
+
+
+def multiscale(clip: torch.Tensor, scales: Sequence = (4, 16, 32, 64), n_input: int | None = None,
+               n_target: int = 1):
+    """Split a clip into stacked input frames and targets, at several spatial scales.
+
+    Parameters
+    ----------
+    clip:
+        ``(T, 3, H, W)`` or a batch ``(B, T, 3, H, W)``, as returned by :class:`VideoClips`.
+    scales:
+        Output sizes. An int ``s`` means height ``s`` (and width ``s * W / H``, i.e. ``(s, s)`` for
+        square clips); a pair means ``(height, width)``. Scales larger than the clip are
+        upsampled bilinearly; smaller ones are box-averaged (``area``) which, for the usual
+        power-of-two factors, is exact average pooling.
+    n_input:
+        Number of leading frames used as input (default ``T - n_target``).
+    n_target:
+        Number of frames, following the inputs, used as targets (default 1).
+
+    Returns
+    -------
+    ``(inputs, targets)``: two lists with one tensor per scale. ``inputs[k]`` is
+    ``(n_input * 3, s, s)`` (frames stacked along channels, oldest first, RGB within each
+    frame) and ``targets[k]`` is ``(n_target * 3, s, s)``; with a leading batch dimension when the
+    clip has one. A scale equal to the clip size returns a view of the clip, without copy.
+    """
+    if clip.dim() not in (4, 5) or clip.shape[-3] != 3:
+        raise ValueError(f"clip must be (T, 3, H, W) or (B, T, 3, H, W), got {tuple(clip.shape)}")
+    batched = clip.dim() == 5
+    x = clip if batched else clip.unsqueeze(0)
+    b, t, c, h, w = x.shape
+    if n_input is None:
+        n_input = t - n_target
+    if n_input < 1 or n_target < 0 or n_input + n_target > t:
+        raise ValueError(f"need n_input >= 1 and n_input + n_target <= {t} frames, got "
+                         f"n_input={n_input}, n_target={n_target}")
+    used = (n_input + n_target) * c
+    x = x.reshape(b, t * c, h, w)[:, :used]
+    inputs, targets = [], []
+    for scale in scales:
+        sh, sw = _scale_hw(scale, h, w)
+        if (sh, sw) == (h, w):
+            y = x
+        elif sh <= h and sw <= w:
+            y = F.interpolate(x, size=(sh, sw), mode="area")
+        else:
+            y = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
+        inp, tgt = y[:, : n_input * c], y[:, n_input * c:]
+        if not batched:
+            inp, tgt = inp[0], tgt[0]
+        inputs.append(inp)
+        targets.append(tgt)
+    return inputs, targets
+
+
+class MultiScale:
+    """Callable form of :func:`multiscale`, usable as ``VideoClips(..., transform=MultiScale())``.
+
+    The data set then yields ``(inputs, targets)`` (lists of tensors, one per scale) and the
+    default ``DataLoader`` collation batches each scale separately.
+    """
+
+    def __init__(self, scales: Sequence = (4, 16, 32, 64), n_input: int | None = None,
+                 n_target: int = 1):
+        self.scales = tuple(scales)
+        self.n_input = n_input
+        self.n_target = n_target
+
+    def __call__(self, clip: torch.Tensor):
+        inputs, targets = multiscale(clip, self.scales, self.n_input, self.n_target)
+        # Own the memory (the full-size scale is a view of the clip) so that workers send compact
+        # tensors.
+        return [i.contiguous() for i in inputs], [t.contiguous() for t in targets]
+
+    def __repr__(self):
+        return (f"MultiScale(scales={self.scales}, n_input={self.n_input}, "
+                f"n_target={self.n_target})")

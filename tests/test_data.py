@@ -1,0 +1,601 @@
+"""Tests of pyframepred.data on real video files written here with PyAV (MP4/H.264, AVI/MPEG-4 and
+MJPEG, MKV, MOV), including corrupt, truncated and too-short files.
+
+Most videos carry their frame number as a binary code of 8 black/white blocks, so a decoded frame
+says which frame it is, independently of the decoder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import pyframepred.data as pd
+import pyframepred.data.index as index_mod
+from pyframepred.data import (MultiScale, NoVideosError, VideoClips, denormalize, find_videos,
+                              index_videos, multiscale, normalize, to_uint8)
+from pyframepred.data import synthetic
+
+
+# --------------------------------------------------------------------------- helpers
+def coded_frames(n, h=64, w=64, first=0):
+    """uint8 (n, h, w, 3) frames; frame i shows ``first + i`` in binary as 2 x 4 blocks."""
+    out = np.zeros((n, h, w, 3), np.uint8)
+    for i in range(n):
+        value = first + i
+        for bit in range(8):
+            r, c = divmod(bit, 4)
+            if (value >> bit) & 1:
+                out[i, r * h // 2:(r + 1) * h // 2, c * w // 4:(c + 1) * w // 4] = 255
+    return out
+
+
+def frame_ids(clip):
+    """Read the codes back from a (T, 3, H, W) clip in [-1, 1]."""
+    t_, _, h, w = clip.shape
+    ids = []
+    for t in range(t_):
+        value = 0
+        for bit in range(8):
+            r, c = divmod(bit, 4)
+            y, x = int((r + 0.5) * h / 2), int((c + 0.5) * w / 4)
+            if clip[t, :, y - 2:y + 3, x - 2:x + 3].mean() > 0:
+                value |= 1 << bit
+        ids.append(value)
+    return ids
+
+
+def write_video(path, frames, fps=25, codec="libx264", pix_fmt="yuv420p", options=None):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format="avi" if path.suffix.lower() == ".avi" else None) as c:
+        stream = c.add_stream(codec, rate=Fraction(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        if options:
+            stream.options = options
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return path
+
+
+def quiet(fn, *args, **kwargs):
+    """Call without letting the expected 'skipped' warnings through."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+# Readable videos of the shared data folder: relative path -> (frames, height, width, fps)
+GOOD = {
+    "Walk/v_Walk_g01_c01.mp4": (30, 64, 64, 25),
+    "Walk/v_Walk_g02_c01.mp4": (40, 64, 64, 25),
+    "Walk/v_Walk_g03_c01.MP4": (24, 64, 64, 25),
+    "Run/v_Run_g01_c01.avi": (36, 60, 80, 30),       # MPEG-4 part 2 in AVI, other size and rate
+    "Run/v_Run_g02_c01.avi": (28, 72, 96, 25),       # MJPEG in AVI
+    "Run/v_Run_g03_c01.mkv": (32, 64, 64, 25),
+    "Jump/v_Jump_g01_c01.mov": (30, 64, 64, 30),
+    "Jump/v_Jump_g02_c01.mp4": (26, 64, 96, 25),
+    "v_Swim_g01_c01.mp4": (30, 64, 64, 25),          # class from the file name
+}
+BAD = ["Walk/corrupt.mp4", "Run/truncated.mp4"]
+SHORT = "Jump/short.mp4"  # 3 frames
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(tmp_path_factory, monkeypatch):
+    # Never write into the user's ~/.cache from the tests.
+    monkeypatch.setenv("PYFRAMEPRED_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    for rel, (n, h, w, fps) in GOOD.items():
+        frames = coded_frames(n, h, w)
+        if rel == "Run/v_Run_g01_c01.avi":
+            write_video(root / rel, frames, fps, codec="mpeg4", options={"qscale": "3"})
+        elif rel == "Run/v_Run_g02_c01.avi":
+            write_video(root / rel, frames, fps, codec="mjpeg", pix_fmt="yuvj420p")
+        else:
+            write_video(root / rel, frames, fps)
+    (root / BAD[0]).write_bytes(b"this is not a video " * 200)
+    whole = write_video(root / "tmp_whole.mp4", coded_frames(40), 25).read_bytes()
+    (root / BAD[1]).write_bytes(whole[: len(whole) // 2])
+    (root / "tmp_whole.mp4").unlink()
+    write_video(root / SHORT, coded_frames(3), 25)
+    (root / "Walk" / "notes.txt").write_text("not a video")
+    write_video(root / ".hidden" / "v_Hidden_g01_c01.mp4", coded_frames(20), 25)
+    return root
+
+
+# --------------------------------------------------------------------------- scaling
+def test_normalize_and_inverse_are_exact():
+    x = torch.arange(256, dtype=torch.uint8)
+    y = normalize(x)
+    assert y.dtype == torch.float32
+    assert y[0] == -1 and y[255] == 1 and torch.all(y[1:] > y[:-1])
+    assert torch.equal(denormalize(y), x.float())
+    assert torch.equal(to_uint8(y), x)
+    assert torch.equal(to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))
+    arr = normalize(np.array([0, 127.5, 255], np.float64))
+    assert arr.dtype == np.float32 and np.allclose(arr, [-1, 0, 1])
+    assert np.allclose(denormalize(arr), [0, 127.5, 255])
+
+
+# --------------------------------------------------------------------------- discovery
+def test_find_videos_is_recursive_case_insensitive_and_skips_hidden(data_root):
+    found = find_videos(data_root)
+    assert set(found) == set(GOOD) | set(BAD) | {SHORT}
+    assert "Walk/v_Walk_g03_c01.MP4" in found  # upper-case extension
+    assert not any("hidden" in f or f.endswith(".txt") for f in found)
+
+
+def test_classes_from_folders_and_file_names(data_root):
+    ds = quiet(VideoClips, data_root, frames=4, test_fraction=0, progress=False)
+    assert ds.classes == ["Jump", "Run", "Swim", "Walk"]
+    by_path = {v.path: ds.classes[label] for v, label in zip(ds.videos, ds.labels)}
+    assert by_path["v_Swim_g01_c01.mp4"] == "Swim"
+    assert by_path["Run/v_Run_g02_c01.avi"] == "Run"
+    assert pd.index.class_of("HandstandPushups/v_HandStandPushups_g01_c01.avi") == "HandstandPushups"
+
+
+# --------------------------------------------------------------------------- clips
+def test_items_are_float32_clips_in_unit_range_for_mixed_sizes_and_rates(data_root):
+    ds = quiet(VideoClips, data_root, frames=6, interval=1, size=(64, 64), test_fraction=0,
+               progress=False)
+    assert len(ds) == len(GOOD)
+    assert {(v.height, v.width) for v in ds.videos} == {(64, 64), (60, 80), (72, 96), (64, 96)}
+    assert {round(v.fps) for v in ds.videos} == {25, 30}
+    for i in range(len(ds)):
+        x = ds[i]
+        assert x.dtype == torch.float32 and x.shape == (6, 3, 64, 64) and x.is_contiguous()
+        assert x.min() >= -1 and x.max() <= 1
+    # The same through a DataLoader (batched, mixed source sizes).
+    batch = next(iter(DataLoader(ds, batch_size=len(ds))))
+    assert batch.shape == (len(GOOD), 6, 3, 64, 64)
+    # size as an int, and a non-square size
+    ds2 = quiet(VideoClips, data_root, frames=2, size=(48, 80), test_fraction=0, progress=False)
+    assert ds2[0].shape == (2, 3, 48, 80)
+
+
+@pytest.mark.parametrize("frames,interval", [(4, 0), (5, 2), (3, 1)])
+def test_frame_selection_matches_decord_at_reported_indices(data_root, frames, interval):
+    ds = quiet(VideoClips, data_root, frames=frames, interval=interval, size=(64, 64),
+               train=False, test_fraction=0, progress=False)
+    step = interval + 1
+    for v, info in enumerate(ds.videos):
+        assert ds.max_start(v) == info.frames - 1 - (frames - 1) * step
+        for start in sorted({0, ds.max_start(v) // 2, ds.max_start(v)}):
+            clip = ds.clip_at(v, start)
+            assert clip.indices == [start + k * step for k in range(frames)]
+            assert clip.start == start and clip.video == v
+            native = (info.height, info.width) == (64, 64)
+            vr = decord.VideoReader(clip.path, width=-1 if native else 64,
+                                    height=-1 if native else 64, num_threads=1)
+            ref = torch.from_numpy(vr.get_batch(clip.indices).asnumpy()).permute(0, 3, 1, 2)
+            assert torch.equal(clip.frames, normalize(ref))
+            # and the frames really are those frames of the file
+            assert frame_ids(clip.frames) == clip.indices
+
+
+def test_start_range_and_accessors(data_root):
+    ds = quiet(VideoClips, data_root, frames=4, interval=1, test_fraction=0, progress=False)
+    v = [info.path for info in ds.videos].index("Walk/v_Walk_g01_c01.mp4")  # 30 frames
+    assert ds.max_start(v) == 30 - 1 - 3 * 2
+    assert ds.frame_indices(v, 23) == [23, 25, 27, 29]
+    with pytest.raises(ValueError, match="start must be in"):
+        ds.frame_indices(v, 24)
+    with pytest.raises(ValueError):
+        ds.clip_at(v, -1)
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    assert ds.locate(v) == (v, 0)
+
+
+def test_training_starts_are_random_and_cover_the_whole_range(tmp_path):
+    write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(12), 25)
+    ds = VideoClips(tmp_path, frames=4, interval=2, size=64, test_fraction=0, progress=False)
+    assert ds.max_start(0) == 2  # 12 frames, a clip spans 10
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(40):
+        ids = frame_ids(ds[0])
+        assert ids == [ids[0] + 3 * k for k in range(4)]
+        starts.add(ids[0])
+    assert starts == {0, 1, 2}
+    torch.manual_seed(1)
+    a = [frame_ids(ds[0])[0] for _ in range(10)]
+    torch.manual_seed(1)
+    b = [frame_ids(ds[0])[0] for _ in range(10)]
+    assert a == b  # reproducible from torch's seed
+
+
+def test_evaluation_is_reproducible_across_instances_seeds_and_workers(data_root):
+    def make(seed):
+        return quiet(VideoClips, data_root, frames=4, interval=1, train=False, seed=seed,
+                     test_fraction=0, clips_per_video=2, progress=False)
+
+    a, b, c = make(0), make(0), make(1)
+    assert len(a) == 2 * len(GOOD)
+    starts_a = [a.eval_start(*a.locate(i)) for i in range(len(a))]
+    assert starts_a == [b.eval_start(*b.locate(i)) for i in range(len(b))]
+    assert starts_a != [c.eval_start(*c.locate(i)) for i in range(len(c))]
+    ref = torch.stack([a[i] for i in range(len(a))])
+    assert torch.equal(ref, torch.stack([b[i] for i in range(len(b))]))
+    for i in range(len(a)):
+        video, slot = a.locate(i)
+        assert frame_ids(ref[i])[0] == a.eval_start(video, slot)
+    loader = DataLoader(a, batch_size=5, num_workers=2, shuffle=False)
+    assert torch.equal(ref, torch.cat(list(loader)))
+
+
+def test_fps_option_resamples_mixed_frame_rates(tmp_path):
+    write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(60), 50)
+    write_video(tmp_path / "A" / "v_A_g02_c01.mp4", coded_frames(30), 25)
+    ds = VideoClips(tmp_path, frames=4, interval=1, fps=25, train=False, test_fraction=0,
+                    progress=False)
+    fast = [v.path for v in ds.videos].index("A/v_A_g01_c01.mp4")
+    assert ds.frame_indices(fast, 3) == [3, 7, 11, 15]       # 2 source frames per 25 fps frame
+    assert ds.frame_indices(1 - fast, 3) == [3, 5, 7, 9]
+    clip = ds.clip_at(fast, 3)
+    assert frame_ids(clip.frames) == clip.indices
+    plain = VideoClips(tmp_path, frames=4, interval=1, train=False, test_fraction=0,
+                       progress=False)
+    assert plain.frame_indices(fast, 3) == [3, 5, 7, 9]
+
+
+# --------------------------------------------------------------------------- geometry
+def test_cover_keeps_aspect_ratio_by_centre_cropping(tmp_path):
+    frames = coded_frames(12, 64, 128)
+    path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", frames, 25)
+    ds = VideoClips(tmp_path, frames=3, size=(32, 32), resize="cover", train=False,
+                    test_fraction=0, progress=False)
+    clip = ds.clip_at(0, 2)
+    ref = decord.VideoReader(str(path), width=64, height=32).get_batch(clip.indices).asnumpy()
+    ref = torch.from_numpy(ref[:, :, 16:48].copy()).permute(0, 3, 1, 2)
+    assert torch.equal(clip.frames, normalize(ref))
+    stretch = VideoClips(tmp_path, frames=3, size=(32, 32), train=False, test_fraction=0,
+                         progress=False).clip_at(0, 2)
+    assert frame_ids(stretch.frames) == [2, 3, 4]  # the whole frame is kept when stretching
+
+
+def test_random_crop_and_flip_only_in_training(tmp_path):
+    path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(10), 25)
+    kw = dict(frames=4, interval=2, size=32, random_crop=True, crop_scale=1.25, hflip=True,
+              test_fraction=0, progress=False)
+    train = VideoClips(tmp_path, train=True, **kw)
+    evaluation = VideoClips(tmp_path, train=False, **kw)
+    assert train.max_start(0) == 0
+    big = decord.VideoReader(str(path), width=40, height=40).get_batch([0, 3, 6, 9]).asnumpy()
+    big = normalize(torch.from_numpy(big).permute(0, 3, 1, 2))
+    windows = {(y, x): big[..., y:y + 32, x:x + 32] for y in range(9) for x in range(9)}
+    # evaluation: the centre crop, never flipped
+    assert torch.equal(evaluation[0], windows[(4, 4)])
+    torch.manual_seed(0)
+    seen_pos, flips = set(), set()
+    for _ in range(30):
+        x = train[0]
+        assert x.shape == (4, 3, 32, 32)
+        for flipped in (False, True):
+            y = x.flip(-1) if flipped else x
+            hits = [k for k, w in windows.items() if torch.equal(y, w)]
+            if hits:
+                seen_pos.add(hits[0])
+                flips.add(flipped)
+                break
+        else:
+            pytest.fail("a training clip is not a (flipped) crop of the decoded frames")
+    assert flips == {False, True} and len(seen_pos) > 5
+
+
+# --------------------------------------------------------------------------- bad input
+def test_unreadable_and_short_videos_are_skipped_with_one_warning(data_root, caplog):
+    caplog.set_level(logging.INFO, logger="pyframepred.data")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = VideoClips(data_root, frames=4, test_fraction=0, progress=False)
+    ours = [w for w in caught if "VideoClips" in str(w.message)]
+    assert len(ours) == 1
+    msg = str(ours[0].message)
+    assert "skipped 3 of 12 videos" in msg and str(data_root) in msg
+    assert "2 unreadable" in msg and "corrupt.mp4" in msg and "truncated.mp4" in msg
+    assert "1 too short" in msg and "short.mp4 (3 frames)" in msg
+    assert len(ds) == len(GOOD)
+    reasons = dict(ds.skipped)
+    assert set(reasons) == set(BAD) | {SHORT}
+    assert "too short" in reasons[SHORT]
+    assert all(reasons[b] for b in BAD)
+    assert "corrupt.mp4" in caplog.text and "truncated.mp4" in caplog.text  # details in the log
+
+
+def test_a_truncated_stream_keeps_the_frames_it_still_has(tmp_path):
+    # Without B-frames, so that the frames left are exactly the first ones. (With B-frames a cut
+    # leaves gaps in time: decord then numbers the frames that are present, as they decode.)
+    whole = write_video(tmp_path / "whole.mkv", coded_frames(40), 25,
+                        options={"bf": "0"}).read_bytes()
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "cut.mkv").write_bytes(whole[: len(whole) * 6 // 10])
+    (tmp_path / "whole.mkv").unlink()
+    ds = VideoClips(tmp_path, frames=4, train=False, test_fraction=0, progress=False)
+    n = ds.videos[0].frames
+    assert 4 <= n < 40
+    last = ds.clip_at(0, ds.max_start(0))
+    assert last.indices[-1] == n - 1 and frame_ids(last.frames) == last.indices
+
+
+def test_length_requirement_depends_on_clip_span(data_root):
+    # 3 frames is enough for frames=3, interval=0: the short video is then used
+    ds = quiet(VideoClips, data_root, frames=3, test_fraction=0, progress=False)
+    assert SHORT in [v.path for v in ds.videos]
+    with pytest.raises(NoVideosError, match="too short"):
+        quiet(VideoClips, data_root, frames=20, interval=2, test_fraction=0, progress=False)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match="does not exist") as err:
+        VideoClips(missing, progress=False)
+    assert str(missing) in str(err.value)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "readme.txt").write_text("no videos here")
+    with pytest.raises(NoVideosError, match="no video files") as err:
+        VideoClips(tmp_path, progress=False)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_class_filters(data_root):
+    ds = quiet(VideoClips, data_root, include_classes=["walk", "Swim"], test_fraction=0,
+               progress=False)
+    assert ds.classes == ["Swim", "Walk"] and len(ds) == 4
+    ds = quiet(VideoClips, data_root, exclude_classes=["Walk"], test_fraction=0, progress=False)
+    assert "Walk" not in ds.classes and len(ds) == len(GOOD) - 3
+    with pytest.raises(NoVideosError, match="class filters") as err:
+        quiet(VideoClips, data_root, include_classes=["Dance"], progress=False)
+    assert str(data_root) in str(err.value) and "Walk" in str(err.value)
+    with pytest.warns(UserWarning, match="not found.*Dance"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="VideoClips: skipped")
+        ds = VideoClips(data_root, frames=3, exclude_classes=["Dance"], test_fraction=0,
+                        include_classes=["Walk"], progress=False)
+    assert ds.classes == ["Walk"]
+
+
+def test_a_video_failing_at_decode_time_is_replaced_and_logged(tmp_path, caplog):
+    for g in range(1, 5):
+        write_video(tmp_path / "A" / f"v_A_g{g:02d}_c01.mp4", coded_frames(20, first=50 * g), 25)
+    kw = dict(frames=4, test_fraction=0, progress=False)
+    ds = VideoClips(tmp_path, train=False, **kw)
+    train = VideoClips(tmp_path, train=True, **kw)
+    expected_1 = ds[1]
+    # The files change after indexing: one becomes garbage, one disappears.
+    (tmp_path / ds.videos[0].path).write_bytes(b"\0garbage" * 100)
+    (tmp_path / ds.videos[2].path).unlink()
+    caplog.set_level(logging.WARNING, logger="pyframepred.data")
+    x0 = ds[0]
+    assert torch.equal(x0, expected_1)  # deterministically the next video's clip
+    assert torch.equal(ds[0], x0)
+    assert frame_ids(ds[2])[0] >= 200  # video 2 replaced by video 3
+    assert set(ds.failed) == {ds.videos[0].path, ds.videos[2].path}
+    assert "v_A_g01_c01.mp4" in caplog.text and "v_A_g03_c01.mp4" in caplog.text
+    # Inside DataLoader workers nothing is raised either.
+    for loader_ds in (ds, train):
+        batches = list(DataLoader(loader_ds, batch_size=2, num_workers=2))
+        assert sum(len(b) for b in batches) == 4
+        for b in batches:
+            assert b.shape[1:] == (4, 3, 64, 64)
+            assert all(frame_ids(clip)[0] // 50 in (2, 4) for clip in b)
+    # Only when every video is broken is it an error (a clear one).
+    for v in ds.videos:
+        p = tmp_path / v.path
+        if p.exists():
+            p.write_bytes(b"broken")
+    with pytest.raises(RuntimeError, match="none of the 4 videos .* could be decoded"):
+        ds[3]
+    with pytest.raises(NoVideosError, match="3 unreadable"):
+        quiet(VideoClips, tmp_path, train=False, **kw)
+
+
+# --------------------------------------------------------------------------- index cache
+def test_index_is_cached_and_invalidated_per_file(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    for g in range(1, 4):
+        write_video(root / "A" / f"v_A_g{g:02d}_c01.mp4", coded_frames(10 + g), 25)
+    probed = []
+    real_probe = index_mod.probe_video
+    monkeypatch.setattr(index_mod, "probe_video", lambda p: probed.append(Path(p).name) or real_probe(p))
+
+    infos = index_videos(root, progress=True)
+    assert [i.frames for i in infos] == [11, 12, 13] and len(probed) == 3
+    assert "Indexing videos" in capsys.readouterr().err  # progress bar
+    index_file = root / pd.index.INDEX_FILENAME
+    cached = json.loads(index_file.read_text())
+    assert set(cached["videos"]) == {f"A/v_A_g0{g}_c01.mp4" for g in (1, 2, 3)}
+
+    probed.clear()
+    assert index_videos(root, progress=False) == infos and probed == []
+
+    # a changed file is re-probed, and only it
+    changed = root / "A" / "v_A_g02_c01.mp4"
+    write_video(changed, coded_frames(25), 25)
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    infos = index_videos(root, progress=False)
+    assert probed == ["v_A_g02_c01.mp4"] and infos[1].frames == 25
+    # a new file is probed; a removed one leaves the index
+    probed.clear()
+    write_video(root / "B" / "new.mp4", coded_frames(8), 25)
+    (root / "A" / "v_A_g01_c01.mp4").unlink()
+    infos = index_videos(root, progress=False)
+    assert probed == ["new.mp4"] and [i.path for i in infos] == [
+        "A/v_A_g02_c01.mp4", "A/v_A_g03_c01.mp4", "B/new.mp4"]
+    assert "A/v_A_g01_c01.mp4" not in json.loads(index_file.read_text())["videos"]
+    # VideoClips uses the same index
+    probed.clear()
+    VideoClips(root, frames=2, test_fraction=0, progress=False)
+    assert probed == []
+
+
+def test_index_falls_back_to_the_cache_folder_when_data_is_read_only(tmp_path, monkeypatch):
+    root = tmp_path / "ro"
+    write_video(root / "A" / "v_A_g01_c01.mp4", coded_frames(10), 25)
+    cache = tmp_path / "cache"
+    real_write = index_mod.atomic_write_json
+
+    def write(path, obj):
+        if Path(path).parent == root:
+            raise PermissionError(13, "Read-only file system", str(path))
+        return real_write(path, obj)
+
+    monkeypatch.setattr(index_mod, "atomic_write_json", write)
+    index_videos(root, cache_dir=cache, progress=False)
+    assert not (root / pd.index.INDEX_FILENAME).exists()
+    files = list((cache / "indexes").glob("*.json"))
+    assert len(files) == 1 and "A/v_A_g01_c01.mp4" in json.loads(files[0].read_text())["videos"]
+    probed = []
+    monkeypatch.setattr(index_mod, "probe_video", lambda p: probed.append(p))
+    assert index_videos(root, cache_dir=cache, progress=False)[0].frames == 10
+    assert probed == []
+
+
+# --------------------------------------------------------------------------- splits
+def test_ucf_split_lists(data_root, tmp_path):
+    (tmp_path / "trainlist01.txt").write_text(
+        "Walk/v_Walk_g02_c01.avi 3\nRun/v_Run_g01_c01.avi 2\nWalk/corrupt.avi 3\n")
+    (tmp_path / "testlist01.txt").write_text("Walk/v_Walk_g01_c01.avi\nJump/v_Jump_g01_c01.avi\n")
+    train = quiet(VideoClips, data_root, split_dir=tmp_path, train=True, progress=False)
+    test = VideoClips(data_root, split_dir=tmp_path, train=False, progress=False)
+    assert [v.path for v in train.videos] == ["Run/v_Run_g01_c01.avi", "Walk/v_Walk_g02_c01.mp4"]
+    assert train.skipped[0][0] == "Walk/corrupt.mp4"
+    assert [v.path for v in test.videos] == ["Jump/v_Jump_g01_c01.mov", "Walk/v_Walk_g01_c01.mp4"]
+    with pytest.raises(FileNotFoundError, match="trainlist02.txt"):
+        VideoClips(data_root, split_dir=tmp_path, split_index=2, progress=False)
+
+
+def test_group_split_never_puts_a_group_on_both_sides():
+    rng = np.random.default_rng(0)
+    paths, classes = [], []
+    for cls in ("Alpha", "Beta", "Gamma"):
+        for g in range(1, 8):
+            for c in range(1, 1 + int(rng.integers(2, 6))):
+                paths.append(f"{cls}/v_{cls}_g{g:02d}_c{c:02d}.avi")
+                classes.append(cls)
+    is_test = pd.group_split(paths, classes, 0.3)
+    sides = {}
+    for p, t in zip(paths, is_test):
+        key = (p.split("/")[0], pd.index.group_of(p))
+        sides.setdefault(key, set()).add(t)
+    assert all(len(s) == 1 for s in sides.values())
+    per_class = {cls: sum(t for (c, _), s in sides.items() if c == cls for t in s)
+                 for cls in ("Alpha", "Beta", "Gamma")}
+    assert per_class == {"Alpha": 2, "Beta": 2, "Gamma": 2}  # round(0.3 * 7) groups each
+    order = rng.permutation(len(paths))
+    shuffled = pd.group_split([paths[i] for i in order], [classes[i] for i in order], 0.3)
+    assert [shuffled[list(order).index(i)] for i in range(len(paths))] == is_test
+    assert not any(pd.group_split(paths, classes, 0.0))
+
+
+def test_train_and_test_sides_are_disjoint_and_complete(data_root):
+    train = quiet(VideoClips, data_root, frames=3, train=True, progress=False)
+    test = quiet(VideoClips, data_root, frames=3, train=False, progress=False)
+    a, b = {v.path for v in train.videos}, {v.path for v in test.videos}
+    assert a and b and not a & b
+    assert len(a | b) == len(GOOD) + 1  # the 3-frame video is long enough for frames=3
+
+
+# --------------------------------------------------------------------------- multi-scale
+def test_multiscale_inputs_and_targets():
+    clip = torch.rand(5, 3, 64, 64) * 2 - 1
+    inputs, targets = multiscale(clip, scales=(4, 16, 32, 64))
+    assert [tuple(i.shape) for i in inputs] == [(12, s, s) for s in (4, 16, 32, 64)]
+    assert [tuple(t.shape) for t in targets] == [(3, s, s) for s in (4, 16, 32, 64)]
+    assert torch.equal(inputs[-1], clip[:4].reshape(12, 64, 64))
+    assert torch.equal(targets[-1], clip[4])
+    pooled = torch.nn.functional.avg_pool2d(clip[4:5], 16)[0]
+    assert torch.allclose(targets[0], pooled, atol=1e-6)
+    assert torch.allclose(inputs[1][3:6], torch.nn.functional.avg_pool2d(clip[1:2], 4)[0], atol=1e-6)
+    batch_in, batch_t = multiscale(clip.expand(2, -1, -1, -1, -1), scales=(16,), n_input=3,
+                                   n_target=2)
+    assert batch_in[0].shape == (2, 9, 16, 16) and batch_t[0].shape == (2, 6, 16, 16)
+    with pytest.raises(ValueError):
+        multiscale(clip, n_input=5)
+
+
+def test_multiscale_transform_through_a_loader(data_root):
+    ds = quiet(VideoClips, data_root, frames=5, test_fraction=0, progress=False,
+               transform=MultiScale((4, 16, 32, 64)))
+    inputs, targets = next(iter(DataLoader(ds, batch_size=3)))
+    assert [tuple(i.shape) for i in inputs] == [(3, 12, s, s) for s in (4, 16, 32, 64)]
+    assert [tuple(t.shape) for t in targets] == [(3, 3, s, s) for s in (4, 16, 32, 64)]
+
+
+# --------------------------------------------------------------------------- synthetic data
+def test_synthetic_generation_is_deterministic(tmp_path):
+    kw = dict(videos_per_class=2, frames=(8, 12), classes=["BouncingSquares", "CameraPan"],
+              progress=False)
+    a = synthetic.generate(tmp_path / "a", seed=3, **kw)
+    b = synthetic.generate(tmp_path / "b", seed=3, **kw)
+    c = synthetic.generate(tmp_path / "c", seed=4, **kw)
+    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.mp4"))
+    assert files == ["BouncingSquares/v_BouncingSquares_g01_c01.mp4",
+                     "BouncingSquares/v_BouncingSquares_g02_c01.mp4",
+                     "CameraPan/v_CameraPan_g01_c01.mp4", "CameraPan/v_CameraPan_g02_c01.mp4"]
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
+    assert synthetic.generate(a, seed=3, **kw) == a  # same set: reused
+    with pytest.raises(FileExistsError):
+        synthetic.generate(a, seed=5, **kw)
+    infos = index_videos(a, progress=False)
+    assert all(i.ok and 8 <= i.frames <= 12 and (i.height, i.width) == (64, 64) for i in infos)
+
+
+def test_default_dataset_is_made_once_in_the_cache_and_loads(tmp_path, monkeypatch):
+    cache = tmp_path / "pfp-cache"
+    monkeypatch.setenv("PYFRAMEPRED_CACHE", str(cache))
+    root = pd.default_dataset_root(progress=False)
+    assert root.parent == cache / "synthetic" and (root / "synthetic.json").is_file()
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".tmp")]
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("regenerated"))
+    assert pd.default_dataset_root(progress=False) == root
+
+    infos = index_videos(root, progress=False)
+    assert len(infos) == 6 * 12 and all(i.ok for i in infos)
+    assert all(40 <= i.frames <= 60 and i.height >= 64 and i.width >= 64 for i in infos)
+    train = VideoClips(root, frames=8, interval=1, size=64, progress=False)
+    test = VideoClips(root, frames=8, interval=1, size=64, train=False, progress=False)
+    assert len(train.classes) == len(test.classes) == 6
+    assert not {v.path for v in train.videos} & {v.path for v in test.videos}
+    # every class moves: consecutive frames differ, and the motion is not just noise
+    for cls in range(6):
+        v = test.labels.index(cls)
+        clip = test.clip_at(v, 0).frames
+        diff = (clip[1:] - clip[:-1]).abs().mean(dim=(1, 2, 3))
+        assert (diff > 0.004).all(), test.classes[cls]
+
+
+def test_synthetic_command_line(tmp_path, capsys):
+    out = tmp_path / "made"
+    assert synthetic.main([str(out), "--videos-per-class", "1", "--frames", "6",
+                           "--classes", "MovingDigits", "GravityBalls", "--quiet"]) == 0
+    assert "2 videos" in capsys.readouterr().out
+    assert sorted(p.name for p in out.rglob("*.mp4")) == ["v_GravityBalls_g01_c01.mp4",
+                                                          "v_MovingDigits_g01_c01.mp4"]
+    with pytest.raises(SystemExit):
+        synthetic.main([str(out), "--seed", "9", "--quiet"])  # non-empty, different set
+    with pytest.raises(SystemExit):
+        synthetic.main([str(tmp_path / "x"), "--size", "63"])
