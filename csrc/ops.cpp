@@ -21,8 +21,10 @@ TORCH_LIBRARY(pyframepred, m) {
       "Tensor grad_params)",
       {at::Tag::flexible_layout});
   // Gradient difference loss (Mathieu et al. 2015). reduction: 0 = none, 1 = mean, 2 = sum.
-  m.def("gdl_loss_forward(Tensor pred, Tensor target, float alpha, int reduction) -> Tensor");
+  m.def("gdl_loss_forward(Tensor pred, Tensor target, float alpha, int reduction) -> Tensor",
+        {at::Tag::flexible_layout});
   m.def(
       "gdl_loss_backward(Tensor grad_out, Tensor pred, Tensor target, float alpha, int reduction, "
-      "bool target_grad) -> (Tensor grad_pred, Tensor grad_target)");
+      "bool target_grad) -> (Tensor grad_pred, Tensor grad_target)",
+      {at::Tag::flexible_layout});
 }

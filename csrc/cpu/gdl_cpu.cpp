@@ -108,6 +108,7 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
   const scalar_t* T = t.data + t.batch.offset(b);
   const int64_t psH = p.sH, psW = p.sW, tsH = t.sH, tsW = t.sW;
   const V va(alpha);
+  const V lane = V::arange(A(0), A(1));
   double total = 0;
   for (int64_t y = y0; y < y1; ++y) {
     const scalar_t* pr = P + y * psH;
@@ -115,7 +116,8 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
     V acc(0);
     // Terms of the pixels x .. x+n-1 of row y: horizontal pairs (x-1, x), and when kUp the
     // vertical pairs with row y - 1.
-    auto body = [&](auto fast, auto with_up, int64_t x, int64_t n) {
+    // `skip`: leading lanes already counted (the overlapping last vector of a row).
+    auto body = [&](auto fast, auto with_up, int64_t x, int64_t n, int64_t skip) {
       constexpr bool kFast = decltype(fast)::value;
       const V pc = ld<kFast>(pr + x * psW, psW, n);
       const V tc = ld<kFast>(tr + x * tsW, tsW, n);
@@ -127,14 +129,22 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
         const V tu = ld<kFast>(tr - tsH + x * tsW, tsW, n);
         term = term + gdl_term<kP>(tc - tu, pc - pu, va);
       }
+      if (skip > 0) term = V::blendv(V(0), term, lane >= V(static_cast<A>(skip)));
       acc = acc + head(term, n);
     };
     auto row = [&](auto with_up) {
       int64_t x = 1;
       if constexpr (kUnit) {
-        for (; x + kV <= W; x += kV) body(std::true_type{}, with_up, x, kV);
+        if (W - 1 >= kV) {
+          for (; x + kV <= W; x += kV) body(std::true_type{}, with_up, x, kV, 0);
+          // The rest as one full vector ending at W, its lanes before x masked out.
+          if (x < W) body(std::true_type{}, with_up, W - kV, kV, x - (W - kV));
+          x = W;
+        }
       }
-      for (; x < W; x += kV) body(std::false_type{}, with_up, x, std::min<int64_t>(kV, W - x));
+      for (; x < W; x += kV) {
+        body(std::false_type{}, with_up, x, std::min<int64_t>(kV, W - x), 0);
+      }
     };
     A first = 0;  // column 0 has only its vertical pair
     if (y > 0) {
@@ -234,10 +244,16 @@ void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64
   A* h_t = buf + 5 * L;
 
   // Runs body(fast, x, n) over x = x0 .. W-1 a vector at a time.
+  // Every body writes the same values when called twice for a column, so the rest of a row
+  // is done as one full vector ending at W that overlaps the previous one.
   auto sweep = [&](int64_t x0, auto&& body) {
     int64_t x = x0;
     if constexpr (kUnit) {
-      for (; x + kV <= W; x += kV) body(std::true_type{}, x, kV);
+      if (W - x0 >= kV) {
+        for (; x + kV <= W; x += kV) body(std::true_type{}, x, kV);
+        if (x < W) body(std::true_type{}, W - kV, kV);
+        x = W;
+      }
     }
     for (; x < W; x += kV) body(std::false_type{}, x, std::min<int64_t>(kV, W - x));
   };
