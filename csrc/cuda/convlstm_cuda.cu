@@ -201,6 +201,31 @@ dim3 grid_for(int64_t N, int64_t C, int64_t P) {
               static_cast<unsigned>(std::min<int64_t>(N, 65535)));
 }
 
+// Calls launch(index_tag, cl_tag, peep_tag) with the compile-time variant matching the run-time
+// flags: 32- or 64-bit indexing, channels-fastest iteration, peephole weights.
+template <typename Launch>
+void dispatch_variants(bool i32, bool cl, bool peep, Launch&& launch) {
+  auto with_peep = [&](auto index_tag, auto cl_tag) {
+    if (peep) {
+      launch(index_tag, cl_tag, std::true_type{});
+    } else {
+      launch(index_tag, cl_tag, std::false_type{});
+    }
+  };
+  auto with_layout = [&](auto index_tag) {
+    if (cl) {
+      with_peep(index_tag, std::true_type{});
+    } else {
+      with_peep(index_tag, std::false_type{});
+    }
+  };
+  if (i32) {
+    with_layout(int32_t{});
+  } else {
+    with_layout(int64_t{});
+  }
+}
+
 bool fits_int32(std::initializer_list<at::Tensor> ts) {
   for (const auto& t : ts) {
     if (max_offset(t) >= std::numeric_limits<int32_t>::max()) return false;
@@ -242,25 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cuda(
               static_cast<index_t>(P));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    auto with_layout = [&](auto index_tag, auto peep_tag) {
-      if (p.cl) {
-        launch(index_tag, std::true_type{}, peep_tag);
-      } else {
-        launch(index_tag, std::false_type{}, peep_tag);
-      }
-    };
-    auto with_peep = [&](auto index_tag) {
-      if (p.peephole.defined()) {
-        with_layout(index_tag, std::true_type{});
-      } else {
-        with_layout(index_tag, std::false_type{});
-      }
-    };
-    if (i32) {
-      with_peep(int32_t{});
-    } else {
-      with_peep(int64_t{});
-    }
+    dispatch_variants(i32, p.cl, p.peephole.defined(), launch);
   });
   return {p.h, p.c, p.gates};
 }
@@ -301,25 +308,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cuda(
             static_cast<index_t>(p.C), static_cast<index_t>(P));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
-      auto with_layout = [&](auto index_tag, auto peep_tag) {
-        if (p.cl) {
-          launch(index_tag, std::true_type{}, peep_tag);
-        } else {
-          launch(index_tag, std::false_type{}, peep_tag);
-        }
-      };
-      auto with_peep = [&](auto index_tag) {
-        if (peep) {
-          with_layout(index_tag, std::true_type{});
-        } else {
-          with_layout(index_tag, std::false_type{});
-        }
-      };
-      if (i32) {
-        with_peep(int32_t{});
-      } else {
-        with_peep(int64_t{});
-      }
+      dispatch_variants(i32, p.cl, peep, launch);
     });
   }
   at::Tensor grad_params = param_grads ? finish_param_grads(partial, gates.scalar_type())
