@@ -5,5 +5,6 @@ registers its fake (meta) kernel and its autograd formula, and exposes a Python 
 same semantics as its plain-PyTorch twin in :mod:`pyframepred.reference`.
 """
 from ._convlstm import convlstm_gates
+from ._gdl import gdl_loss
 
 __all__ = ["convlstm_gates"]

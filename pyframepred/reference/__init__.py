@@ -3,5 +3,6 @@
 They are the oracle of the tests and the baseline of the benchmarks.
 """
 from .convlstm import convlstm_gates
+from .gdl import gdl_loss
 
 __all__ = ["convlstm_gates"]

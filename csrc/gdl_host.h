@@ -1,0 +1,205 @@
+// Host-side part of the fused GDL shared by the CPU and CUDA implementations: argument checks with
+// clear messages, and the strided (B, H, W) view the kernels iterate.
+//
+// An input of shape (..., H, W) is seen as B = prod(...) images of H x W pixels. Each operand
+// keeps its own strides: any strides of the last two dims (transposed, sliced, expanded, or
+// channels_last tensors) are read in place, and the batch dims are described by up to
+// kGdlMaxBatchDims (size, stride) pairs after dropping size-1 dims and merging dims that are
+// adjacent in memory; only a tensor whose batch dims still do not fit is copied (.contiguous()).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "gdl.h"
+
+namespace pyframepred {
+
+constexpr int kGdlMaxBatchDims = 6;
+
+// Maps an image index b (row-major over the batch dims) to its element offset.
+struct GdlBatch {
+  int ndim = 0;
+  int64_t size[kGdlMaxBatchDims] = {};
+  int64_t stride[kGdlMaxBatchDims] = {};
+
+  C10_HOST_DEVICE inline int64_t offset(int64_t b) const {
+    int64_t off = 0;
+    for (int k = ndim - 1; k >= 0; --k) {
+      const int64_t i = b % size[k];
+      b /= size[k];
+      off += i * stride[k];
+    }
+    return off;
+  }
+};
+
+// One strided operand: data pointer, batch map, and the strides of the H and W dims.
+template <typename T>
+struct GdlOperand {
+  T* data = nullptr;
+  GdlBatch batch;
+  int64_t sH = 0, sW = 0;
+};
+
+// The batch map of `t`; false when its batch dims need more than kGdlMaxBatchDims entries.
+inline bool gdl_batch_of(const at::Tensor& t, GdlBatch& out) {
+  out = GdlBatch{};
+  int n = 0;
+  for (int64_t d = 0; d + 2 < t.dim(); ++d) {
+    const int64_t size = t.size(d), stride = t.stride(d);
+    if (size == 1) continue;
+    if (n > 0 && out.stride[n - 1] == size * stride) {  // merges with the previous dim
+      out.size[n - 1] *= size;
+      out.stride[n - 1] = stride;
+      continue;
+    }
+    if (n == kGdlMaxBatchDims) return false;
+    out.size[n] = size;
+    out.stride[n] = stride;
+    ++n;
+  }
+  out.ndim = n;
+  return true;
+}
+
+// Largest element offset inside one image, for the 32-bit indexing decision.
+inline int64_t gdl_image_extent(const at::Tensor& t) {
+  const int64_t H = t.size(-2), W = t.size(-1);
+  return (H - 1) * std::abs(t.stride(-2)) + (W - 1) * std::abs(t.stride(-1));
+}
+
+// True when the coordinates and every in-image offset of `t` fit in int32 with room to spare
+// (the kernels then index inside an image with 32-bit arithmetic).
+inline bool gdl_fits32(const at::Tensor& t) {
+  constexpr int64_t kMax32 = std::numeric_limits<int32_t>::max() / 2;
+  return t.size(-2) < kMax32 && t.size(-1) < kMax32 && gdl_image_extent(t) < kMax32;
+}
+
+template <typename T>
+inline GdlOperand<T> gdl_operand(T* data, const at::Tensor& t) {
+  GdlOperand<T> o;
+  o.data = data;
+  TORCH_INTERNAL_ASSERT(gdl_batch_of(t, o.batch));
+  o.sH = t.stride(-2);
+  o.sW = t.stride(-1);
+  return o;
+}
+
+inline std::string gdl_shape_str(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t k = 0; k < s.size(); ++k) {
+    out += std::to_string(s[k]);
+    if (k + 1 < s.size()) out += ", ";
+  }
+  return out + ")";
+}
+
+inline const char* gdl_reduction_name(int64_t reduction) {
+  return reduction == 0 ? "none" : (reduction == 1 ? "mean" : "sum");
+}
+
+// Checks pred/target/alpha/reduction (messages name the argument and what was expected).
+inline void check_gdl_args(const at::Tensor& pred, const at::Tensor& target, double alpha,
+                           int64_t reduction, const char* op) {
+  TORCH_CHECK(at::isFloatingType(pred.scalar_type()), op,
+              ": pred must be a floating-point tensor (float32, float64, float16 or bfloat16), "
+              "got ",
+              pred.scalar_type());
+  TORCH_CHECK(target.device() == pred.device(), op, ": target is on ", target.device(),
+              " but pred is on ", pred.device(), "; pred and target must be on one device");
+  TORCH_CHECK(target.scalar_type() == pred.scalar_type(), op, ": target has dtype ",
+              target.scalar_type(), " but pred has dtype ", pred.scalar_type(),
+              "; pred and target must have one dtype");
+  TORCH_CHECK(pred.dim() >= 2, op, ": pred must have at least 2 dims (..., H, W), got shape ",
+              gdl_shape_str(pred.sizes()));
+  TORCH_CHECK(target.sizes() == pred.sizes(), op, ": target must have the shape of pred ",
+              gdl_shape_str(pred.sizes()), ", got ", gdl_shape_str(target.sizes()));
+  TORCH_CHECK(pred.numel() > 0, op, ": pred and target must not be empty, got shape ",
+              gdl_shape_str(pred.sizes()));
+  TORCH_CHECK(std::isfinite(alpha) && alpha >= 1.0, op,
+              ": alpha must be a finite number >= 1, got ", alpha);
+  TORCH_CHECK(reduction >= 0 && reduction <= 2, op,
+              ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+}
+
+// Inputs after checking, with the (B, H, W) geometry.
+struct GdlPlan {
+  int64_t B = 1, H = 1, W = 1, numel = 0;
+  at::Tensor pred, target;  // the inputs, or contiguous copies when their batch dims do not fit
+  bool fits32 = true;       // every in-image offset and coordinate fits in int32
+};
+
+inline at::Tensor gdl_readable(const at::Tensor& t) {
+  GdlBatch b;
+  return gdl_batch_of(t, b) ? t : t.contiguous();
+}
+
+inline GdlPlan plan_gdl(const at::Tensor& pred, const at::Tensor& target, double alpha,
+                        int64_t reduction, const char* op) {
+  check_gdl_args(pred, target, alpha, reduction, op);
+  GdlPlan p;
+  p.H = pred.size(-2);
+  p.W = pred.size(-1);
+  p.numel = pred.numel();
+  p.B = p.numel / (p.H * p.W);
+  p.pred = gdl_readable(pred);
+  p.target = gdl_readable(target);
+  p.fits32 = gdl_fits32(p.pred) && gdl_fits32(p.target);
+  return p;
+}
+
+// The forward result: one value per image (the batch shape) for "none", a 0-d tensor otherwise.
+inline at::Tensor gdl_forward_output(const at::Tensor& pred, int64_t reduction) {
+  if (reduction == 0) {
+    return at::empty(pred.sizes().slice(0, pred.dim() - 2), pred.options());
+  }
+  return at::empty({}, pred.options());
+}
+
+// Checks grad_out of the backward and returns it as a contiguous accumulation-typed vector:
+// one value per image for "none", a single value otherwise.
+inline at::Tensor gdl_grad_scale(const at::Tensor& grad_out, const at::Tensor& pred,
+                                 int64_t reduction, const char* op) {
+  TORCH_CHECK(grad_out.device() == pred.device(), op, ": grad_out is on ", grad_out.device(),
+              " but pred is on ", pred.device());
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op,
+              ": grad_out must be a floating-point tensor, got ", grad_out.scalar_type());
+  if (reduction == 0) {
+    const auto batch = pred.sizes().slice(0, pred.dim() - 2);
+    TORCH_CHECK(grad_out.sizes() == batch, op,
+                ": grad_out must have the batch shape of pred ", gdl_shape_str(batch),
+                " for reduction 'none', got ", gdl_shape_str(grad_out.sizes()));
+  } else {
+    TORCH_CHECK(grad_out.dim() == 0, op, ": grad_out must be 0-d for reduction '",
+                gdl_reduction_name(reduction), "', got shape ",
+                gdl_shape_str(grad_out.sizes()));
+  }
+  const auto acc = at::toOpMathType(pred.scalar_type());
+  return grad_out.to(acc).reshape({-1}).contiguous();
+}
+
+// Output gradients have the layout torch.empty_like gives (as the fake kernel); when that layout
+// cannot be described by a batch map the kernel writes a contiguous tensor that is copied over.
+struct GdlGradOut {
+  at::Tensor result;  // what is returned
+  at::Tensor write;   // what the kernel writes (result itself, or a contiguous stand-in)
+};
+
+inline GdlGradOut gdl_grad_output(const at::Tensor& like) {
+  GdlGradOut g;
+  g.result = at::empty_like(like);
+  GdlBatch b;
+  g.write = gdl_batch_of(g.result, b) ? g.result : at::empty(like.sizes(), like.options());
+  return g;
+}
+
+inline void gdl_finish_grad(GdlGradOut& g) {
+  if (!g.write.is_same(g.result)) g.result.copy_(g.write);
+}
+
+}  // namespace pyframepred

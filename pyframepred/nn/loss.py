@@ -1,0 +1,33 @@
+"""Loss modules built on the fused operators."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..ops import gdl_loss
+from ..ops._gdl import check_alpha, reduction_code
+
+
+class GDLLoss(nn.Module):
+    """Gradient difference loss (Mathieu et al. 2015), a drop-in like :class:`torch.nn.MSELoss`.
+
+    ``loss = GDLLoss(alpha=1.0, reduction="mean"); loss(pred, target)`` with ``pred`` and
+    ``target`` of shape ``(..., H, W)``. See :func:`pyframepred.ops.gdl_loss` for the formula
+    (the difference of absolute image gradients), the reductions and the supported dtypes.
+
+    Args:
+        alpha: exponent, a finite float ``>= 1``.
+        reduction: ``"mean"`` (sum / ``pred.numel()``), ``"sum"`` or ``"none"`` (one value per
+            image, shape ``pred.shape[:-2]``).
+    """
+
+    def __init__(self, alpha: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__()
+        self.alpha = check_alpha(alpha)
+        reduction_code(reduction)
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:  # noqa: A002 (nn.Module style)
+        return gdl_loss(input, target, self.alpha, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, reduction={self.reduction!r}"

@@ -1,0 +1,132 @@
+"""The fused gradient difference loss: ``gdl_loss`` and its fake kernel and autograd registration."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._common import check_float
+
+_OP = "gdl_loss"
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def reduction_code(reduction: str) -> int:
+    """``"none"``/``"mean"``/``"sum"`` -> 0/1/2 (the op's integer argument)."""
+    code = REDUCTIONS.get(reduction) if isinstance(reduction, str) else None
+    if code is None:
+        raise ValueError(f"{_OP}: reduction must be one of 'none', 'mean' or 'sum', "
+                         f"got {reduction!r}")
+    return code
+
+
+def check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ValueError(f"{_OP}: alpha must be a number >= 1, got {alpha!r}")
+    alpha = float(alpha)
+    if not (math.isfinite(alpha) and alpha >= 1.0):
+        raise ValueError(f"{_OP}: alpha must be a finite number >= 1, got {alpha}")
+    return alpha
+
+
+def gdl_loss(pred: Tensor, target: Tensor, alpha: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Gradient difference loss (Mathieu, Couprie & LeCun 2015), fused into one kernel.
+
+    For each image (the last two dims, ``H x W``) and every pair of neighbouring pixels, with
+    no padding::
+
+        sum_{y=1..H-1, x} | |t[y,x] - t[y-1,x]| - |p[y,x] - p[y-1,x]| |^alpha     (vertical)
+      + sum_{y, x=1..W-1} | |t[y,x] - t[y,x-1]| - |p[y,x] - p[y,x-1]| |^alpha     (horizontal)
+
+    This is the paper's form: the difference of the *absolute* image gradients, not
+    ``|grad t - grad p|^alpha`` (so a prediction whose edges have the right strength but the
+    opposite polarity is not penalised).
+
+    Args:
+        pred: predicted frames, shape ``(..., H, W)`` (e.g. ``(N, C, H, W)`` or
+            ``(N, T, C, H, W)``), float32/float64/float16/bfloat16. Any strides.
+        target: ground truth, same shape, device and dtype as ``pred``.
+        alpha: the exponent, any finite float ``>= 1`` (1 and 2 have fast paths).
+        reduction: ``"mean"`` (the sum divided by ``pred.numel()``), ``"sum"``, or ``"none"``
+            (one value per image, shape ``pred.shape[:-2]``).
+
+    Returns:
+        The loss in ``pred``'s dtype (accumulated in float for float16/bfloat16, in double on the
+        CPU). Frames of height (width) 1 have no vertical (horizontal) pairs and contribute 0.
+
+    Forward reads each element once and sums in fixed-size blocks, so results are bit-identical
+    run after run. Gradients flow to ``pred`` and, when it requires grad, to ``target``; at a kink
+    (a zero difference, or a zero image gradient) the subgradient is 0. Nothing is saved for
+    backward but the inputs themselves.
+    """
+    code = reduction_code(reduction)
+    alpha = check_alpha(alpha)
+    return torch.ops.pyframepred.gdl_loss_forward(pred, target, alpha, code)
+
+
+def _check(op: str, pred: Tensor, target: Tensor, alpha: float, reduction: int) -> None:
+    check_float(op, "pred", pred)
+    if target.device != pred.device:
+        raise RuntimeError(f"{op}: target is on {target.device} but pred is on {pred.device}; "
+                           "pred and target must be on one device")
+    if target.dtype != pred.dtype:
+        raise RuntimeError(f"{op}: target has dtype {target.dtype} but pred has dtype "
+                           f"{pred.dtype}; pred and target must have one dtype")
+    if pred.dim() < 2:
+        raise RuntimeError(f"{op}: pred must have at least 2 dims (..., H, W), got shape "
+                           f"{tuple(pred.shape)}")
+    if target.shape != pred.shape:
+        raise RuntimeError(f"{op}: target must have the shape of pred {tuple(pred.shape)}, got "
+                           f"{tuple(target.shape)}")
+    if pred.numel() == 0:
+        raise RuntimeError(f"{op}: pred and target must not be empty, got shape "
+                           f"{tuple(pred.shape)}")
+    if not (math.isfinite(alpha) and alpha >= 1.0):
+        raise RuntimeError(f"{op}: alpha must be a finite number >= 1, got {alpha}")
+    if reduction not in (0, 1, 2):
+        raise RuntimeError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got "
+                           f"{reduction}")
+
+
+@torch.library.register_fake("pyframepred::gdl_loss_forward")
+def _forward_fake(pred, target, alpha, reduction):
+    _check("gdl_loss_forward", pred, target, alpha, reduction)
+    shape = pred.shape[:-2] if reduction == 0 else ()
+    return pred.new_empty(shape)
+
+
+@torch.library.register_fake("pyframepred::gdl_loss_backward")
+def _backward_fake(grad_out, pred, target, alpha, reduction, target_grad):
+    op = "gdl_loss_backward"
+    _check(op, pred, target, alpha, reduction)
+    if grad_out.device != pred.device:
+        raise RuntimeError(f"{op}: grad_out is on {grad_out.device} but pred is on {pred.device}")
+    expected = pred.shape[:-2] if reduction == 0 else ()
+    if grad_out.shape != expected:
+        raise RuntimeError(f"{op}: grad_out must have shape {tuple(expected)}, got "
+                           f"{tuple(grad_out.shape)}")
+    grad_pred = torch.empty_like(pred)
+    grad_target = torch.empty_like(target) if target_grad else pred.new_empty((0,))
+    return grad_pred, grad_target
+
+
+def _setup_context(ctx, inputs, output):
+    pred, target, alpha, reduction = inputs
+    ctx.alpha = alpha
+    ctx.reduction = reduction
+    ctx.save_for_backward(pred, target)
+
+
+def _backward(ctx, grad):
+    pred, target = ctx.saved_tensors
+    need_pred, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_pred or need_target):
+        return None, None, None, None
+    grad_pred, grad_target = torch.ops.pyframepred.gdl_loss_backward(
+        grad, pred, target, ctx.alpha, ctx.reduction, bool(need_target))
+    return (grad_pred if need_pred else None, grad_target if need_target else None, None, None)
+
+
+torch.library.register_autograd("pyframepred::gdl_loss_forward", _backward,
+                                setup_context=_setup_context)
