@@ -70,7 +70,7 @@ MODEL_PRESETS = {
     },
     "multiscale": {
         "tiny": dict(width=0.0625),
-        "quick": dict(width=0.25),
+        "quick": dict(width=0.125),
         "small": dict(width=0.5),
         "full": dict(width=1.0),
     },
@@ -78,13 +78,17 @@ MODEL_PRESETS = {
 RUN_PRESETS = {
     "tiny": dict(steps=4, batch_size=2, val_every=2, val_clips=4, sample_every=0, workers=0,
                  clips_per_video=2),
-    "quick": dict(steps=500, batch_size=8, val_every=100, val_clips=48, sample_every=250,
+    "quick": dict(steps=1000, batch_size=8, val_every=250, val_clips=48, sample_every=500,
                   workers=1, clips_per_video=8),
     "small": dict(steps=5000, batch_size=16, val_every=500, val_clips=128, sample_every=1000,
                   workers=2, clips_per_video=16),
     "full": dict(steps=50000, batch_size=16, val_every=2000, val_clips=256, sample_every=2000,
                  workers=4, clips_per_video=16),
 }
+
+
+# Per-model changes to RUN_PRESETS (the GAN costs more per step).
+RUN_PRESET_OVERRIDES = {("multiscale", "quick"): dict(steps=600, val_every=200, sample_every=300)}
 
 
 @dataclass
@@ -134,7 +138,9 @@ class TrainConfig:
             raise CLIError(f"unknown preset {self.preset!r}; choose from "
                            f"{', '.join(RUN_PRESETS)}")
         c = dataclasses.replace(self)
-        for k, v in RUN_PRESETS[self.preset].items():
+        preset = dict(RUN_PRESETS[self.preset])
+        preset.update(RUN_PRESET_OVERRIDES.get((self.model, self.preset), {}))
+        for k, v in preset.items():
             if getattr(c, k) is None:
                 setattr(c, k, v)
         if c.out is None:
