@@ -698,7 +698,7 @@ class Trainer:
                 self.best_psnr = mm["psnr"]
             self.save(best=best)
             self.plot()
-            bar.write(f"step {self.step}: val PSNR {mm['psnr']:.2f} dB (copy-last "
+            bar.write(file=sys.stderr, s=f"step {self.step}: val PSNR {mm['psnr']:.2f} dB (copy-last "
                       f"{bm['psnr']:.2f}), SSIM {mm['ssim']:.4f} ({bm['ssim']:.4f})"
                       + (" [best]" if best else ""))
             if tb is not None:
