@@ -222,7 +222,7 @@ def test_predict_cli(checkpoint, data, tmp_path, suffix, capsys):
         from PIL import Image
 
         with Image.open(out) as im:
-            assert im.n_frames == 7 and im.size[0] > 2 * im.size[1]   # side by side
+            assert im.n_frames == 7 and im.size[0] > 1.8 * im.size[1]   # side by side
     else:
         import decord
 
