@@ -1,5 +1,6 @@
 """Training, evaluation and prediction: library and command lines, on a tiny synthetic data set."""
 import json
+import math
 import os
 import signal
 import socket
@@ -260,3 +261,12 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert ckpt["world_size"] == 2 and ckpt["step"] == 4
     assert proc.stderr.count("training multiscale") == 1      # only rank 0 logs
     assert "4 steps of 2 x 2 clips" in proc.stderr
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_cpu(amp, data, tmp_path):
+    t = tr.Trainer(tiny("seq2seq", data, tmp_path, steps=2, val_every=0, amp=amp))
+    res = t.fit()
+    assert res["status"] == "done"
+    assert all(math.isfinite(r["loss"]) for r in t.history["train"])
+    assert t.scaler.is_enabled() == (amp == "fp16")
