@@ -70,6 +70,13 @@ class Seq2Seq(nn.Module):
             prev = c
         dec.append(nn.Conv2d(prev, channels, 3, 1, 1))
         self.decoder = nn.Sequential(*dec)
+        # Variance-preserving init of the conv/deconv layers (PyTorch's default shrinks the
+        # activations layer after layer, which makes the decoder's first updates tiny).
+        for mod in list(self.encoder.modules()) + list(self.decoder.modules()):
+            if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(mod.weight, a=0.2, nonlinearity="leaky_relu")
+                if mod.bias is not None:
+                    nn.init.zeros_(mod.bias)
         if self.residual:  # start as "copy the last frame"
             nn.init.zeros_(dec[-1].weight)
             nn.init.zeros_(dec[-1].bias)
