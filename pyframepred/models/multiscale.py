@@ -107,6 +107,11 @@ class MultiScaleGenerator(_Scales):
                 if i < len(maps) - 1:
                     layers.append(nn.ReLU(inplace=True))
                 prev = c
+            # Variance-preserving init for the ReLU layers (faster start than PyTorch's default).
+            for mod in layers[:-1]:
+                if isinstance(mod, nn.Conv2d):
+                    nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+                    nn.init.zeros_(mod.bias)
             if self.residual:
                 nn.init.zeros_(layers[-1].weight)
                 nn.init.zeros_(layers[-1].bias)
