@@ -1,0 +1,162 @@
+"""Training throughput (clips/s) of each model, fused vs reference ops.
+
+One training step is exactly :meth:`pyframepred.train.Trainer.train_step` (forward, loss,
+backward, gradient clipping, Adam; for the multi-scale GAN a discriminator and a generator
+update) at the quick preset's model sizes, batches of 8 clips of 64x64 frames, on a fixed random
+batch (data loading is measured separately, in ``bench_data.py``). ``fused`` switches every op
+the model uses between the C++/CUDA kernels (ConvLSTM cell for seq2seq, GDL for all three) and
+the plain-PyTorch reference. The two settings are timed interleaved, ``--repeats`` times each, and
+the median is reported with the fused/reference ratio.
+
+Run (a few minutes on 2 cores)::
+
+    PYTHONPATH=. python benchmarks/bench_train.py [--device cpu|cuda] [--steps 10] [--repeats 5]
+    PYTHONPATH=. python -m pytest benchmarks/bench_train.py --benchmark-only
+
+The script writes ``benchmarks/results/train_<device>.json`` and ``train_<device>.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyframepred.data import synthetic
+from pyframepred.train import Trainer, TrainConfig
+
+MODELS = ("seq2seq", "autoencoder", "multiscale")
+RESULTS = Path(__file__).resolve().parent / "results"
+_DATA = {}
+
+
+def _data_root() -> str:
+    if "root" not in _DATA:
+        tmp = tempfile.mkdtemp(prefix="pyframepred-bench-train-")
+        _DATA["root"] = str(synthetic.generate(tmp, videos_per_class=2, groups_per_class=2,
+                                               frames=(16, 20), classes=synthetic.CLASSES[:2],
+                                               progress=False))
+    return _DATA["root"]
+
+
+def make_trainer(model: str, fused: bool, device: str, batch: int, out: str) -> Trainer:
+    cfg = TrainConfig(model=model, data=_data_root(), out=out, preset="quick", fused=fused,
+                      device=device, batch_size=batch, workers=0, progress=False)
+    return Trainer(cfg)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(trainer: Trainer, clips: torch.Tensor, steps: int) -> float:
+    """Seconds per step (mean over ``steps``), after one warm-up step."""
+    trainer.train_step(clips)
+    _sync(trainer.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(clips)
+    _sync(trainer.device)
+    return (time.perf_counter() - t0) / steps
+
+
+def run(device: str = "cpu", steps: int = 10, repeats: int = 5, batch: int = 8) -> dict:
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for model in MODELS:
+            torch.manual_seed(0)
+            t_in = 4
+            t_out = 4 if model == "seq2seq" else 1
+            clips = (torch.rand(batch, t_in + t_out, 3, 64, 64) * 2 - 1)
+            trainers = {f: make_trainer(model, f, device, batch, os.path.join(out, model))
+                        for f in (True, False)}
+            # Same starting weights for both settings.
+            trainers[False].model.load_state_dict(trainers[True].model.state_dict())
+            if trainers[True].disc is not None:
+                trainers[False].disc.load_state_dict(trainers[True].disc.state_dict())
+            times = {True: [], False: []}
+            for _ in range(repeats):
+                for f in (True, False):
+                    times[f].append(time_steps(trainers[f], clips.to(trainers[f].device), steps))
+            med = {f: statistics.median(v) for f, v in times.items()}
+            rows.append({
+                "model": model, "batch": batch, "frames": t_in + t_out, "size": 64,
+                "fused_clips_per_s": batch / med[True], "reference_clips_per_s": batch / med[False],
+                "fused_ms_per_step": 1e3 * med[True], "reference_ms_per_step": 1e3 * med[False],
+                "ratio": med[False] / med[True],
+                "fused_ms_all": [1e3 * t for t in times[True]],
+                "reference_ms_all": [1e3 * t for t in times[False]],
+            })
+            print(f"{model:12s} fused {rows[-1]['fused_clips_per_s']:7.1f} clips/s  reference "
+                  f"{rows[-1]['reference_clips_per_s']:7.1f} clips/s  ratio {rows[-1]['ratio']:.3f}",
+                  flush=True)
+    return {"rows": rows, "device": device, "steps": steps, "repeats": repeats}
+
+
+def _machine(device: str) -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    dev = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} CPU threads"
+    return (f"{platform.processor() or platform.machine()}, {dev}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {torch.get_num_threads()} torch threads; "
+            f"load average (1 min) {load:.2f}")
+
+
+def write_results(res: dict, load_start: float) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    dev = res["device"]
+    res = dict(res, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               machine=_machine(dev), load_average_start=load_start)
+    (RESULTS / f"train_{dev}.json").write_text(json.dumps(res, indent=2))
+    lines = [f"# Training throughput, fused vs reference ops ({dev})", "",
+             f"{res['date']} -- {res['machine']} (at start: {load_start:.2f}; the machine may be "
+             "shared, above ~0.5 the numbers are pessimistic).", "",
+             "One `Trainer.train_step` (forward, loss, backward, clip, Adam; GAN: D and G updates) at "
+             f"the quick preset's model sizes, batch {res['rows'][0]['batch']}, 64x64, fixed "
+             f"random batch; median of {res['repeats']} interleaved runs of {res['steps']} steps.",
+             "", "| model | fused clips/s | reference clips/s | fused ms/step | reference ms/step "
+             "| speed-up (ref/fused time) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['model']} | {r['fused_clips_per_s']:.1f} | "
+                     f"{r['reference_clips_per_s']:.1f} | {r['fused_ms_per_step']:.1f} | "
+                     f"{r['reference_ms_per_step']:.1f} | {r['ratio']:.3f}x |")
+    (RESULTS / f"train_{dev}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / f'train_{dev}.md'}")
+
+
+# ----------------------------------------------------------------------------- pytest-benchmark
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+@pytest.mark.parametrize("model", MODELS)
+def test_train_step(benchmark, model, fused, tmp_path):
+    benchmark.group = f"train-step-{model}"
+    tr = make_trainer(model, fused, "cpu", 8, str(tmp_path))
+    clips = torch.rand(8, 8 if model == "seq2seq" else 5, 3, 64, 64) * 2 - 1
+    tr.train_step(clips)
+    benchmark.pedantic(tr.train_step, args=(clips,), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["clips_per_step"] = 8
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=int, default=8)
+    a = p.parse_args(argv)
+    load = os.getloadavg()[0]
+    res = run(a.device, a.steps, a.repeats, a.batch)
+    write_results(res, load)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,842 @@
+"""Train a frame-prediction model.
+
+Usage::
+
+    python -m pyframepred.train --model {seq2seq,autoencoder,multiscale} [--data DIR]
+                                [--preset tiny|quick|small|full] [--config FILE] [options]
+    torchrun --nproc_per_node N -m pyframepred.train --model ...      # data-parallel (DDP)
+
+Without ``--data`` the embedded synthetic data set is used (generated into the cache folder on
+first use). ``--preset quick`` (default) learns visibly within about 10 minutes on 2 CPU cores;
+``small`` and ``full`` are for real runs (``full`` uses the architectures' paper sizes).
+Options given on the command line override the config file (JSON or TOML, keys named like the
+options, e.g. ``{"model": "autoencoder", "batch_size": 16}``), which overrides the preset.
+
+Outputs in ``--out`` (default ``runs/<model>-<preset>``): ``last.pt`` (every validation and on
+exit) and ``best.pt`` (best validation PSNR) written atomically, ``history.json``,
+``loss.png``, ``samples/step_XXXXXX.gif`` (expected | generated) and optionally TensorBoard
+logs. ``--resume`` continues from ``last.pt`` (or the given checkpoint) exactly: model,
+optimisers, schedulers, AMP scaler, random states, data order and step are restored.
+
+Exit status: 0 done; 2 bad arguments or missing data; 3 the loss became NaN/Inf (training
+stops, the last good checkpoint is left untouched); 130 interrupted by Ctrl-C (SIGINT) or
+SIGTERM after saving ``last.pt`` at the current step.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from ._cli_common import (MODELS, CLIError, atomic_save, build_discriminator, build_model,
+                          load_checkpoint, resolve_device, rollout, set_fused, side_by_side,
+                          write_animation)
+from .evaluate import evaluate_model
+from .models import MultiScaleLoss
+from .models._common import gdl
+from .models.multiscale import resize, scale_sizes
+
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+
+# Model sizes per preset ("full": the sizes of the blog post / the paper).
+MODEL_PRESETS = {
+    "seq2seq": {
+        "tiny": dict(conv_channels=(8, 16), hidden_channels=16),
+        "quick": dict(conv_channels=(16, 32), hidden_channels=32),
+        "small": dict(conv_channels=(32, 64), hidden_channels=64, batch_norm=True),
+        "full": dict(conv_channels=(32, 64, 128), hidden_channels=128, num_layers=2,
+                     batch_norm=True),
+    },
+    "autoencoder": {
+        "tiny": dict(widths=(8, 16, 32)),
+        "quick": dict(widths=(16, 32, 64, 128, 256)),
+        "small": dict(widths=(32, 64, 128, 256, 512)),
+        "full": dict(widths=(32, 64, 128, 256, 512)),
+    },
+    "multiscale": {
+        "tiny": dict(width=0.0625),
+        "quick": dict(width=0.125),
+        "small": dict(width=0.5),
+        "full": dict(width=1.0),
+    },
+}
+RUN_PRESETS = {
+    "tiny": dict(steps=4, batch_size=2, val_every=2, val_clips=4, sample_every=0, workers=0,
+                 clips_per_video=2),
+    "quick": dict(steps=1000, batch_size=8, val_every=250, val_clips=48, sample_every=500,
+                  workers=1, clips_per_video=8),
+    "small": dict(steps=5000, batch_size=16, val_every=500, val_clips=128, sample_every=1000,
+                  workers=2, clips_per_video=16),
+    "full": dict(steps=50000, batch_size=16, val_every=2000, val_clips=256, sample_every=2000,
+                 workers=4, clips_per_video=16),
+}
+
+
+# Per-model changes to RUN_PRESETS (the GAN costs more per step).
+RUN_PRESET_OVERRIDES = {("multiscale", "quick"): dict(steps=500, batch_size=4, val_every=125,
+                                                      sample_every=250)}
+
+
+@dataclass
+class TrainConfig:
+    """All training settings (the command-line options, the config file keys)."""
+    model: str = "seq2seq"
+    data: Optional[str] = None
+    out: Optional[str] = None
+    preset: str = "quick"
+    steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: float = 1e-3
+    lr_d: float = 2e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    in_frames: int = 4
+    out_frames: int = 4          # frames predicted per training clip (seq2seq; others 1)
+    val_steps: int = 4           # frames predicted in validation / evaluation
+    interval: int = 0
+    size: int = 64
+    clips_per_video: Optional[int] = None
+    val_every: Optional[int] = None
+    val_clips: Optional[int] = None
+    sample_every: Optional[int] = None
+    log_every: int = 10
+    workers: Optional[int] = None
+    device: str = "auto"
+    amp: str = "none"            # none | bf16 | fp16
+    fused: bool = True
+    seed: int = 0
+    teacher_forcing: bool = True
+    batch_norm: Optional[bool] = None
+    residual: bool = True
+    lambda_l2: float = 1.0
+    lambda_gdl: float = 1.0
+    lambda_adv: float = 0.05
+    alpha: float = 1.0
+    tensorboard: bool = False
+    progress: bool = True
+    model_kwargs: dict = field(default_factory=dict)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the preset filled in for every option left unset."""
+        if self.model not in MODELS:
+            raise CLIError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.preset not in RUN_PRESETS:
+            raise CLIError(f"unknown preset {self.preset!r}; choose from "
+                           f"{', '.join(RUN_PRESETS)}")
+        c = dataclasses.replace(self)
+        preset = dict(RUN_PRESETS[self.preset])
+        preset.update(RUN_PRESET_OVERRIDES.get((self.model, self.preset), {}))
+        for k, v in preset.items():
+            if getattr(c, k) is None:
+                setattr(c, k, v)
+        if c.out is None:
+            c.out = os.path.join("runs", f"{c.model}-{c.preset}")
+        for name in ("steps", "batch_size", "in_frames", "out_frames", "val_steps", "size",
+                     "clips_per_video", "val_clips", "log_every"):
+            if int(getattr(c, name)) < 1:
+                raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+        for name in ("val_every", "sample_every", "workers", "interval"):
+            if int(getattr(c, name)) < 0:
+                raise CLIError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
+        if c.amp not in ("none", "bf16", "fp16"):
+            raise CLIError(f"--amp must be none, bf16 or fp16, got {c.amp!r}")
+        if not c.lr > 0 or not c.lr_d > 0:
+            raise CLIError("learning rates must be positive")
+        for name in ("lambda_l2", "lambda_gdl", "lambda_adv"):
+            if not getattr(c, name) >= 0:
+                raise CLIError(f"--{name.replace('_', '-')} must be >= 0")
+        if not c.alpha >= 1:
+            raise CLIError(f"--alpha must be >= 1, got {c.alpha}")
+        if c.model != "seq2seq":
+            c.out_frames = 1
+        return c
+
+    def model_args(self) -> dict:
+        kw = dict(MODEL_PRESETS[self.model][self.preset])
+        if self.model == "seq2seq":
+            kw.update(teacher_forcing=self.teacher_forcing, residual=self.residual,
+                      out_steps=self.val_steps)
+        else:
+            kw.update(in_frames=self.in_frames, residual=self.residual)
+        if self.model == "multiscale":
+            kw.update(base_size=64)
+        if self.batch_norm is not None and self.model != "multiscale":
+            kw["batch_norm"] = self.batch_norm
+        kw.update(self.model_kwargs)
+        return kw
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- data order
+class StepSampler(Sampler):
+    """Infinite, resumable and distributed sampling: the clips of step ``s`` on rank ``r`` depend
+    only on ``(seed, s, r)``.
+
+    Global sample positions ``p = s * batch * world + r * batch + j`` walk through one random
+    permutation of the data set per epoch (``epoch = p // len``). Yields ``(p, index)`` pairs;
+    :class:`SeededClips` seeds the clip's random choices (start frame, augmentation) with ``p``,
+    so a resumed run sees exactly the clips the uninterrupted run would have seen, whatever the
+    number of DataLoader workers.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world: int = 1):
+        self.n, self.batch, self.seed = n, batch_size, seed
+        self.start, self.rank, self.world = start_step, rank, world
+        self._perm_epoch, self._perm = -1, None
+
+    def _index(self, p: int) -> int:
+        epoch = p // self.n
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perm = torch.randperm(self.n, generator=g).tolist()
+            self._perm_epoch = epoch
+        return self._perm[p % self.n]
+
+    def __iter__(self):
+        s = self.start
+        while True:
+            base = s * self.batch * self.world + self.rank * self.batch
+            for j in range(self.batch):
+                yield base + j, self._index(base + j)
+            s += 1
+
+    def __len__(self):  # pragma: no cover - infinite; DataLoader only needs it for len()
+        return 2 ** 62
+
+
+class SeededClips(Dataset):
+    """Wraps a training data set: item ``(p, i)`` is ``dataset[i]`` drawn with torch's random
+    generator seeded from ``(seed, p)`` (the global generator is restored afterwards)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        p, i = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + p) % (2 ** 63))
+            return self.dataset[i]
+
+
+# ----------------------------------------------------------------------------- distributed
+def _dist_env():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves and stops at the end of the current step."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop at once
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(),
+          "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ----------------------------------------------------------------------------- trainer
+class Trainer:
+    """One training loop for the three models; the per-model part is :meth:`_loss` (and the
+    discriminator step of the multi-scale GAN).
+
+    ``Trainer(cfg).fit()`` returns a summary dict (``status`` ``"done"`` or ``"interrupted"``,
+    ``step``, ``best_psnr``, ``val``); raises :class:`TrainingDiverged` on a NaN/Inf loss and
+    :class:`CLIError` on bad settings. ``step_callback(trainer, step)`` (tests) runs after each
+    step.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume=None, step_callback=None):
+        self.cfg = cfg = cfg.resolved()
+        self.step_callback = step_callback
+        self.world, self.rank, self.local_rank = _dist_env()
+        self.distributed = self.world > 1
+        self.main = self.rank == 0
+        if self.distributed and not dist.is_initialized():
+            dev = resolve_device(cfg.device)
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.distributed:
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.out = Path(cfg.out)
+        seed_everything(cfg.seed + self.rank)
+
+        # -- data
+        from .data import NoVideosError, VideoClips, default_dataset_root
+
+        if cfg.data is None:
+            root = default_dataset_root(progress=cfg.progress and self.main)
+        else:
+            root = Path(cfg.data)
+        self.data_root = root
+        try:
+            train_ds = VideoClips(root, frames=cfg.in_frames + cfg.out_frames,
+                                  interval=cfg.interval, size=cfg.size, train=True,
+                                  seed=cfg.seed, clips_per_video=cfg.clips_per_video,
+                                  hflip=True, progress=cfg.progress and self.main)
+            val_ds = VideoClips(root, frames=cfg.in_frames + cfg.val_steps,
+                                interval=cfg.interval, size=cfg.size, train=False, seed=cfg.seed,
+                                clips_per_video=max(1, cfg.clips_per_video // 4),
+                                progress=False)
+        except (FileNotFoundError, NotADirectoryError, NoVideosError) as exc:
+            raise CLIError(str(exc)) from exc
+        self.train_ds = train_ds
+        self.val_ds = Subset(val_ds, range(min(cfg.val_clips, len(val_ds))))
+
+        # -- models, optimisers
+        self.model_kwargs = cfg.model_args()
+        self.model = build_model(cfg.model, self.model_kwargs, cfg.fused).to(self.device)
+        self.gan = cfg.model == "multiscale"
+        self.disc = None
+        if self.gan:
+            self.disc_kwargs = {k: v for k, v in self.model_kwargs.items()
+                                if k in ("in_frames", "base_size", "width", "scales", "channels")}
+            self.disc = build_discriminator(self.disc_kwargs).to(self.device)
+            self.ms_loss = MultiScaleLoss(cfg.lambda_l2, cfg.lambda_gdl, cfg.lambda_adv,
+                                          cfg.alpha, cfg.fused)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda)
+        self.opt_d = self.sched_d = None
+        if self.disc is not None:
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d)
+            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, self._lr_lambda)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.step = 0
+        self.best_psnr = -math.inf
+        self.history = {"train": [], "val": []}
+        self.rng_restored = False
+        if resume:
+            self._load(resume)
+        self.net = self.model
+        self.dnet = self.disc
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.model, device_ids=ids)
+            if self.disc is not None:
+                self.dnet = DDP(self.disc, device_ids=ids)
+
+    def _lr_lambda(self, step: int) -> float:
+        # Short linear warm-up, then cosine decay to 10% over the run.
+        total = max(1, self.cfg.steps)
+        warm = min(50, total // 10)
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    # -- checkpoints
+    def _state(self) -> dict:
+        return {
+            "format": 1, "config": dataclasses.asdict(self.cfg), "model_kwargs": self.model_kwargs,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "disc_kwargs": getattr(self, "disc_kwargs", None),
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            "scheduler_d": self.sched_d.state_dict() if self.sched_d is not None else None,
+            "rng": _rng_state(), "step": self.step, "best_psnr": self.best_psnr,
+            "history": self.history, "world_size": self.world,
+            "torch_version": torch.__version__,
+        }
+
+    def save(self, best: bool = False) -> Optional[Path]:
+        if not self.main:
+            return None
+        st = self._state()
+        path = self.out / "last.pt"
+        atomic_save(st, path)
+        if best:
+            atomic_save(st, self.out / "best.pt")
+        (self.out / "history.json").write_text(json.dumps(self.history))
+        return path
+
+    def _load(self, resume) -> None:
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "last.pt"
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt["config"]["model"] != self.cfg.model:
+            raise CLIError(f"checkpoint '{path}' holds a {ckpt['config']['model']} model, not "
+                           f"{self.cfg.model}")
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.disc is not None:
+            self.disc.load_state_dict(ckpt["disc"])
+            self.opt_d.load_state_dict(ckpt["optimizer_d"])
+            self.sched_d.load_state_dict(ckpt["scheduler_d"])
+        self.step = int(ckpt["step"])
+        self.best_psnr = float(ckpt["best_psnr"])
+        self.history = ckpt["history"]
+        if ckpt.get("world_size", 1) == self.world and self.rank == 0:
+            _set_rng_state(ckpt["rng"])
+            self.rng_restored = True
+
+    # -- one step
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                              enabled=self.amp_dtype is not None)
+
+    def _pixel_loss(self, pred, target):
+        l2 = F.mse_loss(pred.float(), target.float())
+        parts = {"l2": l2.detach()}
+        loss = self.cfg.lambda_l2 * l2
+        if self.cfg.lambda_gdl > 0:
+            g = gdl(pred.float(), target.float(), self.cfg.alpha, self.cfg.fused)
+            loss = loss + self.cfg.lambda_gdl * g
+            parts["gdl"] = g.detach()
+        return loss, parts
+
+    def _check_finite(self, loss: torch.Tensor, what: str) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0])
+        if self.distributed:
+            if dist.get_backend() == "nccl":
+                bad = bad.to(self.device)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() > 0:
+            raise TrainingDiverged(
+                f"the {what} loss became {loss.item()} at step {self.step + 1}; training stopped "
+                f"(the last good checkpoint, if any, is {self.out / 'last.pt'}, left untouched). "
+                "Try a lower --lr, --amp none, or a smaller --grad-clip.")
+
+    def _opt_step(self, loss, opt, params) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        self.scaler.step(opt)
+
+    def train_step(self, clips: torch.Tensor) -> dict:
+        cfg = self.cfg
+        clips = clips.to(self.device, non_blocking=True)
+        n_in = cfg.in_frames
+        inputs = clips[:, :n_in]
+        self.model.train()
+        if cfg.model == "seq2seq":
+            targets = clips[:, n_in:]
+            with self._autocast():
+                pred = self.net(inputs, cfg.out_frames, targets)
+            loss, parts = self._pixel_loss(pred, targets)
+            self._check_finite(loss, "training")
+            self._opt_step(loss, self.opt, self.model.parameters())
+        elif cfg.model == "autoencoder":
+            target = clips[:, n_in]
+            with self._autocast():
+                pred = self.net(inputs)
+            loss, parts = self._pixel_loss(pred, target)
+            self._check_finite(loss, "training")
+            self._opt_step(loss, self.opt, self.model.parameters())
+        else:
+            parts = self._gan_step(inputs, clips[:, n_in])
+            loss = parts.pop("loss")
+        self.scaler.update()
+        self.sched.step()
+        if self.sched_d is not None:
+            self.sched_d.step()
+        return {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+
+    def _gan_step(self, inputs, target) -> dict:
+        G, D = self.model, self.disc
+        pyr = G.pyramid(inputs)
+        sizes = [t.shape[-2:] for t in pyr]
+        targets = [resize(target, s) for s in sizes]
+        use_adv = self.cfg.lambda_adv > 0
+        with self._autocast():
+            preds = self.net(pyr)
+        parts = {}
+        if use_adv:
+            # Discriminator: real and generated frames in one forward (one DDP pass).
+            D.train()
+            with self._autocast():
+                logits = self.dnet([torch.cat([x, x]) for x in pyr],
+                                   [torch.cat([t, p.detach()]) for t, p in zip(targets, preds)])
+            b = inputs.shape[0]
+            loss_d = self.ms_loss.discriminator([l[:b].float() for l in logits],
+                                                [l[b:].float() for l in logits])
+            self._check_finite(loss_d, "discriminator")
+            self._opt_step(loss_d, self.opt_d, D.parameters())
+            parts["d"] = loss_d.detach()
+        fake = None
+        if use_adv:
+            D.requires_grad_(False)
+            try:
+                with self._autocast():
+                    fake = [l.float() for l in D(pyr, preds)]  # unwrapped: no DDP sync for D
+            finally:
+                D.requires_grad_(True)
+        loss, gparts = self.ms_loss.generator([p.float() for p in preds], targets, fake)
+        self._check_finite(loss, "generator")
+        self._opt_step(loss, self.opt, G.parameters())
+        parts.update(gparts)
+        parts["loss"] = loss.detach()
+        return parts
+
+    # -- validation and pictures
+    def validate(self) -> dict:
+        res = evaluate_model(self.model, self.val_ds, self.cfg.in_frames, self.cfg.val_steps,
+                             self.device, batch_size=8, autocast_dtype=self.amp_dtype)
+        return res
+
+    def write_sample(self, tag: str) -> Optional[Path]:
+        cfg = self.cfg
+        n = min(4, len(self.val_ds))
+        clips = torch.stack([self.val_ds[i] for i in range(n)]).to(self.device)
+        self.model.eval()
+        with torch.no_grad():
+            pred = rollout(self.model, clips[:, :cfg.in_frames], cfg.val_steps).float()
+        self.model.train()
+        gen = torch.cat([clips[:, :cfg.in_frames], pred], 1)
+        frames = np.concatenate([side_by_side(clips[i], gen[i], cfg.in_frames)
+                                 for i in range(n)], axis=1)
+        return write_animation(frames, self.out / "samples" / f"{tag}.gif", fps=3)
+
+    def plot(self) -> Optional[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        tr = self.history["train"]
+        if not tr:
+            return None
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        steps = [r["step"] for r in tr]
+        loss = np.array([r["loss"] for r in tr])
+        axes[0].plot(steps, loss, alpha=0.3, color="C0", label="loss")
+        if len(loss) >= 5:
+            k = max(1, len(loss) // 20)
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+            axes[0].plot(steps[k - 1:], smooth, color="C0", label=f"loss (mean of {k})")
+        axes[0].set_xlabel("step")
+        axes[0].set_ylabel("training loss")
+        axes[0].set_yscale("log")
+        axes[0].legend()
+        val = self.history["val"]
+        if val:
+            vs = [r["step"] for r in val]
+            axes[1].plot(vs, [r["psnr"] for r in val], "o-", label="model")
+            axes[1].plot(vs, [r["baseline_psnr"] for r in val], "--", label="copy last frame")
+            axes[1].set_xlabel("step")
+            axes[1].set_ylabel("validation PSNR (dB)")
+            axes[1].legend()
+        fig.suptitle(f"{self.cfg.model} ({self.cfg.preset})")
+        fig.tight_layout()
+        path = self.out / "loss.png"
+        tmp = path.with_name(".loss.tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path
+
+    # -- the loop
+    def _loader(self):
+        cfg = self.cfg
+        sampler = StepSampler(len(self.train_ds), cfg.batch_size, cfg.seed, self.step,
+                              self.rank, self.world)
+        g = torch.Generator().manual_seed(cfg.seed)
+        return DataLoader(SeededClips(self.train_ds, cfg.seed), batch_size=cfg.batch_size,
+                          sampler=sampler, num_workers=cfg.workers, generator=g,
+                          persistent_workers=False, pin_memory=self.device.type == "cuda",
+                          prefetch_factor=2 if cfg.workers > 0 else None, drop_last=True)
+
+    def _stop_requested(self, flag: _StopFlag) -> bool:
+        stop = torch.tensor([1.0 if flag.signal is not None else 0.0])
+        if self.distributed:
+            if dist.get_backend() == "nccl":
+                stop = stop.to(self.device)
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        return bool(stop.item() > 0)
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        tb = None
+        if cfg.tensorboard and self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise CLIError("--tensorboard needs the tensorboard package "
+                               "(pip install 'pyframepred[tensorboard]')") from exc
+            tb = SummaryWriter(os.fspath(self.out / "tensorboard"))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.model}", unit="step",
+                   disable=not (cfg.progress and self.main), dynamic_ncols=True)
+        status = "done"
+        last_val = None
+        it = iter(self._loader())
+        t_last, n_last = time.perf_counter(), 0
+        clips_per_step = cfg.batch_size * self.world
+        try:
+            with _StopFlag() as flag:
+                while self.step < cfg.steps:
+                    clips = next(it)
+                    rec = self.train_step(clips)
+                    self.step += 1
+                    rec["step"] = self.step
+                    rec["lr"] = self.opt.param_groups[0]["lr"]
+                    if self.main:
+                        self.history["train"].append(rec)
+                    n_last += clips_per_step
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        now = time.perf_counter()
+                        rate = n_last / max(1e-9, now - t_last)
+                        t_last, n_last = now, 0
+                        bar.set_postfix(loss=f"{rec['loss']:.4f}", clips_s=f"{rate:.1f}")
+                        if tb is not None:
+                            for k, v in rec.items():
+                                if k != "step":
+                                    tb.add_scalar(f"train/{k}", v, self.step)
+                            tb.add_scalar("train/clips_per_s", rate, self.step)
+                    if self.step_callback is not None:
+                        self.step_callback(self, self.step)
+                    if self._stop_requested(flag):
+                        status = "interrupted"
+                        break
+                    if (cfg.val_every and self.step % cfg.val_every == 0) or self.step == cfg.steps:
+                        last_val = self._validate_and_save(tb, bar)
+                    if (self.main and cfg.sample_every and self.step % cfg.sample_every == 0):
+                        self.write_sample(f"step_{self.step:06d}")
+        finally:
+            bar.close()
+        if status == "interrupted":
+            if self.main:
+                self.save()
+                self.plot()
+                print(f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
+                      f"continue with --resume {self.out / 'last.pt'}", file=sys.stderr)
+        elif self.main:
+            self.write_sample("final")
+        if tb is not None:
+            tb.close()
+        if self.distributed:
+            dist.barrier()
+        return {"status": status, "step": self.step, "best_psnr": self.best_psnr,
+                "val": last_val, "out": str(self.out)}
+
+    def _validate_and_save(self, tb, bar) -> Optional[dict]:
+        res = None
+        if self.main:
+            res = self.validate()
+            mm, bm = res["model_mean"], res["baseline_mean"]
+            rec = {"step": self.step, "psnr": mm["psnr"], "ssim": mm["ssim"],
+                   "baseline_psnr": bm["psnr"], "baseline_ssim": bm["ssim"],
+                   "sharpness": mm["sharpness"], "l2": mm["l2"], "gdl": mm["gdl"]}
+            self.history["val"].append(rec)
+            best = mm["psnr"] > self.best_psnr
+            if best:
+                self.best_psnr = mm["psnr"]
+            self.save(best=best)
+            self.plot()
+            bar.write(file=sys.stderr, s=f"step {self.step}: val PSNR {mm['psnr']:.2f} dB (copy-last "
+                      f"{bm['psnr']:.2f}), SSIM {mm['ssim']:.4f} ({bm['ssim']:.4f})"
+                      + (" [best]" if best else ""))
+            if tb is not None:
+                for k, v in rec.items():
+                    if k != "step":
+                        tb.add_scalar(f"val/{k}", v, self.step)
+        if self.distributed:
+            dist.barrier()
+        return res
+
+
+# ----------------------------------------------------------------------------- command line
+def _load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"config file '{p}' does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001
+        raise CLIError(f"cannot parse config file '{p}': {exc}") from exc
+    if not isinstance(data, dict):
+        raise CLIError(f"config file '{p}' must hold a table/object of options")
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | {"resume"}
+    unknown = sorted(set(k.replace("-", "_") for k in data) - known)
+    if unknown:
+        raise CLIError(f"unknown keys in config file '{p}': {', '.join(unknown)}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pyframepred.train",
+                                description="Train a video frame prediction model.",
+                                epilog="Exit status: 0 done, 2 usage/data error, 3 NaN/Inf loss, "
+                                       "130 interrupted (checkpoint saved).")
+    p.add_argument("--model", choices=MODELS, help="model to train (required here or in --config)")
+    p.add_argument("--data", help="folder of videos (default: the embedded synthetic data set)")
+    p.add_argument("--config", help="JSON or TOML file of options (command line wins)")
+    p.add_argument("--preset", choices=tuple(RUN_PRESETS), help="run size (default quick)")
+    p.add_argument("--out", help="output folder (default runs/<model>-<preset>)")
+    p.add_argument("--resume", nargs="?", const="auto",
+                   help="continue from a checkpoint (default: <out>/last.pt)")
+    p.add_argument("--steps", type=int, help="training steps (optimizer updates)")
+    p.add_argument("--batch-size", type=int, help="clips per step and process")
+    p.add_argument("--lr", type=float, help="learning rate (Adam; default 1e-3)")
+    p.add_argument("--lr-d", type=float, help="discriminator learning rate (default 2e-4)")
+    p.add_argument("--grad-clip", type=float, help="gradient norm clip, 0 = off (default 1)")
+    p.add_argument("--in-frames", type=int, help="input frames (default 4)")
+    p.add_argument("--out-frames", type=int, help="frames predicted in training (seq2seq; 4)")
+    p.add_argument("--val-steps", type=int, help="frames predicted in validation (default 4)")
+    p.add_argument("--interval", type=int, help="frames skipped between taken frames (0)")
+    p.add_argument("--size", type=int, help="frame size (default 64)")
+    p.add_argument("--clips-per-video", type=int)
+    p.add_argument("--val-every", type=int, help="validate every N steps (0: only at the end)")
+    p.add_argument("--val-clips", type=int, help="held-out clips for validation")
+    p.add_argument("--sample-every", type=int, help="sample GIF every N steps (0: only at end)")
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (none)")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="fused C++/CUDA ops (default) or the plain-PyTorch reference")
+    p.add_argument("--seed", type=int, help="seed for torch, numpy, python and data order (0)")
+    p.add_argument("--teacher-forcing", action=argparse.BooleanOptionalAction, default=None,
+                   help="seq2seq: feed true frames to the decoder in training (default on)")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="seq2seq/autoencoder: batch norm (default: per preset)")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="predict a change of the last frame inside the tanh (default on)")
+    p.add_argument("--lambda-l2", type=float, help="weight of the L2 loss (1)")
+    p.add_argument("--lambda-gdl", type=float, help="weight of the GDL loss (1)")
+    p.add_argument("--lambda-adv", type=float, help="multiscale: adversarial weight (0.05)")
+    p.add_argument("--alpha", type=float, help="GDL exponent alpha (1)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="also log to <out>/tensorboard")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default on)")
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None):
+    """``(TrainConfig, resume)`` from command-line arguments (and the config file)."""
+    args = build_parser().parse_args(argv)
+    values = {}
+    if args.config:
+        values.update(_load_config_file(args.config))
+    for k, v in vars(args).items():
+        if k != "config" and v is not None:
+            values[k] = v
+    resume = values.pop("resume", None)
+    if "model" not in values:
+        raise CLIError("--model is required (seq2seq, autoencoder or multiscale)")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in fields})
+    if cfg.data is not None and not Path(cfg.data).exists():
+        raise CLIError(f"the data folder '{cfg.data}' does not exist")
+    cfg = cfg.resolved()
+    if resume == "auto":
+        resume = os.path.join(cfg.out, "last.pt")
+    return cfg, resume
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg, resume = config_from_args(argv)
+        trainer = Trainer(cfg, resume=resume)
+        if trainer.main:
+            print(f"training {cfg.model} ({cfg.preset}): {cfg.steps} steps of "
+                  f"{cfg.batch_size} x {trainer.world} clips on {trainer.device}"
+                  f"{' (fused ops)' if cfg.fused else ' (reference ops)'}; data "
+                  f"{trainer.data_root} ({len(trainer.train_ds)} training clips); output "
+                  f"{cfg.out}" + (f"; resumed at step {trainer.step}" if resume else ""),
+                  file=sys.stderr)
+        result = trainer.fit()
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if result["status"] == "interrupted":
+        return EXIT_INTERRUPTED
+    if trainer.main and result["val"] is not None:
+        mm, bm = result["val"]["model_mean"], result["val"]["baseline_mean"]
+        print(f"done: {result['step']} steps; held-out PSNR {mm['psnr']:.2f} dB vs copy-last "
+              f"{bm['psnr']:.2f}, SSIM {mm['ssim']:.4f} vs {bm['ssim']:.4f}; checkpoints in "
+              f"{cfg.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

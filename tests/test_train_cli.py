@@ -1,0 +1,272 @@
+"""Training, evaluation and prediction: library and command lines, on a tiny synthetic data set."""
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyframepred import evaluate as ev
+from pyframepred import predict as pr
+from pyframepred import train as tr
+from pyframepred.data import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("videos")
+    return synthetic.generate(out, seed=1, videos_per_class=2, groups_per_class=2,
+                              frames=(16, 20), classes=synthetic.CLASSES[:2], progress=False)
+
+
+def tiny(model, data, out, **kw):
+    args = dict(model=model, data=str(data), out=str(out), preset="tiny", progress=False)
+    args.update(kw)
+    return tr.TrainConfig(**args)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("model", ["seq2seq", "autoencoder", "multiscale"])
+def test_train_cli_writes_outputs(model, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = tr.main(["--model", model, "--data", str(data), "--preset", "tiny", "--out", str(out),
+                  "--no-progress"])
+    assert rc == 0
+    for name in ("last.pt", "best.pt", "history.json", "loss.png", "config.json",
+                 "samples/final.gif"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*.tmp"))                  # no temp files left behind
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["step"] == 4 and ckpt["config"]["model"] == model
+    hist = json.loads((out / "history.json").read_text())
+    assert [v["step"] for v in hist["val"]] == [2, 4]
+    assert "copy-last" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["seq2seq", "autoencoder", "multiscale"])
+def test_resume_gives_same_continuation(model, data, tmp_path):
+    straight = tr.Trainer(tiny(model, data, tmp_path / "a", steps=4, val_every=2))
+    straight.fit()
+    first = tr.Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2))
+
+    def stop_at_2(trainer, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)            # Ctrl-C: save and stop
+
+    first.step_callback = stop_at_2
+    res = first.fit()
+    assert res["status"] == "interrupted" and res["step"] == 2
+    resumed = tr.Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2),
+                         resume=tmp_path / "b" / "last.pt")
+    assert resumed.step == 2
+    resumed.fit()
+    a, b = params(straight.model), params(resumed.model)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    if model == "multiscale":
+        a, b = params(straight.disc), params(resumed.disc)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight.opt.state_dict()["state"].keys() == resumed.opt.state_dict()["state"].keys()
+    assert straight.sched.last_epoch == resumed.sched.last_epoch == 4
+
+
+def test_ctrl_c_cli_saves_and_exits_130(data, tmp_path, monkeypatch, capsys):
+    orig = tr.Trainer.train_step
+
+    def step(self, clips):
+        out = orig(self, clips)
+        if self.step == 2:                                 # the 3rd step: interrupt mid-run
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    out = tmp_path / "run"
+    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
+                  str(out), "--steps", "10", "--val-every", "0", "--no-progress"])
+    assert rc == 130
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
+    assert "--resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
+                  str(out), "--steps", "4", "--val-every", "0", "--no-progress", "--resume"])
+    assert rc == 0
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 4
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    orig = tr.Trainer.train_step
+
+    def step(self, clips):
+        if self.step == 2:                                 # after the checkpoint of step 2
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return orig(self, clips)
+
+    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    # (autoencoder: the fused ConvLSTM CPU kernel turns NaN gate inputs into 0, see the report)
+    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
+                  str(out), "--no-progress"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "nan" in err.lower() and "step 3" in err and "last.pt" in err, err
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_reference_ops_and_config_file(data, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": "seq2seq", "preset": "tiny", "data": str(data),
+                               "steps": 3, "fused": False, "lambda_gdl": 0.5,
+                               "teacher_forcing": False}))
+    c, resume = tr.config_from_args(["--config", str(cfg), "--steps", "2",
+                                     "--out", str(tmp_path / "o")])
+    assert (c.steps, c.fused, c.lambda_gdl, c.teacher_forcing, resume) == (2, False, 0.5, False,
+                                                                           None)
+    t = tr.Trainer(c)
+    assert not t.model.fused and not t.model.teacher_forcing
+    assert t.fit()["status"] == "done"
+    toml = tmp_path / "cfg.toml"
+    toml.write_text('model = "multiscale"\nlambda_adv = 0.2\nalpha = 2.0\n')
+    c, _ = tr.config_from_args(["--config", str(toml), "--data", str(data)])
+    assert c.model == "multiscale" and c.lambda_adv == 0.2 and c.alpha == 2.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--model is required"),
+    (["--model", "autoencoder", "--data", "/nonexistent/videos"], "does not exist"),
+    (["--model", "autoencoder", "--steps", "0"], "--steps must be >= 1"),
+    (["--model", "autoencoder", "--lr", "-1"], "learning rates"),
+    (["--model", "autoencoder", "--device", "tpu"], "--device"),
+    (["--model", "autoencoder", "--config", "/nonexistent.json"], "does not exist"),
+])
+def test_train_cli_errors(argv, message, capsys, tmp_path, data):
+    if "--data" not in argv and argv:
+        argv = argv + ["--data", str(data)]
+    rc = tr.main(argv + ["--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_cli_bad_choices():
+    with pytest.raises(SystemExit) as e:
+        tr.main(["--model", "transformer"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        tr.main(["--model", "seq2seq", "--amp", "fp8"])
+
+
+def test_empty_data_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc = tr.main(["--model", "seq2seq", "--data", str(tmp_path / "empty"), "--out",
+                  str(tmp_path / "o")])
+    assert rc == 2 and "no video files" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
+                    str(out), "--no-progress"]) == 0
+    return out / "last.pt"
+
+
+def test_evaluate_cli(checkpoint, data, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    rc = ev.main([str(checkpoint), "--data", str(data), "--steps", "3", "--clips", "4",
+                  "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["steps"] == 3 and res["clips"] == 4
+    for who in ("model", "baseline"):
+        assert set(res[who]) == {"psnr", "ssim", "sharpness", "l2", "gdl"}
+        assert all(len(v) == 3 for v in res[who].values())
+    # copy-last gets worse with every step
+    assert res["baseline"]["psnr"][0] > res["baseline"]["psnr"][2]
+    assert "copy-last" in capsys.readouterr().out
+    ev.main([str(checkpoint), "--data", str(data), "--steps", "3", "--clips", "4", "--out",
+             str(tmp_path / "again.json")])
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["model"] == res["model"]                 # fixed, reproducible clips
+
+
+def test_evaluate_cli_errors(checkpoint, tmp_path, capsys):
+    assert ev.main([str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert ev.main([str(bad)]) == 2
+    assert ev.main([str(checkpoint), "--steps", "0"]) == 2
+    assert ev.main([str(checkpoint), "--data", str(tmp_path / "nope")]) == 2
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_predict_cli(checkpoint, data, tmp_path, suffix, capsys):
+    video = sorted(Path(data).rglob("*.mp4"))[0]
+    out = tmp_path / f"pred{suffix}"
+    assert pr.main([str(checkpoint), str(video), "--steps", "3", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "step 3: PSNR" in text
+    if suffix == ".gif":
+        from PIL import Image
+
+        with Image.open(out) as im:
+            assert im.n_frames == 7 and im.size[0] > 1.8 * im.size[1]   # side by side
+    else:
+        import decord
+
+        assert len(decord.VideoReader(str(out))) == 7
+
+
+def test_predict_other_size_and_errors(checkpoint, data, tmp_path, capsys):
+    video = sorted(Path(data).rglob("*.mp4"))[0]
+    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--size", "48", "80",
+                    "--out", str(tmp_path / "p.gif")]) == 0
+    assert "48x80" in capsys.readouterr().out
+    assert pr.main([str(checkpoint), str(tmp_path / "no.mp4"), "--out", str(tmp_path / "x.gif")]) == 2
+    assert pr.main([str(checkpoint), str(video), "--out", str(tmp_path / "x.png")]) == 2
+    assert pr.main([str(checkpoint), str(video), "--steps", "0"]) == 2
+    assert pr.main([str(checkpoint), str(video), "--start", "100000",
+                    "--out", str(tmp_path / "x.gif")]) == 2
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_gloo(data, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "pyframepred.train", "--model", "multiscale", "--data", str(data),
+           "--preset", "tiny", "--out", str(out), "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 4
+    assert proc.stderr.count("training multiscale") == 1      # only rank 0 logs
+    assert "4 steps of 2 x 2 clips" in proc.stderr
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_cpu(amp, data, tmp_path):
+    t = tr.Trainer(tiny("seq2seq", data, tmp_path, steps=2, val_every=0, amp=amp))
+    res = t.fit()
+    assert res["status"] == "done"
+    assert all(math.isfinite(r["loss"]) for r in t.history["train"])
+    assert t.scaler.is_enabled() == (amp == "fp16")
