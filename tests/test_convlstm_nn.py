@@ -104,6 +104,19 @@ def test_any_frame_size_and_dtype():
         assert out.shape[-2:] == hw and out.dtype == torch.float64
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_autocast_bfloat16(fused):
+    m = ConvLSTM(3, 6, 3, fused=fused, peephole=True)
+    x = torch.randn(2, 3, 3, 8, 8)
+    ref, _ = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, states = m(x)
+    assert out.dtype == torch.float32 and states[0][1].dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)
+    out.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
 def test_channels_last_input():
     m = ConvLSTM(3, 6, 3)
     x = torch.randn(2, 3, 3, 8, 8)

@@ -115,6 +115,20 @@ def test_reduced_precision_cpu(dtype, layout):
     assert fused[0].dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_nan_propagates(dtype):
+    """A NaN gate input must give NaN outputs (as the reference does), not hide divergence."""
+    xg, hg, cp, b, _ = make_inputs(1, 4, 3, 9, dtype=dtype, requires_grad=False)
+    xg[0, 0, 1, 2] = float("nan")   # gate i at one position
+    xg[0, 12, 2, 5] = float("nan")  # gate o at another
+    cp[0, 1, 0, 0] = float("nan")   # cell state
+    h, c = ops.convlstm_gates(xg, hg, cp, b)
+    h_ref, c_ref = reference.convlstm_gates(xg.double(), hg.double(), cp.double(), b.double())
+    assert torch.equal(torch.isnan(h), torch.isnan(h_ref))
+    assert torch.equal(torch.isnan(c), torch.isnan(c_ref))
+    assert torch.isnan(h).sum() == 3
+
+
 def test_output_layout_follows_input():
     xg, hg, cp, b, _ = make_inputs(2, 4, 6, 6, layout="channels_last", requires_grad=False)
     h, c = ops.convlstm_gates(xg, hg, cp, b)

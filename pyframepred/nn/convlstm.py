@@ -92,8 +92,21 @@ class ConvLSTMCell(nn.Module):
         else:
             h_prev, c_prev = state
             h_gates = self.conv_h(h_prev)
+        bias, peephole = self.bias, self.peephole
+        # Under autocast the convolutions return float16/bfloat16 while the parameters (and a
+        # carried state) stay float32: run the cell in the widest of them, as autocast does for
+        # elementwise ops, so the cell state keeps its precision.
+        dtype = x_gates.dtype
+        for t in (h_gates, c_prev, bias, peephole):
+            if t is not None:
+                dtype = torch.promote_types(dtype, t.dtype)
+        x_gates = x_gates.to(dtype)
+        h_gates = h_gates.to(dtype) if h_gates is not None else None
+        c_prev = c_prev.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        peephole = peephole.to(dtype) if peephole is not None else None
         fn = ops.convlstm_gates if self.fused else reference.convlstm_gates
-        return fn(x_gates, h_gates, c_prev, self.bias, self.peephole)
+        return fn(x_gates, h_gates, c_prev, bias, peephole)
 
     def forward(self, x: Tensor, state: Optional[State] = None) -> State:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
