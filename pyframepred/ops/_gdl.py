@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import check_float
+from ._common import check_float, check_like
 
 _OP = "gdl_loss"
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -67,12 +67,7 @@ def gdl_loss(pred: Tensor, target: Tensor, alpha: float = 1.0, reduction: str = 
 
 def _check(op: str, pred: Tensor, target: Tensor, alpha: float, reduction: int) -> None:
     check_float(op, "pred", pred)
-    if target.device != pred.device:
-        raise RuntimeError(f"{op}: target is on {target.device} but pred is on {pred.device}; "
-                           "pred and target must be on one device")
-    if target.dtype != pred.dtype:
-        raise RuntimeError(f"{op}: target has dtype {target.dtype} but pred has dtype "
-                           f"{pred.dtype}; pred and target must have one dtype")
+    check_like(op, "target", target, "pred", pred)
     if pred.dim() < 2:
         raise RuntimeError(f"{op}: pred must have at least 2 dims (..., H, W), got shape "
                            f"{tuple(pred.shape)}")
