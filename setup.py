@@ -124,6 +124,13 @@ def _write_build_config(torch, isa, use_cuda):
         fh.write(text)
 
 
+def _openmp_backend(torch) -> bool:
+    """True when torch's intra-op parallel backend is OpenMP and the compiler takes -fopenmp."""
+    if sys.platform == "darwin" or os.environ.get("PYFRAMEPRED_OPENMP", "1") == "0":
+        return False
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def _extensions():
     import torch
 
@@ -142,7 +149,14 @@ def _extensions():
         cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     else:
         cxx_flags += ["-DCPU_CAPABILITY=DEFAULT"]
-    _log(f"CPU kernels: {isa}")
+    # at::parallel_for only spreads work over threads when the kernels are compiled with the
+    # parallel backend torch itself uses; without -fopenmp it silently runs on one thread. The
+    # extension then resolves libgomp.so.1 to the copy torch has already loaded.
+    link_flags = []
+    if _openmp_backend(torch):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
+    _log(f"CPU kernels: {isa}, {'OpenMP threads' if link_flags else 'single-threaded'}")
     _write_build_config(torch, isa, use_cuda)
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -152,12 +166,13 @@ def _extensions():
             "pyframepred._C", sources, define_macros=define_macros, py_limited_api=True,
             include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": cxx_flags,
-                                "nvcc": ["-O3", "-lineinfo"]})
+                                "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link_flags)
     else:
         ext = CppExtension(
             "pyframepred._C", sources, define_macros=define_macros, py_limited_api=True,
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": cxx_flags})
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     return [ext]
 
 
