@@ -20,5 +20,11 @@ extern "C" PyObject* PyInit__C(void) {
 #else
   PyModule_AddIntConstant(m, "with_cuda", 0);
 #endif
+  // The CPU kernels' at::parallel_for only uses threads when compiled with OpenMP.
+#ifdef _OPENMP
+  PyModule_AddIntConstant(m, "with_openmp", 1);
+#else
+  PyModule_AddIntConstant(m, "with_openmp", 0);
+#endif
   return m;
 }

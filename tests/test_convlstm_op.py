@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pyframepred
 from pyframepred import ops, reference
 from conftest import CUDA, requires_cuda
 
@@ -171,14 +172,28 @@ def test_backward_without_saved_gates_is_a_clear_error():
         h.sum().backward()
 
 
-def test_param_grads_are_deterministic():
-    args = make_inputs(4, 16, 32, 32, peephole=True, layout="channels_last")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_grads_are_deterministic_across_runs_and_thread_counts(layout):
+    args = make_inputs(4, 16, 32, 32, peephole=True, layout=layout)
     runs = []
-    for _ in range(2):
-        h, c = ops.convlstm_gates(*args)
-        runs.append(torch.autograd.grad((h + c).sum(), [args[3], args[4]]))
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, max(threads, 2), 1):
+            torch.set_num_threads(n)
+            h, c = ops.convlstm_gates(*args)
+            runs.append((h, c) + torch.autograd.grad((h + c).sum(), [a for a in args
+                                                                     if a is not None]))
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_cpu_kernels_use_torchs_thread_pool():
+    # Without -fopenmp, at::parallel_for in the extension silently runs on one thread.
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        assert pyframepred._C.with_openmp == 1
 
 
 def test_gradcheck():
