@@ -89,11 +89,17 @@ def run(device: str = "cpu", steps: int = 10, repeats: int = 5, batch: int = 8) 
                 for f in (True, False):
                     times[f].append(time_steps(trainers[f], clips.to(trainers[f].device), steps))
             med = {f: statistics.median(v) for f, v in times.items()}
+            # Each repeat times the two settings back to back: their ratio cancels slow drifts
+            # of the machine, and its spread says how far the median ratio can be trusted.
+            paired = [r / f for f, r in zip(times[True], times[False])]
             rows.append({
                 "model": model, "batch": batch, "frames": t_in + t_out, "size": 64,
                 "fused_clips_per_s": batch / med[True], "reference_clips_per_s": batch / med[False],
                 "fused_ms_per_step": 1e3 * med[True], "reference_ms_per_step": 1e3 * med[False],
                 "ratio": med[False] / med[True],
+                "paired_ratio_median": statistics.median(paired),
+                "paired_ratio_min": min(paired), "paired_ratio_max": max(paired),
+                "fused_faster_in": sum(p > 1 for p in paired),
                 "fused_ms_all": [1e3 * t for t in times[True]],
                 "reference_ms_all": [1e3 * t for t in times[False]],
             })
@@ -124,11 +130,14 @@ def write_results(res: dict, load_start: float) -> None:
              f"the quick preset's model sizes, batch {res['rows'][0]['batch']}, 64x64, fixed "
              f"random batch; median of {res['repeats']} interleaved runs of {res['steps']} steps.",
              "", "| model | fused clips/s | reference clips/s | fused ms/step | reference ms/step "
-             "| speed-up (ref/fused time) |", "|---|---:|---:|---:|---:|---:|"]
+             "| speed-up (ref/fused time) | paired ratios min-max | fused faster in |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         lines.append(f"| {r['model']} | {r['fused_clips_per_s']:.1f} | "
                      f"{r['reference_clips_per_s']:.1f} | {r['fused_ms_per_step']:.1f} | "
-                     f"{r['reference_ms_per_step']:.1f} | {r['ratio']:.3f}x |")
+                     f"{r['reference_ms_per_step']:.1f} | {r['ratio']:.3f}x | "
+                     f"{r['paired_ratio_min']:.3f}-{r['paired_ratio_max']:.3f} | "
+                     f"{r['fused_faster_in']} of {res['repeats']} |")
     (RESULTS / f"train_{dev}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / f'train_{dev}.md'}")
 

@@ -53,6 +53,20 @@ def test_train_cli_writes_outputs(model, data, tmp_path, capsys):
     assert "copy-last" in capsys.readouterr().err
 
 
+def test_tensorboard_logging(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    cfg = tiny("autoencoder", data, out, steps=4, val_every=2, log_every=1, tensorboard=True)
+    tr.Trainer(cfg).fit()
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/clips_per_s"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert any(t.startswith("val/") for t in tags), tags
+
+
 @pytest.mark.parametrize("model", ["seq2seq", "autoencoder", "multiscale"])
 def test_resume_gives_same_continuation(model, data, tmp_path):
     straight = tr.Trainer(tiny(model, data, tmp_path / "a", steps=4, val_every=2))

@@ -35,13 +35,14 @@ def residual_tanh(last: Tensor, delta: Tensor) -> Tensor:
     return torch.tanh(torch.atanh(last.clamp(-_EDGE, _EDGE)) + delta)
 
 
-def gdl(pred: Tensor, target: Tensor, alpha: float = 1.0, fused: bool = True) -> Tensor:
-    """Mean gradient difference loss, fused op or plain-PyTorch reference."""
+def gdl(pred: Tensor, target: Tensor, alpha: float = 1.0, fused: bool = True,
+        reduction: str = "mean") -> Tensor:
+    """Gradient difference loss (mean by default), fused op or plain-PyTorch reference."""
     if fused:
         from ..ops import gdl_loss
     else:
         from ..reference import gdl_loss
-    return gdl_loss(pred, target, alpha, "mean")
+    return gdl_loss(pred, target, alpha, reduction)
 
 
 def check_positive_int(value, name: str) -> int:

@@ -192,10 +192,13 @@ class MultiScaleLoss(nn.Module):
     """Mathieu et al.'s combined loss, summed over scales.
 
     Generator: ``lambda_l2 * L2 + lambda_gdl * GDL(alpha) + lambda_adv * adversarial`` where L2 is
-    the mean squared error, GDL the mean gradient difference loss (:func:`pyframepred.ops.gdl_loss`,
-    or the reference with ``fused=False``) and adversarial the binary cross-entropy of the
-    discriminator's logits on generated frames against "real". Defaults are the paper's
-    (``lambda_adv=0.05, lambda_l2=1, lambda_gdl=1, alpha=1``). Discriminator: binary
+    the squared error and GDL the gradient difference loss (:func:`pyframepred.ops.gdl_loss`, or
+    the reference with ``fused=False``), both **summed over each image's pixels and averaged over
+    the batch**, and adversarial the binary cross-entropy of the discriminator's logits on
+    generated frames against "real". This is the paper's normalisation, which its weights
+    (the defaults here: ``lambda_adv=0.05, lambda_l2=1, lambda_gdl=1, alpha=1``) assume: with
+    per-pixel means instead, the adversarial term would weigh ``C*H*W`` times more against the
+    image terms (12288 times at 64x64) and dominate training. Discriminator: binary
     cross-entropy, real -> 1 and generated -> 0, summed over scales.
     """
 
@@ -217,8 +220,9 @@ class MultiScaleLoss(nn.Module):
     def generator(self, preds: Sequence[Tensor], targets: Sequence[Tensor],
                   fake_logits: Optional[Sequence[Tensor]] = None):
         """Total generator loss and its parts ``{"l2", "gdl", "adv"}`` (unweighted sums)."""
-        l2 = sum(F.mse_loss(p, t) for p, t in zip(preds, targets))
-        g = sum(gdl(p, t, self.alpha, self.fused) for p, t in zip(preds, targets))
+        l2 = sum(F.mse_loss(p, t, reduction="sum") / p.shape[0] for p, t in zip(preds, targets))
+        g = sum(gdl(p, t, self.alpha, self.fused, "sum") / p.shape[0]
+                for p, t in zip(preds, targets))
         total = self.lambda_l2 * l2 + self.lambda_gdl * g
         parts = {"l2": l2.detach(), "gdl": g.detach()}
         if fake_logits is not None and self.lambda_adv > 0:
