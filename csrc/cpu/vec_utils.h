@@ -43,17 +43,12 @@ using acc_t = at::opmath_type<scalar_t>;
 template <typename scalar_t>
 using VecAcc = at::vec::Vectorized<acc_t<scalar_t>>;
 
-// Loads `count` (1..size) values p[0], p[s], p[2s], ...; lanes past `count` are zero.
-// Unit stride on an accumulation-typed tensor is a plain vector load, stride 0 a broadcast.
+// The strided / converting / partial cases of load() and store(), kept out of line so that the
+// common case below inlines into the kernels' inner loops.
 template <typename scalar_t>
-inline VecAcc<scalar_t> load(const scalar_t* p, int64_t s, int64_t count) {
+C10_NOINLINE VecAcc<scalar_t> load_slow(const scalar_t* p, int64_t s, int64_t count) {
   using A = acc_t<scalar_t>;
   using V = VecAcc<scalar_t>;
-  if constexpr (std::is_same_v<scalar_t, A>) {
-    if (s == 1) {
-      return count == V::size() ? V::loadu(p) : V::loadu(p, count);
-    }
-  }
   if (s == 0) {
     return V(static_cast<A>(p[0]));
   }
@@ -65,29 +60,48 @@ inline VecAcc<scalar_t> load(const scalar_t* p, int64_t s, int64_t count) {
 }
 
 template <typename scalar_t>
-inline void store(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, int64_t count) {
+C10_NOINLINE void store_slow(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, int64_t count) {
   using A = acc_t<scalar_t>;
-  using V = VecAcc<scalar_t>;
-  if constexpr (std::is_same_v<scalar_t, A>) {
-    if (s == 1) {
-      if (count == V::size()) {
-        v.store(p);
-      } else {
-        v.store(p, count);
-      }
-      return;
-    }
-  }
-  alignas(64) A buf[V::size()];
+  alignas(64) A buf[VecAcc<scalar_t>::size()];
   v.store(buf);
   for (int64_t k = 0; k < count; ++k) {
     p[k * s] = static_cast<scalar_t>(buf[k]);
   }
 }
 
+// Loads `count` (1..size) values p[0], p[s], p[2s], ...; lanes past `count` are zero.
+// Unit stride on an accumulation-typed tensor is a plain vector load, stride 0 a broadcast.
+template <typename scalar_t>
+C10_ALWAYS_INLINE VecAcc<scalar_t> load(const scalar_t* p, int64_t s, int64_t count) {
+  using A = acc_t<scalar_t>;
+  using V = VecAcc<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, A>) {
+    if (s == 1 && count == V::size()) {
+      return V::loadu(p);
+    }
+  }
+  if (s == 0) {
+    return V(static_cast<A>(p[0]));
+  }
+  return load_slow(p, s, count);
+}
+
+template <typename scalar_t>
+C10_ALWAYS_INLINE void store(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, int64_t count) {
+  using A = acc_t<scalar_t>;
+  using V = VecAcc<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, A>) {
+    if (s == 1 && count == V::size()) {
+      v.store(p);
+      return;
+    }
+  }
+  store_slow(p, s, v, count);
+}
+
 // Zeroes the lanes at and past `count` (so padded lanes never enter a reduction).
 template <typename V>
-inline V head(const V& v, int64_t count) {
+C10_ALWAYS_INLINE V head(const V& v, int64_t count) {
   return count == V::size() ? v : V::set(V(0), v, count);
 }
 
