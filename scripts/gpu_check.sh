@@ -2,6 +2,9 @@
 # One call on a GPU machine: build the CUDA kernels, run the CUDA tests (also under
 # compute-sanitizer), run the GPU benchmarks, and leave logs and JSON results in $OUT.
 #   OUT=/tmp/out bash scripts/gpu_check.sh [benchmark files...]
+# With the wheels of scripts/fetch_gpu_wheels.sh carried in .whl/ (decord and PyAV, which the GPU
+# image lacks) it also trains each model briefly on CUDA (fp32, bf16, fp16 autocast), through
+# torchrun/NCCL, and runs the training-throughput benchmark on CUDA.
 set -uo pipefail
 OUT=${OUT:-/tmp/pyframepred-gpu}
 mkdir -p "$OUT"
@@ -34,3 +37,27 @@ PYFRAMEPRED_BENCH_DEVICES=cuda $PY -m pytest $BENCH --benchmark-only -q -p no:ca
 cat "$OUT/bench.log"
 $PY benchmarks/report.py "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2>&1
 head -c 6000 "$OUT/bench_gpu.md"
+
+if ls .whl/*.whl > /dev/null 2>&1; then
+  echo "== training on CUDA (wheels from .whl/)"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl > "$OUT/wheels.log" 2>&1 || { tail -5 "$OUT/wheels.log"; exit 1; }
+  export PYTHONPATH=$PWD:/tmp/site
+  DATA=/tmp/pyframepred-data
+  $PY -m pyframepred.data.synthetic "$DATA" > "$OUT/data.log" 2>&1; tail -2 "$OUT/data.log"
+  for model in seq2seq autoencoder multiscale; do
+    for amp in none bf16 fp16; do
+      $PY -m pyframepred.train --model $model --data "$DATA" --preset tiny --device cuda \
+        --amp $amp --out "/tmp/runs/$model-$amp" --no-progress > "$OUT/train_${model}_${amp}.log" 2>&1
+      echo "train $model amp=$amp rc=$?"; tail -1 "$OUT/train_${model}_${amp}.log"
+    done
+  done
+  torchrun --standalone --nproc_per_node 1 -m pyframepred.train --model seq2seq --data "$DATA" \
+    --preset tiny --device cuda --out /tmp/runs/ddp --no-progress > "$OUT/train_ddp_nccl.log" 2>&1
+  echo "torchrun (NCCL) rc=$?"; tail -2 "$OUT/train_ddp_nccl.log"
+  $PY -m pyframepred.evaluate /tmp/runs/seq2seq-none/last.pt --device cuda \
+    --out "$OUT/eval_cuda.json" > "$OUT/eval_cuda.log" 2>&1; echo "evaluate rc=$?"
+  $PY benchmarks/bench_train.py --device cuda > "$OUT/bench_train_cuda.log" 2>&1
+  echo "bench_train rc=$?"; cp benchmarks/results/train_cuda.* "$OUT/" 2>/dev/null
+  cat "$OUT/bench_train_cuda.log"
+fi
