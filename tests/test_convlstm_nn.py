@@ -178,3 +178,22 @@ def test_convlstm_cuda_matches_cpu():
     torch.testing.assert_close(out.cpu(), out_cpu, atol=1e-4, rtol=1e-4)
     for a, b in zip(g, g_cpu):
         torch.testing.assert_close(a.cpu(), b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_module_compiles_across_frame_sizes(fused):
+    # A new frame size makes torch.compile recompile with dynamic shapes; the module must not
+    # hit Inductor's symbolic-stride failure on flattened 5-d inputs (pytorch/pytorch#185510).
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    lstm = ConvLSTM(3, 8, 3, num_layers=2, fused=fused)
+    compiled = torch.compile(lstm)
+    for hw in ((12, 12), (16, 20), (20, 16)):
+        x = torch.randn(2, 3, 3, *hw, requires_grad=True)
+        out, states = compiled(x)
+        ref, ref_states = lstm(x)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(states[-1][1], ref_states[-1][1], rtol=1e-4, atol=1e-5)
+        g, = torch.autograd.grad(out.square().sum(), x)
+        g_ref, = torch.autograd.grad(ref.square().sum(), x)
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)

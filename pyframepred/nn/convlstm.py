@@ -185,33 +185,33 @@ class ConvLSTM(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"ConvLSTM expects a 5-d input ({'N, T' if self.batch_first else 'T, N'}"
                              f", C, H, W), got shape {tuple(x.shape)}")
-        seq = x if not self.batch_first else x.transpose(0, 1)  # (T, N, C, H, W) view
-        T, N = seq.shape[:2]
+        tdim = 1 if self.batch_first else 0  # the time dimension of x and of the outputs
+        T, N = x.shape[tdim], x.shape[1 - tdim]
         if T == 0:
             raise ValueError("ConvLSTM got an empty sequence (T = 0)")
-        if seq.shape[2] != self.cells[0].in_channels:
+        if x.shape[2] != self.cells[0].in_channels:
             raise ValueError(f"ConvLSTM expects {self.cells[0].in_channels} input channels, got "
-                             f"{seq.shape[2]}")
+                             f"{x.shape[2]}")
         if state is not None and len(state) != self.num_layers:
             raise ValueError(f"state must hold one (h, c) per layer ({self.num_layers}), got "
                              f"{len(state)}")
         last_states: List[State] = []
-        layer_in = seq
+        # Each layer's input as the frames of all steps, time-major: (T*N, C, H, W). Built with
+        # cat rather than by flattening a 5-d tensor: under torch.compile with dynamic shapes,
+        # Inductor (torch <= 2.13) fails on the flattened strides (pytorch/pytorch#185510).
+        steps: List[Tensor] = list(x.unbind(tdim))
         for li, cell in enumerate(self.cells):
             layer_state = None if state is None else state[li]
             if layer_state is not None:
-                _check_state(layer_state, layer_in[0], cell.hidden_channels, f"state[{li}]")
-            # Input convolution of all T steps at once, in the time-major order of `seq`.
-            frames = layer_in.reshape(T * N, *layer_in.shape[2:])
-            x_gates = cell.conv_x(frames).view(T, N, *((4 * cell.hidden_channels,)
-                                                       + tuple(layer_in.shape[3:])))
-            hs = []
+                _check_state(layer_state, steps[0], cell.hidden_channels, f"state[{li}]")
+            # Input convolution of all T steps at once; only the hidden one runs per step.
+            x_gates = cell.conv_x(torch.cat(steps, 0))
+            steps = []
             # unbind, not x_gates[t]: its backward stacks the T gradients once, where T separate
             # selects would each scatter into a zero tensor of the full sequence.
-            for xg_t in x_gates.unbind(0):
+            for xg_t in x_gates.unflatten(0, (T, N)).unbind(0):
                 layer_state = cell.step(xg_t, layer_state)
-                hs.append(layer_state[0])
+                steps.append(layer_state[0])
             last_states.append(layer_state)
-            layer_in = torch.stack(hs, dim=0)
-        outputs = layer_in.transpose(0, 1) if self.batch_first else layer_in
+        outputs = torch.stack(steps, dim=tdim)
         return outputs, last_states
