@@ -1,74 +1,110 @@
-// CTest check for LibTorch users: load libpyframepred_ops, call the fused ConvLSTM cell through
-// the dispatcher on CPU, and compare it with a straightforward computation.
-#include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <dlfcn.h>
+// CTest check for LibTorch users: link libpyframepred_ops, call the ops through the public header
+// <pyframepred/ops.h> on CPU, and compare values and gradients with straightforward computations
+// written with ATen ops.
+#include <pyframepred/ops.h>
+#include <torch/autograd.h>
 
 #include <cstdio>
-#include <optional>
-#include <tuple>
+#include <string>
 
 namespace {
 
 int failures = 0;
 
-void expect_close(const at::Tensor& a, const at::Tensor& b, const char* what) {
+void expect_close(const at::Tensor& a, const at::Tensor& b, const char* what, double tol = 1e-5) {
   const double err = (a - b).abs().max().item<double>();
-  std::printf("%-28s max abs error %.3g\n", what, err);
-  if (!(err < 1e-5)) ++failures;
+  std::printf("%-32s max abs error %.3g\n", what, err);
+  if (!(err < tol)) ++failures;
 }
 
-}  // namespace
+void expect(bool ok, const char* what) {
+  std::printf("%-32s %s\n", what, ok ? "yes" : "NO");
+  if (!ok) ++failures;
+}
 
-int main() {
-  if (dlopen(PYFRAMEPRED_OPS_LIBRARY, RTLD_NOW | RTLD_GLOBAL) == nullptr) {
-    std::printf("cannot load %s: %s\n", PYFRAMEPRED_OPS_LIBRARY, dlerror());
-    return 1;
-  }
-  using Fwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool);
-  auto fwd = c10::Dispatcher::singleton()
-                 .findSchemaOrThrow("pyframepred::convlstm_gates_forward", "")
-                 .typed<Fwd>();
-
-  at::manual_seed(0);
-  const int64_t N = 2, C = 5, H = 7, W = 9;
-  at::Tensor xg = at::randn({N, 4 * C, H, W});
-  at::Tensor hg = at::randn({N, 4 * C, H, W});
-  at::Tensor cp = at::randn({N, C, H, W});
-  at::Tensor bias = at::randn({4 * C});
-  at::Tensor peep = at::randn({3, C});
-
-  // Straightforward computation, gate order i, f, g, o.
-  auto gates = (xg + hg + bias.view({1, -1, 1, 1})).chunk(4, 1);
+std::tuple<at::Tensor, at::Tensor> cell_reference(const at::Tensor& xg, const at::Tensor& hg,
+                                                  const at::Tensor& cp, const at::Tensor& bias,
+                                                  const at::Tensor& peep) {
+  auto gates = (xg + hg + bias.view({1, -1, 1, 1})).chunk(4, 1);  // i, f, g, o
   auto w = [&](int k) { return peep[k].view({1, -1, 1, 1}); };
   at::Tensor i = at::sigmoid(gates[0] + w(0) * cp);
   at::Tensor f = at::sigmoid(gates[1] + w(1) * cp);
   at::Tensor g = at::tanh(gates[2]);
   at::Tensor c = f * cp + i * g;
   at::Tensor o = at::sigmoid(gates[3] + w(2) * c);
-  at::Tensor h = o * at::tanh(c);
+  return {o * at::tanh(c), c};
+}
 
-  auto [h1, c1, saved] = fwd.call(xg, hg, cp, bias, peep, true);
-  expect_close(h1, h, "h (NCHW)");
-  expect_close(c1, c, "c (NCHW)");
-  expect_close(saved.narrow(1, 0, C), i, "saved gate i");
+at::Tensor gdl_reference(const at::Tensor& p, const at::Tensor& t) {  // alpha 1, sum
+  const int64_t H = p.size(-2), W = p.size(-1);
+  auto dy = [&](const at::Tensor& x) { return (x.narrow(-2, 1, H - 1) - x.narrow(-2, 0, H - 1)).abs(); };
+  auto dx = [&](const at::Tensor& x) { return (x.narrow(-1, 1, W - 1) - x.narrow(-1, 0, W - 1)).abs(); };
+  return (dy(t) - dy(p)).abs().sum() + (dx(t) - dx(p)).abs().sum();
+}
+
+}  // namespace
+
+int main() {
+  at::manual_seed(0);
+  const int64_t N = 2, C = 5, H = 7, W = 9;
+  auto opts = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor xg = at::randn({N, 4 * C, H, W}, opts).requires_grad_();
+  at::Tensor hg = at::randn({N, 4 * C, H, W}, opts).requires_grad_();
+  at::Tensor cp = at::randn({N, C, H, W}, opts).requires_grad_();
+  at::Tensor bias = at::randn({4 * C}, opts).requires_grad_();
+  at::Tensor peep = at::randn({3, C}, opts).requires_grad_();
+  std::vector<at::Tensor> inputs = {xg, hg, cp, bias, peep};
+
+  // ConvLSTM cell: values and every gradient, NCHW and channels_last.
+  auto [h, c] = cell_reference(xg, hg, cp, bias, peep);
+  auto [h1, c1] = pyframepred::convlstm_gates(xg, hg, cp, bias, peep);
+  expect_close(h1, h, "cell h (NCHW)");
+  expect_close(c1, c, "cell c (NCHW)");
+  at::Tensor gh = at::randn_like(h1), gc = at::randn_like(c1);
+  auto ref_grads = torch::autograd::grad({h, c}, inputs, {gh, gc});
+  auto grads = torch::autograd::grad({h1, c1}, inputs, {gh, gc});
+  const char* names[] = {"grad x_gates", "grad h_gates", "grad c_prev", "grad bias",
+                         "grad peephole"};
+  for (size_t k = 0; k < grads.size(); ++k) expect_close(grads[k], ref_grads[k], names[k]);
 
   auto cl = at::MemoryFormat::ChannelsLast;
-  auto [h2, c2, unused] = fwd.call(xg.contiguous(cl), hg.contiguous(cl), cp.contiguous(cl), bias,
-                                   peep, false);
-  expect_close(h2, h, "h (channels_last)");
-  expect_close(c2, c, "c (channels_last)");
-
-  bool threw = false;
-  try {
-    fwd.call(xg, hg, at::randn({N, C + 1, H, W}), bias, peep, false);
-  } catch (const c10::Error& e) {
-    threw = std::string(e.what()).find("c_prev must have shape") != std::string::npos;
+  {
+    at::NoGradGuard no_grad;
+    auto [h2, c2] = pyframepred::convlstm_gates(xg.contiguous(cl), hg.contiguous(cl),
+                                                cp.contiguous(cl), bias, peep);
+    expect_close(h2, h.detach(), "cell h (channels_last)");
+    expect_close(c2, c.detach(), "cell c (channels_last)");
+    auto [h3, c3] = pyframepred::convlstm_gates(xg, std::nullopt, cp, bias, peep);
+    auto [h4, c4] = cell_reference(xg, at::zeros_like(hg), cp, bias, peep);
+    expect_close(h3, h4, "cell h (no hidden state)");
   }
-  std::printf("%-28s %s\n", "bad c_prev rejected", threw ? "yes" : "NO");
-  if (!threw) ++failures;
+
+  // GDL: value and gradients to pred and target.
+  at::Tensor pred = at::randn({3, 2, 11, 13}, opts).requires_grad_();
+  at::Tensor target = at::randn({3, 2, 11, 13}, opts).requires_grad_();
+  at::Tensor loss = pyframepred::gdl_loss(pred, target, 1.0, "sum");
+  at::Tensor ref_loss = gdl_reference(pred, target);
+  expect_close(loss, ref_loss, "gdl value (sum)");
+  auto g = torch::autograd::grad({loss}, {pred, target});
+  auto g_ref = torch::autograd::grad({ref_loss}, {pred, target});
+  expect_close(g[0], g_ref[0], "gdl grad pred");
+  expect_close(g[1], g_ref[1], "gdl grad target");
+  expect_close(pyframepred::gdl_loss(pred, target), ref_loss / pred.numel(), "gdl value (mean)");
+
+  // Bad input is a clear error, not a crash.
+  auto throws = [](auto&& fn, const std::string& needle) {
+    try {
+      fn();
+    } catch (const c10::Error& e) {
+      return std::string(e.what()).find(needle) != std::string::npos;
+    }
+    return false;
+  };
+  expect(throws([&] { pyframepred::convlstm_gates(xg, hg, at::randn({N, C + 1, H, W}, opts)); },
+                "c_prev must have shape"),
+         "bad c_prev rejected");
+  expect(throws([&] { pyframepred::gdl_loss(pred, target, 1.0, "avg"); }, "reduction"),
+         "bad reduction rejected");
 
   std::printf("%s\n", failures == 0 ? "all checks passed" : "FAILED");
   return failures == 0 ? 0 : 1;

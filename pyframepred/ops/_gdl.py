@@ -1,4 +1,4 @@
-"""The fused gradient difference loss: ``gdl_loss`` and its fake kernel and autograd registration."""
+"""The fused gradient difference loss: ``gdl_loss`` and its fake kernels (autograd is in C++)."""
 from __future__ import annotations
 
 import math
@@ -106,22 +106,4 @@ def _backward_fake(grad_out, pred, target, alpha, reduction, target_grad):
     return grad_pred, grad_target
 
 
-def _setup_context(ctx, inputs, output):
-    pred, target, alpha, reduction = inputs
-    ctx.alpha = alpha
-    ctx.reduction = reduction
-    ctx.save_for_backward(pred, target)
-
-
-def _backward(ctx, grad):
-    pred, target = ctx.saved_tensors
-    need_pred, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    if not (need_pred or need_target):
-        return None, None, None, None
-    grad_pred, grad_target = torch.ops.pyframepred.gdl_loss_backward(
-        grad, pred, target, ctx.alpha, ctx.reduction, bool(need_target))
-    return (grad_pred if need_pred else None, grad_target if need_target else None, None, None)
-
-
-torch.library.register_autograd("pyframepred::gdl_loss_forward", _backward,
-                                setup_context=_setup_context)
+# Autograd is registered in C++ (csrc/gdl_autograd.cpp), so LibTorch users have it too.

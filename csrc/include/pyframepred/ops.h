@@ -1,0 +1,65 @@
+// pyframepred's operators for LibTorch (C++) users: the same ops, kernels and autograd as
+// `pyframepred.ops` in Python, reached through the dispatcher. Link libpyframepred_ops (the
+// CMake target `pyframepred_ops`); it registers the ops when it is loaded, so link it with
+// -Wl,--no-as-needed (the CMake target does) or dlopen it before the first call.
+//
+//   #include <pyframepred/ops.h>
+//   auto [h, c] = pyframepred::convlstm_gates(x_gates, h_gates, c_prev, bias);
+//   at::Tensor loss = pyframepred::gdl_loss(pred, target, /*alpha=*/1.0, "mean");
+//   loss.backward();   // gradients flow through both ops
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace pyframepred {
+
+// Fused ConvLSTM cell update. x_gates, h_gates: (N, 4C, H, W) gate pre-activations in the order
+// i, f, g, o (h_gates may be empty: zero hidden state); c_prev: (N, C, H, W); bias: (4C,);
+// peephole: (3, C) per-channel weights (i and f see c_prev, o sees the new c). Returns (h, c).
+inline std::tuple<at::Tensor, at::Tensor> convlstm_gates(
+    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates,
+    const at::Tensor& c_prev, const std::optional<at::Tensor>& bias = std::nullopt,
+    const std::optional<at::Tensor>& peephole = std::nullopt) {
+  using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyframepred::convlstm_gates_forward", "")
+                       .typed<Sig>();
+  auto needs = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() && t->defined() && t->requires_grad();
+  };
+  // Keep the activated gates for backward only when a gradient can be asked for.
+  const bool save = c10::GradMode::is_enabled() &&
+                    (x_gates.requires_grad() || needs(h_gates) || c_prev.requires_grad() ||
+                     needs(bias) || needs(peephole));
+  auto [h, c, gates] = op.call(x_gates, h_gates, c_prev, bias, peephole, save);
+  return {h, c};
+}
+
+// Gradient difference loss (Mathieu et al. 2015), the difference of absolute image gradients
+// over the last two dims of pred/target (..., H, W); alpha >= 1; reduction "mean" (sum divided by
+// pred.numel()), "sum" or "none" (one value per image).
+inline at::Tensor gdl_loss(const at::Tensor& pred, const at::Tensor& target, double alpha = 1.0,
+                           const std::string& reduction = "mean") {
+  using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyframepred::gdl_loss_forward", "")
+                       .typed<Sig>();
+  int64_t code = -1;
+  if (reduction == "none") code = 0;
+  if (reduction == "mean") code = 1;
+  if (reduction == "sum") code = 2;
+  TORCH_CHECK(code >= 0, "gdl_loss: reduction must be 'none', 'mean' or 'sum', got '", reduction,
+              "'");
+  return op.call(pred, target, alpha, code);
+}
+
+}  // namespace pyframepred
