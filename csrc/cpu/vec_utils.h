@@ -49,9 +49,6 @@ template <typename scalar_t>
 C10_NOINLINE VecAcc<scalar_t> load_slow(const scalar_t* p, int64_t s, int64_t count) {
   using A = acc_t<scalar_t>;
   using V = VecAcc<scalar_t>;
-  if (s == 0) {
-    return V(static_cast<A>(p[0]));
-  }
   alignas(64) A buf[V::size()];
   for (int64_t k = 0; k < V::size(); ++k) {
     buf[k] = k < count ? static_cast<A>(p[k * s]) : A(0);
