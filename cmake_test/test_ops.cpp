@@ -1,8 +1,10 @@
 // CTest check for LibTorch users: link libpyframepred_ops, call the ops through the public header
-// <pyframepred/ops.h> on CPU, and compare values and gradients with straightforward computations
-// written with ATen ops.
+// <pyframepred/ops.h>, and compare values and gradients with straightforward computations written
+// with ATen ops -- on the CPU, and on the GPU too when the library was built with the CUDA
+// kernels (PYFRAMEPRED_WITH_CUDA) and one is present.
 #include <pyframepred/ops.h>
 #include <torch/autograd.h>
+#include <torch/cuda.h>
 
 #include <cstdio>
 #include <string>
@@ -42,12 +44,11 @@ at::Tensor gdl_reference(const at::Tensor& p, const at::Tensor& t) {  // alpha 1
   return (dy(t) - dy(p)).abs().sum() + (dx(t) - dx(p)).abs().sum();
 }
 
-}  // namespace
-
-int main() {
+void check_device(const at::Device& device) {
+  std::printf("-- %s\n", device.str().c_str());
   at::manual_seed(0);
   const int64_t N = 2, C = 5, H = 7, W = 9;
-  auto opts = at::TensorOptions().dtype(at::kDouble);
+  auto opts = at::TensorOptions().dtype(at::kDouble).device(device);
   at::Tensor xg = at::randn({N, 4 * C, H, W}, opts).requires_grad_();
   at::Tensor hg = at::randn({N, 4 * C, H, W}, opts).requires_grad_();
   at::Tensor cp = at::randn({N, C, H, W}, opts).requires_grad_();
@@ -105,7 +106,19 @@ int main() {
          "bad c_prev rejected");
   expect(throws([&] { pyframepred::gdl_loss(pred, target, 1.0, "avg"); }, "reduction"),
          "bad reduction rejected");
+}
 
+}  // namespace
+
+int main() {
+  check_device(at::kCPU);
+#ifdef PYFRAMEPRED_WITH_CUDA
+  if (torch::cuda::is_available()) {
+    check_device(at::Device(at::kCUDA, 0));
+  } else {
+    std::printf("-- cuda: no GPU here, CUDA checks skipped\n");
+  }
+#endif
   std::printf("%s\n", failures == 0 ? "all checks passed" : "FAILED");
   return failures == 0 ? 0 : 1;
 }

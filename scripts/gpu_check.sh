@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build the CUDA kernels, run the CUDA tests (also under
-# compute-sanitizer), run the GPU benchmarks, and leave logs and JSON results in $OUT.
+# compute-sanitizer), build the LibTorch library with CMake and run its C++ checks on the GPU, run
+# the GPU benchmarks, and leave logs and JSON results in $OUT.
 #   OUT=/tmp/out bash scripts/gpu_check.sh [benchmark files...]
 # With the wheels of scripts/fetch_gpu_wheels.sh carried in .whl/ (decord and PyAV, which the GPU
 # image lacks) it also trains each model briefly on CUDA (fp32, bf16, fp16 autocast), through
@@ -30,6 +31,19 @@ echo "== compute-sanitizer (memcheck) on the CUDA tests"
 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest $TESTS -q -x -p no:cacheprovider \
   -k "cuda and not large" > "$OUT/sanitizer.log" 2>&1
 echo "sanitizer rc=$?" | tee -a "$OUT/sanitizer.log"; tail -5 "$OUT/sanitizer.log"
+
+echo "== CMake / LibTorch build with the CUDA kernels, CTest (CPU and GPU checks)"
+if command -v cmake > /dev/null; then
+  NVRTC=$($PY -c 'import glob, os, nvidia; print(next(iter(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib", "libnvrtc.so*")))), ""))' 2>/dev/null)
+  { cmake -S . -B /tmp/pf-cmake -DCMAKE_BUILD_TYPE=Release -DPYFRAMEPRED_WITH_CUDA=ON \
+      -DCMAKE_PREFIX_PATH="$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+      -DTORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" ${NVRTC:+-DCUDA_nvrtc_LIBRARY="$NVRTC"} \
+    && cmake --build /tmp/pf-cmake -j"${MAX_JOBS:-16}" \
+    && ctest --test-dir /tmp/pf-cmake --output-on-failure -V; } > "$OUT/cmake_cuda.log" 2>&1
+  echo "cmake+ctest rc=$?"; grep -E "^-- (cpu|cuda)|checks passed|FAILED|Error" "$OUT/cmake_cuda.log" | head -8
+else
+  echo "cmake not installed: skipped"
+fi
 
 echo "== benchmarks"
 PYFRAMEPRED_BENCH_DEVICES=cuda $PY -m pytest $BENCH --benchmark-only -q -p no:cacheprovider \
