@@ -40,7 +40,7 @@ if command -v cmake > /dev/null; then
       -DTORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" ${NVRTC:+-DCUDA_nvrtc_LIBRARY="$NVRTC"} \
     && cmake --build /tmp/pf-cmake -j"${MAX_JOBS:-16}" \
     && ctest --test-dir /tmp/pf-cmake --output-on-failure -V; } > "$OUT/cmake_cuda.log" 2>&1
-  echo "cmake+ctest rc=$?"; grep -E "^-- (cpu|cuda)|checks passed|FAILED|Error" "$OUT/cmake_cuda.log" | head -8
+  echo "cmake+ctest rc=$?"; grep -E -- "-- (cpu|cuda)|checks passed|FAILED|Error" "$OUT/cmake_cuda.log" | head -8
 else
   echo "cmake not installed: skipped"
 fi
