@@ -2,13 +2,16 @@
 // call from Python or LibTorch goes straight to the kernels without a Python autograd layer.
 //
 // Backward keeps only the activated gates (saved by the forward kernel when save_gates) and
-// c_prev; the gate-input gradient is one tensor shared by x_gates and h_gates.
+// c_prev; the gate-input gradient is one tensor shared by x_gates and h_gates. The backward kernel
+// is not differentiable: under create_graph its results raise if differentiated again.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
+
+#include "autograd_utils.h"
 
 namespace pyframepred {
 namespace {
@@ -68,15 +71,24 @@ class ConvLSTMGates : public torch::autograd::Function<ConvLSTMGates> {
     if (!grad_c.defined()) grad_c = at::zeros({}, c_prev.options()).expand_symint(c_prev.sym_sizes());
     const auto needs = ctx->saved_data["needs"].toBoolList();
     const bool param_grads = needs[3] || needs[4];
-    auto [grad_gates, grad_c_prev, grad_params] =
-        op.call(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+    at::Tensor grad_gates, grad_c_prev, grad_params;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(grad_gates, grad_c_prev, grad_params) =
+          op.call(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+    }
     variable_list out(6);
     if (needs[0]) out[0] = grad_gates;
     if (needs[1]) out[1] = grad_gates;
     if (needs[2]) out[2] = grad_c_prev;
     if (needs[3]) out[3] = grad_params.narrow(0, 0, 4).reshape({-1});
     if (needs[4]) out[4] = grad_params.narrow(0, 4, 3);
-    return out;
+    return once_differentiable(
+        std::move(out),
+        "pyframepred.ops.convlstm_gates: the fused backward is not differentiable, so second "
+        "derivatives (double backward, e.g. a gradient penalty) are not supported; use the "
+        "reference op (pyframepred.reference.convlstm_gates, or fused=False in the modules) for "
+        "that");
   }
 };
 

@@ -1,11 +1,14 @@
 // Autograd of the fused gradient difference loss, registered in C++ (TORCH_LIBRARY_IMPL ...
 // Autograd) like the ConvLSTM cell's, so that LibTorch users get gradients too and a call from
-// Python goes straight to the kernels. Backward keeps nothing but pred and target.
+// Python goes straight to the kernels. Backward keeps nothing but pred and target; it is not
+// differentiable (under create_graph its results raise if differentiated again).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <tuple>
+
+#include "autograd_utils.h"
 
 namespace pyframepred {
 namespace {
@@ -39,12 +42,20 @@ class GdlLoss : public torch::autograd::Function<GdlLoss> {
     variable_list out(4);
     if (!(need_pred || need_target) || !grads[0].defined()) return out;
     const auto saved = ctx->get_saved_variables();
-    auto [grad_pred, grad_target] =
-        op.call(grads[0], saved[0], saved[1], ctx->saved_data["alpha"].toDouble(),
-                ctx->saved_data["reduction"].toInt(), need_target);
+    at::Tensor grad_pred, grad_target;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(grad_pred, grad_target) =
+          op.call(grads[0], saved[0], saved[1], ctx->saved_data["alpha"].toDouble(),
+                  ctx->saved_data["reduction"].toInt(), need_target);
+    }
     if (need_pred) out[0] = grad_pred;
     if (need_target) out[1] = grad_target;
-    return out;
+    return once_differentiable(
+        std::move(out),
+        "pyframepred.ops.gdl_loss: the fused backward is not differentiable, so second "
+        "derivatives (double backward) are not supported; use pyframepred.reference.gdl_loss "
+        "(or GDLLoss(fused=False)) for that");
   }
 };
 

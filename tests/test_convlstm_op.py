@@ -1,6 +1,7 @@
 """The fused ConvLSTM cell op against its plain-PyTorch reference, gradcheck, opcheck, compile,
 and every bad-input case."""
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -194,6 +195,29 @@ def test_cpu_kernels_use_torchs_thread_pool():
     # Without -fopenmp, at::parallel_for in the extension silently runs on one thread.
     if "parallel backend: OpenMP" in torch.__config__.parallel_info():
         assert pyframepred._C.with_openmp == 1
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+def test_double_backward_is_a_clear_error_not_a_wrong_result(peephole):
+    """Under create_graph=True the first-order gradients are the usual ones; differentiating them
+    again (a gradient penalty) raises instead of treating the fused backward as a constant."""
+    args = make_inputs(2, 3, 5, 4, dtype=torch.float64, peephole=peephole)
+    leaves = [a for a in args if a is not None]
+    h, c = ops.convlstm_gates(*args)
+    plain = torch.autograd.grad((h * h).sum() + c.sum(), leaves)
+    h, c = ops.convlstm_gates(*args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "autograd kernel was not registered" warning
+        graph = torch.autograd.grad((h * h).sum() + c.sum(), leaves, create_graph=True)
+    for a, b in zip(graph, plain):
+        torch.testing.assert_close(a.detach(), b, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="second derivatives.*reference"):
+        sum(g.square().sum() for g in graph).backward()
+    # The reference op supports it (what the message recommends).
+    h, c = reference.convlstm_gates(*args)
+    graph = torch.autograd.grad((h * h).sum() + c.sum(), leaves, create_graph=True)
+    sum(g.square().sum() for g in graph).backward()
+    assert all(a.grad is not None for a in leaves)
 
 
 def test_gradcheck():

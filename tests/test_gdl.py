@@ -276,6 +276,24 @@ def test_module():
         GDLLoss(reduction="avg")
     with pytest.raises(ValueError, match="alpha"):
         GDLLoss(alpha=0.5)
+    ref_module = GDLLoss(alpha=2, reduction="sum", fused=False)
+    assert "fused=False" in repr(ref_module)
+    torch.testing.assert_close(ref_module(pred, target), loss(pred, target))
+
+
+def test_double_backward_is_a_clear_error_not_a_wrong_result():
+    pred, target = make((2, 3, 8, 9), dtype=torch.float64)
+    pred.requires_grad_(True)
+    (plain,) = torch.autograd.grad(ops.gdl_loss(pred, target, 2.0, "sum"), pred)
+    (graph,) = torch.autograd.grad(ops.gdl_loss(pred, target, 2.0, "sum"), pred,
+                                   create_graph=True)
+    torch.testing.assert_close(graph.detach(), plain, atol=0, rtol=0)
+    with pytest.raises(RuntimeError, match="second derivatives.*reference"):
+        graph.square().sum().backward()
+    (graph,) = torch.autograd.grad(GDLLoss(2.0, "sum", fused=False)(pred, target), pred,
+                                   create_graph=True)
+    graph.square().sum().backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
 
 
 def test_bad_input():

@@ -2,4 +2,4 @@
 from .convlstm import ConvLSTM, ConvLSTMCell
 from .loss import GDLLoss
 
-__all__ = ["ConvLSTMCell", "ConvLSTM"]
+__all__ = ["ConvLSTMCell", "ConvLSTM", "GDLLoss"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .. import reference
 from ..ops import gdl_loss
 from ..ops._gdl import check_alpha, reduction_code
 
@@ -18,16 +19,20 @@ class GDLLoss(nn.Module):
         alpha: exponent, a finite float ``>= 1``.
         reduction: ``"mean"`` (sum / ``pred.numel()``), ``"sum"`` or ``"none"`` (one value per
             image, shape ``pred.shape[:-2]``).
+        fused: the fused kernel (True) or the plain-PyTorch reference (False), which also
+            supports second derivatives (the fused backward is not differentiable).
     """
 
-    def __init__(self, alpha: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(self, alpha: float = 1.0, reduction: str = "mean", fused: bool = True) -> None:
         super().__init__()
         self.alpha = check_alpha(alpha)
         reduction_code(reduction)
         self.reduction = reduction
+        self.fused = fused
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:  # noqa: A002 (nn.Module style)
-        return gdl_loss(input, target, self.alpha, self.reduction)
+        fn = gdl_loss if self.fused else reference.gdl_loss
+        return fn(input, target, self.alpha, self.reduction)
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, reduction={self.reduction!r}"
+        return f"alpha={self.alpha}, reduction={self.reduction!r}, fused={self.fused}"
