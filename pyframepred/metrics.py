@@ -58,6 +58,11 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = 2.0, window: int = 11
          sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> Tensor:
     """SSIM per image (mean over channels and valid positions); frames smaller than the window
     use a window of their own size."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"ssim: window must be a positive int, got {window!r}")
+    if not sigma > 0 or not data_range > 0:
+        raise ValueError(f"ssim: sigma and data_range must be positive, got {sigma} and "
+                         f"{data_range}")
     p, t = _prep(pred, target, "ssim")
     lead = p.shape[:-3]
     c, h, w = p.shape[-3:]

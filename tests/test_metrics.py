@@ -67,3 +67,8 @@ def test_shape_errors():
         M.psnr(imgs(1, 3, 4, 4), imgs(1, 3, 4, 5))
     with pytest.raises(ValueError, match="images"):
         M.ssim(torch.zeros(4, 4), torch.zeros(4, 4))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="window"):
+            M.ssim(imgs(1, 3, 8, 8), imgs(1, 3, 8, 8), window=bad)
+    with pytest.raises(ValueError, match="sigma"):
+        M.ssim(imgs(1, 3, 8, 8), imgs(1, 3, 8, 8), sigma=0)
