@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader
 
 import pyframepred.data as pd
 import pyframepred.data.index as index_mod
-from pyframepred.data import (MultiScale, NoVideosError, VideoClips, denormalize, find_videos,
-                              index_videos, multiscale, normalize, to_uint8)
+from pyframepred.data import (FrameReader, MultiScale, NoVideosError, VideoClips, decode_frames,
+                              denormalize, find_videos, index_videos, multiscale, normalize,
+                              to_uint8)
+from pyframepred.data.decode import resize_frames
 from pyframepred.data import synthetic
 
 
@@ -302,6 +304,87 @@ def test_random_crop_and_flip_only_in_training(tmp_path):
     assert flips == {False, True} and len(seen_pos) > 5
 
 
+# --------------------------------------------------------------------------- decord size bug
+def native_then_resized(path, indices, size):
+    """Reference: decord at the video's own size, then the torch resize of pyframepred.data
+    (uint8 ``(T, H, W, 3)``)."""
+    arr = decord.VideoReader(str(path), num_threads=1).get_batch(indices).asnumpy()
+    return resize_frames(arr, size)
+
+
+@pytest.mark.parametrize("size", [48, (40, 16), (64, 72)])
+def test_widths_that_decord_cannot_scale_to_still_decode(tmp_path, size):
+    # decord 0.6 fails at output widths 8, 12, 16, 24, 48, 72 (dmlc/decord#336): get_batch raises
+    # "Check failed: from_size == to_size". VideoClips must still give clips at those sizes.
+    path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(12, 64, 96), 25)
+    h, w = (size, size) if isinstance(size, int) else size
+    ds = VideoClips(tmp_path, frames=4, size=size, train=False, test_fraction=0, progress=False)
+    clip = ds.clip_at(0, 3)
+    assert clip.frames.shape == (4, 3, h, w) and clip.frames.dtype == torch.float32
+    ref = normalize(torch.from_numpy(native_then_resized(path, clip.indices, (h, w))))
+    assert (clip.frames - ref.permute(0, 3, 1, 2)).abs().max() <= 2 / 127.5  # same, up to rounding
+    if w >= 16:
+        assert frame_ids(clip.frames) == clip.indices
+    # __getitem__, a DataLoader and training-time augmentation take the same path
+    train = VideoClips(tmp_path, frames=4, size=size, random_crop=True, hflip=True,
+                       test_fraction=0, progress=False)
+    assert train[0].shape == (4, 3, h, w) and not train.failed
+    assert next(iter(DataLoader(ds, batch_size=1))).shape == (1, 4, 3, h, w)
+
+
+def test_videos_whose_own_width_decord_cannot_return_still_decode(tmp_path):
+    # The bug also hits decoding at a video's own size when that width is affected (48 here).
+    src = coded_frames(10, 32, 48)
+    write_video(tmp_path / "A" / "v_A_g01_c01.mp4", src, 25, options={"qp": "0"})
+    for size in (None, (32, 48), (32, 64)):
+        ds = VideoClips(tmp_path, frames=3, size=size, train=False, test_fraction=0,
+                        progress=False)
+        clip = ds.clip_at(0, 2)
+        assert clip.frames.shape == (3, 3, 32, size[1] if size else 48)
+        assert frame_ids(clip.frames) == [2, 3, 4]
+    x = decode_frames(tmp_path / "A" / "v_A_g01_c01.mp4", [2, 3], None)
+    assert x.shape == (2, 32, 48, 3) and x.dtype == np.uint8
+    assert np.abs(x.astype(int) - src[2:4]).mean() < 8  # resized from 49 columns: close
+
+
+def test_the_working_decode_path_is_remembered_per_video_and_size(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "v.mp4", coded_frames(8, 64, 64), 25)
+    opened = []
+    real = decord.VideoReader
+
+    def counting(*args, **kwargs):
+        opened.append((kwargs.get("height"), kwargs.get("width")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decord, "VideoReader", counting)
+    for size, fast in (((32, 32), True), ((48, 48), False), ((24, 16), False)):
+        first = decode_frames(path, [0, 5], size)
+        opened.clear()
+        again = decode_frames(path, [1, 6], size)
+        assert again.shape == (2, *size, 3) and first.shape == again.shape
+        # one decord reader per call after the first: at the size itself when decord can scale
+        # there, at the video's own size (-1) otherwise
+        assert opened == [size if fast else (-1, -1)]
+        if not fast:
+            assert np.array_equal(again, native_then_resized(path, [1, 6], size))
+
+
+def test_frame_reader_is_a_drop_in_reader_at_any_size(tmp_path):
+    path = write_video(tmp_path / "v.mp4", coded_frames(15, 64, 64), 25)
+    reader = FrameReader(path, size=(48, 48))
+    assert len(reader) == 15 and reader.native_size == (64, 64) and reader.fps == 25
+    batch = reader.get_batch([0, 7, 14])
+    assert batch.shape == (3, 48, 48, 3) and batch.dtype == np.uint8
+    assert frame_ids(normalize(torch.from_numpy(batch).permute(0, 3, 1, 2))) == [0, 7, 14]
+    assert FrameReader(path).get_batch([1]).shape == (1, 64, 64, 3)
+    with pytest.raises(IsADirectoryError, match="is a folder, not a video file"):
+        FrameReader(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FrameReader(tmp_path / "missing.mp4")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        decode_frames(tmp_path, [0], 48)
+
+
 # --------------------------------------------------------------------------- bad input
 def test_unreadable_and_short_videos_are_skipped_with_one_warning(data_root, caplog):
     caplog.set_level(logging.INFO, logger="pyframepred.data")
@@ -405,8 +488,9 @@ def test_a_video_failing_at_decode_time_is_replaced_and_logged(tmp_path, caplog)
         p = tmp_path / v.path
         if p.exists():
             p.write_bytes(b"broken")
-    with pytest.raises(RuntimeError, match="none of the 4 videos .* could be decoded"):
+    with pytest.raises(NoVideosError, match="none of the 4 videos could be decoded") as err:
         ds[3]
+    assert isinstance(err.value, RuntimeError) and str(tmp_path) in str(err.value)  # as before
     with pytest.raises(NoVideosError, match="3 unreadable"):
         quiet(VideoClips, tmp_path, train=False, **kw)
 

@@ -13,14 +13,20 @@ import torch
 from torch.utils.data import Dataset
 
 from ._common import VIDEO_EXTENSIONS, as_hw, logger
+from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
 from .splits import group_split, list_key, read_ucf_split
 
-__all__ = ["VideoClips", "Clip", "NoVideosError"]
+__all__ = ["VideoClips", "Clip", "NoVideosError", "NoDecodableVideosError"]
 
 
 class NoVideosError(ValueError):
     """No usable video in the data folder (none found, or none left after filtering)."""
+
+
+class NoDecodableVideosError(NoVideosError, RuntimeError):
+    """Every video of a :class:`VideoClips` failed to decode when its clips were read (the files
+    changed or broke after indexing). A :class:`NoVideosError`, and a ``RuntimeError`` as before."""
 
 
 class Clip(NamedTuple):
@@ -40,15 +46,6 @@ def _names(items, limit=8) -> str:
     if len(items) > limit:
         text += f", ... ({len(items) - limit} more)"
     return text
-
-
-def _as_numpy(batch) -> np.ndarray:
-    # decord returns its own NDArray, or a torch/other array when a global bridge was set.
-    if isinstance(batch, torch.Tensor):
-        return batch.numpy()
-    if hasattr(batch, "asnumpy"):
-        return batch.asnumpy()
-    return np.asarray(batch)
 
 
 class VideoClips(Dataset):
@@ -88,7 +85,10 @@ class VideoClips(Dataset):
 
     Frame size
         ``size=(H, W)`` (or an int for square frames). decord decodes directly at the target
-        size (its scaler, in C), never the whole video and never at full resolution. With
+        size (its scaler, in C), never the whole video and never at full resolution; at the
+        widths where decord's scaler is broken (8, 16, 48, 72... see
+        :mod:`pyframepred.data.decode`) the frames are decoded at the video's own size and
+        resized with torch (bilinear, antialiased) instead, per video, automatically. With
         ``resize="stretch"`` (default) the whole frame is scaled to ``(H, W)``: the aspect ratio
         is *not* kept (UCF-101's 320x240 becomes 64x64, as in the blog post) but nothing is cut.
         With ``resize="cover"`` the aspect ratio is kept: the frame is scaled to cover
@@ -112,7 +112,8 @@ class VideoClips(Dataset):
         videos too short for one clip are skipped with one warning that counts and names them;
         the reasons are in :attr:`skipped` and in the ``pyframepred.data`` log. A video that fails
         to decode later (inside a ``DataLoader`` worker, say) is logged once and replaced by the
-        next decodable video, deterministically, so a bad file never stops a run.
+        next decodable video, deterministically, so a bad file never stops a run; only when every
+        video fails is :class:`NoDecodableVideosError` (a :class:`NoVideosError`) raised.
 
     ``transform`` (optional) is applied to the clip tensor returned by ``__getitem__``, e.g.
     :class:`~pyframepred.data.MultiScale`.
@@ -311,27 +312,15 @@ class VideoClips(Dataset):
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, video: int, indices: list, augment: bool) -> torch.Tensor:
-        import decord
-
         info = self.videos[video]
         dh, dw = self._decode_size(info)
-        native = (dh, dw) == (info.height, info.width)
         uniq = sorted(set(indices))
-        vr = decord.VideoReader(os.fspath(self.root / info.path), ctx=decord.cpu(0),
-                                width=-1 if native else dw, height=-1 if native else dh,
-                                num_threads=self.decode_threads)
-        arr = _as_numpy(vr.get_batch(uniq))
-        del vr
-        if arr.ndim != 4 or arr.shape[0] != len(uniq) or arr.shape[-1] != 3:
-            raise RuntimeError(f"decord returned an array of shape {arr.shape} for {len(uniq)} "
-                               "frames")
+        # decord's scaler where it works, else its own size + a torch resize (decord bug #336).
+        arr = decode_frames(self.root / info.path, uniq, (dh, dw),
+                            native_size=(info.height, info.width),
+                            num_threads=self.decode_threads)
         if len(uniq) != len(indices):
             arr = arr[[uniq.index(i) for i in indices]]
-        if arr.shape[1:3] != (dh, dw):  # should not happen; keep the contract regardless
-            t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-            t = torch.nn.functional.interpolate(t, size=(dh, dw), mode="bilinear",
-                                                antialias=True, align_corners=False)
-            arr = t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
         out_h, out_w = self.size if self.size is not None else (dh, dw)
         if (dh, dw) != (out_h, out_w):
@@ -399,8 +388,10 @@ class VideoClips(Dataset):
                                self._bad[path])
                 continue
             return self.transform(clip) if self.transform is not None else clip
-        raise RuntimeError(f"VideoClips: none of the {n} videos in '{self.root}' could be decoded "
-                           f"in this process; errors: {_names(f'{p}: {e}' for p, e in self._bad.items())}")
+        raise NoDecodableVideosError(
+            f"VideoClips: no usable videos in '{self.root}': none of the {n} videos could be "
+            f"decoded in this process (they changed or broke after indexing?); errors: "
+            f"{_names(f'{p}: {e}' for p, e in self._bad.items())}")
 
     @property
     def failed(self) -> dict:
