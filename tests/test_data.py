@@ -602,6 +602,68 @@ def test_train_and_test_sides_are_disjoint_and_complete(data_root):
     assert len(a | b) == len(GOOD) + 1  # the 3-frame video is long enough for frames=3
 
 
+def test_unusable_videos_are_set_aside_before_the_group_split(tmp_path):
+    # Six groups: the split sends one to the test side, and by the hash order of the names it is
+    # g05 (see the assert). Here g05 is truncated and g06 is zeros: before the fix the test side
+    # held only the bad g05, and VideoClips(train=False) failed.
+    names = [f"v_Swim_g{g:02d}_c01.mp4" for g in range(1, 7)]
+    assert pd.group_split(names, ["Swim"] * 6, 0.2) == [False] * 4 + [True, False]
+    for g, name in enumerate(names[:4], 1):
+        write_video(tmp_path / name, coded_frames(20, first=10 * g), 25)
+    whole = write_video(tmp_path / "whole.mp4", coded_frames(20), 25).read_bytes()
+    (tmp_path / "whole.mp4").unlink()
+    (tmp_path / names[4]).write_bytes(whole[: len(whole) // 3])
+    (tmp_path / names[5]).write_bytes(bytes(len(whole)))
+    kw = dict(frames=4, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = VideoClips(tmp_path, train=True, **kw)
+        test = VideoClips(tmp_path, train=False, **kw)
+    a, b = {v.path for v in train.videos}, {v.path for v in test.videos}
+    assert len(b) == 1 and len(a) == 3 and a | b == set(names[:4])
+    # the usable videos are split as group_split splits them
+    assert [t for t in pd.group_split(sorted(a | b), ["Swim"] * 4, 0.2)] == [
+        n in b for n in sorted(a | b)]
+    # the bad files are reported once, on the train side (their groups have no usable video)
+    assert {p for p, _ in train.skipped} == set(names[4:]) and test.skipped == []
+    ours = [str(w.message) for w in caught if "VideoClips" in str(w.message)]
+    assert len(ours) == 1 and "skipped 2 of 5 videos" in ours[0]
+    assert test[0].shape == (4, 3, 64, 64)
+
+
+def test_a_bad_video_counts_on_the_side_of_its_group(tmp_path):
+    for g in range(1, 6):
+        write_video(tmp_path / "A" / f"v_A_g{g:02d}_c01.mp4", coded_frames(12), 25)
+    sides = pd.group_split([f"A/v_A_g{g:02d}_c01.mp4" for g in range(1, 6)], ["A"] * 5, 0.2)
+    test_g = sides.index(True) + 1
+    bad = f"A/v_A_g{test_g:02d}_c02.mp4"
+    write_video(tmp_path / bad, coded_frames(2), 25)  # too short, in the test group
+    test = quiet(VideoClips, tmp_path, frames=4, train=False, progress=False)
+    train = VideoClips(tmp_path, frames=4, train=True, progress=False)
+    assert [v.path for v in test.videos] == [f"A/v_A_g{test_g:02d}_c01.mp4"]
+    assert [p for p, _ in test.skipped] == [bad] and train.skipped == []
+
+
+def test_classes_with_a_single_group_leave_the_test_side_empty_with_a_clear_error(tmp_path):
+    write_video(tmp_path / "Jump" / "v_Jump_g01_c01.mp4", coded_frames(10), 25)
+    write_video(tmp_path / "Jump" / "v_Jump_g01_c02.mp4", coded_frames(10), 25)
+    write_video(tmp_path / "Run" / "v_Run_g01_c01.mp4", coded_frames(10), 25)
+    train = VideoClips(tmp_path, frames=4, train=True, progress=False)
+    assert len(train) == 3
+    with pytest.raises(NoVideosError) as err:
+        VideoClips(tmp_path, frames=4, train=False, progress=False)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "test side" in msg
+    assert "3 usable videos form 2 group(s)" in msg and "Jump: 1, Run: 1" in msg
+    assert "every class has a single group" in msg
+    assert "test_fraction=0" in msg and "split_dir" in msg and "more groups" in msg
+    # the ways out it names work
+    assert len(VideoClips(tmp_path, frames=4, train=False, test_fraction=0, progress=False)) == 3
+    # and a test_fraction that sends the only groups to the test side says so for train
+    with pytest.raises(NoVideosError, match="train side.*sends every group to the test side"):
+        VideoClips(tmp_path, frames=4, train=True, test_fraction=0.8, progress=False)
+
+
 # --------------------------------------------------------------------------- multi-scale
 def test_multiscale_inputs_and_targets():
     clip = torch.rand(5, 3, 64, 64) * 2 - 1
