@@ -743,5 +743,13 @@ def test_synthetic_command_line(tmp_path, capsys):
                                                           "v_MovingDigits_g01_c01.mp4"]
     with pytest.raises(SystemExit):
         synthetic.main([str(out), "--seed", "9", "--quiet"])  # non-empty, different set
+    err = capsys.readouterr().err
+    assert "pass --overwrite" in err and "overwrite=True" not in err  # the flag, on the CLI
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):  # the argument, in Python
+        synthetic.generate(out, seed=9, videos_per_class=1, frames=6, progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit):
+        synthetic.main([str(tmp_path / "afile"), "--quiet"])
+    assert "is a file, not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         synthetic.main([str(tmp_path / "x"), "--size", "63"])
