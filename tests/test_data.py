@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader
 
 import pyframepred.data as pd
 import pyframepred.data.index as index_mod
-from pyframepred.data import (MultiScale, NoVideosError, VideoClips, denormalize, find_videos,
-                              index_videos, multiscale, normalize, to_uint8)
+from pyframepred.data import (FrameReader, MultiScale, NoVideosError, VideoClips, decode_frames,
+                              denormalize, find_videos, index_videos, multiscale, normalize,
+                              to_uint8)
+from pyframepred.data.decode import resize_frames
 from pyframepred.data import synthetic
 
 
@@ -302,6 +304,87 @@ def test_random_crop_and_flip_only_in_training(tmp_path):
     assert flips == {False, True} and len(seen_pos) > 5
 
 
+# --------------------------------------------------------------------------- decord size bug
+def native_then_resized(path, indices, size):
+    """Reference: decord at the video's own size, then the torch resize of pyframepred.data
+    (uint8 ``(T, H, W, 3)``)."""
+    arr = decord.VideoReader(str(path), num_threads=1).get_batch(indices).asnumpy()
+    return resize_frames(arr, size)
+
+
+@pytest.mark.parametrize("size", [48, (40, 16), (64, 72)])
+def test_widths_that_decord_cannot_scale_to_still_decode(tmp_path, size):
+    # decord 0.6 fails at output widths 8, 12, 16, 24, 48, 72 (dmlc/decord#336): get_batch raises
+    # "Check failed: from_size == to_size". VideoClips must still give clips at those sizes.
+    path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(12, 64, 96), 25)
+    h, w = (size, size) if isinstance(size, int) else size
+    ds = VideoClips(tmp_path, frames=4, size=size, train=False, test_fraction=0, progress=False)
+    clip = ds.clip_at(0, 3)
+    assert clip.frames.shape == (4, 3, h, w) and clip.frames.dtype == torch.float32
+    ref = normalize(torch.from_numpy(native_then_resized(path, clip.indices, (h, w))))
+    assert (clip.frames - ref.permute(0, 3, 1, 2)).abs().max() <= 2 / 127.5  # same, up to rounding
+    if w >= 16:
+        assert frame_ids(clip.frames) == clip.indices
+    # __getitem__, a DataLoader and training-time augmentation take the same path
+    train = VideoClips(tmp_path, frames=4, size=size, random_crop=True, hflip=True,
+                       test_fraction=0, progress=False)
+    assert train[0].shape == (4, 3, h, w) and not train.failed
+    assert next(iter(DataLoader(ds, batch_size=1))).shape == (1, 4, 3, h, w)
+
+
+def test_videos_whose_own_width_decord_cannot_return_still_decode(tmp_path):
+    # The bug also hits decoding at a video's own size when that width is affected (48 here).
+    src = coded_frames(10, 32, 48)
+    write_video(tmp_path / "A" / "v_A_g01_c01.mp4", src, 25, options={"qp": "0"})
+    for size in (None, (32, 48), (32, 64)):
+        ds = VideoClips(tmp_path, frames=3, size=size, train=False, test_fraction=0,
+                        progress=False)
+        clip = ds.clip_at(0, 2)
+        assert clip.frames.shape == (3, 3, 32, size[1] if size else 48)
+        assert frame_ids(clip.frames) == [2, 3, 4]
+    x = decode_frames(tmp_path / "A" / "v_A_g01_c01.mp4", [2, 3], None)
+    assert x.shape == (2, 32, 48, 3) and x.dtype == np.uint8
+    assert np.abs(x.astype(int) - src[2:4]).mean() < 8  # resized from 49 columns: close
+
+
+def test_the_working_decode_path_is_remembered_per_video_and_size(tmp_path, monkeypatch):
+    path = write_video(tmp_path / "v.mp4", coded_frames(8, 64, 64), 25)
+    opened = []
+    real = decord.VideoReader
+
+    def counting(*args, **kwargs):
+        opened.append((kwargs.get("height"), kwargs.get("width")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decord, "VideoReader", counting)
+    for size, fast in (((32, 32), True), ((48, 48), False), ((24, 16), False)):
+        first = decode_frames(path, [0, 5], size)
+        opened.clear()
+        again = decode_frames(path, [1, 6], size)
+        assert again.shape == (2, *size, 3) and first.shape == again.shape
+        # one decord reader per call after the first: at the size itself when decord can scale
+        # there, at the video's own size (-1) otherwise
+        assert opened == [size if fast else (-1, -1)]
+        if not fast:
+            assert np.array_equal(again, native_then_resized(path, [1, 6], size))
+
+
+def test_frame_reader_is_a_drop_in_reader_at_any_size(tmp_path):
+    path = write_video(tmp_path / "v.mp4", coded_frames(15, 64, 64), 25)
+    reader = FrameReader(path, size=(48, 48))
+    assert len(reader) == 15 and reader.native_size == (64, 64) and reader.fps == 25
+    batch = reader.get_batch([0, 7, 14])
+    assert batch.shape == (3, 48, 48, 3) and batch.dtype == np.uint8
+    assert frame_ids(normalize(torch.from_numpy(batch).permute(0, 3, 1, 2))) == [0, 7, 14]
+    assert FrameReader(path).get_batch([1]).shape == (1, 64, 64, 3)
+    with pytest.raises(IsADirectoryError, match="is a folder, not a video file"):
+        FrameReader(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FrameReader(tmp_path / "missing.mp4")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        decode_frames(tmp_path, [0], 48)
+
+
 # --------------------------------------------------------------------------- bad input
 def test_unreadable_and_short_videos_are_skipped_with_one_warning(data_root, caplog):
     caplog.set_level(logging.INFO, logger="pyframepred.data")
@@ -405,8 +488,9 @@ def test_a_video_failing_at_decode_time_is_replaced_and_logged(tmp_path, caplog)
         p = tmp_path / v.path
         if p.exists():
             p.write_bytes(b"broken")
-    with pytest.raises(RuntimeError, match="none of the 4 videos .* could be decoded"):
+    with pytest.raises(NoVideosError, match="none of the 4 videos could be decoded") as err:
         ds[3]
+    assert isinstance(err.value, RuntimeError) and str(tmp_path) in str(err.value)  # as before
     with pytest.raises(NoVideosError, match="3 unreadable"):
         quiet(VideoClips, tmp_path, train=False, **kw)
 
@@ -518,6 +602,68 @@ def test_train_and_test_sides_are_disjoint_and_complete(data_root):
     assert len(a | b) == len(GOOD) + 1  # the 3-frame video is long enough for frames=3
 
 
+def test_unusable_videos_are_set_aside_before_the_group_split(tmp_path):
+    # Six groups: the split sends one to the test side, and by the hash order of the names it is
+    # g05 (see the assert). Here g05 is truncated and g06 is zeros: before the fix the test side
+    # held only the bad g05, and VideoClips(train=False) failed.
+    names = [f"v_Swim_g{g:02d}_c01.mp4" for g in range(1, 7)]
+    assert pd.group_split(names, ["Swim"] * 6, 0.2) == [False] * 4 + [True, False]
+    for g, name in enumerate(names[:4], 1):
+        write_video(tmp_path / name, coded_frames(20, first=10 * g), 25)
+    whole = write_video(tmp_path / "whole.mp4", coded_frames(20), 25).read_bytes()
+    (tmp_path / "whole.mp4").unlink()
+    (tmp_path / names[4]).write_bytes(whole[: len(whole) // 3])
+    (tmp_path / names[5]).write_bytes(bytes(len(whole)))
+    kw = dict(frames=4, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = VideoClips(tmp_path, train=True, **kw)
+        test = VideoClips(tmp_path, train=False, **kw)
+    a, b = {v.path for v in train.videos}, {v.path for v in test.videos}
+    assert len(b) == 1 and len(a) == 3 and a | b == set(names[:4])
+    # the usable videos are split as group_split splits them
+    assert [t for t in pd.group_split(sorted(a | b), ["Swim"] * 4, 0.2)] == [
+        n in b for n in sorted(a | b)]
+    # the bad files are reported once, on the train side (their groups have no usable video)
+    assert {p for p, _ in train.skipped} == set(names[4:]) and test.skipped == []
+    ours = [str(w.message) for w in caught if "VideoClips" in str(w.message)]
+    assert len(ours) == 1 and "skipped 2 of 5 videos" in ours[0]
+    assert test[0].shape == (4, 3, 64, 64)
+
+
+def test_a_bad_video_counts_on_the_side_of_its_group(tmp_path):
+    for g in range(1, 6):
+        write_video(tmp_path / "A" / f"v_A_g{g:02d}_c01.mp4", coded_frames(12), 25)
+    sides = pd.group_split([f"A/v_A_g{g:02d}_c01.mp4" for g in range(1, 6)], ["A"] * 5, 0.2)
+    test_g = sides.index(True) + 1
+    bad = f"A/v_A_g{test_g:02d}_c02.mp4"
+    write_video(tmp_path / bad, coded_frames(2), 25)  # too short, in the test group
+    test = quiet(VideoClips, tmp_path, frames=4, train=False, progress=False)
+    train = VideoClips(tmp_path, frames=4, train=True, progress=False)
+    assert [v.path for v in test.videos] == [f"A/v_A_g{test_g:02d}_c01.mp4"]
+    assert [p for p, _ in test.skipped] == [bad] and train.skipped == []
+
+
+def test_classes_with_a_single_group_leave_the_test_side_empty_with_a_clear_error(tmp_path):
+    write_video(tmp_path / "Jump" / "v_Jump_g01_c01.mp4", coded_frames(10), 25)
+    write_video(tmp_path / "Jump" / "v_Jump_g01_c02.mp4", coded_frames(10), 25)
+    write_video(tmp_path / "Run" / "v_Run_g01_c01.mp4", coded_frames(10), 25)
+    train = VideoClips(tmp_path, frames=4, train=True, progress=False)
+    assert len(train) == 3
+    with pytest.raises(NoVideosError) as err:
+        VideoClips(tmp_path, frames=4, train=False, progress=False)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "test side" in msg
+    assert "3 usable videos form 2 group(s)" in msg and "Jump: 1, Run: 1" in msg
+    assert "every class has a single group" in msg
+    assert "test_fraction=0" in msg and "split_dir" in msg and "more groups" in msg
+    # the ways out it names work
+    assert len(VideoClips(tmp_path, frames=4, train=False, test_fraction=0, progress=False)) == 3
+    # and a test_fraction that sends the only groups to the test side says so for train
+    with pytest.raises(NoVideosError, match="train side.*sends every group to the test side"):
+        VideoClips(tmp_path, frames=4, train=True, test_fraction=0.8, progress=False)
+
+
 # --------------------------------------------------------------------------- multi-scale
 def test_multiscale_inputs_and_targets():
     clip = torch.rand(5, 3, 64, 64) * 2 - 1
@@ -597,5 +743,13 @@ def test_synthetic_command_line(tmp_path, capsys):
                                                           "v_MovingDigits_g01_c01.mp4"]
     with pytest.raises(SystemExit):
         synthetic.main([str(out), "--seed", "9", "--quiet"])  # non-empty, different set
+    err = capsys.readouterr().err
+    assert "pass --overwrite" in err and "overwrite=True" not in err  # the flag, on the CLI
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):  # the argument, in Python
+        synthetic.generate(out, seed=9, videos_per_class=1, frames=6, progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit):
+        synthetic.main([str(tmp_path / "afile"), "--quiet"])
+    assert "is a file, not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         synthetic.main([str(tmp_path / "x"), "--size", "63"])

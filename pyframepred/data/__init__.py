@@ -7,7 +7,9 @@
 * :func:`multiscale` / :class:`MultiScale` -- stacked input frames and targets at several scales;
 * :func:`default_dataset_root` -- the embedded synthetic data set (moving objects), generated into
   the cache folder on first use (:mod:`pyframepred.data.synthetic`);
-* :func:`index_videos` -- the cached video index behind :class:`VideoClips`.
+* :func:`index_videos` -- the cached video index behind :class:`VideoClips`;
+* :func:`decode_frames` / :class:`FrameReader` -- frames of one file at a chosen size, around
+  decord's output-size bug (:mod:`pyframepred.data.decode`).
 
 Example::
 
@@ -23,13 +25,15 @@ Example::
         ...
 """
 from ._common import VIDEO_EXTENSIONS, default_cache_dir
+from .decode import FrameReader, decode_frames
 from .index import VideoInfo, find_videos, index_videos, probe_video
 from .splits import group_split, read_ucf_split
 from .transforms import MultiScale, denormalize, multiscale, normalize, to_uint8
-from .video_clips import Clip, NoVideosError, VideoClips
+from .video_clips import Clip, NoDecodableVideosError, NoVideosError, VideoClips
 
 __all__ = [
-    "VideoClips", "Clip", "NoVideosError", "VideoInfo", "VIDEO_EXTENSIONS",
+    "VideoClips", "Clip", "NoVideosError", "NoDecodableVideosError", "VideoInfo",
+    "VIDEO_EXTENSIONS", "FrameReader", "decode_frames",
     "normalize", "denormalize", "to_uint8", "multiscale", "MultiScale",
     "default_dataset_root", "default_cache_dir", "index_videos", "find_videos", "probe_video",
     "read_ucf_split", "group_split", "synthetic",

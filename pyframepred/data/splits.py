@@ -8,7 +8,7 @@ from typing import Sequence
 
 from .index import group_of
 
-__all__ = ["read_ucf_split", "group_split"]
+__all__ = ["read_ucf_split", "group_split", "group_key"]
 
 
 def _key(rel_path: str) -> str:
@@ -59,6 +59,13 @@ def _rank(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+def group_key(rel_path: str, cls: str) -> tuple[str, str]:
+    """Key of the group of a video in :func:`group_split`: ``(class, "gN")`` for UCF-style names
+    (``v_<Class>_gXX_cYY``), or ``(class, "file:<name>")`` for a video without a group."""
+    group = group_of(rel_path)
+    return cls.lower(), f"g{int(group)}" if group is not None else "file:" + _key(rel_path)
+
+
 def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: float = 0.2
                 ) -> list[bool]:
     """Deterministic split of videos into train/test by group; returns ``is_test`` per video.
@@ -75,10 +82,9 @@ def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: flo
     groups_per_class: dict[str, set[str]] = {}
     keys = []
     for rel, cls in zip(paths, classes):
-        group = group_of(rel)
-        gkey = f"g{int(group)}" if group is not None else "file:" + _key(rel)
-        keys.append((cls.lower(), gkey))
-        groups_per_class.setdefault(cls.lower(), set()).add(gkey)
+        key = group_key(rel, cls)
+        keys.append(key)
+        groups_per_class.setdefault(key[0], set()).add(key[1])
     test_groups: set[tuple[str, str]] = set()
     for cls, groups in groups_per_class.items():
         n = len(groups)

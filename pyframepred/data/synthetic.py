@@ -338,6 +338,9 @@ def generate(out_dir, *, seed: int = 0, videos_per_class: int = 12, frames=(40, 
     cfg = _config(seed, videos_per_class, frames, size, classes, fps, groups_per_class, crf)
     out_dir = Path(out_dir).expanduser()
     manifest = out_dir / MANIFEST
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"'{out_dir}' is a file, not a folder; choose a folder to write "
+                                 "the synthetic data set to")
     if out_dir.exists() and any(out_dir.iterdir()):
         try:
             existing = json.loads(manifest.read_text())
@@ -454,6 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        classes=args.classes, fps=args.fps, groups_per_class=args.groups_per_class,
                        crf=args.crf, progress=not args.quiet, overwrite=args.overwrite)
     except FileExistsError as exc:
+        # generate() names its Python argument; on the command line it is the flag.
+        parser.error(str(exc).replace("pass overwrite=True", "pass --overwrite"))
+    except NotADirectoryError as exc:
         parser.error(str(exc))
     n = sum(1 for _ in out.rglob("*.mp4"))
     print(f"{n} videos in {out} ({time.perf_counter() - t0:.1f} s)")

@@ -13,14 +13,20 @@ import torch
 from torch.utils.data import Dataset
 
 from ._common import VIDEO_EXTENSIONS, as_hw, logger
+from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
-from .splits import group_split, list_key, read_ucf_split
+from .splits import group_key, group_split, list_key, read_ucf_split
 
-__all__ = ["VideoClips", "Clip", "NoVideosError"]
+__all__ = ["VideoClips", "Clip", "NoVideosError", "NoDecodableVideosError"]
 
 
 class NoVideosError(ValueError):
     """No usable video in the data folder (none found, or none left after filtering)."""
+
+
+class NoDecodableVideosError(NoVideosError, RuntimeError):
+    """Every video of a :class:`VideoClips` failed to decode when its clips were read (the files
+    changed or broke after indexing). A :class:`NoVideosError`, and a ``RuntimeError`` as before."""
 
 
 class Clip(NamedTuple):
@@ -42,15 +48,6 @@ def _names(items, limit=8) -> str:
     return text
 
 
-def _as_numpy(batch) -> np.ndarray:
-    # decord returns its own NDArray, or a torch/other array when a global bridge was set.
-    if isinstance(batch, torch.Tensor):
-        return batch.numpy()
-    if hasattr(batch, "asnumpy"):
-        return batch.asnumpy()
-    return np.asarray(batch)
-
-
 class VideoClips(Dataset):
     """Clips of ``frames`` frames from every video under ``root``, as float32 tensors.
 
@@ -69,11 +66,15 @@ class VideoClips(Dataset):
     Train/test split
         With ``split_dir`` (a folder holding UCF-101's ``trainlist0N.txt`` / ``testlist0N.txt``,
         ``N = split_index``), the videos listed in the train (``train=True``) or test list;
-        matching is on the file name without extension. Otherwise a deterministic split by group
-        (``gXX`` in UCF names; one group never lands on both sides), ``test_fraction`` of each
-        class's groups going to the test side. ``test_fraction=0`` (or ``None``) disables the
-        split: ``train=True`` and ``train=False`` then both use every video (``train`` still
-        chooses random or fixed clips).
+        matching is on the file name without extension (a listed video that is unusable is
+        skipped, see *Bad input*). Otherwise a deterministic split by group (``gXX`` in UCF
+        names; one group never lands on both sides) of the usable videos (unreadable and too
+        short ones are set aside first, so they never take a side's place), ``test_fraction`` of
+        each class's groups going to the test side. A class with a single group stays on the
+        train side: when no class has two groups the test side is empty, which is an error that
+        says so. ``test_fraction=0`` (or ``None``) disables the split: ``train=True`` and
+        ``train=False`` then both use every video (``train`` still chooses random or fixed
+        clips).
 
     Clip selection
         ``interval`` frames are skipped between two taken frames: frame numbers
@@ -88,7 +89,10 @@ class VideoClips(Dataset):
 
     Frame size
         ``size=(H, W)`` (or an int for square frames). decord decodes directly at the target
-        size (its scaler, in C), never the whole video and never at full resolution. With
+        size (its scaler, in C), never the whole video and never at full resolution; at the
+        widths where decord's scaler is broken (8, 16, 48, 72... see
+        :mod:`pyframepred.data.decode`) the frames are decoded at the video's own size and
+        resized with torch (bilinear, antialiased) instead, per video, automatically. With
         ``resize="stretch"`` (default) the whole frame is scaled to ``(H, W)``: the aspect ratio
         is *not* kept (UCF-101's 320x240 becomes 64x64, as in the blog post) but nothing is cut.
         With ``resize="cover"`` the aspect ratio is kept: the frame is scaled to cover
@@ -109,10 +113,13 @@ class VideoClips(Dataset):
     Bad input
         A missing folder raises ``FileNotFoundError``; no videos, or none left after filtering,
         raise :class:`NoVideosError`; both name the folder and the cause. Unreadable files and
-        videos too short for one clip are skipped with one warning that counts and names them;
-        the reasons are in :attr:`skipped` and in the ``pyframepred.data`` log. A video that fails
-        to decode later (inside a ``DataLoader`` worker, say) is logged once and replaced by the
-        next decodable video, deterministically, so a bad file never stops a run.
+        videos too short for one clip are skipped with one warning that counts and names them
+        (with the group split, on the side of their group; on the train side when the whole
+        group is unusable); the reasons are in :attr:`skipped` and in the ``pyframepred.data``
+        log. A video that fails to decode later (inside a ``DataLoader`` worker, say) is logged
+        once and replaced by the next decodable video, deterministically, so a bad file never
+        stops a run; only when every video fails is :class:`NoDecodableVideosError` (a
+        :class:`NoVideosError`) raised.
 
     ``transform`` (optional) is applied to the clip tensor returned by ``__getitem__``, e.g.
     :class:`~pyframepred.data.MultiScale`.
@@ -138,6 +145,8 @@ class VideoClips(Dataset):
             raise ValueError(f"resize must be 'stretch' or 'cover', got {resize!r}")
         if not crop_scale >= 1.0:
             raise ValueError(f"crop_scale must be >= 1, got {crop_scale!r}")
+        if test_fraction is not None and not 0.0 <= test_fraction <= 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1] or None, got {test_fraction!r}")
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be positive or None, got {fps!r}")
 
@@ -193,45 +202,55 @@ class VideoClips(Dataset):
         infos = [v for v, k in zip(infos, keep) if k]
         classes = [c for c, k in zip(classes, keep) if k]
 
+        # -- unreadable and too short: judged before the split, so that a bad file never takes
+        # the place of a usable group on one side of the group split.
+        unusable = [self._unusable(info) for info in infos]  # None, or (kind, reason)
+
         # -- train/test split
         side = "train" if self.train else "test"
-        if split_dir is not None:
+        if split_dir is not None:  # the lists decide; unusable listed videos are skipped below
             listed = read_ucf_split(split_dir, split_index, self.train)
             keep = [list_key(v.path) in listed for v in infos]
-            cause = (f"none of its {len(infos)} videos is listed in the {side} list of split "
-                     f"{split_index} in '{split_dir}'")
-        elif not test_fraction:
+            if not any(keep):
+                raise NoVideosError(
+                    f"VideoClips: no videos for '{root_txt}': none of its {len(infos)} videos is "
+                    f"listed in the {side} list of split {split_index} in '{split_dir}'")
+        elif not test_fraction or all(u is not None for u in unusable):
             keep = [True] * len(infos)  # no split: both sides use every video
-            cause = ""
         else:
-            is_test = group_split([v.path for v in infos], classes, test_fraction)
-            keep = [t != self.train for t in is_test]
-            cause = (f"the {side} side of the group split (test_fraction={test_fraction}) of its "
-                     f"{len(infos)} videos is empty")
-        if not any(keep):
-            raise NoVideosError(f"VideoClips: no videos for '{root_txt}': {cause}")
+            usable = [i for i, u in enumerate(unusable) if u is None]
+            is_test = group_split([infos[i].path for i in usable], [classes[i] for i in usable],
+                                  test_fraction)
+            test_groups = {group_key(infos[i].path, classes[i])
+                           for i, t in zip(usable, is_test) if t}
+            # An unusable video is reported on the side of its group (the train side when its
+            # whole group is unusable).
+            keep = [(group_key(v.path, c) in test_groups) != self.train
+                    for v, c in zip(infos, classes)]
+            if not any(keep[i] for i in usable):
+                raise NoVideosError(self._empty_side_message(
+                    root_txt, side, test_fraction, [infos[i].path for i in usable],
+                    [classes[i] for i in usable]))
         logger.debug("%s split of %s: %d of %d videos", side, root_txt, sum(keep), len(infos))
         infos = [v for v, k in zip(infos, keep) if k]
         classes = [c for c, k in zip(classes, keep) if k]
+        unusable = [u for u, k in zip(unusable, keep) if k]
 
-        # -- unreadable and too short
         self.skipped: list[tuple[str, str]] = []  #: (relative path, reason) of skipped videos
         unreadable, short = [], []
         videos, video_classes, offsets = [], [], []
-        for info, cls in zip(infos, classes):
-            if not info.ok:
-                unreadable.append(info.path)
-                self.skipped.append((info.path, info.error))
-                continue
-            offs = self._offsets_for(info)
-            if info.frames - 1 < offs[-1]:
-                short.append(f"{info.path} ({info.frames} frames)")
-                self.skipped.append((info.path, f"too short: {info.frames} frames, a clip spans "
-                                                 f"{offs[-1] + 1}"))
+        for info, cls, bad in zip(infos, classes, unusable):
+            if bad is not None:
+                kind, reason = bad
+                if kind == "unreadable":
+                    unreadable.append(info.path)
+                else:
+                    short.append(f"{info.path} ({info.frames} frames)")
+                self.skipped.append((info.path, reason))
                 continue
             videos.append(info)
             video_classes.append(cls)
-            offsets.append(offs)
+            offsets.append(self._offsets_for(info))
         need = (self.frames - 1) * (self.interval + 1) + 1
         clip_txt = f"frames={self.frames}, interval={self.interval}" + (
             f", fps={self.fps:g}" if self.fps else f" (a clip spans {need} frames)")
@@ -245,9 +264,10 @@ class VideoClips(Dataset):
             details = "\n".join(f"  {p}: {r}" for p, r in self.skipped)
             logger.info("VideoClips skipped in %s:\n%s", root_txt, details)
         if not videos:
+            side_txt = f" ({side} side)" if split_dir is not None else ""
             raise NoVideosError(
                 f"VideoClips: no usable videos in '{root_txt}': of the {len(infos)} video(s) "
-                f"left after filtering ({side} side), " + "; ".join(parts)
+                f"left after filtering{side_txt}, " + "; ".join(parts)
                 + ". Reasons are in the 'pyframepred.data' log.")
         if self.skipped:
             warnings.warn(
@@ -276,6 +296,38 @@ class VideoClips(Dataset):
             return [k * step for k in range(self.frames)]
         ratio = info.fps / self.fps
         return [int(math.floor(k * step * ratio + 0.5)) for k in range(self.frames)]
+
+    def _unusable(self, info: VideoInfo):
+        """``None`` for a usable video, else ``("unreadable" or "short", reason)``."""
+        if not info.ok:
+            return "unreadable", info.error
+        last = self._offsets_for(info)[-1]
+        if info.frames - 1 < last:
+            return "short", f"too short: {info.frames} frames, a clip spans {last + 1}"
+        return None
+
+    @staticmethod
+    def _empty_side_message(root_txt, side, test_fraction, paths, classes) -> str:
+        groups: dict[str, set] = {}
+        for p, c in zip(paths, classes):
+            groups.setdefault(c, set()).add(group_key(p, c))
+        n_groups = sum(len(g) for g in groups.values())
+        per_class = _names((f"{c}: {len(g)}" for c, g in sorted(groups.items())), 12)
+        single = all(len(g) == 1 for g in groups.values())
+        if side == "test":
+            why = ("every class has a single group, which stays on the train side" if single
+                   else "no class has a group left for the test side")
+        else:
+            why = f"test_fraction={test_fraction} sends every group to the test side" + (
+                " (every class has a single group)" if single else "")
+        return (f"VideoClips: no videos for the {side} side in '{root_txt}': the group split "
+                f"(test_fraction={test_fraction}) keeps all the clips of a group (gXX in UCF-101 "
+                f"names; a file without one is its own group) on one side, and the "
+                f"{len(paths)} usable videos form {n_groups} group(s) (per class: {per_class}): "
+                f"{why}. " + ("Pass a smaller test_fraction, or " if side == "train" else "Pass ")
+                + "test_fraction=0 to use every video on both sides (no held-out data), give "
+                "UCF-101 split lists (split_dir), or add videos from more groups (at least two "
+                "per class).")
 
     def max_start(self, video: int) -> int:
         """Largest valid start frame of ``video``: ``N - 1 - last offset`` (>= 0)."""
@@ -311,27 +363,15 @@ class VideoClips(Dataset):
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, video: int, indices: list, augment: bool) -> torch.Tensor:
-        import decord
-
         info = self.videos[video]
         dh, dw = self._decode_size(info)
-        native = (dh, dw) == (info.height, info.width)
         uniq = sorted(set(indices))
-        vr = decord.VideoReader(os.fspath(self.root / info.path), ctx=decord.cpu(0),
-                                width=-1 if native else dw, height=-1 if native else dh,
-                                num_threads=self.decode_threads)
-        arr = _as_numpy(vr.get_batch(uniq))
-        del vr
-        if arr.ndim != 4 or arr.shape[0] != len(uniq) or arr.shape[-1] != 3:
-            raise RuntimeError(f"decord returned an array of shape {arr.shape} for {len(uniq)} "
-                               "frames")
+        # decord's scaler where it works, else its own size + a torch resize (decord bug #336).
+        arr = decode_frames(self.root / info.path, uniq, (dh, dw),
+                            native_size=(info.height, info.width),
+                            num_threads=self.decode_threads)
         if len(uniq) != len(indices):
             arr = arr[[uniq.index(i) for i in indices]]
-        if arr.shape[1:3] != (dh, dw):  # should not happen; keep the contract regardless
-            t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-            t = torch.nn.functional.interpolate(t, size=(dh, dw), mode="bilinear",
-                                                antialias=True, align_corners=False)
-            arr = t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
         out_h, out_w = self.size if self.size is not None else (dh, dw)
         if (dh, dw) != (out_h, out_w):
@@ -399,8 +439,10 @@ class VideoClips(Dataset):
                                self._bad[path])
                 continue
             return self.transform(clip) if self.transform is not None else clip
-        raise RuntimeError(f"VideoClips: none of the {n} videos in '{self.root}' could be decoded "
-                           f"in this process; errors: {_names(f'{p}: {e}' for p, e in self._bad.items())}")
+        raise NoDecodableVideosError(
+            f"VideoClips: no usable videos in '{self.root}': none of the {n} videos could be "
+            f"decoded in this process (they changed or broke after indexing?); errors: "
+            f"{_names(f'{p}: {e}' for p, e in self._bad.items())}")
 
     @property
     def failed(self) -> dict:
