@@ -1,8 +1,12 @@
 """Pieces shared by the training, evaluation and prediction command lines."""
 from __future__ import annotations
 
+import inspect
+import math
 import os
-import tempfile
+import re
+import secrets
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +23,38 @@ class CLIError(Exception):
 
 
 # ----------------------------------------------------------------------------- models
+MODEL_CLASSES = {"seq2seq": Seq2Seq, "autoencoder": SkipAutoencoder,
+                 "multiscale": MultiScaleGenerator}
+
+
+def article(word: str) -> str:
+    """``"an autoencoder"``, ``"a seq2seq"``."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def check_model_kwargs(name: str, kwargs: dict, reserved=("fused",)) -> None:
+    """:class:`CLIError` naming the keys of ``kwargs`` that the model's constructor does not take
+    (``reserved``: set by the command line, not by ``model_kwargs``)."""
+    if name not in MODEL_CLASSES:
+        raise CLIError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    params = inspect.signature(MODEL_CLASSES[name].__init__).parameters
+    known = sorted(k for k in params if k != "self" and k not in reserved)
+    unknown = sorted(k for k in kwargs if k not in known)
+    if unknown:
+        raise CLIError(f"model_kwargs: the {name} model takes no {', '.join(unknown)} "
+                       f"(it takes {', '.join(known)})")
+
+
 def build_model(name: str, kwargs: dict, fused: bool = True) -> nn.Module:
-    """The predicting network of ``name`` (the generator for ``multiscale``)."""
-    if name == "seq2seq":
-        return Seq2Seq(fused=fused, **kwargs)
-    if name == "autoencoder":
-        return SkipAutoencoder(**kwargs)
-    if name == "multiscale":
-        return MultiScaleGenerator(**kwargs)
-    raise CLIError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    """The predicting network of ``name`` (the generator for ``multiscale``). Unknown or bad
+    keyword arguments are a :class:`CLIError`."""
+    check_model_kwargs(name, kwargs)
+    try:
+        if name == "seq2seq":
+            return Seq2Seq(fused=fused, **kwargs)
+        return MODEL_CLASSES[name](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"cannot build the {name} model from {kwargs}: {exc}") from exc
 
 
 def build_discriminator(kwargs: dict) -> nn.Module:
@@ -45,21 +72,91 @@ def rollout(model: nn.Module, inputs: Tensor, steps: int) -> Tensor:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device; :class:`CLIError` if CUDA (or
+    device ``N``) is not there."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda was requested but no CUDA device is available")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise CLIError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", device) if isinstance(device, str) else None
+    if m is None:
+        raise CLIError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise CLIError(f"--device {device} was requested but no CUDA device is available")
+    if m.group(1) is not None:
+        n = torch.cuda.device_count()
+        if int(m.group(1)) >= n:
+            raise CLIError(f"--device {device}: there is no CUDA device {int(m.group(1))} "
+                           f"({n} found: cuda:0 to cuda:{n - 1})")
     return torch.device(device)
 
 
 # ----------------------------------------------------------------------------- files
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and delete a file in ``folder``; :class:`CLIError` if that fails."""
+    try:
+        fd, tmp = _create_temp(folder, ".write-test")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise CLIError(f"cannot write {what}: {exc.strerror or exc}") from exc
+
+
+def check_output_file(path, option: str = "--out") -> None:
+    """Before the work starts: :class:`CLIError` unless the file ``path`` can be written (its
+    folder exists or can be created, and is writable; ``path`` is not a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{option} '{path}' is a directory; give a file name")
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise CLIError(f"{option} '{path}': '{base}' exists and is not a directory")
+    _probe_writable(base, f"{option} '{path}' (in '{base}')")
+
+
+def prepare_output_dir(path, option: str = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents); :class:`CLIError` if it is a file or
+    cannot be created or written to."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"{option} '{path}' exists and is not a directory")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise CLIError(f"{option} '{path}': '{base}' exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create the output folder {option} '{path}': "
+                       f"{exc.strerror or exc}") from exc
+    _probe_writable(path, f"to the output folder {option} '{path}'")
+    return path
+
+
+def _create_temp(folder: Path, name: str):
+    """``(fd, path)`` of a new file ``.<name>.<random>.tmp`` in ``folder``, created with mode
+    0666 minus the umask (like any other output file; ``tempfile.mkstemp`` would give 0600)."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                           0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file in '{folder}'")
+
+
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -74,6 +171,9 @@ def atomic_save(obj, path: Path) -> None:
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"checkpoint '{path}' is a directory, not a checkpoint file (e.g. "
+                       f"'{path / 'best.pt'}' or '{path / 'last.pt'}')")
     if not path.is_file():
         raise CLIError(f"checkpoint '{path}' does not exist")
     try:
@@ -88,8 +188,33 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 def model_from_checkpoint(ckpt: dict, device, fused: bool = True) -> nn.Module:
     cfg = ckpt["config"]
     model = build_model(cfg["model"], ckpt["model_kwargs"], fused)
-    model.load_state_dict(ckpt["model"])
+    load_state(model, ckpt["model"], "the checkpoint's model")
     return model.to(device).eval()
+
+
+def load_state(module: nn.Module, state: dict, what: str) -> None:
+    """``module.load_state_dict(state)``; a mismatch is a one-line :class:`CLIError`."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:4] if len(lines) > 1 else lines)
+        raise CLIError(f"{what} does not fit the network built from its settings "
+                       f"({detail[:300]})") from exc
+
+
+def checkpoint_data_root(cfg: dict):
+    """The data folder a checkpoint was trained on (``None``: the embedded data set). A relative
+    path (older checkpoints stored ``--data`` as given) that does not exist from here is a
+    :class:`CLIError` that suggests ``--data``."""
+    data = cfg.get("data")
+    if data is None:
+        return None
+    if not os.path.isabs(data) and not os.path.exists(data):
+        raise CLIError(f"the checkpoint's data folder '{data}' is a relative path (relative to "
+                       f"the folder training ran in) and does not exist from here; pass "
+                       f"--data DIR")
+    return data
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -123,6 +248,8 @@ def side_by_side(expected: Tensor, generated: Tensor, n_input: int, scale: int =
 def write_animation(frames: np.ndarray, path, fps: float = 4.0) -> Path:
     """Write uint8 ``(T, H, W, 3)`` frames as a GIF or (``.mp4``) an H.264 video."""
     path = Path(path)
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise CLIError(f"--fps must be a positive number, got {fps}")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".gif":
@@ -139,7 +266,7 @@ def write_animation(frames: np.ndarray, path, fps: float = 4.0) -> Path:
         if pad_h or pad_w:
             frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         with av.open(os.fspath(path), "w") as out:
-            stream = out.add_stream("libx264", rate=max(1, int(round(fps))))
+            stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
             for f in frames:

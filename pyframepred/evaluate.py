@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import metrics as M
-from ._cli_common import CLIError, load_checkpoint, model_from_checkpoint, resolve_device, rollout
+from ._cli_common import (CLIError, check_output_file, checkpoint_data_root, load_checkpoint,
+                          model_from_checkpoint, resolve_device, rollout)
 
 METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl")
 
@@ -95,7 +96,9 @@ def format_table(result: dict) -> str:
 def heldout_clips(cfg: dict, data, frames: int, seed: int = 0, clips_per_video: int = 1):
     from .data import NoVideosError, VideoClips, default_dataset_root
 
-    root = data if data is not None else (cfg.get("data") or default_dataset_root())
+    if data is None:
+        data = checkpoint_data_root(cfg)
+    root = data if data is not None else default_dataset_root()
     try:
         return VideoClips(root, frames=frames, interval=cfg.get("interval", 0),
                           size=cfg.get("size", 64), train=False, seed=seed,
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips-per-video", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="chooses the fixed clips (default 0)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                    help="fused ConvLSTM kernels (default) or the reference")
     p.add_argument("--out", help="JSON file (default: eval.json next to the checkpoint)")
@@ -128,10 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.steps is not None and args.steps < 1:
             raise CLIError(f"--steps must be >= 1, got {args.steps}")
-        if args.clips < 1:
-            raise CLIError(f"--clips must be >= 1, got {args.clips}")
+        for name in ("clips", "clips_per_video", "batch_size"):
+            if getattr(args, name) < 1:
+                raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got "
+                               f"{getattr(args, name)}")
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
+        out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
+        check_output_file(out)
         cfg = ckpt["config"]
         steps = args.steps or cfg.get("val_steps", 4)
         n_in = cfg.get("in_frames", 4)
@@ -145,9 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                   model_name=cfg["model"], step=ckpt.get("step"), data=str(ds.root),
                   seed=args.seed)
     print(format_table(result))
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, allow_nan=True))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, allow_nan=True))
+    except OSError as exc:
+        print(f"error: cannot write --out '{out}': {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0 if all(math.isfinite(v) for v in result["model_mean"].values()) else 1
 

@@ -14,6 +14,7 @@ past the end of the video are shown grey on the expected side. Prints PSNR/SSIM 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from ._cli_common import (CLIError, load_checkpoint, model_from_checkpoint, resolve_device,
-                          rollout, side_by_side, write_animation)
+from ._cli_common import (CLIError, check_output_file, load_checkpoint, model_from_checkpoint,
+                          resolve_device, rollout, side_by_side, write_animation)
 
 
 def read_frames(video, n_in: int, steps: int, interval: int, size, start=None):
@@ -74,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs="+",
                    help="H [W] frame size (default: as trained; 0 = the video's own size)")
     p.add_argument("--scale", type=int, default=3, help="pixel zoom of the output (default 3)")
-    p.add_argument("--fps", type=float, default=3.0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--fps", type=float, default=3.0,
+                   help="frames per second of the output (> 0, fractions allowed; default 3)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True)
     return p
 
@@ -87,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CLIError(f"--steps must be >= 1, got {args.steps}")
         if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
             raise CLIError(f"--out must end in .gif or .mp4, got '{args.out}'")
+        if not (math.isfinite(args.fps) and args.fps > 0):
+            raise CLIError(f"--fps must be a positive number, got {args.fps}")
+        if args.scale < 1:
+            raise CLIError(f"--scale must be >= 1, got {args.scale}")
+        check_output_file(args.out)
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         cfg = ckpt["config"]
@@ -111,8 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     gen = torch.cat([clip[:n_in], pred])
-    frames = side_by_side(clip, gen, n_in, scale=max(1, args.scale))
-    out = write_animation(frames, args.out, fps=args.fps)
+    frames = side_by_side(clip, gen, n_in, scale=args.scale)
+    try:
+        out = write_animation(frames, args.out, fps=args.fps)
+    except OSError as exc:
+        print(f"error: cannot write --out '{args.out}': {exc}", file=sys.stderr)
+        return 2
     for k in range(args.steps):
         if n_in + k < n_real:
             t, p, b = clip[n_in + k], pred[k], clip[n_in - 1]

@@ -16,16 +16,22 @@ Outputs in ``--out`` (default ``runs/<model>-<preset>``): ``last.pt`` (every val
 exit) and ``best.pt`` (best validation PSNR) written atomically, ``history.json``,
 ``loss.png``, ``samples/step_XXXXXX.gif`` (expected | generated) and optionally TensorBoard
 logs. ``--resume`` continues from ``last.pt`` (or the given checkpoint) exactly: model,
-optimisers, schedulers, AMP scaler, random states, data order and step are restored.
+optimisers, schedulers, AMP scaler, random states, data order and step are restored, and so are
+the run's settings (stored in the checkpoint) for every option not given again; options given
+override them, except those of the model and its data (model, preset, in/out frames, interval,
+size, residual, batch norm, model_kwargs), which must match. The output folder defaults to the
+checkpoint's folder; a larger ``--steps`` extends a run. ``--data`` is stored as an absolute path.
 
-Exit status: 0 done; 2 bad arguments or missing data; 3 the loss became NaN/Inf (training
-stops, the last good checkpoint is left untouched); 130 interrupted by Ctrl-C (SIGINT) or
-SIGTERM after saving ``last.pt`` at the current step.
+Exit status: 0 done (or nothing to do: a resumed run already at ``--steps``); 2 bad arguments,
+settings that do not fit the checkpoint, missing data or an unwritable output folder; 3 the
+loss became NaN/Inf (training stops, the last good checkpoint is left untouched); 130
+interrupted by Ctrl-C (SIGINT) or SIGTERM after saving ``last.pt`` at the current step.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -33,6 +39,7 @@ import random
 import signal
 import sys
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,9 +50,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ._cli_common import (MODELS, CLIError, atomic_save, build_discriminator, build_model,
-                          load_checkpoint, resolve_device, rollout, set_fused, side_by_side,
-                          write_animation)
+from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, article, atomic_save,
+                          build_discriminator, build_model, check_model_kwargs,
+                          checkpoint_data_root, load_checkpoint, load_state, prepare_output_dir,
+                          resolve_device, rollout, set_fused, side_by_side, write_animation)
 from .evaluate import evaluate_model
 from .models import MultiScaleLoss
 from .models._common import gdl
@@ -161,8 +169,15 @@ class TrainConfig:
                 raise CLIError(f"--{name.replace('_', '-')} must be >= 0")
         if not c.alpha >= 1:
             raise CLIError(f"--alpha must be >= 1, got {c.alpha}")
+        if not c.grad_clip >= 0:
+            raise CLIError(f"--grad-clip must be >= 0 (0 = off), got {c.grad_clip}")
+        if not c.weight_decay >= 0:
+            raise CLIError(f"weight_decay must be >= 0, got {c.weight_decay}")
+        check_model_kwargs(c.model, c.model_kwargs)
         if c.model != "seq2seq":
             c.out_frames = 1
+        if c.data is not None:
+            c.data = os.path.abspath(c.data)   # the checkpoint must work from any folder
         return c
 
     def model_args(self) -> dict:
@@ -178,6 +193,55 @@ class TrainConfig:
             kw["batch_norm"] = self.batch_norm
         kw.update(self.model_kwargs)
         return kw
+
+
+# Settings that fix the network's shape or the layout of its data: a resumed run keeps them.
+RESUME_FIXED = ("model", "preset", "in_frames", "out_frames", "interval", "size", "residual",
+                "batch_norm", "model_kwargs")
+
+
+def _option(name: str) -> str:
+    """The command-line spelling of a setting (config-file-only keys as they are)."""
+    return name if name in ("model_kwargs", "weight_decay") else "--" + name.replace("_", "-")
+
+
+def _fixed_value(cfg: dict, name: str):
+    value = cfg.get(name, getattr(TrainConfig, name, None) if name != "model_kwargs" else {})
+    if name == "batch_norm" and value is None:   # the preset's choice, else the model's default
+        value = MODEL_PRESETS.get(cfg.get("model"), {}).get(cfg.get("preset"), {}).get(
+            "batch_norm")
+        if value is None and cfg.get("model") in MODEL_CLASSES:
+            param = inspect.signature(MODEL_CLASSES[cfg["model"]].__init__).parameters.get(
+                "batch_norm")
+            value = None if param is None else param.default
+    return value
+
+
+def resume_conflicts(cfg: "TrainConfig", ckpt_cfg: dict) -> list:
+    """``(name, checkpoint value, given value)`` of the :data:`RESUME_FIXED` settings in which
+    the resolved ``cfg`` differs from a checkpoint's config."""
+    given = dataclasses.asdict(cfg)
+    out = []
+    for name in RESUME_FIXED:
+        if name == "batch_norm" and cfg.model == "multiscale":
+            continue                             # not used by the multi-scale model
+        a, b = _fixed_value(ckpt_cfg, name), _fixed_value(given, name)
+        if a != b:
+            out.append((name, a, b))
+    return out
+
+
+def _check_resumable(cfg: "TrainConfig", ckpt_cfg: dict, path) -> None:
+    if ckpt_cfg.get("model") != cfg.model:
+        raise CLIError(f"checkpoint '{path}' holds {article(str(ckpt_cfg.get('model')))} model, "
+                       f"not {article(cfg.model)} model")
+    bad = resume_conflicts(cfg, ckpt_cfg)
+    if bad:
+        diffs = "; ".join(f"{_option(k)} is {json.dumps(a, default=str)} in the checkpoint but "
+                          f"{json.dumps(b, default=str)} was given" for k, a, b in bad)
+        raise CLIError(f"cannot resume '{path}' with other model settings: {diffs} (these fix the "
+                       f"network or its data; leave them out to keep the checkpoint's, or start "
+                       f"a new run in another --out)")
 
 
 class TrainingDiverged(RuntimeError):
@@ -299,13 +363,16 @@ class Trainer:
     """One training loop for the three models; the per-model part is :meth:`_loss` (and the
     discriminator step of the multi-scale GAN).
 
-    ``Trainer(cfg).fit()`` returns a summary dict (``status`` ``"done"`` or ``"interrupted"``,
-    ``step``, ``best_psnr``, ``val``); raises :class:`TrainingDiverged` on a NaN/Inf loss and
+    ``Trainer(cfg).fit()`` returns a summary dict (``status`` ``"done"``, ``"interrupted"`` or
+    ``"already_done"`` when resumed at or past ``steps``, ``step``, ``best_psnr``, ``val``);
+    raises :class:`TrainingDiverged` on a NaN/Inf loss and
     :class:`CLIError` on bad settings. ``step_callback(trainer, step)`` (tests) runs after each
     step.
     """
 
-    def __init__(self, cfg: TrainConfig, resume=None, step_callback=None):
+    def __init__(self, cfg: TrainConfig, resume=None, step_callback=None,
+                 checkpoint: Optional[dict] = None):
+        # checkpoint: the checkpoint at ``resume``, already loaded (to CPU) by the command line
         self.cfg = cfg = cfg.resolved()
         self.step_callback = step_callback
         self.world, self.rank, self.local_rank = _dist_env()
@@ -321,6 +388,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
         self.out = Path(cfg.out)
+        if self.main:
+            prepare_output_dir(self.out)
         seed_everything(cfg.seed + self.rank)
 
         # -- data
@@ -369,7 +438,7 @@ class Trainer:
         self.history = {"train": [], "val": []}
         self.rng_restored = False
         if resume:
-            self._load(resume)
+            self._load(resume, checkpoint)
         self.net = self.model
         self.dnet = self.disc
         if self.distributed:
@@ -415,22 +484,26 @@ class Trainer:
         (self.out / "history.json").write_text(json.dumps(self.history))
         return path
 
-    def _load(self, resume) -> None:
+    def _load(self, resume, ckpt: Optional[dict] = None) -> None:
         path = Path(resume)
         if path.is_dir():
             path = path / "last.pt"
-        ckpt = load_checkpoint(path, map_location=self.device)
-        if ckpt["config"]["model"] != self.cfg.model:
-            raise CLIError(f"checkpoint '{path}' holds a {ckpt['config']['model']} model, not "
-                           f"{self.cfg.model}")
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        if self.disc is not None:
-            self.disc.load_state_dict(ckpt["disc"])
-            self.opt_d.load_state_dict(ckpt["optimizer_d"])
-            self.sched_d.load_state_dict(ckpt["scheduler_d"])
+        if ckpt is None:
+            ckpt = load_checkpoint(path)     # to CPU: load_state_dict copies to the device
+        _check_resumable(self.cfg, ckpt["config"], path)
+        what = f"checkpoint '{path}'"
+        load_state(self.model, ckpt["model"], f"the model of {what}")
+        try:
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sched.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            if self.disc is not None:
+                load_state(self.disc, ckpt["disc"], f"the discriminator of {what}")
+                self.opt_d.load_state_dict(ckpt["optimizer_d"])
+                self.sched_d.load_state_dict(ckpt["scheduler_d"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise CLIError(f"cannot restore the training state from {what}: "
+                           f"{' '.join(str(exc).split())[:300]}") from exc
         self.step = int(ckpt["step"])
         self.best_psnr = float(ckpt["best_psnr"])
         self.history = ckpt["history"]
@@ -616,6 +689,9 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
+        if self.step >= cfg.steps:               # resumed from a finished run: nothing to do
+            return {"status": "already_done", "step": self.step, "best_psnr": self.best_psnr,
+                    "val": None, "out": str(self.out)}
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -731,7 +807,47 @@ def _load_config_file(path: str) -> dict:
     unknown = sorted(set(k.replace("-", "_") for k in data) - known)
     if unknown:
         raise CLIError(f"unknown keys in config file '{p}': {', '.join(unknown)}")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    values = {k.replace("-", "_"): v for k, v in data.items()}
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in values.items():
+        if key == "resume":                      # a path, or true: <out>/last.pt (bare --resume)
+            if isinstance(value, bool):
+                values[key] = "auto" if value else None
+            elif not isinstance(value, str):
+                raise CLIError(f"config file '{p}': resume must be a checkpoint path (string) or "
+                               f"true/false, got {json.dumps(value, default=str)}")
+        else:
+            values[key] = _check_type(key, value, hints[key], f"config file '{p}'")
+    return values
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               dict: "a table/object"}
+
+
+def _check_type(key: str, value, tp, where: str):
+    """``value`` as the config field ``key`` of type ``tp`` (an int for a float is converted);
+    :class:`CLIError` naming the key, the expected type and the value otherwise."""
+    optional = False
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    if value is None and optional:
+        return None
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise CLIError(f"{where}: {key} must be {_TYPE_NAMES.get(tp, tp.__name__)}"
+                       f"{' or null' if optional else ''}, got {json.dumps(value, default=str)}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -745,7 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=tuple(RUN_PRESETS), help="run size (default quick)")
     p.add_argument("--out", help="output folder (default runs/<model>-<preset>)")
     p.add_argument("--resume", nargs="?", const="auto",
-                   help="continue from a checkpoint (default: <out>/last.pt)")
+                   help="continue from a checkpoint (default: <out>/last.pt) with its settings; "
+                        "options given override them, except the model and data layout")
     p.add_argument("--steps", type=int, help="training steps (optimizer updates)")
     p.add_argument("--batch-size", type=int, help="clips per step and process")
     p.add_argument("--lr", type=float, help="learning rate (Adam; default 1e-3)")
@@ -762,7 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=int, help="sample GIF every N steps (0: only at end)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (none)")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
                    help="fused C++/CUDA ops (default) or the plain-PyTorch reference")
@@ -786,6 +903,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: Sequence[str] | None = None):
     """``(TrainConfig, resume)`` from command-line arguments (and the config file)."""
+    cfg, resume, _ = _parse(argv)
+    return cfg, resume
+
+
+def _parse(argv: Sequence[str] | None = None):
+    """``(TrainConfig, resume path or None, loaded checkpoint or None)``.
+
+    Settings given on the command line or in the config file are explicit. When resuming, every
+    other setting comes from the checkpoint's config; explicit ones override it, except the
+    :data:`RESUME_FIXED` ones (model and data layout), which must match it. The output folder
+    defaults to the checkpoint's folder.
+    """
     args = build_parser().parse_args(argv)
     values = {}
     if args.config:
@@ -794,28 +923,64 @@ def config_from_args(argv: Sequence[str] | None = None):
         if k != "config" and v is not None:
             values[k] = v
     resume = values.pop("resume", None)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    explicit = {k: v for k, v in values.items() if k in fields}
+    ckpt = None
+    if resume is not None:
+        if resume == "auto":
+            if "out" not in explicit and "model" not in explicit:
+                raise CLIError("--resume without a checkpoint needs --out (or --model, for the "
+                               "default output folder) to find <out>/last.pt")
+            out = explicit.get("out") or TrainConfig(
+                model=explicit["model"], preset=explicit.get("preset", "quick")).resolved().out
+            resume = os.path.join(out, "last.pt")
+        elif Path(resume).is_dir():
+            resume = os.path.join(resume, "last.pt")
+        ckpt = load_checkpoint(resume)
+        base = {k: v for k, v in ckpt["config"].items() if k in fields}
+        if "model" in explicit and explicit["model"] != base.get("model"):
+            raise CLIError(f"checkpoint '{resume}' holds {article(str(base.get('model')))} "
+                           f"model, not {article(explicit['model'])} model")
+        if "data" not in explicit:
+            base["data"] = checkpoint_data_root(base)
+            if base["data"] is not None and not Path(base["data"]).exists():
+                raise CLIError(f"the checkpoint's data folder '{base['data']}' does not exist; "
+                               f"pass --data DIR")
+        base.pop("out", None)
+        values = {**base, **explicit}
+        values.setdefault("out", str(Path(resume).parent))
+    else:
+        values = explicit
     if "model" not in values:
         raise CLIError("--model is required (seq2seq, autoencoder or multiscale)")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in values.items() if k in fields})
+    cfg = TrainConfig(**values)
     if cfg.data is not None and not Path(cfg.data).exists():
         raise CLIError(f"the data folder '{cfg.data}' does not exist")
     cfg = cfg.resolved()
-    if resume == "auto":
-        resume = os.path.join(cfg.out, "last.pt")
-    return cfg, resume
+    if ckpt is not None:
+        _check_resumable(cfg, ckpt["config"], resume)
+    return cfg, resume, ckpt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cfg, resume = config_from_args(argv)
-        trainer = Trainer(cfg, resume=resume)
+        cfg, resume, ckpt = _parse(argv)
+        if ckpt is not None and int(ckpt["step"]) >= cfg.steps:
+            if _dist_env()[1] == 0:
+                step = int(ckpt["step"])
+                where = f"of {cfg.steps}" if step == cfg.steps else f"(past --steps {cfg.steps})"
+                print(f"checkpoint '{resume}' is already at step {step} {where}; nothing to do "
+                      f"(pass --steps M with M > {step} to train further)", file=sys.stderr)
+            return EXIT_OK
+        trainer = Trainer(cfg, resume=resume, checkpoint=ckpt)
+        del ckpt
         if trainer.main:
             print(f"training {cfg.model} ({cfg.preset}): {cfg.steps} steps of "
                   f"{cfg.batch_size} x {trainer.world} clips on {trainer.device}"
                   f"{' (fused ops)' if cfg.fused else ' (reference ops)'}; data "
                   f"{trainer.data_root} ({len(trainer.train_ds)} training clips); output "
-                  f"{cfg.out}" + (f"; resumed at step {trainer.step}" if resume else ""),
+                  f"{cfg.out}" + (f"; resumed at step {trainer.step} from {resume}"
+                                  if resume else ""),
                   file=sys.stderr)
         result = trainer.fit()
     except CLIError as exc:

@@ -284,3 +284,229 @@ def test_amp_cpu(amp, data, tmp_path):
     assert res["status"] == "done"
     assert all(math.isfinite(r["loss"]) for r in t.history["train"])
     assert t.scaler.is_enabled() == (amp == "fp16")
+
+
+# ----------------------------------------------------------------------------- resume settings
+def _interrupted_run(data, out, monkeypatch, argv, stop_after=2):
+    """A CLI run stopped by SIGINT after ``stop_after`` steps (exit 130)."""
+    orig = tr.Trainer.train_step
+
+    def step(self, clips):
+        res = orig(self, clips)
+        if self.step == stop_after - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return res
+
+    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    rc = tr.main(argv + ["--data", str(data), "--out", str(out), "--no-progress"])
+    monkeypatch.setattr(tr.Trainer, "train_step", orig)
+    assert rc == 130
+
+
+def test_resume_takes_settings_from_checkpoint(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted_run(data, out, monkeypatch, ["--model", "seq2seq", "--preset", "tiny",
+                                              "--steps", "5", "--val-every", "0", "--lr", "0.002"])
+    capsys.readouterr()
+    # no --steps, --model, --preset, --out: all from the checkpoint (tiny alone would be 4 steps)
+    assert tr.main(["--resume", str(out / "last.pt")]) == 0
+    err = capsys.readouterr().err
+    assert "5 steps" in err and "resumed at step 2" in err and "done: 5 steps" in err, err
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["step"] == 5 and ckpt["config"]["lr"] == 0.002
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["steps"] == 5 and saved["lr"] == 0.002 and saved["progress"] is False
+
+    # finished: say so, exit 0, rewrite nothing
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    assert tr.main(["--resume", str(out)]) == 0
+    assert "already at step 5 of 5" in capsys.readouterr().err
+    assert tr.main(["--resume", str(out), "--steps", "3"]) == 0
+    assert "already at step 5" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before
+
+    # explicit options override: --steps extends the run, --lr changes the learning rate
+    assert tr.main(["--resume", str(out / "last.pt"), "--steps", "6", "--lr", "0.001"]) == 0
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    assert ckpt["step"] == 6 and ckpt["config"]["steps"] == 6 and ckpt["config"]["lr"] == 0.001
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "quick"], '--preset is "tiny" in the checkpoint but "quick" was given'),
+    (["--size", "32"], "--size is 64 in the checkpoint but 32 was given"),
+    (["--in-frames", "3"], "--in-frames is 4 in the checkpoint but 3 was given"),
+    (["--no-residual"], "--residual is true in the checkpoint but false was given"),
+    (["--model", "autoencoder"], "holds a seq2seq model, not an autoencoder model"),
+])
+def test_resume_with_other_model_settings_is_an_error(extra, message, data, tmp_path,
+                                                      monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted_run(data, out, monkeypatch, ["--model", "seq2seq", "--preset", "tiny",
+                                              "--val-every", "0"])
+    capsys.readouterr()
+    before = (out / "last.pt").stat().st_mtime_ns
+    assert tr.main(["--resume", str(out / "last.pt"), "--no-progress"] + extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+    assert (out / "last.pt").stat().st_mtime_ns == before
+
+
+def test_resume_state_dict_mismatch_is_a_usage_error(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted_run(data, out, monkeypatch, ["--model", "autoencoder", "--preset", "tiny",
+                                              "--val-every", "0"])
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    ckpt["model"].pop(next(iter(ckpt["model"])))
+    torch.save(ckpt, out / "broken.pt")
+    capsys.readouterr()
+    assert tr.main(["--resume", str(out / "broken.pt"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "Missing key" in err, err
+
+
+def test_resume_auto_and_config_file_resume(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted_run(data, out, monkeypatch, ["--model", "autoencoder", "--preset", "tiny",
+                                              "--val-every", "0"])
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'resume = true\nout = "{out}"\n')
+    c, resume = tr.config_from_args(["--config", str(cfg)])
+    assert resume == os.path.join(str(out), "last.pt") and c.model == "autoencoder"
+    assert c.steps == 4 and c.preset == "tiny"
+    cfg.write_text("resume = false\n")
+    assert tr.main(["--config", str(cfg)]) == 2
+    assert "--model is required" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- config types
+@pytest.mark.parametrize("line, message", [
+    ('steps = "abc"', 'steps must be an integer or null, got "abc"'),
+    ("steps = 2.7", "steps must be an integer or null, got 2.7"),
+    ("steps = true", "steps must be an integer or null, got true"),
+    ('lr = "fast"', 'lr must be a number, got "fast"'),
+    ("size = [64, 48]", "size must be an integer, got [64, 48]"),
+    ("size = 64.5", "size must be an integer, got 64.5"),
+    ("in_frames = 2.5", "in_frames must be an integer, got 2.5"),
+    ("device = 5", "device must be a string, got 5"),
+    ("data = 5", "data must be a string or null, got 5"),
+    ('fused = "no"', 'fused must be true or false, got "no"'),
+    ("model_kwargs = 3", "model_kwargs must be a table/object, got 3"),
+    ("resume = 5", "resume must be a checkpoint path"),
+    ("model_kwargs = {foo = 1, bar = 2}", "the autoencoder model takes no bar, foo"),
+    ('model_kwargs = {widths = "x"}', "cannot build the autoencoder model"),
+    ("grad_clip = -1", "--grad-clip must be >= 0 (0 = off), got -1.0"),
+])
+def test_config_file_types_are_checked(line, message, data, tmp_path, capsys):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'model = "autoencoder"\npreset = "tiny"\n{line}\n')
+    rc = tr.main(["--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "o"),
+                  "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_config_file_int_for_float_and_json_null(data, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": "autoencoder", "lr": 1, "steps": None, "batch_norm": None}))
+    c, _ = tr.config_from_args(["--config", str(cfg), "--data", str(data)])
+    assert c.lr == 1.0 and isinstance(c.lr, float) and c.steps == 1000
+
+
+# ----------------------------------------------------------------------------- user errors
+def test_cuda_index_is_checked(monkeypatch):
+    from pyframepred import _cli_common as cc
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for dev in ("cuda", "cuda:0", "cuda:1"):
+        with pytest.raises(cc.CLIError, match="no CUDA device is available"):
+            cc.resolve_device(dev)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert cc.resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(cc.CLIError, match="there is no CUDA device 1"):
+        cc.resolve_device("cuda:1")
+    with pytest.raises(cc.CLIError, match="cuda:N"):
+        cc.resolve_device("cuda:x")
+
+
+def test_cli_device_errors(checkpoint, data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    video = sorted(Path(data).rglob("*.mp4"))[0]
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny",
+                    "--device", "cuda:1", "--out", str(tmp_path / "o")]) == 2
+    assert ev.main([str(checkpoint), "--device", "cuda:0"]) == 2
+    assert pr.main([str(checkpoint), str(video), "--device", "cuda:0",
+                    "--out", str(tmp_path / "p.gif")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("no CUDA device is available") == 3 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "proc"])
+def test_train_unwritable_out(where, data, tmp_path, capsys):
+    if where == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    out = {"file": afile, "under_file": afile / "sub", "proc": Path("/proc/pyframepred-x")}[where]
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny",
+                    "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--out" in err and "training" not in err, err
+
+
+def test_train_grad_clip_and_absolute_data(data, tmp_path, monkeypatch, capsys):
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--grad-clip", "-1"]) == 2
+    assert "--grad-clip must be >= 0" in capsys.readouterr().err
+    monkeypatch.chdir(Path(data).parent)
+    c, _ = tr.config_from_args(["--model", "autoencoder", "--data", Path(data).name, "--out",
+                                str(tmp_path / "o")])
+    assert c.data == str(Path(data).resolve())
+
+
+def test_checkpoint_files_follow_umask(checkpoint):
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("last.pt", "best.pt"):
+        assert (checkpoint.parent / name).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_evaluate_cli_more_errors(checkpoint, tmp_path, capsys):
+    assert ev.main([str(checkpoint), "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    assert ev.main([str(checkpoint), "--clips-per-video", "0"]) == 2
+    assert "--clips-per-video must be >= 1" in capsys.readouterr().err
+    assert ev.main([str(checkpoint.parent)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    if Path("/proc/self").is_dir():
+        assert ev.main([str(checkpoint), "--out", "/proc/pyframepred-x.json"]) == 2
+        assert "cannot write --out" in capsys.readouterr().err
+    # an older checkpoint that stored a relative --data
+    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt["config"]["data"] = "videos-relative-to-training"
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    assert ev.main([str(old), "--clips", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "relative" in err and "--data" in err, err
+
+
+def test_predict_fps_and_out_errors(checkpoint, data, tmp_path, monkeypatch, capsys):
+    video = sorted(Path(data).rglob("*.mp4"))[0]
+    ran = []
+    monkeypatch.setattr(pr, "model_from_checkpoint",
+                        lambda *a, **k: ran.append(1) or ev.model_from_checkpoint(*a, **k))
+    assert pr.main([str(checkpoint), str(video), "--fps", "0",
+                    "--out", str(tmp_path / "a.gif")]) == 2
+    assert "--fps must be a positive number" in capsys.readouterr().err
+    if Path("/proc/self").is_dir():
+        assert pr.main([str(checkpoint), str(video), "--out", "/proc/pyframepred-x.gif"]) == 2
+        assert "cannot write --out" in capsys.readouterr().err
+    assert not ran                                          # checked before the model runs
+    out = tmp_path / "slow.mp4"
+    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--fps", "0.5",
+                    "--out", str(out)]) == 0
+    import av
+
+    with av.open(str(out)) as f:
+        assert f.streams.video[0].average_rate == 0.5
