@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .data import FrameReader
 from ._cli_common import (CLIError, check_output_file, load_checkpoint, model_from_checkpoint,
                           resolve_device, rollout, side_by_side, write_animation)
 
@@ -31,22 +32,22 @@ from ._cli_common import (CLIError, check_output_file, load_checkpoint, model_fr
 def read_frames(video, n_in: int, steps: int, interval: int, size, start=None):
     """``(frames, n_real)``: float32 ``(n_in + steps, 3, H, W)`` in [-1, 1] (missing frames past
     the end are grey) and the number of frames read from the video."""
-    import decord
-
     path = Path(video)
+    if path.is_dir():
+        raise CLIError(f"'{path}' is a folder, not a video file")
     if not path.is_file():
         raise CLIError(f"video '{path}' does not exist")
     try:
-        kw = {} if size is None else {"width": size[1], "height": size[0]}
-        vr = decord.VideoReader(os.fspath(path), ctx=decord.cpu(0), **kw)
+        # FrameReader: decord at the requested size, around decord's output-size bug.
+        vr = FrameReader(path, size=size)
     except Exception as exc:  # noqa: BLE001 - decord raises its own error types
         raise CLIError(f"cannot read video '{path}': {' '.join(str(exc).split())[:200]}") from exc
     n = len(vr)
     step = interval + 1
     need_in = (n_in - 1) * step + 1
     if n < need_in:
-        raise CLIError(f"video '{path}' has {n} frames; {n_in} input frames {interval} apart "
-                       f"need {need_in}")
+        raise CLIError(f"video '{path}' has {n} frame{'s' if n != 1 else ''}; {n_in} input "
+                       f"frames {interval} apart need {need_in}")
     total = n_in + steps
     if start is None:
         start = max(0, (n - ((total - 1) * step + 1)) // 2)
@@ -54,8 +55,10 @@ def read_frames(video, n_in: int, steps: int, interval: int, size, start=None):
         raise CLIError(f"--start must be in [0, {n - need_in}] for this video, got {start}")
     idx = [start + k * step for k in range(total)]
     real = [i for i in idx if i < n]
-    arr = vr.get_batch(real)
-    arr = arr.asnumpy() if hasattr(arr, "asnumpy") else np.asarray(arr)
+    try:
+        arr = vr.get_batch(real)
+    except Exception as exc:  # noqa: BLE001
+        raise CLIError(f"cannot decode video '{path}': {' '.join(str(exc).split())[:200]}") from exc
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
     x = (x - 127.5) / 127.5
     if len(real) < total:

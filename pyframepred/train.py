@@ -54,6 +54,7 @@ from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, article, atomic_save,
                           build_discriminator, build_model, check_model_kwargs,
                           checkpoint_data_root, load_checkpoint, load_state, prepare_output_dir,
                           resolve_device, rollout, set_fused, side_by_side, write_animation)
+from .data import NoVideosError
 from .evaluate import evaluate_model
 from .models import MultiScaleLoss
 from .models._common import gdl
@@ -137,6 +138,10 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     model_kwargs: dict = field(default_factory=dict)
+    test_fraction: float = 0.2   # groups (gXX) per class held out for validation; 0: no split
+    split_dir: Optional[str] = None  # folder of UCF-101 split lists (trainlist0N.txt, ...)
+    split_index: int = 1
+    threads: Optional[int] = None  # torch intra-op CPU threads (default: torch's choice)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the preset filled in for every option left unset."""
@@ -167,6 +172,16 @@ class TrainConfig:
         for name in ("lambda_l2", "lambda_gdl", "lambda_adv"):
             if not getattr(c, name) >= 0:
                 raise CLIError(f"--{name.replace('_', '-')} must be >= 0")
+        if not 0 <= c.test_fraction < 1:
+            raise CLIError(f"--test-fraction must be in [0, 1), got {c.test_fraction}")
+        if c.split_index not in (1, 2, 3):
+            raise CLIError(f"--split-index must be 1, 2 or 3, got {c.split_index}")
+        if c.split_dir is not None:
+            if not Path(c.split_dir).is_dir():
+                raise CLIError(f"the split folder '{c.split_dir}' does not exist")
+            c.split_dir = os.path.abspath(c.split_dir)
+        if c.threads is not None and c.threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {c.threads}")
         if not c.alpha >= 1:
             raise CLIError(f"--alpha must be >= 1, got {c.alpha}")
         if not c.grad_clip >= 0:
@@ -390,6 +405,8 @@ class Trainer:
         self.out = Path(cfg.out)
         if self.main:
             prepare_output_dir(self.out)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed + self.rank)
 
         # -- data
@@ -400,17 +417,25 @@ class Trainer:
         else:
             root = Path(cfg.data)
         self.data_root = root
+        split = dict(test_fraction=cfg.test_fraction, split_dir=cfg.split_dir,
+                     split_index=cfg.split_index)
         try:
             train_ds = VideoClips(root, frames=cfg.in_frames + cfg.out_frames,
                                   interval=cfg.interval, size=cfg.size, train=True,
                                   seed=cfg.seed, clips_per_video=cfg.clips_per_video,
-                                  hflip=True, progress=cfg.progress and self.main)
+                                  hflip=True, progress=cfg.progress and self.main, **split)
             val_ds = VideoClips(root, frames=cfg.in_frames + cfg.val_steps,
                                 interval=cfg.interval, size=cfg.size, train=False, seed=cfg.seed,
                                 clips_per_video=max(1, cfg.clips_per_video // 4),
-                                progress=False)
+                                progress=False, **split)
         except (FileNotFoundError, NotADirectoryError, NoVideosError) as exc:
-            raise CLIError(str(exc)) from exc
+            msg = str(exc)
+            if "test_fraction=0" in msg:  # name the command-line spelling of the way out
+                msg += " (on the command line: --test-fraction 0, or --split-dir DIR)"
+            raise CLIError(msg) from exc
+        if self.main and cfg.split_dir is None and not cfg.test_fraction:
+            print("warning: --test-fraction 0: validation clips come from the training videos, "
+                  "so validation scores are not held-out scores", file=sys.stderr)
         self.train_ds = train_ds
         self.val_ds = Subset(val_ds, range(min(cfg.val_clips, len(val_ds))))
 
@@ -879,6 +904,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=int, help="sample GIF every N steps (0: only at end)")
     p.add_argument("--log-every", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch ops (default: torch's; 1 on a busy machine)")
+    p.add_argument("--test-fraction", type=float,
+                   help="share of each class's groups (gXX) held out for validation (0.2); "
+                        "0: validate on the training videos")
+    p.add_argument("--split-dir", help="folder of UCF-101 split lists (trainlist0N.txt, "
+                                       "testlist0N.txt): use them instead of the group split")
+    p.add_argument("--split-index", type=int, help="which official split, 1-3 (1)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (none)")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
@@ -989,6 +1022,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    except NoVideosError as exc:  # e.g. every video failed to decode once training started
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -996,7 +1032,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     if trainer.main and result["val"] is not None:
         mm, bm = result["val"]["model_mean"], result["val"]["baseline_mean"]
-        print(f"done: {result['step']} steps; held-out PSNR {mm['psnr']:.2f} dB vs copy-last "
+        scores = "held-out" if cfg.split_dir is not None or cfg.test_fraction else "validation"
+        print(f"done: {result['step']} steps; {scores} PSNR {mm['psnr']:.2f} dB vs copy-last "
               f"{bm['psnr']:.2f}, SSIM {mm['ssim']:.4f} vs {bm['ssim']:.4f}; checkpoints in "
               f"{cfg.out}", file=sys.stderr)
     return EXIT_OK

@@ -510,3 +510,44 @@ def test_predict_fps_and_out_errors(checkpoint, data, tmp_path, monkeypatch, cap
 
     with av.open(str(out)) as f:
         assert f.streams.video[0].average_rate == 0.5
+
+
+@pytest.fixture(scope="module")
+def one_group_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one-group")
+    return synthetic.generate(out, seed=2, videos_per_class=2, groups_per_class=1,
+                              frames=(16, 20), classes=synthetic.CLASSES[:2], progress=False)
+
+
+def test_split_options(one_group_data, tmp_path, capsys):
+    base = ["--model", "autoencoder", "--preset", "tiny", "--data", str(one_group_data),
+            "--no-progress", "--steps", "2"]
+    # One group per class: the held-out side of the group split is empty -> the way out is named.
+    assert tr.main(base + ["--out", str(tmp_path / "a")]) == 2
+    assert "--test-fraction 0" in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        assert tr.main(base + ["--out", str(tmp_path / "b"), "--test-fraction", "0",
+                               "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "not held-out" in err and "done: 2 steps; validation PSNR" in err
+    for extra, message in ((["--test-fraction", "1"], "--test-fraction"),
+                           (["--split-index", "4"], "--split-index"),
+                           (["--threads", "0"], "--threads"),
+                           (["--split-dir", str(tmp_path / "none")], "split folder")):
+        assert tr.main(base + ["--out", str(tmp_path / "c")] + extra) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_predict_at_a_width_decord_cannot_scale_to(checkpoint, data, tmp_path, capsys):
+    # decord 0.6 fails to hand out frames 48 pixels wide (dmlc/decord#336); FrameReader resizes.
+    video = sorted(Path(data).rglob("*.mp4"))[0]
+    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--size", "48",
+                    "--out", str(tmp_path / "p.gif")]) == 0
+    assert "48x48" in capsys.readouterr().out
+    assert pr.main([str(checkpoint), str(Path(video).parent), "--out",
+                    str(tmp_path / "x.gif")]) == 2
+    assert "is a folder" in capsys.readouterr().err
