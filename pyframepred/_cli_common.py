@@ -1,11 +1,14 @@
 """Pieces shared by the training, evaluation and prediction command lines."""
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
 import re
 import secrets
+import sys
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,6 +28,22 @@ class CLIError(Exception):
 # ----------------------------------------------------------------------------- models
 MODEL_CLASSES = {"seq2seq": Seq2Seq, "autoencoder": SkipAutoencoder,
                  "multiscale": MultiScaleGenerator}
+
+
+def plain_warnings(main):
+    """Decorates a CLI ``main``: warnings print as ``warning: <message>`` lines on stderr, without
+    the source file and line Python's default format adds (that is for developers, not users)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=file if file is not None else sys.stderr)
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = show
+            return main(*args, **kwargs)
+
+    return wrapper
 
 
 def article(word: str) -> str:

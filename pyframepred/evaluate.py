@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import metrics as M
 from ._cli_common import (CLIError, check_output_file, checkpoint_data_root, load_checkpoint,
-                          model_from_checkpoint, resolve_device, rollout)
+                          model_from_checkpoint, plain_warnings, resolve_device, rollout)
 
 METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl")
 
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@plain_warnings
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ import torch
 from . import metrics as M
 from .data import FrameReader
 from ._cli_common import (CLIError, check_output_file, load_checkpoint, model_from_checkpoint,
-                          resolve_device, rollout, side_by_side, write_animation)
+                          plain_warnings, resolve_device, rollout, side_by_side, write_animation)
 
 
 def read_frames(video, n_in: int, steps: int, interval: int, size, start=None):
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@plain_warnings
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

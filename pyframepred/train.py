@@ -52,8 +52,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, article, atomic_save,
                           build_discriminator, build_model, check_model_kwargs,
-                          checkpoint_data_root, load_checkpoint, load_state, prepare_output_dir,
-                          resolve_device, rollout, set_fused, side_by_side, write_animation)
+                          checkpoint_data_root, load_checkpoint, load_state, plain_warnings,
+                          prepare_output_dir, resolve_device, rollout, set_fused, side_by_side,
+                          write_animation)
 from .data import NoVideosError
 from .evaluate import evaluate_model
 from .models import MultiScaleLoss
@@ -995,6 +996,7 @@ def _parse(argv: Sequence[str] | None = None):
     return cfg, resume, ckpt
 
 
+@plain_warnings
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, resume, ckpt = _parse(argv)

@@ -551,3 +551,21 @@ def test_predict_at_a_width_decord_cannot_scale_to(checkpoint, data, tmp_path, c
     assert pr.main([str(checkpoint), str(Path(video).parent), "--out",
                     str(tmp_path / "x.gif")]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_cli_warnings_are_plain_lines(capsys):
+    import warnings
+
+    from pyframepred._cli_common import plain_warnings
+
+    @plain_warnings
+    def main():
+        warnings.warn("VideoClips: skipped 1 of 3 videos")
+        return 0
+
+    before = warnings.showwarning
+    assert main() == 0
+    assert capsys.readouterr().err == "warning: VideoClips: skipped 1 of 3 videos\n"
+    assert warnings.showwarning is before  # restored for the rest of the process
+    for cli in (tr.main, ev.main, pr.main):
+        assert getattr(cli, "__wrapped__", None) is not None  # all three CLIs use it
