@@ -1,6 +1,7 @@
 """ConvLSTMCell / ConvLSTM modules: fused vs reference equivalence, state handling, errors."""
 import pytest
 import torch
+from torch import nn
 
 from pyframepred import ops, reference
 from pyframepred.nn import ConvLSTM, ConvLSTMCell
@@ -197,3 +198,28 @@ def test_module_compiles_across_frame_sizes(fused):
         g, = torch.autograd.grad(out.square().sum(), x)
         g_ref, = torch.autograd.grad(ref.square().sum(), x)
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_export_and_pt2_round_trip(tmp_path):
+    """A model with the fused cell exports with torch.export (the graph keeps the custom op, so a
+    LibTorch/AOTInductor deployment needs libpyframepred_ops) and survives save/load."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = ConvLSTM(3, 8, 3, num_layers=2)
+
+        def forward(self, x):
+            out, states = self.lstm(x)
+            return out, states[-1][1]
+
+    net = Net().eval()
+    x = torch.randn(2, 4, 3, 12, 16)
+    ep = torch.export.export(net, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any("pyframepred.convlstm_gates_forward" in t for t in targets)
+    path = tmp_path / "net.pt2"
+    torch.export.save(ep, str(path))
+    loaded = torch.export.load(str(path)).module()
+    for a, b in zip(loaded(x), net(x)):
+        torch.testing.assert_close(a, b)
