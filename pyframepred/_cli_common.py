@@ -264,11 +264,15 @@ def side_by_side(expected: Tensor, generated: Tensor, n_input: int, scale: int =
     return out
 
 
+def check_fps(fps) -> None:
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise CLIError(f"--fps must be a positive number, got {fps}")
+
+
 def write_animation(frames: np.ndarray, path, fps: float = 4.0) -> Path:
     """Write uint8 ``(T, H, W, 3)`` frames as a GIF or (``.mp4``) an H.264 video."""
     path = Path(path)
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise CLIError(f"--fps must be a positive number, got {fps}")
+    check_fps(fps)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".gif":

@@ -14,8 +14,6 @@ past the end of the video are shown grey on the expected side. Prints PSNR/SSIM 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -25,8 +23,9 @@ import torch
 
 from . import metrics as M
 from .data import FrameReader
-from ._cli_common import (CLIError, check_output_file, load_checkpoint, model_from_checkpoint,
-                          plain_warnings, resolve_device, rollout, side_by_side, write_animation)
+from ._cli_common import (CLIError, check_fps, check_output_file, load_checkpoint,
+                          model_from_checkpoint, plain_warnings, resolve_device, rollout,
+                          side_by_side, write_animation)
 
 
 def read_frames(video, n_in: int, steps: int, interval: int, size, start=None):
@@ -93,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CLIError(f"--steps must be >= 1, got {args.steps}")
         if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
             raise CLIError(f"--out must end in .gif or .mp4, got '{args.out}'")
-        if not (math.isfinite(args.fps) and args.fps > 0):
-            raise CLIError(f"--fps must be a positive number, got {args.fps}")
+        check_fps(args.fps)
         if args.scale < 1:
             raise CLIError(f"--scale must be >= 1, got {args.scale}")
         check_output_file(args.out)

@@ -53,13 +53,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, article, atomic_save,
                           build_discriminator, build_model, check_model_kwargs,
                           checkpoint_data_root, load_checkpoint, load_state, plain_warnings,
-                          prepare_output_dir, resolve_device, rollout, set_fused, side_by_side,
+                          prepare_output_dir, resolve_device, rollout, side_by_side,
                           write_animation)
-from .data import NoVideosError
+from .data import EmptySplitError, NoVideosError, VideoClips, default_dataset_root
 from .evaluate import evaluate_model
 from .models import MultiScaleLoss
 from .models._common import gdl
-from .models.multiscale import resize, scale_sizes
+from .models.multiscale import resize
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -247,10 +247,14 @@ def resume_conflicts(cfg: "TrainConfig", ckpt_cfg: dict) -> list:
     return out
 
 
+def _check_same_model(path, ckpt_model, model: str) -> None:
+    if ckpt_model != model:
+        raise CLIError(f"checkpoint '{path}' holds {article(str(ckpt_model))} model, not "
+                       f"{article(model)} model")
+
+
 def _check_resumable(cfg: "TrainConfig", ckpt_cfg: dict, path) -> None:
-    if ckpt_cfg.get("model") != cfg.model:
-        raise CLIError(f"checkpoint '{path}' holds {article(str(ckpt_cfg.get('model')))} model, "
-                       f"not {article(cfg.model)} model")
+    _check_same_model(path, ckpt_cfg.get("model"), cfg.model)
     bad = resume_conflicts(cfg, ckpt_cfg)
     if bad:
         diffs = "; ".join(f"{_option(k)} is {json.dumps(a, default=str)} in the checkpoint but "
@@ -411,8 +415,6 @@ class Trainer:
         seed_everything(cfg.seed + self.rank)
 
         # -- data
-        from .data import NoVideosError, VideoClips, default_dataset_root
-
         if cfg.data is None:
             root = default_dataset_root(progress=cfg.progress and self.main)
         else:
@@ -431,7 +433,7 @@ class Trainer:
                                 progress=False, **split)
         except (FileNotFoundError, NotADirectoryError, NoVideosError) as exc:
             msg = str(exc)
-            if "test_fraction=0" in msg:  # name the command-line spelling of the way out
+            if isinstance(exc, EmptySplitError):  # the command-line spelling of the ways out
                 msg += " (on the command line: --test-fraction 0, or --split-dir DIR)"
             raise CLIError(msg) from exc
         if self.main and cfg.split_dir is None and not cfg.test_fraction:
@@ -719,7 +721,6 @@ class Trainer:
             return {"status": "already_done", "step": self.step, "best_psnr": self.best_psnr,
                     "val": None, "out": str(self.out)}
         if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
         tb = None
         if cfg.tensorboard and self.main:
@@ -972,9 +973,8 @@ def _parse(argv: Sequence[str] | None = None):
             resume = os.path.join(resume, "last.pt")
         ckpt = load_checkpoint(resume)
         base = {k: v for k, v in ckpt["config"].items() if k in fields}
-        if "model" in explicit and explicit["model"] != base.get("model"):
-            raise CLIError(f"checkpoint '{resume}' holds {article(str(base.get('model')))} "
-                           f"model, not {article(explicit['model'])} model")
+        if "model" in explicit:  # before the other model's settings are checked against it
+            _check_same_model(resume, base.get("model"), explicit["model"])
         if "data" not in explicit:
             base["data"] = checkpoint_data_root(base)
             if base["data"] is not None and not Path(base["data"]).exists():

@@ -29,10 +29,11 @@ from .decode import FrameReader, decode_frames
 from .index import VideoInfo, find_videos, index_videos, probe_video
 from .splits import group_split, read_ucf_split
 from .transforms import MultiScale, denormalize, multiscale, normalize, to_uint8
-from .video_clips import Clip, NoDecodableVideosError, NoVideosError, VideoClips
+from .video_clips import Clip, EmptySplitError, NoDecodableVideosError, NoVideosError, VideoClips
 
 __all__ = [
-    "VideoClips", "Clip", "NoVideosError", "NoDecodableVideosError", "VideoInfo",
+    "VideoClips", "Clip", "NoVideosError", "EmptySplitError", "NoDecodableVideosError",
+    "VideoInfo",
     "VIDEO_EXTENSIONS", "FrameReader", "decode_frames",
     "normalize", "denormalize", "to_uint8", "multiscale", "MultiScale",
     "default_dataset_root", "default_cache_dir", "index_videos", "find_videos", "probe_video",

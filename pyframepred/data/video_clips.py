@@ -17,11 +17,17 @@ from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
 from .splits import group_key, group_split, list_key, read_ucf_split
 
-__all__ = ["VideoClips", "Clip", "NoVideosError", "NoDecodableVideosError"]
+__all__ = ["VideoClips", "Clip", "NoVideosError", "EmptySplitError", "NoDecodableVideosError"]
 
 
 class NoVideosError(ValueError):
     """No usable video in the data folder (none found, or none left after filtering)."""
+
+
+class EmptySplitError(NoVideosError):
+    """The group train/test split left the requested side without videos (e.g. every class has a
+    single group); the message says why and names the ways out (``test_fraction=0``, split lists,
+    more groups)."""
 
 
 class NoDecodableVideosError(NoVideosError, RuntimeError):
@@ -228,7 +234,7 @@ class VideoClips(Dataset):
             keep = [(group_key(v.path, c) in test_groups) != self.train
                     for v, c in zip(infos, classes)]
             if not any(keep[i] for i in usable):
-                raise NoVideosError(self._empty_side_message(
+                raise EmptySplitError(self._empty_side_message(
                     root_txt, side, test_fraction, [infos[i].path for i in usable],
                     [classes[i] for i in usable]))
         logger.debug("%s split of %s: %d of %d videos", side, root_txt, sum(keep), len(infos))
