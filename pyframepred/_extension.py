@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 import torch
 
@@ -18,6 +20,17 @@ def _cpu_has_avx2() -> bool:
     return all(f" {f}" in flags for f in ("avx2", "fma", "f16c"))
 
 
+def _installed_elsewhere():
+    """The folder of another pyframepred on sys.path that has the compiled extension, when this
+    one (a source checkout, say) has none; else None."""
+    here = Path(__file__).resolve().parent
+    for entry in sys.path:
+        pkg = Path(entry or ".").resolve() / "pyframepred"
+        if pkg != here and pkg.is_dir() and any(pkg.glob("_C*.so")):
+            return pkg
+    return None
+
+
 def load():
     """Import ``pyframepred._C`` (which registers ``torch.ops.pyframepred``) and return it."""
     installed = torch.__version__.split("+")[0]
@@ -31,6 +44,13 @@ def load():
     try:
         module = importlib.import_module("pyframepred._C")
     except ImportError as exc:
+        shadowed = _installed_elsewhere()
+        if shadowed is not None:
+            raise ImportError(
+                f"pyframepred is imported from the source folder {Path(__file__).parent.parent}, "
+                f"which has no compiled extension and hides the installed package in {shadowed}: "
+                "run from another folder, or install in place with "
+                "`pip install --no-build-isolation -e .`") from exc
         built = f" It was built against torch {config.TORCH_VERSION}." if config else ""
         raise ImportError(
             f"pyframepred's compiled extension (pyframepred._C) could not be loaded: {exc}.{built} "

@@ -397,3 +397,16 @@ def test_cuda_opcheck_and_compile():
     pred, target = make((2, 3, 8, 9), torch.float32, "cuda")
     compiled = torch.compile(lambda p, t: ops.gdl_loss(p, t, 2.0, "sum"), fullgraph=True)
     torch.testing.assert_close(compiled(pred, target), reference.gdl_loss(pred, target, 2.0, "sum"))
+
+
+def test_source_folder_hiding_an_installed_package_is_detected(tmp_path, monkeypatch):
+    """Running from a checkout after a non-editable install imports the source package, which has
+    no compiled extension; the import error then names the installed copy it hides."""
+    from pyframepred import _extension
+
+    assert _extension._installed_elsewhere() is None  # this checkout has its extension
+    other = tmp_path / "site-packages" / "pyframepred"
+    other.mkdir(parents=True)
+    (other / "_C.abi3.so").write_bytes(b"")
+    monkeypatch.syspath_prepend(str(other.parent))
+    assert _extension._installed_elsewhere() == other.resolve()
