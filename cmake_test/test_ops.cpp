@@ -80,6 +80,35 @@ void check_device(const at::Device& device) {
     expect_close(h3, h4, "cell h (no hidden state)");
   }
 
+  // ConvLSTM layer over T steps against the cell applied step by step; every gradient.
+  {
+    const int64_t T = 3, Cin = 2;
+    at::Tensor x = at::randn({T * N, Cin, H, W}, opts).requires_grad_();
+    at::Tensor wx = (0.3 * at::randn({4 * C, Cin, 3, 3}, opts)).requires_grad_();
+    at::Tensor wh = (0.3 * at::randn({4 * C, C, 3, 3}, opts)).requires_grad_();
+    at::Tensor c0 = at::randn({N, C, H, W}, opts).requires_grad_();
+    auto [h_seq, h_last, c_last] =
+        pyframepred::convlstm_layer(x, T, wx, wh, bias, peep, std::nullopt, c0);
+    at::Tensor hr, cr = c0;
+    std::vector<at::Tensor> hs;
+    for (int64_t t = 0; t < T; ++t) {
+      at::Tensor xg_t = at::conv2d(x.narrow(0, t * N, N), wx, {}, 1, 1);
+      at::Tensor hg_t = t == 0 ? at::zeros_like(xg_t) : at::conv2d(hr, wh, {}, 1, 1);
+      std::tie(hr, cr) = cell_reference(xg_t, hg_t, cr, bias, peep);
+      hs.push_back(hr);
+    }
+    at::Tensor h_ref = at::cat(hs, 0);
+    expect_close(h_seq, h_ref, "layer h (all steps)");
+    expect_close(c_last, cr, "layer last c");
+    std::vector<at::Tensor> leaves = {x, wx, wh, bias, peep, c0};
+    at::Tensor w = at::randn_like(h_ref);
+    auto lg = torch::autograd::grad({(h_seq * w).sum() + c_last.sum()}, leaves);
+    auto lr = torch::autograd::grad({(h_ref * w).sum() + cr.sum()}, leaves);
+    const char* lnames[] = {"layer grad x", "layer grad weight_x", "layer grad weight_h",
+                            "layer grad bias", "layer grad peephole", "layer grad c0"};
+    for (size_t k = 0; k < lg.size(); ++k) expect_close(lg[k], lr[k], lnames[k]);
+  }
+
   // GDL: value and gradients to pred and target.
   at::Tensor pred = at::randn({3, 2, 11, 13}, opts).requires_grad_();
   at::Tensor target = at::randn({3, 2, 11, 13}, opts).requires_grad_();

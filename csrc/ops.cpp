@@ -20,6 +20,15 @@ TORCH_LIBRARY(pyframepred, m) {
       "Tensor? peephole, bool param_grads) -> (Tensor grad_gates, Tensor grad_c_prev, "
       "Tensor grad_params)",
       {at::Tag::flexible_layout});
+  // One ConvLSTM layer over a sequence (csrc/convlstm_layer.cpp): x (T*N, C_in, H, W) holds the
+  // frames of `steps` steps time-major; weight_x (4C, C_in, kh, kw), weight_h (4C, C, kh, kw),
+  // odd kernels, 'same' padding; bias, peephole as above; h0, c0 (N, C, H, W) or zeros. Returns h
+  // of every step (T*N, C, H, W) and the last h and c. Input convolutions are batched over the
+  // steps, and so are the weight gradients in backward.
+  m.def(
+      "convlstm_layer(Tensor x, int steps, Tensor weight_x, Tensor weight_h, Tensor? bias, "
+      "Tensor? peephole, Tensor? h0, Tensor? c0) -> (Tensor h_seq, Tensor h_last, Tensor c_last)",
+      {at::Tag::flexible_layout});
   // Gradient difference loss (Mathieu et al. 2015). reduction: 0 = none, 1 = mean, 2 = sum.
   m.def("gdl_loss_forward(Tensor pred, Tensor target, float alpha, int reduction) -> Tensor",
         {at::Tag::flexible_layout});

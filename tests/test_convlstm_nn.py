@@ -129,14 +129,18 @@ def test_channels_last_input():
 
 def test_fused_flag_switches_op(monkeypatch):
     calls = []
+    monkeypatch.setattr(ops, "convlstm_layer",
+                        lambda *a: calls.append("layer") or ops._layer.convlstm_layer(*a))
     monkeypatch.setattr(ops, "convlstm_gates",
-                        lambda *a: calls.append("fused") or reference.convlstm_gates(*a))
+                        lambda *a: calls.append("cell") or reference.convlstm_gates(*a))
     m = ConvLSTM(1, 2, 3)
     m(torch.randn(1, 2, 1, 4, 4))
-    assert calls == ["fused", "fused"]
+    assert calls == ["layer"]  # the fused layer runs the whole sequence as one op
+    m.cells[0](torch.randn(1, 1, 4, 4))
+    assert calls == ["layer", "cell"]  # the cell is the step-by-step drop-in
     m.fused = False
     m(torch.randn(1, 2, 1, 4, 4))
-    assert calls == ["fused", "fused"]
+    assert calls == ["layer", "cell"]
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -201,7 +205,7 @@ def test_module_compiles_across_frame_sizes(fused):
 
 
 def test_torch_export_and_pt2_round_trip(tmp_path):
-    """A model with the fused cell exports with torch.export (the graph keeps the custom op, so a
+    """A model with the fused layer exports with torch.export (the graph keeps the custom op, so a
     LibTorch/AOTInductor deployment needs libpyframepred_ops) and survives save/load."""
 
     class Net(nn.Module):
@@ -217,7 +221,7 @@ def test_torch_export_and_pt2_round_trip(tmp_path):
     x = torch.randn(2, 4, 3, 12, 16)
     ep = torch.export.export(net, (x,))
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert any("pyframepred.convlstm_gates_forward" in t for t in targets)
+    assert any("pyframepred.convlstm_layer" in t for t in targets), targets
     path = tmp_path / "net.pt2"
     torch.export.save(ep, str(path))
     loaded = torch.export.load(str(path)).module()

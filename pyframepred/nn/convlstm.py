@@ -1,9 +1,10 @@
 """ConvLSTM modules (Shi et al. 2015) on the fused cell kernel.
 
-``ConvLSTMCell`` is one step; ``ConvLSTM`` runs stacked layers over a sequence, computing each
-layer's input convolution for all time steps as one batched convolution and only the hidden
-convolution step by step. ``fused=False`` switches to the plain-PyTorch cell with the same
-parameters and state_dict, so the two are interchangeable.
+``ConvLSTMCell`` is one step; ``ConvLSTM`` runs stacked layers over a sequence, each fused layer
+as one operator (``pyframepred.ops.convlstm_layer``) scheduled like cuDNN's LSTM layers: the
+input convolution of all time steps batched and only the hidden convolution step by step, and in
+backward every weight gradient batched over the steps. ``fused=False`` switches to the
+plain-PyTorch cell with the same parameters and state_dict, so the two are interchangeable.
 """
 from __future__ import annotations
 
@@ -199,19 +200,27 @@ class ConvLSTM(nn.Module):
         # Each layer's input as the frames of all steps, time-major: (T*N, C, H, W). Built with
         # cat rather than by flattening a 5-d tensor: under torch.compile with dynamic shapes,
         # Inductor (torch <= 2.13) fails on the flattened strides (pytorch/pytorch#185510).
-        steps: List[Tensor] = list(x.unbind(tdim))
+        frames = torch.cat(list(x.unbind(tdim)), 0)
         for li, cell in enumerate(self.cells):
             layer_state = None if state is None else state[li]
             if layer_state is not None:
-                _check_state(layer_state, steps[0], cell.hidden_channels, f"state[{li}]")
-            # Input convolution of all T steps at once; only the hidden one runs per step.
-            x_gates = cell.conv_x(torch.cat(steps, 0))
-            steps = []
-            # unbind, not x_gates[t]: its backward stacks the T gradients once, where T separate
-            # selects would each scatter into a zero tensor of the full sequence.
-            for xg_t in x_gates.unflatten(0, (T, N)).unbind(0):
-                layer_state = cell.step(xg_t, layer_state)
-                steps.append(layer_state[0])
+                _check_state(layer_state, frames[:N], cell.hidden_channels, f"state[{li}]")
+            if cell.fused and not torch.is_autocast_enabled(frames.device.type):
+                # The whole layer as one op: batched input convolution and weight gradients.
+                frames, layer_state = ops.convlstm_layer(
+                    frames, T, cell.conv_x.weight, cell.conv_h.weight, cell.bias, cell.peephole,
+                    layer_state)
+            else:
+                # Input convolution of all T steps at once; only the hidden one runs per step.
+                # unbind, not x_gates[t]: its backward stacks the T gradients once, where T
+                # separate selects would each scatter into a zero tensor of the full sequence.
+                hs = []
+                for xg_t in cell.conv_x(frames).unflatten(0, (T, N)).unbind(0):
+                    layer_state = cell.step(xg_t, layer_state)
+                    hs.append(layer_state[0])
+                frames = torch.cat(hs, 0)
             last_states.append(layer_state)
-        outputs = torch.stack(steps, dim=tdim)
+        # One copy into the output's layout (time- or batch-major, contiguous).
+        outputs = frames.unflatten(0, (T, N))
+        outputs = (outputs.transpose(0, 1) if self.batch_first else outputs).contiguous()
         return outputs, last_states

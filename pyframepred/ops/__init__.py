@@ -6,5 +6,6 @@ same semantics as its plain-PyTorch twin in :mod:`pyframepred.reference`.
 """
 from ._convlstm import convlstm_gates
 from ._gdl import gdl_loss
+from ._layer import convlstm_layer
 
-__all__ = ["convlstm_gates"]
+__all__ = ["convlstm_gates", "convlstm_layer", "gdl_loss"]

@@ -44,6 +44,27 @@ inline std::tuple<at::Tensor, at::Tensor> convlstm_gates(
   return {h, c};
 }
 
+// One ConvLSTM layer over a sequence, scheduled as cuDNN schedules LSTM layers (input convolution
+// and every weight gradient batched over the steps). x: (T*N, C_in, H, W), the frames of all
+// `steps` steps, time-major; weight_x (4C, C_in, kh, kw), weight_h (4C, C, kh, kw), odd kernels,
+// 'same' padding; bias (4C,), peephole (3, C), h0 and c0 (N, C, H, W) optional. Returns h of every
+// step (T*N, C, H, W) and the last (h, c). Differentiable with respect to every tensor argument.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer(
+    const at::Tensor& x, int64_t steps, const at::Tensor& weight_x, const at::Tensor& weight_h,
+    const std::optional<at::Tensor>& bias = std::nullopt,
+    const std::optional<at::Tensor>& peephole = std::nullopt,
+    const std::optional<at::Tensor>& h0 = std::nullopt,
+    const std::optional<at::Tensor>& c0 = std::nullopt) {
+  using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&,
+      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyframepred::convlstm_layer", "")
+                       .typed<Sig>();
+  return op.call(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+}
+
 // Gradient difference loss (Mathieu et al. 2015), the difference of absolute image gradients
 // over the last two dims of pred/target (..., H, W); alpha >= 1; reduction "mean" (sum divided by
 // pred.numel()), "sum" or "none" (one value per image).

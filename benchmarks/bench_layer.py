@@ -1,0 +1,266 @@
+"""ConvLSTM layer training step, where users feel it: ``pyframepred.nn.ConvLSTM`` against the
+formulation most code copies (one convolution over ``cat(x, h)`` per step, eager gate math),
+``torch.compile`` of that formulation, and our own reference module (``fused=False``).
+
+Two ways to run it:
+
+* ``pytest benchmarks --benchmark-only`` collects the quick cases below (pytest-benchmark
+  times each implementation in turn);
+* ``python benchmarks/bench_layer.py [--malloc-tuned] [--out FILE.json]`` is the recorded
+  measurement: every implementation timed **round-robin in one process** (the order rotates every
+  round, so drift hits all alike), float32 NCHW and bf16 autocast channels_last, at the sizes of
+  the project's targets, with page faults per step and a profile split (convolutions vs the rest)
+  of the fused layer. ``--malloc-tuned`` first applies the glibc tuning of a caching allocator
+  (big blocks kept in the process); the default is the plain allocator users get. The record says
+  which.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import date
+
+import pytest
+import torch
+from torch import nn
+
+from pyframepred.nn import ConvLSTM
+
+# (N, Cin, hidden per layer, H, W), T = 10: the sizes of the layer targets.
+SIZES = {
+    "8x16x[32]@32": (8, 16, [32], 32, 32),
+    "8x16x[32,32]@32": (8, 16, [32, 32], 32, 32),
+    "4x64x[64]@64": (4, 64, [64], 64, 64),
+}
+QUICK = {"2x4x[8]@16": (2, 4, [8], 16, 16)}
+T = 10
+IMPLS = ["fused", "cat", "cat-compile", "reference"]
+MODES = {"float32": (torch.float32, torch.contiguous_format),
+         "bf16-cl": (torch.bfloat16, torch.channels_last)}
+
+
+class CatCell(nn.Module):
+    """The common ConvLSTM cell: one convolution over cat(x, h), gates split, eager math."""
+
+    def __init__(self, cin: int, hidden: int, k: int = 3):
+        super().__init__()
+        self.hidden = hidden
+        self.conv = nn.Conv2d(cin + hidden, 4 * hidden, k, padding=k // 2)
+
+    def forward(self, x, state):
+        h, c = state
+        i, f, g, o = self.conv(torch.cat([x, h], 1)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+class CatConvLSTM(nn.Module):
+    """Stacked common cells over (N, T, C, H, W), as blog-post ConvLSTMs do."""
+
+    def __init__(self, cin: int, hidden: list):
+        super().__init__()
+        self.cells = nn.ModuleList(CatCell(cin if i == 0 else hidden[i - 1], c)
+                                   for i, c in enumerate(hidden))
+
+    def forward(self, x):
+        N, steps, _, H, W = x.shape
+        layer_in = list(x.unbind(1))
+        for cell in self.cells:
+            h = x.new_zeros(N, cell.hidden, H, W)
+            c = torch.zeros_like(h)
+            outs = []
+            for t in range(steps):
+                h, c = cell(layer_in[t], (h, c))
+                outs.append(h)
+            layer_in = outs
+        return torch.stack(layer_in, 1)
+
+
+def build(impl: str, size, fmt):
+    N, cin, hidden, H, W = size
+    if impl.startswith("cat"):
+        model = CatConvLSTM(cin, hidden)
+    else:
+        model = ConvLSTM(cin, hidden, 3, num_layers=len(hidden), fused=(impl == "fused"))
+    model = model.to(memory_format=fmt)
+    fn = model
+    if impl == "cat-compile":
+        fn = torch.compile(model, dynamic=False)
+
+    def out_of(x):
+        y = fn(x)
+        return y[0] if isinstance(y, tuple) else y
+
+    return model, out_of
+
+
+def make_step(impl, size, mode):
+    dtype, fmt = MODES[mode]
+    N, cin, hidden, H, W = size
+    model, out_of = build(impl, size, fmt)
+    x = torch.randn(N, T, cin, H, W)
+    if fmt == torch.channels_last:
+        x = x.flatten(0, 1).contiguous(memory_format=fmt).unflatten(0, (N, T))
+    params = list(model.parameters())
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out = out_of(x)
+        torch.autograd.grad(out.float().sum(), params)
+
+    return step
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def profile_split(step) -> dict:
+    """Self CPU time of one step split into convolutions and everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    conv = other = 0.0
+    for ev in prof.key_averages():
+        us = ev.self_cpu_time_total
+        if "conv" in ev.key or "mkldnn" in ev.key:
+            conv += us
+        else:
+            other += us
+    total = conv + other
+    return {"conv_ms": round(conv / 1e3, 2), "other_ms": round(other / 1e3, 2),
+            "conv_share": round(conv / total, 3) if total else None}
+
+
+def measure(sizes, modes, impls, rounds, warmup=2):
+    results = []
+    for size_name, size in sizes.items():
+        for mode in modes:
+            steps = {impl: make_step(impl, size, mode) for impl in impls}
+            for impl in impls:
+                for _ in range(warmup):
+                    steps[impl]()
+            times = {impl: [] for impl in impls}
+            faults = {impl: [] for impl in impls}
+            for r in range(rounds):
+                order = impls[r % len(impls):] + impls[:r % len(impls)]
+                for impl in order:
+                    f0 = _faults()
+                    t0 = time.perf_counter()
+                    steps[impl]()
+                    times[impl].append(time.perf_counter() - t0)
+                    faults[impl].append(_faults() - f0)
+            row = {"size": size_name, "shape": {"N": size[0], "T": T, "Cin": size[1],
+                                                "hidden": size[2], "H": size[3], "W": size[4]},
+                   "mode": mode, "impls": {}}
+            for impl in impls:
+                ts = sorted(times[impl])
+                q = statistics.quantiles(ts, n=4) if len(ts) >= 4 else [ts[0], ts[0], ts[-1]]
+                row["impls"][impl] = {
+                    "median_ms": round(statistics.median(ts) * 1e3, 2),
+                    "min_ms": round(ts[0] * 1e3, 2), "max_ms": round(ts[-1] * 1e3, 2),
+                    "iqr_over_median": round((q[2] - q[0]) / statistics.median(ts), 3),
+                    "faults_per_step": int(statistics.median(faults[impl])),
+                }
+            # Paired ratios: in each round, the other implementation's time over fused's.
+            for impl in impls:
+                if impl == "fused":
+                    continue
+                ratios = sorted(b / a for a, b in zip(times["fused"], times[impl]))
+                row["impls"][impl]["fused_speedup_median"] = round(statistics.median(ratios), 3)
+                row["impls"][impl]["fused_speedup_range"] = [round(ratios[0], 3),
+                                                             round(ratios[-1], 3)]
+            row["profile_fused"] = profile_split(steps["fused"])
+            row["profile_cat"] = profile_split(steps["cat"])
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            del steps
+    return results
+
+
+def machine_info(malloc_tuned: bool) -> dict:
+    flags = ""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and not model.strip():
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = line
+                    break
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+           if f" {f}" in flags]
+    from pyframepred import _extension  # noqa: F401
+    try:
+        from pyframepred import _build_config
+        built_isa = _build_config.CPU_ISA
+    except ImportError:
+        built_isa = "unknown"
+    return {"date": date.today().isoformat(), "cpu": model, "cpu_isa_flags": isa,
+            "extension_cpu_isa": built_isa, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "allocator": "glibc tuned (mmap/trim thresholds 1 GiB)" if malloc_tuned
+            else "glibc default"}
+
+
+def tune_malloc() -> None:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--malloc-tuned", action="store_true")
+    ap.add_argument("--sizes", nargs="*", default=list(SIZES))
+    ap.add_argument("--modes", nargs="*", default=list(MODES))
+    ap.add_argument("--impls", nargs="*", default=IMPLS)
+    ap.add_argument("--out", default=None, help="write the record (JSON) here")
+    args = ap.parse_args(argv)
+    if args.malloc_tuned:
+        tune_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = {k: {**SIZES, **QUICK}[k] for k in args.sizes}
+    record = {"machine": machine_info(args.malloc_tuned), "T": T, "rounds": args.rounds,
+              "results": measure(sizes, args.modes, args.impls, args.rounds)}
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(record, fh, indent=1)
+    return 0
+
+
+# --- quick pytest-benchmark cases, collected by `pytest benchmarks --benchmark-only` ---------
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("impl", IMPLS)
+def test_layer_training_step(benchmark, impl, mode):
+    if not os.environ.get("PYFRAMEPRED_BENCH_DEVICES", "cpu").startswith("cpu"):
+        pytest.skip("CPU layer step")
+    size = QUICK["2x4x[8]@16"]
+    benchmark.group = f"convlstm-layer training step T={T} {mode} 2x4x[8]@16"
+    step = make_step(impl, size, mode)
+    step()
+    benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(impl=impl, mode=mode)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+// One ConvLSTM layer over a whole sequence as a single operator, scheduled the way cuDNN schedules
+// LSTM layers:
+//   forward   the input convolution of all steps batched (in chunks, see below); per step only
+//             the hidden convolution and the fused cell;
+//   backward  per step (in reverse) only the fused cell's backward and the hidden convolution's
+//             data gradient; then the input convolution's data and weight gradients and the
+//             hidden convolution's weight gradient each in batched calls over all steps, and the
+//             bias/peephole gradients reduced once.
+// Nothing but the activated gates and the cell states is saved; h of every step is the output
+// itself, and the input is the caller's.
+//
+// The operator is written against ATen and the fused cell's operators, so it runs on every
+// device those run on (CPU, CUDA) and reaches LibTorch users through the dispatcher like the
+// other ops. Autocast and the float32 cell state under mixed precision: see convlstm_autocast.cpp.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "autograd_utils.h"
+#include "convlstm_layer.h"
+
+namespace pyframepred {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using GatesForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool);
+using GatesBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, bool);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gates_forward(
+    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole, bool save) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyframepred::convlstm_gates_forward", "")
+                       .typed<GatesForwardSig>();
+  return op.call(x_gates, h_gates, c_prev, bias, peephole, save);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gates_backward(
+    const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
+    const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyframepred::convlstm_gates_backward", "")
+                       .typed<GatesBackwardSig>();
+  return op.call(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+}
+
+bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+bool requires_grad(const std::optional<at::Tensor>& t) {
+  return defined(t) && t->requires_grad();
+}
+
+std::string shape_of(const at::Tensor& t) {
+  std::string out = "(";
+  for (int64_t k = 0; k < t.dim(); ++k) {
+    out += std::to_string(t.size(k));
+    if (k + 1 < t.dim()) out += ", ";
+  }
+  return out + ")";
+}
+
+// Shapes of one call, checked once.
+struct LayerShape {
+  int64_t T, N, Cin, C, H, W, kh, kw;
+  std::vector<int64_t> padding() const { return {kh / 2, kw / 2}; }
+  std::vector<int64_t> state() const { return {N, C, H, W}; }
+};
+
+LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor& wx,
+                            const at::Tensor& wh, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& peephole,
+                            const std::optional<at::Tensor>& h0,
+                            const std::optional<at::Tensor>& c0) {
+  constexpr const char* op = "convlstm_layer";
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-d (T*N, C_in, H, W), the frames of all steps "
+              "time-major, got shape ", shape_of(x));
+  TORCH_CHECK(steps >= 1, op, ": steps must be >= 1, got ", std::to_string(steps));
+  TORCH_CHECK(x.size(0) % steps == 0, op, ": x has ", std::to_string(x.size(0)),
+              " frames, not a multiple of steps = ", std::to_string(steps));
+  TORCH_CHECK(wh.dim() == 4 && wh.size(0) == 4 * wh.size(1) && wh.size(1) > 0, op,
+              ": weight_h must be (4*C, C, kh, kw), got shape ", shape_of(wh));
+  LayerShape s;
+  s.T = steps;
+  s.N = x.size(0) / steps;
+  s.Cin = x.size(1);
+  s.C = wh.size(1);
+  s.H = x.size(2);
+  s.W = x.size(3);
+  s.kh = wh.size(2);
+  s.kw = wh.size(3);
+  TORCH_CHECK(s.kh % 2 == 1 && s.kw % 2 == 1, op, ": kernel sizes must be odd ('same' padding), "
+              "got weight_h of shape ", shape_of(wh));
+  TORCH_CHECK(wx.dim() == 4 && wx.size(0) == 4 * s.C && wx.size(1) == s.Cin &&
+                  wx.size(2) == s.kh && wx.size(3) == s.kw,
+              op, ": weight_x must be (4*C, C_in, kh, kw) = (", std::to_string(4 * s.C), ", ",
+              std::to_string(s.Cin), ", ", std::to_string(s.kh), ", ", std::to_string(s.kw),
+              "), got ", shape_of(wx));
+  auto like = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device().str(),
+                " but x is on ", x.device().str(), "; all inputs must be on one device");
+  };
+  like(wx, "weight_x");
+  like(wh, "weight_h");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
+              x.scalar_type());
+  if (defined(bias)) {
+    like(*bias, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * s.C, op, ": bias must have shape (4*C,) = (",
+                std::to_string(4 * s.C), ",), got ", shape_of(*bias));
+  }
+  if (defined(peephole)) {
+    like(*peephole, "peephole");
+    TORCH_CHECK(peephole->dim() == 2 && peephole->size(0) == 3 && peephole->size(1) == s.C, op,
+                ": peephole must have shape (3, C) = (3, ", std::to_string(s.C), "), got ",
+                shape_of(*peephole));
+  }
+  for (const auto& [t, name] : {std::make_pair(&h0, "h0"), std::make_pair(&c0, "c0")}) {
+    if (!defined(*t)) continue;
+    like(**t, name);
+    TORCH_CHECK((*t)->sizes() == at::IntArrayRef(s.state()), op, ": ", name,
+                " must have shape (N, C, H, W) = (", std::to_string(s.N), ", ",
+                std::to_string(s.C), ", ", std::to_string(s.H), ", ", std::to_string(s.W),
+                "), got ", shape_of(**t));
+  }
+  return s;
+}
+
+at::Tensor conv(const at::Tensor& input, const at::Tensor& weight, const LayerShape& s) {
+  return at::convolution(input, weight, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0},
+                         1);
+}
+
+// The batched convolutions run over chunks of steps rather than the whole sequence at once: a
+// (T*N, 4C, H, W) tensor is far above glibc's largest mmap threshold (32 MiB), so every training
+// step would fault in and zero fresh pages for it (tens of thousands of faults per step); chunks
+// of at most this many bytes are recycled by the default allocator. One chunk is still many steps
+// at typical sizes, so the convolutions keep their batch.
+constexpr int64_t kChunkBytes = 12 << 20;
+
+int64_t chunk_steps(const LayerShape& s, const at::Tensor& like) {
+  const int64_t per_step = s.N * 4 * s.C * s.H * s.W * static_cast<int64_t>(like.element_size());
+  return std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(per_step, 1), 1, s.T);
+}
+
+// The layout the layer runs in: channels_last when the input or the weights are, and always on the
+// CPU, where oneDNN's 3x3 convolutions run about twice as fast on channels_last as on NCHW at
+// ConvLSTM sizes (e.g. 15 vs 32 ms for (8, 32, 32, 32) -> 128 channels on one core): the input is
+// converted once per layer, not at every step. The outputs come back in this layout.
+at::MemoryFormat run_format(const at::Tensor& x, const at::Tensor& w) {
+  const bool cl = x.device().is_cpu() ||
+                  x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                  w.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return cl && x.size(1) > 0 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+struct Rollout {
+  at::Tensor x, h0;  // the input and initial h in the layout the layer runs in
+  at::Tensor h_seq, h_last, c_last;
+  std::vector<at::Tensor> gates;   // activated gates of each step (when saving)
+  std::vector<at::Tensor> c_prev;  // the cell state each step started from (when saving)
+};
+
+// The forward schedule. `state_dtype` is the dtype of the cell state c (float32 under mixed
+// precision, where the gates come in the low-precision dtype).
+Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
+                const at::Tensor& wh, const std::optional<at::Tensor>& bias,
+                const std::optional<at::Tensor>& peephole, const std::optional<at::Tensor>& h0,
+                const std::optional<at::Tensor>& c0, bool save) {
+  Rollout r;
+  const auto fmt = run_format(x, wx);
+  r.x = x.contiguous(fmt);
+  at::Tensor c = defined(c0) ? c0->contiguous(fmt) : at::zeros(s.state(), x.options().memory_format(fmt));
+  std::optional<at::Tensor> h;
+  if (defined(h0)) {
+    r.h0 = h0->contiguous(fmt);
+    h = r.h0;
+  }
+  std::vector<at::Tensor> hs;
+  hs.reserve(s.T);
+  if (save) {
+    r.gates.reserve(s.T);
+    r.c_prev.reserve(s.T);
+  }
+  const int64_t K = chunk_steps(s, x);
+  for (int64_t t0 = 0; t0 < s.T; t0 += K) {
+    const int64_t k = std::min(K, s.T - t0);
+    const at::Tensor x_gates = conv(r.x.narrow(0, t0 * s.N, k * s.N), wx, s);
+    for (int64_t j = 0; j < k; ++j) {
+      std::optional<at::Tensor> h_gates;
+      if (h.has_value()) h_gates = conv(*h, wh, s);
+      auto [h_new, c_new, gates] =
+          gates_forward(x_gates.narrow(0, j * s.N, s.N), h_gates, c, bias, peephole, save);
+      if (save) {
+        r.gates.push_back(std::move(gates));
+        r.c_prev.push_back(c);
+      }
+      c = std::move(c_new);
+      h = h_new;
+      hs.push_back(std::move(h_new));
+    }
+  }
+  r.h_seq = s.T == 1 ? hs[0].clone() : at::cat(hs, 0);
+  r.h_last = std::move(*h);
+  r.c_last = std::move(c);
+  return r;
+}
+
+class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t steps,
+                               const at::Tensor& wx, const at::Tensor& wh,
+                               const std::optional<at::Tensor>& bias,
+                               const std::optional<at::Tensor>& peephole,
+                               const std::optional<at::Tensor>& h0,
+                               const std::optional<at::Tensor>& c0) {
+    const LayerShape s = check_layer_args(x, steps, wx, wh, bias, peephole, h0, c0);
+    at::AutoDispatchBelowADInplaceOrView guard;  // the schedule below is not itself recorded
+    Rollout r = rollout(x, s, wx, wh, bias, peephole, h0, c0, /*save=*/true);
+    ctx->saved_data["shape"] = c10::List<int64_t>({s.T, s.N, s.Cin, s.C, s.H, s.W, s.kh, s.kw});
+    ctx->saved_data["needs"] = c10::List<bool>(
+        {x.requires_grad(), wx.requires_grad(), wh.requires_grad(), requires_grad(bias),
+         requires_grad(peephole), requires_grad(h0), requires_grad(c0)});
+    variable_list saved = {r.x, wx, wh, peephole.value_or(at::Tensor()), r.h0,
+                           r.h_seq};
+    saved.insert(saved.end(), r.gates.begin(), r.gates.end());
+    saved.insert(saved.end(), r.c_prev.begin(), r.c_prev.end());
+    ctx->save_for_backward(saved);
+    ctx->set_materialize_grads(false);
+    return {r.h_seq, r.h_last, r.c_last};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto dims = ctx->saved_data["shape"].toIntList();
+    LayerShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7]};
+    const auto needs = ctx->saved_data["needs"].toBoolList();
+    const bool need_x = needs[0], need_wx = needs[1], need_wh = needs[2], need_b = needs[3],
+               need_p = needs[4], need_h0 = needs[5], need_c0 = needs[6];
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& wx = saved[1];
+    const at::Tensor& wh = saved[2];
+    std::optional<at::Tensor> peephole;
+    if (saved[3].defined()) peephole = saved[3];
+    const at::Tensor& h0 = saved[4];
+    const at::Tensor& h_seq = saved[5];
+    auto gates = [&](int64_t t) -> const at::Tensor& { return saved[6 + t]; };
+    auto c_prev = [&](int64_t t) -> const at::Tensor& { return saved[6 + s.T + t]; };
+    variable_list out(8);
+    if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return out;
+    // Incoming gradients in the layout of the saved tensors, so the cell kernels read them in
+    // order (an expanded gradient, e.g. of .sum(), is materialised once here).
+    const auto fmt = h_seq.suggest_memory_format();
+    auto like_state = [&](const at::Tensor& g) {
+      return g.defined() && !g.is_contiguous(fmt) ? g.contiguous(fmt) : g;
+    };
+    const at::Tensor g_seq = like_state(grads[0]), g_h_last = like_state(grads[1]),
+                     g_c_last = like_state(grads[2]);
+
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto zero_state = [&](const at::Tensor& like) {
+      return at::zeros({}, like.options()).expand(s.state());
+    };
+    const bool param_grads = need_b || need_p;
+    // Reverse sweep: the cell's backward and the hidden convolution's data gradient per step.
+    std::vector<at::Tensor> d_gates(s.T);
+    at::Tensor dh_next = g_h_last, dc = g_c_last, d_params;
+    for (int64_t t = s.T - 1; t >= 0; --t) {
+      at::Tensor dh;
+      if (g_seq.defined()) {
+        const at::Tensor g = g_seq.narrow(0, t * s.N, s.N);
+        dh = dh_next.defined() ? g + dh_next : g;
+      } else {
+        dh = dh_next.defined() ? dh_next : zero_state(h_seq);
+      }
+      if (!dc.defined()) dc = zero_state(c_prev(t));
+      auto [dg, dc_prev, dp] = gates_backward(dh, dc, gates(t), c_prev(t), peephole, param_grads);
+      if (param_grads) d_params = d_params.defined() ? d_params + dp : dp;
+      const bool h_before = t > 0 || h0.defined();
+      if (h_before && (t > 0 || need_h0)) {
+        const at::Tensor& h_prev = t > 0 ? h_seq.narrow(0, (t - 1) * s.N, s.N) : h0;
+        dh_next = std::get<0>(at::convolution_backward(
+            dg, h_prev, wh, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
+            {true, false, false}));
+      } else {
+        dh_next = at::Tensor();
+      }
+      dc = std::move(dc_prev);
+      d_gates[t] = std::move(dg);
+    }
+    // Batched weight (and input) gradients, one call per chunk of steps. The hidden convolution
+    // of step t saw h_{t-1}: the chunk's steps [t0, t1) pair with h_seq frames [t0-1, t1-1).
+    at::Tensor gx, gwx, gwh;
+    std::vector<at::Tensor> gx_chunks;
+    const int64_t K = chunk_steps(s, d_gates[0]);
+    for (int64_t t0 = 0; t0 < s.T && (need_x || need_wx || need_wh); t0 += K) {
+      const int64_t k = std::min(K, s.T - t0);
+      const at::Tensor dg = k == 1 ? d_gates[t0]
+                                   : at::cat(at::TensorList(d_gates).slice(t0, k), 0);
+      if (need_x || need_wx) {
+        auto [gi, gw, gb] = at::convolution_backward(
+            dg, x.narrow(0, t0 * s.N, k * s.N), wx, std::nullopt, {1, 1}, s.padding(), {1, 1},
+            false, {0, 0}, 1, {need_x, need_wx, false});
+        if (need_x) gx_chunks.push_back(std::move(gi));
+        if (need_wx) gwx = gwx.defined() ? gwx + gw : gw;
+      }
+      if (need_wh) {
+        const int64_t first = t0 == 0 ? 1 : t0;  // step 0 saw h0 (below), not a frame of h_seq
+        if (first < t0 + k) {
+          const int64_t n = t0 + k - first;
+          auto gw = std::get<1>(at::convolution_backward(
+              dg.narrow(0, (first - t0) * s.N, n * s.N), h_seq.narrow(0, (first - 1) * s.N, n * s.N),
+              wh, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
+              {false, true, false}));
+          gwh = gwh.defined() ? gwh + gw : gw;
+        }
+        if (t0 == 0 && h0.defined()) {
+          auto gw = std::get<1>(at::convolution_backward(
+              d_gates[0], h0, wh, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
+              {false, true, false}));
+          gwh = gwh.defined() ? gwh + gw : gw;
+        }
+      }
+    }
+    if (need_x) out[0] = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
+    if (need_wx) out[2] = gwx;
+    if (need_wh) out[3] = gwh.defined() ? gwh : at::zeros_like(wh);
+    if (need_b) out[4] = d_params.narrow(0, 0, 4).reshape({-1});
+    if (need_p) out[5] = d_params.narrow(0, 4, 3);
+    if (need_h0) out[6] = dh_next.defined() ? dh_next : at::zeros(s.state(), h0.options());
+    if (need_c0) out[7] = dc;
+    return once_differentiable(
+        std::move(out),
+        "pyframepred.ops.convlstm_layer: the fused backward is not differentiable, so second "
+        "derivatives (double backward, e.g. a gradient penalty) are not supported; use the "
+        "reference modules (fused=False) for that");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer_autograd(
+    const at::Tensor& x, int64_t steps, const at::Tensor& wx, const at::Tensor& wh,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
+    const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& c0) {
+  const bool grad = at::GradMode::is_enabled() &&
+                    (x.requires_grad() || wx.requires_grad() || wh.requires_grad() ||
+                     requires_grad(bias) || requires_grad(peephole) || requires_grad(h0) ||
+                     requires_grad(c0));
+  if (!grad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return convlstm_layer_forward(x, steps, wx, wh, bias, peephole, h0, c0);
+  }
+  auto out = ConvLSTMLayerFunction::apply(x, steps, wx, wh, bias, peephole, h0, c0);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer_forward(
+    const at::Tensor& x, int64_t steps, const at::Tensor& weight_x, const at::Tensor& weight_h,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
+    const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& c0) {
+  const LayerShape s = check_layer_args(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+  Rollout r = rollout(x, s, weight_x, weight_h, bias, peephole, h0, c0, /*save=*/false);
+  return {r.h_seq, r.h_last, r.c_last};
+}
+
+TORCH_LIBRARY_IMPL(pyframepred, CPU, m) { m.impl("convlstm_layer", &convlstm_layer_forward); }
+TORCH_LIBRARY_IMPL(pyframepred, CUDA, m) { m.impl("convlstm_layer", &convlstm_layer_forward); }
+TORCH_LIBRARY_IMPL(pyframepred, Autograd, m) { m.impl("convlstm_layer", &convlstm_layer_autograd); }
+
+}  // namespace pyframepred

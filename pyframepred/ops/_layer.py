@@ -1,0 +1,59 @@
+"""One ConvLSTM layer over a whole sequence: ``convlstm_layer`` and its fake kernel.
+
+The schedule (csrc/convlstm_layer.cpp) is the one cuDNN uses for LSTM layers: the input
+convolution of all steps batched, per step only the hidden convolution and the fused cell; in
+backward the cell and the hidden convolution's data gradient per step, then every weight gradient
+(and the input's) in batched calls over the steps. Autograd is registered in C++.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+_State = Tuple[Tensor, Tensor]
+
+
+def convlstm_layer(x: Tensor, steps: int, weight_x: Tensor, weight_h: Tensor,
+                   bias: Optional[Tensor] = None, peephole: Optional[Tensor] = None,
+                   state: Optional[_State] = None) -> Tuple[Tensor, _State]:
+    """Run one ConvLSTM layer over ``steps`` time steps.
+
+    Args:
+        x: ``(T*N, C_in, H, W)``, the input frames of all steps, time-major (step t is
+            ``x[t*N:(t+1)*N]``).
+        steps: T.
+        weight_x: ``(4C, C_in, kh, kw)`` input-convolution weight (odd kernel, 'same' padding,
+            gate blocks i, f, g, o).
+        weight_h: ``(4C, C, kh, kw)`` hidden-convolution weight.
+        bias: optional ``(4C,)`` gate bias; peephole: optional ``(3, C)`` peephole weights.
+        state: optional ``(h0, c0)``, each ``(N, C, H, W)``; zeros when absent.
+
+    Returns:
+        ``(h_seq, (h, c))``: h of every step ``(T*N, C, H, W)`` (time-major, like ``x``) and the
+        last step's state.
+    """
+    h0, c0 = (None, None) if state is None else state
+    h_seq, h, c = torch.ops.pyframepred.convlstm_layer(x, steps, weight_x, weight_h, bias,
+                                                       peephole, h0, c0)
+    return h_seq, (h, c)
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("pyframepred::convlstm_layer")
+def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
+    torch._check(x.dim() == 4, lambda: f"convlstm_layer: x must be 4-d, got {tuple(x.shape)}")
+    torch._check(steps >= 1, lambda: f"convlstm_layer: steps must be >= 1, got {steps}")
+    TN, _, H, W = x.shape
+    N = TN // steps
+    C = weight_h.shape[1]
+    cl = _channels_last(x) or _channels_last(weight_x)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    opts = dict(dtype=x.dtype, device=x.device, memory_format=fmt)
+    h_seq = torch.empty((TN, C, H, W), **opts)
+    return h_seq, torch.empty((N, C, H, W), **opts), torch.empty((N, C, H, W), **opts)

@@ -1,0 +1,179 @@
+"""The ConvLSTM layer operator (whole-sequence schedule) against the step-by-step reference."""
+import pytest
+import torch
+from torch.library import opcheck
+
+from pyframepred import ops, reference
+from pyframepred.nn import ConvLSTM
+
+
+def _reference_layer(x, steps, wx, wh, bias, peephole, state):
+    """Step by step in plain PyTorch: the oracle."""
+    N = x.shape[0] // steps
+    pad = (wx.shape[2] // 2, wx.shape[3] // 2)
+    C = wh.shape[1]
+    if state is None:
+        h = None
+        c = x.new_zeros((N, C) + x.shape[2:])
+    else:
+        h, c = state
+    hs = []
+    for t in range(steps):
+        xg = torch.nn.functional.conv2d(x[t * N:(t + 1) * N], wx, padding=pad)
+        hg = None if h is None else torch.nn.functional.conv2d(h, wh, padding=pad)
+        h, c = reference.convlstm_gates(xg, hg, c, bias, peephole)
+        hs.append(h)
+    return torch.cat(hs, 0), (h, c)
+
+
+def _inputs(T=3, N=2, Cin=3, C=4, H=5, W=6, k=3, bias=True, peephole=False, state=False,
+            dtype=torch.float64, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    x = t(T * N, Cin, H, W)
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    wx = t(4 * C, Cin, k, k, scale=0.3)
+    wh = t(4 * C, C, k, k, scale=0.3)
+    b = t(4 * C) if bias else None
+    p = t(3, C) if peephole else None
+    st = (t(N, C, H, W), t(N, C, H, W)) if state else None
+    return x, T, wx, wh, b, p, st
+
+
+def _leaves(args):
+    x, _, wx, wh, b, p, st = args
+    out = [x, wx, wh] + [v for v in (b, p) if v is not None]
+    return out + (list(st) if st is not None else [])
+
+
+def _compare(args, atol=1e-10):
+    outs = {}
+    for name, fn in (("fused", ops.convlstm_layer), ("ref", _reference_layer)):
+        for leaf in _leaves(args):
+            leaf.grad = None
+        h_seq, (h, c) = fn(*args)
+        # Every output gets a gradient of its own, none of them trivial.
+        w = torch.linspace(-1, 1, h_seq.numel(), dtype=h_seq.dtype).view(h_seq.shape)
+        loss = (h_seq * w).sum() + (h * 0.7).sum() + (c ** 2).sum()
+        loss.backward()
+        outs[name] = [h_seq, h, c] + [leaf.grad for leaf in _leaves(args)]
+    for a, b in zip(outs["fused"], outs["ref"]):
+        torch.testing.assert_close(a, b, atol=atol, rtol=1e-8)
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("state", [False, True])
+def test_matches_reference(peephole, bias, state):
+    _compare(_inputs(bias=bias, peephole=peephole, state=state))
+
+
+@pytest.mark.parametrize("T", [1, 2, 7])
+def test_steps(T):
+    _compare(_inputs(T=T, state=True, peephole=True))
+
+
+def test_channels_last_and_rectangular_kernel():
+    _compare(_inputs(channels_last=True, state=True))
+    x, T, wx, wh, b, p, st = _inputs(k=3)
+    wx5 = torch.randn(wx.shape[0], wx.shape[1], 1, 5, dtype=wx.dtype, requires_grad=True)
+    wh5 = torch.randn(wh.shape[0], wh.shape[1], 1, 5, dtype=wh.dtype, requires_grad=True)
+    _compare((x, T, wx5, wh5, b, p, st))
+
+
+def test_chunked_batches_match():
+    # Per step 2*32*32*32 float64 = 512 KiB: the 12 MiB chunks hold 24 steps, so T = 30 runs the
+    # batched convolutions (forward and weight gradients) as a chunk of 24 and one of 6.
+    _compare(_inputs(T=30, N=2, Cin=2, C=8, H=32, W=32, state=True), atol=1e-9)
+
+
+def test_float32_close_to_reference():
+    _compare(_inputs(dtype=torch.float32, state=True, peephole=True), atol=2e-5)
+
+
+def test_gradcheck():
+    x, T, wx, wh, b, p, st = _inputs(T=3, N=1, Cin=2, C=2, H=3, W=4, peephole=True, state=True)
+
+    def fn(x, wx, wh, b, p, h0, c0):
+        h_seq, (h, c) = ops.convlstm_layer(x, T, wx, wh, b, p, (h0, c0))
+        return h_seq, h, c
+
+    assert torch.autograd.gradcheck(fn, (x, wx, wh, b, p, *st))
+
+
+def test_only_some_inputs_need_grad():
+    x, T, wx, wh, b, p, st = _inputs(state=True)
+    x.requires_grad_(False)
+    wh.requires_grad_(False)
+    h_seq, (h, c) = ops.convlstm_layer(x, T, wx, wh, b, p, st)
+    h_seq.sum().backward()
+    assert x.grad is None and wh.grad is None
+    assert wx.grad is not None and torch.isfinite(wx.grad).all()
+
+
+def test_no_grad_equals_grad_path():
+    args = _inputs(state=True, peephole=True)
+    with torch.no_grad():
+        a, (ha, ca) = ops.convlstm_layer(*args)
+    b, (hb, cb) = ops.convlstm_layer(*args)
+    assert not a.requires_grad
+    torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(ca, cb.detach(), atol=0, rtol=0)
+
+
+def test_double_backward_raises():
+    x, T, wx, wh, b, p, st = _inputs()
+    h_seq, _ = ops.convlstm_layer(x, T, wx, wh, b, p, st)
+    (g,) = torch.autograd.grad(h_seq.sum(), wx, create_graph=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_opcheck(state):
+    x, T, wx, wh, b, p, st = _inputs(T=2, dtype=torch.float32, state=state, peephole=True)
+    h0, c0 = (None, None) if st is None else st
+    opcheck(torch.ops.pyframepred.convlstm_layer.default, (x, T, wx, wh, b, p, h0, c0))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda a: a.update(x=a["x"][:5]), "multiple of steps"),
+    (lambda a: a.update(x=a["x"][0]), "4-d"),
+    (lambda a: a.update(wx=a["wx"][:, :2]), "weight_x must be"),
+    (lambda a: a.update(wh=a["wh"][:8]), "weight_h must be"),
+    (lambda a: a.update(b=a["b"][:3]), "bias must have shape"),
+    (lambda a: a.update(p=torch.zeros(2, 4, dtype=torch.float64)), "peephole must have shape"),
+    (lambda a: a.update(h0=torch.zeros(2, 4, 5, 5, dtype=torch.float64)), "h0 must have shape"),
+    (lambda a: a.update(steps=0), "steps must be"),
+])
+def test_errors(mutate, match):
+    x, T, wx, wh, b, p, st = _inputs(state=True, peephole=True)
+    a = dict(x=x, steps=T, wx=wx, wh=wh, b=b, p=p, h0=st[0], c0=st[1])
+    mutate(a)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.pyframepred.convlstm_layer(a["x"], a["steps"], a["wx"], a["wh"], a["b"],
+                                             a["p"], a["h0"], a["c0"])
+
+
+def test_module_uses_layer_and_matches_reference_module():
+    torch.manual_seed(0)
+    m = ConvLSTM(3, [5, 4], 3, num_layers=2, peephole=True).double()
+    with torch.no_grad():
+        for cell in m.cells:
+            cell.peephole.normal_()
+    x = torch.randn(2, 4, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    res = {}
+    for fused in (True, False):
+        m.fused = fused
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        y, states = m(x)
+        assert y.is_contiguous() and y.shape == (2, 4, 4, 6, 7)
+        ((y ** 2).sum() + states[-1][1].sum()).backward()
+        res[fused] = [y, states[-1][1], x.grad] + [q.grad for q in m.parameters()]
+    for a, b in zip(res[True], res[False]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
