@@ -33,7 +33,12 @@ def pytest_addoption(parser):
                          f"default: the plain allocator. Also {machine.ALLOCATOR_ENV}=tuned.")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config):
+    # pytest-benchmark's default table is over 200 columns wide: show what fits a terminal
+    # (--benchmark-columns still chooses others).
+    if getattr(config.option, "benchmark_columns", "unset") is None:
+        config.option.benchmark_columns = ["median", "iqr", "rounds"]
     _SETTINGS["full"] = _SETTINGS["full"] or config.getoption("--bench-full", False)
     tuned = config.getoption("--bench-malloc-tuned", False)
     machine.use_allocator("tuned" if tuned else machine.allocator_from_env())
