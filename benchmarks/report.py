@@ -369,15 +369,16 @@ def section_data(files) -> list[str]:
         res, info = data["results"], data["machine"]
         rate = {(r["dataset"], r["loader"], r["workers"]): r["clips_per_s"] for r in res}
         rows = []
+        alloc = info.get("allocator") or "not recorded"
         for ds in OrderedDict.fromkeys(r["dataset"] for r in res):
             def cell(loader, workers):
                 v = rate.get((ds, loader, workers))
                 return f"{v:.0f} clips/s" if v is not None else "—"
-            rows.append([ds, cell("VideoClips", 0), cell("VideoClips", 2),
-                         cell("naive-full-decode", 0), cell("naive-full-decode", 2)])
-        lines += table(["data set", "0 workers", "2 workers", "naive, 0 workers",
-                        "naive, 2 workers"], rows, "lrrrr") + [""]
-        alloc = info.get("allocator") or "not recorded"
+            rows.append([ds, alloc.replace("not recorded", "?"), cell("VideoClips", 0),
+                         cell("VideoClips", 2), cell("naive-full-decode", 0),
+                         cell("naive-full-decode", 2)])
+        lines += table(["data set", "alloc", "0 workers", "2 workers", "naive, 0 workers",
+                        "naive, 2 workers"], rows, "llrrrr") + [""]
         lines += wrap(
             f"Clips/s: clips / mean time of one pass. Naive: decode the whole video at its own "
             f"size, then resize the 8 kept frames. {info.get('date', '?')[:16]}: "
@@ -397,15 +398,15 @@ def section_train(files) -> list[str]:
     lines = []
     for data in files:
         rows = []
+        alloc = data.get("allocator") or "plain"  # the script mode never applied the tuning
         for r in data["rows"]:
-            rows.append([_MODEL_OPS.get(r["model"], r["model"]),
+            rows.append([_MODEL_OPS.get(r["model"], r["model"]), alloc,
                          f"{r['fused_clips_per_s']:.1f}", f"{r['reference_clips_per_s']:.1f}",
                          f"{r['ratio']:.3f}×",
                          f"{r['paired_ratio_min']:.2f}–{r['paired_ratio_max']:.2f}",
                          f"{r['fused_faster_in']} of {data['repeats']}"])
-        lines += table(["model (fused ops it uses)", "fused clips/s", "ref. clips/s",
-                        "speed-up", "pair range", "fused faster"], rows, "lrrrrr") + [""]
-        alloc = data.get("allocator") or "plain"  # the script mode never applied the tuning
+        lines += table(["model (fused ops)", "alloc", "fused clips/s", "ref. clips/s",
+                        "speed-up", "pair range", "fused faster"], rows, "llrrrrr") + [""]
         lines += wrap(
             f"Batch {data['rows'][0]['batch']}, 64×64, {data['device'].upper()}; speed-up: median "
             f"over {data['repeats']} back-to-back pairs (order alternating) of the reference / "
