@@ -20,10 +20,6 @@ from setuptools import setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _log(msg):
-    print(f"[pyframepred setup] {msg}", file=sys.stderr)
-
-
 def _toolkit_from_nvcc(nvcc):
     """Return the real toolkit folder behind ``nvcc``.
 
@@ -64,17 +60,16 @@ def _toolkit_from_nvcc(nvcc):
 
 
 def _want_cuda(torch):
+    """(build the CUDA kernels?, the reason, in words)."""
     flag = os.environ.get("PYFRAMEPRED_CUDA", "").strip().lower()
     if flag in ("0", "off", "false", "no"):
-        _log("CUDA kernels disabled by PYFRAMEPRED_CUDA")
-        return False
+        return False, f"PYFRAMEPRED_CUDA={flag}"
     forced = flag in ("1", "on", "true", "yes")
     if torch.version.cuda is None:
         if forced:
             raise RuntimeError("PYFRAMEPRED_CUDA=1 but the installed torch is a CPU-only build "
                                f"({torch.__version__}); install a CUDA build of torch first")
-        _log(f"torch {torch.__version__} is a CPU build: building CPU kernels only")
-        return False
+        return False, f"torch {torch.__version__} is a CPU-only build"
     cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if not cuda_home:
         nvcc = shutil.which("nvcc")
@@ -82,19 +77,32 @@ def _want_cuda(torch):
             if forced:
                 raise RuntimeError("PYFRAMEPRED_CUDA=1 but nvcc was not found on PATH and CUDA_HOME "
                                    "is unset")
-            _log("nvcc not found: building CPU kernels only")
-            return False
+            return False, (f"torch {torch.__version__} is a CUDA build but nvcc is not on PATH "
+                           "(and CUDA_HOME is unset)")
         cuda_home = _toolkit_from_nvcc(nvcc)
         if cuda_home is None:
             msg = f"found {nvcc} but could not locate the CUDA toolkit behind it; set CUDA_HOME"
             if forced:
                 raise RuntimeError(msg)
-            _log(msg + ": building CPU kernels only")
-            return False
+            return False, msg
     # torch.utils.cpp_extension reads CUDA_HOME when it is first imported.
     os.environ["CUDA_HOME"] = cuda_home
-    _log(f"building CUDA kernels with the toolkit in {cuda_home}")
-    return True
+    why = "PYFRAMEPRED_CUDA=1" if forced else f"torch {torch.__version__} is a CUDA build"
+    return True, (f"{why}, toolkit in {cuda_home}; no GPU needed, but it takes minutes "
+                  "(PYFRAMEPRED_CUDA=0 skips it)")
+
+
+def _announce(msg):
+    """One line that says what is built and why. pip hides a build's output unless it fails
+    (or runs with -v), so the line also goes to the terminal when there is one."""
+    line = f"[pyframepred setup] {msg}"
+    print(line, file=sys.stderr, flush=True)
+    if not sys.stderr.isatty():
+        try:
+            with open("/dev/tty", "w") as tty:
+                tty.write(line + "\n")
+        except OSError:
+            pass
 
 
 def _cpu_isa():
@@ -114,12 +122,13 @@ def _cpu_isa():
     return "avx2" if all(f" {f}" in flags for f in ("avx2", "fma", "f16c")) else "default"
 
 
-def _write_build_config(torch, isa, use_cuda):
+def _write_build_config(torch, isa, use_cuda, cuda_reason):
     path = os.path.join(HERE, "pyframepred", "_build_config.py")
     text = ("# Written by setup.py when the extension is built; do not edit.\n"
             f"TORCH_VERSION = {torch.__version__.split('+')[0]!r}\n"
             f"CPU_ISA = {isa!r}\n"
-            f"WITH_CUDA = {bool(use_cuda)!r}\n")
+            f"WITH_CUDA = {bool(use_cuda)!r}\n"
+            f"CUDA_REASON = {cuda_reason!r}\n")
     with open(path, "w") as fh:
         fh.write(text)
 
@@ -134,7 +143,7 @@ def _openmp_backend(torch) -> bool:
 def _extensions():
     import torch
 
-    use_cuda = _want_cuda(torch)
+    use_cuda, cuda_reason = _want_cuda(torch)
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
@@ -156,8 +165,10 @@ def _extensions():
     if _openmp_backend(torch):
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
-    _log(f"CPU kernels: {isa}, {'OpenMP threads' if link_flags else 'single-threaded'}")
-    _write_build_config(torch, isa, use_cuda)
+    _announce(f"building CPU kernels ({isa}, "
+              f"{'OpenMP threads' if link_flags else 'single-threaded'}); CUDA kernels: "
+              f"{'yes' if use_cuda else 'no'} ({cuda_reason})")
+    _write_build_config(torch, isa, use_cuda, cuda_reason)
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))

@@ -3,6 +3,9 @@
 Each group holds the fused implementation, the plain-PyTorch reference (eager), and
 ``torch.compile`` of the reference on the same inputs; the layer groups also hold the formulation
 most code uses today (one convolution over ``cat(x, h)`` per step, eager gate math).
+
+By default only the small sizes run, with few rounds; ``--bench-full`` adds the realistic sizes
+and the recorded round counts.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import saved_tensor_bytes, sync
+from conftest import full_size, rounds, saved_tensor_bytes, sync
 from pyframepred import ops, reference
 from pyframepred.nn import ConvLSTM
 
@@ -22,6 +25,8 @@ LAYER_SIZES = {
     "cuda": {"realistic": (16, 10, 64, 64, 64, 64), "small": (4, 10, 8, 16, 16, 16)},
 }
 IMPLS = ["fused", "reference", "compile"]
+# Sizes that run: the small ones always, the realistic ones with --bench-full.
+RUN_SIZES = ["realistic", "small"] if full_size() else ["small"]
 
 _COMPILED = {}
 
@@ -55,7 +60,7 @@ def _elem_bytes(size):
     return N * C * H * W * 4  # float32, per channel-plane set of C channels
 
 
-@pytest.mark.parametrize("size", list(OP_SIZES))
+@pytest.mark.parametrize("size", RUN_SIZES)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_op_forward(benchmark, annotate, device, impl, size):
     benchmark.group = f"convlstm-op forward {size} {OP_SIZES[size]} {device}"
@@ -69,11 +74,12 @@ def test_op_forward(benchmark, annotate, device, impl, size):
 
     for _ in range(3):
         run()
-    benchmark.pedantic(run, rounds=20 if device == "cuda" else 8, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 8, 3), iterations=1,
+                       warmup_rounds=1)
     annotate(bytes_moved=11 * _elem_bytes(OP_SIZES[size]), impl=impl)  # read 4C+4C+C, write 2C
 
 
-@pytest.mark.parametrize("size", list(OP_SIZES))
+@pytest.mark.parametrize("size", RUN_SIZES)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_op_forward_backward(benchmark, annotate, device, impl, size):
     benchmark.group = f"convlstm-op forward+backward {size} {OP_SIZES[size]} {device}"
@@ -90,13 +96,14 @@ def test_op_forward_backward(benchmark, annotate, device, impl, size):
 
     for _ in range(3):
         run()
-    benchmark.pedantic(run, rounds=20 if device == "cuda" else 6, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 6, 3), iterations=1,
+                       warmup_rounds=1)
     # forward reads 9C, writes h, c and the 4C saved gates; backward reads gates, c_prev, dh, dc
     # and writes 4C + C: 27 planes of C channels at the least.
     annotate(bytes_moved=27 * _elem_bytes(OP_SIZES[size]), impl=impl)
 
 
-@pytest.mark.parametrize("size", list(OP_SIZES))
+@pytest.mark.parametrize("size", RUN_SIZES)
 @pytest.mark.parametrize("impl", ["fused", "reference"])  # compiled backward can't be re-run alone
 def test_op_backward(benchmark, annotate, device, impl, size):
     """Backward alone (forward done once outside the timed part, graph retained)."""
@@ -114,11 +121,12 @@ def test_op_backward(benchmark, annotate, device, impl, size):
 
     for _ in range(3):
         run()
-    benchmark.pedantic(run, rounds=20 if device == "cuda" else 8, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 8, 3), iterations=1,
+                       warmup_rounds=1)
     annotate(bytes_moved=12 * _elem_bytes(OP_SIZES[size]), impl=impl)  # read 4C+3C, write 5C
 
 
-@pytest.mark.parametrize("size", list(OP_SIZES))
+@pytest.mark.parametrize("size", RUN_SIZES)
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 def test_op_saved_bytes(benchmark, device, impl, size):
     """Bytes autograd keeps for backward (recorded in extra_info; the time is one forward)."""
@@ -129,6 +137,7 @@ def test_op_saved_bytes(benchmark, device, impl, size):
     benchmark.pedantic(lambda: fn(xg, hg, cp, b), rounds=1, iterations=1)
     benchmark.extra_info.update(impl=impl, device=device, saved_bytes_packed=packed,
                                 saved_bytes_distinct=distinct)
+    assert packed > 0 and distinct > 0, "no tensor was saved for backward"
 
 
 class CatConvLSTM(nn.Module):
@@ -167,7 +176,7 @@ def _layer(impl, size, device):
     return model, fn
 
 
-@pytest.mark.parametrize("size", ["realistic", "small"])
+@pytest.mark.parametrize("size", RUN_SIZES)
 @pytest.mark.parametrize("impl", IMPLS + ["cat"])
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 def test_layer(benchmark, annotate, device, impl, size, mode):
@@ -187,12 +196,12 @@ def test_layer(benchmark, annotate, device, impl, size, mode):
             torch.autograd.grad(out.sum(), params)
         sync(device)
 
-    for _ in range(2):
+    for _ in range(2 if full_size() else 1):
         run()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(run, rounds=10 if device.startswith("cuda") else 3, iterations=1,
-                       warmup_rounds=0)
+    benchmark.pedantic(run, rounds=rounds(10 if device.startswith("cuda") else 3, 2),
+                       iterations=1, warmup_rounds=0)
     extra = {"impl": impl, "mode": mode}
     if device.startswith("cuda"):
         extra["peak_mem_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -243,6 +252,6 @@ def test_op_device_throughput(benchmark, annotate, device, case, size):
 
     for _ in range(3):
         run()
-    benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds(10, 3), iterations=1, warmup_rounds=1)
     annotate(bytes_moved=REPEAT * planes * _elem_bytes(OP_SIZES[size]), impl=case,
              calls_per_round=REPEAT)

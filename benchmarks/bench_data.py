@@ -11,19 +11,20 @@ on two data sets written at the start: the default synthetic set (72 H.264 MP4 v
 40-60 frames) and a UCF-101-like set (24 MPEG-4 AVI videos, 320x240, 150 frames, 25 fps: the
 size, codec and typical length of UCF-101).
 
-Run (about a minute on 2 cores)::
+Run::
 
-    PYTHONPATH=. python -m pytest benchmarks/bench_data.py --benchmark-only
-    PYTHONPATH=. python benchmarks/bench_data.py          # same numbers, without pytest
+    pytest benchmarks/bench_data.py --benchmark-only       # quick: small data sets, one pass;
+                                                           # --bench-full: the recorded sizes
+    python benchmarks/record.py --suite data               # records the full sizes
 
-Either writes ``benchmarks/results/data_cpu.json`` and ``data_cpu.md``.
+Only the script mode (``python benchmarks/bench_data.py``, which ``record.py`` calls; about a
+minute on 2 cores) writes ``benchmarks/results/data_cpu.json`` and ``data_cpu.md``; a pytest run
+writes nothing.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -35,14 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+import machine
 from pyframepred.data import VideoClips, normalize
 from pyframepred.data import synthetic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FRAMES, SIZE, BATCH = 8, 64, 16
 
-# data set -> (clips per measured pass, timed passes)
+# data set -> (clips per measured pass, timed passes): recorded sizes, and the quick ones
 DATASETS = {"synthetic-64x64": (144, 3), "ucf-like-320x240": (48, 2)}
+QUICK_DATASETS = {"synthetic-64x64": (32, 1), "ucf-like-320x240": (16, 1)}
 LOADERS = ("VideoClips", "naive-full-decode")
 WORKERS = (0, 2)
 
@@ -55,15 +58,22 @@ def _load() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def make_datasets(base: Path) -> dict[str, Path]:
+def make_datasets(base: Path, full: bool = True) -> dict[str, Path]:
+    """The two data sets; ``full=False`` writes small versions of them (quick runs)."""
     _LOAD_AT_START[:] = [_load()]
-    roots = {"synthetic-64x64": synthetic.generate(base / "synthetic", progress=False)}
+    if full:
+        roots = {"synthetic-64x64": synthetic.generate(base / "synthetic", progress=False)}
+    else:
+        roots = {"synthetic-64x64": synthetic.generate(
+            base / "synthetic", videos_per_class=2, groups_per_class=2, frames=(20, 24),
+            progress=False)}
     ucf = base / "ucf-like"
+    videos, frames = (6, 150) if full else (1, 40)
     if not (ucf / "done").exists():
         classes = ("MixedShapes", "CameraPan", "TexturedCircles", "GravityBalls")
         for ci, cls in enumerate(classes):
-            for k in range(6):
-                video = synthetic.render_video(cls, 150, 240, 320, [1, ci, k], [2, ci, k])
+            for k in range(videos):
+                video = synthetic.render_video(cls, frames, 240, 320, [1, ci, k], [2, ci, k])
                 path = ucf / cls / f"v_{cls}_g{k + 1:02d}_c01.avi"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 synthetic.write_video(path, video, 25, codec="mpeg4",
@@ -117,32 +127,18 @@ def one_pass(loader) -> int:
 
 # --------------------------------------------------------------------------- reporting
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     import av
     import decord
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu, "cpu_count": os.cpu_count(), "usable_cores": usable,
-        "gpu": "none (CPU only)" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    info = machine.describe()
+    info.update({
+        "cpu": info["cpu_model"],
+        "gpu": info["gpu"] or "none (CPU only)",
         "decord": decord.__version__, "av": av.__version__, "numpy": np.__version__,
         "load_average_1min_at_start": _LOAD_AT_START[0] if _LOAD_AT_START else None,
         "load_average_1min_at_end": _load(),
-    }
+    })
+    return info
 
 
 def write_results(rows: list[dict], path_stem: Path = RESULTS / "data_cpu") -> None:
@@ -161,7 +157,8 @@ def write_results(rows: list[dict], path_stem: Path = RESULTS / "data_cpu") -> N
         f"{info['date']} -- {info['cpu']}, {info['usable_cores']} cores usable "
         f"({info['cpu_count']} logical), {info['gpu']}; Python {info['python']}, "
         f"torch {info['torch']}, decord {info['decord']}, PyAV {info['av']}, "
-        f"NumPy {info['numpy']}. Load average (1 min) at start / end: "
+        f"NumPy {info['numpy']}; {machine.isa_level(info)}; allocator: {info['allocator']}. "
+        "Load average (1 min) at start / end: "
         f"{info['load_average_1min_at_start']} / {info['load_average_1min_at_end']} "
         "(the machine may be shared with other jobs; above ~0.5 the numbers are pessimistic).",
         "",
@@ -191,12 +188,17 @@ def write_results(rows: list[dict], path_stem: Path = RESULTS / "data_cpu") -> N
         lines += ["", "**Headline (64x64, 8 frames, 2 workers, VideoClips):** " + "; ".join(
             f"{r['dataset']}: {r['clips_per_s']:.0f} clips/s "
             f"({r['clips_per_s'] / BATCH:.1f} batches of {BATCH}/s)" for r in two) + "."]
+    import report
+
+    text = "\n".join(line if line.startswith("|") else "\n".join(report.wrap(line)) if line
+                     else "" for line in lines)
     with open(path_stem.with_suffix(".md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+        fh.write(text + "\n")
 
 
-def measure(root: Path, dataset: str, kind: str, workers: int, timer=None) -> dict:
-    n_clips, passes = DATASETS[dataset]
+def measure(root: Path, dataset: str, kind: str, workers: int, timer=None,
+            sizes: dict = DATASETS) -> dict:
+    n_clips, passes = sizes[dataset]
     loader, n = make_loader(root, kind, workers, n_clips)
     torch.manual_seed(0)
     random.seed(0)
@@ -230,13 +232,12 @@ except ImportError:  # pragma: no cover - the script mode needs no pytest
     pytest = None
 
 if pytest is not None:
-    _rows: list[dict] = []
+    from conftest import full_size
 
     @pytest.fixture(scope="module")
     def roots():
         with tempfile.TemporaryDirectory(prefix="pfp-bench-data-") as tmp:
-            yield make_datasets(Path(tmp))
-        write_results(sorted(_rows, key=_order))
+            yield make_datasets(Path(tmp), full=full_size())
 
     @pytest.mark.parametrize("workers", WORKERS)
     @pytest.mark.parametrize("kind", LOADERS)
@@ -245,30 +246,40 @@ if pytest is not None:
         def timer(fn, passes):
             benchmark.pedantic(fn, rounds=passes, iterations=1)
 
-        row = measure(roots[dataset], dataset, kind, workers, timer)
-        if not row["passes"]:  # --benchmark-disable runs once without timing through us
-            return
+        row = measure(roots[dataset], dataset, kind, workers, timer,
+                      DATASETS if full_size() else QUICK_DATASETS)
+        assert row["passes"] >= 1 and row["clips_per_s"] > 0
         benchmark.extra_info.update({k: row[k] for k in ("clips_per_pass", "clips_per_s")})
-        _rows.append(row)
+        benchmark.extra_info.update(allocator=machine.allocator(),
+                                    bench_size="full" if full_size() else "quick")
 
 
 def _order(row):
     return (list(DATASETS).index(row["dataset"]), LOADERS.index(row["loader"]), row["workers"])
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Record the data-loading benchmark.")
+    p.add_argument("--out", type=Path, default=RESULTS / "data_cpu",
+                   help="path of the results without suffix (.json and .md are written)")
+    p.add_argument("--quick", action="store_true", help="small data sets, one pass")
+    a = p.parse_args(argv)
+    machine.use_allocator(machine.allocator_from_env())
     rows = []
     with tempfile.TemporaryDirectory(prefix="pfp-bench-data-") as tmp:
-        roots = make_datasets(Path(tmp))
+        roots = make_datasets(Path(tmp), full=not a.quick)
         for dataset in DATASETS:
             for kind in LOADERS:
                 for workers in WORKERS:
-                    row = measure(roots[dataset], dataset, kind, workers)
+                    row = measure(roots[dataset], dataset, kind, workers,
+                                  sizes=QUICK_DATASETS if a.quick else DATASETS)
                     print(f"{dataset:18s} {kind:18s} workers={workers}: "
                           f"{row['clips_per_s']:7.1f} clips/s", flush=True)
                     rows.append(row)
-    write_results(rows)
-    print(f"wrote {RESULTS / 'data_cpu.json'} and .md")
+    write_results(rows, a.out)
+    print(f"wrote {a.out}.json and .md")
     return 0
 
 

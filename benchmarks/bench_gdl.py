@@ -4,16 +4,18 @@ Each group holds the fused op, the plain-PyTorch reference (eager) and ``torch.c
 reference on the same inputs (float32, alpha = 1, reduction "mean"). Achieved bandwidth counts
 the bytes the op must move: forward reads pred and target once; forward+backward reads them
 again in backward and writes grad_pred (5 tensors in all). The copy bandwidth of the device is
-the ceiling (see conftest.py).
+the ceiling (see conftest.py). By default only the small size runs, with few rounds;
+``--bench-full`` adds the large ones (the GPU-only size skips on a CPU-only machine).
 
-    pytest benchmarks/bench_gdl.py --benchmark-only --benchmark-json benchmarks/results/gdl_cpu.json
+    pytest benchmarks/bench_gdl.py --benchmark-only [--bench-full]
+    python benchmarks/record.py --suite gdl       # records benchmarks/results/gdl_cpu.json
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conftest import saved_tensor_bytes, sync
+from conftest import full_size, rounds, saved_tensor_bytes, sync
 from pyframepred import ops, reference
 
 SHAPES = {"small": (16, 3, 64, 64), "large": (8, 3, 256, 256)}
@@ -36,7 +38,8 @@ def _fn(impl):
 
 
 def _shapes():
-    return [(k, v) for k, v in SHAPES.items()] + [(k, v) for k, v in CUDA_SHAPES.items()]
+    shapes = list(SHAPES.items()) + list(CUDA_SHAPES.items())
+    return shapes if full_size() else shapes[:1]
 
 
 def _inputs(shape, device, requires_grad):
@@ -53,11 +56,11 @@ def _skip_if_not_applicable(size, device):
 
 def _rounds(device, shape, impl):
     if device.startswith("cuda"):
-        return 50
+        return rounds(50, 10)
     numel = 1
     for s in shape:
         numel *= s
-    return 40 if numel < 2**20 else (10 if impl == "reference" else 25)
+    return rounds(40 if numel < 2**20 else (10 if impl == "reference" else 25), 5)
 
 
 @pytest.mark.parametrize("size", [k for k, _ in _shapes()])

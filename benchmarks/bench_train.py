@@ -11,12 +11,14 @@ the median is reported. The speed-up is the median over repeats of the paired ra
 (other guests on the host), and a pair timed back to back cancels that drift; the table also
 gives the range of the paired ratios and in how many repeats fused was faster.
 
-Run (a few minutes on 2 cores)::
+Run::
 
-    PYTHONPATH=. python benchmarks/bench_train.py [--device cpu|cuda] [--steps 10] [--repeats 5]
-    PYTHONPATH=. python -m pytest benchmarks/bench_train.py --benchmark-only
+    pytest benchmarks/bench_train.py --benchmark-only      # a few rounds per setting; writes nothing
+    python benchmarks/record.py --suite train              # the paired protocol below, recorded
+    python benchmarks/bench_train.py [--device cpu|cuda] [--steps 10] [--repeats 5]
 
-The script writes ``benchmarks/results/train_<device>.json`` and ``train_<device>.md``.
+The script mode (a few minutes on 2 cores; what ``record.py`` calls) writes
+``benchmarks/results/train_<device>.json`` and ``train_<device>.md``.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import machine
+from conftest import full_size, rounds
 from pyframepred.data import synthetic
 from pyframepred.train import Trainer, TrainConfig
 
@@ -115,36 +119,35 @@ def run(device: str = "cpu", steps: int = 5, repeats: int = 15, batch: int = 8) 
 
 def _machine(device: str) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    info = machine.describe()
     dev = torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} CPU threads"
-    return (f"{platform.processor() or platform.machine()}, {dev}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {torch.get_num_threads()} torch threads; "
-            f"load average (1 min) {load:.2f}")
+    return (f"{info['cpu_model']} ({machine.isa_level(info)}), {dev}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {torch.get_num_threads()} torch threads, "
+            f"allocator: {info['allocator']}; load average (1 min) {load:.2f}")
 
 
-def write_results(res: dict, load_start: float) -> None:
-    RESULTS.mkdir(exist_ok=True)
+def write_results(res: dict, load_start: float, stem: Path | None = None) -> None:
     dev = res["device"]
+    stem = Path(stem) if stem is not None else RESULTS / f"train_{dev}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
     res = dict(res, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               machine=_machine(dev), load_average_start=load_start)
-    (RESULTS / f"train_{dev}.json").write_text(json.dumps(res, indent=2))
-    lines = [f"# Training throughput, fused vs reference ops ({dev})", "",
-             f"{res['date']} -- {res['machine']} (at start: {load_start:.2f}; the machine may be "
-             "shared, above ~0.5 the numbers are pessimistic).", "",
-             "One `Trainer.train_step` (forward, loss, backward, clip, Adam; GAN: D and G updates) at "
-             f"the quick preset's model sizes, batch {res['rows'][0]['batch']}, 64x64, fixed "
-             f"random batch; {res['repeats']} repeats of {res['steps']} steps per setting, the two settings "
-             "back to back in each repeat; speed-up = median of the per-repeat ratios.",
-             "", "| model | fused clips/s | reference clips/s | fused ms/step | reference ms/step "
-             "| speed-up (ref/fused time) | per-repeat ratios min-max | fused faster in |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in res["rows"]:
-        lines.append(f"| {r['model']} | {r['fused_clips_per_s']:.1f} | "
-                     f"{r['reference_clips_per_s']:.1f} | {r['fused_ms_per_step']:.1f} | "
-                     f"{r['reference_ms_per_step']:.1f} | {r['ratio']:.3f}x | "
-                     f"{r['paired_ratio_min']:.3f}-{r['paired_ratio_max']:.3f} | "
-                     f"{r['fused_faster_in']} of {res['repeats']} |")
-    (RESULTS / f"train_{dev}.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / f'train_{dev}.md'}")
+               machine=_machine(dev), machine_info=machine.describe(),
+               allocator=machine.allocator(), load_average_start=load_start)
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    import report
+
+    lines = [f"# Training throughput, fused vs reference ops ({dev})", ""]
+    lines += report.wrap(
+        f"{res['date']} -- {res['machine']} (at start: {load_start:.2f}; the machine may be "
+        "shared, above ~0.5 the numbers are pessimistic).") + [""]
+    lines += report.wrap(
+        "One `Trainer.train_step` (forward, loss, backward, clip, Adam; GAN: D and G updates) at "
+        f"the quick preset's model sizes, batch {res['rows'][0]['batch']}, 64x64, fixed random "
+        f"batch; {res['repeats']} repeats of {res['steps']} steps per setting, the two settings "
+        "back to back in each repeat; speed-up = median of the per-repeat ratios.") + [""]
+    lines += report.section_train([dict(res, _path=str(stem.with_suffix(".json")))])
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.json and .md")
 
 
 # ----------------------------------------------------------------------------- pytest-benchmark
@@ -155,8 +158,11 @@ def test_train_step(benchmark, model, fused, tmp_path):
     tr = make_trainer(model, fused, "cpu", 8, str(tmp_path))
     clips = torch.rand(8, 8 if model == "seq2seq" else 5, 3, 64, 64) * 2 - 1
     tr.train_step(clips)
-    benchmark.pedantic(tr.train_step, args=(clips,), rounds=5, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["clips_per_step"] = 8
+    benchmark.pedantic(tr.train_step, args=(clips,), rounds=rounds(5, 2), iterations=1,
+                       warmup_rounds=1 if full_size() else 0)
+    benchmark.extra_info.update(clips_per_step=8, allocator=machine.allocator(), impl=(
+        "fused" if fused else "reference"), bench_size="full" if full_size() else "quick")
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
 
 
 def main(argv=None) -> int:
@@ -165,10 +171,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--out", type=Path, default=None,
+                   help="path of the results without suffix (default: results/train_<device>)")
     a = p.parse_args(argv)
+    machine.use_allocator(machine.allocator_from_env())
     load = os.getloadavg()[0]
     res = run(a.device, a.steps, a.repeats, a.batch)
-    write_results(res, load)
+    write_results(res, load, a.out)
     return 0
 
 

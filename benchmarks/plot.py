@@ -4,8 +4,9 @@
     python benchmarks/plot.py benchmarks/results/convlstm_cpu.json benchmarks/results/gdl_cpu.json \
         --out docs/benchmarks-cpu.png
 
-Only the groups of the larger ("realistic"/"large") sizes are drawn; bars are mean times,
-labelled with the speed-up over the eager reference.
+Only the groups of the larger ("realistic"/"large") sizes are drawn; bars are median times,
+labelled with the speed-up over the eager reference. ``python benchmarks/record.py`` redraws the
+README's plot from the recorded results.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ LABELS = {"fused": "fused", "reference": "eager reference", "compile": "torch.co
 
 
 def load_groups(paths, keep=("realistic", "large")):
-    """{group title: {impl: mean seconds}} for the timed groups whose title has a `keep` word."""
+    """{group title: {impl: median seconds}} for the timed groups whose title has a `keep` word."""
     groups = {}
     for path in paths:
         data = json.loads(Path(path).read_text())
@@ -28,7 +29,7 @@ def load_groups(paths, keep=("realistic", "large")):
             group, impl = b["group"], b.get("extra_info", {}).get("impl")
             if impl is None or "saved" in group or not any(k in group for k in keep):
                 continue
-            groups.setdefault(group, {})[impl] = b["stats"]["mean"]
+            groups.setdefault(group, {})[impl] = b["stats"]["median"]
     return groups
 
 
@@ -38,7 +39,7 @@ def _title(group: str) -> str:
     return f"{name}\n{rest.replace(' realistic', '').replace(' large', '')}"
 
 
-def plot(groups, out: Path) -> None:
+def plot(groups, out: Path, note: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +60,7 @@ def plot(groups, out: Path) -> None:
                         ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(impls)))
         ax.set_xticklabels([i if i != "reference" else "eager" for i in impls], fontsize=8)
-        ax.set_ylabel("ms (mean)", fontsize=8)
+        ax.set_ylabel("ms (median)", fontsize=8)
         ax.set_title(_title(group), fontsize=8)
         ax.margins(y=0.15)
     for ax in list(axes.flat)[n:]:
@@ -67,8 +68,8 @@ def plot(groups, out: Path) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i]) for i in IMPL_ORDER]
     fig.legend(handles, [LABELS[i] for i in IMPL_ORDER], loc="lower center", ncol=4, fontsize=8,
                frameon=False)
-    fig.suptitle("Mean time, lower is better; labels: speed-up over the eager reference",
-                 fontsize=9)
+    fig.suptitle("Median time, lower is better; labels: speed-up over the eager reference"
+                 + (f"; {note}" if note else ""), fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -79,11 +80,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("json", nargs="+", help="pytest-benchmark JSON files")
     p.add_argument("--out", default="docs/benchmarks.png")
+    p.add_argument("--note", default="", help="added to the title (e.g. the allocator setting)")
     a = p.parse_args(argv)
     groups = load_groups(a.json)
     if not groups:
         p.error("no timed groups of the larger sizes in these files")
-    plot(groups, Path(a.out))
+    plot(groups, Path(a.out), a.note)
     return 0
 
 

@@ -1,83 +1,431 @@
-"""Turn recorded pytest-benchmark JSON files into markdown tables.
+"""Markdown tables from recorded benchmark results, for a terminal and for the README.
 
-    python benchmarks/report.py benchmarks/results/convlstm_cpu.json > benchmarks/results/convlstm_cpu.md
+    python benchmarks/report.py benchmarks/results/convlstm_cpu.json     # one file's tables
+    python benchmarks/record.py --regen-only                             # the README's tables
 
-Each group (one operation, size and device) becomes a table row per implementation with the mean
-time, the speed-up over the eager reference, and, where recorded, achieved bandwidth, its share
-of the measured copy bandwidth, saved-for-backward bytes and peak GPU memory.
+Times are medians over the rounds (robust to a preempted round on a shared machine). Every row
+says how far it can be trusted: IQR/med (interquartile range over median), marked "noisy" above
+25%. Bandwidth is the bytes the op must move over the median time, next to its share of the
+device's measured copy bandwidth; a share above 100% is never printed as such: an op whose bytes
+fit in the last-level cache is "cache-resident", any other is marked with the reason. Each row
+names the allocator setting it was measured with ("plain": what users get; "tuned": freed memory
+kept in-process, see benchmarks/machine.py).
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
+import textwrap
 from collections import OrderedDict
+from pathlib import Path
+
+NOISY = 0.25  # IQR / median above this: the row is flagged
+WIDTH = 100  # the widest line a table or header may have
+# The allocator tuning was applied to every pytest benchmark run from this commit time on,
+# before results said which setting they used.
+_TUNED_SINCE = "2026-11-24T21:05:01"
 
 
-def _fmt_time(s: float) -> str:
-    if s >= 1:
-        return f"{s:.2f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s * 1e6:.1f} µs"
+# --------------------------------------------------------------------------- formatting
+def fmt_time(s: float) -> str:
+    """Three significant digits: 12.5 ms, 102 ms, 165 µs, 1.23 s."""
+    for scale, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if s >= scale or unit == "µs":
+            v = s / scale
+            return f"{v:#.3g} {unit}" if v < 100 else f"{v:.0f} {unit}"
+    raise AssertionError
 
 
-def render(path: str) -> str:
-    with open(path) as fh:
-        data = json.load(fh)
+def fmt_ratio(x: float) -> str:
+    return f"{x:.1f}×" if x < 10 else f"{x:.0f}×"
+
+
+def wrap(text: str) -> list[str]:
+    return textwrap.wrap(text, WIDTH, break_on_hyphens=False) or [""]
+
+
+def table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+    """A markdown table; `align` is one character per column, 'l' or 'r'."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    too_wide = [line for line in lines if len(line) > WIDTH]
+    if too_wide:  # a warning, not an error: a recording must not be lost over a table's width
+        print(f"warning: table line over {WIDTH} columns: {too_wide[0]!r}", file=sys.stderr)
+    return lines
+
+
+# --------------------------------------------------------------------------- reading results
+def load(path) -> dict:
+    data = json.loads(Path(path).read_text())
+    data["_path"] = str(path)
+    return data
+
+
+def median(b: dict) -> float:
+    return b["stats"]["median"]
+
+
+def spread(b: dict) -> float:
+    """IQR / median of one benchmark's rounds."""
+    st = b["stats"]
+    return st["iqr"] / st["median"] if st["median"] > 0 else float("inf")
+
+
+def fmt_spread(x: float) -> str:
+    return (f"{100 * x:.0f}%" if x < 10 else ">999%") + (" noisy" if x > NOISY else "")
+
+
+def run_info(data: dict) -> dict:
+    """Our machine record of a pytest-benchmark file ({} for files recorded before it existed)."""
+    return data.get("machine_info", {}).get("pyframepred", {})
+
+
+def allocator(data: dict, b: dict | None = None) -> str:
+    """The allocator label of a result: 'plain', 'tuned', 'caching' (a GPU's own allocator) or
+    'unknown'."""
+    e = (b or {}).get("extra_info", {})
+    if str(e.get("device", "cpu")).startswith("cuda"):
+        return "caching"
+    label = e.get("allocator") or run_info(data).get("allocator")
+    if label:
+        return label
+    # Files recorded before the setting was labelled: pytest runs used the tuned one from the
+    # commit that made conftest apply it to every run.
+    when = (data.get("commit_info") or {}).get("time") or data.get("datetime") or ""
+    if "benchmarks" in data and when:
+        return "tuned" if when[:19] >= _TUNED_SINCE else "plain"
+    return "unknown"
+
+
+def llc_bytes(data: dict) -> int | None:
+    return run_info(data).get("llc_bytes")
+
+
+def bandwidth(b: dict, llc: int | None) -> tuple[str, str, str | None]:
+    """(GB/s, share of the copy bandwidth, footnote or None) of one benchmark."""
+    e = b.get("extra_info", {})
+    if "bytes_moved" not in e or "copy_GBps" not in e:
+        return "—", "—", None
+    bw = e["bytes_moved"] / median(b)
+    frac = bw / (e["copy_GBps"] * 1e9)
+    gbps = f"{bw / 1e9:.1f}" if bw < 100e9 else f"{bw / 1e9:.0f}"
+    if frac <= 1:
+        return gbps, f"{100 * frac:.0f}% of {e['copy_GBps']:.0f}", None
+    if llc is not None and e["bytes_moved"] <= llc:
+        return gbps, "cache-resident", (
+            f"cache-resident: the op's bytes fit in the {llc / 2**20:.0f} MiB last-level cache, "
+            "so the memory copy bandwidth does not bound it")
+    return gbps, "above copy BW", (
+        f"above copy BW: faster than the measured copy bandwidth ({e['copy_GBps']:.0f} GB/s), "
+        "so not bound by it: part of its bytes stay in the caches"
+        + ("" if llc else " (the cache size was not recorded)") + ", or the ceiling was "
+        "measured low")
+
+
+def header_lines(data: dict) -> list[str]:
+    info = run_info(data)
+    if info:
+        import machine
+
+        return wrap("Recorded " + machine.one_line(info) + ".")
     mi = data.get("machine_info", {})
-    cpu = mi.get("cpu", {}).get("brand_raw", "?")
-    lines = [f"## {path}", "",
-             f"Recorded {data.get('datetime', '?')} on {mi.get('node', '?')} — CPU: {cpu}, "
-             f"{mi.get('cpu', {}).get('count', '?')} cores; Python {mi.get('python_version', '?')}.",
-             ""]
+    cpu = mi.get("cpu", {})
+    flags = set(cpu.get("flags", []))
+    isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "?")
+    return wrap(f"Recorded {data.get('datetime', '?')[:16]} on {mi.get('node', '?')}: "
+                f"{cpu.get('brand_raw', '?')} ({isa}), {cpu.get('count', '?')} cores; Python "
+                f"{mi.get('python_version', '?')}; allocator: {allocator(data)} (from the "
+                "recording's date; the file predates the allocator label).")
+
+
+# --------------------------------------------------------------------------- one file's tables
+def render(path) -> str:
+    data = load(path)
+    if "benchmarks" not in data:  # a script-mode suite's own format
+        kind = "data" if "results" in data else "train"
+        return "\n".join([f"## {Path(path).name}", ""] + SECTIONS[kind]([data])) + "\n"
+    lines = [f"## {Path(path).name}", ""] + header_lines(data) + [""]
     groups: "OrderedDict[str, list]" = OrderedDict()
     for b in data["benchmarks"]:
         groups.setdefault(b["group"] or b["name"], []).append(b)
+    llc = llc_bytes(data)
     for group, items in groups.items():
         info0 = items[0].get("extra_info", {})
-        extra = f" — {info0['device_name']}" if "device_name" in info0 else ""
-        versions = info0.get("torch")
-        lines += [f"### {group}{extra}", ""]
-        if any("saved_bytes_packed" in b["extra_info"] and "GBps" not in b["extra_info"]
-               and b["extra_info"].get("mode") is None for b in items):
-            lines += ["| impl | saved for backward (as packed) | distinct storage |",
-                      "|---|---:|---:|"]
-            for b in items:
-                e = b["extra_info"]
-                lines.append(f"| {e.get('impl')} | {e['saved_bytes_packed'] / 2**20:.1f} MiB | "
-                             f"{e['saved_bytes_distinct'] / 2**20:.1f} MiB |")
-            lines.append("")
+        lines += [f"### {group}", ""]
+        if "device_name" in info0:
+            lines += [f"Device: {info0['device_name']}", ""]
+        if "saved" in group:
+            rows = [[str(b["extra_info"].get("impl")),
+                     f"{b['extra_info']['saved_bytes_packed'] / 2**20:.1f} MiB",
+                     f"{b['extra_info']['saved_bytes_distinct'] / 2**20:.1f} MiB"]
+                    for b in items if "saved_bytes_packed" in b.get("extra_info", {})]
+            lines += table(["impl", "saved for backward (as packed)", "distinct storage"], rows,
+                           "lrr") + [""]
             continue
         ref = next((b for b in items if b["extra_info"].get("impl") == "reference"), None)
-        cols = ["impl", "mean", "vs reference"]
-        has_bw = any("GBps" in b["extra_info"] for b in items)
+        has_bw = any("bytes_moved" in b["extra_info"] for b in items)
         has_mem = any("peak_mem_MiB" in b["extra_info"] for b in items)
         has_saved = any("saved_bytes_distinct" in b["extra_info"] for b in items)
+        header = ["impl", "median", "IQR/med", "vs ref", "alloc"]
+        align = "lrrrl"
         if has_bw:
-            cols += ["GB/s", "of copy BW"]
+            header += ["GB/s", "of copy GB/s"]
+            align += "rr"
         if has_mem:
-            cols.append("peak GPU mem")
+            header.append("peak GPU")
+            align += "r"
         if has_saved:
-            cols.append("saved for bwd (distinct)")
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            header.append("saved (distinct)")
+            align += "r"
+        rows, notes = [], []
         for b in items:
             e = b["extra_info"]
-            mean = b["stats"]["mean"]
-            row = [str(e.get("impl", b["name"])), _fmt_time(mean),
-                   f"{ref['stats']['mean'] / mean:.2f}×" if ref else "—"]
+            row = [str(e.get("impl", b["name"])), fmt_time(median(b)), fmt_spread(spread(b)),
+                   fmt_ratio(median(ref) / median(b)) if ref else "—", allocator(data, b)]
             if has_bw:
-                row += [f"{e['GBps']:.1f}" if "GBps" in e else "—",
-                        f"{100 * e['frac_of_copy_bw']:.0f}% of {e['copy_GBps']:.0f}"
-                        if "frac_of_copy_bw" in e else "—"]
+                gbps, share, note = bandwidth(b, llc)
+                row += [gbps, share]
+                if note and note not in notes:
+                    notes.append(note)
             if has_mem:
                 row.append(f"{e['peak_mem_MiB']:.0f} MiB" if "peak_mem_MiB" in e else "—")
             if has_saved:
                 row.append(f"{e['saved_bytes_distinct'] / 2**20:.1f} MiB"
                            if "saved_bytes_distinct" in e else "—")
-            lines.append("| " + " | ".join(row) + " |")
+            rows.append(row)
+        lines += table(header, rows, align)
+        for note in notes:
+            lines += wrap("* " + note + ".")
         lines.append("")
-    return "\n".join(lines)
+    lines += wrap(f"Median over the rounds; IQR/med: interquartile range over median, 'noisy' "
+                  f"above {100 * NOISY:.0f}% (don't quote those rows); vs ref: the eager "
+                  "reference's median over this one; alloc: the allocator setting (plain: what "
+                  "users get; tuned: freed memory kept in-process; caching: the GPU's own).")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if len(sys.argv) < 2:
+        sys.exit("usage: python benchmarks/report.py RESULTS.json [...]")
     print("\n".join(render(p) for p in sys.argv[1:]))
+
+
+# --------------------------------------------------------------------------- README sections
+# Each renders one README table (between <!-- results:NAME --> markers) from the result files
+# of its suite; record.py picks the files and writes the README.
+_GROUP = re.compile(r"^(?P<family>convlstm-op|gdl|convlstm-layer T=\d+) "
+                    r"(?P<mode>forward\+backward|forward|backward) (?P<size>\w+) (?P<shape>.*) "
+                    r"(?P<device>cpu|cuda\S*)$")
+_PASS = {"forward": "forward", "forward+backward": "fwd+bwd", "backward": "backward"}
+
+
+def device_label(data: dict) -> str:
+    """'CPU' or the GPU's short name ('H100') of a pytest-benchmark file."""
+    for b in data.get("benchmarks", []):
+        name = b.get("extra_info", {}).get("device_name")
+        if name:
+            m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]*)\b", name)
+            return m.group(1) if m else name
+    return "CPU"
+
+
+def _groups(data: dict, family: str) -> "OrderedDict[tuple, dict]":
+    """{(mode, size, shape): {impl: benchmark}} of one family's timed groups, in file order."""
+    out: "OrderedDict[tuple, dict]" = OrderedDict()
+    for b in data.get("benchmarks", []):
+        m = _GROUP.match(b.get("group") or "")
+        if not m or not m.group("family").startswith(family):
+            continue
+        impl = b.get("extra_info", {}).get("impl")
+        if impl is not None:
+            out.setdefault((m.group("mode"), m.group("size"), m.group("shape")), {})[impl] = b
+    return out
+
+
+def _device_line(data: dict) -> list[str]:
+    dev = device_label(data)
+    info = run_info(data)
+    if info:
+        import machine
+
+        what = machine.one_line(info)
+    else:  # recorded before our machine record: what pytest-benchmark kept
+        mi = data.get("machine_info", {})
+        cpu = mi.get("cpu", {})
+        flags = set(cpu.get("flags", []))
+        isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "?")
+        e0 = data["benchmarks"][0].get("extra_info", {})
+        what = f"{data.get('datetime', '?')[:10]}: "
+        if "device_name" in e0:
+            what += f"{e0['device_name']}, host {cpu.get('brand_raw', '?')}"
+        else:
+            what += (f"{cpu.get('brand_raw', '?')} ({isa}), {cpu.get('count', '?')} cores, "
+                     f"{e0.get('threads', '?')} threads, allocator {allocator(data)}")
+        what += f", Python {mi.get('python_version', '?')}"
+    return wrap(f"{dev} — {what} (`{Path(data['_path']).name}`).")
+
+
+def _worst(items) -> str:
+    return fmt_spread(max(spread(b) for b in items))
+
+
+def _fused_bandwidth(files, family, sizes) -> list[str]:
+    parts, notes = [], []
+    for data in files:
+        llc = llc_bytes(data)
+        for (mode, size, _), impls in _groups(data, family).items():
+            b = impls.get("fused")
+            if size not in sizes or b is None or "bytes_moved" not in b["extra_info"]:
+                continue
+            gbps, share, note = bandwidth(b, llc)
+            what = f"{_PASS[mode]} {size}" if len(sizes) > 1 else _PASS[mode]
+            parts.append(f"{device_label(data)} {what} {gbps} GB/s ({share})")
+            if note and note not in notes:
+                notes.append(note)
+    if not parts:
+        return []
+    return wrap("Fused op, bytes it must move / median time (share of the measured copy "
+                "bandwidth): " + "; ".join(parts) + ".") + [
+        line for note in notes for line in wrap("* " + note + ".")]
+
+
+def _op_section(files, family, sizes, with_shape) -> list[str]:
+    header = ["device"] + (["shape"] if with_shape else []) + [
+        "pass", "alloc", "fused", "reference", "compile", "vs ref", "vs compile", "IQR/med"]
+    align = "l" + ("l" if with_shape else "") + "llrrrrrr"
+    rows = []
+    for data in files:
+        for (mode, size, shape), impls in _groups(data, family).items():
+            if size not in sizes or "fused" not in impls:
+                continue
+            f, r, c = impls.get("fused"), impls.get("reference"), impls.get("compile")
+            rows.append([device_label(data)] + ([shape.replace(" ", "")] if with_shape else []) + [
+                _PASS[mode], allocator(data, f), fmt_time(median(f)),
+                fmt_time(median(r)) if r else "—", fmt_time(median(c)) if c else "—",
+                fmt_ratio(median(r) / median(f)) if r else "—",
+                fmt_ratio(median(c) / median(f)) if c else "—",
+                _worst([x for x in (f, r, c) if x])])
+    return table(header, rows, align)
+
+
+def _legend() -> list[str]:
+    return wrap(f"Medians; IQR/med: the widest interquartile range / median of the row's "
+                f"implementations, 'noisy' above {100 * NOISY:.0f}% (don't quote those rows).")
+
+
+def section_convlstm_op(files) -> list[str]:
+    lines = _op_section(files, "convlstm-op", ("realistic",), with_shape=False) + [""]
+    lines += _fused_bandwidth(files, "convlstm-op", ("realistic",))
+    for data in files:
+        saved = {b["extra_info"].get("impl"): b["extra_info"] for b in data["benchmarks"]
+                 if "saved-for-backward realistic" in (b.get("group") or "")}
+        if "fused" in saved and "reference" in saved:
+            f, r = saved["fused"], saved["reference"]
+            lines += [""] + wrap(
+                f"Saved for backward ({device_label(data)}): fused "
+                f"{f['saved_bytes_packed'] / 2**20:.0f} MiB, reference "
+                f"{r['saved_bytes_packed'] / 2**20:.0f} MiB as autograd packs it "
+                f"({r['saved_bytes_distinct'] / 2**20:.0f} MiB of distinct storage).")
+            break
+    return lines + [""] + _legend() + [""] + [line for d in files for line in _device_line(d)]
+
+
+def section_convlstm_layer(files) -> list[str]:
+    header = ["device", "pass", "alloc", "fused", "reference", "compile", "conv(cat)",
+              "vs cat", "IQR/med"]
+    rows, shapes = [], OrderedDict()
+    for data in files:
+        for (mode, size, shape), impls in _groups(data, "convlstm-layer").items():
+            f = impls.get("fused")
+            if size != "realistic" or f is None:
+                continue
+            cells = [fmt_time(median(impls[i])) if i in impls else "—"
+                     for i in ("fused", "reference", "compile", "cat")]
+            cat = impls.get("cat")
+            shapes[device_label(data)] = shape.split("=")[-1]
+            rows.append([device_label(data), _PASS[mode], allocator(data, f)] + cells + [
+                fmt_ratio(median(cat) / median(f)) if cat else "—",
+                _worst(impls.values())])
+    lines = table(header, rows, "lllrrrrrr") + [""]
+    lines += wrap("Shapes (N, T, Cin, C, H, W): " + "; ".join(
+        f"{dev} {shape}" for dev, shape in shapes.items()) + ". conv(cat): the common formulation, one "
+                  "convolution over cat(x, h) per step with eager gate math; vs cat: its median "
+                  "over fused's.")
+    return lines + [""] + _legend() + [""] + [line for d in files for line in _device_line(d)]
+
+
+def section_gdl(files) -> list[str]:
+    lines = _op_section(files, "gdl", ("small", "large", "xlarge"), with_shape=True) + [""]
+    lines += _fused_bandwidth(files, "gdl", ("large", "xlarge"))
+    return lines + [""] + _legend() + [""] + [line for d in files for line in _device_line(d)]
+
+
+def section_data(files) -> list[str]:
+    lines = []
+    for data in files:
+        res, info = data["results"], data["machine"]
+        rate = {(r["dataset"], r["loader"], r["workers"]): r["clips_per_s"] for r in res}
+
+        def ratio(r):  # slowest over fastest pass
+            t = r.get("seconds_per_pass") or [1.0]
+            return max(t) / min(t)
+        rows = []
+        alloc = info.get("allocator") or "not recorded"
+        for ds in OrderedDict.fromkeys(r["dataset"] for r in res):
+            def cell(loader, workers):
+                v = rate.get((ds, loader, workers))
+                return f"{v:.0f} clips/s" if v is not None else "—"
+            worst = max(ratio(r) for r in res if r["dataset"] == ds)
+            rows.append([ds, alloc.replace("not recorded", "?"), cell("VideoClips", 0),
+                         cell("VideoClips", 2), cell("naive-full-decode", 0),
+                         cell("naive-full-decode", 2),
+                         f"{worst:.2f}" + (" noisy" if worst > 1 + 2 * NOISY else "")])
+        lines += table(["data set", "alloc", "0 workers", "2 workers", "naive, 0 w.",
+                        "naive, 2 w.", "max/min"], rows, "llrrrrr") + [""]
+        lines += wrap(
+            f"Clips/s: clips / mean time of one pass. Naive: decode the whole video at its own "
+            f"size, then resize the 8 kept frames. max/min: the slowest pass over the fastest "
+            f"(widest of the row), 'noisy' above {1 + 2 * NOISY:.1f}. {info.get('date', '?')[:16]}: "
+            f"{info.get('cpu', '?')}, {info.get('usable_cores', '?')} cores, torch "
+            f"{info.get('torch', '?')}, decord {info.get('decord', '?')}; allocator: {alloc}; "
+            f"load average at start {info.get('load_average_1min_at_start', '?')} "
+            f"(`{Path(data['_path']).name}`).") + [""]
+    return lines
+
+
+# What each model's training step runs of the fused ops.
+_MODEL_OPS = {"seq2seq": "seq2seq (ConvLSTM + GDL)", "autoencoder": "autoencoder (GDL only)",
+              "multiscale": "multi-scale GAN (GDL only)"}
+
+
+def section_train(files) -> list[str]:
+    lines = []
+    for data in files:
+        rows = []
+        alloc = data.get("allocator") or "plain"  # the script mode never applied the tuning
+        for r in data["rows"]:
+            rows.append([_MODEL_OPS.get(r["model"], r["model"]), alloc,
+                         f"{r['fused_clips_per_s']:.1f}", f"{r['reference_clips_per_s']:.1f}",
+                         f"{r['ratio']:.3f}×",
+                         f"{r['paired_ratio_min']:.2f}–{r['paired_ratio_max']:.2f}" + (
+                             " mixed" if r["paired_ratio_min"] < 1 < r["paired_ratio_max"]
+                             else ""),
+                         f"{r['fused_faster_in']} of {data['repeats']}"])
+        lines += table(["model (fused ops)", "alloc", "fused clips/s", "ref. clips/s",
+                        "speed-up", "pair range", "fused faster"], rows, "llrrrrr") + [""]
+        lines += wrap(
+            f"Batch {data['rows'][0]['batch']}, 64×64, {data['device'].upper()}; speed-up: median "
+            f"over {data['repeats']} back-to-back pairs (order alternating) of the reference / "
+            f"fused time ratio; pair range: the lowest and highest of those ratios ('mixed': "
+            "some pairs say fused is faster, some slower; read the speed-up as within the noise). "
+            f"{data.get('date', '?')[:16]}: {data.get('machine', '?')}"
+            + ("" if "allocator" in data.get("machine", "") else f"; allocator: {alloc}") + " "
+            f"(`{Path(data['_path']).name}`).") + [""]
+    return lines
+
+
+SECTIONS = {"convlstm-op": section_convlstm_op, "convlstm-layer": section_convlstm_layer,
+            "gdl": section_gdl, "data": section_data, "train": section_train}

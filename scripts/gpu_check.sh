@@ -46,7 +46,7 @@ else
 fi
 
 echo "== benchmarks"
-PYFRAMEPRED_BENCH_DEVICES=cuda $PY -m pytest $BENCH --benchmark-only -q -p no:cacheprovider \
+PYFRAMEPRED_BENCH_DEVICES=cuda $PY -m pytest $BENCH --benchmark-only --bench-full -q -p no:cacheprovider \
   --benchmark-json "$OUT/bench_gpu.json" 2>&1 | tail -5 > "$OUT/bench.log"
 cat "$OUT/bench.log"
 $PY benchmarks/report.py "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2>&1
