@@ -31,10 +31,10 @@ sys.path.insert(0, str(HERE))
 import report  # noqa: E402
 
 # Suites with their own measuring protocol and result format (a script mode that records).
-SCRIPT_SUITES = ("data", "train")
+SCRIPT_SUITES = ("data", "train", "layer")
 # README section -> the suite whose results it shows.
 SECTION_SUITE = {"convlstm-op": "convlstm", "convlstm-layer": "convlstm", "gdl": "gdl",
-                 "data": "data", "train": "train"}
+                 "data": "data", "train": "train", "layer-step": "layer"}
 PLOT_SUITES = ("convlstm", "gdl")
 
 
@@ -63,11 +63,22 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
     print(f"== recording {suite} on {device}, allocator {alloc} -> {stem}.json", flush=True)
     if suite in SCRIPT_SUITES:
         cmd = [sys.executable, str(HERE / f"bench_{suite}.py"), "--out", str(stem)]
-        if suite == "train":
+        if suite == "layer":
+            cmd = [sys.executable, str(HERE / "bench_layer.py"), "--out",
+                   str(stem.with_suffix(".json"))]
+            cmd += (["--malloc-tuned"] if alloc == "tuned" else []) + (
+                ["--sizes", "2x4x[8]@16", "--rounds", "3"] if quick else [])
+            if device != "cpu":
+                print("   (the layer step record is CPU-only; skipped)")
+                return stem.with_suffix(".json")
+        elif suite == "train":
             cmd += ["--device", device] + (["--repeats", "2", "--steps", "1"] if quick else [])
         elif quick:
             cmd.append("--quick")
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+        if suite == "layer":
+            md = report.section_layer_step([report.load(stem.with_suffix(".json"))])
+            stem.with_suffix(".md").write_text("\n".join([f"## {stem.name}.json", ""] + md) + "\n")
         return stem.with_suffix(".json")
     # Written next to the target, then moved: a failed run leaves the old result in place.
     fd, tmp = tempfile.mkstemp(suffix=".json", dir=results)

@@ -427,5 +427,41 @@ def section_train(files) -> list[str]:
     return lines
 
 
+def section_layer_step(files) -> list[str]:
+    """The round-robin layer training-step record of bench_layer.py."""
+    names = {"cat": "cat(x, h)", "cat-compile": "compile(cat)", "reference": "reference"}
+    header = ["size (N,Cin,[C..],H)", "dtype", "alloc", "fused", "cat(x, h)", "compile(cat)",
+              "reference", "conv %"]
+    rows = []
+    for data in files:
+        alloc = "tuned" if "tuned" in data["machine"]["allocator"] else "plain"
+        for r in data["results"]:
+            f = r["impls"]["fused"]
+            cells = []
+            for impl in names:
+                v = r["impls"].get(impl)
+                cells.append("—" if v is None else
+                             f"{v['median_ms']:.0f} ms {v['fused_speedup_median']:.2f}×")
+            noisy = max(v["iqr_over_median"] for v in r["impls"].values()) > 0.25
+            share = r.get("profile_fused", {}).get("conv_share")
+            rows.append([r["size"] + (" noisy" if noisy else ""), r["mode"], alloc,
+                         f"{f['median_ms']:.0f} ms"] + cells
+                        + [f"{100 * share:.0f}%" if share is not None else "—"])
+    lines = table(header, rows, "llllrrrr") + [""]
+    lines += wrap("Training step (forward over T = 10 + backward of out.sum()), medians of "
+                  "round-robin rounds in one process; each cell after fused: its median and, "
+                  "after it, the median over rounds of its time / fused's (above 1×: fused is "
+                  "faster). conv %: share of the fused step's CPU time in convolutions. 'noisy': "
+                  "some implementation's IQR/median above 25%.")
+    for data in files:
+        m = data["machine"]
+        lines += [""] + wrap(f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags']) or 'no AVX2'}; "
+                             f"extension built for {m['extension_cpu_isa']}), {m['threads']} "
+                             f"threads, torch {m['torch']}, allocator {m['allocator']} "
+                             f"(`{Path(data['_path']).name}`).")
+    return lines
+
+
 SECTIONS = {"convlstm-op": section_convlstm_op, "convlstm-layer": section_convlstm_layer,
+            "layer-step": section_layer_step,
             "gdl": section_gdl, "data": section_data, "train": section_train}
