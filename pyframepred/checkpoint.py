@@ -30,6 +30,7 @@ import pickle
 import random
 import re
 import stat
+import warnings
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -218,7 +219,7 @@ def check_fields(ckpt: dict, path, fields: Iterable[str] = EVAL_FIELDS,
 
 
 # ----------------------------------------------------------------------------- read / write
-_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([A-Za-z_][\w.]*)")
+_GLOBAL_RE = re.compile(r"(?:Unsupported global: |unsupported )GLOBAL ([A-Za-z_][\w.]*)")
 
 
 def _refusal(path, exc: BaseException) -> CheckpointError:
@@ -253,7 +254,8 @@ def load(path, map_location="cpu") -> dict:
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint '{path}': {exc.strerror or exc}") from exc
     try:
-        with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS):
+        with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # e.g. torch's note on the pickle protocol
             ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from None

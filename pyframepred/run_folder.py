@@ -1,7 +1,8 @@
 """A training run's output folder is owned by one run at a time.
 
 :class:`RunFolderLock` takes an exclusive ``flock`` on ``<folder>/.pyframepred.lock`` for the
-lifetime of the run. The lock belongs to the open file, so it goes away with the process however
+lifetime of the run (the file itself stays, empty: it is never rewritten, so a refused run
+changes nothing in the folder). The lock belongs to the open file, so it goes away with the process however
 that ends (a crash or ``kill -9`` included): a stale lock file never blocks a later run. On file
 systems without ``flock`` support (some network file systems) the run goes on unlocked.
 """
@@ -45,25 +46,13 @@ class RunFolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                holder = ""
-                try:
-                    holder = os.read(fd, 64).decode("ascii", "replace").strip()
-                except OSError:
-                    pass
-                os.close(fd)
-                raise FolderBusyError(
-                    f"'{self.folder}' is in use by another training run"
-                    + (f" (process {holder})" if holder.isdigit() else "")) from None
             os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FolderBusyError(f"'{self.folder}' is in use by another training run") \
+                    from None
             if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 return self                          # no flock here: carry on unlocked
             raise
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass
         self._fd = fd
         return self
 

@@ -431,6 +431,12 @@ def _start_workers(loader):
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _stop_workers(it) -> None:
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def _is_worker_death(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and "DataLoader worker" in text and (
@@ -794,7 +800,16 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        self.scaler.step(opt)
+        try:
+            self.scaler.step(opt)
+        except RuntimeError as exc:  # e.g. Adam's step size lr / (1 - beta1) past float range
+            if "overflow" not in str(exc):
+                raise
+            raise TrainingDiverged(
+                f"the optimiser step overflowed at step {self.step + 1} "
+                f"({' '.join(str(exc).split())[:120]}); training stopped without saving it (the "
+                f"last finite checkpoint, if any, is {self.out / 'last.pt'}, left untouched). "
+                f"Try a lower --lr.") from None
 
     def train_step(self, clips: torch.Tensor) -> dict:
         cfg = self.cfg
@@ -991,60 +1006,65 @@ class Trainer:
         last_val = None
         t_last, n_last = time.perf_counter(), 0
         clips_per_step = cfg.batch_size * self.world
-        it = None
         try:
             # The handlers are in place before the workers start (and the workers ignore the
             # signals): a Ctrl-C or SIGTERM to the process group stops the run cleanly.
             with _StopFlag() as flag, _WorkerWatch() as watch:
                 it = _start_workers(self._loader())
-                while self.step < cfg.steps:
-                    clips = None if flag.signal is not None else self._next_batch(it, flag, watch)
-                    if clips is None:
-                        status = "interrupted" if self._stop_requested(flag, watch) == 1 \
-                            else "worker_died"
-                        break
-                    rec = self.train_step(clips)
-                    self.step += 1
-                    rec["step"] = self.step
-                    rec["lr"] = self.opt.param_groups[0]["lr"]
-                    if self.main:
-                        self.history["train"].append(rec)
-                    n_last += clips_per_step
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        now = time.perf_counter()
-                        rate = n_last / max(1e-9, now - t_last)
-                        t_last, n_last = now, 0
-                        bar.set_postfix(loss=f"{rec['loss']:.4f}", clips_s=f"{rate:.1f}")
-                        if tb is not None:
-                            for k, v in rec.items():
-                                if k != "step":
-                                    tb.add_scalar(f"train/{k}", v, self.step)
-                            tb.add_scalar("train/clips_per_s", rate, self.step)
-                    if self.step_callback is not None:
-                        self.step_callback(self, self.step)
-                    stop = self._stop_requested(flag, watch)
-                    if stop:
-                        status = "interrupted" if stop == 1 else "worker_died"
-                        break
-                    if (cfg.val_every and self.step % cfg.val_every == 0) or self.step == cfg.steps:
-                        last_val = self._validate_and_save(tb, bar)
-                    if (self.main and cfg.sample_every and self.step % cfg.sample_every == 0):
-                        self._write_sample_or_fail(f"step_{self.step:06d}")
-                if status != "done":
-                    # Saved while the handlers are still ours: a second signal now cannot
-                    # kill the process half-way through the save.
-                    self.check_state_finite()
-                    if self.main:
-                        self.save()
-                        self._plot_quietly()
-                if status == "interrupted" and self.main:
-                    print(f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
-                          f"continue with --resume {self.out / 'last.pt'}", file=sys.stderr)
+                try:
+                    while self.step < cfg.steps:
+                        clips = (None if flag.signal is not None
+                                 else self._next_batch(it, flag, watch))
+                        if clips is None:
+                            status = "interrupted" if self._stop_requested(flag, watch) == 1 \
+                                else "worker_died"
+                            break
+                        rec = self.train_step(clips)
+                        self.step += 1
+                        rec["step"] = self.step
+                        rec["lr"] = self.opt.param_groups[0]["lr"]
+                        if self.main:
+                            self.history["train"].append(rec)
+                        n_last += clips_per_step
+                        bar.update(1)
+                        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                            now = time.perf_counter()
+                            rate = n_last / max(1e-9, now - t_last)
+                            t_last, n_last = now, 0
+                            bar.set_postfix(loss=f"{rec['loss']:.4f}", clips_s=f"{rate:.1f}")
+                            if tb is not None:
+                                for k, v in rec.items():
+                                    if k != "step":
+                                        tb.add_scalar(f"train/{k}", v, self.step)
+                                tb.add_scalar("train/clips_per_s", rate, self.step)
+                        if self.step_callback is not None:
+                            self.step_callback(self, self.step)
+                        stop = self._stop_requested(flag, watch)
+                        if stop:
+                            status = "interrupted" if stop == 1 else "worker_died"
+                            break
+                        if ((cfg.val_every and self.step % cfg.val_every == 0)
+                                or self.step == cfg.steps):
+                            last_val = self._validate_and_save(tb, bar)
+                        if (self.main and cfg.sample_every and self.step % cfg.sample_every == 0):
+                            self._write_sample_or_fail(f"step_{self.step:06d}")
+                    if status != "done":
+                        # Saved while the handlers are still ours: a second signal now cannot
+                        # kill the process half-way through the save.
+                        self.check_state_finite()
+                        if self.main:
+                            self.save()
+                            self._plot_quietly()
+                    if status == "interrupted" and self.main:
+                        print(f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
+                              f"continue with --resume {self.out / 'last.pt'}", file=sys.stderr)
+                finally:
+                    # The workers end while the handlers are still ours: a worker's exit
+                    # cannot raise from torch's SIGCHLD handler somewhere later.
+                    _stop_workers(it)
+                    it = None
         finally:
             bar.close()
-            if it is not None:
-                del it                            # ends the workers (they ignore SIGTERM)
         if status == "worker_died":
             err = watch.error
             detail = " ".join(str(err).split())[:200] if err is not None else "a worker died"
