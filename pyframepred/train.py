@@ -437,6 +437,18 @@ def _stop_workers(it) -> None:
         shutdown()
 
 
+def _dead_workers(it) -> list:
+    """Process ids of the iterator's DataLoader workers that are no longer alive."""
+    out = []
+    for w in getattr(it, "_workers", None) or []:
+        try:
+            if not w.is_alive():
+                out.append(w.pid)
+        except (AssertionError, ValueError, OSError):
+            pass
+    return out
+
+
 def _is_worker_death(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and "DataLoader worker" in text and (
@@ -972,11 +984,16 @@ class Trainer:
         worker: recorded in ``watch.error``)."""
         try:
             return next(it)
-        except RuntimeError as exc:
-            if not _is_worker_death(exc):
+        except (RuntimeError, OSError, EOFError) as exc:
+            # A batch a worker queued just before it died cannot be fetched from it either
+            # (ConnectionResetError while rebuilding its shared memory): also a worker death.
+            dead = _dead_workers(it)
+            if not (_is_worker_death(exc) or dead):
                 raise
             if watch.error is None:
-                watch.error = exc
+                watch.error = exc if _is_worker_death(exc) else RuntimeError(
+                    f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited "
+                    f"unexpectedly")
             return None
 
     def _fit(self) -> dict:

@@ -294,10 +294,10 @@ def _read_until(proc, text) -> str:
 
 def _finish(proc, seen: str):
     try:
-        rest, _ = proc.communicate(timeout=300)          # a safety net, not an assertion
+        _, rest = proc.communicate(timeout=300)          # a safety net, not an assertion
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        rest, _ = proc.communicate()
+        _, rest = proc.communicate()
         raise AssertionError("the run did not stop:\n" + seen + rest)
     return seen + rest
 
