@@ -437,10 +437,20 @@ def _stop_workers(it) -> None:
         shutdown()
 
 
-def _dead_workers(it) -> list:
-    """Process ids of the iterator's DataLoader workers that are no longer alive."""
+def _dead_workers(it, wait: float = 0.0) -> list:
+    """Process ids of the iterator's DataLoader workers that are no longer alive; with ``wait``,
+    first up to that many seconds for one to end (a killed worker's sockets close a moment
+    before the process is gone)."""
+    workers = getattr(it, "_workers", None) or []
+    if wait > 0 and workers:
+        from multiprocessing.connection import wait as wait_for
+
+        try:
+            wait_for([w.sentinel for w in workers], timeout=wait)
+        except (OSError, ValueError):
+            pass
     out = []
-    for w in getattr(it, "_workers", None) or []:
+    for w in workers:
         try:
             if not w.is_alive():
                 out.append(w.pid)
@@ -987,7 +997,7 @@ class Trainer:
         except (RuntimeError, OSError, EOFError) as exc:
             # A batch a worker queued just before it died cannot be fetched from it either
             # (ConnectionResetError while rebuilding its shared memory): also a worker death.
-            dead = _dead_workers(it)
+            dead = _dead_workers(it, wait=0.0 if isinstance(exc, RuntimeError) else 5.0)
             if not (_is_worker_death(exc) or dead):
                 raise
             if watch.error is None:
@@ -1026,8 +1036,11 @@ class Trainer:
         try:
             # The handlers are in place before the workers start (and the workers ignore the
             # signals): a Ctrl-C or SIGTERM to the process group stops the run cleanly.
-            with _StopFlag() as flag, _WorkerWatch() as watch:
+            with _StopFlag() as flag:
                 it = _start_workers(self._loader())
+                # After the iterator: its first start installs torch's SIGCHLD handler, which
+                # the watch replaces for the loop.
+                watch = _WorkerWatch().__enter__()
                 try:
                     while self.step < cfg.steps:
                         clips = (None if flag.signal is not None
@@ -1080,6 +1093,7 @@ class Trainer:
                     # cannot raise from torch's SIGCHLD handler somewhere later.
                     _stop_workers(it)
                     it = None
+                    watch.__exit__(None, None, None)
         finally:
             bar.close()
         if status == "worker_died":

@@ -327,7 +327,8 @@ def _children(pid: int) -> list:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_dead_worker_is_reported_and_last_checkpoint_saved(data, tmp_path):
+@pytest.mark.parametrize("rep", [1, 2])
+def test_dead_worker_is_reported_and_last_checkpoint_saved(rep, data, tmp_path):
     out = tmp_path / "run"
     proc = _popen_train(data, out)
     seen = _read_until(proc, "step 2: val")
