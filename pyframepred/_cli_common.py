@@ -6,7 +6,6 @@ import inspect
 import math
 import os
 import re
-import secrets
 import sys
 import warnings
 from fractions import Fraction
@@ -16,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import checkpoint as ckpt_format
+from .atomic import atomic_write, create_temp
 from .models import MultiScaleDiscriminator, MultiScaleGenerator, Seq2Seq, SkipAutoencoder
 
 MODELS = ("seq2seq", "autoencoder", "multiscale")
@@ -121,7 +122,7 @@ def _nearest_existing(path: Path) -> Path:
 def _probe_writable(folder: Path, what: str) -> None:
     """Create and delete a file in ``folder``; :class:`CLIError` if that fails."""
     try:
-        fd, tmp = _create_temp(folder, ".write-test")
+        fd, tmp = create_temp(folder, "write-test")
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
@@ -158,49 +159,16 @@ def prepare_output_dir(path, option: str = "--out") -> Path:
     return path
 
 
-def _create_temp(folder: Path, name: str):
-    """``(fd, path)`` of a new file ``.<name>.<random>.tmp`` in ``folder``, created with mode
-    0666 minus the umask (like any other output file; ``tempfile.mkstemp`` would give 0600)."""
-    for _ in range(100):
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                           0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file in '{folder}'")
-
-
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path.parent, path.name)
+def load_checkpoint(path, map_location="cpu", fields=ckpt_format.EVAL_FIELDS,
+                    task: str = "be used") -> dict:
+    """The checkpoint at ``path``, read without running any code it might carry
+    (:func:`pyframepred.checkpoint.load`); unreadable, foreign or tampered files and missing
+    ``fields`` are a one-line :class:`CLIError`."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if path.is_dir():
-        raise CLIError(f"checkpoint '{path}' is a directory, not a checkpoint file (e.g. "
-                       f"'{path / 'best.pt'}' or '{path / 'last.pt'}')")
-    if not path.is_file():
-        raise CLIError(f"checkpoint '{path}' does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - report any unreadable file the same way
-        raise CLIError(f"cannot read checkpoint '{path}': {exc}") from exc
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise CLIError(f"'{path}' is not a pyframepred training checkpoint")
+        ckpt = ckpt_format.load(path, map_location=map_location)
+        ckpt_format.check_fields(ckpt, path, fields, task)
+    except ckpt_format.CheckpointError as exc:
+        raise CLIError(str(exc)) from None
     return ckpt
 
 
@@ -269,34 +237,42 @@ def check_fps(fps) -> None:
         raise CLIError(f"--fps must be a positive number, got {fps}")
 
 
+_CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
+
+
 def write_animation(frames: np.ndarray, path, fps: float = 4.0) -> Path:
-    """Write uint8 ``(T, H, W, 3)`` frames as a GIF or (``.mp4``) an H.264 video."""
+    """Write uint8 ``(T, H, W, 3)`` frames as a GIF or (``.mp4``) an H.264 video, atomically
+    (a temporary file renamed over ``path``: a symbolic link at ``path`` is replaced, its
+    target is not written through)."""
     path = Path(path)
     check_fps(fps)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
-    if suffix == ".gif":
+    if suffix != ".gif" and suffix not in _CONTAINERS:
+        raise CLIError(f"output must end in .gif or .mp4, got '{path.name}'")
+
+    def write_gif(tmp):
         from PIL import Image
 
         imgs = [Image.fromarray(f) for f in frames]
-        imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=int(1000 / fps),
-                     loop=0)
-    elif suffix in (".mp4", ".mkv", ".mov"):
+        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:],
+                     duration=int(1000 / fps), loop=0)
+
+    def write_video(tmp):
         import av
 
-        h, w = frames.shape[1:3]
+        f = frames
+        h, w = f.shape[1:3]
         pad_h, pad_w = h % 2, w % 2  # yuv420p needs even sizes
         if pad_h or pad_w:
-            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        with av.open(os.fspath(path), "w") as out:
+            f = np.pad(f, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        with av.open(os.fspath(tmp), "w", format=_CONTAINERS[suffix]) as out:
             stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.width, stream.height = f.shape[2], f.shape[1]
             stream.pix_fmt = "yuv420p"
-            for f in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            for frame in f:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
-    else:
-        raise CLIError(f"output must end in .gif or .mp4, got '{path.name}'")
-    return path
+
+    return atomic_write(path, write_gif if suffix == ".gif" else write_video)

@@ -10,11 +10,14 @@ of held-out clips (``VideoClips(train=False)``: the same clips on every run for 
 model and for the baseline that repeats the last input frame (see :mod:`pyframepred.metrics`;
 frames in [-1, 1], data range 2). Prints a table and writes JSON (default: ``eval.json`` next to
 the checkpoint). Without ``--data`` it uses the data set the checkpoint was trained on.
+
+The checkpoint is read without running any code it may carry (``weights_only``; see
+:mod:`pyframepred.checkpoint`); the JSON is written atomically (a symbolic link at ``--out`` is
+replaced by the file, not written through).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import metrics as M
+from .atomic import atomic_write_json
 from ._cli_common import (CLIError, check_output_file, checkpoint_data_root, load_checkpoint,
                           model_from_checkpoint, plain_warnings, resolve_device, rollout)
 
@@ -154,8 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   seed=args.seed)
     print(format_table(result))
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, allow_nan=True))
+        atomic_write_json(out, result, indent=2, allow_nan=True)
     except OSError as exc:
         print(f"error: cannot write --out '{out}': {exc}", file=sys.stderr)
         return 2

@@ -13,19 +13,27 @@ Options given on the command line override the config file (JSON or TOML, keys n
 options, e.g. ``{"model": "autoencoder", "batch_size": 16}``), which overrides the preset.
 
 Outputs in ``--out`` (default ``runs/<model>-<preset>``): ``last.pt`` (every validation and on
-exit) and ``best.pt`` (best validation PSNR) written atomically, ``history.json``,
-``loss.png``, ``samples/step_XXXXXX.gif`` (expected | generated) and optionally TensorBoard
-logs. ``--resume`` continues from ``last.pt`` (or the given checkpoint) exactly: model,
-optimisers, schedulers, AMP scaler, random states, data order and step are restored, and so are
-the run's settings (stored in the checkpoint) for every option not given again; options given
-override them, except those of the model and its data (model, preset, in/out frames, interval,
+exit) and ``best.pt`` (best validation PSNR), ``history.json``, ``config.json``, ``loss.png``
+(all written atomically), ``samples/step_XXXXXX.gif`` (expected | generated) and optionally
+TensorBoard logs. The folder belongs to one run at a time (a lock); a new run refuses a folder
+that holds checkpoints unless ``--overwrite``. ``--resume`` continues from ``last.pt`` (or the
+given checkpoint) exactly: model, optimisers, schedulers, AMP scaler, random states, data order
+and step are restored, and so are the run's settings (stored in the checkpoint) for every option
+not given again; options given override them (``--lr`` included: the schedule continues from the
+new rate), except those of the model and its data (model, preset, in/out frames, interval,
 size, residual, batch norm, model_kwargs), which must match. The output folder defaults to the
 checkpoint's folder; a larger ``--steps`` extends a run. ``--data`` is stored as an absolute path.
+Checkpoints are read with ``weights_only=True`` (:mod:`pyframepred.checkpoint`): loading one never
+runs code, and a file holding anything but tensors and plain values is refused.
 
 Exit status: 0 done (or nothing to do: a resumed run already at ``--steps``); 2 bad arguments,
-settings that do not fit the checkpoint, missing data or an unwritable output folder; 3 the
-loss became NaN/Inf (training stops, the last good checkpoint is left untouched); 130
-interrupted by Ctrl-C (SIGINT) or SIGTERM after saving ``last.pt`` at the current step.
+settings that do not fit the checkpoint, a refused or unreadable checkpoint, missing data, an
+unwritable output folder, or an output folder in use by another run or holding another run's
+checkpoints; 3 the loss, the weights or the optimiser state became NaN/Inf (training stops;
+nothing non-finite is saved, the last finite checkpoint is left untouched); 4 a DataLoader worker
+died (``last.pt`` saved first); 5 an output could not be written, e.g. a full disk (the previous
+checkpoint is intact); 130 interrupted by Ctrl-C (SIGINT) or SIGTERM, also when sent to the whole
+process group, after saving ``last.pt`` at the current step.
 """
 from __future__ import annotations
 
@@ -36,7 +44,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 import typing
@@ -50,11 +57,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, article, atomic_save,
-                          build_discriminator, build_model, check_model_kwargs,
-                          checkpoint_data_root, load_checkpoint, load_state, plain_warnings,
-                          prepare_output_dir, resolve_device, rollout, side_by_side,
-                          write_animation)
+from . import checkpoint as ckpt_format
+from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, article, build_discriminator,
+                          build_model, check_model_kwargs, checkpoint_data_root,
+                          load_checkpoint, load_state, plain_warnings, prepare_output_dir,
+                          resolve_device, rollout, side_by_side, write_animation)
+from .atomic import atomic_write, atomic_write_json
+from .run_folder import FolderBusyError, RunFolderLock
+from .run_signals import (_StopFlag, _WorkerWatch, _dead_workers, _is_worker_death,
+                          _start_workers, _stop_workers, _worker_init)
 from .data import EmptySplitError, NoVideosError, VideoClips, default_dataset_root
 from .evaluate import evaluate_model
 from .models import MultiScaleLoss
@@ -62,6 +73,7 @@ from .models._common import gdl
 from .models.multiscale import resize
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_WORKER_DIED, EXIT_WRITE_FAILED = 4, 5
 
 # Model sizes per preset ("full": the sizes of the blog post / the paper).
 MODEL_PRESETS = {
@@ -181,6 +193,8 @@ class TrainConfig:
             if not Path(c.split_dir).is_dir():
                 raise CLIError(f"the split folder '{c.split_dir}' does not exist")
             c.split_dir = os.path.abspath(c.split_dir)
+        if not 0 <= c.seed < 2 ** 32:
+            raise CLIError(f"--seed must be in [0, 4294967295], got {c.seed}")
         if c.threads is not None and c.threads < 1:
             raise CLIError(f"--threads must be >= 1, got {c.threads}")
         if not c.alpha >= 1:
@@ -265,7 +279,16 @@ def _check_resumable(cfg: "TrainConfig", ckpt_cfg: dict, path) -> None:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss, the weights or the optimiser state became NaN or infinite."""
+
+
+class OutputWriteError(RuntimeError):
+    """An output file (checkpoint, history, plot) could not be written, e.g. a full disk; the
+    previous checkpoint is intact."""
+
+
+class WorkerDied(RuntimeError):
+    """A DataLoader worker process died (e.g. killed by the out-of-memory killer)."""
 
 
 # ----------------------------------------------------------------------------- data order
@@ -331,51 +354,10 @@ def _dist_env():
     return world, rank, local
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves and stops at the end of the current step."""
-
-    def __init__(self):
-        self.signal = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handler(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop at once
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(),
-          "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -385,15 +367,81 @@ class Trainer:
 
     ``Trainer(cfg).fit()`` returns a summary dict (``status`` ``"done"``, ``"interrupted"`` or
     ``"already_done"`` when resumed at or past ``steps``, ``step``, ``best_psnr``, ``val``);
-    raises :class:`TrainingDiverged` on a NaN/Inf loss and
-    :class:`CLIError` on bad settings. ``step_callback(trainer, step)`` (tests) runs after each
-    step.
+    raises :class:`TrainingDiverged` on a NaN/Inf loss or state (nothing non-finite is ever
+    saved), :class:`WorkerDied` when a DataLoader worker died (after saving ``last.pt``),
+    :class:`OutputWriteError` when a file cannot be written (the previous checkpoint is intact)
+    and :class:`CLIError` on bad settings. ``step_callback(trainer, step)`` (tests) runs after
+    each step.
+
+    The output folder is owned by the trainer from construction to the end of :meth:`fit` (or
+    :meth:`close`): a lock (:class:`~pyframepred.run_folder.RunFolderLock`) keeps other runs out.
+    A new run refuses a folder that holds checkpoints, and a resumed one refuses to replace a
+    newer ``last.pt`` than the checkpoint it continues, unless ``overwrite``.
     """
 
     def __init__(self, cfg: TrainConfig, resume=None, step_callback=None,
-                 checkpoint: Optional[dict] = None):
+                 checkpoint: Optional[dict] = None, overwrite: bool = False):
         # checkpoint: the checkpoint at ``resume``, already loaded (to CPU) by the command line
         self.cfg = cfg = cfg.resolved()
+        self._lock = None
+        try:
+            self._setup(cfg, resume, step_callback, checkpoint, overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give up the output folder (idempotent; :meth:`fit` does it when it returns)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
+
+    def _claim_output(self, resume, overwrite: bool) -> None:
+        """Lock the output folder, refuse to destroy another run's checkpoints, and remove the
+        partial files of killed saves."""
+        self._lock = RunFolderLock(self.out)
+        try:
+            self._lock.acquire()
+        except FolderBusyError as exc:
+            self._lock = None
+            raise CLIError(f"--out {exc}; wait for it to finish, or use another --out") from None
+        except OSError as exc:
+            self._lock = None
+            raise CLIError(f"cannot lock the output folder --out '{self.out}': "
+                           f"{exc.strerror or exc}") from exc
+        last, best = self.out / "last.pt", self.out / "best.pt"
+        existing = [p for p in (last, best) if p.exists()]
+        if resume is None and existing and not overwrite:
+            raise CLIError(
+                f"--out '{self.out}' already holds a run's checkpoints "
+                f"({', '.join(p.name for p in existing)}); continue it with --resume, replace it "
+                f"with --overwrite, or choose another --out")
+        if resume is not None and last.exists() and not overwrite:
+            src = Path(resume)
+            src = src / "last.pt" if src.is_dir() else src
+            same = False
+            try:
+                same = os.path.samefile(src, last)
+            except OSError:
+                pass
+            if not same:
+                try:
+                    newer = ckpt_format.load(last).get("step", 0)
+                except ckpt_format.CheckpointError:
+                    newer = None
+                ours = self._resume_step
+                if newer is None or not isinstance(newer, int) or newer > ours:
+                    at = "an unreadable" if newer is None else f"a newer (step {newer})"
+                    raise CLIError(
+                        f"resuming '{src}' (step {ours}) into --out '{self.out}' would replace "
+                        f"{at} last.pt there; resume from '{last}' instead, pass --overwrite "
+                        f"to replace it, or choose another --out")
+        if resume is None and overwrite:
+            for p in existing:                     # the old run's checkpoints go, not mixed
+                p.unlink()
+        ckpt_format.remove_stale_temps(self.out)
+
+    def _setup(self, cfg, resume, step_callback, checkpoint, overwrite) -> None:
         self.step_callback = step_callback
         self.world, self.rank, self.local_rank = _dist_env()
         self.distributed = self.world > 1
@@ -408,8 +456,14 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
         self.out = Path(cfg.out)
+        if resume and checkpoint is None:
+            rpath = Path(resume)
+            checkpoint = load_checkpoint(rpath / "last.pt" if rpath.is_dir() else rpath,
+                                         fields=ckpt_format.RESUME_FIELDS, task="be resumed")
+        self._resume_step = int(checkpoint["step"]) if checkpoint is not None else 0
         if self.main:
             prepare_output_dir(self.out)
+            self._claim_output(resume, overwrite)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed + self.rank)
@@ -489,35 +543,63 @@ class Trainer:
     # -- checkpoints
     def _state(self) -> dict:
         return {
-            "format": 1, "config": dataclasses.asdict(self.cfg), "model_kwargs": self.model_kwargs,
+            "format": ckpt_format.FORMAT_VERSION, "config": dataclasses.asdict(self.cfg),
+            "model_kwargs": self.model_kwargs,
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
             "disc_kwargs": getattr(self, "disc_kwargs", None),
             "disc": self.disc.state_dict() if self.disc is not None else None,
             "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None,
             "scheduler_d": self.sched_d.state_dict() if self.sched_d is not None else None,
-            "rng": _rng_state(), "step": self.step, "best_psnr": self.best_psnr,
+            "rng": ckpt_format.rng_state(), "step": self.step, "best_psnr": self.best_psnr,
             "history": self.history, "world_size": self.world,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
+    def check_state_finite(self) -> None:
+        """:class:`TrainingDiverged` unless every weight and optimiser value is finite (called
+        before anything is saved: a checkpoint on disk is always a finite one)."""
+        bad = ckpt_format.nonfinite_entries({
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None})
+        if bad:
+            raise TrainingDiverged(
+                f"the weights or optimiser state became NaN/Inf by step {self.step} "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); training stopped "
+                f"without saving them (the last finite checkpoint, if any, is "
+                f"{self.out / 'last.pt'}, left untouched). Try a lower --lr, --amp none, or a "
+                f"smaller --grad-clip.")
+
     def save(self, best: bool = False) -> Optional[Path]:
+        """Write ``last.pt`` (and ``best.pt``) atomically, then ``history.json``. Non-finite
+        weights are refused (:class:`TrainingDiverged`); a failed write (a full disk) is an
+        :class:`OutputWriteError` and leaves the previous files intact."""
         if not self.main:
             return None
-        st = self._state()
+        self.check_state_finite()
         path = self.out / "last.pt"
-        atomic_save(st, path)
-        if best:
-            atomic_save(st, self.out / "best.pt")
-        (self.out / "history.json").write_text(json.dumps(self.history))
+        try:
+            data = ckpt_format.to_bytes(self._state())
+            ckpt_format.save(None, [path] + ([self.out / "best.pt"] if best else []), data)
+            atomic_write_json(self.out / "history.json", self.history)
+        except OSError as exc:
+            raise OutputWriteError(
+                f"cannot write the checkpoint in '{self.out}' at step {self.step}: "
+                f"{exc.strerror or exc}; the previous checkpoint is intact") from exc
         return path
 
     def _load(self, resume, ckpt: Optional[dict] = None) -> None:
         path = Path(resume)
         if path.is_dir():
             path = path / "last.pt"
-        if ckpt is None:
-            ckpt = load_checkpoint(path)     # to CPU: load_state_dict copies to the device
+        if ckpt is None:                     # to CPU: load_state_dict copies to the device
+            ckpt = load_checkpoint(path, fields=ckpt_format.RESUME_FIELDS, task="be resumed")
+        else:
+            try:
+                ckpt_format.check_fields(ckpt, path, ckpt_format.RESUME_FIELDS, "be resumed")
+            except ckpt_format.CheckpointError as exc:
+                raise CLIError(str(exc)) from None
         _check_resumable(self.cfg, ckpt["config"], path)
         what = f"checkpoint '{path}'"
         load_state(self.model, ckpt["model"], f"the model of {what}")
@@ -535,9 +617,33 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.best_psnr = float(ckpt["best_psnr"])
         self.history = ckpt["history"]
+        self._apply_lr_overrides(ckpt["config"])
         if ckpt.get("world_size", 1) == self.world and self.rank == 0:
-            _set_rng_state(ckpt["rng"])
+            try:
+                ckpt_format.set_rng_state(ckpt["rng"])
+            except ckpt_format.CheckpointError as exc:
+                raise CLIError(f"{what}: {exc}") from None
             self.rng_restored = True
+
+    def _apply_lr_overrides(self, ckpt_cfg: dict) -> None:
+        """A resumed run uses the learning rates and weight decay of its settings: restoring the
+        optimiser brings back the checkpoint's, so where the settings differ (``--lr`` given
+        again), the schedule's base rate and the current rate are set from the settings."""
+        cfg = self.cfg
+        pairs = [(self.opt, self.sched, cfg.lr, ckpt_cfg.get("lr"))]
+        if self.opt_d is not None:
+            pairs.append((self.opt_d, self.sched_d, cfg.lr_d, ckpt_cfg.get("lr_d")))
+        for opt, sched, lr, old in pairs:
+            if old == lr and all(g.get("initial_lr") == lr for g in opt.param_groups):
+                continue
+            sched.base_lrs = [lr for _ in opt.param_groups]
+            for g, lam in zip(opt.param_groups, sched.lr_lambdas):
+                g["initial_lr"] = lr
+                g["lr"] = lr * lam(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
+        if ckpt_cfg.get("weight_decay", 0.0) != cfg.weight_decay:
+            for g in self.opt.param_groups:
+                g["weight_decay"] = cfg.weight_decay
 
     # -- one step
     def _autocast(self):
@@ -572,7 +678,16 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        self.scaler.step(opt)
+        try:
+            self.scaler.step(opt)
+        except RuntimeError as exc:  # e.g. Adam's step size lr / (1 - beta1) past float range
+            if "overflow" not in str(exc):
+                raise
+            raise TrainingDiverged(
+                f"the optimiser step overflowed at step {self.step + 1} "
+                f"({' '.join(str(exc).split())[:120]}); training stopped without saving it (the "
+                f"last finite checkpoint, if any, is {self.out / 'last.pt'}, left untouched). "
+                f"Try a lower --lr.") from None
 
     def train_step(self, clips: torch.Tensor) -> dict:
         cfg = self.cfg
@@ -690,10 +805,10 @@ class Trainer:
         fig.suptitle(f"{self.cfg.model} ({self.cfg.preset})")
         fig.tight_layout()
         path = self.out / "loss.png"
-        tmp = path.with_name(".loss.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), fsync=False)
+        finally:
+            plt.close(fig)
         return path
 
     # -- the loop
@@ -704,24 +819,60 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed)
         return DataLoader(SeededClips(self.train_ds, cfg.seed), batch_size=cfg.batch_size,
                           sampler=sampler, num_workers=cfg.workers, generator=g,
+                          worker_init_fn=_worker_init if cfg.workers > 0 else None,
                           persistent_workers=False, pin_memory=self.device.type == "cuda",
                           prefetch_factor=2 if cfg.workers > 0 else None, drop_last=True)
 
-    def _stop_requested(self, flag: _StopFlag) -> bool:
-        stop = torch.tensor([1.0 if flag.signal is not None else 0.0])
+    def _stop_requested(self, flag: _StopFlag, watch: Optional[_WorkerWatch] = None) -> int:
+        """0: go on; 1: a stop signal (on any rank); 2: a DataLoader worker died (and no stop
+        signal came: a worker dying after a Ctrl-C or SIGTERM is part of that stop)."""
+        code = 1.0 if flag.signal is not None else (
+            2.0 if watch is not None and watch.error is not None else 0.0)
+        stop = torch.tensor([code])
         if self.distributed:
             if dist.get_backend() == "nccl":
                 stop = stop.to(self.device)
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        return bool(stop.item() > 0)
+        code = int(stop.item())
+        if code == 2 and flag.signal is not None:
+            code = 1
+        return code
 
     def fit(self) -> dict:
+        """Train to ``cfg.steps``; the output folder is given up when this returns or raises."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _next_batch(self, it, flag: _StopFlag, watch: _WorkerWatch):
+        """The next batch, or ``None`` when the loop must stop first (a stop signal, or a dead
+        worker: recorded in ``watch.error``)."""
+        try:
+            return next(it)
+        except (RuntimeError, OSError, EOFError) as exc:
+            # A batch a worker queued just before it died cannot be fetched from it either
+            # (ConnectionResetError while rebuilding its shared memory): also a worker death.
+            dead = _dead_workers(it, wait=0.0 if isinstance(exc, RuntimeError) else 5.0)
+            if not (_is_worker_death(exc) or dead):
+                raise
+            if watch.error is None:
+                watch.error = exc if _is_worker_death(exc) else RuntimeError(
+                    f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited "
+                    f"unexpectedly")
+            return None
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         if self.step >= cfg.steps:               # resumed from a finished run: nothing to do
             return {"status": "already_done", "step": self.step, "best_psnr": self.best_psnr,
                     "val": None, "out": str(self.out)}
         if self.main:
-            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+            try:
+                atomic_write_json(self.out / "config.json", dataclasses.asdict(cfg), indent=2)
+            except OSError as exc:
+                raise OutputWriteError(f"cannot write '{self.out / 'config.json'}': "
+                                       f"{exc.strerror or exc}") from exc
         tb = None
         if cfg.tensorboard and self.main:
             try:
@@ -736,50 +887,80 @@ class Trainer:
                    disable=not (cfg.progress and self.main), dynamic_ncols=True)
         status = "done"
         last_val = None
-        it = iter(self._loader())
         t_last, n_last = time.perf_counter(), 0
         clips_per_step = cfg.batch_size * self.world
         try:
+            # The handlers are in place before the workers start (and the workers ignore the
+            # signals): a Ctrl-C or SIGTERM to the process group stops the run cleanly.
             with _StopFlag() as flag:
-                while self.step < cfg.steps:
-                    clips = next(it)
-                    rec = self.train_step(clips)
-                    self.step += 1
-                    rec["step"] = self.step
-                    rec["lr"] = self.opt.param_groups[0]["lr"]
-                    if self.main:
-                        self.history["train"].append(rec)
-                    n_last += clips_per_step
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                        now = time.perf_counter()
-                        rate = n_last / max(1e-9, now - t_last)
-                        t_last, n_last = now, 0
-                        bar.set_postfix(loss=f"{rec['loss']:.4f}", clips_s=f"{rate:.1f}")
-                        if tb is not None:
-                            for k, v in rec.items():
-                                if k != "step":
-                                    tb.add_scalar(f"train/{k}", v, self.step)
-                            tb.add_scalar("train/clips_per_s", rate, self.step)
-                    if self.step_callback is not None:
-                        self.step_callback(self, self.step)
-                    if self._stop_requested(flag):
-                        status = "interrupted"
-                        break
-                    if (cfg.val_every and self.step % cfg.val_every == 0) or self.step == cfg.steps:
-                        last_val = self._validate_and_save(tb, bar)
-                    if (self.main and cfg.sample_every and self.step % cfg.sample_every == 0):
-                        self.write_sample(f"step_{self.step:06d}")
+                it = _start_workers(self._loader())
+                # After the iterator: its first start installs torch's SIGCHLD handler, which
+                # the watch replaces for the loop.
+                watch = _WorkerWatch().__enter__()
+                try:
+                    while self.step < cfg.steps:
+                        clips = (None if flag.signal is not None
+                                 else self._next_batch(it, flag, watch))
+                        if clips is None:
+                            status = "interrupted" if self._stop_requested(flag, watch) == 1 \
+                                else "worker_died"
+                            break
+                        rec = self.train_step(clips)
+                        self.step += 1
+                        rec["step"] = self.step
+                        rec["lr"] = self.opt.param_groups[0]["lr"]
+                        if self.main:
+                            self.history["train"].append(rec)
+                        n_last += clips_per_step
+                        bar.update(1)
+                        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                            now = time.perf_counter()
+                            rate = n_last / max(1e-9, now - t_last)
+                            t_last, n_last = now, 0
+                            bar.set_postfix(loss=f"{rec['loss']:.4f}", clips_s=f"{rate:.1f}")
+                            if tb is not None:
+                                for k, v in rec.items():
+                                    if k != "step":
+                                        tb.add_scalar(f"train/{k}", v, self.step)
+                                tb.add_scalar("train/clips_per_s", rate, self.step)
+                        if self.step_callback is not None:
+                            self.step_callback(self, self.step)
+                        stop = self._stop_requested(flag, watch)
+                        if stop:
+                            status = "interrupted" if stop == 1 else "worker_died"
+                            break
+                        if ((cfg.val_every and self.step % cfg.val_every == 0)
+                                or self.step == cfg.steps):
+                            last_val = self._validate_and_save(tb, bar)
+                        if (self.main and cfg.sample_every and self.step % cfg.sample_every == 0):
+                            self._write_sample_or_fail(f"step_{self.step:06d}")
+                    if status != "done":
+                        # Saved while the handlers are still ours: a second signal now cannot
+                        # kill the process half-way through the save.
+                        self.check_state_finite()
+                        if self.main:
+                            self.save()
+                            self._plot_quietly()
+                    if status == "interrupted" and self.main:
+                        print(f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
+                              f"continue with --resume {self.out / 'last.pt'}", file=sys.stderr)
+                finally:
+                    # The workers end while the handlers are still ours: a worker's exit
+                    # cannot raise from torch's SIGCHLD handler somewhere later.
+                    _stop_workers(it)
+                    it = None
+                    watch.__exit__(None, None, None)
         finally:
             bar.close()
-        if status == "interrupted":
-            if self.main:
-                self.save()
-                self.plot()
-                print(f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
-                      f"continue with --resume {self.out / 'last.pt'}", file=sys.stderr)
-        elif self.main:
-            self.write_sample("final")
+        if status == "worker_died":
+            err = watch.error
+            detail = " ".join(str(err).split())[:200] if err is not None else "a worker died"
+            raise WorkerDied(
+                f"a data-loading worker died ({detail}); saved {self.out / 'last.pt'} at step "
+                f"{self.step}; continue with --resume {self.out / 'last.pt'} (if it was killed "
+                f"for lack of memory, fewer --workers or a smaller --batch-size help)")
+        if status == "done" and self.main:
+            self._write_sample_or_fail("final")
         if tb is not None:
             tb.close()
         if self.distributed:
@@ -787,7 +968,22 @@ class Trainer:
         return {"status": status, "step": self.step, "best_psnr": self.best_psnr,
                 "val": last_val, "out": str(self.out)}
 
+    def _write_sample_or_fail(self, tag: str) -> None:
+        try:
+            self.write_sample(tag)
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write the sample '{tag}' in '{self.out}': "
+                                   f"{exc.strerror or exc}") from exc
+
+    def _plot_quietly(self) -> None:
+        try:
+            self.plot()
+        except OSError as exc:
+            print(f"warning: cannot write {self.out / 'loss.png'}: {exc.strerror or exc}",
+                  file=sys.stderr)
+
     def _validate_and_save(self, tb, bar) -> Optional[dict]:
+        self.check_state_finite()                # on every rank: all stop together
         res = None
         if self.main:
             res = self.validate()
@@ -800,7 +996,7 @@ class Trainer:
             if best:
                 self.best_psnr = mm["psnr"]
             self.save(best=best)
-            self.plot()
+            self._plot_quietly()
             bar.write(file=sys.stderr, s=f"step {self.step}: val PSNR {mm['psnr']:.2f} dB (copy-last "
                       f"{bm['psnr']:.2f}), SSIM {mm['ssim']:.4f} ({bm['ssim']:.4f})"
                       + (" [best]" if best else ""))
@@ -816,9 +1012,17 @@ class Trainer:
 # ----------------------------------------------------------------------------- command line
 def _load_config_file(path: str) -> dict:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise CLIError(f"config file '{p}' does not exist")
-    text = p.read_text()
+    if not p.is_file():
+        raise CLIError(f"config file '{p}' is not a regular file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"config file '{p}' is not UTF-8 text (byte {exc.start}: "
+                       f"{exc.object[exc.start:exc.start + 1]!r})") from None
+    except OSError as exc:
+        raise CLIError(f"cannot read config file '{p}': {exc.strerror or exc}") from exc
     try:
         if p.suffix.lower() == ".toml":
             import tomllib
@@ -826,8 +1030,9 @@ def _load_config_file(path: str) -> dict:
             data = tomllib.loads(text)
         else:
             data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001
-        raise CLIError(f"cannot parse config file '{p}': {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - RecursionError, ValueError, TOMLDecodeError, ...
+        msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CLIError(f"cannot parse config file '{p}': {msg}") from None
     if not isinstance(data, dict):
         raise CLIError(f"config file '{p}' must hold a table/object of options")
     known = {f.name for f in dataclasses.fields(TrainConfig)} | {"resume"}
@@ -880,8 +1085,12 @@ def _check_type(key: str, value, tp, where: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pyframepred.train",
                                 description="Train a video frame prediction model.",
-                                epilog="Exit status: 0 done, 2 usage/data error, 3 NaN/Inf loss, "
-                                       "130 interrupted (checkpoint saved).")
+                                epilog="Exit status: 0 done, 2 usage/data error (also: --out holds "
+                                       "another run), 3 NaN/Inf loss or weights (nothing "
+                                       "non-finite saved), 4 a data-loading worker died "
+                                       "(checkpoint saved), 5 an output could not be written "
+                                       "(e.g. disk full; previous checkpoint intact), 130 "
+                                       "interrupted (checkpoint saved).")
     p.add_argument("--model", choices=MODELS, help="model to train (required here or in --config)")
     p.add_argument("--data", help="folder of videos (default: the embedded synthetic data set)")
     p.add_argument("--config", help="JSON or TOML file of options (command line wins)")
@@ -890,6 +1099,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue from a checkpoint (default: <out>/last.pt) with its settings; "
                         "options given override them, except the model and data layout")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the checkpoints of another run in --out (a new run refuses "
+                        "such a folder without it), or a newer last.pt when resuming another "
+                        "checkpoint into it")
     p.add_argument("--steps", type=int, help="training steps (optimizer updates)")
     p.add_argument("--batch-size", type=int, help="clips per step and process")
     p.add_argument("--lr", type=float, help="learning rate (Adam; default 1e-3)")
@@ -938,12 +1151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(argv: Sequence[str] | None = None):
     """``(TrainConfig, resume)`` from command-line arguments (and the config file)."""
-    cfg, resume, _ = _parse(argv)
+    cfg, resume, _, _ = _parse(argv)
     return cfg, resume
 
 
 def _parse(argv: Sequence[str] | None = None):
-    """``(TrainConfig, resume path or None, loaded checkpoint or None)``.
+    """``(TrainConfig, resume path or None, loaded checkpoint or None, overwrite)``.
 
     Settings given on the command line or in the config file are explicit. When resuming, every
     other setting comes from the checkpoint's config; explicit ones override it, except the
@@ -958,6 +1171,7 @@ def _parse(argv: Sequence[str] | None = None):
         if k != "config" and v is not None:
             values[k] = v
     resume = values.pop("resume", None)
+    overwrite = bool(values.pop("overwrite", False))
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     explicit = {k: v for k, v in values.items() if k in fields}
     ckpt = None
@@ -971,7 +1185,7 @@ def _parse(argv: Sequence[str] | None = None):
             resume = os.path.join(out, "last.pt")
         elif Path(resume).is_dir():
             resume = os.path.join(resume, "last.pt")
-        ckpt = load_checkpoint(resume)
+        ckpt = load_checkpoint(resume, fields=ckpt_format.RESUME_FIELDS, task="be resumed")
         base = {k: v for k, v in ckpt["config"].items() if k in fields}
         if "model" in explicit:  # before the other model's settings are checked against it
             _check_same_model(resume, base.get("model"), explicit["model"])
@@ -993,13 +1207,14 @@ def _parse(argv: Sequence[str] | None = None):
     cfg = cfg.resolved()
     if ckpt is not None:
         _check_resumable(cfg, ckpt["config"], resume)
-    return cfg, resume, ckpt
+    return cfg, resume, ckpt, overwrite
 
 
 @plain_warnings
 def main(argv: Sequence[str] | None = None) -> int:
+    trainer = None
     try:
-        cfg, resume, ckpt = _parse(argv)
+        cfg, resume, ckpt, overwrite = _parse(argv)
         if ckpt is not None and int(ckpt["step"]) >= cfg.steps:
             if _dist_env()[1] == 0:
                 step = int(ckpt["step"])
@@ -1007,17 +1222,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"checkpoint '{resume}' is already at step {step} {where}; nothing to do "
                       f"(pass --steps M with M > {step} to train further)", file=sys.stderr)
             return EXIT_OK
-        trainer = Trainer(cfg, resume=resume, checkpoint=ckpt)
+        trainer = Trainer(cfg, resume=resume, checkpoint=ckpt, overwrite=overwrite)
         del ckpt
-        if trainer.main:
-            print(f"training {cfg.model} ({cfg.preset}): {cfg.steps} steps of "
-                  f"{cfg.batch_size} x {trainer.world} clips on {trainer.device}"
-                  f"{' (fused ops)' if cfg.fused else ' (reference ops)'}; data "
-                  f"{trainer.data_root} ({len(trainer.train_ds)} training clips); output "
-                  f"{cfg.out}" + (f"; resumed at step {trainer.step} from {resume}"
-                                  if resume else ""),
-                  file=sys.stderr)
-        result = trainer.fit()
+        # From here a Ctrl-C/SIGTERM stops the run cleanly (saved, exit 130); fit() keeps
+        # this handler for the loop.
+        with _StopFlag():
+            if trainer.main:
+                print(f"training {cfg.model} ({cfg.preset}): {cfg.steps} steps of "
+                      f"{cfg.batch_size} x {trainer.world} clips on {trainer.device}"
+                      f"{' (fused ops)' if cfg.fused else ' (reference ops)'}; data "
+                      f"{trainer.data_root} ({len(trainer.train_ds)} training clips); output "
+                      f"{cfg.out}" + (f"; resumed at step {trainer.step} from {resume}"
+                                      if resume else ""),
+                      file=sys.stderr)
+            result = trainer.fit()
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -1027,7 +1245,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoVideosError as exc:  # e.g. every video failed to decode once training started
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except WorkerDied as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_WORKER_DIED
+    except OutputWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
+    except KeyboardInterrupt:            # before training started (or a second Ctrl-C)
+        print("\ninterrupted" + ("" if trainer is None else
+                                 f"; nothing saved past the last checkpoint in {cfg.out}"),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
+        if trainer is not None:
+            trainer.close()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     if result["status"] == "interrupted":

@@ -1,10 +1,9 @@
 """Small shared helpers of :mod:`pyframepred.data`: cache folder, logger, atomic writes."""
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 logger = logging.getLogger("pyframepred.data")
@@ -29,25 +28,38 @@ def default_cache_dir() -> Path:
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename.
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename (the package's
+    one atomic writer, :mod:`pyframepred.atomic`).
 
     Readers never see a half-written file; concurrent writers each produce a complete file and the
     last rename wins. Raises ``OSError`` when the folder is not writable.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    from ..atomic import atomic_write_json as write
+
+    write(path, obj, separators=(",", ":"), sort_keys=True)
+
+
+@contextlib.contextmanager
+def decodable_path(path):
+    """A name under which decord (which takes UTF-8 text) can open the file ``path``.
+
+    A name that is not valid UTF-8 (e.g. a Latin-1 byte, which Python holds as a surrogate
+    escape) cannot be handed to decord; on Linux the file is then opened here and decord gets
+    ``/proc/self/fd/N`` for as long as the context lasts."""
+    p = os.fspath(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, separators=(",", ":"), sort_keys=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an index of shared data is not secret
-        os.replace(tmp, path)
-    except BaseException:
+        p.encode("utf-8")
+    except UnicodeEncodeError:
+        if not os.path.isdir("/proc/self/fd"):
+            yield p
+            return
+        fd = os.open(p, os.O_RDONLY)
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield p
 
 
 def as_hw(size) -> tuple[int, int] | None:

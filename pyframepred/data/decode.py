@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._common import as_hw, logger
+from ._common import as_hw, decodable_path, logger
 
 __all__ = ["decode_frames", "FrameReader", "resize_frames"]
 
@@ -61,8 +61,9 @@ def _open(path: str, request, num_threads: int):
 
     h, w = request if request is not None else (-1, -1)
     try:
-        return decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h,
-                                  num_threads=num_threads)
+        with decodable_path(path) as p:  # a name that is not UTF-8: opened through its fd
+            return decord.VideoReader(p, ctx=decord.cpu(0), width=w, height=h,
+                                      num_threads=num_threads)
     except Exception:
         if os.path.isdir(path):
             raise IsADirectoryError(f"'{path}' is a folder, not a video file") from None

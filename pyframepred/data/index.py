@@ -17,12 +17,14 @@ import json
 import math
 import os
 import re
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ._common import VIDEO_EXTENSIONS, atomic_write_json, default_cache_dir, logger
+from ._common import (VIDEO_EXTENSIONS, atomic_write_json, decodable_path, default_cache_dir,
+                      logger)
 
 __all__ = ["VideoInfo", "find_videos", "probe_video", "index_videos", "class_of", "group_of",
            "INDEX_FILENAME"]
@@ -61,17 +63,58 @@ def find_videos(root) -> list[str]:
 
     An extension in :data:`VIDEO_EXTENSIONS` (any case) makes a file a video. Hidden files and
     folders (name starting with ``.``, which includes macOS ``._*`` resource forks) are ignored.
-    Symbolic links are followed.
+    Symbolic links are followed, each folder is walked once: a link back to a folder already
+    walked (a loop, or a second link to the same folder) is skipped, so a loop neither hangs nor
+    multiplies the data set. Only regular files count: a FIFO, socket or device named
+    ``*.mp4`` (which would block the probe forever) and broken links are skipped (logged).
+    File names are kept as the file system gives them (undecodable bytes as surrogate escapes).
     """
-    root = Path(root)
+    root = os.fspath(root)
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
-        for name in filenames:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
+    seen = set()
+    stack = [(root, "")]
+    while stack:
+        dirpath, rel = stack.pop()
+        try:
+            st = os.stat(dirpath)
+        except OSError as exc:
+            logger.info("cannot read folder %s: %s", dirpath, exc)
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            logger.info("skipping %s: that folder is already indexed (a symbolic link loop or a "
+                        "second link to it)", dirpath)
+            continue
+        seen.add(key)
+        try:
+            with os.scandir(dirpath) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            logger.info("cannot list folder %s: %s", dirpath, exc)
+            continue
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
                 continue
-            found.append((rel_dir / name).as_posix())
+            try:
+                is_dir = entry.is_dir()              # follows symbolic links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append((entry.path, f"{rel}{name}/"))
+                continue
+            if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
+                continue
+            try:
+                regular = entry.is_file()            # follows links; False for FIFOs, devices
+            except OSError:
+                regular = False
+            if regular:
+                found.append(rel + name)
+            else:
+                logger.info("skipping %s: not a regular file (or a broken link)", entry.path)
+        stack.extend(reversed(subdirs))              # depth-first, in name order
     found.sort()
     return found
 
@@ -120,6 +163,18 @@ def probe_video(path) -> dict:
     result = {"frames": 0, "height": 0, "width": 0, "fps": 0.0, "error": None}
     path = os.fspath(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            result["error"] = "not a regular file"
+            return result
+    except OSError as exc:
+        result["error"] = "cannot open: " + _short_error(exc)
+        return result
+    with decodable_path(path) as dpath:
+        return _probe(decord, dpath, result)
+
+
+def _probe(decord, path: str, result: dict) -> dict:
+    try:
         vr = decord.VideoReader(path, num_threads=1)
         n = len(vr)
         if n <= 0:
@@ -161,18 +216,53 @@ def _index_locations(root: Path, cache_dir) -> list[Path]:
 
 
 def _load_index(path: Path, root: Path) -> dict | None:
+    """The ``videos`` table of the index file at ``path``, or ``None`` when there is none or it
+    is unusable (not a regular file, not UTF-8 JSON, another version or layout). The index is a
+    cache: anything wrong with it only costs a re-probe."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        if not stat.S_ISREG(os.stat(path).st_mode):   # a FIFO would block the open
+            logger.info("ignoring video index %s: not a regular file", path)
+            return None
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read().decode("utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         logger.info("ignoring unreadable video index %s: %s", path, exc)
         return None
     if not isinstance(data, dict) or data.get("version") != INDEX_VERSION \
             or not isinstance(data.get("videos"), dict):
         return None
     return data["videos"]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _cached_info(rel: str, entry) -> VideoInfo | None:
+    """The :class:`VideoInfo` of a cached index entry, or ``None`` when the entry is malformed
+    (wrong types, negative or non-finite numbers, a readable video without frames): such an
+    entry, whether corrupted or crafted, is re-probed instead of trusted."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        frames, height, width = entry["frames"], entry["height"], entry["width"]
+        fps, size, mtime, error = (entry["fps"], entry["size_bytes"], entry["mtime_ns"],
+                                   entry["error"])
+    except KeyError:
+        return None
+    if not all(_is_int(v) for v in (frames, height, width, size, mtime)):
+        return None
+    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool)
+            and math.isfinite(fps) and fps >= 0):
+        return None
+    if error is not None and not isinstance(error, str):
+        return None
+    if error is None and (frames < 1 or height < 1 or width < 1):
+        return None
+    return VideoInfo(path=rel, frames=frames, height=height, width=width, fps=float(fps),
+                     size_bytes=size, mtime_ns=mtime, error=error)
 
 
 def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
@@ -218,12 +308,10 @@ def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
             entry = cached.get(rel)
             if (isinstance(entry, dict) and entry.get("size_bytes") == size
                     and entry.get("mtime_ns") == mtime and mtime != 0):
-                try:
-                    infos[rel] = VideoInfo(path=rel, **{k: entry[k] for k in (
-                        "frames", "height", "width", "fps", "size_bytes", "mtime_ns", "error")})
+                info = _cached_info(rel, entry)
+                if info is not None:
+                    infos[rel] = info
                     break
-                except (KeyError, TypeError):
-                    pass
         else:
             todo.append(rel)
 

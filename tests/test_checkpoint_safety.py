@@ -1,0 +1,580 @@
+"""Runs that cannot be hijacked, corrupt themselves or lose work: safe checkpoint loading,
+finite checkpoints only, signals with DataLoader workers, run folder ownership, atomic outputs,
+robust indexing."""
+import errno
+import json
+import os
+import pickle
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyframepred import atomic
+from pyframepred import checkpoint as ckpt_format
+from pyframepred import evaluate as ev
+from pyframepred import predict as pr
+from pyframepred import train as tr
+from pyframepred.data import decode_frames, find_videos, index_videos, synthetic
+from pyframepred.run_folder import RunFolderLock
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("videos")
+    return synthetic.generate(out, seed=1, videos_per_class=2, groups_per_class=2,
+                              frames=(16, 20), classes=synthetic.CLASSES[:2], progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    """A finished tiny autoencoder run (4 steps, checkpoints at 2 and 4)."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out)]
+                   + TINY) == 0
+    return out
+
+
+def _video(data):
+    return sorted(Path(data).rglob("*.mp4"))[0]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".pyframepred.lock"}
+
+
+# ----------------------------------------------------------------------------- safe loading
+class _RunsShell:
+    """Unpickling this calls ``os.system`` (what a booby-trapped checkpoint carries)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def _trapped_checkpoint(run, tmp_path, marker):
+    ckpt = ckpt_format.load(run / "last.pt")
+    ckpt["notes"] = _RunsShell(f"touch {marker}")
+    path = tmp_path / "trapped.pt"
+    torch.save(ckpt, path)
+    # the trap is real: a plain unpickling of the file runs the command
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+    return path
+
+
+def test_checkpoint_is_weights_only_loadable_with_tensor_rng_states(run):
+    ckpt = torch.load(run / "last.pt", weights_only=True)      # no allowlist needed
+    assert ckpt["format"] == ckpt_format.FORMAT_VERSION == 2
+    rng = ckpt["rng"]
+    assert isinstance(rng["torch"], torch.Tensor)
+    assert isinstance(rng["numpy"]["keys"], torch.Tensor) and rng["numpy"]["keys"].numel() == 624
+    assert isinstance(rng["python"]["state"], torch.Tensor)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(run / "best.pt") == []
+
+
+def test_rng_state_round_trip():
+    st = ckpt_format.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    ckpt_format.set_rng_state(st)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+@pytest.mark.parametrize("cli", ["evaluate", "predict", "resume", "config_resume"])
+def test_booby_trapped_checkpoint_is_refused_and_runs_nothing(cli, run, data, tmp_path,
+                                                              capsys):
+    marker = tmp_path / "pwned"
+    path = _trapped_checkpoint(run, tmp_path, marker)
+    if cli == "evaluate":
+        rc = ev.main([str(path), "--out", str(tmp_path / "e.json")])
+    elif cli == "predict":
+        rc = pr.main([str(path), str(_video(data)), "--out", str(tmp_path / "p.gif")])
+    elif cli == "resume":
+        rc = tr.main(["--resume", str(path), "--steps", "6", "--out", str(tmp_path / "o")])
+    else:
+        cfg = tmp_path / "cfg.json"
+        cfg.write_text(json.dumps({"resume": str(path), "steps": 6, "out": str(tmp_path / "o")}))
+        rc = tr.main(["--config", str(cfg)])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2
+    assert "refusing checkpoint" in line and "posix.system" in line, line
+    assert not marker.exists()                                  # nothing was executed
+    assert not (tmp_path / "o").exists() and not (tmp_path / "e.json").exists()
+
+
+def test_numpy_allowlist_reaches_no_other_callable(run, tmp_path, capsys):
+    # The legacy allowlist admits numpy's array rebuilding only, not e.g. numpy.save.
+    victim = tmp_path / "written.npy"
+
+    class SavesFile:
+        def __reduce__(self):
+            return np.save, (str(victim), np.zeros(1))
+
+    ckpt = ckpt_format.load(run / "last.pt")
+    ckpt["x"] = SavesFile()
+    path = tmp_path / "np.pt"
+    torch.save(ckpt, path)
+    assert ev.main([str(path)]) == 2
+    assert "refusing checkpoint" in _one_error_line(capsys.readouterr().err)
+    assert not victim.exists()
+
+
+def test_foreign_pickle_is_refused(tmp_path, capsys):
+    path = tmp_path / "foreign.pt"
+    path.write_bytes(pickle.dumps({"model": {}, "config": {}, "x": _RunsShell("true")}))
+    assert ev.main([str(path)]) == 2
+    assert "error: " in _one_error_line(capsys.readouterr().err)
+
+
+def _format1_copy(run, tmp_path) -> Path:
+    """``last.pt`` as the previous version wrote it: numpy/python random states pickled as
+    numpy arrays and tuples, the torch version as torch's TorchVersion, format 1."""
+    ckpt = ckpt_format.load(run / "last.pt")
+    state = ckpt_format.rng_state()
+    ckpt_format.set_rng_state(ckpt["rng"])
+    ckpt["rng"] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                   "torch": torch.get_rng_state()}
+    ckpt_format.set_rng_state(state)
+    ckpt["format"] = 1
+    ckpt["torch_version"] = torch.__version__
+    old = tmp_path / "old" / "last.pt"
+    old.parent.mkdir()
+    torch.save(ckpt, old)
+    with pytest.raises(pickle.UnpicklingError):                 # needs the allowlist
+        torch.load(old, weights_only=True)
+    return old
+
+
+def test_format1_checkpoint_still_loads_and_resumes_exactly(run, data, tmp_path, capsys):
+    old = _format1_copy(run, tmp_path)
+    new = ckpt_format.load(run / "last.pt")
+    loaded = ckpt_format.load(old)
+    for part in ("python", "numpy"):
+        for k, v in new["rng"][part].items():
+            got = loaded["rng"][part][k]
+            assert torch.equal(got, v) if isinstance(v, torch.Tensor) else got == v, (part, k)
+    assert ev.main([str(old), "--clips", "2", "--out", str(tmp_path / "e.json")]) == 0
+    # resume the format-1 copy and the format-2 original by two steps: identical weights
+    a = tmp_path / "a"
+    shutil.copytree(run, a)
+    assert tr.main(["--resume", str(a / "last.pt"), "--steps", "6"] + TINY[2:]) == 0
+    assert tr.main(["--resume", str(old), "--steps", "6"] + TINY[2:]) == 0
+    wa = ckpt_format.load(a / "last.pt")["model"]
+    wb = ckpt_format.load(old.parent / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ckpt_format.load(old.parent / "last.pt")["format"] == 2     # rewritten as format 2
+
+
+def test_newer_format_and_missing_fields_are_usage_errors(run, data, tmp_path, capsys):
+    ckpt = ckpt_format.load(run / "last.pt")
+    future = dict(ckpt, format=99)
+    torch.save(future, tmp_path / "future.pt")
+    assert ev.main([str(tmp_path / "future.pt")]) == 2
+    assert "format 99" in _one_error_line(capsys.readouterr().err)
+    no_kwargs = {k: v for k, v in ckpt.items() if k != "model_kwargs"}
+    torch.save(no_kwargs, tmp_path / "nokw.pt")
+    assert ev.main([str(tmp_path / "nokw.pt")]) == 2
+    assert "lacks model_kwargs" in _one_error_line(capsys.readouterr().err)
+    assert pr.main([str(tmp_path / "nokw.pt"), str(_video(data)),
+                    "--out", str(tmp_path / "p.gif")]) == 2
+    assert "lacks model_kwargs" in _one_error_line(capsys.readouterr().err)
+    no_opt = {k: v for k, v in ckpt.items() if k != "optimizer"}
+    torch.save(no_opt, tmp_path / "noopt.pt")
+    assert tr.main(["--resume", str(tmp_path / "noopt.pt"), "--steps", "6",
+                    "--out", str(tmp_path / "o")]) == 2
+    assert "lacks optimizer" in _one_error_line(capsys.readouterr().err)
+    bad_rng = dict(ckpt, rng={"python": 1, "numpy": 2, "torch": 3})
+    torch.save(bad_rng, tmp_path / "badrng.pt")
+    assert tr.main(["--resume", str(tmp_path / "badrng.pt"), "--steps", "6",
+                    "--out", str(tmp_path / "o")]) == 2
+    assert "random states" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'model = "caf\xe9"\n', "not UTF-8"),
+    (b"[" * 100000, "cannot parse config file"),
+    (b'{"model": "autoencoder", "steps": 1e999999}', "steps must be an integer"),
+])
+def test_bad_config_files_are_one_line_usage_errors(content, message, data, tmp_path, capsys):
+    cfg = tmp_path / ("cfg.toml" if content.startswith(b"model") else "cfg.json")
+    cfg.write_bytes(content)
+    assert tr.main(["--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_config_fifo_is_refused_without_blocking(tmp_path, capsys):
+    fifo = tmp_path / "cfg.json"
+    os.mkfifo(fifo)
+    assert tr.main(["--config", str(fifo)]) == 2
+    assert "not a regular file" in _one_error_line(capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------- finite only
+def _all_checkpoints_finite(folder: Path):
+    for p in folder.glob("*.pt"):
+        ck = ckpt_format.load(p)
+        bad = ckpt_format.nonfinite_entries({"model": ck["model"], "optimizer": ck["optimizer"]})
+        assert not bad, (p, bad)
+
+
+@pytest.mark.parametrize("lr", ["inf", "1e38"])
+def test_divergence_never_saves_nonfinite_weights(lr, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out), "--lr", lr,
+                  "--val-every", "1", "--steps", "4"] + TINY)
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "training stopped" in _one_error_line(
+        "\n".join(ln for ln in err.splitlines() if not ln.startswith(("training ", "step "))))
+    _all_checkpoints_finite(out)
+    if lr == "inf":                          # step 1 already ruined the weights: nothing saved
+        assert not (out / "last.pt").exists()
+        assert "without saving them" in err
+
+
+def test_nonfinite_optimizer_state_is_not_saved(data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    orig = tr.Trainer.train_step
+
+    def step(self, clips):
+        res = orig(self, clips)
+        if self.step == 2:                   # the 3rd step: poison Adam's second moment
+            st = next(iter(self.opt.state.values()))
+            st["exp_avg_sq"].fill_(float("inf"))
+        return res
+
+    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out),
+                  "--val-every", "1", "--steps", "4"] + TINY)
+    assert rc == 3
+    assert "optimizer.state" in capsys.readouterr().err
+    assert ckpt_format.load(out / "last.pt")["step"] == 2
+    _all_checkpoints_finite(out)
+
+
+# ----------------------------------------------------------------------------- signals
+def _popen_train(data, out, *extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "pyframepred.train", "--model", "autoencoder", "--data",
+           str(data), "--out", str(out), "--steps", "100000", "--val-every", "1",
+           "--workers", "2", *TINY, *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _read_until(proc, text) -> str:
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    proc.wait()
+    raise AssertionError(f"'{text}' never came (exit {proc.returncode}):\n{''.join(seen)}")
+
+
+def _finish(proc, seen: str):
+    try:
+        _, rest = proc.communicate(timeout=300)          # a safety net, not an assertion
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, rest = proc.communicate()
+        raise AssertionError("the run did not stop:\n" + seen + rest)
+    return seen + rest
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("when", ["starting", "training"])
+@pytest.mark.parametrize("rep", [1, 2])
+def test_signal_to_process_group_with_workers_saves_and_exits_130(sig, when, rep, data,
+                                                                  tmp_path):
+    out = tmp_path / "run"
+    proc = _popen_train(data, out)
+    # "starting": as soon as the run announces itself, while the workers start;
+    # "training": after two validated steps, the workers busy loading batches
+    seen = _read_until(proc, "training autoencoder" if when == "starting" else "step 2: val")
+    os.killpg(proc.pid, sig)                               # what a terminal / a scheduler does
+    err = _finish(proc, seen)
+    assert proc.returncode == 130, err
+    assert "interrupted: saved" in err and "Traceback" not in err, err
+    assert "KeyboardInterrupt" not in err, err            # no worker died of the signal
+    ckpt = ckpt_format.load(out / "last.pt")
+    assert ckpt["step"] >= (2 if when == "training" else 0)
+
+
+def _children(pid: int) -> list:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("rep", [1, 2])
+def test_dead_worker_is_reported_and_last_checkpoint_saved(rep, data, tmp_path):
+    out = tmp_path / "run"
+    proc = _popen_train(data, out)
+    seen = _read_until(proc, "step 2: val")
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)                   # what the OOM killer does
+    err = _finish(proc, seen)
+    assert proc.returncode == tr.EXIT_WORKER_DIED == 4, err
+    assert "a data-loading worker died" in err and "--resume" in err, err
+    assert "Traceback" not in err, err
+    assert ckpt_format.load(out / "last.pt")["step"] >= 2
+
+
+# ----------------------------------------------------------------------------- folder ownership
+def test_second_run_into_a_finished_run_refuses_and_changes_nothing(run, data, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    before = _snapshot(out)
+    argv = ["--model", "autoencoder", "--data", str(data), "--out", str(out)] + TINY
+    assert tr.main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--resume" in line and "--overwrite" in line, line
+    assert _snapshot(out) == before                        # byte-identical
+    assert tr.main(argv + ["--steps", "2", "--overwrite"]) == 0
+    assert ckpt_format.load(out / "last.pt")["step"] == 2
+
+
+def test_a_locked_folder_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    with RunFolderLock(out):                               # another run holds the folder
+        assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out)]
+                       + TINY) == 2
+        assert "in use by another training run" in _one_error_line(capsys.readouterr().err)
+        assert not (out / "last.pt").exists()
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out),
+                    "--steps", "2"] + TINY) == 0               # free again
+
+
+def test_lock_is_given_back_and_stale_temps_removed(data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cfg = tr.TrainConfig(model="autoencoder", data=str(data), out=str(out), preset="tiny",
+                         progress=False, steps=2)
+    tr.Trainer(cfg).fit()
+    stale = out / ".last.pt.0123abcd.tmp"                  # a save killed half-way
+    stale.write_bytes(b"x" * 1000)
+    t = tr.Trainer(dataclasses_replace(cfg, steps=3), resume=out / "last.pt")
+    assert not stale.exists()
+    with pytest.raises(tr.CLIError, match="in use"):
+        tr.Trainer(cfg, resume=out / "last.pt")
+    t.fit()
+    with RunFolderLock(out):                               # fit() gave it back
+        pass
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_plot_temp_name_is_unique(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".loss.tmp.png").mkdir()                        # the old fixed temp name, taken
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out),
+                    "--steps", "2"] + TINY) == 0
+    assert (out / "loss.png").stat().st_size > 0
+    assert not list(out.glob(".loss.png.*.tmp"))
+
+
+def test_resume_from_best_does_not_replace_a_newer_last(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    base = ["--model", "autoencoder", "--data", str(data), "--out", str(out)] + TINY
+    assert tr.main(base + ["--steps", "2"]) == 0
+    shutil.copy(out / "last.pt", tmp_path / "step2.pt")
+    assert tr.main(["--resume", str(out / "last.pt"), "--steps", "4", "--no-progress"]) == 0
+    shutil.copy(tmp_path / "step2.pt", out / "best.pt")    # best.pt older than last.pt
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert tr.main(["--resume", str(out / "best.pt"), "--steps", "6", "--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "newer (step 4) last.pt" in line and "--overwrite" in line, line
+    assert _snapshot(out) == before
+    assert tr.main(["--resume", str(out / "best.pt"), "--steps", "3", "--no-progress",
+                    "--overwrite"]) == 0
+    assert ckpt_format.load(out / "last.pt")["step"] == 3
+
+
+def test_lr_given_with_resume_is_applied(data, tmp_path):
+    out = tmp_path / "run"
+    cfg = tr.TrainConfig(model="autoencoder", data=str(data), out=str(out), preset="tiny",
+                         progress=False, steps=2, lr=0.002)
+    tr.Trainer(cfg).fit()
+    saved = ckpt_format.load(out / "last.pt")["optimizer"]["param_groups"][0]
+    same = tr.Trainer(dataclasses_replace(cfg, steps=4), resume=out / "last.pt")
+    assert same.opt.param_groups[0]["lr"] == saved["lr"]          # not given: as saved
+    assert same.opt.param_groups[0]["initial_lr"] == saved["initial_lr"] == 0.002
+    same.close()
+    t = tr.Trainer(dataclasses_replace(cfg, steps=4, lr=0.0005), resume=out / "last.pt")
+    g = t.opt.param_groups[0]
+    assert g["initial_lr"] == 0.0005 and t.sched.base_lrs == [0.0005]
+    assert g["lr"] == pytest.approx(0.0005 * t._lr_lambda(2))
+    t.fit()
+    ck = ckpt_format.load(out / "last.pt")
+    assert ck["config"]["lr"] == 0.0005
+    assert [r["lr"] for r in ck["history"]["train"][2:]] == pytest.approx(
+        [0.0005 * t._lr_lambda(3), 0.0005 * t._lr_lambda(4)])
+
+
+def test_seed_must_not_be_negative(data, tmp_path, capsys):
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--seed", "-1",
+                    "--out", str(tmp_path / "o")] + TINY) == 2
+    assert "--seed must be in" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- full disk
+def _limited(limit):
+    def pre():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # writes past the limit get EFBIG
+    return pre
+
+
+def test_full_disk_during_a_checkpoint_save(run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    before = (out / "last.pt").read_bytes()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    limit = len(before) // 2                              # room for small files, not a checkpoint
+    proc = subprocess.run([sys.executable, "-m", "pyframepred.train", "--resume",
+                           str(out / "last.pt"), "--steps", "6", "--no-progress",
+                           "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          preexec_fn=_limited(limit), timeout=600)
+    assert proc.returncode == tr.EXIT_WRITE_FAILED == 5, proc.stderr
+    line = _one_error_line("\n".join(ln for ln in proc.stderr.splitlines()
+                                     if not ln.startswith("training ")))
+    assert "cannot write the checkpoint" in line and "previous checkpoint is intact" in line
+    assert (out / "last.pt").read_bytes() == before
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_eval_json_is_written_atomically(run, tmp_path):
+    out = tmp_path / "eval.json"
+    out.write_text('{"old": true}')
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "pyframepred.evaluate", str(run / "last.pt"),
+                           "--clips", "2", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, preexec_fn=_limited(600),
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot write --out" in proc.stderr
+    assert json.loads(out.read_text()) == {"old": True}   # still the complete old file
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_atomic_writer_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "h.json"
+    atomic.atomic_write_json(p, {"a": 1})
+
+    def fail(tmp):
+        Path(tmp).write_text('{"a": ')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError):
+        atomic.atomic_write(p, fail)
+    assert json.loads(p.read_text()) == {"a": 1} and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("cli", ["evaluate", "predict"])
+def test_out_through_a_symlink_replaces_the_link_not_its_target(cli, run, data, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = tmp_path / ("e.json" if cli == "evaluate" else "p.gif")
+    link.symlink_to(victim)
+    if cli == "evaluate":
+        assert ev.main([str(run / "last.pt"), "--clips", "2", "--out", str(link)]) == 0
+        assert json.loads(link.read_text())["clips"] == 2
+    else:
+        assert pr.main([str(run / "last.pt"), str(_video(data)), "--steps", "2",
+                        "--out", str(link)]) == 0
+    assert not link.is_symlink() and victim.read_text() == "precious"
+
+
+# ----------------------------------------------------------------------------- indexing
+def _copy_data(data, tmp_path) -> Path:
+    root = tmp_path / "videos"
+    shutil.copytree(data, root, ignore=shutil.ignore_patterns(".*"))
+    return root
+
+
+def test_fifo_named_mp4_is_skipped(data, tmp_path):
+    root = _copy_data(data, tmp_path)
+    n = len(find_videos(root))
+    cls = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    os.mkfifo(cls / "v_Fifo_g01_c01.mp4")
+    os.symlink(root / "missing.mp4", cls / "v_Broken_g01_c01.mp4")
+    assert len(find_videos(root)) == n
+    infos = index_videos(root, cache=None, progress=False)   # returns: nothing blocks
+    assert len(infos) == n and all(i.ok for i in infos)
+
+
+def test_symlink_loop_is_walked_once(data, tmp_path):
+    root = _copy_data(data, tmp_path)
+    n = len(find_videos(root))
+    cls = sorted(p for p in root.iterdir() if p.is_dir())[0]
+    os.symlink(root, cls / "loop")                          # a link back to the top
+    os.symlink(cls, root / "again")                         # a second link to a class folder
+    found = find_videos(root)
+    assert len(found) == n and not any("loop" in f or "again/" in f for f in found), found
+
+
+def test_latin1_file_name_is_indexed_and_decoded(data, tmp_path):
+    root = tmp_path / "videos"
+    (root / "Cafe").mkdir(parents=True)
+    name = os.fsdecode(b"v_Caf\xe9_g01_c01.mp4")
+    shutil.copy(_video(data), root / "Cafe" / name)
+    infos = index_videos(root, cache=None, progress=False)
+    assert len(infos) == 1 and infos[0].ok and infos[0].frames > 0, infos
+    frames = decode_frames(root / infos[0].path, [0, 1], 32)
+    assert frames.shape == (2, 32, 32, 3)
+    # the index file takes the name too and is reused
+    index_videos(root, progress=False)
+    again = index_videos(root, progress=False)
+    assert again == infos
+
+
+@pytest.mark.parametrize("entry", [
+    {"frames": "abc"}, {"frames": -5}, {"fps": float("nan")}, {"error": 7}, {"height": 0},
+])
+def test_crafted_index_entries_are_reprobed(entry, data, tmp_path):
+    root = _copy_data(data, tmp_path)
+    good = index_videos(root, cache="data", progress=False)
+    index_file = root / ".pyframepred-index.json"
+    doc = json.loads(index_file.read_text())
+    first = good[0].path
+    doc["videos"][first].update(entry)
+    index_file.write_text(json.dumps(doc))
+    again = index_videos(root, cache="data", progress=False)
+    assert again == good
+
+
+def test_non_utf8_index_file_is_ignored(data, tmp_path):
+    root = _copy_data(data, tmp_path)
+    good = index_videos(root, cache=None, progress=False)
+    (root / ".pyframepred-index.json").write_bytes(b'{"version": 1, "videos": {"\xff": 1}}')
+    assert index_videos(root, cache="data", progress=False) == good
