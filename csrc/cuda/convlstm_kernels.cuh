@@ -242,7 +242,7 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const scal
 #pragma unroll
       for (int j = 1; j < V; ++j) s += q[k][j];
       s = warp_sum(s, lx);
-      if (threadIdx.x == 0) out[k * C + tc.ch] = s;
+      if (threadIdx.x == 0 && active) out[k * C + tc.ch] = s;
     }
   } else {
     // Channel tc.ch + j is shared by the ly threads of tile column threadIdx.x: sum them through
