@@ -51,7 +51,11 @@ def nvcc_flags():
         inc += ["-I", p]
     py_inc = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
                             capture_output=True, text=True).stdout.strip()
-    std = "-std=c++20" if any("c++20" in f for f in getattr(ce, "COMMON_NVCC_FLAGS", [])) else "-std=c++17"
+    import torch
+
+    aten = Path(torch.__file__).parent / "include" / "ATen" / "ATen.h"
+    needs20 = aten.exists() and "C++20" in aten.read_text(errors="ignore")
+    std = "-std=c++20" if needs20 else "-std=c++17"
     return inc + ["-I", str(ROOT / "csrc"), "-I", py_inc, std, "-O3", "--expt-relaxed-constexpr",
                   "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                   "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",

@@ -402,7 +402,8 @@ def test_emu_launch_checks(emu, bx, bz, gy, smem, msg):
     x = torch.zeros(4)
     with pytest.raises(RuntimeError, match=msg):
         emu.selftest("noop", x, bx, bz, gy, smem)
-    emu.selftest("noop", x, 1024, 1, 65535, 48 * 1024)  # the limits themselves are fine
+    emu.selftest("noop", x, 1024, 1, 1, 48 * 1024)  # the limits themselves are fine
+    emu.selftest("noop", x, 1, 64, 65535, 0)
 
 
 def test_emu_divergence_and_faults(emu):
