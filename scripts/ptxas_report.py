@@ -62,9 +62,33 @@ def nvcc_flags():
                   "-DTORCH_EXTENSION_NAME=_C", "-DPy_LIMITED_API=0x030A0000"]
 
 
+def find_cuobjdump():
+    """cuobjdump from PATH, the toolkit behind nvcc, or the copy Triton bundles with torch."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    nvcc = shutil.which("nvcc")
+    cands = []
+    if nvcc:
+        cands.append(Path(os.path.realpath(nvcc)).parent / "cuobjdump")
+    cands += [Path("/usr/local/cuda/bin/cuobjdump")]
+    try:
+        import triton
+
+        cands.append(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    except ImportError:
+        pass
+    for c in cands:
+        if c.exists():
+            return str(c)
+    return None
+
+
 def compile_one(src: str, arch: int, out_dir: Path, flags):
-    obj = out_dir / f"{Path(src).stem}_sm{arch}.o"
-    cmd = ["nvcc", "-c", str(ROOT / src), "-o", str(obj), f"-gencode=arch=compute_{arch},code=sm_{arch}",
+    # Device code only (-cubin): what ptxas reports and cuobjdump disassembles; the host half of
+    # the file is compiled by the real build (CI step 2).
+    obj = out_dir / f"{Path(src).stem}_sm{arch}.cubin"
+    cmd = ["nvcc", "-cubin", str(ROOT / src), "-o", str(obj), f"-gencode=arch=compute_{arch},code=sm_{arch}",
            "--resource-usage", "-Xptxas", "-warn-spills"] + flags
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -117,9 +141,12 @@ def occupancy(regs: int, smem: int, arch: int, threads: int = BLOCK_THREADS):
     return blocks * warps / a["max_warps"], blocks
 
 
-def sass_vector_ops(obj: Path):
+def sass_vector_ops(obj: Path, cuobjdump: str):
     """{mangled: {'ldg128': n, 'stg128': n, 'ldg64': n, 'stg64': n}} from cuobjdump -sass."""
-    text = subprocess.run(["cuobjdump", "-sass", str(obj)], capture_output=True, text=True).stdout
+    res = subprocess.run([cuobjdump, "-sass", str(obj)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed on {obj}: {res.stderr[-2000:]}")
+    text = res.stdout
     out, cur = {}, None
     for line in text.splitlines():
         m = re.search(r"Function : (\w+)", line)
@@ -171,6 +198,10 @@ def main():
     if shutil.which("nvcc") is None:
         print("nvcc not found", file=sys.stderr)
         return 2
+    cuobjdump = find_cuobjdump()
+    if cuobjdump is None:
+        print("cuobjdump not found (PATH, the CUDA toolkit, triton's bundled copy)", file=sys.stderr)
+        return 2
     flags = nvcc_flags()
     version = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
     rows, failures = [], []
@@ -182,7 +213,7 @@ def main():
         for (src, arch) in jobs:
             obj, text = results[(src, arch)]
             usage = parse_resource_usage(text)
-            sass = sass_vector_ops(obj)
+            sass = sass_vector_ops(obj, cuobjdump)
             names = demangle(list(usage))
             for mangled, u in sorted(usage.items(), key=lambda kv: names[kv[0]]):
                 name = names[mangled]
