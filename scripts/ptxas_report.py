@@ -191,6 +191,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, action="append", help="SM architecture (80, 90)")
     ap.add_argument("--min-occupancy", type=float, default=0.5)
+    ap.add_argument("--warn-only", action="store_true",
+                    help="report failed checks but exit 0 (while known failures are being fixed)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", "2")))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ptxas_sm80_sm90"))
     args = ap.parse_args()
@@ -265,6 +267,9 @@ def main():
     print(f"{len(rows)} kernels; {len(failures)} failure(s); written {out}.json/.md")
     for f in failures[:40]:
         print("FAIL", f)
+    if failures and args.warn_only:
+        print(f"--warn-only: {len(failures)} failed check(s) reported, not enforced")
+        return 0
     return 1 if failures else 0
 
 
