@@ -32,6 +32,15 @@ compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest $TESTS -q -x 
   -k "cuda and not large" > "$OUT/sanitizer.log" 2>&1
 echo "sanitizer rc=$?" | tee -a "$OUT/sanitizer.log"; tail -5 "$OUT/sanitizer.log"
 
+echo "== CUDA kernels on the CPU execution model (the same kernel bodies, -m cuda_emu)"
+if [ "${PYFRAMEPRED_GPU_EMU:-1}" = 1 ]; then
+  MAX_JOBS=${MAX_JOBS:-16} $PY -m pytest tests/test_cuda_emu.py -q -p no:cacheprovider -rfE > "$OUT/cuda_emu.log" 2>&1
+  echo "cuda_emu rc=$?"; tail -3 "$OUT/cuda_emu.log"
+fi
+echo "== ptxas resource usage / occupancy / SASS check"
+$PY scripts/ptxas_report.py --arch 90 --jobs "${MAX_JOBS:-16}" --out "$OUT/ptxas_sm90" > "$OUT/ptxas.log" 2>&1
+echo "ptxas_report rc=$?"; tail -3 "$OUT/ptxas.log"
+
 echo "== CMake / LibTorch build with the CUDA kernels, CTest (CPU and GPU checks)"
 if command -v cmake > /dev/null; then
   NVRTC=$($PY -c 'import glob, os, nvidia; print(next(iter(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib", "libnvrtc.so*")))), ""))' 2>/dev/null)

@@ -1,22 +1,7 @@
-// CUDA kernels of the fused gradient difference loss: one pass forward, one pass backward.
-//
-// Work is split in warp items: (image b, strip of 32 * kV columns, band of R rows). Lane l of a
-// warp owns the kV consecutive columns x0 = strip * 32 * kV + l * kV ... x0 + kV - 1 and walks
-// down the band one row at a time, keeping the row above (forward) or the coefficients of the
-// vertical pairs above (backward) in registers, so every element is loaded once; the left and
-// right neighbours come from the adjacent lanes by warp shuffles (lanes 0 and 31 load theirs).
-// Rows whose W stride is 1 and that are suitably aligned are read (and gradients written) with
-// one vector access per lane; any other layout is read element by element through its strides.
-// The next row is loaded before the current one is processed, to keep loads in flight. The
-// per-element math is the shared gdl.h, exactly what the CPU kernels run.
-//
-// Forward: the 8 warps of a block take 8 consecutive items of one image; a CUB block reduction
-// writes one partial sum per group of 8 items and a second small kernel sums the partials of each
-// output in a fixed order: the result depends on the shape only, bit-identical run after run.
-// Backward (gather form, no atomics): each pixel's gradient (and the target's) is written once.
-//
-// The band height R and all groupings depend on the shape only. Offsets inside an image use
-// 32-bit arithmetic when they fit, 64-bit otherwise; image offsets are always 64-bit.
+// CUDA launchers of the fused gradient difference loss: device guard, current stream, dtype
+// dispatch and the launch-error check. The kernels are in gdl_kernels.cuh, the launch
+// configuration and sequence in gdl_launch.cuh, shared with the CPU execution model that runs them
+// in the tests.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -25,353 +10,25 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cub/cub.cuh>
-
-#include <algorithm>
-#include <cstdint>
-
 #include "gdl.h"
 #include "gdl_host.h"
+#include "gdl_launch.cuh"
 
 namespace pyframepred {
 namespace cuda {
 namespace {
 
-constexpr int kWarps = 8, kThreads = 32 * kWarps;
-constexpr int kV = 4;                   // columns per lane
-constexpr int kStrip = 32 * kV;         // columns per warp item
-constexpr int kFinishThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride beyond
-constexpr unsigned kFull = 0xffffffffu;
-
-template <typename scalar_t>
-using acc_t = at::opmath_type<scalar_t>;
-
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-// kV consecutive elements, aligned for one vector access.
-template <typename scalar_t>
-struct alignas(sizeof(scalar_t) * kV) Pack {
-  scalar_t v[kV];
-};
-
-// Work decomposition (host-computed, shape-dependent only).
-struct Plan {
-  int64_t strips, bands, rows;     // per image: strips of kStrip columns, bands of `rows` rows
-  int64_t items_per_image;         // strips * bands warp items
-  int64_t groups_per_image;        // ceil(items_per_image / kWarps) blocks' worth
-  int64_t groups;                  // B * groups_per_image
-};
-
-inline Plan make_plan(const GdlPlan& p) {
-  Plan q;
-  q.strips = (p.W + kStrip - 1) / kStrip;
-  // Bands of 32 rows, fewer when that leaves too few warps to fill the GPU.
-  int64_t rows = 32;
-  while (rows > 4 && p.B * q.strips * ((p.H + rows - 1) / rows) < 8192) rows /= 2;
-  q.rows = std::min<int64_t>(rows, p.H);
-  q.bands = (p.H + q.rows - 1) / q.rows;
-  q.items_per_image = q.strips * q.bands;
-  q.groups_per_image = (q.items_per_image + kWarps - 1) / kWarps;
-  q.groups = p.B * q.groups_per_image;
-  return q;
-}
-
-inline int grid_for(int64_t n) { return static_cast<int>(std::min<int64_t>(n, kMaxBlocks)); }
-
-// Whether `t` can be accessed a Pack at a time at every lane's first column: W stride 1, every
-// other stride a multiple of kV, and the data pointer aligned.
-template <typename scalar_t>
-inline bool packable(const at::Tensor& t, const scalar_t* data) {
-  if (t.stride(-1) != 1) return false;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) {
-    if (t.size(d) > 1 && t.stride(d) % kV != 0) return false;
-  }
-  return reinterpret_cast<uintptr_t>(data) % (sizeof(scalar_t) * kV) == 0;
-}
-
-// Loads the kV elements of row `row` (a pointer to its column 0) at columns x0 .. x0+kV-1
-// (0 past W), converted to the accumulation type.
-template <bool kPack, typename scalar_t, typename index_t, typename A>
-__device__ __forceinline__ void load_row(const scalar_t* row, index_t x0, index_t W, index_t sW,
-                                         A (&out)[kV]) {
-  if (kPack && x0 + kV <= W) {
-    const Pack<scalar_t> pk = *reinterpret_cast<const Pack<scalar_t>*>(row + x0);
-#pragma unroll
-    for (int k = 0; k < kV; ++k) out[k] = static_cast<A>(pk.v[k]);
-  } else {
-#pragma unroll
-    for (int k = 0; k < kV; ++k) {
-      const index_t x = x0 + k;
-      out[k] = x < W ? static_cast<A>(row[x * sW]) : A(0);
-    }
-  }
-}
-
-template <bool kPack, typename scalar_t, typename index_t, typename A>
-__device__ __forceinline__ void store_row(scalar_t* row, index_t x0, index_t W, index_t sW,
-                                          const A (&in)[kV]) {
-  if (kPack && x0 + kV <= W) {
-    Pack<scalar_t> pk;
-#pragma unroll
-    for (int k = 0; k < kV; ++k) pk.v[k] = static_cast<scalar_t>(in[k]);
-    *reinterpret_cast<Pack<scalar_t>*>(row + x0) = pk;
-  } else {
-#pragma unroll
-    for (int k = 0; k < kV; ++k) {
-      const index_t x = x0 + k;
-      if (x < W) row[x * sW] = static_cast<scalar_t>(in[k]);
-    }
-  }
-}
-
-// The warp item of (group g, warp w): image b and the item's first row/column; false when the
-// group has fewer than kWarps items.
-struct Item {
-  int64_t b;
-  int64_t y0, y1, strip;
-};
-
-__device__ __forceinline__ bool item_of(const Plan& q, int64_t H, int64_t g, int w, Item& it) {
-  it.b = g / q.groups_per_image;
-  const int64_t local = (g - it.b * q.groups_per_image) * kWarps + w;
-  if (local >= q.items_per_image) return false;
-  const int64_t band = local / q.strips;
-  it.strip = local - band * q.strips;
-  it.y0 = band * q.rows;
-  it.y1 = it.y0 + q.rows < H ? it.y0 + q.rows : H;
-  return true;
-}
-
-template <typename scalar_t, typename index_t, GdlPower kP, bool kPack>
-__global__ void __launch_bounds__(kThreads)
-    gdl_forward_kernel(const GdlOperand<const scalar_t> p, const GdlOperand<const scalar_t> t,
-                       const Plan q, const int64_t H64, const int64_t W64,
-                       const acc_t<scalar_t> alpha, acc_t<scalar_t>* __restrict__ partial) {
-  using A = acc_t<scalar_t>;
-  using Reduce = cub::BlockReduce<A, kThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const index_t H = static_cast<index_t>(H64), W = static_cast<index_t>(W64);
-  const index_t psH = static_cast<index_t>(p.sH), psW = static_cast<index_t>(p.sW);
-  const index_t tsH = static_cast<index_t>(t.sH), tsW = static_cast<index_t>(t.sW);
-  for (int64_t g = blockIdx.x; g < q.groups; g += gridDim.x) {
-    A acc = A(0);
-    Item it;
-    if (item_of(q, H64, g, warp, it)) {  // warp-uniform
-      const scalar_t* P = p.data + p.batch.offset(it.b);
-      const scalar_t* T = t.data + t.batch.offset(it.b);
-      const index_t x0 = static_cast<index_t>(it.strip) * kStrip + lane * kV;
-      const index_t y0 = static_cast<index_t>(it.y0), y1 = static_cast<index_t>(it.y1);
-      A pu[kV], tu[kV], pc[kV], tc[kV], pn[kV], tn[kV];
-#pragma unroll
-      for (int k = 0; k < kV; ++k) pu[k] = tu[k] = pn[k] = tn[k] = A(0);
-      if (y0 > 0) {
-        load_row<kPack>(P + (y0 - 1) * psH, x0, W, psW, pu);
-        load_row<kPack>(T + (y0 - 1) * tsH, x0, W, tsW, tu);
-      }
-      load_row<kPack>(P + y0 * psH, x0, W, psW, pc);
-      load_row<kPack>(T + y0 * tsH, x0, W, tsW, tc);
-      for (index_t y = y0; y < y1; ++y) {
-        if (y + 1 < y1) {  // next row in flight while this one is processed
-          load_row<kPack>(P + (y + 1) * psH, x0, W, psW, pn);
-          load_row<kPack>(T + (y + 1) * tsH, x0, W, tsW, tn);
-        }
-        // Left neighbour of the lane's first column: the previous lane's last one.
-        A pl = __shfl_up_sync(kFull, pc[kV - 1], 1);
-        A tl = __shfl_up_sync(kFull, tc[kV - 1], 1);
-        if (lane == 0 && x0 > 0 && x0 - 1 < W) {
-          pl = static_cast<A>(P[y * psH + (x0 - 1) * psW]);
-          tl = static_cast<A>(T[y * tsH + (x0 - 1) * tsW]);
-        }
-#pragma unroll
-        for (int k = 0; k < kV; ++k) {
-          const index_t x = x0 + k;
-          if (x < W) {
-            if (x > 0) {
-              const A lp = k == 0 ? pl : pc[k - 1], lt = k == 0 ? tl : tc[k - 1];
-              acc += gdl_term<kP>(tc[k] - lt, pc[k] - lp, alpha);
-            }
-            if (y > 0) acc += gdl_term<kP>(tc[k] - tu[k], pc[k] - pu[k], alpha);
-          }
-        }
-#pragma unroll
-        for (int k = 0; k < kV; ++k) {
-          pu[k] = pc[k];
-          tu[k] = tc[k];
-          pc[k] = pn[k];
-          tc[k] = tn[k];
-        }
-      }
-    }
-    const A total = Reduce(tmp).Sum(acc);
-    if (threadIdx.x == 0) partial[g] = total;
-    __syncthreads();  // tmp is reused by the next group
-  }
-}
-
-// out[o] = (sum of partial[o * per_out .. (o + 1) * per_out)) / divisor, in a fixed order.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kFinishThreads)
-    gdl_finish_kernel(const acc_t<scalar_t>* __restrict__ partial, const int64_t per_out,
-                      const int64_t nout, const acc_t<scalar_t> divisor,
-                      scalar_t* __restrict__ out) {
-  using A = acc_t<scalar_t>;
-  using Reduce = cub::BlockReduce<A, kFinishThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  for (int64_t o = blockIdx.x; o < nout; o += gridDim.x) {
-    const A* src = partial + o * per_out;
-    A acc = A(0);
-    for (int64_t i = threadIdx.x; i < per_out; i += kFinishThreads) acc += src[i];
-    const A total = Reduce(tmp).Sum(acc);
-    if (threadIdx.x == 0) out[o] = static_cast<scalar_t>(total / divisor);
-    __syncthreads();
-  }
-}
-
-template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget, bool kPack>
-__global__ void __launch_bounds__(kThreads)
-    gdl_backward_kernel(const GdlOperand<const scalar_t> p, const GdlOperand<const scalar_t> t,
-                        const GdlOperand<scalar_t> gp, const GdlOperand<scalar_t> gt,
-                        const Plan q, const int64_t H64, const int64_t W64,
-                        const acc_t<scalar_t> alpha, const acc_t<scalar_t>* __restrict__ scale,
-                        const bool per_image, const acc_t<scalar_t> divisor) {
-  using A = acc_t<scalar_t>;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const index_t H = static_cast<index_t>(H64), W = static_cast<index_t>(W64);
-  const index_t psH = static_cast<index_t>(p.sH), psW = static_cast<index_t>(p.sW);
-  const index_t tsH = static_cast<index_t>(t.sH), tsW = static_cast<index_t>(t.sW);
-  const index_t gpH = static_cast<index_t>(gp.sH), gpW = static_cast<index_t>(gp.sW);
-  const index_t gtH = static_cast<index_t>(gt.sH), gtW = static_cast<index_t>(gt.sW);
-  for (int64_t g = blockIdx.x; g < q.groups; g += gridDim.x) {
-    Item it;
-    if (!item_of(q, H64, g, warp, it)) continue;  // warp-uniform
-    const scalar_t* P = p.data + p.batch.offset(it.b);
-    const scalar_t* T = t.data + t.batch.offset(it.b);
-    scalar_t* GP = gp.data + gp.batch.offset(it.b);
-    scalar_t* GT = kTarget ? gt.data + gt.batch.offset(it.b) : nullptr;
-    const A s = scale[per_image ? it.b : 0] / divisor;
-    const index_t x0 = static_cast<index_t>(it.strip) * kStrip + lane * kV;
-    const index_t y0 = static_cast<index_t>(it.y0), y1 = static_cast<index_t>(it.y1);
-    A pc[kV], tc[kV], pn[kV], tn[kV];
-    A up_p[kV], up_t[kV];  // coefficients of the vertical pairs above the current row
-    load_row<kPack>(P + y0 * psH, x0, W, psW, pc);
-    load_row<kPack>(T + y0 * tsH, x0, W, tsW, tc);
-#pragma unroll
-    for (int k = 0; k < kV; ++k) up_p[k] = up_t[k] = pn[k] = tn[k] = A(0);
-    if (y0 > 0) {
-      load_row<kPack>(P + (y0 - 1) * psH, x0, W, psW, pn);
-      load_row<kPack>(T + (y0 - 1) * tsH, x0, W, tsW, tn);
-#pragma unroll
-      for (int k = 0; k < kV; ++k) {
-        if (x0 + k < W) gdl_coef<kP, kTarget>(tc[k] - tn[k], pc[k] - pn[k], alpha, up_p[k], up_t[k]);
-      }
-    }
-    for (index_t y = y0; y < y1; ++y) {
-      const bool down = y + 1 < H;  // warp-uniform
-      if (down) {
-        load_row<kPack>(P + (y + 1) * psH, x0, W, psW, pn);
-        load_row<kPack>(T + (y + 1) * tsH, x0, W, tsW, tn);
-      }
-      // Horizontal pairs (x-1, x) of the lane's columns: `left`; the pair (x, x+1) of its last
-      // column is the next lane's first `left` (lane 31 computes it from memory).
-      A pl = __shfl_up_sync(kFull, pc[kV - 1], 1);
-      A tl = __shfl_up_sync(kFull, tc[kV - 1], 1);
-      if (lane == 0 && x0 > 0 && x0 - 1 < W) {
-        pl = static_cast<A>(P[y * psH + (x0 - 1) * psW]);
-        tl = static_cast<A>(T[y * tsH + (x0 - 1) * tsW]);
-      }
-      A left_p[kV], left_t[kV];
-#pragma unroll
-      for (int k = 0; k < kV; ++k) {
-        left_p[k] = left_t[k] = A(0);
-        const index_t x = x0 + k;
-        if (x < W && x > 0) {
-          const A lp = k == 0 ? pl : pc[k - 1], lt = k == 0 ? tl : tc[k - 1];
-          gdl_coef<kP, kTarget>(tc[k] - lt, pc[k] - lp, alpha, left_p[k], left_t[k]);
-        }
-      }
-      A last_p = __shfl_down_sync(kFull, left_p[0], 1);
-      A last_t = __shfl_down_sync(kFull, left_t[0], 1);
-      if (lane == 31) {
-        last_p = last_t = A(0);
-        const index_t xr = x0 + kV;
-        if (xr < W) {
-          const A pr = static_cast<A>(P[y * psH + xr * psW]);
-          const A tr = static_cast<A>(T[y * tsH + xr * tsW]);
-          gdl_coef<kP, kTarget>(tr - tc[kV - 1], pr - pc[kV - 1], alpha, last_p, last_t);
-        }
-      }
-      A down_p[kV], down_t[kV], out_p[kV], out_t[kV];
-#pragma unroll
-      for (int k = 0; k < kV; ++k) {
-        down_p[k] = down_t[k] = A(0);
-        if (down && x0 + k < W) {
-          gdl_coef<kP, kTarget>(tn[k] - tc[k], pn[k] - pc[k], alpha, down_p[k], down_t[k]);
-        }
-        const A right_p = k + 1 < kV ? left_p[k + 1] : last_p;
-        out_p[k] = gdl_gather(up_p[k], down_p[k], left_p[k], right_p, s);
-        if constexpr (kTarget) {
-          const A right_t = k + 1 < kV ? left_t[k + 1] : last_t;
-          out_t[k] = gdl_gather(up_t[k], down_t[k], left_t[k], right_t, s);
-        }
-      }
-      store_row<kPack>(GP + y * gpH, x0, W, gpW, out_p);
-      if constexpr (kTarget) store_row<kPack>(GT + y * gtH, x0, W, gtW, out_t);
-#pragma unroll
-      for (int k = 0; k < kV; ++k) {
-        up_p[k] = down_p[k];
-        up_t[k] = down_t[k];
-        pc[k] = pn[k];
-        tc[k] = tn[k];
-      }
-    }
-  }
-}
+const auto kLaunchCheck = [] { C10_CUDA_KERNEL_LAUNCH_CHECK(); };
 
 at::Tensor gdl_loss_forward_cuda(const at::Tensor& pred, const at::Tensor& target, double alpha,
                                  int64_t reduction) {
   const GdlPlan p = plan_gdl(pred, target, alpha, reduction, "gdl_loss_forward");
   const c10::cuda::CUDAGuard guard(pred.device());
   at::Tensor out = gdl_forward_output(pred, reduction);
-  const Plan q = make_plan(p);
-  const auto acc_dtype = at::toOpMathType(pred.scalar_type());
-  at::Tensor partial = at::empty({q.groups}, pred.options().dtype(acc_dtype));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_forward_cuda", [&] {
-    using A = acc_t<scalar_t>;
-    const auto po = gdl_operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
-    const auto to = gdl_operand(p.target.const_data_ptr<scalar_t>(), p.target);
-    const bool pack = packable(p.pred, po.data) && packable(p.target, to.data);
-    const A a = static_cast<A>(alpha);
-    A* part = partial.mutable_data_ptr<A>();
-    gdl_dispatch_power(alpha, [&](auto tag) {
-      constexpr GdlPower kP = decltype(tag)::value;
-      auto launch = [&](auto pack_tag, auto index_tag) {
-        constexpr bool kPack = decltype(pack_tag)::value;
-        using index_t = typename decltype(index_tag)::type;
-        gdl_forward_kernel<scalar_t, index_t, kP, kPack>
-            <<<grid_for(q.groups), kThreads, 0, stream>>>(po, to, q, p.H, p.W, a, part);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      using I32 = TypeTag<int32_t>;
-      using I64 = TypeTag<int64_t>;
-      if (pack) {
-        p.fits32 ? launch(std::true_type{}, I32{}) : launch(std::true_type{}, I64{});
-      } else {
-        p.fits32 ? launch(std::false_type{}, I32{}) : launch(std::false_type{}, I64{});
-      }
-    });
-    const int64_t nout = reduction == 0 ? p.B : 1;
-    const int64_t per_out = reduction == 0 ? q.groups_per_image : q.groups;
-    const A divisor = reduction == 1 ? static_cast<A>(p.numel) : A(1);
-    gdl_finish_kernel<scalar_t><<<grid_for(nout), kFinishThreads, 0, stream>>>(
-        part, per_out, nout, divisor, out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    gdl::launch_forward<scalar_t>(p, alpha, reduction, out, stream, kLaunchCheck);
   });
   return out;
 }
@@ -387,45 +44,11 @@ std::tuple<at::Tensor, at::Tensor> gdl_loss_backward_cuda(const at::Tensor& grad
   GdlGradOut gp = gdl_grad_output(pred);
   GdlGradOut gt;
   if (target_grad) gt = gdl_grad_output(target);
-  const bool fits32 =
-      p.fits32 && gdl_fits32(gp.write) && (!target_grad || gdl_fits32(gt.write));
-  const Plan q = make_plan(p);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_backward_cuda", [&] {
-    using A = acc_t<scalar_t>;
-    const auto po = gdl_operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
-    const auto to = gdl_operand(p.target.const_data_ptr<scalar_t>(), p.target);
-    const auto gpo = gdl_operand(gp.write.mutable_data_ptr<scalar_t>(), gp.write);
-    GdlOperand<scalar_t> gto;
-    if (target_grad) gto = gdl_operand(gt.write.mutable_data_ptr<scalar_t>(), gt.write);
-    const bool pack = packable(p.pred, po.data) && packable(p.target, to.data) &&
-                      packable(gp.write, gpo.data) &&
-                      (!target_grad || packable(gt.write, gto.data));
-    const A a = static_cast<A>(alpha);
-    const A* sc = scale.const_data_ptr<A>();
-    const bool per_image = reduction == 0;
-    const A divisor = reduction == 1 ? static_cast<A>(p.numel) : A(1);
-    const int grid = grid_for(q.groups);
-    gdl_dispatch_power(alpha, [&](auto tag) {
-      constexpr GdlPower kP = decltype(tag)::value;
-      auto launch = [&](auto target_tag, auto pack_tag, auto index_tag) {
-        constexpr bool kTarget = decltype(target_tag)::value;
-        constexpr bool kPack = decltype(pack_tag)::value;
-        using index_t = typename decltype(index_tag)::type;
-        gdl_backward_kernel<scalar_t, index_t, kP, kTarget, kPack><<<grid, kThreads, 0, stream>>>(
-            po, to, gpo, gto, q, p.H, p.W, a, sc, per_image, divisor);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      auto with_index = [&](auto target_tag, auto pack_tag) {
-        fits32 ? launch(target_tag, pack_tag, TypeTag<int32_t>{})
-               : launch(target_tag, pack_tag, TypeTag<int64_t>{});
-      };
-      auto with_pack = [&](auto target_tag) {
-        pack ? with_index(target_tag, std::true_type{}) : with_index(target_tag, std::false_type{});
-      };
-      target_grad ? with_pack(std::true_type{}) : with_pack(std::false_type{});
-    });
+    gdl::launch_backward<scalar_t>(p, alpha, reduction, scale, gp, target_grad ? &gt : nullptr,
+                                   stream, kLaunchCheck);
   });
   gdl_finish_grad(gp);
   if (!target_grad) return {gp.result, at::empty({0}, pred.options())};

@@ -1,0 +1,103 @@
+// Pieces shared by the CUDA kernels and their launchers, compiled by nvcc and (against the CPU
+// execution model in emu/cuda_emu.h) by the host compiler: the launch configuration type, vector
+// accesses of 4, 8 or 16 bytes, warp and block reductions, and the test hooks of the launch
+// configuration.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "emu/cuda_emu.h"
+
+namespace pyframepred {
+namespace cuda {
+
+// One kernel launch: what <<<grid, block, smem, stream>>> takes, plus the static shared memory
+// of the kernel (for the emulated launch check; the device knows it from the binary).
+struct LaunchCfg {
+  dim3 grid{1, 1, 1};
+  dim3 block{1, 1, 1};
+  size_t smem = 0;
+  size_t static_smem = 0;
+  cudaStream_t stream = nullptr;
+};
+
+// Knobs of the launch configuration that tests set: force the 64-bit index variants without
+// allocating 2^31 elements. Off in normal use.
+struct LaunchOptions {
+  bool force_index64 = false;
+};
+inline LaunchOptions& launch_options() {
+  static LaunchOptions o;
+  return o;
+}
+
+// The integer type of a vector access of `Bytes` bytes.
+template <int Bytes>
+struct VecBits;
+template <>
+struct VecBits<2> { using type = unsigned short; };
+template <>
+struct VecBits<4> { using type = unsigned int; };
+template <>
+struct VecBits<8> { using type = uint2; };
+template <>
+struct VecBits<16> { using type = uint4; };
+
+// V consecutive elements moved by one load/store instruction (V * sizeof(T) <= 16 bytes).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ Vec<T, V> load_vec(const T* p) {
+  using B = typename VecBits<sizeof(T) * V>::type;
+  PF_CHECK_ALIGNED(p, sizeof(B));
+  const B bits = __ldg(reinterpret_cast<const B*>(p));
+  Vec<T, V> out;
+  memcpy(&out, &bits, sizeof(B));
+  return out;
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_vec(T* p, const Vec<T, V>& x) {
+  using B = typename VecBits<sizeof(T) * V>::type;
+  PF_CHECK_ALIGNED(p, sizeof(B));
+  B bits;
+  memcpy(&bits, &x, sizeof(B));
+  *reinterpret_cast<B*>(p) = bits;
+}
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Sum over aligned segments of `width` lanes (a power of two <= 32) of a warp, by butterfly
+// shuffles: every lane of the segment gets the segment's sum, in an order fixed by the width.
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v, int width = 32) {
+  for (int d = width / 2; d > 0; d /= 2) v += __shfl_xor_sync(kFullMask, v, d, width);
+  return v;
+}
+
+// Sum of `v` over the kThreads threads of a block (kThreads a multiple of 32, <= 1024), valid in
+// thread 0, in a fixed order (deterministic). Every thread of the block must call it; `scratch`
+// is shared memory of at least kThreads / 32 values, and a __syncthreads() must separate two
+// calls that reuse it (as for cub::BlockReduce).
+template <int kThreads, typename A>
+__device__ __forceinline__ A block_sum(A v, A* scratch) {
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block_sum: whole warps");
+  constexpr int kWarps = kThreads / 32;
+  const int t = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  v = warp_sum(v);
+  if ((t & 31) == 0) scratch[t >> 5] = v;
+  __syncthreads();
+  A total = A(0);
+  if (t < 32) {
+    total = t < kWarps ? scratch[t] : A(0);
+    total = warp_sum(total);
+  }
+  return total;
+}
+
+}  // namespace cuda
+}  // namespace pyframepred

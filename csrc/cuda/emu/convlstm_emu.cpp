@@ -1,0 +1,58 @@
+// The ConvLSTM kernels run on the CPU execution model: the launch sequence of the real launcher
+// (convlstm_launch.cuh) with PF_LAUNCH mapped to the emulated launch. Fresh outputs are filled
+// with NaN first, so an element a kernel fails to write shows up in the comparison.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <cmath>
+#include <limits>
+
+#include "../convlstm_launch.cuh"
+#include "convlstm_host.h"
+#include "emu_ops.h"
+
+namespace pyframepred {
+namespace cuda_emu {
+
+namespace {
+const auto kNoCheck = [] {};
+
+void poison(const at::Tensor& t) {
+  if (t.defined() && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_forward(
+    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
+    bool save_gates) {
+  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
+  poison(p.h);
+  poison(p.c);
+  poison(p.gates);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
+                                  "convlstm_forward_emu", [&] {
+    cuda::convlstm::launch_forward<scalar_t>(p, save_gates, nullptr, kNoCheck);
+  });
+  return {p.h, p.c, p.gates};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> convlstm_backward(
+    const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
+    const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
+  auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+  poison(p.grad_gates);
+  poison(p.grad_c_prev);
+  at::Tensor partial;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
+                                  "convlstm_backward_emu", [&] {
+    partial = cuda::convlstm::launch_backward<scalar_t>(p, param_grads, nullptr, kNoCheck);
+  });
+  at::Tensor grad_params = param_grads ? finish_param_grads(partial, gates.scalar_type())
+                                       : at::empty({0}, gates.options());
+  if (!partial.defined()) partial = at::empty({0}, gates.options());
+  return {p.grad_gates, p.grad_c_prev, grad_params, partial};
+}
+
+}  // namespace cuda_emu
+}  // namespace pyframepred

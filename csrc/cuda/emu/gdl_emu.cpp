@@ -1,0 +1,82 @@
+// The GDL kernels run on the CPU execution model: the launch sequence of the real launcher
+// (gdl_launch.cuh) with PF_LAUNCH mapped to the emulated launch. Outputs are filled with NaN
+// first, so an element a kernel fails to write shows up in the comparison.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <limits>
+
+#include "../gdl_launch.cuh"
+#include "emu_ops.h"
+#include "gdl_host.h"
+
+namespace pyframepred {
+namespace cuda_emu {
+
+namespace {
+const auto kNoCheck = [] {};
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+}  // namespace
+
+at::Tensor gdl_forward(const at::Tensor& pred, const at::Tensor& target, double alpha,
+                       int64_t reduction) {
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, "gdl_loss_forward");
+  at::Tensor out = gdl_forward_output(pred, reduction);
+  out.fill_(kNaN);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "gdl_forward_emu", [&] {
+    cuda::gdl::launch_forward<scalar_t>(p, alpha, reduction, out, nullptr, kNoCheck);
+  });
+  return out;
+}
+
+at::Tensor gdl_partials(const at::Tensor& pred, const at::Tensor& target, double alpha) {
+  const GdlPlan p = plan_gdl(pred, target, alpha, 0, "gdl_loss_forward");
+  const cuda::gdl::Plan q = cuda::gdl::make_plan(p);
+  at::Tensor partial = at::full({p.B, q.groups_per_image}, kNaN,
+                                pred.options().dtype(at::toOpMathType(pred.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "gdl_partials_emu", [&] {
+    using A = cuda::gdl::acc_t<scalar_t>;
+    cuda::gdl::launch_forward_partials<scalar_t>(p, q, alpha, partial.mutable_data_ptr<A>(), nullptr,
+                                                 kNoCheck);
+  });
+  return partial;
+}
+
+at::Tensor gdl_finish(const at::Tensor& partial, double divisor, at::ScalarType out_dtype) {
+  TORCH_CHECK(partial.dim() == 2 && partial.is_contiguous(), "gdl_finish: partial must be a contiguous (nout, per_out) tensor");
+  TORCH_CHECK(partial.scalar_type() == at::toOpMathType(out_dtype), "gdl_finish: partial must have the accumulation dtype of out_dtype");
+  at::Tensor out = at::full({partial.size(0)}, kNaN, partial.options().dtype(out_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "gdl_finish_emu", [&] {
+    using A = cuda::gdl::acc_t<scalar_t>;
+    cuda::gdl::launch_finish<scalar_t>(partial.const_data_ptr<A>(), partial.size(1), partial.size(0),
+                                       static_cast<A>(divisor), out.mutable_data_ptr<scalar_t>(),
+                                       nullptr, kNoCheck);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gdl_backward(const at::Tensor& grad_out, const at::Tensor& pred,
+                                                const at::Tensor& target, double alpha,
+                                                int64_t reduction, bool target_grad) {
+  constexpr const char* op = "gdl_loss_backward";
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op);
+  const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, op);
+  GdlGradOut gp = gdl_grad_output(pred);
+  gp.write.fill_(kNaN);
+  GdlGradOut gt;
+  if (target_grad) {
+    gt = gdl_grad_output(target);
+    gt.write.fill_(kNaN);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "gdl_backward_emu", [&] {
+    cuda::gdl::launch_backward<scalar_t>(p, alpha, reduction, scale, gp, target_grad ? &gt : nullptr,
+                                         nullptr, kNoCheck);
+  });
+  gdl_finish_grad(gp);
+  if (!target_grad) return {gp.result, at::empty({0}, pred.options())};
+  gdl_finish_grad(gt);
+  return {gp.result, gt.result};
+}
+
+}  // namespace cuda_emu
+}  // namespace pyframepred
