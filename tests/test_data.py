@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -496,6 +498,30 @@ def test_a_video_failing_at_decode_time_is_replaced_and_logged(tmp_path, caplog)
 
 
 # --------------------------------------------------------------------------- index cache
+def test_index_gives_up_a_hung_probe_and_retries_it_next_time(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    for g in range(1, 4):
+        write_video(root / "A" / f"v_A_g{g:02d}_c01.mp4", coded_frames(10 + g), 25)
+    release = threading.Event()
+    real_probe = index_mod.probe_video
+
+    def probe(p):
+        if Path(p).name == "v_A_g02_c01.mp4":
+            release.wait(30)  # a probe that hangs (e.g. a stuck network mount)
+        return real_probe(p)
+
+    monkeypatch.setattr(index_mod, "probe_video", probe)
+    t0 = time.monotonic()
+    infos = index_videos(root, progress=False, workers=1, probe_timeout=0.5)
+    assert time.monotonic() - t0 < 20  # did not wait for the hung probe
+    assert [i.frames for i in infos] == [11, 0, 13]
+    assert infos[1].error == "probe timed out after 0.5 s" and not infos[1].ok
+    cached = json.loads((root / pd.index.INDEX_FILENAME).read_text())["videos"]
+    assert "A/v_A_g02_c01.mp4" not in cached  # not remembered as unusable
+    release.set()
+    assert index_videos(root, progress=False, probe_timeout=10)[1].frames == 12
+
+
 def test_index_is_cached_and_invalidated_per_file(tmp_path, monkeypatch, capsys):
     root = tmp_path / "data"
     for g in range(1, 4):

@@ -17,9 +17,10 @@ import json
 import math
 import os
 import re
+import queue
 import stat
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -265,14 +266,74 @@ def _cached_info(rel: str, entry) -> VideoInfo | None:
                      size_bytes=size, mtime_ns=mtime, error=error)
 
 
+# A probe that has not returned after this many seconds (a file on a hung network mount, a device
+# node that passed the regular-file check, a decoder stuck on a crafted stream) is given up.
+PROBE_TIMEOUT_S = 120.0
+
+
+def _probe_all(root: Path, rels: list, workers: int, timeout: float):
+    """Yield ``(rel, probe result)`` for every file, probing on ``workers`` daemon threads.
+
+    A probe still running ``timeout`` seconds after it started is reported as an error and left
+    behind: its thread is a daemon, so neither indexing nor interpreter exit waits for it.
+    """
+    jobs: "queue.Queue" = queue.Queue()
+    done: "queue.Queue" = queue.Queue()
+    for rel in rels:
+        jobs.put(rel)
+    started: dict = {}
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            try:
+                rel = jobs.get_nowait()
+            except queue.Empty:
+                return
+            with lock:
+                started[rel] = time.monotonic()
+            done.put((rel, probe_video(root / rel)))
+
+    threads = [threading.Thread(target=worker, name=f"pfp-index-{k}", daemon=True)
+               for k in range(workers)]
+    for t in threads:
+        t.start()
+    pending = set(rels)
+    while pending:
+        try:
+            rel, res = done.get(timeout=0.2)
+        except queue.Empty:
+            now = time.monotonic()
+            with lock:
+                stuck = [r for r in pending if r in started and now - started[r] > timeout]
+            for rel in stuck:
+                pending.discard(rel)
+                logger.info("%s: probing did not finish within %.0f s; skipped", root / rel,
+                            timeout)
+                yield rel, {"frames": 0, "height": 0, "width": 0, "fps": 0.0,
+                            "error": f"probe timed out after {timeout:g} s"}
+            # A stuck probe holds its thread: start a replacement so the rest keeps moving.
+            for _ in stuck:
+                t = threading.Thread(target=worker, name="pfp-index-extra", daemon=True)
+                t.start()
+                threads.append(t)
+            continue
+        if rel in pending:  # not already given up
+            pending.discard(rel)
+            yield rel, res
+
+
 def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
-                 workers: int | None = None) -> list[VideoInfo]:
+                 workers: int | None = None,
+                 probe_timeout: float | None = None) -> list[VideoInfo]:
     """Index every video under ``root``; return one :class:`VideoInfo` per file (sorted by path).
 
     ``cache``: ``"auto"`` (beside the data, else in the cache folder), ``"data"`` (beside the data
     only), ``"cache"`` (cache folder only), a file path, or ``None``/``False`` (no cache).
     ``workers`` threads probe new files in parallel (decord releases the GIL while decoding);
     default ``min(8, cpu count)``. A ``tqdm`` progress bar shows while probing when ``progress``.
+    A file whose probe takes longer than ``probe_timeout`` seconds (default
+    ``PROBE_TIMEOUT_S``) is reported unusable ("probe timed out") and indexing goes on.
     """
     root = Path(root)
     rel_paths = find_videos(root)
@@ -325,20 +386,11 @@ def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
         bar = tqdm(total=len(todo), desc=f"Indexing videos in {root.name or root}", unit="video",
                    disable=not progress, leave=False, dynamic_ncols=True)
         try:
-            def work(rel):
-                return rel, probe_video(root / rel)
-
-            if workers == 1:
-                results = map(work, todo)
-            else:
-                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pfp-index")
-                results = pool.map(work, todo)
-            for rel, res in results:
+            timeout = PROBE_TIMEOUT_S if probe_timeout is None else float(probe_timeout)
+            for rel, res in _probe_all(root, todo, workers, timeout):
                 size, mtime = stats[rel]
                 infos[rel] = VideoInfo(path=rel, size_bytes=size, mtime_ns=mtime, **res)
                 bar.update(1)
-            if workers > 1:
-                pool.shutdown()
         finally:
             bar.close()
         logger.info("indexed %d video(s) under %s in %.1f s (%d from the cache)", len(todo), root,
@@ -349,7 +401,9 @@ def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
     if changed and locations:
         payload = {"version": INDEX_VERSION, "root": os.path.realpath(root),
                    "videos": {v.path: {k: val for k, val in asdict(v).items() if k != "path"}
-                              for v in ordered}}
+                              for v in ordered
+                              # a timed-out probe is retried next time, not remembered
+                              if not (v.error or "").startswith("probe timed out")}}
         for loc in locations:
             try:
                 atomic_write_json(loc, payload)
