@@ -1,6 +1,7 @@
 """Pieces shared by the training, evaluation and prediction command lines."""
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
 import math
@@ -230,6 +231,25 @@ def side_by_side(expected: Tensor, generated: Tensor, n_input: int, scale: int =
             out[i, gap - 2:gap + h + 2, x0 - 2:x0 + w + 2] = (220, 30, 30)
         out[i, gap:gap + h, x0:x0 + w] = g[i]
     return out
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (not the whole usage text), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+def parse_fps(text: str) -> float:
+    """argparse type of --fps: a positive number or fraction N/D (e.g. 25, 29.97, 30000/1001)."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"--fps takes a positive number or a fraction N/D (e.g. 30000/1001), got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"--fps must be a positive number or a fraction N/D, got {text!r}")
+    return value
 
 
 def check_fps(fps) -> None:

@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import metrics as M
 from .atomic import atomic_write_json
-from ._cli_common import (CLIError, check_output_file, checkpoint_data_root, load_checkpoint,
-                          model_from_checkpoint, plain_warnings, resolve_device, rollout)
+from ._cli_common import (CLIError, OneLineParser, check_output_file, checkpoint_data_root,
+                          load_checkpoint, model_from_checkpoint, plain_warnings, resolve_device, rollout)
 
 METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl")
 
@@ -112,7 +112,7 @@ def heldout_clips(cfg: dict, data, frames: int, seed: int = 0, clips_per_video: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pyframepred.evaluate",
+    p = OneLineParser(prog="python -m pyframepred.evaluate",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="a checkpoint written by pyframepred.train (last.pt/best.pt)")
     p.add_argument("--data", help="folder of videos (default: the checkpoint's data set)")

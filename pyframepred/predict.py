@@ -23,8 +23,8 @@ import torch
 
 from . import metrics as M
 from .data import FrameReader
-from ._cli_common import (CLIError, check_fps, check_output_file, load_checkpoint,
-                          model_from_checkpoint, plain_warnings, resolve_device, rollout,
+from ._cli_common import (CLIError, OneLineParser, check_fps, check_output_file,
+                          load_checkpoint, model_from_checkpoint, parse_fps, plain_warnings, resolve_device, rollout,
                           side_by_side, write_animation)
 
 
@@ -66,7 +66,7 @@ def read_frames(video, n_in: int, steps: int, interval: int, size, start=None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pyframepred.predict",
+    p = OneLineParser(prog="python -m pyframepred.predict",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("video")
@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs="+",
                    help="H [W] frame size (default: as trained; 0 = the video's own size)")
     p.add_argument("--scale", type=int, default=3, help="pixel zoom of the output (default 3)")
-    p.add_argument("--fps", type=float, default=3.0,
-                   help="frames per second of the output (> 0, fractions allowed; default 3)")
+    p.add_argument("--fps", type=parse_fps, default=3.0,
+                   help="frames per second of the output: a number or N/D, e.g. 30000/1001 "
+                        "(default 3)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True)
     return p

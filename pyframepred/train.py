@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from . import checkpoint as ckpt_format
-from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, article, build_discriminator,
-                          build_model, check_model_kwargs, checkpoint_data_root,
+from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, OneLineParser, article,
+                          build_discriminator, build_model, check_model_kwargs, checkpoint_data_root,
                           load_checkpoint, load_state, plain_warnings, prepare_output_dir,
                           resolve_device, rollout, side_by_side, write_animation)
 from .atomic import atomic_write, atomic_write_json
@@ -1083,7 +1083,7 @@ def _check_type(key: str, value, tp, where: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pyframepred.train",
+    p = OneLineParser(prog="python -m pyframepred.train",
                                 description="Train a video frame prediction model.",
                                 epilog="Exit status: 0 done, 2 usage/data error (also: --out holds "
                                        "another run), 3 NaN/Inf loss or weights (nothing "

@@ -227,3 +227,19 @@ def test_torch_export_and_pt2_round_trip(tmp_path):
     loaded = torch.export.load(str(path)).module()
     for a, b in zip(loaded(x), net(x)):
         torch.testing.assert_close(a, b)
+
+
+def test_hidden_channels_list_sets_the_layer_count():
+    m = ConvLSTM(3, [4, 6])
+    assert m.num_layers == 2 and [c.hidden_channels for c in m.cells] == [4, 6]
+    out, states = m(torch.randn(1, 2, 3, 5, 5))
+    assert out.shape == (1, 2, 6, 5, 5) and len(states) == 2
+    assert ConvLSTM(3, 4).num_layers == 1 and ConvLSTM(3, 4, num_layers=3).num_layers == 3
+
+
+def test_public_names():
+    assert {"convlstm_gates", "convlstm_layer", "gdl_loss"} <= set(ops.__all__)
+    assert {"convlstm_gates", "gdl_loss"} <= set(reference.__all__)
+    for mod in (ops, reference):
+        for name in mod.__all__:
+            assert callable(getattr(mod, name))

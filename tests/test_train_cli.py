@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -496,9 +497,12 @@ def test_predict_fps_and_out_errors(checkpoint, data, tmp_path, monkeypatch, cap
     ran = []
     monkeypatch.setattr(pr, "model_from_checkpoint",
                         lambda *a, **k: ran.append(1) or ev.model_from_checkpoint(*a, **k))
-    assert pr.main([str(checkpoint), str(video), "--fps", "0",
-                    "--out", str(tmp_path / "a.gif")]) == 2
-    assert "--fps must be a positive number" in capsys.readouterr().err
+    for bad in ("0", "-1", "abc", "30/0"):
+        with pytest.raises(SystemExit) as exc:
+            pr.main([str(checkpoint), str(video), "--fps", bad, "--out", str(tmp_path / "a.gif")])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "--fps" in err and "fraction N/D" in err
+        assert len(err.strip().splitlines()) == 1  # one line, not the usage text
     if Path("/proc/self").is_dir():
         assert pr.main([str(checkpoint), str(video), "--out", "/proc/pyframepred-x.gif"]) == 2
         assert "cannot write --out" in capsys.readouterr().err
@@ -510,6 +514,19 @@ def test_predict_fps_and_out_errors(checkpoint, data, tmp_path, monkeypatch, cap
 
     with av.open(str(out)) as f:
         assert f.streams.video[0].average_rate == 0.5
+    ntsc = tmp_path / "ntsc.mp4"
+    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--fps", "30000/1001",
+                    "--out", str(ntsc)]) == 0
+    with av.open(str(ntsc)) as f:
+        assert f.streams.video[0].average_rate == Fraction(30000, 1001)
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        tr.main(["--model", "autoencodr"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert "invalid choice: 'autoencodr'" in err[0] and "--help" in err[0]
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,10 @@ class ConvLSTMCell(nn.Module):
         return like.new_zeros((n, self.hidden_channels, h, w))
 
     def step(self, x_gates: Tensor, state: Optional[State]) -> State:
-        """Advance one step from precomputed input gates ``conv_x(x)`` (N, 4C, H, W)."""
+        """Advance one step from precomputed input gates ``x_gates = cell.conv_x(x)``
+        (N, 4C, H, W): for a caller that computes the input convolution of many steps at once
+        (``cell.conv_x(frames)`` over (T*N, C_in, H, W)) and then steps through them. ``state``
+        is ``(h, c)`` or ``None`` (zeros); returns the new ``(h, c)``."""
         if state is None:
             h_gates, c_prev = None, self.init_state(x_gates)
         else:
@@ -134,8 +137,10 @@ class ConvLSTM(nn.Module):
         in_channels: channels of the input frames.
         hidden_channels: int (every layer) or list with one entry per layer.
         kernel_size: odd int or pair, or a list with one per layer.
-        num_layers: number of stacked layers.
-        batch_first: inputs/outputs are (N, T, C, H, W) if True, else (T, N, C, H, W).
+        num_layers: number of stacked layers (default: the length of a ``hidden_channels``
+            list, else 1).
+        batch_first: inputs/outputs are (N, T, C, H, W) if True (the default here, unlike
+            ``torch.nn.LSTM``: video batches are usually batch-major), else (T, N, C, H, W).
         bias, peephole, fused: as in :class:`ConvLSTMCell`.
 
     ``forward(x, state=None) -> (outputs, last_states)``: ``outputs`` holds the last layer's ``h``
@@ -144,10 +149,13 @@ class ConvLSTM(nn.Module):
     """
 
     def __init__(self, in_channels: int, hidden_channels: Union[int, Sequence[int]],
-                 kernel_size: Union[IntOrPair, Sequence[IntOrPair]] = 3, num_layers: int = 1,
+                 kernel_size: Union[IntOrPair, Sequence[IntOrPair]] = 3,
+                 num_layers: Optional[int] = None,
                  batch_first: bool = True, bias: bool = True, peephole: bool = False,
                  fused: bool = True):
         super().__init__()
+        if num_layers is None:  # one layer, or one per entry of a hidden_channels list
+            num_layers = 1 if isinstance(hidden_channels, int) else len(list(hidden_channels))
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         hidden = self._per_layer(hidden_channels, num_layers, "hidden_channels", int)

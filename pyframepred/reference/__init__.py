@@ -5,4 +5,4 @@ They are the oracle of the tests and the baseline of the benchmarks.
 from .convlstm import convlstm_gates
 from .gdl import gdl_loss
 
-__all__ = ["convlstm_gates"]
+__all__ = ["convlstm_gates", "gdl_loss"]
