@@ -401,6 +401,8 @@ def test_unreadable_and_short_videos_are_skipped_with_one_warning(data_root, cap
     assert "1 too short" in msg and "short.mp4 (3 frames)" in msg
     assert len(ds) == len(GOOD)
     reasons = dict(ds.skipped)
+    first = ds.skipped[0]
+    assert f"Why: {first[0]}: {first[1]}" in msg and "and 1 more" in msg  # reasons in the message
     assert set(reasons) == set(BAD) | {SHORT}
     assert "too short" in reasons[SHORT]
     assert all(reasons[b] for b in BAD)

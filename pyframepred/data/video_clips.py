@@ -268,18 +268,21 @@ class VideoClips(Dataset):
                 parts.append(f"{len(short)} too short for one clip of {clip_txt} "
                              f"({_names(short)})")
             details = "\n".join(f"  {p}: {r}" for p, r in self.skipped)
+            # The first reasons go into the message itself, so a user sees why without a log.
+            why = "; ".join(f"{p}: {r}" for p, r in self.skipped[:2]) + (
+                f"; and {len(self.skipped) - 2} more" if len(self.skipped) > 2 else "")
             logger.info("VideoClips skipped in %s:\n%s", root_txt, details)
         if not videos:
             side_txt = f" ({side} side)" if split_dir is not None else ""
             raise NoVideosError(
                 f"VideoClips: no usable videos in '{root_txt}': of the {len(infos)} video(s) "
                 f"left after filtering{side_txt}, " + "; ".join(parts)
-                + ". Reasons are in the 'pyframepred.data' log.")
+                + f". Why: {why}.")
         if self.skipped:
             warnings.warn(
                 f"VideoClips: skipped {len(self.skipped)} of {len(infos)} videos in '{root_txt}': "
                 + "; ".join(parts)
-                + ". Reasons: VideoClips.skipped or the 'pyframepred.data' log (INFO).",
+                + f". Why: {why} (all of them: VideoClips.skipped).",
                 stacklevel=2)
 
         self.videos: list[VideoInfo] = videos  #: the videos used, in order
