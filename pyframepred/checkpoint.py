@@ -31,6 +31,7 @@ import random
 import re
 import stat
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -263,6 +264,11 @@ def load(path, map_location="cpu") -> dict:
         text = " ".join(str(exc).split())
         if "weights_only" in text or "Unsupported global" in text:
             raise _refusal(path, exc) from None
+        if len(text) < 20 or not zipfile.is_zipfile(io.BytesIO(data)):
+            # torch.load's own words for a foreign file are cryptic (e.g. a bare byte value).
+            raise CheckpointError(
+                f"'{path}' is not a checkpoint written by torch.save (e.g. a run's best.pt or "
+                f"last.pt): torch.load says: {text[:200] or type(exc).__name__}") from None
         raise CheckpointError(f"cannot read checkpoint '{path}': {text[:300]}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"'{path}' is not a pyframepred training checkpoint")

@@ -63,7 +63,7 @@ from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, OneLineParser, articl
                           load_checkpoint, load_state, plain_warnings, prepare_output_dir,
                           resolve_device, rollout, side_by_side, write_animation)
 from .atomic import atomic_write, atomic_write_json
-from .run_folder import FolderBusyError, RunFolderLock
+from .run_folder import LOCK_FILENAME, FolderBusyError, RunFolderLock
 from .run_signals import (_StopFlag, _WorkerWatch, _dead_workers, _is_worker_death,
                           _start_workers, _stop_workers, _worker_init)
 from .data import EmptySplitError, NoVideosError, VideoClips, default_dataset_root
@@ -384,11 +384,27 @@ class Trainer:
         # checkpoint: the checkpoint at ``resume``, already loaded (to CPU) by the command line
         self.cfg = cfg = cfg.resolved()
         self._lock = None
+        self._created_dirs: list = []
         try:
             self._setup(cfg, resume, step_callback, checkpoint, overwrite)
         except BaseException:
             self.close()
+            self._drop_unused_output()
             raise
+
+    def _drop_unused_output(self) -> None:
+        """After a run that failed before writing anything: remove the folders it created (and
+        its lock file), so a mistyped option leaves no empty run folder behind."""
+        if not self._created_dirs:
+            return
+        lock = self._created_dirs[0] / LOCK_FILENAME
+        try:
+            if lock.exists() and [p.name for p in self._created_dirs[0].iterdir()] == [lock.name]:
+                lock.unlink()
+            for d in self._created_dirs:  # deepest first; rmdir leaves non-empty ones alone
+                d.rmdir()
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Give up the output folder (idempotent; :meth:`fit` does it when it returns)."""
@@ -462,6 +478,10 @@ class Trainer:
                                          fields=ckpt_format.RESUME_FIELDS, task="be resumed")
         self._resume_step = int(checkpoint["step"]) if checkpoint is not None else 0
         if self.main:
+            missing = self.out
+            while not missing.exists() and missing != missing.parent:
+                self._created_dirs.append(missing)
+                missing = missing.parent
             prepare_output_dir(self.out)
             self._claim_output(resume, overwrite)
         if cfg.threads is not None:

@@ -586,3 +586,25 @@ def test_cli_warnings_are_plain_lines(capsys):
     assert warnings.showwarning is before  # restored for the rest of the process
     for cli in (tr.main, ev.main, pr.main):
         assert getattr(cli, "__wrapped__", None) is not None  # all three CLIs use it
+
+
+def test_failed_run_leaves_no_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "runs" / "deep" / "x"
+    assert tr.main(["--model", "autoencoder", "--data", str(tmp_path / "empty"),
+                    "--out", str(out), "--no-progress"]) == 2
+    assert "no video files" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # the folders this run created are gone again
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    assert tr.main(["--model", "autoencoder", "--data", str(tmp_path / "empty"),
+                    "--out", str(keep), "--no-progress"]) == 2
+    assert keep.is_dir()  # a folder that existed before is left in place
+
+
+def test_evaluate_names_a_foreign_file(tmp_path, capsys):
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("hello")
+    assert ev.main([str(bogus)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a checkpoint written by torch.save" in err[0]
