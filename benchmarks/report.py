@@ -430,7 +430,7 @@ def section_train(files) -> list[str]:
 def section_layer_step(files) -> list[str]:
     """The round-robin layer training-step record of bench_layer.py."""
     names = {"cat": "cat(x, h)", "cat-compile": "compile(cat)", "reference": "reference"}
-    header = ["size (N,Cin,[C..],H)", "dtype", "alloc", "fused", "cat(x, h)", "compile(cat)",
+    header = ["N×Cin×[C]@H", "dtype", "alloc", "fused", "cat(x, h)", "compile(cat)",
               "reference", "conv %"]
     rows = []
     for data in files:
@@ -441,17 +441,17 @@ def section_layer_step(files) -> list[str]:
             for impl in names:
                 v = r["impls"].get(impl)
                 cells.append("—" if v is None else
-                             f"{v['median_ms']:.0f} ms {v['fused_speedup_median']:.2f}×")
+                             f"{v['median_ms']:.0f} {v['fused_speedup_median']:.2f}×")
             noisy = max(v["iqr_over_median"] for v in r["impls"].values()) > 0.25
             share = r.get("profile_fused", {}).get("conv_share")
-            rows.append([r["size"] + (" noisy" if noisy else ""), r["mode"], alloc,
-                         f"{f['median_ms']:.0f} ms"] + cells
+            rows.append([r["size"] + (" (?)" if noisy else ""), r["mode"], alloc,
+                         f"{f['median_ms']:.0f}"] + cells
                         + [f"{100 * share:.0f}%" if share is not None else "—"])
     lines = table(header, rows, "llllrrrr") + [""]
-    lines += wrap("Training step (forward over T = 10 + backward of out.sum()), medians of "
+    lines += wrap("Milliseconds per training step (forward over T = 10 + backward of out.sum()), medians of "
                   "round-robin rounds in one process; each cell after fused: its median and, "
                   "after it, the median over rounds of its time / fused's (above 1×: fused is "
-                  "faster). conv %: share of the fused step's CPU time in convolutions. 'noisy': "
+                  "faster). conv %: share of the fused step's CPU time in convolutions. (?): noisy, "
                   "some implementation's IQR/median above 25%.")
     for data in files:
         m = data["machine"]
