@@ -12,19 +12,13 @@
 #include <tuple>
 
 #include "autograd_utils.h"
+#include "convlstm_dispatch.h"
 
 namespace pyframepred {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, bool);
 
 bool requires_grad(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() && t->requires_grad();
@@ -36,9 +30,7 @@ class ConvLSTMGates : public torch::autograd::Function<ConvLSTMGates> {
                                const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
                                const std::optional<at::Tensor>& bias,
                                const std::optional<at::Tensor>& peephole, bool save_gates) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("pyframepred::convlstm_gates_forward", "")
-                         .typed<ForwardSig>();
+    const auto& op = convlstm_gates_forward_op();
     ctx->saved_data["needs"] = c10::List<bool>(
         {x_gates.requires_grad(), requires_grad(h_gates), c_prev.requires_grad(),
          requires_grad(bias), requires_grad(peephole)});
@@ -51,9 +43,7 @@ class ConvLSTMGates : public torch::autograd::Function<ConvLSTMGates> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("pyframepred::convlstm_gates_backward", "")
-                         .typed<BackwardSig>();
+    const auto& op = convlstm_gates_backward_op();
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& gates = saved[0];
     const at::Tensor& c_prev = saved[1];

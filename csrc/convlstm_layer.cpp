@@ -11,7 +11,8 @@
 //
 // The operator is written against ATen and the fused cell's operators, so it runs on every
 // device those run on (CPU, CUDA) and reaches LibTorch users through the dispatcher like the
-// other ops. Autocast and the float32 cell state under mixed precision: see convlstm_autocast.cpp.
+// other ops. It has no autocast registration yet: under autocast, pyframepred.nn.ConvLSTM runs
+// the step-by-step cell instead.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "autograd_utils.h"
+#include "convlstm_dispatch.h"
 #include "convlstm_layer.h"
 
 namespace pyframepred {
@@ -33,29 +35,16 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using GatesForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool);
-using GatesBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, bool);
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gates_forward(
     const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole, bool save) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pyframepred::convlstm_gates_forward", "")
-                       .typed<GatesForwardSig>();
-  return op.call(x_gates, h_gates, c_prev, bias, peephole, save);
+  return convlstm_gates_forward_op().call(x_gates, h_gates, c_prev, bias, peephole, save);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gates_backward(
     const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
     const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pyframepred::convlstm_gates_backward", "")
-                       .typed<GatesBackwardSig>();
-  return op.call(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+  return convlstm_gates_backward_op().call(grad_h, grad_c, gates, c_prev, peephole, param_grads);
 }
 
 bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
