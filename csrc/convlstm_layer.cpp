@@ -26,6 +26,7 @@
 
 #include "autograd_utils.h"
 #include "convlstm_dispatch.h"
+#include "convlstm_host.h"
 #include "convlstm_layer.h"
 
 namespace pyframepred {
@@ -53,15 +54,6 @@ bool requires_grad(const std::optional<at::Tensor>& t) {
   return defined(t) && t->requires_grad();
 }
 
-std::string shape_of(const at::Tensor& t) {
-  std::string out = "(";
-  for (int64_t k = 0; k < t.dim(); ++k) {
-    out += std::to_string(t.size(k));
-    if (k + 1 < t.dim()) out += ", ";
-  }
-  return out + ")";
-}
-
 // Shapes of one call, checked once.
 struct LayerShape {
   int64_t T, N, Cin, C, H, W, kh, kw;
@@ -76,12 +68,12 @@ LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor
                             const std::optional<at::Tensor>& c0) {
   constexpr const char* op = "convlstm_layer";
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-d (T*N, C_in, H, W), the frames of all steps "
-              "time-major, got shape ", shape_of(x));
+              "time-major, got shape ", shape_str(x.sizes()));
   TORCH_CHECK(steps >= 1, op, ": steps must be >= 1, got ", std::to_string(steps));
   TORCH_CHECK(x.size(0) % steps == 0, op, ": x has ", std::to_string(x.size(0)),
               " frames, not a multiple of steps = ", std::to_string(steps));
   TORCH_CHECK(wh.dim() == 4 && wh.size(0) == 4 * wh.size(1) && wh.size(1) > 0, op,
-              ": weight_h must be (4*C, C, kh, kw), got shape ", shape_of(wh));
+              ": weight_h must be (4*C, C, kh, kw), got shape ", shape_str(wh.sizes()));
   LayerShape s;
   s.T = steps;
   s.N = x.size(0) / steps;
@@ -92,12 +84,12 @@ LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor
   s.kh = wh.size(2);
   s.kw = wh.size(3);
   TORCH_CHECK(s.kh % 2 == 1 && s.kw % 2 == 1, op, ": kernel sizes must be odd ('same' padding), "
-              "got weight_h of shape ", shape_of(wh));
+              "got weight_h of shape ", shape_str(wh.sizes()));
   TORCH_CHECK(wx.dim() == 4 && wx.size(0) == 4 * s.C && wx.size(1) == s.Cin &&
                   wx.size(2) == s.kh && wx.size(3) == s.kw,
               op, ": weight_x must be (4*C, C_in, kh, kw) = (", std::to_string(4 * s.C), ", ",
               std::to_string(s.Cin), ", ", std::to_string(s.kh), ", ", std::to_string(s.kw),
-              "), got ", shape_of(wx));
+              "), got ", shape_str(wx.sizes()));
   auto like = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device().str(),
                 " but x is on ", x.device().str(), "; all inputs must be on one device");
@@ -109,13 +101,13 @@ LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor
   if (defined(bias)) {
     like(*bias, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * s.C, op, ": bias must have shape (4*C,) = (",
-                std::to_string(4 * s.C), ",), got ", shape_of(*bias));
+                std::to_string(4 * s.C), ",), got ", shape_str(bias->sizes()));
   }
   if (defined(peephole)) {
     like(*peephole, "peephole");
     TORCH_CHECK(peephole->dim() == 2 && peephole->size(0) == 3 && peephole->size(1) == s.C, op,
                 ": peephole must have shape (3, C) = (3, ", std::to_string(s.C), "), got ",
-                shape_of(*peephole));
+                shape_str(peephole->sizes()));
   }
   for (const auto& [t, name] : {std::make_pair(&h0, "h0"), std::make_pair(&c0, "c0")}) {
     if (!defined(*t)) continue;
@@ -123,7 +115,7 @@ LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor
     TORCH_CHECK((*t)->sizes() == at::IntArrayRef(s.state()), op, ": ", name,
                 " must have shape (N, C, H, W) = (", std::to_string(s.N), ", ",
                 std::to_string(s.C), ", ", std::to_string(s.H), ", ", std::to_string(s.W),
-                "), got ", shape_of(**t));
+                "), got ", shape_str((*t)->sizes()));
   }
   return s;
 }
@@ -292,7 +284,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     }
     // Batched weight (and input) gradients, one call per chunk of steps. The hidden convolution
     // of step t saw h_{t-1}: the chunk's steps [t0, t1) pair with h_seq frames [t0-1, t1-1).
-    at::Tensor gx, gwx, gwh;
+    at::Tensor gwx, gwh;
     std::vector<at::Tensor> gx_chunks;
     const int64_t K = chunk_steps(s, d_gates[0]);
     for (int64_t t0 = 0; t0 < s.T && (need_x || need_wx || need_wh); t0 += K) {
