@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "convlstm.h"
 #include "convlstm_host.h"
@@ -61,26 +62,31 @@ struct Rows {
   inline int64_t gate() const { return C * sC; }
 };
 
-template <typename scalar_t>
+// scalar_t: the gates' (and h's) type; state_t: the cell state's and the parameters' (scalar_t,
+// or float for float16/bfloat16 gates under mixed precision). Both load as VecAcc<scalar_t>.
+template <typename scalar_t, typename state_t>
 struct ForwardArgs {
-  Rows<const scalar_t> xg, hg, cp, bias, peep;
-  Rows<scalar_t> h, c, gates;
+  Rows<const scalar_t> xg, hg;
+  Rows<const state_t> cp, bias, peep;
+  Rows<scalar_t> h, gates;
+  Rows<state_t> c;
   bool save;
   int64_t len;  // elements per row
 };
 
-template <typename scalar_t, bool kPeep>
-void forward_rows(const ForwardArgs<scalar_t>& a, int64_t r0, int64_t r1) {
+template <typename scalar_t, typename state_t, bool kPeep>
+void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r1) {
   using V = VecAcc<scalar_t>;
+  static_assert(std::is_same_v<V, VecAcc<state_t>>, "gates and state share the accumulation type");
   const V zero(0);
   for (int64_t r = r0; r < r1; ++r) {
     const scalar_t* xg = a.xg.row(r);
     const scalar_t* hg = a.hg.row(r);
-    const scalar_t* cp = a.cp.row(r);
-    const scalar_t* b = a.bias.row(r);
-    const scalar_t* w = a.peep.row(r);
+    const state_t* cp = a.cp.row(r);
+    const state_t* b = a.bias.row(r);
+    const state_t* w = a.peep.row(r);
     scalar_t* ho = a.h.row(r);
-    scalar_t* co = a.c.row(r);
+    state_t* co = a.c.row(r);
     scalar_t* go = a.save ? a.gates.row(r) : nullptr;
     const int64_t xs = a.xg.inner(), xk = a.xg.gate(), hs = a.hg.inner(), hk = a.hg.gate();
     const int64_t cs = a.cp.inner(), bs = a.bias.inner(), bk = a.bias.gate();
@@ -124,21 +130,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cpu(
   if (p.N * p.C * P == 0) return {p.h, p.c, p.gates};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
                                   "convlstm_gates_forward_cpu", [&] {
+  dispatch_state_type<scalar_t>(c_prev.scalar_type(), [&](auto state_tag) {
+    using state_t = typename decltype(state_tag)::type;
     static const scalar_t kZero[1] = {scalar_t(0)};
-    ForwardArgs<scalar_t> a;
+    static const state_t kZeroState[1] = {state_t(0)};
+    ForwardArgs<scalar_t, state_t> a;
     a.xg = Rows<const scalar_t>(p.x_gates.const_data_ptr<scalar_t>(), p.x_gates, p.C, p.cl);
     a.hg = p.h_gates.defined()
                ? Rows<const scalar_t>(p.h_gates.const_data_ptr<scalar_t>(), p.h_gates, p.C, p.cl)
                : Rows<const scalar_t>::zero(kZero);
-    a.cp = Rows<const scalar_t>(p.c_prev.const_data_ptr<scalar_t>(), p.c_prev, p.C, p.cl);
+    a.cp = Rows<const state_t>(p.c_prev.const_data_ptr<state_t>(), p.c_prev, p.C, p.cl);
     a.bias = p.bias.defined()
-                 ? Rows<const scalar_t>::channel_vector(p.bias.const_data_ptr<scalar_t>(), p.C, p.cl)
-                 : Rows<const scalar_t>::zero(kZero);
-    a.peep = p.peephole.defined() ? Rows<const scalar_t>::channel_vector(
-                                        p.peephole.const_data_ptr<scalar_t>(), p.C, p.cl)
-                                  : Rows<const scalar_t>::zero(kZero);
+                 ? Rows<const state_t>::channel_vector(p.bias.const_data_ptr<state_t>(), p.C, p.cl)
+                 : Rows<const state_t>::zero(kZeroState);
+    a.peep = p.peephole.defined() ? Rows<const state_t>::channel_vector(
+                                        p.peephole.const_data_ptr<state_t>(), p.C, p.cl)
+                                  : Rows<const state_t>::zero(kZeroState);
     a.h = Rows<scalar_t>(p.h.mutable_data_ptr<scalar_t>(), p.h, p.C, p.cl);
-    a.c = Rows<scalar_t>(p.c.mutable_data_ptr<scalar_t>(), p.c, p.C, p.cl);
+    a.c = Rows<state_t>(p.c.mutable_data_ptr<state_t>(), p.c, p.C, p.cl);
     a.save = save_gates;
     if (save_gates) a.gates = Rows<scalar_t>(p.gates.mutable_data_ptr<scalar_t>(), p.gates, p.C, p.cl);
     a.len = p.cl ? p.C : P;
@@ -146,36 +155,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cpu(
     const int64_t grain = std::max<int64_t>(1, 8192 / a.len);
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
       if (p.peephole.defined()) {
-        forward_rows<scalar_t, true>(a, r0, r1);
+        forward_rows<scalar_t, state_t, true>(a, r0, r1);
       } else {
-        forward_rows<scalar_t, false>(a, r0, r1);
+        forward_rows<scalar_t, state_t, false>(a, r0, r1);
       }
     });
+  });
   });
   return {p.h, p.c, p.gates};
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename state_t>
 struct BackwardArgs {
-  Rows<const scalar_t> gh, gc, gates, cp, peep;
-  Rows<scalar_t> dgates, dcp;
+  Rows<const scalar_t> gh, gates;
+  Rows<const state_t> gc, cp, peep;
+  Rows<scalar_t> dgates;
+  Rows<state_t> dcp;
   bool param_grads;
   int64_t len;
 };
 
 // Processes row r; for each vector of results calls sink(j, count, q[7]) with the seven
 // per-channel quantities summed into the parameter gradients (lanes past count are zero).
-template <typename scalar_t, bool kPeep, typename Sink>
-inline void backward_row(const BackwardArgs<scalar_t>& a, int64_t r, Sink&& sink) {
+template <typename scalar_t, typename state_t, bool kPeep, typename Sink>
+inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t r, Sink&& sink) {
   using V = VecAcc<scalar_t>;
+  static_assert(std::is_same_v<V, VecAcc<state_t>>, "gates and state share the accumulation type");
   const V zero(0);
   const scalar_t* gh = a.gh.row(r);
-  const scalar_t* gc = a.gc.row(r);
+  const state_t* gc = a.gc.row(r);
   const scalar_t* gt = a.gates.row(r);
-  const scalar_t* cp = a.cp.row(r);
-  const scalar_t* w = a.peep.row(r);
+  const state_t* cp = a.cp.row(r);
+  const state_t* w = a.peep.row(r);
   scalar_t* dg_out = a.dgates.row(r);
-  scalar_t* dcp_out = a.dcp.row(r);
+  state_t* dcp_out = a.dcp.row(r);
   const int64_t ghs = a.gh.inner(), gcs = a.gc.inner(), gts = a.gates.inner(), gtk = a.gates.gate();
   const int64_t cs = a.cp.inner(), ws = a.peep.inner(), wk = a.peep.gate();
   const int64_t ds = a.dgates.inner(), dk = a.dgates.gate(), dcs = a.dcp.inner();
@@ -234,19 +247,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
   if (rows * len > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
                                     "convlstm_gates_backward_cpu", [&] {
+    dispatch_state_type<scalar_t>(c_prev.scalar_type(), [&](auto state_tag) {
+      using state_t = typename decltype(state_tag)::type;
       using A = acc_t<scalar_t>;
       using V = VecAcc<scalar_t>;
-      static const scalar_t kZero[1] = {scalar_t(0)};
-      BackwardArgs<scalar_t> a;
+      static const state_t kZeroState[1] = {state_t(0)};
+      BackwardArgs<scalar_t, state_t> a;
       a.gh = Rows<const scalar_t>(p.grad_h.const_data_ptr<scalar_t>(), p.grad_h, p.C, p.cl);
-      a.gc = Rows<const scalar_t>(p.grad_c.const_data_ptr<scalar_t>(), p.grad_c, p.C, p.cl);
+      a.gc = Rows<const state_t>(p.grad_c.const_data_ptr<state_t>(), p.grad_c, p.C, p.cl);
       a.gates = Rows<const scalar_t>(p.gates.const_data_ptr<scalar_t>(), p.gates, p.C, p.cl);
-      a.cp = Rows<const scalar_t>(p.c_prev.const_data_ptr<scalar_t>(), p.c_prev, p.C, p.cl);
-      a.peep = peep ? Rows<const scalar_t>::channel_vector(p.peephole.const_data_ptr<scalar_t>(),
-                                                           p.C, p.cl)
-                    : Rows<const scalar_t>::zero(kZero);
+      a.cp = Rows<const state_t>(p.c_prev.const_data_ptr<state_t>(), p.c_prev, p.C, p.cl);
+      a.peep = peep ? Rows<const state_t>::channel_vector(p.peephole.const_data_ptr<state_t>(),
+                                                          p.C, p.cl)
+                    : Rows<const state_t>::zero(kZeroState);
       a.dgates = Rows<scalar_t>(p.grad_gates.mutable_data_ptr<scalar_t>(), p.grad_gates, p.C, p.cl);
-      a.dcp = Rows<scalar_t>(p.grad_c_prev.mutable_data_ptr<scalar_t>(), p.grad_c_prev, p.C, p.cl);
+      a.dcp = Rows<state_t>(p.grad_c_prev.mutable_data_ptr<state_t>(), p.grad_c_prev, p.C, p.cl);
       a.param_grads = param_grads;
       a.len = len;
       A* part = param_grads ? partial.mutable_data_ptr<A>() : nullptr;
@@ -261,9 +276,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
               for (int k = 0; k < 7; ++k) acc[k] = acc[k] + q[k];
             };
             if (peep) {
-              backward_row<scalar_t, true>(a, t, sink);
+              backward_row<scalar_t, state_t, true>(a, t, sink);
             } else {
-              backward_row<scalar_t, false>(a, t, sink);
+              backward_row<scalar_t, state_t, false>(a, t, sink);
             }
             if (part != nullptr) {
               const int64_t n = t / C, ch = t % C;
@@ -280,18 +295,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
             const int64_t r1 = std::min(rows, (t + 1) * block);
             for (int64_t r = t * block; r < r1; ++r) {
               if (peep) {
-                backward_row<scalar_t, true>(a, r, sink);
+                backward_row<scalar_t, state_t, true>(a, r, sink);
               } else {
-                backward_row<scalar_t, false>(a, r, sink);
+                backward_row<scalar_t, state_t, false>(a, r, sink);
               }
             }
           }
         }
       });
     });
+    });
   }
-  at::Tensor grad_params = param_grads ? finish_param_grads(partial, gates.scalar_type())
-                                        : at::empty({0}, gates.options());
+  at::Tensor grad_params = param_grads ? finish_param_grads(partial, c_prev.scalar_type())
+                                        : at::empty({0}, c_prev.options());
   return {p.grad_gates, p.grad_c_prev, grad_params};
 }
 
