@@ -177,3 +177,33 @@ def test_module_uses_layer_and_matches_reference_module():
         res[fused] = [y, states[-1][1], x.grad] + [q.grad for q in m.parameters()]
     for a, b in zip(res[True], res[False]):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+_COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy")
+
+
+def _copy_ops(T, amp, channels_last):
+    """Layout/dtype copies in one forward + backward of a two-layer ConvLSTM over T steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pyframepred.nn import ConvLSTM
+    torch.manual_seed(0)
+    m = ConvLSTM(4, [8, 8], 3)
+    x = torch.randn(2 * T, 4, 12, 12)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.view(2, T, 4, 12, 12)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out, _ = m(x)
+        out.float().sum().backward()
+    return sum(e.name in _COPIES for e in prof.events())
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_no_copies_per_step(amp, channels_last):
+    """Layout and dtype conversions happen once per layer (input, weights, output), never per
+    step: doubling the sequence leaves their number unchanged, forward and backward."""
+    assert _copy_ops(3, amp, channels_last) == _copy_ops(6, amp, channels_last)
