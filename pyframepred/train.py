@@ -1258,7 +1258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if trainer.main:
                 print(f"training {cfg.model} ({cfg.preset}): {cfg.steps} steps of "
                       f"{cfg.batch_size} x {trainer.world} clips on {trainer.device}"
-                      + (f" ({torch.get_num_threads()} threads: {trainer.threads_reason})"
+                      + (f" ({torch.get_num_threads()} thread"
+                         f"{'s' if torch.get_num_threads() > 1 else ''}: {trainer.threads_reason})"
                          if trainer.device.type == "cpu" else "") +
                       f"{' (fused ops)' if cfg.fused else ' (reference ops)'}; data "
                       f"{trainer.data_root} ({len(trainer.train_ds)} training clips); output "
