@@ -57,7 +57,7 @@ class ConvLSTMGates : public torch::autograd::Function<ConvLSTMGates> {
       return variable_list(6);
     }
     // An output that received no gradient contributes zero: an expanded scalar costs no memory.
-    if (!grad_h.defined()) grad_h = at::zeros({}, c_prev.options()).expand_symint(c_prev.sym_sizes());
+    if (!grad_h.defined()) grad_h = at::zeros({}, gates.options()).expand_symint(c_prev.sym_sizes());
     if (!grad_c.defined()) grad_c = at::zeros({}, c_prev.options()).expand_symint(c_prev.sym_sizes());
     const auto needs = ctx->saved_data["needs"].toBoolList();
     const bool param_grads = needs[3] || needs[4];

@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <type_traits>
 
 namespace pyframepred {
 
@@ -63,14 +64,41 @@ inline void check_float_tensor(const at::Tensor& t, const char* op, const char* 
               t.scalar_type());
 }
 
+inline void check_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
+                         const char* name, const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device().str(), " but ",
+              ref_name, " is on ", ref.device().str(), "; all inputs must be on one device");
+}
+
 inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
                        const char* name, const char* ref_name) {
   check_float_tensor(t, op, name);
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device().str(), " but ",
-              ref_name, " is on ", ref.device().str(), "; all inputs must be on one device");
+  check_device(t, ref, op, name, ref_name);
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
               t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type(),
-              "; all inputs must have one dtype");
+              "; they must have one dtype");
+}
+
+inline bool is_reduced_float(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16;
+}
+
+// Mixed precision: the gate tensors (and h) may be float16/bfloat16 while the cell state c and the
+// per-channel parameters (bias, peephole) are float32 -- the state then accumulates in float32 and
+// no copy up-casts the gates. Otherwise every tensor has one dtype.
+inline bool valid_state_dtype(at::ScalarType gate, at::ScalarType state) {
+  return state == gate || (is_reduced_float(gate) && state == at::kFloat);
+}
+
+// `state` (named `name`) is a cell-state-typed tensor: c_prev, grad_c, bias, peephole. Its dtype
+// must be the gates' or, with float16/bfloat16 gates, float32.
+inline void check_state_dtype(const at::Tensor& t, at::ScalarType gate, const char* op,
+                              const char* name, const char* gate_name) {
+  check_float_tensor(t, op, name);
+  TORCH_CHECK(valid_state_dtype(gate, t.scalar_type()), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but ", gate_name, " has dtype ", gate,
+              "; the cell state and parameters take the gates' dtype, or float32 with "
+              "float16/bfloat16 gates (mixed precision)");
 }
 
 inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op,
@@ -98,14 +126,15 @@ inline int64_t check_convlstm_forward_args(const at::Tensor& x_gates,
     check_like(*h_gates, x_gates, op, "h_gates", "x_gates");
     check_shape(*h_gates, x_gates.sizes(), op, "h_gates", "x_gates.shape");
   }
-  check_like(c_prev, x_gates, op, "c_prev", "x_gates");
+  check_state_dtype(c_prev, x_gates.scalar_type(), op, "c_prev", "x_gates");
+  check_device(c_prev, x_gates, op, "c_prev", "x_gates");
   check_shape(c_prev, {N, C, H, W}, op, "c_prev", "(N, C, H, W)");
   if (bias.has_value()) {
-    check_like(*bias, x_gates, op, "bias", "x_gates");
+    check_like(*bias, c_prev, op, "bias", "c_prev");
     check_shape(*bias, {4 * C}, op, "bias", "(4*C,)");
   }
   if (peephole.has_value()) {
-    check_like(*peephole, x_gates, op, "peephole", "x_gates");
+    check_like(*peephole, c_prev, op, "peephole", "c_prev");
     check_shape(*peephole, {3, C}, op, "peephole", "(3, C)");
   }
   return C;
@@ -120,21 +149,18 @@ inline int64_t check_convlstm_backward_args(const at::Tensor& grad_h, const at::
               ": gates must be (N, 4*C, H, W), got ", shape_str(gates.sizes()));
   const int64_t N = gates.size(0), C = gates.size(1) / 4;
   const int64_t H = gates.size(2), W = gates.size(3);
-  check_like(c_prev, gates, op, "c_prev", "gates");
+  check_state_dtype(c_prev, gates.scalar_type(), op, "c_prev", "gates");
+  check_device(c_prev, gates, op, "c_prev", "gates");
   check_shape(c_prev, {N, C, H, W}, op, "c_prev", "(N, C, H, W)");
   check_like(grad_h, gates, op, "grad_h", "gates");
   check_shape(grad_h, {N, C, H, W}, op, "grad_h", "(N, C, H, W)");
-  check_like(grad_c, gates, op, "grad_c", "gates");
+  check_like(grad_c, c_prev, op, "grad_c", "c_prev");
   check_shape(grad_c, {N, C, H, W}, op, "grad_c", "(N, C, H, W)");
   if (peephole.has_value()) {
-    check_like(*peephole, gates, op, "peephole", "gates");
+    check_like(*peephole, c_prev, op, "peephole", "c_prev");
     check_shape(*peephole, {3, C}, op, "peephole", "(3, C)");
   }
   return C;
-}
-
-inline at::MemoryFormat output_format(const at::Tensor& like) {
-  return channels_fastest(like) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 }  // namespace pyframepred
@@ -170,7 +196,7 @@ inline ConvLSTMForwardPlan plan_convlstm_forward(const at::Tensor& x_gates,
   const auto fmt = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto opts = x_gates.options().memory_format(fmt);
   p.h = at::empty({p.N, p.C, p.H, p.W}, opts);
-  p.c = at::empty({p.N, p.C, p.H, p.W}, opts);
+  p.c = at::empty({p.N, p.C, p.H, p.W}, opts.dtype(c_prev.scalar_type()));
   p.gates = save_gates ? at::empty({p.N, 4 * p.C, p.H, p.W}, opts) : at::empty({0}, x_gates.options());
   return p;
 }
@@ -204,8 +230,27 @@ inline ConvLSTMBackwardPlan plan_convlstm_backward(const at::Tensor& grad_h,
   const auto fmt = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto opts = gates.options().memory_format(fmt);
   p.grad_gates = at::empty({p.N, 4 * p.C, p.H, p.W}, opts);
-  p.grad_c_prev = at::empty({p.N, p.C, p.H, p.W}, opts);
+  p.grad_c_prev = at::empty({p.N, p.C, p.H, p.W}, opts.dtype(c_prev.scalar_type()));
   return p;
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<state_t>{}) with the cell state's C++ type for gates of type gate_t: gate_t
+// itself, or float for float16/bfloat16 gates with a float32 state (the combinations the checks
+// above admit). The two types share one accumulation type.
+template <typename gate_t, typename F>
+inline void dispatch_state_type(at::ScalarType state, F&& f) {
+  if constexpr (std::is_same_v<gate_t, at::Half> || std::is_same_v<gate_t, at::BFloat16>) {
+    if (state == at::kFloat) {
+      f(TypeTag<float>{});
+      return;
+    }
+  }
+  f(TypeTag<gate_t>{});
 }
 
 // Rows of per-channel partial sums (R, 7, C) -> grad_params (7, C): rows 0-3 are the bias

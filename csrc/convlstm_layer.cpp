@@ -11,8 +11,9 @@
 //
 // The operator is written against ATen and the fused cell's operators, so it runs on every
 // device those run on (CPU, CUDA) and reaches LibTorch users through the dispatcher like the
-// other ops. It has no autocast registration yet: under autocast, pyframepred.nn.ConvLSTM runs
-// the step-by-step cell instead.
+// other ops. Mixed precision: with float16/bfloat16 x and weights and a float32 cell state (c0,
+// bias, peephole; see check_layer_args) the convolutions run in the low-precision dtype, h comes
+// out in it and c stays float32; the autocast kernel (convlstm_autocast.cpp) arranges exactly that.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -57,6 +58,7 @@ bool requires_grad(const std::optional<at::Tensor>& t) {
 // Shapes of one call, checked once.
 struct LayerShape {
   int64_t T, N, Cin, C, H, W, kh, kw;
+  at::ScalarType state_dtype;  // of c (and bias, peephole, c0): x's, or float32 (mixed precision)
   std::vector<int64_t> padding() const { return {kh / 2, kw / 2}; }
   std::vector<int64_t> state() const { return {N, C, H, W}; }
 };
@@ -96,8 +98,28 @@ LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor
   };
   like(wx, "weight_x");
   like(wh, "weight_h");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be a floating-point tensor, got ",
-              x.scalar_type());
+  check_float_tensor(x, op, "x");
+  check_like(wx, x, op, "weight_x", "x");
+  check_like(wh, x, op, "weight_h", "x");
+  // The cell state's dtype is that of c0, bias and peephole (which must agree): x's, or float32
+  // when x is float16/bfloat16 (mixed precision, as the autocast kernel arranges); x's when none
+  // of them is given.
+  s.state_dtype = x.scalar_type();
+  const char* state_name = nullptr;
+  for (const auto& [t, name] :
+       {std::make_pair(&c0, "c0"), std::make_pair(&bias, "bias"), std::make_pair(&peephole, "peephole")}) {
+    if (!defined(*t)) continue;
+    check_state_dtype(**t, x.scalar_type(), op, name, "x");
+    if (state_name == nullptr) {
+      s.state_dtype = (*t)->scalar_type();
+      state_name = name;
+    } else {
+      TORCH_CHECK((*t)->scalar_type() == s.state_dtype, op, ": ", name, " has dtype ",
+                  (*t)->scalar_type(), " but ", state_name, " has dtype ", s.state_dtype,
+                  "; c0, bias and peephole must have one dtype");
+    }
+  }
+  if (defined(h0)) check_like(*h0, x, op, "h0", "x");
   if (defined(bias)) {
     like(*bias, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * s.C, op, ": bias must have shape (4*C,) = (",
@@ -164,7 +186,8 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
   Rollout r;
   const auto fmt = run_format(x, wx);
   r.x = x.contiguous(fmt);
-  at::Tensor c = defined(c0) ? c0->contiguous(fmt) : at::zeros(s.state(), x.options().memory_format(fmt));
+  at::Tensor c = defined(c0) ? c0->contiguous(fmt)
+                             : at::zeros(s.state(), x.options().dtype(s.state_dtype).memory_format(fmt));
   std::optional<at::Tensor> h;
   if (defined(h0)) {
     r.h0 = h0->contiguous(fmt);
@@ -211,7 +234,8 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     const LayerShape s = check_layer_args(x, steps, wx, wh, bias, peephole, h0, c0);
     at::AutoDispatchBelowADInplaceOrView guard;  // the schedule below is not itself recorded
     Rollout r = rollout(x, s, wx, wh, bias, peephole, h0, c0, /*save=*/true);
-    ctx->saved_data["shape"] = c10::List<int64_t>({s.T, s.N, s.Cin, s.C, s.H, s.W, s.kh, s.kw});
+    ctx->saved_data["shape"] = c10::List<int64_t>({s.T, s.N, s.Cin, s.C, s.H, s.W, s.kh, s.kw,
+                                                   static_cast<int64_t>(s.state_dtype)});
     ctx->saved_data["needs"] = c10::List<bool>(
         {x.requires_grad(), wx.requires_grad(), wh.requires_grad(), requires_grad(bias),
          requires_grad(peephole), requires_grad(h0), requires_grad(c0)});
@@ -226,7 +250,8 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto dims = ctx->saved_data["shape"].toIntList();
-    LayerShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7]};
+    LayerShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7],
+                 static_cast<at::ScalarType>(dims[8])};
     const auto needs = ctx->saved_data["needs"].toBoolList();
     const bool need_x = needs[0], need_wx = needs[1], need_wh = needs[2], need_b = needs[3],
                need_p = needs[4], need_h0 = needs[5], need_c0 = needs[6];

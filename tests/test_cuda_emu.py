@@ -220,6 +220,48 @@ def test_convlstm_backward(emu, shape, dtype, kind, peep, grad_kind):
     assert torch.equal(dgates2, dgates) and torch.equal(dcp2, dcp) and params2.numel() == 0
 
 
+MIXED_CASES = [(s, dt, k, cfg) for dt in (torch.bfloat16, torch.float16)
+               for k in ("nchw", "cl", "misaligned")
+               for s, cfg in ((CL_SHAPES[0], "full"), (CL_SHAPES[3], "no_state"), (CL_SHAPES[1], "bias_only"))]
+
+
+def _f32(t):
+    return None if t is None else t.float()
+
+
+@pytest.mark.parametrize("shape,dtype,kind,config", MIXED_CASES,
+                         ids=[f"{DT_ID[dt]}+f32-{k}-{cfg}-{'x'.join(map(str, s))}" for s, dt, k, cfg in MIXED_CASES])
+def test_convlstm_mixed_precision(emu, shape, dtype, kind, config):
+    """Mixed precision: 16-bit gates (and h, saved gates, grad_gates) with a float32 cell state,
+    bias and peephole (and grad_c, grad_c_prev, grad_params)."""
+    gen = torch.Generator().manual_seed(4)
+    x, hg, c_prev, bias, peep = _forward_inputs(shape, dtype, kind, config, gen)
+    c_prev, bias, peep = _f32(c_prev), _f32(bias), _f32(peep)
+    h, c, gates = emu.convlstm_forward(x, hg, c_prev, bias, peep, True)
+    assert h.dtype == gates.dtype == dtype and c.dtype == torch.float32
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    h_ref, c_ref = reference.convlstm_gates(d(x), d(hg), d(c_prev), d(bias), d(peep))
+    z = d(x) + (d(hg) if hg is not None else 0) + (d(bias).view(1, -1, 1, 1) if bias is not None else 0)
+    close(h, h_ref, dtype, what="h")
+    close(c, c_ref, torch.float32, what="c")  # float32 math on exactly representable inputs
+    close(gates, _gates_ref(z, c_prev, peep), dtype, what="gates")
+    n, ch, hh, ww = shape
+    fast = ch if kind == "cl" else hh * ww
+    log = emu.launch_log()
+    assert ("vec=4" in log) == (kind in ("nchw", "cl") and fast % 4 == 0), log
+
+    gh, gc, g_saved, cp, pw = _backward_inputs(shape, dtype, kind if kind != "misaligned" else "nchw",
+                                               peep is not None, "dense", gen)
+    gc, cp, pw = _f32(gc), _f32(cp), _f32(pw)
+    dgates, dcp, params, partial = emu.convlstm_backward(gh, gc, g_saved, cp, pw, True)
+    assert dgates.dtype == dtype and dcp.dtype == params.dtype == torch.float32
+    rg, rcp, rparams = _backward_ref(gh, gc, g_saved, cp, pw)
+    close(dgates, rg, dtype, what="grad_gates")
+    close(dcp, rcp, torch.float32, what="grad_c_prev")
+    close(params, rparams, torch.float32, scale=math.sqrt(n * hh * ww), what="grad_params")
+    assert not torch.isnan(partial).any()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
 @pytest.mark.parametrize("kind", ["nchw", "cl", "misaligned"])
 def test_convlstm_index64(emu, dtype, kind):

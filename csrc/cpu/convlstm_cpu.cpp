@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "convlstm.h"
 #include "convlstm_host.h"
@@ -23,7 +24,7 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-// One strided operand as rows: a pointer to a row's first element, the step between two elements
+// One strided operand as rows: a pointer to a row's first element (`at`), the step between two elements
 // of a row (`inner`) and between two gate blocks (`gate`).
 template <typename T>
 struct Rows {
@@ -57,35 +58,55 @@ struct Rows {
     r.C = 0;
     return r;
   }
-  inline T* row(int64_t r) const {
+  // Row (n, k): k is the position in channels_last iteration, the channel otherwise.
+  inline T* at(int64_t n, int64_t k) const {
     if (C == 0) return data;
-    return cl ? data + (r / P) * sN + (r % P) * sP : data + (r / C) * sN + (r % C) * sC;
+    return data + n * sN + k * (cl ? sP : sC);
   }
   inline int64_t inner() const { return cl ? sC : sP; }
   inline int64_t gate() const { return C * sC; }
 };
 
-template <typename scalar_t>
+// Walks rows r0, r0+1, ... as (n, k) pairs, k < K: one division at the start instead of one per
+// row and operand (channels_last rows are short -- C elements -- so that cost showed).
+struct RowCursor {
+  int64_t n, k, K;
+  RowCursor(int64_t r, int64_t K_) : n(r / K_), k(r % K_), K(K_) {}
+  inline void next() {
+    if (++k == K) {
+      k = 0;
+      ++n;
+    }
+  }
+};
+
+// scalar_t: the gates' (and h's) type; state_t: the cell state's and the parameters' (scalar_t,
+// or float for float16/bfloat16 gates under mixed precision). Both load as VecAcc<scalar_t>.
+template <typename scalar_t, typename state_t>
 struct ForwardArgs {
-  Rows<const scalar_t> xg, hg, cp, bias, peep;
-  Rows<scalar_t> h, c, gates;
+  Rows<const scalar_t> xg, hg;
+  Rows<const state_t> cp, bias, peep;
+  Rows<scalar_t> h, gates;
+  Rows<state_t> c;
   bool save;
   int64_t len;  // elements per row
 };
 
-template <typename scalar_t, bool kPeep>
-void forward_rows(const ForwardArgs<scalar_t>& a, int64_t r0, int64_t r1) {
+template <typename scalar_t, typename state_t, bool kPeep>
+void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r1) {
   using V = VecAcc<scalar_t>;
+  static_assert(std::is_same_v<V, VecAcc<state_t>>, "gates and state share the accumulation type");
   const V zero(0);
-  for (int64_t r = r0; r < r1; ++r) {
-    const scalar_t* xg = a.xg.row(r);
-    const scalar_t* hg = a.hg.row(r);
-    const scalar_t* cp = a.cp.row(r);
-    const scalar_t* b = a.bias.row(r);
-    const scalar_t* w = a.peep.row(r);
-    scalar_t* ho = a.h.row(r);
-    scalar_t* co = a.c.row(r);
-    scalar_t* go = a.save ? a.gates.row(r) : nullptr;
+  RowCursor rc(r0, a.h.cl ? a.h.P : a.h.C);
+  for (int64_t r = r0; r < r1; ++r, rc.next()) {
+    const scalar_t* xg = a.xg.at(rc.n, rc.k);
+    const scalar_t* hg = a.hg.at(rc.n, rc.k);
+    const state_t* cp = a.cp.at(rc.n, rc.k);
+    const state_t* b = a.bias.at(rc.n, rc.k);
+    const state_t* w = a.peep.at(rc.n, rc.k);
+    scalar_t* ho = a.h.at(rc.n, rc.k);
+    state_t* co = a.c.at(rc.n, rc.k);
+    scalar_t* go = a.save ? a.gates.at(rc.n, rc.k) : nullptr;
     const int64_t xs = a.xg.inner(), xk = a.xg.gate(), hs = a.hg.inner(), hk = a.hg.gate();
     const int64_t cs = a.cp.inner(), bs = a.bias.inner(), bk = a.bias.gate();
     const int64_t ws = a.peep.inner(), wk = a.peep.gate();
@@ -128,21 +149,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cpu(
   if (p.N * p.C * P == 0) return {p.h, p.c, p.gates};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
                                   "convlstm_gates_forward_cpu", [&] {
+  dispatch_state_type<scalar_t>(c_prev.scalar_type(), [&](auto state_tag) {
+    using state_t = typename decltype(state_tag)::type;
     static const scalar_t kZero[1] = {scalar_t(0)};
-    ForwardArgs<scalar_t> a;
+    static const state_t kZeroState[1] = {state_t(0)};
+    ForwardArgs<scalar_t, state_t> a;
     a.xg = Rows<const scalar_t>(p.x_gates.const_data_ptr<scalar_t>(), p.x_gates, p.C, p.cl);
     a.hg = p.h_gates.defined()
                ? Rows<const scalar_t>(p.h_gates.const_data_ptr<scalar_t>(), p.h_gates, p.C, p.cl)
                : Rows<const scalar_t>::zero(kZero);
-    a.cp = Rows<const scalar_t>(p.c_prev.const_data_ptr<scalar_t>(), p.c_prev, p.C, p.cl);
+    a.cp = Rows<const state_t>(p.c_prev.const_data_ptr<state_t>(), p.c_prev, p.C, p.cl);
     a.bias = p.bias.defined()
-                 ? Rows<const scalar_t>::channel_vector(p.bias.const_data_ptr<scalar_t>(), p.C, p.cl)
-                 : Rows<const scalar_t>::zero(kZero);
-    a.peep = p.peephole.defined() ? Rows<const scalar_t>::channel_vector(
-                                        p.peephole.const_data_ptr<scalar_t>(), p.C, p.cl)
-                                  : Rows<const scalar_t>::zero(kZero);
+                 ? Rows<const state_t>::channel_vector(p.bias.const_data_ptr<state_t>(), p.C, p.cl)
+                 : Rows<const state_t>::zero(kZeroState);
+    a.peep = p.peephole.defined() ? Rows<const state_t>::channel_vector(
+                                        p.peephole.const_data_ptr<state_t>(), p.C, p.cl)
+                                  : Rows<const state_t>::zero(kZeroState);
     a.h = Rows<scalar_t>(p.h.mutable_data_ptr<scalar_t>(), p.h, p.C, p.cl);
-    a.c = Rows<scalar_t>(p.c.mutable_data_ptr<scalar_t>(), p.c, p.C, p.cl);
+    a.c = Rows<state_t>(p.c.mutable_data_ptr<state_t>(), p.c, p.C, p.cl);
     a.save = save_gates;
     if (save_gates) a.gates = Rows<scalar_t>(p.gates.mutable_data_ptr<scalar_t>(), p.gates, p.C, p.cl);
     a.len = p.cl ? p.C : P;
@@ -150,41 +174,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cpu(
     const int64_t grain = std::max<int64_t>(1, 8192 / a.len);
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
       if (p.peephole.defined()) {
-        forward_rows<scalar_t, true>(a, r0, r1);
+        forward_rows<scalar_t, state_t, true>(a, r0, r1);
       } else {
-        forward_rows<scalar_t, false>(a, r0, r1);
+        forward_rows<scalar_t, state_t, false>(a, r0, r1);
       }
     });
+  });
   });
   return {p.h, p.c, p.gates};
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename state_t>
 struct BackwardArgs {
-  Rows<const scalar_t> gh, gc, gates, cp, peep;
-  Rows<scalar_t> dgates, dcp;
+  Rows<const scalar_t> gh, gates;
+  Rows<const state_t> gc, cp, peep;
+  Rows<scalar_t> dgates;
+  Rows<state_t> dcp;
   bool param_grads;
   int64_t len;
 };
 
-// Processes row r; for each vector of results calls sink(j, count, q[7]) with the seven
-// per-channel quantities summed into the parameter gradients (lanes past count are zero).
-template <typename scalar_t, bool kPeep, typename Sink>
-inline void backward_row(const BackwardArgs<scalar_t>& a, int64_t r, Sink&& sink) {
+// Processes elements [j0, j1) of row (n, k); for each vector of results calls
+// sink(j, count, q[7]) with the seven per-channel quantities summed into the parameter gradients
+// (lanes past count are zero).
+template <typename scalar_t, typename state_t, bool kPeep, typename Sink>
+inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t rn, int64_t rk,
+                         int64_t j0, int64_t j1, Sink&& sink) {
   using V = VecAcc<scalar_t>;
+  static_assert(std::is_same_v<V, VecAcc<state_t>>, "gates and state share the accumulation type");
   const V zero(0);
-  const scalar_t* gh = a.gh.row(r);
-  const scalar_t* gc = a.gc.row(r);
-  const scalar_t* gt = a.gates.row(r);
-  const scalar_t* cp = a.cp.row(r);
-  const scalar_t* w = a.peep.row(r);
-  scalar_t* dg_out = a.dgates.row(r);
-  scalar_t* dcp_out = a.dcp.row(r);
+  const scalar_t* gh = a.gh.at(rn, rk);
+  const state_t* gc = a.gc.at(rn, rk);
+  const scalar_t* gt = a.gates.at(rn, rk);
+  const state_t* cp = a.cp.at(rn, rk);
+  const state_t* w = a.peep.at(rn, rk);
+  scalar_t* dg_out = a.dgates.at(rn, rk);
+  state_t* dcp_out = a.dcp.at(rn, rk);
   const int64_t ghs = a.gh.inner(), gcs = a.gc.inner(), gts = a.gates.inner(), gtk = a.gates.gate();
   const int64_t cs = a.cp.inner(), ws = a.peep.inner(), wk = a.peep.gate();
   const int64_t ds = a.dgates.inner(), dk = a.dgates.gate(), dcs = a.dcp.inner();
-  for (int64_t j = 0; j < a.len; j += V::size()) {
-    const int64_t n = std::min<int64_t>(V::size(), a.len - j);
+  for (int64_t j = j0; j < j1; j += V::size()) {
+    const int64_t n = std::min<int64_t>(V::size(), j1 - j);
     const V i = load(gt + j * gts, gts, n);
     const V f = load(gt + j * gts + gtk, gts, n);
     const V g = load(gt + j * gts + 2 * gtk, gts, n);
@@ -228,7 +258,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
   at::Tensor partial;
   const int64_t len = p.cl ? p.C : P;
   // channels_last: rows (n, p) in fixed blocks, each block owning one row of partial sums
-  // (fixed by the shape, not the thread count, so results are deterministic).
+  // (fixed by the shape, not the thread count, so results are deterministic), which stays in L1
+  // while the block's rows add into it.
   const int64_t block = p.cl ? std::max<int64_t>(1, 16384 / std::max<int64_t>(len, 1)) : 1;
   const int64_t rows = p.cl ? p.N * P : p.N * p.C;
   const int64_t tasks = (rows + block - 1) / block;
@@ -238,19 +269,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
   if (rows * len > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
                                     "convlstm_gates_backward_cpu", [&] {
+    dispatch_state_type<scalar_t>(c_prev.scalar_type(), [&](auto state_tag) {
+      using state_t = typename decltype(state_tag)::type;
       using A = acc_t<scalar_t>;
       using V = VecAcc<scalar_t>;
-      static const scalar_t kZero[1] = {scalar_t(0)};
-      BackwardArgs<scalar_t> a;
+      static const state_t kZeroState[1] = {state_t(0)};
+      BackwardArgs<scalar_t, state_t> a;
       a.gh = Rows<const scalar_t>(p.grad_h.const_data_ptr<scalar_t>(), p.grad_h, p.C, p.cl);
-      a.gc = Rows<const scalar_t>(p.grad_c.const_data_ptr<scalar_t>(), p.grad_c, p.C, p.cl);
+      a.gc = Rows<const state_t>(p.grad_c.const_data_ptr<state_t>(), p.grad_c, p.C, p.cl);
       a.gates = Rows<const scalar_t>(p.gates.const_data_ptr<scalar_t>(), p.gates, p.C, p.cl);
-      a.cp = Rows<const scalar_t>(p.c_prev.const_data_ptr<scalar_t>(), p.c_prev, p.C, p.cl);
-      a.peep = peep ? Rows<const scalar_t>::channel_vector(p.peephole.const_data_ptr<scalar_t>(),
-                                                           p.C, p.cl)
-                    : Rows<const scalar_t>::zero(kZero);
+      a.cp = Rows<const state_t>(p.c_prev.const_data_ptr<state_t>(), p.c_prev, p.C, p.cl);
+      a.peep = peep ? Rows<const state_t>::channel_vector(p.peephole.const_data_ptr<state_t>(),
+                                                          p.C, p.cl)
+                    : Rows<const state_t>::zero(kZeroState);
       a.dgates = Rows<scalar_t>(p.grad_gates.mutable_data_ptr<scalar_t>(), p.grad_gates, p.C, p.cl);
-      a.dcp = Rows<scalar_t>(p.grad_c_prev.mutable_data_ptr<scalar_t>(), p.grad_c_prev, p.C, p.cl);
+      a.dcp = Rows<state_t>(p.grad_c_prev.mutable_data_ptr<state_t>(), p.grad_c_prev, p.C, p.cl);
       a.param_grads = param_grads;
       a.len = len;
       A* part = param_grads ? partial.mutable_data_ptr<A>() : nullptr;
@@ -264,38 +297,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
             auto sink = [&](int64_t, int64_t, const V* q) {
               for (int k = 0; k < 7; ++k) acc[k] = acc[k] + q[k];
             };
+            const int64_t n = t / C, ch = t % C;
             if (peep) {
-              backward_row<scalar_t, true>(a, t, sink);
+              backward_row<scalar_t, state_t, true>(a, n, ch, 0, len, sink);
             } else {
-              backward_row<scalar_t, false>(a, t, sink);
+              backward_row<scalar_t, state_t, false>(a, n, ch, 0, len, sink);
             }
             if (part != nullptr) {
-              const int64_t n = t / C, ch = t % C;
               for (int k = 0; k < 7; ++k) part[(n * 7 + k) * C + ch] = hsum(acc[k]);
             }
           } else {
-            A* out = part != nullptr ? part + t * 7 * C : nullptr;
-            auto sink = [&](int64_t j, int64_t n, const V* q) {
-              for (int k = 0; k < 7; ++k) {
-                A* dst = out + k * C + j;
-                (V::loadu(dst, n) + q[k]).store(dst, n);
+            const int64_t r0 = t * block, r1 = std::min(rows, (t + 1) * block);
+            auto sweep = [&](int64_t j0, int64_t j1, auto&& sink) {
+              RowCursor rc(r0, P);
+              for (int64_t r = r0; r < r1; ++r, rc.next()) {
+                if (peep) {
+                  backward_row<scalar_t, state_t, true>(a, rc.n, rc.k, j0, j1, sink);
+                } else {
+                  backward_row<scalar_t, state_t, false>(a, rc.n, rc.k, j0, j1, sink);
+                }
               }
             };
-            const int64_t r1 = std::min(rows, (t + 1) * block);
-            for (int64_t r = t * block; r < r1; ++r) {
-              if (peep) {
-                backward_row<scalar_t, true>(a, r, sink);
-              } else {
-                backward_row<scalar_t, false>(a, r, sink);
-              }
+            if (part == nullptr) {
+              sweep(0, len, [](int64_t, int64_t, const V*) {});
+            } else {
+              A* out = part + t * 7 * C;
+              sweep(0, len, [&](int64_t j, int64_t n, const V* q) {
+                for (int k = 0; k < 7; ++k) {
+                  A* dst = out + k * C + j;
+                  (V::loadu(dst, n) + q[k]).store(dst, n);
+                }
+              });
             }
           }
         }
       });
     });
+    });
   }
-  at::Tensor grad_params = param_grads ? finish_param_grads(partial, gates.scalar_type())
-                                        : at::empty({0}, gates.options());
+  at::Tensor grad_params = param_grads ? finish_param_grads(partial, c_prev.scalar_type())
+                                        : at::empty({0}, c_prev.options());
   return {p.grad_gates, p.grad_c_prev, grad_params};
 }
 

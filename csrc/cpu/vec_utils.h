@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <type_traits>
@@ -67,8 +68,12 @@ C10_NOINLINE void store_slow(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, 
   }
 }
 
+template <typename scalar_t>
+constexpr bool kReduced = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
+
 // Loads `count` (1..size) values p[0], p[s], p[2s], ...; lanes past `count` are zero.
-// Unit stride on an accumulation-typed tensor is a plain vector load, stride 0 a broadcast.
+// Unit stride is a plain vector load (widened to float for float16/bfloat16), stride 0 a
+// broadcast.
 template <typename scalar_t>
 C10_ALWAYS_INLINE VecAcc<scalar_t> load(const scalar_t* p, int64_t s, int64_t count) {
   using A = acc_t<scalar_t>;
@@ -76,6 +81,12 @@ C10_ALWAYS_INLINE VecAcc<scalar_t> load(const scalar_t* p, int64_t s, int64_t co
   if constexpr (std::is_same_v<scalar_t, A>) {
     if (s == 1 && count == V::size()) {
       return V::loadu(p);
+    }
+  } else if constexpr (kReduced<scalar_t>) {
+    if (s == 1 && count == V::size()) {
+      V out;
+      at::vec::load_to_float<scalar_t>(p, out);
+      return out;
     }
   }
   if (s == 0) {
@@ -91,6 +102,11 @@ C10_ALWAYS_INLINE void store(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, 
   if constexpr (std::is_same_v<scalar_t, A>) {
     if (s == 1 && count == V::size()) {
       v.store(p);
+      return;
+    }
+  } else if constexpr (kReduced<scalar_t>) {
+    if (s == 1 && count == V::size()) {
+      at::vec::convert_from_float<scalar_t>(v, v).store(p, V::size());
       return;
     }
   }

@@ -28,7 +28,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
                                   "convlstm_gates_forward_cuda", [&] {
-    convlstm::launch_forward<scalar_t>(p, save_gates, stream, kLaunchCheck);
+    dispatch_state_type<scalar_t>(c_prev.scalar_type(), [&](auto state_tag) {
+      using state_t = typename decltype(state_tag)::type;
+      convlstm::launch_forward<scalar_t, state_t>(p, save_gates, stream, kLaunchCheck);
+    });
   });
   return {p.h, p.c, p.gates};
 }
@@ -42,10 +45,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cuda(
   at::Tensor partial;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
                                   "convlstm_gates_backward_cuda", [&] {
-    partial = convlstm::launch_backward<scalar_t>(p, param_grads, stream, kLaunchCheck);
+    dispatch_state_type<scalar_t>(c_prev.scalar_type(), [&](auto state_tag) {
+      using state_t = typename decltype(state_tag)::type;
+      partial = convlstm::launch_backward<scalar_t, state_t>(p, param_grads, stream, kLaunchCheck);
+    });
   });
-  at::Tensor grad_params = param_grads ? finish_param_grads(partial, gates.scalar_type())
-                                       : at::empty({0}, gates.options());
+  at::Tensor grad_params = param_grads ? finish_param_grads(partial, c_prev.scalar_type())
+                                       : at::empty({0}, c_prev.options());
   return {p.grad_gates, p.grad_c_prev, grad_params};
 }
 

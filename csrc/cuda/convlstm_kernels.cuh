@@ -96,12 +96,14 @@ struct TileCoords {
   }
 };
 
-template <typename scalar_t, typename index_t, bool kCL, bool kPeep, int V>
+// scalar_t: the gates' and h's type; state_t: c's and the parameters' (scalar_t, or float with
+// float16/bfloat16 gates under mixed precision).
+template <typename scalar_t, typename state_t, typename index_t, bool kCL, bool kPeep, int V>
 __global__ void __launch_bounds__(kThreads)
 convlstm_forward_kernel(Operand<const scalar_t, index_t> xg, Operand<const scalar_t, index_t> hg,
-                        Operand<const scalar_t, index_t> cp, Operand<scalar_t, index_t> h,
-                        Operand<scalar_t, index_t> c, Operand<scalar_t, index_t> gates,
-                        const scalar_t* __restrict__ bias, const scalar_t* __restrict__ peep,
+                        Operand<const state_t, index_t> cp, Operand<scalar_t, index_t> h,
+                        Operand<state_t, index_t> c, Operand<scalar_t, index_t> gates,
+                        const state_t* __restrict__ bias, const state_t* __restrict__ peep,
                         bool has_h, bool save, index_t N, index_t C, index_t P) {
   using A = at::opmath_type<scalar_t>;
   const TileCoords<V, kCL, index_t> tc;
@@ -164,12 +166,12 @@ constexpr size_t backward_static_smem() {
 }
 
 // partial: (gridDim.z * gridDim.x, 7, C) per-block sums of the parameter gradients, or null.
-template <typename scalar_t, typename index_t, bool kCL, bool kPeep, int V>
+template <typename scalar_t, typename state_t, typename index_t, bool kCL, bool kPeep, int V>
 __global__ void __launch_bounds__(kThreads)
-convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const scalar_t, index_t> gc,
+convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const state_t, index_t> gc,
                          Operand<const scalar_t, index_t> gates,
-                         Operand<const scalar_t, index_t> cp, Operand<scalar_t, index_t> dgates,
-                         Operand<scalar_t, index_t> dcp, const scalar_t* __restrict__ peep,
+                         Operand<const state_t, index_t> cp, Operand<scalar_t, index_t> dgates,
+                         Operand<state_t, index_t> dcp, const state_t* __restrict__ peep,
                          at::opmath_type<scalar_t>* __restrict__ partial, index_t N, index_t C,
                          index_t P) {
   using A = at::opmath_type<scalar_t>;

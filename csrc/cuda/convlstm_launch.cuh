@@ -170,7 +170,7 @@ Operand<T, index_t> operand(T* data, const at::Tensor& t) {
 
 // Launches the forward kernel for plan `p` (nothing to do when it is empty). `check` runs after
 // the launch (the device's launch-error check).
-template <typename scalar_t, typename Check>
+template <typename scalar_t, typename state_t, typename Check>
 void launch_forward(const ConvLSTMForwardPlan& p, bool save_gates, cudaStream_t stream,
                     Check&& check) {
   const int64_t P = p.H * p.W;
@@ -191,12 +191,12 @@ void launch_forward(const ConvLSTMForwardPlan& p, bool save_gates, cudaStream_t 
 #if PF_EMU
     ::pf_emu::record(cfg.describe("convlstm_forward"));
 #endif
-    PF_LAUNCH(cfg.launch, convlstm_forward_kernel<scalar_t, index_t, kCL, kPeep, V>)(
-        xg, hg, operand<const scalar_t, index_t>(p.c_prev.const_data_ptr<scalar_t>(), p.c_prev),
+    PF_LAUNCH(cfg.launch, convlstm_forward_kernel<scalar_t, state_t, index_t, kCL, kPeep, V>)(
+        xg, hg, operand<const state_t, index_t>(p.c_prev.const_data_ptr<state_t>(), p.c_prev),
         operand<scalar_t, index_t>(p.h.mutable_data_ptr<scalar_t>(), p.h),
-        operand<scalar_t, index_t>(p.c.mutable_data_ptr<scalar_t>(), p.c), gates,
-        p.bias.defined() ? p.bias.const_data_ptr<scalar_t>() : nullptr,
-        kPeep ? p.peephole.const_data_ptr<scalar_t>() : nullptr, p.h_gates.defined(), save_gates,
+        operand<state_t, index_t>(p.c.mutable_data_ptr<state_t>(), p.c), gates,
+        p.bias.defined() ? p.bias.const_data_ptr<state_t>() : nullptr,
+        kPeep ? p.peephole.const_data_ptr<state_t>() : nullptr, p.h_gates.defined(), save_gates,
         static_cast<index_t>(p.N), static_cast<index_t>(p.C), static_cast<index_t>(P));
     check();
   });
@@ -204,7 +204,7 @@ void launch_forward(const ConvLSTMForwardPlan& p, bool save_gates, cudaStream_t 
 
 // Launches the backward kernel; returns the (rows, 7, C) per-block partial sums of the parameter
 // gradients when param_grads (every entry written by the kernel), else an undefined tensor.
-template <typename scalar_t, typename Check>
+template <typename scalar_t, typename state_t, typename Check>
 at::Tensor launch_backward(const ConvLSTMBackwardPlan& p, bool param_grads, cudaStream_t stream,
                            Check&& check) {
   using A = at::opmath_type<scalar_t>;
@@ -228,14 +228,14 @@ at::Tensor launch_backward(const ConvLSTMBackwardPlan& p, bool param_grads, cuda
 #if PF_EMU
     ::pf_emu::record(cfg.describe("convlstm_backward"));
 #endif
-    PF_LAUNCH(cfg.launch, convlstm_backward_kernel<scalar_t, index_t, kCL, kPeep, V>)(
+    PF_LAUNCH(cfg.launch, convlstm_backward_kernel<scalar_t, state_t, index_t, kCL, kPeep, V>)(
         operand<const scalar_t, index_t>(p.grad_h.const_data_ptr<scalar_t>(), p.grad_h),
-        operand<const scalar_t, index_t>(p.grad_c.const_data_ptr<scalar_t>(), p.grad_c),
+        operand<const state_t, index_t>(p.grad_c.const_data_ptr<state_t>(), p.grad_c),
         operand<const scalar_t, index_t>(p.gates.const_data_ptr<scalar_t>(), p.gates),
-        operand<const scalar_t, index_t>(p.c_prev.const_data_ptr<scalar_t>(), p.c_prev),
+        operand<const state_t, index_t>(p.c_prev.const_data_ptr<state_t>(), p.c_prev),
         operand<scalar_t, index_t>(p.grad_gates.mutable_data_ptr<scalar_t>(), p.grad_gates),
-        operand<scalar_t, index_t>(p.grad_c_prev.mutable_data_ptr<scalar_t>(), p.grad_c_prev),
-        kPeep ? p.peephole.const_data_ptr<scalar_t>() : nullptr,
+        operand<state_t, index_t>(p.grad_c_prev.mutable_data_ptr<state_t>(), p.grad_c_prev),
+        kPeep ? p.peephole.const_data_ptr<state_t>() : nullptr,
         param_grads ? partial.mutable_data_ptr<A>() : nullptr, static_cast<index_t>(p.N),
         static_cast<index_t>(p.C), static_cast<index_t>(P));
     check();

@@ -95,16 +95,6 @@ class Seq2Seq(nn.Module):
         f = self.encoder(frames.reshape(b * t, *frames.shape[2:]))
         return f.view(b, t, *f.shape[1:])
 
-    @staticmethod
-    def _lstm(lstm: ConvLSTM, feats: Tensor, state):
-        # The ConvLSTM cell wants one dtype for its inputs and its float32 bias: under autocast
-        # it runs in float32 (the strided convs around it still use the autocast dtype).
-        dev = feats.device.type
-        if torch.is_autocast_enabled(dev):
-            with torch.autocast(dev, enabled=False):
-                return lstm(feats.float(), state)
-        return lstm(feats, state)
-
     def forward(self, inputs: Tensor, steps: Optional[int] = None,
                 targets: Optional[Tensor] = None) -> Tensor:
         if inputs.dim() != 5 or inputs.shape[2] != self.channels:
@@ -121,11 +111,11 @@ class Seq2Seq(nn.Module):
             targets, _ = pad_to_multiple(targets, self.multiple)
         state = None
         if x.shape[1] > 1:
-            _, state = self._lstm(self.encoder_lstm, self._encode(x[:, :-1]), None)
+            _, state = self.encoder_lstm(self._encode(x[:, :-1]), None)
         prev = x[:, -1]
         outs = []
         for k in range(steps):
-            hs, state = self._lstm(self.decoder_lstm, self._encode(prev[:, None]), state)
+            hs, state = self.decoder_lstm(self._encode(prev[:, None]), state)
             delta = self.decoder(hs[:, 0])
             y = residual_tanh(prev.to(delta.dtype), delta) if self.residual else torch.tanh(delta)
             outs.append(y)

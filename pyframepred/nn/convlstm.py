@@ -82,35 +82,36 @@ class ConvLSTMCell(nn.Module):
                 f"fused={self.fused}")
 
     def init_state(self, like: Tensor) -> Tensor:
-        """A zero cell state for input frames like ``like`` (N, *, H, W)."""
+        """A zero cell state for input frames (or gates) like ``like`` (N, *, H, W), in the
+        parameters' dtype (float32 beside float16/bfloat16 gates under autocast)."""
         n, _, h, w = like.shape
-        return like.new_zeros((n, self.hidden_channels, h, w))
+        param = self.bias if self.bias is not None else self.peephole
+        dtype = param.dtype if param is not None else like.dtype
+        return like.new_zeros((n, self.hidden_channels, h, w), dtype=dtype)
 
     def step(self, x_gates: Tensor, state: Optional[State]) -> State:
         """Advance one step from precomputed input gates ``x_gates = cell.conv_x(x)``
         (N, 4C, H, W): for a caller that computes the input convolution of many steps at once
         (``cell.conv_x(frames)`` over (T*N, C_in, H, W)) and then steps through them. ``state``
-        is ``(h, c)`` or ``None`` (zeros); returns the new ``(h, c)``."""
+        is ``(h, c)`` or ``None`` (zeros); returns the new ``(h, c)``.
+
+        Mixed precision needs no casts here: under autocast the fused op takes the
+        float16/bfloat16 gates with the float32 bias and cell state directly (h in the autocast
+        dtype, c float32), and the reference promotes as PyTorch does."""
         if state is None:
             h_gates, c_prev = None, self.init_state(x_gates)
         else:
             h_prev, c_prev = state
             h_gates = self.conv_h(h_prev)
         bias, peephole = self.bias, self.peephole
-        # Under autocast the convolutions return float16/bfloat16 while the parameters (and a
-        # carried state) stay float32: run the cell in the widest of them, as autocast does for
-        # elementwise ops, so the cell state keeps its precision.
-        dtype = x_gates.dtype
-        for t in (h_gates, c_prev, bias, peephole):
-            if t is not None:
-                dtype = torch.promote_types(dtype, t.dtype)
-        x_gates = x_gates.to(dtype)
-        h_gates = h_gates.to(dtype) if h_gates is not None else None
-        c_prev = c_prev.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-        peephole = peephole.to(dtype) if peephole is not None else None
-        fn = ops.convlstm_gates if self.fused else reference.convlstm_gates
-        return fn(x_gates, h_gates, c_prev, bias, peephole)
+        if not self.fused:
+            return reference.convlstm_gates(x_gates, h_gates, c_prev, bias, peephole)
+        if not torch.is_autocast_enabled(x_gates.device.type):
+            # Outside autocast the op takes one dtype, or float16/bfloat16 gates with a float32
+            # state and parameters; any other mix runs in the widest dtype.
+            x_gates, h_gates, c_prev, bias, peephole = _cell_dtypes(
+                x_gates, h_gates, c_prev, bias, peephole)
+        return ops.convlstm_gates(x_gates, h_gates, c_prev, bias, peephole)
 
     def forward(self, x: Tensor, state: Optional[State] = None) -> State:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -119,6 +120,23 @@ class ConvLSTMCell(nn.Module):
         if state is not None:
             _check_state(state, x, self.hidden_channels, "state")
         return self.step(self.conv_x(x), state)
+
+
+def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
+    """The fused cell's operands in dtypes it accepts (see ``ops.convlstm_gates``)."""
+    gate = x_gates.dtype if h_gates is None else torch.promote_types(x_gates.dtype, h_gates.dtype)
+    state = c_prev.dtype
+    for t in (bias, peephole):
+        if t is not None:
+            state = torch.promote_types(state, t.dtype)
+    mixed = gate in (torch.float16, torch.bfloat16) and state == torch.float32
+    if not mixed:
+        gate = state = torch.promote_types(gate, state)
+
+    def to(t, dtype):
+        return t if t is None or t.dtype == dtype else t.to(dtype)
+    return (to(x_gates, gate), to(h_gates, gate), to(c_prev, state), to(bias, state),
+            to(peephole, state))
 
 
 def _check_state(state, x: Tensor, hidden: int, name: str) -> None:
@@ -213,8 +231,9 @@ class ConvLSTM(nn.Module):
             layer_state = None if state is None else state[li]
             if layer_state is not None:
                 _check_state(layer_state, frames[:N], cell.hidden_channels, f"state[{li}]")
-            if cell.fused and not torch.is_autocast_enabled(frames.device.type):
-                # The whole layer as one op: batched input convolution and weight gradients.
+            if cell.fused:
+                # The whole layer as one op: batched input convolution and weight gradients
+                # (under autocast: bfloat16/float16 convolutions, float32 cell state).
                 frames, layer_state = ops.convlstm_layer(
                     frames, T, cell.conv_x.weight, cell.conv_h.weight, cell.bias, cell.peephole,
                     layer_state)

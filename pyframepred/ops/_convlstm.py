@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._common import check_float, check_like, check_shape
+from ._common import check_device, check_float, check_like, check_shape, check_state_dtype
 
 _OP = "convlstm_gates"
 
@@ -28,7 +28,12 @@ def convlstm_gates(x_gates: Tensor, h_gates: Optional[Tensor], c_prev: Tensor,
 
     Returns:
         ``(h, c)``, each ``(N, C, H, W)``, in the memory format of ``x_gates`` (NCHW or
-        channels_last).
+        channels_last); h in the gates' dtype, c in ``c_prev``'s.
+
+    Mixed precision: with float16/bfloat16 gates, ``c_prev``, ``bias`` and ``peephole`` may be
+    float32 (they must then all be): the gates are widened in registers, c stays float32, h comes
+    out in the gates' dtype. Under ``torch.autocast`` the op arranges this itself (gates cast to
+    the autocast dtype, state and parameters to float32).
 
     Gradients flow to every input that requires them. Only the activated gates and ``c_prev``
     are kept for backward; ``c`` and ``tanh(c)`` are recomputed.
@@ -73,13 +78,14 @@ def _check_forward(x_gates, h_gates, c_prev, bias, peephole) -> int:
     if h_gates is not None:
         check_like(_OP, "h_gates", h_gates, "x_gates", x_gates)
         check_shape(_OP, "h_gates", h_gates, x_gates.shape, "x_gates.shape")
-    check_like(_OP, "c_prev", c_prev, "x_gates", x_gates)
+    check_state_dtype(_OP, "c_prev", c_prev, "x_gates", x_gates.dtype)
+    check_device(_OP, "c_prev", c_prev, "x_gates", x_gates)
     check_shape(_OP, "c_prev", c_prev, (N, C, H, W), "(N, C, H, W)")
     if bias is not None:
-        check_like(_OP, "bias", bias, "x_gates", x_gates)
+        check_like(_OP, "bias", bias, "c_prev", c_prev)
         check_shape(_OP, "bias", bias, (4 * C,), "(4*C,)")
     if peephole is not None:
-        check_like(_OP, "peephole", peephole, "x_gates", x_gates)
+        check_like(_OP, "peephole", peephole, "c_prev", c_prev)
         check_shape(_OP, "peephole", peephole, (3, C), "(3, C)")
     return C
 
@@ -90,7 +96,7 @@ def _forward_fake(x_gates, h_gates, c_prev, bias, peephole, save_gates):
     N, _, H, W = x_gates.shape
     fmt = _memory_format(x_gates)
     h = torch.empty((N, C, H, W), dtype=x_gates.dtype, device=x_gates.device, memory_format=fmt)
-    c = torch.empty_like(h)
+    c = torch.empty_like(h, dtype=c_prev.dtype)
     if save_gates:
         gates = torch.empty((N, 4 * C, H, W), dtype=x_gates.dtype, device=x_gates.device,
                             memory_format=fmt)
@@ -105,14 +111,19 @@ def _backward_fake(grad_h, grad_c, gates, c_prev, peephole, param_grads):
     check_float(op, "gates", gates)
     N, C4, H, W = gates.shape
     C = C4 // 4
-    for name, t in (("c_prev", c_prev), ("grad_h", grad_h), ("grad_c", grad_c)):
-        check_like(op, name, t, "gates", gates)
-        check_shape(op, name, t, (N, C, H, W), "(N, C, H, W)")
+    check_state_dtype(op, "c_prev", c_prev, "gates", gates.dtype)
+    check_device(op, "c_prev", c_prev, "gates", gates)
+    check_shape(op, "c_prev", c_prev, (N, C, H, W), "(N, C, H, W)")
+    check_like(op, "grad_h", grad_h, "gates", gates)
+    check_shape(op, "grad_h", grad_h, (N, C, H, W), "(N, C, H, W)")
+    check_like(op, "grad_c", grad_c, "c_prev", c_prev)
+    check_shape(op, "grad_c", grad_c, (N, C, H, W), "(N, C, H, W)")
     fmt = _memory_format(gates)
-    opts = dict(dtype=gates.dtype, device=gates.device)
-    grad_gates = torch.empty((N, C4, H, W), memory_format=fmt, **opts)
-    grad_c_prev = torch.empty((N, C, H, W), memory_format=fmt, **opts)
-    grad_params = gates.new_empty((7, C) if param_grads else (0,))
+    grad_gates = torch.empty((N, C4, H, W), memory_format=fmt, dtype=gates.dtype,
+                             device=gates.device)
+    grad_c_prev = torch.empty((N, C, H, W), memory_format=fmt, dtype=c_prev.dtype,
+                              device=gates.device)
+    grad_params = c_prev.new_empty((7, C) if param_grads else (0,))
     return grad_gates, grad_c_prev, grad_params
 
 # Autograd is registered in C++ (csrc/convlstm_autograd.cpp).

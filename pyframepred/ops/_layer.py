@@ -33,6 +33,11 @@ def convlstm_layer(x: Tensor, steps: int, weight_x: Tensor, weight_h: Tensor,
     Returns:
         ``(h_seq, (h, c))``: h of every step ``(T*N, C, H, W)`` (time-major, like ``x``) and the
         last step's state.
+
+    Mixed precision: ``x``, the weights and ``h0`` share one dtype; with float16/bfloat16 ones,
+    ``c0``, ``bias`` and ``peephole`` may be float32 -- the convolutions then run in the low
+    dtype, h comes out in it and c stays float32. Under ``torch.autocast`` the op casts to exactly
+    that itself (one autocast policy, registered in C++).
     """
     h0, c0 = (None, None) if state is None else state
     h_seq, h, c = torch.ops.pyframepred.convlstm_layer(x, steps, weight_x, weight_h, bias,
@@ -54,6 +59,8 @@ def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
     C = weight_h.shape[1]
     cl = _channels_last(x) or _channels_last(weight_x)
     fmt = torch.channels_last if cl else torch.contiguous_format
-    opts = dict(dtype=x.dtype, device=x.device, memory_format=fmt)
-    h_seq = torch.empty((TN, C, H, W), **opts)
-    return h_seq, torch.empty((N, C, H, W), **opts), torch.empty((N, C, H, W), **opts)
+    opts = dict(device=x.device, memory_format=fmt)
+    state = next((t.dtype for t in (c0, bias, peephole) if t is not None), x.dtype)
+    h_seq = torch.empty((TN, C, H, W), dtype=x.dtype, **opts)
+    return (h_seq, torch.empty((N, C, H, W), dtype=x.dtype, **opts),
+            torch.empty((N, C, H, W), dtype=state, **opts))

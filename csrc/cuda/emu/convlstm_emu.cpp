@@ -32,7 +32,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_forward(
   poison(p.gates);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
                                   "convlstm_forward_emu", [&] {
-    cuda::convlstm::launch_forward<scalar_t>(p, save_gates, nullptr, kNoCheck);
+    dispatch_state_type<scalar_t>(c_prev.scalar_type(), [&](auto state_tag) {
+      using state_t = typename decltype(state_tag)::type;
+      cuda::convlstm::launch_forward<scalar_t, state_t>(p, save_gates, nullptr, kNoCheck);
+    });
   });
   return {p.h, p.c, p.gates};
 }
@@ -46,10 +49,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> convlstm_backward(
   at::Tensor partial;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(),
                                   "convlstm_backward_emu", [&] {
-    partial = cuda::convlstm::launch_backward<scalar_t>(p, param_grads, nullptr, kNoCheck);
+    dispatch_state_type<scalar_t>(c_prev.scalar_type(), [&](auto state_tag) {
+      using state_t = typename decltype(state_tag)::type;
+      partial = cuda::convlstm::launch_backward<scalar_t, state_t>(p, param_grads, nullptr, kNoCheck);
+    });
   });
-  at::Tensor grad_params = param_grads ? finish_param_grads(partial, gates.scalar_type())
-                                       : at::empty({0}, gates.options());
+  at::Tensor grad_params = param_grads ? finish_param_grads(partial, c_prev.scalar_type())
+                                       : at::empty({0}, c_prev.options());
   if (!partial.defined()) partial = at::empty({0}, gates.options());
   return {p.grad_gates, p.grad_c_prev, grad_params, partial};
 }

@@ -1,0 +1,86 @@
+// The one autocast policy of the ConvLSTM operators, registered for the AutocastCPU and
+// AutocastCUDA dispatch keys (as torchvision registers its ops), so it holds for Python and
+// LibTorch callers alike:
+//   - what feeds a convolution or a gate sum -- x, the weights, h0, the gate pre-activations --
+//     runs in the autocast dtype (bfloat16 / float16);
+//   - the cell state and the per-channel parameters -- c_prev / c0, bias, peephole -- in float32.
+// The kernels take that mix directly: the gates are read in the low-precision dtype and widened in
+// registers, h comes out in the autocast dtype, c stays float32. float64 inputs are left alone (as
+// autocast leaves them). The backward operator needs no kernel here: autograd hands it tensors of
+// the dtypes the forward produced.
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+
+#include "convlstm_dispatch.h"
+#include "convlstm_host.h"
+
+namespace pyframepred {
+namespace {
+
+template <c10::DeviceType kDevice>
+struct AutocastCasts {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast{
+      at::autocast::get_autocast_dispatch_key_from_device_type(kDevice)};
+  const at::ScalarType low = at::autocast::get_lower_precision_fp_from_device_type(kDevice);
+
+  at::Tensor lowp(const at::Tensor& t) const { return at::autocast::cached_cast(low, t, kDevice); }
+  std::optional<at::Tensor> lowp(const std::optional<at::Tensor>& t) const {
+    return at::autocast::cached_cast(low, t, kDevice);
+  }
+  at::Tensor fp32(const at::Tensor& t) const {
+    return at::autocast::cached_cast(at::kFloat, t, kDevice);
+  }
+  std::optional<at::Tensor> fp32(const std::optional<at::Tensor>& t) const {
+    return at::autocast::cached_cast(at::kFloat, t, kDevice);
+  }
+};
+
+template <c10::DeviceType kDevice>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_autocast(
+    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
+    bool save_gates) {
+  const AutocastCasts<kDevice> cast;
+  return convlstm_gates_forward_op().call(cast.lowp(x_gates), cast.lowp(h_gates),
+                                          cast.fp32(c_prev), cast.fp32(bias), cast.fp32(peephole),
+                                          save_gates);
+}
+
+template <c10::DeviceType kDevice>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer_autocast(
+    const at::Tensor& x, int64_t steps, const at::Tensor& weight_x, const at::Tensor& weight_h,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
+    const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& c0) {
+  const AutocastCasts<kDevice> cast;
+  const at::Tensor x_low = cast.lowp(x);
+  std::optional<at::Tensor> c_init = cast.fp32(c0);
+  const auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  if (!given(c0) && !given(bias) && !given(peephole) && is_reduced_float(x_low.scalar_type()) &&
+      x.dim() == 4 && weight_h.dim() == 4 && steps >= 1) {
+    // Nothing else names the state's dtype: start it as float32 zeros explicitly.
+    const int64_t N = x.size(0) / std::max<int64_t>(steps, 1);
+    c_init = at::zeros({N, weight_h.size(1), x.size(2), x.size(3)}, x.options().dtype(at::kFloat));
+  }
+  return convlstm_layer_op().call(x_low, steps, cast.lowp(weight_x), cast.lowp(weight_h),
+                                  cast.fp32(bias), cast.fp32(peephole), cast.lowp(h0), c_init);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyframepred, AutocastCPU, m) {
+  m.impl("convlstm_gates_forward", &convlstm_gates_forward_autocast<c10::DeviceType::CPU>);
+  m.impl("convlstm_layer", &convlstm_layer_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(pyframepred, AutocastCUDA, m) {
+  m.impl("convlstm_gates_forward", &convlstm_gates_forward_autocast<c10::DeviceType::CUDA>);
+  m.impl("convlstm_layer", &convlstm_layer_autocast<c10::DeviceType::CUDA>);
+}
+
+}  // namespace pyframepred
