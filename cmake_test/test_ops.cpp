@@ -3,6 +3,7 @@
 // with ATen ops -- on the CPU, and on the GPU too when the library was built with the CUDA
 // kernels (PYFRAMEPRED_WITH_CUDA) and one is present.
 #include <pyframepred/ops.h>
+#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 #include <torch/cuda.h>
 
@@ -107,6 +108,37 @@ void check_device(const at::Device& device) {
     const char* lnames[] = {"layer grad x", "layer grad weight_x", "layer grad weight_h",
                             "layer grad bias", "layer grad peephole", "layer grad c0"};
     for (size_t k = 0; k < lg.size(); ++k) expect_close(lg[k], lr[k], lnames[k]);
+  }
+
+  // The autocast policy holds for C++ callers too (it is registered in C++): under autocast the
+  // layer runs in the low-precision dtype with a float32 cell state, exactly as the explicit
+  // mixed-precision call.
+  {
+    const at::ScalarType low = device.is_cpu() ? at::kBFloat16 : at::kHalf;
+    const int64_t T = 2, Cin = 2;
+    const auto fopts = opts.dtype(at::kFloat);  // autocast leaves float64 alone
+    at::Tensor x = at::randn({T * N, Cin, H, W}, fopts);
+    at::Tensor wx = 0.3 * at::randn({4 * C, Cin, 3, 3}, fopts);
+    at::Tensor wh = 0.3 * at::randn({4 * C, C, 3, 3}, fopts);
+    at::Tensor b32 = bias.detach().to(at::kFloat);
+    std::tuple<at::Tensor, at::Tensor, at::Tensor> amp;
+    {
+      const bool was = at::autocast::is_autocast_enabled(device.type());
+      const at::ScalarType was_dtype = at::autocast::get_autocast_dtype(device.type());
+      at::autocast::set_autocast_enabled(device.type(), true);
+      at::autocast::set_autocast_dtype(device.type(), low);
+      amp = pyframepred::convlstm_layer(x, T, wx, wh, b32);
+      at::autocast::set_autocast_enabled(device.type(), was);
+      at::autocast::set_autocast_dtype(device.type(), was_dtype);
+      at::autocast::clear_cache();
+    }
+    auto [h_amp, hl_amp, c_amp] = amp;
+    expect(h_amp.scalar_type() == low && c_amp.scalar_type() == at::kFloat,
+           "autocast layer: h in the autocast dtype, c float32");
+    auto [h_mix, hl_mix, c_mix] =
+        pyframepred::convlstm_layer(x.to(low), T, wx.to(low), wh.to(low), b32);
+    expect(at::equal(h_amp, h_mix) && at::equal(c_amp, c_mix),
+           "autocast layer equals the explicit mixed-precision call");
   }
 
   // GDL: value and gradients to pred and target.

@@ -172,6 +172,7 @@ at::MemoryFormat run_format(const at::Tensor& x, const at::Tensor& w) {
 
 struct Rollout {
   at::Tensor x, h0;  // the input and initial h in the layout the layer runs in
+  at::Tensor wx, wh; // the weights in that layout (converted once, not by every convolution)
   at::Tensor h_seq, h_last, c_last;
   std::vector<at::Tensor> gates;   // activated gates of each step (when saving)
   std::vector<at::Tensor> c_prev;  // the cell state each step started from (when saving)
@@ -186,6 +187,8 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
   Rollout r;
   const auto fmt = run_format(x, wx);
   r.x = x.contiguous(fmt);
+  r.wx = wx.contiguous(fmt);
+  r.wh = wh.contiguous(fmt);
   at::Tensor c = defined(c0) ? c0->contiguous(fmt)
                              : at::zeros(s.state(), x.options().dtype(s.state_dtype).memory_format(fmt));
   std::optional<at::Tensor> h;
@@ -202,10 +205,10 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
   const int64_t K = chunk_steps(s, x);
   for (int64_t t0 = 0; t0 < s.T; t0 += K) {
     const int64_t k = std::min(K, s.T - t0);
-    const at::Tensor x_gates = conv(r.x.narrow(0, t0 * s.N, k * s.N), wx, s);
+    const at::Tensor x_gates = conv(r.x.narrow(0, t0 * s.N, k * s.N), r.wx, s);
     for (int64_t j = 0; j < k; ++j) {
       std::optional<at::Tensor> h_gates;
-      if (h.has_value()) h_gates = conv(*h, wh, s);
+      if (h.has_value()) h_gates = conv(*h, r.wh, s);
       auto [h_new, c_new, gates] =
           gates_forward(x_gates.narrow(0, j * s.N, s.N), h_gates, c, bias, peephole, save);
       if (save) {
@@ -239,7 +242,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     ctx->saved_data["needs"] = c10::List<bool>(
         {x.requires_grad(), wx.requires_grad(), wh.requires_grad(), requires_grad(bias),
          requires_grad(peephole), requires_grad(h0), requires_grad(c0)});
-    variable_list saved = {r.x, wx, wh, peephole.value_or(at::Tensor()), r.h0,
+    variable_list saved = {r.x, r.wx, r.wh, peephole.value_or(at::Tensor()), r.h0,
                            r.h_seq};
     saved.insert(saved.end(), r.gates.begin(), r.gates.end());
     saved.insert(saved.end(), r.c_prev.begin(), r.c_prev.end());

@@ -63,6 +63,7 @@ from ._cli_common import (MODEL_CLASSES, MODELS, CLIError, OneLineParser, articl
                           load_checkpoint, load_state, plain_warnings, prepare_output_dir,
                           resolve_device, rollout, side_by_side, write_animation)
 from .atomic import atomic_write, atomic_write_json
+from .cpu_threads import default_threads
 from .run_folder import LOCK_FILENAME, FolderBusyError, RunFolderLock
 from .run_signals import (_StopFlag, _WorkerWatch, _dead_workers, _is_worker_death,
                           _start_workers, _stop_workers, _worker_init)
@@ -154,7 +155,7 @@ class TrainConfig:
     test_fraction: float = 0.2   # groups (gXX) per class held out for validation; 0: no split
     split_dir: Optional[str] = None  # folder of UCF-101 split lists (trainlist0N.txt, ...)
     split_index: int = 1
-    threads: Optional[int] = None  # torch intra-op CPU threads (default: torch's choice)
+    threads: Optional[int] = None  # torch intra-op CPU threads (default: the free cores)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the preset filled in for every option left unset."""
@@ -486,6 +487,13 @@ class Trainer:
             self._claim_output(resume, overwrite)
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
+            self.threads_reason = "--threads"
+        elif self.device.type == "cpu" and self.world == 1:
+            n, why = default_threads()
+            torch.set_num_threads(n)
+            self.threads_reason = why
+        else:
+            self.threads_reason = "torch's default"
         seed_everything(cfg.seed + self.rank)
 
         # -- data
@@ -1140,7 +1148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--threads", type=int,
-                   help="CPU threads for torch ops (default: torch's; 1 on a busy machine)")
+                   help="CPU threads for torch ops (default: the cores free when the run starts)")
     p.add_argument("--test-fraction", type=float,
                    help="share of each class's groups (gXX) held out for validation (0.2); "
                         "0: validate on the training videos")
@@ -1250,6 +1258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if trainer.main:
                 print(f"training {cfg.model} ({cfg.preset}): {cfg.steps} steps of "
                       f"{cfg.batch_size} x {trainer.world} clips on {trainer.device}"
+                      + (f" ({torch.get_num_threads()} threads: {trainer.threads_reason})"
+                         if trainer.device.type == "cpu" else "") +
                       f"{' (fused ops)' if cfg.fused else ' (reference ops)'}; data "
                       f"{trainer.data_root} ({len(trainer.train_ds)} training clips); output "
                       f"{cfg.out}" + (f"; resumed at step {trainer.step} from {resume}"

@@ -177,3 +177,78 @@ def test_module_uses_layer_and_matches_reference_module():
         res[fused] = [y, states[-1][1], x.grad] + [q.grad for q in m.parameters()]
     for a, b in zip(res[True], res[False]):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+_COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy")
+
+
+def _copy_ops(T, amp, channels_last):
+    """Layout/dtype copies in one forward + backward of a two-layer ConvLSTM over T steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pyframepred.nn import ConvLSTM
+    torch.manual_seed(0)
+    m = ConvLSTM(4, [8, 8], 3)
+    x = torch.randn(2 * T, 4, 12, 12)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.view(2, T, 4, 12, 12)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out, _ = m(x)
+        out.float().sum().backward()
+    return sum(e.name in _COPIES for e in prof.events())
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_no_copies_per_step(amp, channels_last):
+    """Layout and dtype conversions happen once per layer (input, weights, output), never per
+    step: doubling the sequence leaves their number unchanged, forward and backward."""
+    assert _copy_ops(3, amp, channels_last) == _copy_ops(6, amp, channels_last)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+def test_cuda_layer_matches_reference_and_graph_capture(amp):
+    """On a GPU: the layer (float32, and bf16 autocast with a float32 cell state) equals the
+    step-by-step reference, and its rollout holds no host synchronisation, so a CUDA graph
+    captures a whole forward + backward that replays to the same values."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from pyframepred.nn import ConvLSTM
+    torch.manual_seed(0)
+    m = ConvLSTM(4, [16, 16], 3).cuda()
+    ref = ConvLSTM(4, [16, 16], 3, fused=False).cuda()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 5, 4, 16, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        out, states = m(x)
+        out_ref, _ = ref(x)
+    tol = dict(atol=3e-2, rtol=3e-2) if amp else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.float(), out_ref.float(), **tol)
+    if amp:
+        assert out.dtype == torch.bfloat16 and states[-1][1].dtype == torch.float32
+    static_x = x.clone()
+    params = list(m.parameters())
+
+    def step():  # (autocast's cast cache must be off under graph capture)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+            o, _ = m(static_x)
+        return torch.autograd.grad(o.float().square().sum(), params)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()  # warm-up outside the capture (allocator, cuDNN plans)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        grads = step()
+    eager = step()
+    static_x.copy_(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    for g, e in zip(grads, eager):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)

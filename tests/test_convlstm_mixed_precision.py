@@ -33,11 +33,20 @@ def _d(t):
     return None if t is None else t.double()
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))]
+
+
+def _to(device, *ts):
+    return [None if t is None else t.to(device) for t in ts]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW, ids=LOW_ID.get)
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("has_h,peephole", [(True, True), (False, False), (True, False)])
-def test_cell_forward_mixed(dtype, cl, has_h, peephole):
-    xg, hg, cp, b, pw = _cell_inputs(dtype, cl, has_h, peephole)
+def test_cell_forward_mixed(device, dtype, cl, has_h, peephole):
+    xg, hg, cp, b, pw = _to(device, *_cell_inputs(dtype, cl, has_h, peephole))
     h, c = ops.convlstm_gates(xg, hg, cp, b, pw)
     assert h.dtype == dtype and c.dtype == torch.float32
     h_ref, c_ref = reference.convlstm_gates(_d(xg), _d(hg), _d(cp), _d(b), _d(pw))
@@ -49,14 +58,15 @@ def test_cell_forward_mixed(dtype, cl, has_h, peephole):
         assert c.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW, ids=LOW_ID.get)
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "channels_last"])
-def test_cell_backward_mixed(dtype, cl):
-    xg, hg, cp, b, pw = _cell_inputs(dtype, cl)
+def test_cell_backward_mixed(device, dtype, cl):
+    xg, hg, cp, b, pw = _to(device, *_cell_inputs(dtype, cl))
     leaves = [t.clone().requires_grad_(True) for t in (xg, hg, cp, b, pw)]
     h, c = ops.convlstm_gates(*leaves)
     g = torch.Generator().manual_seed(3)
-    gh, gc = torch.randn(h.shape, generator=g), torch.randn(c.shape, generator=g)
+    gh, gc = _to(device, torch.randn(h.shape, generator=g), torch.randn(c.shape, generator=g))
     ((h.float() * gh).sum() + (c * gc).sum()).backward()
     ref_leaves = [t.double().requires_grad_(True) for t in (xg, hg, cp, b, pw)]
     hr, cr = reference.convlstm_gates(*ref_leaves)
