@@ -7,9 +7,16 @@ PYFRAMEPRED_CUDA=1|0     force the CUDA kernels on or off (default: on when the 
 TORCH_CUDA_ARCH_LIST     GPU architectures to compile for (default "8.0;9.0").
 CUDA_HOME                CUDA toolkit folder; found from nvcc when unset.
 MAX_JOBS                 parallel compile jobs (ninja).
+
+The CPU kernels (csrc/cpu/*_cpu.cpp) are compiled once per instruction-set level of
+csrc/cpu/isa_levels.txt (on x86-64: default, avx2, avx512; elsewhere: default), the list CMake reads
+too; the library picks the best level the running CPU supports when it is loaded.
+PYFRAMEPRED_CPU_ISA is a run-time setting (it caps that choice), not a build switch.
 """
+import copy
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -105,28 +112,29 @@ def _announce(msg):
             pass
 
 
-def _cpu_isa():
-    """SIMD level the CPU kernels are compiled for: avx2 when this (x86-64) machine has it.
+def _cpu_levels(compiler_is_msvc=False):
+    """[(LEVEL, flags)] of csrc/cpu/isa_levels.txt that this build compiles, lowest first.
 
-    The package is built from source on the machine that runs it; PYFRAMEPRED_CPU_ISA=default
-    builds portable kernels instead.
+    Levels marked x86_64 need an x86-64 target and GCC/Clang-style flags.
     """
-    isa = os.environ.get("PYFRAMEPRED_CPU_ISA", "").strip().lower()
-    if isa in ("default", "avx2"):
-        return isa
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return "default"
-    return "avx2" if all(f" {f}" in flags for f in ("avx2", "fma", "f16c")) else "default"
+    x86 = platform.machine().lower() in ("x86_64", "amd64") and not compiler_is_msvc
+    levels = []
+    with open(os.path.join(HERE, "csrc", "cpu", "isa_levels.txt")) as fh:
+        for line in fh:
+            words = line.split("#", 1)[0].split()
+            if not words:
+                continue
+            level, arch, flags = words[0], words[1], words[2:]
+            if arch == "any" or (arch == "x86_64" and x86):
+                levels.append((level, flags))
+    return levels
 
 
-def _write_build_config(torch, isa, use_cuda, cuda_reason):
+def _write_build_config(torch, levels, use_cuda, cuda_reason):
     path = os.path.join(HERE, "pyframepred", "_build_config.py")
     text = ("# Written by setup.py when the extension is built; do not edit.\n"
             f"TORCH_VERSION = {torch.__version__.split('+')[0]!r}\n"
-            f"CPU_ISA = {isa!r}\n"
+            f"CPU_ISA_LEVELS = {tuple(name.lower() for name, _ in levels)!r}\n"
             f"WITH_CUDA = {bool(use_cuda)!r}\n"
             f"CUDA_REASON = {cuda_reason!r}\n")
     with open(path, "w") as fh:
@@ -146,18 +154,17 @@ def _extensions():
     use_cuda, cuda_reason = _want_cuda(torch)
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # The CPU kernel sources are compiled once per ISA level by _BuildExt (below); the rest,
+    # csrc/cpu/dispatch.cpp among them, once with the portable flags.
+    kernel_sources = sorted(glob.glob("csrc/cpu/*_cpu.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(
+        f for f in glob.glob("csrc/cpu/*.cpp") if f not in kernel_sources)
+    levels = _cpu_levels(compiler_is_msvc=sys.platform == "win32")
     base_version = torch.__version__.split("+")[0]
     define_macros = [("PYFRAMEPRED_TORCH_VERSION", f'"{base_version}"'),
                      ("Py_LIMITED_API", "0x030A0000")]
+    define_macros += [(f"PYFRAMEPRED_CPU_LEVEL_{name}", None) for name, _ in levels[1:]]
     cxx_flags = ["-O3", "-fdiagnostics-color=always"]  # the C++ standard is torch's choice
-    isa = _cpu_isa()
-    if isa == "avx2":
-        # at::vec::Vectorized picks its AVX2 implementation from these macros (as ATen's own
-        # per-capability kernel builds do); the exp/tanh it calls come from libtorch's Sleef.
-        cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    else:
-        cxx_flags += ["-DCPU_CAPABILITY=DEFAULT"]
     # at::parallel_for only spreads work over threads when the kernels are compiled with the
     # parallel backend torch itself uses; without -fopenmp it silently runs on one thread. The
     # extension then resolves libgomp.so.1 to the copy torch has already loaded.
@@ -165,10 +172,17 @@ def _extensions():
     if _openmp_backend(torch):
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
-    _announce(f"building CPU kernels ({isa}, "
-              f"{'OpenMP threads' if link_flags else 'single-threaded'}); CUDA kernels: "
-              f"{'yes' if use_cuda else 'no'} ({cuda_reason})")
-    _write_build_config(torch, isa, use_cuda, cuda_reason)
+    names = ", ".join(name.lower() for name, _ in levels)
+    _announce(f"building CPU kernels for {names} (the best one the CPU supports is chosen when "
+              f"the library loads; {'OpenMP threads' if link_flags else 'single-threaded'}); "
+              f"CUDA kernels: {'yes' if use_cuda else 'no'} ({cuda_reason})")
+    if os.environ.get("PYFRAMEPRED_CPU_ISA"):
+        _announce("PYFRAMEPRED_CPU_ISA is read when the library loads, not at build time: "
+                  "every level above is compiled")
+    _write_build_config(torch, levels, use_cuda, cuda_reason)
+    # Rebuild when a kernel source or header changes (the kernels are not in `sources`).
+    depends = kernel_sources + sorted(glob.glob("csrc/**/*.h", recursive=True)) + sorted(
+        glob.glob("csrc/cuda/*.cuh")) + ["csrc/cpu/isa_levels.txt"]
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -178,21 +192,60 @@ def _extensions():
             include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": cxx_flags,
                                 "nvcc": ["-O3", "-lineinfo"]},
-            extra_link_args=link_flags)
+            extra_link_args=link_flags, depends=depends)
     else:
         ext = CppExtension(
             "pyframepred._C", sources, define_macros=define_macros, py_limited_api=True,
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags, depends=depends)
+    ext.pf_cpu_kernels = (kernel_sources, levels)
     return [ext]
+
+
+def _build_ext_class():
+    """BuildExtension that first compiles each CPU kernel source once per ISA level, each level
+    with its own flags and into its own folder, and links those objects after the extension's
+    other objects, lowest level first (see csrc/cpu/dispatch.cpp on why the order matters).
+
+    It goes through the compiler object BuildExtension has set up, so the torch flags, the ninja
+    build (one build.ninja per level folder, incremental) and the plain setuptools build all apply.
+    """
+    from torch.utils.cpp_extension import BuildExtension
+
+    base = BuildExtension.with_options(use_ninja=True)
+
+    class _BuildExt(base):
+        def build_extension(self, ext):
+            kernels = getattr(ext, "pf_cpu_kernels", None)
+            if kernels is not None:
+                kernel_sources, levels = kernels
+                if not hasattr(ext, "pf_extra_objects"):
+                    ext.pf_extra_objects = list(ext.extra_objects or [])
+                objects = []
+                for name, flags in levels:
+                    extra = flags + [f"-DCPU_CAPABILITY={name}"]
+                    if name != "DEFAULT":
+                        extra.append(f"-DCPU_CAPABILITY_{name}")
+                    args = copy.deepcopy(ext.extra_compile_args)
+                    if isinstance(args, dict):
+                        args["cxx"] = args["cxx"] + extra
+                    else:
+                        args = args + extra
+                    objects += self.compiler.compile(
+                        kernel_sources, output_dir=os.path.join(self.build_temp, f"cpu-{name}"),
+                        macros=ext.define_macros, include_dirs=ext.include_dirs,
+                        debug=self.debug, extra_postargs=args, depends=ext.depends)
+                ext.extra_objects = ext.pf_extra_objects + objects
+            super().build_extension(ext)
+
+    return _BuildExt
 
 
 def main():
     ext_modules = _extensions()  # first: it fixes CUDA_HOME before cpp_extension is imported
-    from torch.utils.cpp_extension import BuildExtension
 
     setup(ext_modules=ext_modules,
-          cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+          cmdclass={"build_ext": _build_ext_class()},
           options={"bdist_wheel": {"py_limited_api": "cp310"}})
 
 

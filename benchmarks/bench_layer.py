@@ -221,9 +221,9 @@ def machine_info(malloc_tuned: bool) -> dict:
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
            if f" {f}" in flags]
     from pyframepred import _extension  # noqa: F401
-    try:
-        from pyframepred import _build_config
-        built_isa = _build_config.CPU_ISA
+    try:  # the level the CPU kernels run at (chosen at load time from the CPU)
+        from pyframepred.ops import cpu_isa
+        built_isa = cpu_isa()
     except ImportError:
         built_isa = "unknown"
     return {"date": date.today().isoformat(), "cpu": model, "cpu_isa_flags": isa,

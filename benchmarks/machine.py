@@ -99,7 +99,11 @@ def _build_config() -> dict:
         from pyframepred import _build_config as cfg
     except ImportError:
         return {}
-    return {"cpu_isa": cfg.CPU_ISA, "with_cuda": cfg.WITH_CUDA, "built_with_torch": cfg.TORCH_VERSION}
+    from pyframepred.ops import cpu_isa
+
+    # cpu_isa: the level the CPU kernels run at (chosen at load time; the build has every level).
+    return {"cpu_isa": cpu_isa(), "cpu_isa_levels": list(cfg.CPU_ISA_LEVELS),
+            "with_cuda": cfg.WITH_CUDA, "built_with_torch": cfg.TORCH_VERSION}
 
 
 def _load() -> float | None:

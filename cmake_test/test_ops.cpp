@@ -172,7 +172,26 @@ void check_device(const at::Device& device) {
 }  // namespace
 
 int main() {
-  check_device(at::kCPU);
+  // The CPU checks at every ISA level this CPU runs (the switch is the tests' private op).
+  const std::string chosen = pyframepred::cpu_isa();
+  std::printf("-- CPU kernels chosen at load: %s\n", chosen.c_str());
+  auto set_isa = c10::Dispatcher::singleton()
+                     .findSchemaOrThrow("pyframepred::_set_cpu_isa", "")
+                     .typed<std::string(c10::string_view)>();
+  bool chosen_compiled = false;
+  for (const std::string& level : pyframepred::cpu_isa_levels()) {
+    chosen_compiled = chosen_compiled || level == chosen;
+    try {
+      set_isa.call(level);
+    } catch (const c10::Error& e) {
+      std::printf("-- cpu %s: skipped (%s)\n", level.c_str(), e.what_without_backtrace());
+      continue;
+    }
+    std::printf("-- cpu kernels at %s\n", level.c_str());
+    check_device(at::kCPU);
+  }
+  expect(chosen_compiled, "load-time level is a compiled one");
+  set_isa.call(chosen);
 #ifdef PYFRAMEPRED_WITH_CUDA
   if (torch::cuda::is_available()) {
     check_device(at::Device(at::kCUDA, 0));

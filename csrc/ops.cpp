@@ -36,4 +36,11 @@ TORCH_LIBRARY(pyframepred, m) {
       "gdl_loss_backward(Tensor grad_out, Tensor pred, Tensor target, float alpha, int reduction, "
       "bool target_grad) -> (Tensor grad_pred, Tensor grad_target)",
       {at::Tag::flexible_layout});
+  // The instruction-set level of the CPU kernels (csrc/cpu/dispatch.cpp): the one in use
+  // ("default", "avx2" or "avx512"), the ones compiled into this build, and a switch that returns
+  // the previous level (for tests and benchmarks; chosen at load time from the CPU and
+  // PYFRAMEPRED_CPU_ISA otherwise).
+  m.def("cpu_isa() -> str");
+  m.def("cpu_isa_levels() -> str[]");
+  m.def("_set_cpu_isa(str level) -> str");
 }

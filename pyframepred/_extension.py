@@ -11,15 +11,6 @@ _REBUILD = ("Rebuild it against the installed torch, from the source folder:\n"
             "    pip install --no-build-isolation --force-reinstall --no-deps .")
 
 
-def _cpu_has_avx2() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return True  # cannot tell: let the import decide
-    return all(f" {f}" in flags for f in ("avx2", "fma", "f16c"))
-
-
 def _installed_elsewhere():
     """The folder of another pyframepred on sys.path that has the compiled extension, when this
     one (a source checkout, say) has none; else None."""
@@ -38,9 +29,8 @@ def load():
         config = importlib.import_module("pyframepred._build_config")
     except ImportError:
         config = None
-    if config is not None and config.CPU_ISA == "avx2" and not _cpu_has_avx2():
-        raise ImportError("pyframepred's CPU kernels were compiled for AVX2, which this processor "
-                          "lacks. Build portable kernels with PYFRAMEPRED_CPU_ISA=default. " + _REBUILD)
+    # No instruction-set check here: the CPU kernels are compiled for every level and the
+    # library picks one the processor supports when it loads (csrc/cpu/dispatch.cpp).
     try:
         module = importlib.import_module("pyframepred._C")
     except ImportError as exc:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -11,3 +13,42 @@ requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# CPU kernel tests at every ISA level (csrc/cpu/dispatch.cpp). A module marked `cpu_isa` runs each
+# of its tests once per level -- default, avx2, avx512 -- switching the kernels with
+# pyframepred.ops._set_cpu_isa; a level this CPU cannot run is skipped with the feature it lacks.
+# Tests of registration rather than arithmetic (torch.compile, opcheck) and of the CUDA kernels
+# run once, at the level chosen at load time.
+CPU_ISA_LEVELS = ("default", "avx2", "avx512")
+_ONCE = re.compile(r"compile|opcheck|cuda|bad_input|source_folder|extension_is")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_isa: run each test at every CPU ISA level")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("cpu_isa") and not _ONCE.search(
+            metafunc.function.__name__):
+        metafunc.parametrize("cpu_isa_level", CPU_ISA_LEVELS, indirect=True,
+                             ids=[f"isa-{lvl}" for lvl in CPU_ISA_LEVELS])
+
+
+@pytest.fixture(autouse=True)
+def cpu_isa_level(request):
+    """The CPU ISA level a test runs at (None: the one chosen at load time)."""
+    level = getattr(request, "param", None)
+    if level is None:
+        yield None
+        return
+    from pyframepred.ops import _set_cpu_isa
+
+    try:
+        previous = _set_cpu_isa(level)
+    except RuntimeError as exc:
+        pytest.skip(str(exc).splitlines()[0])
+    try:
+        yield level
+    finally:
+        _set_cpu_isa(previous)

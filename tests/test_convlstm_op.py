@@ -12,6 +12,9 @@ import pyframepred
 from pyframepred import ops, reference
 from conftest import CUDA, requires_cuda
 
+# The CPU kernel tests run at every CPU ISA level (conftest.py).
+pytestmark = pytest.mark.cpu_isa
+
 FWD = torch.ops.pyframepred.convlstm_gates_forward
 BWD = torch.ops.pyframepred.convlstm_gates_backward
 

@@ -11,6 +11,9 @@ from pyframepred.nn import GDLLoss
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
+# The CPU kernel tests run at every CPU ISA level (conftest.py).
+pytestmark = pytest.mark.cpu_isa
+
 # (shape) covering 2-d input, H or W = 1, odd sizes (SIMD tails), batch dims, several row bands
 # per image on the CPU (H * W > 16384).
 SHAPES = [

@@ -7,17 +7,21 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
 
 #include "convlstm.h"
 #include "convlstm_host.h"
+#include "cpu/kernels.h"
 #include "cpu/vec_utils.h"
 
+PYFRAMEPRED_DECLARE_CPU_KERNELS(CPU_CAPABILITY)
+
+// Compiled once per ISA level: everything here is in pyframepred::cpu::<level> (cpu/kernels.h).
 namespace pyframepred {
 namespace cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 // One strided operand as rows: a pointer to a row's first element (`at`), the step between two elements
@@ -337,11 +341,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
 }
 
 }  // namespace
+
+// This level's kernels, registered by cpu/dispatch.cpp.
+const ConvLSTMKernels convlstm_kernels{&convlstm_gates_forward_cpu, &convlstm_gates_backward_cpu};
+
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
-
-TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
-  m.impl("convlstm_gates_forward", &cpu::convlstm_gates_forward_cpu);
-  m.impl("convlstm_gates_backward", &cpu::convlstm_gates_backward_cpu);
-}
-
 }  // namespace pyframepred

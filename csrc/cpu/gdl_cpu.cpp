@@ -13,16 +13,20 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
+#include "cpu/kernels.h"
 #include "cpu/vec_utils.h"
 #include "gdl.h"
 #include "gdl_host.h"
 
+PYFRAMEPRED_DECLARE_CPU_KERNELS(CPU_CAPABILITY)
+
+// Compiled once per ISA level: everything below is in pyframepred::cpu::<level> (cpu/kernels.h)
+// but for the GdlFn specialisation, whose at::vec::Vectorized type is itself per level.
 namespace pyframepred {
 
 template <typename A>
@@ -40,6 +44,7 @@ struct GdlFn<at::vec::Vectorized<A>> {
 };
 
 namespace cpu {
+namespace CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kBandElems = 16384;
@@ -379,11 +384,10 @@ std::tuple<at::Tensor, at::Tensor> gdl_loss_backward_cpu(const at::Tensor& grad_
 }
 
 }  // namespace
+
+// This level's kernels, registered by cpu/dispatch.cpp.
+const GdlKernels gdl_kernels{&gdl_loss_forward_cpu, &gdl_loss_backward_cpu};
+
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
-
-TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
-  m.impl("gdl_loss_forward", &cpu::gdl_loss_forward_cpu);
-  m.impl("gdl_loss_backward", &cpu::gdl_loss_backward_cpu);
-}
-
 }  // namespace pyframepred

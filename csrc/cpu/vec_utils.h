@@ -37,6 +37,7 @@ struct Fn<at::vec::Vectorized<double>> {
 };
 
 namespace cpu {
+namespace CPU_CAPABILITY {  // one copy per ISA level (cpu/kernels.h)
 
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
@@ -127,5 +128,6 @@ inline typename V::value_type hsum(const V& v) {
   return s;
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace pyframepred

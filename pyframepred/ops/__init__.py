@@ -5,7 +5,8 @@ registers its fake (meta) kernel and its autograd formula, and exposes a Python 
 same semantics as its plain-PyTorch twin in :mod:`pyframepred.reference`.
 """
 from ._convlstm import convlstm_gates
+from ._cpu_isa import _set_cpu_isa, cpu_isa, cpu_isa_levels
 from ._gdl import gdl_loss
 from ._layer import convlstm_layer
 
-__all__ = ["convlstm_gates", "convlstm_layer", "gdl_loss"]
+__all__ = ["convlstm_gates", "convlstm_layer", "cpu_isa", "cpu_isa_levels", "gdl_loss"]

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace pyframepred {
 
@@ -81,6 +82,23 @@ inline at::Tensor gdl_loss(const at::Tensor& pred, const at::Tensor& target, dou
   TORCH_CHECK(code >= 0, "gdl_loss: reduction must be 'none', 'mean' or 'sum', got '", reduction,
               "'");
   return op.call(pred, target, alpha, code);
+}
+
+// The instruction-set level the CPU kernels run at: "default", "avx2" or "avx512" -- the best one
+// the CPU supports, chosen when the library loads, at most the one the environment variable
+// PYFRAMEPRED_CPU_ISA names. cpu_isa_levels(): the levels compiled into the library.
+inline std::string cpu_isa() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyframepred::cpu_isa", "")
+                       .typed<std::string()>();
+  return op.call();
+}
+
+inline std::vector<std::string> cpu_isa_levels() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("pyframepred::cpu_isa_levels", "")
+                       .typed<std::vector<std::string>()>();
+  return op.call();
 }
 
 }  // namespace pyframepred

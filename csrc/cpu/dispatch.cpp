@@ -1,0 +1,281 @@
+// Runtime choice of the CPU kernels' instruction-set level.
+//
+// The kernel sources csrc/cpu/<op>_cpu.cpp are compiled once per level of isa_levels.txt
+// (DEFAULT: portable; AVX2: avx2+fma+f16c; AVX512: avx512f/bw/vl/dq+fma, x86-64 only), each copy
+// in its own namespace pyframepred::cpu::<LEVEL> (cpu/kernels.h). This file is compiled once,
+// with the portable flags: it registers the CPU kernels with the dispatcher and forwards each
+// call through the table of the selected level.
+//
+// Selection, when the library is loaded: the highest compiled level that the running CPU and the
+// operating system support (cpuid for the instructions; XCR0, read with xgetbv, for the OS saving
+// the AVX and AVX-512 register state -- a CPU with AVX-512 under an OS that does not enable it
+// cannot use it), capped by the environment variable PYFRAMEPRED_CPU_ISA (default | avx2 |
+// avx512, any case). A value that names no level, or a level this build or CPU lacks, is not an
+// error: one line on stderr says so and the best supported level (at most the one asked for) is
+// used. At run time pyframepred::cpu_isa() names the level in use, cpu_isa_levels() the compiled
+// ones, and _set_cpu_isa(level) switches (tests and benchmarks; it raises on a level that cannot
+// run here).
+//
+// Linking: where objects of several levels instantiate the same inline function of a header
+// (c10, ATen, std, our *_host.h) the linker keeps one copy, the first it sees. Both builds link
+// the portable objects first (this file and the other sources, then the DEFAULT kernels, then
+// AVX2, then AVX512), so the copy kept is the one compiled for the lowest level that uses it;
+// tests/test_cpu_isa.py disassembles the built library to check that no code outside the AVX2 and
+// AVX512 kernels uses AVX or AVX-512 instructions.
+#include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cctype>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#define PYFRAMEPRED_X86_CPUID 1
+#endif
+
+#include "cpu/kernels.h"
+
+PYFRAMEPRED_DECLARE_CPU_KERNELS(DEFAULT)
+#ifdef PYFRAMEPRED_CPU_LEVEL_AVX2
+PYFRAMEPRED_DECLARE_CPU_KERNELS(AVX2)
+#endif
+#ifdef PYFRAMEPRED_CPU_LEVEL_AVX512
+PYFRAMEPRED_DECLARE_CPU_KERNELS(AVX512)
+#endif
+
+namespace pyframepred {
+namespace cpu {
+namespace {
+
+enum Level : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2, kNumLevels = 3 };
+constexpr const char* kNames[kNumLevels] = {"default", "avx2", "avx512"};
+
+struct LevelTables {
+  const ConvLSTMKernels* convlstm;
+  const GdlKernels* gdl;
+};
+
+// Null where a level is not compiled (non-x86 builds, MSVC).
+constexpr LevelTables kTables[kNumLevels] = {
+    {&DEFAULT::convlstm_kernels, &DEFAULT::gdl_kernels},
+#ifdef PYFRAMEPRED_CPU_LEVEL_AVX2
+    {&AVX2::convlstm_kernels, &AVX2::gdl_kernels},
+#else
+    {nullptr, nullptr},
+#endif
+#ifdef PYFRAMEPRED_CPU_LEVEL_AVX512
+    {&AVX512::convlstm_kernels, &AVX512::gdl_kernels},
+#else
+    {nullptr, nullptr},
+#endif
+};
+
+bool compiled(int level) { return kTables[level].convlstm != nullptr; }
+
+std::string compiled_list() {
+  std::string s;
+  for (int l = 0; l < kNumLevels; ++l) {
+    if (compiled(l)) s += (s.empty() ? "" : ", ") + std::string(kNames[l]);
+  }
+  return s;
+}
+
+// What the running CPU (and OS) offers.
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false, os_avx = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, os_avx512 = false;
+};
+
+CpuFeatures detect() {
+  CpuFeatures f;
+#ifdef PYFRAMEPRED_X86_CPUID
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = (c >> 27) & 1;  // the OS uses XSAVE: xgetbv may be executed
+  const bool avx = (c >> 28) & 1;
+  f.fma = (c >> 12) & 1;
+  f.f16c = (c >> 29) & 1;
+  if (osxsave && avx) {
+    unsigned lo = 0, hi = 0;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    const uint64_t xcr0 = (uint64_t(hi) << 32) | lo;
+    f.os_avx = (xcr0 & 0x6) == 0x6;        // XMM and YMM state
+    f.os_avx512 = (xcr0 & 0xe6) == 0xe6;   // + opmask, ZMM0-15 upper halves, ZMM16-31
+  }
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    f.avx2 = (b >> 5) & 1;
+    f.avx512f = (b >> 16) & 1;
+    f.avx512dq = (b >> 17) & 1;
+    f.avx512bw = (b >> 30) & 1;
+    f.avx512vl = (b >> 31) & 1;
+  }
+#endif
+  return f;
+}
+
+// Why the running CPU cannot run `level` (the first feature it lacks), or nullptr if it can.
+const char* missing_feature(int level) {
+  static const CpuFeatures f = detect();
+  if (level >= kAvx2) {
+#ifndef PYFRAMEPRED_X86_CPUID
+    return "x86-64 (this is not an x86-64 CPU)";
+#endif
+    if (!f.avx2) return "avx2";
+    if (!f.fma) return "fma";
+    if (!f.f16c) return "f16c";
+    if (!f.os_avx) return "OS support for the AVX register state (XCR0)";
+  }
+  if (level >= kAvx512) {
+    if (!f.avx512f) return "avx512f";
+    if (!f.avx512bw) return "avx512bw";
+    if (!f.avx512vl) return "avx512vl";
+    if (!f.avx512dq) return "avx512dq";
+    if (!f.os_avx512) return "OS support for the AVX-512 register state (XCR0)";
+  }
+  return nullptr;
+}
+
+int best_level() {
+  for (int l = kNumLevels - 1; l > kDefault; --l) {
+    if (compiled(l) && missing_feature(l) == nullptr) return l;
+  }
+  return kDefault;
+}
+
+// The level named `s` (any case, surrounding blanks ignored), or -1.
+int parse_level(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  std::string v;
+  for (size_t i = b; i < e; ++i) v += static_cast<char>(std::tolower(static_cast<unsigned char>(s[i])));
+  for (int l = 0; l < kNumLevels; ++l) {
+    if (v == kNames[l]) return l;
+  }
+  return -1;
+}
+
+int choose_at_load() {
+  const int best = best_level();
+  const char* env = std::getenv("PYFRAMEPRED_CPU_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  const int want = parse_level(env);
+  if (want < 0) {
+    std::fprintf(stderr,
+                 "pyframepred: warning: ignoring PYFRAMEPRED_CPU_ISA=%s (not one of default, avx2, "
+                 "avx512); using the CPU kernels for %s\n",
+                 env, kNames[best]);
+    return best;
+  }
+  if (want > best) {
+    const char* why = compiled(want) ? missing_feature(want) : nullptr;
+    std::string reason = why != nullptr ? std::string("this CPU lacks ") + why
+                                        : "this build has no " + std::string(kNames[want]) +
+                                              " kernels (it has " + compiled_list() + ")";
+    std::fprintf(stderr, "pyframepred: warning: PYFRAMEPRED_CPU_ISA=%s but %s; using %s\n", env,
+                 reason.c_str(), kNames[best]);
+    return best;
+  }
+  return want;
+}
+
+std::atomic<int> g_level{-1};
+
+int init_level() {
+  static const int chosen = [] {
+    const int l = choose_at_load();
+    g_level.store(l, std::memory_order_relaxed);
+    return l;
+  }();
+  return chosen;
+}
+
+// Chosen when the library is loaded (so that a PYFRAMEPRED_CPU_ISA warning shows at once).
+[[maybe_unused]] const int g_init = init_level();
+
+inline const LevelTables& current() {
+  int l = g_level.load(std::memory_order_relaxed);
+  if (C10_UNLIKELY(l < 0)) {
+    init_level();
+    l = g_level.load(std::memory_order_relaxed);
+  }
+  return kTables[l];
+}
+
+// A registered CPU kernel: calls the selected level's kernel (member kKernel of the table that
+// member kFamily of LevelTables points to).
+template <typename Sig>
+struct Forward;
+
+template <typename R, typename... A>
+struct Forward<R(A...)> {
+  template <auto kFamily, auto kKernel>
+  static R call(A... a) {
+    return ((current().*kFamily)->*kKernel)(a...);
+  }
+};
+
+std::string cpu_isa_op() {
+  current();
+  return kNames[g_level.load(std::memory_order_relaxed)];
+}
+
+std::vector<std::string> cpu_isa_levels_op() {
+  std::vector<std::string> out;
+  for (int l = 0; l < kNumLevels; ++l) {
+    if (compiled(l)) out.emplace_back(kNames[l]);
+  }
+  return out;
+}
+
+// Switches to `level` and returns the previous one; raises on a level that cannot run here.
+std::string set_cpu_isa_op(c10::string_view level) {
+  const std::string name(level);
+  const int l = parse_level(name);
+  TORCH_CHECK(l >= 0, "_set_cpu_isa: '", name,
+              "' is not a CPU ISA level; expected one of default, avx2, avx512");
+  TORCH_CHECK(compiled(l), "_set_cpu_isa: this build has no ", kNames[l], " kernels (it has ",
+              compiled_list(), ")");
+  const char* why = missing_feature(l);
+  TORCH_CHECK(why == nullptr, "_set_cpu_isa: ", kNames[l], " needs ", why,
+              ", which this CPU lacks");
+  const std::string previous = cpu_isa_op();
+  g_level.store(l, std::memory_order_relaxed);
+  return previous;
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
+  using cpu::ConvLSTMKernels;
+  using cpu::Forward;
+  using cpu::GdlKernels;
+  using cpu::LevelTables;
+  m.impl("convlstm_gates_forward",
+         &Forward<ConvLSTMGatesForwardSig>::call<&LevelTables::convlstm,
+                                                 &ConvLSTMKernels::gates_forward>);
+  m.impl("convlstm_gates_backward",
+         &Forward<ConvLSTMGatesBackwardSig>::call<&LevelTables::convlstm,
+                                                  &ConvLSTMKernels::gates_backward>);
+  m.impl("gdl_loss_forward",
+         &Forward<cpu::GdlForwardSig>::call<&LevelTables::gdl, &GdlKernels::loss_forward>);
+  m.impl("gdl_loss_backward",
+         &Forward<cpu::GdlBackwardSig>::call<&LevelTables::gdl, &GdlKernels::loss_backward>);
+}
+
+// The level queries take no tensor: registered for every backend.
+TORCH_LIBRARY_IMPL(pyframepred, CompositeExplicitAutograd, m) {
+  m.impl("cpu_isa", &cpu::cpu_isa_op);
+  m.impl("cpu_isa_levels", &cpu::cpu_isa_levels_op);
+  m.impl("_set_cpu_isa", &cpu::set_cpu_isa_op);
+}
+
+}  // namespace pyframepred

@@ -1,0 +1,44 @@
+// The CPU kernels as seen by the dispatcher of csrc/cpu/dispatch.cpp: one table of function
+// pointers per kernel source and ISA level.
+//
+// Each csrc/cpu/<op>_cpu.cpp is compiled once per level of csrc/cpu/isa_levels.txt, with
+// CPU_CAPABILITY defined to the level's name (DEFAULT, AVX2, AVX512). Everything such a source
+// defines lives in the namespace pyframepred::cpu::CPU_CAPABILITY (the kernels themselves in an
+// anonymous namespace inside it), so the copies of different levels never share a symbol; the
+// only names they export are the tables below, e.g. pyframepred::cpu::AVX2::gdl_kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+#include "convlstm_dispatch.h"
+
+namespace pyframepred {
+namespace cpu {
+
+using GdlForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t);
+using GdlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                          const at::Tensor&, double, int64_t,
+                                                          bool);
+
+struct ConvLSTMKernels {
+  ConvLSTMGatesForwardSig* gates_forward;
+  ConvLSTMGatesBackwardSig* gates_backward;
+};
+
+struct GdlKernels {
+  GdlForwardSig* loss_forward;
+  GdlBackwardSig* loss_backward;
+};
+
+}  // namespace cpu
+}  // namespace pyframepred
+
+// Declares the tables of level L (defined, constant-initialised, at the end of each kernel source).
+#define PYFRAMEPRED_DECLARE_CPU_KERNELS(L)           \
+  namespace pyframepred::cpu::L {                    \
+  extern const ::pyframepred::cpu::ConvLSTMKernels convlstm_kernels; \
+  extern const ::pyframepred::cpu::GdlKernels gdl_kernels;           \
+  }
