@@ -92,12 +92,6 @@ LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor
               op, ": weight_x must be (4*C, C_in, kh, kw) = (", std::to_string(4 * s.C), ", ",
               std::to_string(s.Cin), ", ", std::to_string(s.kh), ", ", std::to_string(s.kw),
               "), got ", shape_str(wx.sizes()));
-  auto like = [&](const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device().str(),
-                " but x is on ", x.device().str(), "; all inputs must be on one device");
-  };
-  like(wx, "weight_x");
-  like(wh, "weight_h");
   check_float_tensor(x, op, "x");
   check_like(wx, x, op, "weight_x", "x");
   check_like(wh, x, op, "weight_h", "x");
@@ -121,19 +115,19 @@ LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor
   }
   if (defined(h0)) check_like(*h0, x, op, "h0", "x");
   if (defined(bias)) {
-    like(*bias, "bias");
+    check_device(*bias, x, op, "bias", "x");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * s.C, op, ": bias must have shape (4*C,) = (",
                 std::to_string(4 * s.C), ",), got ", shape_str(bias->sizes()));
   }
   if (defined(peephole)) {
-    like(*peephole, "peephole");
+    check_device(*peephole, x, op, "peephole", "x");
     TORCH_CHECK(peephole->dim() == 2 && peephole->size(0) == 3 && peephole->size(1) == s.C, op,
                 ": peephole must have shape (3, C) = (3, ", std::to_string(s.C), "), got ",
                 shape_str(peephole->sizes()));
   }
   for (const auto& [t, name] : {std::make_pair(&h0, "h0"), std::make_pair(&c0, "c0")}) {
     if (!defined(*t)) continue;
-    like(**t, name);
+    check_device(**t, x, op, name, "x");
     TORCH_CHECK((*t)->sizes() == at::IntArrayRef(s.state()), op, ": ", name,
                 " must have shape (N, C, H, W) = (", std::to_string(s.N), ", ",
                 std::to_string(s.C), ", ", std::to_string(s.H), ", ", std::to_string(s.W),

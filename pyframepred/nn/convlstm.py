@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
+from ..ops._common import valid_state_dtype
 
 State = Tuple[Tensor, Tensor]
 IntOrPair = Union[int, Tuple[int, int]]
@@ -129,8 +130,7 @@ def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
     for t in (bias, peephole):
         if t is not None:
             state = torch.promote_types(state, t.dtype)
-    mixed = gate in (torch.float16, torch.bfloat16) and state == torch.float32
-    if not mixed:
+    if not valid_state_dtype(gate, state):
         gate = state = torch.promote_types(gate, state)
 
     def to(t, dtype):
