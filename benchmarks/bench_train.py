@@ -1,6 +1,6 @@
 """Training throughput (clips/s) of each model, fused vs reference ops.
 
-One training step is exactly :meth:`pyframepred.train.Trainer.train_step` (forward, loss,
+One training step is exactly :meth:`pyframepred.training.Trainer.train_step` (forward, loss,
 backward, gradient clipping, Adam; for the multi-scale GAN a discriminator and a generator
 update) at the quick preset's model sizes, batches of 8 clips of 64x64 frames, on a fixed random
 batch (data loading is measured separately, in ``bench_data.py``). ``fused`` switches every op
@@ -39,7 +39,7 @@ import torch
 import machine
 from conftest import full_size, rounds
 from pyframepred.data import synthetic
-from pyframepred.train import Trainer, TrainConfig
+from pyframepred.training import Trainer, TrainConfig
 
 MODELS = ("seq2seq", "autoencoder", "multiscale")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -17,13 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from pyframepred import atomic
-from pyframepred import checkpoint as ckpt_format
-from pyframepred import evaluate as ev
-from pyframepred import predict as pr
-from pyframepred import train as tr
+from pyframepred import io as atomic
+from pyframepred.training import checkpoint as ckpt_format
+from pyframepred.cli import evaluate as ev
+from pyframepred.cli import predict as pr
+from pyframepred.cli import train as tr
+from pyframepred.cli.common import EXIT_WORKER_DIED, EXIT_WRITE_FAILED
+from pyframepred.errors import ConfigError, OutputError
+from pyframepred.training import StepHook, TrainConfig, Trainer
 from pyframepred.data import decode_frames, find_videos, index_videos, synthetic
-from pyframepred.run_folder import RunFolderLock
+from pyframepred.training.run_folder import RunFolderLock
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
@@ -254,7 +257,7 @@ def test_divergence_never_saves_nonfinite_weights(lr, data, tmp_path, capsys):
 
 def test_nonfinite_optimizer_state_is_not_saved(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    orig = tr.Trainer.train_step
+    orig = Trainer.train_step
 
     def step(self, clips):
         res = orig(self, clips)
@@ -263,7 +266,7 @@ def test_nonfinite_optimizer_state_is_not_saved(data, tmp_path, capsys, monkeypa
             st["exp_avg_sq"].fill_(float("inf"))
         return res
 
-    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     rc = tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out),
                   "--val-every", "1", "--steps", "4"] + TINY)
     assert rc == 3
@@ -336,7 +339,7 @@ def test_dead_worker_is_reported_and_last_checkpoint_saved(rep, data, tmp_path):
     assert len(workers) == 2, workers
     os.kill(workers[0], signal.SIGKILL)                   # what the OOM killer does
     err = _finish(proc, seen)
-    assert proc.returncode == tr.EXIT_WORKER_DIED == 4, err
+    assert proc.returncode == EXIT_WORKER_DIED == 4, err
     assert "a data-loading worker died" in err and "--resume" in err, err
     assert "Traceback" not in err, err
     assert ckpt_format.load(out / "last.pt")["step"] >= 2
@@ -371,15 +374,15 @@ def test_a_locked_folder_is_refused(data, tmp_path, capsys):
 
 def test_lock_is_given_back_and_stale_temps_removed(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    cfg = tr.TrainConfig(model="autoencoder", data=str(data), out=str(out), preset="tiny",
+    cfg = TrainConfig(model="autoencoder", data=str(data), out=str(out), preset="tiny",
                          progress=False, steps=2)
-    tr.Trainer(cfg).fit()
+    Trainer(cfg).fit()
     stale = out / ".last.pt.0123abcd.tmp"                  # a save killed half-way
     stale.write_bytes(b"x" * 1000)
-    t = tr.Trainer(dataclasses_replace(cfg, steps=3), resume=out / "last.pt")
+    t = Trainer(dataclasses_replace(cfg, steps=3), resume=out / "last.pt")
     assert not stale.exists()
-    with pytest.raises(tr.CLIError, match="in use"):
-        tr.Trainer(cfg, resume=out / "last.pt")
+    with pytest.raises(OutputError, match="in use"):
+        Trainer(cfg, resume=out / "last.pt")
     t.fit()
     with RunFolderLock(out):                               # fit() gave it back
         pass
@@ -421,23 +424,23 @@ def test_resume_from_best_does_not_replace_a_newer_last(data, tmp_path, monkeypa
 
 def test_lr_given_with_resume_is_applied(data, tmp_path):
     out = tmp_path / "run"
-    cfg = tr.TrainConfig(model="autoencoder", data=str(data), out=str(out), preset="tiny",
+    cfg = TrainConfig(model="autoencoder", data=str(data), out=str(out), preset="tiny",
                          progress=False, steps=2, lr=0.002)
-    tr.Trainer(cfg).fit()
+    Trainer(cfg).fit()
     saved = ckpt_format.load(out / "last.pt")["optimizer"]["param_groups"][0]
-    same = tr.Trainer(dataclasses_replace(cfg, steps=4), resume=out / "last.pt")
+    same = Trainer(dataclasses_replace(cfg, steps=4), resume=out / "last.pt")
     assert same.opt.param_groups[0]["lr"] == saved["lr"]          # not given: as saved
     assert same.opt.param_groups[0]["initial_lr"] == saved["initial_lr"] == 0.002
     same.close()
-    t = tr.Trainer(dataclasses_replace(cfg, steps=4, lr=0.0005), resume=out / "last.pt")
+    t = Trainer(dataclasses_replace(cfg, steps=4, lr=0.0005), resume=out / "last.pt")
     g = t.opt.param_groups[0]
     assert g["initial_lr"] == 0.0005 and t.sched.base_lrs == [0.0005]
-    assert g["lr"] == pytest.approx(0.0005 * t._lr_lambda(2))
+    assert g["lr"] == pytest.approx(0.0005 * t.lr_lambda(2))
     t.fit()
     ck = ckpt_format.load(out / "last.pt")
     assert ck["config"]["lr"] == 0.0005
     assert [r["lr"] for r in ck["history"]["train"][2:]] == pytest.approx(
-        [0.0005 * t._lr_lambda(3), 0.0005 * t._lr_lambda(4)])
+        [0.0005 * t.lr_lambda(3), 0.0005 * t.lr_lambda(4)])
 
 
 def test_seed_must_not_be_negative(data, tmp_path, capsys):
@@ -465,7 +468,7 @@ def test_full_disk_during_a_checkpoint_save(run, tmp_path):
                            str(out / "last.pt"), "--steps", "6", "--no-progress",
                            "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
                           preexec_fn=_limited(limit), timeout=600)
-    assert proc.returncode == tr.EXIT_WRITE_FAILED == 5, proc.stderr
+    assert proc.returncode == EXIT_WRITE_FAILED == 5, proc.stderr
     line = _one_error_line("\n".join(ln for ln in proc.stderr.splitlines()
                                      if not ln.startswith("training ")))
     assert "cannot write the checkpoint" in line and "previous checkpoint is intact" in line

@@ -1,7 +1,7 @@
 """The default CPU thread count follows the cores actually free when a run starts."""
 import pytest
 
-from pyframepred import cpu_threads
+from pyframepred.training import cpu_threads
 
 
 def _fake_stat(monkeypatch, idle_share, cpus=4):

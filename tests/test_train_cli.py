@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyframepred import evaluate as ev
-from pyframepred import predict as pr
-from pyframepred import train as tr
+from pyframepred.cli import evaluate as ev
+from pyframepred.cli import predict as pr
+from pyframepred.cli import train as tr
+from pyframepred.cli.common import EXIT_WORKER_DIED, EXIT_WRITE_FAILED
+from pyframepred.errors import ConfigError, OutputError
+from pyframepred.training import StepHook, TrainConfig, Trainer
 from pyframepred.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +33,7 @@ def data(tmp_path_factory):
 def tiny(model, data, out, **kw):
     args = dict(model=model, data=str(data), out=str(out), preset="tiny", progress=False)
     args.update(kw)
-    return tr.TrainConfig(**args)
+    return TrainConfig(**args)
 
 
 def params(model):
@@ -59,7 +62,7 @@ def test_tensorboard_logging(data, tmp_path):
 
     out = tmp_path / "run"
     cfg = tiny("autoencoder", data, out, steps=4, val_every=2, log_every=1, tensorboard=True)
-    tr.Trainer(cfg).fit()
+    Trainer(cfg).fit()
     acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -70,18 +73,18 @@ def test_tensorboard_logging(data, tmp_path):
 
 @pytest.mark.parametrize("model", ["seq2seq", "autoencoder", "multiscale"])
 def test_resume_gives_same_continuation(model, data, tmp_path):
-    straight = tr.Trainer(tiny(model, data, tmp_path / "a", steps=4, val_every=2))
+    straight = Trainer(tiny(model, data, tmp_path / "a", steps=4, val_every=2))
     straight.fit()
-    first = tr.Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2))
+    first = Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2))
 
     def stop_at_2(trainer, step):
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)            # Ctrl-C: save and stop
 
-    first.step_callback = stop_at_2
+    first.callbacks.append(StepHook(stop_at_2))
     res = first.fit()
     assert res["status"] == "interrupted" and res["step"] == 2
-    resumed = tr.Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2),
+    resumed = Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2),
                          resume=tmp_path / "b" / "last.pt")
     assert resumed.step == 2
     resumed.fit()
@@ -96,7 +99,7 @@ def test_resume_gives_same_continuation(model, data, tmp_path):
 
 
 def test_ctrl_c_cli_saves_and_exits_130(data, tmp_path, monkeypatch, capsys):
-    orig = tr.Trainer.train_step
+    orig = Trainer.train_step
 
     def step(self, clips):
         out = orig(self, clips)
@@ -104,7 +107,7 @@ def test_ctrl_c_cli_saves_and_exits_130(data, tmp_path, monkeypatch, capsys):
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
-    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     out = tmp_path / "run"
     rc = tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
                   str(out), "--steps", "10", "--val-every", "0", "--no-progress"])
@@ -120,7 +123,7 @@ def test_ctrl_c_cli_saves_and_exits_130(data, tmp_path, monkeypatch, capsys):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    orig = tr.Trainer.train_step
+    orig = Trainer.train_step
 
     def step(self, clips):
         if self.step == 2:                                 # after the checkpoint of step 2
@@ -128,7 +131,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
                 next(self.model.parameters()).fill_(float("nan"))
         return orig(self, clips)
 
-    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     # (autoencoder: the fused ConvLSTM CPU kernel turns NaN gate inputs into 0, see the report)
     rc = tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
                   str(out), "--no-progress"])
@@ -149,7 +152,7 @@ def test_reference_ops_and_config_file(data, tmp_path):
                                      "--out", str(tmp_path / "o")])
     assert (c.steps, c.fused, c.lambda_gdl, c.teacher_forcing, resume) == (2, False, 0.5, False,
                                                                            None)
-    t = tr.Trainer(c)
+    t = Trainer(c)
     assert not t.model.fused and not t.model.teacher_forcing
     assert t.fit()["status"] == "done"
     toml = tmp_path / "cfg.toml"
@@ -280,7 +283,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_cpu(amp, data, tmp_path):
-    t = tr.Trainer(tiny("seq2seq", data, tmp_path, steps=2, val_every=0, amp=amp))
+    t = Trainer(tiny("seq2seq", data, tmp_path, steps=2, val_every=0, amp=amp))
     res = t.fit()
     assert res["status"] == "done"
     assert all(math.isfinite(r["loss"]) for r in t.history["train"])
@@ -294,7 +297,7 @@ def test_amp_bf16_tracks_float32(data, tmp_path):
     at most 4% at any step, 1% over the last steps)."""
     losses = {}
     for amp in ("none", "bf16"):
-        t = tr.Trainer(tiny("seq2seq", data, tmp_path / amp, steps=30, val_every=0, amp=amp))
+        t = Trainer(tiny("seq2seq", data, tmp_path / amp, steps=30, val_every=0, amp=amp))
         assert t.fit()["status"] == "done"
         losses[amp] = torch.tensor([r["loss"] for r in t.history["train"]], dtype=torch.float64)
     f32, bf16 = losses["none"], losses["bf16"]
@@ -307,7 +310,7 @@ def test_amp_bf16_tracks_float32(data, tmp_path):
 # ----------------------------------------------------------------------------- resume settings
 def _interrupted_run(data, out, monkeypatch, argv, stop_after=2):
     """A CLI run stopped by SIGINT after ``stop_after`` steps (exit 130)."""
-    orig = tr.Trainer.train_step
+    orig = Trainer.train_step
 
     def step(self, clips):
         res = orig(self, clips)
@@ -315,9 +318,9 @@ def _interrupted_run(data, out, monkeypatch, argv, stop_after=2):
             os.kill(os.getpid(), signal.SIGINT)
         return res
 
-    monkeypatch.setattr(tr.Trainer, "train_step", step)
+    monkeypatch.setattr(Trainer, "train_step", step)
     rc = tr.main(argv + ["--data", str(data), "--out", str(out), "--no-progress"])
-    monkeypatch.setattr(tr.Trainer, "train_step", orig)
+    monkeypatch.setattr(Trainer, "train_step", orig)
     assert rc == 130
 
 
@@ -433,18 +436,18 @@ def test_config_file_int_for_float_and_json_null(data, tmp_path):
 
 # ----------------------------------------------------------------------------- user errors
 def test_cuda_index_is_checked(monkeypatch):
-    from pyframepred import _cli_common as cc
+    from pyframepred.training import distributed as cc
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for dev in ("cuda", "cuda:0", "cuda:1"):
-        with pytest.raises(cc.CLIError, match="no CUDA device is available"):
+        with pytest.raises(ConfigError, match="no CUDA device is available"):
             cc.resolve_device(dev)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert cc.resolve_device("cuda:0") == torch.device("cuda", 0)
-    with pytest.raises(cc.CLIError, match="there is no CUDA device 1"):
+    with pytest.raises(ConfigError, match="there is no CUDA device 1"):
         cc.resolve_device("cuda:1")
-    with pytest.raises(cc.CLIError, match="cuda:N"):
+    with pytest.raises(ConfigError, match="cuda:N"):
         cc.resolve_device("cuda:x")
 
 
@@ -590,7 +593,7 @@ def test_predict_at_a_width_decord_cannot_scale_to(checkpoint, data, tmp_path, c
 def test_cli_warnings_are_plain_lines(capsys):
     import warnings
 
-    from pyframepred._cli_common import plain_warnings
+    from pyframepred.cli.common import plain_warnings
 
     @plain_warnings
     def main():

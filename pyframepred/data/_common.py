@@ -29,12 +29,12 @@ def default_cache_dir() -> Path:
 
 def atomic_write_json(path: Path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file and a rename (the package's
-    one atomic writer, :mod:`pyframepred.atomic`).
+    one atomic writer, :mod:`pyframepred.io`).
 
     Readers never see a half-written file; concurrent writers each produce a complete file and the
     last rename wins. Raises ``OSError`` when the folder is not writable.
     """
-    from ..atomic import atomic_write_json as write
+    from ..io import atomic_write_json as write
 
     write(path, obj, separators=(",", ":"), sort_keys=True)
 

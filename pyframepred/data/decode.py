@@ -25,7 +25,7 @@ import torch
 
 from ._common import as_hw, decodable_path, logger
 
-__all__ = ["decode_frames", "FrameReader", "resize_frames"]
+__all__ = ["decode_frames", "FrameReader", "resize_frames", "read_clip"]
 
 # (path, requested size or None) -> the decord request that worked last: _DIRECT (the requested
 # size), _NATIVE (the video's own size, then resized) or _SAFE (an unaffected width, resized).
@@ -201,3 +201,46 @@ class FrameReader:
     def __repr__(self) -> str:
         return (f"FrameReader('{self.path}', frames={self._len}, native_size={self.native_size}, "
                 f"size={self.size})")
+
+
+def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
+    """``(frames, n_real)`` for predicting ``steps`` frames from ``n_in`` frames of ``video``:
+    float32 ``(n_in + steps, 3, H, W)`` in [-1, 1], taken ``interval`` frames apart from
+    ``start`` (default: centred in the video), at ``size`` (``(H, W)``; ``None``: the video's
+    own), and the number of frames read (frames past the end are grey). Unusable input is a
+    :class:`~pyframepred.errors.ConfigError`."""
+    from ..errors import ConfigError
+    from ..io import normalize
+
+    path = Path(video)
+    if path.is_dir():
+        raise ConfigError(f"'{path}' is a folder, not a video file")
+    if not path.is_file():
+        raise ConfigError(f"video '{path}' does not exist")
+    try:
+        vr = FrameReader(path, size=size)   # decord at the requested size
+    except Exception as exc:  # noqa: BLE001 - decord raises its own error types
+        raise ConfigError(f"cannot read video '{path}': {' '.join(str(exc).split())[:200]}") \
+            from exc
+    n = len(vr)
+    step = interval + 1
+    need_in = (n_in - 1) * step + 1
+    if n < need_in:
+        raise ConfigError(f"video '{path}' has {n} frame{'s' if n != 1 else ''}; {n_in} input "
+                          f"frames {interval} apart need {need_in}")
+    total = n_in + steps
+    if start is None:
+        start = max(0, (n - ((total - 1) * step + 1)) // 2)
+    if not 0 <= start <= n - need_in:
+        raise ConfigError(f"`start` must be in [0, {n - need_in}] for this video, got {start}")
+    idx = [start + k * step for k in range(total)]
+    real = [i for i in idx if i < n]
+    try:
+        arr = vr.get_batch(real)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"cannot decode video '{path}': {' '.join(str(exc).split())[:200]}") \
+            from exc
+    x = normalize(torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2))
+    if len(real) < total:
+        x = torch.cat([x, torch.zeros(total - len(real), *x.shape[1:])])
+    return x, len(real)

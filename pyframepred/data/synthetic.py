@@ -261,26 +261,13 @@ def render_video(cls: str, n_frames: int, height: int, width: int, group_seed, c
 
 def write_video(path, frames: np.ndarray, fps: float = 25, *, codec: str = "libx264",
                 crf: int = 18, pix_fmt: str = "yuv420p", options: dict | None = None) -> None:
-    """Encode uint8 ``(T, H, W, 3)`` RGB frames to ``path`` with PyAV (container from the
-    extension). H.264 needs even sizes with ``yuv420p``."""
-    import av
-    from fractions import Fraction
+    """Encode uint8 ``(T, H, W, 3)`` RGB frames to ``path`` (container from the extension) at
+    quality ``crf`` (H.264), through :func:`pyframepred.io.encode_video`."""
+    from ..io import encode_video
 
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     opts = {"crf": str(crf), "preset": "medium"} if codec == "libx264" else {}
     opts.update(options or {})
-    with av.open(os.fspath(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = pix_fmt
-        stream.options = opts
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_video(path, frames, fps, codec=codec, pix_fmt=pix_fmt, options=opts)
 
 
 # --------------------------------------------------------------------------- data sets

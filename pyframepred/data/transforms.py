@@ -1,7 +1,8 @@
 """Pixel scaling and the multi-scale view of a clip.
 
 Pixel contract of the package: frames are float32 tensors in [-1, 1] obtained from 8-bit RGB with
-``x = (x - 127.5) / 127.5``; :func:`denormalize` is the exact inverse ``x * 127.5 + 127.5``.
+``x = (x - 127.5) / 127.5``; :func:`denormalize` is the exact inverse ``x * 127.5 + 127.5``
+(both defined in :mod:`pyframepred.io`).
 """
 from __future__ import annotations
 
@@ -11,45 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io import denormalize, normalize, to_uint8
+
 __all__ = ["normalize", "denormalize", "to_uint8", "multiscale", "MultiScale"]
 
-_HALF = 127.5
-
-
-def normalize(x):
-    """Scale 8-bit pixel values to [-1, 1]: ``(x - 127.5) / 127.5``, as float32.
-
-    Accepts a tensor or a NumPy array of any shape and dtype (typically uint8); the layout is not
-    changed. Returns the same kind of object (tensor -> tensor, array -> array).
-    """
-    if isinstance(x, torch.Tensor):
-        if not x.is_floating_point() or x.dtype == torch.float64:
-            x = x.to(torch.float32)
-        else:
-            x = x.clone()
-        return x.sub_(_HALF).div_(_HALF)
-    return (np.asarray(x, dtype=np.float32) - np.float32(_HALF)) / np.float32(_HALF)
-
-
-def denormalize(x, *, clamp: bool = False):
-    """Inverse of :func:`normalize`: ``x * 127.5 + 127.5`` (floats in [0, 255]).
-
-    ``clamp=True`` clips the result to [0, 255] (useful for model outputs that overshoot).
-    Tensor in -> tensor out, array in -> array out; the dtype stays floating point.
-    """
-    if isinstance(x, torch.Tensor):
-        y = x.to(torch.float32) * _HALF + _HALF if not x.is_floating_point() else x * _HALF + _HALF
-        return y.clamp_(0.0, 255.0) if clamp else y
-    y = np.asarray(x, dtype=np.float32) * np.float32(_HALF) + np.float32(_HALF)
-    return np.clip(y, 0.0, 255.0) if clamp else y
-
-
-def to_uint8(x):
-    """[-1, 1] frames -> uint8 pixels (rounded and clamped), same layout; for saving or display."""
-    y = denormalize(x, clamp=True)
-    if isinstance(y, torch.Tensor):
-        return y.round_().to(torch.uint8)
-    return np.rint(y).astype(np.uint8)
+# The pixel mapping itself lives in pyframepred.io (one place); re-exported here.
 
 
 def _scale_hw(scale, height: int, width: int) -> tuple[int, int]:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+from ..io import normalize_into
 from ._common import VIDEO_EXTENSIONS, as_hw, logger
 from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
@@ -20,8 +22,9 @@ from .splits import group_key, group_split, list_key, read_ucf_split
 __all__ = ["VideoClips", "Clip", "NoVideosError", "EmptySplitError", "NoDecodableVideosError"]
 
 
-class NoVideosError(ValueError):
-    """No usable video in the data folder (none found, or none left after filtering)."""
+class NoVideosError(ConfigError):
+    """No usable video in the data folder (none found, or none left after filtering); a
+    :class:`~pyframepred.errors.ConfigError` (and a ``ValueError``)."""
 
 
 class EmptySplitError(NoVideosError):
@@ -396,10 +399,7 @@ class VideoClips(Dataset):
         # about 5x faster than torch's thread pool for clips this small (it also avoids
         # oversubscription against decord's decoder threads).
         clip = np.empty((arr.shape[0], 3, arr.shape[1], arr.shape[2]), np.float32)
-        np.copyto(clip, arr.transpose(0, 3, 1, 2))
-        clip -= np.float32(127.5)
-        clip /= np.float32(127.5)
-        return torch.from_numpy(clip)
+        return torch.from_numpy(normalize_into(clip, arr.transpose(0, 3, 1, 2)))
 
     # ------------------------------------------------------------------ public access
     def clip_at(self, video: int, start: int | None = None) -> Clip:

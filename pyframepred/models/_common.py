@@ -1,7 +1,6 @@
 """Helpers shared by the models: padding to a multiple, residual output, losses."""
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +68,3 @@ def up_block(cin: int, cout: int, batch_norm: bool = False) -> nn.Sequential:
         layers.append(nn.BatchNorm2d(cout))
     layers.append(nn.LeakyReLU(0.2, inplace=True))
     return nn.Sequential(*layers)
-
-
-def log2_int(n: int) -> int:
-    return int(round(math.log2(n)))

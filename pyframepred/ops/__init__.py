@@ -2,9 +2,15 @@
 
 Each operator's schema is declared in ``csrc/ops.cpp`` (``torch.ops.pyframepred``); this package
 registers its fake (meta) kernel and its autograd formula, and exposes a Python function with the
-same semantics as its plain-PyTorch twin in :mod:`pyframepred.reference`.
+same semantics as its plain-PyTorch twin in :mod:`pyframepred.reference`. Importing it loads
+the compiled extension, ``pyframepred._C`` (:mod:`pyframepred._extension` says clearly why when
+that fails).
 """
-from ._convlstm import convlstm_gates
+from .._extension import load as _load
+
+_C = _load()
+
+from ._convlstm import convlstm_gates  # noqa: E402 - after the extension is loaded
 from ._cpu_isa import _set_cpu_isa, cpu_isa, cpu_isa_levels
 from ._gdl import gdl_loss
 from ._layer import convlstm_layer

@@ -38,11 +38,13 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from .atomic import atomic_write_bytes, temp_name_pattern
+from ..errors import ConfigError, PyframepredError
+from ..io import atomic_write_bytes, temp_name_pattern
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "load", "save", "to_bytes", "check_fields",
            "rng_state", "set_rng_state", "nonfinite_entries", "remove_stale_temps",
-           "EVAL_FIELDS", "RESUME_FIELDS", "LEGACY_NUMPY_GLOBALS"]
+           "EVAL_FIELDS", "RESUME_FIELDS", "LEGACY_NUMPY_GLOBALS", "load_checkpoint",
+           "load_state", "model_from_checkpoint", "data_root"]
 
 FORMAT_VERSION = 2
 
@@ -53,7 +55,7 @@ RESUME_FIELDS = EVAL_FIELDS + ("optimizer", "scheduler", "scaler", "rng", "best_
                                "history")
 
 
-class CheckpointError(Exception):
+class CheckpointError(PyframepredError):
     """A file that is not a usable checkpoint (unreadable, foreign or tampered with, of an
     unknown format, or missing fields). The message is one line."""
 
@@ -319,3 +321,47 @@ def remove_stale_temps(folder, names=("last.pt", "best.pt")) -> list:
             except OSError:
                 pass
     return removed
+
+
+# ----------------------------------------------------------------------------- using one
+def load_checkpoint(path, map_location="cpu", fields=EVAL_FIELDS, task: str = "be used") -> dict:
+    """:func:`load`, then :func:`check_fields`: the checkpoint at ``path`` with ``fields``, or
+    a one-line :class:`CheckpointError` saying why not (``task``: what it was to be used for)."""
+    ckpt = load(path, map_location=map_location)
+    check_fields(ckpt, path, fields, task)
+    return ckpt
+
+
+def load_state(module: torch.nn.Module, state: dict, what: str) -> None:
+    """``module.load_state_dict(state)``; a mismatch is a one-line :class:`CheckpointError`
+    (``what``: the state's name in the message)."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:4] if len(lines) > 1 else lines)
+        raise CheckpointError(f"{what} does not fit the network built from its settings "
+                              f"({detail[:300]})") from exc
+
+
+def model_from_checkpoint(ckpt: dict, device, fused: bool = True) -> torch.nn.Module:
+    """The checkpoint's predicting network, with its weights, on ``device``, in eval mode."""
+    from ..models.registry import build_model
+
+    model = build_model(ckpt["config"]["model"], ckpt["model_kwargs"], fused)
+    load_state(model, ckpt["model"], "the checkpoint's model")
+    return model.to(device).eval()
+
+
+def data_root(cfg: dict):
+    """The data folder a checkpoint's settings ``cfg`` trained on (``None``: the embedded data
+    set). A relative path (older checkpoints stored ``data`` as given) that does not exist from
+    here is a :class:`~pyframepred.errors.ConfigError` that suggests giving ``data``."""
+    data = cfg.get("data")
+    if data is None:
+        return None
+    if not os.path.isabs(data) and not os.path.exists(data):
+        raise ConfigError(f"the checkpoint's data folder '{data}' is a relative path (relative "
+                          f"to the folder training ran in) and does not exist from here; pass "
+                          f"`data` DIR")
+    return data

@@ -12,21 +12,21 @@ from __future__ import annotations
 import signal
 from typing import Optional
 
-__all__ = ["_StopFlag", "_WorkerWatch", "_worker_init", "_start_workers", "_stop_workers",
-           "_dead_workers", "_is_worker_death"]
+__all__ = ["StopFlag", "WorkerWatch", "worker_init", "start_workers", "stop_workers",
+           "dead_workers", "is_worker_death"]
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class _StopFlag:
+class StopFlag:
     """SIGINT/SIGTERM set a flag; the loop saves and stops at the end of the current step.
 
-    Re-entrant: a ``_StopFlag`` entered while another is active shares its flag (the command line
+    Re-entrant: a ``StopFlag`` entered while another is active shares its flag (the command line
     installs it before building the trainer, so no signal falls between two handlers).
     """
 
-    _active: Optional["_StopFlag"] = None
+    _active: Optional["StopFlag"] = None
 
     def __init__(self):
         self.signal = None
@@ -35,7 +35,7 @@ class _StopFlag:
         self._depth = 0
 
     def __enter__(self):
-        outer = _StopFlag._active
+        outer = StopFlag._active
         if outer is not None and outer is not self:
             self._outer = outer
             outer._depth += 1
@@ -48,7 +48,7 @@ class _StopFlag:
                 self._old[sig] = signal.signal(sig, self._handler)
             except ValueError:  # not the main thread
                 pass
-        _StopFlag._active = self
+        StopFlag._active = self
         return self
 
     def _handler(self, signum, frame):
@@ -64,16 +64,16 @@ class _StopFlag:
         self._depth -= 1
         if self._depth > 0:
             return
-        _StopFlag._active = None
+        StopFlag._active = None
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old = {}
 
 
-def _worker_init(worker_id: int) -> None:
+def worker_init(worker_id: int) -> None:
     """DataLoader workers ignore SIGINT and SIGTERM: a Ctrl-C or a SIGTERM sent to the process
     group reaches the main process, which owns the shutdown (it saves, then ends the workers).
-    The workers start with these signals blocked (see :func:`_start_workers`); once ignored,
+    The workers start with these signals blocked (see :func:`start_workers`); once ignored,
     they are unblocked and any pending one is discarded."""
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
@@ -81,9 +81,9 @@ def _worker_init(worker_id: int) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
-def _start_workers(loader):
+def start_workers(loader):
     """``iter(loader)`` with SIGINT/SIGTERM blocked while the worker processes start, so that
-    none of them can die of a signal before :func:`_worker_init` runs; a signal sent meanwhile
+    none of them can die of a signal before :func:`worker_init` runs; a signal sent meanwhile
     is delivered to the main process right after."""
     if not hasattr(signal, "pthread_sigmask") or loader.num_workers == 0:
         return iter(loader)
@@ -94,13 +94,13 @@ def _start_workers(loader):
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _stop_workers(it) -> None:
+def stop_workers(it) -> None:
     shutdown = getattr(it, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
 
 
-def _dead_workers(it, wait: float = 0.0) -> list:
+def dead_workers(it, wait: float = 0.0) -> list:
     """Process ids of the iterator's DataLoader workers that are no longer alive; with ``wait``,
     first up to that many seconds for one to end (a killed worker's sockets close a moment
     before the process is gone)."""
@@ -122,14 +122,14 @@ def _dead_workers(it, wait: float = 0.0) -> list:
     return out
 
 
-def _is_worker_death(exc: BaseException) -> bool:
+def is_worker_death(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, RuntimeError) and "DataLoader worker" in text and (
         "exited unexpectedly" in text or "killed by signal" in text
         or "is killed" in text or "terminated by signal" in text)
 
 
-class _WorkerWatch:
+class WorkerWatch:
     """While active, a DataLoader worker's death is recorded (``error``) instead of raised from
     torch's SIGCHLD handler at an arbitrary point of a training step (which could leave the
     weights half-updated); the loop checks it between steps, then saves and stops."""

@@ -1,0 +1,101 @@
+"""Evaluation of a model against the copy-last-frame baseline.
+
+:func:`evaluate_model` predicts ``steps`` frames from ``n_input`` frames on a fixed set of clips
+and reports PSNR, SSIM, sharpness difference, L2 and GDL per predicted step for the model and
+for the baseline that repeats the last input frame (see :mod:`pyframepred.metrics`; frames in
+[-1, 1], data range 2). :func:`heldout_clips` gives the reproducible held-out clips of a
+checkpoint's data (``VideoClips(train=False)``: the same clips on every run for the same seed).
+The command line is ``python -m pyframepred.evaluate`` (:mod:`pyframepred.cli.evaluate`).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import metrics as M
+from .errors import ConfigError
+from .models.registry import rollout
+
+__all__ = ["METRICS", "evaluate_model", "format_table", "heldout_clips"]
+
+METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl")
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, dataset: Dataset, n_input: int, steps: int,
+                   device="cpu", batch_size: int = 8, max_clips: int | None = None,
+                   autocast_dtype: torch.dtype | None = None) -> dict:
+    """Metrics per predicted step, model vs copy-last-frame baseline.
+
+    ``dataset`` yields clips ``(n_input + steps, 3, H, W)`` in [-1, 1]; the first ``max_clips``
+    are used, in order. Returns ``{"clips", "steps", "model": {metric: [per step]},
+    "baseline": {...}, "model_mean": {metric: mean}, "baseline_mean": {...}}``.
+    """
+    device = torch.device(device)
+    if max_clips is not None and max_clips < len(dataset):
+        dataset = Subset(dataset, range(max_clips))
+    if len(dataset) == 0:
+        raise ConfigError("no held-out clips to evaluate on")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    was_training = model.training
+    model.eval()
+    sums = {w: {m: torch.zeros(steps, dtype=torch.float64) for m in METRICS}
+            for w in ("model", "baseline")}
+    n = 0
+    try:
+        for clips in loader:
+            clips = clips.to(device, non_blocking=True)
+            if clips.shape[1] < n_input + steps:
+                raise ConfigError(f"clips have {clips.shape[1]} frames, need {n_input + steps}")
+            inputs = clips[:, :n_input]
+            target = clips[:, n_input:n_input + steps].float()
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                enabled=autocast_dtype is not None):
+                pred = rollout(model, inputs, steps)
+            pred = pred.float()
+            base = inputs[:, -1:].float().expand_as(target)
+            for who, p in (("model", pred), ("baseline", base)):
+                vals = M.all_metrics(p, target)
+                for m in METRICS:
+                    sums[who][m] += vals[m].double().sum(0).cpu()
+            n += clips.shape[0]
+    finally:
+        model.train(was_training)
+    out = {"clips": n, "steps": steps}
+    for who in ("model", "baseline"):
+        out[who] = {m: (sums[who][m] / n).tolist() for m in METRICS}
+        out[f"{who}_mean"] = {m: float(sum(v) / len(v)) for m, v in out[who].items()}
+    return out
+
+
+def format_table(result: dict) -> str:
+    steps = result["steps"]
+    lines = [f"{result['clips']} clips, {steps} predicted steps (model | copy-last baseline)"]
+    head = f"{'step':>5} " + " ".join(f"{m:>19}" for m in METRICS)
+    lines.append(head)
+    for k in range(steps):
+        cells = []
+        for m in METRICS:
+            cells.append(f"{result['model'][m][k]:8.4f} | {result['baseline'][m][k]:8.4f}")
+        lines.append(f"{k + 1:>5} " + " ".join(f"{c:>19}" for c in cells))
+    cells = [f"{result['model_mean'][m]:8.4f} | {result['baseline_mean'][m]:8.4f}" for m in METRICS]
+    lines.append(f"{'mean':>5} " + " ".join(f"{c:>19}" for c in cells))
+    lines.append("(PSNR, SSIM, sharpness: higher is better; L2, GDL: lower is better)")
+    return "\n".join(lines)
+
+
+def heldout_clips(cfg: dict, data, frames: int, seed: int = 0, clips_per_video: int = 1):
+    """The held-out clips of ``frames`` frames for a checkpoint's settings ``cfg``, from the
+    folder ``data`` (``None``: the data set the checkpoint was trained on)."""
+    from .data import VideoClips, default_dataset_root
+    from .training.checkpoint import data_root
+
+    if data is None:
+        data = data_root(cfg)
+    root = data if data is not None else default_dataset_root()
+    try:
+        return VideoClips(root, frames=frames, interval=cfg.get("interval", 0),
+                          size=cfg.get("size", 64), train=False, seed=seed,
+                          clips_per_video=clips_per_video, progress=False)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ConfigError(str(exc)) from exc

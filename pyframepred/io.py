@@ -1,0 +1,313 @@
+"""Files in and out: the atomic writer, the pixel mapping, video/GIF writing, output paths.
+
+* **Atomic writes** (:func:`atomic_write` and its bytes/text/JSON forms) -- the one writer of
+  the package. Every output that a crash, a kill or a full disk must not leave half-written (checkpoints,
+``history.json``, ``eval.json``, ``config.json``, the video index, predictions, plots) goes
+through :func:`atomic_write`: the bytes go to a new, uniquely named temporary file in the target's
+folder (``.<name>.<random>.tmp``), are flushed to the disk, and the file is renamed over the
+target. Readers see the old file or the new one, never a mix; a failed write (``OSError``, e.g.
+  ``ENOSPC``) removes the temporary file and leaves the old target untouched.
+* **The pixel mapping** of the package (:func:`normalize`, :func:`denormalize`, :func:`to_uint8`):
+  frames are float32 in [-1, 1], made from 8-bit RGB as ``(x - 127.5) / 127.5``.
+* **Video and GIF writing** (:func:`encode_video`, :func:`write_animation`) and the side-by-side
+  picture of expected and generated frames (:func:`side_by_side`).
+* **Output paths** checked before work starts (:func:`check_output_file`,
+  :func:`prepare_output_dir`): :class:`~pyframepred.errors.OutputError` when unusable.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, OutputError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+           "create_temp", "temp_name_pattern", "normalize", "normalize_into", "denormalize",
+           "to_uint8", "frames_to_uint8", "encode_video", "write_animation", "side_by_side",
+           "check_output_file", "prepare_output_dir", "VIDEO_SUFFIXES"]
+
+
+def temp_name_pattern(name: str) -> str:
+    """The glob pattern of the temporary files :func:`atomic_write` makes for a target ``name``."""
+    return f".{name}.*.tmp"
+
+
+def create_temp(folder, name: str):
+    """``(fd, path)`` of a new file ``.<name>.<random>.tmp`` in ``folder``, opened for writing and
+    created with mode 0666 minus the umask (like any other output file; ``tempfile.mkstemp``
+    would give 0600)."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+                           | getattr(os, "O_NOFOLLOW", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file in '{folder}'")
+
+
+def _fsync_folder(folder) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write: Callable[[str], None], *, fsync: bool = True) -> Path:
+    """Create ``path`` atomically: ``write(tmp_path)`` fills a fresh temporary file in the same
+    folder (it may reopen the file by name, e.g. for libraries that only take a file name), which
+    is then renamed over ``path``. ``path`` itself is replaced, never written through: when it is
+    a symbolic link, the link is replaced by the new file and its target is left alone.
+
+    Raises what ``write`` or the file system raise (``OSError``); the temporary file is removed
+    and ``path`` is as it was.
+    """
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = create_temp(folder, path.name)
+    os.close(fd)
+    try:
+        write(tmp)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if fsync:
+        _fsync_folder(folder)
+    return path
+
+
+def atomic_write_bytes(path, data: Union[bytes, bytearray, memoryview], *,
+                       fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    def write(tmp):
+        view = memoryview(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0))
+        try:
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        finally:
+            os.close(fd)
+
+    return atomic_write(path, write, fsync=fsync)
+
+
+def atomic_write_text(path, text: str, *, fsync: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_write_json(path, obj, *, fsync: bool = True, **dumps_kwargs) -> Path:
+    """Write ``obj`` as JSON (``json.dumps(obj, **dumps_kwargs)``, UTF-8) to ``path`` atomically.
+    The text is made before anything is written, so an object that cannot be serialised leaves
+    no file behind."""
+    return atomic_write_text(path, json.dumps(obj, **dumps_kwargs), fsync=fsync)
+
+
+# ----------------------------------------------------------------------------- pixels
+_HALF = 127.5
+
+
+def normalize(x):
+    """Scale 8-bit pixel values to [-1, 1]: ``(x - 127.5) / 127.5``, as float32.
+
+    Accepts a tensor or a NumPy array of any shape and dtype (typically uint8); the layout is not
+    changed. Returns the same kind of object (tensor -> tensor, array -> array).
+    """
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point() or x.dtype == torch.float64:
+            x = x.to(torch.float32)
+        else:
+            x = x.clone()
+        return x.sub_(_HALF).div_(_HALF)
+    return (np.asarray(x, dtype=np.float32) - np.float32(_HALF)) / np.float32(_HALF)
+
+
+def normalize_into(out: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """:func:`normalize` of ``pixels`` written into the float32 array ``out`` (same shape after
+    broadcasting), without a temporary: the data loader's form."""
+    np.copyto(out, pixels)
+    out -= np.float32(_HALF)
+    out /= np.float32(_HALF)
+    return out
+
+
+def denormalize(x, *, clamp: bool = False):
+    """Inverse of :func:`normalize`: ``x * 127.5 + 127.5`` (floats in [0, 255]).
+
+    ``clamp=True`` clips the result to [0, 255] (useful for model outputs that overshoot).
+    Tensor in -> tensor out, array in -> array out; the dtype stays floating point.
+    """
+    if isinstance(x, torch.Tensor):
+        y = x.to(torch.float32) * _HALF + _HALF if not x.is_floating_point() else x * _HALF + _HALF
+        return y.clamp_(0.0, 255.0) if clamp else y
+    y = np.asarray(x, dtype=np.float32) * np.float32(_HALF) + np.float32(_HALF)
+    return np.clip(y, 0.0, 255.0) if clamp else y
+
+
+def to_uint8(x):
+    """[-1, 1] frames -> uint8 pixels (rounded and clamped), same layout; for saving or display."""
+    y = denormalize(x, clamp=True)
+    if isinstance(y, torch.Tensor):
+        return y.round_().to(torch.uint8)
+    return np.rint(y).astype(np.uint8)
+
+
+def frames_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``(T, 3, H, W)`` in [-1, 1] -> uint8 ``(T, H, W, 3)`` (NumPy, for writing)."""
+    return to_uint8(x.detach().float().cpu()).permute(0, 2, 3, 1).numpy()
+
+
+def side_by_side(expected: torch.Tensor, generated: torch.Tensor, n_input: int, scale: int = 2,
+                 gap: int = 4) -> np.ndarray:
+    """Frames of two clips next to each other (expected left, generated right), uint8
+    ``(T, H', W', 3)``. The first ``n_input`` frames are the inputs (same on both sides); the
+    predicted frames get a red border on the generated side."""
+    e = frames_to_uint8(expected)
+    g = frames_to_uint8(generated)
+    if scale > 1:
+        e = e.repeat(scale, 1).repeat(scale, 2)
+        g = g.repeat(scale, 1).repeat(scale, 2)
+    t, h, w, _ = e.shape
+    out = np.full((t, h + 2 * gap, 2 * w + 3 * gap, 3), 255, np.uint8)
+    for i in range(t):
+        out[i, gap:gap + h, gap:gap + w] = e[i]
+        x0 = 2 * gap + w
+        if i >= n_input:
+            out[i, gap - 2:gap + h + 2, x0 - 2:x0 + w + 2] = (220, 30, 30)
+        out[i, gap:gap + h, x0:x0 + w] = g[i]
+    return out
+
+
+# ----------------------------------------------------------------------------- video
+#: Containers :func:`write_animation` writes H.264 into, by file suffix.
+VIDEO_SUFFIXES = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
+
+
+def encode_video(path, frames: np.ndarray, fps: float = 25, *, codec: str = "libx264",
+                 pix_fmt: str = "yuv420p", options: dict | None = None,
+                 container: str | None = None) -> None:
+    """Encode uint8 ``(T, H, W, 3)`` RGB frames to ``path`` with PyAV (the package's one encode
+    loop; the container follows the suffix unless ``container`` names it). ``yuv420p`` needs even
+    sizes: odd ones are padded by repeating the last row/column."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if pix_fmt == "yuv420p" and (frames.shape[1] % 2 or frames.shape[2] % 2):
+        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2),
+                                 (0, 0)), mode="edge")
+    with av.open(os.fspath(path), mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        if options:
+            stream.options = dict(options)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def check_fps(fps) -> None:
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise ConfigError(f"`fps` must be a positive number, got {fps}")
+
+
+def write_animation(frames: np.ndarray, path, fps: float = 4.0) -> Path:
+    """Write uint8 ``(T, H, W, 3)`` frames as a GIF or (``.mp4``, ``.mkv``, ``.mov``) an H.264
+    video, atomically (a temporary file renamed over ``path``: a symbolic link at ``path`` is
+    replaced, its target is not written through)."""
+    path = Path(path)
+    check_fps(fps)
+    suffix = path.suffix.lower()
+    if suffix != ".gif" and suffix not in VIDEO_SUFFIXES:
+        raise ConfigError(f"output must end in .gif or .mp4, got '{path.name}'")
+
+    def write_gif(tmp):
+        from PIL import Image
+
+        imgs = [Image.fromarray(f) for f in frames]
+        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:],
+                     duration=int(1000 / fps), loop=0)
+
+    def write_video(tmp):
+        encode_video(tmp, frames, fps, container=VIDEO_SUFFIXES[suffix])
+
+    return atomic_write(path, write_gif if suffix == ".gif" else write_video)
+
+
+# ----------------------------------------------------------------------------- output paths
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and delete a file in ``folder``; :class:`OutputError` if that fails."""
+    try:
+        fd, tmp = create_temp(folder, "write-test")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what}: {exc.strerror or exc}") from exc
+
+
+def check_output_file(path, setting: str = "out") -> None:
+    """Before the work starts: :class:`OutputError` unless the file ``path`` can be written (its
+    folder exists or can be created, and is writable; ``path`` is not a folder). ``setting``
+    names the option that gave the path, in the message."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"`{setting}` '{path}' is a directory; give a file name")
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise OutputError(f"`{setting}` '{path}': '{base}' exists and is not a directory")
+    _probe_writable(base, f"`{setting}` '{path}' (in '{base}')")
+
+
+def prepare_output_dir(path, setting: str = "out") -> Path:
+    """Create the output folder ``path`` (and its parents); :class:`OutputError` if it is a file
+    or cannot be created or written to."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"`{setting}` '{path}' exists and is not a directory")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise OutputError(f"`{setting}` '{path}': '{base}' exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder `{setting}` '{path}': "
+                          f"{exc.strerror or exc}") from exc
+    _probe_writable(path, f"to the output folder `{setting}` '{path}'")
+    return path

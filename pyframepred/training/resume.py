@@ -1,0 +1,128 @@
+"""The resume policy: which settings a resumed run takes from its checkpoint, which it may
+change, and which must match.
+
+:func:`resume_settings` merges explicit settings over a checkpoint's: every setting not given
+again comes from the checkpoint; the :data:`RESUME_FIXED` ones (they fix the network's shape or
+the layout of its data) must match it; the output folder defaults to the checkpoint's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models import registry
+from . import checkpoint as ckpt_format
+from .config import TrainConfig
+
+__all__ = ["RESUME_FIXED", "resume_conflicts", "check_resumable", "check_same_model",
+           "checkpoint_path", "resume_settings"]
+
+# Settings that fix the network's shape or the layout of its data: a resumed run keeps them.
+RESUME_FIXED = ("model", "preset", "in_frames", "out_frames", "interval", "size", "residual",
+                "batch_norm", "model_kwargs")
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def _fixed_value(cfg: dict, name: str):
+    value = cfg.get(name, getattr(TrainConfig, name, None) if name != "model_kwargs" else {})
+    if name == "batch_norm" and value is None:   # the preset's choice, else the model's default
+        try:
+            spec = registry.get(cfg.get("model"))
+        except ConfigError:
+            return None
+        value = spec.presets.get(cfg.get("preset"), {}).get("batch_norm")
+        if value is None:
+            value = spec.default("batch_norm")
+    return value
+
+
+def resume_conflicts(cfg: TrainConfig, ckpt_cfg: dict) -> list:
+    """``(name, checkpoint value, given value)`` of the :data:`RESUME_FIXED` settings in which
+    the resolved ``cfg`` differs from a checkpoint's settings."""
+    given = dataclasses.asdict(cfg)
+    out = []
+    for name in RESUME_FIXED:
+        if name == "batch_norm" and not cfg.spec.batch_norm:
+            continue                             # not used by this model
+        a, b = _fixed_value(ckpt_cfg, name), _fixed_value(given, name)
+        if a != b:
+            out.append((name, a, b))
+    return out
+
+
+def check_same_model(path, ckpt_model, model: str) -> None:
+    if ckpt_model != model:
+        raise ConfigError(f"checkpoint '{path}' holds {_article(str(ckpt_model))} model, not "
+                          f"{_article(model)} model")
+
+
+def check_resumable(cfg: TrainConfig, ckpt_cfg: dict, path) -> None:
+    """:class:`ConfigError` unless ``cfg`` can continue the checkpoint at ``path``."""
+    check_same_model(path, ckpt_cfg.get("model"), cfg.model)
+    bad = resume_conflicts(cfg, ckpt_cfg)
+    if bad:
+        diffs = "; ".join(f"`{k}` is {json.dumps(a, default=str)} in the checkpoint but "
+                          f"{json.dumps(b, default=str)} was given" for k, a, b in bad)
+        raise ConfigError(f"cannot resume '{path}' with other model settings: {diffs} (these fix "
+                          f"the network or its data; leave them out to keep the checkpoint's, or "
+                          f"start a new run in another `out`)")
+
+
+def checkpoint_path(resume, explicit: dict) -> str:
+    """The checkpoint file ``resume`` names: itself, ``<folder>/last.pt`` for a folder, and for
+    ``"auto"`` ``<out>/last.pt`` of the explicit (or the model's default) output folder."""
+    if resume == "auto":
+        if "out" not in explicit and "model" not in explicit:
+            raise ConfigError("`resume` without a checkpoint needs `out` (or `model`, for the "
+                              "default output folder) to find <out>/last.pt")
+        out = explicit.get("out") or TrainConfig(
+            model=explicit["model"], preset=explicit.get("preset", "quick")).resolved().out
+        return os.path.join(out, "last.pt")
+    if Path(resume).is_dir():
+        return os.path.join(resume, "last.pt")
+    return os.fspath(resume)
+
+
+def resume_settings(explicit: dict, resume=None) -> tuple:
+    """``(TrainConfig (resolved), checkpoint path or None, loaded checkpoint or None)``.
+
+    ``explicit``: the settings given (by name); ``resume``: a checkpoint, its folder, ``"auto"``
+    or ``None`` (a new run). See the module docstring for the merge.
+    """
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(explicit) - fields)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    ckpt = None
+    if resume is not None:
+        resume = checkpoint_path(resume, explicit)
+        ckpt = ckpt_format.load_checkpoint(resume, fields=ckpt_format.RESUME_FIELDS,
+                                           task="be resumed")
+        base = {k: v for k, v in ckpt["config"].items() if k in fields}
+        if "model" in explicit:  # before the other model's settings are checked against it
+            check_same_model(resume, base.get("model"), explicit["model"])
+        if "data" not in explicit:
+            base["data"] = ckpt_format.data_root(base)
+            if base["data"] is not None and not Path(base["data"]).exists():
+                raise ConfigError(f"the checkpoint's data folder '{base['data']}' does not "
+                                  f"exist; pass `data` DIR")
+        base.pop("out", None)
+        values = {**base, **explicit}
+        values.setdefault("out", str(Path(resume).parent))
+    else:
+        values = dict(explicit)
+    if "model" not in values:
+        raise ConfigError(f"`model` is required ({', '.join(registry.names())})")
+    cfg = TrainConfig(**values)
+    if cfg.data is not None and not Path(cfg.data).exists():
+        raise ConfigError(f"the data folder '{cfg.data}' does not exist")
+    cfg = cfg.resolved()
+    if ckpt is not None:
+        check_resumable(cfg, ckpt["config"], resume)
+    return cfg, resume, ckpt

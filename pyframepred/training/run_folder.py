@@ -1,0 +1,153 @@
+"""A training run's output folder is owned by one run at a time.
+
+:class:`RunFolderLock` takes an exclusive ``flock`` on ``<folder>/.pyframepred.lock`` for the
+lifetime of the run (the file itself stays, empty: it is never rewritten, so a refused run
+changes nothing in the folder). The lock belongs to the open file, so it goes away with the process however
+that ends (a crash or ``kill -9`` included): a stale lock file never blocks a later run. On file
+systems without ``flock`` support (some network file systems) the run goes on unlocked.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+__all__ = ["LOCK_FILENAME", "FolderBusyError", "RunFolderLock", "claim", "missing_folders",
+           "remove_unused"]
+
+LOCK_FILENAME = ".pyframepred.lock"
+
+
+class FolderBusyError(RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+class RunFolderLock:
+    """Exclusive, non-blocking lock of a run folder (a context manager; :meth:`release` is
+    idempotent)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILENAME
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "RunFolderLock":
+        if self._fd is not None:
+            return self
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FolderBusyError(f"'{self.folder}' is in use by another training run") \
+                    from None
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                return self                          # no flock here: carry on unlocked
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)                              # closing the file drops the flock
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __del__(self):
+        self.release()
+
+
+def claim(out: Path, resume, resume_step: int, overwrite: bool) -> RunFolderLock:
+    """Lock the output folder ``out`` for a run, refuse to destroy another run's checkpoints, and
+    remove the partial files of killed saves; returns the held lock.
+
+    A new run (``resume`` is ``None``) refuses a folder that holds ``last.pt``/``best.pt``, and a
+    resumed one refuses to replace a newer (or unreadable) ``last.pt`` than the checkpoint it
+    continues (at ``resume_step``), unless ``overwrite``; a new run with ``overwrite`` removes
+    the old checkpoints. Refusals are :class:`~pyframepred.errors.OutputError`.
+    """
+    from ..errors import OutputError
+    from . import checkpoint as ckpt_format
+
+    lock = RunFolderLock(out)
+    try:
+        lock.acquire()
+    except FolderBusyError as exc:
+        raise OutputError(f"`out` {exc}; wait for it to finish, or use another `out`") from None
+    except OSError as exc:
+        raise OutputError(f"cannot lock the output folder `out` '{out}': "
+                          f"{exc.strerror or exc}") from exc
+    try:
+        last, best = out / "last.pt", out / "best.pt"
+        existing = [p for p in (last, best) if p.exists()]
+        if resume is None and existing and not overwrite:
+            raise OutputError(
+                f"`out` '{out}' already holds a run's checkpoints "
+                f"({', '.join(p.name for p in existing)}); continue it with `resume`, replace it "
+                f"with `overwrite`, or choose another `out`")
+        if resume is not None and last.exists() and not overwrite:
+            src = Path(resume)
+            src = src / "last.pt" if src.is_dir() else src
+            try:
+                same = os.path.samefile(src, last)
+            except OSError:
+                same = False
+            if not same:
+                try:
+                    newer = ckpt_format.load(last).get("step", 0)
+                except ckpt_format.CheckpointError:
+                    newer = None
+                if newer is None or not isinstance(newer, int) or newer > resume_step:
+                    at = "an unreadable" if newer is None else f"a newer (step {newer})"
+                    raise OutputError(
+                        f"resuming '{src}' (step {resume_step}) into `out` '{out}' would "
+                        f"replace {at} last.pt there; resume from '{last}' instead, pass "
+                        f"`overwrite` to replace it, or choose another `out`")
+        if resume is None and overwrite:
+            for p in existing:                     # the old run's checkpoints go, not mixed
+                p.unlink()
+        ckpt_format.remove_stale_temps(out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def missing_folders(path: Path) -> list:
+    """The folders from ``path`` up that do not exist yet (deepest first): what creating
+    ``path`` adds, so that a run that fails before writing anything can remove them again."""
+    out, p = [], Path(path)
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def remove_unused(created: list) -> None:
+    """Remove the folders a failed run created (``created``: :func:`missing_folders` of its
+    output folder, taken before), with its lock file, when nothing else was written there."""
+    if not created:
+        return
+    lock = created[0] / LOCK_FILENAME
+    try:
+        if lock.exists() and [p.name for p in created[0].iterdir()] == [lock.name]:
+            lock.unlink()
+        for d in created:  # deepest first; rmdir leaves non-empty ones alone
+            d.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,122 @@
+"""A trainer's state in and out of a checkpoint: what is saved, how it is restored."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import OutputWriteError, TrainingDiverged
+from ..io import atomic_write_json
+from . import checkpoint as ckpt_format
+from .resume import check_resumable
+
+__all__ = ["TrainerState"]
+
+
+class TrainerState:
+    """Mixed into :class:`~pyframepred.training.Trainer`: saving, restoring and the finiteness
+    check of the networks, optimisers, schedulers, scaler, random states, step and history."""
+
+    def _state(self) -> dict:
+        return {
+            "format": ckpt_format.FORMAT_VERSION, "config": dataclasses.asdict(self.cfg),
+            "model_kwargs": self.model_kwargs,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "disc_kwargs": self.disc_kwargs,
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            "scheduler_d": self.sched_d.state_dict() if self.sched_d is not None else None,
+            "rng": ckpt_format.rng_state(), "step": self.step, "best_psnr": self.best_psnr,
+            "history": self.history, "world_size": self.world,
+            "torch_version": str(torch.__version__),
+        }
+
+    def check_state_finite(self) -> None:
+        """:class:`TrainingDiverged` unless every weight and optimiser value is finite (called
+        before anything is saved: a checkpoint on disk is always a finite one)."""
+        bad = ckpt_format.nonfinite_entries({
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None})
+        if bad:
+            raise TrainingDiverged(
+                f"the weights or optimiser state became NaN/Inf by step {self.step} "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); training stopped "
+                f"without saving them (the last finite checkpoint, if any, is "
+                f"{self.out / 'last.pt'}, left untouched). Try a lower `lr`, `amp` none, or a "
+                f"smaller `grad_clip`.")
+
+    def save(self, best: bool = False) -> Optional[Path]:
+        """Write ``last.pt`` (and ``best.pt``) atomically, then ``history.json``; then the
+        callbacks' ``on_save``. Non-finite weights are refused (:class:`TrainingDiverged`); a
+        failed write (a full disk) is an :class:`OutputWriteError` and leaves the previous
+        files intact."""
+        if not self.main:
+            return None
+        self.check_state_finite()
+        path = self.out / "last.pt"
+        try:
+            data = ckpt_format.to_bytes(self._state())
+            ckpt_format.save(None, [path] + ([self.out / "best.pt"] if best else []), data)
+            atomic_write_json(self.out / "history.json", self.history)
+        except OSError as exc:
+            raise OutputWriteError(
+                f"cannot write the checkpoint in '{self.out}' at step {self.step}: "
+                f"{exc.strerror or exc}; the previous checkpoint is intact") from exc
+        self._emit("on_save")
+        return path
+
+    def _load(self, path: Path, ckpt: Optional[dict] = None) -> None:
+        if ckpt is None:                     # to CPU: load_state_dict copies to the device
+            ckpt = ckpt_format.load_checkpoint(path, fields=ckpt_format.RESUME_FIELDS,
+                                               task="be resumed")
+        else:
+            ckpt_format.check_fields(ckpt, path, ckpt_format.RESUME_FIELDS, "be resumed")
+        check_resumable(self.cfg, ckpt["config"], path)
+        what = f"checkpoint '{path}'"
+        ckpt_format.load_state(self.model, ckpt["model"], f"the model of {what}")
+        try:
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sched.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            if self.disc is not None:
+                ckpt_format.load_state(self.disc, ckpt["disc"], f"the discriminator of {what}")
+                self.opt_d.load_state_dict(ckpt["optimizer_d"])
+                self.sched_d.load_state_dict(ckpt["scheduler_d"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise ckpt_format.CheckpointError(
+                f"cannot restore the training state from {what}: "
+                f"{' '.join(str(exc).split())[:300]}") from exc
+        self.step = int(ckpt["step"])
+        self.best_psnr = float(ckpt["best_psnr"])
+        self.history = ckpt["history"]
+        self._apply_lr_overrides(ckpt["config"])
+        if ckpt.get("world_size", 1) == self.world and self.rank == 0:
+            try:
+                ckpt_format.set_rng_state(ckpt["rng"])
+            except ckpt_format.CheckpointError as exc:
+                raise ckpt_format.CheckpointError(f"{what}: {exc}") from None
+            self.rng_restored = True
+
+    def _apply_lr_overrides(self, ckpt_cfg: dict) -> None:
+        """A resumed run uses the learning rates and weight decay of its settings: restoring the
+        optimiser brings back the checkpoint's, so where the settings differ (``lr`` given
+        again), the schedule's base rate and the current rate are set from the settings."""
+        cfg = self.cfg
+        pairs = [(self.opt, self.sched, cfg.lr, ckpt_cfg.get("lr"))]
+        if self.opt_d is not None:
+            pairs.append((self.opt_d, self.sched_d, cfg.lr_d, ckpt_cfg.get("lr_d")))
+        for opt, sched, lr, old in pairs:
+            if old == lr and all(g.get("initial_lr") == lr for g in opt.param_groups):
+                continue
+            sched.base_lrs = [lr for _ in opt.param_groups]
+            for g, lam in zip(opt.param_groups, sched.lr_lambdas):
+                g["initial_lr"] = lr
+                g["lr"] = lr * lam(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
+        if ckpt_cfg.get("weight_decay", 0.0) != cfg.weight_decay:
+            for g in self.opt.param_groups:
+                g["weight_decay"] = cfg.weight_decay
