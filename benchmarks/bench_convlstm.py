@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import full_size, rounds, saved_tensor_bytes, sync
 from torch import nn
 
-from conftest import full_size, rounds, saved_tensor_bytes, sync
 from pyframepred import ops, reference
 from pyframepred.nn import ConvLSTM
 

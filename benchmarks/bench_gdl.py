@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import full_size, rounds, saved_tensor_bytes, sync
+
 from pyframepred import ops, reference
 
 SHAPES = {"small": (16, 3, 64, 64), "large": (8, 3, 256, 256)}

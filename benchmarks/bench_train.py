@@ -33,13 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import machine
 import pytest
 import torch
-
-import machine
 from conftest import full_size, rounds
+
 from pyframepred.data import synthetic
-from pyframepred.training import Trainer, TrainConfig
+from pyframepred.training import TrainConfig, Trainer
 
 MODELS = ("seq2seq", "autoencoder", "multiscale")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -15,10 +15,9 @@ from __future__ import annotations
 import os
 import time
 
+import machine
 import pytest
 import torch
-
-import machine
 
 _SETTINGS = {"full": os.environ.get("PYFRAMEPRED_BENCH_FULL", "") not in ("", "0")}
 

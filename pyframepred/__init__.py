@@ -13,15 +13,15 @@ Layers (each usable on its own):
 ``pyframepred.data``, ``metrics``, ``reference``, ``io`` and ``errors`` are pure Python: they
 import without the compiled extension. Submodules load on first use.
 """
+
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "nn", "models", "data", "metrics", "training", "evaluation",
-           "io", "errors"]
+__all__ = ["ops", "reference", "nn", "models", "data", "metrics", "training", "evaluation", "io", "errors"]
 
 
 def __getattr__(name):
-    if name == "_C":                      # the compiled extension, loaded by pyframepred.ops
+    if name == "_C":  # the compiled extension, loaded by pyframepred.ops
         return importlib.import_module(".ops", __name__)._C
     if name in __all__:
         return importlib.import_module("." + name, __name__)

@@ -1,4 +1,5 @@
 """Loads the compiled operators (``pyframepred._C``) and explains clearly when that fails."""
+
 from __future__ import annotations
 
 import importlib
@@ -7,8 +8,10 @@ from pathlib import Path
 
 import torch
 
-_REBUILD = ("Rebuild it against the installed torch, from the source folder:\n"
-            "    pip install --no-build-isolation --force-reinstall --no-deps .")
+_REBUILD = (
+    "Rebuild it against the installed torch, from the source folder:\n"
+    "    pip install --no-build-isolation --force-reinstall --no-deps ."
+)
 
 
 def _installed_elsewhere():
@@ -40,16 +43,19 @@ def load():
                 f"pyframepred is imported from the source folder {Path(__file__).parent.parent}, "
                 f"which has no compiled extension and hides the installed package in {shadowed}: "
                 "run from another folder, or install in place with "
-                "`pip install --no-build-isolation -e .`") from exc
+                "`pip install --no-build-isolation -e .`"
+            ) from exc
         built = f" It was built against torch {config.TORCH_VERSION}." if config else ""
         raise ImportError(
             f"pyframepred's compiled extension (pyframepred._C) could not be loaded: {exc}.{built} "
             f"The installed torch is {torch.__version__}. The extension is either not built (an "
             "in-place checkout without `pip install .`) or was compiled against another torch "
-            "version, whose C++ ABI differs. " + _REBUILD) from exc
+            "version, whose C++ ABI differs. " + _REBUILD
+        ) from exc
     built = module.built_with_torch
     if built.split(".")[:2] != installed.split(".")[:2]:
         raise ImportError(
             f"pyframepred's compiled extension was built against torch {built} but torch "
-            f"{torch.__version__} is installed; the C++ ABI differs between releases. " + _REBUILD)
+            f"{torch.__version__} is installed; the C++ ABI differs between releases. " + _REBUILD
+        )
     return module

@@ -5,10 +5,17 @@ one-line message worded for any caller: settings are named as the Python API spe
 backquotes (```batch_size` must be >= 1``). The command lines (:mod:`pyframepred.cli`) turn
 those names into their ``--flags`` and each exception class into an exit status.
 """
+
 from __future__ import annotations
 
-__all__ = ["PyframepredError", "ConfigError", "OutputError", "TrainingDiverged",
-           "OutputWriteError", "WorkerDied"]
+__all__ = [
+    "PyframepredError",
+    "ConfigError",
+    "OutputError",
+    "TrainingDiverged",
+    "OutputWriteError",
+    "WorkerDied",
+]
 
 
 class PyframepredError(Exception):

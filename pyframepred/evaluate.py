@@ -1,4 +1,5 @@
 """``python -m pyframepred.evaluate``: the command line of :mod:`pyframepred.cli.evaluate`."""
+
 import sys
 
 from .cli.evaluate import main

@@ -7,6 +7,7 @@ for the baseline that repeats the last input frame (see :mod:`pyframepred.metric
 checkpoint's data (``VideoClips(train=False)``: the same clips on every run for the same seed).
 The command line is ``python -m pyframepred.evaluate`` (:mod:`pyframepred.cli.evaluate`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,16 @@ METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl")
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, dataset: Dataset, n_input: int, steps: int,
-                   device="cpu", batch_size: int = 8, max_clips: int | None = None,
-                   autocast_dtype: torch.dtype | None = None) -> dict:
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    n_input: int,
+    steps: int,
+    device="cpu",
+    batch_size: int = 8,
+    max_clips: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
     """Metrics per predicted step, model vs copy-last-frame baseline.
 
     ``dataset`` yields clips ``(n_input + steps, 3, H, W)`` in [-1, 1]; the first ``max_clips``
@@ -39,8 +47,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Dataset, n_input: int, steps
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     was_training = model.training
     model.eval()
-    sums = {w: {m: torch.zeros(steps, dtype=torch.float64) for m in METRICS}
-            for w in ("model", "baseline")}
+    sums = {w: {m: torch.zeros(steps, dtype=torch.float64) for m in METRICS} for w in ("model", "baseline")}
     n = 0
     try:
         for clips in loader:
@@ -48,9 +55,10 @@ def evaluate_model(model: torch.nn.Module, dataset: Dataset, n_input: int, steps
             if clips.shape[1] < n_input + steps:
                 raise ConfigError(f"clips have {clips.shape[1]} frames, need {n_input + steps}")
             inputs = clips[:, :n_input]
-            target = clips[:, n_input:n_input + steps].float()
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
-                                enabled=autocast_dtype is not None):
+            target = clips[:, n_input : n_input + steps].float()
+            with torch.autocast(
+                device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+            ):
                 pred = rollout(model, inputs, steps)
             pred = pred.float()
             base = inputs[:, -1:].float().expand_as(target)
@@ -61,10 +69,11 @@ def evaluate_model(model: torch.nn.Module, dataset: Dataset, n_input: int, steps
             n += clips.shape[0]
     finally:
         model.train(was_training)
-    out = {"clips": n, "steps": steps}
+    out: dict = {"clips": n, "steps": steps}
     for who in ("model", "baseline"):
-        out[who] = {m: (sums[who][m] / n).tolist() for m in METRICS}
-        out[f"{who}_mean"] = {m: float(sum(v) / len(v)) for m, v in out[who].items()}
+        per_step = {m: (sums[who][m] / n).tolist() for m in METRICS}
+        out[who] = per_step
+        out[f"{who}_mean"] = {m: float(sum(v) / len(v)) for m, v in per_step.items()}
     return out
 
 
@@ -94,8 +103,15 @@ def heldout_clips(cfg: dict, data, frames: int, seed: int = 0, clips_per_video: 
         data = data_root(cfg)
     root = data if data is not None else default_dataset_root()
     try:
-        return VideoClips(root, frames=frames, interval=cfg.get("interval", 0),
-                          size=cfg.get("size", 64), train=False, seed=seed,
-                          clips_per_video=clips_per_video, progress=False)
+        return VideoClips(
+            root,
+            frames=frames,
+            interval=cfg.get("interval", 0),
+            size=cfg.get("size", 64),
+            train=False,
+            seed=seed,
+            clips_per_video=clips_per_video,
+            progress=False,
+        )
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ConfigError(str(exc)) from exc

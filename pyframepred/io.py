@@ -14,6 +14,7 @@ target. Readers see the old file or the new one, never a mix; a failed write (``
 * **Output paths** checked before work starts (:func:`check_output_file`,
   :func:`prepare_output_dir`): :class:`~pyframepred.errors.OutputError` when unusable.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,25 @@ import torch
 
 from .errors import ConfigError, OutputError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "create_temp", "temp_name_pattern", "normalize", "normalize_into", "denormalize",
-           "to_uint8", "frames_to_uint8", "encode_video", "write_animation", "side_by_side",
-           "check_output_file", "prepare_output_dir", "VIDEO_SUFFIXES"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "create_temp",
+    "temp_name_pattern",
+    "normalize",
+    "normalize_into",
+    "denormalize",
+    "to_uint8",
+    "frames_to_uint8",
+    "encode_video",
+    "write_animation",
+    "side_by_side",
+    "check_output_file",
+    "prepare_output_dir",
+    "VIDEO_SUFFIXES",
+]
 
 
 def temp_name_pattern(name: str) -> str:
@@ -47,8 +63,15 @@ def create_temp(folder, name: str):
     for _ in range(100):
         tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-                           | getattr(os, "O_NOFOLLOW", 0), 0o666), tmp
+            return os.open(
+                tmp,
+                os.O_WRONLY
+                | os.O_CREAT
+                | os.O_EXCL
+                | getattr(os, "O_BINARY", 0)
+                | getattr(os, "O_NOFOLLOW", 0),
+                0o666,
+            ), tmp
         except FileExistsError:
             continue
     raise FileExistsError(f"cannot create a temporary file in '{folder}'")
@@ -101,9 +124,9 @@ def atomic_write(path, write: Callable[[str], None], *, fsync: bool = True) -> P
     return path
 
 
-def atomic_write_bytes(path, data: Union[bytes, bytearray, memoryview], *,
-                       fsync: bool = True) -> Path:
+def atomic_write_bytes(path, data: Union[bytes, bytearray, memoryview], *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+
     def write(tmp):
         view = memoryview(data)
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0))
@@ -183,8 +206,9 @@ def frames_to_uint8(x: torch.Tensor) -> np.ndarray:
     return to_uint8(x.detach().float().cpu()).permute(0, 2, 3, 1).numpy()
 
 
-def side_by_side(expected: torch.Tensor, generated: torch.Tensor, n_input: int, scale: int = 2,
-                 gap: int = 4) -> np.ndarray:
+def side_by_side(
+    expected: torch.Tensor, generated: torch.Tensor, n_input: int, scale: int = 2, gap: int = 4
+) -> np.ndarray:
     """Frames of two clips next to each other (expected left, generated right), uint8
     ``(T, H', W', 3)``. The first ``n_input`` frames are the inputs (same on both sides); the
     predicted frames get a red border on the generated side."""
@@ -196,11 +220,11 @@ def side_by_side(expected: torch.Tensor, generated: torch.Tensor, n_input: int, 
     t, h, w, _ = e.shape
     out = np.full((t, h + 2 * gap, 2 * w + 3 * gap, 3), 255, np.uint8)
     for i in range(t):
-        out[i, gap:gap + h, gap:gap + w] = e[i]
+        out[i, gap : gap + h, gap : gap + w] = e[i]
         x0 = 2 * gap + w
         if i >= n_input:
-            out[i, gap - 2:gap + h + 2, x0 - 2:x0 + w + 2] = (220, 30, 30)
-        out[i, gap:gap + h, x0:x0 + w] = g[i]
+            out[i, gap - 2 : gap + h + 2, x0 - 2 : x0 + w + 2] = (220, 30, 30)
+        out[i, gap : gap + h, x0 : x0 + w] = g[i]
     return out
 
 
@@ -209,9 +233,16 @@ def side_by_side(expected: torch.Tensor, generated: torch.Tensor, n_input: int, 
 VIDEO_SUFFIXES = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 
 
-def encode_video(path, frames: np.ndarray, fps: float = 25, *, codec: str = "libx264",
-                 pix_fmt: str = "yuv420p", options: dict | None = None,
-                 container: str | None = None) -> None:
+def encode_video(
+    path,
+    frames: np.ndarray,
+    fps: float = 25,
+    *,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    options: dict | None = None,
+    container: str | None = None,
+) -> None:
     """Encode uint8 ``(T, H, W, 3)`` RGB frames to ``path`` with PyAV (the package's one encode
     loop; the container follows the suffix unless ``container`` names it). ``yuv420p`` needs even
     sizes: odd ones are padded by repeating the last row/column."""
@@ -221,8 +252,9 @@ def encode_video(path, frames: np.ndarray, fps: float = 25, *, codec: str = "lib
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     if pix_fmt == "yuv420p" and (frames.shape[1] % 2 or frames.shape[2] % 2):
-        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2),
-                                 (0, 0)), mode="edge")
+        frames = np.pad(
+            frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge"
+        )
     with av.open(os.fspath(path), mode="w", format=container) as out:
         stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -255,8 +287,9 @@ def write_animation(frames: np.ndarray, path, fps: float = 4.0) -> Path:
         from PIL import Image
 
         imgs = [Image.fromarray(f) for f in frames]
-        imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:],
-                     duration=int(1000 / fps), loop=0)
+        imgs[0].save(
+            tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0
+        )
 
     def write_video(tmp):
         encode_video(tmp, frames, fps, container=VIDEO_SUFFIXES[suffix])
@@ -307,7 +340,8 @@ def prepare_output_dir(path, setting: str = "out") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output folder `{setting}` '{path}': "
-                          f"{exc.strerror or exc}") from exc
+        raise OutputError(
+            f"cannot create the output folder `{setting}` '{path}': {exc.strerror or exc}"
+        ) from exc
     _probe_writable(path, f"to the output folder `{setting}` '{path}'")
     return path

@@ -15,9 +15,8 @@ pixel values: the default ``2.0`` assumes frames in [-1, 1] as produced by
 * :func:`l2` -- mean squared error; :func:`gdl` -- gradient difference loss per image
   (``alpha=1``, mean over pixels).
 """
+
 from __future__ import annotations
-
-
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +27,9 @@ __all__ = ["psnr", "ssim", "sharpness", "l2", "gdl", "all_metrics"]
 
 def _prep(pred: Tensor, target: Tensor, name: str):
     if pred.shape != target.shape:
-        raise ValueError(f"{name}: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
-                         "must have the same shape")
+        raise ValueError(
+            f"{name}: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape"
+        )
     if pred.dim() < 3:
         raise ValueError(f"{name}: expected images (..., C, H, W), got {tuple(pred.shape)}")
     dt = torch.float64 if pred.dtype == torch.float64 else torch.float32
@@ -45,24 +45,30 @@ def l2(pred: Tensor, target: Tensor) -> Tensor:
 def psnr(pred: Tensor, target: Tensor, data_range: float = 2.0, eps: float = 1e-10) -> Tensor:
     """PSNR in dB per image; ``data_range`` 2.0 for [-1, 1] frames (MSE floored at ``eps``)."""
     mse = l2(pred, target).clamp_min(eps)
-    return 10.0 * torch.log10(data_range ** 2 / mse)
+    return 10.0 * torch.log10(data_range**2 / mse)
 
 
 def _gaussian(size: int, sigma: float, dtype, device) -> Tensor:
     x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
-def ssim(pred: Tensor, target: Tensor, data_range: float = 2.0, window: int = 11,
-         sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> Tensor:
+def ssim(
+    pred: Tensor,
+    target: Tensor,
+    data_range: float = 2.0,
+    window: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> Tensor:
     """SSIM per image (mean over channels and valid positions); frames smaller than the window
     use a window of their own size."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"ssim: window must be a positive int, got {window!r}")
     if not sigma > 0 or not data_range > 0:
-        raise ValueError(f"ssim: sigma and data_range must be positive, got {sigma} and "
-                         f"{data_range}")
+        raise ValueError(f"ssim: sigma and data_range must be positive, got {sigma} and {data_range}")
     p, t = _prep(pred, target, "ssim")
     lead = p.shape[:-3]
     c, h, w = p.shape[-3:]
@@ -77,12 +83,12 @@ def ssim(pred: Tensor, target: Tensor, data_range: float = 2.0, window: int = 11
         return F.conv2d(F.conv2d(x, kh, groups=c), kw, groups=c)
 
     mu_p, mu_t = blur(p), blur(t)
-    spp = blur(p * p) - mu_p ** 2
-    stt = blur(t * t) - mu_t ** 2
+    spp = blur(p * p) - mu_p**2
+    stt = blur(t * t) - mu_t**2
     spt = blur(p * t) - mu_p * mu_t
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
-    s = ((2 * mu_p * mu_t + c1) * (2 * spt + c2)) / ((mu_p ** 2 + mu_t ** 2 + c1) * (spp + stt + c2))
+    s = ((2 * mu_p * mu_t + c1) * (2 * spt + c2)) / ((mu_p**2 + mu_t**2 + c1) * (spp + stt + c2))
     return s.mean(dim=(-3, -2, -1)).reshape(lead)
 
 
@@ -99,7 +105,7 @@ def sharpness(pred: Tensor, target: Tensor, data_range: float = 2.0, eps: float 
     if p.shape[-1] < 2 or p.shape[-2] < 2:
         raise ValueError("sharpness: images must be at least 2x2")
     d = (_grad_sum(t) - _grad_sum(p)).abs().mean(dim=(-3, -2, -1)).clamp_min(eps)
-    return 10.0 * torch.log10(data_range ** 2 / d)
+    return 10.0 * torch.log10(data_range**2 / d)
 
 
 def gdl(pred: Tensor, target: Tensor, alpha: float = 1.0) -> Tensor:
@@ -113,8 +119,10 @@ def gdl(pred: Tensor, target: Tensor, alpha: float = 1.0) -> Tensor:
 
 def all_metrics(pred: Tensor, target: Tensor, data_range: float = 2.0) -> dict:
     """``{"psnr", "ssim", "sharpness", "l2", "gdl"}`` per image."""
-    return {"psnr": psnr(pred, target, data_range), "ssim": ssim(pred, target, data_range),
-            "sharpness": sharpness(pred, target, data_range), "l2": l2(pred, target),
-            "gdl": gdl(pred, target)}
-
-
+    return {
+        "psnr": psnr(pred, target, data_range),
+        "ssim": ssim(pred, target, data_range),
+        "sharpness": sharpness(pred, target, data_range),
+        "l2": l2(pred, target),
+        "gdl": gdl(pred, target),
+    }

@@ -1,4 +1,5 @@
 """``python -m pyframepred.predict``: the command line of :mod:`pyframepred.cli.predict`."""
+
 import sys
 
 from .cli.predict import main

@@ -1,4 +1,5 @@
 """``python -m pyframepred.train``: the command line of :mod:`pyframepred.cli.train`."""
+
 import sys
 
 from .cli.train import main

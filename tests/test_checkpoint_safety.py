@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from pyframepred import io as atomic
-from pyframepred.training import checkpoint as ckpt_format
 from pyframepred.cli import evaluate as ev
 from pyframepred.cli import predict as pr
 from pyframepred.cli import train as tr
 from pyframepred.cli.common import EXIT_WORKER_DIED, EXIT_WRITE_FAILED
-from pyframepred.errors import ConfigError, OutputError
-from pyframepred.training import StepHook, TrainConfig, Trainer
 from pyframepred.data import decode_frames, find_videos, index_videos, synthetic
+from pyframepred.errors import OutputError
+from pyframepred.training import TrainConfig, Trainer
+from pyframepred.training import checkpoint as ckpt_format
 from pyframepred.training.run_folder import RunFolderLock
 
 ROOT = Path(__file__).resolve().parents[1]

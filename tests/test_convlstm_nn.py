@@ -1,11 +1,11 @@
 """ConvLSTMCell / ConvLSTM modules: fused vs reference equivalence, state handling, errors."""
 import pytest
 import torch
+from conftest import requires_cuda
 from torch import nn
 
 from pyframepred import ops, reference
 from pyframepred.nn import ConvLSTM, ConvLSTMCell
-from conftest import requires_cuda
 
 
 def _grads(module, loss):

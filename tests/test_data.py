@@ -24,11 +24,21 @@ from torch.utils.data import DataLoader
 
 import pyframepred.data as pd
 import pyframepred.data.index as index_mod
-from pyframepred.data import (FrameReader, MultiScale, NoVideosError, VideoClips, decode_frames,
-                              denormalize, find_videos, index_videos, multiscale, normalize,
-                              to_uint8)
+from pyframepred.data import (
+    FrameReader,
+    MultiScale,
+    NoVideosError,
+    VideoClips,
+    decode_frames,
+    denormalize,
+    find_videos,
+    index_videos,
+    multiscale,
+    normalize,
+    synthetic,
+    to_uint8,
+)
 from pyframepred.data.decode import resize_frames
-from pyframepred.data import synthetic
 
 
 # --------------------------------------------------------------------------- helpers

@@ -3,8 +3,14 @@ import pytest
 import torch
 
 from pyframepred import reference
-from pyframepred.models import (MultiScaleDiscriminator, MultiScaleGenerator, MultiScaleLoss,
-                                Seq2Seq, SkipAutoencoder, scale_sizes)
+from pyframepred.models import (
+    MultiScaleDiscriminator,
+    MultiScaleGenerator,
+    MultiScaleLoss,
+    Seq2Seq,
+    SkipAutoencoder,
+    scale_sizes,
+)
 
 SIZES = [(64, 64), (48, 80)]
 

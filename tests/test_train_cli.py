@@ -15,10 +15,9 @@ import torch
 from pyframepred.cli import evaluate as ev
 from pyframepred.cli import predict as pr
 from pyframepred.cli import train as tr
-from pyframepred.cli.common import EXIT_WORKER_DIED, EXIT_WRITE_FAILED
-from pyframepred.errors import ConfigError, OutputError
-from pyframepred.training import StepHook, TrainConfig, Trainer
 from pyframepred.data import synthetic
+from pyframepred.errors import ConfigError
+from pyframepred.training import StepHook, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

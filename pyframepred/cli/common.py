@@ -1,5 +1,6 @@
 """What the three command lines share: one-line argparse errors, plain warnings, the wording of
 library errors as command-line messages, exit statuses."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,17 +11,28 @@ import sys
 import warnings
 from fractions import Fraction
 
-from ..errors import (ConfigError, OutputError, OutputWriteError, PyframepredError,
-                      TrainingDiverged, WorkerDied)
+from ..errors import (
+    ConfigError,
+    OutputError,
+    OutputWriteError,
+    PyframepredError,
+    TrainingDiverged,
+    WorkerDied,
+)
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_WORKER_DIED, EXIT_WRITE_FAILED = 0, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
 
 # Library exception -> exit status (the first match wins; CheckpointError and the data
 # errors are PyframepredErrors: bad input, status 2).
-_EXIT_CODES = ((TrainingDiverged, EXIT_DIVERGED), (WorkerDied, EXIT_WORKER_DIED),
-               (OutputWriteError, EXIT_WRITE_FAILED), (ConfigError, EXIT_USAGE),
-               (OutputError, EXIT_USAGE), (PyframepredError, EXIT_USAGE))
+_EXIT_CODES = (
+    (TrainingDiverged, EXIT_DIVERGED),
+    (WorkerDied, EXIT_WORKER_DIED),
+    (OutputWriteError, EXIT_WRITE_FAILED),
+    (ConfigError, EXIT_USAGE),
+    (OutputError, EXIT_USAGE),
+    (PyframepredError, EXIT_USAGE),
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -83,10 +95,10 @@ def parse_fps(text: str) -> float:
         value = float(Fraction(text.strip()))
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(
-            f"--fps takes a positive number or a fraction N/D (e.g. 30000/1001), got {text!r}")
+            f"--fps takes a positive number or a fraction N/D (e.g. 30000/1001), got {text!r}"
+        ) from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(
-            f"--fps must be a positive number or a fraction N/D, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--fps must be a positive number or a fraction N/D, got {text!r}")
     return value
 
 

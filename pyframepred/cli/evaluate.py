@@ -15,6 +15,7 @@ The checkpoint is read without running any code it may carry (``weights_only``; 
 :mod:`pyframepred.training.checkpoint`); the JSON is written atomically (a symbolic link at ``--out`` is
 replaced by the file, not written through).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,19 +35,26 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m pyframepred.evaluate",
-                      description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m pyframepred.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="a checkpoint written by pyframepred.train (last.pt/best.pt)")
     p.add_argument("--data", help="folder of videos (default: the checkpoint's data set)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="frames to predict (default: the checkpoint's validation steps)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="frames to predict (default: the checkpoint's validation steps)",
+    )
     p.add_argument("--clips", type=int, default=256, help="held-out clips to use (default 256)")
     p.add_argument("--clips-per-video", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="chooses the fixed clips (default 0)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
-                   help="fused ConvLSTM kernels (default) or the reference")
+    p.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fused ConvLSTM kernels (default) or the reference",
+    )
     p.add_argument("--out", help="JSON file (default: eval.json next to the checkpoint)")
     return p
 
@@ -69,9 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = evaluate_model(model, ds, n_in, steps, device, args.batch_size, args.clips)
     except PyframepredError as exc:
         return report(exc, parser)
-    result.update(checkpoint=str(Path(args.checkpoint).resolve()), model=result["model"],
-                  model_name=cfg["model"], step=ckpt.get("step"), data=str(ds.root),
-                  seed=args.seed)
+    result.update(
+        checkpoint=str(Path(args.checkpoint).resolve()),
+        model=result["model"],
+        model_name=cfg["model"],
+        step=ckpt.get("step"),
+        data=str(ds.root),
+        seed=args.seed,
+    )
     print(format_table(result))
     try:
         atomic_write_json(out, result, indent=2, allow_nan=True)

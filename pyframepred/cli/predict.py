@@ -11,6 +11,7 @@ convolutional models accept), predicts ``K`` frames from the first ``in_frames``
 expected (left) and generated (right, red border on predicted frames) clips side by side. Frames
 past the end of the video are shown grey on the expected side. Prints PSNR/SSIM per step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,20 +34,23 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m pyframepred.predict",
-                      description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m pyframepred.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("video")
     p.add_argument("--steps", type=int, default=4, help="frames to predict (default 4)")
     p.add_argument("--out", default="prediction.gif", help=".gif or .mp4 (default prediction.gif)")
     p.add_argument("--start", type=int, help="first frame (default: middle of the video)")
     p.add_argument("--interval", type=int, help="frames skipped between frames (default: as trained)")
-    p.add_argument("--size", type=int, nargs="+",
-                   help="H [W] frame size (default: as trained; 0 = the video's own size)")
+    p.add_argument(
+        "--size", type=int, nargs="+", help="H [W] frame size (default: as trained; 0 = the video's own size)"
+    )
     p.add_argument("--scale", type=int, default=3, help="pixel zoom of the output (default 3)")
-    p.add_argument("--fps", type=parse_fps, default=3.0,
-                   help="frames per second of the output: a number or N/D, e.g. 30000/1001 "
-                        "(default 3)")
+    p.add_argument(
+        "--fps",
+        type=parse_fps,
+        default=3.0,
+        help="frames per second of the output: a number or N/D, e.g. 30000/1001 (default 3)",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True)
     return p
@@ -86,8 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with torch.no_grad():
             pred = rollout(model, clip[None, :n_in].to(device), args.steps)[0].float().cpu()
         gen = torch.cat([clip[:n_in], pred])
-        out = write_animation(side_by_side(clip, gen, n_in, scale=args.scale), args.out,
-                              fps=args.fps)
+        out = write_animation(side_by_side(clip, gen, n_in, scale=args.scale), args.out, fps=args.fps)
     except PyframepredError as exc:
         return report(exc, parser)
     except OSError as exc:
@@ -96,9 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k in range(args.steps):
         if n_in + k < n_real:
             t, p, b = clip[n_in + k], pred[k], clip[n_in - 1]
-            print(f"step {k + 1}: PSNR {M.psnr(p, t).item():.2f} dB (copy-last "
-                  f"{M.psnr(b, t).item():.2f}), SSIM {M.ssim(p, t).item():.4f} "
-                  f"({M.ssim(b, t).item():.4f})")
+            print(
+                f"step {k + 1}: PSNR {M.psnr(p, t).item():.2f} dB (copy-last "
+                f"{M.psnr(b, t).item():.2f}), SSIM {M.ssim(p, t).item():.4f} "
+                f"({M.ssim(b, t).item():.4f})"
+            )
     print(f"wrote {out} (expected | generated, {clip.shape[-2]}x{clip.shape[-1]} frames)")
     return 0
 

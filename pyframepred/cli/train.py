@@ -35,6 +35,7 @@ died (``last.pt`` saved first); 5 an output could not be written, e.g. a full di
 checkpoint is intact); 130 interrupted by Ctrl-C (SIGINT) or SIGTERM, also when sent to the whole
 process group, after saving ``last.pt`` at the current step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,7 @@ from ..training.config import load_config_file, setting_fields
 from ..training.distributed import dist_env
 from ..training.resume import resume_settings
 from ..training.signals import StopFlag
-from .common import (EXIT_INTERRUPTED, EXIT_OK, OneLineParser, plain_warnings, report)
+from .common import EXIT_INTERRUPTED, EXIT_OK, OneLineParser, plain_warnings, report
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -60,21 +61,31 @@ __all__ = ["main", "build_parser", "config_from_args"]
 def build_parser() -> argparse.ArgumentParser:
     """The parser: ``--config``, ``--resume``, ``--overwrite``, then one option per setting of
     :class:`~pyframepred.training.TrainConfig` that has a flag (its help from the field)."""
-    p = OneLineParser(prog="python -m pyframepred.train",
-                      description="Train a video frame prediction model.",
-                      epilog="Exit status: 0 done, 2 usage/data error (also: --out holds "
-                             "another run), 3 NaN/Inf loss or weights (nothing non-finite "
-                             "saved), 4 a data-loading worker died (checkpoint saved), 5 an "
-                             "output could not be written (e.g. disk full; previous checkpoint "
-                             "intact), 130 interrupted (checkpoint saved).")
+    p = OneLineParser(
+        prog="python -m pyframepred.train",
+        description="Train a video frame prediction model.",
+        epilog="Exit status: 0 done, 2 usage/data error (also: --out holds "
+        "another run), 3 NaN/Inf loss or weights (nothing non-finite "
+        "saved), 4 a data-loading worker died (checkpoint saved), 5 an "
+        "output could not be written (e.g. disk full; previous checkpoint "
+        "intact), 130 interrupted (checkpoint saved).",
+    )
     p.add_argument("--config", help="JSON or TOML file of options (command line wins)")
-    p.add_argument("--resume", nargs="?", const="auto",
-                   help="continue from a checkpoint (default: <out>/last.pt) with its settings; "
-                        "options given override them, except the model and data layout")
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace the checkpoints of another run in --out (a new run refuses "
-                        "such a folder without it), or a newer last.pt when resuming another "
-                        "checkpoint into it")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="continue from a checkpoint (default: <out>/last.pt) with its settings; "
+        "options given override them, except the model and data layout",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the checkpoints of another run in --out (a new run refuses "
+        "such a folder without it), or a newer last.pt when resuming another "
+        "checkpoint into it",
+    )
     for f, tp in setting_fields():
         if not f.metadata.get("flag", True):
             continue
@@ -116,13 +127,18 @@ def config_from_args(argv: Sequence[str] | None = None):
 
 def _start_line(cfg, trainer, resume) -> str:
     threads = torch.get_num_threads()
-    return (f"training {cfg.model} ({cfg.preset}): {cfg.steps} steps of {cfg.batch_size} x "
-            f"{trainer.world} clips on {trainer.device}"
-            + (f" ({threads} thread{'s' if threads > 1 else ''}: {trainer.threads_reason})"
-               if trainer.device.type == "cpu" else "")
-            + f"{' (fused ops)' if cfg.fused else ' (reference ops)'}; data {trainer.data_root} "
-              f"({len(trainer.train_ds)} training clips); output {cfg.out}"
-            + (f"; resumed at step {trainer.step} from {resume}" if resume else ""))
+    return (
+        f"training {cfg.model} ({cfg.preset}): {cfg.steps} steps of {cfg.batch_size} x "
+        f"{trainer.world} clips on {trainer.device}"
+        + (
+            f" ({threads} thread{'s' if threads > 1 else ''}: {trainer.threads_reason})"
+            if trainer.device.type == "cpu"
+            else ""
+        )
+        + f"{' (fused ops)' if cfg.fused else ' (reference ops)'}; data {trainer.data_root} "
+        f"({len(trainer.train_ds)} training clips); output {cfg.out}"
+        + (f"; resumed at step {trainer.step} from {resume}" if resume else "")
+    )
 
 
 @plain_warnings(parser=build_parser)
@@ -134,8 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if dist_env()[1] == 0:
                 step = int(ckpt["step"])
                 where = f"of {cfg.steps}" if step == cfg.steps else f"(past --steps {cfg.steps})"
-                print(f"checkpoint '{resume}' is already at step {step} {where}; nothing to do "
-                      f"(pass --steps M with M > {step} to train further)", file=sys.stderr)
+                print(
+                    f"checkpoint '{resume}' is already at step {step} {where}; nothing to do "
+                    f"(pass --steps M with M > {step} to train further)",
+                    file=sys.stderr,
+                )
             return EXIT_OK
         trainer = Trainer(cfg, resume=resume, checkpoint=ckpt, overwrite=overwrite)
         del ckpt
@@ -146,13 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(_start_line(cfg, trainer, resume), file=sys.stderr)
             result = trainer.fit()
     except PyframepredError as exc:
-        hint = (" (on the command line: --test-fraction 0, or --split-dir DIR)"
-                if isinstance(exc, EmptySplitError) else "")
+        hint = (
+            " (on the command line: --test-fraction 0, or --split-dir DIR)"
+            if isinstance(exc, EmptySplitError)
+            else ""
+        )
         return report(exc, build_parser(), hint)
-    except KeyboardInterrupt:            # before training started (or a second Ctrl-C)
-        print("\ninterrupted" + ("" if trainer is None else
-                                 f"; nothing saved past the last checkpoint in {cfg.out}"),
-              file=sys.stderr)
+    except KeyboardInterrupt:  # before training started (or a second Ctrl-C)
+        print(
+            "\ninterrupted"
+            + ("" if trainer is None else f"; nothing saved past the last checkpoint in {cfg.out}"),
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     finally:
         if trainer is not None:
@@ -164,9 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if trainer.main and result["val"] is not None:
         mm, bm = result["val"]["model_mean"], result["val"]["baseline_mean"]
         scores = "held-out" if cfg.split_dir is not None or cfg.test_fraction else "validation"
-        print(f"done: {result['step']} steps; {scores} PSNR {mm['psnr']:.2f} dB vs copy-last "
-              f"{bm['psnr']:.2f}, SSIM {mm['ssim']:.4f} vs {bm['ssim']:.4f}; checkpoints in "
-              f"{cfg.out}", file=sys.stderr)
+        print(
+            f"done: {result['step']} steps; {scores} PSNR {mm['psnr']:.2f} dB vs copy-last "
+            f"{bm['psnr']:.2f}, SSIM {mm['ssim']:.4f} vs {bm['ssim']:.4f}; checkpoints in "
+            f"{cfg.out}",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -24,6 +24,7 @@ Example::
         inputs, targets = multiscale(clips, scales=(4, 16, 32, 64))  # 4 frames in, 1 out
         ...
 """
+
 from ._common import VIDEO_EXTENSIONS, default_cache_dir
 from .decode import FrameReader, decode_frames
 from .index import VideoInfo, find_videos, index_videos, probe_video
@@ -32,12 +33,28 @@ from .transforms import MultiScale, denormalize, multiscale, normalize, to_uint8
 from .video_clips import Clip, EmptySplitError, NoDecodableVideosError, NoVideosError, VideoClips
 
 __all__ = [
-    "VideoClips", "Clip", "NoVideosError", "EmptySplitError", "NoDecodableVideosError",
+    "VideoClips",
+    "Clip",
+    "NoVideosError",
+    "EmptySplitError",
+    "NoDecodableVideosError",
     "VideoInfo",
-    "VIDEO_EXTENSIONS", "FrameReader", "decode_frames",
-    "normalize", "denormalize", "to_uint8", "multiscale", "MultiScale",
-    "default_dataset_root", "default_cache_dir", "index_videos", "find_videos", "probe_video",
-    "read_ucf_split", "group_split", "synthetic",
+    "VIDEO_EXTENSIONS",
+    "FrameReader",
+    "decode_frames",
+    "normalize",
+    "denormalize",
+    "to_uint8",
+    "multiscale",
+    "MultiScale",
+    "default_dataset_root",
+    "default_cache_dir",
+    "index_videos",
+    "find_videos",
+    "probe_video",
+    "read_ucf_split",
+    "group_split",
+    "synthetic",
 ]
 
 

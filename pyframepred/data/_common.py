@@ -1,10 +1,13 @@
 """Small shared helpers of :mod:`pyframepred.data`: cache folder, logger, atomic writes."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 from pathlib import Path
+
+from ..errors import ConfigError
 
 logger = logging.getLogger("pyframepred.data")
 
@@ -77,3 +80,19 @@ def as_hw(size) -> tuple[int, int] | None:
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
     return h, w
+
+
+class NoVideosError(ConfigError):
+    """No usable video in the data folder (none found, or none left after filtering); a
+    :class:`~pyframepred.errors.ConfigError` (and a ``ValueError``)."""
+
+
+class EmptySplitError(NoVideosError):
+    """The group train/test split left the requested side without videos (e.g. every class has a
+    single group); the message says why and names the ways out (``test_fraction=0``, split lists,
+    more groups)."""
+
+
+class NoDecodableVideosError(NoVideosError, RuntimeError):
+    """Every video of a :class:`VideoClips` failed to decode when its clips were read (the files
+    changed or broke after indexing). A :class:`NoVideosError`, and a ``RuntimeError`` as before."""

@@ -14,6 +14,7 @@ the target size and check what comes back. When that fails they decode at the vi
 this process), so the fast path is kept wherever it works; a width that failed on two videos and
 never worked is then not tried directly on new videos either.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,7 @@ def resize_frames(arr: np.ndarray, size) -> np.ndarray:
     if arr.shape[1:3] == (h, w):
         return arr
     t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", antialias=True,
-                                        align_corners=False)
+    t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
@@ -62,8 +62,7 @@ def _open(path: str, request, num_threads: int):
     h, w = request if request is not None else (-1, -1)
     try:
         with decodable_path(path) as p:  # a name that is not UTF-8: opened through its fd
-            return decord.VideoReader(p, ctx=decord.cpu(0), width=w, height=h,
-                                      num_threads=num_threads)
+            return decord.VideoReader(p, ctx=decord.cpu(0), width=w, height=h, num_threads=num_threads)
     except Exception:
         if os.path.isdir(path):
             raise IsADirectoryError(f"'{path}' is a folder, not a video file") from None
@@ -94,8 +93,9 @@ def _note(width, worked: bool) -> None:
         _width_stats.setdefault(width, [0, 0])[0 if worked else 1] += 1
 
 
-def decode_frames(path, indices: Sequence[int], size=None, *, native_size=None,
-                  num_threads: int = 1) -> np.ndarray:
+def decode_frames(
+    path, indices: Sequence[int], size=None, *, native_size=None, num_threads: int = 1
+) -> np.ndarray:
     """Frames ``indices`` (0-based, decode order) of the video ``path`` as uint8 ``(T, H, W, 3)``
     RGB, at ``size=(H, W)`` (or an int; ``None``: the video's own size).
 
@@ -141,15 +141,22 @@ def decode_frames(path, indices: Sequence[int], size=None, *, native_size=None,
         finally:
             del vr
         if arr is not None:
-            if (arr.ndim == 4 and arr.shape[0] == n and arr.shape[-1] == 3
-                    and arr.dtype == np.uint8
-                    and (want is None or tuple(arr.shape[1:3]) == want)):
+            if (
+                arr.ndim == 4
+                and arr.shape[0] == n
+                and arr.shape[-1] == 3
+                and arr.dtype == np.uint8
+                and (want is None or tuple(arr.shape[1:3]) == want)
+            ):
                 _note(arr.shape[2], True)
                 if _routes.get(key) != route:
                     if route != _DIRECT:
-                        logger.debug("%s: decord cannot give frames at %s; decoding at %s and "
-                                     "resizing with torch", path, size or "the video's own size",
-                                     request or "the video's own size")
+                        logger.debug(
+                            "%s: decord cannot give frames at %s; decoding at %s and resizing with torch",
+                            path,
+                            size or "the video's own size",
+                            request or "the video's own size",
+                        )
                     _routes[key] = route
                 if route == _DIRECT:
                     return np.ascontiguousarray(arr)
@@ -157,7 +164,8 @@ def decode_frames(path, indices: Sequence[int], size=None, *, native_size=None,
             at = f"{request[0]}x{request[1]}" if request is not None else "its own size"
             last_error = RuntimeError(
                 f"decord returned an array of shape {tuple(arr.shape)} ({arr.dtype}) for {n} "
-                f"frames of '{path}' decoded at {at}")
+                f"frames of '{path}' decoded at {at}"
+            )
         _note(want[1] if want is not None else None, False)
     _routes.pop(key, None)
     raise last_error
@@ -195,12 +203,15 @@ class FrameReader:
 
     def get_batch(self, indices: Sequence[int]) -> np.ndarray:
         """Frames ``indices`` as uint8 ``(T, H, W, 3)``."""
-        return decode_frames(self.path, indices, self.size, native_size=self.native_size,
-                             num_threads=self.num_threads)
+        return decode_frames(
+            self.path, indices, self.size, native_size=self.native_size, num_threads=self.num_threads
+        )
 
     def __repr__(self) -> str:
-        return (f"FrameReader('{self.path}', frames={self._len}, native_size={self.native_size}, "
-                f"size={self.size})")
+        return (
+            f"FrameReader('{self.path}', frames={self._len}, native_size={self.native_size}, "
+            f"size={self.size})"
+        )
 
 
 def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
@@ -218,16 +229,17 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
     if not path.is_file():
         raise ConfigError(f"video '{path}' does not exist")
     try:
-        vr = FrameReader(path, size=size)   # decord at the requested size
+        vr = FrameReader(path, size=size)  # decord at the requested size
     except Exception as exc:  # noqa: BLE001 - decord raises its own error types
-        raise ConfigError(f"cannot read video '{path}': {' '.join(str(exc).split())[:200]}") \
-            from exc
+        raise ConfigError(f"cannot read video '{path}': {' '.join(str(exc).split())[:200]}") from exc
     n = len(vr)
     step = interval + 1
     need_in = (n_in - 1) * step + 1
     if n < need_in:
-        raise ConfigError(f"video '{path}' has {n} frame{'s' if n != 1 else ''}; {n_in} input "
-                          f"frames {interval} apart need {need_in}")
+        raise ConfigError(
+            f"video '{path}' has {n} frame{'s' if n != 1 else ''}; {n_in} input "
+            f"frames {interval} apart need {need_in}"
+        )
     total = n_in + steps
     if start is None:
         start = max(0, (n - ((total - 1) * step + 1)) // 2)
@@ -238,8 +250,7 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
     try:
         arr = vr.get_batch(real)
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"cannot decode video '{path}': {' '.join(str(exc).split())[:200]}") \
-            from exc
+        raise ConfigError(f"cannot decode video '{path}': {' '.join(str(exc).split())[:200]}") from exc
     x = normalize(torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2))
     if len(real) < total:
         x = torch.cat([x, torch.zeros(total - len(real), *x.shape[1:])])

@@ -10,25 +10,32 @@ The index lives beside the data (``<root>/.pyframepred-index.json``); when that 
 writable it goes to ``<cache>/indexes/<hash of the folder's real path>.json`` instead (see
 :func:`~pyframepred.data.default_cache_dir`).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
-import re
 import queue
+import re
 import stat
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ._common import (VIDEO_EXTENSIONS, atomic_write_json, decodable_path, default_cache_dir,
-                      logger)
+from ._common import VIDEO_EXTENSIONS, atomic_write_json, decodable_path, default_cache_dir, logger
 
-__all__ = ["VideoInfo", "find_videos", "probe_video", "index_videos", "class_of", "group_of",
-           "INDEX_FILENAME"]
+__all__ = [
+    "VideoInfo",
+    "find_videos",
+    "probe_video",
+    "index_videos",
+    "class_of",
+    "group_of",
+    "INDEX_FILENAME",
+]
 
 INDEX_FILENAME = ".pyframepred-index.json"
 INDEX_VERSION = 1
@@ -83,8 +90,10 @@ def find_videos(root) -> list[str]:
             continue
         key = (st.st_dev, st.st_ino)
         if key in seen:
-            logger.info("skipping %s: that folder is already indexed (a symbolic link loop or a "
-                        "second link to it)", dirpath)
+            logger.info(
+                "skipping %s: that folder is already indexed (a symbolic link loop or a second link to it)",
+                dirpath,
+            )
             continue
         seen.add(key)
         try:
@@ -99,7 +108,7 @@ def find_videos(root) -> list[str]:
             if name.startswith("."):
                 continue
             try:
-                is_dir = entry.is_dir()              # follows symbolic links
+                is_dir = entry.is_dir()  # follows symbolic links
             except OSError:
                 is_dir = False
             if is_dir:
@@ -108,14 +117,14 @@ def find_videos(root) -> list[str]:
             if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
                 continue
             try:
-                regular = entry.is_file()            # follows links; False for FIFOs, devices
+                regular = entry.is_file()  # follows links; False for FIFOs, devices
             except OSError:
                 regular = False
             if regular:
                 found.append(rel + name)
             else:
                 logger.info("skipping %s: not a regular file (or a broken link)", entry.path)
-        stack.extend(reversed(subdirs))              # depth-first, in name order
+        stack.extend(reversed(subdirs))  # depth-first, in name order
     found.sort()
     return found
 
@@ -183,8 +192,9 @@ def _probe(decord, path: str, result: dict) -> dict:
             return result
         fps = float(vr.get_avg_fps())
         first = vr[0].shape
-        result.update(height=int(first[0]), width=int(first[1]),
-                      fps=fps if math.isfinite(fps) and fps > 0 else 0.0)
+        result.update(
+            height=int(first[0]), width=int(first[1]), fps=fps if math.isfinite(fps) and fps > 0 else 0.0
+        )
     except Exception as exc:  # decord raises DECORDError or RuntimeError, sometimes others
         result["error"] = "cannot open or decode: " + _short_error(exc)
         return result
@@ -196,13 +206,14 @@ def _probe(decord, path: str, result: dict) -> dict:
         try:
             if back > 1:  # a failed decode can leave the reader in a bad state: reopen
                 vr = decord.VideoReader(path, num_threads=1)
-            vr[k].shape
+            _ = vr[k].shape  # decodes frame k
         except Exception as exc:
             last_error = exc
             continue
         if k != n - 1:
-            logger.info("%s: the container announces %d frames but only %d decode; using %d",
-                        path, n, k + 1, k + 1)
+            logger.info(
+                "%s: the container announces %d frames but only %d decode; using %d", path, n, k + 1, k + 1
+            )
         result["frames"] = k + 1
         return result
     result["error"] = "truncated or corrupt: last frames do not decode: " + _short_error(last_error)
@@ -221,7 +232,7 @@ def _load_index(path: Path, root: Path) -> dict | None:
     is unusable (not a regular file, not UTF-8 JSON, another version or layout). The index is a
     cache: anything wrong with it only costs a re-probe."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):   # a FIFO would block the open
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
             logger.info("ignoring video index %s: not a regular file", path)
             return None
         with open(path, "rb") as fh:
@@ -231,8 +242,11 @@ def _load_index(path: Path, root: Path) -> dict | None:
     except (OSError, ValueError, RecursionError) as exc:
         logger.info("ignoring unreadable video index %s: %s", path, exc)
         return None
-    if not isinstance(data, dict) or data.get("version") != INDEX_VERSION \
-            or not isinstance(data.get("videos"), dict):
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != INDEX_VERSION
+        or not isinstance(data.get("videos"), dict)
+    ):
         return None
     return data["videos"]
 
@@ -249,21 +263,27 @@ def _cached_info(rel: str, entry) -> VideoInfo | None:
         return None
     try:
         frames, height, width = entry["frames"], entry["height"], entry["width"]
-        fps, size, mtime, error = (entry["fps"], entry["size_bytes"], entry["mtime_ns"],
-                                   entry["error"])
+        fps, size, mtime, error = (entry["fps"], entry["size_bytes"], entry["mtime_ns"], entry["error"])
     except KeyError:
         return None
     if not all(_is_int(v) for v in (frames, height, width, size, mtime)):
         return None
-    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool)
-            and math.isfinite(fps) and fps >= 0):
+    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps >= 0):
         return None
     if error is not None and not isinstance(error, str):
         return None
     if error is None and (frames < 1 or height < 1 or width < 1):
         return None
-    return VideoInfo(path=rel, frames=frames, height=height, width=width, fps=float(fps),
-                     size_bytes=size, mtime_ns=mtime, error=error)
+    return VideoInfo(
+        path=rel,
+        frames=frames,
+        height=height,
+        width=width,
+        fps=float(fps),
+        size_bytes=size,
+        mtime_ns=mtime,
+        error=error,
+    )
 
 
 # A probe that has not returned after this many seconds (a file on a hung network mount, a device
@@ -294,8 +314,7 @@ def _probe_all(root: Path, rels: list, workers: int, timeout: float):
                 started[rel] = time.monotonic()
             done.put((rel, probe_video(root / rel)))
 
-    threads = [threading.Thread(target=worker, name=f"pfp-index-{k}", daemon=True)
-               for k in range(workers)]
+    threads = [threading.Thread(target=worker, name=f"pfp-index-{k}", daemon=True) for k in range(workers)]
     for t in threads:
         t.start()
     pending = set(rels)
@@ -308,10 +327,17 @@ def _probe_all(root: Path, rels: list, workers: int, timeout: float):
                 stuck = [r for r in pending if r in started and now - started[r] > timeout]
             for rel in stuck:
                 pending.discard(rel)
-                logger.info("%s: probing did not finish within %.0f s; skipped", root / rel,
-                            timeout)
-                yield rel, {"frames": 0, "height": 0, "width": 0, "fps": 0.0,
-                            "error": f"probe timed out after {timeout:g} s"}
+                logger.info("%s: probing did not finish within %.0f s; skipped", root / rel, timeout)
+                yield (
+                    rel,
+                    {
+                        "frames": 0,
+                        "height": 0,
+                        "width": 0,
+                        "fps": 0.0,
+                        "error": f"probe timed out after {timeout:g} s",
+                    },
+                )
             # A stuck probe holds its thread: start a replacement so the rest keeps moving.
             for _ in stuck:
                 t = threading.Thread(target=worker, name="pfp-index-extra", daemon=True)
@@ -323,9 +349,15 @@ def _probe_all(root: Path, rels: list, workers: int, timeout: float):
             yield rel, res
 
 
-def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
-                 workers: int | None = None,
-                 probe_timeout: float | None = None) -> list[VideoInfo]:
+def index_videos(
+    root,
+    *,
+    cache="auto",
+    cache_dir=None,
+    progress: bool = True,
+    workers: int | None = None,
+    probe_timeout: float | None = None,
+) -> list[VideoInfo]:
     """Index every video under ``root``; return one :class:`VideoInfo` per file (sorted by path).
 
     ``cache``: ``"auto"`` (beside the data, else in the cache folder), ``"data"`` (beside the data
@@ -367,8 +399,12 @@ def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
         size, mtime = stats[rel]
         for cached in indexes:
             entry = cached.get(rel)
-            if (isinstance(entry, dict) and entry.get("size_bytes") == size
-                    and entry.get("mtime_ns") == mtime and mtime != 0):
+            if (
+                isinstance(entry, dict)
+                and entry.get("size_bytes") == size
+                and entry.get("mtime_ns") == mtime
+                and mtime != 0
+            ):
                 info = _cached_info(rel, entry)
                 if info is not None:
                     infos[rel] = info
@@ -383,8 +419,14 @@ def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
             workers = min(8, os.cpu_count() or 1)
         workers = max(1, min(int(workers), len(todo)))
         t0 = time.perf_counter()
-        bar = tqdm(total=len(todo), desc=f"Indexing videos in {root.name or root}", unit="video",
-                   disable=not progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(todo),
+            desc=f"Indexing videos in {root.name or root}",
+            unit="video",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         try:
             timeout = PROBE_TIMEOUT_S if probe_timeout is None else float(probe_timeout)
             for rel, res in _probe_all(root, todo, workers, timeout):
@@ -393,17 +435,27 @@ def index_videos(root, *, cache="auto", cache_dir=None, progress: bool = True,
                 bar.update(1)
         finally:
             bar.close()
-        logger.info("indexed %d video(s) under %s in %.1f s (%d from the cache)", len(todo), root,
-                    time.perf_counter() - t0, len(rel_paths) - len(todo))
+        logger.info(
+            "indexed %d video(s) under %s in %.1f s (%d from the cache)",
+            len(todo),
+            root,
+            time.perf_counter() - t0,
+            len(rel_paths) - len(todo),
+        )
 
     ordered = [infos[rel] for rel in rel_paths]
     changed = bool(todo) or not indexes or set(indexes[0]) != set(rel_paths)
     if changed and locations:
-        payload = {"version": INDEX_VERSION, "root": os.path.realpath(root),
-                   "videos": {v.path: {k: val for k, val in asdict(v).items() if k != "path"}
-                              for v in ordered
-                              # a timed-out probe is retried next time, not remembered
-                              if not (v.error or "").startswith("probe timed out")}}
+        payload = {
+            "version": INDEX_VERSION,
+            "root": os.path.realpath(root),
+            "videos": {
+                v.path: {k: val for k, val in asdict(v).items() if k != "path"}
+                for v in ordered
+                # a timed-out probe is retried next time, not remembered
+                if not (v.error or "").startswith("probe timed out")
+            },
+        }
         for loc in locations:
             try:
                 atomic_write_json(loc, payload)

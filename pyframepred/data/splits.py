@@ -1,4 +1,5 @@
 """Train/test splits: UCF-101's official split lists, or a deterministic split by group."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,12 +33,14 @@ def read_ucf_split(split_dir, split_index: int = 1, train: bool = True) -> set[s
         list_file = split_path / name
         if not list_file.is_file():
             # Tolerate case differences in the file name (TrainList01.txt...).
-            matches = [p for p in split_path.glob("*") if p.name.lower() == name] \
-                if split_path.is_dir() else []
+            matches = (
+                [p for p in split_path.glob("*") if p.name.lower() == name] if split_path.is_dir() else []
+            )
             if not matches:
                 raise FileNotFoundError(
                     f"UCF-101 split list {name!r} not found in {str(split_path)!r} "
-                    f"(expected the official trainlist0N.txt / testlist0N.txt files)")
+                    f"(expected the official trainlist0N.txt / testlist0N.txt files)"
+                )
             list_file = matches[0]
     keys = set()
     with open(list_file, encoding="utf-8", errors="replace") as fh:
@@ -66,8 +69,7 @@ def group_key(rel_path: str, cls: str) -> tuple[str, str]:
     return cls.lower(), f"g{int(group)}" if group is not None else "file:" + _key(rel_path)
 
 
-def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: float = 0.2
-                ) -> list[bool]:
+def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: float = 0.2) -> list[bool]:
     """Deterministic split of videos into train/test by group; returns ``is_test`` per video.
 
     Videos are grouped per class by the ``gXX`` of UCF-style names (``v_<Class>_gXX_cYY``; in
@@ -96,3 +98,41 @@ def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: flo
     return [k in test_groups for k in keys]
 
 
+def names(items, limit=8) -> str:
+    """Up to ``limit`` of ``items``, comma-separated, with how many more there are."""
+    items = list(items)
+    text = ", ".join(items[:limit])
+    if len(items) > limit:
+        text += f", ... ({len(items) - limit} more)"
+    return text
+
+
+def empty_side_message(root_txt, side, test_fraction, paths, classes) -> str:
+    """Why the group split left the ``side`` (train/test) without videos, and the ways out."""
+    groups: dict[str, set] = {}
+    for p, c in zip(paths, classes):
+        groups.setdefault(c, set()).add(group_key(p, c))
+    n_groups = sum(len(g) for g in groups.values())
+    per_class = names((f"{c}: {len(g)}" for c, g in sorted(groups.items())), 12)
+    single = all(len(g) == 1 for g in groups.values())
+    if side == "test":
+        why = (
+            "every class has a single group, which stays on the train side"
+            if single
+            else "no class has a group left for the test side"
+        )
+    else:
+        why = f"test_fraction={test_fraction} sends every group to the test side" + (
+            " (every class has a single group)" if single else ""
+        )
+    return (
+        f"VideoClips: no videos for the {side} side in '{root_txt}': the group split "
+        f"(test_fraction={test_fraction}) keeps all the clips of a group (gXX in UCF-101 "
+        f"names; a file without one is its own group) on one side, and the "
+        f"{len(paths)} usable videos form {n_groups} group(s) (per class: {per_class}): "
+        f"{why}. "
+        + ("Pass a smaller test_fraction, or " if side == "train" else "Pass ")
+        + "test_fraction=0 to use every video on both sides (no held-out data), give "
+        "UCF-101 split lists (split_dir), or add videos from more groups (at least two "
+        "per class)."
+    )

@@ -19,12 +19,12 @@ Command line: ``python -m pyframepred.data.synthetic OUT_DIR [--seed 0] [--video
 (``--help`` for all options). From Python: :func:`generate` or, for the cached default set,
 :func:`default_dataset_root`.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from ._common import atomic_write_json, default_cache_dir, logger
+from .synthetic_render import _KINDS, CLASSES, render_video
 
 __all__ = ["CLASSES", "generate", "default_dataset_root", "render_video", "write_video", "main"]
 
@@ -43,224 +44,19 @@ __all__ = ["CLASSES", "generate", "default_dataset_root", "render_video", "write
 GENERATOR_VERSION = 1
 MANIFEST = "synthetic.json"
 
-CLASSES = ("BouncingSquares", "TexturedCircles", "MovingDigits", "MixedShapes", "CameraPan",
-           "GravityBalls")
-
-# 5x7 pixel font for the digits 0-9.
-_FONT = {
-    0: (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
-    1: ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),
-    2: (".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"),
-    3: ("#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."),
-    4: ("...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."),
-    5: ("#####", "#....", "####.", "....#", "....#", "#...#", ".###."),
-    6: ("..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."),
-    7: ("#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."),
-    8: (".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."),
-    9: (".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."),
-}
+# The scenes themselves (classes, shapes, textures, motion): synthetic_render.py.
 
 
-# --------------------------------------------------------------------------- drawing primitives
-def _shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Anti-aliased coverage mask (float32 in [0, 1]) of a shape about ``size`` pixels wide."""
-    if kind == "digit":
-        bitmap = np.array([[ch == "#" for ch in row] for row in _FONT[int(rng.integers(10))]],
-                          dtype=np.float32)
-        cell = max(1, round(size / 5))
-        return np.kron(bitmap, np.ones((cell, cell), np.float32))
-    ss = 4  # supersampling factor
-    n = size * ss
-    c = (np.arange(n, dtype=np.float32) + 0.5) / ss - size / 2  # pixel centres, origin in the middle
-    y, x = np.meshgrid(c, c, indexing="ij")
-    r = size / 2
-    if kind == "square":
-        m = np.ones((n, n), bool)
-    elif kind == "circle":
-        m = x * x + y * y <= r * r
-    elif kind == "ring":
-        d2 = x * x + y * y
-        m = (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
-    elif kind == "diamond":
-        m = np.abs(x) + np.abs(y) <= r
-    elif kind == "triangle":  # pointing up
-        m = (y <= r) & (np.abs(x) <= (y + r) / 2)
-    elif kind == "cross":
-        w = r * 0.35
-        m = (np.abs(x) <= w) | (np.abs(y) <= w)
-    else:
-        raise ValueError(f"unknown shape {kind!r}")
-    return m.reshape(size, ss, size, ss).mean(axis=(1, 3), dtype=np.float32)
-
-
-def _paste(canvas: np.ndarray, mask: np.ndarray, color: np.ndarray, x: float, y: float) -> None:
-    """Alpha-composite ``color`` through ``mask`` onto ``canvas`` at the sub-pixel top-left
-    corner ``(x, y)``, using bilinear placement (premultiplied alpha)."""
-    h, w = mask.shape
-    ix, iy = math.floor(x), math.floor(y)
-    fx, fy = x - ix, y - iy
-    alpha = np.zeros((h + 1, w + 1), np.float32)
-    for dy, dx, wgt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)),
-                        (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
-        alpha[dy:dy + h, dx:dx + w] += wgt * mask
-    big_h, big_w = canvas.shape[:2]
-    y0, x0 = max(iy, 0), max(ix, 0)
-    y1, x1 = min(iy + h + 1, big_h), min(ix + w + 1, big_w)
-    if y0 >= y1 or x0 >= x1:
-        return
-    a = alpha[y0 - iy:y1 - iy, x0 - ix:x1 - ix, None]
-    region = canvas[y0:y1, x0:x1]
-    region *= 1.0 - a
-    region += a * color
-
-
-def _hsv_color(rng: np.random.Generator, value: float, sat=(0.6, 1.0)) -> np.ndarray:
-    h = rng.random() * 6.0
-    s = rng.uniform(*sat)
-    i = int(h) % 6
-    f = h - int(h)
-    p, q, t = value * (1 - s), value * (1 - s * f), value * (1 - s * (1 - f))
-    rgb = [(value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value),
-           (value, p, q)][i]
-    return np.array(rgb, np.float32)
-
-
-def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Smooth colour noise plus a low-contrast stripe or checker pattern, float32 (h, w, 3)."""
-    import torch
-    import torch.nn.functional as F
-
-    base = _hsv_color(rng, rng.uniform(70, 150), sat=(0.2, 0.6))
-    cells = int(rng.integers(3, 7))
-    noise = torch.from_numpy(rng.standard_normal((1, 3, cells, cells)).astype(np.float32))
-    noise = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0]
-    noise = noise.permute(1, 2, 0).numpy() * rng.uniform(18, 30)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    period = rng.uniform(6, 14) * max(h, w) / 80
-    if rng.random() < 0.5:
-        theta = rng.uniform(0, math.pi)
-        pattern = np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period)
-    else:
-        pattern = np.sign(np.sin(math.pi * xx / period) * np.sin(math.pi * yy / period))
-    tex = base + noise + rng.uniform(10, 22) * pattern[..., None]
-    return np.clip(tex, 0, 255).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- scenes
-_KINDS = {
-    "BouncingSquares": ("square",),
-    "TexturedCircles": ("circle",),
-    "MovingDigits": ("digit",),
-    "MixedShapes": ("square", "circle", "triangle", "diamond", "ring", "cross"),
-    "CameraPan": ("square", "circle", "triangle", "diamond", "ring", "cross"),
-    "GravityBalls": ("circle",),
-}
-_COUNTS = {"BouncingSquares": (1, 3), "TexturedCircles": (1, 3), "MovingDigits": (1, 2),
-           "MixedShapes": (2, 4), "CameraPan": (2, 3), "GravityBalls": (1, 3)}
-
-
-def _background(cls: str, rng: np.random.Generator, h: int, w: int):
-    """Background of a group: (world image float32, camera pan padding)."""
-    if cls in ("TexturedCircles", "MixedShapes"):
-        return _texture(rng, h, w), 0
-    if cls == "CameraPan":
-        pad = max(8, round(0.2 * max(h, w)))
-        # one spare pixel for the bilinear camera window at the far edge
-        return _texture(rng, h + 2 * pad + 1, w + 2 * pad + 1), pad
-    if cls == "MovingDigits":
-        value = rng.uniform(0, 40)
-    elif rng.random() < 0.5:
-        value = rng.uniform(15, 70)  # dark
-    else:
-        value = rng.uniform(180, 235)  # light
-    color = _hsv_color(rng, value, sat=(0.0, 0.5))
-    return np.broadcast_to(color, (h, w, 3)).astype(np.float32), 0
-
-
-def render_video(cls: str, n_frames: int, height: int, width: int, group_seed, clip_seed
-                 ) -> np.ndarray:
-    """Render one video of class ``cls`` as uint8 ``(n_frames, height, width, 3)`` RGB.
-
-    ``group_seed`` fixes the background, ``clip_seed`` the objects and their motion (both are
-    anything :func:`numpy.random.default_rng` accepts).
-    """
-    if cls not in _KINDS:
-        raise ValueError(f"unknown class {cls!r}; choose from {', '.join(CLASSES)}")
-    bg_rng = np.random.default_rng(group_seed)
-    rng = np.random.default_rng(clip_seed)
-    world, pad = _background(cls, bg_rng, height, width)
-    wh, ww = world.shape[:2]
-    unit = min(height, width) / 64.0  # sizes and speeds are given for 64x64 frames
-    bg_value = float(world.mean())
-
-    objects = []
-    for _ in range(int(rng.integers(_COUNTS[cls][0], _COUNTS[cls][1] + 1))):
-        kind = _KINDS[cls][int(rng.integers(len(_KINDS[cls])))]
-        size = max(4, round(rng.uniform(9, 17) * unit * (1.25 if kind == "digit" else 1.0)))
-        mask = _shape_mask(kind, size, rng)
-        if cls == "MovingDigits":
-            color = np.full(3, rng.uniform(200, 255), np.float32)
-        else:
-            value = rng.uniform(25, 80) if bg_value > 150 else rng.uniform(200, 255)
-            color = _hsv_color(rng, value)
-        speed = rng.uniform(0.8, 2.6) * unit
-        angle = rng.uniform(0, 2 * math.pi)
-        h, w = mask.shape
-        objects.append({
-            "mask": mask, "color": color,
-            "x": rng.uniform(0, ww - w), "y": rng.uniform(0, wh - h),
-            "vx": speed * math.cos(angle), "vy": speed * math.sin(angle),
-        })
-    gravity = rng.uniform(0.12, 0.3) * unit if cls == "GravityBalls" else 0.0
-    if gravity:
-        for ob in objects:  # start in the upper half so that they fall
-            ob["y"] = rng.uniform(0, (wh - ob["mask"].shape[0]) / 2)
-    cam_x = rng.uniform(0, 2 * pad) if pad else 0.0
-    cam_y = rng.uniform(0, 2 * pad) if pad else 0.0
-    cam_speed = rng.uniform(0.25, 0.6) * unit if pad else 0.0
-    cam_angle = rng.uniform(0, 2 * math.pi)
-    cam_vx, cam_vy = cam_speed * math.cos(cam_angle), cam_speed * math.sin(cam_angle)
-
-    out = np.empty((n_frames, height, width, 3), np.uint8)
-    for t in range(n_frames):
-        canvas = world.copy()
-        for ob in objects:
-            _paste(canvas, ob["mask"], ob["color"], ob["x"], ob["y"])
-        if pad:  # sub-pixel camera window
-            ix, iy = math.floor(cam_x), math.floor(cam_y)
-            fx, fy = cam_x - ix, cam_y - iy
-            win = canvas[iy:iy + height + 1, ix:ix + width + 1]
-            frame = ((1 - fx) * (1 - fy) * win[:-1, :-1] + fx * (1 - fy) * win[:-1, 1:]
-                     + (1 - fx) * fy * win[1:, :-1] + fx * fy * win[1:, 1:])
-        else:
-            frame = canvas
-        out[t] = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
-        # advance the physics
-        for ob in objects:
-            h, w = ob["mask"].shape
-            ob["vy"] += gravity
-            ob["x"] += ob["vx"]
-            ob["y"] += ob["vy"]
-            for pos, vel, hi in (("x", "vx", ww - w), ("y", "vy", wh - h)):
-                if ob[pos] < 0:
-                    ob[pos], ob[vel] = -ob[pos], abs(ob[vel])
-                elif ob[pos] > hi:
-                    ob[pos], ob[vel] = 2 * hi - ob[pos], -abs(ob[vel])
-                ob[pos] = min(max(ob[pos], 0.0), float(hi))
-        if pad:
-            cam_x += cam_vx
-            cam_y += cam_vy
-            if not 0 <= cam_x <= 2 * pad:
-                cam_vx = -cam_vx
-                cam_x = min(max(cam_x, 0.0), 2.0 * pad)
-            if not 0 <= cam_y <= 2 * pad:
-                cam_vy = -cam_vy
-                cam_y = min(max(cam_y, 0.0), 2.0 * pad)
-    return out
-
-
-def write_video(path, frames: np.ndarray, fps: float = 25, *, codec: str = "libx264",
-                crf: int = 18, pix_fmt: str = "yuv420p", options: dict | None = None) -> None:
+def write_video(
+    path,
+    frames: np.ndarray,
+    fps: float = 25,
+    *,
+    codec: str = "libx264",
+    crf: int = 18,
+    pix_fmt: str = "yuv420p",
+    options: dict | None = None,
+) -> None:
     """Encode uint8 ``(T, H, W, 3)`` RGB frames to ``path`` (container from the extension) at
     quality ``crf`` (H.264), through :func:`pyframepred.io.encode_video`."""
     from ..io import encode_video
@@ -288,10 +84,18 @@ def _config(seed, videos_per_class, frames, size, classes, fps, groups_per_class
         raise ValueError(f"unknown classes {unknown}; choose from {', '.join(CLASSES)}")
     if int(videos_per_class) < 1 or int(groups_per_class) < 1:
         raise ValueError("videos_per_class and groups_per_class must be positive")
-    return {"generator_version": GENERATOR_VERSION, "seed": int(seed),
-            "videos_per_class": int(videos_per_class), "frames": [fmin, fmax],
-            "size": [height, width], "classes": classes, "fps": float(fps),
-            "groups_per_class": int(groups_per_class), "crf": int(crf), "gop": 12}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "videos_per_class": int(videos_per_class),
+        "frames": [fmin, fmax],
+        "size": [height, width],
+        "classes": classes,
+        "fps": float(fps),
+        "groups_per_class": int(groups_per_class),
+        "crf": int(crf),
+        "gop": 12,
+    }
 
 
 def _video_plan(cfg: dict):
@@ -299,7 +103,7 @@ def _video_plan(cfg: dict):
     plan = []
     groups = min(cfg["groups_per_class"], cfg["videos_per_class"])
     fmin, fmax = cfg["frames"]
-    for ci, cls in enumerate(cfg["classes"]):
+    for cls in cfg["classes"]:
         class_id = CLASSES.index(cls)
         for k in range(cfg["videos_per_class"]):
             g, c = k % groups + 1, k // groups + 1
@@ -310,9 +114,20 @@ def _video_plan(cfg: dict):
     return plan
 
 
-def generate(out_dir, *, seed: int = 0, videos_per_class: int = 12, frames=(40, 60), size=64,
-             classes: Sequence[str] | None = None, fps: float = 25, groups_per_class: int = 4,
-             crf: int = 18, progress: bool = True, overwrite: bool = False) -> Path:
+def generate(
+    out_dir,
+    *,
+    seed: int = 0,
+    videos_per_class: int = 12,
+    frames=(40, 60),
+    size=64,
+    classes: Sequence[str] | None = None,
+    fps: float = 25,
+    groups_per_class: int = 4,
+    crf: int = 18,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Write the synthetic data set to ``out_dir`` and return its path.
 
     ``videos_per_class`` videos per class in ``groups_per_class`` groups, each with a frame count
@@ -326,8 +141,9 @@ def generate(out_dir, *, seed: int = 0, videos_per_class: int = 12, frames=(40, 
     out_dir = Path(out_dir).expanduser()
     manifest = out_dir / MANIFEST
     if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"'{out_dir}' is a file, not a folder; choose a folder to write "
-                                 "the synthetic data set to")
+        raise NotADirectoryError(
+            f"'{out_dir}' is a file, not a folder; choose a folder to write the synthetic data set to"
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
         try:
             existing = json.loads(manifest.read_text())
@@ -336,16 +152,23 @@ def generate(out_dir, *, seed: int = 0, videos_per_class: int = 12, frames=(40, 
         if existing == cfg and not overwrite:
             return out_dir
         if not overwrite:
-            raise FileExistsError(f"'{out_dir}' is not empty and does not hold this synthetic "
-                                  "data set; choose an empty folder or pass overwrite=True")
+            raise FileExistsError(
+                f"'{out_dir}' is not empty and does not hold this synthetic "
+                "data set; choose an empty folder or pass overwrite=True"
+            )
     plan = _video_plan(cfg)
     height, width = cfg["size"]
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    for rel, cls, group_seed, clip_seed, n in tqdm(plan, desc="Generating synthetic videos",
-                                                   unit="video", disable=not progress,
-                                                   leave=False, dynamic_ncols=True):
+    for rel, cls, group_seed, clip_seed, n in tqdm(
+        plan,
+        desc="Generating synthetic videos",
+        unit="video",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    ):
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         video = render_video(cls, n, height, width, group_seed, clip_seed)
@@ -354,8 +177,7 @@ def generate(out_dir, *, seed: int = 0, videos_per_class: int = 12, frames=(40, 
         # never needs more than 11 frames decoded before its start.
         write_video(path, video, cfg["fps"], crf=cfg["crf"], options={"threads": "1", "g": "12"})
     atomic_write_json(manifest, cfg)
-    logger.info("generated %d synthetic videos in %s in %.1f s", len(plan), out_dir,
-                time.perf_counter() - t0)
+    logger.info("generated %d synthetic videos in %s in %.1f s", len(plan), out_dir, time.perf_counter() - t0)
     return out_dir
 
 
@@ -372,13 +194,23 @@ def default_dataset_root(cache_dir=None, *, progress: bool = True, **params) -> 
     for key in ("out_dir", "overwrite"):
         if key in params:
             raise TypeError(f"default_dataset_root() got an unexpected argument {key!r}")
-    gen_args = {k: params.pop(k) for k in list(params)
-                if k in ("seed", "videos_per_class", "frames", "size", "classes", "fps",
-                         "groups_per_class", "crf")}
+    gen_args = {
+        k: params.pop(k)
+        for k in list(params)
+        if k in ("seed", "videos_per_class", "frames", "size", "classes", "fps", "groups_per_class", "crf")
+    }
     if params:
         raise TypeError(f"default_dataset_root() got unexpected arguments {sorted(params)}")
-    defaults = dict(seed=0, videos_per_class=12, frames=(40, 60), size=64, classes=None, fps=25,
-                    groups_per_class=4, crf=18)
+    defaults = dict(
+        seed=0,
+        videos_per_class=12,
+        frames=(40, 60),
+        size=64,
+        classes=None,
+        fps=25,
+        groups_per_class=4,
+        crf=18,
+    )
     defaults.update(gen_args)
     cfg = _config(**defaults)
     digest = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
@@ -391,8 +223,10 @@ def default_dataset_root(cache_dir=None, *, progress: bool = True, **params) -> 
     final.parent.mkdir(parents=True, exist_ok=True)
     logger.info("creating the synthetic data set in %s (first use)", final)
     if progress:
-        print(f"pyframepred: generating the default synthetic data set in {final} "
-              "(first use only)", file=sys.stderr)
+        print(
+            f"pyframepred: generating the default synthetic data set in {final} (first use only)",
+            file=sys.stderr,
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=final.parent))
     try:
         generate(tmp, progress=progress, **defaults)
@@ -412,20 +246,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pyframepred.data.synthetic",
         description="Generate pyframepred's synthetic moving-objects video data set (H.264 MP4 "
-                    "files in <OUT_DIR>/<Class>/v_<Class>_gGG_cCC.mp4).")
+        "files in <OUT_DIR>/<Class>/v_<Class>_gGG_cCC.mp4).",
+    )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (empty or new)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--videos-per-class", type=int, default=12)
     parser.add_argument("--groups-per-class", type=int, default=4)
-    parser.add_argument("--frames", type=int, nargs="+", default=[40, 60], metavar="N",
-                        help="frame count, or MIN MAX for a random count per video (40 60)")
-    parser.add_argument("--size", type=int, nargs="+", default=[64], metavar="PX",
-                        help="frame size: S, or H W (even numbers; 64)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        nargs="+",
+        default=[40, 60],
+        metavar="N",
+        help="frame count, or MIN MAX for a random count per video (40 60)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        default=[64],
+        metavar="PX",
+        help="frame size: S, or H W (even numbers; 64)",
+    )
     parser.add_argument("--fps", type=float, default=25)
     parser.add_argument("--crf", type=int, default=18, help="libx264 quality (lower is better)")
     parser.add_argument("--classes", nargs="+", choices=CLASSES, default=None)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the generated files in a non-empty folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the generated files in a non-empty folder"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if len(args.frames) not in (1, 2) or len(args.size) not in (1, 2):
@@ -434,15 +282,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames = tuple(args.frames) if len(args.frames) == 2 else args.frames[0]
     size = tuple(args.size) if len(args.size) == 2 else args.size[0]
     try:
-        _config(args.seed, args.videos_per_class, frames, size, args.classes, args.fps,
-                args.groups_per_class, args.crf)
+        _config(
+            args.seed,
+            args.videos_per_class,
+            frames,
+            size,
+            args.classes,
+            args.fps,
+            args.groups_per_class,
+            args.crf,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        out = generate(args.out_dir, seed=args.seed, videos_per_class=args.videos_per_class,
-                       frames=frames, size=size,
-                       classes=args.classes, fps=args.fps, groups_per_class=args.groups_per_class,
-                       crf=args.crf, progress=not args.quiet, overwrite=args.overwrite)
+        out = generate(
+            args.out_dir,
+            seed=args.seed,
+            videos_per_class=args.videos_per_class,
+            frames=frames,
+            size=size,
+            classes=args.classes,
+            fps=args.fps,
+            groups_per_class=args.groups_per_class,
+            crf=args.crf,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+        )
     except FileExistsError as exc:
         # generate() names its Python argument; on the command line it is the flag.
         parser.error(str(exc).replace("pass overwrite=True", "pass --overwrite"))

@@ -1,4 +1,5 @@
 """``VideoClips``: fixed-length clips of video frames, decoded on demand with decord."""
+
 from __future__ import annotations
 
 import math
@@ -12,30 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
 from ..io import normalize_into
-from ._common import VIDEO_EXTENSIONS, as_hw, logger
+from ._common import VIDEO_EXTENSIONS, EmptySplitError, NoDecodableVideosError, NoVideosError, as_hw, logger
 from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
-from .splits import group_key, group_split, list_key, read_ucf_split
+from .splits import empty_side_message, group_key, group_split, list_key, names, read_ucf_split
 
 __all__ = ["VideoClips", "Clip", "NoVideosError", "EmptySplitError", "NoDecodableVideosError"]
-
-
-class NoVideosError(ConfigError):
-    """No usable video in the data folder (none found, or none left after filtering); a
-    :class:`~pyframepred.errors.ConfigError` (and a ``ValueError``)."""
-
-
-class EmptySplitError(NoVideosError):
-    """The group train/test split left the requested side without videos (e.g. every class has a
-    single group); the message says why and names the ways out (``test_fraction=0``, split lists,
-    more groups)."""
-
-
-class NoDecodableVideosError(NoVideosError, RuntimeError):
-    """Every video of a :class:`VideoClips` failed to decode when its clips were read (the files
-    changed or broke after indexing). A :class:`NoVideosError`, and a ``RuntimeError`` as before."""
 
 
 class Clip(NamedTuple):
@@ -47,14 +31,6 @@ class Clip(NamedTuple):
     start: int  #: first frame number (``indices[0]``)
     path: str  #: absolute path of the file
     label: int  #: class number (``dataset.classes[label]``)
-
-
-def _names(items, limit=8) -> str:
-    items = list(items)
-    text = ", ".join(items[:limit])
-    if len(items) > limit:
-        text += f", ... ({len(items) - limit} more)"
-    return text
 
 
 class VideoClips(Dataset):
@@ -134,15 +110,33 @@ class VideoClips(Dataset):
     :class:`~pyframepred.data.MultiScale`.
     """
 
-    def __init__(self, root, frames: int = 4, interval: int = 0, size=(64, 64),
-                 include_classes: Iterable[str] | None = None,
-                 exclude_classes: Iterable[str] | None = None, train: bool = True, seed: int = 0,
-                 *, clips_per_video: int = 1, split_dir=None, split_index: int = 1,
-                 test_fraction: float | None = 0.2, fps: float | None = None, resize: str = "stretch",
-                 random_crop: bool = False, crop_scale: float = 1.15, hflip: bool = False,
-                 transform: Callable | None = None, index_cache="auto", cache_dir=None,
-                 progress: bool = True, index_workers: int | None = None,
-                 decode_threads: int = 1):
+    def __init__(
+        self,
+        root,
+        frames: int = 4,
+        interval: int = 0,
+        size=(64, 64),
+        include_classes: Iterable[str] | None = None,
+        exclude_classes: Iterable[str] | None = None,
+        train: bool = True,
+        seed: int = 0,
+        *,
+        clips_per_video: int = 1,
+        split_dir=None,
+        split_index: int = 1,
+        test_fraction: float | None = 0.2,
+        fps: float | None = None,
+        resize: str = "stretch",
+        random_crop: bool = False,
+        crop_scale: float = 1.15,
+        hflip: bool = False,
+        transform: Callable | None = None,
+        index_cache="auto",
+        cache_dir=None,
+        progress: bool = True,
+        index_workers: int | None = None,
+        decode_threads: int = 1,
+    ):
         super().__init__()
         if int(frames) != frames or frames < 1:
             raise ValueError(f"frames must be a positive integer, got {frames!r}")
@@ -180,12 +174,14 @@ class VideoClips(Dataset):
         if not self.root.is_dir():
             raise NotADirectoryError(f"VideoClips: '{root_txt}' is not a folder")
 
-        infos = index_videos(self.root, cache=index_cache, cache_dir=cache_dir,
-                             progress=progress, workers=index_workers)
+        infos = index_videos(
+            self.root, cache=index_cache, cache_dir=cache_dir, progress=progress, workers=index_workers
+        )
         if not infos:
             raise NoVideosError(
                 f"VideoClips: no video files ({' '.join(VIDEO_EXTENSIONS)}) found in "
-                f"'{root_txt}' (searched recursively; hidden files and folders are ignored)")
+                f"'{root_txt}' (searched recursively; hidden files and folders are ignored)"
+            )
         classes = [class_of(v.path, self.root.resolve().name) for v in infos]
 
         # -- class filters
@@ -197,17 +193,19 @@ class VideoClips(Dataset):
         exclude = {c.lower() for c in exclude_classes} if exclude_classes is not None else set()
         unknown = sorted({c for c in wanted if c.lower() not in present})
         if unknown:
-            warnings.warn(f"VideoClips: class filter names not found in '{root_txt}': "
-                          f"{_names(unknown)} (classes present: {_names(sorted(present.values()), 20)})",
-                          stacklevel=2)
-        keep = [(include is None or c.lower() in include) and c.lower() not in exclude
-                for c in classes]
+            warnings.warn(
+                f"VideoClips: class filter names not found in '{root_txt}': "
+                f"{names(unknown)} (classes present: {names(sorted(present.values()), 20)})",
+                stacklevel=2,
+            )
+        keep = [(include is None or c.lower() in include) and c.lower() not in exclude for c in classes]
         if not any(keep):
             raise NoVideosError(
                 f"VideoClips: all {len(infos)} videos in '{root_txt}' were removed by the class "
                 f"filters (include_classes={sorted(include) if include is not None else None}, "
                 f"exclude_classes={sorted(exclude)}); classes present: "
-                f"{_names(sorted(present.values()), 20)}")
+                f"{names(sorted(present.values()), 20)}"
+            )
         infos = [v for v, k in zip(infos, keep) if k]
         classes = [c for c, k in zip(classes, keep) if k]
 
@@ -223,23 +221,29 @@ class VideoClips(Dataset):
             if not any(keep):
                 raise NoVideosError(
                     f"VideoClips: no videos for '{root_txt}': none of its {len(infos)} videos is "
-                    f"listed in the {side} list of split {split_index} in '{split_dir}'")
+                    f"listed in the {side} list of split {split_index} in '{split_dir}'"
+                )
         elif not test_fraction or all(u is not None for u in unusable):
             keep = [True] * len(infos)  # no split: both sides use every video
         else:
             usable = [i for i, u in enumerate(unusable) if u is None]
-            is_test = group_split([infos[i].path for i in usable], [classes[i] for i in usable],
-                                  test_fraction)
-            test_groups = {group_key(infos[i].path, classes[i])
-                           for i, t in zip(usable, is_test) if t}
+            is_test = group_split(
+                [infos[i].path for i in usable], [classes[i] for i in usable], test_fraction
+            )
+            test_groups = {group_key(infos[i].path, classes[i]) for i, t in zip(usable, is_test) if t}
             # An unusable video is reported on the side of its group (the train side when its
             # whole group is unusable).
-            keep = [(group_key(v.path, c) in test_groups) != self.train
-                    for v, c in zip(infos, classes)]
+            keep = [(group_key(v.path, c) in test_groups) != self.train for v, c in zip(infos, classes)]
             if not any(keep[i] for i in usable):
-                raise EmptySplitError(self._empty_side_message(
-                    root_txt, side, test_fraction, [infos[i].path for i in usable],
-                    [classes[i] for i in usable]))
+                raise EmptySplitError(
+                    empty_side_message(
+                        root_txt,
+                        side,
+                        test_fraction,
+                        [infos[i].path for i in usable],
+                        [classes[i] for i in usable],
+                    )
+                )
         logger.debug("%s split of %s: %d of %d videos", side, root_txt, sum(keep), len(infos))
         infos = [v for v, k in zip(infos, keep) if k]
         classes = [c for c, k in zip(classes, keep) if k]
@@ -262,31 +266,33 @@ class VideoClips(Dataset):
             offsets.append(self._offsets_for(info))
         need = (self.frames - 1) * (self.interval + 1) + 1
         clip_txt = f"frames={self.frames}, interval={self.interval}" + (
-            f", fps={self.fps:g}" if self.fps else f" (a clip spans {need} frames)")
+            f", fps={self.fps:g}" if self.fps else f" (a clip spans {need} frames)"
+        )
         if self.skipped:
             parts = []
             if unreadable:
-                parts.append(f"{len(unreadable)} unreadable or corrupt ({_names(unreadable)})")
+                parts.append(f"{len(unreadable)} unreadable or corrupt ({names(unreadable)})")
             if short:
-                parts.append(f"{len(short)} too short for one clip of {clip_txt} "
-                             f"({_names(short)})")
+                parts.append(f"{len(short)} too short for one clip of {clip_txt} ({names(short)})")
             details = "\n".join(f"  {p}: {r}" for p, r in self.skipped)
             # The first reasons go into the message itself, so a user sees why without a log.
             why = "; ".join(f"{p}: {r}" for p, r in self.skipped[:2]) + (
-                f"; and {len(self.skipped) - 2} more" if len(self.skipped) > 2 else "")
+                f"; and {len(self.skipped) - 2} more" if len(self.skipped) > 2 else ""
+            )
             logger.info("VideoClips skipped in %s:\n%s", root_txt, details)
         if not videos:
             side_txt = f" ({side} side)" if split_dir is not None else ""
             raise NoVideosError(
                 f"VideoClips: no usable videos in '{root_txt}': of the {len(infos)} video(s) "
-                f"left after filtering{side_txt}, " + "; ".join(parts)
-                + f". Why: {why}.")
+                f"left after filtering{side_txt}, " + "; ".join(parts) + f". Why: {why}."
+            )
         if self.skipped:
             warnings.warn(
                 f"VideoClips: skipped {len(self.skipped)} of {len(infos)} videos in '{root_txt}': "
                 + "; ".join(parts)
                 + f". Why: {why} (all of them: VideoClips.skipped).",
-                stacklevel=2)
+                stacklevel=2,
+            )
 
         self.videos: list[VideoInfo] = videos  #: the videos used, in order
         self.classes: list[str] = sorted(set(video_classes))  #: class names, sorted
@@ -297,9 +303,11 @@ class VideoClips(Dataset):
         self._bad: dict[str, str] = {}  # per process: path -> error, for decode failures
 
         if self.size is None and len({(v.height, v.width) for v in videos}) > 1:
-            warnings.warn(f"VideoClips: size=None but the videos in '{root_txt}' have several "
-                          "frame sizes; clips cannot be batched together. Pass size=(H, W).",
-                          stacklevel=2)
+            warnings.warn(
+                f"VideoClips: size=None but the videos in '{root_txt}' have several "
+                "frame sizes; clips cannot be batched together. Pass size=(H, W).",
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------ clip geometry in time
     def _offsets_for(self, info: VideoInfo) -> list[int]:
@@ -318,29 +326,6 @@ class VideoClips(Dataset):
             return "short", f"too short: {info.frames} frames, a clip spans {last + 1}"
         return None
 
-    @staticmethod
-    def _empty_side_message(root_txt, side, test_fraction, paths, classes) -> str:
-        groups: dict[str, set] = {}
-        for p, c in zip(paths, classes):
-            groups.setdefault(c, set()).add(group_key(p, c))
-        n_groups = sum(len(g) for g in groups.values())
-        per_class = _names((f"{c}: {len(g)}" for c, g in sorted(groups.items())), 12)
-        single = all(len(g) == 1 for g in groups.values())
-        if side == "test":
-            why = ("every class has a single group, which stays on the train side" if single
-                   else "no class has a group left for the test side")
-        else:
-            why = f"test_fraction={test_fraction} sends every group to the test side" + (
-                " (every class has a single group)" if single else "")
-        return (f"VideoClips: no videos for the {side} side in '{root_txt}': the group split "
-                f"(test_fraction={test_fraction}) keeps all the clips of a group (gXX in UCF-101 "
-                f"names; a file without one is its own group) on one side, and the "
-                f"{len(paths)} usable videos form {n_groups} group(s) (per class: {per_class}): "
-                f"{why}. " + ("Pass a smaller test_fraction, or " if side == "train" else "Pass ")
-                + "test_fraction=0 to use every video on both sides (no held-out data), give "
-                "UCF-101 split lists (split_dir), or add videos from more groups (at least two "
-                "per class).")
-
     def max_start(self, video: int) -> int:
         """Largest valid start frame of ``video``: ``N - 1 - last offset`` (>= 0)."""
         return self.videos[video].frames - 1 - self._offsets[video][-1]
@@ -349,9 +334,11 @@ class VideoClips(Dataset):
         """Frame numbers of the clip of ``video`` starting at frame ``start``."""
         hi = self.max_start(video)
         if not 0 <= start <= hi:
-            raise ValueError(f"start must be in [0, {hi}] for video {video} "
-                             f"({self.videos[video].path}, {self.videos[video].frames} frames), "
-                             f"got {start}")
+            raise ValueError(
+                f"start must be in [0, {hi}] for video {video} "
+                f"({self.videos[video].path}, {self.videos[video].frames} frames), "
+                f"got {start}"
+            )
         return [start + o for o in self._offsets[video]]
 
     def eval_start(self, video: int, slot: int = 0) -> int:
@@ -379,9 +366,13 @@ class VideoClips(Dataset):
         dh, dw = self._decode_size(info)
         uniq = sorted(set(indices))
         # decord's scaler where it works, else its own size + a torch resize (decord bug #336).
-        arr = decode_frames(self.root / info.path, uniq, (dh, dw),
-                            native_size=(info.height, info.width),
-                            num_threads=self.decode_threads)
+        arr = decode_frames(
+            self.root / info.path,
+            uniq,
+            (dh, dw),
+            native_size=(info.height, info.width),
+            num_threads=self.decode_threads,
+        )
         if len(uniq) != len(indices):
             arr = arr[[uniq.index(i) for i in indices]]
 
@@ -392,7 +383,7 @@ class VideoClips(Dataset):
                 x0 = int(torch.randint(0, dw - out_w + 1, ()))
             else:
                 y0, x0 = (dh - out_h) // 2, (dw - out_w) // 2
-            arr = arr[:, y0:y0 + out_h, x0:x0 + out_w]
+            arr = arr[:, y0 : y0 + out_h, x0 : x0 + out_w]
         if augment and self.hflip and bool(torch.rand(()) < 0.5):
             arr = arr[:, :, ::-1]
         # uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [-1, 1], in NumPy: single-threaded and
@@ -414,8 +405,14 @@ class VideoClips(Dataset):
             start = self.eval_start(video)
         indices = self.frame_indices(video, int(start))
         frames = self._decode(video, indices, augment=False)
-        return Clip(frames, indices, video, indices[0], os.fspath(self.root / self.videos[video].path),
-                    self.labels[video])
+        return Clip(
+            frames,
+            indices,
+            video,
+            indices[0],
+            os.fspath(self.root / self.videos[video].path),
+            self.labels[video],
+        )
 
     def locate(self, index: int) -> tuple[int, int]:
         """``(video, slot)`` of data-set item ``index``."""
@@ -442,16 +439,20 @@ class VideoClips(Dataset):
                 clip = self._decode(j, self.frame_indices(j, start), augment=self.train)
             except Exception as exc:  # decord.DECORDError, RuntimeError, OSError...
                 self._bad[path] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-                logger.warning("VideoClips: cannot decode %s (frames %s): %s; it is skipped from "
-                               "now on in this process and replaced by the next video",
-                               self.root / path, self.frame_indices(j, start),
-                               self._bad[path])
+                logger.warning(
+                    "VideoClips: cannot decode %s (frames %s): %s; it is skipped from "
+                    "now on in this process and replaced by the next video",
+                    self.root / path,
+                    self.frame_indices(j, start),
+                    self._bad[path],
+                )
                 continue
             return self.transform(clip) if self.transform is not None else clip
         raise NoDecodableVideosError(
             f"VideoClips: no usable videos in '{self.root}': none of the {n} videos could be "
             f"decoded in this process (they changed or broke after indexing?); errors: "
-            f"{_names(f'{p}: {e}' for p, e in self._bad.items())}")
+            f"{names(f'{p}: {e}' for p, e in self._bad.items())}"
+        )
 
     @property
     def failed(self) -> dict:
@@ -464,7 +465,9 @@ class VideoClips(Dataset):
         return [os.fspath(self.root / v.path) for v in self.videos]
 
     def __repr__(self) -> str:
-        return (f"VideoClips(root='{self.root}', videos={len(self.videos)}, "
-                f"classes={len(self.classes)}, frames={self.frames}, interval={self.interval}, "
-                f"size={self.size}, train={self.train}, clips_per_video={self.clips_per_video}, "
-                f"skipped={len(self.skipped)})")
+        return (
+            f"VideoClips(root='{self.root}', videos={len(self.videos)}, "
+            f"classes={len(self.classes)}, frames={self.frames}, interval={self.interval}, "
+            f"size={self.size}, train={self.train}, clips_per_video={self.clips_per_video}, "
+            f"skipped={len(self.skipped)})"
+        )

@@ -9,12 +9,21 @@ All take frames in [-1, 1] (``(B, T, 3, H, W)``), work at any frame size, and ha
 ``rollout(inputs, steps) -> (B, steps, 3, H, W)``. :mod:`pyframepred.models.registry` names them
 for training (name -> class, sizes per preset, training task).
 """
-from .autoencoder import SkipAutoencoder, stack_frames
-from .multiscale import (MultiScaleDiscriminator, MultiScaleGenerator, MultiScaleLoss,
-                         scale_sizes)
-from .seq2seq import Seq2Seq
-from . import registry  # noqa: E402 - after the model classes it registers
-from .registry import rollout
 
-__all__ = ["Seq2Seq", "SkipAutoencoder", "MultiScaleGenerator", "MultiScaleDiscriminator",
-           "MultiScaleLoss", "scale_sizes", "stack_frames", "registry", "rollout"]
+from . import registry  # noqa: E402 - after the model classes it registers
+from .autoencoder import SkipAutoencoder, stack_frames
+from .multiscale import MultiScaleDiscriminator, MultiScaleGenerator, MultiScaleLoss, scale_sizes
+from .registry import rollout
+from .seq2seq import Seq2Seq
+
+__all__ = [
+    "Seq2Seq",
+    "SkipAutoencoder",
+    "MultiScaleGenerator",
+    "MultiScaleDiscriminator",
+    "MultiScaleLoss",
+    "scale_sizes",
+    "stack_frames",
+    "registry",
+    "rollout",
+]

@@ -1,6 +1,6 @@
 """Helpers shared by the models: padding to a multiple, residual output, losses."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,9 @@ def residual_tanh(last: Tensor, delta: Tensor) -> Tensor:
     return torch.tanh(torch.atanh(last.clamp(-_EDGE, _EDGE)) + delta)
 
 
-def gdl(pred: Tensor, target: Tensor, alpha: float = 1.0, fused: bool = True,
-        reduction: str = "mean") -> Tensor:
+def gdl(
+    pred: Tensor, target: Tensor, alpha: float = 1.0, fused: bool = True, reduction: str = "mean"
+) -> Tensor:
     """Gradient difference loss (mean by default), fused op or plain-PyTorch reference."""
     if fused:
         from ..ops import gdl_loss
@@ -50,10 +51,10 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
-def conv_block(cin: int, cout: int, kernel: int = 3, stride: int = 1, batch_norm: bool = False,
-               act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2,
-                                         bias=not batch_norm)]
+def conv_block(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, batch_norm: bool = False, act: bool = True
+) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=not batch_norm)]
     if batch_norm:
         layers.append(nn.BatchNorm2d(cout))
     if act:

@@ -1,4 +1,5 @@
 """Skip-connection autoencoder (U-Net style) predicting the next frame."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,13 +14,16 @@ def stack_frames(x: Tensor, in_frames: int, channels: int) -> Tensor:
     """``(B, T, C, H, W)`` -> ``(B, T*C, H, W)`` (frames stacked on channels), checking shapes."""
     if x.dim() == 5:
         if x.shape[1] != in_frames or x.shape[2] != channels:
-            raise ValueError(f"expected (B, {in_frames}, {channels}, H, W) input frames, got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"expected (B, {in_frames}, {channels}, H, W) input frames, got {tuple(x.shape)}"
+            )
         return x.reshape(x.shape[0], in_frames * channels, *x.shape[3:])
     if x.dim() == 4 and x.shape[1] == in_frames * channels:
         return x
-    raise ValueError(f"expected (B, {in_frames}, {channels}, H, W) or stacked "
-                     f"(B, {in_frames * channels}, H, W) input frames, got {tuple(x.shape)}")
+    raise ValueError(
+        f"expected (B, {in_frames}, {channels}, H, W) or stacked "
+        f"(B, {in_frames * channels}, H, W) input frames, got {tuple(x.shape)}"
+    )
 
 
 class SkipAutoencoder(nn.Module):
@@ -40,9 +44,14 @@ class SkipAutoencoder(nn.Module):
     (T0-T3 -> T4, T1-T4 -> T5, ...).
     """
 
-    def __init__(self, channels: int = 3, in_frames: int = 4,
-                 widths: Sequence[int] = (32, 64, 128, 256, 512), batch_norm: bool = True,
-                 residual: bool = True):
+    def __init__(
+        self,
+        channels: int = 3,
+        in_frames: int = 4,
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        batch_norm: bool = True,
+        residual: bool = True,
+    ):
         super().__init__()
         widths = [check_positive_int(w, "widths") for w in widths]
         if not widths:
@@ -54,8 +63,11 @@ class SkipAutoencoder(nn.Module):
         self.down = nn.ModuleList()
         prev = in_frames * channels
         for i, w in enumerate(widths):
-            self.down.append(nn.Sequential(conv_block(prev, w, 3, 1 if i == 0 else 2, batch_norm),
-                                           conv_block(w, w, 3, 1, batch_norm)))
+            self.down.append(
+                nn.Sequential(
+                    conv_block(prev, w, 3, 1 if i == 0 else 2, batch_norm), conv_block(w, w, 3, 1, batch_norm)
+                )
+            )
             prev = w
         self.up = nn.ModuleList()
         self.merge = nn.ModuleList()
@@ -79,7 +91,7 @@ class SkipAutoencoder(nn.Module):
         for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1])):
             y = merge(torch.cat([up(y), skip], 1))
         delta = self.head(y)
-        last = x[:, -self.channels:]
+        last = x[:, -self.channels :]
         out = residual_tanh(last, delta) if self.residual else torch.tanh(delta)
         return out[..., :h, :w]
 
@@ -91,8 +103,7 @@ class SkipAutoencoder(nn.Module):
 def rollout_sliding(model, inputs: Tensor, steps: int, in_frames: int) -> Tensor:
     steps = check_positive_int(steps, "steps")
     if inputs.dim() != 5 or inputs.shape[1] < in_frames:
-        raise ValueError(f"rollout expects (B, T >= {in_frames}, C, H, W), got "
-                         f"{tuple(inputs.shape)}")
+        raise ValueError(f"rollout expects (B, T >= {in_frames}, C, H, W), got {tuple(inputs.shape)}")
     window = list(inputs[:, -in_frames:].unbind(1))
     outs = []
     for _ in range(steps):

@@ -1,4 +1,5 @@
 """Multi-scale generator and discriminator (Mathieu, Couprie & LeCun 2015) and their loss."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -7,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.transforms import resize, scale_sizes
 from ._common import check_positive_int, gdl, residual_tanh
 from .autoencoder import rollout_sliding, stack_frames
 
 #: Per-scale settings of the paper's generator (coarsest to finest, 4 scales): feature maps of
 #: the hidden layers and kernel sizes of all layers.
-PAPER_G_MAPS = ((128, 256, 128), (128, 256, 128), (128, 256, 512, 256, 128),
-                (128, 256, 512, 256, 128))
+PAPER_G_MAPS = ((128, 256, 128), (128, 256, 128), (128, 256, 512, 256, 128), (128, 256, 512, 256, 128))
 PAPER_G_KERNELS = ((3, 3, 3, 3), (5, 3, 3, 5), (5, 3, 3, 3, 3, 5), (7, 5, 5, 5, 5, 7))
 #: The paper's discriminator: conv feature maps, conv kernels, fully connected sizes per scale.
 PAPER_D_MAPS = ((64,), (64, 128, 128), (128, 256, 256), (128, 256, 512, 128))
@@ -30,25 +31,8 @@ def _scaled(c: int, width: float) -> int:
     return max(4, int(round(c * width)))
 
 
-def scale_sizes(scales: Sequence[int], base_size: int, height: int, width: int):
-    """Sizes ``(h, w)`` of each scale for ``height x width`` frames.
-
-    ``scales`` are sizes for ``base_size``-pixel frames (default 4, 16, 32, 64 for 64): other
-    frame sizes get proportional scales (e.g. 8, 32, 64, 128 for 128x128 frames).
-    """
-    out = []
-    for s in scales:
-        out.append((max(1, round(height * s / base_size)), max(1, round(width * s / base_size))))
-    return out
-
-
-def resize(x: Tensor, size) -> Tensor:
-    """Area downsampling (exact average pooling for integer factors), bilinear upsampling."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
-        return F.interpolate(x, size=size, mode="area")
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+# A scale is a frame height for base_size-pixel frames: data.transforms.scale_sizes, one
+# meaning for the data transforms and this model.
 
 
 class _Scales(nn.Module):
@@ -89,9 +73,15 @@ class MultiScaleGenerator(_Scales):
     (``scales`` are given for ``base_size``-pixel frames).
     """
 
-    def __init__(self, channels: int = 3, in_frames: int = 4,
-                 scales: Sequence[int] = (4, 16, 32, 64), base_size: int = 64,
-                 width: float = 1.0, residual: bool = True):
+    def __init__(
+        self,
+        channels: int = 3,
+        in_frames: int = 4,
+        scales: Sequence[int] = (4, 16, 32, 64),
+        base_size: int = 64,
+        width: float = 1.0,
+        residual: bool = True,
+    ):
         super().__init__(channels, in_frames, scales, base_size)
         self.residual = bool(residual)
         self.stages = nn.ModuleList()
@@ -151,9 +141,15 @@ class MultiScaleDiscriminator(_Scales):
     of ``(B, C, h_k, w_k)`` per scale -> list of logits ``(B,)`` per scale.
     """
 
-    def __init__(self, channels: int = 3, in_frames: int = 4,
-                 scales: Sequence[int] = (4, 16, 32, 64), base_size: int = 64,
-                 width: float = 1.0, pool: int = 4):
+    def __init__(
+        self,
+        channels: int = 3,
+        in_frames: int = 4,
+        scales: Sequence[int] = (4, 16, 32, 64),
+        base_size: int = 64,
+        width: float = 1.0,
+        pool: int = 4,
+    ):
         super().__init__(channels, in_frames, scales, base_size)
         self.pool = check_positive_int(pool, "pool")
         self.nets = nn.ModuleList()
@@ -182,8 +178,9 @@ class MultiScaleDiscriminator(_Scales):
         out = []
         for net, x, f in zip(self.nets, pyr, frames):
             if f.shape[-2:] != x.shape[-2:] or f.shape[1] != self.channels:
-                raise ValueError(f"frame of shape {tuple(f.shape)} does not match inputs "
-                                 f"{tuple(x.shape)} at this scale")
+                raise ValueError(
+                    f"frame of shape {tuple(f.shape)} does not match inputs {tuple(x.shape)} at this scale"
+                )
             out.append(net(torch.cat([x, f], 1)).squeeze(1))
         return out
 
@@ -202,11 +199,16 @@ class MultiScaleLoss(nn.Module):
     cross-entropy, real -> 1 and generated -> 0, summed over scales.
     """
 
-    def __init__(self, lambda_l2: float = 1.0, lambda_gdl: float = 1.0, lambda_adv: float = 0.05,
-                 alpha: float = 1.0, fused: bool = True):
+    def __init__(
+        self,
+        lambda_l2: float = 1.0,
+        lambda_gdl: float = 1.0,
+        lambda_adv: float = 0.05,
+        alpha: float = 1.0,
+        fused: bool = True,
+    ):
         super().__init__()
-        for name, v in (("lambda_l2", lambda_l2), ("lambda_gdl", lambda_gdl),
-                        ("lambda_adv", lambda_adv)):
+        for name, v in (("lambda_l2", lambda_l2), ("lambda_gdl", lambda_gdl), ("lambda_adv", lambda_adv)):
             if not float(v) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {v!r}")
         if not float(alpha) >= 1:
@@ -217,26 +219,32 @@ class MultiScaleLoss(nn.Module):
         self.alpha = float(alpha)
         self.fused = bool(fused)
 
-    def generator(self, preds: Sequence[Tensor], targets: Sequence[Tensor],
-                  fake_logits: Optional[Sequence[Tensor]] = None):
+    def generator(
+        self,
+        preds: Sequence[Tensor],
+        targets: Sequence[Tensor],
+        fake_logits: Optional[Sequence[Tensor]] = None,
+    ):
         """Total generator loss and its parts ``{"l2", "gdl", "adv"}`` (unweighted sums)."""
         l2 = sum(F.mse_loss(p, t, reduction="sum") / p.shape[0] for p, t in zip(preds, targets))
-        g = sum(gdl(p, t, self.alpha, self.fused, "sum") / p.shape[0]
-                for p, t in zip(preds, targets))
+        g = sum(gdl(p, t, self.alpha, self.fused, "sum") / p.shape[0] for p, t in zip(preds, targets))
         total = self.lambda_l2 * l2 + self.lambda_gdl * g
         parts = {"l2": l2.detach(), "gdl": g.detach()}
         if fake_logits is not None and self.lambda_adv > 0:
-            adv = sum(F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
-                      for f in fake_logits)
+            adv = sum(F.binary_cross_entropy_with_logits(f, torch.ones_like(f)) for f in fake_logits)
             total = total + self.lambda_adv * adv
             parts["adv"] = adv.detach()
         return total, parts
 
     def discriminator(self, real_logits: Sequence[Tensor], fake_logits: Sequence[Tensor]) -> Tensor:
-        return sum(F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
-                   + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
-                   for r, f in zip(real_logits, fake_logits))
+        return sum(
+            F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+            + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+            for r, f in zip(real_logits, fake_logits)
+        )
 
     def extra_repr(self) -> str:
-        return (f"lambda_l2={self.lambda_l2}, lambda_gdl={self.lambda_gdl}, "
-                f"lambda_adv={self.lambda_adv}, alpha={self.alpha}, fused={self.fused}")
+        return (
+            f"lambda_l2={self.lambda_l2}, lambda_gdl={self.lambda_gdl}, "
+            f"lambda_adv={self.lambda_adv}, alpha={self.alpha}, fused={self.fused}"
+        )

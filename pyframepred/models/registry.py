@@ -7,6 +7,7 @@ to the constructor. Adding a model is its module plus one :func:`register` call 
 Every registered network keeps one prediction contract, :func:`rollout`:
 ``model.rollout(inputs (B, T, C, H, W), steps) -> (B, steps, C, H, W)``, frames in [-1, 1].
 """
+
 from __future__ import annotations
 
 import inspect
@@ -20,8 +21,16 @@ from .autoencoder import SkipAutoencoder
 from .multiscale import MultiScaleDiscriminator, MultiScaleGenerator
 from .seq2seq import Seq2Seq
 
-__all__ = ["ModelSpec", "register", "get", "names", "build_model", "build_discriminator",
-           "check_model_kwargs", "rollout"]
+__all__ = [
+    "ModelSpec",
+    "register",
+    "get",
+    "names",
+    "build_model",
+    "build_discriminator",
+    "check_model_kwargs",
+    "rollout",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class ModelSpec:
     ``run_overrides``: run-preset settings this model changes (e.g. a smaller batch).
     ``discriminator``: the class of the adversary, for ``task="gan"``.
     """
+
     name: str
     cls: type
     presets: Mapping[str, Mapping[str, Any]]
@@ -53,8 +63,7 @@ class ModelSpec:
     def default(self, name: str):
         """The constructor's default of argument ``name`` (``None`` when it has none)."""
         param = inspect.signature(self.cls.__init__).parameters.get(name)
-        return None if param is None or param.default is inspect.Parameter.empty \
-            else param.default
+        return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 _REGISTRY: dict = {}
@@ -85,8 +94,9 @@ def check_model_kwargs(name: str, kwargs: dict, reserved=("fused",)) -> None:
     known = sorted(k for k in spec.constructor_args() if k not in reserved)
     unknown = sorted(k for k in kwargs if k not in known)
     if unknown:
-        raise ConfigError(f"`model_kwargs`: the {name} model takes no {', '.join(unknown)} "
-                          f"(it takes {', '.join(known)})")
+        raise ConfigError(
+            f"`model_kwargs`: the {name} model takes no {', '.join(unknown)} (it takes {', '.join(known)})"
+        )
 
 
 def build_model(name: str, kwargs: dict, fused: bool = True) -> nn.Module:
@@ -120,37 +130,54 @@ def rollout(model: nn.Module, inputs: Tensor, steps: int) -> Tensor:
 
 # ----------------------------------------------------------------------------- the models
 # Sizes per preset ("full": the sizes of the blog post / the paper).
-register(ModelSpec(
-    name="seq2seq", cls=Seq2Seq, task="frames", sequence_output=True,
-    presets={
-        "tiny": dict(conv_channels=(8, 16), hidden_channels=16),
-        "quick": dict(conv_channels=(16, 32), hidden_channels=32),
-        "small": dict(conv_channels=(32, 64), hidden_channels=64, batch_norm=True),
-        "full": dict(conv_channels=(32, 64, 128), hidden_channels=128, num_layers=2,
-                     batch_norm=True),
-    },
-    run_settings=lambda c: dict(teacher_forcing=c.teacher_forcing, residual=c.residual,
-                                out_steps=c.val_steps)))
+register(
+    ModelSpec(
+        name="seq2seq",
+        cls=Seq2Seq,
+        task="frames",
+        sequence_output=True,
+        presets={
+            "tiny": dict(conv_channels=(8, 16), hidden_channels=16),
+            "quick": dict(conv_channels=(16, 32), hidden_channels=32),
+            "small": dict(conv_channels=(32, 64), hidden_channels=64, batch_norm=True),
+            "full": dict(conv_channels=(32, 64, 128), hidden_channels=128, num_layers=2, batch_norm=True),
+        },
+        run_settings=lambda c: dict(
+            teacher_forcing=c.teacher_forcing, residual=c.residual, out_steps=c.val_steps
+        ),
+    )
+)
 
-register(ModelSpec(
-    name="autoencoder", cls=SkipAutoencoder, task="frames",
-    presets={
-        "tiny": dict(widths=(8, 16, 32)),
-        "quick": dict(widths=(16, 32, 64, 128, 256)),
-        "small": dict(widths=(32, 64, 128, 256, 512)),
-        "full": dict(widths=(32, 64, 128, 256, 512)),
-    },
-    run_settings=lambda c: dict(in_frames=c.in_frames, residual=c.residual)))
+register(
+    ModelSpec(
+        name="autoencoder",
+        cls=SkipAutoencoder,
+        task="frames",
+        presets={
+            "tiny": dict(widths=(8, 16, 32)),
+            "quick": dict(widths=(16, 32, 64, 128, 256)),
+            "small": dict(widths=(32, 64, 128, 256, 512)),
+            "full": dict(widths=(32, 64, 128, 256, 512)),
+        },
+        run_settings=lambda c: dict(in_frames=c.in_frames, residual=c.residual),
+    )
+)
 
-register(ModelSpec(
-    name="multiscale", cls=MultiScaleGenerator, task="gan", batch_norm=False,
-    discriminator=MultiScaleDiscriminator,
-    presets={
-        "tiny": dict(width=0.0625),
-        "quick": dict(width=0.125),
-        "small": dict(width=0.5),
-        "full": dict(width=1.0),
-    },
-    # A GAN step costs about twice an autoencoder step.
-    run_overrides={"quick": dict(batch_size=4)},
-    run_settings=lambda c: dict(in_frames=c.in_frames, residual=c.residual, base_size=64)))
+register(
+    ModelSpec(
+        name="multiscale",
+        cls=MultiScaleGenerator,
+        task="gan",
+        batch_norm=False,
+        discriminator=MultiScaleDiscriminator,
+        presets={
+            "tiny": dict(width=0.0625),
+            "quick": dict(width=0.125),
+            "small": dict(width=0.5),
+            "full": dict(width=1.0),
+        },
+        # A GAN step costs about twice an autoencoder step.
+        run_overrides={"quick": dict(batch_size=4)},
+        run_settings=lambda c: dict(in_frames=c.in_frames, residual=c.residual, base_size=64),
+    )
+)

@@ -1,4 +1,5 @@
 """ConvLSTM sequence-to-sequence model (the blog post's first model)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -41,10 +42,19 @@ class Seq2Seq(nn.Module):
     -> predictions ``(B, steps, C, H, W)``.
     """
 
-    def __init__(self, channels: int = 3, conv_channels: Sequence[int] = (32, 64),
-                 hidden_channels=64, num_layers: int = 1, kernel_size: int = 3,
-                 batch_norm: bool = False, teacher_forcing: bool = True, residual: bool = True,
-                 out_steps: int = 4, fused: bool = True):
+    def __init__(
+        self,
+        channels: int = 3,
+        conv_channels: Sequence[int] = (32, 64),
+        hidden_channels=64,
+        num_layers: int = 1,
+        kernel_size: int = 3,
+        batch_norm: bool = False,
+        teacher_forcing: bool = True,
+        residual: bool = True,
+        out_steps: int = 4,
+        fused: bool = True,
+    ):
         super().__init__()
         conv_channels = [check_positive_int(c, "conv_channels") for c in conv_channels]
         if not conv_channels:
@@ -95,17 +105,25 @@ class Seq2Seq(nn.Module):
         f = self.encoder(frames.reshape(b * t, *frames.shape[2:]))
         return f.view(b, t, *f.shape[1:])
 
-    def forward(self, inputs: Tensor, steps: Optional[int] = None,
-                targets: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self, inputs: Tensor, steps: Optional[int] = None, targets: Optional[Tensor] = None
+    ) -> Tensor:
         if inputs.dim() != 5 or inputs.shape[2] != self.channels:
-            raise ValueError(f"Seq2Seq expects inputs (B, T, {self.channels}, H, W), got "
-                             f"{tuple(inputs.shape)}")
+            raise ValueError(
+                f"Seq2Seq expects inputs (B, T, {self.channels}, H, W), got {tuple(inputs.shape)}"
+            )
         steps = self.out_steps if steps is None else check_positive_int(steps, "steps")
         force = self.training and self.teacher_forcing and targets is not None
-        if force and (targets.dim() != 5 or targets.shape[1] < steps - 1
-                      or targets.shape[0] != inputs.shape[0] or targets.shape[2:] != inputs.shape[2:]):
-            raise ValueError(f"targets must be (B, >= {steps - 1}, C, H, W) like inputs "
-                             f"{tuple(inputs.shape)}, got {tuple(targets.shape)}")
+        if force and (
+            targets.dim() != 5
+            or targets.shape[1] < steps - 1
+            or targets.shape[0] != inputs.shape[0]
+            or targets.shape[2:] != inputs.shape[2:]
+        ):
+            raise ValueError(
+                f"targets must be (B, >= {steps - 1}, C, H, W) like inputs "
+                f"{tuple(inputs.shape)}, got {tuple(targets.shape)}"
+            )
         x, (h, w) = pad_to_multiple(inputs, self.multiple)
         if force:
             targets, _ = pad_to_multiple(targets, self.multiple)

@@ -1,4 +1,5 @@
 """Drop-in modules built on the fused operators."""
+
 from .convlstm import ConvLSTM, ConvLSTMCell
 from .loss import GDLLoss
 

@@ -6,6 +6,7 @@ input convolution of all time steps batched and only the hidden convolution step
 backward every weight gradient batched over the steps. ``fused=False`` switches to the
 plain-PyTorch cell with the same parameters and state_dict, so the two are interchangeable.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,10 @@ def _pair(kernel_size: IntOrPair) -> Tuple[int, int]:
         kernel_size = (kernel_size, kernel_size)
     kernel_size = tuple(int(k) for k in kernel_size)
     if len(kernel_size) != 2 or any(k < 1 or k % 2 == 0 for k in kernel_size):
-        raise ValueError(f"kernel_size must be an odd int or a pair of odd ints (odd sizes keep "
-                         f"the frame size with 'same' padding), got {kernel_size}")
+        raise ValueError(
+            f"kernel_size must be an odd int or a pair of odd ints (odd sizes keep "
+            f"the frame size with 'same' padding), got {kernel_size}"
+        )
     return kernel_size
 
 
@@ -46,22 +49,28 @@ class ConvLSTMCell(nn.Module):
     size). Gate order of the convolution outputs is i, f, g, o.
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: IntOrPair = 3,
-                 bias: bool = True, peephole: bool = False, fused: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: IntOrPair = 3,
+        bias: bool = True,
+        peephole: bool = False,
+        fused: bool = True,
+    ):
         super().__init__()
         if in_channels < 1 or hidden_channels < 1:
-            raise ValueError(f"in_channels and hidden_channels must be positive, got "
-                             f"{in_channels} and {hidden_channels}")
+            raise ValueError(
+                f"in_channels and hidden_channels must be positive, got {in_channels} and {hidden_channels}"
+            )
         kh, kw = _pair(kernel_size)
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.kernel_size = (kh, kw)
         self.fused = fused
         padding = (kh // 2, kw // 2)
-        self.conv_x = nn.Conv2d(in_channels, 4 * hidden_channels, (kh, kw), padding=padding,
-                                bias=False)
-        self.conv_h = nn.Conv2d(hidden_channels, 4 * hidden_channels, (kh, kw), padding=padding,
-                                bias=False)
+        self.conv_x = nn.Conv2d(in_channels, 4 * hidden_channels, (kh, kw), padding=padding, bias=False)
+        self.conv_h = nn.Conv2d(hidden_channels, 4 * hidden_channels, (kh, kw), padding=padding, bias=False)
         self.bias = nn.Parameter(torch.empty(4 * hidden_channels)) if bias else None
         self.peephole = nn.Parameter(torch.empty(3, hidden_channels)) if peephole else None
         self.reset_parameters()
@@ -78,9 +87,11 @@ class ConvLSTMCell(nn.Module):
             nn.init.zeros_(self.peephole)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
-                f"bias={self.bias is not None}, peephole={self.peephole is not None}, "
-                f"fused={self.fused}")
+        return (
+            f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
+            f"bias={self.bias is not None}, peephole={self.peephole is not None}, "
+            f"fused={self.fused}"
+        )
 
     def init_state(self, like: Tensor) -> Tensor:
         """A zero cell state for input frames (or gates) like ``like`` (N, *, H, W), in the
@@ -110,14 +121,14 @@ class ConvLSTMCell(nn.Module):
         if not torch.is_autocast_enabled(x_gates.device.type):
             # Outside autocast the op takes one dtype, or float16/bfloat16 gates with a float32
             # state and parameters; any other mix runs in the widest dtype.
-            x_gates, h_gates, c_prev, bias, peephole = _cell_dtypes(
-                x_gates, h_gates, c_prev, bias, peephole)
+            x_gates, h_gates, c_prev, bias, peephole = _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole)
         return ops.convlstm_gates(x_gates, h_gates, c_prev, bias, peephole)
 
     def forward(self, x: Tensor, state: Optional[State] = None) -> State:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"ConvLSTMCell expects x of shape (N, {self.in_channels}, H, W), got "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"ConvLSTMCell expects x of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
         if state is not None:
             _check_state(state, x, self.hidden_channels, "state")
         return self.step(self.conv_x(x), state)
@@ -135,8 +146,8 @@ def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
 
     def to(t, dtype):
         return t if t is None or t.dtype == dtype else t.to(dtype)
-    return (to(x_gates, gate), to(h_gates, gate), to(c_prev, state), to(bias, state),
-            to(peephole, state))
+
+    return (to(x_gates, gate), to(h_gates, gate), to(c_prev, state), to(bias, state), to(peephole, state))
 
 
 def _check_state(state, x: Tensor, hidden: int, name: str) -> None:
@@ -166,11 +177,17 @@ class ConvLSTM(nn.Module):
     can be passed back as ``state`` (e.g. from an encoder to a decoder).
     """
 
-    def __init__(self, in_channels: int, hidden_channels: Union[int, Sequence[int]],
-                 kernel_size: Union[IntOrPair, Sequence[IntOrPair]] = 3,
-                 num_layers: Optional[int] = None,
-                 batch_first: bool = True, bias: bool = True, peephole: bool = False,
-                 fused: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: Union[int, Sequence[int]],
+        kernel_size: Union[IntOrPair, Sequence[IntOrPair]] = 3,
+        num_layers: Optional[int] = None,
+        batch_first: bool = True,
+        bias: bool = True,
+        peephole: bool = False,
+        fused: bool = True,
+    ):
         super().__init__()
         if num_layers is None:  # one layer, or one per entry of a hidden_channels list
             num_layers = 1 if isinstance(hidden_channels, int) else len(list(hidden_channels))
@@ -178,16 +195,24 @@ class ConvLSTM(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         hidden = self._per_layer(hidden_channels, num_layers, "hidden_channels", int)
         is_one = isinstance(kernel_size, int) or (
-            isinstance(kernel_size, tuple) and len(kernel_size) == 2
-            and all(isinstance(k, int) for k in kernel_size))
-        kernels = [kernel_size] * num_layers if is_one else self._per_layer(
-            kernel_size, num_layers, "kernel_size", None)
+            isinstance(kernel_size, tuple)
+            and len(kernel_size) == 2
+            and all(isinstance(k, int) for k in kernel_size)
+        )
+        kernels = (
+            [kernel_size] * num_layers
+            if is_one
+            else self._per_layer(kernel_size, num_layers, "kernel_size", None)
+        )
         self.batch_first = batch_first
         self.num_layers = num_layers
         self.hidden_channels = hidden
         self.cells = nn.ModuleList(
-            ConvLSTMCell(in_channels if i == 0 else hidden[i - 1], hidden[i], kernels[i], bias,
-                         peephole, fused) for i in range(num_layers))
+            ConvLSTMCell(
+                in_channels if i == 0 else hidden[i - 1], hidden[i], kernels[i], bias, peephole, fused
+            )
+            for i in range(num_layers)
+        )
 
     @staticmethod
     def _per_layer(value, num_layers, name, kind):
@@ -207,21 +232,20 @@ class ConvLSTM(nn.Module):
         for cell in self.cells:
             cell.fused = value
 
-    def forward(self, x: Tensor, state: Optional[List[State]] = None
-                ) -> Tuple[Tensor, List[State]]:
+    def forward(self, x: Tensor, state: Optional[List[State]] = None) -> Tuple[Tensor, List[State]]:
         if x.dim() != 5:
-            raise ValueError(f"ConvLSTM expects a 5-d input ({'N, T' if self.batch_first else 'T, N'}"
-                             f", C, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"ConvLSTM expects a 5-d input ({'N, T' if self.batch_first else 'T, N'}"
+                f", C, H, W), got shape {tuple(x.shape)}"
+            )
         tdim = 1 if self.batch_first else 0  # the time dimension of x and of the outputs
         T, N = x.shape[tdim], x.shape[1 - tdim]
         if T == 0:
             raise ValueError("ConvLSTM got an empty sequence (T = 0)")
         if x.shape[2] != self.cells[0].in_channels:
-            raise ValueError(f"ConvLSTM expects {self.cells[0].in_channels} input channels, got "
-                             f"{x.shape[2]}")
+            raise ValueError(f"ConvLSTM expects {self.cells[0].in_channels} input channels, got {x.shape[2]}")
         if state is not None and len(state) != self.num_layers:
-            raise ValueError(f"state must hold one (h, c) per layer ({self.num_layers}), got "
-                             f"{len(state)}")
+            raise ValueError(f"state must hold one (h, c) per layer ({self.num_layers}), got {len(state)}")
         last_states: List[State] = []
         # Each layer's input as the frames of all steps, time-major: (T*N, C, H, W). Built with
         # cat rather than by flattening a 5-d tensor: under torch.compile with dynamic shapes,
@@ -235,8 +259,8 @@ class ConvLSTM(nn.Module):
                 # The whole layer as one op: batched input convolution and weight gradients
                 # (under autocast: bfloat16/float16 convolutions, float32 cell state).
                 frames, layer_state = ops.convlstm_layer(
-                    frames, T, cell.conv_x.weight, cell.conv_h.weight, cell.bias, cell.peephole,
-                    layer_state)
+                    frames, T, cell.conv_x.weight, cell.conv_h.weight, cell.bias, cell.peephole, layer_state
+                )
             else:
                 # Input convolution of all T steps at once; only the hidden one runs per step.
                 # unbind, not x_gates[t]: its backward stacks the T gradients once, where T

@@ -1,4 +1,5 @@
 """Loss modules built on the fused operators."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn

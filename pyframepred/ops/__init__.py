@@ -6,13 +6,15 @@ same semantics as its plain-PyTorch twin in :mod:`pyframepred.reference`. Import
 the compiled extension, ``pyframepred._C`` (:mod:`pyframepred._extension` says clearly why when
 that fails).
 """
+
 from .._extension import load as _load
 
 _C = _load()
 
-from ._convlstm import convlstm_gates  # noqa: E402 - after the extension is loaded
-from ._cpu_isa import _set_cpu_isa, cpu_isa, cpu_isa_levels
-from ._gdl import gdl_loss
-from ._layer import convlstm_layer
+# The operators' Python side, after the extension that registers them:
+from ._convlstm import convlstm_gates  # noqa: E402
+from ._cpu_isa import _set_cpu_isa, cpu_isa, cpu_isa_levels  # noqa: E402, F401
+from ._gdl import gdl_loss  # noqa: E402
+from ._layer import convlstm_layer  # noqa: E402
 
 __all__ = ["convlstm_gates", "convlstm_layer", "cpu_isa", "cpu_isa_levels", "gdl_loss"]

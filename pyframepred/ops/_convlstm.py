@@ -1,4 +1,5 @@
 """The fused ConvLSTM cell: ``convlstm_gates`` and its fake kernel and autograd registration."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -11,9 +12,13 @@ from ._common import check_device, check_float, check_like, check_shape, check_s
 _OP = "convlstm_gates"
 
 
-def convlstm_gates(x_gates: Tensor, h_gates: Optional[Tensor], c_prev: Tensor,
-                   bias: Optional[Tensor] = None,
-                   peephole: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def convlstm_gates(
+    x_gates: Tensor,
+    h_gates: Optional[Tensor],
+    c_prev: Tensor,
+    bias: Optional[Tensor] = None,
+    peephole: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
     """One ConvLSTM state update from gate pre-activations, fused into one kernel.
 
     Args:
@@ -39,9 +44,9 @@ def convlstm_gates(x_gates: Tensor, h_gates: Optional[Tensor], c_prev: Tensor,
     are kept for backward; ``c`` and ``tanh(c)`` are recomputed.
     """
     save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x_gates, h_gates, c_prev, bias, peephole))
-    h, c, _ = torch.ops.pyframepred.convlstm_gates_forward(x_gates, h_gates, c_prev, bias,
-                                                           peephole, save)
+        t is not None and t.requires_grad for t in (x_gates, h_gates, c_prev, bias, peephole)
+    )
+    h, c, _ = torch.ops.pyframepred.convlstm_gates_forward(x_gates, h_gates, c_prev, bias, peephole, save)
     return h, c
 
 
@@ -68,11 +73,11 @@ def _memory_format(t: Tensor) -> torch.memory_format:
 def _check_forward(x_gates, h_gates, c_prev, bias, peephole) -> int:
     check_float(_OP, "x_gates", x_gates)
     if x_gates.dim() != 4:
-        raise RuntimeError(f"{_OP}: x_gates must be 4-d (N, 4*C, H, W), got shape "
-                           f"{tuple(x_gates.shape)}")
+        raise RuntimeError(f"{_OP}: x_gates must be 4-d (N, 4*C, H, W), got shape {tuple(x_gates.shape)}")
     if x_gates.shape[1] % 4 != 0 or x_gates.shape[1] == 0:
-        raise RuntimeError(f"{_OP}: x_gates must have 4*C channels (gates i, f, g, o), got "
-                           f"{x_gates.shape[1]}")
+        raise RuntimeError(
+            f"{_OP}: x_gates must have 4*C channels (gates i, f, g, o), got {x_gates.shape[1]}"
+        )
     N, C4, H, W = x_gates.shape
     C = C4 // 4
     if h_gates is not None:
@@ -98,8 +103,7 @@ def _forward_fake(x_gates, h_gates, c_prev, bias, peephole, save_gates):
     h = torch.empty((N, C, H, W), dtype=x_gates.dtype, device=x_gates.device, memory_format=fmt)
     c = torch.empty_like(h, dtype=c_prev.dtype)
     if save_gates:
-        gates = torch.empty((N, 4 * C, H, W), dtype=x_gates.dtype, device=x_gates.device,
-                            memory_format=fmt)
+        gates = torch.empty((N, 4 * C, H, W), dtype=x_gates.dtype, device=x_gates.device, memory_format=fmt)
     else:
         gates = x_gates.new_empty((0,))
     return h, c, gates
@@ -119,11 +123,10 @@ def _backward_fake(grad_h, grad_c, gates, c_prev, peephole, param_grads):
     check_like(op, "grad_c", grad_c, "c_prev", c_prev)
     check_shape(op, "grad_c", grad_c, (N, C, H, W), "(N, C, H, W)")
     fmt = _memory_format(gates)
-    grad_gates = torch.empty((N, C4, H, W), memory_format=fmt, dtype=gates.dtype,
-                             device=gates.device)
-    grad_c_prev = torch.empty((N, C, H, W), memory_format=fmt, dtype=c_prev.dtype,
-                              device=gates.device)
+    grad_gates = torch.empty((N, C4, H, W), memory_format=fmt, dtype=gates.dtype, device=gates.device)
+    grad_c_prev = torch.empty((N, C, H, W), memory_format=fmt, dtype=c_prev.dtype, device=gates.device)
     grad_params = c_prev.new_empty((7, C) if param_grads else (0,))
     return grad_gates, grad_c_prev, grad_params
+
 
 # Autograd is registered in C++ (csrc/convlstm_autograd.cpp).

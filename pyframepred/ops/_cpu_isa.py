@@ -7,6 +7,7 @@ environment variable ``PYFRAMEPRED_CPU_ISA`` names (``default``, ``avx2`` or ``a
 case); a value naming no level, or a level this CPU or build lacks, is reported on one line on
 stderr and the best supported level is used instead.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The fused gradient difference loss: ``gdl_loss`` and its fake kernels (autograd is in C++)."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,7 @@ def reduction_code(reduction: str) -> int:
     """``"none"``/``"mean"``/``"sum"`` -> 0/1/2 (the op's integer argument)."""
     code = REDUCTIONS.get(reduction) if isinstance(reduction, str) else None
     if code is None:
-        raise ValueError(f"{_OP}: reduction must be one of 'none', 'mean' or 'sum', "
-                         f"got {reduction!r}")
+        raise ValueError(f"{_OP}: reduction must be one of 'none', 'mean' or 'sum', got {reduction!r}")
     return code
 
 
@@ -69,19 +69,17 @@ def _check(op: str, pred: Tensor, target: Tensor, alpha: float, reduction: int) 
     check_float(op, "pred", pred)
     check_like(op, "target", target, "pred", pred)
     if pred.dim() < 2:
-        raise RuntimeError(f"{op}: pred must have at least 2 dims (..., H, W), got shape "
-                           f"{tuple(pred.shape)}")
+        raise RuntimeError(f"{op}: pred must have at least 2 dims (..., H, W), got shape {tuple(pred.shape)}")
     if target.shape != pred.shape:
-        raise RuntimeError(f"{op}: target must have the shape of pred {tuple(pred.shape)}, got "
-                           f"{tuple(target.shape)}")
+        raise RuntimeError(
+            f"{op}: target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
+        )
     if pred.numel() == 0:
-        raise RuntimeError(f"{op}: pred and target must not be empty, got shape "
-                           f"{tuple(pred.shape)}")
+        raise RuntimeError(f"{op}: pred and target must not be empty, got shape {tuple(pred.shape)}")
     if not (math.isfinite(alpha) and alpha >= 1.0):
         raise RuntimeError(f"{op}: alpha must be a finite number >= 1, got {alpha}")
     if reduction not in (0, 1, 2):
-        raise RuntimeError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got "
-                           f"{reduction}")
+        raise RuntimeError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
 
 
 @torch.library.register_fake("pyframepred::gdl_loss_forward")
@@ -99,8 +97,7 @@ def _backward_fake(grad_out, pred, target, alpha, reduction, target_grad):
         raise RuntimeError(f"{op}: grad_out is on {grad_out.device} but pred is on {pred.device}")
     expected = pred.shape[:-2] if reduction == 0 else ()
     if grad_out.shape != expected:
-        raise RuntimeError(f"{op}: grad_out must have shape {tuple(expected)}, got "
-                           f"{tuple(grad_out.shape)}")
+        raise RuntimeError(f"{op}: grad_out must have shape {tuple(expected)}, got {tuple(grad_out.shape)}")
     grad_pred = torch.empty_like(pred)
     grad_target = torch.empty_like(target) if target_grad else pred.new_empty((0,))
     return grad_pred, grad_target

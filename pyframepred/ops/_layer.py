@@ -5,6 +5,7 @@ convolution of all steps batched, per step only the hidden convolution and the f
 backward the cell and the hidden convolution's data gradient per step, then every weight gradient
 (and the input's) in batched calls over the steps. Autograd is registered in C++.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -15,9 +16,15 @@ from torch import Tensor
 _State = Tuple[Tensor, Tensor]
 
 
-def convlstm_layer(x: Tensor, steps: int, weight_x: Tensor, weight_h: Tensor,
-                   bias: Optional[Tensor] = None, peephole: Optional[Tensor] = None,
-                   state: Optional[_State] = None) -> Tuple[Tensor, _State]:
+def convlstm_layer(
+    x: Tensor,
+    steps: int,
+    weight_x: Tensor,
+    weight_h: Tensor,
+    bias: Optional[Tensor] = None,
+    peephole: Optional[Tensor] = None,
+    state: Optional[_State] = None,
+) -> Tuple[Tensor, _State]:
     """Run one ConvLSTM layer over ``steps`` time steps.
 
     Args:
@@ -40,14 +47,12 @@ def convlstm_layer(x: Tensor, steps: int, weight_x: Tensor, weight_h: Tensor,
     that itself (one autocast policy, registered in C++).
     """
     h0, c0 = (None, None) if state is None else state
-    h_seq, h, c = torch.ops.pyframepred.convlstm_layer(x, steps, weight_x, weight_h, bias,
-                                                       peephole, h0, c0)
+    h_seq, h, c = torch.ops.pyframepred.convlstm_layer(x, steps, weight_x, weight_h, bias, peephole, h0, c0)
     return h_seq, (h, c)
 
 
 def _channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
-        memory_format=torch.channels_last)
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("pyframepred::convlstm_layer")
@@ -62,5 +67,8 @@ def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
     opts = dict(device=x.device, memory_format=fmt)
     state = next((t.dtype for t in (c0, bias, peephole) if t is not None), x.dtype)
     h_seq = torch.empty((TN, C, H, W), dtype=x.dtype, **opts)
-    return (h_seq, torch.empty((N, C, H, W), dtype=x.dtype, **opts),
-            torch.empty((N, C, H, W), dtype=state, **opts))
+    return (
+        h_seq,
+        torch.empty((N, C, H, W), dtype=x.dtype, **opts),
+        torch.empty((N, C, H, W), dtype=state, **opts),
+    )

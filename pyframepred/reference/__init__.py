@@ -2,6 +2,7 @@
 
 They are the oracle of the tests and the baseline of the benchmarks.
 """
+
 from .convlstm import convlstm_gates
 from .gdl import gdl_loss
 

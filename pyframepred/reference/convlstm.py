@@ -1,4 +1,5 @@
 """Reference ConvLSTM cell update (see :func:`pyframepred.ops.convlstm_gates`)."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -11,9 +12,13 @@ def _per_channel(w: Tensor) -> Tensor:
     return w.view(1, -1, 1, 1)
 
 
-def convlstm_gates(x_gates: Tensor, h_gates: Optional[Tensor], c_prev: Tensor,
-                   bias: Optional[Tensor] = None,
-                   peephole: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def convlstm_gates(
+    x_gates: Tensor,
+    h_gates: Optional[Tensor],
+    c_prev: Tensor,
+    bias: Optional[Tensor] = None,
+    peephole: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
     """Same contract as :func:`pyframepred.ops.convlstm_gates`, written with ordinary ops."""
     gates = x_gates if h_gates is None else x_gates + h_gates
     if bias is not None:

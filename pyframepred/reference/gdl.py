@@ -1,4 +1,5 @@
 """Reference gradient difference loss (see :func:`pyframepred.ops.gdl_loss`), in plain PyTorch."""
+
 from __future__ import annotations
 
 import math
@@ -18,21 +19,22 @@ def gdl_loss(pred: Tensor, target: Tensor, alpha: float = 1.0, reduction: str = 
     dtype. Autograd gives subgradient 0 at kinks (``torch.abs`` has gradient ``sign(0) = 0``).
     """
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"gdl_loss: reduction must be one of 'none', 'mean' or 'sum', "
-                         f"got {reduction!r}")
+        raise ValueError(f"gdl_loss: reduction must be one of 'none', 'mean' or 'sum', got {reduction!r}")
     alpha = float(alpha)
     if not (math.isfinite(alpha) and alpha >= 1.0):
         raise ValueError(f"gdl_loss: alpha must be a finite number >= 1, got {alpha}")
     if pred.dim() < 2:
-        raise RuntimeError(f"gdl_loss: pred must have at least 2 dims (..., H, W), got shape "
-                           f"{tuple(pred.shape)}")
+        raise RuntimeError(
+            f"gdl_loss: pred must have at least 2 dims (..., H, W), got shape {tuple(pred.shape)}"
+        )
     if target.shape != pred.shape or target.dtype != pred.dtype or target.device != pred.device:
-        raise RuntimeError(f"gdl_loss: target ({tuple(target.shape)}, {target.dtype}, "
-                           f"{target.device}) must match pred ({tuple(pred.shape)}, "
-                           f"{pred.dtype}, {pred.device})")
+        raise RuntimeError(
+            f"gdl_loss: target ({tuple(target.shape)}, {target.dtype}, "
+            f"{target.device}) must match pred ({tuple(pred.shape)}, "
+            f"{pred.dtype}, {pred.device})"
+        )
     if pred.numel() == 0:
-        raise RuntimeError(f"gdl_loss: pred and target must not be empty, got shape "
-                           f"{tuple(pred.shape)}")
+        raise RuntimeError(f"gdl_loss: pred and target must not be empty, got shape {tuple(pred.shape)}")
     dtype = pred.dtype
     if dtype in (torch.float16, torch.bfloat16):
         pred, target = pred.float(), target.float()

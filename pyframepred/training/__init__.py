@@ -15,6 +15,7 @@
 ``Trainer(TrainConfig(model="seq2seq", steps=100)).fit()`` trains from Python; the command
 line is ``python -m pyframepred.train`` (:mod:`pyframepred.cli.train`).
 """
+
 from .callbacks import Callback, StepHook
 from .config import RUN_PRESETS, TrainConfig
 from .loop import Trainer

@@ -13,6 +13,7 @@ A :class:`Callback` gets the trainer at fixed points of :meth:`Trainer.fit
 * ``on_fit_end(trainer, status)`` -- after the last step of a run that ended (``"done"`` or
   ``"interrupted"``); ``on_exit(trainer)`` -- always, last (release resources).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,17 @@ from ..errors import ConfigError, OutputWriteError
 from ..io import atomic_write, side_by_side, write_animation
 from ..models.registry import rollout
 
-__all__ = ["Callback", "StepHook", "ProgressBar", "TensorBoard", "LossPlot", "Samples",
-           "default_callbacks", "write_sample", "plot_history"]
+__all__ = [
+    "Callback",
+    "StepHook",
+    "ProgressBar",
+    "TensorBoard",
+    "LossPlot",
+    "Samples",
+    "default_callbacks",
+    "write_sample",
+    "plot_history",
+]
 
 
 class Callback:
@@ -65,8 +75,14 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         cfg = trainer.cfg
-        self.bar = tqdm(total=cfg.steps, initial=trainer.step, desc=f"train {cfg.model}",
-                        unit="step", disable=not self.enabled, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=cfg.steps,
+            initial=trainer.step,
+            desc=f"train {cfg.model}",
+            unit="step",
+            disable=not self.enabled,
+            dynamic_ncols=True,
+        )
 
     def on_train_step(self, trainer, record):
         self.bar.update(1)
@@ -75,10 +91,14 @@ class ProgressBar(Callback):
         self.bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{clips_per_s:.1f}")
 
     def on_validation(self, trainer, record, best):
-        self.bar.write(file=sys.stderr, s=(
-            f"step {record['step']}: val PSNR {record['psnr']:.2f} dB (copy-last "
-            f"{record['baseline_psnr']:.2f}), SSIM {record['ssim']:.4f} "
-            f"({record['baseline_ssim']:.4f})" + (" [best]" if best else "")))
+        self.bar.write(
+            file=sys.stderr,
+            s=(
+                f"step {record['step']}: val PSNR {record['psnr']:.2f} dB (copy-last "
+                f"{record['baseline_psnr']:.2f}), SSIM {record['ssim']:.4f} "
+                f"({record['baseline_ssim']:.4f})" + (" [best]" if best else "")
+            ),
+        )
 
     def on_exit(self, trainer):
         if self.bar is not None:
@@ -93,8 +113,9 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise ConfigError("`tensorboard` needs the tensorboard package "
-                              "(pip install 'pyframepred[tensorboard]')") from exc
+            raise ConfigError(
+                "`tensorboard` needs the tensorboard package (pip install 'pyframepred[tensorboard]')"
+            ) from exc
         self.writer = SummaryWriter(os.fspath(folder))
 
     def on_log(self, trainer, record, clips_per_s):
@@ -135,8 +156,9 @@ class Samples(Callback):
         try:
             write_sample(trainer, tag)
         except OSError as exc:
-            raise OutputWriteError(f"cannot write the sample '{tag}' in '{trainer.out}': "
-                                   f"{exc.strerror or exc}") from exc
+            raise OutputWriteError(
+                f"cannot write the sample '{tag}' in '{trainer.out}': {exc.strerror or exc}"
+            ) from exc
 
     def on_step_end(self, trainer):
         if self.every and trainer.step % self.every == 0:
@@ -166,11 +188,10 @@ def write_sample(trainer, tag: str) -> Optional[Path]:
     clips = torch.stack([trainer.val_ds[i] for i in range(n)]).to(trainer.device)
     trainer.model.eval()
     with torch.no_grad():
-        pred = rollout(trainer.model, clips[:, :cfg.in_frames], cfg.val_steps).float()
+        pred = rollout(trainer.model, clips[:, : cfg.in_frames], cfg.val_steps).float()
     trainer.model.train()
-    gen = torch.cat([clips[:, :cfg.in_frames], pred], 1)
-    frames = np.concatenate([side_by_side(clips[i], gen[i], cfg.in_frames)
-                             for i in range(n)], axis=1)
+    gen = torch.cat([clips[:, : cfg.in_frames], pred], 1)
+    frames = np.concatenate([side_by_side(clips[i], gen[i], cfg.in_frames) for i in range(n)], axis=1)
     return write_animation(frames, trainer.out / "samples" / f"{tag}.gif", fps=3)
 
 
@@ -192,7 +213,7 @@ def plot_history(history: dict, path: Path, title: str) -> Optional[Path]:
     if len(loss) >= 5:
         k = max(1, len(loss) // 20)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        axes[0].plot(steps[k - 1:], smooth, color="C0", label=f"loss (mean of {k})")
+        axes[0].plot(steps[k - 1 :], smooth, color="C0", label=f"loss (mean of {k})")
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("training loss")
     axes[0].set_yscale("log")

@@ -21,6 +21,7 @@ A file of a newer format, or one missing the fields a task needs (:func:`check_f
 optimiser value is finite (:func:`nonfinite_entries`, done by the trainer before saving) and
 goes through the package's atomic writer: a kill or a full disk leaves the previous file intact.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,18 +42,32 @@ import torch
 from ..errors import ConfigError, PyframepredError
 from ..io import atomic_write_bytes, temp_name_pattern
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load", "save", "to_bytes", "check_fields",
-           "rng_state", "set_rng_state", "nonfinite_entries", "remove_stale_temps",
-           "EVAL_FIELDS", "RESUME_FIELDS", "LEGACY_NUMPY_GLOBALS", "load_checkpoint",
-           "load_state", "model_from_checkpoint", "data_root"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "load",
+    "save",
+    "to_bytes",
+    "check_fields",
+    "rng_state",
+    "set_rng_state",
+    "nonfinite_entries",
+    "remove_stale_temps",
+    "EVAL_FIELDS",
+    "RESUME_FIELDS",
+    "LEGACY_NUMPY_GLOBALS",
+    "load_checkpoint",
+    "load_state",
+    "model_from_checkpoint",
+    "data_root",
+]
 
 FORMAT_VERSION = 2
 
 #: Fields every checkpoint has (enough to rebuild and run the model).
 EVAL_FIELDS = ("config", "model_kwargs", "model", "step")
 #: Fields a checkpoint needs to continue training.
-RESUME_FIELDS = EVAL_FIELDS + ("optimizer", "scheduler", "scaler", "rng", "best_psnr",
-                               "history")
+RESUME_FIELDS = EVAL_FIELDS + ("optimizer", "scheduler", "scaler", "rng", "best_psnr", "history")
 
 
 class CheckpointError(PyframepredError):
@@ -69,12 +84,15 @@ def _legacy_numpy_globals() -> list:
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    out = [(_reconstruct, "numpy.core.multiarray._reconstruct"),
-           (_reconstruct, "numpy._core.multiarray._reconstruct"),
-           np.ndarray, np.dtype]
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    out = [
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+    ]
     dtype_cls = type(np.dtype(np.uint32))
-    if dtype_cls is not np.dtype:                     # numpy >= 1.25: numpy.dtypes.UInt32DType
+    if dtype_cls is not np.dtype:  # numpy >= 1.25: numpy.dtypes.UInt32DType
         out.append(dtype_cls)
     # Format 1 also stored ``torch.__version__`` as is: a ``str`` subclass.
     out.append(torch.torch_version.TorchVersion)
@@ -91,13 +109,18 @@ def rng_state() -> dict:
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     st = {
-        "python": {"version": int(version),
-                   "state": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss},
-        "numpy": {"bit_generator": str(kind),
-                  "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
-                  "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss,
+        },
+        "numpy": {
+            "bit_generator": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -110,25 +133,39 @@ def _normalize_rng(st) -> dict:
     if not isinstance(st, dict) or "python" not in st or "numpy" not in st or "torch" not in st:
         raise CheckpointError("the random states are missing or malformed")
     py, npst = st["python"], st["numpy"]
-    if isinstance(py, (tuple, list)) and len(py) == 3:                         # format 1
-        py = {"version": py[0], "state": torch.tensor(list(py[1]), dtype=torch.int64),
-              "gauss_next": py[2]}
-    if isinstance(npst, (tuple, list)) and len(npst) == 5:                     # format 1
+    if isinstance(py, (tuple, list)) and len(py) == 3:  # format 1
+        py = {"version": py[0], "state": torch.tensor(list(py[1]), dtype=torch.int64), "gauss_next": py[2]}
+    if isinstance(npst, (tuple, list)) and len(npst) == 5:  # format 1
         keys = npst[1]
         if not isinstance(keys, np.ndarray) or keys.dtype.kind not in "iu":
             raise CheckpointError("the numpy random state is malformed")
-        npst = {"bit_generator": npst[0], "keys": torch.from_numpy(keys.astype(np.int64)),
-                "pos": npst[2], "has_gauss": npst[3], "cached_gaussian": npst[4]}
-    ok = (isinstance(py, dict) and isinstance(py.get("version"), int)
-          and isinstance(py.get("state"), torch.Tensor)
-          and (py.get("gauss_next") is None or isinstance(py.get("gauss_next"), float))
-          and isinstance(npst, dict) and isinstance(npst.get("bit_generator"), str)
-          and isinstance(npst.get("keys"), torch.Tensor)
-          and all(isinstance(npst.get(k), int) for k in ("pos", "has_gauss"))
-          and isinstance(npst.get("cached_gaussian"), (int, float))
-          and isinstance(st["torch"], torch.Tensor) and st["torch"].dtype == torch.uint8
-          and (st.get("cuda") is None or (isinstance(st["cuda"], (list, tuple)) and all(
-              isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in st["cuda"]))))
+        npst = {
+            "bit_generator": npst[0],
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": npst[2],
+            "has_gauss": npst[3],
+            "cached_gaussian": npst[4],
+        }
+    ok = (
+        isinstance(py, dict)
+        and isinstance(py.get("version"), int)
+        and isinstance(py.get("state"), torch.Tensor)
+        and (py.get("gauss_next") is None or isinstance(py.get("gauss_next"), float))
+        and isinstance(npst, dict)
+        and isinstance(npst.get("bit_generator"), str)
+        and isinstance(npst.get("keys"), torch.Tensor)
+        and all(isinstance(npst.get(k), int) for k in ("pos", "has_gauss"))
+        and isinstance(npst.get("cached_gaussian"), (int, float))
+        and isinstance(st["torch"], torch.Tensor)
+        and st["torch"].dtype == torch.uint8
+        and (
+            st.get("cuda") is None
+            or (
+                isinstance(st["cuda"], (list, tuple))
+                and all(isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in st["cuda"])
+            )
+        )
+    )
     if not ok:
         raise CheckpointError("the random states are malformed")
     out = {"python": py, "numpy": npst, "torch": st["torch"]}
@@ -144,20 +181,26 @@ def set_rng_state(st: dict) -> None:
     py, npst = st["python"], st["numpy"]
     old = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
-        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()),
-                         py["gauss_next"]))
-        np.random.set_state((npst["bit_generator"],
-                             npst["keys"].numpy().astype(np.uint32),
-                             npst["pos"], npst["has_gauss"], float(npst["cached_gaussian"])))
+        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+        np.random.set_state(
+            (
+                npst["bit_generator"],
+                npst["keys"].numpy().astype(np.uint32),
+                npst["pos"],
+                npst["has_gauss"],
+                float(npst["cached_gaussian"]),
+            )
+        )
         torch.set_rng_state(st["torch"])
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         random.setstate(old[0])
         np.random.set_state(old[1])
         torch.set_rng_state(old[2])
-        raise CheckpointError(f"the random states cannot be restored: "
-                              f"{' '.join(str(exc).split())[:200]}") from exc
+        raise CheckpointError(
+            f"the random states cannot be restored: {' '.join(str(exc).split())[:200]}"
+        ) from exc
     if "cuda" in st and torch.cuda.is_available():
-        states = st["cuda"][:torch.cuda.device_count()]
+        states = st["cuda"][: torch.cuda.device_count()]
         for i, s in enumerate(states):
             torch.cuda.set_rng_state(s, i)
 
@@ -191,26 +234,33 @@ def nonfinite_entries(named: dict, limit: int = 5) -> list:
     return bad
 
 
-def check_fields(ckpt: dict, path, fields: Iterable[str] = EVAL_FIELDS,
-                 task: str = "be used") -> None:
+def check_fields(ckpt: dict, path, fields: Iterable[str] = EVAL_FIELDS, task: str = "be used") -> None:
     """:class:`CheckpointError` naming the ``fields`` that ``ckpt`` lacks or holds with a wrong
     type."""
-    types = {"config": dict, "model_kwargs": dict, "model": dict, "step": int,
-             "optimizer": dict, "scheduler": dict, "scaler": dict, "rng": dict,
-             "best_psnr": (int, float), "history": dict}
+    types = {
+        "config": dict,
+        "model_kwargs": dict,
+        "model": dict,
+        "step": int,
+        "optimizer": dict,
+        "scheduler": dict,
+        "scaler": dict,
+        "rng": dict,
+        "best_psnr": (int, float),
+        "history": dict,
+    }
     missing = [f for f in fields if f not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint '{path}' lacks {', '.join(missing)}, so it cannot "
-                              f"{task}")
-    wrong = [f for f in fields if f in types and (not isinstance(ckpt[f], types[f])
-                                                   or isinstance(ckpt[f], bool))]
+        raise CheckpointError(f"checkpoint '{path}' lacks {', '.join(missing)}, so it cannot {task}")
+    wrong = [
+        f for f in fields if f in types and (not isinstance(ckpt[f], types[f]) or isinstance(ckpt[f], bool))
+    ]
     if wrong:
-        raise CheckpointError(f"checkpoint '{path}' holds malformed {', '.join(wrong)}, so it "
-                              f"cannot {task}")
-    if "model" in fields and not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                     for k, v in ckpt["model"].items()):
-        raise CheckpointError(f"checkpoint '{path}': the model state is not a mapping of names "
-                              f"to tensors")
+        raise CheckpointError(f"checkpoint '{path}' holds malformed {', '.join(wrong)}, so it cannot {task}")
+    if "model" in fields and not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()
+    ):
+        raise CheckpointError(f"checkpoint '{path}': the model state is not a mapping of names to tensors")
     if "config" in fields and not isinstance(ckpt["config"].get("model"), str):
         raise CheckpointError(f"checkpoint '{path}': its settings do not name the model")
     if "step" in fields and ckpt["step"] < 0:
@@ -232,7 +282,8 @@ def _refusal(path, exc: BaseException) -> CheckpointError:
     return CheckpointError(
         f"refusing checkpoint '{path}': it holds objects other than tensors and plain "
         f"values{what}, so it was not written by pyframepred or has been altered; loading it "
-        f"could run code, so nothing of it was used")
+        f"could run code, so nothing of it was used"
+    )
 
 
 def load(path, map_location="cpu") -> dict:
@@ -247,8 +298,10 @@ def load(path, map_location="cpu") -> dict:
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint '{path}': {exc.strerror or exc}") from exc
     if stat.S_ISDIR(st.st_mode):
-        raise CheckpointError(f"checkpoint '{path}' is a directory, not a checkpoint file (e.g. "
-                              f"'{path / 'best.pt'}' or '{path / 'last.pt'}')")
+        raise CheckpointError(
+            f"checkpoint '{path}' is a directory, not a checkpoint file (e.g. "
+            f"'{path / 'best.pt'}' or '{path / 'last.pt'}')"
+        )
     if not stat.S_ISREG(st.st_mode):
         raise CheckpointError(f"checkpoint '{path}' is not a regular file")
     try:
@@ -258,7 +311,7 @@ def load(path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint '{path}': {exc.strerror or exc}") from exc
     try:
         with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS), warnings.catch_warnings():
-            warnings.simplefilter("ignore")          # e.g. torch's note on the pickle protocol
+            warnings.simplefilter("ignore")  # e.g. torch's note on the pickle protocol
             ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from None
@@ -270,7 +323,8 @@ def load(path, map_location="cpu") -> dict:
             # torch.load's own words for a foreign file are cryptic (e.g. a bare byte value).
             raise CheckpointError(
                 f"'{path}' is not a checkpoint written by torch.save (e.g. a run's best.pt or "
-                f"last.pt): torch.load says: {text[:200] or type(exc).__name__}") from None
+                f"last.pt): torch.load says: {text[:200] or type(exc).__name__}"
+            ) from None
         raise CheckpointError(f"cannot read checkpoint '{path}': {text[:300]}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"'{path}' is not a pyframepred training checkpoint")
@@ -278,8 +332,10 @@ def load(path, map_location="cpu") -> dict:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(f"checkpoint '{path}' has an invalid format field {version!r}")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint '{path}' has format {version}, newer than this "
-                              f"pyframepred reads ({FORMAT_VERSION}); upgrade pyframepred")
+        raise CheckpointError(
+            f"checkpoint '{path}' has format {version}, newer than this "
+            f"pyframepred reads ({FORMAT_VERSION}); upgrade pyframepred"
+        )
     if "rng" in ckpt:
         try:
             ckpt["rng"] = _normalize_rng(ckpt["rng"])
@@ -340,8 +396,9 @@ def load_state(module: torch.nn.Module, state: dict, what: str) -> None:
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = "; ".join(lines[1:4] if len(lines) > 1 else lines)
-        raise CheckpointError(f"{what} does not fit the network built from its settings "
-                              f"({detail[:300]})") from exc
+        raise CheckpointError(
+            f"{what} does not fit the network built from its settings ({detail[:300]})"
+        ) from exc
 
 
 def model_from_checkpoint(ckpt: dict, device, fused: bool = True) -> torch.nn.Module:
@@ -361,7 +418,9 @@ def data_root(cfg: dict):
     if data is None:
         return None
     if not os.path.isabs(data) and not os.path.exists(data):
-        raise ConfigError(f"the checkpoint's data folder '{data}' is a relative path (relative "
-                          f"to the folder training ran in) and does not exist from here; pass "
-                          f"`data` DIR")
+        raise ConfigError(
+            f"the checkpoint's data folder '{data}' is a relative path (relative "
+            f"to the folder training ran in) and does not exist from here; pass "
+            f"`data` DIR"
+        )
     return data

@@ -5,6 +5,7 @@ from these fields), the run presets, validation, and config files.
 Precedence: explicit settings (command line, then config file) over the checkpoint's when
 resuming (:mod:`pyframepred.training.resume`), over the preset, over the field defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,19 +19,34 @@ from typing import Optional
 from ..errors import ConfigError
 from ..models import registry
 
-__all__ = ["TrainConfig", "RUN_PRESETS", "AMP_CHOICES", "load_config_file", "check_type",
-           "setting_fields"]
+__all__ = ["TrainConfig", "RUN_PRESETS", "AMP_CHOICES", "load_config_file", "check_type", "setting_fields"]
 
 # Run sizes; a model can change them per preset (ModelSpec.run_overrides).
 RUN_PRESETS = {
-    "tiny": dict(steps=4, batch_size=2, val_every=2, val_clips=4, sample_every=0, workers=0,
-                 clips_per_video=2),
-    "quick": dict(steps=1000, batch_size=8, val_every=250, val_clips=48, sample_every=500,
-                  workers=1, clips_per_video=8),
-    "small": dict(steps=5000, batch_size=16, val_every=500, val_clips=128, sample_every=1000,
-                  workers=2, clips_per_video=16),
-    "full": dict(steps=50000, batch_size=16, val_every=2000, val_clips=256, sample_every=2000,
-                 workers=4, clips_per_video=16),
+    "tiny": dict(
+        steps=4, batch_size=2, val_every=2, val_clips=4, sample_every=0, workers=0, clips_per_video=2
+    ),
+    "quick": dict(
+        steps=1000, batch_size=8, val_every=250, val_clips=48, sample_every=500, workers=1, clips_per_video=8
+    ),
+    "small": dict(
+        steps=5000,
+        batch_size=16,
+        val_every=500,
+        val_clips=128,
+        sample_every=1000,
+        workers=2,
+        clips_per_video=16,
+    ),
+    "full": dict(
+        steps=50000,
+        batch_size=16,
+        val_every=2000,
+        val_clips=256,
+        sample_every=2000,
+        workers=4,
+        clips_per_video=16,
+    ),
 }
 AMP_CHOICES = ("none", "bf16", "fp16")
 
@@ -47,8 +63,8 @@ def _s(default, help: str = "", *, flag: bool = True, choices=None, factory=None
 class TrainConfig:
     """All training settings (the command-line options, the config file keys). ``None``: the
     preset's value (:meth:`resolved` fills it in)."""
-    model: str = _s("seq2seq", "model to train (required here or in --config)",
-                    choices=registry.names)
+
+    model: str = _s("seq2seq", "model to train (required here or in --config)", choices=registry.names)
     data: Optional[str] = _s(None, "folder of videos (default: the embedded synthetic data set)")
     out: Optional[str] = _s(None, "output folder (default runs/<model>-<preset>)")
     preset: str = _s("quick", "run size (default quick)", choices=lambda: tuple(RUN_PRESETS))
@@ -69,21 +85,26 @@ class TrainConfig:
     sample_every: Optional[int] = _s(None, "sample GIF every N steps (0: only at end)")
     log_every: int = _s(10, "log the loss every N steps (10)")
     workers: Optional[int] = _s(None, "DataLoader worker processes")
-    threads: Optional[int] = _s(None, "CPU threads for torch ops (default: the cores free when "
-                                      "the run starts)")
-    test_fraction: float = _s(0.2, "share of each class's groups (gXX) held out for validation "
-                                   "(0.2); 0: validate on the training videos")
-    split_dir: Optional[str] = _s(None, "folder of UCF-101 split lists (trainlist0N.txt, "
-                                        "testlist0N.txt): use them instead of the group split")
+    threads: Optional[int] = _s(
+        None, "CPU threads for torch ops (default: the cores free when the run starts)"
+    )
+    test_fraction: float = _s(
+        0.2,
+        "share of each class's groups (gXX) held out for validation "
+        "(0.2); 0: validate on the training videos",
+    )
+    split_dir: Optional[str] = _s(
+        None,
+        "folder of UCF-101 split lists (trainlist0N.txt, "
+        "testlist0N.txt): use them instead of the group split",
+    )
     split_index: int = _s(1, "which official split, 1-3 (1)")
     device: str = _s("auto", "auto (default), cpu, cuda or cuda:N")
     amp: str = _s("none", "mixed precision (none)", choices=lambda: AMP_CHOICES)
     fused: bool = _s(True, "fused C++/CUDA ops (default) or the plain-PyTorch reference")
     seed: int = _s(0, "seed for torch, numpy, python and data order (0)")
-    teacher_forcing: bool = _s(True, "seq2seq: feed true frames to the decoder in training "
-                                     "(default on)")
-    batch_norm: Optional[bool] = _s(None, "seq2seq/autoencoder: batch norm (default: per "
-                                          "preset)")
+    teacher_forcing: bool = _s(True, "seq2seq: feed true frames to the decoder in training (default on)")
+    batch_norm: Optional[bool] = _s(None, "seq2seq/autoencoder: batch norm (default: per preset)")
     residual: bool = _s(True, "predict a change of the last frame inside the tanh (default on)")
     lambda_l2: float = _s(1.0, "weight of the L2 loss (1)")
     lambda_gdl: float = _s(1.0, "weight of the GDL loss (1)")
@@ -91,8 +112,7 @@ class TrainConfig:
     alpha: float = _s(1.0, "GDL exponent alpha (1)")
     tensorboard: bool = _s(False, "also log to <out>/tensorboard")
     progress: bool = _s(True, "progress bar (default on)")
-    model_kwargs: dict = _s(None, "extra constructor arguments of the model", flag=False,
-                            factory=dict)
+    model_kwargs: dict = _s(None, "extra constructor arguments of the model", flag=False, factory=dict)
 
     @property
     def spec(self) -> registry.ModelSpec:
@@ -103,8 +123,7 @@ class TrainConfig:
         :class:`~pyframepred.errors.ConfigError` names the first bad setting."""
         spec = self.spec
         if self.preset not in RUN_PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; choose from "
-                              f"{', '.join(RUN_PRESETS)}")
+            raise ConfigError(f"unknown preset {self.preset!r}; choose from {', '.join(RUN_PRESETS)}")
         c = dataclasses.replace(self)
         preset = {**RUN_PRESETS[self.preset], **spec.run_overrides.get(self.preset, {})}
         for k, v in preset.items():
@@ -119,7 +138,7 @@ class TrainConfig:
         if c.split_dir is not None:
             c.split_dir = os.path.abspath(c.split_dir)
         if c.data is not None:
-            c.data = os.path.abspath(c.data)   # the checkpoint must work from any folder
+            c.data = os.path.abspath(c.data)  # the checkpoint must work from any folder
         return c
 
     def model_args(self) -> dict:
@@ -133,8 +152,17 @@ class TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
-    for name in ("steps", "batch_size", "in_frames", "out_frames", "val_steps", "size",
-                 "clips_per_video", "val_clips", "log_every"):
+    for name in (
+        "steps",
+        "batch_size",
+        "in_frames",
+        "out_frames",
+        "val_steps",
+        "size",
+        "clips_per_video",
+        "val_clips",
+        "log_every",
+    ):
         if int(getattr(c, name)) < 1:
             raise ConfigError(f"`{name}` must be >= 1, got {getattr(c, name)}")
     for name in ("val_every", "sample_every", "workers", "interval"):
@@ -153,7 +181,7 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"`split_index` must be 1, 2 or 3, got {c.split_index}")
     if c.split_dir is not None and not Path(c.split_dir).is_dir():
         raise ConfigError(f"the split folder '{c.split_dir}' does not exist")
-    if not 0 <= c.seed < 2 ** 32:
+    if not 0 <= c.seed < 2**32:
         raise ConfigError(f"`seed` must be in [0, 4294967295], got {c.seed}")
     if c.threads is not None and c.threads < 1:
         raise ConfigError(f"`threads` must be >= 1, got {c.threads}")
@@ -172,8 +200,13 @@ def setting_fields() -> list:
 
 
 # ----------------------------------------------------------------------------- config files
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               dict: "a table/object"}
+_TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a table/object",
+}
 
 
 def check_type(key: str, value, tp, where: str):
@@ -196,8 +229,10 @@ def check_type(key: str, value, tp, where: str):
     else:
         ok = isinstance(value, tp)
     if not ok:
-        raise ConfigError(f"{where}: {key} must be {_TYPE_NAMES.get(tp, tp.__name__)}"
-                          f"{' or null' if optional else ''}, got {json.dumps(value, default=str)}")
+        raise ConfigError(
+            f"{where}: {key} must be {_TYPE_NAMES.get(tp, tp.__name__)}"
+            f"{' or null' if optional else ''}, got {json.dumps(value, default=str)}"
+        )
     return value
 
 
@@ -212,8 +247,10 @@ def load_config_file(path) -> dict:
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file '{p}' is not UTF-8 text (byte {exc.start}: "
-                          f"{exc.object[exc.start:exc.start + 1]!r})") from None
+        raise ConfigError(
+            f"config file '{p}' is not UTF-8 text (byte {exc.start}: "
+            f"{exc.object[exc.start : exc.start + 1]!r})"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file '{p}': {exc.strerror or exc}") from exc
     try:
@@ -234,12 +271,14 @@ def load_config_file(path) -> dict:
         raise ConfigError(f"unknown keys in config file '{p}': {', '.join(unknown)}")
     values = {k.replace("-", "_"): v for k, v in data.items()}
     for key, value in values.items():
-        if key == "resume":                      # a path, or true: <out>/last.pt (bare --resume)
+        if key == "resume":  # a path, or true: <out>/last.pt (bare --resume)
             if isinstance(value, bool):
                 values[key] = "auto" if value else None
             elif not isinstance(value, str):
-                raise ConfigError(f"config file '{p}': resume must be a checkpoint path (string) "
-                                  f"or true/false, got {json.dumps(value, default=str)}")
+                raise ConfigError(
+                    f"config file '{p}': resume must be a checkpoint path (string) "
+                    f"or true/false, got {json.dumps(value, default=str)}"
+                )
         else:
             values[key] = check_type(key, value, types[key], f"config file '{p}'")
     return values

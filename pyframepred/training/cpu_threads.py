@@ -6,6 +6,7 @@ slice (milliseconds) -- a 2-core machine with one core busy ran training steps 5
 threads than with 1. So the default counts the cores left idle over a short sample of
 ``/proc/stat`` (Linux) and uses that many threads, at least one; ``--threads N`` overrides it.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Where a run runs: the device, the ``torchrun`` process group (DDP), seeding."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ def dist_env() -> tuple:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
@@ -43,8 +44,10 @@ def resolve_device(device: str) -> torch.device:
     if m.group(1) is not None:
         n = torch.cuda.device_count()
         if int(m.group(1)) >= n:
-            raise ConfigError(f"`device` {device}: there is no CUDA device {int(m.group(1))} "
-                              f"({n} found: cuda:0 to cuda:{n - 1})")
+            raise ConfigError(
+                f"`device` {device}: there is no CUDA device {int(m.group(1))} "
+                f"({n} found: cuda:0 to cuda:{n - 1})"
+            )
     return torch.device(device)
 
 

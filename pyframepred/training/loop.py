@@ -1,4 +1,5 @@
 """The training loop: :class:`Trainer`, one loop for every registered model."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,15 @@ from .cpu_threads import default_threads
 from .distributed import all_ranks_max, dist_env, resolve_device, seed_everything
 from .run_folder import claim, missing_folders, remove_unused
 from .sampling import SeededClips, StepSampler
-from .signals import (StopFlag, WorkerWatch, dead_workers, is_worker_death, start_workers,
-                      stop_workers, worker_init)
+from .signals import (
+    StopFlag,
+    WorkerWatch,
+    dead_workers,
+    is_worker_death,
+    start_workers,
+    stop_workers,
+    worker_init,
+)
 from .state import TrainerState
 from .tasks import make_task
 
@@ -55,8 +63,14 @@ class Trainer(TrainerState):
     continues, unless ``overwrite``.
     """
 
-    def __init__(self, cfg: TrainConfig, resume=None, checkpoint: Optional[dict] = None,
-                 overwrite: bool = False, callbacks: Sequence[Callback] = ()):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume=None,
+        checkpoint: Optional[dict] = None,
+        overwrite: bool = False,
+        callbacks: Sequence[Callback] = (),
+    ):
         self.cfg = cfg = cfg.resolved()
         self._lock = None
         self._created_dirs: list = []
@@ -98,7 +112,8 @@ class Trainer(TrainerState):
                 self.resume_path = self.resume_path / "last.pt"
             if checkpoint is None:
                 checkpoint = ckpt_format.load_checkpoint(
-                    self.resume_path, fields=ckpt_format.RESUME_FIELDS, task="be resumed")
+                    self.resume_path, fields=ckpt_format.RESUME_FIELDS, task="be resumed"
+                )
         resume_step = int(checkpoint["step"]) if checkpoint is not None else 0
         if self.main:
             self._created_dirs = missing_folders(self.out)
@@ -112,8 +127,7 @@ class Trainer(TrainerState):
         self.model_kwargs = cfg.model_args()
         self.model = build_model(cfg.model, self.model_kwargs, cfg.fused).to(self.device)
         self.disc = self.opt_d = self.sched_d = self.disc_kwargs = None
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
-                                    weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_lambda)
         self.task = make_task(self)
         self.task.setup()
@@ -145,25 +159,43 @@ class Trainer(TrainerState):
             self.threads_reason = "torch's default"
 
     def _setup_data(self, cfg) -> None:
-        root = (default_dataset_root(progress=cfg.progress and self.main) if cfg.data is None
-                else Path(cfg.data))
+        root = (
+            default_dataset_root(progress=cfg.progress and self.main) if cfg.data is None else Path(cfg.data)
+        )
         self.data_root = root
-        split = dict(test_fraction=cfg.test_fraction, split_dir=cfg.split_dir,
-                     split_index=cfg.split_index)
+        split = dict(test_fraction=cfg.test_fraction, split_dir=cfg.split_dir, split_index=cfg.split_index)
         try:
-            train_ds = VideoClips(root, frames=cfg.in_frames + cfg.out_frames,
-                                  interval=cfg.interval, size=cfg.size, train=True,
-                                  seed=cfg.seed, clips_per_video=cfg.clips_per_video,
-                                  hflip=True, progress=cfg.progress and self.main, **split)
-            val_ds = VideoClips(root, frames=cfg.in_frames + cfg.val_steps,
-                                interval=cfg.interval, size=cfg.size, train=False, seed=cfg.seed,
-                                clips_per_video=max(1, cfg.clips_per_video // 4),
-                                progress=False, **split)
+            train_ds = VideoClips(
+                root,
+                frames=cfg.in_frames + cfg.out_frames,
+                interval=cfg.interval,
+                size=cfg.size,
+                train=True,
+                seed=cfg.seed,
+                clips_per_video=cfg.clips_per_video,
+                hflip=True,
+                progress=cfg.progress and self.main,
+                **split,
+            )
+            val_ds = VideoClips(
+                root,
+                frames=cfg.in_frames + cfg.val_steps,
+                interval=cfg.interval,
+                size=cfg.size,
+                train=False,
+                seed=cfg.seed,
+                clips_per_video=max(1, cfg.clips_per_video // 4),
+                progress=False,
+                **split,
+            )
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise ConfigError(str(exc)) from exc
         if self.main and cfg.split_dir is None and not cfg.test_fraction:
-            warnings.warn("`test_fraction` 0: validation clips come from the training videos, "
-                          "so validation scores are not held-out scores", stacklevel=2)
+            warnings.warn(
+                "`test_fraction` 0: validation clips come from the training videos, "
+                "so validation scores are not held-out scores",
+                stacklevel=2,
+            )
         self.train_ds = train_ds
         self.val_ds = Subset(val_ds, range(min(cfg.val_clips, len(val_ds))))
 
@@ -178,8 +210,9 @@ class Trainer(TrainerState):
 
     # -- one step (the task calls autocast, check_finite and optimizer_step)
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
-                              enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
+        )
 
     def check_finite(self, loss: torch.Tensor, what: str) -> None:
         """:class:`TrainingDiverged` (on every rank) if ``loss`` is NaN/Inf on any rank."""
@@ -187,7 +220,8 @@ class Trainer(TrainerState):
             raise TrainingDiverged(
                 f"the {what} loss became {loss.item()} at step {self.step + 1}; training stopped "
                 f"(the last good checkpoint, if any, is {self.out / 'last.pt'}, left untouched). "
-                "Try a lower `lr`, `amp` none, or a smaller `grad_clip`.")
+                "Try a lower `lr`, `amp` none, or a smaller `grad_clip`."
+            )
 
     def optimizer_step(self, loss, opt, params) -> None:
         opt.zero_grad(set_to_none=True)
@@ -204,7 +238,8 @@ class Trainer(TrainerState):
                 f"the optimiser step overflowed at step {self.step + 1} "
                 f"({' '.join(str(exc).split())[:120]}); training stopped without saving it (the "
                 f"last finite checkpoint, if any, is {self.out / 'last.pt'}, left untouched). "
-                f"Try a lower `lr`.") from None
+                f"Try a lower `lr`."
+            ) from None
 
     def train_step(self, clips: torch.Tensor) -> dict:
         """One optimiser update on a batch of clips ``(B, in_frames + out_frames, 3, H, W)``;
@@ -220,26 +255,42 @@ class Trainer(TrainerState):
         return {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
 
     def validate(self) -> dict:
-        return evaluate_model(self.model, self.val_ds, self.cfg.in_frames, self.cfg.val_steps,
-                              self.device, batch_size=8, autocast_dtype=self.amp_dtype)
+        return evaluate_model(
+            self.model,
+            self.val_ds,
+            self.cfg.in_frames,
+            self.cfg.val_steps,
+            self.device,
+            batch_size=8,
+            autocast_dtype=self.amp_dtype,
+        )
 
     # -- the loop
     def _loader(self):
         cfg = self.cfg
-        sampler = StepSampler(len(self.train_ds), cfg.batch_size, cfg.seed, self.step,
-                              self.rank, self.world)
+        sampler = StepSampler(len(self.train_ds), cfg.batch_size, cfg.seed, self.step, self.rank, self.world)
         g = torch.Generator().manual_seed(cfg.seed)
-        return DataLoader(SeededClips(self.train_ds, cfg.seed), batch_size=cfg.batch_size,
-                          sampler=sampler, num_workers=cfg.workers, generator=g,
-                          worker_init_fn=worker_init if cfg.workers > 0 else None,
-                          persistent_workers=False, pin_memory=self.device.type == "cuda",
-                          prefetch_factor=2 if cfg.workers > 0 else None, drop_last=True)
+        return DataLoader(
+            SeededClips(self.train_ds, cfg.seed),
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=cfg.workers,
+            generator=g,
+            worker_init_fn=worker_init if cfg.workers > 0 else None,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=2 if cfg.workers > 0 else None,
+            drop_last=True,
+        )
 
     def _stop_requested(self, flag: StopFlag, watch: Optional[WorkerWatch] = None) -> int:
         """0: go on; 1: a stop signal (on any rank); 2: a DataLoader worker died (and no stop
         signal came: a worker dying after a Ctrl-C or SIGTERM is part of that stop)."""
-        code = 1.0 if flag.signal is not None else (
-            2.0 if watch is not None and watch.error is not None else 0.0)
+        code = (
+            1.0
+            if flag.signal is not None
+            else (2.0 if watch is not None and watch.error is not None else 0.0)
+        )
         code = int(all_ranks_max(code, self.device))
         return 1 if code == 2 and flag.signal is not None else code
 
@@ -254,9 +305,13 @@ class Trainer(TrainerState):
             if not (is_worker_death(exc) or dead):
                 raise
             if watch.error is None:
-                watch.error = exc if is_worker_death(exc) else RuntimeError(
-                    f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited "
-                    f"unexpectedly")
+                watch.error = (
+                    exc
+                    if is_worker_death(exc)
+                    else RuntimeError(
+                        f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited unexpectedly"
+                    )
+                )
             return None
 
     def fit(self) -> dict:
@@ -268,15 +323,21 @@ class Trainer(TrainerState):
 
     def _fit(self) -> dict:
         cfg = self.cfg
-        if self.step >= cfg.steps:               # resumed from a finished run: nothing to do
-            return {"status": "already_done", "step": self.step, "best_psnr": self.best_psnr,
-                    "val": None, "out": str(self.out)}
+        if self.step >= cfg.steps:  # resumed from a finished run: nothing to do
+            return {
+                "status": "already_done",
+                "step": self.step,
+                "best_psnr": self.best_psnr,
+                "val": None,
+                "out": str(self.out),
+            }
         if self.main:
             try:
                 atomic_write_json(self.out / "config.json", dataclasses.asdict(cfg), indent=2)
             except OSError as exc:
-                raise OutputWriteError(f"cannot write '{self.out / 'config.json'}': "
-                                       f"{exc.strerror or exc}") from exc
+                raise OutputWriteError(
+                    f"cannot write '{self.out / 'config.json'}': {exc.strerror or exc}"
+                ) from exc
         try:
             self._emit("on_fit_start")
             status, last_val, watch = self._run()
@@ -287,14 +348,20 @@ class Trainer(TrainerState):
                     f"a data-loading worker died ({detail}); saved {self.out / 'last.pt'} at "
                     f"step {self.step}; continue with `resume` {self.out / 'last.pt'} (if it "
                     f"was killed for lack of memory, fewer `workers` or a smaller `batch_size` "
-                    f"help)")
+                    f"help)"
+                )
             self._emit("on_fit_end", status)
         finally:
             self._emit("on_exit")
         if self.distributed:
             dist.barrier()
-        return {"status": status, "step": self.step, "best_psnr": self.best_psnr,
-                "val": last_val, "out": str(self.out)}
+        return {
+            "status": status,
+            "step": self.step,
+            "best_psnr": self.best_psnr,
+            "val": last_val,
+            "out": str(self.out),
+        }
 
     def _run(self):
         """The steps, under the stop-signal handlers; ``(status, last validation, watch)``."""
@@ -313,8 +380,7 @@ class Trainer(TrainerState):
                 while self.step < cfg.steps:
                     clips = None if flag.signal is not None else self._next_batch(it, watch)
                     if clips is None:
-                        status = ("interrupted" if self._stop_requested(flag, watch) == 1
-                                  else "worker_died")
+                        status = "interrupted" if self._stop_requested(flag, watch) == 1 else "worker_died"
                         break
                     rec = self.train_step(clips)
                     self.step += 1
@@ -343,8 +409,11 @@ class Trainer(TrainerState):
                     self.check_state_finite()
                     self.save()
                 if status == "interrupted" and self.main:
-                    print(f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
-                          f"continue with --resume {self.out / 'last.pt'}", file=sys.stderr)
+                    print(
+                        f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
+                        f"continue with --resume {self.out / 'last.pt'}",
+                        file=sys.stderr,
+                    )
             finally:
                 # The workers end while the handlers are still ours: a worker's exit cannot
                 # raise from torch's SIGCHLD handler somewhere later.
@@ -354,14 +423,21 @@ class Trainer(TrainerState):
         return status, last_val, watch
 
     def _validate_and_save(self) -> Optional[dict]:
-        self.check_state_finite()                # on every rank: all stop together
+        self.check_state_finite()  # on every rank: all stop together
         res = None
         if self.main:
             res = self.validate()
             mm, bm = res["model_mean"], res["baseline_mean"]
-            rec = {"step": self.step, "psnr": mm["psnr"], "ssim": mm["ssim"],
-                   "baseline_psnr": bm["psnr"], "baseline_ssim": bm["ssim"],
-                   "sharpness": mm["sharpness"], "l2": mm["l2"], "gdl": mm["gdl"]}
+            rec = {
+                "step": self.step,
+                "psnr": mm["psnr"],
+                "ssim": mm["ssim"],
+                "baseline_psnr": bm["psnr"],
+                "baseline_ssim": bm["ssim"],
+                "sharpness": mm["sharpness"],
+                "l2": mm["l2"],
+                "gdl": mm["gdl"],
+            }
             self.history["val"].append(rec)
             best = mm["psnr"] > self.best_psnr
             if best:

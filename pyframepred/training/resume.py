@@ -5,6 +5,7 @@ change, and which must match.
 again comes from the checkpoint; the :data:`RESUME_FIXED` ones (they fix the network's shape or
 the layout of its data) must match it; the output folder defaults to the checkpoint's folder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,12 +18,27 @@ from ..models import registry
 from . import checkpoint as ckpt_format
 from .config import TrainConfig
 
-__all__ = ["RESUME_FIXED", "resume_conflicts", "check_resumable", "check_same_model",
-           "checkpoint_path", "resume_settings"]
+__all__ = [
+    "RESUME_FIXED",
+    "resume_conflicts",
+    "check_resumable",
+    "check_same_model",
+    "checkpoint_path",
+    "resume_settings",
+]
 
 # Settings that fix the network's shape or the layout of its data: a resumed run keeps them.
-RESUME_FIXED = ("model", "preset", "in_frames", "out_frames", "interval", "size", "residual",
-                "batch_norm", "model_kwargs")
+RESUME_FIXED = (
+    "model",
+    "preset",
+    "in_frames",
+    "out_frames",
+    "interval",
+    "size",
+    "residual",
+    "batch_norm",
+    "model_kwargs",
+)
 
 
 def _article(word: str) -> str:
@@ -31,7 +47,7 @@ def _article(word: str) -> str:
 
 def _fixed_value(cfg: dict, name: str):
     value = cfg.get(name, getattr(TrainConfig, name, None) if name != "model_kwargs" else {})
-    if name == "batch_norm" and value is None:   # the preset's choice, else the model's default
+    if name == "batch_norm" and value is None:  # the preset's choice, else the model's default
         try:
             spec = registry.get(cfg.get("model"))
         except ConfigError:
@@ -49,7 +65,7 @@ def resume_conflicts(cfg: TrainConfig, ckpt_cfg: dict) -> list:
     out = []
     for name in RESUME_FIXED:
         if name == "batch_norm" and not cfg.spec.batch_norm:
-            continue                             # not used by this model
+            continue  # not used by this model
         a, b = _fixed_value(ckpt_cfg, name), _fixed_value(given, name)
         if a != b:
             out.append((name, a, b))
@@ -58,8 +74,9 @@ def resume_conflicts(cfg: TrainConfig, ckpt_cfg: dict) -> list:
 
 def check_same_model(path, ckpt_model, model: str) -> None:
     if ckpt_model != model:
-        raise ConfigError(f"checkpoint '{path}' holds {_article(str(ckpt_model))} model, not "
-                          f"{_article(model)} model")
+        raise ConfigError(
+            f"checkpoint '{path}' holds {_article(str(ckpt_model))} model, not {_article(model)} model"
+        )
 
 
 def check_resumable(cfg: TrainConfig, ckpt_cfg: dict, path) -> None:
@@ -67,11 +84,16 @@ def check_resumable(cfg: TrainConfig, ckpt_cfg: dict, path) -> None:
     check_same_model(path, ckpt_cfg.get("model"), cfg.model)
     bad = resume_conflicts(cfg, ckpt_cfg)
     if bad:
-        diffs = "; ".join(f"`{k}` is {json.dumps(a, default=str)} in the checkpoint but "
-                          f"{json.dumps(b, default=str)} was given" for k, a, b in bad)
-        raise ConfigError(f"cannot resume '{path}' with other model settings: {diffs} (these fix "
-                          f"the network or its data; leave them out to keep the checkpoint's, or "
-                          f"start a new run in another `out`)")
+        diffs = "; ".join(
+            f"`{k}` is {json.dumps(a, default=str)} in the checkpoint but "
+            f"{json.dumps(b, default=str)} was given"
+            for k, a, b in bad
+        )
+        raise ConfigError(
+            f"cannot resume '{path}' with other model settings: {diffs} (these fix "
+            f"the network or its data; leave them out to keep the checkpoint's, or "
+            f"start a new run in another `out`)"
+        )
 
 
 def checkpoint_path(resume, explicit: dict) -> str:
@@ -79,10 +101,14 @@ def checkpoint_path(resume, explicit: dict) -> str:
     ``"auto"`` ``<out>/last.pt`` of the explicit (or the model's default) output folder."""
     if resume == "auto":
         if "out" not in explicit and "model" not in explicit:
-            raise ConfigError("`resume` without a checkpoint needs `out` (or `model`, for the "
-                              "default output folder) to find <out>/last.pt")
-        out = explicit.get("out") or TrainConfig(
-            model=explicit["model"], preset=explicit.get("preset", "quick")).resolved().out
+            raise ConfigError(
+                "`resume` without a checkpoint needs `out` (or `model`, for the "
+                "default output folder) to find <out>/last.pt"
+            )
+        out = (
+            explicit.get("out")
+            or TrainConfig(model=explicit["model"], preset=explicit.get("preset", "quick")).resolved().out
+        )
         return os.path.join(out, "last.pt")
     if Path(resume).is_dir():
         return os.path.join(resume, "last.pt")
@@ -102,16 +128,16 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
     ckpt = None
     if resume is not None:
         resume = checkpoint_path(resume, explicit)
-        ckpt = ckpt_format.load_checkpoint(resume, fields=ckpt_format.RESUME_FIELDS,
-                                           task="be resumed")
+        ckpt = ckpt_format.load_checkpoint(resume, fields=ckpt_format.RESUME_FIELDS, task="be resumed")
         base = {k: v for k, v in ckpt["config"].items() if k in fields}
         if "model" in explicit:  # before the other model's settings are checked against it
             check_same_model(resume, base.get("model"), explicit["model"])
         if "data" not in explicit:
             base["data"] = ckpt_format.data_root(base)
             if base["data"] is not None and not Path(base["data"]).exists():
-                raise ConfigError(f"the checkpoint's data folder '{base['data']}' does not "
-                                  f"exist; pass `data` DIR")
+                raise ConfigError(
+                    f"the checkpoint's data folder '{base['data']}' does not exist; pass `data` DIR"
+                )
         base.pop("out", None)
         values = {**base, **explicit}
         values.setdefault("out", str(Path(resume).parent))

@@ -6,14 +6,14 @@ changes nothing in the folder). The lock belongs to the open file, so it goes aw
 that ends (a crash or ``kill -9`` included): a stale lock file never blocks a later run. On file
 systems without ``flock`` support (some network file systems) the run goes on unlocked.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 from pathlib import Path
 
-__all__ = ["LOCK_FILENAME", "FolderBusyError", "RunFolderLock", "claim", "missing_folders",
-           "remove_unused"]
+__all__ = ["LOCK_FILENAME", "FolderBusyError", "RunFolderLock", "claim", "missing_folders", "remove_unused"]
 
 LOCK_FILENAME = ".pyframepred.lock"
 
@@ -42,17 +42,19 @@ class RunFolderLock:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_CLOEXEC", 0), 0o666)
+        fd = os.open(
+            self.path,
+            os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+            0o666,
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FolderBusyError(f"'{self.folder}' is in use by another training run") \
-                    from None
+                raise FolderBusyError(f"'{self.folder}' is in use by another training run") from None
             if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                return self                          # no flock here: carry on unlocked
+                return self  # no flock here: carry on unlocked
             raise
         self._fd = fd
         return self
@@ -60,7 +62,7 @@ class RunFolderLock:
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)                              # closing the file drops the flock
+            os.close(fd)  # closing the file drops the flock
 
     def __enter__(self):
         return self.acquire()
@@ -90,8 +92,7 @@ def claim(out: Path, resume, resume_step: int, overwrite: bool) -> RunFolderLock
     except FolderBusyError as exc:
         raise OutputError(f"`out` {exc}; wait for it to finish, or use another `out`") from None
     except OSError as exc:
-        raise OutputError(f"cannot lock the output folder `out` '{out}': "
-                          f"{exc.strerror or exc}") from exc
+        raise OutputError(f"cannot lock the output folder `out` '{out}': {exc.strerror or exc}") from exc
     try:
         last, best = out / "last.pt", out / "best.pt"
         existing = [p for p in (last, best) if p.exists()]
@@ -99,7 +100,8 @@ def claim(out: Path, resume, resume_step: int, overwrite: bool) -> RunFolderLock
             raise OutputError(
                 f"`out` '{out}' already holds a run's checkpoints "
                 f"({', '.join(p.name for p in existing)}); continue it with `resume`, replace it "
-                f"with `overwrite`, or choose another `out`")
+                f"with `overwrite`, or choose another `out`"
+            )
         if resume is not None and last.exists() and not overwrite:
             src = Path(resume)
             src = src / "last.pt" if src.is_dir() else src
@@ -117,9 +119,10 @@ def claim(out: Path, resume, resume_step: int, overwrite: bool) -> RunFolderLock
                     raise OutputError(
                         f"resuming '{src}' (step {resume_step}) into `out` '{out}' would "
                         f"replace {at} last.pt there; resume from '{last}' instead, pass "
-                        f"`overwrite` to replace it, or choose another `out`")
+                        f"`overwrite` to replace it, or choose another `out`"
+                    )
         if resume is None and overwrite:
-            for p in existing:                     # the old run's checkpoints go, not mixed
+            for p in existing:  # the old run's checkpoints go, not mixed
                 p.unlink()
         ckpt_format.remove_stale_temps(out)
     except BaseException:

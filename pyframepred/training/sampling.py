@@ -1,5 +1,6 @@
 """Resumable, distributed data order: the clips of step ``s`` on rank ``r`` depend only on
 ``(seed, s, r)``, so a resumed run sees exactly the clips the uninterrupted run would have seen."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ class StepSampler(Sampler):
     number of DataLoader workers.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world: int = 1):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1
+    ):
         self.n, self.batch, self.seed = n, batch_size, seed
         self.start, self.rank, self.world = start_step, rank, world
         self._perm_epoch, self._perm = -1, None
@@ -42,7 +44,7 @@ class StepSampler(Sampler):
             s += 1
 
     def __len__(self):  # pragma: no cover - infinite; DataLoader only needs it for len()
-        return 2 ** 62
+        return 2**62
 
 
 class SeededClips(Dataset):
@@ -58,5 +60,5 @@ class SeededClips(Dataset):
     def __getitem__(self, key):
         p, i = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + p) % (2 ** 63))
+            torch.manual_seed((self.seed * 1_000_003 + p) % (2**63))
             return self.dataset[i]

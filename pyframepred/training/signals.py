@@ -7,13 +7,21 @@ reaches only the main process. A worker that dies (e.g. killed for lack of memor
 and reported between steps instead of raising from torch's SIGCHLD handler in the middle of an
 optimiser update.
 """
+
 from __future__ import annotations
 
 import signal
 from typing import Optional
 
-__all__ = ["StopFlag", "WorkerWatch", "worker_init", "start_workers", "stop_workers",
-           "dead_workers", "is_worker_death"]
+__all__ = [
+    "StopFlag",
+    "WorkerWatch",
+    "worker_init",
+    "start_workers",
+    "stop_workers",
+    "dead_workers",
+    "is_worker_death",
+]
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -124,9 +132,16 @@ def dead_workers(it, wait: float = 0.0) -> list:
 
 def is_worker_death(exc: BaseException) -> bool:
     text = str(exc)
-    return isinstance(exc, RuntimeError) and "DataLoader worker" in text and (
-        "exited unexpectedly" in text or "killed by signal" in text
-        or "is killed" in text or "terminated by signal" in text)
+    return (
+        isinstance(exc, RuntimeError)
+        and "DataLoader worker" in text
+        and (
+            "exited unexpectedly" in text
+            or "killed by signal" in text
+            or "is killed" in text
+            or "terminated by signal" in text
+        )
+    )
 
 
 class WorkerWatch:

@@ -1,9 +1,10 @@
 """A trainer's state in and out of a checkpoint: what is saved, how it is restored."""
+
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -19,35 +20,69 @@ class TrainerState:
     """Mixed into :class:`~pyframepred.training.Trainer`: saving, restoring and the finiteness
     check of the networks, optimisers, schedulers, scaler, random states, step and history."""
 
+    # Set up by the trainer.
+    cfg: Any
+    out: Path
+    main: bool
+    world: int
+    rank: int
+    model: torch.nn.Module
+    model_kwargs: dict
+    opt: Any
+    sched: Any
+    scaler: Any
+    disc: Optional[torch.nn.Module]
+    disc_kwargs: Optional[dict]
+    opt_d: Any
+    sched_d: Any
+    step: int
+    best_psnr: float
+    history: dict
+    rng_restored: bool
+
+    def _emit(self, hook: str, *args) -> None:
+        raise NotImplementedError
+
     def _state(self) -> dict:
         return {
-            "format": ckpt_format.FORMAT_VERSION, "config": dataclasses.asdict(self.cfg),
+            "format": ckpt_format.FORMAT_VERSION,
+            "config": dataclasses.asdict(self.cfg),
             "model_kwargs": self.model_kwargs,
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "disc_kwargs": self.disc_kwargs,
             "disc": self.disc.state_dict() if self.disc is not None else None,
             "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None,
             "scheduler_d": self.sched_d.state_dict() if self.sched_d is not None else None,
-            "rng": ckpt_format.rng_state(), "step": self.step, "best_psnr": self.best_psnr,
-            "history": self.history, "world_size": self.world,
+            "rng": ckpt_format.rng_state(),
+            "step": self.step,
+            "best_psnr": self.best_psnr,
+            "history": self.history,
+            "world_size": self.world,
             "torch_version": str(torch.__version__),
         }
 
     def check_state_finite(self) -> None:
         """:class:`TrainingDiverged` unless every weight and optimiser value is finite (called
         before anything is saved: a checkpoint on disk is always a finite one)."""
-        bad = ckpt_format.nonfinite_entries({
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "disc": self.disc.state_dict() if self.disc is not None else None,
-            "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None})
+        bad = ckpt_format.nonfinite_entries(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "disc": self.disc.state_dict() if self.disc is not None else None,
+                "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            }
+        )
         if bad:
             raise TrainingDiverged(
                 f"the weights or optimiser state became NaN/Inf by step {self.step} "
                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); training stopped "
                 f"without saving them (the last finite checkpoint, if any, is "
                 f"{self.out / 'last.pt'}, left untouched). Try a lower `lr`, `amp` none, or a "
-                f"smaller `grad_clip`.")
+                f"smaller `grad_clip`."
+            )
 
     def save(self, best: bool = False) -> Optional[Path]:
         """Write ``last.pt`` (and ``best.pt``) atomically, then ``history.json``; then the
@@ -65,14 +100,14 @@ class TrainerState:
         except OSError as exc:
             raise OutputWriteError(
                 f"cannot write the checkpoint in '{self.out}' at step {self.step}: "
-                f"{exc.strerror or exc}; the previous checkpoint is intact") from exc
+                f"{exc.strerror or exc}; the previous checkpoint is intact"
+            ) from exc
         self._emit("on_save")
         return path
 
     def _load(self, path: Path, ckpt: Optional[dict] = None) -> None:
-        if ckpt is None:                     # to CPU: load_state_dict copies to the device
-            ckpt = ckpt_format.load_checkpoint(path, fields=ckpt_format.RESUME_FIELDS,
-                                               task="be resumed")
+        if ckpt is None:  # to CPU: load_state_dict copies to the device
+            ckpt = ckpt_format.load_checkpoint(path, fields=ckpt_format.RESUME_FIELDS, task="be resumed")
         else:
             ckpt_format.check_fields(ckpt, path, ckpt_format.RESUME_FIELDS, "be resumed")
         check_resumable(self.cfg, ckpt["config"], path)
@@ -88,8 +123,8 @@ class TrainerState:
                 self.sched_d.load_state_dict(ckpt["scheduler_d"])
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise ckpt_format.CheckpointError(
-                f"cannot restore the training state from {what}: "
-                f"{' '.join(str(exc).split())[:300]}") from exc
+                f"cannot restore the training state from {what}: {' '.join(str(exc).split())[:300]}"
+            ) from exc
         self.step = int(ckpt["step"])
         self.best_psnr = float(ckpt["best_psnr"])
         self.history = ckpt["history"]

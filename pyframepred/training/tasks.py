@@ -10,14 +10,15 @@ trainer builds for every model) and does the forward/loss/backward of one step. 
 * ``"gan"`` (:class:`GanTask`) -- Mathieu et al.'s multi-scale game: a discriminator step on real
   and generated frames, then the generator's L2 + GDL + adversarial step.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..data.transforms import resize
 from ..models import MultiScaleLoss
 from ..models._common import gdl
-from ..models.multiscale import resize
 from ..models.registry import build_discriminator
 
 __all__ = ["Task", "FramesTask", "GanTask", "TASKS", "make_task"]
@@ -73,8 +74,7 @@ class GanTask(Task):
         cfg = t.cfg
         disc, t.disc_kwargs = build_discriminator(cfg.model, t.model_kwargs)
         t.disc = disc.to(t.device)
-        t.ms_loss = MultiScaleLoss(cfg.lambda_l2, cfg.lambda_gdl, cfg.lambda_adv, cfg.alpha,
-                                   cfg.fused)
+        t.ms_loss = MultiScaleLoss(cfg.lambda_l2, cfg.lambda_gdl, cfg.lambda_adv, cfg.alpha, cfg.fused)
         t.opt_d = torch.optim.Adam(t.disc.parameters(), lr=cfg.lr_d)
         t.sched_d = torch.optim.lr_scheduler.LambdaLR(t.opt_d, t.lr_lambda)
 
@@ -93,11 +93,14 @@ class GanTask(Task):
             # Discriminator: real and generated frames in one forward (one DDP pass).
             D.train()
             with t.autocast():
-                logits = t.dnet([torch.cat([x, x]) for x in pyr],
-                                [torch.cat([y, p.detach()]) for y, p in zip(targets, preds)])
+                logits = t.dnet(
+                    [torch.cat([x, x]) for x in pyr],
+                    [torch.cat([y, p.detach()]) for y, p in zip(targets, preds)],
+                )
             b = inputs.shape[0]
-            loss_d = t.ms_loss.discriminator([lg[:b].float() for lg in logits],
-                                             [lg[b:].float() for lg in logits])
+            loss_d = t.ms_loss.discriminator(
+                [lg[:b].float() for lg in logits], [lg[b:].float() for lg in logits]
+            )
             t.check_finite(loss_d, "discriminator")
             t.optimizer_step(loss_d, t.opt_d, D.parameters())
             parts["d"] = loss_d.detach()
