@@ -21,7 +21,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -29,6 +28,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
+
+from pyframepred.io import atomic_write  # noqa: E402
 
 # Suites with their own measuring protocol and result format (a script mode that records).
 SCRIPT_SUITES = ("data", "train", "layer")
@@ -80,18 +81,14 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
             md = report.section_layer_step([report.load(stem.with_suffix(".json"))])
             stem.with_suffix(".md").write_text("\n".join([f"## {stem.name}.json", ""] + md) + "\n")
         return stem.with_suffix(".json")
-    # Written next to the target, then moved: a failed run leaves the old result in place.
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=results)
-    os.close(fd)
-    cmd = [sys.executable, "-m", "pytest", str(HERE / f"bench_{suite}.py"), "--benchmark-only",
-           "-q", "-p", "no:cacheprovider", f"--benchmark-json={tmp}"]
-    cmd += [] if quick else ["--bench-full"]
-    try:
+    # Through the package's atomic writer: a failed run leaves the old result in place.
+    def run_into(tmp):
+        cmd = [sys.executable, "-m", "pytest", str(HERE / f"bench_{suite}.py"), "--benchmark-only",
+               "-q", "-p", "no:cacheprovider", f"--benchmark-json={tmp}"]
+        cmd += [] if quick else ["--bench-full"]
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-        os.replace(tmp, stem.with_suffix(".json"))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(stem.with_suffix(".json"), run_into, fsync=False)
     stem.with_suffix(".md").write_text(report.render(stem.with_suffix(".json")))
     return stem.with_suffix(".json")
 

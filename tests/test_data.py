@@ -12,10 +12,8 @@ import os
 import threading
 import time
 import warnings
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import decord
 import numpy as np
 import pytest
@@ -39,6 +37,7 @@ from pyframepred.data import (
     to_uint8,
 )
 from pyframepred.data.decode import resize_frames
+from pyframepred.io import encode_video
 
 
 # --------------------------------------------------------------------------- helpers
@@ -72,17 +71,8 @@ def frame_ids(clip):
 def write_video(path, frames, fps=25, codec="libx264", pix_fmt="yuv420p", options=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w", format="avi" if path.suffix.lower() == ".avi" else None) as c:
-        stream = c.add_stream(codec, rate=Fraction(fps))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = pix_fmt
-        if options:
-            stream.options = options
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(packet)
-        for packet in stream.encode():
-            c.mux(packet)
+    encode_video(path, frames, fps, codec=codec, pix_fmt=pix_fmt, options=options,
+                 container="avi" if path.suffix.lower() == ".avi" else None)
     return path
 
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from ..data.transforms import resize
 from ..models import MultiScaleLoss
-from ..models._common import gdl
 from ..models.registry import build_discriminator
+from ..nn import GDLLoss
 
 __all__ = ["Task", "FramesTask", "GanTask", "TASKS", "make_task"]
 
@@ -45,7 +45,7 @@ def pixel_loss(cfg, pred, target):
     parts = {"l2": l2.detach()}
     loss = cfg.lambda_l2 * l2
     if cfg.lambda_gdl > 0:
-        g = gdl(pred.float(), target.float(), cfg.alpha, cfg.fused)
+        g = GDLLoss(cfg.alpha, "mean", cfg.fused)(pred.float(), target.float())
         loss = loss + cfg.lambda_gdl * g
         parts["gdl"] = g.detach()
     return loss, parts
