@@ -272,9 +272,48 @@ def test_cover_keeps_aspect_ratio_by_centre_cropping(tmp_path):
     ref = decord.VideoReader(str(path), width=64, height=32).get_batch(clip.indices).asnumpy()
     ref = torch.from_numpy(ref[:, :, 16:48].copy()).permute(0, 3, 1, 2)
     assert torch.equal(clip.frames, normalize(ref))
-    stretch = VideoClips(tmp_path, frames=3, size=(32, 32), train=False, test_fraction=0,
-                         progress=False).clip_at(0, 2)
+    with pytest.warns(UserWarning, match="stretches 1 of 1 videos"):
+        stretch = VideoClips(tmp_path, frames=3, size=(32, 32), train=False, test_fraction=0,
+                             progress=False).clip_at(0, 2)
     assert frame_ids(stretch.frames) == [2, 3, 4]  # the whole frame is kept when stretching
+
+
+def test_int_size_is_the_short_side_with_a_square_crop(tmp_path):
+    frames = coded_frames(12, 64, 128)                       # 2:1, landscape
+    path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", frames, 25)
+    kw = dict(frames=3, size=32, test_fraction=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # no aspect warning: nothing is bent
+        evaluation = VideoClips(tmp_path, train=False, **kw)
+    scaled = decord.VideoReader(str(path), width=64, height=32).get_batch([2, 3, 4]).asnumpy()
+    scaled = normalize(torch.from_numpy(scaled).permute(0, 3, 1, 2))
+    windows = {x: scaled[..., x:x + 32] for x in range(33)}
+    assert torch.equal(evaluation.clip_at(0, 2).frames, windows[16])   # centred
+    train = VideoClips(tmp_path, train=True, **kw)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        clip = train._decode(0, [2, 3, 4], augment=True)
+        assert clip.shape == (3, 3, 32, 32)
+        seen |= {x for x, w in windows.items() if torch.equal(clip, w)}
+    assert len(seen) > 3                                     # random places along the long side
+
+
+def test_pair_size_that_changes_the_aspect_ratio_warns_once(tmp_path):
+    write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(8, 64, 128), 25)
+    write_video(tmp_path / "A" / "v_A_g02_c01.mp4", coded_frames(8, 64, 128), 25)
+    write_video(tmp_path / "A" / "v_A_g03_c01.mp4", coded_frames(8, 32, 32), 25)
+    with pytest.warns(UserWarning, match=r"stretches 2 of 3 videos") as rec:
+        ds = VideoClips(tmp_path, frames=3, size=(32, 32), test_fraction=0, progress=False)
+    assert len([w for w in rec if "stretches" in str(w.message)]) == 1
+    assert "128x64 -> 32x32" in str(rec[0].message) and "an int size keeps" in str(rec[0].message)
+    assert ds[0].shape == (3, 3, 32, 32)                     # still stretched, as asked
+    with pytest.warns(UserWarning, match=r"stretches 1 of 3 videos"):   # 2:1 fits two of them
+        VideoClips(tmp_path, frames=3, size=(32, 64), test_fraction=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a pair with resize="cover" keeps the aspect ratio
+        VideoClips(tmp_path, frames=3, size=(32, 32), resize="cover", test_fraction=0,
+                   progress=False)
 
 
 def test_random_crop_and_flip_only_in_training(tmp_path):
@@ -314,13 +353,15 @@ def native_then_resized(path, indices, size):
     return resize_frames(arr, size)
 
 
-@pytest.mark.parametrize("size", [48, (40, 16), (64, 72)])
+@pytest.mark.parametrize("size", [(48, 48), (40, 16), (64, 72)])
 def test_widths_that_decord_cannot_scale_to_still_decode(tmp_path, size):
     # decord 0.6 fails at output widths 8, 12, 16, 24, 48, 72 (dmlc/decord#336): get_batch raises
     # "Check failed: from_size == to_size". VideoClips must still give clips at those sizes.
     path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(12, 64, 96), 25)
-    h, w = (size, size) if isinstance(size, int) else size
-    ds = VideoClips(tmp_path, frames=4, size=size, train=False, test_fraction=0, progress=False)
+    h, w = size
+    with pytest.warns(UserWarning, match="stretches"):      # a 2:3 video to other shapes
+        ds = VideoClips(tmp_path, frames=4, size=size, train=False, test_fraction=0,
+                        progress=False)
     clip = ds.clip_at(0, 3)
     assert clip.frames.shape == (4, 3, h, w) and clip.frames.dtype == torch.float32
     ref = normalize(torch.from_numpy(native_then_resized(path, clip.indices, (h, w))))
@@ -393,10 +434,13 @@ def test_unreadable_and_short_videos_are_skipped_with_one_warning(data_root, cap
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = VideoClips(data_root, frames=4, test_fraction=0, progress=False)
-    ours = [w for w in caught if "VideoClips" in str(w.message)]
+    ours = [w for w in caught if "VideoClips: skipped" in str(w.message)]
     assert len(ours) == 1
     msg = str(ours[0].message)
     assert "skipped 3 of 12 videos" in msg and str(data_root) in msg
+    # the other warning: the default size (64, 64) stretches the 4:3 and 3:2 videos
+    bent = [str(w.message) for w in caught if "stretches" in str(w.message)]
+    assert len(bent) == 1 and "stretches 3 of 9 videos" in bent[0], bent
     assert "2 unreadable" in msg and "corrupt.mp4" in msg and "truncated.mp4" in msg
     assert "1 too short" in msg and "short.mp4 (3 frames)" in msg
     assert len(ds) == len(GOOD)

@@ -9,6 +9,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from pyframepred.cli import predict as pr
 from pyframepred.cli import train as tr
 from pyframepred.data import synthetic
 from pyframepred.errors import ConfigError
+from pyframepred.io import encode_video
 from pyframepred.training import StepHook, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,6 +259,21 @@ def test_predict_other_size_and_errors(checkpoint, data, tmp_path, capsys):
     assert pr.main([str(checkpoint), str(video), "--steps", "0"]) == 2
     assert pr.main([str(checkpoint), str(video), "--start", "100000",
                     "--out", str(tmp_path / "x.gif")]) == 2
+
+
+def test_predict_keeps_the_video_aspect_ratio(checkpoint, tmp_path, capsys):
+    # A 2:1 video and a checkpoint trained at size 64: the short side becomes 64, the output
+    # keeps the video's shape instead of squashing it to 64x64.
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 256, (1, 48, 96, 3), dtype=np.uint8), 12, axis=0)
+    video = tmp_path / "wide.mp4"
+    encode_video(video, frames, 25)
+    assert pr.main([str(checkpoint), str(video), "--steps", "2",
+                    "--out", str(tmp_path / "p.gif")]) == 0
+    assert "64x128 frames" in capsys.readouterr().out
+    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--size", "32",
+                    "--out", str(tmp_path / "q.gif")]) == 0
+    assert "32x64 frames" in capsys.readouterr().out
 
 
 def _free_port():

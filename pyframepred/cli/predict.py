@@ -6,8 +6,9 @@ Usage::
 
 Reads ``in_frames + K`` frames of ``VIDEO`` (any file decord reads) from ``--start`` (default:
 the middle of the video), ``--interval`` frames apart (default: the checkpoint's), scaled to
-``--size`` (default: the training size; ``--size 0`` keeps the video's own size, which the fully
-convolutional models accept), predicts ``K`` frames from the first ``in_frames`` and writes the
+``--size`` (default: the training size as the short side, so the output keeps the video's aspect
+ratio; ``--size H W`` exactly that; ``--size 0`` the video's own size: the fully convolutional
+models accept any), predicts ``K`` frames from the first ``in_frames`` and writes the
 expected (left) and generated (right, red border on predicted frames) clips side by side. Frames
 past the end of the video are shown grey on the expected side. Prints PSNR/SSIM per step.
 """
@@ -42,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, help="first frame (default: middle of the video)")
     p.add_argument("--interval", type=int, help="frames skipped between frames (default: as trained)")
     p.add_argument(
-        "--size", type=int, nargs="+", help="H [W] frame size (default: as trained; 0 = the video's own size)"
+        "--size",
+        type=int,
+        nargs="+",
+        help="S: the short side, the video's aspect ratio kept (default: the trained size); "
+        "H W: exactly that size; 0: the video's own size",
     )
     p.add_argument("--scale", type=int, default=3, help="pixel zoom of the output (default 3)")
     p.add_argument(
@@ -57,14 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _size(arg, cfg):
+    """The frame size to decode at: an int (the short side; the video's aspect ratio kept),
+    ``(H, W)``, or ``None`` (the video's own size)."""
     if arg is None:
-        s = cfg.get("size", 64)
-        return (s, s)
+        return int(cfg.get("size", 64))
     if arg == [0]:
         return None
-    if len(arg) in (1, 2) and all(v > 0 for v in arg):
-        return (arg[0], arg[-1])
-    raise ConfigError(f"`size` takes H [W] (positive) or 0, got {arg}")
+    if len(arg) == 1 and arg[0] > 0:
+        return arg[0]
+    if len(arg) == 2 and all(v > 0 for v in arg):
+        return (arg[0], arg[1])
+    raise ConfigError(f"`size` takes S (the short side), H W, or 0, got {arg}")
 
 
 @plain_warnings(parser=build_parser)

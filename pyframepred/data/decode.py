@@ -218,8 +218,8 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
     """``(frames, n_real)`` for predicting ``steps`` frames from ``n_in`` frames of ``video``:
     float32 ``(n_in + steps, 3, H, W)`` in [-1, 1], taken ``interval`` frames apart from
     ``start`` (default: centred in the video), at ``size`` (``(H, W)``; ``None``: the video's
-    own), and the number of frames read (frames past the end are grey). Unusable input is a
-    :class:`~pyframepred.errors.ConfigError`."""
+    own; an int: the short side, the aspect ratio kept), and the number of frames read (frames
+    past the end are grey). Unusable input is a :class:`~pyframepred.errors.ConfigError`."""
     from ..errors import ConfigError
     from ..io import normalize
 
@@ -229,9 +229,12 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
     if not path.is_file():
         raise ConfigError(f"video '{path}' does not exist")
     try:
-        vr = FrameReader(path, size=size)  # decord at the requested size
+        vr = FrameReader(path, size=None if isinstance(size, int) else size)
     except Exception as exc:  # noqa: BLE001 - decord raises its own error types
         raise ConfigError(f"cannot read video '{path}': {' '.join(str(exc).split())[:200]}") from exc
+    if isinstance(size, int):  # the short side; the other follows the video's aspect ratio
+        h, w = vr.native_size
+        vr.size = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
     n = len(vr)
     step = interval + 1
     need_in = (n_in - 1) * step + 1

@@ -73,16 +73,20 @@ class VideoClips(Dataset):
         Videos shorter than one clip are skipped.
 
     Frame size
-        ``size=(H, W)`` (or an int for square frames). decord decodes directly at the target
-        size (its scaler, in C), never the whole video and never at full resolution; at the
-        widths where decord's scaler is broken (8, 16, 48, 72... see
-        :mod:`pyframepred.data.decode`) the frames are decoded at the video's own size and
-        resized with torch (bilinear, antialiased) instead, per video, automatically. With
-        ``resize="stretch"`` (default) the whole frame is scaled to ``(H, W)``: the aspect ratio
-        is *not* kept (UCF-101's 320x240 becomes 64x64, as in the blog post) but nothing is cut.
-        With ``resize="cover"`` the aspect ratio is kept: the frame is scaled to cover
-        ``(H, W)`` and the centre is cropped. ``size=None`` keeps each video's own size (batching
-        then needs videos of one size).
+        As torchvision's video transforms read it: an int ``size=s`` is the *short side*: the
+        frame is scaled, aspect ratio kept, until its short side is ``s``, and an ``s x s``
+        window is cropped from it -- at a random place along the long side in training, the
+        centre in evaluation (UCF-101's 320x240 becomes 85x64, cropped to 64x64; motion is not
+        distorted). A pair ``size=(H, W)`` is exactly that size: with ``resize="stretch"`` (the
+        default for a pair) the whole frame is scaled to ``(H, W)``, so a video of another aspect
+        ratio is distorted -- one warning per data set says how many videos are and names one;
+        with ``resize="cover"`` the aspect ratio is kept: the frame is scaled to cover ``(H, W)``
+        and the centre is cropped. ``size=None`` keeps each video's own size (batching then needs
+        videos of one size). decord decodes directly at the target size (its scaler, in C), never
+        the whole video and never at full resolution; at the widths where decord's scaler is
+        broken (8, 16, 48, 72... see :mod:`pyframepred.data.decode`) the frames are decoded at the
+        video's own size and resized with torch (bilinear, antialiased) instead, per video,
+        automatically.
 
     Augmentation (training only: ignored when ``train=False``)
         ``random_crop=True`` decodes ``crop_scale`` times larger and crops ``(H, W)`` at a random
@@ -126,7 +130,7 @@ class VideoClips(Dataset):
         split_index: int = 1,
         test_fraction: float | None = 0.2,
         fps: float | None = None,
-        resize: str = "stretch",
+        resize: str | None = None,
         random_crop: bool = False,
         crop_scale: float = 1.15,
         hflip: bool = False,
@@ -144,8 +148,8 @@ class VideoClips(Dataset):
             raise ValueError(f"interval must be a non-negative integer, got {interval!r}")
         if int(clips_per_video) != clips_per_video or clips_per_video < 1:
             raise ValueError(f"clips_per_video must be a positive integer, got {clips_per_video!r}")
-        if resize not in ("stretch", "cover"):
-            raise ValueError(f"resize must be 'stretch' or 'cover', got {resize!r}")
+        if resize not in (None, "stretch", "cover"):
+            raise ValueError(f"resize must be 'stretch', 'cover' or None, got {resize!r}")
         if not crop_scale >= 1.0:
             raise ValueError(f"crop_scale must be >= 1, got {crop_scale!r}")
         if test_fraction is not None and not 0.0 <= test_fraction <= 1.0:
@@ -157,6 +161,10 @@ class VideoClips(Dataset):
         self.frames = int(frames)
         self.interval = int(interval)
         self.size = as_hw(size)
+        # An int size is the short side (aspect kept, then a square crop: random in training).
+        self.short_side = isinstance(size, int) and resize is None
+        if resize is None:
+            resize = "cover" if self.short_side else "stretch"
         self.train = bool(train)
         self.seed = int(seed)
         self.clips_per_video = int(clips_per_video)
@@ -302,11 +310,31 @@ class VideoClips(Dataset):
         self._path_keys = [zlib.crc32(v.path.encode("utf-8", "surrogatepass")) for v in videos]
         self._bad: dict[str, str] = {}  # per process: path -> error, for decode failures
 
+        if self.size is not None and self.resize == "stretch":
+            self._warn_stretched(root_txt)
         if self.size is None and len({(v.height, v.width) for v in videos}) > 1:
             warnings.warn(
                 f"VideoClips: size=None but the videos in '{root_txt}' have several "
                 "frame sizes; clips cannot be batched together. Pass size=(H, W).",
                 stacklevel=2,
+            )
+
+    def _warn_stretched(self, root_txt: str) -> None:
+        """One warning when ``size=(H, W)`` distorts videos of another aspect ratio."""
+        h, w = self.size
+        bent = [
+            v
+            for v in self.videos
+            if v.height and v.width and abs((v.width / v.height) / (w / h) - 1.0) > 0.01
+        ]
+        if bent:
+            v = bent[0]
+            warnings.warn(
+                f"VideoClips: size=({h}, {w}) stretches {len(bent)} of {len(self.videos)} videos "
+                f"in '{root_txt}' to another aspect ratio (e.g. {v.path}: {v.width}x{v.height} -> "
+                f"{w}x{h}), which distorts their motion; an int size keeps the aspect ratio "
+                f"(short side, then a crop)",
+                stacklevel=3,
             )
 
     # ------------------------------------------------------------------ clip geometry in time
@@ -378,7 +406,7 @@ class VideoClips(Dataset):
 
         out_h, out_w = self.size if self.size is not None else (dh, dw)
         if (dh, dw) != (out_h, out_w):
-            if augment and self.random_crop:
+            if augment and (self.random_crop or self.short_side):
                 y0 = int(torch.randint(0, dh - out_h + 1, ()))
                 x0 = int(torch.randint(0, dw - out_w + 1, ()))
             else:

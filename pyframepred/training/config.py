@@ -78,7 +78,11 @@ class TrainConfig:
     out_frames: int = _s(4, "frames predicted in training (seq2seq; 4)")
     val_steps: int = _s(4, "frames predicted in validation (default 4)")
     interval: int = _s(0, "frames skipped between taken frames (0)")
-    size: int = _s(64, "frame size (default 64)")
+    size: int = _s(
+        64,
+        "frame short side: frames keep their aspect ratio and are cropped to size x size, at a "
+        "random place in training (default 64)",
+    )
     clips_per_video: Optional[int] = _s(None, "clips drawn per video and epoch")
     val_every: Optional[int] = _s(None, "validate every N steps (0: only at the end)")
     val_clips: Optional[int] = _s(None, "held-out clips for validation")
