@@ -19,7 +19,7 @@ from .models.registry import rollout
 
 __all__ = ["METRICS", "evaluate_model", "format_table", "heldout_clips"]
 
-METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl")
+METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl", "mse", "mae")
 
 
 @torch.no_grad()
@@ -77,30 +77,50 @@ def evaluate_model(
     return out
 
 
+_BETTER = {"psnr": "higher", "ssim": "higher", "sharpness": "higher"}
+
+
 def format_table(result: dict) -> str:
-    steps = result["steps"]
-    lines = [f"{result['clips']} clips, {steps} predicted steps (model | copy-last baseline)"]
-    head = f"{'step':>5} " + " ".join(f"{m:>19}" for m in METRICS)
-    lines.append(head)
-    for k in range(steps):
-        cells = []
-        for m in METRICS:
-            cells.append(f"{result['model'][m][k]:8.4f} | {result['baseline'][m][k]:8.4f}")
-        lines.append(f"{k + 1:>5} " + " ".join(f"{c:>19}" for c in cells))
-    cells = [f"{result['model_mean'][m]:8.4f} | {result['baseline_mean'][m]:8.4f}" for m in METRICS]
-    lines.append(f"{'mean':>5} " + " ".join(f"{c:>19}" for c in cells))
-    lines.append("(PSNR, SSIM, sharpness: higher is better; L2, GDL: lower is better)")
+    """The means over the predicted steps, model beside copy-last, one metric per row (the
+    values per step are in the result, ``eval.json``)."""
+    lines = [
+        f"{result['clips']} clips, {result['steps']} predicted steps: mean over the steps "
+        f"(per step: in the JSON)",
+        f"{'metric':<10} {'model':>12} {'copy-last':>12}  better",
+    ]
+    for m in METRICS:
+        lines.append(
+            f"{m:<10} {result['model_mean'][m]:>12.4f} "
+            f"{result['baseline_mean'][m]:>12.4f}  {_BETTER.get(m, 'lower')}"
+        )
+    lines.append(
+        "mse/mae: per frame, summed over its pixels in [0, 1] (as OpenSTL reports them); "
+        "l2: mean over pixels in [-1, 1]"
+    )
     return "\n".join(lines)
 
 
-def heldout_clips(cfg: dict, data, frames: int, seed: int = 0, clips_per_video: int = 1):
+def heldout_clips(
+    cfg: dict, data, frames: int, seed: int = 0, clips_per_video: int = 1, count: int = 256, mnist_test=None
+):
     """The held-out clips of ``frames`` frames for a checkpoint's settings ``cfg``, from the
-    folder ``data`` (``None``: the data set the checkpoint was trained on)."""
-    from .data import VideoClips, default_dataset_root
+    folder ``data`` (``None``: the data set the checkpoint was trained on; ``"moving-mnist"``:
+    Moving MNIST, from the standard test file ``mnist_test`` or ``count`` fixed sequences of the
+    held-out digits)."""
+    from .data import VideoClips, default_dataset_root, moving_mnist
     from .training.checkpoint import data_root
 
     if data is None:
         data = data_root(cfg)
+    if data == moving_mnist.DATA_NAME:
+        return moving_mnist.clips(
+            frames,
+            False,
+            mnist=cfg.get("mnist"),
+            mnist_test=mnist_test or cfg.get("mnist_test"),
+            seed=seed,
+            count=count,
+        )
     root = data if data is not None else default_dataset_root()
     try:
         return VideoClips(

@@ -202,8 +202,12 @@ def to_uint8(x):
 
 
 def frames_to_uint8(x: torch.Tensor) -> np.ndarray:
-    """``(T, 3, H, W)`` in [-1, 1] -> uint8 ``(T, H, W, 3)`` (NumPy, for writing)."""
-    return to_uint8(x.detach().float().cpu()).permute(0, 2, 3, 1).numpy()
+    """``(T, C, H, W)`` in [-1, 1] -> uint8 ``(T, H, W, 3)`` (NumPy, for writing; grey frames,
+    ``C = 1``, as RGB)."""
+    x = x.detach().float().cpu()
+    if x.shape[-3] == 1:
+        x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+    return to_uint8(x).permute(0, 2, 3, 1).numpy()
 
 
 def side_by_side(

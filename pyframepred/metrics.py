@@ -13,7 +13,10 @@ pixel values: the default ``2.0`` assumes frames in [-1, 1] as produced by
   ``10 log10(range^2 / mean|(grad_i Y + grad_j Y) - (grad_i P + grad_j P)|)`` with
   ``grad_i Y = |Y[i, j] - Y[i-1, j]|``: higher means the prediction's edges match the target's;
 * :func:`l2` -- mean squared error; :func:`gdl` -- gradient difference loss per image
-  (``alpha=1``, mean over pixels).
+  (``alpha=1``, mean over pixels);
+* :func:`mse_sum`, :func:`mae_sum` -- the squared / absolute error *summed* over the pixels and
+  channels of a frame with pixel values scaled to [0, 1]: "MSE" and "MAE" as OpenSTL and the
+  Moving MNIST literature report them (per frame, then averaged over frames and clips).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "ssim", "sharpness", "l2", "gdl", "all_metrics"]
+__all__ = ["psnr", "ssim", "sharpness", "l2", "gdl", "mse_sum", "mae_sum", "all_metrics"]
 
 
 def _prep(pred: Tensor, target: Tensor, name: str):
@@ -40,6 +43,18 @@ def l2(pred: Tensor, target: Tensor) -> Tensor:
     """Mean squared error per image (in the frames' own units)."""
     p, t = _prep(pred, target, "l2")
     return (p - t).pow(2).mean(dim=(-3, -2, -1))
+
+
+def mse_sum(pred: Tensor, target: Tensor, data_range: float = 2.0) -> Tensor:
+    """Squared error summed over a frame's channels and pixels, pixels scaled to [0, 1]."""
+    p, t = _prep(pred, target, "mse_sum")
+    return ((p - t) / data_range).pow(2).sum(dim=(-3, -2, -1))
+
+
+def mae_sum(pred: Tensor, target: Tensor, data_range: float = 2.0) -> Tensor:
+    """Absolute error summed over a frame's channels and pixels, pixels scaled to [0, 1]."""
+    p, t = _prep(pred, target, "mae_sum")
+    return ((p - t) / data_range).abs().sum(dim=(-3, -2, -1))
 
 
 def psnr(pred: Tensor, target: Tensor, data_range: float = 2.0, eps: float = 1e-10) -> Tensor:
@@ -118,11 +133,14 @@ def gdl(pred: Tensor, target: Tensor, alpha: float = 1.0) -> Tensor:
 
 
 def all_metrics(pred: Tensor, target: Tensor, data_range: float = 2.0) -> dict:
-    """``{"psnr", "ssim", "sharpness", "l2", "gdl"}`` per image."""
+    """``{"psnr", "ssim", "sharpness", "l2", "gdl", "mse", "mae"}`` per image (``mse``/``mae``:
+    :func:`mse_sum` / :func:`mae_sum`)."""
     return {
         "psnr": psnr(pred, target, data_range),
         "ssim": ssim(pred, target, data_range),
         "sharpness": sharpness(pred, target, data_range),
         "l2": l2(pred, target),
         "gdl": gdl(pred, target),
+        "mse": mse_sum(pred, target, data_range),
+        "mae": mae_sum(pred, target, data_range),
     }

@@ -209,7 +209,7 @@ def test_evaluate_cli(checkpoint, data, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["steps"] == 3 and res["clips"] == 4
     for who in ("model", "baseline"):
-        assert set(res[who]) == {"psnr", "ssim", "sharpness", "l2", "gdl"}
+        assert set(res[who]) == {"psnr", "ssim", "sharpness", "l2", "gdl", "mse", "mae"}
         assert all(len(v) == 3 for v in res[who].values())
     # copy-last gets worse with every step
     assert res["baseline"]["psnr"][0] > res["baseline"]["psnr"][2]

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fused ConvLSTM kernels (default) or the reference",
     )
     p.add_argument("--out", help="JSON file (default: eval.json next to the checkpoint)")
+    p.add_argument(
+        "--mnist-test",
+        help="Moving MNIST checkpoints: the standard test sequences "
+        "(mnist_test_seq.npy; default: the run's own held-out set)",
+    )
     return p
 
 
@@ -73,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = args.steps or cfg.get("val_steps", 4)
         n_in = cfg.get("in_frames", 4)
         model = model_from_checkpoint(ckpt, device, args.fused)
-        ds = heldout_clips(cfg, args.data, n_in + steps, args.seed, args.clips_per_video)
+        ds = heldout_clips(
+            cfg, args.data, n_in + steps, args.seed, args.clips_per_video, args.clips, args.mnist_test
+        )
         result = evaluate_model(model, ds, n_in, steps, device, args.batch_size, args.clips)
     except PyframepredError as exc:
         return report(exc, parser)

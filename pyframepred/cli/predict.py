@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = _size(args.size, cfg)
         model = model_from_checkpoint(ckpt, device, args.fused)
         clip, n_real = read_clip(args.video, n_in, args.steps, interval, size, args.start)
+        if ckpt["model_kwargs"].get("channels", 3) == 1:  # a grey model (Moving MNIST)
+            clip = clip.mean(1, keepdim=True)
         with torch.no_grad():
             pred = rollout(model, clip[None, :n_in].to(device), args.steps)[0].float().cpu()
         gen = torch.cat([clip[:n_in], pred])

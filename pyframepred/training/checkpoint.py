@@ -415,8 +415,8 @@ def data_root(cfg: dict):
     set). A relative path (older checkpoints stored ``data`` as given) that does not exist from
     here is a :class:`~pyframepred.errors.ConfigError` that suggests giving ``data``."""
     data = cfg.get("data")
-    if data is None:
-        return None
+    if data is None or data == "moving-mnist":  # the embedded set; Moving MNIST
+        return data
     if not os.path.isabs(data) and not os.path.exists(data):
         raise ConfigError(
             f"the checkpoint's data folder '{data}' is a relative path (relative "

