@@ -1,5 +1,6 @@
 // Host-side helpers of the fused ConvLSTM cell shared by the CPU and CUDA implementations:
-// argument checks with clear messages, and the (N, C, P = H*W) strided view the kernels iterate.
+// argument checks with clear messages (on top of the shared ones of checks.h), and the
+// (N, C, P = H*W) strided view the kernels iterate.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,6 +8,8 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+
+#include "checks.h"
 
 namespace pyframepred {
 
@@ -46,39 +49,6 @@ inline bool channels_fastest(const at::Tensor& t) {
   return P > 1 && t.size(1) > 1 && v.sC == 1 && v.sP != 1;
 }
 
-// Messages format numbers and devices as strings before TORCH_CHECK sees them: with GCC 13 and
-// torch 2.11 (seen on a GPU machine) streaming an integer through c10::str crashed inside the
-// extension's copy of std::ostream::_M_insert.
-inline std::string shape_str(at::IntArrayRef s) {
-  std::string out = "(";
-  for (size_t k = 0; k < s.size(); ++k) {
-    out += std::to_string(s[k]);
-    if (k + 1 < s.size()) out += ", ";
-  }
-  return out + ")";
-}
-
-inline void check_float_tensor(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
-              " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
-              t.scalar_type());
-}
-
-inline void check_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
-                         const char* name, const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device().str(), " but ",
-              ref_name, " is on ", ref.device().str(), "; all inputs must be on one device");
-}
-
-inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
-                       const char* name, const char* ref_name) {
-  check_float_tensor(t, op, name);
-  check_device(t, ref, op, name, ref_name);
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type(),
-              "; they must have one dtype");
-}
-
 inline bool is_reduced_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16;
 }
@@ -99,12 +69,6 @@ inline void check_state_dtype(const at::Tensor& t, at::ScalarType gate, const ch
               t.scalar_type(), " but ", gate_name, " has dtype ", gate,
               "; the cell state and parameters take the gates' dtype, or float32 with "
               "float16/bfloat16 gates (mixed precision)");
-}
-
-inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op,
-                        const char* name, const char* what) {
-  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", what, " = ",
-              shape_str(expected), ", got ", shape_str(t.sizes()));
 }
 
 // Checks the forward arguments and returns C (the hidden channel count).
