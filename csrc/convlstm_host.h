@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "checks.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 
@@ -72,11 +73,7 @@ inline void check_state_dtype(const at::Tensor& t, at::ScalarType gate, const ch
 }
 
 // Checks the forward arguments and returns C (the hidden channel count).
-inline int64_t check_convlstm_forward_args(const at::Tensor& x_gates,
-                                           const std::optional<at::Tensor>& h_gates,
-                                           const at::Tensor& c_prev,
-                                           const std::optional<at::Tensor>& bias,
-                                           const std::optional<at::Tensor>& peephole) {
+inline int64_t check_convlstm_forward_args(PYFRAMEPRED_CONVLSTM_GATES_INPUTS()) {
   constexpr const char* op = "convlstm_gates";
   check_float_tensor(x_gates, op, "x_gates");
   TORCH_CHECK(x_gates.dim() == 4, op, ": x_gates must be 4-d (N, 4*C, H, W), got shape ",
@@ -140,12 +137,8 @@ struct ConvLSTMForwardPlan {
   at::Tensor h, c, gates;                              // gates undefined unless saved
 };
 
-inline ConvLSTMForwardPlan plan_convlstm_forward(const at::Tensor& x_gates,
-                                                 const std::optional<at::Tensor>& h_gates,
-                                                 const at::Tensor& c_prev,
-                                                 const std::optional<at::Tensor>& bias,
-                                                 const std::optional<at::Tensor>& peephole,
-                                                 bool save_gates) {
+// Takes the operator's arguments (convlstm_gates_forward, op_signatures.h).
+inline ConvLSTMForwardPlan plan_convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
   ConvLSTMForwardPlan p;
   p.C = check_convlstm_forward_args(x_gates, h_gates, c_prev, bias, peephole);
   p.N = x_gates.size(0);
@@ -173,12 +166,8 @@ struct ConvLSTMBackwardPlan {
   at::Tensor grad_gates, grad_c_prev;
 };
 
-inline ConvLSTMBackwardPlan plan_convlstm_backward(const at::Tensor& grad_h,
-                                                   const at::Tensor& grad_c,
-                                                   const at::Tensor& gates,
-                                                   const at::Tensor& c_prev,
-                                                   const std::optional<at::Tensor>& peephole,
-                                                   bool param_grads) {
+// Takes the operator's arguments (convlstm_gates_backward, op_signatures.h).
+inline ConvLSTMBackwardPlan plan_convlstm_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   ConvLSTMBackwardPlan p;
   p.C = check_convlstm_backward_args(grad_h, grad_c, gates, c_prev, peephole);
   p.N = gates.size(0);
