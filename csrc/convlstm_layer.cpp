@@ -61,12 +61,10 @@ struct LayerShape {
   std::vector<int64_t> state() const { return {N, C, H, W}; }
 };
 
-LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor& wx,
-                            const at::Tensor& wh, const std::optional<at::Tensor>& bias,
-                            const std::optional<at::Tensor>& peephole,
-                            const std::optional<at::Tensor>& h0,
-                            const std::optional<at::Tensor>& c0) {
+LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   constexpr const char* op = "convlstm_layer";
+  const at::Tensor& wx = weight_x;
+  const at::Tensor& wh = weight_h;
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-d (T*N, C_in, H, W), the frames of all steps "
               "time-major, got shape ", shape_str(x.sizes()));
   TORCH_CHECK(steps >= 1, op, ": steps must be >= 1, got ", std::to_string(steps));

@@ -17,6 +17,7 @@
 
 #include "checks.h"
 #include "gdl.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 
@@ -96,8 +97,7 @@ inline const char* gdl_reduction_name(int64_t reduction) {
 }
 
 // Checks pred/target/alpha/reduction (messages name the argument and what was expected).
-inline void check_gdl_args(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                           int64_t reduction, const char* op) {
+inline void check_gdl_args(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS, const char* op) {
   check_float_tensor(pred, op, "pred");
   check_device(target, pred, op, "target", "pred", "pred and target must be on one device");
   check_same_dtype(target, pred, op, "target", "pred", "pred and target must have one dtype");
@@ -126,8 +126,8 @@ inline at::Tensor gdl_readable(const at::Tensor& t) {
   return gdl_batch_of(t, b) ? t : t.contiguous();
 }
 
-inline GdlPlan plan_gdl(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                        int64_t reduction, const char* op) {
+// Takes the operator's arguments (gdl_loss_forward, op_signatures.h) and its name for messages.
+inline GdlPlan plan_gdl(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS, const char* op) {
   check_gdl_args(pred, target, alpha, reduction, op);
   GdlPlan p;
   p.H = pred.size(-2);
