@@ -4,7 +4,8 @@ Environment switches
 --------------------
 PYFRAMEPRED_CUDA=1|0     force the CUDA kernels on or off (default: on when the installed torch
                          is a CUDA build and a CUDA toolkit with nvcc is found; no GPU needed).
-TORCH_CUDA_ARCH_LIST     GPU architectures to compile for (default "8.0;9.0").
+TORCH_CUDA_ARCH_LIST     GPU architectures to compile for (default: csrc/build_defaults.txt, which
+                         CMakeLists.txt reads too).
 CUDA_HOME                CUDA toolkit folder; found from nvcc when unset.
 MAX_JOBS                 parallel compile jobs (ninja).
 
@@ -130,6 +131,17 @@ def _cpu_levels(compiler_is_msvc=False):
     return levels
 
 
+def _build_defaults():
+    """{NAME: VALUE} of csrc/build_defaults.txt, the defaults CMakeLists.txt reads too."""
+    defaults = {}
+    with open(os.path.join(HERE, "csrc", "build_defaults.txt")) as fh:
+        for line in fh:
+            words = line.split("#", 1)[0].split(None, 1)
+            if words:
+                defaults[words[0]] = words[1].strip() if len(words) > 1 else ""
+    return defaults
+
+
 def _write_build_config(torch, levels, use_cuda, cuda_reason):
     path = os.path.join(HERE, "pyframepred", "_build_config.py")
     text = ("# Written by setup.py when the extension is built; do not edit.\n"
@@ -182,9 +194,9 @@ def _extensions():
     _write_build_config(torch, levels, use_cuda, cuda_reason)
     # Rebuild when a kernel source or header changes (the kernels are not in `sources`).
     depends = kernel_sources + sorted(glob.glob("csrc/**/*.h", recursive=True)) + sorted(
-        glob.glob("csrc/cuda/*.cuh")) + ["csrc/cpu/isa_levels.txt"]
+        glob.glob("csrc/cuda/*.cuh")) + ["csrc/cpu/isa_levels.txt", "csrc/build_defaults.txt"]
     if use_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _build_defaults()["TORCH_CUDA_ARCH_LIST"])
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("PYFRAMEPRED_WITH_CUDA", None))
         ext = CUDAExtension(

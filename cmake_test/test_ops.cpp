@@ -175,9 +175,7 @@ int main() {
   // The CPU checks at every ISA level this CPU runs (the switch is the tests' private op).
   const std::string chosen = pyframepred::cpu_isa();
   std::printf("-- CPU kernels chosen at load: %s\n", chosen.c_str());
-  auto set_isa = c10::Dispatcher::singleton()
-                     .findSchemaOrThrow("pyframepred::_set_cpu_isa", "")
-                     .typed<std::string(c10::string_view)>();
+  const auto& set_isa = pyframepred::op::handle<pyframepred::op::SetCpuIsa>();
   bool chosen_compiled = false;
   for (const std::string& level : pyframepred::cpu_isa_levels()) {
     chosen_compiled = chosen_compiled || level == chosen;

@@ -17,8 +17,8 @@
 #include <optional>
 #include <tuple>
 
-#include "convlstm_dispatch.h"
 #include "convlstm_host.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 namespace {
@@ -42,21 +42,16 @@ struct AutocastCasts {
 };
 
 template <c10::DeviceType kDevice>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_autocast(
-    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
-    bool save_gates) {
+op::ConvLSTMGatesForward::Result convlstm_gates_forward_autocast(
+    PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
   const AutocastCasts<kDevice> cast;
-  return convlstm_gates_forward_op().call(cast.lowp(x_gates), cast.lowp(h_gates),
-                                          cast.fp32(c_prev), cast.fp32(bias), cast.fp32(peephole),
-                                          save_gates);
+  return op::handle<op::ConvLSTMGatesForward>().call(cast.lowp(x_gates), cast.lowp(h_gates),
+                                                     cast.fp32(c_prev), cast.fp32(bias),
+                                                     cast.fp32(peephole), save_gates);
 }
 
 template <c10::DeviceType kDevice>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer_autocast(
-    const at::Tensor& x, int64_t steps, const at::Tensor& weight_x, const at::Tensor& weight_h,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
-    const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& c0) {
+op::ConvLSTMLayer::Result convlstm_layer_autocast(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   const AutocastCasts<kDevice> cast;
   const at::Tensor x_low = cast.lowp(x);
   std::optional<at::Tensor> c_init = cast.fp32(c0);
@@ -67,20 +62,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer_autocast(
     const int64_t N = x.size(0) / std::max<int64_t>(steps, 1);
     c_init = at::zeros({N, weight_h.size(1), x.size(2), x.size(3)}, x.options().dtype(at::kFloat));
   }
-  return convlstm_layer_op().call(x_low, steps, cast.lowp(weight_x), cast.lowp(weight_h),
-                                  cast.fp32(bias), cast.fp32(peephole), cast.lowp(h0), c_init);
+  return op::handle<op::ConvLSTMLayer>().call(x_low, steps, cast.lowp(weight_x),
+                                              cast.lowp(weight_h), cast.fp32(bias),
+                                              cast.fp32(peephole), cast.lowp(h0), c_init);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyframepred, AutocastCPU, m) {
-  m.impl("convlstm_gates_forward", &convlstm_gates_forward_autocast<c10::DeviceType::CPU>);
-  m.impl("convlstm_layer", &convlstm_layer_autocast<c10::DeviceType::CPU>);
+  m.impl(op::ConvLSTMGatesForward::kName, &convlstm_gates_forward_autocast<c10::DeviceType::CPU>);
+  m.impl(op::ConvLSTMLayer::kName, &convlstm_layer_autocast<c10::DeviceType::CPU>);
 }
 
 TORCH_LIBRARY_IMPL(pyframepred, AutocastCUDA, m) {
-  m.impl("convlstm_gates_forward", &convlstm_gates_forward_autocast<c10::DeviceType::CUDA>);
-  m.impl("convlstm_layer", &convlstm_layer_autocast<c10::DeviceType::CUDA>);
+  m.impl(op::ConvLSTMGatesForward::kName, &convlstm_gates_forward_autocast<c10::DeviceType::CUDA>);
+  m.impl(op::ConvLSTMLayer::kName, &convlstm_layer_autocast<c10::DeviceType::CUDA>);
 }
 
 }  // namespace pyframepred

@@ -12,7 +12,7 @@
 #include <tuple>
 
 #include "autograd_utils.h"
-#include "convlstm_dispatch.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 namespace {
@@ -26,16 +26,14 @@ bool requires_grad(const std::optional<at::Tensor>& t) {
 
 class ConvLSTMGates : public torch::autograd::Function<ConvLSTMGates> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x_gates,
-                               const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
-                               const std::optional<at::Tensor>& bias,
-                               const std::optional<at::Tensor>& peephole, bool save_gates) {
-    const auto& op = convlstm_gates_forward_op();
+  static variable_list forward(AutogradContext* ctx,
+                               PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+    const auto& gates_forward = op::handle<op::ConvLSTMGatesForward>();
     ctx->saved_data["needs"] = c10::List<bool>(
         {x_gates.requires_grad(), requires_grad(h_gates), c_prev.requires_grad(),
          requires_grad(bias), requires_grad(peephole)});
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [h, c, gates] = op.call(x_gates, h_gates, c_prev, bias, peephole, save_gates);
+    auto [h, c, gates] = gates_forward.call(x_gates, h_gates, c_prev, bias, peephole, save_gates);
     ctx->save_for_backward({gates, c_prev, peephole.value_or(at::Tensor())});
     ctx->mark_non_differentiable({gates});
     ctx->set_materialize_grads(false);
@@ -43,7 +41,7 @@ class ConvLSTMGates : public torch::autograd::Function<ConvLSTMGates> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto& op = convlstm_gates_backward_op();
+    const auto& gates_backward = op::handle<op::ConvLSTMGatesBackward>();
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& gates = saved[0];
     const at::Tensor& c_prev = saved[1];
@@ -65,7 +63,7 @@ class ConvLSTMGates : public torch::autograd::Function<ConvLSTMGates> {
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       std::tie(grad_gates, grad_c_prev, grad_params) =
-          op.call(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+          gates_backward.call(grad_h, grad_c, gates, c_prev, peephole, param_grads);
     }
     variable_list out(6);
     if (needs[0]) out[0] = grad_gates;
@@ -82,10 +80,8 @@ class ConvLSTMGates : public torch::autograd::Function<ConvLSTMGates> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_autograd(
-    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
-    bool save_gates) {
+op::ConvLSTMGatesForward::Result convlstm_gates_forward_autograd(
+    PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
   auto out = ConvLSTMGates::apply(x_gates, h_gates, c_prev, bias, peephole, save_gates);
   return {out[0], out[1], out[2]};
 }
@@ -93,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_autograd(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyframepred, Autograd, m) {
-  m.impl("convlstm_gates_forward", &convlstm_gates_forward_autograd);
+  m.impl(op::ConvLSTMGatesForward::kName, &convlstm_gates_forward_autograd);
 }
 
 }  // namespace pyframepred

@@ -1,5 +1,6 @@
 // Host-side helpers of the fused ConvLSTM cell shared by the CPU and CUDA implementations:
-// argument checks with clear messages, and the (N, C, P = H*W) strided view the kernels iterate.
+// argument checks with clear messages (on top of the shared ones of checks.h), and the
+// (N, C, P = H*W) strided view the kernels iterate.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,6 +8,9 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+
+#include "checks.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 
@@ -46,39 +50,6 @@ inline bool channels_fastest(const at::Tensor& t) {
   return P > 1 && t.size(1) > 1 && v.sC == 1 && v.sP != 1;
 }
 
-// Messages format numbers and devices as strings before TORCH_CHECK sees them: with GCC 13 and
-// torch 2.11 (seen on a GPU machine) streaming an integer through c10::str crashed inside the
-// extension's copy of std::ostream::_M_insert.
-inline std::string shape_str(at::IntArrayRef s) {
-  std::string out = "(";
-  for (size_t k = 0; k < s.size(); ++k) {
-    out += std::to_string(s[k]);
-    if (k + 1 < s.size()) out += ", ";
-  }
-  return out + ")";
-}
-
-inline void check_float_tensor(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
-              " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
-              t.scalar_type());
-}
-
-inline void check_device(const at::Tensor& t, const at::Tensor& ref, const char* op,
-                         const char* name, const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device().str(), " but ",
-              ref_name, " is on ", ref.device().str(), "; all inputs must be on one device");
-}
-
-inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
-                       const char* name, const char* ref_name) {
-  check_float_tensor(t, op, name);
-  check_device(t, ref, op, name, ref_name);
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but ", ref_name, " has dtype ", ref.scalar_type(),
-              "; they must have one dtype");
-}
-
 inline bool is_reduced_float(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16;
 }
@@ -101,18 +72,8 @@ inline void check_state_dtype(const at::Tensor& t, at::ScalarType gate, const ch
               "float16/bfloat16 gates (mixed precision)");
 }
 
-inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op,
-                        const char* name, const char* what) {
-  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", what, " = ",
-              shape_str(expected), ", got ", shape_str(t.sizes()));
-}
-
 // Checks the forward arguments and returns C (the hidden channel count).
-inline int64_t check_convlstm_forward_args(const at::Tensor& x_gates,
-                                           const std::optional<at::Tensor>& h_gates,
-                                           const at::Tensor& c_prev,
-                                           const std::optional<at::Tensor>& bias,
-                                           const std::optional<at::Tensor>& peephole) {
+inline int64_t check_convlstm_forward_args(PYFRAMEPRED_CONVLSTM_GATES_INPUTS()) {
   constexpr const char* op = "convlstm_gates";
   check_float_tensor(x_gates, op, "x_gates");
   TORCH_CHECK(x_gates.dim() == 4, op, ": x_gates must be 4-d (N, 4*C, H, W), got shape ",
@@ -176,12 +137,8 @@ struct ConvLSTMForwardPlan {
   at::Tensor h, c, gates;                              // gates undefined unless saved
 };
 
-inline ConvLSTMForwardPlan plan_convlstm_forward(const at::Tensor& x_gates,
-                                                 const std::optional<at::Tensor>& h_gates,
-                                                 const at::Tensor& c_prev,
-                                                 const std::optional<at::Tensor>& bias,
-                                                 const std::optional<at::Tensor>& peephole,
-                                                 bool save_gates) {
+// Takes the operator's arguments (convlstm_gates_forward, op_signatures.h).
+inline ConvLSTMForwardPlan plan_convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
   ConvLSTMForwardPlan p;
   p.C = check_convlstm_forward_args(x_gates, h_gates, c_prev, bias, peephole);
   p.N = x_gates.size(0);
@@ -209,12 +166,8 @@ struct ConvLSTMBackwardPlan {
   at::Tensor grad_gates, grad_c_prev;
 };
 
-inline ConvLSTMBackwardPlan plan_convlstm_backward(const at::Tensor& grad_h,
-                                                   const at::Tensor& grad_c,
-                                                   const at::Tensor& gates,
-                                                   const at::Tensor& c_prev,
-                                                   const std::optional<at::Tensor>& peephole,
-                                                   bool param_grads) {
+// Takes the operator's arguments (convlstm_gates_backward, op_signatures.h).
+inline ConvLSTMBackwardPlan plan_convlstm_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   ConvLSTMBackwardPlan p;
   p.C = check_convlstm_backward_args(grad_h, grad_c, gates, c_prev, peephole);
   p.N = gates.size(0);

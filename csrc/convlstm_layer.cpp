@@ -26,9 +26,9 @@
 #include <vector>
 
 #include "autograd_utils.h"
-#include "convlstm_dispatch.h"
 #include "convlstm_host.h"
 #include "convlstm_layer.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 
@@ -37,16 +37,14 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gates_forward(
-    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole, bool save) {
-  return convlstm_gates_forward_op().call(x_gates, h_gates, c_prev, bias, peephole, save);
+op::ConvLSTMGatesForward::Result gates_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+  return op::handle<op::ConvLSTMGatesForward>().call(x_gates, h_gates, c_prev, bias, peephole,
+                                                     save_gates);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gates_backward(
-    const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-    const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
-  return convlstm_gates_backward_op().call(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+op::ConvLSTMGatesBackward::Result gates_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  return op::handle<op::ConvLSTMGatesBackward>().call(grad_h, grad_c, gates, c_prev, peephole,
+                                                      param_grads);
 }
 
 bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -63,12 +61,10 @@ struct LayerShape {
   std::vector<int64_t> state() const { return {N, C, H, W}; }
 };
 
-LayerShape check_layer_args(const at::Tensor& x, int64_t steps, const at::Tensor& wx,
-                            const at::Tensor& wh, const std::optional<at::Tensor>& bias,
-                            const std::optional<at::Tensor>& peephole,
-                            const std::optional<at::Tensor>& h0,
-                            const std::optional<at::Tensor>& c0) {
+LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   constexpr const char* op = "convlstm_layer";
+  const at::Tensor& wx = weight_x;
+  const at::Tensor& wh = weight_h;
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-d (T*N, C_in, H, W), the frames of all steps "
               "time-major, got shape ", shape_str(x.sizes()));
   TORCH_CHECK(steps >= 1, op, ": steps must be >= 1, got ", std::to_string(steps));
@@ -222,19 +218,14 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
 
 class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t steps,
-                               const at::Tensor& wx, const at::Tensor& wh,
-                               const std::optional<at::Tensor>& bias,
-                               const std::optional<at::Tensor>& peephole,
-                               const std::optional<at::Tensor>& h0,
-                               const std::optional<at::Tensor>& c0) {
-    const LayerShape s = check_layer_args(x, steps, wx, wh, bias, peephole, h0, c0);
+  static variable_list forward(AutogradContext* ctx, PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
+    const LayerShape s = check_layer_args(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
     at::AutoDispatchBelowADInplaceOrView guard;  // the schedule below is not itself recorded
-    Rollout r = rollout(x, s, wx, wh, bias, peephole, h0, c0, /*save=*/true);
+    Rollout r = rollout(x, s, weight_x, weight_h, bias, peephole, h0, c0, /*save=*/true);
     ctx->saved_data["shape"] = c10::List<int64_t>({s.T, s.N, s.Cin, s.C, s.H, s.W, s.kh, s.kw,
                                                    static_cast<int64_t>(s.state_dtype)});
     ctx->saved_data["needs"] = c10::List<bool>(
-        {x.requires_grad(), wx.requires_grad(), wh.requires_grad(), requires_grad(bias),
+        {x.requires_grad(), weight_x.requires_grad(), weight_h.requires_grad(), requires_grad(bias),
          requires_grad(peephole), requires_grad(h0), requires_grad(c0)});
     variable_list saved = {r.x, r.wx, r.wh, peephole.value_or(at::Tensor()), r.h0,
                            r.h_seq};
@@ -353,35 +344,35 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer_autograd(
-    const at::Tensor& x, int64_t steps, const at::Tensor& wx, const at::Tensor& wh,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
-    const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& c0) {
+op::ConvLSTMLayer::Result convlstm_layer_autograd(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   const bool grad = at::GradMode::is_enabled() &&
-                    (x.requires_grad() || wx.requires_grad() || wh.requires_grad() ||
+                    (x.requires_grad() || weight_x.requires_grad() || weight_h.requires_grad() ||
                      requires_grad(bias) || requires_grad(peephole) || requires_grad(h0) ||
                      requires_grad(c0));
   if (!grad) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return convlstm_layer_forward(x, steps, wx, wh, bias, peephole, h0, c0);
+    return convlstm_layer_forward(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
   }
-  auto out = ConvLSTMLayerFunction::apply(x, steps, wx, wh, bias, peephole, h0, c0);
+  auto out = ConvLSTMLayerFunction::apply(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
   return {out[0], out[1], out[2]};
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer_forward(
-    const at::Tensor& x, int64_t steps, const at::Tensor& weight_x, const at::Tensor& weight_h,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
-    const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& c0) {
+op::ConvLSTMLayer::Result convlstm_layer_forward(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   const LayerShape s = check_layer_args(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
   Rollout r = rollout(x, s, weight_x, weight_h, bias, peephole, h0, c0, /*save=*/false);
   return {r.h_seq, r.h_last, r.c_last};
 }
 
-TORCH_LIBRARY_IMPL(pyframepred, CPU, m) { m.impl("convlstm_layer", &convlstm_layer_forward); }
-TORCH_LIBRARY_IMPL(pyframepred, CUDA, m) { m.impl("convlstm_layer", &convlstm_layer_forward); }
-TORCH_LIBRARY_IMPL(pyframepred, Autograd, m) { m.impl("convlstm_layer", &convlstm_layer_autograd); }
+TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
+  m.impl(op::ConvLSTMLayer::kName, &convlstm_layer_forward);
+}
+TORCH_LIBRARY_IMPL(pyframepred, CUDA, m) {
+  m.impl(op::ConvLSTMLayer::kName, &convlstm_layer_forward);
+}
+TORCH_LIBRARY_IMPL(pyframepred, Autograd, m) {
+  m.impl(op::ConvLSTMLayer::kName, &convlstm_layer_autograd);
+}
 
 }  // namespace pyframepred

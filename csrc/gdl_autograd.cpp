@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "autograd_utils.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 namespace {
@@ -16,28 +17,17 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                       const at::Tensor&, double, int64_t, bool);
-
 class GdlLoss : public torch::autograd::Function<GdlLoss> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& pred, const at::Tensor& target,
-                            double alpha, int64_t reduction) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("pyframepred::gdl_loss_forward", "")
-                         .typed<ForwardSig>();
+  static at::Tensor forward(AutogradContext* ctx, PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["reduction"] = reduction;
     ctx->save_for_backward({pred, target});
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(pred, target, alpha, reduction);
+    return op::handle<op::GdlLossForward>().call(pred, target, alpha, reduction);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("pyframepred::gdl_loss_backward", "")
-                         .typed<BackwardSig>();
     const bool need_pred = ctx->needs_input_grad(0), need_target = ctx->needs_input_grad(1);
     variable_list out(4);
     if (!(need_pred || need_target) || !grads[0].defined()) return out;
@@ -46,8 +36,9 @@ class GdlLoss : public torch::autograd::Function<GdlLoss> {
     {
       at::AutoDispatchBelowADInplaceOrView guard;
       std::tie(grad_pred, grad_target) =
-          op.call(grads[0], saved[0], saved[1], ctx->saved_data["alpha"].toDouble(),
-                  ctx->saved_data["reduction"].toInt(), need_target);
+          op::handle<op::GdlLossBackward>().call(grads[0], saved[0], saved[1],
+                                                 ctx->saved_data["alpha"].toDouble(),
+                                                 ctx->saved_data["reduction"].toInt(), need_target);
     }
     if (need_pred) out[0] = grad_pred;
     if (need_target) out[1] = grad_target;
@@ -59,15 +50,14 @@ class GdlLoss : public torch::autograd::Function<GdlLoss> {
   }
 };
 
-at::Tensor gdl_loss_forward_autograd(const at::Tensor& pred, const at::Tensor& target,
-                                     double alpha, int64_t reduction) {
+op::GdlLossForward::Result gdl_loss_forward_autograd(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
   return GdlLoss::apply(pred, target, alpha, reduction);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyframepred, Autograd, m) {
-  m.impl("gdl_loss_forward", &gdl_loss_forward_autograd);
+  m.impl(op::GdlLossForward::kName, &gdl_loss_forward_autograd);
 }
 
 }  // namespace pyframepred

@@ -1,5 +1,6 @@
 // Host-side part of the fused GDL shared by the CPU and CUDA implementations: argument checks with
-// clear messages, and the strided (B, H, W) view the kernels iterate.
+// clear messages (built from the shared ones of checks.h), and the strided (B, H, W) view the
+// kernels iterate.
 //
 // An input of shape (..., H, W) is seen as B = prod(...) images of H x W pixels. Each operand
 // keeps its own strides: any strides of the last two dims (transposed, sliced, expanded, or
@@ -12,11 +13,11 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <limits>
-#include <string>
 
+#include "checks.h"
 #include "gdl.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 
@@ -91,48 +92,23 @@ inline GdlOperand<T> gdl_operand(T* data, const at::Tensor& t) {
   return o;
 }
 
-inline std::string gdl_shape_str(at::IntArrayRef s) {
-  std::string out = "(";
-  for (size_t k = 0; k < s.size(); ++k) {
-    out += std::to_string(s[k]);
-    if (k + 1 < s.size()) out += ", ";
-  }
-  return out + ")";
-}
-
-// Numbers and devices in messages are formatted here rather than streamed into TORCH_CHECK:
-// on one toolchain seen (GCC 13 with torch 2.11) streaming a double through c10::str crashed inside
-// the extension's copy of std::ostream::_M_insert<double>.
-inline std::string gdl_num(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%g", v);
-  return buf;
-}
-
 inline const char* gdl_reduction_name(int64_t reduction) {
   return reduction == 0 ? "none" : (reduction == 1 ? "mean" : "sum");
 }
 
 // Checks pred/target/alpha/reduction (messages name the argument and what was expected).
-inline void check_gdl_args(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                           int64_t reduction, const char* op) {
-  TORCH_CHECK(at::isFloatingType(pred.scalar_type()), op,
-              ": pred must be a floating-point tensor (float32, float64, float16 or bfloat16), "
-              "got ",
-              pred.scalar_type());
-  TORCH_CHECK(target.device() == pred.device(), op, ": target is on ", target.device().str(),
-              " but pred is on ", pred.device().str(), "; pred and target must be on one device");
-  TORCH_CHECK(target.scalar_type() == pred.scalar_type(), op, ": target has dtype ",
-              target.scalar_type(), " but pred has dtype ", pred.scalar_type(),
-              "; pred and target must have one dtype");
+inline void check_gdl_args(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS, const char* op) {
+  check_float_tensor(pred, op, "pred");
+  check_device(target, pred, op, "target", "pred", "pred and target must be on one device");
+  check_same_dtype(target, pred, op, "target", "pred", "pred and target must have one dtype");
   TORCH_CHECK(pred.dim() >= 2, op, ": pred must have at least 2 dims (..., H, W), got shape ",
-              gdl_shape_str(pred.sizes()));
+              shape_str(pred.sizes()));
   TORCH_CHECK(target.sizes() == pred.sizes(), op, ": target must have the shape of pred ",
-              gdl_shape_str(pred.sizes()), ", got ", gdl_shape_str(target.sizes()));
+              shape_str(pred.sizes()), ", got ", shape_str(target.sizes()));
   TORCH_CHECK(pred.numel() > 0, op, ": pred and target must not be empty, got shape ",
-              gdl_shape_str(pred.sizes()));
+              shape_str(pred.sizes()));
   TORCH_CHECK(std::isfinite(alpha) && alpha >= 1.0, op,
-              ": alpha must be a finite number >= 1, got ", gdl_num(alpha));
+              ": alpha must be a finite number >= 1, got ", num_str(alpha));
   TORCH_CHECK(reduction >= 0 && reduction <= 2, op,
               ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
               std::to_string(reduction));
@@ -150,8 +126,8 @@ inline at::Tensor gdl_readable(const at::Tensor& t) {
   return gdl_batch_of(t, b) ? t : t.contiguous();
 }
 
-inline GdlPlan plan_gdl(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                        int64_t reduction, const char* op) {
+// Takes the operator's arguments (gdl_loss_forward, op_signatures.h) and its name for messages.
+inline GdlPlan plan_gdl(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS, const char* op) {
   check_gdl_args(pred, target, alpha, reduction, op);
   GdlPlan p;
   p.H = pred.size(-2);
@@ -176,19 +152,18 @@ inline at::Tensor gdl_forward_output(const at::Tensor& pred, int64_t reduction) 
 // one value per image for "none", a single value otherwise.
 inline at::Tensor gdl_grad_scale(const at::Tensor& grad_out, const at::Tensor& pred,
                                  int64_t reduction, const char* op) {
-  TORCH_CHECK(grad_out.device() == pred.device(), op, ": grad_out is on ",
-              grad_out.device().str(), " but pred is on ", pred.device().str());
+  check_device(grad_out, pred, op, "grad_out", "pred", "");
   TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op,
               ": grad_out must be a floating-point tensor, got ", grad_out.scalar_type());
   if (reduction == 0) {
     const auto batch = pred.sizes().slice(0, pred.dim() - 2);
     TORCH_CHECK(grad_out.sizes() == batch, op,
-                ": grad_out must have the batch shape of pred ", gdl_shape_str(batch),
-                " for reduction 'none', got ", gdl_shape_str(grad_out.sizes()));
+                ": grad_out must have the batch shape of pred ", shape_str(batch),
+                " for reduction 'none', got ", shape_str(grad_out.sizes()));
   } else {
     TORCH_CHECK(grad_out.dim() == 0, op, ": grad_out must be 0-d for reduction '",
                 gdl_reduction_name(reduction), "', got shape ",
-                gdl_shape_str(grad_out.sizes()));
+                shape_str(grad_out.sizes()));
   }
   const auto acc = at::toOpMathType(pred.scalar_type());
   return grad_out.to(acc).reshape({-1}).contiguous();

@@ -140,10 +140,7 @@ void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cpu(
-    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
-    bool save_gates) {
+op::ConvLSTMGatesForward::Result convlstm_gates_forward_cpu(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
   auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
   const int64_t P = p.H * p.W;
   if (p.N * p.C * P == 0) return {p.h, p.c, p.gates};
@@ -248,9 +245,7 @@ inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t rn, i
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cpu(
-    const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-    const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
+op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   const int64_t P = p.H * p.W;
   const bool peep = p.peephole.defined();

@@ -259,23 +259,23 @@ TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
   using cpu::Forward;
   using cpu::GdlKernels;
   using cpu::LevelTables;
-  m.impl("convlstm_gates_forward",
-         &Forward<ConvLSTMGatesForwardSig>::call<&LevelTables::convlstm,
-                                                 &ConvLSTMKernels::gates_forward>);
-  m.impl("convlstm_gates_backward",
-         &Forward<ConvLSTMGatesBackwardSig>::call<&LevelTables::convlstm,
-                                                  &ConvLSTMKernels::gates_backward>);
-  m.impl("gdl_loss_forward",
-         &Forward<cpu::GdlForwardSig>::call<&LevelTables::gdl, &GdlKernels::loss_forward>);
-  m.impl("gdl_loss_backward",
-         &Forward<cpu::GdlBackwardSig>::call<&LevelTables::gdl, &GdlKernels::loss_backward>);
+  m.impl(op::ConvLSTMGatesForward::kName,
+         &Forward<op::ConvLSTMGatesForward::Sig>::call<&LevelTables::convlstm,
+                                                       &ConvLSTMKernels::gates_forward>);
+  m.impl(op::ConvLSTMGatesBackward::kName,
+         &Forward<op::ConvLSTMGatesBackward::Sig>::call<&LevelTables::convlstm,
+                                                        &ConvLSTMKernels::gates_backward>);
+  m.impl(op::GdlLossForward::kName,
+         &Forward<op::GdlLossForward::Sig>::call<&LevelTables::gdl, &GdlKernels::loss_forward>);
+  m.impl(op::GdlLossBackward::kName,
+         &Forward<op::GdlLossBackward::Sig>::call<&LevelTables::gdl, &GdlKernels::loss_backward>);
 }
 
 // The level queries take no tensor: registered for every backend.
 TORCH_LIBRARY_IMPL(pyframepred, CompositeExplicitAutograd, m) {
-  m.impl("cpu_isa", &cpu::cpu_isa_op);
-  m.impl("cpu_isa_levels", &cpu::cpu_isa_levels_op);
-  m.impl("_set_cpu_isa", &cpu::set_cpu_isa_op);
+  m.impl(op::CpuIsa::kName, &cpu::cpu_isa_op);
+  m.impl(op::CpuIsaLevels::kName, &cpu::cpu_isa_levels_op);
+  m.impl(op::SetCpuIsa::kName, &cpu::set_cpu_isa_op);
 }
 
 }  // namespace pyframepred

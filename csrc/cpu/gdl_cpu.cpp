@@ -163,9 +163,8 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
   return total;
 }
 
-at::Tensor gdl_loss_forward_cpu(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                                int64_t reduction) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, "gdl_loss_forward");
+op::GdlLossForward::Result gdl_loss_forward_cpu(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName);
   at::Tensor out = gdl_forward_output(pred, reduction);
   const int64_t rows = band_rows(p.H, p.W);
   const int64_t bands = (p.H + rows - 1) / rows;
@@ -329,13 +328,10 @@ void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> gdl_loss_backward_cpu(const at::Tensor& grad_out,
-                                                         const at::Tensor& pred,
-                                                         const at::Tensor& target, double alpha,
-                                                         int64_t reduction, bool target_grad) {
-  constexpr const char* op = "gdl_loss_backward";
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op);
-  const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, op);
+op::GdlLossBackward::Result gdl_loss_backward_cpu(PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS) {
+  constexpr const char* name = op::GdlLossBackward::kName;
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name);
+  const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, name);
   GdlGradOut gp = gdl_grad_output(pred);
   GdlGradOut gt;
   if (target_grad) gt = gdl_grad_output(target);

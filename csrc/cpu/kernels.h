@@ -10,27 +10,20 @@
 
 #include <ATen/ATen.h>
 
-#include <optional>
-#include <tuple>
-
-#include "convlstm_dispatch.h"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 namespace cpu {
 
-using GdlForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t);
-using GdlBackwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                          const at::Tensor&, double, int64_t,
-                                                          bool);
-
+// Each kernel has its operator's signature (include/pyframepred/op_signatures.h).
 struct ConvLSTMKernels {
-  ConvLSTMGatesForwardSig* gates_forward;
-  ConvLSTMGatesBackwardSig* gates_backward;
+  op::ConvLSTMGatesForward::Sig* gates_forward;
+  op::ConvLSTMGatesBackward::Sig* gates_backward;
 };
 
 struct GdlKernels {
-  GdlForwardSig* loss_forward;
-  GdlBackwardSig* loss_backward;
+  op::GdlLossForward::Sig* loss_forward;
+  op::GdlLossBackward::Sig* loss_backward;
 };
 
 }  // namespace cpu

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "emu/cuda_emu.h"
 
@@ -30,6 +31,27 @@ struct LaunchOptions {
 inline LaunchOptions& launch_options() {
   static LaunchOptions o;
   return o;
+}
+
+// Host: a run-time choice of the launch configuration as a compile-time one, for picking the
+// kernel variant. dispatch_bool calls f(std::true_type{}) or f(std::false_type{});
+// dispatch_index calls f(int32_t{}) or f(int64_t{}) (the variant's index type: decltype of it).
+template <typename F>
+inline void dispatch_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+template <typename F>
+inline void dispatch_index(bool index32, F&& f) {
+  if (index32) {
+    f(int32_t{});
+  } else {
+    f(int64_t{});
+  }
 }
 
 // The integer type of a vector access of `Bytes` bytes.

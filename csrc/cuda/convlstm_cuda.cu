@@ -12,6 +12,7 @@
 
 #include "convlstm_host.h"
 #include "convlstm_launch.cuh"
+#include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 namespace cuda {
@@ -19,10 +20,7 @@ namespace {
 
 const auto kLaunchCheck = [] { C10_CUDA_KERNEL_LAUNCH_CHECK(); };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cuda(
-    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
-    bool save_gates) {
+op::ConvLSTMGatesForward::Result convlstm_gates_forward_cuda(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
   auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
   c10::cuda::CUDAGuard guard(x_gates.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -36,9 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_forward_cuda(
   return {p.h, p.c, p.gates};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cuda(
-    const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-    const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
+op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cuda(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   c10::cuda::CUDAGuard guard(gates.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -59,8 +55,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_gates_backward_cuda(
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(pyframepred, CUDA, m) {
-  m.impl("convlstm_gates_forward", &cuda::convlstm_gates_forward_cuda);
-  m.impl("convlstm_gates_backward", &cuda::convlstm_gates_backward_cuda);
+  m.impl(op::ConvLSTMGatesForward::kName, &cuda::convlstm_gates_forward_cuda);
+  m.impl(op::ConvLSTMGatesBackward::kName, &cuda::convlstm_gates_backward_cuda);
 }
 
 }  // namespace pyframepred

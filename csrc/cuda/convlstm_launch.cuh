@@ -143,21 +143,17 @@ inline Config backward_config(const ConvLSTMBackwardPlan& p, cudaStream_t stream
 template <typename scalar_t, typename F>
 inline void dispatch_variant(const Config& c, F&& f) {
   constexpr int V = vec_width<scalar_t>();
-  auto with_vec = [&](auto index_tag, auto cl_tag, auto peep_tag) {
-    if (c.vec == 1) {
-      f(index_tag, cl_tag, peep_tag, std::integral_constant<int, 1>{});
-    } else {
-      f(index_tag, cl_tag, peep_tag, std::integral_constant<int, V>{});
-    }
-  };
-  auto with_peep = [&](auto index_tag, auto cl_tag) {
-    c.peep ? with_vec(index_tag, cl_tag, std::true_type{})
-           : with_vec(index_tag, cl_tag, std::false_type{});
-  };
-  auto with_layout = [&](auto index_tag) {
-    c.cl ? with_peep(index_tag, std::true_type{}) : with_peep(index_tag, std::false_type{});
-  };
-  c.index32 ? with_layout(int32_t{}) : with_layout(int64_t{});
+  dispatch_index(c.index32, [&](auto index_tag) {
+    dispatch_bool(c.cl, [&](auto cl_tag) {
+      dispatch_bool(c.peep, [&](auto peep_tag) {
+        if (c.vec == 1) {
+          f(index_tag, cl_tag, peep_tag, std::integral_constant<int, 1>{});
+        } else {
+          f(index_tag, cl_tag, peep_tag, std::integral_constant<int, V>{});
+        }
+      });
+    });
+  });
 }
 
 template <typename T, typename index_t>

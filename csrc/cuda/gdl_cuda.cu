@@ -12,6 +12,7 @@
 
 #include "gdl.h"
 #include "gdl_host.h"
+#include "include/pyframepred/op_signatures.h"
 #include "gdl_launch.cuh"
 
 namespace pyframepred {
@@ -20,9 +21,8 @@ namespace {
 
 const auto kLaunchCheck = [] { C10_CUDA_KERNEL_LAUNCH_CHECK(); };
 
-at::Tensor gdl_loss_forward_cuda(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                                 int64_t reduction) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, "gdl_loss_forward");
+op::GdlLossForward::Result gdl_loss_forward_cuda(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName);
   const c10::cuda::CUDAGuard guard(pred.device());
   at::Tensor out = gdl_forward_output(pred, reduction);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -33,14 +33,11 @@ at::Tensor gdl_loss_forward_cuda(const at::Tensor& pred, const at::Tensor& targe
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> gdl_loss_backward_cuda(const at::Tensor& grad_out,
-                                                          const at::Tensor& pred,
-                                                          const at::Tensor& target, double alpha,
-                                                          int64_t reduction, bool target_grad) {
-  constexpr const char* op = "gdl_loss_backward";
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op);
+op::GdlLossBackward::Result gdl_loss_backward_cuda(PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS) {
+  constexpr const char* name = op::GdlLossBackward::kName;
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name);
   const c10::cuda::CUDAGuard guard(pred.device());
-  const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, op);
+  const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, name);
   GdlGradOut gp = gdl_grad_output(pred);
   GdlGradOut gt;
   if (target_grad) gt = gdl_grad_output(target);
@@ -60,8 +57,8 @@ std::tuple<at::Tensor, at::Tensor> gdl_loss_backward_cuda(const at::Tensor& grad
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(pyframepred, CUDA, m) {
-  m.impl("gdl_loss_forward", &cuda::gdl_loss_forward_cuda);
-  m.impl("gdl_loss_backward", &cuda::gdl_loss_backward_cuda);
+  m.impl(op::GdlLossForward::kName, &cuda::gdl_loss_forward_cuda);
+  m.impl(op::GdlLossBackward::kName, &cuda::gdl_loss_backward_cuda);
 }
 
 }  // namespace pyframepred

@@ -43,11 +43,6 @@ constexpr unsigned kFull = kFullMask;
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
 // kV consecutive elements, aligned for one vector access.
 template <typename scalar_t>
 struct alignas(sizeof(scalar_t) * kV) Pack {

@@ -80,7 +80,7 @@ void launch_forward_partials(const GdlPlan& p, const Plan& q, double alpha,
     constexpr GdlPower kP = decltype(tag)::value;
     auto launch = [&](auto pack_tag, auto index_tag) {
       constexpr bool kPack = decltype(pack_tag)::value;
-      using index_t = typename decltype(index_tag)::type;
+      using index_t = decltype(index_tag);
 #if PF_EMU
       ::pf_emu::record(std::string("gdl_forward ") + power_name(kP) + (kPack ? " pack" : " strided") +
                        (sizeof(index_t) == 4 ? " i32" : " i64"));
@@ -89,13 +89,9 @@ void launch_forward_partials(const GdlPlan& p, const Plan& q, double alpha,
                                                                         partial);
       check();
     };
-    using I32 = TypeTag<int32_t>;
-    using I64 = TypeTag<int64_t>;
-    if (pack) {
-      i32 ? launch(std::true_type{}, I32{}) : launch(std::true_type{}, I64{});
-    } else {
-      i32 ? launch(std::false_type{}, I32{}) : launch(std::false_type{}, I64{});
-    }
+    dispatch_bool(pack, [&](auto pack_tag) {
+      dispatch_index(i32, [&](auto index_tag) { launch(pack_tag, index_tag); });
+    });
   });
 }
 
@@ -153,7 +149,7 @@ void launch_backward(const GdlPlan& p, double alpha, int64_t reduction, const at
     auto launch = [&](auto target_tag, auto pack_tag, auto index_tag) {
       constexpr bool kTarget = decltype(target_tag)::value;
       constexpr bool kPack = decltype(pack_tag)::value;
-      using index_t = typename decltype(index_tag)::type;
+      using index_t = decltype(index_tag);
 #if PF_EMU
       ::pf_emu::record(std::string("gdl_backward ") + power_name(kP) + (kPack ? " pack" : " strided") +
                        (sizeof(index_t) == 4 ? " i32" : " i64") + (kTarget ? " target" : ""));
@@ -162,14 +158,11 @@ void launch_backward(const GdlPlan& p, double alpha, int64_t reduction, const at
           po, to, gpo, gto, q, p.H, p.W, a, sc, per_image, divisor);
       check();
     };
-    auto with_index = [&](auto target_tag, auto pack_tag) {
-      i32 ? launch(target_tag, pack_tag, TypeTag<int32_t>{})
-          : launch(target_tag, pack_tag, TypeTag<int64_t>{});
-    };
-    auto with_pack = [&](auto target_tag) {
-      pack ? with_index(target_tag, std::true_type{}) : with_index(target_tag, std::false_type{});
-    };
-    target_grad ? with_pack(std::true_type{}) : with_pack(std::false_type{});
+    dispatch_bool(target_grad, [&](auto target_tag) {
+      dispatch_bool(pack, [&](auto pack_tag) {
+        dispatch_index(i32, [&](auto index_tag) { launch(target_tag, pack_tag, index_tag); });
+      });
+    });
   });
 }
 

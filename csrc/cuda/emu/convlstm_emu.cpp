@@ -22,10 +22,7 @@ void poison(const at::Tensor& t) {
 }
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_forward(
-    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& peephole,
-    bool save_gates) {
+op::ConvLSTMGatesForward::Result convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
   auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
   poison(p.h);
   poison(p.c);
@@ -40,9 +37,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_forward(
   return {p.h, p.c, p.gates};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> convlstm_backward(
-    const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,
-    const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads) {
+ConvLSTMBackwardResult convlstm_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   poison(p.grad_gates);
   poison(p.grad_c_prev);

@@ -36,17 +36,20 @@ at::Tensor gdl_finish_op(const at::Tensor& partial, double divisor, int64_t out_
 
 TORCH_LIBRARY(pyframepred_emu, m) {
   using namespace pyframepred::cuda_emu;
+  namespace op = pyframepred::op;
   m.def("set_options(bool force_index64, int plant) -> ()", &set_options);
   m.def("launch_log() -> str", &launch_log);
-  m.def("convlstm_forward(Tensor x_gates, Tensor? h_gates, Tensor c_prev, Tensor? bias, "
-        "Tensor? peephole, bool save_gates) -> (Tensor, Tensor, Tensor)", &convlstm_forward);
-  m.def("convlstm_backward(Tensor grad_h, Tensor grad_c, Tensor gates, Tensor c_prev, "
-        "Tensor? peephole, bool param_grads) -> (Tensor, Tensor, Tensor, Tensor)",
+  // The emulated operators take their operator's arguments (op_signatures.h).
+  m.def(op::schema<op::ConvLSTMGatesForward>("convlstm_forward", "(Tensor, Tensor, Tensor)")
+            .c_str(),
+        &convlstm_forward);
+  m.def(op::schema<op::ConvLSTMGatesBackward>("convlstm_backward",
+                                              "(Tensor, Tensor, Tensor, Tensor)")
+            .c_str(),
         &convlstm_backward);
-  m.def("gdl_forward(Tensor pred, Tensor target, float alpha, int reduction) -> Tensor",
-        &gdl_forward);
+  m.def(op::schema<op::GdlLossForward>("gdl_forward").c_str(), &gdl_forward);
   m.def("gdl_partials(Tensor pred, Tensor target, float alpha) -> Tensor", &gdl_partials);
   m.def("gdl_finish(Tensor partial, float divisor, int out_dtype) -> Tensor", &gdl_finish_op);
-  m.def("gdl_backward(Tensor grad_out, Tensor pred, Tensor target, float alpha, int reduction, "
-        "bool target_grad) -> (Tensor, Tensor)", &gdl_backward);
+  m.def(op::schema<op::GdlLossBackward>("gdl_backward", "(Tensor, Tensor)").c_str(),
+        &gdl_backward);
 }

@@ -18,9 +18,8 @@ const auto kNoCheck = [] {};
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 }  // namespace
 
-at::Tensor gdl_forward(const at::Tensor& pred, const at::Tensor& target, double alpha,
-                       int64_t reduction) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, "gdl_loss_forward");
+op::GdlLossForward::Result gdl_forward(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName);
   at::Tensor out = gdl_forward_output(pred, reduction);
   out.fill_(kNaN);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "gdl_forward_emu", [&] {
@@ -30,7 +29,7 @@ at::Tensor gdl_forward(const at::Tensor& pred, const at::Tensor& target, double 
 }
 
 at::Tensor gdl_partials(const at::Tensor& pred, const at::Tensor& target, double alpha) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, 0, "gdl_loss_forward");
+  const GdlPlan p = plan_gdl(pred, target, alpha, 0, op::GdlLossForward::kName);
   const cuda::gdl::Plan q = cuda::gdl::make_plan(p);
   at::Tensor partial = at::full({p.B, q.groups_per_image}, kNaN,
                                 pred.options().dtype(at::toOpMathType(pred.scalar_type())));
@@ -55,12 +54,10 @@ at::Tensor gdl_finish(const at::Tensor& partial, double divisor, at::ScalarType 
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> gdl_backward(const at::Tensor& grad_out, const at::Tensor& pred,
-                                                const at::Tensor& target, double alpha,
-                                                int64_t reduction, bool target_grad) {
-  constexpr const char* op = "gdl_loss_backward";
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op);
-  const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, op);
+op::GdlLossBackward::Result gdl_backward(PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS) {
+  constexpr const char* name = op::GdlLossBackward::kName;
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name);
+  const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, name);
   GdlGradOut gp = gdl_grad_output(pred);
   gp.write.fill_(kNaN);
   GdlGradOut gt;

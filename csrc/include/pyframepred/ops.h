@@ -10,7 +10,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
@@ -19,21 +18,15 @@
 #include <tuple>
 #include <vector>
 
+#include "op_signatures.h"  // the operators' schemas and C++ signatures
+
 namespace pyframepred {
 
 // Fused ConvLSTM cell update. x_gates, h_gates: (N, 4C, H, W) gate pre-activations in the order
 // i, f, g, o (h_gates may be empty: zero hidden state); c_prev: (N, C, H, W); bias: (4C,);
 // peephole: (3, C) per-channel weights (i and f see c_prev, o sees the new c). Returns (h, c).
 inline std::tuple<at::Tensor, at::Tensor> convlstm_gates(
-    const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates,
-    const at::Tensor& c_prev, const std::optional<at::Tensor>& bias = std::nullopt,
-    const std::optional<at::Tensor>& peephole = std::nullopt) {
-  using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pyframepred::convlstm_gates_forward", "")
-                       .typed<Sig>();
+    PYFRAMEPRED_CONVLSTM_GATES_INPUTS(= std::nullopt)) {
   auto needs = [](const std::optional<at::Tensor>& t) {
     return t.has_value() && t->defined() && t->requires_grad();
   };
@@ -41,7 +34,8 @@ inline std::tuple<at::Tensor, at::Tensor> convlstm_gates(
   const bool save = c10::GradMode::is_enabled() &&
                     (x_gates.requires_grad() || needs(h_gates) || c_prev.requires_grad() ||
                      needs(bias) || needs(peephole));
-  auto [h, c, gates] = op.call(x_gates, h_gates, c_prev, bias, peephole, save);
+  auto [h, c, gates] =
+      op::handle<op::ConvLSTMGatesForward>().call(x_gates, h_gates, c_prev, bias, peephole, save);
   return {h, c};
 }
 
@@ -50,20 +44,9 @@ inline std::tuple<at::Tensor, at::Tensor> convlstm_gates(
 // `steps` steps, time-major; weight_x (4C, C_in, kh, kw), weight_h (4C, C, kh, kw), odd kernels,
 // 'same' padding; bias (4C,), peephole (3, C), h0 and c0 (N, C, H, W) optional. Returns h of every
 // step (T*N, C, H, W) and the last (h, c). Differentiable with respect to every tensor argument.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer(
-    const at::Tensor& x, int64_t steps, const at::Tensor& weight_x, const at::Tensor& weight_h,
-    const std::optional<at::Tensor>& bias = std::nullopt,
-    const std::optional<at::Tensor>& peephole = std::nullopt,
-    const std::optional<at::Tensor>& h0 = std::nullopt,
-    const std::optional<at::Tensor>& c0 = std::nullopt) {
-  using Sig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-      const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&,
-      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pyframepred::convlstm_layer", "")
-                       .typed<Sig>();
-  return op.call(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+inline op::ConvLSTMLayer::Result convlstm_layer(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS(= std::nullopt)) {
+  return op::handle<op::ConvLSTMLayer>().call(x, steps, weight_x, weight_h, bias, peephole, h0,
+                                              c0);
 }
 
 // Gradient difference loss (Mathieu et al. 2015), the difference of absolute image gradients
@@ -71,34 +54,20 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_layer(
 // pred.numel()), "sum" or "none" (one value per image).
 inline at::Tensor gdl_loss(const at::Tensor& pred, const at::Tensor& target, double alpha = 1.0,
                            const std::string& reduction = "mean") {
-  using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, double, int64_t);
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pyframepred::gdl_loss_forward", "")
-                       .typed<Sig>();
   int64_t code = -1;
   if (reduction == "none") code = 0;
   if (reduction == "mean") code = 1;
   if (reduction == "sum") code = 2;
   TORCH_CHECK(code >= 0, "gdl_loss: reduction must be 'none', 'mean' or 'sum', got '", reduction,
               "'");
-  return op.call(pred, target, alpha, code);
+  return op::handle<op::GdlLossForward>().call(pred, target, alpha, code);
 }
 
 // The instruction-set level the CPU kernels run at: "default", "avx2" or "avx512" -- the best one
 // the CPU supports, chosen when the library loads, at most the one the environment variable
 // PYFRAMEPRED_CPU_ISA names. cpu_isa_levels(): the levels compiled into the library.
-inline std::string cpu_isa() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pyframepred::cpu_isa", "")
-                       .typed<std::string()>();
-  return op.call();
-}
+inline std::string cpu_isa() { return op::handle<op::CpuIsa>().call(); }
 
-inline std::vector<std::string> cpu_isa_levels() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("pyframepred::cpu_isa_levels", "")
-                       .typed<std::vector<std::string>()>();
-  return op.call();
-}
+inline std::vector<std::string> cpu_isa_levels() { return op::handle<op::CpuIsaLevels>().call(); }
 
 }  // namespace pyframepred

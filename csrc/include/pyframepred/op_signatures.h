@@ -1,0 +1,166 @@
+// pyframepred's operators, each declared once: its schema and its C++ signature.
+//
+// Everything else that names an operator's signature reuses what is declared here:
+//   - csrc/ops.cpp registers the schemas (TORCH_LIBRARY), the CPU execution model of the CUDA
+//     kernels (csrc/cuda/emu/emu_ops.cpp) registers its test entry points with the same arguments;
+//   - the kernels (csrc/cpu, csrc/cuda, csrc/cuda/emu), the autograd and autocast kernels and the
+//     ConvLSTM layer are defined with the parameter lists below (PYFRAMEPRED_*_PARAMS) and
+//     registered under kName;
+//   - the CPU kernel tables (csrc/cpu/kernels.h) hold pointers of type Op::Sig;
+//   - C++ code that calls an operator (the autograd and autocast kernels, the layer, the public
+//     <pyframepred/ops.h>) goes through op::handle<Op>().
+// The schema (kArgs, kReturns) and the C++ type (Sig) are the two languages of one declaration;
+// the dispatcher compares every registered kernel's C++ type with the schema when the library
+// loads, so they cannot drift apart unnoticed.
+//
+// This header is installed with <pyframepred/ops.h> and needs nothing but ATen.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+// C++ parameter lists of the operators, in schema order and with the schema's names. Where a
+// macro takes OPT it is appended to the trailing optional tensors: empty for kernels,
+// `= std::nullopt` for a wrapper with default arguments.
+
+// convlstm_gates_forward without save_gates: the cell's inputs.
+#define PYFRAMEPRED_CONVLSTM_GATES_INPUTS(OPT)                                                 \
+  const at::Tensor& x_gates, const std::optional<at::Tensor>& h_gates, const at::Tensor& c_prev, \
+      const std::optional<at::Tensor>& bias OPT, const std::optional<at::Tensor>& peephole OPT
+#define PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS \
+  PYFRAMEPRED_CONVLSTM_GATES_INPUTS(), bool save_gates
+#define PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS                                              \
+  const at::Tensor& grad_h, const at::Tensor& grad_c, const at::Tensor& gates,                  \
+      const at::Tensor& c_prev, const std::optional<at::Tensor>& peephole, bool param_grads
+#define PYFRAMEPRED_CONVLSTM_LAYER_PARAMS(OPT)                                                 \
+  const at::Tensor& x, int64_t steps, const at::Tensor& weight_x, const at::Tensor& weight_h,   \
+      const std::optional<at::Tensor>& bias OPT, const std::optional<at::Tensor>& peephole OPT, \
+      const std::optional<at::Tensor>& h0 OPT, const std::optional<at::Tensor>& c0 OPT
+#define PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS \
+  const at::Tensor& pred, const at::Tensor& target, double alpha, int64_t reduction
+#define PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS                                           \
+  const at::Tensor& grad_out, const at::Tensor& pred, const at::Tensor& target, double alpha, \
+      int64_t reduction, bool target_grad
+
+namespace pyframepred {
+namespace op {
+
+// Fused ConvLSTM cell. x_gates/h_gates: (N, 4C, H, W) pre-activations in gate order i, f, g, o;
+// c_prev: (N, C, H, W); bias: (4C,); peephole: (3, C) weights of i, f (on c_prev) and o (on c).
+// Returns h, c and, when save_gates, the activated gates (N, 4C, H, W) that backward needs
+// (an empty tensor otherwise).
+struct ConvLSTMGatesForward {
+  static constexpr const char* kName = "convlstm_gates_forward";
+  static constexpr const char* kArgs =
+      "(Tensor x_gates, Tensor? h_gates, Tensor c_prev, Tensor? bias, Tensor? peephole, "
+      "bool save_gates)";
+  static constexpr const char* kReturns = "(Tensor h, Tensor c, Tensor gates)";
+  using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  using Sig = Result(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS);
+};
+
+// Backward of convlstm_gates_forward. Returns the gradient of the gate pre-activations (shared by
+// x_gates and h_gates), of c_prev, and, when param_grads, grad_params (7, C): rows 0-3 the bias
+// gradient (reshape to (4C,)), rows 4-6 the peephole gradient (empty when not param_grads).
+struct ConvLSTMGatesBackward {
+  static constexpr const char* kName = "convlstm_gates_backward";
+  static constexpr const char* kArgs =
+      "(Tensor grad_h, Tensor grad_c, Tensor gates, Tensor c_prev, Tensor? peephole, "
+      "bool param_grads)";
+  static constexpr const char* kReturns =
+      "(Tensor grad_gates, Tensor grad_c_prev, Tensor grad_params)";
+  using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  using Sig = Result(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS);
+};
+
+// One ConvLSTM layer over a sequence (csrc/convlstm_layer.cpp): x (T*N, C_in, H, W) holds the
+// frames of `steps` steps time-major; weight_x (4C, C_in, kh, kw), weight_h (4C, C, kh, kw),
+// odd kernels, 'same' padding; bias, peephole as above; h0, c0 (N, C, H, W) or zeros. Returns h
+// of every step (T*N, C, H, W) and the last h and c. Input convolutions are batched over the
+// steps, and so are the weight gradients in backward.
+struct ConvLSTMLayer {
+  static constexpr const char* kName = "convlstm_layer";
+  static constexpr const char* kArgs =
+      "(Tensor x, int steps, Tensor weight_x, Tensor weight_h, Tensor? bias, Tensor? peephole, "
+      "Tensor? h0, Tensor? c0)";
+  static constexpr const char* kReturns = "(Tensor h_seq, Tensor h_last, Tensor c_last)";
+  using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  using Sig = Result(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS());
+};
+
+// Gradient difference loss (Mathieu et al. 2015). reduction: 0 = none, 1 = mean, 2 = sum.
+struct GdlLossForward {
+  static constexpr const char* kName = "gdl_loss_forward";
+  static constexpr const char* kArgs = "(Tensor pred, Tensor target, float alpha, int reduction)";
+  static constexpr const char* kReturns = "Tensor";
+  using Result = at::Tensor;
+  using Sig = Result(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS);
+};
+
+// Backward of gdl_loss_forward; grad_target is empty unless target_grad.
+struct GdlLossBackward {
+  static constexpr const char* kName = "gdl_loss_backward";
+  static constexpr const char* kArgs =
+      "(Tensor grad_out, Tensor pred, Tensor target, float alpha, int reduction, "
+      "bool target_grad)";
+  static constexpr const char* kReturns = "(Tensor grad_pred, Tensor grad_target)";
+  using Result = std::tuple<at::Tensor, at::Tensor>;
+  using Sig = Result(PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS);
+};
+
+// The instruction-set level of the CPU kernels (csrc/cpu/dispatch.cpp): the one in use
+// ("default", "avx2" or "avx512"), the ones compiled into this build, and a switch that returns
+// the previous level (for tests and benchmarks; chosen at load time from the CPU and
+// PYFRAMEPRED_CPU_ISA otherwise).
+struct CpuIsa {
+  static constexpr const char* kName = "cpu_isa";
+  static constexpr const char* kArgs = "()";
+  static constexpr const char* kReturns = "str";
+  using Result = std::string;
+  using Sig = Result();
+};
+
+struct CpuIsaLevels {
+  static constexpr const char* kName = "cpu_isa_levels";
+  static constexpr const char* kArgs = "()";
+  static constexpr const char* kReturns = "str[]";
+  using Result = std::vector<std::string>;
+  using Sig = Result();
+};
+
+struct SetCpuIsa {
+  static constexpr const char* kName = "_set_cpu_isa";
+  static constexpr const char* kArgs = "(str level)";
+  static constexpr const char* kReturns = "str";
+  using Result = std::string;
+  using Sig = Result(c10::string_view level);
+};
+
+// The operators' namespace (torch.ops.pyframepred).
+constexpr const char* kNamespace = "pyframepred";
+
+// The schema "name(args) -> returns" of Op; `name` and `returns` replace Op's own (the test
+// extension registers the same arguments under other names).
+template <typename Op>
+std::string schema(const char* name = Op::kName, const char* returns = Op::kReturns) {
+  return std::string(name) + Op::kArgs + " -> " + returns;
+}
+
+// The typed dispatcher handle of Op, looked up once.
+template <typename Op>
+const c10::TypedOperatorHandle<typename Op::Sig>& handle() {
+  static const auto h =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow((std::string(kNamespace) + "::" + Op::kName).c_str(), "")
+          .template typed<typename Op::Sig>();
+  return h;
+}
+
+}  // namespace op
+}  // namespace pyframepred
