@@ -5,12 +5,12 @@ import warnings
 
 import pytest
 import torch
+from conftest import requires_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyframepred
 from pyframepred import ops, reference
-from conftest import CUDA, requires_cuda
 
 # The CPU kernel tests run at every CPU ISA level (conftest.py).
 pytestmark = pytest.mark.cpu_isa

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
+import cuda_emu_build
 import pytest
 import torch
 
-import cuda_emu_build
 from pyframepred import reference
 
 pytestmark = pytest.mark.cuda_emu

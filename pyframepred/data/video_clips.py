@@ -322,15 +322,11 @@ class VideoClips(Dataset):
     def _warn_stretched(self, root_txt: str) -> None:
         """One warning when ``size=(H, W)`` distorts videos of another aspect ratio."""
         h, w = self.size
-        bent = [
-            v
-            for v in self.videos
-            if v.height and v.width and abs((v.width / v.height) / (w / h) - 1.0) > 0.01
-        ]
-        if bent:
-            v = bent[0]
+        off = [v for v in self.videos if v.height and abs(v.width * h / (v.height * w) - 1) > 0.01]
+        if off:
+            v = off[0]
             warnings.warn(
-                f"VideoClips: size=({h}, {w}) stretches {len(bent)} of {len(self.videos)} videos "
+                f"VideoClips: size=({h}, {w}) stretches {len(off)} of {len(self.videos)} videos "
                 f"in '{root_txt}' to another aspect ratio (e.g. {v.path}: {v.width}x{v.height} -> "
                 f"{w}x{h}), which distorts their motion; an int size keeps the aspect ratio "
                 f"(short side, then a crop)",

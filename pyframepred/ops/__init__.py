@@ -1,6 +1,7 @@
 """Fused operators, autograd-aware and ``torch.compile``-friendly.
 
-Each operator's schema is declared in ``csrc/ops.cpp`` (``torch.ops.pyframepred``); this package
+Each operator's schema is declared once, in ``csrc/include/pyframepred/op_signatures.h``
+(registered by ``csrc/ops.cpp`` as ``torch.ops.pyframepred``); this package
 registers its fake (meta) kernel and its autograd formula, and exposes a Python function with the
 same semantics as its plain-PyTorch twin in :mod:`pyframepred.reference`. Importing it loads
 the compiled extension, ``pyframepred._C`` (:mod:`pyframepred._extension` says clearly why when
