@@ -53,7 +53,7 @@ from ..training.config import load_config_file, setting_fields
 from ..training.distributed import dist_env
 from ..training.resume import resume_settings
 from ..training.signals import StopFlag
-from .common import EXIT_INTERRUPTED, EXIT_OK, OneLineParser, plain_warnings, report
+from .common import EXIT_INTERRUPTED, EXIT_OK, OneLineParser, flag_wording, plain_warnings, report
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # this handler for the loop.
         with StopFlag():
             if trainer.main:
-                print(_start_line(cfg, trainer, resume), file=sys.stderr)
+                print(flag_wording(_start_line(cfg, trainer, resume), build_parser()), file=sys.stderr)
             result = trainer.fit()
     except PyframepredError as exc:
         hint = (

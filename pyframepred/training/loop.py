@@ -151,7 +151,7 @@ class Trainer(TrainerState):
     def _set_threads(self, cfg) -> None:
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-            self.threads_reason = "--threads"
+            self.threads_reason = "`threads`"
         elif self.device.type == "cpu" and self.world == 1:
             n, why = default_threads()
             torch.set_num_threads(n)
