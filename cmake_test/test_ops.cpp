@@ -110,6 +110,18 @@ void check_device(const at::Device& device) {
     for (size_t k = 0; k < lg.size(); ++k) expect_close(lg[k], lr[k], lnames[k]);
   }
 
+  // The weight gradient the layer batches over its steps (on the CPU in float32 the tiled
+  // kernel of csrc/cpu/conv_cpu.cpp) against ATen's convolution backward.
+  {
+    const auto f = opts.dtype(at::kFloat);
+    at::Tensor g = at::randn({3, 32, H, W}, f).contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor in = at::randn({3, 5, H, W}, f).contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor want = std::get<1>(at::convolution_backward(
+        g, in, at::empty({32, 5, 3, 3}, f), std::nullopt, {1, 1}, {1, 1}, {1, 1}, false, {0, 0}, 1,
+        {false, true, false}));
+    expect_close(pyframepred::conv2d_weight_grad(g, in, 3, 3), want, "conv2d_weight_grad", 1e-3);
+  }
+
   // The autocast policy holds for C++ callers too (it is registered in C++): under autocast the
   // layer runs in the low-precision dtype with a float32 cell state, exactly as the explicit
   // mixed-precision call.

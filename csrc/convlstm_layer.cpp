@@ -3,9 +3,10 @@
 //   forward   the input convolution of all steps batched (in chunks, see below); per step only
 //             the hidden convolution and the fused cell;
 //   backward  per step (in reverse) only the fused cell's backward and the hidden convolution's
-//             data gradient; then the input convolution's data and weight gradients and the
-//             hidden convolution's weight gradient each in batched calls over all steps, and the
-//             bias/peephole gradients reduced once.
+//             data gradient; per chunk of steps (as the chunk's gate gradients are complete) the
+//             input convolution's data and weight gradients and the hidden convolution's weight
+//             gradient in batched calls (the weight gradients by the operator
+//             conv2d_weight_grad); the bias/peephole gradients reduced once.
 // Nothing but the activated gates and the cell states is saved; h of every step is the output
 // itself, and the input is the caller's.
 //
@@ -135,6 +136,17 @@ LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
 at::Tensor conv(const at::Tensor& input, const at::Tensor& weight, const LayerShape& s) {
   return at::convolution(input, weight, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0},
                          1);
+}
+
+// The weight gradient of conv(input, .) for the gradient dg of its output, batched over all the
+// frames given: the operator conv2d_weight_grad (on the CPU a tiled kernel about twice as fast as
+// ATen's at these shapes, csrc/cpu/conv_cpu.cpp; elsewhere ATen's).
+at::Tensor weight_grad(const at::Tensor& dg, const at::Tensor& input, const LayerShape& s) {
+  return op::handle<op::Conv2dWeightGrad>().call(dg, input, s.kh, s.kw);
+}
+
+void add_to(at::Tensor& sum, at::Tensor term) {
+  sum = sum.defined() ? sum.add_(term) : std::move(term);
 }
 
 // The batched convolutions run over chunks of steps rather than the whole sequence at once: a
@@ -269,66 +281,63 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       return at::zeros({}, like.options()).expand(s.state());
     };
     const bool param_grads = need_b || need_p;
-    // Reverse sweep: the cell's backward and the hidden convolution's data gradient per step.
-    std::vector<at::Tensor> d_gates(s.T);
-    at::Tensor dh_next = g_h_last, dc = g_c_last, d_params;
-    for (int64_t t = s.T - 1; t >= 0; --t) {
-      at::Tensor dh;
-      if (g_seq.defined()) {
-        const at::Tensor g = g_seq.narrow(0, t * s.N, s.N);
-        dh = dh_next.defined() ? g + dh_next : g;
-      } else {
-        dh = dh_next.defined() ? dh_next : zero_state(h_seq);
-      }
-      if (!dc.defined()) dc = zero_state(c_prev(t));
-      auto [dg, dc_prev, dp] = gates_backward(dh, dc, gates(t), c_prev(t), peephole, param_grads);
-      if (param_grads) d_params = d_params.defined() ? d_params + dp : dp;
-      const bool h_before = t > 0 || h0.defined();
-      if (h_before && (t > 0 || need_h0)) {
-        const at::Tensor& h_prev = t > 0 ? h_seq.narrow(0, (t - 1) * s.N, s.N) : h0;
-        dh_next = std::get<0>(at::convolution_backward(
-            dg, h_prev, wh, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
-            {true, false, false}));
-      } else {
-        dh_next = at::Tensor();
-      }
-      dc = std::move(dc_prev);
-      d_gates[t] = std::move(dg);
-    }
-    // Batched weight (and input) gradients, one call per chunk of steps. The hidden convolution
-    // of step t saw h_{t-1}: the chunk's steps [t0, t1) pair with h_seq frames [t0-1, t1-1).
-    at::Tensor gwx, gwh;
-    std::vector<at::Tensor> gx_chunks;
-    const int64_t K = chunk_steps(s, d_gates[0]);
-    for (int64_t t0 = 0; t0 < s.T && (need_x || need_wx || need_wh); t0 += K) {
+    // Reverse sweep over chunks of steps, last chunk first. Per step: the cell's backward and the
+    // hidden convolution's data gradient. Per chunk, once its gate gradients are complete: the
+    // weight gradients (and the input's) in batched calls over the chunk's steps. Only one
+    // chunk's gate gradients are alive at a time, so every chunk reuses the previous one's memory
+    // instead of the sweep faulting in a sequence's worth of fresh pages.
+    at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh;
+    std::vector<at::Tensor> gx_chunks;  // last chunk first
+    const bool batched = need_x || need_wx || need_wh;
+    const int64_t K = chunk_steps(s, x);
+    for (int64_t t0 = (s.T - 1) / K * K; t0 >= 0; t0 -= K) {
       const int64_t k = std::min(K, s.T - t0);
-      const at::Tensor dg = k == 1 ? d_gates[t0]
-                                   : at::cat(at::TensorList(d_gates).slice(t0, k), 0);
-      if (need_x || need_wx) {
-        auto [gi, gw, gb] = at::convolution_backward(
-            dg, x.narrow(0, t0 * s.N, k * s.N), wx, std::nullopt, {1, 1}, s.padding(), {1, 1},
-            false, {0, 0}, 1, {need_x, need_wx, false});
-        if (need_x) gx_chunks.push_back(std::move(gi));
-        if (need_wx) gwx = gwx.defined() ? gwx + gw : gw;
+      std::vector<at::Tensor> d_gates(k);
+      for (int64_t t = t0 + k - 1; t >= t0; --t) {
+        at::Tensor dh;
+        if (g_seq.defined()) {
+          const at::Tensor g = g_seq.narrow(0, t * s.N, s.N);
+          dh = dh_next.defined() ? g + dh_next : g;
+        } else {
+          dh = dh_next.defined() ? dh_next : zero_state(h_seq);
+        }
+        if (!dc.defined()) dc = zero_state(c_prev(t));
+        auto [dg, dc_prev, dp] = gates_backward(dh, dc, gates(t), c_prev(t), peephole, param_grads);
+        if (param_grads) d_params = d_params.defined() ? d_params + dp : dp;
+        const bool h_before = t > 0 || h0.defined();
+        if (h_before && (t > 0 || need_h0)) {
+          const at::Tensor& h_prev = t > 0 ? h_seq.narrow(0, (t - 1) * s.N, s.N) : h0;
+          dh_next = std::get<0>(at::convolution_backward(
+              dg, h_prev, wh, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
+              {true, false, false}));
+        } else {
+          dh_next = at::Tensor();
+        }
+        dc = std::move(dc_prev);
+        d_gates[t - t0] = std::move(dg);
       }
+      if (!batched) continue;
+      // The hidden convolution of step t saw h_{t-1}: the chunk's steps [t0, t0 + k) pair with
+      // h_seq frames [t0 - 1, t0 + k - 1); step 0 saw h0 (when given), not a frame of h_seq.
+      const at::Tensor dg = k == 1 ? d_gates[0] : at::cat(d_gates, 0);
+      const at::Tensor x_chunk = x.narrow(0, t0 * s.N, k * s.N);
+      if (need_x) {
+        gx_chunks.push_back(std::get<0>(at::convolution_backward(
+            dg, x_chunk, wx, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
+            {true, false, false})));
+      }
+      if (need_wx) add_to(gwx, weight_grad(dg, x_chunk, s));
       if (need_wh) {
-        const int64_t first = t0 == 0 ? 1 : t0;  // step 0 saw h0 (below), not a frame of h_seq
+        const int64_t first = t0 == 0 ? 1 : t0;
         if (first < t0 + k) {
           const int64_t n = t0 + k - first;
-          auto gw = std::get<1>(at::convolution_backward(
-              dg.narrow(0, (first - t0) * s.N, n * s.N), h_seq.narrow(0, (first - 1) * s.N, n * s.N),
-              wh, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
-              {false, true, false}));
-          gwh = gwh.defined() ? gwh + gw : gw;
+          add_to(gwh, weight_grad(dg.narrow(0, (first - t0) * s.N, n * s.N),
+                                  h_seq.narrow(0, (first - 1) * s.N, n * s.N), s));
         }
-        if (t0 == 0 && h0.defined()) {
-          auto gw = std::get<1>(at::convolution_backward(
-              d_gates[0], h0, wh, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
-              {false, true, false}));
-          gwh = gwh.defined() ? gwh + gw : gw;
-        }
+        if (t0 == 0 && h0.defined()) add_to(gwh, weight_grad(d_gates[0], h0, s));
       }
     }
+    std::reverse(gx_chunks.begin(), gx_chunks.end());
     if (need_x) out[0] = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
     if (need_wx) out[2] = gwx;
     if (need_wh) out[3] = gwh.defined() ? gwh : at::zeros_like(wh);

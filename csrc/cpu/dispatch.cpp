@@ -60,20 +60,21 @@ constexpr const char* kNames[kNumLevels] = {"default", "avx2", "avx512"};
 struct LevelTables {
   const ConvLSTMKernels* convlstm;
   const GdlKernels* gdl;
+  const ConvKernels* conv;
 };
 
 // Null where a level is not compiled (non-x86 builds, MSVC).
 constexpr LevelTables kTables[kNumLevels] = {
-    {&DEFAULT::convlstm_kernels, &DEFAULT::gdl_kernels},
+    {&DEFAULT::convlstm_kernels, &DEFAULT::gdl_kernels, &DEFAULT::conv_kernels},
 #ifdef PYFRAMEPRED_CPU_LEVEL_AVX2
-    {&AVX2::convlstm_kernels, &AVX2::gdl_kernels},
+    {&AVX2::convlstm_kernels, &AVX2::gdl_kernels, &AVX2::conv_kernels},
 #else
-    {nullptr, nullptr},
+    {nullptr, nullptr, nullptr},
 #endif
 #ifdef PYFRAMEPRED_CPU_LEVEL_AVX512
-    {&AVX512::convlstm_kernels, &AVX512::gdl_kernels},
+    {&AVX512::convlstm_kernels, &AVX512::gdl_kernels, &AVX512::conv_kernels},
 #else
-    {nullptr, nullptr},
+    {nullptr, nullptr, nullptr},
 #endif
 };
 
@@ -255,6 +256,7 @@ std::string set_cpu_isa_op(c10::string_view level) {
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
+  using cpu::ConvKernels;
   using cpu::ConvLSTMKernels;
   using cpu::Forward;
   using cpu::GdlKernels;
@@ -265,6 +267,8 @@ TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
   m.impl(op::ConvLSTMGatesBackward::kName,
          &Forward<op::ConvLSTMGatesBackward::Sig>::call<&LevelTables::convlstm,
                                                         &ConvLSTMKernels::gates_backward>);
+  m.impl(op::Conv2dWeightGrad::kName,
+         &Forward<op::Conv2dWeightGrad::Sig>::call<&LevelTables::conv, &ConvKernels::weight_grad>);
   m.impl(op::GdlLossForward::kName,
          &Forward<op::GdlLossForward::Sig>::call<&LevelTables::gdl, &GdlKernels::loss_forward>);
   m.impl(op::GdlLossBackward::kName,

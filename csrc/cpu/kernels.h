@@ -21,6 +21,10 @@ struct ConvLSTMKernels {
   op::ConvLSTMGatesBackward::Sig* gates_backward;
 };
 
+struct ConvKernels {
+  op::Conv2dWeightGrad::Sig* weight_grad;
+};
+
 struct GdlKernels {
   op::GdlLossForward::Sig* loss_forward;
   op::GdlLossBackward::Sig* loss_backward;
@@ -34,4 +38,5 @@ struct GdlKernels {
   namespace pyframepred::cpu::L {                    \
   extern const ::pyframepred::cpu::ConvLSTMKernels convlstm_kernels; \
   extern const ::pyframepred::cpu::GdlKernels gdl_kernels;           \
+  extern const ::pyframepred::cpu::ConvKernels conv_kernels;         \
   }

@@ -184,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     if result["status"] == "interrupted":
+        if trainer.main:
+            print(f"continue with --resume {trainer.out / 'last.pt'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if trainer.main and result["val"] is not None:
         mm, bm = result["val"]["model_mean"], result["val"]["baseline_mean"]

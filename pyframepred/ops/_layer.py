@@ -51,6 +51,18 @@ def convlstm_layer(
     return h_seq, (h, c)
 
 
+def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Tuple[int, int]) -> Tensor:
+    """Weight gradient of a stride-1, 'same'-padded convolution with an odd kernel.
+
+    ``grad_out`` is ``(B, C_out, H, W)``, ``input`` ``(B, C_in, H, W)``; returns
+    ``(C_out, C_in, kh, kw)``, what ``torch.nn.grad.conv2d_weight`` returns for these
+    convolutions. The ConvLSTM layer's backward computes its weight gradients with it, batched over
+    all steps; on the CPU (float32) it is a tiled kernel of ours, elsewhere ATen's.
+    """
+    kh, kw = kernel_size
+    return torch.ops.pyframepred.conv2d_weight_grad(grad_out, input, kh, kw)
+
+
 def _channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 

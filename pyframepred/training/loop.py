@@ -428,7 +428,7 @@ class Trainer(TrainerState):
                 if status == "interrupted" and self.main:
                     print(
                         f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
-                        f"continue with --resume {self.out / 'last.pt'}",
+                        f"`resume` from it to continue",
                         file=sys.stderr,
                     )
             finally:

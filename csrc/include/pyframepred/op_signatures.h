@@ -42,6 +42,8 @@
   const at::Tensor& x, int64_t steps, const at::Tensor& weight_x, const at::Tensor& weight_h,   \
       const std::optional<at::Tensor>& bias OPT, const std::optional<at::Tensor>& peephole OPT, \
       const std::optional<at::Tensor>& h0 OPT, const std::optional<at::Tensor>& c0 OPT
+#define PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS \
+  const at::Tensor& grad_out, const at::Tensor& input, int64_t kh, int64_t kw
 #define PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS \
   const at::Tensor& pred, const at::Tensor& target, double alpha, int64_t reduction
 #define PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS                                           \
@@ -92,6 +94,19 @@ struct ConvLSTMLayer {
   static constexpr const char* kReturns = "(Tensor h_seq, Tensor h_last, Tensor c_last)";
   using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
   using Sig = Result(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS());
+};
+
+// Weight gradient of a stride-1, 'same'-padded 2-d convolution with an odd kh x kw kernel, no
+// dilation, no groups: grad_out (B, C_out, H, W), input (B, C_in, H, W); returns
+// (C_out, C_in, kh, kw). The ConvLSTM layer's backward computes its batched weight gradients
+// with it; the CPU kernel (csrc/cpu/conv_cpu.cpp) is a register-tiled implicit GEMM over the
+// positions, the other devices use ATen's convolution backward.
+struct Conv2dWeightGrad {
+  static constexpr const char* kName = "conv2d_weight_grad";
+  static constexpr const char* kArgs = "(Tensor grad_out, Tensor input, int kh, int kw)";
+  static constexpr const char* kReturns = "Tensor";
+  using Result = at::Tensor;
+  using Sig = Result(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS);
 };
 
 // Gradient difference loss (Mathieu et al. 2015). reduction: 0 = none, 1 = mean, 2 = sum.

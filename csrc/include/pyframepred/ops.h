@@ -49,6 +49,12 @@ inline op::ConvLSTMLayer::Result convlstm_layer(PYFRAMEPRED_CONVLSTM_LAYER_PARAM
                                               c0);
 }
 
+// Weight gradient of a stride-1 'same' convolution with an odd kh x kw kernel: grad_out
+// (B, C_out, H, W), input (B, C_in, H, W) -> (C_out, C_in, kh, kw), in the input's memory format.
+inline at::Tensor conv2d_weight_grad(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
+  return op::handle<op::Conv2dWeightGrad>().call(grad_out, input, kh, kw);
+}
+
 // Gradient difference loss (Mathieu et al. 2015), the difference of absolute image gradients
 // over the last two dims of pred/target (..., H, W); alpha >= 1; reduction "mean" (sum divided by
 // pred.numel()), "sum" or "none" (one value per image).

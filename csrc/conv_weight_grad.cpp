@@ -1,0 +1,43 @@
+#include "conv_weight_grad.h"
+
+#include <torch/library.h>
+
+#include <string>
+
+#include "checks.h"
+
+namespace pyframepred {
+
+void check_conv2d_weight_grad_args(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
+  constexpr const char* op = "conv2d_weight_grad";
+  TORCH_CHECK(grad_out.dim() == 4 && input.dim() == 4, op,
+              ": grad_out and input must be 4-d (B, C, H, W), got shapes ",
+              shape_str(grad_out.sizes()), " and ", shape_str(input.sizes()));
+  TORCH_CHECK(grad_out.size(0) == input.size(0) && grad_out.size(2) == input.size(2) &&
+                  grad_out.size(3) == input.size(3),
+              op, ": grad_out ", shape_str(grad_out.sizes()), " and input ",
+              shape_str(input.sizes()), " must agree in batch, height and width (stride 1, 'same')");
+  TORCH_CHECK(kh >= 1 && kw >= 1 && kh % 2 == 1 && kw % 2 == 1, op,
+              ": the kernel size must be odd ('same' padding), got ", std::to_string(kh), "x",
+              std::to_string(kw));
+  check_like(grad_out, input, op, "grad_out", "input");
+}
+
+at::Tensor conv2d_weight_grad_aten(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
+  check_conv2d_weight_grad_args(grad_out, input, kh, kw);
+  // Only the weight's shape, dtype and layout matter for the weight gradient.
+  const at::Tensor weight =
+      at::empty({grad_out.size(1), input.size(1), kh, kw},
+                input.options().memory_format(input.suggest_memory_format()));
+  return std::get<1>(at::convolution_backward(grad_out, input, weight, std::nullopt, {1, 1},
+                                              {kh / 2, kw / 2}, {1, 1}, false, {0, 0}, 1,
+                                              {false, true, false}))
+      .contiguous(input.suggest_memory_format());
+}
+
+// Every device but the CPU (which has its tiled kernel, csrc/cpu/conv_cpu.cpp); Meta included.
+TORCH_LIBRARY_IMPL(pyframepred, CompositeExplicitAutograd, m) {
+  m.impl(op::Conv2dWeightGrad::kName, &conv2d_weight_grad_aten);
+}
+
+}  // namespace pyframepred

@@ -1,0 +1,16 @@
+"""Plain-PyTorch twin of ``pyframepred.ops.conv2d_weight_grad``."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+from torch import Tensor
+from torch.nn.grad import conv2d_weight
+
+
+def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Tuple[int, int]) -> Tensor:
+    """Weight gradient of a stride-1, 'same'-padded convolution with an odd kernel:
+    ``(C_out, C_in, kh, kw)`` for ``grad_out (B, C_out, H, W)`` and ``input (B, C_in, H, W)``."""
+    kh, kw = kernel_size
+    weight_shape = (grad_out.shape[1], input.shape[1], kh, kw)
+    return conv2d_weight(input, weight_shape, grad_out, padding=(kh // 2, kw // 2))
