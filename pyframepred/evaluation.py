@@ -108,11 +108,12 @@ def heldout_clips(
     Moving MNIST, from the standard test file ``mnist_test`` or ``count`` fixed sequences of the
     held-out digits)."""
     from .data import VideoClips, default_dataset_root, moving_mnist
+    from .data import source as data_source
     from .training.checkpoint import data_root
 
     if data is None:
         data = data_root(cfg)
-    if data == moving_mnist.DATA_NAME:
+    if data_source.kind(data) == data_source.MOVING_MNIST:
         return moving_mnist.clips(
             frames,
             False,

@@ -3,6 +3,7 @@ evaluation with the OpenSTL metrics -- on small generated digits (no download)."
 import gzip
 import importlib
 import json
+import os
 import sys
 
 import numpy as np
@@ -141,3 +142,18 @@ def test_train_and_evaluate_on_moving_mnist(idx_file, tmp_path, capsys):
     assert res["baseline_mean"]["mse"] > 0 and len(res["model"]["mae"]) == 3
     assert "mse" in capsys.readouterr().out
     assert tr.main(["--resume", str(out / "last.pt"), "--steps", "6", "--no-progress"]) == 0
+
+
+def test_data_source_names_one_rule(tmp_path):
+    from pyframepred.data import source
+    from pyframepred.errors import ConfigError
+
+    assert [source.kind(d) for d in (None, "moving-mnist", "clips")] == ["embedded", "moving-mnist", "folder"]
+    assert [source.channels(d) for d in (None, "moving-mnist", "clips")] == [3, 1, 3]
+    assert source.resolve("moving-mnist") == "moving-mnist" and source.resolve(None) is None
+    assert source.resolve("clips") == os.path.abspath("clips")
+    source.check_exists(None)
+    source.check_exists("moving-mnist")
+    source.check_exists(str(tmp_path))
+    with pytest.raises(ConfigError, match="the data folder '.*nope' does not exist; pass"):
+        source.check_exists(str(tmp_path / "nope"), hint="; pass")

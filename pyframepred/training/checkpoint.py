@@ -39,6 +39,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from ..data import source as data_source
 from ..errors import ConfigError, PyframepredError
 from ..io import atomic_write_bytes, temp_name_pattern
 
@@ -415,7 +416,7 @@ def data_root(cfg: dict):
     set). A relative path (older checkpoints stored ``data`` as given) that does not exist from
     here is a :class:`~pyframepred.errors.ConfigError` that suggests giving ``data``."""
     data = cfg.get("data")
-    if data is None or data == "moving-mnist":  # the embedded set; Moving MNIST
+    if not data_source.is_folder(data):  # the embedded set; Moving MNIST
         return data
     if not os.path.isabs(data) and not os.path.exists(data):
         raise ConfigError(

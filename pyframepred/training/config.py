@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..data.moving_mnist import DATA_NAME as MOVING_MNIST
+from ..data import source as data_source
 from ..errors import ConfigError
 from ..models import registry
 
@@ -150,8 +150,7 @@ class TrainConfig:
             c.out_frames = 1
         if c.split_dir is not None:
             c.split_dir = os.path.abspath(c.split_dir)
-        if c.data is not None and c.data != MOVING_MNIST:
-            c.data = os.path.abspath(c.data)  # the checkpoint must work from any folder
+        c.data = data_source.resolve(c.data)
         for name in ("mnist", "mnist_test"):
             if getattr(c, name) is not None:
                 if not Path(getattr(c, name)).is_file():
@@ -165,8 +164,8 @@ class TrainConfig:
         kw = {**spec.presets[self.preset], **spec.run_settings(self)}
         if self.batch_norm is not None and spec.batch_norm:
             kw["batch_norm"] = self.batch_norm
-        if self.data == MOVING_MNIST:
-            kw["channels"] = 1  # grey frames
+        if data_source.channels(self.data) != 3:
+            kw["channels"] = data_source.channels(self.data)  # grey frames
         kw.update(self.model_kwargs)
         return kw
 

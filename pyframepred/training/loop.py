@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from ..data import VideoClips, default_dataset_root, moving_mnist
-from ..data.moving_mnist import DATA_NAME as MOVING_MNIST
+from ..data import source as data_source
 from ..errors import ConfigError, OutputWriteError, TrainingDiverged, WorkerDied
 from ..evaluation import evaluate_model
 from ..io import atomic_write_json, prepare_output_dir
@@ -160,8 +160,8 @@ class Trainer(TrainerState):
             self.threads_reason = "torch's default"
 
     def _setup_data(self, cfg) -> None:
-        if cfg.data == MOVING_MNIST:
-            self.data_root = MOVING_MNIST
+        if data_source.kind(cfg.data) == data_source.MOVING_MNIST:
+            self.data_root = data_source.MOVING_MNIST
             self.train_ds = moving_mnist.clips(
                 cfg.in_frames + cfg.out_frames, True, mnist=cfg.mnist, seed=cfg.seed
             )

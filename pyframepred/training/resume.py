@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from ..data.moving_mnist import DATA_NAME as MOVING_MNIST
+from ..data import source as data_source
 from ..errors import ConfigError
 from ..models import registry
 from . import checkpoint as ckpt_format
@@ -135,10 +135,7 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
             check_same_model(resume, base.get("model"), explicit["model"])
         if "data" not in explicit:
             base["data"] = ckpt_format.data_root(base)
-            if base["data"] not in (None, MOVING_MNIST) and not Path(base["data"]).exists():
-                raise ConfigError(
-                    f"the checkpoint's data folder '{base['data']}' does not exist; pass `data` DIR"
-                )
+            data_source.check_exists(base["data"], "the checkpoint's data folder", "; pass `data` DIR")
         base.pop("out", None)
         values = {**base, **explicit}
         values.setdefault("out", str(Path(resume).parent))
@@ -147,8 +144,7 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
     if "model" not in values:
         raise ConfigError(f"`model` is required ({', '.join(registry.names())})")
     cfg = TrainConfig(**values)
-    if cfg.data is not None and cfg.data != MOVING_MNIST and not Path(cfg.data).exists():
-        raise ConfigError(f"the data folder '{cfg.data}' does not exist")
+    data_source.check_exists(cfg.data)
     cfg = cfg.resolved()
     if ckpt is not None:
         check_resumable(cfg, ckpt["config"], resume)
