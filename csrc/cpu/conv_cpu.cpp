@@ -24,7 +24,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "conv_weight_grad.h"
 #include "cpu/kernels.h"
@@ -116,7 +115,7 @@ at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
   const float* gd = g.const_data_ptr<float>();
   const float* xd = x.const_data_ptr<float>();
   float* accd = acc.data_ptr<float>();
-  const int64_t rows_per_tile = std::max<int64_t>(1, kTilePositions / std::max<int64_t>(W, 1));
+  const int64_t rows_per_tile = std::max<int64_t>(1, kTilePositions / W);  // W >= 1 (above)
   at::parallel_for(0, shares, 1, [&](int64_t first, int64_t last) {
     for (int64_t share = first; share < last; ++share) {
       const int64_t r_begin = rows * share / shares, r_end = rows * (share + 1) / shares;
