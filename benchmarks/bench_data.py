@@ -69,7 +69,7 @@ def make_datasets(base: Path, full: bool = True) -> dict[str, Path]:
     ucf = base / "ucf-like"
     videos, frames = (6, 150) if full else (1, 40)
     if not (ucf / "done").exists():
-        classes = ("MixedShapes", "CameraPan", "TexturedCircles", "GravityBalls")
+        classes = ("MovingObjects", "CameraPan", "Parallax", "Handheld")
         for ci, cls in enumerate(classes):
             for k in range(videos):
                 video = synthetic.render_video(cls, frames, 240, 320, [1, ci, k], [2, ci, k])

@@ -101,12 +101,20 @@ def format_table(result: dict) -> str:
 
 
 def heldout_clips(
-    cfg: dict, data, frames: int, seed: int = 0, clips_per_video: int = 1, count: int = 256, mnist_test=None
+    cfg: dict,
+    data,
+    frames: int,
+    seed: int = 0,
+    clips_per_video: int = 1,
+    count: int = 256,
+    mnist_test=None,
+    all_videos: bool = False,
 ):
     """The held-out clips of ``frames`` frames for a checkpoint's settings ``cfg``, from the
     folder ``data`` (``None``: the data set the checkpoint was trained on; ``"moving-mnist"``:
     Moving MNIST, from the standard test file ``mnist_test`` or ``count`` fixed sequences of the
-    held-out digits)."""
+    held-out digits). ``all_videos`` takes fixed clips of every video in the folder instead of
+    the test side of its group split: for footage the model never saw."""
     from .data import VideoClips, default_dataset_root, moving_mnist
     from .data import source as data_source
     from .training.checkpoint import data_root
@@ -132,6 +140,7 @@ def heldout_clips(
             train=False,
             seed=seed,
             clips_per_video=clips_per_video,
+            test_fraction=0 if all_videos else 0.2,
             progress=False,
         )
     except (FileNotFoundError, NotADirectoryError) as exc:

@@ -84,6 +84,60 @@ def test_residual_start_copies_last_frame():
     assert torch.allclose(small_seq2seq().eval()(x[:, :4], 2)[:, 0], x[:, 3], atol=1e-5)
 
 
+def test_warp_moves_content_by_the_field():
+    from pyframepred.models._common import warp
+
+    x = torch.rand(2, 3, 9, 11)
+    flow = torch.zeros(2, 2, 9, 11)
+    assert torch.allclose(warp(x, flow), x, atol=1e-6)              # zero field: the frame itself
+    flow[:, 0], flow[:, 1] = 2.0, -1.0                               # 2 px right, 1 px up
+    moved = warp(x, flow)
+    assert torch.allclose(moved[..., :-1, 2:], x[..., 1:, :-2], atol=1e-5)
+    assert torch.allclose(moved[..., :, 0], moved[..., :, 2], atol=1e-5)  # edge pixel repeated
+    flow[:, 0] = 0.5                                                 # half a pixel: bilinear
+    half = warp(x, flow, "bilinear")
+    assert torch.allclose(half[..., :-1, 1:], 0.5 * (x[..., 1:, 1:] + x[..., 1:, :-1]), atol=1e-5)
+    assert warp(x.bfloat16(), flow.bfloat16()).dtype == torch.float32  # sampled in float32
+    assert torch.allclose(warp(x.bfloat16(), flow), warp(x.bfloat16().float(), flow))
+    sharp = warp(x, flow)                          # bicubic: the cubic kernel at half a pixel
+    w = [-0.09375, 0.59375, 0.59375, -0.09375]     # (torch's a = -0.75), taps c-2 .. c+1
+    inner = sum(w[j] * x[..., 1:, j:x.shape[-1] - 3 + j] for j in range(4))
+    assert torch.allclose(sharp[..., :-1, 2:-1], inner, atol=1e-5)
+    torch.autograd.gradcheck(lambda f: warp(x[:1, :1, :4, :5].double(), f),
+                             (flow[:1, :, :4, :5].double().add(0.3).requires_grad_(),))
+
+
+def test_seq2seq_motion_head():
+    x = frames(2, 8, 32, 32) * 0.9
+    m = small_seq2seq(motion=True).eval()
+    conv = m.decoder[-1]
+    assert conv.out_channels == 2 + 1 + 3                        # field, where, change
+    assert torch.allclose(m(x[:, :4], 2)[:, 0], x[:, 3], atol=1e-5)  # untrained: copy-last
+    with torch.no_grad():                                            # a field of one pixel to the right
+        conv.bias[0], conv.bias[2] = 1.0, 0.5                        # changing everywhere
+    moved = m(x[:, :4], 1)[:, 0]
+    assert torch.allclose(moved[..., 1:], x[:, 3, ..., :-1], atol=1e-3)
+    with torch.no_grad():                                            # half: a blend of both
+        conv.bias[2] = 0.0
+    half = m(x[:, :4], 1)[:, 0]
+    assert torch.allclose(half, 0.5 * (moved + x[:, 3]), atol=1e-3)
+    with torch.no_grad():                                            # nowhere: the frame kept
+        conv.bias[2], conv.bias[3:] = -0.7, 0.3
+    assert torch.allclose(m(x[:, :4], 1)[:, 0], x[:, 3], atol=1e-5)
+    # it learns a pan: frames that shift right by a pixel per step; the field finds it
+    torch.manual_seed(0)
+    base = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8), size=(40, 60), mode="bicubic",
+                                           align_corners=False).clamp(0, 1) * 1.6 - 0.8
+    pan = torch.stack([base[..., 8 - k:52 - k] for k in range(8)], 1)[..., 4:36, 6:38]
+    m = small_seq2seq(motion=True)
+    copy = torch.nn.functional.mse_loss(pan[:, 3:4].expand(-1, 4, -1, -1, -1), pan[:, 4:])
+    losses = _fit(m, lambda: torch.nn.functional.mse_loss(m(pan[:, :4], 4, pan[:, 4:]), pan[:, 4:]),
+                  steps=40, lr=3e-3)
+    assert losses[-1] < 0.5 * copy.item(), (losses[-1], copy.item())
+    with pytest.raises(ValueError, match="needs residual"):
+        small_seq2seq(motion=True, residual=False)
+
+
 def test_seq2seq_fused_matches_reference():
     x = frames(2, 6, 32, 32)
     m = small_seq2seq(residual=False)

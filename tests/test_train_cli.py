@@ -647,3 +647,19 @@ def test_evaluate_names_a_foreign_file(tmp_path, capsys):
     assert ev.main([str(bogus)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a checkpoint written by torch.save" in err[0]
+
+
+def test_evaluate_all_videos_of_a_folder_without_groups(checkpoint, tmp_path, capsys):
+    footage = tmp_path / "footage"
+    rng = np.random.default_rng(0)
+    for name in ("Street", "Room"):                                 # one video each: no split
+        (footage / name).mkdir(parents=True)
+        frames = (rng.random((12, 48, 80, 3)) * 255).astype(np.uint8)
+        encode_video(footage / name / f"{name.lower()}.mp4", frames, 25)
+    out = tmp_path / "eval.json"
+    assert ev.main([str(checkpoint), "--data", str(footage), "--steps", "2", "--out", str(out)]) == 2
+    assert "no videos for the test side" in capsys.readouterr().err  # the split holds none out
+    rc = ev.main([str(checkpoint), "--data", str(footage), "--all-videos", "--steps", "2",
+                  "--clips-per-video", "3", "--out", str(out)])
+    assert rc == 0
+    assert json.loads(out.read_text())["clips"] == 6                # every video, 3 clips each

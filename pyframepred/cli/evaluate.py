@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="frames to predict (default: the checkpoint's validation steps)",
     )
+    p.add_argument(
+        "--all-videos",
+        action="store_true",
+        help="use every video of --data, not the test side of its split (footage the model never saw)",
+    )
     p.add_argument("--clips", type=int, default=256, help="held-out clips to use (default 256)")
     p.add_argument("--clips-per-video", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="chooses the fixed clips (default 0)")
@@ -79,7 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_in = cfg.get("in_frames", 4)
         model = model_from_checkpoint(ckpt, device, args.fused)
         ds = heldout_clips(
-            cfg, args.data, n_in + steps, args.seed, args.clips_per_video, args.clips, args.mnist_test
+            cfg,
+            args.data,
+            n_in + steps,
+            args.seed,
+            args.clips_per_video,
+            args.clips,
+            args.mnist_test,
+            all_videos=args.all_videos,
         )
         result = evaluate_model(model, ds, n_in, steps, device, args.batch_size, args.clips)
     except PyframepredError as exc:

@@ -5,8 +5,8 @@
   folders);
 * :func:`normalize` / :func:`denormalize` -- the pixel scaling ``(x - 127.5) / 127.5`` and back;
 * :func:`multiscale` / :class:`MultiScale` -- stacked input frames and targets at several scales;
-* :func:`default_dataset_root` -- the embedded synthetic data set (moving objects), generated into
-  the cache folder on first use (:mod:`pyframepred.data.synthetic`);
+* :func:`default_dataset_root` -- the embedded synthetic data set (textured scenes, camera and
+  object motion), generated into the cache folder on first use (:mod:`pyframepred.data.synthetic`);
 * :func:`index_videos` -- the cached video index behind :class:`VideoClips`;
 * :func:`decode_frames` / :class:`FrameReader` -- frames of one file at a chosen size, around
   decord's output-size bug (:mod:`pyframepred.data.decode`).
@@ -59,7 +59,7 @@ __all__ = [
 
 
 def default_dataset_root(cache_dir=None, *, progress: bool = True, **params):
-    """Folder of the default synthetic data set (moving objects), created on first use.
+    """Folder of the default synthetic data set (textured scenes), created on first use.
 
     See :func:`pyframepred.data.synthetic.default_dataset_root`; the cache folder is
     ``cache_dir``, else ``$PYFRAMEPRED_CACHE``, else ``~/.cache/pyframepred``.

@@ -1,17 +1,20 @@
-"""The embedded default data set: synthetic videos of moving objects, written as H.264 MP4 files.
+"""The embedded default data set: synthetic videos of textured scenes, written as H.264 MP4 files.
 
-Six classes, in a UCF-101-like layout (``<root>/<Class>/v_<Class>_gGG_cCC.mp4``):
+Six classes, in a UCF-101-like layout (``<root>/<Class>/v_<Class>_gGG_cCC.mp4``), named by what
+moves (the scenes themselves: :mod:`pyframepred.data.synthetic_render`):
 
-``BouncingSquares``  squares with constant velocities bouncing off the borders, plain background;
-``TexturedCircles``  discs on a textured background;
-``MovingDigits``     digits (a built-in 5x7 pixel font) on a dark background, as in Moving MNIST;
-``MixedShapes``      squares, discs, triangles, diamonds, rings and crosses on a textured background;
-``CameraPan``        mixed shapes while the camera pans slowly over a larger textured scene;
-``GravityBalls``     discs falling under gravity and bouncing elastically, plain background.
+``StillScene``     a still camera on a textured scene: only light, sensor noise and slow objects;
+``CameraPan``      the camera pans (mostly sideways, some with shake or a foreground layer);
+``CameraZoom``     the camera zooms in or out while drifting a little;
+``Handheld``       a hand-held camera: sway, slow drift and a slight roll;
+``MovingObjects``  a still camera, textured objects moving, turning, occluding each other;
+``Parallax``       a pan over layers at different depths: far, middle (with objects) and near.
 
-Objects move with sub-pixel precision (anti-aliased, bilinear placement). Videos of one group
-(``gGG``) share their background, as UCF-101's groups share an actor and a scene, so the group
-split keeps backgrounds seen in training out of the test set. Everything is determined by the
+Textures have the statistics of natural images (1/f noise, dead leaves, noisy patterns), light
+changes and sensor noise is added, and everything moves with sub-pixel precision (frames are
+rendered at twice the size and averaged down). Videos of one group (``gGG``) share their scene,
+as UCF-101's groups share an actor and a place, so the group split keeps scenes seen in training
+out of the test set. Everything is determined by the
 seed; files are encoded with libx264 (``yuv420p``, so frame sizes are even; a key frame every
 12 frames).
 
@@ -36,15 +39,15 @@ from typing import Sequence
 import numpy as np
 
 from ._common import atomic_write_json, default_cache_dir, logger
-from .synthetic_render import _KINDS, CLASSES, render_video
+from .synthetic_render import CLASSES, render_video
 
 __all__ = ["CLASSES", "generate", "default_dataset_root", "render_video", "write_video", "main"]
 
 #: Version of the generator; bump when the pixels it makes change (it names the cache folder).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "synthetic.json"
 
-# The scenes themselves (classes, shapes, textures, motion): synthetic_render.py.
+# The scenes themselves (classes, textures, camera and object motion): synthetic_render.py.
 
 
 def write_video(
@@ -79,7 +82,7 @@ def _config(seed, videos_per_class, frames, size, classes, fps, groups_per_class
     if height < 16 or width < 16 or height % 2 or width % 2:
         raise ValueError(f"size must be even and at least 16, got {size!r}")
     classes = list(CLASSES if classes is None else classes)
-    unknown = [c for c in classes if c not in _KINDS]
+    unknown = [c for c in classes if c not in CLASSES]
     if unknown or not classes:
         raise ValueError(f"unknown classes {unknown}; choose from {', '.join(CLASSES)}")
     if int(videos_per_class) < 1 or int(groups_per_class) < 1:
@@ -215,7 +218,7 @@ def default_dataset_root(cache_dir=None, *, progress: bool = True, **params) -> 
     cfg = _config(**defaults)
     digest = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
     h, w = cfg["size"]
-    name = f"moving-objects-v{GENERATOR_VERSION}-{h}x{w}-seed{cfg['seed']}-{digest}"
+    name = f"scenes-v{GENERATOR_VERSION}-{h}x{w}-seed{cfg['seed']}-{digest}"
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     final = base / "synthetic" / name
     if (final / MANIFEST).is_file():
@@ -245,7 +248,7 @@ def default_dataset_root(cache_dir=None, *, progress: bool = True, **params) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pyframepred.data.synthetic",
-        description="Generate pyframepred's synthetic moving-objects video data set (H.264 MP4 "
+        description="Generate pyframepred's synthetic video data set (H.264 MP4 "
         "files in <OUT_DIR>/<Class>/v_<Class>_gGG_cCC.mp4).",
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (empty or new)")

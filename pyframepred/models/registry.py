@@ -137,10 +137,12 @@ register(
         task="frames",
         sequence_output=True,
         presets={
-            "tiny": dict(conv_channels=(8, 16), hidden_channels=16),
-            "quick": dict(conv_channels=(16, 32), hidden_channels=32),
-            "small": dict(conv_channels=(32, 64), hidden_channels=64, batch_norm=True),
-            "full": dict(conv_channels=(32, 64, 128), hidden_channels=128, num_layers=2, batch_norm=True),
+            "tiny": dict(conv_channels=(8, 16), hidden_channels=16, motion=True),
+            "quick": dict(conv_channels=(16, 32), hidden_channels=32, motion=True),
+            "small": dict(conv_channels=(32, 64), hidden_channels=64, batch_norm=True, motion=True),
+            "full": dict(
+                conv_channels=(32, 64, 128), hidden_channels=128, num_layers=2, batch_norm=True, motion=True
+            ),
         },
         run_settings=lambda c: dict(
             teacher_forcing=c.teacher_forcing, residual=c.residual, out_steps=c.val_steps

