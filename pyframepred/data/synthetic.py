@@ -3,7 +3,7 @@
 Six classes, in a UCF-101-like layout (``<root>/<Class>/v_<Class>_gGG_cCC.mp4``), named by what
 moves (the scenes themselves: :mod:`pyframepred.data.synthetic_render`):
 
-``StillScene``     a still camera on a textured scene: only light, sensor noise and slow objects;
+``StillScene``     a still camera on a textured scene: light, sensor noise, few slow objects (some jerk);
 ``CameraPan``      the camera pans (mostly sideways, some with shake or a foreground layer);
 ``CameraZoom``     the camera zooms in or out while drifting a little;
 ``Handheld``       a hand-held camera: sway, slow drift and a slight roll;
