@@ -109,6 +109,13 @@ def score(ckpt_path: Path, footage: Path, clips_per_video: int) -> dict:
     }
 
 
+def bold(x: float, y: float, f: str) -> str:
+    """``x / y`` with the better (higher) one in bold; a tie at the shown precision: neither."""
+    if f"{x:{f}}" == f"{y:{f}}":
+        return f"{x:{f}} / {y:{f}}"
+    return f"**{x:{f}}** / {y:{f}}" if x > y else f"{x:{f}} / **{y:{f}}**"
+
+
 def table(record: dict) -> str:
     lines = [
         "| model (quick preset, embedded data) | clips | PSNR model / copy-last | SSIM model / copy-last |",
@@ -116,7 +123,6 @@ def table(record: dict) -> str:
     ]
     for r in record["runs"]:
         m, b = r["model_mean"], r["baseline_mean"]
-        bold = lambda x, y, f: f"**{x:{f}}** / {y:{f}}" if x > y else f"{x:{f}} / **{y:{f}}**"  # noqa: E731
         lines.append(
             f"| {r['model']} ({r['step']} steps, batch {r['batch_size']}) | {r['clips']} | "
             f"{bold(m['psnr'], b['psnr'], '.2f')} | {bold(m['ssim'], b['ssim'], '.3f')} |"
