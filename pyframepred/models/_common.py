@@ -48,9 +48,12 @@ def warp(frames: Tensor, flow: Tensor, mode: str = "bicubic") -> Tensor:
 def residual_tanh(last: Tensor, delta: Tensor) -> Tensor:
     """``tanh(atanh(last) + delta)``: a tanh output that equals ``last`` when ``delta = 0``.
 
-    Frames are in [-1, 1]; ``last`` is clamped to ±0.999 so that ``atanh`` stays finite.
+    Frames are in [-1, 1]; ``last`` is clamped to ±0.999 so that ``atanh`` stays finite. Computed
+    in float32 at least (float64 for float64 input): under bf16 autocast 0.999 rounds to 1, whose
+    ``atanh`` is infinite.
     """
-    return torch.tanh(torch.atanh(last.clamp(-_EDGE, _EDGE)) + delta)
+    dtype = torch.promote_types(torch.promote_types(last.dtype, delta.dtype), torch.float32)
+    return torch.tanh(torch.atanh(last.to(dtype).clamp(-_EDGE, _EDGE)) + delta.to(dtype))
 
 
 def gdl(
