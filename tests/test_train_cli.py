@@ -663,3 +663,37 @@ def test_evaluate_all_videos_of_a_folder_without_groups(checkpoint, tmp_path, ca
                   "--clips-per-video", "3", "--out", str(out)])
     assert rc == 0
     assert json.loads(out.read_text())["clips"] == 6                # every video, 3 clips each
+
+
+def test_evaluate_mathieu_protocol_on_the_paper_layout_and_on_videos(checkpoint, data, tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ucf = tmp_path / "ucf"
+    for clip in ("1", "11"):                                        # the authors' layout
+        (ucf / clip).mkdir(parents=True)
+        for i in range(6):
+            name = f"pred_{i + 1}.png" if i < 4 else f"target_{i - 3}.png"
+            Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(ucf / clip / name)
+        flow = np.full((32, 48, 3), 255, np.uint8)
+        flow[4:20, 8:30] = (255, 0, 0)                              # moving where it is red
+        for name in ("pred_4_flow.png", "target_1_flow.png"):
+            Image.fromarray(flow).save(ucf / clip / name)
+    out = tmp_path / "paper.json"
+    assert ev.main([str(checkpoint), "--protocol", "mathieu", "--data", str(ucf), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["protocol"] == "mathieu" and res["clips"] == 2 and res["steps"] == 2
+    assert res["moving_pixels"] == "the authors' flow images"
+    assert res["moving_share"] == pytest.approx([16 * 22 / (32 * 48)] * 2)
+    assert res["model_counted"] == [2, 2] and all(math.isfinite(v) for v in res["model"]["psnr"])
+    assert "moving pixels only" in capsys.readouterr().out
+    # any folder of videos: masks from the estimated flow
+    out = tmp_path / "videos.json"
+    assert ev.main([str(checkpoint), "--protocol", "mathieu", "--data", str(data), "--clips", "4",
+                    "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["clips"] == 4 and res["moving_pixels"].startswith("estimated flow")
+    assert ev.main([str(checkpoint), "--protocol", "mathieu", "--data", str(data),
+                    "--moving-threshold", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "threshold must be positive" in err[0]

@@ -3,6 +3,7 @@
 Usage::
 
     python -m pyframepred.evaluate CHECKPOINT [--data DIR] [--steps K] [--clips N] [--out FILE]
+    python -m pyframepred.evaluate CHECKPOINT --protocol mathieu [--data DIR] [--steps 2]
 
 Predicts ``K`` frames from the checkpoint's number of input frames on a fixed, reproducible set
 of held-out clips (``VideoClips(train=False)``: the same clips on every run for the same
@@ -10,6 +11,12 @@ of held-out clips (``VideoClips(train=False)``: the same clips on every run for 
 model and for the baseline that repeats the last input frame (see :mod:`pyframepred.metrics`;
 frames in [-1, 1], data range 2). Prints a table and writes JSON (default: ``eval.json`` next to
 the checkpoint). Without ``--data`` it uses the data set the checkpoint was trained on.
+
+``--protocol mathieu`` scores as Mathieu et al.'s test code does (:mod:`pyframepred.mathieu`):
+moving pixels only, two recursive steps, their PSNR, SSIM and sharpness. ``--data`` may then be
+the authors' UCF-101 test subset (one folder per clip with ``pred_*.png``, ``target_*.png`` and
+the flow images that give the moving pixels), or any folder of videos, whose moving pixels are
+then estimated (``--moving-threshold`` pixels of flow or more).
 
 The checkpoint is read without running any code it may carry (``weights_only``; see
 :mod:`pyframepred.training.checkpoint`); the JSON is written atomically (a symbolic link at ``--out`` is
@@ -27,6 +34,7 @@ from typing import Sequence
 from ..errors import PyframepredError
 from ..evaluation import evaluate_model, format_table, heldout_clips
 from ..io import atomic_write_json, check_output_file
+from ..mathieu import MathieuTestSet, evaluate_mathieu, format_mathieu_table, with_computed_masks
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
 from ..training.distributed import resolve_device
 from .common import OneLineParser, check_positive, plain_warnings, report
@@ -60,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="fused ConvLSTM kernels (default) or the reference",
     )
+    p.add_argument(
+        "--protocol",
+        choices=("standard", "mathieu"),
+        default="standard",
+        help="standard (default): every pixel, the metrics of pyframepred.metrics; mathieu: Mathieu "
+        "et al.'s test protocol (moving pixels, 2 recursive steps, their metric code)",
+    )
+    p.add_argument(
+        "--moving-threshold",
+        type=float,
+        default=1.0,
+        help="--protocol mathieu on videos: a pixel moves when its estimated flow is at least this "
+        "many pixels (default 1.0)",
+    )
     p.add_argument("--out", help="JSON file (default: eval.json next to the checkpoint)")
     p.add_argument(
         "--mnist-test",
@@ -80,20 +102,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
         check_output_file(out)
         cfg = ckpt["config"]
-        steps = args.steps or cfg.get("val_steps", 4)
+        mathieu = args.protocol == "mathieu"
+        steps = args.steps or (2 if mathieu else cfg.get("val_steps", 4))
         n_in = cfg.get("in_frames", 4)
         model = model_from_checkpoint(ckpt, device, args.fused)
-        ds = heldout_clips(
-            cfg,
-            args.data,
-            n_in + steps,
-            args.seed,
-            args.clips_per_video,
-            args.clips,
-            args.mnist_test,
-            all_videos=args.all_videos,
-        )
-        result = evaluate_model(model, ds, n_in, steps, device, args.batch_size, args.clips)
+        if mathieu and args.data and MathieuTestSet.looks_like(args.data):
+            ds = MathieuTestSet(args.data, n_in, steps)
+            if ds.skipped:
+                print(
+                    f"skipped {ds.skipped} clip folder(s) of '{args.data}' without {n_in} input "
+                    f"frames, {steps} targets and their flow images",
+                    file=sys.stderr,
+                )
+        else:
+            ds = heldout_clips(
+                cfg,
+                args.data,
+                n_in + steps,
+                args.seed,
+                args.clips_per_video,
+                args.clips,
+                args.mnist_test,
+                all_videos=args.all_videos,
+            )
+            if mathieu:
+                ds = with_computed_masks(ds, n_in, steps, args.moving_threshold)
+        if mathieu:
+            result = evaluate_mathieu(model, ds, n_in, steps, device, args.batch_size, args.clips)
+        else:
+            result = evaluate_model(model, ds, n_in, steps, device, args.batch_size, args.clips)
     except PyframepredError as exc:
         return report(exc, parser)
     result.update(
@@ -101,17 +138,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=result["model"],
         model_name=cfg["model"],
         step=ckpt.get("step"),
-        data=str(ds.root),
+        data=str(getattr(ds, "root", args.data)),
         seed=args.seed,
     )
-    print(format_table(result))
+    if mathieu:
+        result["moving_pixels"] = (
+            "the authors' flow images"
+            if isinstance(ds, MathieuTestSet)
+            else f"estimated flow of at least {args.moving_threshold:g} px"
+        )
+    print(format_mathieu_table(result) if mathieu else format_table(result))
     try:
         atomic_write_json(out, result, indent=2, allow_nan=True)
     except OSError as exc:
         print(f"error: cannot write --out '{out}': {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
-    return 0 if all(math.isfinite(v) for v in result["model_mean"].values()) else 1
+    if mathieu:
+        finite = all(
+            math.isfinite(v) or c == 0
+            for vs in result["model"].values()
+            for v, c in zip(vs, result["model_counted"])
+        )
+    else:
+        finite = all(math.isfinite(v) for v in result["model_mean"].values())
+    return 0 if finite else 1
 
 
 if __name__ == "__main__":
