@@ -8,6 +8,7 @@ the median time.
     pytest benchmarks/bench_conv.py --benchmark-only [--bench-full]
     python benchmarks/record.py --suite conv      # records benchmarks/results/conv_cpu.json
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,9 @@ from pyframepred import ops
 # name -> (B, C_in, C_out, H, W): B = frames of a chunk of steps (chunks of at most 12 MiB of gates)
 SHAPES = {
     "tiny": (4, 8, 32, 16, 16),
-    "input-8x16x32@32": (24, 16, 128, 32, 32),   # (8, 16, [32]) layer: input conv, 3 steps
+    "input-8x16x32@32": (24, 16, 128, 32, 32),  # (8, 16, [32]) layer: input conv, 3 steps
     "hidden-8x16x32@32": (24, 32, 128, 32, 32),  # the same layer's hidden conv
-    "hidden-4x64x64@64": (4, 64, 256, 64, 64),   # (4, 64, [64]) at 64x64: one step per chunk
+    "hidden-4x64x64@64": (4, 64, 256, 64, 64),  # (4, 64, [64]) at 64x64: one step per chunk
 }
 IMPLS = ["fused", "reference"]
 
@@ -33,11 +34,22 @@ def _shapes():
 
 def _aten(grad_out, input, kernel_size):
     kh, kw = kernel_size
-    weight = torch.empty(grad_out.shape[1], input.shape[1], kh, kw, device=input.device,
-                         dtype=input.dtype).contiguous(memory_format=torch.channels_last)
-    return torch.ops.aten.convolution_backward(grad_out, input, weight, None, [1, 1],
-                                               [kh // 2, kw // 2], [1, 1], False, [0, 0], 1,
-                                               [False, True, False])[1]
+    weight = torch.empty(
+        grad_out.shape[1], input.shape[1], kh, kw, device=input.device, dtype=input.dtype
+    ).contiguous(memory_format=torch.channels_last)
+    return torch.ops.aten.convolution_backward(
+        grad_out,
+        input,
+        weight,
+        None,
+        [1, 1],
+        [kh // 2, kw // 2],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [False, True, False],
+    )[1]
 
 
 @pytest.mark.parametrize("size", [k for k, _ in _shapes()])

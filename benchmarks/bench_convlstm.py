@@ -7,6 +7,7 @@ most code uses today (one convolution over ``cat(x, h)`` per step, eager gate ma
 By default only the small sizes run, with few rounds; ``--bench-full`` adds the realistic sizes
 and the recorded round counts.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -74,8 +75,7 @@ def test_op_forward(benchmark, annotate, device, impl, size):
 
     for _ in range(3):
         run()
-    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 8, 3), iterations=1,
-                       warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 8, 3), iterations=1, warmup_rounds=1)
     annotate(bytes_moved=11 * _elem_bytes(OP_SIZES[size]), impl=impl)  # read 4C+4C+C, write 2C
 
 
@@ -96,8 +96,7 @@ def test_op_forward_backward(benchmark, annotate, device, impl, size):
 
     for _ in range(3):
         run()
-    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 6, 3), iterations=1,
-                       warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 6, 3), iterations=1, warmup_rounds=1)
     # forward reads 9C, writes h, c and the 4C saved gates; backward reads gates, c_prev, dh, dc
     # and writes 4C + C: 27 planes of C channels at the least.
     annotate(bytes_moved=27 * _elem_bytes(OP_SIZES[size]), impl=impl)
@@ -121,8 +120,7 @@ def test_op_backward(benchmark, annotate, device, impl, size):
 
     for _ in range(3):
         run()
-    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 8, 3), iterations=1,
-                       warmup_rounds=1)
+    benchmark.pedantic(run, rounds=rounds(20 if device == "cuda" else 8, 3), iterations=1, warmup_rounds=1)
     annotate(bytes_moved=12 * _elem_bytes(OP_SIZES[size]), impl=impl)  # read 4C+3C, write 5C
 
 
@@ -135,8 +133,9 @@ def test_op_saved_bytes(benchmark, device, impl, size):
     xg, hg, cp, b = _op_inputs(OP_SIZES[size], device, requires_grad=True)
     packed, distinct, _ = saved_tensor_bytes(lambda: fn(xg, hg, cp, b))
     benchmark.pedantic(lambda: fn(xg, hg, cp, b), rounds=1, iterations=1)
-    benchmark.extra_info.update(impl=impl, device=device, saved_bytes_packed=packed,
-                                saved_bytes_distinct=distinct)
+    benchmark.extra_info.update(
+        impl=impl, device=device, saved_bytes_packed=packed, saved_bytes_distinct=distinct
+    )
     assert packed > 0 and distinct > 0, "no tensor was saved for backward"
 
 
@@ -200,8 +199,9 @@ def test_layer(benchmark, annotate, device, impl, size, mode):
         run()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(run, rounds=rounds(10 if device.startswith("cuda") else 3, 2),
-                       iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        run, rounds=rounds(10 if device.startswith("cuda") else 3, 2), iterations=1, warmup_rounds=0
+    )
     extra = {"impl": impl, "mode": mode}
     if device.startswith("cuda"):
         extra["peak_mem_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -215,8 +215,9 @@ REPEAT = 20
 
 
 @pytest.mark.parametrize("size", ["realistic"])
-@pytest.mark.parametrize("case", ["fused-forward", "fused-forward-save", "fused-backward",
-                                  "reference-forward", "compile-forward"])
+@pytest.mark.parametrize(
+    "case", ["fused-forward", "fused-forward-save", "fused-backward", "reference-forward", "compile-forward"]
+)
 def test_op_device_throughput(benchmark, annotate, device, case, size):
     """GPU: 20 back-to-back calls then one sync, so host overhead hides behind the kernels and the
     time per call is the device's. Bandwidth is counted with the bytes each pass must move."""
@@ -225,8 +226,13 @@ def test_op_device_throughput(benchmark, annotate, device, case, size):
     benchmark.group = f"convlstm-op device throughput {size} {OP_SIZES[size]} {device}"
     xg, hg, cp, b = _op_inputs(OP_SIZES[size], device, requires_grad=False)
     fwd = torch.ops.pyframepred.convlstm_gates_forward
-    planes = {"fused-forward": 11, "fused-forward-save": 15, "fused-backward": 12,
-              "reference-forward": 11, "compile-forward": 11}[case]
+    planes = {
+        "fused-forward": 11,
+        "fused-forward-save": 15,
+        "fused-backward": 12,
+        "reference-forward": 11,
+        "compile-forward": 11,
+    }[case]
     if case == "fused-backward":
         _, _, gates = fwd(xg, hg, cp, b, None, True)
         gh, gc = torch.randn_like(cp), torch.randn_like(cp)
@@ -253,5 +259,4 @@ def test_op_device_throughput(benchmark, annotate, device, case, size):
     for _ in range(3):
         run()
     benchmark.pedantic(run, rounds=rounds(10, 3), iterations=1, warmup_rounds=1)
-    annotate(bytes_moved=REPEAT * planes * _elem_bytes(OP_SIZES[size]), impl=case,
-             calls_per_round=REPEAT)
+    annotate(bytes_moved=REPEAT * planes * _elem_bytes(OP_SIZES[size]), impl=case, calls_per_round=REPEAT)

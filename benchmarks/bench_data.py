@@ -21,6 +21,7 @@ Only the script mode (``python benchmarks/bench_data.py``, which ``record.py`` c
 minute on 2 cores) writes ``benchmarks/results/data_cpu.json`` and ``data_cpu.md``; a pytest run
 writes nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,11 @@ def make_datasets(base: Path, full: bool = True) -> dict[str, Path]:
     if full:
         roots = {"synthetic-64x64": synthetic.generate(base / "synthetic", progress=False)}
     else:
-        roots = {"synthetic-64x64": synthetic.generate(
-            base / "synthetic", videos_per_class=2, groups_per_class=2, frames=(20, 24),
-            progress=False)}
+        roots = {
+            "synthetic-64x64": synthetic.generate(
+                base / "synthetic", videos_per_class=2, groups_per_class=2, frames=(20, 24), progress=False
+            )
+        }
     ucf = base / "ucf-like"
     videos, frames = (6, 150) if full else (1, 40)
     if not (ucf / "done").exists():
@@ -75,8 +78,7 @@ def make_datasets(base: Path, full: bool = True) -> dict[str, Path]:
                 video = synthetic.render_video(cls, frames, 240, 320, [1, ci, k], [2, ci, k])
                 path = ucf / cls / f"v_{cls}_g{k + 1:02d}_c01.avi"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                synthetic.write_video(path, video, 25, codec="mpeg4",
-                                      options={"qscale": "4", "g": "12"})
+                synthetic.write_video(path, video, 25, codec="mpeg4", options={"qscale": "4", "g": "12"})
         (ucf / "done").write_text("")
     roots["ucf-like-320x240"] = ucf
     return roots
@@ -99,20 +101,24 @@ class NaiveClips(Dataset):
         vr = decord.VideoReader(self.paths[index // self.clips_per_video], num_threads=1)
         video = vr.get_batch(list(range(len(vr)))).asnumpy()  # every frame, full size
         start = random.randint(0, len(video) - self.frames)
-        clip = torch.from_numpy(video[start:start + self.frames]).permute(0, 3, 1, 2).float()
-        clip = F.interpolate(clip, size=(SIZE, SIZE), mode="bilinear", antialias=True,
-                             align_corners=False)
+        clip = torch.from_numpy(video[start : start + self.frames]).permute(0, 3, 1, 2).float()
+        clip = F.interpolate(clip, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
         return normalize(clip)
 
 
 def make_loader(root: Path, kind: str, workers: int, n_clips: int):
-    ds = VideoClips(root, frames=FRAMES, interval=0, size=SIZE, train=True, test_fraction=0,
-                    progress=False)
+    ds = VideoClips(root, frames=FRAMES, interval=0, size=SIZE, train=True, test_fraction=0, progress=False)
     ds.clips_per_video = -(-n_clips // len(ds.videos))  # ceil: one pass >= n_clips
     if kind == "naive-full-decode":
         ds = NaiveClips(ds)
-    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0, drop_last=False)
+    loader = DataLoader(
+        ds,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
     return loader, len(ds)
 
 
@@ -130,13 +136,17 @@ def machine_info() -> dict:
     import decord
 
     info = machine.describe()
-    info.update({
-        "cpu": info["cpu_model"],
-        "gpu": info["gpu"] or "none (CPU only)",
-        "decord": decord.__version__, "av": av.__version__, "numpy": np.__version__,
-        "load_average_1min_at_start": _LOAD_AT_START[0] if _LOAD_AT_START else None,
-        "load_average_1min_at_end": _load(),
-    })
+    info.update(
+        {
+            "cpu": info["cpu_model"],
+            "gpu": info["gpu"] or "none (CPU only)",
+            "decord": decord.__version__,
+            "av": av.__version__,
+            "numpy": np.__version__,
+            "load_average_1min_at_start": _LOAD_AT_START[0] if _LOAD_AT_START else None,
+            "load_average_1min_at_end": _load(),
+        }
+    )
     return info
 
 
@@ -144,8 +154,15 @@ def write_results(rows: list[dict], path_stem: Path = RESULTS / "data_cpu") -> N
     if not rows:
         return
     info = machine_info()
-    setting = {"frames": FRAMES, "interval": 0, "size": [SIZE, SIZE], "batch_size": BATCH,
-               "train": True, "shuffle": True, "persistent_workers": True}
+    setting = {
+        "frames": FRAMES,
+        "interval": 0,
+        "size": [SIZE, SIZE],
+        "batch_size": BATCH,
+        "train": True,
+        "shuffle": True,
+        "persistent_workers": True,
+    }
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     with open(path_stem.with_suffix(".json"), "w") as fh:
         json.dump({"machine": info, "setting": setting, "results": rows}, fh, indent=2)
@@ -172,31 +189,41 @@ def write_results(rows: list[dict], path_stem: Path = RESULTS / "data_cpu") -> N
         "| data set | loader | workers | clips/s | (best) | CPU ms/clip | speed-up vs naive |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    naive = {(r["dataset"], r["workers"]): r["clips_per_s"] for r in rows
-             if r["loader"] == "naive-full-decode"}
+    naive = {
+        (r["dataset"], r["workers"]): r["clips_per_s"] for r in rows if r["loader"] == "naive-full-decode"
+    }
     for r in rows:
         base = naive.get((r["dataset"], r["workers"]))
         speed = f"{r['clips_per_s'] / base:.1f}x" if base and r["loader"] == "VideoClips" else ""
         # CPU time is only complete without workers (theirs is not counted here).
         cpu_ms = f"{r['main_process_cpu_ms_per_clip']:.1f}" if r["workers"] == 0 else ""
-        lines.append(f"| {r['dataset']} | {r['loader']} | {r['workers']} | "
-                     f"{r['clips_per_s']:.0f} | {r['best_clips_per_s']:.0f} | "
-                     f"{cpu_ms} | {speed} |")
+        lines.append(
+            f"| {r['dataset']} | {r['loader']} | {r['workers']} | "
+            f"{r['clips_per_s']:.0f} | {r['best_clips_per_s']:.0f} | "
+            f"{cpu_ms} | {speed} |"
+        )
     two = [r for r in rows if r["loader"] == "VideoClips" and r["workers"] == 2]
     if two:
-        lines += ["", "**Headline (64x64, 8 frames, 2 workers, VideoClips):** " + "; ".join(
-            f"{r['dataset']}: {r['clips_per_s']:.0f} clips/s "
-            f"({r['clips_per_s'] / BATCH:.1f} batches of {BATCH}/s)" for r in two) + "."]
+        lines += [
+            "",
+            "**Headline (64x64, 8 frames, 2 workers, VideoClips):** "
+            + "; ".join(
+                f"{r['dataset']}: {r['clips_per_s']:.0f} clips/s "
+                f"({r['clips_per_s'] / BATCH:.1f} batches of {BATCH}/s)"
+                for r in two
+            )
+            + ".",
+        ]
     import report
 
-    text = "\n".join(line if line.startswith("|") else "\n".join(report.wrap(line)) if line
-                     else "" for line in lines)
+    text = "\n".join(
+        line if line.startswith("|") else "\n".join(report.wrap(line)) if line else "" for line in lines
+    )
     with open(path_stem.with_suffix(".md"), "w") as fh:
         fh.write(text + "\n")
 
 
-def measure(root: Path, dataset: str, kind: str, workers: int, timer=None,
-            sizes: dict = DATASETS) -> dict:
+def measure(root: Path, dataset: str, kind: str, workers: int, timer=None, sizes: dict = DATASETS) -> dict:
     n_clips, passes = sizes[dataset]
     loader, n = make_loader(root, kind, workers, n_clips)
     torch.manual_seed(0)
@@ -218,10 +245,17 @@ def measure(root: Path, dataset: str, kind: str, workers: int, timer=None,
         timer(timed, passes)
     del loader
     mean = sum(times) / len(times)
-    return {"dataset": dataset, "loader": kind, "workers": workers, "clips_per_pass": n,
-            "passes": len(times), "seconds_per_pass": [round(t, 4) for t in times],
-            "clips_per_s": n / mean, "best_clips_per_s": n / min(times),
-            "main_process_cpu_ms_per_clip": 1000 * sum(cpu) / (n * len(cpu))}
+    return {
+        "dataset": dataset,
+        "loader": kind,
+        "workers": workers,
+        "clips_per_pass": n,
+        "passes": len(times),
+        "seconds_per_pass": [round(t, 4) for t in times],
+        "clips_per_s": n / mean,
+        "best_clips_per_s": n / min(times),
+        "main_process_cpu_ms_per_clip": 1000 * sum(cpu) / (n * len(cpu)),
+    }
 
 
 # --------------------------------------------------------------------------- pytest entry
@@ -245,12 +279,14 @@ if pytest is not None:
         def timer(fn, passes):
             benchmark.pedantic(fn, rounds=passes, iterations=1)
 
-        row = measure(roots[dataset], dataset, kind, workers, timer,
-                      DATASETS if full_size() else QUICK_DATASETS)
+        row = measure(
+            roots[dataset], dataset, kind, workers, timer, DATASETS if full_size() else QUICK_DATASETS
+        )
         assert row["passes"] >= 1 and row["clips_per_s"] > 0
         benchmark.extra_info.update({k: row[k] for k in ("clips_per_pass", "clips_per_s")})
-        benchmark.extra_info.update(allocator=machine.allocator(),
-                                    bench_size="full" if full_size() else "quick")
+        benchmark.extra_info.update(
+            allocator=machine.allocator(), bench_size="full" if full_size() else "quick"
+        )
 
 
 def _order(row):
@@ -261,8 +297,12 @@ def main(argv=None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(description="Record the data-loading benchmark.")
-    p.add_argument("--out", type=Path, default=RESULTS / "data_cpu",
-                   help="path of the results without suffix (.json and .md are written)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "data_cpu",
+        help="path of the results without suffix (.json and .md are written)",
+    )
     p.add_argument("--quick", action="store_true", help="small data sets, one pass")
     a = p.parse_args(argv)
     machine.use_allocator(machine.allocator_from_env())
@@ -272,10 +312,13 @@ def main(argv=None) -> int:
         for dataset in DATASETS:
             for kind in LOADERS:
                 for workers in WORKERS:
-                    row = measure(roots[dataset], dataset, kind, workers,
-                                  sizes=QUICK_DATASETS if a.quick else DATASETS)
-                    print(f"{dataset:18s} {kind:18s} workers={workers}: "
-                          f"{row['clips_per_s']:7.1f} clips/s", flush=True)
+                    row = measure(
+                        roots[dataset], dataset, kind, workers, sizes=QUICK_DATASETS if a.quick else DATASETS
+                    )
+                    print(
+                        f"{dataset:18s} {kind:18s} workers={workers}: {row['clips_per_s']:7.1f} clips/s",
+                        flush=True,
+                    )
                     rows.append(row)
     write_results(rows, a.out)
     print(f"wrote {a.out}.json and .md")

@@ -10,6 +10,7 @@ the ceiling (see conftest.py). By default only the small size runs, with few rou
     pytest benchmarks/bench_gdl.py --benchmark-only [--bench-full]
     python benchmarks/record.py --suite gdl       # records benchmarks/results/gdl_cpu.json
 """
+
 from __future__ import annotations
 
 import pytest
@@ -80,8 +81,13 @@ def test_gdl_forward(benchmark, annotate, device, impl, size):
     for _ in range(3):  # compiles (impl "compile") and warms caches outside the timed part
         run()
     benchmark.pedantic(run, rounds=_rounds(device, shape, impl), iterations=1, warmup_rounds=2)
-    annotate(bytes_moved=2 * pred.numel() * pred.element_size(), impl=impl, mode="forward",
-             shape=list(shape), torch=torch.__version__)
+    annotate(
+        bytes_moved=2 * pred.numel() * pred.element_size(),
+        impl=impl,
+        mode="forward",
+        shape=list(shape),
+        torch=torch.__version__,
+    )
 
 
 @pytest.mark.parametrize("size", [k for k, _ in _shapes()])
@@ -105,8 +111,14 @@ def test_gdl_forward_backward(benchmark, annotate, device, impl, size):
         torch.cuda.reset_peak_memory_stats()
     benchmark.pedantic(run, rounds=_rounds(device, shape, impl), iterations=1, warmup_rounds=2)
     packed, distinct, _ = saved_tensor_bytes(lambda: fn(pred, target, ALPHA, REDUCTION))
-    extra = dict(impl=impl, mode="forward+backward", shape=list(shape), torch=torch.__version__,
-                 saved_bytes_packed=packed, saved_bytes_distinct=distinct)
+    extra = dict(
+        impl=impl,
+        mode="forward+backward",
+        shape=list(shape),
+        torch=torch.__version__,
+        saved_bytes_packed=packed,
+        saved_bytes_distinct=distinct,
+    )
     if device.startswith("cuda"):
         extra["peak_mem_MiB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     # forward reads pred + target; backward reads them again and writes grad_pred

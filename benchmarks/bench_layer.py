@@ -14,6 +14,7 @@ Two ways to run it:
   (big blocks kept in the process); the default is the plain allocator users get. The record says
   which.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ SIZES = {
 QUICK = {"2x4x[8]@16": (2, 4, [8], 16, 16)}
 T = 10
 IMPLS = ["fused", "cat", "cat-compile", "reference"]
-MODES = {"float32": (torch.float32, torch.contiguous_format),
-         "bf16-cl": (torch.bfloat16, torch.channels_last)}
+MODES = {
+    "float32": (torch.float32, torch.contiguous_format),
+    "bf16-cl": (torch.bfloat16, torch.channels_last),
+}
 
 
 class CatCell(nn.Module):
@@ -67,8 +70,7 @@ class CatConvLSTM(nn.Module):
 
     def __init__(self, cin: int, hidden: list):
         super().__init__()
-        self.cells = nn.ModuleList(CatCell(cin if i == 0 else hidden[i - 1], c)
-                                   for i, c in enumerate(hidden))
+        self.cells = nn.ModuleList(CatCell(cin if i == 0 else hidden[i - 1], c) for i, c in enumerate(hidden))
 
     def forward(self, x):
         N, steps, _, H, W = x.shape
@@ -138,8 +140,11 @@ def profile_split(step) -> dict:
         else:
             other += us
     total = conv + other
-    return {"conv_ms": round(conv / 1e3, 2), "other_ms": round(other / 1e3, 2),
-            "conv_share": round(conv / total, 3) if total else None}
+    return {
+        "conv_ms": round(conv / 1e3, 2),
+        "other_ms": round(other / 1e3, 2),
+        "conv_share": round(conv / total, 3) if total else None,
+    }
 
 
 def native_bf16() -> bool:
@@ -158,8 +163,11 @@ def measure(sizes, modes, impls, rounds, warmup=2):
     for size_name, size in sizes.items():
         for mode in modes:
             if mode == "bf16-cl" and size_name != first and not native_bf16():
-                print(f"{size_name} {mode}: skipped, no native bf16 on this CPU (emulated bf16 "
-                      f"convolutions would take minutes per step)", flush=True)
+                print(
+                    f"{size_name} {mode}: skipped, no native bf16 on this CPU (emulated bf16 "
+                    f"convolutions would take minutes per step)",
+                    flush=True,
+                )
                 continue
             steps = {impl: make_step(impl, size, mode) for impl in impls}
             for impl in impls:
@@ -168,22 +176,33 @@ def measure(sizes, modes, impls, rounds, warmup=2):
             times = {impl: [] for impl in impls}
             faults = {impl: [] for impl in impls}
             for r in range(rounds):
-                order = impls[r % len(impls):] + impls[:r % len(impls)]
+                order = impls[r % len(impls) :] + impls[: r % len(impls)]
                 for impl in order:
                     f0 = _faults()
                     t0 = time.perf_counter()
                     steps[impl]()
                     times[impl].append(time.perf_counter() - t0)
                     faults[impl].append(_faults() - f0)
-            row = {"size": size_name, "shape": {"N": size[0], "T": T, "Cin": size[1],
-                                                "hidden": size[2], "H": size[3], "W": size[4]},
-                   "mode": mode, "impls": {}}
+            row = {
+                "size": size_name,
+                "shape": {
+                    "N": size[0],
+                    "T": T,
+                    "Cin": size[1],
+                    "hidden": size[2],
+                    "H": size[3],
+                    "W": size[4],
+                },
+                "mode": mode,
+                "impls": {},
+            }
             for impl in impls:
                 ts = sorted(times[impl])
                 q = statistics.quantiles(ts, n=4) if len(ts) >= 4 else [ts[0], ts[0], ts[-1]]
                 row["impls"][impl] = {
                     "median_ms": round(statistics.median(ts) * 1e3, 2),
-                    "min_ms": round(ts[0] * 1e3, 2), "max_ms": round(ts[-1] * 1e3, 2),
+                    "min_ms": round(ts[0] * 1e3, 2),
+                    "max_ms": round(ts[-1] * 1e3, 2),
                     "iqr_over_median": round((q[2] - q[0]) / statistics.median(ts), 3),
                     "faults_per_step": int(statistics.median(faults[impl])),
                 }
@@ -193,8 +212,7 @@ def measure(sizes, modes, impls, rounds, warmup=2):
                     continue
                 ratios = sorted(b / a for a, b in zip(times["fused"], times[impl]))
                 row["impls"][impl]["fused_speedup_median"] = round(statistics.median(ratios), 3)
-                row["impls"][impl]["fused_speedup_range"] = [round(ratios[0], 3),
-                                                             round(ratios[-1], 3)]
+                row["impls"][impl]["fused_speedup_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
             row["profile_fused"] = profile_split(steps["fused"])
             row["profile_cat"] = profile_split(steps["cat"])
             results.append(row)
@@ -218,19 +236,25 @@ def machine_info(malloc_tuned: bool) -> dict:
                     break
     except OSError:
         pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-           if f" {f}" in flags]
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags]
     from pyframepred import _extension  # noqa: F401
+
     try:  # the level the CPU kernels run at (chosen at load time from the CPU)
         from pyframepred.ops import cpu_isa
+
         built_isa = cpu_isa()
     except ImportError:
         built_isa = "unknown"
-    return {"date": date.today().isoformat(), "cpu": model, "cpu_isa_flags": isa,
-            "extension_cpu_isa": built_isa, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "allocator": "glibc tuned (mmap/trim thresholds 1 GiB)" if malloc_tuned
-            else "glibc default"}
+    return {
+        "date": date.today().isoformat(),
+        "cpu": model,
+        "cpu_isa_flags": isa,
+        "extension_cpu_isa": built_isa,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "allocator": "glibc tuned (mmap/trim thresholds 1 GiB)" if malloc_tuned else "glibc default",
+    }
 
 
 def tune_malloc() -> None:
@@ -254,8 +278,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = {k: {**SIZES, **QUICK}[k] for k in args.sizes}
-    record = {"machine": machine_info(args.malloc_tuned), "T": T, "rounds": args.rounds,
-              "results": measure(sizes, args.modes, args.impls, args.rounds)}
+    record = {
+        "machine": machine_info(args.malloc_tuned),
+        "T": T,
+        "rounds": args.rounds,
+        "results": measure(sizes, args.modes, args.impls, args.rounds),
+    }
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(record, fh, indent=1)
@@ -263,6 +291,7 @@ def main(argv=None) -> int:
 
 
 # --- quick pytest-benchmark cases, collected by `pytest benchmarks --benchmark-only` ---------
+
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("impl", IMPLS)

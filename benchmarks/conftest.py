@@ -10,6 +10,7 @@ Recording results is a separate command: ``python benchmarks/record.py`` (see it
 Devices come from ``PYFRAMEPRED_BENCH_DEVICES`` (comma-separated; default cpu, plus cuda when
 available). Suites read the size setting with :func:`full_size` and :func:`rounds`.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,12 +25,20 @@ _SETTINGS = {"full": os.environ.get("PYFRAMEPRED_BENCH_FULL", "") not in ("", "0
 
 def pytest_addoption(parser):
     group = parser.getgroup("pyframepred benchmarks")
-    group.addoption("--bench-full", action="store_true", default=False,
-                    help="full sizes and round counts (as recorded); default: quick sizes, few "
-                         "rounds. Also PYFRAMEPRED_BENCH_FULL=1.")
-    group.addoption("--bench-malloc-tuned", action="store_true", default=False,
-                    help="keep freed memory in-process (glibc mallopt; users don't get this); "
-                         f"default: the plain allocator. Also {machine.ALLOCATOR_ENV}=tuned.")
+    group.addoption(
+        "--bench-full",
+        action="store_true",
+        default=False,
+        help="full sizes and round counts (as recorded); default: quick sizes, few "
+        "rounds. Also PYFRAMEPRED_BENCH_FULL=1.",
+    )
+    group.addoption(
+        "--bench-malloc-tuned",
+        action="store_true",
+        default=False,
+        help="keep freed memory in-process (glibc mallopt; users don't get this); "
+        f"default: the plain allocator. Also {machine.ALLOCATOR_ENV}=tuned.",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options

@@ -4,6 +4,7 @@ Shared by the pytest suites (``conftest.py`` adds :func:`describe` to pytest-ben
 ``machine_info``), the script-mode suites (``bench_data.py``, ``bench_train.py``) and
 ``record.py``. Importing this module changes nothing; :func:`use_allocator` does.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -22,8 +23,22 @@ ALLOCATORS = {
 _ALLOCATOR = {"name": "plain"}
 
 # x86 feature flags that say which SIMD level the kernels and torch can use.
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-             "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def allocator_from_env(default: str = "plain") -> str:
@@ -102,8 +117,12 @@ def _build_config() -> dict:
     from pyframepred.ops import cpu_isa
 
     # cpu_isa: the level the CPU kernels run at (chosen at load time; the build has every level).
-    return {"cpu_isa": cpu_isa(), "cpu_isa_levels": list(cfg.CPU_ISA_LEVELS),
-            "with_cuda": cfg.WITH_CUDA, "built_with_torch": cfg.TORCH_VERSION}
+    return {
+        "cpu_isa": cpu_isa(),
+        "cpu_isa_levels": list(cfg.CPU_ISA_LEVELS),
+        "with_cuda": cfg.WITH_CUDA,
+        "built_with_torch": cfg.TORCH_VERSION,
+    }
 
 
 def _load() -> float | None:
@@ -156,8 +175,10 @@ def isa_level(info: dict) -> str:
 def one_line(info: dict) -> str:
     """A one-line summary of a :func:`describe` record, for tables' headers."""
     build = info.get("pyframepred_build") or {}
-    return (f"{info.get('date', '?')}: {info.get('cpu_model', '?')} ({isa_level(info)}; "
-            f"kernels built for {build.get('cpu_isa', '?')}), {info.get('usable_cores', '?')} "
-            f"cores usable, {info.get('torch_threads', '?')} torch threads; torch "
-            f"{info.get('torch', '?')}, Python {info.get('python', '?')}; allocator: "
-            f"{info.get('allocator', '?')}; load average {info.get('load_average_1min', '?')}")
+    return (
+        f"{info.get('date', '?')}: {info.get('cpu_model', '?')} ({isa_level(info)}; "
+        f"kernels built for {build.get('cpu_isa', '?')}), {info.get('usable_cores', '?')} "
+        f"cores usable, {info.get('torch_threads', '?')} torch threads; torch "
+        f"{info.get('torch', '?')}, Python {info.get('python', '?')}; allocator: "
+        f"{info.get('allocator', '?')}; load average {info.get('load_average_1min', '?')}"
+    )

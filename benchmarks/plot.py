@@ -8,6 +8,7 @@ Only the groups of the larger ("realistic"/"large") sizes are drawn; bars are me
 labelled with the speed-up over the eager reference. ``python benchmarks/record.py`` redraws the
 README's plot from the recorded results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,12 @@ from pathlib import Path
 
 IMPL_ORDER = ("fused", "reference", "compile", "cat")
 COLORS = {"fused": "#1f77b4", "reference": "#999999", "compile": "#ff7f0e", "cat": "#2ca02c"}
-LABELS = {"fused": "fused", "reference": "eager reference", "compile": "torch.compile(ref)",
-          "cat": "conv(cat(x, h)) per step"}
+LABELS = {
+    "fused": "fused",
+    "reference": "eager reference",
+    "compile": "torch.compile(ref)",
+    "cat": "conv(cat(x, h)) per step",
+}
 
 
 def load_groups(paths, keep=("realistic", "large")):
@@ -56,8 +61,13 @@ def plot(groups, out: Path, note: str = "") -> None:
         ref = times.get("reference")
         for bar, impl in zip(bars, impls):
             label = f"{ref / times[impl]:.1f}×" if ref else ""
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
+            ax.annotate(
+                label,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax.set_xticks(range(len(impls)))
         ax.set_xticklabels([i if i != "reference" else "eager" for i in impls], fontsize=8)
         ax.set_ylabel("ms (median)", fontsize=8)
@@ -66,10 +76,14 @@ def plot(groups, out: Path, note: str = "") -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[i]) for i in IMPL_ORDER]
-    fig.legend(handles, [LABELS[i] for i in IMPL_ORDER], loc="lower center", ncol=4, fontsize=8,
-               frameon=False)
-    fig.suptitle("Median time, lower is better; labels: speed-up over the eager reference"
-                 + (f"; {note}" if note else ""), fontsize=9)
+    fig.legend(
+        handles, [LABELS[i] for i in IMPL_ORDER], loc="lower center", ncol=4, fontsize=8, frameon=False
+    )
+    fig.suptitle(
+        "Median time, lower is better; labels: speed-up over the eager reference"
+        + (f"; {note}" if note else ""),
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -14,6 +14,7 @@ README's tables between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
 are rewritten from everything in the results folder. A plain ``pytest benchmarks
 --benchmark-only`` never writes there. Take recordings on an otherwise idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,19 @@ from pyframepred.io import atomic_write  # noqa: E402
 # Suites with their own measuring protocol and result format (a script mode that records).
 SCRIPT_SUITES = ("data", "train", "layer")
 # README section -> the suite whose results it shows.
-SECTION_SUITE = {"convlstm-op": "convlstm", "convlstm-layer": "convlstm", "gdl": "gdl",
-                 "data": "data", "train": "train", "layer-step": "layer"}
+SECTION_SUITE = {
+    "convlstm-op": "convlstm",
+    "convlstm-layer": "convlstm",
+    "gdl": "gdl",
+    "data": "data",
+    "train": "train",
+    "layer-step": "layer",
+}
 PLOT_SUITES = ("convlstm", "gdl")
 
 
 def suites() -> list[str]:
-    return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+    return sorted(p.stem[len("bench_") :] for p in HERE.glob("bench_*.py"))
 
 
 def gpu_slug() -> str:
@@ -65,10 +72,10 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
     if suite in SCRIPT_SUITES:
         cmd = [sys.executable, str(HERE / f"bench_{suite}.py"), "--out", str(stem)]
         if suite == "layer":
-            cmd = [sys.executable, str(HERE / "bench_layer.py"), "--out",
-                   str(stem.with_suffix(".json"))]
+            cmd = [sys.executable, str(HERE / "bench_layer.py"), "--out", str(stem.with_suffix(".json"))]
             cmd += (["--malloc-tuned"] if alloc == "tuned" else []) + (
-                ["--sizes", "2x4x[8]@16", "--rounds", "3"] if quick else [])
+                ["--sizes", "2x4x[8]@16", "--rounds", "3"] if quick else []
+            )
             if device != "cpu":
                 print("   (the layer step record is CPU-only; skipped)")
                 return stem.with_suffix(".json")
@@ -81,10 +88,20 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
             md = report.section_layer_step([report.load(stem.with_suffix(".json"))])
             stem.with_suffix(".md").write_text("\n".join([f"## {stem.name}.json", ""] + md) + "\n")
         return stem.with_suffix(".json")
+
     # Through the package's atomic writer: a failed run leaves the old result in place.
     def run_into(tmp):
-        cmd = [sys.executable, "-m", "pytest", str(HERE / f"bench_{suite}.py"), "--benchmark-only",
-               "-q", "-p", "no:cacheprovider", f"--benchmark-json={tmp}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(HERE / f"bench_{suite}.py"),
+            "--benchmark-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--benchmark-json={tmp}",
+        ]
         cmd += [] if quick else ["--bench-full"]
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
@@ -104,8 +121,11 @@ def regen_readme(readme: Path, results: Path) -> list[str]:
     text = readme.read_text()
     done = []
     for name, render in report.SECTIONS.items():
-        pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n)(.*?)"
-                             rf"(<!-- /results:{re.escape(name)} -->)", re.S)
+        pattern = re.compile(
+            rf"(<!-- results:{re.escape(name)} -->\n)(.*?)"
+            rf"(<!-- /results:{re.escape(name)} -->)",
+            re.S,
+        )
         paths = files_for(results, SECTION_SUITE[name])
         if not pattern.search(text) or not paths:
             continue
@@ -130,15 +150,30 @@ def regen_plot(out: Path, results: Path) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", nargs="+", choices=suites(), metavar="SUITE",
-                   help=f"suites to record (default: all: {', '.join(suites())})")
+    p.add_argument(
+        "--suite",
+        nargs="+",
+        choices=suites(),
+        metavar="SUITE",
+        help=f"suites to record (default: all: {', '.join(suites())})",
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--allocator", default="plain", choices=("plain", "tuned", "both"),
-                   help="plain: what users get (default); tuned: freed memory kept in-process")
-    p.add_argument("--regen-only", action="store_true",
-                   help="run nothing: regenerate the README's tables and plot from the results")
-    p.add_argument("--quick", action="store_true",
-                   help="quick sizes (to try the machinery out; don't commit such results)")
+    p.add_argument(
+        "--allocator",
+        default="plain",
+        choices=("plain", "tuned", "both"),
+        help="plain: what users get (default); tuned: freed memory kept in-process",
+    )
+    p.add_argument(
+        "--regen-only",
+        action="store_true",
+        help="run nothing: regenerate the README's tables and plot from the results",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="quick sizes (to try the machinery out; don't commit such results)",
+    )
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks-cpu.png")

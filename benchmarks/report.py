@@ -11,6 +11,7 @@ fit in the last-level cache is "cache-resident", any other is marked with the re
 names the allocator setting it was measured with ("plain": what users get; "tuned": freed memory
 kept in-process, see benchmarks/machine.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,10 @@ def wrap(text: str) -> list[str]:
 
 def table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
     """A markdown table; `align` is one character per column, 'l' or 'r'."""
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     too_wide = [line for line in lines if len(line) > WIDTH]
     if too_wide:  # a warning, not an error: a recording must not be lost over a table's width
@@ -114,14 +117,25 @@ def bandwidth(b: dict, llc: int | None) -> tuple[str, str, str | None]:
     if frac <= 1:
         return gbps, f"{100 * frac:.0f}% of {e['copy_GBps']:.0f}", None
     if llc is not None and e["bytes_moved"] <= llc:
-        return gbps, "cache-resident", (
-            f"cache-resident: the op's bytes fit in the {llc / 2**20:.0f} MiB last-level cache, "
-            "so the memory copy bandwidth does not bound it")
-    return gbps, "above copy BW", (
-        f"above copy BW: faster than the measured copy bandwidth ({e['copy_GBps']:.0f} GB/s), "
-        "so not bound by it: part of its bytes stay in the caches"
-        + ("" if llc else " (the cache size was not recorded)") + ", or the ceiling was "
-        "measured low")
+        return (
+            gbps,
+            "cache-resident",
+            (
+                f"cache-resident: the op's bytes fit in the {llc / 2**20:.0f} MiB last-level cache, "
+                "so the memory copy bandwidth does not bound it"
+            ),
+        )
+    return (
+        gbps,
+        "above copy BW",
+        (
+            f"above copy BW: faster than the measured copy bandwidth ({e['copy_GBps']:.0f} GB/s), "
+            "so not bound by it: part of its bytes stay in the caches"
+            + ("" if llc else " (the cache size was not recorded)")
+            + ", or the ceiling was "
+            "measured low"
+        ),
+    )
 
 
 def header_lines(data: dict) -> list[str]:
@@ -134,10 +148,12 @@ def header_lines(data: dict) -> list[str]:
     cpu = mi.get("cpu", {})
     flags = set(cpu.get("flags", []))
     isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "?")
-    return wrap(f"Recorded {data.get('datetime', '?')[:16]} on {mi.get('node', '?')}: "
-                f"{cpu.get('brand_raw', '?')} ({isa}), {cpu.get('count', '?')} cores; Python "
-                f"{mi.get('python_version', '?')}; allocator: {allocator(data)} (from the "
-                "recording's date; the file predates the allocator label).")
+    return wrap(
+        f"Recorded {data.get('datetime', '?')[:16]} on {mi.get('node', '?')}: "
+        f"{cpu.get('brand_raw', '?')} ({isa}), {cpu.get('count', '?')} cores; Python "
+        f"{mi.get('python_version', '?')}; allocator: {allocator(data)} (from the "
+        "recording's date; the file predates the allocator label)."
+    )
 
 
 # --------------------------------------------------------------------------- one file's tables
@@ -157,12 +173,16 @@ def render(path) -> str:
         if "device_name" in info0:
             lines += [f"Device: {info0['device_name']}", ""]
         if "saved" in group:
-            rows = [[str(b["extra_info"].get("impl")),
-                     f"{b['extra_info']['saved_bytes_packed'] / 2**20:.1f} MiB",
-                     f"{b['extra_info']['saved_bytes_distinct'] / 2**20:.1f} MiB"]
-                    for b in items if "saved_bytes_packed" in b.get("extra_info", {})]
-            lines += table(["impl", "saved for backward (as packed)", "distinct storage"], rows,
-                           "lrr") + [""]
+            rows = [
+                [
+                    str(b["extra_info"].get("impl")),
+                    f"{b['extra_info']['saved_bytes_packed'] / 2**20:.1f} MiB",
+                    f"{b['extra_info']['saved_bytes_distinct'] / 2**20:.1f} MiB",
+                ]
+                for b in items
+                if "saved_bytes_packed" in b.get("extra_info", {})
+            ]
+            lines += table(["impl", "saved for backward (as packed)", "distinct storage"], rows, "lrr") + [""]
             continue
         ref = next((b for b in items if b["extra_info"].get("impl") == "reference"), None)
         has_bw = any("bytes_moved" in b["extra_info"] for b in items)
@@ -182,8 +202,13 @@ def render(path) -> str:
         rows, notes = [], []
         for b in items:
             e = b["extra_info"]
-            row = [str(e.get("impl", b["name"])), fmt_time(median(b)), fmt_spread(spread(b)),
-                   fmt_ratio(median(ref) / median(b)) if ref else "—", allocator(data, b)]
+            row = [
+                str(e.get("impl", b["name"])),
+                fmt_time(median(b)),
+                fmt_spread(spread(b)),
+                fmt_ratio(median(ref) / median(b)) if ref else "—",
+                allocator(data, b),
+            ]
             if has_bw:
                 gbps, share, note = bandwidth(b, llc)
                 row += [gbps, share]
@@ -192,17 +217,20 @@ def render(path) -> str:
             if has_mem:
                 row.append(f"{e['peak_mem_MiB']:.0f} MiB" if "peak_mem_MiB" in e else "—")
             if has_saved:
-                row.append(f"{e['saved_bytes_distinct'] / 2**20:.1f} MiB"
-                           if "saved_bytes_distinct" in e else "—")
+                row.append(
+                    f"{e['saved_bytes_distinct'] / 2**20:.1f} MiB" if "saved_bytes_distinct" in e else "—"
+                )
             rows.append(row)
         lines += table(header, rows, align)
         for note in notes:
             lines += wrap("* " + note + ".")
         lines.append("")
-    lines += wrap(f"Median over the rounds; IQR/med: interquartile range over median, 'noisy' "
-                  f"above {100 * NOISY:.0f}% (don't quote those rows); vs ref: the eager "
-                  "reference's median over this one; alloc: the allocator setting (plain: what "
-                  "users get; tuned: freed memory kept in-process; caching: the GPU's own).")
+    lines += wrap(
+        f"Median over the rounds; IQR/med: interquartile range over median, 'noisy' "
+        f"above {100 * NOISY:.0f}% (don't quote those rows); vs ref: the eager "
+        "reference's median over this one; alloc: the allocator setting (plain: what "
+        "users get; tuned: freed memory kept in-process; caching: the GPU's own)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -216,9 +244,11 @@ if __name__ == "__main__":
 # --------------------------------------------------------------------------- README sections
 # Each renders one README table (between <!-- results:NAME --> markers) from the result files
 # of its suite; record.py picks the files and writes the README.
-_GROUP = re.compile(r"^(?P<family>convlstm-op|gdl|convlstm-layer T=\d+) "
-                    r"(?P<mode>forward\+backward|forward|backward) (?P<size>\w+) (?P<shape>.*) "
-                    r"(?P<device>cpu|cuda\S*)$")
+_GROUP = re.compile(
+    r"^(?P<family>convlstm-op|gdl|convlstm-layer T=\d+) "
+    r"(?P<mode>forward\+backward|forward|backward) (?P<size>\w+) (?P<shape>.*) "
+    r"(?P<device>cpu|cuda\S*)$"
+)
 _PASS = {"forward": "forward", "forward+backward": "fwd+bwd", "backward": "backward"}
 
 
@@ -262,8 +292,10 @@ def _device_line(data: dict) -> list[str]:
         if "device_name" in e0:
             what += f"{e0['device_name']}, host {cpu.get('brand_raw', '?')}"
         else:
-            what += (f"{cpu.get('brand_raw', '?')} ({isa}), {cpu.get('count', '?')} cores, "
-                     f"{e0.get('threads', '?')} threads, allocator {allocator(data)}")
+            what += (
+                f"{cpu.get('brand_raw', '?')} ({isa}), {cpu.get('count', '?')} cores, "
+                f"{e0.get('threads', '?')} threads, allocator {allocator(data)}"
+            )
         what += f", Python {mi.get('python_version', '?')}"
     return wrap(f"{dev} — {what} (`{Path(data['_path']).name}`).")
 
@@ -287,14 +319,18 @@ def _fused_bandwidth(files, family, sizes) -> list[str]:
                 notes.append(note)
     if not parts:
         return []
-    return wrap("Fused op, bytes it must move / median time (share of the measured copy "
-                "bandwidth): " + "; ".join(parts) + ".") + [
-        line for note in notes for line in wrap("* " + note + ".")]
+    return wrap(
+        "Fused op, bytes it must move / median time (share of the measured copy "
+        "bandwidth): " + "; ".join(parts) + "."
+    ) + [line for note in notes for line in wrap("* " + note + ".")]
 
 
 def _op_section(files, family, sizes, with_shape) -> list[str]:
-    header = ["device"] + (["shape"] if with_shape else []) + [
-        "pass", "alloc", "fused", "reference", "compile", "vs ref", "vs compile", "IQR/med"]
+    header = (
+        ["device"]
+        + (["shape"] if with_shape else [])
+        + ["pass", "alloc", "fused", "reference", "compile", "vs ref", "vs compile", "IQR/med"]
+    )
     align = "l" + ("l" if with_shape else "") + "llrrrrrr"
     rows = []
     for data in files:
@@ -302,58 +338,78 @@ def _op_section(files, family, sizes, with_shape) -> list[str]:
             if size not in sizes or "fused" not in impls:
                 continue
             f, r, c = impls.get("fused"), impls.get("reference"), impls.get("compile")
-            rows.append([device_label(data)] + ([shape.replace(" ", "")] if with_shape else []) + [
-                _PASS[mode], allocator(data, f), fmt_time(median(f)),
-                fmt_time(median(r)) if r else "—", fmt_time(median(c)) if c else "—",
-                fmt_ratio(median(r) / median(f)) if r else "—",
-                fmt_ratio(median(c) / median(f)) if c else "—",
-                _worst([x for x in (f, r, c) if x])])
+            rows.append(
+                [device_label(data)]
+                + ([shape.replace(" ", "")] if with_shape else [])
+                + [
+                    _PASS[mode],
+                    allocator(data, f),
+                    fmt_time(median(f)),
+                    fmt_time(median(r)) if r else "—",
+                    fmt_time(median(c)) if c else "—",
+                    fmt_ratio(median(r) / median(f)) if r else "—",
+                    fmt_ratio(median(c) / median(f)) if c else "—",
+                    _worst([x for x in (f, r, c) if x]),
+                ]
+            )
     return table(header, rows, align)
 
 
 def _legend() -> list[str]:
-    return wrap(f"Medians; IQR/med: the widest interquartile range / median of the row's "
-                f"implementations, 'noisy' above {100 * NOISY:.0f}% (don't quote those rows).")
+    return wrap(
+        f"Medians; IQR/med: the widest interquartile range / median of the row's "
+        f"implementations, 'noisy' above {100 * NOISY:.0f}% (don't quote those rows)."
+    )
 
 
 def section_convlstm_op(files) -> list[str]:
     lines = _op_section(files, "convlstm-op", ("realistic",), with_shape=False) + [""]
     lines += _fused_bandwidth(files, "convlstm-op", ("realistic",))
     for data in files:
-        saved = {b["extra_info"].get("impl"): b["extra_info"] for b in data["benchmarks"]
-                 if "saved-for-backward realistic" in (b.get("group") or "")}
+        saved = {
+            b["extra_info"].get("impl"): b["extra_info"]
+            for b in data["benchmarks"]
+            if "saved-for-backward realistic" in (b.get("group") or "")
+        }
         if "fused" in saved and "reference" in saved:
             f, r = saved["fused"], saved["reference"]
             lines += [""] + wrap(
                 f"Saved for backward ({device_label(data)}): fused "
                 f"{f['saved_bytes_packed'] / 2**20:.0f} MiB, reference "
                 f"{r['saved_bytes_packed'] / 2**20:.0f} MiB as autograd packs it "
-                f"({r['saved_bytes_distinct'] / 2**20:.0f} MiB of distinct storage).")
+                f"({r['saved_bytes_distinct'] / 2**20:.0f} MiB of distinct storage)."
+            )
             break
     return lines + [""] + _legend() + [""] + [line for d in files for line in _device_line(d)]
 
 
 def section_convlstm_layer(files) -> list[str]:
-    header = ["device", "pass", "alloc", "fused", "reference", "compile", "conv(cat)",
-              "vs cat", "IQR/med"]
+    header = ["device", "pass", "alloc", "fused", "reference", "compile", "conv(cat)", "vs cat", "IQR/med"]
     rows, shapes = [], OrderedDict()
     for data in files:
         for (mode, size, shape), impls in _groups(data, "convlstm-layer").items():
             f = impls.get("fused")
             if size != "realistic" or f is None:
                 continue
-            cells = [fmt_time(median(impls[i])) if i in impls else "—"
-                     for i in ("fused", "reference", "compile", "cat")]
+            cells = [
+                fmt_time(median(impls[i])) if i in impls else "—"
+                for i in ("fused", "reference", "compile", "cat")
+            ]
             cat = impls.get("cat")
             shapes[device_label(data)] = shape.split("=")[-1]
-            rows.append([device_label(data), _PASS[mode], allocator(data, f)] + cells + [
-                fmt_ratio(median(cat) / median(f)) if cat else "—",
-                _worst(impls.values())])
+            rows.append(
+                [device_label(data), _PASS[mode], allocator(data, f)]
+                + cells
+                + [fmt_ratio(median(cat) / median(f)) if cat else "—", _worst(impls.values())]
+            )
     lines = table(header, rows, "lllrrrrrr") + [""]
-    lines += wrap("Shapes (N, T, Cin, C, H, W): " + "; ".join(
-        f"{dev} {shape}" for dev, shape in shapes.items()) + ". conv(cat): the common formulation, one "
-                  "convolution over cat(x, h) per step with eager gate math; vs cat: its median "
-                  "over fused's.")
+    lines += wrap(
+        "Shapes (N, T, Cin, C, H, W): "
+        + "; ".join(f"{dev} {shape}" for dev, shape in shapes.items())
+        + ". conv(cat): the common formulation, one "
+        "convolution over cat(x, h) per step with eager gate math; vs cat: its median "
+        "over fused's."
+    )
     return lines + [""] + _legend() + [""] + [line for d in files for line in _device_line(d)]
 
 
@@ -372,19 +428,32 @@ def section_data(files) -> list[str]:
         def ratio(r):  # slowest over fastest pass
             t = r.get("seconds_per_pass") or [1.0]
             return max(t) / min(t)
+
         rows = []
         alloc = info.get("allocator") or "not recorded"
         for ds in OrderedDict.fromkeys(r["dataset"] for r in res):
+
             def cell(loader, workers):
                 v = rate.get((ds, loader, workers))  # noqa: B023 - called at once
                 return f"{v:.0f} clips/s" if v is not None else "—"
+
             worst = max(ratio(r) for r in res if r["dataset"] == ds)
-            rows.append([ds, alloc.replace("not recorded", "?"), cell("VideoClips", 0),
-                         cell("VideoClips", 2), cell("naive-full-decode", 0),
-                         cell("naive-full-decode", 2),
-                         f"{worst:.2f}" + (" noisy" if worst > 1 + 2 * NOISY else "")])
-        lines += table(["data set", "alloc", "0 workers", "2 workers", "naive, 0 w.",
-                        "naive, 2 w.", "max/min"], rows, "llrrrrr") + [""]
+            rows.append(
+                [
+                    ds,
+                    alloc.replace("not recorded", "?"),
+                    cell("VideoClips", 0),
+                    cell("VideoClips", 2),
+                    cell("naive-full-decode", 0),
+                    cell("naive-full-decode", 2),
+                    f"{worst:.2f}" + (" noisy" if worst > 1 + 2 * NOISY else ""),
+                ]
+            )
+        lines += table(
+            ["data set", "alloc", "0 workers", "2 workers", "naive, 0 w.", "naive, 2 w.", "max/min"],
+            rows,
+            "llrrrrr",
+        ) + [""]
         lines += wrap(
             f"Clips/s: clips / mean time of one pass. Naive: decode the whole video at its own "
             f"size, then resize the 8 kept frames. max/min: the slowest pass over the fastest "
@@ -392,13 +461,17 @@ def section_data(files) -> list[str]:
             f"{info.get('cpu', '?')}, {info.get('usable_cores', '?')} cores, torch "
             f"{info.get('torch', '?')}, decord {info.get('decord', '?')}; allocator: {alloc}; "
             f"load average at start {info.get('load_average_1min_at_start', '?')} "
-            f"(`{Path(data['_path']).name}`).") + [""]
+            f"(`{Path(data['_path']).name}`)."
+        ) + [""]
     return lines
 
 
 # What each model's training step runs of the fused ops.
-_MODEL_OPS = {"seq2seq": "seq2seq (ConvLSTM + GDL)", "autoencoder": "autoencoder (GDL only)",
-              "multiscale": "multi-scale GAN (GDL only)"}
+_MODEL_OPS = {
+    "seq2seq": "seq2seq (ConvLSTM + GDL)",
+    "autoencoder": "autoencoder (GDL only)",
+    "multiscale": "multi-scale GAN (GDL only)",
+}
 
 
 def section_train(files) -> list[str]:
@@ -407,31 +480,48 @@ def section_train(files) -> list[str]:
         rows = []
         alloc = data.get("allocator") or "plain"  # the script mode never applied the tuning
         for r in data["rows"]:
-            rows.append([_MODEL_OPS.get(r["model"], r["model"]), alloc,
-                         f"{r['fused_clips_per_s']:.1f}", f"{r['reference_clips_per_s']:.1f}",
-                         f"{r['ratio']:.3f}×",
-                         f"{r['paired_ratio_min']:.2f}–{r['paired_ratio_max']:.2f}" + (
-                             " mixed" if r["paired_ratio_min"] < 1 < r["paired_ratio_max"]
-                             else ""),
-                         f"{r['fused_faster_in']} of {data['repeats']}"])
-        lines += table(["model (fused ops)", "alloc", "fused clips/s", "ref. clips/s",
-                        "speed-up", "pair range", "fused faster"], rows, "llrrrrr") + [""]
+            rows.append(
+                [
+                    _MODEL_OPS.get(r["model"], r["model"]),
+                    alloc,
+                    f"{r['fused_clips_per_s']:.1f}",
+                    f"{r['reference_clips_per_s']:.1f}",
+                    f"{r['ratio']:.3f}×",
+                    f"{r['paired_ratio_min']:.2f}–{r['paired_ratio_max']:.2f}"
+                    + (" mixed" if r["paired_ratio_min"] < 1 < r["paired_ratio_max"] else ""),
+                    f"{r['fused_faster_in']} of {data['repeats']}",
+                ]
+            )
+        lines += table(
+            [
+                "model (fused ops)",
+                "alloc",
+                "fused clips/s",
+                "ref. clips/s",
+                "speed-up",
+                "pair range",
+                "fused faster",
+            ],
+            rows,
+            "llrrrrr",
+        ) + [""]
         lines += wrap(
             f"Batch {data['rows'][0]['batch']}, 64×64, {data['device'].upper()}; speed-up: median "
             f"over {data['repeats']} back-to-back pairs (order alternating) of the reference / "
             f"fused time ratio; pair range: the lowest and highest of those ratios ('mixed': "
             "some pairs say fused is faster, some slower; read the speed-up as within the noise). "
             f"{data.get('date', '?')[:16]}: {data.get('machine', '?')}"
-            + ("" if "allocator" in data.get("machine", "") else f"; allocator: {alloc}") + " "
-            f"(`{Path(data['_path']).name}`).") + [""]
+            + ("" if "allocator" in data.get("machine", "") else f"; allocator: {alloc}")
+            + " "
+            f"(`{Path(data['_path']).name}`)."
+        ) + [""]
     return lines
 
 
 def section_layer_step(files) -> list[str]:
     """The round-robin layer training-step record of bench_layer.py."""
     names = {"cat": "cat(x, h)", "cat-compile": "compile(cat)", "reference": "reference"}
-    header = ["N×Cin×[C]@H", "dtype", "alloc", "fused", "cat(x, h)", "compile(cat)",
-              "reference", "conv %"]
+    header = ["N×Cin×[C]@H", "dtype", "alloc", "fused", "cat(x, h)", "compile(cat)", "reference", "conv %"]
     rows = []
     for data in files:
         alloc = "tuned" if "tuned" in data["machine"]["allocator"] else "plain"
@@ -440,28 +530,38 @@ def section_layer_step(files) -> list[str]:
             cells = []
             for impl in names:
                 v = r["impls"].get(impl)
-                cells.append("—" if v is None else
-                             f"{v['median_ms']:.0f} {v['fused_speedup_median']:.2f}×")
+                cells.append("—" if v is None else f"{v['median_ms']:.0f} {v['fused_speedup_median']:.2f}×")
             noisy = max(v["iqr_over_median"] for v in r["impls"].values()) > 0.25
             share = r.get("profile_fused", {}).get("conv_share")
-            rows.append([r["size"] + (" (?)" if noisy else ""), r["mode"], alloc,
-                         f"{f['median_ms']:.0f}"] + cells
-                        + [f"{100 * share:.0f}%" if share is not None else "—"])
+            rows.append(
+                [r["size"] + (" (?)" if noisy else ""), r["mode"], alloc, f"{f['median_ms']:.0f}"]
+                + cells
+                + [f"{100 * share:.0f}%" if share is not None else "—"]
+            )
     lines = table(header, rows, "llllrrrr") + [""]
-    lines += wrap("Milliseconds per training step (forward over T = 10 + backward of out.sum()), medians of "
-                  "round-robin rounds in one process; each cell after fused: its median and, "
-                  "after it, the median over rounds of its time / fused's (above 1×: fused is "
-                  "faster). conv %: share of the fused step's CPU time in convolutions. (?): noisy, "
-                  "some implementation's IQR/median above 25%.")
+    lines += wrap(
+        "Milliseconds per training step (forward over T = 10 + backward of out.sum()), medians of "
+        "round-robin rounds in one process; each cell after fused: its median and, "
+        "after it, the median over rounds of its time / fused's (above 1×: fused is "
+        "faster). conv %: share of the fused step's CPU time in convolutions. (?): noisy, "
+        "some implementation's IQR/median above 25%."
+    )
     for data in files:
         m = data["machine"]
-        lines += [""] + wrap(f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags']) or 'no AVX2'}; "
-                             f"extension built for {m['extension_cpu_isa']}), {m['threads']} "
-                             f"threads, torch {m['torch']}, allocator {m['allocator']} "
-                             f"(`{Path(data['_path']).name}`).")
+        lines += [""] + wrap(
+            f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags']) or 'no AVX2'}; "
+            f"extension built for {m['extension_cpu_isa']}), {m['threads']} "
+            f"threads, torch {m['torch']}, allocator {m['allocator']} "
+            f"(`{Path(data['_path']).name}`)."
+        )
     return lines
 
 
-SECTIONS = {"convlstm-op": section_convlstm_op, "convlstm-layer": section_convlstm_layer,
-            "layer-step": section_layer_step,
-            "gdl": section_gdl, "data": section_data, "train": section_train}
+SECTIONS = {
+    "convlstm-op": section_convlstm_op,
+    "convlstm-layer": section_convlstm_layer,
+    "layer-step": section_layer_step,
+    "gdl": section_gdl,
+    "data": section_data,
+    "train": section_train,
+}

@@ -19,6 +19,7 @@ OpenMP outlined copies):
 Exit status 0 when the library is clean, 1 with the offending functions listed otherwise, 2 when
 it cannot be checked (no objdump, not x86-64).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ def scan(path: str) -> dict:
     objdump = shutil.which("objdump")
     if objdump is None:
         raise FileNotFoundError("objdump not found")
-    text = subprocess.run([objdump, "-d", "-C", "-w", path], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(
+        [objdump, "-d", "-C", "-w", path], capture_output=True, text=True, check=True
+    ).stdout
     if "x86-64" not in text[:2000]:
         raise ValueError(f"{path} is not an x86-64 library")
     stats: dict = collections.defaultdict(lambda: [0, 0, 0])
@@ -91,21 +93,25 @@ def check(path: str, require_avx512: bool = True) -> tuple[list[str], dict]:
         t[2] += evex
         t[3] += zmm
         if lvl == "DEFAULT" and (vex or evex):
-            problems.append(f"portable function with {vex} AVX and {evex} AVX-512 instructions: "
-                            f"{func}")
+            problems.append(f"portable function with {vex} AVX and {evex} AVX-512 instructions: {func}")
         elif lvl == "AVX2" and evex:
             problems.append(f"AVX2 function with {evex} AVX-512 instructions: {func}")
     if require_avx512 and totals["AVX512"][3] == 0:
-        problems.append("no AVX512-level function uses zmm registers: the AVX-512 kernels are "
-                        "missing or were not compiled for AVX-512")
+        problems.append(
+            "no AVX512-level function uses zmm registers: the AVX-512 kernels are "
+            "missing or were not compiled for AVX-512"
+        )
     return problems, totals
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("library")
-    ap.add_argument("--no-avx512-required", action="store_true",
-                    help="do not require AVX-512 code (a build without the AVX512 level)")
+    ap.add_argument(
+        "--no-avx512-required",
+        action="store_true",
+        help="do not require AVX-512 code (a build without the AVX512 level)",
+    )
     args = ap.parse_args(argv)
     try:
         problems, totals = check(args.library, not args.no_avx512_required)

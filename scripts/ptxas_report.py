@@ -18,6 +18,7 @@ its headers; a CPU build of torch ships them too). Exit status 1 when a check fa
 
   python scripts/ptxas_report.py [--arch 80 --arch 90] [--min-occupancy 0.5] [--jobs 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,17 +50,31 @@ def nvcc_flags():
     inc = []
     for p in ce.include_paths():
         inc += ["-I", p]
-    py_inc = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
-                            capture_output=True, text=True).stdout.strip()
+    py_inc = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     import torch
 
     aten = Path(torch.__file__).parent / "include" / "ATen" / "ATen.h"
     needs20 = aten.exists() and "C++20" in aten.read_text(errors="ignore")
     std = "-std=c++20" if needs20 else "-std=c++17"
-    return inc + ["-I", str(ROOT / "csrc"), "-I", py_inc, std, "-O3", "--expt-relaxed-constexpr",
-                  "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-                  "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-                  "-DTORCH_EXTENSION_NAME=_C", "-DPy_LIMITED_API=0x030A0000"]
+    return inc + [
+        "-I",
+        str(ROOT / "csrc"),
+        "-I",
+        py_inc,
+        std,
+        "-O3",
+        "--expt-relaxed-constexpr",
+        "-D__CUDA_NO_HALF_OPERATORS__",
+        "-D__CUDA_NO_HALF_CONVERSIONS__",
+        "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+        "-D__CUDA_NO_HALF2_OPERATORS__",
+        "-DTORCH_EXTENSION_NAME=_C",
+        "-DPy_LIMITED_API=0x030A0000",
+    ]
 
 
 def find_cuobjdump():
@@ -88,8 +103,17 @@ def compile_one(src: str, arch: int, out_dir: Path, flags):
     # Device code only (-cubin): what ptxas reports and cuobjdump disassembles; the host half of
     # the file is compiled by the real build (CI step 2).
     obj = out_dir / f"{Path(src).stem}_sm{arch}.cubin"
-    cmd = ["nvcc", "-cubin", str(ROOT / src), "-o", str(obj), f"-gencode=arch=compute_{arch},code=sm_{arch}",
-           "--resource-usage", "-Xptxas", "-warn-spills"] + flags
+    cmd = [
+        "nvcc",
+        "-cubin",
+        str(ROOT / src),
+        "-o",
+        str(obj),
+        f"-gencode=arch=compute_{arch},code=sm_{arch}",
+        "--resource-usage",
+        "-Xptxas",
+        "-warn-spills",
+    ] + flags
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"nvcc failed for {src} sm_{arch}:\n{res.stderr[-4000:]}")
@@ -99,7 +123,9 @@ def compile_one(src: str, arch: int, out_dir: Path, flags):
 def demangle(names):
     if not names or shutil.which("c++filt") is None:
         return {n: n for n in names}
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    out = subprocess.run(
+        ["c++filt"], input="\n".join(names), capture_output=True, text=True
+    ).stdout.splitlines()
     return dict(zip(names, out))
 
 
@@ -121,7 +147,9 @@ def parse_resource_usage(text: str):
             continue
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m:
-            kernels[cur].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+            kernels[cur].update(
+                stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3))
+            )
         m = re.search(r"Used (\d+) registers", line)
         if m:
             kernels[cur]["regs"] = int(m.group(1))
@@ -191,8 +219,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, action="append", help="SM architecture (80, 90)")
     ap.add_argument("--min-occupancy", type=float, default=0.5)
-    ap.add_argument("--warn-only", action="store_true",
-                    help="report failed checks but exit 0 (while known failures are being fixed)")
+    ap.add_argument(
+        "--warn-only",
+        action="store_true",
+        help="report failed checks but exit 0 (while known failures are being fixed)",
+    )
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", "2")))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ptxas_sm80_sm90"))
     args = ap.parse_args()
@@ -205,14 +236,16 @@ def main():
         print("cuobjdump not found (PATH, the CUDA toolkit, triton's bundled copy)", file=sys.stderr)
         return 2
     flags = nvcc_flags()
-    version = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    version = (
+        subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    )
     rows, failures = [], []
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(s, a) for s in SOURCES for a in archs]
         with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
             futs = {ex.submit(compile_one, s, a, Path(tmp), flags): (s, a) for s, a in jobs}
             results = {futs[f]: f.result() for f in cf.as_completed(futs)}
-        for (src, arch) in jobs:
+        for src, arch in jobs:
             obj, text = results[(src, arch)]
             usage = parse_resource_usage(text)
             sass = sass_vector_ops(obj, cuobjdump)
@@ -226,43 +259,77 @@ def main():
                 vec_ok = (not wants_vec) or (s[f"ldg{width}"] > 0 and s[f"stg{width}"] > 0)
                 if "gdl_forward_kernel" in name and wants_vec:  # writes one partial per block
                     vec_ok = s[f"ldg{width}"] > 0
-                row = dict(source=src, arch=f"sm_{arch}", kernel=short(name), regs=u["regs"],
-                           spill_stores=u["spill_stores"], spill_loads=u["spill_loads"], stack=u["stack"],
-                           smem=u["smem"], blocks_per_sm=blocks, occupancy=round(occ, 4),
-                           vector_intended=wants_vec, sass=s, vector_ok=vec_ok)
+                row = dict(
+                    source=src,
+                    arch=f"sm_{arch}",
+                    kernel=short(name),
+                    regs=u["regs"],
+                    spill_stores=u["spill_stores"],
+                    spill_loads=u["spill_loads"],
+                    stack=u["stack"],
+                    smem=u["smem"],
+                    blocks_per_sm=blocks,
+                    occupancy=round(occ, 4),
+                    vector_intended=wants_vec,
+                    sass=s,
+                    vector_ok=vec_ok,
+                )
                 rows.append(row)
                 if u["spill_stores"] or u["spill_loads"]:
-                    failures.append(f"{row['arch']} {row['kernel']}: spills ({u['spill_stores']} B stores, {u['spill_loads']} B loads)")
+                    failures.append(
+                        f"{row['arch']} {row['kernel']}: spills ({u['spill_stores']} B stores, {u['spill_loads']} B loads)"
+                    )
                 if occ < args.min_occupancy:
-                    failures.append(f"{row['arch']} {row['kernel']}: occupancy {occ:.2f} < {args.min_occupancy}")
+                    failures.append(
+                        f"{row['arch']} {row['kernel']}: occupancy {occ:.2f} < {args.min_occupancy}"
+                    )
                 if not vec_ok:
-                    failures.append(f"{row['arch']} {row['kernel']}: no {width}-bit vector global loads/stores in SASS ({s})")
-    meta = dict(date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), nvcc=version,
-                archs=[f"sm_{a}" for a in archs], block_threads=BLOCK_THREADS,
-                min_occupancy=args.min_occupancy, kernels=len(rows), failures=failures)
+                    failures.append(
+                        f"{row['arch']} {row['kernel']}: no {width}-bit vector global loads/stores in SASS ({s})"
+                    )
+    meta = dict(
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        nvcc=version,
+        archs=[f"sm_{a}" for a in archs],
+        block_threads=BLOCK_THREADS,
+        min_occupancy=args.min_occupancy,
+        kernels=len(rows),
+        failures=failures,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, kernels=rows), indent=1) + "\n")
-    lines = [f"# ptxas resource usage and occupancy ({', '.join(meta['archs'])})", "",
-             f"Recorded {meta['date']} with {version}; written by `python scripts/ptxas_report.py`.",
-             f"Occupancy = resident warps per SM / 64 for {BLOCK_THREADS}-thread blocks, from registers,",
-             "static shared memory and the SM's limits. Checks: no spills, occupancy >= "
-             f"{args.min_occupancy}, vector variants use 128-bit (64-bit for 16-bit types) LDG/STG in SASS.", ""]
+    lines = [
+        f"# ptxas resource usage and occupancy ({', '.join(meta['archs'])})",
+        "",
+        f"Recorded {meta['date']} with {version}; written by `python scripts/ptxas_report.py`.",
+        f"Occupancy = resident warps per SM / 64 for {BLOCK_THREADS}-thread blocks, from registers,",
+        "static shared memory and the SM's limits. Checks: no spills, occupancy >= "
+        f"{args.min_occupancy}, vector variants use 128-bit (64-bit for 16-bit types) LDG/STG in SASS.",
+        "",
+    ]
     for arch in archs:
         sub = [r for r in rows if r["arch"] == f"sm_{arch}"]
         if not sub:
             continue
         occs = [r["occupancy"] for r in sub]
-        lines += [f"## sm_{arch}: {len(sub)} kernels, registers {min(r['regs'] for r in sub)}-{max(r['regs'] for r in sub)}, "
-                  f"occupancy {min(occs):.2f}-{max(occs):.2f}, spills {sum(r['spill_stores'] + r['spill_loads'] for r in sub)} B", "",
-                  "| kernel | regs | spill B | smem B | blocks/SM | occupancy | LDG/STG .128 | LDG/STG .64 |",
-                  "|---|---:|---:|---:|---:|---:|---|---|"]
+        lines += [
+            f"## sm_{arch}: {len(sub)} kernels, registers {min(r['regs'] for r in sub)}-{max(r['regs'] for r in sub)}, "
+            f"occupancy {min(occs):.2f}-{max(occs):.2f}, spills {sum(r['spill_stores'] + r['spill_loads'] for r in sub)} B",
+            "",
+            "| kernel | regs | spill B | smem B | blocks/SM | occupancy | LDG/STG .128 | LDG/STG .64 |",
+            "|---|---:|---:|---:|---:|---:|---|---|",
+        ]
         for r in sub:
             s = r["sass"]
-            lines.append(f"| `{r['kernel']}` | {r['regs']} | {r['spill_stores'] + r['spill_loads']} | {r['smem']} | "
-                         f"{r['blocks_per_sm']} | {r['occupancy']:.2f} | {s['ldg128']}/{s['stg128']} | {s['ldg64']}/{s['stg64']} |")
+            lines.append(
+                f"| `{r['kernel']}` | {r['regs']} | {r['spill_stores'] + r['spill_loads']} | {r['smem']} | "
+                f"{r['blocks_per_sm']} | {r['occupancy']:.2f} | {s['ldg128']}/{s['stg128']} | {s['ldg64']}/{s['stg64']} |"
+            )
         lines.append("")
-    lines += ["## Result", "", "All checks passed." if not failures else "Failures:", ""] + [f"- {f}" for f in failures]
+    lines += ["## Result", "", "All checks passed." if not failures else "Failures:", ""] + [
+        f"- {f}" for f in failures
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"{len(rows)} kernels; {len(failures)} failure(s); written {out}.json/.md")
     for f in failures[:40]:

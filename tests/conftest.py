@@ -29,10 +29,10 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
-    if metafunc.definition.get_closest_marker("cpu_isa") and not _ONCE.search(
-            metafunc.function.__name__):
-        metafunc.parametrize("cpu_isa_level", CPU_ISA_LEVELS, indirect=True,
-                             ids=[f"isa-{lvl}" for lvl in CPU_ISA_LEVELS])
+    if metafunc.definition.get_closest_marker("cpu_isa") and not _ONCE.search(metafunc.function.__name__):
+        metafunc.parametrize(
+            "cpu_isa_level", CPU_ISA_LEVELS, indirect=True, ids=[f"isa-{lvl}" for lvl in CPU_ISA_LEVELS]
+        )
 
 
 @pytest.fixture(autouse=True)

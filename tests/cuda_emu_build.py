@@ -6,6 +6,7 @@ ninja's dependency files make a changed .cu/.cuh/.h rebuild what includes it, so
 run executes the current kernels. PYFRAMEPRED_EMU_ASAN=1 builds with AddressSanitizer (run
 python with LD_PRELOAD of the compiler's libasan, see benchmarks/results/cuda_emu_asan.md).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "csrc" / "cuda" / "emu"
-SOURCES = [EMU / "emu_runtime.cpp", EMU / "emu_ops.cpp", EMU / "convlstm_emu.cpp",
-           EMU / "gdl_emu.cpp", EMU / "selftest.cpp"]
+SOURCES = [
+    EMU / "emu_runtime.cpp",
+    EMU / "emu_ops.cpp",
+    EMU / "convlstm_emu.cpp",
+    EMU / "gdl_emu.cpp",
+    EMU / "selftest.cpp",
+]
 
 BUILD_SECONDS: float | None = None
 
@@ -42,10 +48,15 @@ def build():
         ldflags += ["-fsanitize=address"]
     os.environ.setdefault("MAX_JOBS", "2")
     start = time.perf_counter()
-    load(name="pyframepred_cuda_emu" + ("_asan" if asan else ""),
-         sources=[str(s) for s in SOURCES],
-         extra_include_paths=[str(ROOT / "csrc")],
-         extra_cflags=cflags, extra_ldflags=ldflags,
-         build_directory=str(build_dir), is_python_module=False, verbose=False)
+    load(
+        name="pyframepred_cuda_emu" + ("_asan" if asan else ""),
+        sources=[str(s) for s in SOURCES],
+        extra_include_paths=[str(ROOT / "csrc")],
+        extra_cflags=cflags,
+        extra_ldflags=ldflags,
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
     BUILD_SECONDS = time.perf_counter() - start
     return torch.ops.pyframepred_emu

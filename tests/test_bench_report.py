@@ -3,6 +3,7 @@
 No benchmark runs here: only the table generation (``record.py --regen-only``) is checked, on the
 recorded files in benchmarks/results/ and on small hand-made ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,8 @@ def test_readme_tables_match_the_recorded_results(tmp_path):
     regenerated = readme.read_text()
     assert regenerated == (ROOT / "README.md").read_text(), (
         "README.md's performance tables differ from the results: run "
-        "`python benchmarks/record.py --regen-only`")
+        "`python benchmarks/record.py --regen-only`"
+    )
     for name, body in _sections(regenerated).items():
         assert body.strip(), name
         for line in body.splitlines():
@@ -49,8 +51,12 @@ def _bench(group, impl, times, **extra):
     times = sorted(times)
     n = len(times)
     q1, q3 = times[n // 4], times[(3 * n) // 4]
-    return {"group": group, "name": f"t[{impl}]", "extra_info": dict(impl=impl, **extra),
-            "stats": {"median": times[n // 2], "iqr": q3 - q1, "mean": sum(times) / n}}
+    return {
+        "group": group,
+        "name": f"t[{impl}]",
+        "extra_info": dict(impl=impl, **extra),
+        "stats": {"median": times[n // 2], "iqr": q3 - q1, "mean": sum(times) / n},
+    }
 
 
 def test_noisy_rows_cache_resident_share_and_allocator_label(tmp_path):
@@ -60,12 +66,21 @@ def test_noisy_rows_cache_resident_share_and_allocator_label(tmp_path):
         "machine_info": {"pyframepred": {"allocator": "plain", "llc_bytes": 32 << 20}},
         "benchmarks": [
             # 1 MiB in 10 µs = 105 GB/s against a 20 GB/s copy: above the ceiling, in cache
-            _bench(group, "fused", [1e-5] * 5, device="cpu", bytes_moved=small, copy_GBps=20.0,
-                   allocator="plain"),
+            _bench(
+                group, "fused", [1e-5] * 5, device="cpu", bytes_moved=small, copy_GBps=20.0, allocator="plain"
+            ),
             # one round in two is 3x slower: IQR/median far above 25%
-            _bench(group, "reference", [1e-3, 3e-3, 1e-3, 3e-3, 1e-3, 3e-3], device="cpu",
-                   bytes_moved=small, copy_GBps=20.0, allocator="tuned"),
-        ]}
+            _bench(
+                group,
+                "reference",
+                [1e-3, 3e-3, 1e-3, 3e-3, 1e-3, 3e-3],
+                device="cpu",
+                bytes_moved=small,
+                copy_GBps=20.0,
+                allocator="tuned",
+            ),
+        ],
+    }
     path = tmp_path / "gdl_cpu.json"
     path.write_text(json.dumps(data))
     text = report.render(path)

@@ -1,6 +1,7 @@
 """Runs that cannot be hijacked, corrupt themselves or lose work: safe checkpoint loading,
 finite checkpoints only, signals with DataLoader workers, run folder ownership, atomic outputs,
 robust indexing."""
+
 import errno
 import json
 import os
@@ -35,16 +36,22 @@ TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("videos")
-    return synthetic.generate(out, seed=1, videos_per_class=2, groups_per_class=2,
-                              frames=(16, 20), classes=synthetic.CLASSES[:2], progress=False)
+    return synthetic.generate(
+        out,
+        seed=1,
+        videos_per_class=2,
+        groups_per_class=2,
+        frames=(16, 20),
+        classes=synthetic.CLASSES[:2],
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory):
     """A finished tiny autoencoder run (4 steps, checkpoints at 2 and 4)."""
     out = tmp_path_factory.mktemp("run") / "run"
-    assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out)]
-                   + TINY) == 0
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out)] + TINY) == 0
     return out
 
 
@@ -59,8 +66,11 @@ def _one_error_line(err: str) -> str:
 
 
 def _snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".pyframepred.lock"}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".pyframepred.lock"
+    }
 
 
 # ----------------------------------------------------------------------------- safe loading
@@ -86,7 +96,7 @@ def _trapped_checkpoint(run, tmp_path, marker):
 
 
 def test_checkpoint_is_weights_only_loadable_with_tensor_rng_states(run):
-    ckpt = torch.load(run / "last.pt", weights_only=True)      # no allowlist needed
+    ckpt = torch.load(run / "last.pt", weights_only=True)  # no allowlist needed
     assert ckpt["format"] == ckpt_format.FORMAT_VERSION == 2
     rng = ckpt["rng"]
     assert isinstance(rng["torch"], torch.Tensor)
@@ -104,8 +114,7 @@ def test_rng_state_round_trip():
 
 
 @pytest.mark.parametrize("cli", ["evaluate", "predict", "resume", "config_resume"])
-def test_booby_trapped_checkpoint_is_refused_and_runs_nothing(cli, run, data, tmp_path,
-                                                              capsys):
+def test_booby_trapped_checkpoint_is_refused_and_runs_nothing(cli, run, data, tmp_path, capsys):
     marker = tmp_path / "pwned"
     path = _trapped_checkpoint(run, tmp_path, marker)
     if cli == "evaluate":
@@ -121,7 +130,7 @@ def test_booby_trapped_checkpoint_is_refused_and_runs_nothing(cli, run, data, tm
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 2
     assert "refusing checkpoint" in line and "posix.system" in line, line
-    assert not marker.exists()                                  # nothing was executed
+    assert not marker.exists()  # nothing was executed
     assert not (tmp_path / "o").exists() and not (tmp_path / "e.json").exists()
 
 
@@ -155,15 +164,18 @@ def _format1_copy(run, tmp_path) -> Path:
     ckpt = ckpt_format.load(run / "last.pt")
     state = ckpt_format.rng_state()
     ckpt_format.set_rng_state(ckpt["rng"])
-    ckpt["rng"] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                   "torch": torch.get_rng_state()}
+    ckpt["rng"] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     ckpt_format.set_rng_state(state)
     ckpt["format"] = 1
     ckpt["torch_version"] = torch.__version__
     old = tmp_path / "old" / "last.pt"
     old.parent.mkdir()
     torch.save(ckpt, old)
-    with pytest.raises(pickle.UnpicklingError):                 # needs the allowlist
+    with pytest.raises(pickle.UnpicklingError):  # needs the allowlist
         torch.load(old, weights_only=True)
     return old
 
@@ -185,7 +197,7 @@ def test_format1_checkpoint_still_loads_and_resumes_exactly(run, data, tmp_path,
     wa = ckpt_format.load(a / "last.pt")["model"]
     wb = ckpt_format.load(old.parent / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert ckpt_format.load(old.parent / "last.pt")["format"] == 2     # rewritten as format 2
+    assert ckpt_format.load(old.parent / "last.pt")["format"] == 2  # rewritten as format 2
 
 
 def test_newer_format_and_missing_fields_are_usage_errors(run, data, tmp_path, capsys):
@@ -198,26 +210,30 @@ def test_newer_format_and_missing_fields_are_usage_errors(run, data, tmp_path, c
     torch.save(no_kwargs, tmp_path / "nokw.pt")
     assert ev.main([str(tmp_path / "nokw.pt")]) == 2
     assert "lacks model_kwargs" in _one_error_line(capsys.readouterr().err)
-    assert pr.main([str(tmp_path / "nokw.pt"), str(_video(data)),
-                    "--out", str(tmp_path / "p.gif")]) == 2
+    assert pr.main([str(tmp_path / "nokw.pt"), str(_video(data)), "--out", str(tmp_path / "p.gif")]) == 2
     assert "lacks model_kwargs" in _one_error_line(capsys.readouterr().err)
     no_opt = {k: v for k, v in ckpt.items() if k != "optimizer"}
     torch.save(no_opt, tmp_path / "noopt.pt")
-    assert tr.main(["--resume", str(tmp_path / "noopt.pt"), "--steps", "6",
-                    "--out", str(tmp_path / "o")]) == 2
+    assert (
+        tr.main(["--resume", str(tmp_path / "noopt.pt"), "--steps", "6", "--out", str(tmp_path / "o")]) == 2
+    )
     assert "lacks optimizer" in _one_error_line(capsys.readouterr().err)
     bad_rng = dict(ckpt, rng={"python": 1, "numpy": 2, "torch": 3})
     torch.save(bad_rng, tmp_path / "badrng.pt")
-    assert tr.main(["--resume", str(tmp_path / "badrng.pt"), "--steps", "6",
-                    "--out", str(tmp_path / "o")]) == 2
+    assert (
+        tr.main(["--resume", str(tmp_path / "badrng.pt"), "--steps", "6", "--out", str(tmp_path / "o")]) == 2
+    )
     assert "random states" in _one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'model = "caf\xe9"\n', "not UTF-8"),
-    (b"[" * 100000, "cannot parse config file"),
-    (b'{"model": "autoencoder", "steps": 1e999999}', "steps must be an integer"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'model = "caf\xe9"\n', "not UTF-8"),
+        (b"[" * 100000, "cannot parse config file"),
+        (b'{"model": "autoencoder", "steps": 1e999999}', "steps must be an integer"),
+    ],
+)
 def test_bad_config_files_are_one_line_usage_errors(content, message, data, tmp_path, capsys):
     cfg = tmp_path / ("cfg.toml" if content.startswith(b"model") else "cfg.json")
     cfg.write_bytes(content)
@@ -243,14 +259,30 @@ def _all_checkpoints_finite(folder: Path):
 @pytest.mark.parametrize("lr", ["inf", "1e38"])
 def test_divergence_never_saves_nonfinite_weights(lr, data, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out), "--lr", lr,
-                  "--val-every", "1", "--steps", "4"] + TINY)
+    rc = tr.main(
+        [
+            "--model",
+            "autoencoder",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--lr",
+            lr,
+            "--val-every",
+            "1",
+            "--steps",
+            "4",
+        ]
+        + TINY
+    )
     err = capsys.readouterr().err
     assert rc == 3, err
     assert "training stopped" in _one_error_line(
-        "\n".join(ln for ln in err.splitlines() if not ln.startswith(("training ", "step "))))
+        "\n".join(ln for ln in err.splitlines() if not ln.startswith(("training ", "step ")))
+    )
     _all_checkpoints_finite(out)
-    if lr == "inf":                          # step 1 already ruined the weights: nothing saved
+    if lr == "inf":  # step 1 already ruined the weights: nothing saved
         assert not (out / "last.pt").exists()
         assert "without saving them" in err
 
@@ -261,14 +293,16 @@ def test_nonfinite_optimizer_state_is_not_saved(data, tmp_path, capsys, monkeypa
 
     def step(self, clips):
         res = orig(self, clips)
-        if self.step == 2:                   # the 3rd step: poison Adam's second moment
+        if self.step == 2:  # the 3rd step: poison Adam's second moment
             st = next(iter(self.opt.state.values()))
             st["exp_avg_sq"].fill_(float("inf"))
         return res
 
     monkeypatch.setattr(Trainer, "train_step", step)
-    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out),
-                  "--val-every", "1", "--steps", "4"] + TINY)
+    rc = tr.main(
+        ["--model", "autoencoder", "--data", str(data), "--out", str(out), "--val-every", "1", "--steps", "4"]
+        + TINY
+    )
     assert rc == 3
     assert "optimizer.state" in capsys.readouterr().err
     assert ckpt_format.load(out / "last.pt")["step"] == 2
@@ -278,11 +312,34 @@ def test_nonfinite_optimizer_state_is_not_saved(data, tmp_path, capsys, monkeypa
 # ----------------------------------------------------------------------------- signals
 def _popen_train(data, out, *extra):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "pyframepred.train", "--model", "autoencoder", "--data",
-           str(data), "--out", str(out), "--steps", "100000", "--val-every", "1",
-           "--workers", "2", *TINY, *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pyframepred.train",
+        "--model",
+        "autoencoder",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        "100000",
+        "--val-every",
+        "1",
+        "--workers",
+        "2",
+        *TINY,
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _read_until(proc, text) -> str:
@@ -297,7 +354,7 @@ def _read_until(proc, text) -> str:
 
 def _finish(proc, seen: str):
     try:
-        _, rest = proc.communicate(timeout=300)          # a safety net, not an assertion
+        _, rest = proc.communicate(timeout=300)  # a safety net, not an assertion
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         _, rest = proc.communicate()
@@ -308,18 +365,17 @@ def _finish(proc, seen: str):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("when", ["starting", "training"])
 @pytest.mark.parametrize("rep", [1, 2])
-def test_signal_to_process_group_with_workers_saves_and_exits_130(sig, when, rep, data,
-                                                                  tmp_path):
+def test_signal_to_process_group_with_workers_saves_and_exits_130(sig, when, rep, data, tmp_path):
     out = tmp_path / "run"
     proc = _popen_train(data, out)
     # "starting": as soon as the run announces itself, while the workers start;
     # "training": after two validated steps, the workers busy loading batches
     seen = _read_until(proc, "training autoencoder" if when == "starting" else "step 2: val")
-    os.killpg(proc.pid, sig)                               # what a terminal / a scheduler does
+    os.killpg(proc.pid, sig)  # what a terminal / a scheduler does
     err = _finish(proc, seen)
     assert proc.returncode == 130, err
     assert "interrupted: saved" in err and "Traceback" not in err, err
-    assert "KeyboardInterrupt" not in err, err            # no worker died of the signal
+    assert "KeyboardInterrupt" not in err, err  # no worker died of the signal
     ckpt = ckpt_format.load(out / "last.pt")
     assert ckpt["step"] >= (2 if when == "training" else 0)
 
@@ -337,7 +393,7 @@ def test_dead_worker_is_reported_and_last_checkpoint_saved(rep, data, tmp_path):
     seen = _read_until(proc, "step 2: val")
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
-    os.kill(workers[0], signal.SIGKILL)                   # what the OOM killer does
+    os.kill(workers[0], signal.SIGKILL)  # what the OOM killer does
     err = _finish(proc, seen)
     assert proc.returncode == EXIT_WORKER_DIED == 4, err
     assert "a data-loading worker died" in err and "--resume" in err, err
@@ -346,8 +402,7 @@ def test_dead_worker_is_reported_and_last_checkpoint_saved(rep, data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- folder ownership
-def test_second_run_into_a_finished_run_refuses_and_changes_nothing(run, data, tmp_path,
-                                                                    capsys):
+def test_second_run_into_a_finished_run_refuses_and_changes_nothing(run, data, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(run, out)
     before = _snapshot(out)
@@ -355,7 +410,7 @@ def test_second_run_into_a_finished_run_refuses_and_changes_nothing(run, data, t
     assert tr.main(argv) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "--resume" in line and "--overwrite" in line, line
-    assert _snapshot(out) == before                        # byte-identical
+    assert _snapshot(out) == before  # byte-identical
     assert tr.main(argv + ["--steps", "2", "--overwrite"]) == 0
     assert ckpt_format.load(out / "last.pt")["step"] == 2
 
@@ -363,28 +418,30 @@ def test_second_run_into_a_finished_run_refuses_and_changes_nothing(run, data, t
 def test_a_locked_folder_is_refused(data, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    with RunFolderLock(out):                               # another run holds the folder
-        assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out)]
-                       + TINY) == 2
+    with RunFolderLock(out):  # another run holds the folder
+        assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out)] + TINY) == 2
         assert "in use by another training run" in _one_error_line(capsys.readouterr().err)
         assert not (out / "last.pt").exists()
-    assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out),
-                    "--steps", "2"] + TINY) == 0               # free again
+    assert (
+        tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out), "--steps", "2"] + TINY)
+        == 0
+    )  # free again
 
 
 def test_lock_is_given_back_and_stale_temps_removed(data, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    cfg = TrainConfig(model="autoencoder", data=str(data), out=str(out), preset="tiny",
-                         progress=False, steps=2)
+    cfg = TrainConfig(
+        model="autoencoder", data=str(data), out=str(out), preset="tiny", progress=False, steps=2
+    )
     Trainer(cfg).fit()
-    stale = out / ".last.pt.0123abcd.tmp"                  # a save killed half-way
+    stale = out / ".last.pt.0123abcd.tmp"  # a save killed half-way
     stale.write_bytes(b"x" * 1000)
     t = Trainer(dataclasses_replace(cfg, steps=3), resume=out / "last.pt")
     assert not stale.exists()
     with pytest.raises(OutputError, match="in use"):
         Trainer(cfg, resume=out / "last.pt")
     t.fit()
-    with RunFolderLock(out):                               # fit() gave it back
+    with RunFolderLock(out):  # fit() gave it back
         pass
 
 
@@ -397,9 +454,11 @@ def dataclasses_replace(cfg, **kw):
 def test_plot_temp_name_is_unique(data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".loss.tmp.png").mkdir()                        # the old fixed temp name, taken
-    assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out),
-                    "--steps", "2"] + TINY) == 0
+    (out / ".loss.tmp.png").mkdir()  # the old fixed temp name, taken
+    assert (
+        tr.main(["--model", "autoencoder", "--data", str(data), "--out", str(out), "--steps", "2"] + TINY)
+        == 0
+    )
     assert (out / "loss.png").stat().st_size > 0
     assert not list(out.glob(".loss.png.*.tmp"))
 
@@ -410,26 +469,26 @@ def test_resume_from_best_does_not_replace_a_newer_last(data, tmp_path, monkeypa
     assert tr.main(base + ["--steps", "2"]) == 0
     shutil.copy(out / "last.pt", tmp_path / "step2.pt")
     assert tr.main(["--resume", str(out / "last.pt"), "--steps", "4", "--no-progress"]) == 0
-    shutil.copy(tmp_path / "step2.pt", out / "best.pt")    # best.pt older than last.pt
+    shutil.copy(tmp_path / "step2.pt", out / "best.pt")  # best.pt older than last.pt
     before = _snapshot(out)
     capsys.readouterr()
     assert tr.main(["--resume", str(out / "best.pt"), "--steps", "6", "--no-progress"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "newer (step 4) last.pt" in line and "--overwrite" in line, line
     assert _snapshot(out) == before
-    assert tr.main(["--resume", str(out / "best.pt"), "--steps", "3", "--no-progress",
-                    "--overwrite"]) == 0
+    assert tr.main(["--resume", str(out / "best.pt"), "--steps", "3", "--no-progress", "--overwrite"]) == 0
     assert ckpt_format.load(out / "last.pt")["step"] == 3
 
 
 def test_lr_given_with_resume_is_applied(data, tmp_path):
     out = tmp_path / "run"
-    cfg = TrainConfig(model="autoencoder", data=str(data), out=str(out), preset="tiny",
-                         progress=False, steps=2, lr=0.002)
+    cfg = TrainConfig(
+        model="autoencoder", data=str(data), out=str(out), preset="tiny", progress=False, steps=2, lr=0.002
+    )
     Trainer(cfg).fit()
     saved = ckpt_format.load(out / "last.pt")["optimizer"]["param_groups"][0]
     same = Trainer(dataclasses_replace(cfg, steps=4), resume=out / "last.pt")
-    assert same.opt.param_groups[0]["lr"] == saved["lr"]          # not given: as saved
+    assert same.opt.param_groups[0]["lr"] == saved["lr"]  # not given: as saved
     assert same.opt.param_groups[0]["initial_lr"] == saved["initial_lr"] == 0.002
     same.close()
     t = Trainer(dataclasses_replace(cfg, steps=4, lr=0.0005), resume=out / "last.pt")
@@ -440,12 +499,18 @@ def test_lr_given_with_resume_is_applied(data, tmp_path):
     ck = ckpt_format.load(out / "last.pt")
     assert ck["config"]["lr"] == 0.0005
     assert [r["lr"] for r in ck["history"]["train"][2:]] == pytest.approx(
-        [0.0005 * t.lr_lambda(3), 0.0005 * t.lr_lambda(4)])
+        [0.0005 * t.lr_lambda(3), 0.0005 * t.lr_lambda(4)]
+    )
 
 
 def test_seed_must_not_be_negative(data, tmp_path, capsys):
-    assert tr.main(["--model", "autoencoder", "--data", str(data), "--seed", "-1",
-                    "--out", str(tmp_path / "o")] + TINY) == 2
+    assert (
+        tr.main(
+            ["--model", "autoencoder", "--data", str(data), "--seed", "-1", "--out", str(tmp_path / "o")]
+            + TINY
+        )
+        == 2
+    )
     assert "--seed must be in" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "o").exists()
 
@@ -454,7 +519,8 @@ def test_seed_must_not_be_negative(data, tmp_path, capsys):
 def _limited(limit):
     def pre():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # writes past the limit get EFBIG
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit get EFBIG
+
     return pre
 
 
@@ -463,14 +529,29 @@ def test_full_disk_during_a_checkpoint_save(run, tmp_path):
     shutil.copytree(run, out)
     before = (out / "last.pt").read_bytes()
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    limit = len(before) // 2                              # room for small files, not a checkpoint
-    proc = subprocess.run([sys.executable, "-m", "pyframepred.train", "--resume",
-                           str(out / "last.pt"), "--steps", "6", "--no-progress",
-                           "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          preexec_fn=_limited(limit), timeout=600)
+    limit = len(before) // 2  # room for small files, not a checkpoint
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyframepred.train",
+            "--resume",
+            str(out / "last.pt"),
+            "--steps",
+            "6",
+            "--no-progress",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limited(limit),
+        timeout=600,
+    )
     assert proc.returncode == EXIT_WRITE_FAILED == 5, proc.stderr
-    line = _one_error_line("\n".join(ln for ln in proc.stderr.splitlines()
-                                     if not ln.startswith("training ")))
+    line = _one_error_line("\n".join(ln for ln in proc.stderr.splitlines() if not ln.startswith("training ")))
     assert "cannot write the checkpoint" in line and "previous checkpoint is intact" in line
     assert (out / "last.pt").read_bytes() == before
     assert not list(out.glob(".*.tmp"))
@@ -480,13 +561,27 @@ def test_eval_json_is_written_atomically(run, tmp_path):
     out = tmp_path / "eval.json"
     out.write_text('{"old": true}')
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "pyframepred.evaluate", str(run / "last.pt"),
-                           "--clips", "2", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, preexec_fn=_limited(600),
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyframepred.evaluate",
+            str(run / "last.pt"),
+            "--clips",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limited(600),
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "cannot write --out" in proc.stderr
-    assert json.loads(out.read_text()) == {"old": True}   # still the complete old file
+    assert json.loads(out.read_text()) == {"old": True}  # still the complete old file
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -513,8 +608,7 @@ def test_out_through_a_symlink_replaces_the_link_not_its_target(cli, run, data, 
         assert ev.main([str(run / "last.pt"), "--clips", "2", "--out", str(link)]) == 0
         assert json.loads(link.read_text())["clips"] == 2
     else:
-        assert pr.main([str(run / "last.pt"), str(_video(data)), "--steps", "2",
-                        "--out", str(link)]) == 0
+        assert pr.main([str(run / "last.pt"), str(_video(data)), "--steps", "2", "--out", str(link)]) == 0
     assert not link.is_symlink() and victim.read_text() == "precious"
 
 
@@ -532,7 +626,7 @@ def test_fifo_named_mp4_is_skipped(data, tmp_path):
     os.mkfifo(cls / "v_Fifo_g01_c01.mp4")
     os.symlink(root / "missing.mp4", cls / "v_Broken_g01_c01.mp4")
     assert len(find_videos(root)) == n
-    infos = index_videos(root, cache=None, progress=False)   # returns: nothing blocks
+    infos = index_videos(root, cache=None, progress=False)  # returns: nothing blocks
     assert len(infos) == n and all(i.ok for i in infos)
 
 
@@ -540,8 +634,8 @@ def test_symlink_loop_is_walked_once(data, tmp_path):
     root = _copy_data(data, tmp_path)
     n = len(find_videos(root))
     cls = sorted(p for p in root.iterdir() if p.is_dir())[0]
-    os.symlink(root, cls / "loop")                          # a link back to the top
-    os.symlink(cls, root / "again")                         # a second link to a class folder
+    os.symlink(root, cls / "loop")  # a link back to the top
+    os.symlink(cls, root / "again")  # a second link to a class folder
     found = find_videos(root)
     assert len(found) == n and not any("loop" in f or "again/" in f for f in found), found
 
@@ -561,9 +655,16 @@ def test_latin1_file_name_is_indexed_and_decoded(data, tmp_path):
     assert again == infos
 
 
-@pytest.mark.parametrize("entry", [
-    {"frames": "abc"}, {"frames": -5}, {"fps": float("nan")}, {"error": 7}, {"height": 0},
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"frames": "abc"},
+        {"frames": -5},
+        {"fps": float("nan")},
+        {"error": 7},
+        {"height": 0},
+    ],
+)
 def test_crafted_index_entries_are_reprobed(entry, data, tmp_path):
     root = _copy_data(data, tmp_path)
     good = index_videos(root, cache="data", progress=False)

@@ -17,15 +17,15 @@ pytestmark = pytest.mark.cpu_isa
 CASES = [
     # B, Ci, Co, H, W, kh, kw
     (2, 16, 128, 8, 8, 3, 3),
-    (3, 3, 64, 7, 5, 3, 3),      # RGB input: 27 columns, a partial group of 3
-    (1, 5, 48, 6, 9, 3, 3),      # Co = 48: a one-vector tail at 8 lanes, not a multiple of 32
+    (3, 3, 64, 7, 5, 3, 3),  # RGB input: 27 columns, a partial group of 3
+    (1, 5, 48, 6, 9, 3, 3),  # Co = 48: a one-vector tail at 8 lanes, not a multiple of 32
     (2, 4, 32, 5, 5, 5, 5),
     (2, 6, 32, 4, 6, 1, 1),
-    (2, 2, 16, 6, 4, 3, 5),      # non-square kernel
-    (5, 3, 16, 1, 7, 3, 3),      # one-row frames
-    (3, 7, 16, 9, 1, 3, 3),      # one-column frames
-    (7, 1, 32, 3, 3, 3, 3),      # more rows than threads, not evenly split; one input channel
-    (2, 8, 12, 5, 5, 3, 3),      # Co not a multiple of the vector width: ATen's path
+    (2, 2, 16, 6, 4, 3, 5),  # non-square kernel
+    (5, 3, 16, 1, 7, 3, 3),  # one-row frames
+    (3, 7, 16, 9, 1, 3, 3),  # one-column frames
+    (7, 1, 32, 3, 3, 3, 3),  # more rows than threads, not evenly split; one input channel
+    (2, 8, 12, 5, 5, 3, 3),  # Co not a multiple of the vector width: ATen's path
 ]
 
 
@@ -50,16 +50,20 @@ def test_matches_reference(case, layout):
 
 def test_float64_matches_reference():
     x, g = torch.randn(2, 3, 6, 6, dtype=torch.float64), torch.randn(2, 16, 6, 6, dtype=torch.float64)
-    torch.testing.assert_close(ops.conv2d_weight_grad(g, x, (3, 3)),
-                               reference.conv2d_weight_grad(g, x, (3, 3)))
+    torch.testing.assert_close(
+        ops.conv2d_weight_grad(g, x, (3, 3)), reference.conv2d_weight_grad(g, x, (3, 3))
+    )
 
 
 def test_strided_inputs_match_reference():
     x = torch.randn(3, 8, 10, 12)[:, 1:6, ::2, 1::2]  # neither NCHW- nor channels_last-contiguous
     g = torch.randn(3, 64, 5, 12)[..., ::2]
-    torch.testing.assert_close(ops.conv2d_weight_grad(g, x, (3, 3)).double(),
-                               reference.conv2d_weight_grad(g.double(), x.double(), (3, 3)),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        ops.conv2d_weight_grad(g, x, (3, 3)).double(),
+        reference.conv2d_weight_grad(g.double(), x.double(), (3, 3)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_deterministic():
@@ -73,12 +77,15 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.pyframepred.conv2d_weight_grad.default, (g, x, 3, 3))
 
 
-@pytest.mark.parametrize("g_shape, x_shape, k, message", [
-    ((2, 16, 6, 6), (2, 3, 6, 5), (3, 3), "must agree in batch, height and width"),
-    ((2, 16, 6, 6), (1, 3, 6, 6), (3, 3), "must agree in batch, height and width"),
-    ((2, 16, 6, 6), (2, 3, 6, 6), (2, 3), "kernel size must be odd"),
-    ((16, 6, 6), (2, 3, 6, 6), (3, 3), "must be 4-d"),
-])
+@pytest.mark.parametrize(
+    "g_shape, x_shape, k, message",
+    [
+        ((2, 16, 6, 6), (2, 3, 6, 5), (3, 3), "must agree in batch, height and width"),
+        ((2, 16, 6, 6), (1, 3, 6, 6), (3, 3), "must agree in batch, height and width"),
+        ((2, 16, 6, 6), (2, 3, 6, 6), (2, 3), "kernel size must be odd"),
+        ((16, 6, 6), (2, 3, 6, 6), (3, 3), "must be 4-d"),
+    ],
+)
 def test_bad_input(g_shape, x_shape, k, message):
     with pytest.raises(RuntimeError, match=message):
         ops.conv2d_weight_grad(torch.randn(g_shape), torch.randn(x_shape), k)

@@ -1,4 +1,5 @@
 """The ConvLSTM layer operator (whole-sequence schedule) against the step-by-step reference."""
+
 import pytest
 import torch
 from torch.library import opcheck
@@ -19,15 +20,28 @@ def _reference_layer(x, steps, wx, wh, bias, peephole, state):
         h, c = state
     hs = []
     for t in range(steps):
-        xg = torch.nn.functional.conv2d(x[t * N:(t + 1) * N], wx, padding=pad)
+        xg = torch.nn.functional.conv2d(x[t * N : (t + 1) * N], wx, padding=pad)
         hg = None if h is None else torch.nn.functional.conv2d(h, wh, padding=pad)
         h, c = reference.convlstm_gates(xg, hg, c, bias, peephole)
         hs.append(h)
     return torch.cat(hs, 0), (h, c)
 
 
-def _inputs(T=3, N=2, Cin=3, C=4, H=5, W=6, k=3, bias=True, peephole=False, state=False,
-            dtype=torch.float64, channels_last=False, seed=0):
+def _inputs(
+    T=3,
+    N=2,
+    Cin=3,
+    C=4,
+    H=5,
+    W=6,
+    k=3,
+    bias=True,
+    peephole=False,
+    state=False,
+    dtype=torch.float64,
+    channels_last=False,
+    seed=0,
+):
     g = torch.Generator().manual_seed(seed)
 
     def t(*shape, scale=1.0):
@@ -58,7 +72,7 @@ def _compare(args, atol=1e-10):
         h_seq, (h, c) = fn(*args)
         # Every output gets a gradient of its own, none of them trivial.
         w = torch.linspace(-1, 1, h_seq.numel(), dtype=h_seq.dtype).view(h_seq.shape)
-        loss = (h_seq * w).sum() + (h * 0.7).sum() + (c ** 2).sum()
+        loss = (h_seq * w).sum() + (h * 0.7).sum() + (c**2).sum()
         loss.backward()
         outs[name] = [h_seq, h, c] + [leaf.grad for leaf in _leaves(args)]
     for a, b in zip(outs["fused"], outs["ref"]):
@@ -140,23 +154,27 @@ def test_opcheck(state):
     opcheck(torch.ops.pyframepred.convlstm_layer.default, (x, T, wx, wh, b, p, h0, c0))
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda a: a.update(x=a["x"][:5]), "multiple of steps"),
-    (lambda a: a.update(x=a["x"][0]), "4-d"),
-    (lambda a: a.update(wx=a["wx"][:, :2]), "weight_x must be"),
-    (lambda a: a.update(wh=a["wh"][:8]), "weight_h must be"),
-    (lambda a: a.update(b=a["b"][:3]), "bias must have shape"),
-    (lambda a: a.update(p=torch.zeros(2, 4, dtype=torch.float64)), "peephole must have shape"),
-    (lambda a: a.update(h0=torch.zeros(2, 4, 5, 5, dtype=torch.float64)), "h0 must have shape"),
-    (lambda a: a.update(steps=0), "steps must be"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda a: a.update(x=a["x"][:5]), "multiple of steps"),
+        (lambda a: a.update(x=a["x"][0]), "4-d"),
+        (lambda a: a.update(wx=a["wx"][:, :2]), "weight_x must be"),
+        (lambda a: a.update(wh=a["wh"][:8]), "weight_h must be"),
+        (lambda a: a.update(b=a["b"][:3]), "bias must have shape"),
+        (lambda a: a.update(p=torch.zeros(2, 4, dtype=torch.float64)), "peephole must have shape"),
+        (lambda a: a.update(h0=torch.zeros(2, 4, 5, 5, dtype=torch.float64)), "h0 must have shape"),
+        (lambda a: a.update(steps=0), "steps must be"),
+    ],
+)
 def test_errors(mutate, match):
     x, T, wx, wh, b, p, st = _inputs(state=True, peephole=True)
     a = dict(x=x, steps=T, wx=wx, wh=wh, b=b, p=p, h0=st[0], c0=st[1])
     mutate(a)
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.pyframepred.convlstm_layer(a["x"], a["steps"], a["wx"], a["wh"], a["b"],
-                                             a["p"], a["h0"], a["c0"])
+        torch.ops.pyframepred.convlstm_layer(
+            a["x"], a["steps"], a["wx"], a["wh"], a["b"], a["p"], a["h0"], a["c0"]
+        )
 
 
 def test_module_uses_layer_and_matches_reference_module():
@@ -173,7 +191,7 @@ def test_module_uses_layer_and_matches_reference_module():
         x.grad = None
         y, states = m(x)
         assert y.is_contiguous() and y.shape == (2, 4, 4, 6, 7)
-        ((y ** 2).sum() + states[-1][1].sum()).backward()
+        ((y**2).sum() + states[-1][1].sum()).backward()
         res[fused] = [y, states[-1][1], x.grad] + [q.grad for q in m.parameters()]
     for a, b in zip(res[True], res[False]):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
@@ -187,6 +205,7 @@ def _copy_ops(T, amp, channels_last):
     from torch.profiler import ProfilerActivity, profile
 
     from pyframepred.nn import ConvLSTM
+
     torch.manual_seed(0)
     m = ConvLSTM(4, [8, 8], 3)
     x = torch.randn(2 * T, 4, 12, 12)
@@ -217,6 +236,7 @@ def test_cuda_layer_matches_reference_and_graph_capture(amp):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from pyframepred.nn import ConvLSTM
+
     torch.manual_seed(0)
     m = ConvLSTM(4, [16, 16], 3).cuda()
     ref = ConvLSTM(4, [16, 16], 3, fused=False).cuda()

@@ -1,6 +1,7 @@
 """Native mixed precision of the ConvLSTM operators: float16/bfloat16 gates with a float32 cell
 state and parameters, the C++ autocast registration (one policy for Python and LibTorch), and
 training under ``--amp bf16`` tracking float32 training."""
+
 import math
 
 import pytest
@@ -33,8 +34,12 @@ def _d(t):
     return None if t is None else t.double()
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    ),
+]
 
 
 def _to(device, *ts):
@@ -95,13 +100,17 @@ def test_cell_dtype_errors():
 def test_opcheck_mixed(dtype):
     xg, hg, cp, b, pw = _cell_inputs(dtype, False, N=1, C=3, H=3, W=4)
     args = [t.requires_grad_(True) for t in (xg, hg, cp, b, pw)]
-    torch.library.opcheck(torch.ops.pyframepred.convlstm_gates_forward.default,
-                          (*args, True), test_utils=("test_schema", "test_faketensor",
-                                                     "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.pyframepred.convlstm_gates_forward.default,
+        (*args, True),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
     x, wx, wh = _layer_inputs(dtype, N=1, T=2, Cin=2, C=3, H=4, W=4)
-    torch.library.opcheck(torch.ops.pyframepred.convlstm_layer.default,
-                          (x, 2, wx, wh, b, pw, None, None),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.pyframepred.convlstm_layer.default,
+        (x, 2, wx, wh, b, pw, None, None),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
 def _layer_inputs(dtype, N=2, T=4, Cin=3, C=6, H=6, W=7, seed=1):
@@ -126,7 +135,7 @@ def test_layer_mixed_matches_step_reference(dtype):
     xg = torch.nn.functional.conv2d(x, wx, padding=1)
     hr, cr, hs = None, torch.zeros(N, C, *x.shape[2:]), []
     for t in range(T):
-        z = xg[t * N:(t + 1) * N]
+        z = xg[t * N : (t + 1) * N]
         if hr is not None:
             z = z + torch.nn.functional.conv2d(hr, wh, padding=1)
         hr, cr = reference.convlstm_gates(z.double(), None, cr.double(), b.double(), None)
@@ -159,8 +168,15 @@ def test_autocast_registration_layer(with_params):
     # c stays float32 even when nothing but autocast names the state's dtype.
     assert h_seq.dtype == h.dtype == torch.bfloat16 and c.dtype == torch.float32
     c0 = None if with_params else torch.zeros_like(c)
-    h_seq2, (_, c2) = ops.convlstm_layer(x.bfloat16(), 4, wx.bfloat16(), wh.bfloat16(), b, None,
-                                         None if c0 is None else (torch.zeros_like(h), c0))
+    h_seq2, (_, c2) = ops.convlstm_layer(
+        x.bfloat16(),
+        4,
+        wx.bfloat16(),
+        wh.bfloat16(),
+        b,
+        None,
+        None if c0 is None else (torch.zeros_like(h), c0),
+    )
     torch.testing.assert_close(h_seq, h_seq2, atol=0, rtol=0)
     torch.testing.assert_close(c, c2, atol=0, rtol=0)
     h_seq.float().sum().backward()

@@ -1,4 +1,5 @@
 """ConvLSTMCell / ConvLSTM modules: fused vs reference equivalence, state handling, errors."""
+
 import pytest
 import torch
 from conftest import requires_cuda
@@ -22,9 +23,9 @@ def test_cell_fused_equals_reference(peephole, bias):
     results = []
     for fused in (True, False):
         cell.fused = fused
-        h, c = cell(x1)             # zero state
-        h, c = cell(x2, (h, c))     # carried state: every parameter is used
-        results.append((h, c, _grads(cell, (h ** 2).sum() + c.sum())))
+        h, c = cell(x1)  # zero state
+        h, c = cell(x2, (h, c))  # carried state: every parameter is used
+        results.append((h, c, _grads(cell, (h**2).sum() + c.sum())))
     (h1, c1, g1), (h2, c2, g2) = results
     torch.testing.assert_close(h1, h2)
     torch.testing.assert_close(c1, c2)
@@ -35,8 +36,14 @@ def test_cell_fused_equals_reference(peephole, bias):
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("num_layers,hidden", [(1, 6), (3, [4, 6, 5])])
 def test_convlstm_fused_equals_reference(batch_first, num_layers, hidden):
-    m = ConvLSTM(3, hidden, kernel_size=[3, (5, 3), 1][:num_layers] if num_layers == 3 else 3,
-                 num_layers=num_layers, batch_first=batch_first, peephole=True).double()
+    m = ConvLSTM(
+        3,
+        hidden,
+        kernel_size=[3, (5, 3), 1][:num_layers] if num_layers == 3 else 3,
+        num_layers=num_layers,
+        batch_first=batch_first,
+        peephole=True,
+    ).double()
     for cell in m.cells:
         torch.nn.init.normal_(cell.peephole, std=0.3)
     x = torch.randn(2, 5, 3, 10, 12, dtype=torch.float64)
@@ -46,7 +53,7 @@ def test_convlstm_fused_equals_reference(batch_first, num_layers, hidden):
     for fused in (True, False):
         m.fused = fused
         out, states = m(x)
-        loss = (out ** 2).sum() + sum(c.sum() for _, c in states)
+        loss = (out**2).sum() + sum(c.sum() for _, c in states)
         results.append((out, states, _grads(m, loss)))
     (o1, s1, g1), (o2, s2, g2) = results
     torch.testing.assert_close(o1, o2)
@@ -132,10 +139,12 @@ def test_channels_last_input():
 
 def test_fused_flag_switches_op(monkeypatch):
     calls = []
-    monkeypatch.setattr(ops, "convlstm_layer",
-                        lambda *a: calls.append("layer") or ops._layer.convlstm_layer(*a))
-    monkeypatch.setattr(ops, "convlstm_gates",
-                        lambda *a: calls.append("cell") or reference.convlstm_gates(*a))
+    monkeypatch.setattr(
+        ops, "convlstm_layer", lambda *a: calls.append("layer") or ops._layer.convlstm_layer(*a)
+    )
+    monkeypatch.setattr(
+        ops, "convlstm_gates", lambda *a: calls.append("cell") or reference.convlstm_gates(*a)
+    )
     m = ConvLSTM(1, 2, 3)
     m(torch.randn(1, 2, 1, 4, 4))
     assert calls == ["layer"]  # the fused layer runs the whole sequence as one op
@@ -146,12 +155,15 @@ def test_fused_flag_switches_op(monkeypatch):
     assert calls == ["layer", "cell"]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(kernel_size=4), "odd"),
-    (dict(kernel_size=(3, 2)), "odd"),
-    (dict(num_layers=2, hidden_channels=[4, 4, 4]), "one entry per layer"),
-    (dict(num_layers=0), "num_layers"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(kernel_size=4), "odd"),
+        (dict(kernel_size=(3, 2)), "odd"),
+        (dict(num_layers=2, hidden_channels=[4, 4, 4]), "one entry per layer"),
+        (dict(num_layers=0), "num_layers"),
+    ],
+)
 def test_constructor_errors(kwargs, match):
     args = dict(in_channels=3, hidden_channels=4, kernel_size=3)
     args.update(kwargs)
@@ -202,8 +214,8 @@ def test_module_compiles_across_frame_sizes(fused):
         ref, ref_states = lstm(x)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(states[-1][1], ref_states[-1][1], rtol=1e-4, atol=1e-5)
-        g, = torch.autograd.grad(out.square().sum(), x)
-        g_ref, = torch.autograd.grad(ref.square().sum(), x)
+        (g,) = torch.autograd.grad(out.square().sum(), x)
+        (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
 
 

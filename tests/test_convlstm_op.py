@@ -1,5 +1,6 @@
 """The fused ConvLSTM cell op against its plain-PyTorch reference, gradcheck, opcheck, compile,
 and every bad-input case."""
+
 import itertools
 import warnings
 
@@ -19,8 +20,20 @@ FWD = torch.ops.pyframepred.convlstm_gates_forward
 BWD = torch.ops.pyframepred.convlstm_gates_backward
 
 
-def make_inputs(N, C, H, W, *, dtype=torch.float32, device="cpu", has_h=True, bias=True,
-                peephole=False, layout="nchw", requires_grad=True):
+def make_inputs(
+    N,
+    C,
+    H,
+    W,
+    *,
+    dtype=torch.float32,
+    device="cpu",
+    has_h=True,
+    bias=True,
+    peephole=False,
+    layout="nchw",
+    requires_grad=True,
+):
     def t(*shape):
         return torch.randn(*shape, dtype=dtype, device=device)
 
@@ -30,7 +43,7 @@ def make_inputs(N, C, H, W, *, dtype=torch.float32, device="cpu", has_h=True, bi
         hg = hg.to(memory_format=torch.channels_last) if hg is not None else None
         cp = cp.to(memory_format=torch.channels_last)
     elif layout == "sliced":  # a channel slice of a bigger tensor: strided, still viewable
-        xg = t(N, 4 * C + 3, H, W)[:, 2:2 + 4 * C]
+        xg = t(N, 4 * C + 3, H, W)[:, 2 : 2 + 4 * C]
     elif layout == "transposed":  # H and W swapped in memory: not (N, K, H*W)-viewable
         xg = t(N, 4 * C, W, H).transpose(2, 3)
         cp = t(N, C, W, H).transpose(2, 3)
@@ -48,8 +61,12 @@ def run_both(args, gh=None, gc=None, upcast=False):
     """Forward + backward through fused and reference; returns (fused, reference) results."""
     results = []
     for fn, cast in ((ops.convlstm_gates, False), (reference.convlstm_gates, upcast)):
-        inputs = [a.detach().clone().double() if (cast and a is not None) else
-                  (a.detach().clone() if a is not None else None) for a in args]
+        inputs = [
+            a.detach().clone().double()
+            if (cast and a is not None)
+            else (a.detach().clone() if a is not None else None)
+            for a in args
+        ]
         for a, orig in zip(inputs, args):
             if a is not None:
                 a.requires_grad_(orig.requires_grad)
@@ -86,8 +103,7 @@ def test_matches_reference_float64(shape, layout, peephole):
     assert_close_results(fused, ref, atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("has_h,bias,peephole",
-                         list(itertools.product([False, True], repeat=3)))
+@pytest.mark.parametrize("has_h,bias,peephole", list(itertools.product([False, True], repeat=3)))
 def test_optional_inputs_float32(has_h, bias, peephole):
     args = make_inputs(2, 6, 11, 10, has_h=has_h, bias=bias, peephole=peephole)
     fused, ref = run_both(args)
@@ -95,12 +111,30 @@ def test_optional_inputs_float32(has_h, bias, peephole):
 
 
 @settings(max_examples=40, deadline=None)
-@given(N=st.integers(1, 3), C=st.integers(1, 12), H=st.integers(1, 12), W=st.integers(1, 12),
-       has_h=st.booleans(), bias=st.booleans(), peephole=st.booleans(),
-       layout=st.sampled_from(LAYOUTS), scale=st.sampled_from([0.1, 1.0, 8.0]))
+@given(
+    N=st.integers(1, 3),
+    C=st.integers(1, 12),
+    H=st.integers(1, 12),
+    W=st.integers(1, 12),
+    has_h=st.booleans(),
+    bias=st.booleans(),
+    peephole=st.booleans(),
+    layout=st.sampled_from(LAYOUTS),
+    scale=st.sampled_from([0.1, 1.0, 8.0]),
+)
 def test_property_matches_reference(N, C, H, W, has_h, bias, peephole, layout, scale):
-    args = make_inputs(N, C, H, W, dtype=torch.float64, has_h=has_h, bias=bias,
-                       peephole=peephole, layout=layout, requires_grad=False)
+    args = make_inputs(
+        N,
+        C,
+        H,
+        W,
+        dtype=torch.float64,
+        has_h=has_h,
+        bias=bias,
+        peephole=peephole,
+        layout=layout,
+        requires_grad=False,
+    )
     args = [a * scale if a is not None else None for a in args]
     for a in args:
         if a is not None:
@@ -124,9 +158,9 @@ def test_reduced_precision_cpu(dtype, layout):
 def test_nan_propagates(dtype):
     """A NaN gate input must give NaN outputs (as the reference does), not hide divergence."""
     xg, hg, cp, b, _ = make_inputs(1, 4, 3, 9, dtype=dtype, requires_grad=False)
-    xg[0, 0, 1, 2] = float("nan")   # gate i at one position
+    xg[0, 0, 1, 2] = float("nan")  # gate i at one position
     xg[0, 12, 2, 5] = float("nan")  # gate o at another
-    cp[0, 1, 0, 0] = float("nan")   # cell state
+    cp[0, 1, 0, 0] = float("nan")  # cell state
     h, c = ops.convlstm_gates(xg, hg, cp, b)
     h_ref, c_ref = reference.convlstm_gates(xg.double(), hg.double(), cp.double(), b.double())
     assert torch.equal(torch.isnan(h), torch.isnan(h_ref))
@@ -185,8 +219,7 @@ def test_grads_are_deterministic_across_runs_and_thread_counts(layout):
         for n in (1, max(threads, 2), 1):
             torch.set_num_threads(n)
             h, c = ops.convlstm_gates(*args)
-            runs.append((h, c) + torch.autograd.grad((h + c).sum(), [a for a in args
-                                                                     if a is not None]))
+            runs.append((h, c) + torch.autograd.grad((h + c).sum(), [a for a in args if a is not None]))
     finally:
         torch.set_num_threads(threads)
     for other in runs[1:]:
@@ -266,6 +299,7 @@ def test_torch_compile_fullgraph():
 
 # ---------------------------------------------------------------------------- bad input
 
+
 def _valid(**over):
     xg, hg, cp, b, w = make_inputs(2, 3, 4, 5, peephole=True, requires_grad=False)
     d = dict(x_gates=xg, h_gates=hg, c_prev=cp, bias=b, peephole=w)
@@ -280,12 +314,13 @@ BAD = [
     ("c_prev shape", dict(c_prev=torch.randn(2, 4, 4, 5)), "c_prev must have shape"),
     ("bias shape", dict(bias=torch.randn(3)), "bias must have shape"),
     ("peephole shape", dict(peephole=torch.randn(4, 3)), "peephole must have shape"),
-    ("dtype mismatch", dict(c_prev=torch.randn(2, 3, 4, 5, dtype=torch.float64)),
-     "c_prev has dtype"),
-    ("integer x_gates", dict(x_gates=torch.ones(2, 12, 4, 5, dtype=torch.int64)),
-     "x_gates must be a floating-point"),
-    ("integer bias", dict(bias=torch.ones(12, dtype=torch.int32)),
-     "bias must be a floating-point"),
+    ("dtype mismatch", dict(c_prev=torch.randn(2, 3, 4, 5, dtype=torch.float64)), "c_prev has dtype"),
+    (
+        "integer x_gates",
+        dict(x_gates=torch.ones(2, 12, 4, 5, dtype=torch.int64)),
+        "x_gates must be a floating-point",
+    ),
+    ("integer bias", dict(bias=torch.ones(12, dtype=torch.int32)), "bias must be a floating-point"),
 ]
 
 
@@ -324,6 +359,7 @@ def test_backward_bad_input():
 
 # ---------------------------------------------------------------------------- CUDA
 
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -332,8 +368,12 @@ def test_cuda_matches_reference(dtype, layout, peephole):
     for shape in [(2, 3, 5, 7), (3, 16, 20, 20), (1, 40, 33, 17)]:
         args = make_inputs(*shape, dtype=dtype, device="cuda", layout=layout, peephole=peephole)
         fused, ref = run_both(args, upcast=dtype in (torch.float16, torch.bfloat16))
-        tol = {torch.float64: (1e-12, 1e-10), torch.float32: (1e-5, 1e-5),
-               torch.float16: (4e-2, 1.6e-2), torch.bfloat16: (2e-1, 8e-2)}[dtype]
+        tol = {
+            torch.float64: (1e-12, 1e-10),
+            torch.float32: (1e-5, 1e-5),
+            torch.float16: (4e-2, 1.6e-2),
+            torch.bfloat16: (2e-1, 8e-2),
+        }[dtype]
         assert_close_results(fused, ref, *tol)
 
 
@@ -358,7 +398,7 @@ def test_cuda_matches_cpu_bitwise_deterministic():
 @requires_cuda
 def test_cuda_large_int64_indexing():
     # > 2^31 elements in x_gates: exercises the 64-bit index path.
-    N, C, H, W = 1, 2 ** 13, 2 ** 8, 2 ** 8 + 1  # x_gates has 4*C*H*W > 2^31 elements
+    N, C, H, W = 1, 2**13, 2**8, 2**8 + 1  # x_gates has 4*C*H*W > 2^31 elements
     try:
         xg = torch.randn(N, 4 * C, H, W, device="cuda", dtype=torch.float16)
         cp = torch.randn(N, C, H, W, device="cuda", dtype=torch.float16)
@@ -366,7 +406,7 @@ def test_cuda_large_int64_indexing():
         pytest.skip("not enough GPU memory")
     h, c = ops.convlstm_gates(xg, None, cp)
     sl = (0, slice(C - 3, C), slice(H - 2, H), slice(W - 2, W))
-    gates = [xg[0, k * C + C - 3:k * C + C, H - 2:, W - 2:][None] for k in range(4)]
+    gates = [xg[0, k * C + C - 3 : k * C + C, H - 2 :, W - 2 :][None] for k in range(4)]
     h_ref, c_ref = reference.convlstm_gates(torch.cat(gates, 1).float(), None, cp[sl][None].float())
     torch.testing.assert_close(h[sl][None].float(), h_ref, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(c[sl][None].float(), c_ref, atol=2e-3, rtol=2e-3)

@@ -1,6 +1,7 @@
 """Runtime choice of the CPU kernels' ISA level (csrc/cpu/dispatch.cpp) and the separation of the
 levels in the built library. The kernels' arithmetic at each level is tested by the op tests
 (test_gdl.py, test_convlstm_op.py run at every level, conftest.py)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,8 +20,10 @@ from pyframepred import ops, reference
 
 ROOT = Path(__file__).resolve().parent.parent
 X86 = platform.machine().lower() in ("x86_64", "amd64")
-NEEDS = {"avx2": ("avx2", "fma", "f16c"),
-         "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq")}
+NEEDS = {
+    "avx2": ("avx2", "fma", "f16c"),
+    "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
+}
 
 
 def _cpu_flags():
@@ -52,12 +55,15 @@ def _run(code: str, isa: str | None):
     env.pop("PYFRAMEPRED_CPU_ISA", None)
     if isa is not None:
         env["PYFRAMEPRED_CPU_ISA"] = isa
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
 
 
-_PRINT = ("import torch, pyframepred.ops as o; p = torch.randn(2, 9, 20); "
-          "print(o.cpu_isa(), float(o.gdl_loss(p, p.flip(-1))))")
+_PRINT = (
+    "import torch, pyframepred.ops as o; p = torch.randn(2, 9, 20); "
+    "print(o.cpu_isa(), float(o.gdl_loss(p, p.flip(-1))))"
+)
 
 
 def _stderr_lines(proc):
@@ -102,7 +108,8 @@ def test_env_var_unknown_value_warns_and_uses_the_best_level():
     assert proc.stdout.split()[0] == best
     assert _stderr_lines(proc) == [
         "pyframepred: warning: ignoring PYFRAMEPRED_CPU_ISA=sse9 (not one of default, avx2, "
-        f"avx512); using the CPU kernels for {best}"]
+        f"avx512); using the CPU kernels for {best}"
+    ]
 
 
 def test_env_var_level_the_cpu_lacks_warns_and_falls_back():
@@ -114,8 +121,7 @@ def test_env_var_level_the_cpu_lacks_warns_and_falls_back():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == supported[-1]
     [line] = _stderr_lines(proc)
-    assert line.startswith(f"pyframepred: warning: PYFRAMEPRED_CPU_ISA={lacking[-1]} but this "
-                           "CPU lacks ")
+    assert line.startswith(f"pyframepred: warning: PYFRAMEPRED_CPU_ISA={lacking[-1]} but this CPU lacks ")
     assert line.endswith(f"; using {supported[-1]}")
 
 
@@ -124,8 +130,9 @@ def test_set_cpu_isa_switches_and_rejects_what_cannot_run():
     assert ops._set_cpu_isa("DEFAULT") == before
     try:
         assert ops.cpu_isa() == "default"
-        with pytest.raises(RuntimeError, match="'sse9' is not a CPU ISA level; expected one of "
-                                               "default, avx2, avx512"):
+        with pytest.raises(
+            RuntimeError, match="'sse9' is not a CPU ISA level; expected one of default, avx2, avx512"
+        ):
             ops._set_cpu_isa("sse9")
         assert ops.cpu_isa() == "default"
         supported = _supported()
@@ -171,8 +178,7 @@ def test_levels_agree():
 
 
 def _checker():
-    spec = importlib.util.spec_from_file_location("check_cpu_isa",
-                                                  ROOT / "scripts" / "check_cpu_isa.py")
+    spec = importlib.util.spec_from_file_location("check_cpu_isa", ROOT / "scripts" / "check_cpu_isa.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -197,11 +203,12 @@ def test_checker_flags_avx512_code_outside_its_level(tmp_path):
     if not X86 or shutil.which("objdump") is None or shutil.which("c++") is None:
         pytest.skip("needs x86-64, objdump and a C++ compiler")
     src = tmp_path / "leak.cpp"
-    src.write_text("inline void scale(float* p, int n) { for (int i = 0; i < n; ++i) p[i] *= 3; }\n"
-                   "namespace pyframepred::cpu::AVX512 { void k(float* p) { scale(p, 1000); } }\n"
-                   "void (*keep)(float*, int) = &scale;\n")
+    src.write_text(
+        "inline void scale(float* p, int n) { for (int i = 0; i < n; ++i) p[i] *= 3; }\n"
+        "namespace pyframepred::cpu::AVX512 { void k(float* p) { scale(p, 1000); } }\n"
+        "void (*keep)(float*, int) = &scale;\n"
+    )
     lib = tmp_path / "leak.so"
-    subprocess.run(["c++", "-O3", "-shared", "-fPIC", "-mavx512f", str(src), "-o", str(lib)],
-                   check=True)
+    subprocess.run(["c++", "-O3", "-shared", "-fPIC", "-mavx512f", str(src), "-o", str(lib)], check=True)
     problems, _ = _checker().check(str(lib))
     assert any("portable function" in p and "scale(float*, int)" in p for p in problems)

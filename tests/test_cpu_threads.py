@@ -1,4 +1,5 @@
 """The default CPU thread count follows the cores actually free when a run starts."""
+
 import pytest
 
 from pyframepred.training import cpu_threads

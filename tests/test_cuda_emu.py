@@ -7,6 +7,7 @@ bugs (barriers removed, thread index shifted) must make these comparisons fail.
 
 Run alone with ``python -m pytest tests -m cuda_emu``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,12 @@ pytestmark = pytest.mark.cuda_emu
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DT_ID = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
-TOL = {torch.float32: (2e-5, 1e-4), torch.float64: (1e-11, 1e-9),
-       torch.bfloat16: (2e-2, 2e-2), torch.float16: (3e-3, 3e-3)}  # (atol, rtol)
+TOL = {
+    torch.float32: (2e-5, 1e-4),
+    torch.float64: (1e-11, 1e-9),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (3e-3, 3e-3),
+}  # (atol, rtol)
 
 
 @pytest.fixture(scope="session")
@@ -70,13 +75,14 @@ def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "strided":  # a channel slice of a wider tensor: sN != K * P
         n, c, h, w = t.shape
         big = torch.zeros(n, c + 3, h, w, dtype=t.dtype)
-        out = big[:, 1:c + 1]
+        out = big[:, 1 : c + 1]
         out.copy_(t)
         return out
     raise ValueError(kind)
 
 
 # ----------------------------------------------------------------------------- ConvLSTM
+
 
 def _gates_ref(z, c_prev, peep):
     """Activated gates i, f, g, o (float64) of pre-activations z, as the forward saves them."""
@@ -125,12 +131,19 @@ def _run_forward(emu, shape, dtype, kind, config, force64=False, seed=0):
     return (h, c, gates), (h_ref, c_ref, _gates_ref(z, c_prev, peep))
 
 
-FORWARD_CASES = [(s, dt, k, cfg) for dt in DTYPES for k in ("nchw", "cl", "misaligned", "strided")
-                 for s, cfg in zip(CL_SHAPES, CL_CONFIGS)]
+FORWARD_CASES = [
+    (s, dt, k, cfg)
+    for dt in DTYPES
+    for k in ("nchw", "cl", "misaligned", "strided")
+    for s, cfg in zip(CL_SHAPES, CL_CONFIGS)
+]
 
 
-@pytest.mark.parametrize("shape,dtype,kind,config", FORWARD_CASES,
-                         ids=[f"{DT_ID[dt]}-{k}-{cfg}-{'x'.join(map(str, s))}" for s, dt, k, cfg in FORWARD_CASES])
+@pytest.mark.parametrize(
+    "shape,dtype,kind,config",
+    FORWARD_CASES,
+    ids=[f"{DT_ID[dt]}-{k}-{cfg}-{'x'.join(map(str, s))}" for s, dt, k, cfg in FORWARD_CASES],
+)
 def test_convlstm_forward(emu, shape, dtype, kind, config):
     out, ref = _run_forward(emu, shape, dtype, kind, config)
     for name, a, e in zip(("h", "c", "gates"), out, ref):
@@ -189,15 +202,29 @@ def _backward_ref(gh, gc, gates, c_prev, peep):
     return z.grad, cp_.grad, params
 
 
-BACKWARD_CASES = [(s, dt, k, peep, gk) for dt in DTYPES
-                  for k, gk in (("nchw", "dense"), ("cl", "dense"), ("nchw", "expanded"),
-                                ("cl", "expanded"), ("misaligned", "dense"), ("cl_misaligned", "dense"))
-                  for s, peep in zip(CL_SHAPES, (True, False, True, False))]
+BACKWARD_CASES = [
+    (s, dt, k, peep, gk)
+    for dt in DTYPES
+    for k, gk in (
+        ("nchw", "dense"),
+        ("cl", "dense"),
+        ("nchw", "expanded"),
+        ("cl", "expanded"),
+        ("misaligned", "dense"),
+        ("cl_misaligned", "dense"),
+    )
+    for s, peep in zip(CL_SHAPES, (True, False, True, False))
+]
 
 
-@pytest.mark.parametrize("shape,dtype,kind,peep,grad_kind", BACKWARD_CASES,
-                         ids=[f"{DT_ID[dt]}-{k}-{gk}-{'peep' if p else 'nopeep'}-{'x'.join(map(str, s))}"
-                              for s, dt, k, p, gk in BACKWARD_CASES])
+@pytest.mark.parametrize(
+    "shape,dtype,kind,peep,grad_kind",
+    BACKWARD_CASES,
+    ids=[
+        f"{DT_ID[dt]}-{k}-{gk}-{'peep' if p else 'nopeep'}-{'x'.join(map(str, s))}"
+        for s, dt, k, p, gk in BACKWARD_CASES
+    ],
+)
 def test_convlstm_backward(emu, shape, dtype, kind, peep, grad_kind):
     gen = torch.Generator().manual_seed(1)
     gh, gc, gates, c_prev, pw = _backward_inputs(shape, dtype, kind, peep, grad_kind, gen)
@@ -220,17 +247,23 @@ def test_convlstm_backward(emu, shape, dtype, kind, peep, grad_kind):
     assert torch.equal(dgates2, dgates) and torch.equal(dcp2, dcp) and params2.numel() == 0
 
 
-MIXED_CASES = [(s, dt, k, cfg) for dt in (torch.bfloat16, torch.float16)
-               for k in ("nchw", "cl", "misaligned")
-               for s, cfg in ((CL_SHAPES[0], "full"), (CL_SHAPES[3], "no_state"), (CL_SHAPES[1], "bias_only"))]
+MIXED_CASES = [
+    (s, dt, k, cfg)
+    for dt in (torch.bfloat16, torch.float16)
+    for k in ("nchw", "cl", "misaligned")
+    for s, cfg in ((CL_SHAPES[0], "full"), (CL_SHAPES[3], "no_state"), (CL_SHAPES[1], "bias_only"))
+]
 
 
 def _f32(t):
     return None if t is None else t.float()
 
 
-@pytest.mark.parametrize("shape,dtype,kind,config", MIXED_CASES,
-                         ids=[f"{DT_ID[dt]}+f32-{k}-{cfg}-{'x'.join(map(str, s))}" for s, dt, k, cfg in MIXED_CASES])
+@pytest.mark.parametrize(
+    "shape,dtype,kind,config",
+    MIXED_CASES,
+    ids=[f"{DT_ID[dt]}+f32-{k}-{cfg}-{'x'.join(map(str, s))}" for s, dt, k, cfg in MIXED_CASES],
+)
 def test_convlstm_mixed_precision(emu, shape, dtype, kind, config):
     """Mixed precision: 16-bit gates (and h, saved gates, grad_gates) with a float32 cell state,
     bias and peephole (and grad_c, grad_c_prev, grad_params)."""
@@ -250,8 +283,9 @@ def test_convlstm_mixed_precision(emu, shape, dtype, kind, config):
     log = emu.launch_log()
     assert ("vec=4" in log) == (kind in ("nchw", "cl") and fast % 4 == 0), log
 
-    gh, gc, g_saved, cp, pw = _backward_inputs(shape, dtype, kind if kind != "misaligned" else "nchw",
-                                               peep is not None, "dense", gen)
+    gh, gc, g_saved, cp, pw = _backward_inputs(
+        shape, dtype, kind if kind != "misaligned" else "nchw", peep is not None, "dense", gen
+    )
     gc, cp, pw = _f32(gc), _f32(cp), _f32(pw)
     dgates, dcp, params, partial = emu.convlstm_backward(gh, gc, g_saved, cp, pw, True)
     assert dgates.dtype == dtype and dcp.dtype == params.dtype == torch.float32
@@ -318,13 +352,21 @@ def _gdl_inputs(shape, dtype, kind, seed):
     return pred, target
 
 
-GDL_FWD = [(s, dt, a, k, r) for dt in DTYPES for a in (1.0, 2.0, 1.5)
-           for (s, k, r) in zip(GDL_SHAPES, ("contiguous", "transposed", "misaligned", "channels_last"),
-                                (1, 0, 2, 0))]
+GDL_FWD = [
+    (s, dt, a, k, r)
+    for dt in DTYPES
+    for a in (1.0, 2.0, 1.5)
+    for (s, k, r) in zip(
+        GDL_SHAPES, ("contiguous", "transposed", "misaligned", "channels_last"), (1, 0, 2, 0)
+    )
+]
 
 
-@pytest.mark.parametrize("shape,dtype,alpha,kind,reduction", GDL_FWD,
-                         ids=[f"{DT_ID[dt]}-a{a}-{k}-r{r}-{'x'.join(map(str, s))}" for s, dt, a, k, r in GDL_FWD])
+@pytest.mark.parametrize(
+    "shape,dtype,alpha,kind,reduction",
+    GDL_FWD,
+    ids=[f"{DT_ID[dt]}-a{a}-{k}-r{r}-{'x'.join(map(str, s))}" for s, dt, a, k, r in GDL_FWD],
+)
 def test_gdl_forward(emu, shape, dtype, alpha, kind, reduction):
     pred, target = _gdl_inputs(shape, dtype, kind, 4)
     out = emu.gdl_forward(pred, target, alpha, reduction)
@@ -347,7 +389,9 @@ def test_gdl_partial_sums(emu, dtype, shape):
     partial = emu.gdl_partials(pred, target, 1.0)
     assert not torch.isnan(partial).any()
     ref = reference.gdl_loss(pred.double(), target.double(), 1.0, "none").reshape(-1)
-    torch.testing.assert_close(partial.double().sum(1), ref, atol=1e-3 if dtype != torch.float64 else 1e-10, rtol=1e-5)
+    torch.testing.assert_close(
+        partial.double().sum(1), ref, atol=1e-3 if dtype != torch.float64 else 1e-10, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
@@ -364,14 +408,27 @@ def test_gdl_finish(emu, dtype, nout, per_out):
 
 _SCALAR_TYPE = {torch.float32: 6, torch.float64: 7, torch.float16: 5, torch.bfloat16: 15}
 
-GDL_BWD = [(s, dt, a, k, r, tg) for dt in DTYPES for a in (1.0, 2.0, 1.5)
-           for (s, k, r, tg) in zip(GDL_SHAPES, ("contiguous", "transposed", "misaligned", "contiguous"),
-                                    (1, 0, 2, 0), (True, False, True, False))]
+GDL_BWD = [
+    (s, dt, a, k, r, tg)
+    for dt in DTYPES
+    for a in (1.0, 2.0, 1.5)
+    for (s, k, r, tg) in zip(
+        GDL_SHAPES,
+        ("contiguous", "transposed", "misaligned", "contiguous"),
+        (1, 0, 2, 0),
+        (True, False, True, False),
+    )
+]
 
 
-@pytest.mark.parametrize("shape,dtype,alpha,kind,reduction,target_grad", GDL_BWD,
-                         ids=[f"{DT_ID[dt]}-a{a}-{k}-r{r}-{'tg' if tg else 'p'}-{'x'.join(map(str, s))}"
-                              for s, dt, a, k, r, tg in GDL_BWD])
+@pytest.mark.parametrize(
+    "shape,dtype,alpha,kind,reduction,target_grad",
+    GDL_BWD,
+    ids=[
+        f"{DT_ID[dt]}-a{a}-{k}-r{r}-{'tg' if tg else 'p'}-{'x'.join(map(str, s))}"
+        for s, dt, a, k, r, tg in GDL_BWD
+    ],
+)
 def test_gdl_backward(emu, shape, dtype, alpha, kind, reduction, target_grad):
     pred, target = _gdl_inputs(shape, dtype, kind, 6)
     red = ("none", "mean", "sum")[reduction]
@@ -407,6 +464,7 @@ def test_gdl_index64(emu, dtype):
 
 # ----------------------------------------------------------------------------- the model itself
 
+
 def test_emu_barrier_and_shared_memory(emu):
     x = torch.arange(3 * 128, dtype=torch.float32)
     out = emu.selftest("reverse", x, 128, 1, 3, 0)
@@ -437,9 +495,16 @@ def test_emu_block_sum(emu):
     torch.testing.assert_close(out, x.view(4, 256).sum(1), atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bx,bz,gy,smem,msg", [
-    (1025, 1, 1, 0, "at most 1024 threads"), (64, 65, 1, 0, "z <= 64"), (32, 1, 65536, 0, "grid"),
-    (32, 1, 1, 49 * 1024, "shared memory"), (0, 1, 1, 0, "zero")])
+@pytest.mark.parametrize(
+    "bx,bz,gy,smem,msg",
+    [
+        (1025, 1, 1, 0, "at most 1024 threads"),
+        (64, 65, 1, 0, "z <= 64"),
+        (32, 1, 65536, 0, "grid"),
+        (32, 1, 1, 49 * 1024, "shared memory"),
+        (0, 1, 1, 0, "zero"),
+    ],
+)
 def test_emu_launch_checks(emu, bx, bz, gy, smem, msg):
     x = torch.zeros(4)
     with pytest.raises(RuntimeError, match=msg):
@@ -460,6 +525,7 @@ def test_emu_divergence_and_faults(emu):
 
 
 # ----------------------------------------------------------------------------- planted bugs
+
 
 def _all_kernel_results(emu):
     """(name, ok) for one case of every kernel: True when it matches the reference."""
@@ -487,7 +553,9 @@ def _all_kernel_results(emu):
 
     def gdl_f():
         pred, target = _gdl_inputs((2, 3, 17, 45), torch.float32, "contiguous", 10)
-        return allclose(emu.gdl_forward(pred, target, 1.0, 0), reference.gdl_loss(pred, target, 1.0, "none"), 1e-3)
+        return allclose(
+            emu.gdl_forward(pred, target, 1.0, 0), reference.gdl_loss(pred, target, 1.0, "none"), 1e-3
+        )
 
     def gdl_b():
         pred, target = _gdl_inputs((2, 3, 17, 45), torch.float32, "contiguous", 11)

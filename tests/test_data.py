@@ -4,6 +4,7 @@ MJPEG, MKV, MOV), including corrupt, truncated and too-short files.
 Most videos carry their frame number as a binary code of 8 black/white blocks, so a decoded frame
 says which frame it is, independently of the decoder.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ def coded_frames(n, h=64, w=64, first=0):
         for bit in range(8):
             r, c = divmod(bit, 4)
             if (value >> bit) & 1:
-                out[i, r * h // 2:(r + 1) * h // 2, c * w // 4:(c + 1) * w // 4] = 255
+                out[i, r * h // 2 : (r + 1) * h // 2, c * w // 4 : (c + 1) * w // 4] = 255
     return out
 
 
@@ -62,7 +63,7 @@ def frame_ids(clip):
         for bit in range(8):
             r, c = divmod(bit, 4)
             y, x = int((r + 0.5) * h / 2), int((c + 0.5) * w / 4)
-            if clip[t, :, y - 2:y + 3, x - 2:x + 3].mean() > 0:
+            if clip[t, :, y - 2 : y + 3, x - 2 : x + 3].mean() > 0:
                 value |= 1 << bit
         ids.append(value)
     return ids
@@ -71,8 +72,15 @@ def frame_ids(clip):
 def write_video(path, frames, fps=25, codec="libx264", pix_fmt="yuv420p", options=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    encode_video(path, frames, fps, codec=codec, pix_fmt=pix_fmt, options=options,
-                 container="avi" if path.suffix.lower() == ".avi" else None)
+    encode_video(
+        path,
+        frames,
+        fps,
+        codec=codec,
+        pix_fmt=pix_fmt,
+        options=options,
+        container="avi" if path.suffix.lower() == ".avi" else None,
+    )
     return path
 
 
@@ -88,12 +96,12 @@ GOOD = {
     "Walk/v_Walk_g01_c01.mp4": (30, 64, 64, 25),
     "Walk/v_Walk_g02_c01.mp4": (40, 64, 64, 25),
     "Walk/v_Walk_g03_c01.MP4": (24, 64, 64, 25),
-    "Run/v_Run_g01_c01.avi": (36, 60, 80, 30),       # MPEG-4 part 2 in AVI, other size and rate
-    "Run/v_Run_g02_c01.avi": (28, 72, 96, 25),       # MJPEG in AVI
+    "Run/v_Run_g01_c01.avi": (36, 60, 80, 30),  # MPEG-4 part 2 in AVI, other size and rate
+    "Run/v_Run_g02_c01.avi": (28, 72, 96, 25),  # MJPEG in AVI
     "Run/v_Run_g03_c01.mkv": (32, 64, 64, 25),
     "Jump/v_Jump_g01_c01.mov": (30, 64, 64, 30),
     "Jump/v_Jump_g02_c01.mp4": (26, 64, 96, 25),
-    "v_Swim_g01_c01.mp4": (30, 64, 64, 25),          # class from the file name
+    "v_Swim_g01_c01.mp4": (30, 64, 64, 25),  # class from the file name
 }
 BAD = ["Walk/corrupt.mp4", "Run/truncated.mp4"]
 SHORT = "Jump/short.mp4"  # 3 frames
@@ -159,8 +167,7 @@ def test_classes_from_folders_and_file_names(data_root):
 
 # --------------------------------------------------------------------------- clips
 def test_items_are_float32_clips_in_unit_range_for_mixed_sizes_and_rates(data_root):
-    ds = quiet(VideoClips, data_root, frames=6, interval=1, size=(64, 64), test_fraction=0,
-               progress=False)
+    ds = quiet(VideoClips, data_root, frames=6, interval=1, size=(64, 64), test_fraction=0, progress=False)
     assert len(ds) == len(GOOD)
     assert {(v.height, v.width) for v in ds.videos} == {(64, 64), (60, 80), (72, 96), (64, 96)}
     assert {round(v.fps) for v in ds.videos} == {25, 30}
@@ -178,8 +185,16 @@ def test_items_are_float32_clips_in_unit_range_for_mixed_sizes_and_rates(data_ro
 
 @pytest.mark.parametrize("frames,interval", [(4, 0), (5, 2), (3, 1)])
 def test_frame_selection_matches_decord_at_reported_indices(data_root, frames, interval):
-    ds = quiet(VideoClips, data_root, frames=frames, interval=interval, size=(64, 64),
-               train=False, test_fraction=0, progress=False)
+    ds = quiet(
+        VideoClips,
+        data_root,
+        frames=frames,
+        interval=interval,
+        size=(64, 64),
+        train=False,
+        test_fraction=0,
+        progress=False,
+    )
     step = interval + 1
     for v, info in enumerate(ds.videos):
         assert ds.max_start(v) == info.frames - 1 - (frames - 1) * step
@@ -188,8 +203,9 @@ def test_frame_selection_matches_decord_at_reported_indices(data_root, frames, i
             assert clip.indices == [start + k * step for k in range(frames)]
             assert clip.start == start and clip.video == v
             native = (info.height, info.width) == (64, 64)
-            vr = decord.VideoReader(clip.path, width=-1 if native else 64,
-                                    height=-1 if native else 64, num_threads=1)
+            vr = decord.VideoReader(
+                clip.path, width=-1 if native else 64, height=-1 if native else 64, num_threads=1
+            )
             ref = torch.from_numpy(vr.get_batch(clip.indices).asnumpy()).permute(0, 3, 1, 2)
             assert torch.equal(clip.frames, normalize(ref))
             # and the frames really are those frames of the file
@@ -230,8 +246,17 @@ def test_training_starts_are_random_and_cover_the_whole_range(tmp_path):
 
 def test_evaluation_is_reproducible_across_instances_seeds_and_workers(data_root):
     def make(seed):
-        return quiet(VideoClips, data_root, frames=4, interval=1, train=False, seed=seed,
-                     test_fraction=0, clips_per_video=2, progress=False)
+        return quiet(
+            VideoClips,
+            data_root,
+            frames=4,
+            interval=1,
+            train=False,
+            seed=seed,
+            test_fraction=0,
+            clips_per_video=2,
+            progress=False,
+        )
 
     a, b, c = make(0), make(0), make(1)
     assert len(a) == 2 * len(GOOD)
@@ -250,15 +275,13 @@ def test_evaluation_is_reproducible_across_instances_seeds_and_workers(data_root
 def test_fps_option_resamples_mixed_frame_rates(tmp_path):
     write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(60), 50)
     write_video(tmp_path / "A" / "v_A_g02_c01.mp4", coded_frames(30), 25)
-    ds = VideoClips(tmp_path, frames=4, interval=1, fps=25, train=False, test_fraction=0,
-                    progress=False)
+    ds = VideoClips(tmp_path, frames=4, interval=1, fps=25, train=False, test_fraction=0, progress=False)
     fast = [v.path for v in ds.videos].index("A/v_A_g01_c01.mp4")
-    assert ds.frame_indices(fast, 3) == [3, 7, 11, 15]       # 2 source frames per 25 fps frame
+    assert ds.frame_indices(fast, 3) == [3, 7, 11, 15]  # 2 source frames per 25 fps frame
     assert ds.frame_indices(1 - fast, 3) == [3, 5, 7, 9]
     clip = ds.clip_at(fast, 3)
     assert frame_ids(clip.frames) == clip.indices
-    plain = VideoClips(tmp_path, frames=4, interval=1, train=False, test_fraction=0,
-                       progress=False)
+    plain = VideoClips(tmp_path, frames=4, interval=1, train=False, test_fraction=0, progress=False)
     assert plain.frame_indices(fast, 3) == [3, 5, 7, 9]
 
 
@@ -266,29 +289,31 @@ def test_fps_option_resamples_mixed_frame_rates(tmp_path):
 def test_cover_keeps_aspect_ratio_by_centre_cropping(tmp_path):
     frames = coded_frames(12, 64, 128)
     path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", frames, 25)
-    ds = VideoClips(tmp_path, frames=3, size=(32, 32), resize="cover", train=False,
-                    test_fraction=0, progress=False)
+    ds = VideoClips(
+        tmp_path, frames=3, size=(32, 32), resize="cover", train=False, test_fraction=0, progress=False
+    )
     clip = ds.clip_at(0, 2)
     ref = decord.VideoReader(str(path), width=64, height=32).get_batch(clip.indices).asnumpy()
     ref = torch.from_numpy(ref[:, :, 16:48].copy()).permute(0, 3, 1, 2)
     assert torch.equal(clip.frames, normalize(ref))
     with pytest.warns(UserWarning, match="stretches 1 of 1 videos"):
-        stretch = VideoClips(tmp_path, frames=3, size=(32, 32), train=False, test_fraction=0,
-                             progress=False).clip_at(0, 2)
+        stretch = VideoClips(
+            tmp_path, frames=3, size=(32, 32), train=False, test_fraction=0, progress=False
+        ).clip_at(0, 2)
     assert frame_ids(stretch.frames) == [2, 3, 4]  # the whole frame is kept when stretching
 
 
 def test_int_size_is_the_short_side_with_a_square_crop(tmp_path):
-    frames = coded_frames(12, 64, 128)                       # 2:1, landscape
+    frames = coded_frames(12, 64, 128)  # 2:1, landscape
     path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", frames, 25)
     kw = dict(frames=3, size=32, test_fraction=0, progress=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")                       # no aspect warning: nothing is bent
+        warnings.simplefilter("error")  # no aspect warning: nothing is bent
         evaluation = VideoClips(tmp_path, train=False, **kw)
     scaled = decord.VideoReader(str(path), width=64, height=32).get_batch([2, 3, 4]).asnumpy()
     scaled = normalize(torch.from_numpy(scaled).permute(0, 3, 1, 2))
-    windows = {x: scaled[..., x:x + 32] for x in range(33)}
-    assert torch.equal(evaluation.clip_at(0, 2).frames, windows[16])   # centred
+    windows = {x: scaled[..., x : x + 32] for x in range(33)}
+    assert torch.equal(evaluation.clip_at(0, 2).frames, windows[16])  # centred
     train = VideoClips(tmp_path, train=True, **kw)
     torch.manual_seed(0)
     seen = set()
@@ -296,7 +321,7 @@ def test_int_size_is_the_short_side_with_a_square_crop(tmp_path):
         clip = train._decode(0, [2, 3, 4], augment=True)
         assert clip.shape == (3, 3, 32, 32)
         seen |= {x for x, w in windows.items() if torch.equal(clip, w)}
-    assert len(seen) > 3                                     # random places along the long side
+    assert len(seen) > 3  # random places along the long side
 
 
 def test_pair_size_that_changes_the_aspect_ratio_warns_once(tmp_path):
@@ -307,25 +332,32 @@ def test_pair_size_that_changes_the_aspect_ratio_warns_once(tmp_path):
         ds = VideoClips(tmp_path, frames=3, size=(32, 32), test_fraction=0, progress=False)
     assert len([w for w in rec if "stretches" in str(w.message)]) == 1
     assert "128x64 -> 32x32" in str(rec[0].message) and "an int size keeps" in str(rec[0].message)
-    assert ds[0].shape == (3, 3, 32, 32)                     # still stretched, as asked
-    with pytest.warns(UserWarning, match=r"stretches 1 of 3 videos"):   # 2:1 fits two of them
+    assert ds[0].shape == (3, 3, 32, 32)  # still stretched, as asked
+    with pytest.warns(UserWarning, match=r"stretches 1 of 3 videos"):  # 2:1 fits two of them
         VideoClips(tmp_path, frames=3, size=(32, 64), test_fraction=0, progress=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # a pair with resize="cover" keeps the aspect ratio
-        VideoClips(tmp_path, frames=3, size=(32, 32), resize="cover", test_fraction=0,
-                   progress=False)
+        warnings.simplefilter("error")  # a pair with resize="cover" keeps the aspect ratio
+        VideoClips(tmp_path, frames=3, size=(32, 32), resize="cover", test_fraction=0, progress=False)
 
 
 def test_random_crop_and_flip_only_in_training(tmp_path):
     path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(10), 25)
-    kw = dict(frames=4, interval=2, size=32, random_crop=True, crop_scale=1.25, hflip=True,
-              test_fraction=0, progress=False)
+    kw = dict(
+        frames=4,
+        interval=2,
+        size=32,
+        random_crop=True,
+        crop_scale=1.25,
+        hflip=True,
+        test_fraction=0,
+        progress=False,
+    )
     train = VideoClips(tmp_path, train=True, **kw)
     evaluation = VideoClips(tmp_path, train=False, **kw)
     assert train.max_start(0) == 0
     big = decord.VideoReader(str(path), width=40, height=40).get_batch([0, 3, 6, 9]).asnumpy()
     big = normalize(torch.from_numpy(big).permute(0, 3, 1, 2))
-    windows = {(y, x): big[..., y:y + 32, x:x + 32] for y in range(9) for x in range(9)}
+    windows = {(y, x): big[..., y : y + 32, x : x + 32] for y in range(9) for x in range(9)}
     # evaluation: the centre crop, never flipped
     assert torch.equal(evaluation[0], windows[(4, 4)])
     torch.manual_seed(0)
@@ -359,9 +391,8 @@ def test_widths_that_decord_cannot_scale_to_still_decode(tmp_path, size):
     # "Check failed: from_size == to_size". VideoClips must still give clips at those sizes.
     path = write_video(tmp_path / "A" / "v_A_g01_c01.mp4", coded_frames(12, 64, 96), 25)
     h, w = size
-    with pytest.warns(UserWarning, match="stretches"):      # a 2:3 video to other shapes
-        ds = VideoClips(tmp_path, frames=4, size=size, train=False, test_fraction=0,
-                        progress=False)
+    with pytest.warns(UserWarning, match="stretches"):  # a 2:3 video to other shapes
+        ds = VideoClips(tmp_path, frames=4, size=size, train=False, test_fraction=0, progress=False)
     clip = ds.clip_at(0, 3)
     assert clip.frames.shape == (4, 3, h, w) and clip.frames.dtype == torch.float32
     ref = normalize(torch.from_numpy(native_then_resized(path, clip.indices, (h, w))))
@@ -369,8 +400,9 @@ def test_widths_that_decord_cannot_scale_to_still_decode(tmp_path, size):
     if w >= 16:
         assert frame_ids(clip.frames) == clip.indices
     # __getitem__, a DataLoader and training-time augmentation take the same path
-    train = VideoClips(tmp_path, frames=4, size=size, random_crop=True, hflip=True,
-                       test_fraction=0, progress=False)
+    train = VideoClips(
+        tmp_path, frames=4, size=size, random_crop=True, hflip=True, test_fraction=0, progress=False
+    )
     assert train[0].shape == (4, 3, h, w) and not train.failed
     assert next(iter(DataLoader(ds, batch_size=1))).shape == (1, 4, 3, h, w)
 
@@ -380,8 +412,7 @@ def test_videos_whose_own_width_decord_cannot_return_still_decode(tmp_path):
     src = coded_frames(10, 32, 48)
     write_video(tmp_path / "A" / "v_A_g01_c01.mp4", src, 25, options={"qp": "0"})
     for size in (None, (32, 48), (32, 64)):
-        ds = VideoClips(tmp_path, frames=3, size=size, train=False, test_fraction=0,
-                        progress=False)
+        ds = VideoClips(tmp_path, frames=3, size=size, train=False, test_fraction=0, progress=False)
         clip = ds.clip_at(0, 2)
         assert clip.frames.shape == (3, 3, 32, size[1] if size else 48)
         assert frame_ids(clip.frames) == [2, 3, 4]
@@ -456,8 +487,7 @@ def test_unreadable_and_short_videos_are_skipped_with_one_warning(data_root, cap
 def test_a_truncated_stream_keeps_the_frames_it_still_has(tmp_path):
     # Without B-frames, so that the frames left are exactly the first ones. (With B-frames a cut
     # leaves gaps in time: decord then numbers the frames that are present, as they decode.)
-    whole = write_video(tmp_path / "whole.mkv", coded_frames(40), 25,
-                        options={"bf": "0"}).read_bytes()
+    whole = write_video(tmp_path / "whole.mkv", coded_frames(40), 25, options={"bf": "0"}).read_bytes()
     (tmp_path / "A").mkdir()
     (tmp_path / "A" / "cut.mkv").write_bytes(whole[: len(whole) * 6 // 10])
     (tmp_path / "whole.mkv").unlink()
@@ -492,8 +522,7 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 
 
 def test_class_filters(data_root):
-    ds = quiet(VideoClips, data_root, include_classes=["walk", "Swim"], test_fraction=0,
-               progress=False)
+    ds = quiet(VideoClips, data_root, include_classes=["walk", "Swim"], test_fraction=0, progress=False)
     assert ds.classes == ["Swim", "Walk"] and len(ds) == 4
     ds = quiet(VideoClips, data_root, exclude_classes=["Walk"], test_fraction=0, progress=False)
     assert "Walk" not in ds.classes and len(ds) == len(GOOD) - 3
@@ -502,8 +531,14 @@ def test_class_filters(data_root):
     assert str(data_root) in str(err.value) and "Walk" in str(err.value)
     with pytest.warns(UserWarning, match="not found.*Dance"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="VideoClips: skipped")
-        ds = VideoClips(data_root, frames=3, exclude_classes=["Dance"], test_fraction=0,
-                        include_classes=["Walk"], progress=False)
+        ds = VideoClips(
+            data_root,
+            frames=3,
+            exclude_classes=["Dance"],
+            test_fraction=0,
+            include_classes=["Walk"],
+            progress=False,
+        )
     assert ds.classes == ["Walk"]
 
 
@@ -599,7 +634,10 @@ def test_index_is_cached_and_invalidated_per_file(tmp_path, monkeypatch, capsys)
     (root / "A" / "v_A_g01_c01.mp4").unlink()
     infos = index_videos(root, progress=False)
     assert probed == ["new.mp4"] and [i.path for i in infos] == [
-        "A/v_A_g02_c01.mp4", "A/v_A_g03_c01.mp4", "B/new.mp4"]
+        "A/v_A_g02_c01.mp4",
+        "A/v_A_g03_c01.mp4",
+        "B/new.mp4",
+    ]
     assert "A/v_A_g01_c01.mp4" not in json.loads(index_file.read_text())["videos"]
     # VideoClips uses the same index
     probed.clear()
@@ -632,7 +670,8 @@ def test_index_falls_back_to_the_cache_folder_when_data_is_read_only(tmp_path, m
 # --------------------------------------------------------------------------- splits
 def test_ucf_split_lists(data_root, tmp_path):
     (tmp_path / "trainlist01.txt").write_text(
-        "Walk/v_Walk_g02_c01.avi 3\nRun/v_Run_g01_c01.avi 2\nWalk/corrupt.avi 3\n")
+        "Walk/v_Walk_g02_c01.avi 3\nRun/v_Run_g01_c01.avi 2\nWalk/corrupt.avi 3\n"
+    )
     (tmp_path / "testlist01.txt").write_text("Walk/v_Walk_g01_c01.avi\nJump/v_Jump_g01_c01.avi\n")
     train = quiet(VideoClips, data_root, split_dir=tmp_path, train=True, progress=False)
     test = VideoClips(data_root, split_dir=tmp_path, train=False, progress=False)
@@ -657,8 +696,10 @@ def test_group_split_never_puts_a_group_on_both_sides():
         key = (p.split("/")[0], pd.index.group_of(p))
         sides.setdefault(key, set()).add(t)
     assert all(len(s) == 1 for s in sides.values())
-    per_class = {cls: sum(t for (c, _), s in sides.items() if c == cls for t in s)
-                 for cls in ("Alpha", "Beta", "Gamma")}
+    per_class = {
+        cls: sum(t for (c, _), s in sides.items() if c == cls for t in s)
+        for cls in ("Alpha", "Beta", "Gamma")
+    }
     assert per_class == {"Alpha": 2, "Beta": 2, "Gamma": 2}  # round(0.3 * 7) groups each
     order = rng.permutation(len(paths))
     shuffled = pd.group_split([paths[i] for i in order], [classes[i] for i in order], 0.3)
@@ -694,8 +735,7 @@ def test_unusable_videos_are_set_aside_before_the_group_split(tmp_path):
     a, b = {v.path for v in train.videos}, {v.path for v in test.videos}
     assert len(b) == 1 and len(a) == 3 and a | b == set(names[:4])
     # the usable videos are split as group_split splits them
-    assert [t for t in pd.group_split(sorted(a | b), ["Swim"] * 4, 0.2)] == [
-        n in b for n in sorted(a | b)]
+    assert [t for t in pd.group_split(sorted(a | b), ["Swim"] * 4, 0.2)] == [n in b for n in sorted(a | b)]
     # the bad files are reported once, on the train side (their groups have no usable video)
     assert {p for p, _ in train.skipped} == set(names[4:]) and test.skipped == []
     ours = [str(w.message) for w in caught if "VideoClips" in str(w.message)]
@@ -747,16 +787,21 @@ def test_multiscale_inputs_and_targets():
     pooled = torch.nn.functional.avg_pool2d(clip[4:5], 16)[0]
     assert torch.allclose(targets[0], pooled, atol=1e-6)
     assert torch.allclose(inputs[1][3:6], torch.nn.functional.avg_pool2d(clip[1:2], 4)[0], atol=1e-6)
-    batch_in, batch_t = multiscale(clip.expand(2, -1, -1, -1, -1), scales=(16,), n_input=3,
-                                   n_target=2)
+    batch_in, batch_t = multiscale(clip.expand(2, -1, -1, -1, -1), scales=(16,), n_input=3, n_target=2)
     assert batch_in[0].shape == (2, 9, 16, 16) and batch_t[0].shape == (2, 6, 16, 16)
     with pytest.raises(ValueError):
         multiscale(clip, n_input=5)
 
 
 def test_multiscale_transform_through_a_loader(data_root):
-    ds = quiet(VideoClips, data_root, frames=5, test_fraction=0, progress=False,
-               transform=MultiScale((4, 16, 32, 64)))
+    ds = quiet(
+        VideoClips,
+        data_root,
+        frames=5,
+        test_fraction=0,
+        progress=False,
+        transform=MultiScale((4, 16, 32, 64)),
+    )
     inputs, targets = next(iter(DataLoader(ds, batch_size=3)))
     assert [tuple(i.shape) for i in inputs] == [(3, 12, s, s) for s in (4, 16, 32, 64)]
     assert [tuple(t.shape) for t in targets] == [(3, 3, s, s) for s in (4, 16, 32, 64)]
@@ -764,14 +809,17 @@ def test_multiscale_transform_through_a_loader(data_root):
 
 # --------------------------------------------------------------------------- synthetic data
 def test_synthetic_generation_is_deterministic(tmp_path):
-    kw = dict(videos_per_class=2, frames=(8, 12), classes=["StillScene", "CameraPan"],
-              progress=False)
+    kw = dict(videos_per_class=2, frames=(8, 12), classes=["StillScene", "CameraPan"], progress=False)
     a = synthetic.generate(tmp_path / "a", seed=3, **kw)
     b = synthetic.generate(tmp_path / "b", seed=3, **kw)
     c = synthetic.generate(tmp_path / "c", seed=4, **kw)
     files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.mp4"))
-    assert files == ["CameraPan/v_CameraPan_g01_c01.mp4", "CameraPan/v_CameraPan_g02_c01.mp4",
-                     "StillScene/v_StillScene_g01_c01.mp4", "StillScene/v_StillScene_g02_c01.mp4"]
+    assert files == [
+        "CameraPan/v_CameraPan_g01_c01.mp4",
+        "CameraPan/v_CameraPan_g02_c01.mp4",
+        "StillScene/v_StillScene_g01_c01.mp4",
+        "StillScene/v_StillScene_g02_c01.mp4",
+    ]
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
     assert synthetic.generate(a, seed=3, **kw) == a  # same set: reused
@@ -813,11 +861,27 @@ def test_default_dataset_is_made_once_in_the_cache_and_loads(tmp_path, monkeypat
 
 def test_synthetic_command_line(tmp_path, capsys):
     out = tmp_path / "made"
-    assert synthetic.main([str(out), "--videos-per-class", "1", "--frames", "6",
-                           "--classes", "MovingObjects", "Handheld", "--quiet"]) == 0
+    assert (
+        synthetic.main(
+            [
+                str(out),
+                "--videos-per-class",
+                "1",
+                "--frames",
+                "6",
+                "--classes",
+                "MovingObjects",
+                "Handheld",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "2 videos" in capsys.readouterr().out
-    assert sorted(p.name for p in out.rglob("*.mp4")) == ["v_Handheld_g01_c01.mp4",
-                                                          "v_MovingObjects_g01_c01.mp4"]
+    assert sorted(p.name for p in out.rglob("*.mp4")) == [
+        "v_Handheld_g01_c01.mp4",
+        "v_MovingObjects_g01_c01.mp4",
+    ]
     with pytest.raises(SystemExit):
         synthetic.main([str(out), "--seed", "9", "--quiet"])  # non-empty, different set
     err = capsys.readouterr().err

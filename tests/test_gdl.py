@@ -1,4 +1,5 @@
 """Fused gradient difference loss: values, gradients, layouts, determinism, registration, errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -88,11 +89,14 @@ def test_formula_by_hand():
     # One 2x2 image: pairs (0,0)-(1,0), (0,1)-(1,1) vertical, (0,0)-(0,1), (1,0)-(1,1) horizontal.
     p = torch.tensor([[0.0, 1.0], [3.0, -1.0]], dtype=torch.float64)
     t = torch.tensor([[1.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
-    terms = [abs(abs(0 - 1) - abs(3 - 0)), abs(abs(2 - 1) - abs(-1 - 1)),
-             abs(abs(1 - 1) - abs(1 - 0)), abs(abs(2 - 0) - abs(-1 - 3))]
+    terms = [
+        abs(abs(0 - 1) - abs(3 - 0)),
+        abs(abs(2 - 1) - abs(-1 - 1)),
+        abs(abs(1 - 1) - abs(1 - 0)),
+        abs(abs(2 - 0) - abs(-1 - 3)),
+    ]
     assert ops.gdl_loss(p, t, reduction="sum").item() == pytest.approx(sum(terms))
-    assert ops.gdl_loss(p, t, alpha=2, reduction="sum").item() == pytest.approx(
-        sum(x * x for x in terms))
+    assert ops.gdl_loss(p, t, alpha=2, reduction="sum").item() == pytest.approx(sum(x * x for x in terms))
     assert ops.gdl_loss(p, t).item() == pytest.approx(sum(terms) / 4)
     # Not |grad t - grad p|: flipping the sign of both gradients of p changes nothing.
     torch.testing.assert_close(ops.gdl_loss(p, t), ops.gdl_loss(-p, t))
@@ -103,8 +107,7 @@ def test_height_or_width_one_is_zero_for_that_direction():
     ref = reference.gdl_loss(pred, target, reduction="none")
     torch.testing.assert_close(ops.gdl_loss(pred, target, reduction="none"), ref)
     single = torch.randn(4, 1, 1)
-    assert torch.equal(ops.gdl_loss(single, torch.randn(4, 1, 1), reduction="none"),
-                       torch.zeros(4))
+    assert torch.equal(ops.gdl_loss(single, torch.randn(4, 1, 1), reduction="none"), torch.zeros(4))
 
 
 def test_reduction_shapes():
@@ -207,7 +210,8 @@ def test_gradcheck(alpha, reduction):
     pred.requires_grad_(True)
     target.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda p, t: ops.gdl_loss(p, t, alpha=alpha, reduction=reduction), (pred, target))
+        lambda p, t: ops.gdl_loss(p, t, alpha=alpha, reduction=reduction), (pred, target)
+    )
 
 
 def test_deterministic_across_runs_and_thread_counts():
@@ -244,11 +248,16 @@ def test_opcheck_forward():
 
 def test_opcheck_backward():
     pred, target = make((2, 3, 6, 7))
-    for reduction, grad_out in ((0, torch.randn(2, 3)), (1, torch.tensor(0.5)),
-                                (2, torch.tensor(2.0).expand(()))):
+    for reduction, grad_out in (
+        (0, torch.randn(2, 3)),
+        (1, torch.tensor(0.5)),
+        (2, torch.tensor(2.0).expand(())),
+    ):
         for target_grad in (False, True):
-            torch.library.opcheck(torch.ops.pyframepred.gdl_loss_backward.default,
-                                  (grad_out, pred, target, 1.5, reduction, target_grad))
+            torch.library.opcheck(
+                torch.ops.pyframepred.gdl_loss_backward.default,
+                (grad_out, pred, target, 1.5, reduction, target_grad),
+            )
 
 
 def test_torch_compile_fullgraph():
@@ -288,13 +297,11 @@ def test_double_backward_is_a_clear_error_not_a_wrong_result():
     pred, target = make((2, 3, 8, 9), dtype=torch.float64)
     pred.requires_grad_(True)
     (plain,) = torch.autograd.grad(ops.gdl_loss(pred, target, 2.0, "sum"), pred)
-    (graph,) = torch.autograd.grad(ops.gdl_loss(pred, target, 2.0, "sum"), pred,
-                                   create_graph=True)
+    (graph,) = torch.autograd.grad(ops.gdl_loss(pred, target, 2.0, "sum"), pred, create_graph=True)
     torch.testing.assert_close(graph.detach(), plain, atol=0, rtol=0)
     with pytest.raises(RuntimeError, match="second derivatives.*reference"):
         graph.square().sum().backward()
-    (graph,) = torch.autograd.grad(GDLLoss(2.0, "sum", fused=False)(pred, target), pred,
-                                   create_graph=True)
+    (graph,) = torch.autograd.grad(GDLLoss(2.0, "sum", fused=False)(pred, target), pred, create_graph=True)
     graph.square().sum().backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
 
@@ -336,6 +343,7 @@ def test_bad_input():
 
 # ----------------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU): against the CPU kernel / the reference, determinism, layouts.
+
 
 @needs_cuda
 @pytest.mark.parametrize("shape", SHAPES + [(3, 2, 70, 200)], ids=str)

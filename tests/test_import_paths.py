@@ -6,6 +6,7 @@ as an empty namespace package called pyframepred (and the ops then fail to regis
 installed package is on the normal import path, as pyproject.toml's ``package-dir`` makes it for
 editable installs.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,21 +35,23 @@ print(pyframepred.__file__)
 def _env():
     env = dict(os.environ)
     if env.get("PYTHONPATH"):  # relative entries would change meaning in another folder
-        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in
-                                            env["PYTHONPATH"].split(os.pathsep) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p
+        )
     return env
 
 
 def _import_in(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", SCRIPT], cwd=folder, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=folder, env=_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def _check(proc: subprocess.CompletedProcess, where: str) -> None:
     assert proc.returncode == 0, (
         f"import from {where} failed (an editable install made before pyproject.toml set "
-        "package-dir must be redone: pip install --no-build-isolation -e .):\n"
-        + proc.stderr[-3000:])
+        "package-dir must be redone: pip install --no-build-isolation -e .):\n" + proc.stderr[-3000:]
+    )
     assert Path(proc.stdout.strip().splitlines()[-1]).resolve() == PKG / "__init__.py"
 
 

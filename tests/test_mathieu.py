@@ -1,5 +1,6 @@
 """Mathieu et al.'s evaluation protocol (pyframepred.mathieu): their metric code, the moving-pixel
 masks (from their flow images, or estimated), the test-set layout, and the evaluation."""
+
 import math
 
 import numpy as np
@@ -30,21 +31,22 @@ def shifted(tex, dx, dy, size=64, off=32):
 
 # ----------------------------------------------------------------------------- metrics
 
+
 def test_psnr_scales_errors_as_the_code_does_and_counts_every_pixel():
     t = torch.zeros(3, 8, 8)
     p = t + 0.1
     want = 10 * math.log10(255**2 / (128**2 * 0.01))
     assert M.psnr(p, t).item() == pytest.approx(want)
     half = t.clone()
-    half[:, :4] = 0.1                                       # error on half the pixels: MSE halves
+    half[:, :4] = 0.1  # error on half the pixels: MSE halves
     assert M.psnr(half, t).item() == pytest.approx(want + 10 * math.log10(2))
     assert M.psnr(t, t).item() == pytest.approx(10 * math.log10(255**2 / 1e-4))  # the floor
 
 
 def test_sharpness_of_a_step_edge_by_hand():
     t = torch.zeros(1, 6, 6)
-    t[..., 3:] = 1.0                                        # a vertical edge between columns 2 and 3
-    p = torch.zeros(1, 6, 6)                                # flat: the edge is lost
+    t[..., 3:] = 1.0  # a vertical edge between columns 2 and 3
+    p = torch.zeros(1, 6, 6)  # flat: the edge is lost
     # interior rows 1..4, column 3 carries |dx| = 1 in the target, 0 in the prediction
     want = 10 * math.log10(255**2 / (128**2 * 4 / 36))
     assert M.sharpness(p, t).item() == pytest.approx(want)
@@ -100,10 +102,11 @@ def test_metrics_reject_mismatched_shapes():
 
 # ----------------------------------------------------------------------------- moving pixels
 
+
 def test_mask_from_flow_image_is_any_channel_below_0_2():
-    img = torch.ones(3, 2, 3)                               # white: still
-    img[:, 0, 0] = torch.tensor([1.0, 0.1, 1.0])            # saturated magenta: moving
-    img[:, 0, 1] = torch.tensor([0.25, 0.3, 0.9])           # pale: still
+    img = torch.ones(3, 2, 3)  # white: still
+    img[:, 0, 0] = torch.tensor([1.0, 0.1, 1.0])  # saturated magenta: moving
+    img[:, 0, 1] = torch.tensor([0.25, 0.3, 0.9])  # pale: still
     img[:, 1, 2] = torch.tensor([0.0, 0.0, 0.0])
     want = torch.tensor([[True, False, False], [False, False, True]])
     assert torch.equal(M.mask_from_flow_image(img), want)
@@ -125,11 +128,11 @@ def test_moving_mask_finds_a_moving_object_on_a_still_background():
         f[..., y : y + 20, x : x + 20] = obj[..., 20:40, 20:40]
         return f
 
-    mask = M.moving_mask(frame(18, 22), frame(21, 23))[0]   # the object moves by (3, 1)
+    mask = M.moving_mask(frame(18, 22), frame(21, 23))[0]  # the object moves by (3, 1)
     obj_px = torch.zeros(64, 64, dtype=torch.bool)
-    obj_px[22:42, 18:38] = True                             # where it was
+    obj_px[22:42, 18:38] = True  # where it was
     near = torch.zeros(64, 64, dtype=torch.bool)
-    near[14:50, 10:46] = True                               # within 8 px of it
+    near[14:50, 10:46] = True  # within 8 px of it
     assert mask[obj_px].float().mean() > 0.9
     assert not mask[~near].any()
     assert not M.moving_mask(bg, bg).any()
@@ -138,6 +141,7 @@ def test_moving_mask_finds_a_moving_object_on_a_still_background():
 
 
 # ----------------------------------------------------------------------------- the test set
+
 
 def write_clip(folder, frames, flow_images):
     """frames: uint8 (N, H, W, 3), the first n_in named pred_*, the rest target_*; flow_images:
@@ -157,7 +161,7 @@ def paper_layout(root, clips=3, H=16, W=24, seed=0):
         frames = rng.integers(0, 256, (6, H, W, 3), dtype=np.uint8)
         white = np.full((H, W, 3), 255, np.uint8)
         flow4, flow_t1 = white.copy(), white.copy()
-        flow4[2:6, 3:9] = (255, 30, 200)                    # moving: a channel below 0.2
+        flow4[2:6, 3:9] = (255, 30, 200)  # moving: a channel below 0.2
         flow_t1[8:12, 10:20] = (20, 255, 255)
         write_clip(root / str(1 + 10 * c), frames, {"pred_4_flow.png": flow4, "target_1_flow.png": flow_t1})
     return root
@@ -183,6 +187,7 @@ def test_test_set_layout_reads_frames_and_masks(tmp_path):
 
 
 # ----------------------------------------------------------------------------- evaluation
+
 
 class Oracle(torch.nn.Module):
     """Predicts the true future plus ``noise`` on moving pixels and ``junk`` on still ones."""
@@ -228,7 +233,7 @@ def test_computed_masks_follow_the_frames_before_each_step():
     ds = M.with_computed_masks([torch.cat(frames)], n_input=4, steps=2)
     clip, masks = ds[0]
     assert clip.shape == (6, 3, 64, 64)
-    assert not masks[0].any()                               # frames 3 -> 4: still
-    assert masks[1, 8:-8, 8:-8].all()                       # frames 4 -> 5: a 3 px pan
+    assert not masks[0].any()  # frames 3 -> 4: still
+    assert masks[1, 8:-8, 8:-8].all()  # frames 4 -> 5: a 3 px pan
     with pytest.raises(ConfigError, match="2 input frames"):
         M.with_computed_masks([torch.cat(frames)], n_input=1, steps=2)

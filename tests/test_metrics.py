@@ -1,4 +1,5 @@
 """Metric functions: known values, data ranges, shapes."""
+
 import math
 
 import pytest
@@ -17,8 +18,7 @@ def test_psnr_known_value_and_range():
     p = t + 0.1
     assert torch.allclose(M.psnr(p, t), torch.full((2,), 10 * math.log10(4 / 0.01)), atol=1e-3)
     # same images scaled to [0, 255] with data_range=255 give the same PSNR
-    assert torch.allclose(M.psnr(p * 127.5 + 127.5, t * 127.5 + 127.5, 255.0), M.psnr(p, t),
-                          atol=1e-3)
+    assert torch.allclose(M.psnr(p * 127.5 + 127.5, t * 127.5 + 127.5, 255.0), M.psnr(p, t), atol=1e-3)
     assert M.psnr(t, t).min() > 90
 
 
@@ -39,7 +39,7 @@ def test_ssim_matches_direct_formula_on_constant_window():
     a = torch.full((1, 1, 11, 11), 0.2)
     b = torch.full((1, 1, 11, 11), -0.4)
     c1 = (0.01 * 2) ** 2
-    expect = (2 * 0.2 * -0.4 + c1) / (0.2 ** 2 + 0.4 ** 2 + c1)
+    expect = (2 * 0.2 * -0.4 + c1) / (0.2**2 + 0.4**2 + c1)
     assert M.ssim(a, b).item() == pytest.approx(expect, abs=1e-4)
 
 

@@ -1,4 +1,5 @@
 """Models: shapes at two frame sizes, fused vs reference, teacher forcing, learning, loss weights."""
+
 import pytest
 import torch
 
@@ -33,9 +34,9 @@ def test_seq2seq_shapes(hw):
     m = small_seq2seq(batch_norm=True)
     assert m(x[:, :4], 4, x[:, 4:]).shape == (2, 4, 3, *hw)
     m.eval()
-    assert m(x[:, :4]).shape == (2, 4, 3, *hw)       # default out_steps
+    assert m(x[:, :4]).shape == (2, 4, 3, *hw)  # default out_steps
     assert m.rollout(x[:, :4], 6).shape == (2, 6, 3, *hw)
-    assert m(x[:, :1], 2).shape == (2, 2, 3, *hw)      # a single input frame works too
+    assert m(x[:, :1], 2).shape == (2, 2, 3, *hw)  # a single input frame works too
 
 
 @pytest.mark.parametrize("hw", SIZES)
@@ -89,50 +90,58 @@ def test_warp_moves_content_by_the_field():
 
     x = torch.rand(2, 3, 9, 11)
     flow = torch.zeros(2, 2, 9, 11)
-    assert torch.allclose(warp(x, flow), x, atol=1e-6)              # zero field: the frame itself
-    flow[:, 0], flow[:, 1] = 2.0, -1.0                               # 2 px right, 1 px up
+    assert torch.allclose(warp(x, flow), x, atol=1e-6)  # zero field: the frame itself
+    flow[:, 0], flow[:, 1] = 2.0, -1.0  # 2 px right, 1 px up
     moved = warp(x, flow)
     assert torch.allclose(moved[..., :-1, 2:], x[..., 1:, :-2], atol=1e-5)
     assert torch.allclose(moved[..., :, 0], moved[..., :, 2], atol=1e-5)  # edge pixel repeated
-    flow[:, 0] = 0.5                                                 # half a pixel: bilinear
+    flow[:, 0] = 0.5  # half a pixel: bilinear
     half = warp(x, flow, "bilinear")
     assert torch.allclose(half[..., :-1, 1:], 0.5 * (x[..., 1:, 1:] + x[..., 1:, :-1]), atol=1e-5)
     assert warp(x.bfloat16(), flow.bfloat16()).dtype == torch.float32  # sampled in float32
     assert torch.allclose(warp(x.bfloat16(), flow), warp(x.bfloat16().float(), flow))
-    sharp = warp(x, flow)                          # bicubic: the cubic kernel at half a pixel
-    w = [-0.09375, 0.59375, 0.59375, -0.09375]     # (torch's a = -0.75), taps c-2 .. c+1
-    inner = sum(w[j] * x[..., 1:, j:x.shape[-1] - 3 + j] for j in range(4))
+    sharp = warp(x, flow)  # bicubic: the cubic kernel at half a pixel
+    w = [-0.09375, 0.59375, 0.59375, -0.09375]  # (torch's a = -0.75), taps c-2 .. c+1
+    inner = sum(w[j] * x[..., 1:, j : x.shape[-1] - 3 + j] for j in range(4))
     assert torch.allclose(sharp[..., :-1, 2:-1], inner, atol=1e-5)
-    torch.autograd.gradcheck(lambda f: warp(x[:1, :1, :4, :5].double(), f),
-                             (flow[:1, :, :4, :5].double().add(0.3).requires_grad_(),))
+    torch.autograd.gradcheck(
+        lambda f: warp(x[:1, :1, :4, :5].double(), f),
+        (flow[:1, :, :4, :5].double().add(0.3).requires_grad_(),),
+    )
 
 
 def test_seq2seq_motion_head():
     x = frames(2, 8, 32, 32) * 0.9
     m = small_seq2seq(motion=True).eval()
     conv = m.decoder[-1]
-    assert conv.out_channels == 2 + 1 + 3                        # field, where, change
+    assert conv.out_channels == 2 + 1 + 3  # field, where, change
     assert torch.allclose(m(x[:, :4], 2)[:, 0], x[:, 3], atol=1e-5)  # untrained: copy-last
-    with torch.no_grad():                                            # a field of one pixel to the right
-        conv.bias[0], conv.bias[2] = 1.0, 0.5                        # changing everywhere
+    with torch.no_grad():  # a field of one pixel to the right
+        conv.bias[0], conv.bias[2] = 1.0, 0.5  # changing everywhere
     moved = m(x[:, :4], 1)[:, 0]
     assert torch.allclose(moved[..., 1:], x[:, 3, ..., :-1], atol=1e-3)
-    with torch.no_grad():                                            # half: a blend of both
+    with torch.no_grad():  # half: a blend of both
         conv.bias[2] = 0.0
     half = m(x[:, :4], 1)[:, 0]
     assert torch.allclose(half, 0.5 * (moved + x[:, 3]), atol=1e-3)
-    with torch.no_grad():                                            # nowhere: the frame kept
+    with torch.no_grad():  # nowhere: the frame kept
         conv.bias[2], conv.bias[3:] = -0.7, 0.3
     assert torch.allclose(m(x[:, :4], 1)[:, 0], x[:, 3], atol=1e-5)
     # it learns a pan: frames that shift right by a pixel per step; the field finds it
     torch.manual_seed(0)
-    base = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8), size=(40, 60), mode="bicubic",
-                                           align_corners=False).clamp(0, 1) * 1.6 - 0.8
-    pan = torch.stack([base[..., 8 - k:52 - k] for k in range(8)], 1)[..., 4:36, 6:38]
+    base = (
+        torch.nn.functional.interpolate(
+            torch.rand(4, 3, 8, 8), size=(40, 60), mode="bicubic", align_corners=False
+        ).clamp(0, 1)
+        * 1.6
+        - 0.8
+    )
+    pan = torch.stack([base[..., 8 - k : 52 - k] for k in range(8)], 1)[..., 4:36, 6:38]
     m = small_seq2seq(motion=True)
     copy = torch.nn.functional.mse_loss(pan[:, 3:4].expand(-1, 4, -1, -1, -1), pan[:, 4:])
-    losses = _fit(m, lambda: torch.nn.functional.mse_loss(m(pan[:, :4], 4, pan[:, 4:]), pan[:, 4:]),
-                  steps=40, lr=3e-3)
+    losses = _fit(
+        m, lambda: torch.nn.functional.mse_loss(m(pan[:, :4], 4, pan[:, 4:]), pan[:, 4:]), steps=40, lr=3e-3
+    )
     assert losses[-1] < 0.5 * copy.item(), (losses[-1], copy.item())
     with pytest.raises(ValueError, match="needs residual"):
         small_seq2seq(motion=True, residual=False)
@@ -154,12 +163,12 @@ def test_seq2seq_teacher_forcing_flag():
     m = small_seq2seq(residual=False).train()
     forced = m(x[:, :4], 4, x[:, 4:])
     free = m(x[:, :4], 4)
-    assert torch.equal(forced[:, 0], free[:, 0])                     # same first step
-    assert (forced[:, 1:] - free[:, 1:]).abs().max() > 1e-6          # then the true frames
+    assert torch.equal(forced[:, 0], free[:, 0])  # same first step
+    assert (forced[:, 1:] - free[:, 1:]).abs().max() > 1e-6  # then the true frames
     m.teacher_forcing = False
     assert torch.equal(m(x[:, :4], 4, x[:, 4:]), free)
     m.teacher_forcing = True
-    m.eval()                                                          # never forced at test time
+    m.eval()  # never forced at test time
     assert torch.equal(m(x[:, :4], 4, x[:, 4:]), m(x[:, :4], 4))
 
 
@@ -194,7 +203,7 @@ def _moving_square(b=4, t=8, h=32, w=32):
         for k in range(t):
             y0 = 4 + i
             x0 = 2 + 2 * k
-            x[i, k, :, y0:y0 + 8, x0:x0 + 8] = 1.0
+            x[i, k, :, y0 : y0 + 8, x0 : x0 + 8] = 1.0
     return x * 0.9
 
 
@@ -211,8 +220,10 @@ def test_training_steps_reduce_loss(fused):
     g = MultiScaleGenerator(width=0.0625, residual=False)
     d = MultiScaleDiscriminator(width=0.0625)
     crit = MultiScaleLoss(fused=fused)
-    tg = [torch.nn.functional.interpolate(x[:, 4], size=s, mode="area")
-          for s in scale_sizes(g.scales, 64, 32, 32)]
+    tg = [
+        torch.nn.functional.interpolate(x[:, 4], size=s, mode="area")
+        for s in scale_sizes(g.scales, 64, 32, 32)
+    ]
 
     def gen_loss():
         preds = g(x[:, :4])
@@ -229,11 +240,12 @@ def test_multiscale_loss_weights_take_effect():
     fake = [torch.randn(2), torch.randn(2)]
     base, parts = MultiScaleLoss().generator(preds, tgts, fake)
     assert set(parts) == {"l2", "gdl", "adv"}
-    expect = parts["l2"] + parts["gdl"] + 0.05 * parts["adv"]       # paper defaults
+    expect = parts["l2"] + parts["gdl"] + 0.05 * parts["adv"]  # paper defaults
     # the paper's normalisation: image terms summed over pixels, averaged over the batch
     assert torch.allclose(parts["l2"], sum(((p - t) ** 2).sum() / 2 for p, t in zip(preds, tgts)))
-    assert torch.allclose(parts["gdl"], sum(reference.gdl_loss(p, t, 1.0, "sum") / 2
-                                            for p, t in zip(preds, tgts)))
+    assert torch.allclose(
+        parts["gdl"], sum(reference.gdl_loss(p, t, 1.0, "sum") / 2 for p, t in zip(preds, tgts))
+    )
     assert torch.allclose(base, expect)
     l2_only, _ = MultiScaleLoss(lambda_gdl=0, lambda_adv=0).generator(preds, tgts, fake)
     assert torch.allclose(l2_only, parts["l2"])

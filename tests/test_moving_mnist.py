@@ -1,5 +1,6 @@
 """Moving MNIST: digit files, the sequence generator, the standard test file, training and
 evaluation with the OpenSTL metrics -- on small generated digits (no download)."""
+
 import gzip
 import importlib
 import json
@@ -29,8 +30,7 @@ def fake_digits(n=40, seed=0):
 
 
 def write_idx(path, images):
-    header = (0x803).to_bytes(4, "big") + b"".join(int(v).to_bytes(4, "big")
-                                                   for v in images.shape)
+    header = (0x803).to_bytes(4, "big") + b"".join(int(v).to_bytes(4, "big") for v in images.shape)
     with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
         f.write(header + images.tobytes())
     return path
@@ -38,8 +38,7 @@ def write_idx(path, images):
 
 @pytest.fixture(scope="module")
 def idx_file(tmp_path_factory):
-    return write_idx(tmp_path_factory.mktemp("mnist") / "train-images-idx3-ubyte.gz",
-                     fake_digits())
+    return write_idx(tmp_path_factory.mktemp("mnist") / "train-images-idx3-ubyte.gz", fake_digits())
 
 
 def test_idx_digits_round_trip_and_bad_files(idx_file, tmp_path):
@@ -71,14 +70,14 @@ def test_generated_sequences_bounce_at_the_standard_speed():
     digits = fake_digits()
     a = mm.generate(digits, 4, frames=20, seed=3)
     assert a.shape == (4, 20, 64, 64) and a.dtype == np.uint8
-    assert np.array_equal(a, mm.generate(digits, 4, frames=20, seed=3))       # reproducible
+    assert np.array_equal(a, mm.generate(digits, 4, frames=20, seed=3))  # reproducible
     assert not np.array_equal(a, mm.generate(digits, 4, frames=20, seed=4))
     assert np.array_equal(a[2], mm.generate(digits, 3, frames=20, seed=3)[2])  # per (seed, i)
     one = mm.generate(digits, 8, frames=30, n_digits=1, seed=0).astype(np.float64)
     yy, xx = np.mgrid[:64, :64]
     for seq in one:
         mass = seq.sum((1, 2))
-        assert (mass > 0).all()                                 # never leaves the frame
+        assert (mass > 0).all()  # never leaves the frame
         c = np.stack([(seq * yy).sum((1, 2)) / mass, (seq * xx).sum((1, 2)) / mass], 1)
         step = np.linalg.norm(np.diff(c, axis=0), axis=1)
         # 3.6 px per frame, up to pixel rounding, except where it reflects off a border
@@ -99,13 +98,13 @@ def test_generated_sequences_bounce_at_the_standard_speed():
 
 def test_standard_test_file_layouts_and_refusals(tmp_path):
     seqs = mm.generate(fake_digits(), 3, frames=20, seed=1)
-    np.save(tmp_path / "std.npy", seqs.transpose(1, 0, 2, 3))    # (20, N, 64, 64) as published
+    np.save(tmp_path / "std.npy", seqs.transpose(1, 0, 2, 3))  # (20, N, 64, 64) as published
     assert np.array_equal(mm.load_sequences(tmp_path / "std.npy"), seqs)
     np.save(tmp_path / "bad.npy", np.zeros((20, 2, 32, 32), np.uint8))
     with pytest.raises(ConfigError, match="not a Moving MNIST file"):
         mm.load_sequences(tmp_path / "bad.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ConfigError, match="cannot read"):              # no pickles
+    with pytest.raises(ConfigError, match="cannot read"):  # no pickles
         mm.load_sequences(tmp_path / "obj.npy")
     ds = mm.MovingMNIST(20, sequences=seqs)
     x = ds[1]
@@ -116,27 +115,53 @@ def test_standard_test_file_layouts_and_refusals(tmp_path):
 def test_openstl_frame_metrics():
     pred = torch.full((2, 1, 4, 4), -1.0)
     target = pred.clone()
-    target[0, 0, 0, :2] = 1.0                      # two pixels off by the full range
+    target[0, 0, 0, :2] = 1.0  # two pixels off by the full range
     assert M.mse_sum(pred, target).tolist() == [2.0, 0.0]
     assert M.mae_sum(pred, target).tolist() == [2.0, 0.0]
-    target[1] = 0.0                                # every pixel off by half the range
+    target[1] = 0.0  # every pixel off by half the range
     assert M.mse_sum(pred, target)[1].item() == pytest.approx(16 * 0.25)
     assert M.mae_sum(pred, target)[1].item() == pytest.approx(16 * 0.5)
 
 
 def test_train_and_evaluate_on_moving_mnist(idx_file, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--model", "seq2seq", "--data", "moving-mnist", "--mnist", str(idx_file),
-            "--preset", "tiny", "--in-frames", "3", "--out-frames", "3", "--val-steps", "3",
-            "--out", str(out), "--no-progress"]
+    args = [
+        "--model",
+        "seq2seq",
+        "--data",
+        "moving-mnist",
+        "--mnist",
+        str(idx_file),
+        "--preset",
+        "tiny",
+        "--in-frames",
+        "3",
+        "--out-frames",
+        "3",
+        "--val-steps",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert tr.main(args) == 0
     err = capsys.readouterr().err
     assert "data moving-mnist" in err and "done: 4 steps" in err
     assert (out / "samples" / "final.gif").is_file()
     seqs = mm.generate(fake_digits(seed=5), 5, frames=20, seed=2)
     np.save(tmp_path / "test.npy", seqs.transpose(1, 0, 2, 3))
-    assert ev.main([str(out / "last.pt"), "--mnist-test", str(tmp_path / "test.npy"),
-                    "--out", str(tmp_path / "eval.json")]) == 0
+    assert (
+        ev.main(
+            [
+                str(out / "last.pt"),
+                "--mnist-test",
+                str(tmp_path / "test.npy"),
+                "--out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "eval.json").read_text())
     assert res["clips"] == 5 and res["steps"] == 3 and res["data"] == "moving-mnist"
     assert res["baseline_mean"]["mse"] > 0 and len(res["model"]["mae"]) == 3

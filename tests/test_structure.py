@@ -1,5 +1,6 @@
 """The package's layering: what imports without the compiled extension, who may import the
 command lines, module size, and the model registry as the one place a model is added."""
+
 import ast
 import subprocess
 import sys
@@ -40,8 +41,7 @@ else:
     raise AssertionError("pyframepred.ops imported without its extension")
 print("ok")
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
@@ -50,8 +50,7 @@ def _modules():
 
 
 def test_no_module_over_500_lines():
-    long = {str(p.relative_to(ROOT)): n for p in _modules()
-            if (n := len(p.read_text().splitlines())) > 500}
+    long = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > 500}
     assert not long, long
 
 
@@ -63,7 +62,7 @@ def _imports(path: Path):
             yield from (a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 yield ".".join(base + ([node.module] if node.module else []))
             else:
                 yield node.module or ""
@@ -99,29 +98,40 @@ class _LastFramePlusConv(nn.Module):
 
     def forward(self, x):
         b, t, c, h, w = x.shape
-        return torch.tanh(x[:, -1] + self.conv(x[:, -self.in_frames:].reshape(b, t * c, h, w)))
+        return torch.tanh(x[:, -1] + self.conv(x[:, -self.in_frames :].reshape(b, t * c, h, w)))
 
     def rollout(self, inputs, steps):
         frames, out = list(inputs.unbind(1)), []
         for _ in range(steps):
-            y = self(torch.stack(frames[-self.in_frames:], 1))
+            y = self(torch.stack(frames[-self.in_frames :], 1))
             out.append(y)
             frames.append(y)
         return torch.stack(out, 1)
 
 
 def test_a_fourth_model_is_one_registry_entry(tmp_path):
-    data = synthetic.generate(tmp_path / "videos", seed=3, videos_per_class=2,
-                              groups_per_class=2, frames=(12, 14),
-                              classes=synthetic.CLASSES[:1], progress=False)
+    data = synthetic.generate(
+        tmp_path / "videos",
+        seed=3,
+        videos_per_class=2,
+        groups_per_class=2,
+        frames=(12, 14),
+        classes=synthetic.CLASSES[:1],
+        progress=False,
+    )
     spec = registry.ModelSpec(
-        name="lastconv", cls=_LastFramePlusConv, task="frames", batch_norm=False,
+        name="lastconv",
+        cls=_LastFramePlusConv,
+        task="frames",
+        batch_norm=False,
         presets={p: {} for p in ("tiny", "quick", "small", "full")},
-        run_settings=lambda c: dict(in_frames=c.in_frames, residual=c.residual))
+        run_settings=lambda c: dict(in_frames=c.in_frames, residual=c.residual),
+    )
     registry.register(spec)
     try:
-        cfg = TrainConfig(model="lastconv", data=str(data), out=str(tmp_path / "run"),
-                          preset="tiny", progress=False)
+        cfg = TrainConfig(
+            model="lastconv", data=str(data), out=str(tmp_path / "run"), preset="tiny", progress=False
+        )
         res = Trainer(cfg).fit()
         assert res["status"] == "done" and res["step"] == 4
         assert (tmp_path / "run" / "last.pt").is_file()

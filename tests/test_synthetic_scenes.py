@@ -58,9 +58,7 @@ def test_pink_noise_has_the_requested_spectrum():
 
 @pytest.mark.parametrize("cls", CLASSES)
 def test_frames_have_natural_image_statistics(cls):
-    slopes = [
-        spectral_slope(luma(render_video(cls, 2, 64, 64, [7, g], [7, g, 1]))[0]) for g in range(4)
-    ]
+    slopes = [spectral_slope(luma(render_video(cls, 2, 64, 64, [7, g], [7, g, 1]))[0]) for g in range(4)]
     # natural images: about -2 (between -3 and -1.5 for most photographs); flat shapes on a
     # flat background give a spectrum dominated by a few edges, white noise gives 0
     assert -3.3 < np.median(slopes) < -1.4, slopes
@@ -106,7 +104,8 @@ def test_rendering_is_deterministic_and_any_size_works():
 
 
 def test_the_cache_folder_names_the_generator_version(tmp_path):
-    root = synthetic.default_dataset_root(tmp_path, progress=False, videos_per_class=1,
-                                          frames=4, classes=["StillScene"])
+    root = synthetic.default_dataset_root(
+        tmp_path, progress=False, videos_per_class=1, frames=4, classes=["StillScene"]
+    )
     assert root.name.startswith(f"scenes-v{synthetic.GENERATOR_VERSION}-64x64-")
     assert synthetic.GENERATOR_VERSION >= 2

@@ -1,4 +1,5 @@
 """Training, evaluation and prediction: library and command lines, on a tiny synthetic data set."""
+
 import json
 import math
 import os
@@ -27,8 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("videos")
-    return synthetic.generate(out, seed=1, videos_per_class=2, groups_per_class=2,
-                              frames=(16, 20), classes=synthetic.CLASSES[:2], progress=False)
+    return synthetic.generate(
+        out,
+        seed=1,
+        videos_per_class=2,
+        groups_per_class=2,
+        frames=(16, 20),
+        classes=synthetic.CLASSES[:2],
+        progress=False,
+    )
 
 
 def tiny(model, data, out, **kw):
@@ -44,13 +52,13 @@ def params(model):
 @pytest.mark.parametrize("model", ["seq2seq", "autoencoder", "multiscale"])
 def test_train_cli_writes_outputs(model, data, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = tr.main(["--model", model, "--data", str(data), "--preset", "tiny", "--out", str(out),
-                  "--no-progress"])
+    rc = tr.main(
+        ["--model", model, "--data", str(data), "--preset", "tiny", "--out", str(out), "--no-progress"]
+    )
     assert rc == 0
-    for name in ("last.pt", "best.pt", "history.json", "loss.png", "config.json",
-                 "samples/final.gif"):
+    for name in ("last.pt", "best.pt", "history.json", "loss.png", "config.json", "samples/final.gif"):
         assert (out / name).is_file(), name
-    assert not list(out.glob(".*.tmp"))                  # no temp files left behind
+    assert not list(out.glob(".*.tmp"))  # no temp files left behind
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["step"] == 4 and ckpt["config"]["model"] == model
     hist = json.loads((out / "history.json").read_text())
@@ -80,13 +88,14 @@ def test_resume_gives_same_continuation(model, data, tmp_path):
 
     def stop_at_2(trainer, step):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)            # Ctrl-C: save and stop
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: save and stop
 
     first.callbacks.append(StepHook(stop_at_2))
     res = first.fit()
     assert res["status"] == "interrupted" and res["step"] == 2
-    resumed = Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2),
-                         resume=tmp_path / "b" / "last.pt")
+    resumed = Trainer(
+        tiny(model, data, tmp_path / "b", steps=4, val_every=2), resume=tmp_path / "b" / "last.pt"
+    )
     assert resumed.step == 2
     resumed.fit()
     a, b = params(straight.model), params(resumed.model)
@@ -104,7 +113,7 @@ def test_ctrl_c_cli_saves_and_exits_130(data, tmp_path, monkeypatch, capsys):
 
     def step(self, clips):
         out = orig(self, clips)
-        if self.step == 2:                                 # the 3rd step: interrupt mid-run
+        if self.step == 2:  # the 3rd step: interrupt mid-run
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
@@ -113,14 +122,45 @@ def test_ctrl_c_cli_saves_and_exits_130(data, tmp_path, monkeypatch, capsys):
     # Python's default_int_handler, or SIG_IGN when the tests were started in the background
     # by a shell without job control: the run must give back whichever it found.
     before = signal.getsignal(signal.SIGINT)
-    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
-                  str(out), "--steps", "10", "--val-every", "0", "--no-progress"])
+    rc = tr.main(
+        [
+            "--model",
+            "autoencoder",
+            "--data",
+            str(data),
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--steps",
+            "10",
+            "--val-every",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 130
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
     assert "--resume" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
-    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
-                  str(out), "--steps", "4", "--val-every", "0", "--no-progress", "--resume"])
+    rc = tr.main(
+        [
+            "--model",
+            "autoencoder",
+            "--data",
+            str(data),
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--val-every",
+            "0",
+            "--no-progress",
+            "--resume",
+        ]
+    )
     assert rc == 0
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 4
 
@@ -130,15 +170,26 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
     orig = Trainer.train_step
 
     def step(self, clips):
-        if self.step == 2:                                 # after the checkpoint of step 2
+        if self.step == 2:  # after the checkpoint of step 2
             with torch.no_grad():
                 next(self.model.parameters()).fill_(float("nan"))
         return orig(self, clips)
 
     monkeypatch.setattr(Trainer, "train_step", step)
     # (autoencoder: the fused ConvLSTM CPU kernel turns NaN gate inputs into 0, see the report)
-    rc = tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
-                  str(out), "--no-progress"])
+    rc = tr.main(
+        [
+            "--model",
+            "autoencoder",
+            "--data",
+            str(data),
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 3
     err = capsys.readouterr().err
     assert "nan" in err.lower() and "step 3" in err and "last.pt" in err, err
@@ -149,13 +200,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
 
 def test_reference_ops_and_config_file(data, tmp_path):
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"model": "seq2seq", "preset": "tiny", "data": str(data),
-                               "steps": 3, "fused": False, "lambda_gdl": 0.5,
-                               "teacher_forcing": False}))
-    c, resume = tr.config_from_args(["--config", str(cfg), "--steps", "2",
-                                     "--out", str(tmp_path / "o")])
-    assert (c.steps, c.fused, c.lambda_gdl, c.teacher_forcing, resume) == (2, False, 0.5, False,
-                                                                           None)
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": "seq2seq",
+                "preset": "tiny",
+                "data": str(data),
+                "steps": 3,
+                "fused": False,
+                "lambda_gdl": 0.5,
+                "teacher_forcing": False,
+            }
+        )
+    )
+    c, resume = tr.config_from_args(["--config", str(cfg), "--steps", "2", "--out", str(tmp_path / "o")])
+    assert (c.steps, c.fused, c.lambda_gdl, c.teacher_forcing, resume) == (2, False, 0.5, False, None)
     t = Trainer(c)
     assert not t.model.fused and not t.model.teacher_forcing
     assert t.fit()["status"] == "done"
@@ -165,14 +224,17 @@ def test_reference_ops_and_config_file(data, tmp_path):
     assert c.model == "multiscale" and c.lambda_adv == 0.2 and c.alpha == 2.0
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "--model is required"),
-    (["--model", "autoencoder", "--data", "/nonexistent/videos"], "does not exist"),
-    (["--model", "autoencoder", "--steps", "0"], "--steps must be >= 1"),
-    (["--model", "autoencoder", "--lr", "-1"], "learning rates"),
-    (["--model", "autoencoder", "--device", "tpu"], "--device"),
-    (["--model", "autoencoder", "--config", "/nonexistent.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "--model is required"),
+        (["--model", "autoencoder", "--data", "/nonexistent/videos"], "does not exist"),
+        (["--model", "autoencoder", "--steps", "0"], "--steps must be >= 1"),
+        (["--model", "autoencoder", "--lr", "-1"], "learning rates"),
+        (["--model", "autoencoder", "--device", "tpu"], "--device"),
+        (["--model", "autoencoder", "--config", "/nonexistent.json"], "does not exist"),
+    ],
+)
 def test_train_cli_errors(argv, message, capsys, tmp_path, data):
     if "--data" not in argv and argv:
         argv = argv + ["--data", str(data)]
@@ -191,23 +253,35 @@ def test_train_cli_bad_choices():
 
 def test_empty_data_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    rc = tr.main(["--model", "seq2seq", "--data", str(tmp_path / "empty"), "--out",
-                  str(tmp_path / "o")])
+    rc = tr.main(["--model", "seq2seq", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no video files" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
-    assert tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--out",
-                    str(out), "--no-progress"]) == 0
+    assert (
+        tr.main(
+            [
+                "--model",
+                "autoencoder",
+                "--data",
+                str(data),
+                "--preset",
+                "tiny",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out / "last.pt"
 
 
 def test_evaluate_cli(checkpoint, data, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    rc = ev.main([str(checkpoint), "--data", str(data), "--steps", "3", "--clips", "4",
-                  "--out", str(out)])
+    rc = ev.main([str(checkpoint), "--data", str(data), "--steps", "3", "--clips", "4", "--out", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["steps"] == 3 and res["clips"] == 4
@@ -217,10 +291,21 @@ def test_evaluate_cli(checkpoint, data, tmp_path, capsys):
     # copy-last gets worse with every step
     assert res["baseline"]["psnr"][0] > res["baseline"]["psnr"][2]
     assert "copy-last" in capsys.readouterr().out
-    ev.main([str(checkpoint), "--data", str(data), "--steps", "3", "--clips", "4", "--out",
-             str(tmp_path / "again.json")])
+    ev.main(
+        [
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--steps",
+            "3",
+            "--clips",
+            "4",
+            "--out",
+            str(tmp_path / "again.json"),
+        ]
+    )
     again = json.loads((tmp_path / "again.json").read_text())
-    assert again["model"] == res["model"]                 # fixed, reproducible clips
+    assert again["model"] == res["model"]  # fixed, reproducible clips
 
 
 def test_evaluate_cli_errors(checkpoint, tmp_path, capsys):
@@ -245,7 +330,7 @@ def test_predict_cli(checkpoint, data, tmp_path, suffix, capsys):
         from PIL import Image
 
         with Image.open(out) as im:
-            assert im.n_frames == 7 and im.size[0] > 1.8 * im.size[1]   # side by side
+            assert im.n_frames == 7 and im.size[0] > 1.8 * im.size[1]  # side by side
     else:
         import decord
 
@@ -254,14 +339,27 @@ def test_predict_cli(checkpoint, data, tmp_path, suffix, capsys):
 
 def test_predict_other_size_and_errors(checkpoint, data, tmp_path, capsys):
     video = sorted(Path(data).rglob("*.mp4"))[0]
-    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--size", "48", "80",
-                    "--out", str(tmp_path / "p.gif")]) == 0
+    assert (
+        pr.main(
+            [
+                str(checkpoint),
+                str(video),
+                "--steps",
+                "2",
+                "--size",
+                "48",
+                "80",
+                "--out",
+                str(tmp_path / "p.gif"),
+            ]
+        )
+        == 0
+    )
     assert "48x80" in capsys.readouterr().out
     assert pr.main([str(checkpoint), str(tmp_path / "no.mp4"), "--out", str(tmp_path / "x.gif")]) == 2
     assert pr.main([str(checkpoint), str(video), "--out", str(tmp_path / "x.png")]) == 2
     assert pr.main([str(checkpoint), str(video), "--steps", "0"]) == 2
-    assert pr.main([str(checkpoint), str(video), "--start", "100000",
-                    "--out", str(tmp_path / "x.gif")]) == 2
+    assert pr.main([str(checkpoint), str(video), "--start", "100000", "--out", str(tmp_path / "x.gif")]) == 2
 
 
 def test_predict_keeps_the_video_aspect_ratio(checkpoint, tmp_path, capsys):
@@ -271,11 +369,14 @@ def test_predict_keeps_the_video_aspect_ratio(checkpoint, tmp_path, capsys):
     frames = np.repeat(rng.integers(0, 256, (1, 48, 96, 3), dtype=np.uint8), 12, axis=0)
     video = tmp_path / "wide.mp4"
     encode_video(video, frames, 25)
-    assert pr.main([str(checkpoint), str(video), "--steps", "2",
-                    "--out", str(tmp_path / "p.gif")]) == 0
+    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--out", str(tmp_path / "p.gif")]) == 0
     assert "64x128 frames" in capsys.readouterr().out
-    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--size", "32",
-                    "--out", str(tmp_path / "q.gif")]) == 0
+    assert (
+        pr.main(
+            [str(checkpoint), str(video), "--steps", "2", "--size", "32", "--out", str(tmp_path / "q.gif")]
+        )
+        == 0
+    )
     assert "32x64 frames" in capsys.readouterr().out
 
 
@@ -288,15 +389,35 @@ def _free_port():
 def test_ddp_two_processes_gloo(data, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "pyframepred.train", "--model", "multiscale", "--data", str(data),
-           "--preset", "tiny", "--out", str(out), "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "pyframepred.train",
+        "--model",
+        "multiscale",
+        "--data",
+        str(data),
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["world_size"] == 2 and ckpt["step"] == 4
-    assert proc.stderr.count("training multiscale") == 1      # only rank 0 logs
+    assert proc.stderr.count("training multiscale") == 1  # only rank 0 logs
     assert "4 steps of 2 x 2 clips" in proc.stderr
 
 
@@ -345,8 +466,12 @@ def _interrupted_run(data, out, monkeypatch, argv, stop_after=2):
 
 def test_resume_takes_settings_from_checkpoint(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    _interrupted_run(data, out, monkeypatch, ["--model", "seq2seq", "--preset", "tiny",
-                                              "--steps", "5", "--val-every", "0", "--lr", "0.002"])
+    _interrupted_run(
+        data,
+        out,
+        monkeypatch,
+        ["--model", "seq2seq", "--preset", "tiny", "--steps", "5", "--val-every", "0", "--lr", "0.002"],
+    )
     capsys.readouterr()
     # no --steps, --model, --preset, --out: all from the checkpoint (tiny alone would be 4 steps)
     assert tr.main(["--resume", str(out / "last.pt")]) == 0
@@ -371,18 +496,19 @@ def test_resume_takes_settings_from_checkpoint(data, tmp_path, monkeypatch, caps
     assert ckpt["step"] == 6 and ckpt["config"]["steps"] == 6 and ckpt["config"]["lr"] == 0.001
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--preset", "quick"], '--preset is "tiny" in the checkpoint but "quick" was given'),
-    (["--size", "32"], "--size is 64 in the checkpoint but 32 was given"),
-    (["--in-frames", "3"], "--in-frames is 4 in the checkpoint but 3 was given"),
-    (["--no-residual"], "--residual is true in the checkpoint but false was given"),
-    (["--model", "autoencoder"], "holds a seq2seq model, not an autoencoder model"),
-])
-def test_resume_with_other_model_settings_is_an_error(extra, message, data, tmp_path,
-                                                      monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--preset", "quick"], '--preset is "tiny" in the checkpoint but "quick" was given'),
+        (["--size", "32"], "--size is 64 in the checkpoint but 32 was given"),
+        (["--in-frames", "3"], "--in-frames is 4 in the checkpoint but 3 was given"),
+        (["--no-residual"], "--residual is true in the checkpoint but false was given"),
+        (["--model", "autoencoder"], "holds a seq2seq model, not an autoencoder model"),
+    ],
+)
+def test_resume_with_other_model_settings_is_an_error(extra, message, data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    _interrupted_run(data, out, monkeypatch, ["--model", "seq2seq", "--preset", "tiny",
-                                              "--val-every", "0"])
+    _interrupted_run(data, out, monkeypatch, ["--model", "seq2seq", "--preset", "tiny", "--val-every", "0"])
     capsys.readouterr()
     before = (out / "last.pt").stat().st_mtime_ns
     assert tr.main(["--resume", str(out / "last.pt"), "--no-progress"] + extra) == 2
@@ -393,8 +519,9 @@ def test_resume_with_other_model_settings_is_an_error(extra, message, data, tmp_
 
 def test_resume_state_dict_mismatch_is_a_usage_error(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    _interrupted_run(data, out, monkeypatch, ["--model", "autoencoder", "--preset", "tiny",
-                                              "--val-every", "0"])
+    _interrupted_run(
+        data, out, monkeypatch, ["--model", "autoencoder", "--preset", "tiny", "--val-every", "0"]
+    )
     ckpt = torch.load(out / "last.pt", weights_only=False)
     ckpt["model"].pop(next(iter(ckpt["model"])))
     torch.save(ckpt, out / "broken.pt")
@@ -406,8 +533,9 @@ def test_resume_state_dict_mismatch_is_a_usage_error(data, tmp_path, monkeypatch
 
 def test_resume_auto_and_config_file_resume(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    _interrupted_run(data, out, monkeypatch, ["--model", "autoencoder", "--preset", "tiny",
-                                              "--val-every", "0"])
+    _interrupted_run(
+        data, out, monkeypatch, ["--model", "autoencoder", "--preset", "tiny", "--val-every", "0"]
+    )
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(f'resume = true\nout = "{out}"\n')
     c, resume = tr.config_from_args(["--config", str(cfg)])
@@ -419,28 +547,30 @@ def test_resume_auto_and_config_file_resume(data, tmp_path, monkeypatch, capsys)
 
 
 # ----------------------------------------------------------------------------- config types
-@pytest.mark.parametrize("line, message", [
-    ('steps = "abc"', 'steps must be an integer or null, got "abc"'),
-    ("steps = 2.7", "steps must be an integer or null, got 2.7"),
-    ("steps = true", "steps must be an integer or null, got true"),
-    ('lr = "fast"', 'lr must be a number, got "fast"'),
-    ("size = [64, 48]", "size must be an integer, got [64, 48]"),
-    ("size = 64.5", "size must be an integer, got 64.5"),
-    ("in_frames = 2.5", "in_frames must be an integer, got 2.5"),
-    ("device = 5", "device must be a string, got 5"),
-    ("data = 5", "data must be a string or null, got 5"),
-    ('fused = "no"', 'fused must be true or false, got "no"'),
-    ("model_kwargs = 3", "model_kwargs must be a table/object, got 3"),
-    ("resume = 5", "resume must be a checkpoint path"),
-    ("model_kwargs = {foo = 1, bar = 2}", "the autoencoder model takes no bar, foo"),
-    ('model_kwargs = {widths = "x"}', "cannot build the autoencoder model"),
-    ("grad_clip = -1", "--grad-clip must be >= 0 (0 = off), got -1.0"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('steps = "abc"', 'steps must be an integer or null, got "abc"'),
+        ("steps = 2.7", "steps must be an integer or null, got 2.7"),
+        ("steps = true", "steps must be an integer or null, got true"),
+        ('lr = "fast"', 'lr must be a number, got "fast"'),
+        ("size = [64, 48]", "size must be an integer, got [64, 48]"),
+        ("size = 64.5", "size must be an integer, got 64.5"),
+        ("in_frames = 2.5", "in_frames must be an integer, got 2.5"),
+        ("device = 5", "device must be a string, got 5"),
+        ("data = 5", "data must be a string or null, got 5"),
+        ('fused = "no"', 'fused must be true or false, got "no"'),
+        ("model_kwargs = 3", "model_kwargs must be a table/object, got 3"),
+        ("resume = 5", "resume must be a checkpoint path"),
+        ("model_kwargs = {foo = 1, bar = 2}", "the autoencoder model takes no bar, foo"),
+        ('model_kwargs = {widths = "x"}', "cannot build the autoencoder model"),
+        ("grad_clip = -1", "--grad-clip must be >= 0 (0 = off), got -1.0"),
+    ],
+)
 def test_config_file_types_are_checked(line, message, data, tmp_path, capsys):
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(f'model = "autoencoder"\npreset = "tiny"\n{line}\n')
-    rc = tr.main(["--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "o"),
-                  "--no-progress"])
+    rc = tr.main(["--config", str(cfg), "--data", str(data), "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "o" / "last.pt").exists()
@@ -473,11 +603,25 @@ def test_cuda_index_is_checked(monkeypatch):
 def test_cli_device_errors(checkpoint, data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     video = sorted(Path(data).rglob("*.mp4"))[0]
-    assert tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny",
-                    "--device", "cuda:1", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        tr.main(
+            [
+                "--model",
+                "autoencoder",
+                "--data",
+                str(data),
+                "--preset",
+                "tiny",
+                "--device",
+                "cuda:1",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert ev.main([str(checkpoint), "--device", "cuda:0"]) == 2
-    assert pr.main([str(checkpoint), str(video), "--device", "cuda:0",
-                    "--out", str(tmp_path / "p.gif")]) == 2
+    assert pr.main([str(checkpoint), str(video), "--device", "cuda:0", "--out", str(tmp_path / "p.gif")]) == 2
     err = capsys.readouterr().err
     assert err.count("no CUDA device is available") == 3 and "Traceback" not in err
 
@@ -489,8 +633,22 @@ def test_train_unwritable_out(where, data, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
     out = {"file": afile, "under_file": afile / "sub", "proc": Path("/proc/pyframepred-x")}[where]
-    assert tr.main(["--model", "autoencoder", "--data", str(data), "--preset", "tiny",
-                    "--out", str(out), "--no-progress"]) == 2
+    assert (
+        tr.main(
+            [
+                "--model",
+                "autoencoder",
+                "--data",
+                str(data),
+                "--preset",
+                "tiny",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--out" in err and "training" not in err, err
 
@@ -499,8 +657,9 @@ def test_train_grad_clip_and_absolute_data(data, tmp_path, monkeypatch, capsys):
     assert tr.main(["--model", "autoencoder", "--data", str(data), "--grad-clip", "-1"]) == 2
     assert "--grad-clip must be >= 0" in capsys.readouterr().err
     monkeypatch.chdir(Path(data).parent)
-    c, _ = tr.config_from_args(["--model", "autoencoder", "--data", Path(data).name, "--out",
-                                str(tmp_path / "o")])
+    c, _ = tr.config_from_args(
+        ["--model", "autoencoder", "--data", Path(data).name, "--out", str(tmp_path / "o")]
+    )
     assert c.data == str(Path(data).resolve())
 
 
@@ -534,8 +693,9 @@ def test_evaluate_cli_more_errors(checkpoint, tmp_path, capsys):
 def test_predict_fps_and_out_errors(checkpoint, data, tmp_path, monkeypatch, capsys):
     video = sorted(Path(data).rglob("*.mp4"))[0]
     ran = []
-    monkeypatch.setattr(pr, "model_from_checkpoint",
-                        lambda *a, **k: ran.append(1) or ev.model_from_checkpoint(*a, **k))
+    monkeypatch.setattr(
+        pr, "model_from_checkpoint", lambda *a, **k: ran.append(1) or ev.model_from_checkpoint(*a, **k)
+    )
     for bad in ("0", "-1", "abc", "30/0"):
         with pytest.raises(SystemExit) as exc:
             pr.main([str(checkpoint), str(video), "--fps", bad, "--out", str(tmp_path / "a.gif")])
@@ -545,17 +705,17 @@ def test_predict_fps_and_out_errors(checkpoint, data, tmp_path, monkeypatch, cap
     if Path("/proc/self").is_dir():
         assert pr.main([str(checkpoint), str(video), "--out", "/proc/pyframepred-x.gif"]) == 2
         assert "cannot write --out" in capsys.readouterr().err
-    assert not ran                                          # checked before the model runs
+    assert not ran  # checked before the model runs
     out = tmp_path / "slow.mp4"
-    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--fps", "0.5",
-                    "--out", str(out)]) == 0
+    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--fps", "0.5", "--out", str(out)]) == 0
     import av
 
     with av.open(str(out)) as f:
         assert f.streams.video[0].average_rate == 0.5
     ntsc = tmp_path / "ntsc.mp4"
-    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--fps", "30000/1001",
-                    "--out", str(ntsc)]) == 0
+    assert (
+        pr.main([str(checkpoint), str(video), "--steps", "2", "--fps", "30000/1001", "--out", str(ntsc)]) == 0
+    )
     with av.open(str(ntsc)) as f:
         assert f.streams.video[0].average_rate == Fraction(30000, 1001)
 
@@ -571,29 +731,46 @@ def test_usage_errors_are_one_line(capsys):
 @pytest.fixture(scope="module")
 def one_group_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("one-group")
-    return synthetic.generate(out, seed=2, videos_per_class=2, groups_per_class=1,
-                              frames=(16, 20), classes=synthetic.CLASSES[:2], progress=False)
+    return synthetic.generate(
+        out,
+        seed=2,
+        videos_per_class=2,
+        groups_per_class=1,
+        frames=(16, 20),
+        classes=synthetic.CLASSES[:2],
+        progress=False,
+    )
 
 
 def test_split_options(one_group_data, tmp_path, capsys):
-    base = ["--model", "autoencoder", "--preset", "tiny", "--data", str(one_group_data),
-            "--no-progress", "--steps", "2"]
+    base = [
+        "--model",
+        "autoencoder",
+        "--preset",
+        "tiny",
+        "--data",
+        str(one_group_data),
+        "--no-progress",
+        "--steps",
+        "2",
+    ]
     # One group per class: the held-out side of the group split is empty -> the way out is named.
     assert tr.main(base + ["--out", str(tmp_path / "a")]) == 2
     assert "--test-fraction 0" in capsys.readouterr().err
     threads = torch.get_num_threads()
     try:
-        assert tr.main(base + ["--out", str(tmp_path / "b"), "--test-fraction", "0",
-                               "--threads", "1"]) == 0
+        assert tr.main(base + ["--out", str(tmp_path / "b"), "--test-fraction", "0", "--threads", "1"]) == 0
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
     err = capsys.readouterr().err
     assert "not held-out" in err and "done: 2 steps; validation PSNR" in err
-    for extra, message in ((["--test-fraction", "1"], "--test-fraction"),
-                           (["--split-index", "4"], "--split-index"),
-                           (["--threads", "0"], "--threads"),
-                           (["--split-dir", str(tmp_path / "none")], "split folder")):
+    for extra, message in (
+        (["--test-fraction", "1"], "--test-fraction"),
+        (["--split-index", "4"], "--split-index"),
+        (["--threads", "0"], "--threads"),
+        (["--split-dir", str(tmp_path / "none")], "split folder"),
+    ):
         assert tr.main(base + ["--out", str(tmp_path / "c")] + extra) == 2
         assert message in capsys.readouterr().err
 
@@ -601,11 +778,14 @@ def test_split_options(one_group_data, tmp_path, capsys):
 def test_predict_at_a_width_decord_cannot_scale_to(checkpoint, data, tmp_path, capsys):
     # decord 0.6 fails to hand out frames 48 pixels wide (dmlc/decord#336); FrameReader resizes.
     video = sorted(Path(data).rglob("*.mp4"))[0]
-    assert pr.main([str(checkpoint), str(video), "--steps", "2", "--size", "48",
-                    "--out", str(tmp_path / "p.gif")]) == 0
+    assert (
+        pr.main(
+            [str(checkpoint), str(video), "--steps", "2", "--size", "48", "--out", str(tmp_path / "p.gif")]
+        )
+        == 0
+    )
     assert "48x48" in capsys.readouterr().out
-    assert pr.main([str(checkpoint), str(Path(video).parent), "--out",
-                    str(tmp_path / "x.gif")]) == 2
+    assert pr.main([str(checkpoint), str(Path(video).parent), "--out", str(tmp_path / "x.gif")]) == 2
     assert "is a folder" in capsys.readouterr().err
 
 
@@ -630,14 +810,22 @@ def test_cli_warnings_are_plain_lines(capsys):
 def test_failed_run_leaves_no_empty_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "runs" / "deep" / "x"
-    assert tr.main(["--model", "autoencoder", "--data", str(tmp_path / "empty"),
-                    "--out", str(out), "--no-progress"]) == 2
+    assert (
+        tr.main(
+            ["--model", "autoencoder", "--data", str(tmp_path / "empty"), "--out", str(out), "--no-progress"]
+        )
+        == 2
+    )
     assert "no video files" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # the folders this run created are gone again
     keep = tmp_path / "mine"
     keep.mkdir()
-    assert tr.main(["--model", "autoencoder", "--data", str(tmp_path / "empty"),
-                    "--out", str(keep), "--no-progress"]) == 2
+    assert (
+        tr.main(
+            ["--model", "autoencoder", "--data", str(tmp_path / "empty"), "--out", str(keep), "--no-progress"]
+        )
+        == 2
+    )
     assert keep.is_dir()  # a folder that existed before is left in place
 
 
@@ -652,17 +840,29 @@ def test_evaluate_names_a_foreign_file(tmp_path, capsys):
 def test_evaluate_all_videos_of_a_folder_without_groups(checkpoint, tmp_path, capsys):
     footage = tmp_path / "footage"
     rng = np.random.default_rng(0)
-    for name in ("Street", "Room"):                                 # one video each: no split
+    for name in ("Street", "Room"):  # one video each: no split
         (footage / name).mkdir(parents=True)
         frames = (rng.random((12, 48, 80, 3)) * 255).astype(np.uint8)
         encode_video(footage / name / f"{name.lower()}.mp4", frames, 25)
     out = tmp_path / "eval.json"
     assert ev.main([str(checkpoint), "--data", str(footage), "--steps", "2", "--out", str(out)]) == 2
     assert "no videos for the test side" in capsys.readouterr().err  # the split holds none out
-    rc = ev.main([str(checkpoint), "--data", str(footage), "--all-videos", "--steps", "2",
-                  "--clips-per-video", "3", "--out", str(out)])
+    rc = ev.main(
+        [
+            str(checkpoint),
+            "--data",
+            str(footage),
+            "--all-videos",
+            "--steps",
+            "2",
+            "--clips-per-video",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
-    assert json.loads(out.read_text())["clips"] == 6                # every video, 3 clips each
+    assert json.loads(out.read_text())["clips"] == 6  # every video, 3 clips each
 
 
 def test_evaluate_mathieu_protocol_on_the_paper_layout_and_on_videos(checkpoint, data, tmp_path, capsys):
@@ -670,13 +870,13 @@ def test_evaluate_mathieu_protocol_on_the_paper_layout_and_on_videos(checkpoint,
 
     rng = np.random.default_rng(0)
     ucf = tmp_path / "ucf"
-    for clip in ("1", "11"):                                        # the authors' layout
+    for clip in ("1", "11"):  # the authors' layout
         (ucf / clip).mkdir(parents=True)
         for i in range(6):
             name = f"pred_{i + 1}.png" if i < 4 else f"target_{i - 3}.png"
             Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(ucf / clip / name)
         flow = np.full((32, 48, 3), 255, np.uint8)
-        flow[4:20, 8:30] = (255, 0, 0)                              # moving where it is red
+        flow[4:20, 8:30] = (255, 0, 0)  # moving where it is red
         for name in ("pred_4_flow.png", "target_1_flow.png"):
             Image.fromarray(flow).save(ucf / clip / name)
     out = tmp_path / "paper.json"
@@ -689,11 +889,29 @@ def test_evaluate_mathieu_protocol_on_the_paper_layout_and_on_videos(checkpoint,
     assert "moving pixels only" in capsys.readouterr().out
     # any folder of videos: masks from the estimated flow
     out = tmp_path / "videos.json"
-    assert ev.main([str(checkpoint), "--protocol", "mathieu", "--data", str(data), "--clips", "4",
-                    "--out", str(out)]) == 0
+    assert (
+        ev.main(
+            [str(checkpoint), "--protocol", "mathieu", "--data", str(data), "--clips", "4", "--out", str(out)]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["clips"] == 4 and res["moving_pixels"].startswith("estimated flow")
-    assert ev.main([str(checkpoint), "--protocol", "mathieu", "--data", str(data),
-                    "--moving-threshold", "0", "--out", str(out)]) == 2
+    assert (
+        ev.main(
+            [
+                str(checkpoint),
+                "--protocol",
+                "mathieu",
+                "--data",
+                str(data),
+                "--moving-threshold",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "threshold must be positive" in err[0]
