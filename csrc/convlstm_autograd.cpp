@@ -86,10 +86,24 @@ op::ConvLSTMGatesForward::Result convlstm_gates_forward_autograd(
   return {out[0], out[1], out[2]};
 }
 
+// convlstm_gates: the forward op, saving the gates only when backward can be called.
+op::ConvLSTMGates::Result convlstm_gates(PYFRAMEPRED_CONVLSTM_GATES_INPUTS()) {
+  const bool save = at::GradMode::is_enabled() &&
+                    (x_gates.requires_grad() || requires_grad(h_gates) || c_prev.requires_grad() ||
+                     requires_grad(bias) || requires_grad(peephole));
+  auto [h, c, gates] = op::handle<op::ConvLSTMGatesForward>().call(x_gates, h_gates, c_prev, bias,
+                                                                   peephole, save);
+  return {h, c};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyframepred, Autograd, m) {
   m.impl(op::ConvLSTMGatesForward::kName, &convlstm_gates_forward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(pyframepred, CompositeImplicitAutograd, m) {
+  m.impl(op::ConvLSTMGates::kName, &convlstm_gates);
 }
 
 }  // namespace pyframepred

@@ -18,6 +18,7 @@ void def(torch::Library& m, const std::vector<at::Tag>& tags = {}) {
 
 TORCH_LIBRARY(pyframepred, m) {
   namespace op = pyframepred::op;
+  def<op::ConvLSTMGates>(m);
   def<op::ConvLSTMGatesForward>(m, {at::Tag::flexible_layout});
   def<op::ConvLSTMGatesBackward>(m, {at::Tag::flexible_layout});
   def<op::ConvLSTMLayer>(m, {at::Tag::flexible_layout});

@@ -43,10 +43,8 @@ def convlstm_gates(
     Gradients flow to every input that requires them. Only the activated gates and ``c_prev``
     are kept for backward; ``c`` and ``tanh(c)`` are recomputed.
     """
-    save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x_gates, h_gates, c_prev, bias, peephole)
-    )
-    h, c, _ = torch.ops.pyframepred.convlstm_gates_forward(x_gates, h_gates, c_prev, bias, peephole, save)
+    # The C++ op keeps the activated gates for backward exactly when a gradient can be asked for.
+    h, c = torch.ops.pyframepred.convlstm_gates(x_gates, h_gates, c_prev, bias, peephole)
     return h, c
 
 

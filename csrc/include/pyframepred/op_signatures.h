@@ -67,6 +67,19 @@ struct ConvLSTMGatesForward {
   using Sig = Result(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS);
 };
 
+// The fused cell as callers use it (pyframepred.ops.convlstm_gates in Python, convlstm_gates of
+// <pyframepred/ops.h> in C++): convlstm_gates_forward, keeping the activated gates for backward
+// exactly when a gradient can be asked for (grad mode on and an input that requires grad). The one
+// place that decides save_gates: a CompositeImplicitAutograd kernel (csrc/convlstm_autograd.cpp).
+struct ConvLSTMGates {
+  static constexpr const char* kName = "convlstm_gates";
+  static constexpr const char* kArgs =
+      "(Tensor x_gates, Tensor? h_gates, Tensor c_prev, Tensor? bias=None, Tensor? peephole=None)";
+  static constexpr const char* kReturns = "(Tensor h, Tensor c)";
+  using Result = std::tuple<at::Tensor, at::Tensor>;
+  using Sig = Result(PYFRAMEPRED_CONVLSTM_GATES_INPUTS());
+};
+
 // Backward of convlstm_gates_forward. Returns the gradient of the gate pre-activations (shared by
 // x_gates and h_gates), of c_prev, and, when param_grads, grad_params (7, C): rows 0-3 the bias
 // gradient (reshape to (4C,)), rows 4-6 the peephole gradient (empty when not param_grads).

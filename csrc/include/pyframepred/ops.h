@@ -10,7 +10,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <c10/core/GradMode.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -25,18 +24,8 @@ namespace pyframepred {
 // Fused ConvLSTM cell update. x_gates, h_gates: (N, 4C, H, W) gate pre-activations in the order
 // i, f, g, o (h_gates may be empty: zero hidden state); c_prev: (N, C, H, W); bias: (4C,);
 // peephole: (3, C) per-channel weights (i and f see c_prev, o sees the new c). Returns (h, c).
-inline std::tuple<at::Tensor, at::Tensor> convlstm_gates(
-    PYFRAMEPRED_CONVLSTM_GATES_INPUTS(= std::nullopt)) {
-  auto needs = [](const std::optional<at::Tensor>& t) {
-    return t.has_value() && t->defined() && t->requires_grad();
-  };
-  // Keep the activated gates for backward only when a gradient can be asked for.
-  const bool save = c10::GradMode::is_enabled() &&
-                    (x_gates.requires_grad() || needs(h_gates) || c_prev.requires_grad() ||
-                     needs(bias) || needs(peephole));
-  auto [h, c, gates] =
-      op::handle<op::ConvLSTMGatesForward>().call(x_gates, h_gates, c_prev, bias, peephole, save);
-  return {h, c};
+inline op::ConvLSTMGates::Result convlstm_gates(PYFRAMEPRED_CONVLSTM_GATES_INPUTS(= std::nullopt)) {
+  return op::handle<op::ConvLSTMGates>().call(x_gates, h_gates, c_prev, bias, peephole);
 }
 
 // One ConvLSTM layer over a sequence, scheduled as cuDNN schedules LSTM layers (input convolution
