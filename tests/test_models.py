@@ -147,6 +147,28 @@ def test_seq2seq_motion_head():
         small_seq2seq(motion=True, residual=False)
 
 
+def test_clip_output_never_saturates():
+    from pyframepred.models._common import clip_through
+
+    x = torch.tensor([-3.0, -1.0, 0.2, 0.99, 2.5], requires_grad=True)
+    y = clip_through(x)
+    assert torch.equal(y.detach(), x.detach().clamp(-1, 1))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones(5))  # the gradient passes the clip, even far outside
+    # a background at exactly -1 (Moving MNIST): the clip output copies it and still learns
+    x = -torch.ones(2, 5, 1, 16, 16)
+    x[..., 4:8, 4:8] = 1.0
+    m = small_seq2seq(channels=1, motion=True, output="clip").eval()
+    assert torch.equal(m(x[:, :4], 2)[:, 0], x[:, 3])  # untrained: copy-last, exactly
+    m.train()
+    target = x[:, 4:5].roll(2, dims=-1)
+    loss = torch.nn.functional.mse_loss(m(x[:, :4], 1), target)
+    loss.backward()
+    assert m.decoder[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="output must be"):
+        small_seq2seq(output="sigmoid")
+
+
 def test_seq2seq_fused_matches_reference():
     x = frames(2, 6, 32, 32)
     m = small_seq2seq(residual=False)

@@ -56,6 +56,13 @@ def residual_tanh(last: Tensor, delta: Tensor) -> Tensor:
     return torch.tanh(torch.atanh(last.to(dtype).clamp(-_EDGE, _EDGE)) + delta.to(dtype))
 
 
+def clip_through(x: Tensor) -> Tensor:
+    """``x`` clipped to [-1, 1], with the gradient of the identity: an output that, unlike a tanh,
+    never saturates (frames with many pixels at the extremes -- Moving MNIST's black background
+    -- drive a tanh output into its flat tails, where the gradient vanishes and training stops)."""
+    return x + (x.clamp(-1.0, 1.0) - x).detach()
+
+
 def gdl(
     pred: Tensor, target: Tensor, alpha: float = 1.0, fused: bool = True, reduction: str = "mean"
 ) -> Tensor:

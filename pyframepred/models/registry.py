@@ -137,11 +137,18 @@ register(
         task="frames",
         sequence_output=True,
         presets={
-            "tiny": dict(conv_channels=(8, 16), hidden_channels=16, motion=True),
-            "quick": dict(conv_channels=(16, 32), hidden_channels=32, motion=True),
-            "small": dict(conv_channels=(32, 64), hidden_channels=64, batch_norm=True, motion=True),
+            "tiny": dict(conv_channels=(8, 16), hidden_channels=16, motion=True, output="clip"),
+            "quick": dict(conv_channels=(16, 32), hidden_channels=32, motion=True, output="clip"),
+            "small": dict(
+                conv_channels=(32, 64), hidden_channels=64, batch_norm=True, motion=True, output="clip"
+            ),
             "full": dict(
-                conv_channels=(32, 64, 128), hidden_channels=128, num_layers=2, batch_norm=True, motion=True
+                conv_channels=(32, 64, 128),
+                hidden_channels=128,
+                num_layers=2,
+                batch_norm=True,
+                motion=True,
+                output="clip",
             ),
         },
         run_settings=lambda c: dict(

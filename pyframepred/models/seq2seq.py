@@ -8,7 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ConvLSTM
-from ._common import check_positive_int, conv_block, pad_to_multiple, residual_tanh, up_block, warp
+from ._common import (
+    check_positive_int,
+    clip_through,
+    conv_block,
+    pad_to_multiple,
+    residual_tanh,
+    up_block,
+    warp,
+)
 
 
 class Seq2Seq(nn.Module):
@@ -49,6 +57,11 @@ class Seq2Seq(nn.Module):
             turn it on; ``False`` is the blog post's plain model (and older checkpoints).
         out_steps: default number of predicted frames.
         fused: use the fused ConvLSTM kernel (``False``: plain-PyTorch reference).
+        output: ``"tanh"`` (default) bounds the frame with a tanh (with ``residual``, the
+            previous frame's ``atanh`` plus ``delta``); ``"clip"`` adds ``delta`` to the frame
+            and clips to [-1, 1] with the gradient passing the clip, so that it never saturates
+            -- for frames with many pixels at the extremes, like Moving MNIST's black
+            background, where a tanh output is driven into its flat tails and stops learning.
 
     ``forward(inputs, steps=None, targets=None)``: ``inputs`` ``(B, T, C, H, W)`` with ``T >= 1``
     -> predictions ``(B, steps, C, H, W)``.
@@ -67,8 +80,12 @@ class Seq2Seq(nn.Module):
         out_steps: int = 4,
         fused: bool = True,
         motion: bool = False,
+        output: str = "tanh",
     ):
         super().__init__()
+        if output not in ("tanh", "clip"):
+            raise ValueError(f"output must be 'tanh' or 'clip', got {output!r}")
+        self.output = output
         if motion and not residual:
             raise ValueError("motion=True moves the previous frame, so it needs residual=True")
         conv_channels = [check_positive_int(c, "conv_channels") for c in conv_channels]
@@ -188,7 +205,10 @@ class Seq2Seq(nn.Module):
                 delta = where * delta[:, 3:]
             else:
                 base = prev
-            y = residual_tanh(base.to(delta.dtype), delta) if self.residual else torch.tanh(delta)
+            if self.output == "clip":
+                y = clip_through(base.to(delta.dtype) + delta if self.residual else delta)
+            else:
+                y = residual_tanh(base.to(delta.dtype), delta) if self.residual else torch.tanh(delta)
             outs.append(y)
             before, prev = prev, (targets[:, k] if force and k < steps - 1 else y)
         return torch.stack(outs, 1)[..., :h, :w]
