@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import ConfigError
-from .io import normalize
+from .io import denormalize, normalize
 from .models.registry import rollout
 
 __all__ = [
@@ -101,8 +101,8 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
     p, t = _check(pred, target, "ssim")
     lead = p.shape[:-3]
     h, w = p.shape[-2:]
-    a = ((_luma(p) + 1) * 127.5).reshape(-1, 1, h, w)
-    b = ((_luma(t) + 1) * 127.5).reshape(-1, 1, h, w)
+    a = denormalize(_luma(p)).reshape(-1, 1, h, w)  # to [0, 255]
+    b = denormalize(_luma(t)).reshape(-1, 1, h, w)
     x = torch.arange(11, dtype=p.dtype, device=p.device) - 5
     g = torch.exp(-(x**2) / (2 * 1.5**2))
     win = torch.outer(g, g)
