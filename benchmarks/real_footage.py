@@ -144,22 +144,23 @@ def score_mathieu(ckpt_path: Path, footage: Path, clips_per_video: int, threshol
 
 def table_mathieu(record: dict) -> str:
     lines = [
-        "| model (quick preset, embedded data) | step | clips counted | PSNR model / copy-last "
-        "| SSIM model / copy-last | sharpness model / copy-last |",
+        "| model (quick preset) | step | clips | PSNR | SSIM | sharpness |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in record["runs"]:
         m, b = r["model_metrics"], r["baseline_metrics"]
         for s in range(r["steps"]):
-            name = f"{r['model']} ({r['step']} steps)" if s == 0 else ""
+            name = r["model"] if s == 0 else ""
             lines.append(
                 f"| {name} | {s + 1} | {r['model_counted'][s]} / {r['baseline_counted'][s]} | "
                 f"{bold(m['psnr'][s], b['psnr'][s], '.2f')} | {bold(m['ssim'][s], b['ssim'][s], '.3f')} | "
                 f"{bold(m['sharpness'][s], b['sharpness'][s], '.2f')} |"
             )
     r0 = record["runs"][0]
+    ckpts = ", ".join(f"{r['model']} at step {r['step']}" for r in record["runs"])
     lines.append("")
     lines += report.wrap(
+        f"Each cell: model / copy-last (clips: those counted for each). Checkpoints: {ckpts}. "
         f"The footage above, {r0['clips']} clips, scored as Mathieu et al.'s test code scores: "
         f"{r0['in_frames']} frames in, 2 recursive steps, only moving pixels (here estimated: flow of "
         f"at least {record['moving_threshold']:g} px between the two frames before each step, "
