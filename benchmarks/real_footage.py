@@ -82,17 +82,34 @@ def footage_files(root: Path) -> list[dict]:
     return files
 
 
-def score(ckpt_path: Path, footage: Path, clips_per_video: int) -> dict:
-    import torch
-
-    from pyframepred.evaluation import evaluate_model, heldout_clips
+def load(ckpt_path: Path, footage: Path, clips_per_video: int, steps):
+    """The checkpoint, its model, and fixed clips of every video of ``footage`` for ``steps``
+    predicted frames (``None``: the checkpoint's validation steps)."""
+    from pyframepred.evaluation import heldout_clips
     from pyframepred.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     cfg = ckpt["config"]
-    steps, n_in = cfg.get("val_steps", 4), cfg.get("in_frames", 4)
+    steps, n_in = steps or cfg.get("val_steps", 4), cfg.get("in_frames", 4)
     model = model_from_checkpoint(ckpt, "cpu")
     ds = heldout_clips(cfg, str(footage), n_in + steps, 0, clips_per_video, 10**6, all_videos=True)
+    about = {
+        "checkpoint": str(ckpt_path),
+        "model": cfg["model"],
+        "preset": cfg.get("preset"),
+        "step": ckpt.get("step"),
+        "batch_size": cfg.get("batch_size"),
+        "in_frames": n_in,
+    }
+    return ckpt, model, ds, n_in, steps, about
+
+
+def score(ckpt_path: Path, footage: Path, clips_per_video: int) -> dict:
+    import torch
+
+    from pyframepred.evaluation import evaluate_model
+
+    ckpt, model, ds, n_in, steps, about = load(ckpt_path, footage, clips_per_video, None)
     overall = evaluate_model(model, ds, n_in, steps, "cpu", 16)
     per_video = {}
     for cls, name in enumerate(ds.classes):
@@ -100,14 +117,9 @@ def score(ckpt_path: Path, footage: Path, clips_per_video: int) -> dict:
         r = evaluate_model(model, torch.utils.data.Subset(ds, idx), n_in, steps, "cpu", 16)
         per_video[name] = {k: r[k] for k in ("clips", "model_mean", "baseline_mean")}
     return {
-        "checkpoint": str(ckpt_path),
-        "model": cfg["model"],
-        "preset": cfg.get("preset"),
-        "step": ckpt.get("step"),
-        "batch_size": cfg.get("batch_size"),
-        "trained_on": cfg.get("data") or "embedded",
+        **about,
+        "trained_on": ckpt["config"].get("data") or "embedded",
         "model_kwargs": ckpt["model_kwargs"],
-        "in_frames": n_in,
         "steps": steps,
         "clips": overall["clips"],
         "model_mean": overall["model_mean"],
@@ -119,23 +131,12 @@ def score(ckpt_path: Path, footage: Path, clips_per_video: int) -> dict:
 
 
 def score_mathieu(ckpt_path: Path, footage: Path, clips_per_video: int, threshold: float) -> dict:
-    from pyframepred.evaluation import heldout_clips
     from pyframepred.mathieu import evaluate_mathieu, with_computed_masks
-    from pyframepred.training.checkpoint import load_checkpoint, model_from_checkpoint
 
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = ckpt["config"]
-    steps, n_in = 2, cfg.get("in_frames", 4)
-    model = model_from_checkpoint(ckpt, "cpu")
-    ds = heldout_clips(cfg, str(footage), n_in + steps, 0, clips_per_video, 10**6, all_videos=True)
+    _, model, ds, n_in, steps, about = load(ckpt_path, footage, clips_per_video, 2)
     r = evaluate_mathieu(model, with_computed_masks(ds, n_in, steps, threshold), n_in, steps, "cpu", 8)
     return {
-        "checkpoint": str(ckpt_path),
-        "model": cfg["model"],
-        "preset": cfg.get("preset"),
-        "step": ckpt.get("step"),
-        "batch_size": cfg.get("batch_size"),
-        "in_frames": n_in,
+        **about,
         **{k: r[k] for k in ("clips", "steps", "moving_share", "model_counted", "baseline_counted")},
         "model_metrics": r["model"],
         "baseline_metrics": r["baseline"],

@@ -10,6 +10,8 @@ The command line is ``python -m pyframepred.evaluate`` (:mod:`pyframepred.cli.ev
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -20,6 +22,27 @@ from .models.registry import rollout
 __all__ = ["METRICS", "evaluate_model", "format_table", "heldout_clips"]
 
 METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl", "mse", "mae")
+
+
+def clip_loader(dataset: Dataset, batch_size: int, max_clips: int | None, empty: str) -> DataLoader:
+    """The first ``max_clips`` of ``dataset`` in order, in batches; :class:`ConfigError`
+    ``empty`` when there are none."""
+    if max_clips is not None and max_clips < len(dataset):
+        dataset = Subset(dataset, range(max_clips))
+    if len(dataset) == 0:
+        raise ConfigError(empty)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """``model`` in evaluation mode for the block, its training mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -40,16 +63,10 @@ def evaluate_model(
     "baseline": {...}, "model_mean": {metric: mean}, "baseline_mean": {...}}``.
     """
     device = torch.device(device)
-    if max_clips is not None and max_clips < len(dataset):
-        dataset = Subset(dataset, range(max_clips))
-    if len(dataset) == 0:
-        raise ConfigError("no held-out clips to evaluate on")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    was_training = model.training
-    model.eval()
+    loader = clip_loader(dataset, batch_size, max_clips, "no held-out clips to evaluate on")
     sums = {w: {m: torch.zeros(steps, dtype=torch.float64) for m in METRICS} for w in ("model", "baseline")}
     n = 0
-    try:
+    with eval_mode(model):
         for clips in loader:
             clips = clips.to(device, non_blocking=True)
             if clips.shape[1] < n_input + steps:
@@ -67,8 +84,6 @@ def evaluate_model(
                 for m in METRICS:
                     sums[who][m] += vals[m].double().sum(0).cpu()
             n += clips.shape[0]
-    finally:
-        model.train(was_training)
     out: dict = {"clips": n, "steps": steps}
     for who in ("model", "baseline"):
         per_step = {m: (sums[who][m] / n).tolist() for m in METRICS}

@@ -44,9 +44,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from .errors import ConfigError
+from .evaluation import clip_loader, eval_mode
 from .io import denormalize, normalize
 from .models.registry import rollout
 
@@ -360,19 +361,14 @@ def evaluate_mathieu(
     :data:`PSNR_CUTOFF` (each predictor's own), with how many clips counted and the share of
     moving pixels."""
     device = torch.device(device)
-    if max_clips is not None and max_clips < len(dataset):
-        dataset = Subset(dataset, range(max_clips))
-    if len(dataset) == 0:
-        raise ConfigError("no clips to evaluate on")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = clip_loader(dataset, batch_size, max_clips, "no clips to evaluate on")
     names = ("psnr", "ssim", "sharpness")
-    sums = {w: {m: [0.0] * steps for m in names} for w in ("model", "baseline")}
-    counted = {w: [0] * steps for w in ("model", "baseline")}
-    moving = [0.0] * steps
+    zeros = torch.zeros(steps, dtype=torch.float64)
+    sums = {w: {m: zeros.clone() for m in names} for w in ("model", "baseline")}
+    counted = {w: zeros.clone() for w in ("model", "baseline")}
+    moving = zeros.clone()
     n = 0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for clips, masks in loader:
             clips, masks = clips.to(device), masks.to(device)
             if clips.shape[1] < n_input + steps or masks.shape[1] < steps:
@@ -389,25 +385,16 @@ def evaluate_mathieu(
                 mp, mt = _masked(p, m), _masked(target, m)
                 vals = {"psnr": psnr(mp, mt), "ssim": ssim(mp, mt), "sharpness": sharpness(mp, mt)}
                 keep = vals["psnr"] < PSNR_CUTOFF  # (B, steps)
-                for s in range(steps):
-                    k = keep[:, s]
-                    counted[who][s] += int(k.sum())
-                    for name in names:
-                        sums[who][name][s] += float(vals[name][:, s][k].sum())
-            for s in range(steps):
-                moving[s] += float(m[:, s].double().mean(dim=(-2, -1)).sum())
+                counted[who] += keep.sum(0).cpu()
+                for name in names:
+                    sums[who][name] += torch.where(keep, vals[name], 0.0).sum(0).cpu()
+            moving += m.double().mean(dim=(-2, -1)).sum(0).cpu()
             n += clips.shape[0]
-    finally:
-        model.train(was_training)
-    out: dict = {"protocol": "mathieu", "clips": n, "steps": steps, "moving_share": [v / n for v in moving]}
+    out: dict = {"protocol": "mathieu", "clips": n, "steps": steps, "moving_share": (moving / n).tolist()}
     for who in ("model", "baseline"):
-        out[who] = {
-            name: [
-                sums[who][name][s] / counted[who][s] if counted[who][s] else math.nan for s in range(steps)
-            ]
-            for name in names
-        }
-        out[f"{who}_counted"] = counted[who]
+        c = counted[who]
+        out[who] = {name: torch.where(c > 0, sums[who][name] / c, math.nan).tolist() for name in names}
+        out[f"{who}_counted"] = [int(v) for v in c]
     return out
 
 
