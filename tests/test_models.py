@@ -73,6 +73,25 @@ def test_multiscale_shapes(hw):
     assert g.rollout(x[:, :4], 3).shape == (2, 3, 3, *hw)
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_multiscale_generator_units_below_zero_keep_a_gradient_only_when_leaky(activation):
+    torch.manual_seed(0)
+    g = MultiScaleGenerator(width=0.0625, activation=activation)
+    finest = g.stages[-1]
+    hidden = [m for m in finest if isinstance(m, torch.nn.Conv2d)][-2]  # the last hidden layer
+    with torch.no_grad():
+        hidden.bias.fill_(-100.0)  # every unit of it below zero, as after a collapse
+        torch.nn.init.normal_(finest[-1].weight, std=0.1)
+    acts = [type(m) for m in finest if not isinstance(m, torch.nn.Conv2d)]
+    assert set(acts) == {torch.nn.ReLU if activation == "relu" else torch.nn.LeakyReLU}
+    x = frames(2, 5, 16, 16)
+    g(x[:, :4])[-1].sum().backward()
+    dead = hidden.weight.grad.abs().max().item() == 0
+    assert dead == (activation == "relu")
+    with pytest.raises(ValueError, match="activation must be"):
+        MultiScaleGenerator(activation="gelu")
+
+
 def test_scale_sizes_proportional():
     assert scale_sizes((4, 16, 32, 64), 64, 64, 64) == [(4, 4), (16, 16), (32, 32), (64, 64)]
     assert scale_sizes((4, 16, 32, 64), 64, 128, 128) == [(8, 8), (32, 32), (64, 64), (128, 128)]

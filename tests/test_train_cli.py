@@ -209,14 +209,22 @@ def test_reference_ops_and_config_file(data, tmp_path):
                 "steps": 3,
                 "fused": False,
                 "lambda_gdl": 0.5,
-                "teacher_forcing": False,
+                "teacher_forcing": True,
+                "frame_loss": "mean",
             }
         )
     )
     c, resume = tr.config_from_args(["--config", str(cfg), "--steps", "2", "--out", str(tmp_path / "o")])
-    assert (c.steps, c.fused, c.lambda_gdl, c.teacher_forcing, resume) == (2, False, 0.5, False, None)
+    assert (c.steps, c.fused, c.lambda_gdl, c.teacher_forcing, c.frame_loss, resume) == (
+        2,
+        False,
+        0.5,
+        True,
+        "mean",
+        None,
+    )
     t = Trainer(c)
-    assert not t.model.fused and not t.model.teacher_forcing
+    assert not t.model.fused and t.model.teacher_forcing
     assert t.fit()["status"] == "done"
     toml = tmp_path / "cfg.toml"
     toml.write_text('model = "multiscale"\nlambda_adv = 0.2\nalpha = 2.0\n')
@@ -494,6 +502,21 @@ def test_resume_takes_settings_from_checkpoint(data, tmp_path, monkeypatch, caps
     assert tr.main(["--resume", str(out / "last.pt"), "--steps", "6", "--lr", "0.001"]) == 0
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["step"] == 6 and ckpt["config"]["steps"] == 6 and ckpt["config"]["lr"] == 0.001
+
+
+def test_resume_keeps_the_frame_loss_a_checkpoint_was_trained_with(data, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny("seq2seq", data, out, steps=2, val_every=0)).fit()
+    cfg, _ = tr.config_from_args(["--resume", str(out / "last.pt")])
+    assert cfg.frame_loss == "log"  # the model's default today, saved with the run
+    # a checkpoint from before the setting existed was trained with per-pixel means
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    del ckpt["config"]["frame_loss"]
+    torch.save(ckpt, out / "old.pt")
+    cfg, _ = tr.config_from_args(["--resume", str(out / "old.pt")])
+    assert cfg.frame_loss == "mean"
+    cfg, _ = tr.config_from_args(["--resume", str(out / "old.pt"), "--frame-loss", "log"])
+    assert cfg.frame_loss == "log"
 
 
 @pytest.mark.parametrize(

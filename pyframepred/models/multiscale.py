@@ -31,6 +31,10 @@ def _scaled(c: int, width: float) -> int:
     return max(4, int(round(c * width)))
 
 
+#: Negative slope of the generator's hidden activations.
+_SLOPES = {"relu": 0.0, "leaky_relu": 0.2}
+
+
 # A scale is a frame height for base_size-pixel frames: data.transforms.scale_sizes, one
 # meaning for the data transforms and this model.
 
@@ -64,8 +68,12 @@ class MultiScaleGenerator(_Scales):
     Stage ``k`` sees the ``in_frames`` input frames stacked on channels at scale ``k`` and, from
     the second stage on, the prediction of stage ``k - 1`` upsampled to scale ``k``; it outputs a
     frame at scale ``k`` (tanh). Layers per stage follow the paper (``PAPER_G_MAPS``,
-    ``PAPER_G_KERNELS``), their widths multiplied by ``width``. ReLU between layers.
-    ``residual=True`` makes each stage predict ``tanh(atanh(last input frame) + delta)``.
+    ``PAPER_G_KERNELS``), their widths multiplied by ``width``. ReLU between layers (the
+    paper's), or with ``activation="leaky_relu"`` a leaky ReLU of slope 0.2 (the presets'): a
+    ReLU layer whose units all fall below zero outputs zeros from then on and never gets a
+    gradient again -- the quick preset's finest stage lost its last hidden layer that way and
+    only copied the last frame. ``residual=True`` makes each stage predict
+    ``tanh(atanh(last input frame) + delta)``.
 
     ``forward(inputs)`` takes ``(B, T, C, H, W)``, stacked ``(B, T*C, H, W)`` frames, or a list of
     stacked frames per scale (as from :func:`pyframepred.data.multiscale`), and returns the list
@@ -81,9 +89,14 @@ class MultiScaleGenerator(_Scales):
         base_size: int = 64,
         width: float = 1.0,
         residual: bool = True,
+        activation: str = "relu",
     ):
         super().__init__(channels, in_frames, scales, base_size)
+        if activation not in _SLOPES:
+            raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
         self.residual = bool(residual)
+        self.activation = activation
+        slope = _SLOPES[activation]
         self.stages = nn.ModuleList()
         n = len(self.scales)
         for k in range(n):
@@ -95,12 +108,12 @@ class MultiScaleGenerator(_Scales):
             for i, (c, ks) in enumerate(zip(maps, kernels)):
                 layers.append(nn.Conv2d(prev, c, ks, 1, ks // 2))
                 if i < len(maps) - 1:
-                    layers.append(nn.ReLU(inplace=True))
+                    layers.append(nn.LeakyReLU(slope, inplace=True) if slope else nn.ReLU(inplace=True))
                 prev = c
-            # Variance-preserving init for the ReLU layers (faster start than PyTorch's default).
+            # Variance-preserving init for the hidden layers (faster start than PyTorch's default).
             for mod in layers[:-1]:
                 if isinstance(mod, nn.Conv2d):
-                    nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+                    nn.init.kaiming_normal_(mod.weight, a=slope, nonlinearity="leaky_relu")
                     nn.init.zeros_(mod.bias)
             if self.residual:
                 nn.init.zeros_(layers[-1].weight)

@@ -44,7 +44,9 @@ class ModelSpec:
     frame only (``net(inputs)``). ``run_settings(cfg)``: the constructor arguments that come from
     the run's settings. ``batch_norm``: the ``batch_norm`` setting applies to it.
     ``run_overrides``: run-preset settings this model changes (e.g. a smaller batch).
-    ``discriminator``: the class of the adversary, for ``task="gan"``.
+    ``discriminator``: the class of the adversary, for ``task="gan"``. ``frame_loss``: how the
+    frames task weighs the frames of a batch by default (``"mean"`` or ``"log"``, see
+    :func:`pyframepred.training.tasks.pixel_loss`).
     """
 
     name: str
@@ -56,6 +58,7 @@ class ModelSpec:
     batch_norm: bool = True
     run_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     discriminator: Optional[type] = None
+    frame_loss: str = "mean"
 
     def constructor_args(self) -> list:
         return [k for k in inspect.signature(self.cls.__init__).parameters if k != "self"]
@@ -154,6 +157,10 @@ register(
         run_settings=lambda c: dict(
             teacher_forcing=c.teacher_forcing, residual=c.residual, out_steps=c.val_steps
         ),
+        # its where-map can keep a still frame exactly, so it gains from the still and slow
+        # frames counting as much as the fast ones (the autoencoder, without one, learns to
+        # predict no change at all from them)
+        frame_loss="log",
     )
 )
 
@@ -180,10 +187,10 @@ register(
         batch_norm=False,
         discriminator=MultiScaleDiscriminator,
         presets={
-            "tiny": dict(width=0.0625),
-            "quick": dict(width=0.125),
-            "small": dict(width=0.5),
-            "full": dict(width=1.0),
+            "tiny": dict(width=0.0625, activation="leaky_relu"),
+            "quick": dict(width=0.125, activation="leaky_relu"),
+            "small": dict(width=0.5, activation="leaky_relu"),
+            "full": dict(width=1.0, activation="leaky_relu"),
         },
         # A GAN step costs about twice an autoencoder step.
         run_overrides={"quick": dict(batch_size=4)},

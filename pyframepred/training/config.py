@@ -50,6 +50,7 @@ RUN_PRESETS = {
     ),
 }
 AMP_CHOICES = ("none", "bf16", "fp16")
+FRAME_LOSSES = ("mean", "log")
 
 
 def _s(default, help: str = "", *, flag: bool = True, choices=None, factory=None):
@@ -116,13 +117,23 @@ class TrainConfig:
     amp: str = _s("none", "mixed precision (none)", choices=lambda: AMP_CHOICES)
     fused: bool = _s(True, "fused C++/CUDA ops (default) or the plain-PyTorch reference")
     seed: int = _s(0, "seed for torch, numpy, python and data order (0)")
-    teacher_forcing: bool = _s(True, "seq2seq: feed true frames to the decoder in training (default on)")
+    teacher_forcing: bool = _s(
+        False,
+        "seq2seq: feed the true frames to the decoder in training instead of its own predictions "
+        "(default off: it learns from its own rollouts, as it predicts)",
+    )
     batch_norm: Optional[bool] = _s(None, "seq2seq/autoencoder: batch norm (default: per preset)")
     residual: bool = _s(True, "predict a change of the last frame inside the tanh (default on)")
     lambda_l2: float = _s(1.0, "weight of the L2 loss (1)")
     lambda_gdl: float = _s(1.0, "weight of the GDL loss (1)")
     lambda_adv: float = _s(0.05, "multiscale: adversarial weight (0.05)")
     alpha: float = _s(1.0, "GDL exponent alpha (1)")
+    frame_loss: Optional[str] = _s(
+        None,
+        "seq2seq/autoencoder: log weighs each frame by the inverse of its own error, as a mean "
+        "PSNR scores; mean: per-pixel means over the batch (default: the model's, log for seq2seq)",
+        choices=lambda: FRAME_LOSSES,
+    )
     tensorboard: bool = _s(False, "also log to <out>/tensorboard")
     progress: bool = _s(True, "progress bar (default on)")
     model_kwargs: dict = _s(None, "extra constructor arguments of the model", flag=False, factory=dict)
@@ -144,6 +155,13 @@ class TrainConfig:
                 setattr(c, k, v)
         if c.out is None:
             c.out = os.path.join("runs", f"{c.model}-{c.preset}")
+        if c.frame_loss is None:
+            c.frame_loss = spec.frame_loss
+        elif c.frame_loss != spec.frame_loss and spec.task != "frames":
+            raise ConfigError(
+                f"`frame_loss` is a setting of the frames task (seq2seq, autoencoder); the {c.model} "
+                "model's loss sums each image's errors as its paper does"
+            )
         _validate(c)
         registry.check_model_kwargs(c.model, c.model_kwargs)
         if not spec.sequence_output:
@@ -189,6 +207,8 @@ def _validate(c: TrainConfig) -> None:
             raise ConfigError(f"`{name}` must be >= 0, got {getattr(c, name)}")
     if c.amp not in AMP_CHOICES:
         raise ConfigError(f"`amp` must be none, bf16 or fp16, got {c.amp!r}")
+    if c.frame_loss not in FRAME_LOSSES:
+        raise ConfigError(f"`frame_loss` must be mean or log, got {c.frame_loss!r}")
     if not c.lr > 0 or not c.lr_d > 0:
         raise ConfigError("learning rates must be positive")
     for name in ("lambda_l2", "lambda_gdl", "lambda_adv"):

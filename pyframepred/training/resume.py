@@ -116,6 +116,10 @@ def checkpoint_path(resume, explicit: dict) -> str:
     return os.fspath(resume)
 
 
+#: Settings added after checkpoints were first written, with what the runs before them did.
+_BEFORE_ADDED = {"frame_loss": "mean"}
+
+
 def resume_settings(explicit: dict, resume=None) -> tuple:
     """``(TrainConfig (resolved), checkpoint path or None, loaded checkpoint or None)``.
 
@@ -131,6 +135,9 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
         resume = checkpoint_path(resume, explicit)
         ckpt = ckpt_format.load_checkpoint(resume, fields=ckpt_format.RESUME_FIELDS, task="be resumed")
         base = {k: v for k, v in ckpt["config"].items() if k in fields}
+        # settings added since: what a checkpoint without them was trained with
+        for name, before in _BEFORE_ADDED.items():
+            base.setdefault(name, before)
         if "model" in explicit:  # before the other model's settings are checked against it
             check_same_model(resume, base.get("model"), explicit["model"])
         if "data" not in explicit:
