@@ -135,7 +135,9 @@ def profile_split(step) -> dict:
     conv = other = 0.0
     for ev in prof.key_averages():
         us = ev.self_cpu_time_total
-        if "conv" in ev.key or "mkldnn" in ev.key:
+        # Convolutions (ATen's, oneDNN's, our weight-gradient kernel), not the fused cell's
+        # convlstm_gates_* (whose names contain "conv" too).
+        if any(k in ev.key for k in ("convolution", "mkldnn", "conv2d")):
             conv += us
         else:
             other += us
@@ -213,8 +215,9 @@ def measure(sizes, modes, impls, rounds, warmup=2):
                 ratios = sorted(b / a for a, b in zip(times["fused"], times[impl]))
                 row["impls"][impl]["fused_speedup_median"] = round(statistics.median(ratios), 3)
                 row["impls"][impl]["fused_speedup_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
-            row["profile_fused"] = profile_split(steps["fused"])
-            row["profile_cat"] = profile_split(steps["cat"])
+            for impl in ("fused", "cat"):
+                if impl in steps:
+                    row[f"profile_{impl}"] = profile_split(steps[impl])
             results.append(row)
             print(json.dumps(row), flush=True)
             del steps

@@ -4,6 +4,7 @@
     python benchmarks/record.py --suite convlstm gdl     # some suites
     python benchmarks/record.py --allocator both         # plain and tuned, side by side
     python benchmarks/record.py --device cuda            # on a GPU machine
+    python benchmarks/record.py --suite layer --tag xeon-avx512   # a second CPU, kept beside
     python benchmarks/record.py --regen-only             # README tables + plot from results/ only
 
 Recording runs each suite in its own process and writes ``benchmarks/results/<suite>_<device>
@@ -58,13 +59,15 @@ def gpu_slug() -> str:
     return (m.group(1) if m else re.sub(r"\W+", "-", name)).lower()
 
 
-def result_stem(results: Path, suite: str, device: str, alloc: str) -> Path:
+def result_stem(results: Path, suite: str, device: str, alloc: str, tag: str = "") -> Path:
     dev = "cpu" if device == "cpu" else f"gpu_{gpu_slug()}"
-    return results / (f"{suite}_{dev}" + ("_malloc-tuned" if alloc == "tuned" else ""))
+    return results / (
+        f"{suite}_{dev}" + (f"_{tag}" if tag else "") + ("_malloc-tuned" if alloc == "tuned" else "")
+    )
 
 
-def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool) -> Path:
-    stem = result_stem(results, suite, device, alloc)
+def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool, tag: str = "") -> Path:
+    stem = result_stem(results, suite, device, alloc, tag)
     env = dict(os.environ, PYFRAMEPRED_BENCH_MALLOC=alloc, PYFRAMEPRED_BENCH_DEVICES=device)
     env.pop("PYFRAMEPRED_BENCH_FULL", None)
     results.mkdir(parents=True, exist_ok=True)
@@ -111,9 +114,11 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
 
 
 def files_for(results: Path, suite: str) -> list[Path]:
-    """The recorded files of a suite that the README shows: CPU (plain, then tuned), then GPUs."""
+    """The recorded files of a suite that the README shows: CPU (plain, then tuned), other CPUs'
+    (recorded with --tag), then GPUs."""
     cpu = [results / f"{suite}_cpu.json", results / f"{suite}_cpu_malloc-tuned.json"]
-    return [p for p in cpu if p.exists()] + sorted(results.glob(f"{suite}_gpu_*.json"))
+    tagged = sorted(p for p in results.glob(f"{suite}_cpu_*.json") if p not in cpu)
+    return [p for p in cpu if p.exists()] + tagged + sorted(results.glob(f"{suite}_gpu_*.json"))
 
 
 def regen_readme(readme: Path, results: Path) -> list[str]:
@@ -174,6 +179,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="quick sizes (to try the machinery out; don't commit such results)",
     )
+    p.add_argument(
+        "--tag",
+        default="",
+        help="a CPU record from another machine, kept beside the main one: <suite>_cpu_<TAG>.json",
+    )
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "benchmarks-cpu.png")
@@ -182,7 +192,7 @@ def main(argv=None) -> int:
         allocs = ("plain", "tuned") if a.allocator == "both" else (a.allocator,)
         for suite in a.suite or suites():
             for alloc in allocs:
-                print(f"wrote {record_suite(suite, a.device, alloc, a.results, a.quick)}")
+                print(f"wrote {record_suite(suite, a.device, alloc, a.results, a.quick, a.tag)}")
     done = regen_readme(a.readme, a.results)
     print(f"{a.readme}: regenerated {', '.join(done) if done else 'no'} tables")
     if not regen_plot(a.plot, a.results):

@@ -253,13 +253,16 @@ _PASS = {"forward": "forward", "forward+backward": "fwd+bwd", "backward": "backw
 
 
 def device_label(data: dict) -> str:
-    """'CPU' or the GPU's short name ('H100') of a pytest-benchmark file."""
+    """The GPU's short name ('H100') of a pytest-benchmark file, or 'CPU' with the widest vector ISA
+    of the machine ('CPU AVX2', 'CPU AVX-512'): records of two CPUs side by side stay apart."""
     for b in data.get("benchmarks", []):
         name = b.get("extra_info", {}).get("device_name")
         if name:
             m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]*)\b", name)
             return m.group(1) if m else name
-    return "CPU"
+    flags = set(data.get("machine_info", {}).get("cpu", {}).get("flags", []))
+    isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
+    return f"CPU {isa}".strip()
 
 
 def _groups(data: dict, family: str) -> "OrderedDict[tuple, dict]":
@@ -521,10 +524,24 @@ def section_train(files) -> list[str]:
 def section_layer_step(files) -> list[str]:
     """The round-robin layer training-step record of bench_layer.py."""
     names = {"cat": "cat(x, h)", "cat-compile": "compile(cat)", "reference": "reference"}
-    header = ["N×Cin×[C]@H", "dtype", "alloc", "fused", "cat(x, h)", "compile(cat)", "reference", "conv %"]
+    header = [
+        "N×Cin×[C]@H",
+        "dtype",
+        "ISA",
+        "alloc",
+        "fused",
+        "cat(x, h)",
+        "compile(cat)",
+        "reference",
+        "conv %",
+    ]
     rows = []
     for data in files:
         alloc = "tuned" if "tuned" in data["machine"]["allocator"] else "plain"
+        # The kernels' level, and AMX where oneDNN has it (its bf16 convolutions run on it).
+        isa = data["machine"]["extension_cpu_isa"] + (
+            "*" if "amx_bf16" in data["machine"]["cpu_isa_flags"] else ""
+        )
         for r in data["results"]:
             f = r["impls"]["fused"]
             cells = []
@@ -534,16 +551,17 @@ def section_layer_step(files) -> list[str]:
             noisy = max(v["iqr_over_median"] for v in r["impls"].values()) > 0.25
             share = r.get("profile_fused", {}).get("conv_share")
             rows.append(
-                [r["size"] + (" (?)" if noisy else ""), r["mode"], alloc, f"{f['median_ms']:.0f}"]
+                [r["size"] + (" (?)" if noisy else ""), r["mode"], isa, alloc, f"{f['median_ms']:.0f}"]
                 + cells
                 + [f"{100 * share:.0f}%" if share is not None else "—"]
             )
-    lines = table(header, rows, "llllrrrr") + [""]
+    lines = table(header, rows, "lllllrrrr") + [""]
     lines += wrap(
         "Milliseconds per training step (forward over T = 10 + backward of out.sum()), medians of "
         "round-robin rounds in one process; each cell after fused: its median and, "
         "after it, the median over rounds of its time / fused's (above 1×: fused is "
-        "faster). conv %: share of the fused step's CPU time in convolutions. (?): noisy, "
+        "faster). ISA: the level the CPU kernels ran at (*: the CPU has AMX, which oneDNN's bf16 "
+        "convolutions use). conv %: share of the fused step's CPU time in convolutions. (?): noisy, "
         "some implementation's IQR/median above 25%."
     )
     for data in files:

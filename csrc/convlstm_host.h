@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 
+#include "buffer_pool.h"
 #include "checks.h"
 #include "include/pyframepred/op_signatures.h"
 
@@ -152,9 +153,9 @@ inline ConvLSTMForwardPlan plan_convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORW
   if (peephole.has_value()) p.peephole = peephole->contiguous();
   const auto fmt = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto opts = x_gates.options().memory_format(fmt);
-  p.h = at::empty({p.N, p.C, p.H, p.W}, opts);
-  p.c = at::empty({p.N, p.C, p.H, p.W}, opts.dtype(c_prev.scalar_type()));
-  p.gates = save_gates ? at::empty({p.N, 4 * p.C, p.H, p.W}, opts) : at::empty({0}, x_gates.options());
+  p.h = cell_buffer({p.N, p.C, p.H, p.W}, opts);
+  p.c = cell_buffer({p.N, p.C, p.H, p.W}, opts.dtype(c_prev.scalar_type()));
+  p.gates = save_gates ? cell_buffer({p.N, 4 * p.C, p.H, p.W}, opts) : at::empty({0}, x_gates.options());
   return p;
 }
 
@@ -182,8 +183,8 @@ inline ConvLSTMBackwardPlan plan_convlstm_backward(PYFRAMEPRED_CONVLSTM_GATES_BA
   if (peephole.has_value()) p.peephole = peephole->contiguous();
   const auto fmt = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto opts = gates.options().memory_format(fmt);
-  p.grad_gates = at::empty({p.N, 4 * p.C, p.H, p.W}, opts);
-  p.grad_c_prev = at::empty({p.N, p.C, p.H, p.W}, opts.dtype(c_prev.scalar_type()));
+  p.grad_gates = cell_buffer({p.N, 4 * p.C, p.H, p.W}, opts);
+  p.grad_c_prev = cell_buffer({p.N, p.C, p.H, p.W}, opts.dtype(c_prev.scalar_type()));
   return p;
 }
 

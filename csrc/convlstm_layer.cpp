@@ -268,13 +268,15 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     variable_list out(8);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return out;
     // Incoming gradients in the layout of the saved tensors, so the cell kernels read them in
-    // order (an expanded gradient, e.g. of .sum(), is materialised once here).
+    // order. The sequence's gradient is brought there step by step, by the sum with the gradient
+    // flowing back from the next step where there is one: an expanded gradient (e.g. of .sum())
+    // or one in another layout is never materialised whole.
     const auto fmt = h_seq.suggest_memory_format();
     auto like_state = [&](const at::Tensor& g) {
       return g.defined() && !g.is_contiguous(fmt) ? g.contiguous(fmt) : g;
     };
-    const at::Tensor g_seq = like_state(grads[0]), g_h_last = like_state(grads[1]),
-                     g_c_last = like_state(grads[2]);
+    const at::Tensor& g_seq = grads[0];
+    const at::Tensor g_h_last = like_state(grads[1]), g_c_last = like_state(grads[2]);
 
     at::AutoDispatchBelowADInplaceOrView guard;
     auto zero_state = [&](const at::Tensor& like) {
@@ -297,7 +299,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         at::Tensor dh;
         if (g_seq.defined()) {
           const at::Tensor g = g_seq.narrow(0, t * s.N, s.N);
-          dh = dh_next.defined() ? g + dh_next : g;
+          dh = like_state(dh_next.defined() ? dh_next + g : g);
         } else {
           dh = dh_next.defined() ? dh_next : zero_state(h_seq);
         }

@@ -1,8 +1,8 @@
 """conv2d_weight_grad: the weight gradient the ConvLSTM layer's backward batches over its steps.
 
-The CPU kernel (csrc/cpu/conv_cpu.cpp) tiles output channels by vectors and columns by six; the
-cases below cover full and partial tiles of both, kernels other than 3x3, one-pixel rows and
-columns, row counts that do not split evenly over threads, both memory layouts, and the shapes it
+The CPU kernel (csrc/cpu/conv_cpu.cpp) tiles output channels by groups of vectors (two on AVX2,
+four on AVX-512, then tails of two and one) and columns by six; the cases below cover full and
+partial tiles of both, kernels other than 3x3, one-pixel rows and columns, row counts that do not split evenly over threads, both memory layouts, and the shapes it
 hands to ATen (float64, output channels not a multiple of the vector width). The oracle is
 torch.nn.grad.conv2d_weight in float64.
 """
@@ -18,7 +18,8 @@ CASES = [
     # B, Ci, Co, H, W, kh, kw
     (2, 16, 128, 8, 8, 3, 3),
     (3, 3, 64, 7, 5, 3, 3),  # RGB input: 27 columns, a partial group of 3
-    (1, 5, 48, 6, 9, 3, 3),  # Co = 48: a one-vector tail at 8 lanes, not a multiple of 32
+    (1, 5, 48, 6, 9, 3, 3),  # Co = 48: a one-vector tail at 8 lanes, 2 + 1 vectors at 16 lanes
+    (2, 3, 112, 5, 6, 3, 3),  # Co = 112: 7 vectors at 16 lanes, a group of 4, tails of 2 and 1
     (2, 4, 32, 5, 5, 5, 5),
     (2, 6, 32, 4, 6, 1, 1),
     (2, 2, 16, 6, 4, 3, 5),  # non-square kernel

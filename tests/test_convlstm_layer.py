@@ -105,6 +105,28 @@ def test_chunked_batches_match():
     _compare(_inputs(T=30, N=2, Cin=2, C=8, H=32, W=32, state=True), atol=1e-9)
 
 
+@pytest.mark.parametrize("grad", ["expanded", "nchw", "channels_last"])
+def test_gradient_of_any_layout(grad):
+    # The layer brings the sequence's gradient into its own layout step by step: an expanded
+    # gradient (of .sum()) and dense ones in either layout give the reference's gradients.
+    args = _inputs(state=True, peephole=True, T=4)
+    got = {}
+    for name, fn in (("fused", ops.convlstm_layer), ("ref", _reference_layer)):
+        for leaf in _leaves(args):
+            leaf.grad = None
+        h_seq, (h, c) = fn(*args)
+        if grad == "expanded":
+            loss = h_seq.sum()
+        else:
+            fmt = torch.channels_last if grad == "channels_last" else torch.contiguous_format
+            w = torch.linspace(-1, 1, h_seq.numel(), dtype=h_seq.dtype).view(h_seq.shape)
+            loss = (h_seq * w.contiguous(memory_format=fmt)).sum()
+        loss.backward()
+        got[name] = [leaf.grad for leaf in _leaves(args)]
+    for a, b in zip(got["fused"], got["ref"]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
 def test_float32_close_to_reference():
     _compare(_inputs(dtype=torch.float32, state=True, peephole=True), atol=2e-5)
 

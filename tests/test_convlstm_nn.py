@@ -135,6 +135,15 @@ def test_channels_last_input():
     xc = x.flatten(0, 1).to(memory_format=torch.channels_last).view(2, 3, 3, 8, 8)
     out, _ = m(xc)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # Outputs in the input's layout: channels_last frames for channels_last frames.
+    assert ref.is_contiguous()
+    assert out.stride(2) == 1 and out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    # ... and the gradients agree whatever layout they flow back in.
+    w = torch.randn_like(ref)
+    g_ref = torch.autograd.grad((ref * w).sum(), list(m.parameters()))
+    g_cl = torch.autograd.grad((m(xc)[0] * w).sum(), list(m.parameters()))
+    for a, b in zip(g_cl, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_fused_flag_switches_op(monkeypatch):

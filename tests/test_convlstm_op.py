@@ -410,3 +410,29 @@ def test_cuda_large_int64_indexing():
     h_ref, c_ref = reference.convlstm_gates(torch.cat(gates, 1).float(), None, cp[sl][None].float())
     torch.testing.assert_close(h[sl][None].float(), h_ref, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(c[sl][None].float(), c_ref, atol=2e-3, rtol=2e-3)
+
+
+def _cell_args(N=4, C=32, H=32, W=32):
+    g = torch.Generator().manual_seed(0)
+    xg = torch.randn(N, 4 * C, H, W, generator=g)
+    c = torch.randn(N, C, H, W, generator=g)
+    return xg, c
+
+
+def test_cell_buffers_are_reused_and_ordinary_tensors():
+    # Buffers of >= 1 MiB (here the saved gates, 2 MiB) come from the pool of csrc/buffer_pool.h:
+    # a freed one is handed out again, so a training step does not fault in fresh pages.
+    xg, c = _cell_args()
+    _, _, gates = torch.ops.pyframepred.convlstm_gates_forward(xg, None, c, None, None, True)
+    ptr = gates.data_ptr()
+    del gates
+    _, _, again = torch.ops.pyframepred.convlstm_gates_forward(xg, None, c, None, None, True)
+    assert again.data_ptr() == ptr
+    # ... and they behave as any CPU tensor: resizable, and their values those of the reference.
+    h, c_new = ops.convlstm_gates(xg, None, c, None, None)
+    want_h, want_c = reference.convlstm_gates(xg, None, c, None, None)
+    torch.testing.assert_close(h, want_h, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c_new, want_c, atol=1e-5, rtol=1e-5)
+    again.resize_(8, 4 * 32, 32, 32)
+    again.fill_(1.0)
+    assert again.sum().item() == again.numel()

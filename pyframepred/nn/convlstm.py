@@ -173,7 +173,8 @@ class ConvLSTM(nn.Module):
         bias, peephole, fused: as in :class:`ConvLSTMCell`.
 
     ``forward(x, state=None) -> (outputs, last_states)``: ``outputs`` holds the last layer's ``h``
-    at every step (same layout as ``x``); ``last_states`` is a list of ``(h, c)`` per layer, which
+    at every step (same layout as ``x``: contiguous, or channels_last frames for channels_last
+    frames); ``last_states`` is a list of ``(h, c)`` per layer, which
     can be passed back as ``state`` (e.g. from an encoder to a decoder).
     """
 
@@ -271,7 +272,15 @@ class ConvLSTM(nn.Module):
                     hs.append(layer_state[0])
                 frames = torch.cat(hs, 0)
             last_states.append(layer_state)
-        # One copy into the output's layout (time- or batch-major, contiguous).
+        # One copy into the output's layout, time- or batch-major: contiguous, or with channels
+        # innermost when x's frames are (channels_last frames), so that a channels_last model
+        # gets channels_last frames back -- a copy of whole pixels instead of a transposing one,
+        # and a gradient that comes back in the layout the layer runs in.
         outputs = frames.unflatten(0, (T, N))
-        outputs = (outputs.transpose(0, 1) if self.batch_first else outputs).contiguous()
+        if self.batch_first:
+            outputs = outputs.transpose(0, 1)
+        if x.shape[2] > 1 and x.stride(2) == 1:
+            outputs = outputs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        else:
+            outputs = outputs.contiguous()
         return outputs, last_states
