@@ -2,6 +2,7 @@
 and every bad-input case."""
 
 import itertools
+import os
 import warnings
 
 import pytest
@@ -436,3 +437,28 @@ def test_cell_buffers_are_reused_and_ordinary_tensors():
     again.resize_(8, 4 * 32, 32, 32)
     again.fill_(1.0)
     assert again.sum().item() == again.numel()
+
+
+def test_cell_buffer_pool_off_gives_the_same_results():
+    # PYFRAMEPRED_CPU_BUFFER_POOL_MB=0: the cell's buffers come from at::empty; forward and
+    # backward still equal the reference (run in a fresh process: the budget is read once).
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, pyframepred\n"
+        "from pyframepred import ops, reference\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "xg = torch.randn(4, 128, 32, 32, generator=g, requires_grad=True)\n"
+        "c = torch.randn(4, 32, 32, 32, generator=g, requires_grad=True)\n"
+        "outs = {}\n"
+        "for name, f in (('fused', ops.convlstm_gates), ('ref', reference.convlstm_gates)):\n"
+        "    h, c1 = f(xg, None, c, None, None)\n"
+        "    outs[name] = [h, c1, *torch.autograd.grad((h * h).sum() + c1.sum(), (xg, c))]\n"
+        "for a, b in zip(outs['fused'], outs['ref']):\n"
+        "    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PYFRAMEPRED_CPU_BUFFER_POOL_MB="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
