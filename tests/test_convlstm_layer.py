@@ -100,9 +100,11 @@ def test_channels_last_and_rectangular_kernel():
 
 
 def test_chunked_batches_match():
-    # Per step 2*32*32*32 float64 = 512 KiB: the 12 MiB chunks hold 24 steps, so T = 30 runs the
-    # batched convolutions (forward and weight gradients) as a chunk of 24 and one of 6.
-    _compare(_inputs(T=30, N=2, Cin=2, C=8, H=32, W=32, state=True), atol=1e-9)
+    # Gates per step 2*32*32*32 float64 = 512 KiB: the CPU's 3 MiB chunks hold 6 steps, so T = 14
+    # runs the batched convolutions (forward and weight gradients) as chunks of 6, 6 and 2; a step
+    # of 4 MiB (N=4, C=32, 32x32 float64) is a chunk of its own.
+    _compare(_inputs(T=14, N=2, Cin=2, C=8, H=32, W=32, state=True), atol=1e-9)
+    _compare(_inputs(T=3, N=4, Cin=2, C=8, H=32, W=32, state=True), atol=1e-9)
 
 
 @pytest.mark.parametrize("grad", ["expanded", "nchw", "channels_last"])
