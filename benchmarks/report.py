@@ -252,6 +252,12 @@ _GROUP = re.compile(
 _PASS = {"forward": "forward", "forward+backward": "fwd+bwd", "backward": "backward"}
 
 
+def _vector_isa(data: dict) -> str:
+    """The widest vector ISA of a pytest-benchmark file's CPU: 'AVX-512', 'AVX2' or ''."""
+    flags = set(data.get("machine_info", {}).get("cpu", {}).get("flags", []))
+    return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
+
+
 def device_label(data: dict) -> str:
     """The GPU's short name ('H100') of a pytest-benchmark file, or 'CPU' with the widest vector ISA
     of the machine ('CPU AVX2', 'CPU AVX-512'): records of two CPUs side by side stay apart."""
@@ -260,9 +266,7 @@ def device_label(data: dict) -> str:
         if name:
             m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]*)\b", name)
             return m.group(1) if m else name
-    flags = set(data.get("machine_info", {}).get("cpu", {}).get("flags", []))
-    isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
-    return f"CPU {isa}".strip()
+    return f"CPU {_vector_isa(data)}".strip()
 
 
 def _groups(data: dict, family: str) -> "OrderedDict[tuple, dict]":
@@ -288,8 +292,7 @@ def _device_line(data: dict) -> list[str]:
     else:  # recorded before our machine record: what pytest-benchmark kept
         mi = data.get("machine_info", {})
         cpu = mi.get("cpu", {})
-        flags = set(cpu.get("flags", []))
-        isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "?")
+        isa = _vector_isa(data) or "?"
         e0 = data["benchmarks"][0].get("extra_info", {})
         what = f"{data.get('datetime', '?')[:10]}: "
         if "device_name" in e0:

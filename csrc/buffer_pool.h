@@ -1,5 +1,4 @@
-// A small pool of the fused ConvLSTM cell's large CPU buffers (the saved gates and their gradient),
-// reused from one call to the next.
+// A small pool of the fused ConvLSTM cell's large CPU buffers, reused from one call to the next.
 //
 // Why: glibc's malloc returns blocks above its mmap threshold (32 MiB at most) to the kernel when
 // they are freed, and trims the top of its heap above twice that, so every training step faults in
@@ -9,11 +8,11 @@
 // buffers are allocated and freed in the same sizes every step, so a pool keyed by size gives
 // them back without a fault.
 //
-// Only the tensors the fused cell itself allocates go through it (h, c, the gates and the
-// gradients of its backward; blocks of at least 1 MiB),
-// through a c10::Allocator, so they are ordinary resizable CPU tensors. Freed blocks are kept up to
-// a budget -- PYFRAMEPRED_CPU_BUFFER_POOL_MB, default 256; 0 turns the pool off -- beyond which a
-// freed block goes back to the system at once. Thread-safe (autograd frees from its own threads).
+// Only the tensors the fused cell itself allocates go through it (h, c, the saved gates and the
+// gradients of its backward; blocks of at least 1 MiB), through a c10::Allocator, so they are
+// ordinary resizable CPU tensors. Freed blocks are kept up to a budget --
+// PYFRAMEPRED_CPU_BUFFER_POOL_MB, default 256; 0 turns the pool off -- beyond which a freed block
+// goes back to the system at once. Thread-safe (autograd frees from its own threads).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,7 +21,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -57,8 +55,6 @@ class CpuBufferPool final : public c10::Allocator {
     TORCH_CHECK(p != nullptr, "pyframepred: out of memory allocating ", size, " bytes");
     return {p, new Block{p, size}, &release, c10::Device(c10::DeviceType::CPU)};
   }
-
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
@@ -110,12 +106,11 @@ class CpuBufferPool final : public c10::Allocator {
 inline at::Tensor cell_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   if (opts.device().is_cpu()) {
     CpuBufferPool& pool = CpuBufferPool::get();
-    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
-                         c10::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+    const at::ScalarType dtype = c10::typeMetaToScalarType(opts.dtype());
+    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype);
     if (pool.budget() > 0 && bytes >= CpuBufferPool::kMinBytes) {
       return at::detail::empty_generic(sizes, &pool, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                       c10::typeMetaToScalarType(opts.dtype()),
-                                       opts.memory_format_opt());
+                                       dtype, opts.memory_format_opt());
     }
   }
   return at::empty(sizes, opts);

@@ -2,9 +2,10 @@
 
 The CPU kernel (csrc/cpu/conv_cpu.cpp) tiles output channels by groups of vectors (two on AVX2,
 four on AVX-512, then tails of two and one) and columns by six; the cases below cover full and
-partial tiles of both, kernels other than 3x3, one-pixel rows and columns, row counts that do not split evenly over threads, both memory layouts, and the shapes it
-hands to ATen (float64, output channels not a multiple of the vector width). The oracle is
-torch.nn.grad.conv2d_weight in float64.
+partial tiles of both, kernels other than 3x3, one-pixel rows and columns, row counts that do not
+split evenly over threads, both memory layouts, and the shapes it hands to ATen (float64, output
+channels not a multiple of the vector width). The oracle is torch.nn.grad.conv2d_weight in
+float64.
 """
 
 import pytest

@@ -3,6 +3,8 @@ and every bad-input case."""
 
 import itertools
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -442,9 +444,6 @@ def test_cell_buffers_are_reused_and_ordinary_tensors():
 def test_cell_buffer_pool_off_gives_the_same_results():
     # PYFRAMEPRED_CPU_BUFFER_POOL_MB=0: the cell's buffers come from at::empty; forward and
     # backward still equal the reference (run in a fresh process: the budget is read once).
-    import subprocess
-    import sys
-
     code = (
         "import torch, pyframepred\n"
         "from pyframepred import ops, reference\n"

@@ -13,10 +13,10 @@
 // a tile's columns belong to one tap (i, j), whose zero padding is skipped rather than stored. A
 // register tile holds kNV vectors of output channels times kMR columns (12 accumulators on AVX2's
 // 16 registers, 24 on AVX-512's 32); per position it loads kNV vectors of g and broadcasts kMR
-// input values. Tiles walk a few rows of positions at a time, so that the slice of
-// g they reread stays in L1. Threads take equal shares of the rows, each with its own
-// accumulator (columns x C_out), summed in a fixed order at the end: results are deterministic for
-// a given thread count.
+// input values. Tiles walk a few rows of positions at a time, so that the slice of g they reread
+// stays in L1. Threads take equal shares of the rows, each with its own accumulator
+// (columns x C_out), summed in a fixed order at the end: results are deterministic for a given
+// thread count.
 //
 // Cases the tile does not cover (not float32, C_out not a multiple of the vector width) go to
 // ATen's implementation (conv2d_weight_grad_aten).

@@ -174,8 +174,8 @@ class ConvLSTM(nn.Module):
 
     ``forward(x, state=None) -> (outputs, last_states)``: ``outputs`` holds the last layer's ``h``
     at every step (same layout as ``x``: contiguous, or channels_last frames for channels_last
-    frames); ``last_states`` is a list of ``(h, c)`` per layer, which
-    can be passed back as ``state`` (e.g. from an encoder to a decoder).
+    frames); ``last_states`` is a list of ``(h, c)`` per layer, which can be passed back as
+    ``state`` (e.g. from an encoder to a decoder).
     """
 
     def __init__(
