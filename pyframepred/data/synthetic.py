@@ -117,6 +117,15 @@ def _video_plan(cfg: dict):
     return plan
 
 
+# libx264 options of the generated files. One thread, and ``cpu-independent``: without it, the
+# encoder's AVX-512 code picks different motion vectors from call to call (seen with PyAV 18.1's
+# x264 on an AVX-512 Xeon: 3-20 % of the encodes of one clip differ), and other machines pick
+# other algorithms; with it, the bytes are those of x264's portable code, at the same speed. A key
+# frame every 12 frames (as in UCF-101's AVI files) keeps random access cheap: a clip never needs
+# more than 11 frames decoded before its start.
+_REPRODUCIBLE_X264 = {"threads": "1", "g": "12", "x264-params": "cpu-independent=1"}
+
+
 def generate(
     out_dir,
     *,
@@ -175,10 +184,7 @@ def generate(
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         video = render_video(cls, n, height, width, group_seed, clip_seed)
-        # libx264 with one thread: identical bytes for identical pixels on any machine. A key
-        # frame every 12 frames (as in UCF-101's AVI files) keeps random access cheap: a clip
-        # never needs more than 11 frames decoded before its start.
-        write_video(path, video, cfg["fps"], crf=cfg["crf"], options={"threads": "1", "g": "12"})
+        write_video(path, video, cfg["fps"], crf=cfg["crf"], options=_REPRODUCIBLE_X264)
     atomic_write_json(manifest, cfg)
     logger.info("generated %d synthetic videos in %s in %.1f s", len(plan), out_dir, time.perf_counter() - t0)
     return out_dir
