@@ -88,7 +88,7 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T, V>& x) {
   PF_CHECK_ALIGNED(p, sizeof(B));
   B bits;
   memcpy(&bits, &x, sizeof(B));
-  *reinterpret_cast<B*>(p) = bits;
+  __stwb(reinterpret_cast<B*>(p), bits);  // a global store (STG), also through a derived pointer
 }
 
 constexpr unsigned kFullMask = 0xffffffffu;

@@ -25,6 +25,30 @@ namespace cuda {
 namespace convlstm {
 
 constexpr int kThreads = 256;
+// Resident blocks per SM that the register allocation must allow (__launch_bounds__' second
+// argument; an sm_80/sm_90 SM holds 2048 threads and 64 K registers): 4 x 256 threads (half
+// occupancy, at most 64 registers) where a variant fits in 64 without spilling, else 3 (80
+// registers), else 2 (128), as ptxas reports for sm_80 and sm_90. What needs more: vector
+// variants with peepholes in channels_last (V channels of 3 peephole weights, and in the
+// backward 7 gradient sums, stay live), float64, and 64-bit indices (operands past 2^31
+// elements). scripts/ptxas_report.py checks the result: no spills, occupancy >= 1/4.
+template <typename scalar_t, typename index_t, bool kCL, bool kPeep, int V>
+constexpr int min_blocks_forward() {
+  constexpr bool wide = sizeof(index_t) == 8, f64 = sizeof(scalar_t) == 8;
+  constexpr bool cl_peep = kCL && kPeep && V > 1;
+  if (V > 1 && ((cl_peep && (wide || f64)) || (wide && f64))) return 2;
+  if (V > 1 && (wide || f64 || cl_peep)) return 3;
+  return 4;
+}
+
+template <typename scalar_t, typename index_t, bool kCL, bool kPeep, int V>
+constexpr int min_blocks_backward() {
+  constexpr bool wide = sizeof(index_t) == 8, f64 = sizeof(scalar_t) == 8;
+  if (V == 1) return wide ? 3 : 4;
+  if (f64 || (kPeep && (kCL || wide))) return 2;
+  if (wide || (kPeep && sizeof(scalar_t) == 2)) return 3;
+  return 4;
+}
 constexpr int kIter = 4;    // steps along the positions per thread and sample
 constexpr int kParams = 7;  // rows of grad_params: bias i, f, g, o; peephole i, f, o
 
@@ -78,6 +102,14 @@ __device__ __forceinline__ index_t offset_of(index_t sN, index_t sC, index_t sP,
   return n * sN + ch * sC + p * sP;
 }
 
+// Channels among a thread's V elements: V in channels_last (V consecutive channels), 1 in NCHW
+// (V positions of one channel). Per-channel values (bias, peepholes, their gradient sums) are
+// kept once per channel, not once per element: fewer registers, more resident warps.
+template <int V, bool kCL>
+constexpr int channels_per_thread() {
+  return kCL ? V : 1;
+}
+
 // The thread's first channel and first position in its block, and the position step.
 template <int V, bool kCL, typename index_t>
 struct TileCoords {
@@ -99,7 +131,7 @@ struct TileCoords {
 // scalar_t: the gates' and h's type; state_t: c's and the parameters' (scalar_t, or float with
 // float16/bfloat16 gates under mixed precision).
 template <typename scalar_t, typename state_t, typename index_t, bool kCL, bool kPeep, int V>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, (min_blocks_forward<scalar_t, index_t, kCL, kPeep, V>()))
 convlstm_forward_kernel(Operand<const scalar_t, index_t> xg, Operand<const scalar_t, index_t> hg,
                         Operand<const state_t, index_t> cp, Operand<scalar_t, index_t> h,
                         Operand<state_t, index_t> c, Operand<scalar_t, index_t> gates,
@@ -108,11 +140,12 @@ convlstm_forward_kernel(Operand<const scalar_t, index_t> xg, Operand<const scala
   using A = at::opmath_type<scalar_t>;
   const TileCoords<V, kCL, index_t> tc;
   if (tc.ch >= C) return;  // no barrier in this kernel
-  // Per-channel parameters of the thread's V elements (one channel in NCHW, V in channels_last).
-  A b[4][V], w[3][V];
+  // Per-channel parameters of the thread's channels (one in NCHW, V in channels_last).
+  constexpr int CV = channels_per_thread<V, kCL>();
+  A b[4][CV], w[3][CV];
 #pragma unroll
-  for (int j = 0; j < V; ++j) {
-    const index_t ch = tc.ch + (kCL ? j : 0);
+  for (int j = 0; j < CV; ++j) {
+    const index_t ch = tc.ch + j;
 #pragma unroll
     for (int k = 0; k < 4; ++k) b[k][j] = bias != nullptr ? static_cast<A>(bias[k * C + ch]) : A(0);
 #pragma unroll
@@ -142,9 +175,10 @@ convlstm_forward_kernel(Operand<const scalar_t, index_t> xg, Operand<const scala
         A ho[V], co[V], go[4][V];
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-          convlstm_cell_forward<A, kPeep>(g4[0][j] + b[0][j], g4[1][j] + b[1][j],
-                                          g4[2][j] + b[2][j], g4[3][j] + b[3][j], cprev[j],
-                                          w[0][j], w[1][j], w[2][j], go[0][j], go[1][j],
+          const int cj = kCL ? j : 0;
+          convlstm_cell_forward<A, kPeep>(g4[0][j] + b[0][cj], g4[1][j] + b[1][cj],
+                                          g4[2][j] + b[2][cj], g4[3][j] + b[3][cj], cprev[j],
+                                          w[0][cj], w[1][cj], w[2][cj], go[0][j], go[1][j],
                                           go[2][j], go[3][j], co[j], ho[j]);
         }
         store_elems<V>(h.data + offset_of(h.sN, h.sC, h.sP, n, tc.ch, p), ho);
@@ -167,7 +201,7 @@ constexpr size_t backward_static_smem() {
 
 // partial: (gridDim.z * gridDim.x, 7, C) per-block sums of the parameter gradients, or null.
 template <typename scalar_t, typename state_t, typename index_t, bool kCL, bool kPeep, int V>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index_t, kCL, kPeep, V>()))
 convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const state_t, index_t> gc,
                          Operand<const scalar_t, index_t> gates,
                          Operand<const state_t, index_t> cp, Operand<scalar_t, index_t> dgates,
@@ -177,19 +211,18 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const stat
   using A = at::opmath_type<scalar_t>;
   const TileCoords<V, kCL, index_t> tc;
   const bool active = tc.ch < C;  // inactive threads still take part in the reductions
-  A w[3][V];
+  constexpr int CV = channels_per_thread<V, kCL>();
+  A w[3][CV];
 #pragma unroll
-  for (int j = 0; j < V; ++j) {
+  for (int j = 0; j < CV; ++j) {
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      w[k][j] = kPeep && active ? static_cast<A>(peep[k * C + tc.ch + (kCL ? j : 0)]) : A(0);
-    }
+    for (int k = 0; k < 3; ++k) w[k][j] = kPeep && active ? static_cast<A>(peep[k * C + tc.ch + j]) : A(0);
   }
-  A q[kParams][V];
+  A q[kParams][CV];  // the parameter gradients' sums, per channel
 #pragma unroll
   for (int k = 0; k < kParams; ++k) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) q[k][j] = A(0);
+    for (int j = 0; j < CV; ++j) q[k][j] = A(0);
   }
   const bool sums = partial != nullptr;
   if (active) {
@@ -211,17 +244,18 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const stat
           A d[4][V], dcprev[V];
 #pragma unroll
           for (int j = 0; j < V; ++j) {
+            const int cj = kCL ? j : 0;
             A cn;
             convlstm_cell_backward<A, kPeep>(gi[j], gf[j], gg[j], go[j], cprev[j], dh[j], dc[j],
-                                             w[0][j], w[1][j], w[2][j], d[0][j], d[1][j],
+                                             w[0][cj], w[1][cj], w[2][cj], d[0][j], d[1][j],
                                              d[2][j], d[3][j], dcprev[j], cn);
             if (sums) {
 #pragma unroll
-              for (int k = 0; k < 4; ++k) q[k][j] += d[k][j];
+              for (int k = 0; k < 4; ++k) q[k][cj] += d[k][j];
               if constexpr (kPeep) {
-                q[4][j] += d[0][j] * cprev[j];
-                q[5][j] += d[1][j] * cprev[j];
-                q[6][j] += d[3][j] * cn;
+                q[4][cj] += d[0][j] * cprev[j];
+                q[5][cj] += d[1][j] * cprev[j];
+                q[6][cj] += d[3][j] * cn;
               }
             }
           }
@@ -240,10 +274,7 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const stat
     // One channel per tile row: its lx lanes are an aligned segment of a warp.
 #pragma unroll
     for (int k = 0; k < kParams; ++k) {
-      A s = q[k][0];
-#pragma unroll
-      for (int j = 1; j < V; ++j) s += q[k][j];
-      s = warp_sum(s, lx);
+      const A s = warp_sum(q[k][0], lx);
       if (threadIdx.x == 0 && active) out[k * C + tc.ch] = s;
     }
   } else {
@@ -254,7 +285,7 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const stat
     const int cols = lx * V;  // channels of the tile
     for (int k = 0; k < kParams; ++k) {
 #pragma unroll
-      for (int j = 0; j < V; ++j) red[t * V + j] = q[k][j];
+      for (int j = 0; j < CV; ++j) red[t * V + j] = q[k][j];
       __syncthreads();
       for (int cj = t; cj < cols; cj += lx * ly) {
         A s = A(0);

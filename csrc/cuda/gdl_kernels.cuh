@@ -37,6 +37,22 @@ constexpr int kWarps = 8, kThreads = 32 * kWarps;
 constexpr int kV = 4;                   // columns per lane
 constexpr int kStrip = 32 * kV;         // columns per warp item
 constexpr int kFinishThreads = 256;
+// Resident blocks per SM the register allocation must allow (__launch_bounds__' second
+// argument): 4 x 256 threads (at most 64 registers; half occupancy) where ptxas fits the kernel
+// in 64 registers without spilling on sm_80 and sm_90; else 3 (80 registers: the backward that
+// also writes the target's gradient, for float32 or 64-bit indices), else 2 (128: float64, whose
+// backward took 180 registers, 1/8 occupancy, unbounded; the backward with a general power,
+// around its call into pow).
+template <typename scalar_t>
+constexpr int min_blocks_forward() {
+  return sizeof(scalar_t) == 8 ? 2 : 4;
+}
+
+template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget>
+constexpr int min_blocks_backward() {
+  if (sizeof(scalar_t) == 8 || kP == GdlPower::kGeneral) return 2;
+  return kTarget && (sizeof(scalar_t) == 4 || sizeof(index_t) == 8) ? 3 : 4;
+}
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride beyond
 constexpr unsigned kFull = kFullMask;
 
@@ -137,7 +153,7 @@ __device__ __forceinline__ bool item_of(const Plan& q, int64_t H, int64_t g, int
 }
 
 template <typename scalar_t, typename index_t, GdlPower kP, bool kPack>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, min_blocks_forward<scalar_t>())
     gdl_forward_kernel(const GdlOperand<const scalar_t> p, const GdlOperand<const scalar_t> t,
                        const Plan q, const int64_t H64, const int64_t W64,
                        const acc_t<scalar_t> alpha, acc_t<scalar_t>* __restrict__ partial) {
@@ -221,7 +237,7 @@ __global__ void __launch_bounds__(kFinishThreads)
 }
 
 template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget, bool kPack>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index_t, kP, kTarget>()))
     gdl_backward_kernel(const GdlOperand<const scalar_t> p, const GdlOperand<const scalar_t> t,
                         const GdlOperand<scalar_t> gp, const GdlOperand<scalar_t> gt,
                         const Plan q, const int64_t H64, const int64_t W64,

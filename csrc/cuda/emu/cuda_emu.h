@@ -227,6 +227,14 @@ inline T __ldg(const T* p) {
   return *p;
 }
 
+// Store to global memory with the default (write-back) cache policy: STG on the device, where a
+// plain store through a pointer the compiler cannot place in global memory is a generic ST.
+template <typename T>
+inline void __stwb(T* p, T v) {
+  ::pf_emu::check_aligned(p, alignof(T), "__stwb");
+  *p = v;
+}
+
 #define PF_CHECK_ALIGNED(ptr, bytes) ::pf_emu::check_aligned((ptr), (bytes), "vector access")
 
 namespace pf_emu {
