@@ -385,6 +385,48 @@ def _children(pid: int) -> list:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+class _ExitingWorker:
+    """A killed worker as the main process sees it: its sentinel already closed, but alive to
+    is_alive() for a few more polls (the moment before the kernel makes it a zombie)."""
+
+    def __init__(self, pid, polls_alive):
+        self.pid, self._polls = pid, polls_alive
+        r, w = os.pipe()
+        os.close(w)  # a closed write end: the sentinel is ready, as a dead process's is
+        self.sentinel = r
+
+    def is_alive(self):
+        self._polls -= 1
+        return self._polls >= 0
+
+
+class _LiveWorker:
+    def __init__(self, pid):
+        self.pid = pid
+        self.sentinel, self._w = os.pipe()  # never ready
+
+    def is_alive(self):
+        return True
+
+
+def test_dead_workers_waits_past_a_closed_sentinel():
+    # CI once lost this race: the batch's socket was reset by the killed worker, its sentinel was
+    # ready, but it was not yet a zombie, so it counted as alive and the error was not a death.
+    from types import SimpleNamespace
+
+    from pyframepred.training.signals import dead_workers
+
+    it = SimpleNamespace(_workers=[_LiveWorker(11), _ExitingWorker(12, polls_alive=3)])
+    try:
+        assert dead_workers(it, wait=5.0) == [12]
+        live = SimpleNamespace(_workers=[_LiveWorker(13)])
+        assert dead_workers(live, wait=0.2) == []  # gives up at the deadline
+        assert dead_workers(SimpleNamespace(_workers=[_ExitingWorker(14, polls_alive=3)])) == []
+    finally:
+        for w in it._workers:
+            os.close(w.sentinel)
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 @pytest.mark.parametrize("rep", [1, 2])
 def test_dead_worker_is_reported_and_last_checkpoint_saved(rep, data, tmp_path):

@@ -10,6 +10,15 @@
 
 #include "emu/cuda_emu.h"
 
+// The SM architecture of the device pass being compiled (e.g. 900 for sm_90); 0 in nvcc's host
+// pass and in the CPU execution model. For choices that ptxas' register allocation makes differ
+// per architecture (the kernels' __launch_bounds__).
+#if defined(__CUDA_ARCH__)
+#define PF_CUDA_ARCH __CUDA_ARCH__
+#else
+#define PF_CUDA_ARCH 0
+#endif
+
 namespace pyframepred {
 namespace cuda {
 

@@ -28,7 +28,8 @@ constexpr int kThreads = 256;
 // Resident blocks per SM that the register allocation must allow (__launch_bounds__' second
 // argument; an sm_80/sm_90 SM holds 2048 threads and 64 K registers): 4 x 256 threads (half
 // occupancy, at most 64 registers) where a variant fits in 64 without spilling, else 3 (80
-// registers), else 2 (128), as ptxas reports for sm_80 and sm_90. What needs more: vector
+// registers), else 2 (128), as ptxas reports for sm_80 and sm_90 (PF_CUDA_ARCH: the choice may
+// differ per architecture). What needs more: vector
 // variants with peepholes in channels_last (V channels of 3 peephole weights, and in the
 // backward 7 gradient sums, stay live), float64, and 64-bit indices (operands past 2^31
 // elements). scripts/ptxas_report.py checks the result: no spills, occupancy >= 1/4.
@@ -44,7 +45,7 @@ constexpr int min_blocks_forward() {
 template <typename scalar_t, typename index_t, bool kCL, bool kPeep, int V>
 constexpr int min_blocks_backward() {
   constexpr bool wide = sizeof(index_t) == 8, f64 = sizeof(scalar_t) == 8;
-  if (V == 1) return wide ? 3 : 4;
+  if (V == 1) return wide && (f64 || PF_CUDA_ARCH >= 900) ? 3 : 4;
   if (f64 || (kPeep && (kCL || wide))) return 2;
   if (wide || (kPeep && sizeof(scalar_t) == 2)) return 3;
   return 4;

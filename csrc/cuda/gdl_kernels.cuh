@@ -39,8 +39,8 @@ constexpr int kStrip = 32 * kV;         // columns per warp item
 constexpr int kFinishThreads = 256;
 // Resident blocks per SM the register allocation must allow (__launch_bounds__' second
 // argument): 4 x 256 threads (at most 64 registers; half occupancy) where ptxas fits the kernel
-// in 64 registers without spilling on sm_80 and sm_90; else 3 (80 registers: the backward that
-// also writes the target's gradient, for float32 or 64-bit indices), else 2 (128: float64, whose
+// in 64 registers without spilling; else 3 (80 registers: on sm_90, the backward that also
+// writes the target's gradient, for float32 or 64-bit indices), else 2 (128: float64, whose
 // backward took 180 registers, 1/8 occupancy, unbounded; the backward with a general power,
 // around its call into pow).
 template <typename scalar_t>
@@ -51,7 +51,7 @@ constexpr int min_blocks_forward() {
 template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget>
 constexpr int min_blocks_backward() {
   if (sizeof(scalar_t) == 8 || kP == GdlPower::kGeneral) return 2;
-  return kTarget && (sizeof(scalar_t) == 4 || sizeof(index_t) == 8) ? 3 : 4;
+  return PF_CUDA_ARCH >= 900 && kTarget && (sizeof(scalar_t) == 4 || sizeof(index_t) == 8) ? 3 : 4;
 }
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride beyond
 constexpr unsigned kFull = kFullMask;

@@ -11,6 +11,7 @@ optimiser update.
 from __future__ import annotations
 
 import signal
+import time
 from typing import Optional
 
 __all__ = [
@@ -110,24 +111,30 @@ def stop_workers(it) -> None:
 
 def dead_workers(it, wait: float = 0.0) -> list:
     """Process ids of the iterator's DataLoader workers that are no longer alive; with ``wait``,
-    first up to that many seconds for one to end (a killed worker's sockets close a moment
-    before the process is gone)."""
+    first up to that many seconds for one to end. A killed worker's sockets and sentinel close a
+    moment before the kernel makes it a zombie that can be waited for, so a ready sentinel is not
+    yet a dead process: its state is polled until the deadline."""
     workers = getattr(it, "_workers", None) or []
-    if wait > 0 and workers:
+    deadline = time.monotonic() + wait
+    while True:
+        out = []
+        for w in workers:
+            try:
+                if not w.is_alive():
+                    out.append(w.pid)
+            except (AssertionError, ValueError, OSError):
+                pass
+        left = deadline - time.monotonic()
+        if out or left <= 0 or not workers:
+            return out
         from multiprocessing.connection import wait as wait_for
 
         try:
-            wait_for([w.sentinel for w in workers], timeout=wait)
+            ready = wait_for([w.sentinel for w in workers], timeout=left)
         except (OSError, ValueError):
-            pass
-    out = []
-    for w in workers:
-        try:
-            if not w.is_alive():
-                out.append(w.pid)
-        except (AssertionError, ValueError, OSError):
-            pass
-    return out
+            ready = []
+        if ready:
+            time.sleep(min(0.01, max(left, 0.0)))  # a sentinel closed: the exit is moments away
 
 
 def is_worker_death(exc: BaseException) -> bool:
