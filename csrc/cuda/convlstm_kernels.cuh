@@ -28,11 +28,11 @@ constexpr int kThreads = 256;
 // Resident blocks per SM that the register allocation must allow (__launch_bounds__' second
 // argument; an sm_80/sm_90 SM holds 2048 threads and 64 K registers): 4 x 256 threads (half
 // occupancy, at most 64 registers) where a variant fits in 64 without spilling, else 3 (80
-// registers), else 2 (128), as ptxas reports for sm_80 and sm_90 (PF_CUDA_ARCH: the choice may
-// differ per architecture). What needs more: vector
-// variants with peepholes in channels_last (V channels of 3 peephole weights, and in the
-// backward 7 gradient sums, stay live), float64, and 64-bit indices (operands past 2^31
-// elements). scripts/ptxas_report.py checks the result: no spills, occupancy >= 1/4.
+// registers), else 2 (128), as ptxas reports for sm_80 and sm_90 (PF_CUDA_ARCH where the two
+// differ). What needs more: vector variants with peepholes in channels_last (V channels of 3
+// peephole weights, and in the backward 7 gradient sums, stay live), float64, and 64-bit indices
+// (operands past 2^31 elements). scripts/ptxas_report.py checks the result: no spills, occupancy
+// >= 1/4.
 template <typename scalar_t, typename index_t, bool kCL, bool kPeep, int V>
 constexpr int min_blocks_forward() {
   constexpr bool wide = sizeof(index_t) == 8, f64 = sizeof(scalar_t) == 8;
@@ -50,6 +50,7 @@ constexpr int min_blocks_backward() {
   if (wide || (kPeep && sizeof(scalar_t) == 2)) return 3;
   return 4;
 }
+
 constexpr int kIter = 4;    // steps along the positions per thread and sample
 constexpr int kParams = 7;  // rows of grad_params: bias i, f, g, o; peephole i, f, o
 
@@ -132,7 +133,8 @@ struct TileCoords {
 // scalar_t: the gates' and h's type; state_t: c's and the parameters' (scalar_t, or float with
 // float16/bfloat16 gates under mixed precision).
 template <typename scalar_t, typename state_t, typename index_t, bool kCL, bool kPeep, int V>
-__global__ void __launch_bounds__(kThreads, (min_blocks_forward<scalar_t, index_t, kCL, kPeep, V>()))
+__global__ void
+__launch_bounds__(kThreads, (min_blocks_forward<scalar_t, index_t, kCL, kPeep, V>()))
 convlstm_forward_kernel(Operand<const scalar_t, index_t> xg, Operand<const scalar_t, index_t> hg,
                         Operand<const state_t, index_t> cp, Operand<scalar_t, index_t> h,
                         Operand<state_t, index_t> c, Operand<scalar_t, index_t> gates,
@@ -202,7 +204,8 @@ constexpr size_t backward_static_smem() {
 
 // partial: (gridDim.z * gridDim.x, 7, C) per-block sums of the parameter gradients, or null.
 template <typename scalar_t, typename state_t, typename index_t, bool kCL, bool kPeep, int V>
-__global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index_t, kCL, kPeep, V>()))
+__global__ void
+__launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index_t, kCL, kPeep, V>()))
 convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const state_t, index_t> gc,
                          Operand<const scalar_t, index_t> gates,
                          Operand<const state_t, index_t> cp, Operand<scalar_t, index_t> dgates,
@@ -217,7 +220,9 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const stat
 #pragma unroll
   for (int j = 0; j < CV; ++j) {
 #pragma unroll
-    for (int k = 0; k < 3; ++k) w[k][j] = kPeep && active ? static_cast<A>(peep[k * C + tc.ch + j]) : A(0);
+    for (int k = 0; k < 3; ++k) {
+      w[k][j] = kPeep && active ? static_cast<A>(peep[k * C + tc.ch + j]) : A(0);
+    }
   }
   A q[kParams][CV];  // the parameter gradients' sums, per channel
 #pragma unroll
