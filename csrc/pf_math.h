@@ -20,6 +20,7 @@ struct Fn<float> {
   static C10_HOST_DEVICE inline float exp(float x) { return ::expf(x); }
   static C10_HOST_DEVICE inline float tanh(float x) { return ::tanhf(x); }
   static C10_HOST_DEVICE inline float abs(float x) { return ::fabsf(x); }
+  static C10_HOST_DEVICE inline float recip(float x) { return 1.0f / x; }
 };
 
 template <>
@@ -27,12 +28,14 @@ struct Fn<double> {
   static C10_HOST_DEVICE inline double exp(double x) { return ::exp(x); }
   static C10_HOST_DEVICE inline double tanh(double x) { return ::tanh(x); }
   static C10_HOST_DEVICE inline double abs(double x) { return ::fabs(x); }
+  static C10_HOST_DEVICE inline double recip(double x) { return 1.0 / x; }
 };
 
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid(T x) {
   // 1 / (1 + e^-x): for x -> -inf e^-x -> inf and the result -> 0, no NaN.
-  return T(1) / (T(1) + Fn<T>::exp(T(0) - x));
+  // Fn<T>::recip: 1 / d for the d >= 1 (or inf, or NaN) that sigmoid and tanh divide by.
+  return Fn<T>::recip(T(1) + Fn<T>::exp(T(0) - x));
 }
 
 }  // namespace pyframepred

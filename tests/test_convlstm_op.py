@@ -146,6 +146,28 @@ def test_property_matches_reference(N, C, H, W, has_h, bias, peephole, layout, s
     assert_close_results(fused, ref, atol=1e-11, rtol=1e-9)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("has_h,peephole", [(True, True), (False, False), (True, False)])
+def test_dense_rows_and_saturated_gates_float32(layout, has_h, peephole):
+    """Rows that are whole SIMD vectors (C = 32 channels_last, H*W = 64 NCHW: the kernels' dense
+    path at every level) with gates far into saturation, +-inf included: the float32 kernels
+    (a reciprocal estimate refined by a Newton step) against the float64 reference."""
+    args = make_inputs(2, 32, 8, 8, has_h=has_h, peephole=peephole, layout=layout, requires_grad=False)
+    xg = args[0]
+    xg.mul_(4.0)
+    memory = xg.as_strided((xg.numel(),), (1,))  # both layouts are dense: every element once
+    picks = torch.randperm(xg.numel(), generator=torch.Generator().manual_seed(0))[:400]
+    for k, v in enumerate((float("inf"), -float("inf"), 100.0, -100.0)):
+        memory[picks[k::4]] = v
+    assert torch.isinf(xg).sum() == 200
+    for a in args:
+        if a is not None:
+            a.requires_grad_(True)
+    fused, ref = run_both(args, upcast=True)
+    assert torch.isfinite(fused[0]).all() and torch.isfinite(fused[1]).all()
+    assert_close_results(fused, ref, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_reduced_precision_cpu(dtype, layout):

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <type_traits>
 
 #include "convlstm.h"
@@ -80,6 +81,37 @@ struct RowCursor {
   }
 };
 
+// Whether rows of `len` elements are of the dense kind (vec_utils.h): the inputs' steps along a row
+// (`in`) 0 or 1, the results' (`out`) 1, and `len` a whole number of vectors of `vec` lanes.
+inline bool is_dense(int64_t len, int64_t vec, std::initializer_list<int64_t> in,
+                     std::initializer_list<int64_t> out) {
+  if (len % vec != 0) return false;
+  for (int64_t s : in) {
+    if (s != 0 && s != 1) return false;
+  }
+  for (int64_t s : out) {
+    if (s != 1) return false;
+  }
+  return true;
+}
+
+// Calls f(peep, dense) with both flags as std::bool_constant, for kernels templated on them.
+template <typename F>
+void with_flags(bool peep, bool dense, F&& f) {
+  auto second = [&](auto p) {
+    if (dense) {
+      f(p, std::true_type{});
+    } else {
+      f(p, std::false_type{});
+    }
+  };
+  if (peep) {
+    second(std::true_type{});
+  } else {
+    second(std::false_type{});
+  }
+}
+
 // scalar_t: the gates' (and h's) type; state_t: the cell state's and the parameters' (scalar_t,
 // or float for float16/bfloat16 gates under mixed precision). Both load as VecAcc<scalar_t>.
 template <typename scalar_t, typename state_t>
@@ -92,7 +124,8 @@ struct ForwardArgs {
   int64_t len;  // elements per row
 };
 
-template <typename scalar_t, typename state_t, bool kPeep>
+// kDense: the rows are of the dense kind (vec_utils.h), checked by is_dense.
+template <typename scalar_t, typename state_t, bool kPeep, bool kDense>
 void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r1) {
   using V = VecAcc<scalar_t>;
   static_assert(std::is_same_v<V, VecAcc<state_t>>, "gates and state share the accumulation type");
@@ -112,29 +145,29 @@ void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r
     const int64_t ws = a.peep.inner(), wk = a.peep.gate();
     const int64_t hos = a.h.inner(), cos = a.c.inner(), gs = a.gates.inner(), gk = a.gates.gate();
     for (int64_t j = 0; j < a.len; j += V::size()) {
-      const int64_t n = std::min<int64_t>(V::size(), a.len - j);
+      const int64_t n = kDense ? V::size() : std::min<int64_t>(V::size(), a.len - j);
       V g4[4];
       for (int k = 0; k < 4; ++k) {
-        g4[k] = load(xg + j * xs + k * xk, xs, n) + load(hg + j * hs + k * hk, hs, n) +
-                load(b + j * bs + k * bk, bs, n);
+        g4[k] = load_row<kDense>(xg + j * xs + k * xk, xs, n) + load_row<kDense>(hg + j * hs + k * hk, hs, n) +
+                load_row<kDense>(b + j * bs + k * bk, bs, n);
       }
-      const V c_prev = load(cp + j * cs, cs, n);
+      const V c_prev = load_row<kDense>(cp + j * cs, cs, n);
       V wci = zero, wcf = zero, wco = zero;
       if constexpr (kPeep) {
-        wci = load(w + j * ws, ws, n);
-        wcf = load(w + j * ws + wk, ws, n);
-        wco = load(w + j * ws + 2 * wk, ws, n);
+        wci = load_row<kDense>(w + j * ws, ws, n);
+        wcf = load_row<kDense>(w + j * ws + wk, ws, n);
+        wco = load_row<kDense>(w + j * ws + 2 * wk, ws, n);
       }
       V i, f, g, o, c, h;
       convlstm_cell_forward<V, kPeep>(g4[0], g4[1], g4[2], g4[3], c_prev, wci, wcf, wco, i, f, g,
                                       o, c, h);
-      store(ho + j * hos, hos, h, n);
-      store(co + j * cos, cos, c, n);
+      store_row<kDense>(ho + j * hos, hos, h, n);
+      store_row<kDense>(co + j * cos, cos, c, n);
       if (go != nullptr) {
-        store(go + j * gs, gs, i, n);
-        store(go + j * gs + gk, gs, f, n);
-        store(go + j * gs + 2 * gk, gs, g, n);
-        store(go + j * gs + 3 * gk, gs, o, n);
+        store_row<kDense>(go + j * gs, gs, i, n);
+        store_row<kDense>(go + j * gs + gk, gs, f, n);
+        store_row<kDense>(go + j * gs + 2 * gk, gs, g, n);
+        store_row<kDense>(go + j * gs + 3 * gk, gs, o, n);
       }
     }
   }
@@ -169,12 +202,13 @@ op::ConvLSTMGatesForward::Result convlstm_gates_forward_cpu(PYFRAMEPRED_CONVLSTM
     a.len = p.cl ? p.C : P;
     const int64_t rows = p.cl ? p.N * P : p.N * p.C;
     const int64_t grain = std::max<int64_t>(1, 8192 / a.len);
-    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-      if (p.peephole.defined()) {
-        forward_rows<scalar_t, state_t, true>(a, r0, r1);
-      } else {
-        forward_rows<scalar_t, state_t, false>(a, r0, r1);
-      }
+    const bool dense = is_dense(a.len, VecAcc<scalar_t>::size(),
+                                {a.xg.inner(), a.hg.inner(), a.cp.inner(), a.bias.inner(), a.peep.inner()},
+                                {a.h.inner(), a.c.inner(), save_gates ? a.gates.inner() : 1});
+    with_flags(p.peephole.defined(), dense, [&](auto peep, auto dense_rows) {
+      at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+        forward_rows<scalar_t, state_t, decltype(peep)::value, decltype(dense_rows)::value>(a, r0, r1);
+      });
     });
   });
   });
@@ -194,7 +228,7 @@ struct BackwardArgs {
 // Processes elements [j0, j1) of row (n, k); for each vector of results calls
 // sink(j, count, q[7]) with the seven per-channel quantities summed into the parameter gradients
 // (lanes past count are zero).
-template <typename scalar_t, typename state_t, bool kPeep, typename Sink>
+template <typename scalar_t, typename state_t, bool kPeep, bool kDense, typename Sink>
 inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t rn, int64_t rk,
                          int64_t j0, int64_t j1, Sink&& sink) {
   using V = VecAcc<scalar_t>;
@@ -211,28 +245,28 @@ inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t rn, i
   const int64_t cs = a.cp.inner(), ws = a.peep.inner(), wk = a.peep.gate();
   const int64_t ds = a.dgates.inner(), dk = a.dgates.gate(), dcs = a.dcp.inner();
   for (int64_t j = j0; j < j1; j += V::size()) {
-    const int64_t n = std::min<int64_t>(V::size(), j1 - j);
-    const V i = load(gt + j * gts, gts, n);
-    const V f = load(gt + j * gts + gtk, gts, n);
-    const V g = load(gt + j * gts + 2 * gtk, gts, n);
-    const V o = load(gt + j * gts + 3 * gtk, gts, n);
-    const V c_prev = load(cp + j * cs, cs, n);
-    const V dh = load(gh + j * ghs, ghs, n);
-    const V dc = load(gc + j * gcs, gcs, n);
+    const int64_t n = kDense ? V::size() : std::min<int64_t>(V::size(), j1 - j);
+    const V i = load_row<kDense>(gt + j * gts, gts, n);
+    const V f = load_row<kDense>(gt + j * gts + gtk, gts, n);
+    const V g = load_row<kDense>(gt + j * gts + 2 * gtk, gts, n);
+    const V o = load_row<kDense>(gt + j * gts + 3 * gtk, gts, n);
+    const V c_prev = load_row<kDense>(cp + j * cs, cs, n);
+    const V dh = load_row<kDense>(gh + j * ghs, ghs, n);
+    const V dc = load_row<kDense>(gc + j * gcs, gcs, n);
     V wci = zero, wcf = zero, wco = zero;
     if constexpr (kPeep) {
-      wci = load(w + j * ws, ws, n);
-      wcf = load(w + j * ws + wk, ws, n);
-      wco = load(w + j * ws + 2 * wk, ws, n);
+      wci = load_row<kDense>(w + j * ws, ws, n);
+      wcf = load_row<kDense>(w + j * ws + wk, ws, n);
+      wco = load_row<kDense>(w + j * ws + 2 * wk, ws, n);
     }
     V di, df, dg, do_, dc_prev, c;
     convlstm_cell_backward<V, kPeep>(i, f, g, o, c_prev, dh, dc, wci, wcf, wco, di, df, dg, do_,
                                      dc_prev, c);
-    store(dg_out + j * ds, ds, di, n);
-    store(dg_out + j * ds + dk, ds, df, n);
-    store(dg_out + j * ds + 2 * dk, ds, dg, n);
-    store(dg_out + j * ds + 3 * dk, ds, do_, n);
-    store(dcp_out + j * dcs, dcs, dc_prev, n);
+    store_row<kDense>(dg_out + j * ds, ds, di, n);
+    store_row<kDense>(dg_out + j * ds + dk, ds, df, n);
+    store_row<kDense>(dg_out + j * ds + 2 * dk, ds, dg, n);
+    store_row<kDense>(dg_out + j * ds + 3 * dk, ds, do_, n);
+    store_row<kDense>(dcp_out + j * dcs, dcs, dc_prev, n);
     if (a.param_grads) {
       V q[7] = {head(di, n), head(df, n), head(dg, n), head(do_, n), zero, zero, zero};
       if constexpr (kPeep) {
@@ -284,6 +318,11 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLS
       A* part = param_grads ? partial.mutable_data_ptr<A>() : nullptr;
       const int64_t C = p.C;
       const int64_t grain = p.cl ? 1 : std::max<int64_t>(1, 8192 / len);
+      const bool dense = is_dense(len, V::size(),
+                                  {a.gh.inner(), a.gc.inner(), a.gates.inner(), a.cp.inner(), a.peep.inner()},
+                                  {a.dgates.inner(), a.dcp.inner()});
+      with_flags(peep, dense, [&](auto peep_flag, auto dense_flag) {
+      constexpr bool kPeep = decltype(peep_flag)::value, kDense = decltype(dense_flag)::value;
       at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           if (!p.cl) {
@@ -293,39 +332,36 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLS
               for (int k = 0; k < 7; ++k) acc[k] = acc[k] + q[k];
             };
             const int64_t n = t / C, ch = t % C;
-            if (peep) {
-              backward_row<scalar_t, state_t, true>(a, n, ch, 0, len, sink);
-            } else {
-              backward_row<scalar_t, state_t, false>(a, n, ch, 0, len, sink);
-            }
+            backward_row<scalar_t, state_t, kPeep, kDense>(a, n, ch, 0, len, sink);
             if (part != nullptr) {
               for (int k = 0; k < 7; ++k) part[(n * 7 + k) * C + ch] = hsum(acc[k]);
             }
           } else {
             const int64_t r0 = t * block, r1 = std::min(rows, (t + 1) * block);
-            auto sweep = [&](int64_t j0, int64_t j1, auto&& sink) {
+            auto sweep = [&](auto&& sink) {
               RowCursor rc(r0, P);
               for (int64_t r = r0; r < r1; ++r, rc.next()) {
-                if (peep) {
-                  backward_row<scalar_t, state_t, true>(a, rc.n, rc.k, j0, j1, sink);
-                } else {
-                  backward_row<scalar_t, state_t, false>(a, rc.n, rc.k, j0, j1, sink);
-                }
+                backward_row<scalar_t, state_t, kPeep, kDense>(a, rc.n, rc.k, 0, len, sink);
               }
             };
             if (part == nullptr) {
-              sweep(0, len, [](int64_t, int64_t, const V*) {});
+              sweep([](int64_t, int64_t, const V*) {});
             } else {
               A* out = part + t * 7 * C;
-              sweep(0, len, [&](int64_t j, int64_t n, const V* q) {
+              sweep([&](int64_t j, int64_t n, const V* q) {
                 for (int k = 0; k < 7; ++k) {
                   A* dst = out + k * C + j;
-                  (V::loadu(dst, n) + q[k]).store(dst, n);
+                  if constexpr (kDense) {
+                    (V::loadu(dst) + q[k]).store(dst);
+                  } else {
+                    (V::loadu(dst, n) + q[k]).store(dst, n);
+                  }
                 }
               });
             }
           }
         }
+      });
       });
     });
     });

@@ -6,6 +6,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <cmath>
 #include <type_traits>
 
 #include "pf_math.h"
@@ -23,9 +24,27 @@ struct Fn<at::vec::Vectorized<float>> {
   // and the limits are exact (e^2x = inf gives 1, e^2x = 0 gives -1).
   static inline V tanh(V x) {
     const V one(1.0f), two(2.0f);
-    return one - two / (one + exp(x + x));
+    return one - two * recip(one + exp(x + x));
   }
   static inline V abs(V x) { return x.abs(); }
+  // 1 / d for d >= 1, inf (giving 0) or NaN: the hardware's reciprocal estimate refined by one
+  // Newton step, r (2 - d r), within about 2 float ulps -- the divider's throughput (one
+  // division per sigmoid or tanh, five per vector of cells in the forward) bounded the fused
+  // cell: 2.0 -> 1.7 ns per cell forward on the same shape and machine. The estimate of inf is 0, but inf * 0 in the Newton step is NaN, hence the
+  // mask. Levels without a reciprocal estimate divide.
+  static inline V recip(V d) {
+#if defined(CPU_CAPABILITY_AVX512)
+    const __m512 r = _mm512_rcp14_ps(d);  // relative error < 2^-14
+    const __mmask16 finite = _mm512_cmp_ps_mask(d, _mm512_set1_ps(INFINITY), _CMP_NEQ_UQ);
+    return _mm512_maskz_mul_ps(finite, r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+#elif defined(CPU_CAPABILITY_AVX2)
+    const __m256 r = _mm256_rcp_ps(d);  // relative error < 1.5 * 2^-12
+    const __m256 finite = _mm256_cmp_ps(d, _mm256_set1_ps(INFINITY), _CMP_NEQ_UQ);
+    return _mm256_and_ps(finite, _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f))));
+#else
+    return V(1.0f) / d;
+#endif
+  }
 };
 
 template <>
@@ -34,6 +53,7 @@ struct Fn<at::vec::Vectorized<double>> {
   static inline V exp(V x) { return x.exp(); }
   static inline V tanh(V x) { return x.tanh(); }
   static inline V abs(V x) { return x.abs(); }
+  static inline V recip(V d) { return V(1.0) / d; }
 };
 
 namespace cpu {
@@ -71,6 +91,27 @@ C10_NOINLINE void store_slow(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, 
 template <typename scalar_t>
 constexpr bool kReduced = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
 
+// A whole vector of unit-stride values, widened to float for float16/bfloat16; and its store.
+template <typename scalar_t>
+C10_ALWAYS_INLINE VecAcc<scalar_t> load_vec(const scalar_t* p) {
+  if constexpr (kReduced<scalar_t>) {
+    VecAcc<scalar_t> out;
+    at::vec::load_to_float<scalar_t>(p, out);
+    return out;
+  } else {
+    return VecAcc<scalar_t>::loadu(p);
+  }
+}
+
+template <typename scalar_t>
+C10_ALWAYS_INLINE void store_vec(scalar_t* p, const VecAcc<scalar_t>& v) {
+  if constexpr (kReduced<scalar_t>) {
+    at::vec::convert_from_float<scalar_t>(v, v).store(p, VecAcc<scalar_t>::size());
+  } else {
+    v.store(p);
+  }
+}
+
 // Loads `count` (1..size) values p[0], p[s], p[2s], ...; lanes past `count` are zero.
 // Unit stride is a plain vector load (widened to float for float16/bfloat16), stride 0 a
 // broadcast.
@@ -78,16 +119,8 @@ template <typename scalar_t>
 C10_ALWAYS_INLINE VecAcc<scalar_t> load(const scalar_t* p, int64_t s, int64_t count) {
   using A = acc_t<scalar_t>;
   using V = VecAcc<scalar_t>;
-  if constexpr (std::is_same_v<scalar_t, A>) {
-    if (s == 1 && count == V::size()) {
-      return V::loadu(p);
-    }
-  } else if constexpr (kReduced<scalar_t>) {
-    if (s == 1 && count == V::size()) {
-      V out;
-      at::vec::load_to_float<scalar_t>(p, out);
-      return out;
-    }
+  if constexpr (std::is_same_v<scalar_t, A> || kReduced<scalar_t>) {
+    if (s == 1 && count == V::size()) return load_vec(p);
   }
   if (s == 0) {
     return V(static_cast<A>(p[0]));
@@ -99,18 +132,39 @@ template <typename scalar_t>
 C10_ALWAYS_INLINE void store(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, int64_t count) {
   using A = acc_t<scalar_t>;
   using V = VecAcc<scalar_t>;
-  if constexpr (std::is_same_v<scalar_t, A>) {
+  if constexpr (std::is_same_v<scalar_t, A> || kReduced<scalar_t>) {
     if (s == 1 && count == V::size()) {
-      v.store(p);
-      return;
-    }
-  } else if constexpr (kReduced<scalar_t>) {
-    if (s == 1 && count == V::size()) {
-      at::vec::convert_from_float<scalar_t>(v, v).store(p, V::size());
+      store_vec(p, v);
       return;
     }
   }
   store_slow(p, s, v, count);
+}
+
+// Rows of the dense kind (see load_row): every operand unit-stride along the row or constant
+// (stride 0), every result unit-stride, the row a whole number of vectors.
+//
+// load_row / store_row: load() / store() for a kernel instantiated for one kind of row. Dense
+// rows compile to plain vector loads and stores (or a broadcast) with no tail or stride cases,
+// so nothing calls the out-of-line slow paths -- whose by-reference arguments would otherwise
+// keep the gate vectors in stack memory (fused cell, (8, 4*32, 32, 32) channels_last float32 on 2
+// AVX-512 Xeon cores: forward 2.3 -> 2.0 ns per cell, backward 1.4 -> 1.1).
+template <bool kDense, typename scalar_t>
+C10_ALWAYS_INLINE VecAcc<scalar_t> load_row(const scalar_t* p, int64_t s, int64_t count) {
+  if constexpr (kDense) {
+    return s == 0 ? VecAcc<scalar_t>(static_cast<acc_t<scalar_t>>(p[0])) : load_vec(p);
+  } else {
+    return load(p, s, count);
+  }
+}
+
+template <bool kDense, typename scalar_t>
+C10_ALWAYS_INLINE void store_row(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, int64_t count) {
+  if constexpr (kDense) {
+    store_vec(p, v);
+  } else {
+    store(p, s, v, count);
+  }
 }
 
 // Zeroes the lanes at and past `count` (so padded lanes never enter a reduction).
