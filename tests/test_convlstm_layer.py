@@ -105,6 +105,10 @@ def test_chunked_batches_match():
     # of 4 MiB (N=4, C=32, 32x32 float64) is a chunk of its own.
     _compare(_inputs(T=14, N=2, Cin=2, C=8, H=32, W=32, state=True), atol=1e-9)
     _compare(_inputs(T=3, N=4, Cin=2, C=8, H=32, W=32, state=True), atol=1e-9)
+    # float32, one 2 MiB step per chunk (our tiled weight-gradient kernel on every chunk), with
+    # and without an initial state.
+    for state in (False, True):
+        _compare(_inputs(T=3, N=4, Cin=16, C=32, H=32, W=32, state=state, dtype=torch.float32), atol=2e-3)
 
 
 @pytest.mark.parametrize("grad", ["expanded", "nchw", "channels_last"])
