@@ -49,40 +49,12 @@ namespace {
 
 constexpr int64_t kBandElems = 16384;
 
-// A full vector at unit stride converted to the accumulation type (the fast path of rows whose
-// W stride is 1), and its store.
-template <typename scalar_t>
-inline VecAcc<scalar_t> load_full(const scalar_t* p) {
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    at::vec::Vectorized<float> v;
-    at::vec::load_fp32_from_bf16(p, v);
-    return v;
-  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    at::vec::Vectorized<float> v;
-    at::vec::load_fp32_from_fp16(p, v);
-    return v;
-  } else {
-    return VecAcc<scalar_t>::loadu(p);
-  }
-}
-
-template <typename scalar_t>
-inline void store_full(scalar_t* p, const VecAcc<scalar_t>& v) {
-  constexpr int64_t n = VecAcc<scalar_t>::size();
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    at::vec::convert_float_bfloat16(v, v).store(p, n);
-  } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    at::vec::convert_float_half(v, v).store(p, n);
-  } else {
-    v.store(p);
-  }
-}
-
-// kFast: a full vector at unit stride; otherwise `n` (1..size) values at stride s.
+// kFast: a full vector at unit stride (load_vec/store_vec of cpu/vec_utils.h, the fast path of
+// rows whose W stride is 1); otherwise `n` (1..size) values at stride s.
 template <bool kFast, typename scalar_t>
 inline VecAcc<scalar_t> ld(const scalar_t* p, int64_t s, int64_t n) {
   if constexpr (kFast) {
-    return load_full(p);
+    return load_vec(p);
   } else {
     return load(p, s, n);
   }
@@ -91,7 +63,7 @@ inline VecAcc<scalar_t> ld(const scalar_t* p, int64_t s, int64_t n) {
 template <bool kFast, typename scalar_t>
 inline void st(scalar_t* p, int64_t s, const VecAcc<scalar_t>& v, int64_t n) {
   if constexpr (kFast) {
-    store_full(p, v);
+    store_vec(p, v);
   } else {
     store(p, s, v, n);
   }
