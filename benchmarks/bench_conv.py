@@ -1,5 +1,6 @@
 """Weight gradient of the ConvLSTM layer's convolutions: ``ops.conv2d_weight_grad`` (on the CPU in
-float32 our tiled kernel, csrc/cpu/conv_cpu.cpp) against ATen's convolution backward (oneDNN on
+float32 our tiled kernel, in bfloat16 at the amx level our AMX tile kernel, csrc/cpu/conv_cpu.cpp;
+the ISA level in use is in each record) against ATen's convolution backward (oneDNN on
 the CPU, cuDNN on a GPU; what the layer used before, and what ``reference.conv2d_weight_grad``
 calls), on the batched shapes the layer hands it: channels_last gradients and inputs of a chunk
 of steps, 3x3 kernels. ``gflops`` in each result's extra info is 2 * B*H*W * 9*C_in * C_out over
@@ -7,9 +8,20 @@ the median time.
 
     pytest benchmarks/bench_conv.py --benchmark-only [--bench-full]
     python benchmarks/record.py --suite conv      # records benchmarks/results/conv_cpu.json
+    python benchmarks/bench_conv.py --rounds 15 --out benchmarks/results/conv_rr_cpu_<tag>.json
+
+The pytest cases time each implementation's rounds one after the other; the script mode (last
+line) alternates them round by round in one process, so that a machine's drift falls on both
+sides alike, and writes the medians and per-round ratios with the machine's description.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
 
 import pytest
 import torch
@@ -17,14 +29,18 @@ from conftest import full_size, rounds, sync
 
 from pyframepred import ops
 
-# name -> (B, C_in, C_out, H, W): B = frames of a chunk of steps (chunks of at most 12 MiB of gates)
+# name -> (B, C_in, C_out, H, W): B = frames of a chunk of steps (on the CPU at most 3 MiB of gates:
+# one step of 8 frames at the (8, 16, [32]) layer's sizes; 3 steps as it was with 12 MiB chunks)
 SHAPES = {
     "tiny": (4, 8, 32, 16, 16),
+    "input-step-8x16x32@32": (8, 16, 128, 32, 32),  # (8, 16, [32]) layer: input conv, one step
+    "hidden-step-8x16x32@32": (8, 32, 128, 32, 32),  # its hidden conv, one step
     "input-8x16x32@32": (24, 16, 128, 32, 32),  # (8, 16, [32]) layer: input conv, 3 steps
     "hidden-8x16x32@32": (24, 32, 128, 32, 32),  # the same layer's hidden conv
     "hidden-4x64x64@64": (4, 64, 256, 64, 64),  # (4, 64, [64]) at 64x64: one step per chunk
 }
 IMPLS = ["fused", "reference"]
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _shapes():
@@ -53,14 +69,16 @@ def _aten(grad_out, input, kernel_size):
 
 
 @pytest.mark.parametrize("size", [k for k, _ in _shapes()])
+@pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("impl", IMPLS)
-def test_conv_weight_grad(benchmark, annotate, device, impl, size):
+def test_conv_weight_grad(benchmark, annotate, device, impl, dtype, size):
     B, cin, cout, H, W = dict(_shapes())[size]
-    benchmark.group = f"conv2d weight grad {size} (B={B}, {cin}->{cout}, {H}x{W}, 3x3) {device}"
+    benchmark.group = f"conv2d weight grad {size} {dtype} (B={B}, {cin}->{cout}, {H}x{W}, 3x3) {device}"
     g = torch.Generator().manual_seed(0)
     cl = torch.channels_last
-    x = torch.randn(B, cin, H, W, generator=g).to(device).contiguous(memory_format=cl)
-    dy = torch.randn(B, cout, H, W, generator=g).to(device).contiguous(memory_format=cl)
+    dt = DTYPES[dtype]
+    x = torch.randn(B, cin, H, W, generator=g).to(device, dt).contiguous(memory_format=cl)
+    dy = torch.randn(B, cout, H, W, generator=g).to(device, dt).contiguous(memory_format=cl)
     fn = ops.conv2d_weight_grad if impl == "fused" else _aten
 
     def run():
@@ -75,4 +93,101 @@ def test_conv_weight_grad(benchmark, annotate, device, impl, size):
     if benchmark.stats is not None:
         flop = 2 * B * H * W * 9 * cin * cout
         extra["gflops"] = round(flop / benchmark.stats.stats.median / 1e9, 1)
-    annotate(impl=impl, shape=[B, cin, cout, H, W], torch=torch.__version__, **extra)
+    annotate(impl=impl, dtype=dtype, shape=[B, cin, cout, H, W], torch=torch.__version__, **extra)
+
+
+# --- script mode: round-robin medians ---------------------------------------------------------
+
+
+def measure_round_robin(shapes: dict, dtypes: list[str], n_rounds: int) -> list[dict]:
+    """Per shape and dtype: the median time of ours and ATen's, alternated round by round, and the
+    median over rounds of ATen's time / ours (above 1: ours is faster)."""
+    out = []
+    for size, (B, cin, cout, H, W) in shapes.items():
+        for dtype in dtypes:
+            g = torch.Generator().manual_seed(0)
+            cl, dt = torch.channels_last, DTYPES[dtype]
+            x = torch.randn(B, cin, H, W, generator=g).to(dt).contiguous(memory_format=cl)
+            dy = torch.randn(B, cout, H, W, generator=g).to(dt).contiguous(memory_format=cl)
+            fns = {
+                "ours": lambda dy=dy, x=x: ops.conv2d_weight_grad(dy, x, (3, 3)),
+                "aten": lambda dy=dy, x=x: _aten(dy, x, (3, 3)),
+            }
+            times: dict = {k: [] for k in fns}
+            for fn in fns.values():
+                fn()
+            for _ in range(n_rounds):
+                for k, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - t0)
+            flop = 2 * B * H * W * 9 * cin * cout
+            med = {k: statistics.median(v) for k, v in times.items()}
+            ratio = statistics.median(a / o for a, o in zip(times["aten"], times["ours"]))
+            out.append(
+                {
+                    "size": size,
+                    "shape": [B, cin, cout, H, W],
+                    "dtype": dtype,
+                    "median_ms": {k: round(v * 1e3, 3) for k, v in med.items()},
+                    "tflops": {k: round(flop / v / 1e12, 3) for k, v in med.items()},
+                    "aten_over_ours_median": round(ratio, 3),
+                }
+            )
+            print(
+                f"{size} {dtype}: ours {med['ours'] * 1e3:.3f} ms, ATen {med['aten'] * 1e3:.3f} ms, "
+                f"ATen/ours {ratio:.2f}",
+                file=sys.stderr,
+            )
+    return out
+
+
+def main(argv=None) -> int:
+    from bench_layer import machine_info
+
+    ap = argparse.ArgumentParser(description="conv2d_weight_grad, ours vs ATen's, round-robin")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--sizes", nargs="*", default=[k for k in SHAPES if k != "tiny"])
+    ap.add_argument("--dtypes", nargs="*", default=list(DTYPES))
+    ap.add_argument("--out", default=None, help="write the record (JSON) here")
+    args = ap.parse_args(argv)
+    machine = machine_info(False)
+    machine["cpu_isa"] = ops.cpu_isa()
+    record = {
+        "machine": machine,
+        "rounds": args.rounds,
+        "results": measure_round_robin({k: SHAPES[k] for k in args.sizes}, args.dtypes, args.rounds),
+    }
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(record, fh, indent=1)
+        with open(args.out.removesuffix(".json") + ".md", "w") as fh:
+            fh.write(markdown(record))
+    return 0
+
+
+def markdown(record: dict) -> str:
+    m = record["machine"]
+    lines = [
+        "| shape (B, C_in, C_out, H, W) | dtype | ours | ATen | ATen / ours | ours TFLOP/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in record["results"]:
+        lines.append(
+            f"| {tuple(r['shape'])} | {r['dtype']} | {r['median_ms']['ours']:.3f} ms | "
+            f"{r['median_ms']['aten']:.3f} ms | {r['aten_over_ours_median']:.2f}× | "
+            f"{r['tflops']['ours']:.2f} |"
+        )
+    lines += [
+        "",
+        f"conv2d_weight_grad, 3x3, channels_last; medians of {record['rounds']} round-robin rounds in one "
+        "process; ATen / ours: the median over rounds of the ratio (above 1×: ours is faster). "
+        f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags'])}), kernels at the {m['cpu_isa']} level, "
+        f"{m['threads']} threads, torch {m['torch']}, allocator {m['allocator']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

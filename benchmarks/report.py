@@ -564,7 +564,8 @@ def section_layer_step(files) -> list[str]:
         "round-robin rounds in one process; each cell after fused: its median and, "
         "after it, the median over rounds of its time / fused's (above 1×: fused is "
         "faster). ISA: the level the CPU kernels ran at (*: the CPU has AMX, which oneDNN's bf16 "
-        "convolutions use). conv %: share of the fused step's CPU time in convolutions. (?): noisy, "
+        "convolutions use; at the amx level our bf16 weight gradients do too). conv %: share of the "
+        "fused step's CPU time in convolutions. (?): noisy, "
         "some implementation's IQR/median above 25%."
     )
     for data in files:

@@ -5,12 +5,13 @@ library; the portable path must not reach an instruction the CPU may lack. The r
 function of a header that objects of several levels instantiate: the linker keeps one copy, and
 if it kept the AVX-512 one, portable code would call it. This script disassembles the library
 (objdump) and classifies every function by the level namespace in its name
-(pyframepred::cpu::AVX2 / AVX512 or at::vec::AVX2 / AVX512, also inside template arguments and
-OpenMP outlined copies):
+(pyframepred::cpu::AVX2 / AVX512 / AMX or at::vec::AVX2 / AVX512 / AMX, also inside template
+arguments and OpenMP outlined copies):
 
 * functions of no level contain no VEX- or EVEX-encoded instruction (AVX, AVX2, FMA, F16C,
   AVX-512: what -mavx2/-mavx512f let the compiler emit),
 * AVX2-level functions contain no EVEX-encoded (AVX-512) instruction,
+* AMX tile instructions (tileloadd, tdpbf16ps, ...) appear in AMX-level functions only,
 * and, unless --no-avx512-required, the AVX512-level functions really use AVX-512 (zmm).
 
     python scripts/check_cpu_isa.py pyframepred/_C.abi3.so
@@ -37,6 +38,8 @@ _FUNC = re.compile(r"^[0-9a-f]+ <(.*)>:$")
 
 def level_of(name: str) -> str:
     """The ISA level a function belongs to, from the namespaces in its (de)mangled name."""
+    if "AMX::" in name or "3AMX" in name:
+        return "AMX"
     if "AVX512::" in name or "6AVX512" in name:
         return "AVX512"
     if "AVX2::" in name or "4AVX2" in name:
@@ -45,7 +48,7 @@ def level_of(name: str) -> str:
 
 
 def scan(path: str) -> dict:
-    """{function: [vex instructions, evex instructions, instructions using zmm]}."""
+    """{function: [vex instructions, evex instructions, instructions using zmm, AMX instructions]}."""
     objdump = shutil.which("objdump")
     if objdump is None:
         raise FileNotFoundError("objdump not found")
@@ -54,7 +57,7 @@ def scan(path: str) -> dict:
     ).stdout
     if "x86-64" not in text[:2000]:
         raise ValueError(f"{path} is not an x86-64 library")
-    stats: dict = collections.defaultdict(lambda: [0, 0, 0])
+    stats: dict = collections.defaultdict(lambda: [0, 0, 0, 0])
     func = None
     for line in text.splitlines():
         m = _FUNC.match(line)
@@ -77,21 +80,26 @@ def scan(path: str) -> dict:
             s[1] += 1
         if "zmm" in parts[2]:
             s[2] += 1
+        if "tmm" in parts[2] or parts[2].split()[0] in ("tilerelease", "ldtilecfg", "sttilecfg"):
+            s[3] += 1
     return stats
 
 
 def check(path: str, require_avx512: bool = True) -> tuple[list[str], dict]:
     """(problems, per-level totals) for the library at `path`."""
     stats = scan(path)
-    totals = {lvl: [0, 0, 0, 0] for lvl in ("DEFAULT", "AVX2", "AVX512")}
+    totals = {lvl: [0, 0, 0, 0, 0] for lvl in ("DEFAULT", "AVX2", "AVX512", "AMX")}
     problems = []
-    for func, (vex, evex, zmm) in stats.items():
+    for func, (vex, evex, zmm, amx) in stats.items():
         lvl = level_of(func)
         t = totals[lvl]
         t[0] += 1
         t[1] += vex
         t[2] += evex
         t[3] += zmm
+        t[4] += amx
+        if amx and lvl != "AMX":
+            problems.append(f"{lvl} function with {amx} AMX instructions: {func}")
         if lvl == "DEFAULT" and (vex or evex):
             problems.append(f"portable function with {vex} AVX and {evex} AVX-512 instructions: {func}")
         elif lvl == "AVX2" and evex:
@@ -101,6 +109,8 @@ def check(path: str, require_avx512: bool = True) -> tuple[list[str], dict]:
             "no AVX512-level function uses zmm registers: the AVX-512 kernels are "
             "missing or were not compiled for AVX-512"
         )
+    if totals["AMX"][0] > 0 and totals["AMX"][4] == 0:
+        problems.append("no AMX-level function uses a tile instruction: the AMX kernel is missing")
     return problems, totals
 
 
@@ -118,8 +128,11 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"cannot check {args.library}: {exc}", file=sys.stderr)
         return 2
-    for lvl, (n, vex, evex, zmm) in totals.items():
-        print(f"{lvl:8s} {n:5d} functions, {vex:6d} VEX, {evex:6d} EVEX, {zmm:6d} zmm instructions")
+    for lvl, (n, vex, evex, zmm, amx) in totals.items():
+        print(
+            f"{lvl:8s} {n:5d} functions, {vex:6d} VEX, {evex:6d} EVEX, {zmm:6d} zmm, "
+            f"{amx:4d} AMX instructions"
+        )
     for p in problems:
         print(p)
     print("ISA levels kept apart" if not problems else f"{len(problems)} problem(s)")

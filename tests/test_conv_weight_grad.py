@@ -6,6 +6,13 @@ partial tiles of both, kernels other than 3x3, one-pixel rows and columns, row c
 split evenly over threads, both memory layouts, and the shapes it hands to ATen (float64, output
 channels not a multiple of the vector width). The oracle is torch.nn.grad.conv2d_weight in
 float64.
+
+bfloat16 runs on the AMX tile unit at the amx level (input and output channels multiples of 16;
+below that level, or for other channel counts, ATen's). Its cases cover one and several groups
+of 16 channels on both sides, a last lone group of 16 output channels, odd numbers of (tap,
+channel-group) pairs, rows that are one, one and a fraction, and several tiles of 32 positions,
+kernels 1x1 to 5x5 and 3x1, frames of one row or one column, and row counts that do not split
+evenly over threads.
 """
 
 import pytest
@@ -48,6 +55,43 @@ def test_matches_reference(case, layout):
     want = reference.conv2d_weight_grad(g.double(), x.double(), (kh, kw))
     assert got.shape == (Co, Ci, kh, kw) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+BF16_CASES = [
+    # B, Ci, Co, H, W, kh, kw
+    (2, 16, 32, 8, 8, 3, 3),  # one partial tile of positions per row
+    (3, 32, 48, 5, 37, 3, 3),  # 2 input groups; Co = 48: a lone last group; 37 = 32 + 5 positions
+    (2, 16, 16, 7, 33, 5, 5),  # 25 (tap, group) pairs: a lone last pair; shifts of +-2 columns
+    (1, 48, 64, 3, 70, 1, 1),  # 3 input groups, 3 tiles per row (the last 6 wide), 1x1 kernel
+    (5, 16, 32, 1, 64, 3, 3),  # one-row frames: both padding rows in every tap
+    (3, 32, 64, 6, 1, 3, 1),  # one-column frames, a 3x1 kernel
+    (7, 16, 32, 3, 3, 3, 3),  # rows not evenly split over threads
+    (2, 8, 32, 5, 5, 3, 3),  # C_in not a multiple of 16: ATen's path at every level
+]
+
+
+@pytest.mark.parametrize("case", BF16_CASES, ids=_ids)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bfloat16_matches_reference(case, layout):
+    B, Ci, Co, H, W, kh, kw = case
+    x = torch.randn(B, Ci, H, W).bfloat16()
+    g = torch.randn(B, Co, H, W).bfloat16()
+    if layout == "channels_last":
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    got = ops.conv2d_weight_grad(g, x, (kh, kw))
+    want = reference.conv2d_weight_grad(g.double(), x.double(), (kh, kw))
+    assert got.shape == (Co, Ci, kh, kw) and got.dtype == torch.bfloat16
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert got.is_contiguous(memory_format=memory_format)
+    # float32 sums of exact bf16 products, rounded once to bf16 (relative error <= 2^-9).
+    torch.testing.assert_close(got.double(), want, rtol=2**-8, atol=1e-4 * want.abs().max().item())
+
+
+def test_bfloat16_deterministic():
+    x = torch.randn(6, 32, 16, 40).bfloat16().contiguous(memory_format=torch.channels_last)
+    g = torch.randn(6, 64, 16, 40).bfloat16().contiguous(memory_format=torch.channels_last)
+    a, b = (ops.conv2d_weight_grad(g, x, (3, 3)) for _ in range(2))
+    assert torch.equal(a, b)
 
 
 def test_float64_matches_reference():

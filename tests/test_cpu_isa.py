@@ -24,6 +24,8 @@ NEEDS = {
     "avx2": ("avx2", "fma", "f16c"),
     "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
 }
+NEEDS["amx"] = NEEDS["avx512"] + ("avx512_bf16", "amx_tile", "amx_bf16")
+LEVELS = ("default", "avx2", "avx512", "amx")
 
 
 def _cpu_flags():
@@ -44,7 +46,7 @@ def _supported():
     if flags is None:
         return None
     levels = ["default"]
-    for lvl in ("avx2", "avx512"):
+    for lvl in LEVELS[1:]:
         if X86 and all(f in flags for f in NEEDS[lvl]):
             levels.append(lvl)
     return levels
@@ -72,7 +74,7 @@ def _stderr_lines(proc):
 
 def test_levels_compiled_and_in_use():
     levels = ops.cpu_isa_levels()
-    assert levels == (("default", "avx2", "avx512") if X86 else ("default",))
+    assert levels == (LEVELS if X86 else ("default",))
     assert ops.cpu_isa() in levels
     from pyframepred import _build_config
 
@@ -89,7 +91,7 @@ def test_load_picks_the_best_supported_level():
     assert _stderr_lines(proc) == []
 
 
-@pytest.mark.parametrize("level", ["default", "AVX2", " Avx512 "])
+@pytest.mark.parametrize("level", ["default", "AVX2", " Avx512 ", "amx"])
 def test_env_var_forces_the_level(level):
     want = level.strip().lower()
     supported = _supported() or ["default"]
@@ -108,7 +110,7 @@ def test_env_var_unknown_value_warns_and_uses_the_best_level():
     assert proc.stdout.split()[0] == best
     assert _stderr_lines(proc) == [
         "pyframepred: warning: ignoring PYFRAMEPRED_CPU_ISA=sse9 (not one of default, avx2, "
-        f"avx512); using the CPU kernels for {best}"
+        f"avx512, amx); using the CPU kernels for {best}"
     ]
 
 
@@ -131,7 +133,7 @@ def test_set_cpu_isa_switches_and_rejects_what_cannot_run():
     try:
         assert ops.cpu_isa() == "default"
         with pytest.raises(
-            RuntimeError, match="'sse9' is not a CPU ISA level; expected one of default, avx2, avx512"
+            RuntimeError, match="'sse9' is not a CPU ISA level; expected one of default, avx2, avx512, amx"
         ):
             ops._set_cpu_isa("sse9")
         assert ops.cpu_isa() == "default"
@@ -194,7 +196,8 @@ def test_built_library_keeps_the_levels_apart():
     assert problems == []
     assert totals["AVX2"][1] > 0 and totals["AVX2"][2] == 0
     assert totals["AVX512"][2] > 0 and totals["AVX512"][3] > 0
-    assert totals["DEFAULT"][0] > 0 and totals["DEFAULT"][1:] == [0, 0, 0]
+    assert totals["DEFAULT"][0] > 0 and totals["DEFAULT"][1:] == [0, 0, 0, 0]
+    assert totals["AMX"][3] > 0 and totals["AMX"][4] > 0  # AVX-512 code and the tile kernel
 
 
 def test_checker_flags_avx512_code_outside_its_level(tmp_path):

@@ -1,7 +1,8 @@
 // Runtime choice of the CPU kernels' instruction-set level.
 //
 // The kernel sources csrc/cpu/<op>_cpu.cpp are compiled once per level of isa_levels.txt
-// (DEFAULT: portable; AVX2: avx2+fma+f16c; AVX512: avx512f/bw/vl/dq+fma, x86-64 only), each copy
+// (DEFAULT: portable; AVX2: avx2+fma+f16c; AVX512: avx512f/bw/vl/dq+fma; AMX: AVX512 +
+// avx512_bf16, amx_tile, amx_bf16; x86-64 only), each copy
 // in its own namespace pyframepred::cpu::<LEVEL> (cpu/kernels.h). This file is compiled once,
 // with the portable flags: it registers the CPU kernels with the dispatcher and forwards each
 // call through the table of the selected level.
@@ -10,8 +11,8 @@
 // operating system support (cpuid for the instructions; XCR0, read with xgetbv, for the OS saving
 // the AVX and AVX-512 register state -- a CPU with AVX-512 under an OS that does not enable it
 // cannot use it), capped by the environment variable PYFRAMEPRED_CPU_ISA (default | avx2 |
-// avx512, any case). A value that names no level, or a level this build or CPU lacks, is not an
-// error: one line on stderr says so and the best supported level (at most the one asked for) is
+// avx512 | amx, any case). A value that names no level, or a level this build or CPU lacks, is not
+// an error: one line on stderr says so and the best supported level (at most the one asked for) is
 // used. At run time pyframepred::cpu_isa() names the level in use, cpu_isa_levels() the compiled
 // ones, and _set_cpu_isa(level) switches (tests and benchmarks; it raises on a level that cannot
 // run here).
@@ -38,6 +39,10 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #define PYFRAMEPRED_X86_CPUID 1
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #endif
 
 #include "cpu/kernels.h"
@@ -49,13 +54,17 @@ PYFRAMEPRED_DECLARE_CPU_KERNELS(AVX2)
 #ifdef PYFRAMEPRED_CPU_LEVEL_AVX512
 PYFRAMEPRED_DECLARE_CPU_KERNELS(AVX512)
 #endif
+#ifdef PYFRAMEPRED_CPU_LEVEL_AMX
+PYFRAMEPRED_DECLARE_CPU_KERNELS(AMX)
+#endif
 
 namespace pyframepred {
 namespace cpu {
 namespace {
 
-enum Level : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2, kNumLevels = 3 };
-constexpr const char* kNames[kNumLevels] = {"default", "avx2", "avx512"};
+enum Level : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3, kNumLevels = 4 };
+constexpr const char* kNames[kNumLevels] = {"default", "avx2", "avx512", "amx"};
+constexpr const char* kNameList = "default, avx2, avx512, amx";
 
 struct LevelTables {
   const ConvLSTMKernels* convlstm;
@@ -76,6 +85,11 @@ constexpr LevelTables kTables[kNumLevels] = {
 #else
     {nullptr, nullptr, nullptr},
 #endif
+#ifdef PYFRAMEPRED_CPU_LEVEL_AMX
+    {&AMX::convlstm_kernels, &AMX::gdl_kernels, &AMX::conv_kernels},
+#else
+    {nullptr, nullptr, nullptr},
+#endif
 };
 
 bool compiled(int level) { return kTables[level].convlstm != nullptr; }
@@ -92,6 +106,7 @@ std::string compiled_list() {
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false, os_avx = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, os_avx512 = false;
+  bool avx512bf16 = false, amx_tile = false, amx_bf16 = false, os_amx = false;
 };
 
 CpuFeatures detect() {
@@ -109,6 +124,7 @@ CpuFeatures detect() {
     const uint64_t xcr0 = (uint64_t(hi) << 32) | lo;
     f.os_avx = (xcr0 & 0x6) == 0x6;        // XMM and YMM state
     f.os_avx512 = (xcr0 & 0xe6) == 0xe6;   // + opmask, ZMM0-15 upper halves, ZMM16-31
+    f.os_amx = (xcr0 & 0x60000) == 0x60000;  // XTILECFG and XTILEDATA
   }
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
     f.avx2 = (b >> 5) & 1;
@@ -116,9 +132,24 @@ CpuFeatures detect() {
     f.avx512dq = (b >> 17) & 1;
     f.avx512bw = (b >> 30) & 1;
     f.avx512vl = (b >> 31) & 1;
+    f.amx_bf16 = (d >> 22) & 1;
+    f.amx_tile = (d >> 24) & 1;
   }
+  if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) f.avx512bf16 = (a >> 5) & 1;
 #endif
   return f;
+}
+
+// Linux (5.16 and later) lets a process use the AMX tile data only after it asks, once, with
+// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); the permission holds for all its threads.
+bool amx_permitted() {
+#if defined(PYFRAMEPRED_X86_CPUID) && defined(__linux__)
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                                 18 /* XFEATURE_XTILEDATA */) == 0;
+  return ok;
+#else
+  return false;
+#endif
 }
 
 // Why the running CPU cannot run `level` (the first feature it lacks), or nullptr if it can.
@@ -139,6 +170,13 @@ const char* missing_feature(int level) {
     if (!f.avx512vl) return "avx512vl";
     if (!f.avx512dq) return "avx512dq";
     if (!f.os_avx512) return "OS support for the AVX-512 register state (XCR0)";
+  }
+  if (level >= kAmx) {
+    if (!f.avx512bf16) return "avx512_bf16";
+    if (!f.amx_tile) return "amx_tile";
+    if (!f.amx_bf16) return "amx_bf16";
+    if (!f.os_amx) return "OS support for the AMX tile state (XCR0)";
+    if (!amx_permitted()) return "permission to use the AMX tile data (arch_prctl)";
   }
   return nullptr;
 }
@@ -170,9 +208,9 @@ int choose_at_load() {
   const int want = parse_level(env);
   if (want < 0) {
     std::fprintf(stderr,
-                 "pyframepred: warning: ignoring PYFRAMEPRED_CPU_ISA=%s (not one of default, avx2, "
-                 "avx512); using the CPU kernels for %s\n",
-                 env, kNames[best]);
+                 "pyframepred: warning: ignoring PYFRAMEPRED_CPU_ISA=%s (not one of %s); using the "
+                 "CPU kernels for %s\n",
+                 env, kNameList, kNames[best]);
     return best;
   }
   if (want > best) {
@@ -241,7 +279,7 @@ std::string set_cpu_isa_op(c10::string_view level) {
   const std::string name(level);
   const int l = parse_level(name);
   TORCH_CHECK(l >= 0, "_set_cpu_isa: '", name,
-              "' is not a CPU ISA level; expected one of default, avx2, avx512");
+              "' is not a CPU ISA level; expected one of ", kNameList);
   TORCH_CHECK(compiled(l), "_set_cpu_isa: this build has no ", kNames[l], " kernels (it has ",
               compiled_list(), ")");
   const char* why = missing_feature(l);
