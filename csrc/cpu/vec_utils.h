@@ -103,10 +103,28 @@ C10_ALWAYS_INLINE VecAcc<scalar_t> load_vec(const scalar_t* p) {
   }
 }
 
+//
+// On AVX-512 one float vector narrows to one 256-bit store: bfloat16 by vcvtneps2bf16 where the
+// level has AVX512-BF16 (amx), by ATen's one-vector rounding otherwise, float16 by vcvtps2ph
+// (at::vec's convert_from_float narrows two vectors, here the same one twice, then stores half).
 template <typename scalar_t>
 C10_ALWAYS_INLINE void store_vec(scalar_t* p, const VecAcc<scalar_t>& v) {
   if constexpr (kReduced<scalar_t>) {
+#if defined(CPU_CAPABILITY_AVX512) && !defined(_MSC_VER)
+    __m256i narrow;
+    if constexpr (std::is_same_v<scalar_t, at::BFloat16>) {
+#if defined(__AVX512BF16__)
+      narrow = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+#else
+      narrow = at::vec::cvtfp32_bf16(v);
+#endif
+    } else {
+      narrow = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow);
+#else
     at::vec::convert_from_float<scalar_t>(v, v).store(p, VecAcc<scalar_t>::size());
+#endif
   } else {
     v.store(p);
   }
