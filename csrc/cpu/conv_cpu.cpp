@@ -28,7 +28,9 @@
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+// The AMX level's objects (csrc/cpu/isa_levels.txt) compile the bfloat16 tile kernel below.
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__)
+#define PYFRAMEPRED_AMX_KERNEL 1
 #include <immintrin.h>
 #endif
 
@@ -109,7 +111,7 @@ void tile_columns(int columns, const Geometry& s, const float* g0, const float* 
   }
 }
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__)
+#ifdef PYFRAMEPRED_AMX_KERNEL
 // ---- The AMX level: bfloat16 weight gradients on the tile unit (TDPBF16PS) ----------------------
 //
 // The same reduction over positions, as tile products (C += A x B, float32 sums of bfloat16
@@ -383,7 +385,7 @@ at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
   check_conv2d_weight_grad_args(grad_out, input, kh, kw);
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Co = grad_out.size(1);
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__)
+#ifdef PYFRAMEPRED_AMX_KERNEL
   if (input.scalar_type() == at::kBFloat16 && Ci % 16 == 0 && Co % 16 == 0 && B * H * W > 0) {
     return amx::weight_grad_bf16(grad_out, input, kh, kw);
   }

@@ -64,7 +64,6 @@ namespace {
 
 enum Level : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3, kNumLevels = 4 };
 constexpr const char* kNames[kNumLevels] = {"default", "avx2", "avx512", "amx"};
-constexpr const char* kNameList = "default, avx2, avx512, amx";
 
 struct LevelTables {
   const ConvLSTMKernels* convlstm;
@@ -94,13 +93,16 @@ constexpr LevelTables kTables[kNumLevels] = {
 
 bool compiled(int level) { return kTables[level].convlstm != nullptr; }
 
-std::string compiled_list() {
+// The names of the levels, all of them or the compiled ones, as "default, avx2, ...".
+std::string name_list(bool compiled_only) {
   std::string s;
   for (int l = 0; l < kNumLevels; ++l) {
-    if (compiled(l)) s += (s.empty() ? "" : ", ") + std::string(kNames[l]);
+    if (!compiled_only || compiled(l)) s += (s.empty() ? "" : ", ") + std::string(kNames[l]);
   }
   return s;
 }
+
+std::string compiled_list() { return name_list(true); }
 
 // What the running CPU (and OS) offers.
 struct CpuFeatures {
@@ -210,7 +212,7 @@ int choose_at_load() {
     std::fprintf(stderr,
                  "pyframepred: warning: ignoring PYFRAMEPRED_CPU_ISA=%s (not one of %s); using the "
                  "CPU kernels for %s\n",
-                 env, kNameList, kNames[best]);
+                 env, name_list(false).c_str(), kNames[best]);
     return best;
   }
   if (want > best) {
@@ -279,7 +281,7 @@ std::string set_cpu_isa_op(c10::string_view level) {
   const std::string name(level);
   const int l = parse_level(name);
   TORCH_CHECK(l >= 0, "_set_cpu_isa: '", name,
-              "' is not a CPU ISA level; expected one of ", kNameList);
+              "' is not a CPU ISA level; expected one of ", name_list(false));
   TORCH_CHECK(compiled(l), "_set_cpu_isa: this build has no ", kNames[l], " kernels (it has ",
               compiled_list(), ")");
   const char* why = missing_feature(l);
