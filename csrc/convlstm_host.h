@@ -138,8 +138,11 @@ struct ConvLSTMForwardPlan {
   at::Tensor h, c, gates;                              // gates undefined unless saved
 };
 
-// Takes the operator's arguments (convlstm_gates_forward, op_signatures.h).
-inline ConvLSTMForwardPlan plan_convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+// Takes the operator's arguments (convlstm_gates_forward, op_signatures.h), and optionally the
+// tensor h is to be written into (see GatesForwardInto); one that does not fit the h the kernel
+// would allocate (shape, dtype, device, memory layout) is not used.
+inline ConvLSTMForwardPlan plan_convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS,
+                                                 const at::Tensor& h_out = at::Tensor()) {
   ConvLSTMForwardPlan p;
   p.C = check_convlstm_forward_args(x_gates, h_gates, c_prev, bias, peephole);
   p.N = x_gates.size(0);
@@ -153,10 +156,28 @@ inline ConvLSTMForwardPlan plan_convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORW
   if (peephole.has_value()) p.peephole = peephole->contiguous();
   const auto fmt = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto opts = x_gates.options().memory_format(fmt);
-  p.h = cell_buffer({p.N, p.C, p.H, p.W}, opts);
+  const bool into = h_out.defined() && h_out.sizes() == at::IntArrayRef({p.N, p.C, p.H, p.W}) &&
+                    h_out.dtype() == x_gates.dtype() && h_out.device() == x_gates.device() &&
+                    h_out.is_contiguous(fmt);
+  p.h = into ? h_out : cell_buffer({p.N, p.C, p.H, p.W}, opts);
   p.c = cell_buffer({p.N, p.C, p.H, p.W}, opts.dtype(c_prev.scalar_type()));
   p.gates = save_gates ? cell_buffer({p.N, 4 * p.C, p.H, p.W}, opts) : at::empty({0}, x_gates.options());
   return p;
+}
+
+// The fused cell's forward with h written into a tensor the caller owns: the ConvLSTM layer
+// (convlstm_layer.cpp) passes each step's frame of its h sequence, so the kernel writes h there
+// instead of into a buffer that would then be copied. Not an operator: its result aliases the
+// caller's tensor, which an operator's result may not. Registered per device type by the CPU
+// (cpu/dispatch.cpp) and CUDA (cuda/convlstm_cuda.cu) sources; null where none is. The h returned
+// is `h_out` itself when the kernel could use it (see plan_convlstm_forward), a tensor of its own
+// otherwise.
+using GatesForwardInto = op::ConvLSTMGatesForward::Result(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS,
+                                                          const at::Tensor& h_out);
+
+inline GatesForwardInto*& gates_forward_into(c10::DeviceType device) {
+  static GatesForwardInto* kernels[static_cast<int>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)] = {};
+  return kernels[static_cast<int>(device)];
 }
 
 struct ConvLSTMBackwardPlan {

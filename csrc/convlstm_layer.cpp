@@ -16,7 +16,9 @@
 // bias, peephole; see check_layer_args) the convolutions run in the low-precision dtype, h comes
 // out in it and c stays float32; the autocast kernel (convlstm_autocast.cpp) arranges exactly that.
 #include <ATen/ATen.h>
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -46,6 +48,33 @@ op::ConvLSTMGatesForward::Result gates_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWAR
 op::ConvLSTMGatesBackward::Result gates_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   return op::handle<op::ConvLSTMGatesBackward>().call(grad_h, grad_c, gates, c_prev, peephole,
                                                       param_grads);
+}
+
+// gates_forward writing h into `h_out` (a frame of the layer's h sequence) where the device has
+// such a kernel (GatesForwardInto) and the tensors are plain ones, otherwise through the operator
+// and copied in: fake tensors (torch.compile's tracing), tensor subclasses and dispatch modes see
+// the operator call. In profiles the direct call shows as the operator it stands for.
+op::ConvLSTMGatesForward::Result gates_forward_into(const at::Tensor& h_out,
+                                                    PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+  const auto subclass_like = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() && at::isTensorSubclassLike(*t);
+  };
+  const bool plain = !at::areAnyTensorSubclassLike({x_gates, c_prev, h_out}) &&
+                     !subclass_like(h_gates) && !subclass_like(bias) && !subclass_like(peephole);
+  GatesForwardInto* kernel = plain ? pyframepred::gates_forward_into(x_gates.device().type())
+                                   : nullptr;
+  op::ConvLSTMGatesForward::Result out;
+  if (kernel != nullptr) {
+    RECORD_FUNCTION("pyframepred::convlstm_gates_forward", std::vector<c10::IValue>());
+    out = kernel(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out);
+  } else {
+    out = gates_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
+  }
+  if (!std::get<0>(out).is_same(h_out)) {  // written elsewhere (h_out did not fit the kernel)
+    h_out.copy_(std::get<0>(out));
+    std::get<0>(out) = h_out;
+  }
+  return out;
 }
 
 bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
@@ -204,8 +233,8 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
     r.h0 = h0->contiguous(fmt);
     h = r.h0;
   }
-  std::vector<at::Tensor> hs;
-  hs.reserve(s.T);
+  // The cell writes each step's h straight into its frame of h_seq (gates_forward_into).
+  r.h_seq = at::empty({s.T * s.N, s.C, s.H, s.W}, x.options().memory_format(fmt));
   if (save) {
     r.gates.reserve(s.T);
     r.c_prev.reserve(s.T);
@@ -217,19 +246,18 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
     for (int64_t j = 0; j < k; ++j) {
       std::optional<at::Tensor> h_gates;
       if (h.has_value()) h_gates = conv(*h, r.wh, s);
+      at::Tensor h_t = r.h_seq.narrow(0, (t0 + j) * s.N, s.N);
       auto [h_new, c_new, gates] =
-          gates_forward(x_gates.narrow(0, j * s.N, s.N), h_gates, c, bias, peephole, save);
+          gates_forward_into(h_t, x_gates.narrow(0, j * s.N, s.N), h_gates, c, bias, peephole, save);
       if (save) {
         r.gates.push_back(std::move(gates));
         r.c_prev.push_back(c);
       }
       c = std::move(c_new);
-      h = h_new;
-      hs.push_back(std::move(h_new));
+      h = std::move(h_new);  // h_t
     }
   }
-  r.h_seq = s.T == 1 ? hs[0].clone() : at::cat(hs, 0);
-  r.h_last = std::move(*h);
+  r.h_last = h->clone();  // an output of its own, not a view of h_seq
   r.c_last = std::move(c);
   return r;
 }

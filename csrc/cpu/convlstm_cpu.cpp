@@ -173,8 +173,9 @@ void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r
   }
 }
 
-op::ConvLSTMGatesForward::Result convlstm_gates_forward_cpu(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
-  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
+op::ConvLSTMGatesForward::Result convlstm_gates_forward_into_cpu(
+    PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS, const at::Tensor& h_out) {
+  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out);
   const int64_t P = p.H * p.W;
   if (p.N * p.C * P == 0) return {p.h, p.c, p.gates};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
@@ -213,6 +214,11 @@ op::ConvLSTMGatesForward::Result convlstm_gates_forward_cpu(PYFRAMEPRED_CONVLSTM
   });
   });
   return {p.h, p.c, p.gates};
+}
+
+op::ConvLSTMGatesForward::Result convlstm_gates_forward_cpu(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+  return convlstm_gates_forward_into_cpu(x_gates, h_gates, c_prev, bias, peephole, save_gates,
+                                         at::Tensor());
 }
 
 template <typename scalar_t, typename state_t>
@@ -374,7 +380,8 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLS
 }  // namespace
 
 // This level's kernels, registered by cpu/dispatch.cpp.
-const ConvLSTMKernels convlstm_kernels{&convlstm_gates_forward_cpu, &convlstm_gates_backward_cpu};
+const ConvLSTMKernels convlstm_kernels{&convlstm_gates_forward_cpu, &convlstm_gates_backward_cpu,
+                                       &convlstm_gates_forward_into_cpu};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

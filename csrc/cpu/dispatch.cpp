@@ -45,6 +45,7 @@
 #endif
 #endif
 
+#include "convlstm_host.h"
 #include "cpu/kernels.h"
 
 PYFRAMEPRED_DECLARE_CPU_KERNELS(DEFAULT)
@@ -314,6 +315,15 @@ TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
   m.impl(op::GdlLossBackward::kName,
          &Forward<op::GdlLossBackward::Sig>::call<&LevelTables::gdl, &GdlKernels::loss_backward>);
 }
+
+// The ConvLSTM layer's cell forward into its h sequence (GatesForwardInto, convlstm_host.h), at
+// the level in use, like the operators above.
+const bool kCpuGatesForwardInto = [] {
+  gates_forward_into(c10::DeviceType::CPU) =
+      &cpu::Forward<GatesForwardInto>::call<&cpu::LevelTables::convlstm,
+                                            &cpu::ConvLSTMKernels::gates_forward_into>;
+  return true;
+}();
 
 // The level queries take no tensor: registered for every backend.
 TORCH_LIBRARY_IMPL(pyframepred, CompositeExplicitAutograd, m) {

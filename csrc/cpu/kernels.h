@@ -19,6 +19,9 @@ namespace cpu {
 struct ConvLSTMKernels {
   op::ConvLSTMGatesForward::Sig* gates_forward;
   op::ConvLSTMGatesBackward::Sig* gates_backward;
+  // gates_forward with h written into a given tensor (GatesForwardInto of convlstm_host.h)
+  op::ConvLSTMGatesForward::Result (*gates_forward_into)(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS,
+                                                         const at::Tensor& h_out);
 };
 
 struct ConvKernels {

@@ -20,8 +20,9 @@ namespace {
 
 const auto kLaunchCheck = [] { C10_CUDA_KERNEL_LAUNCH_CHECK(); };
 
-op::ConvLSTMGatesForward::Result convlstm_gates_forward_cuda(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
-  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
+op::ConvLSTMGatesForward::Result convlstm_gates_forward_into_cuda(
+    PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS, const at::Tensor& h_out) {
+  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out);
   c10::cuda::CUDAGuard guard(x_gates.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
@@ -32,6 +33,11 @@ op::ConvLSTMGatesForward::Result convlstm_gates_forward_cuda(PYFRAMEPRED_CONVLST
     });
   });
   return {p.h, p.c, p.gates};
+}
+
+op::ConvLSTMGatesForward::Result convlstm_gates_forward_cuda(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+  return convlstm_gates_forward_into_cuda(x_gates, h_gates, c_prev, bias, peephole, save_gates,
+                                          at::Tensor());
 }
 
 op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cuda(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
@@ -50,6 +56,12 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cuda(PYFRAMEPRED_CONVL
                                        : at::empty({0}, c_prev.options());
   return {p.grad_gates, p.grad_c_prev, grad_params};
 }
+
+// The ConvLSTM layer's cell forward into its h sequence (GatesForwardInto, convlstm_host.h).
+const bool kCudaGatesForwardInto = [] {
+  gates_forward_into(c10::DeviceType::CUDA) = &convlstm_gates_forward_into_cuda;
+  return true;
+}();
 
 }  // namespace
 }  // namespace cuda
