@@ -5,13 +5,15 @@ library; the portable path must not reach an instruction the CPU may lack. The r
 function of a header that objects of several levels instantiate: the linker keeps one copy, and
 if it kept the AVX-512 one, portable code would call it. This script disassembles the library
 (objdump) and classifies every function by the level namespace in its name
-(pyframepred::cpu::AVX2 / AVX512 / AMX or at::vec::AVX2 / AVX512 / AMX, also inside template
-arguments and OpenMP outlined copies):
+(pyframepred::cpu::AVX2 / AVX512 / AVX512_BF16 / AMX or at::vec::AVX2 / AVX512, also inside
+template arguments and OpenMP outlined copies):
 
 * functions of no level contain no VEX- or EVEX-encoded instruction (AVX, AVX2, FMA, F16C,
   AVX-512: what -mavx2/-mavx512f let the compiler emit),
 * AVX2-level functions contain no EVEX-encoded (AVX-512) instruction,
 * AMX tile instructions (tileloadd, tdpbf16ps, ...) appear in AMX-level functions only,
+* AVX512-BF16 instructions (vdpbf16ps, vcvtneps2bf16) in AVX512_BF16- and AMX-level functions
+  only, and the AVX512_BF16 level has some (its bfloat16 kernel),
 * and, unless --no-avx512-required, the AVX512-level functions really use AVX-512 (zmm).
 
     python scripts/check_cpu_isa.py pyframepred/_C.abi3.so
@@ -34,12 +36,16 @@ import sys
 # bytes always start a VEX/EVEX prefix (LES, LDS and BOUND do not exist there).
 _PREFIXES = {"66", "67", "f2", "f3", "2e", "3e", "26", "64", "65", "36", "f0"}
 _FUNC = re.compile(r"^[0-9a-f]+ <(.*)>:$")
+_BF16 = {"vdpbf16ps", "vcvtneps2bf16", "vcvtne2ps2bf16"}
+_LEVELS = ("DEFAULT", "AVX2", "AVX512", "AVX512_BF16", "AMX")
 
 
 def level_of(name: str) -> str:
     """The ISA level a function belongs to, from the namespaces in its (de)mangled name."""
     if "AMX::" in name or "3AMX" in name:
         return "AMX"
+    if "AVX512_BF16::" in name or "11AVX512_BF16" in name:
+        return "AVX512_BF16"
     if "AVX512::" in name or "6AVX512" in name:
         return "AVX512"
     if "AVX2::" in name or "4AVX2" in name:
@@ -48,7 +54,7 @@ def level_of(name: str) -> str:
 
 
 def scan(path: str) -> dict:
-    """{function: [vex instructions, evex instructions, instructions using zmm, AMX instructions]}."""
+    """{function: [vex, evex, zmm-using, AMX tile, AVX512-BF16 instruction counts]}."""
     objdump = shutil.which("objdump")
     if objdump is None:
         raise FileNotFoundError("objdump not found")
@@ -57,7 +63,7 @@ def scan(path: str) -> dict:
     ).stdout
     if "x86-64" not in text[:2000]:
         raise ValueError(f"{path} is not an x86-64 library")
-    stats: dict = collections.defaultdict(lambda: [0, 0, 0, 0])
+    stats: dict = collections.defaultdict(lambda: [0, 0, 0, 0, 0])
     func = None
     for line in text.splitlines():
         m = _FUNC.match(line)
@@ -80,17 +86,20 @@ def scan(path: str) -> dict:
             s[1] += 1
         if "zmm" in parts[2]:
             s[2] += 1
-        if "tmm" in parts[2] or parts[2].split()[0] in ("tilerelease", "ldtilecfg", "sttilecfg"):
+        mnemonic = parts[2].split()[0]
+        if "tmm" in parts[2] or mnemonic in ("tilerelease", "ldtilecfg", "sttilecfg"):
             s[3] += 1
+        if mnemonic in _BF16:
+            s[4] += 1
     return stats
 
 
 def check(path: str, require_avx512: bool = True) -> tuple[list[str], dict]:
     """(problems, per-level totals) for the library at `path`."""
     stats = scan(path)
-    totals = {lvl: [0, 0, 0, 0, 0] for lvl in ("DEFAULT", "AVX2", "AVX512", "AMX")}
+    totals = {lvl: [0, 0, 0, 0, 0, 0] for lvl in _LEVELS}
     problems = []
-    for func, (vex, evex, zmm, amx) in stats.items():
+    for func, (vex, evex, zmm, amx, bf16) in stats.items():
         lvl = level_of(func)
         t = totals[lvl]
         t[0] += 1
@@ -98,8 +107,11 @@ def check(path: str, require_avx512: bool = True) -> tuple[list[str], dict]:
         t[2] += evex
         t[3] += zmm
         t[4] += amx
+        t[5] += bf16
         if amx and lvl != "AMX":
             problems.append(f"{lvl} function with {amx} AMX instructions: {func}")
+        if bf16 and lvl not in ("AVX512_BF16", "AMX"):
+            problems.append(f"{lvl} function with {bf16} AVX512-BF16 instructions: {func}")
         if lvl == "DEFAULT" and (vex or evex):
             problems.append(f"portable function with {vex} AVX and {evex} AVX-512 instructions: {func}")
         elif lvl == "AVX2" and evex:
@@ -111,6 +123,10 @@ def check(path: str, require_avx512: bool = True) -> tuple[list[str], dict]:
         )
     if totals["AMX"][0] > 0 and totals["AMX"][4] == 0:
         problems.append("no AMX-level function uses a tile instruction: the AMX kernel is missing")
+    if totals["AVX512_BF16"][0] > 0 and totals["AVX512_BF16"][5] == 0:
+        problems.append(
+            "no AVX512_BF16-level function uses an AVX512-BF16 instruction: its bfloat16 kernel is missing"
+        )
     return problems, totals
 
 
@@ -128,10 +144,10 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"cannot check {args.library}: {exc}", file=sys.stderr)
         return 2
-    for lvl, (n, vex, evex, zmm, amx) in totals.items():
+    for lvl, (n, vex, evex, zmm, amx, bf16) in totals.items():
         print(
-            f"{lvl:8s} {n:5d} functions, {vex:6d} VEX, {evex:6d} EVEX, {zmm:6d} zmm, "
-            f"{amx:4d} AMX instructions"
+            f"{lvl:11s} {n:5d} functions, {vex:6d} VEX, {evex:6d} EVEX, {zmm:6d} zmm, "
+            f"{amx:4d} AMX, {bf16:4d} AVX512-BF16 instructions"
         )
     for p in problems:
         print(p)

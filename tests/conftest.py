@@ -16,11 +16,11 @@ def _seed():
 
 
 # CPU kernel tests at every ISA level (csrc/cpu/dispatch.cpp). A module marked `cpu_isa` runs each
-# of its tests once per level -- default, avx2, avx512, amx -- switching the kernels with
+# of its tests once per level -- default, avx2, avx512, avx512_bf16, amx -- switching the kernels with
 # pyframepred.ops._set_cpu_isa; a level this CPU cannot run is skipped with the feature it lacks.
 # Tests of registration rather than arithmetic (torch.compile, opcheck) and of the CUDA kernels
 # run once, at the level chosen at load time.
-CPU_ISA_LEVELS = ("default", "avx2", "avx512", "amx")
+CPU_ISA_LEVELS = ("default", "avx2", "avx512", "avx512_bf16", "amx")
 _ONCE = re.compile(r"compile|opcheck|cuda|bad_input|source_folder|extension_is")
 
 

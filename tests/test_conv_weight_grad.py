@@ -7,8 +7,9 @@ split evenly over threads, both memory layouts, and the shapes it hands to ATen 
 channels not a multiple of the vector width). The oracle is torch.nn.grad.conv2d_weight in
 float64.
 
-bfloat16 runs on the AMX tile unit at the amx level (input and output channels multiples of 16;
-below that level, or for other channel counts, ATen's). Its cases cover one and several groups
+bfloat16 runs on the AMX tile unit at the amx level (input and output channels multiples of 16),
+on VDPBF16PS at the avx512_bf16 level (output channels multiples of 16), and on ATen's below
+those or for other channel counts. Its cases cover one and several groups
 of 16 channels on both sides, a last lone group of 16 output channels, odd numbers of (tap,
 channel-group) pairs, rows that are one, one and a fraction, and several tiles of 32 positions,
 kernels 1x1 to 5x5 and 3x1, frames of one row or one column, and row counts that do not split
@@ -66,7 +67,15 @@ BF16_CASES = [
     (5, 16, 32, 1, 64, 3, 3),  # one-row frames: both padding rows in every tap
     (3, 32, 64, 6, 1, 3, 1),  # one-column frames, a 3x1 kernel
     (7, 16, 32, 3, 3, 3, 3),  # rows not evenly split over threads
-    (2, 8, 32, 5, 5, 3, 3),  # C_in not a multiple of 16: ATen's path at every level
+    (2, 8, 32, 5, 5, 3, 3),  # C_in not a multiple of 16: ATen's path below avx512_bf16
+    # The avx512_bf16 kernel (pairs of positions, any C_in): an odd last pair, C_in tails of the
+    # input pack (20 = 16 + 4, 5, 40 = 32 + 8) and of the 6-column tiles, 4 + 1 and 2 + 1
+    # groups of 16 output channels, pairs of a row in several chunks of 32 positions (66), a 5x5
+    # kernel's both parities of column shift, two-column frames.
+    (2, 20, 80, 6, 9, 3, 3),
+    (3, 5, 16, 4, 7, 3, 5),
+    (1, 40, 48, 2, 66, 3, 3),
+    (4, 3, 32, 9, 2, 3, 3),
 ]
 
 

@@ -24,8 +24,9 @@ NEEDS = {
     "avx2": ("avx2", "fma", "f16c"),
     "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
 }
-NEEDS["amx"] = NEEDS["avx512"] + ("avx512_bf16", "amx_tile", "amx_bf16")
-LEVELS = ("default", "avx2", "avx512", "amx")
+NEEDS["avx512_bf16"] = NEEDS["avx512"] + ("avx512_bf16",)
+NEEDS["amx"] = NEEDS["avx512_bf16"] + ("amx_tile", "amx_bf16")
+LEVELS = ("default", "avx2", "avx512", "avx512_bf16", "amx")
 
 
 def _cpu_flags():
@@ -91,7 +92,7 @@ def test_load_picks_the_best_supported_level():
     assert _stderr_lines(proc) == []
 
 
-@pytest.mark.parametrize("level", ["default", "AVX2", " Avx512 ", "amx"])
+@pytest.mark.parametrize("level", ["default", "AVX2", " Avx512 ", "AVX512_bf16", "amx"])
 def test_env_var_forces_the_level(level):
     want = level.strip().lower()
     supported = _supported() or ["default"]
@@ -110,7 +111,7 @@ def test_env_var_unknown_value_warns_and_uses_the_best_level():
     assert proc.stdout.split()[0] == best
     assert _stderr_lines(proc) == [
         "pyframepred: warning: ignoring PYFRAMEPRED_CPU_ISA=sse9 (not one of default, avx2, "
-        f"avx512, amx); using the CPU kernels for {best}"
+        f"avx512, avx512_bf16, amx); using the CPU kernels for {best}"
     ]
 
 
@@ -133,7 +134,8 @@ def test_set_cpu_isa_switches_and_rejects_what_cannot_run():
     try:
         assert ops.cpu_isa() == "default"
         with pytest.raises(
-            RuntimeError, match="'sse9' is not a CPU ISA level; expected one of default, avx2, avx512, amx"
+            RuntimeError,
+            match="'sse9' is not a CPU ISA level; expected one of default, avx2, avx512, avx512_bf16, amx",
         ):
             ops._set_cpu_isa("sse9")
         assert ops.cpu_isa() == "default"
@@ -196,7 +198,9 @@ def test_built_library_keeps_the_levels_apart():
     assert problems == []
     assert totals["AVX2"][1] > 0 and totals["AVX2"][2] == 0
     assert totals["AVX512"][2] > 0 and totals["AVX512"][3] > 0
-    assert totals["DEFAULT"][0] > 0 and totals["DEFAULT"][1:] == [0, 0, 0, 0]
+    assert totals["DEFAULT"][0] > 0 and totals["DEFAULT"][1:] == [0, 0, 0, 0, 0]
+    assert totals["AVX512"][5] == 0  # no AVX512-BF16 instruction below its level
+    assert totals["AVX512_BF16"][3] > 0 and totals["AVX512_BF16"][5] > 0  # its bf16 kernel
     assert totals["AMX"][3] > 0 and totals["AMX"][4] > 0  # AVX-512 code and the tile kernel
 
 

@@ -18,9 +18,11 @@
 // (columns x C_out), summed in a fixed order at the end: results are deterministic for a given
 // thread count.
 //
-// bfloat16 has its own kernel at the AMX level (below: tile products on Intel's AMX unit, C_in and
-// C_out multiples of 16). Cases neither covers (other dtypes, C_out not a multiple of the vector
-// width, bfloat16 below the AMX level) go to ATen's implementation (conv2d_weight_grad_aten).
+// bfloat16 has kernels of its own at the AMX level (below: tile products on Intel's AMX unit, C_in
+// and C_out multiples of 16) and at the levels with AVX512-BF16 (VDPBF16PS over pairs of
+// positions, C_out a multiple of 16; at the AMX level for the channel counts tiles do not take).
+// Cases none covers (other dtypes, C_out not a multiple of the vector width, bfloat16 below the
+// avx512_bf16 level) go to ATen's implementation (conv2d_weight_grad_aten).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -28,9 +30,15 @@
 #include <algorithm>
 #include <cstdint>
 
-// The AMX level's objects (csrc/cpu/isa_levels.txt) compile the bfloat16 tile kernel below.
+// The AMX level's objects (csrc/cpu/isa_levels.txt) compile the bfloat16 tile kernel below, the
+// levels with AVX512-BF16 (avx512_bf16, amx) the bfloat16 dot-product kernel.
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__)
 #define PYFRAMEPRED_AMX_KERNEL 1
+#endif
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define PYFRAMEPRED_DOT_BF16_KERNEL 1
+#endif
+#if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
 #include <immintrin.h>
 #endif
 
@@ -111,62 +119,33 @@ void tile_columns(int columns, const Geometry& s, const float* g0, const float* 
   }
 }
 
-#ifdef PYFRAMEPRED_AMX_KERNEL
-// ---- The AMX level: bfloat16 weight gradients on the tile unit (TDPBF16PS) ----------------------
+#if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
+// ---- bfloat16 in pairs of positions: what the AMX and the AVX512-BF16 kernels share ------------
 //
-// The same reduction over positions, as tile products (C += A x B, float32 sums of bfloat16
-// products). For a tap (i, j) and 16 input channels, the A tile is 16 channel rows x 32 positions
-// of one image row, read in place from x_pad[j]: the input transposed to zero-padded NCHW planes
-// and shifted by the tap's column, one copy per column j so that every A tile starts on a 64-byte
-// boundary (unaligned tile rows, which straddle two cache lines, made the products ~30% slower).
-// The B tile is 32 positions x 16 output channels of g, stored as pairs of positions interleaved
-// per channel (the layout TDPBF16PS reads), packed from g's NHWC rows once per block of positions
-// and used by every tap and channel group. C tiles (16 input x 16 output channels) accumulate in
-// a 2 x 2 arrangement (tiles 0-3; A in 4-5, B in 6-7) in the same per-thread (columns, Co) float32
-// accumulator as the float32 kernel's. Positions x >= W of a row's last 32 are zero in both
-// operands. Why: on 2 Xeon cores oneDNN's bf16 weight gradient ran at 0.95-1.7 TFLOP/s at the
-// layer's shapes, the tile unit peaks near 3.7 per core (operands in L1: ~2.6).
-namespace amx {
+// Both multiply-add bfloat16 in pairs along the reduction (TDPBF16PS and VDPBF16PS: each float32
+// lane adds a[2k] * b[2k] + a[2k + 1] * b[2k + 1]), so g is stored as pairs of neighbouring
+// positions interleaved per output channel, and both sum the threads' float32 accumulators the
+// same way.
+namespace bf16_pairs {
 
 using bf16 = uint16_t;
-constexpr int64_t kChunk = 32;        // positions per tile product (K)
+constexpr int64_t kChunk = 32;        // positions per tile product (K) / per packed chunk of g
 constexpr int64_t kTileElems = 512;   // bf16 elements of a 16 x 64-byte tile
-// Positions per block: 4 chunks of 32x32 frames (packed g: 32 KiB at Co = 128, which stays in L1
-// with the A tiles of a pair of taps while every output-channel pair uses them). Measured on a
-// 2-core Xeon: 128 beat 32, 64 and 256 at (24, 16 -> 128, 32x32), (24, 32 -> 128) and
-// (4, 64 -> 256, 64x64).
-constexpr int64_t kBlockPositions = 128;
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-void configure_tiles() {
-  TileConfig c;
-  for (int t = 0; t < 8; ++t) {
-    c.colsb[t] = 64;
-    c.rows[t] = 16;
-  }
-  _tile_loadconfig(&c);
-}
+// vpermt2w indices interleaving two vectors of 32 channels of neighbouring positions (p0, p1;
+// indices into p0 are 0..31, into p1 32..63) into pairs: element e of the result takes position
+// e % 2 and channel e / 2 -- channels 0..15 (kLo) or 16..31 (kHi).
+alignas(64) constexpr int16_t kLo[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37,
+                                         6,  38, 7,  39, 8,  40, 9,  41, 10, 42, 11, 43,
+                                         12, 44, 13, 45, 14, 46, 15, 47};
+alignas(64) constexpr int16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53,
+                                         22, 54, 23, 55, 24, 56, 25, 57, 26, 58, 27, 59,
+                                         28, 60, 29, 61, 30, 62, 31, 63};
 
 // Packs R rows of g (NHWC, Co channels, from the block's first row) into B tiles:
 //   out[((r * chunks + c) * nN + n) * 512 + k2 * 32 + 2 * q + e]
 //     = g[row r, x = 32c + 2 * k2 + e, channel 16n + q]   (0 where x >= W).
 void pack_g(const bf16* g, int64_t W, int64_t Co, int64_t chunks, int64_t R, bf16* out) {
-  // Element e of the output vector takes position (e % 2) and channel e / 2 of the pair
-  // (p0, p1) of 32-channel vectors: indices into p0 are 0..31, into p1 32..63; the second
-  // 16-channel group of the pair takes channels 16..31.
-  alignas(64) static constexpr int16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37,
-                                                  6, 38, 7, 39, 8, 40, 9, 41, 10, 42, 11, 43,
-                                                  12, 44, 13, 45, 14, 46, 15, 47};
-  alignas(64) static constexpr int16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53,
-                                                  22, 54, 23, 55, 24, 56, 25, 57, 26, 58, 27, 59,
-                                                  28, 60, 29, 61, 30, 62, 31, 63};
   const __m512i lo_idx = _mm512_load_si512(kLo), hi_idx = _mm512_load_si512(kHi);
   const int64_t nN = Co / 16;
   const __mmask32 half = 0xffffu;  // the first 16 channels: a last group of 16 when Co % 32 == 16
@@ -195,6 +174,70 @@ void pack_g(const bf16* g, int64_t W, int64_t Co, int64_t chunks, int64_t R, bf1
       }
     }
   }
+}
+
+// (columns, Co) float32 accumulators, one per share -> their sum as the weight's channels_last
+// memory (Co, kh, kw, Ci), shares added in a fixed order and rounded once to bfloat16; returned in
+// the input's memory format.
+at::Tensor finish(const float* accd, int64_t shares, int64_t Co, int64_t kh, int64_t kw,
+                  int64_t Ci, const at::Tensor& input) {
+  const int64_t columns = kh * kw * Ci;
+  at::Tensor out = at::empty({Co, kh, kw, Ci}, input.options());
+  at::BFloat16* od = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, Co, 16, [&](int64_t first, int64_t last) {
+    for (int64_t co = first; co < last; ++co) {
+      for (int64_t col = 0; col < columns; ++col) {
+        float v = 0.f;
+        for (int64_t sh = 0; sh < shares; ++sh) v += accd[(sh * columns + col) * Co + co];
+        od[co * columns + col] = static_cast<at::BFloat16>(v);
+      }
+    }
+  });
+  return out.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+}
+
+}  // namespace bf16_pairs
+#endif
+
+#ifdef PYFRAMEPRED_AMX_KERNEL
+// ---- The AMX level: bfloat16 weight gradients on the tile unit (TDPBF16PS) ----------------------
+//
+// The same reduction over positions, as tile products (C += A x B, float32 sums of bfloat16
+// products). For a tap (i, j) and 16 input channels, the A tile is 16 channel rows x 32 positions
+// of one image row, read in place from x_pad[j]: the input transposed to zero-padded NCHW planes
+// and shifted by the tap's column, one copy per column j so that every A tile starts on a 64-byte
+// boundary (unaligned tile rows, which straddle two cache lines, made the products ~30% slower).
+// The B tile is 32 positions x 16 output channels of g, stored as pairs of positions interleaved
+// per channel (the layout TDPBF16PS reads), packed from g's NHWC rows once per block of positions
+// and used by every tap and channel group. C tiles (16 input x 16 output channels) accumulate in
+// a 2 x 2 arrangement (tiles 0-3; A in 4-5, B in 6-7) in the same per-thread (columns, Co) float32
+// accumulator as the float32 kernel's. Positions x >= W of a row's last 32 are zero in both
+// operands. Why: on 2 Xeon cores oneDNN's bf16 weight gradient ran at 0.95-1.7 TFLOP/s at the
+// layer's shapes, the tile unit peaks near 3.7 per core (operands in L1: ~2.6).
+namespace amx {
+
+using namespace bf16_pairs;
+// Positions per block: 4 chunks of 32x32 frames (packed g: 32 KiB at Co = 128, which stays in L1
+// with the A tiles of a pair of taps while every output-channel pair uses them). Measured on a
+// 2-core Xeon: 128 beat 32, 64 and 256 at (24, 16 -> 128, 32x32), (24, 32 -> 128) and
+// (4, 64 -> 256, 64x64).
+constexpr int64_t kBlockPositions = 128;
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure_tiles() {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  _tile_loadconfig(&c);
 }
 
 // C[m][n] += A[m] x B[n] over the block's R rows and `chunks` chunks per row, for kM_ channel
@@ -362,24 +405,184 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
     }
     _tile_release();
   });
-  // (columns, Co) per share -> their sum as the weight's channels_last memory (Co, kh, kw, Ci),
-  // shares added in a fixed order, rounded once to bfloat16.
-  at::Tensor out = at::empty({Co, kh, kw, Ci}, input.options());
-  at::BFloat16* od = out.data_ptr<at::BFloat16>();
-  at::parallel_for(0, Co, 16, [&](int64_t first, int64_t last) {
-    for (int64_t co = first; co < last; ++co) {
-      for (int64_t col = 0; col < columns; ++col) {
-        float v = 0.f;
-        for (int64_t sh = 0; sh < shares; ++sh) v += accd[(sh * columns + col) * Co + co];
-        od[co * columns + col] = static_cast<at::BFloat16>(v);
-      }
-    }
-  });
-  return out.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+  return finish(accd, shares, Co, kh, kw, Ci, input);
 }
 
 }  // namespace amx
 #endif  // AMX
+
+#ifdef PYFRAMEPRED_DOT_BF16_KERNEL
+// ---- AVX512-BF16: bfloat16 weight gradients by VDPBF16PS (AMD Zen 4 and later, Intel Cooper Lake)
+//
+// The float32 kernel's register tile (kNV vectors of 16 output channels x kMR columns of one tap),
+// walking pairs of positions instead of positions: per pair it loads kNV vectors of g (16 channels
+// x the pair, from the pack of pack_g) and broadcasts, per column, the pair of input values the
+// two positions see as one 32-bit word; VDPBF16PS adds both products to the float32 accumulator.
+// The input words come from a pack of the input made once per call: pairs of neighbouring
+// columns of the zero-padded frame, per channel, for both parities of the pair's first column
+// (a tap's column shift decides which), so pairs never straddle the frame's edge and the padding
+// is stored rather than skipped. Rows whose tap falls outside the frame are skipped. Why: on a
+// 2-core Zen 4 EPYC oneDNN's bf16 weight gradient ran at 170-200 GFLOP/s at the layer's shapes,
+// against 350 for the same convolutions' forward and 404 of VDPBF16PS peak.
+namespace dot {
+
+using namespace bf16_pairs;
+
+// xpk[((e * rows + r) * Up + u) * Ci + ci] = the pair (xpad(r, 2u + e), xpad(r, 2u + e + 1)) of
+// channel ci as one word (first value in the low half), where xpad(r, col) is input pixel
+// (r, col - pw) and zero outside [0, W).
+void pack_x(const bf16* x, int64_t rows, int64_t W, int64_t Ci, int64_t pw, int64_t Up,
+            uint32_t* xpk) {
+  const __m512i lo_idx = _mm512_load_si512(kLo), hi_idx = _mm512_load_si512(kHi);
+  at::parallel_for(0, rows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      for (int64_t e = 0; e < 2; ++e) {
+        for (int64_t u = 0; u < Up; ++u) {
+          const int64_t xa = 2 * u + e - pw, xb = xa + 1;
+          uint32_t* dst = xpk + ((e * rows + r) * Up + u) * Ci;
+          for (int64_t c0 = 0; c0 < Ci; c0 += 32) {
+            const int64_t n = std::min<int64_t>(32, Ci - c0);
+            const __mmask32 m = n == 32 ? ~__mmask32(0) : static_cast<__mmask32>((1u << n) - 1u);
+            const __m512i v0 = xa >= 0 && xa < W ? _mm512_maskz_loadu_epi16(m, x + (r * W + xa) * Ci + c0)
+                                                 : _mm512_setzero_si512();
+            const __m512i v1 = xb >= 0 && xb < W ? _mm512_maskz_loadu_epi16(m, x + (r * W + xb) * Ci + c0)
+                                                 : _mm512_setzero_si512();
+            const __m512i lo = _mm512_permutex2var_epi16(v0, lo_idx, v1);
+            const __m512i hi = _mm512_permutex2var_epi16(v0, hi_idx, v1);
+            if (n == 32) {
+              _mm512_storeu_si512(dst + c0, lo);
+              _mm512_storeu_si512(dst + c0 + 16, hi);
+            } else {
+              const int64_t nl = std::min<int64_t>(16, n), nh = n - nl;
+              _mm512_mask_storeu_epi32(dst + c0, static_cast<__mmask16>((1u << nl) - 1u), lo);
+              if (nh > 0) {
+                _mm512_mask_storeu_epi32(dst + c0 + 16, static_cast<__mmask16>((1u << nh) - 1u), hi);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Accumulates the R rows of a block (output rows y0 .. y0 + R - 1 of one image; g packed by
+// pack_g, offset to the tile's first channel group) into acc[m * Co + 16 v ...] for kMR_ columns
+// of tap (di, j) -- input channels from the word at xk of each row's pack -- and kNV_ groups of
+// 16 output channels.
+template <int kNV_, int kMR_>
+void tile(const uint32_t* xk, int64_t x_row, const bf16* gp, int64_t chunks, int64_t nN,
+          int64_t pairs, int64_t H, int64_t y0, int64_t di, int64_t R, int64_t Ci, int64_t Co,
+          float* acc) {
+  __m512 a[kMR_][kNV_];
+  for (int m = 0; m < kMR_; ++m) {
+    for (int v = 0; v < kNV_; ++v) a[m][v] = _mm512_loadu_ps(acc + m * Co + v * 16);
+  }
+  for (int64_t rr = 0; rr < R; ++rr) {
+    const int64_t y = y0 + rr + di;
+    if (y < 0 || y >= H) continue;
+    const uint32_t* xr = xk + (rr + di) * x_row;
+    const bf16* gr = gp + rr * chunks * nN * kTileElems;
+    for (int64_t k = 0; k < pairs; ++k) {
+      const bf16* gk = gr + (k >> 4) * nN * kTileElems + (k & 15) * 32;
+      __m512bh gv[kNV_];
+      for (int v = 0; v < kNV_; ++v) gv[v] = (__m512bh)_mm512_load_si512(gk + v * kTileElems);
+      const uint32_t* xp = xr + k * Ci;
+      for (int m = 0; m < kMR_; ++m) {
+        const __m512bh xv = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m]));
+        for (int v = 0; v < kNV_; ++v) a[m][v] = _mm512_dpbf16_ps(a[m][v], xv, gv[v]);
+      }
+    }
+  }
+  for (int m = 0; m < kMR_; ++m) {
+    for (int v = 0; v < kNV_; ++v) _mm512_storeu_ps(acc + m * Co + v * 16, a[m][v]);
+  }
+}
+
+template <int kNV_>
+void tile_columns(int columns, const uint32_t* xk, int64_t x_row, const bf16* gp, int64_t chunks,
+                  int64_t nN, int64_t pairs, int64_t H, int64_t y0, int64_t di, int64_t R,
+                  int64_t Ci, int64_t Co, float* acc) {
+  static_assert(kMR == 6, "tile_columns lists the column counts 1..kMR");
+#define PYFRAMEPRED_DOT_TILE(n) \
+  tile<kNV_, n>(xk, x_row, gp, chunks, nN, pairs, H, y0, di, R, Ci, Co, acc)
+  switch (columns) {
+    case 6: return PYFRAMEPRED_DOT_TILE(6);
+    case 5: return PYFRAMEPRED_DOT_TILE(5);
+    case 4: return PYFRAMEPRED_DOT_TILE(4);
+    case 3: return PYFRAMEPRED_DOT_TILE(3);
+    case 2: return PYFRAMEPRED_DOT_TILE(2);
+    default: return PYFRAMEPRED_DOT_TILE(1);
+  }
+#undef PYFRAMEPRED_DOT_TILE
+}
+
+// Positions per block (its packed g: 32 KiB at Co = 128).
+constexpr int64_t kBlockPositions = 128;
+
+// The weight gradient for bfloat16 g and input with Co a multiple of 16; (Co, Ci, kh, kw) in the
+// input's memory format and dtype, as the other paths.
+at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
+                            int64_t kw) {
+  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Co = grad_out.size(1), nN = Co / 16;
+  const int64_t rows = B * H, pw = kw / 2;
+  const int64_t pairs = (W + 1) / 2, chunks = (W + kChunk - 1) / kChunk;
+  const int64_t Up = pairs + (kw - 1) / 2;  // pair u = k + j / 2 for pair k of tap column j
+  const at::Tensor xn = input.permute({0, 2, 3, 1}).contiguous();  // NHWC: a view if channels_last
+  const at::Tensor g = grad_out.permute({0, 2, 3, 1}).contiguous();
+  at::Tensor xpk_t = at::empty({2 * rows * Up * Ci}, input.options().dtype(at::kInt));
+  uint32_t* xpk = reinterpret_cast<uint32_t*>(xpk_t.data_ptr<int32_t>());
+  pack_x(reinterpret_cast<const bf16*>(xn.const_data_ptr<at::BFloat16>()), rows, W, Ci, pw, Up, xpk);
+  const bf16* gd = reinterpret_cast<const bf16*>(g.const_data_ptr<at::BFloat16>());
+  const int64_t columns = kh * kw * Ci;
+  const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  at::Tensor acc = at::zeros({shares, columns, Co}, input.options().dtype(at::kFloat));
+  float* accd = acc.data_ptr<float>();
+  const int64_t rows_per_block = std::max<int64_t>(1, kBlockPositions / (chunks * kChunk));
+  const int64_t x_row = Up * Ci;
+  at::parallel_for(0, shares, 1, [&](int64_t first, int64_t last) {
+    at::Tensor gbuf_t = at::empty({rows_per_block * chunks * nN * kTileElems}, input.options());
+    bf16* gbuf = reinterpret_cast<bf16*>(gbuf_t.data_ptr<at::BFloat16>());
+    for (int64_t share = first; share < last; ++share) {
+      const int64_t r_begin = rows * share / shares, r_end = rows * (share + 1) / shares;
+      float* mine = accd + share * columns * Co;
+      for (int64_t r0 = r_begin; r0 < r_end;) {
+        const int64_t y0 = r0 % H;  // a block: rows of one image
+        const int64_t R = std::min({r_end - r0, rows_per_block, H - y0});
+        pack_g(gd + r0 * W * Co, W, Co, chunks, R, gbuf);
+        for (int64_t n = 0; n < nN;) {
+          const int nv = nN - n >= 4 ? 4 : (nN - n >= 2 ? 2 : 1);
+          const bf16* gp = gbuf + n * kTileElems;
+          for (int64_t i = 0; i < kh; ++i) {
+            for (int64_t j = 0; j < kw; ++j) {
+              const int64_t di = i - kh / 2;
+              // The row r0's pack of the tap's parity, at pair k = 0 of the tap's column shift.
+              const uint32_t* xj = xpk + ((j % 2) * rows + r0) * x_row + (j / 2) * Ci;
+              for (int64_t ci = 0; ci < Ci; ci += kMR) {
+                const int cols = static_cast<int>(std::min<int64_t>(kMR, Ci - ci));
+                float* a = mine + ((i * kw + j) * Ci + ci) * Co + n * 16;
+                if (nv == 4) {
+                  tile_columns<4>(cols, xj + ci, x_row, gp, chunks, nN, pairs, H, y0, di, R, Ci, Co, a);
+                } else if (nv == 2) {
+                  tile_columns<2>(cols, xj + ci, x_row, gp, chunks, nN, pairs, H, y0, di, R, Ci, Co, a);
+                } else {
+                  tile_columns<1>(cols, xj + ci, x_row, gp, chunks, nN, pairs, H, y0, di, R, Ci, Co, a);
+                }
+              }
+            }
+          }
+          n += nv;
+        }
+        r0 += R;
+      }
+    }
+  });
+  return finish(accd, shares, Co, kh, kw, Ci, input);
+}
+
+}  // namespace dot
+#endif  // AVX512-BF16
 
 at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
   check_conv2d_weight_grad_args(grad_out, input, kh, kw);
@@ -388,6 +591,11 @@ at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
 #ifdef PYFRAMEPRED_AMX_KERNEL
   if (input.scalar_type() == at::kBFloat16 && Ci % 16 == 0 && Co % 16 == 0 && B * H * W > 0) {
     return amx::weight_grad_bf16(grad_out, input, kh, kw);
+  }
+#endif
+#ifdef PYFRAMEPRED_DOT_BF16_KERNEL
+  if (input.scalar_type() == at::kBFloat16 && Co % 16 == 0 && B * H * W > 0 && Ci > 0) {
+    return dot::weight_grad_bf16(grad_out, input, kh, kw);
   }
 #endif
   if (input.scalar_type() != at::kFloat || Co % kVL != 0 || B * H * W == 0 || Ci == 0) {

@@ -1,8 +1,8 @@
 // Runtime choice of the CPU kernels' instruction-set level.
 //
 // The kernel sources csrc/cpu/<op>_cpu.cpp are compiled once per level of isa_levels.txt
-// (DEFAULT: portable; AVX2: avx2+fma+f16c; AVX512: avx512f/bw/vl/dq+fma; AMX: AVX512 +
-// avx512_bf16, amx_tile, amx_bf16; x86-64 only), each copy
+// (DEFAULT: portable; AVX2: avx2+fma+f16c; AVX512: avx512f/bw/vl/dq+fma; AVX512_BF16: AVX512 +
+// avx512_bf16; AMX: AVX512_BF16 + amx_tile, amx_bf16; x86-64 only), each copy
 // in its own namespace pyframepred::cpu::<LEVEL> (cpu/kernels.h). This file is compiled once,
 // with the portable flags: it registers the CPU kernels with the dispatcher and forwards each
 // call through the table of the selected level.
@@ -11,7 +11,7 @@
 // operating system support (cpuid for the instructions; XCR0, read with xgetbv, for the OS saving
 // the AVX and AVX-512 register state -- a CPU with AVX-512 under an OS that does not enable it
 // cannot use it), capped by the environment variable PYFRAMEPRED_CPU_ISA (default | avx2 |
-// avx512 | amx, any case). A value that names no level, or a level this build or CPU lacks, is not
+// avx512 | avx512_bf16 | amx, any case). A value that names no level, or a level this build or CPU lacks, is not
 // an error: one line on stderr says so and the best supported level (at most the one asked for) is
 // used. At run time pyframepred::cpu_isa() names the level in use, cpu_isa_levels() the compiled
 // ones, and _set_cpu_isa(level) switches (tests and benchmarks; it raises on a level that cannot
@@ -55,6 +55,9 @@ PYFRAMEPRED_DECLARE_CPU_KERNELS(AVX2)
 #ifdef PYFRAMEPRED_CPU_LEVEL_AVX512
 PYFRAMEPRED_DECLARE_CPU_KERNELS(AVX512)
 #endif
+#ifdef PYFRAMEPRED_CPU_LEVEL_AVX512_BF16
+PYFRAMEPRED_DECLARE_CPU_KERNELS(AVX512_BF16)
+#endif
 #ifdef PYFRAMEPRED_CPU_LEVEL_AMX
 PYFRAMEPRED_DECLARE_CPU_KERNELS(AMX)
 #endif
@@ -63,8 +66,8 @@ namespace pyframepred {
 namespace cpu {
 namespace {
 
-enum Level : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3, kNumLevels = 4 };
-constexpr const char* kNames[kNumLevels] = {"default", "avx2", "avx512", "amx"};
+enum Level : int { kDefault = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4, kNumLevels = 5 };
+constexpr const char* kNames[kNumLevels] = {"default", "avx2", "avx512", "avx512_bf16", "amx"};
 
 struct LevelTables {
   const ConvLSTMKernels* convlstm;
@@ -82,6 +85,11 @@ constexpr LevelTables kTables[kNumLevels] = {
 #endif
 #ifdef PYFRAMEPRED_CPU_LEVEL_AVX512
     {&AVX512::convlstm_kernels, &AVX512::gdl_kernels, &AVX512::conv_kernels},
+#else
+    {nullptr, nullptr, nullptr},
+#endif
+#ifdef PYFRAMEPRED_CPU_LEVEL_AVX512_BF16
+    {&AVX512_BF16::convlstm_kernels, &AVX512_BF16::gdl_kernels, &AVX512_BF16::conv_kernels},
 #else
     {nullptr, nullptr, nullptr},
 #endif
@@ -174,8 +182,10 @@ const char* missing_feature(int level) {
     if (!f.avx512dq) return "avx512dq";
     if (!f.os_avx512) return "OS support for the AVX-512 register state (XCR0)";
   }
-  if (level >= kAmx) {
+  if (level >= kAvx512Bf16) {
     if (!f.avx512bf16) return "avx512_bf16";
+  }
+  if (level >= kAmx) {
     if (!f.amx_tile) return "amx_tile";
     if (!f.amx_bf16) return "amx_bf16";
     if (!f.os_amx) return "OS support for the AMX tile state (XCR0)";

@@ -143,7 +143,7 @@ struct GdlLossBackward {
 };
 
 // The instruction-set level of the CPU kernels (csrc/cpu/dispatch.cpp): the one in use
-// ("default", "avx2", "avx512" or "amx"), the ones compiled into this build, and a switch that
+// ("default", "avx2", "avx512", "avx512_bf16" or "amx"), the ones compiled into this build, and a switch that
 // returns the previous level (for tests and benchmarks; chosen at load time from the CPU and
 // PYFRAMEPRED_CPU_ISA otherwise).
 struct CpuIsa {

@@ -58,7 +58,7 @@ inline at::Tensor gdl_loss(const at::Tensor& pred, const at::Tensor& target, dou
   return op::handle<op::GdlLossForward>().call(pred, target, alpha, code);
 }
 
-// The instruction-set level the CPU kernels run at: "default", "avx2", "avx512" or "amx" -- the
+// The instruction-set level the CPU kernels run at: "default", "avx2", "avx512", "avx512_bf16" or "amx" -- the
 // best one the CPU supports, chosen when the library loads, at most the one the environment variable
 // PYFRAMEPRED_CPU_ISA names. cpu_isa_levels(): the levels compiled into the library.
 inline std::string cpu_isa() { return op::handle<op::CpuIsa>().call(); }
