@@ -32,6 +32,7 @@ import hashlib
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,6 +100,7 @@ def load(ckpt_path: Path, footage: Path, clips_per_video: int, steps):
         "preset": cfg.get("preset"),
         "step": ckpt.get("step"),
         "batch_size": cfg.get("batch_size"),
+        "seed": cfg.get("seed"),
         "in_frames": n_in,
     }
     return ckpt, model, ds, n_in, steps, about
@@ -179,6 +181,44 @@ def bold(x: float, y: float, f: str) -> str:
     return f"**{x:{f}}** / {y:{f}}" if x > y else f"{x:{f}} / **{y:{f}}**"
 
 
+def run_name(r: dict) -> str:
+    seed = f", seed {r['seed']}" if r.get("seed") is not None else ""
+    return f"{r['model']} ({r['step']} steps, batch {r['batch_size']}{seed})"
+
+
+def seed_summaries(runs: list) -> list:
+    """Per model trained more than once (other seeds): the mean over its runs and how many of
+    them beat copy-last in both PSNR and SSIM -- one run's margin is within what a second run
+    with another seed can differ by."""
+    by_model: dict = {}
+    for r in runs:
+        by_model.setdefault(r["model"], []).append(r)
+    out = []
+    for model, rs in by_model.items():
+        if len(rs) < 2:
+            continue
+        mean = {k: statistics.fmean(r["model_mean"][k] for r in rs) for k in ("psnr", "ssim")}
+        base = {k: statistics.fmean(r["baseline_mean"][k] for r in rs) for k in ("psnr", "ssim")}
+        wins = sum(
+            r["model_mean"]["psnr"] > r["baseline_mean"]["psnr"]
+            and r["model_mean"]["ssim"] > r["baseline_mean"]["ssim"]
+            for r in rs
+        )
+        spread = [r["model_mean"]["psnr"] - r["baseline_mean"]["psnr"] for r in rs]
+        out.append(
+            {
+                "model": model,
+                "runs": len(rs),
+                "mean": mean,
+                "baseline": base,
+                "wins": wins,
+                "psnr_gain_min": min(spread),
+                "psnr_gain_max": max(spread),
+            }
+        )
+    return out
+
+
 def table(record: dict) -> str:
     lines = [
         "| model (quick preset, embedded data) | clips | PSNR model / copy-last | SSIM model / copy-last |",
@@ -187,8 +227,14 @@ def table(record: dict) -> str:
     for r in record["runs"]:
         m, b = r["model_mean"], r["baseline_mean"]
         lines.append(
-            f"| {r['model']} ({r['step']} steps, batch {r['batch_size']}) | {r['clips']} | "
+            f"| {run_name(r)} | {r['clips']} | "
             f"{bold(m['psnr'], b['psnr'], '.2f')} | {bold(m['ssim'], b['ssim'], '.3f')} |"
+        )
+    for s in seed_summaries(record["runs"]):
+        m, b = s["mean"], s["baseline"]
+        lines.append(
+            f"| {s['model']}: mean of {s['runs']} seeds ({s['wins']} of {s['runs']} ahead in both) | "
+            f"| {bold(m['psnr'], b['psnr'], '.2f')} | {bold(m['ssim'], b['ssim'], '.3f')} |"
         )
     per = []
     for r in record["runs"]:
@@ -196,12 +242,18 @@ def table(record: dict) -> str:
             f"{name} {v['model_mean']['psnr']:.2f} vs {v['baseline_mean']['psnr']:.2f} dB"
             for name, v in r["per_video"].items()
         ]
-        per.append(f"{r['model']}: {', '.join(parts)}")
+        seed = f" (seed {r['seed']})" if r.get("seed") is not None else ""
+        per.append(f"{r['model']}{seed}: {', '.join(parts)}")
+    spreads = [
+        f"{s['model']} {s['psnr_gain_min']:+.2f} to {s['psnr_gain_max']:+.2f} dB"
+        for s in seed_summaries(record["runs"])
+    ]
+    spread = f" PSNR against copy-last over the seeds: {'; '.join(spreads)}." if spreads else ""
     lines.append("")
     lines += report.wrap(
         f"Footage: {', '.join(f['file'] for f in record['footage'])} from {record['source']}'s "
         f"wheel; {record['runs'][0]['in_frames']} frames in, {record['runs'][0]['steps']} predicted, "
-        f"mean over the steps. Per video (PSNR): {'; '.join(per)}. Recorded on "
+        f"mean over the steps.{spread} Per video (PSNR): {'; '.join(per)}. Recorded on "
         f"{machine.one_line(record['machine'])}."
     )
     return "\n".join(lines) + "\n"
@@ -225,12 +277,23 @@ def main(argv=None) -> int:
     p.add_argument(
         "--record", action="store_true", help=f"write {RESULT.relative_to(ROOT)} and the README table"
     )
+    p.add_argument(
+        "--as",
+        dest="name",
+        default=None,
+        help="--record into results/real_footage_NAME.json and the README section "
+        "real-footage-NAME instead (e.g. a study of one model over seeds)",
+    )
     p.add_argument("--regen-only", action="store_true", help="README table from the recorded result")
     p.add_argument("--protocol", choices=("standard", "mathieu"), default="standard")
     p.add_argument("--moving-threshold", type=float, default=1.0, help="--protocol mathieu: pixels of flow")
     args = p.parse_args(argv)
     if args.regen_only:
         regen_readme(json.loads(RESULT.read_text()))
+        for extra in sorted(RESULT.parent.glob("real_footage_*.json")):
+            name = extra.stem.removeprefix("real_footage_")
+            if name != "mathieu":
+                regen_readme(json.loads(extra.read_text()), f"{SECTION}-{name}")
         if RESULT_MATHIEU.is_file():
             regen_readme(json.loads(RESULT_MATHIEU.read_text()), SECTION_MATHIEU, table_mathieu)
         return 0
@@ -268,10 +331,15 @@ def main(argv=None) -> int:
     }
     print(table(record))
     if args.record:
-        RESULT.parent.mkdir(exist_ok=True)
-        RESULT.write_text(json.dumps(record, indent=2) + "\n")
-        regen_readme(record)
-        print(f"wrote {RESULT} and the README table")
+        out, section = RESULT, SECTION
+        if args.name:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.name) or args.name == "mathieu":
+                p.error("--as takes a name of lower-case letters, digits and dashes (not mathieu)")
+            out, section = RESULT.with_name(f"real_footage_{args.name}.json"), f"{SECTION}-{args.name}"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        regen_readme(record, section)
+        print(f"wrote {out} and the README table")
     return 0
 
 
