@@ -1,4 +1,6 @@
-"""Weight gradient of the ConvLSTM layer's convolutions: ``ops.conv2d_weight_grad`` (on the CPU in
+"""The ConvLSTM layer's convolutions, ours against ATen's (oneDNN on the CPU, cuDNN on a GPU).
+
+Weight gradients: ``ops.conv2d_weight_grad`` (on the CPU in
 float32 our tiled kernel, in bfloat16 at the amx level our AMX tile kernel, csrc/cpu/conv_cpu.cpp;
 the ISA level in use is in each record) against ATen's convolution backward (oneDNN on
 the CPU, cuDNN on a GPU; what the layer used before, and what ``reference.conv2d_weight_grad``
@@ -9,6 +11,12 @@ the median time.
     pytest benchmarks/bench_conv.py --benchmark-only [--bench-full]
     python benchmarks/record.py --suite conv      # records benchmarks/results/conv_cpu.json
     python benchmarks/bench_conv.py --rounds 15 --out benchmarks/results/conv_rr_cpu_<tag>.json
+    python benchmarks/bench_conv.py --op same --dtypes float32 --out results/conv_same_rr_cpu_<tag>.json
+
+Forward convolutions (``--op same``, and the ``conv2d same`` benchmark groups): ``ops.conv2d_same``
+(on the CPU in float32 our Winograd F(2x2, 3x3) kernel) against ``F.conv2d``, with input and
+weight channels_last as the layer has them; the ``dgrad`` shapes are the data gradients the
+layer's backward runs as convolutions with the flipped, transposed weight (4C -> C).
 
 The pytest cases time each implementation's rounds one after the other; the script mode (last
 line) alternates them round by round in one process, so that a machine's drift falls on both
@@ -38,7 +46,10 @@ SHAPES = {
     "input-8x16x32@32": (24, 16, 128, 32, 32),  # (8, 16, [32]) layer: input conv, 3 steps
     "hidden-8x16x32@32": (24, 32, 128, 32, 32),  # the same layer's hidden conv
     "hidden-4x64x64@64": (4, 64, 256, 64, 64),  # (4, 64, [64]) at 64x64: one step per chunk
+    "hidden-dgrad-step-8x16x32@32": (8, 128, 32, 32, 32),  # the data gradient of h, one step
+    "hidden-dgrad-4x64x64@64": (4, 256, 64, 64, 64),
 }
+OPS = ("weight_grad", "same")
 IMPLS = ["fused", "reference"]
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 
@@ -96,12 +107,49 @@ def test_conv_weight_grad(benchmark, annotate, device, impl, dtype, size):
     annotate(impl=impl, dtype=dtype, shape=[B, cin, cout, H, W], torch=torch.__version__, **extra)
 
 
+def _inputs_same(B, cin, cout, H, W, dtype, device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    x = torch.randn(B, cin, H, W, generator=g).to(device, dtype).contiguous(memory_format=cl)
+    w = (torch.randn(cout, cin, 3, 3, generator=g) / (9 * cin) ** 0.5).to(device, dtype)
+    return x, w.contiguous(memory_format=cl)
+
+
+def _aten_same(x, w):
+    return torch.nn.functional.conv2d(x, w, padding=1)
+
+
+@pytest.mark.parametrize("size", [k for k, _ in _shapes()])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_conv2d_same(benchmark, annotate, device, impl, size):
+    B, cin, cout, H, W = dict(_shapes())[size]
+    benchmark.group = f"conv2d same {size} float32 (B={B}, {cin}->{cout}, {H}x{W}, 3x3) {device}"
+    x, w = _inputs_same(B, cin, cout, H, W, torch.float32, device)
+    fn = ops.conv2d_same if impl == "fused" else _aten_same
+
+    def run():
+        out = fn(x, w)
+        sync(device)
+        return out
+
+    for _ in range(2):
+        run()
+    benchmark.pedantic(run, rounds=rounds(15, 3), iterations=1, warmup_rounds=1)
+    extra = {}
+    if benchmark.stats is not None:
+        extra["gflops"] = round(2 * B * H * W * 9 * cin * cout / benchmark.stats.stats.median / 1e9, 1)
+    annotate(impl=impl, dtype="float32", shape=[B, cin, cout, H, W], torch=torch.__version__, **extra)
+
+
 # --- script mode: round-robin medians ---------------------------------------------------------
 
 
-def measure_round_robin(shapes: dict, dtypes: list[str], n_rounds: int) -> list[dict]:
+def measure_round_robin(
+    shapes: dict, dtypes: list[str], n_rounds: int, op: str = "weight_grad"
+) -> list[dict]:
     """Per shape and dtype: the median time of ours and ATen's, alternated round by round, and the
-    median over rounds of ATen's time / ours (above 1: ours is faster)."""
+    median over rounds of ATen's time / ours (above 1: ours is faster). ``op``: the weight
+    gradient (conv2d_weight_grad) or the convolution itself (conv2d_same)."""
     out = []
     for size, (B, cin, cout, H, W) in shapes.items():
         for dtype in dtypes:
@@ -109,10 +157,17 @@ def measure_round_robin(shapes: dict, dtypes: list[str], n_rounds: int) -> list[
             cl, dt = torch.channels_last, DTYPES[dtype]
             x = torch.randn(B, cin, H, W, generator=g).to(dt).contiguous(memory_format=cl)
             dy = torch.randn(B, cout, H, W, generator=g).to(dt).contiguous(memory_format=cl)
-            fns = {
-                "ours": lambda dy=dy, x=x: ops.conv2d_weight_grad(dy, x, (3, 3)),
-                "aten": lambda dy=dy, x=x: _aten(dy, x, (3, 3)),
-            }
+            if op == "same":
+                x, w = _inputs_same(B, cin, cout, H, W, dt)
+                fns = {
+                    "ours": lambda x=x, w=w: ops.conv2d_same(x, w),
+                    "aten": lambda x=x, w=w: _aten_same(x, w),
+                }
+            else:
+                fns = {
+                    "ours": lambda dy=dy, x=x: ops.conv2d_weight_grad(dy, x, (3, 3)),
+                    "aten": lambda dy=dy, x=x: _aten(dy, x, (3, 3)),
+                }
             times: dict = {k: [] for k in fns}
             for fn in fns.values():
                 fn()
@@ -145,7 +200,8 @@ def measure_round_robin(shapes: dict, dtypes: list[str], n_rounds: int) -> list[
 def main(argv=None) -> int:
     from bench_layer import machine_info
 
-    ap = argparse.ArgumentParser(description="conv2d_weight_grad, ours vs ATen's, round-robin")
+    ap = argparse.ArgumentParser(description="the layer's convolutions, ours vs ATen's, round-robin")
+    ap.add_argument("--op", choices=OPS, default="weight_grad")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--sizes", nargs="*", default=[k for k in SHAPES if k != "tiny"])
     ap.add_argument("--dtypes", nargs="*", default=list(DTYPES))
@@ -155,8 +211,9 @@ def main(argv=None) -> int:
     machine["cpu_isa"] = ops.cpu_isa()
     record = {
         "machine": machine,
+        "op": args.op,
         "rounds": args.rounds,
-        "results": measure_round_robin({k: SHAPES[k] for k in args.sizes}, args.dtypes, args.rounds),
+        "results": measure_round_robin({k: SHAPES[k] for k in args.sizes}, args.dtypes, args.rounds, args.op),
     }
     if args.out:
         with open(args.out, "w") as fh:
@@ -180,7 +237,8 @@ def markdown(record: dict) -> str:
         )
     lines += [
         "",
-        f"conv2d_weight_grad, 3x3, channels_last; medians of {record['rounds']} round-robin rounds in one "
+        f"{'conv2d_same' if record.get('op') == 'same' else 'conv2d_weight_grad'}, 3x3, channels_last; "
+        f"medians of {record['rounds']} round-robin rounds in one "
         "process; ATen / ours: the median over rounds of the ratio (above 1×: ours is faster). "
         f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags'])}), kernels at the {m['cpu_isa']} level, "
         f"{m['threads']} threads, torch {m['torch']}, allocator {m['allocator']}.",

@@ -122,6 +122,15 @@ void check_device(const at::Device& device) {
     expect_close(pyframepred::conv2d_weight_grad(g, in, 3, 3), want, "conv2d_weight_grad", 1e-3);
   }
 
+  // The layer's convolutions (on the CPU in float32 3x3 with 16-multiple channels: the Winograd
+  // kernel of csrc/cpu/conv_cpu.cpp; odd frames leave partial tiles) against ATen's.
+  {
+    const auto f = opts.dtype(at::kFloat);
+    at::Tensor in = at::randn({3, 16, H, W + 1}, f).contiguous(at::MemoryFormat::ChannelsLast);
+    at::Tensor w = at::randn({32, 16, 3, 3}, f) / 12.0;
+    expect_close(pyframepred::conv2d_same(in, w), at::conv2d(in, w, {}, 1, 1), "conv2d_same", 1e-4);
+  }
+
   // The autocast policy holds for C++ callers too (it is registered in C++): under autocast the
   // layer runs in the low-precision dtype with a float32 cell state, exactly as the explicit
   // mixed-precision call.

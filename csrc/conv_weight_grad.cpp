@@ -35,9 +35,30 @@ at::Tensor conv2d_weight_grad_aten(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
       .contiguous(input.suggest_memory_format());
 }
 
-// Every device but the CPU (which has its tiled kernel, csrc/cpu/conv_cpu.cpp); Meta included.
+void check_conv2d_same_args(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
+  constexpr const char* op = "conv2d_same";
+  TORCH_CHECK(input.dim() == 4 && weight.dim() == 4, op,
+              ": input and weight must be 4-d, (B, C_in, H, W) and (C_out, C_in, kh, kw), got "
+              "shapes ", shape_str(input.sizes()), " and ", shape_str(weight.sizes()));
+  TORCH_CHECK(weight.size(1) == input.size(1), op, ": weight ", shape_str(weight.sizes()),
+              " must have input's ", std::to_string(input.size(1)), " channels in dim 1");
+  TORCH_CHECK(weight.size(2) % 2 == 1 && weight.size(3) % 2 == 1, op,
+              ": the kernel size must be odd ('same' padding), got weight of shape ",
+              shape_str(weight.sizes()));
+  check_like(weight, input, op, "weight", "input");
+}
+
+at::Tensor conv2d_same_aten(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
+  check_conv2d_same_args(input, weight);
+  return at::convolution(input, weight, std::nullopt, {1, 1},
+                         {weight.size(2) / 2, weight.size(3) / 2}, {1, 1}, false, {0, 0}, 1)
+      .contiguous(input.suggest_memory_format());
+}
+
+// Every device but the CPU (which has its kernels, csrc/cpu/conv_cpu.cpp); Meta included.
 TORCH_LIBRARY_IMPL(pyframepred, CompositeExplicitAutograd, m) {
   m.impl(op::Conv2dWeightGrad::kName, &conv2d_weight_grad_aten);
+  m.impl(op::Conv2dSame::kName, &conv2d_same_aten);
 }
 
 }  // namespace pyframepred

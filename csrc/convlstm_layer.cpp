@@ -162,9 +162,30 @@ LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   return s;
 }
 
+// The layer's convolutions: on the CPU the operator conv2d_same (float32 3x3: a Winograd
+// F(2x2, 3x3) kernel of ours, csrc/cpu/conv_cpu.cpp, 1.1-1.9x oneDNN's direct convolution at the
+// layer's shapes; otherwise ATen's), elsewhere ATen's convolution.
 at::Tensor conv(const at::Tensor& input, const at::Tensor& weight, const LayerShape& s) {
+  if (input.is_cpu()) return op::handle<op::Conv2dSame>().call(input, weight);
   return at::convolution(input, weight, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0},
                          1);
+}
+
+// What conv_data_grad needs of a weight: on the CPU in float32, the weight flipped in both spatial
+// dims with its channel dims swapped, (C_in, C_out, kh, kw) -- the data gradient of a stride-1
+// 'same' convolution is the convolution of the output's gradient with it, which conv2d_same runs
+// as Winograd; undefined elsewhere (ATen's convolution backward is used there).
+at::Tensor flipped_weight(const at::Tensor& w) {
+  if (!w.is_cpu() || w.scalar_type() != at::kFloat) return at::Tensor();
+  return w.flip({2, 3}).transpose(0, 1).contiguous(w.suggest_memory_format());
+}
+
+// The gradient of `input` of conv(input, weight) for the gradient dg of its output.
+at::Tensor conv_data_grad(const at::Tensor& dg, const at::Tensor& input, const at::Tensor& weight,
+                          const at::Tensor& flipped, const LayerShape& s) {
+  if (flipped.defined()) return op::handle<op::Conv2dSame>().call(dg, flipped);
+  return std::get<0>(at::convolution_backward(dg, input, weight, std::nullopt, {1, 1}, s.padding(),
+                                              {1, 1}, false, {0, 0}, 1, {true, false, false}));
 }
 
 // The weight gradient of conv(input, .) for the gradient dg of its output, batched over all the
@@ -325,6 +346,8 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh;
     std::vector<at::Tensor> gx_chunks;  // last chunk first
     const bool batched = need_x || need_wx || need_wh;
+    const at::Tensor wh_flipped = flipped_weight(wh);
+    const at::Tensor wx_flipped = need_x ? flipped_weight(wx) : at::Tensor();
     const int64_t K = chunk_steps(s, x);
     for (int64_t t0 = (s.T - 1) / K * K; t0 >= 0; t0 -= K) {
       const int64_t k = std::min(K, s.T - t0);
@@ -343,9 +366,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         const bool h_before = t > 0 || h0.defined();
         if (h_before && (t > 0 || need_h0)) {
           const at::Tensor& h_prev = t > 0 ? h_seq.narrow(0, (t - 1) * s.N, s.N) : h0;
-          dh_next = std::get<0>(at::convolution_backward(
-              dg, h_prev, wh, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
-              {true, false, false}));
+          dh_next = conv_data_grad(dg, h_prev, wh, wh_flipped, s);
         } else {
           dh_next = at::Tensor();
         }
@@ -358,9 +379,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       const at::Tensor dg = k == 1 ? d_gates[0] : at::cat(d_gates, 0);
       const at::Tensor x_chunk = x.narrow(0, t0 * s.N, k * s.N);
       if (need_x) {
-        gx_chunks.push_back(std::get<0>(at::convolution_backward(
-            dg, x_chunk, wx, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0}, 1,
-            {true, false, false})));
+        gx_chunks.push_back(conv_data_grad(dg, x_chunk, wx, wx_flipped, s));
       }
       if (need_wx) add_to(gwx, weight_grad(dg, x_chunk, s));
       if (need_wh) {

@@ -23,6 +23,7 @@ TORCH_LIBRARY(pyframepred, m) {
   def<op::ConvLSTMGatesBackward>(m, {at::Tag::flexible_layout});
   def<op::ConvLSTMLayer>(m, {at::Tag::flexible_layout});
   def<op::Conv2dWeightGrad>(m, {at::Tag::flexible_layout});
+  def<op::Conv2dSame>(m, {at::Tag::flexible_layout});
   def<op::GdlLossForward>(m, {at::Tag::flexible_layout});
   def<op::GdlLossBackward>(m, {at::Tag::flexible_layout});
   def<op::CpuIsa>(m);

@@ -111,6 +111,28 @@ def test_chunked_batches_match():
         _compare(_inputs(T=3, N=4, Cin=16, C=32, H=32, W=32, state=state, dtype=torch.float32), atol=2e-3)
 
 
+@pytest.mark.parametrize("cpu_isa_level", ["default", "avx2", "avx512"], indirect=True)
+def test_float32_winograd_convolutions_close_to_float64(cpu_isa_level):
+    # Channel counts the CPU's Winograd convolutions take (multiples of 16), odd frames (partial
+    # tiles): the forward convolutions and the data gradients of h and x run as Winograd
+    # F(2x2, 3x3) (ops.conv2d_same) in float32; the same values in float64 are the oracle.
+    args = _inputs(T=4, N=2, Cin=16, C=16, H=7, W=9, state=True, peephole=True, dtype=torch.float32)
+    args64 = tuple(
+        tuple(t.detach().double().requires_grad_() for t in a)
+        if isinstance(a, tuple)
+        else (a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a)
+        for a in args
+    )
+    outs = {}
+    for name, fn, a in (("fused", ops.convlstm_layer, args), ("ref", _reference_layer, args64)):
+        h_seq, (h, c) = fn(*a)
+        w = torch.linspace(-1, 1, h_seq.numel(), dtype=h_seq.dtype).view(h_seq.shape)
+        ((h_seq * w).sum() + (h * 0.7).sum() + (c**2).sum()).backward()
+        outs[name] = [h_seq, h, c] + [leaf.grad for leaf in _leaves(a)]
+    for a, b in zip(outs["fused"], outs["ref"]):
+        torch.testing.assert_close(a.double(), b, atol=2e-5 * b.abs().max().item(), rtol=1e-4)
+
+
 @pytest.mark.parametrize("grad", ["expanded", "nchw", "channels_last"])
 def test_gradient_of_any_layout(grad):
     # The layer brings the sequence's gradient into its own layout step by step: an expanded

@@ -1,4 +1,6 @@
-// CPU kernel of conv2d_weight_grad: the weight gradient of a stride-1 'same' convolution,
+// CPU kernels of the ConvLSTM layer's convolutions: conv2d_same (below, after the weight
+// gradients: float32 3x3 convolutions as Winograd F(2x2, 3x3)) and conv2d_weight_grad, the
+// weight gradient of a stride-1 'same' convolution,
 //   dW[co, ci, i, j] = sum over (b, y, x) of g[b, co, y, x] * x_pad[b, ci, y + i, x + j],
 // as an implicit GEMM whose reduction runs over all B*H*W positions -- the shape of the ConvLSTM
 // layer's batched weight gradients (B = many steps' batches, K = 9*C_in columns, C_out = 4C).
@@ -29,6 +31,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 // The AMX level's objects (csrc/cpu/isa_levels.txt) compile the bfloat16 tile kernel below, the
 // levels with AVX512-BF16 (avx512_bf16, amx) the bfloat16 dot-product kernel.
@@ -652,10 +655,198 @@ at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
       .contiguous(input.suggest_memory_format());
 }
 
+// ---- conv2d_same: float32 3x3 convolutions as Winograd F(2x2, 3x3) -----------------------------
+//
+// The ConvLSTM layer's 3x3 convolutions (forward, and the data gradients as convolutions with the
+// flipped, transposed weight) in the Winograd domain of Lavin & Gray (2016): each 2x2 block of
+// outputs ("tile") comes from a 4x4 patch d of the input as A^T [ (G w G^T) . (B^T d B) ] A, so
+// per tile and channel pair 16 multiplies replace 36 -- the convolution's multiply-adds become 16
+// independent GEMMs (one per position of the 4x4 domain) of 2.25x fewer FLOPs, plus transforms
+// that are additions only. Why: oneDNN runs these convolutions near the FMA peak (~200 GFLOP/s on
+// 2 Zen 4 cores), so fewer FLOPs are what is left; the convolutions are 80-90% of the layer's
+// float32 training step. F(2x2, 3x3)'s transforms have coefficients 0, +-1 and 1/2, so its
+// float32 results stay as close to float64 as the direct convolution's (the tests bound both).
+//
+// Layout: NHWC (channels_last memory), channels innermost, so every transform is whole vectors of
+// channels. Work is split into blocks of kT tiles sized so that a block's transformed input
+// V[16][kT][Ci] and products M[16][kT][kNV vectors] stay in L2; per block: the input transform
+// into V, then per group of kNV vectors of output channels the 16 GEMMs M = V x U (register tiles
+// of kMR tiles x kNV vectors, as the weight-gradient kernel above) and the output transform of
+// that group straight into y. U = G w G^T, (16, Ci, Co), is computed once per call.
+namespace winograd {
+
+// U[k][ci][co], k = 4a + b: sum over i, j of G[a][i] w[co][ci][i][j] G[b][j].
+void transform_weight(const float* w, int64_t Co, int64_t Ci, float* u) {
+  static constexpr float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
+  at::parallel_for(0, Co, 16, [&](int64_t first, int64_t last) {
+    for (int64_t co = first; co < last; ++co) {
+      for (int64_t ci = 0; ci < Ci; ++ci) {
+        const float* g = w + (co * Ci + ci) * 9;
+        float t[4][3];  // G g
+        for (int a = 0; a < 4; ++a) {
+          for (int j = 0; j < 3; ++j) t[a][j] = G[a][0] * g[j] + G[a][1] * g[3 + j] + G[a][2] * g[6 + j];
+        }
+        for (int a = 0; a < 4; ++a) {
+          for (int b = 0; b < 4; ++b) {
+            u[((a * 4 + b) * Ci + ci) * Co + co] = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+          }
+        }
+      }
+    }
+  });
+}
+
+// m[r][...] = sum over c < K of v[r * v_stride + c] * u[c * u_stride + ...], kMR_ rows by kNV_
+// vectors.
+template <int kNV_, int kMR_>
+void gemm_tile(const float* v, int64_t v_stride, const float* u, int64_t u_stride, int64_t K,
+               float* m, int64_t m_stride) {
+  Vec acc[kMR_][kNV_];
+  for (int r = 0; r < kMR_; ++r) {
+    for (int n = 0; n < kNV_; ++n) acc[r][n] = Vec(0.f);
+  }
+  for (int64_t c = 0; c < K; ++c) {
+    Vec b[kNV_];
+    for (int n = 0; n < kNV_; ++n) b[n] = Vec::loadu(u + c * u_stride + n * kVL);
+    for (int r = 0; r < kMR_; ++r) {
+      const Vec a(v[r * v_stride + c]);
+      for (int n = 0; n < kNV_; ++n) acc[r][n] = at::vec::fmadd(a, b[n], acc[r][n]);
+    }
+  }
+  for (int r = 0; r < kMR_; ++r) {
+    for (int n = 0; n < kNV_; ++n) acc[r][n].store(m + r * m_stride + n * kVL);
+  }
+}
+
+template <int kNV_>
+void gemm_rows(const float* v, int64_t v_stride, const float* u, int64_t u_stride, int64_t K,
+               float* m, int64_t m_stride, int64_t rows) {  // rows: a multiple of kMR
+  for (int64_t r = 0; r < rows; r += kMR) {
+    gemm_tile<kNV_, kMR>(v + r * v_stride, v_stride, u, u_stride, K, m + r * m_stride, m_stride);
+  }
+}
+
+// y (B, H, W, Co) NHWC = x (B, H, W, Ci) NHWC convolved with the 3x3 weight whose transform is u
+// (16, Ci, Co); Ci and Co multiples of kVL.
+void conv3x3(const float* x, const float* u, float* y, int64_t B, int64_t H, int64_t W, int64_t Ci,
+             int64_t Co) {
+  const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2, tiles = B * TH * TW;
+  const int64_t group = std::min<int64_t>(Co, kNV * kVL);  // output channels per GEMM pass
+  // Tiles per block: V and M of a block in about 256 KiB (L2 is 512 KiB-2 MiB on the CPUs this
+  // runs on); at least one register tile, and enough blocks for every thread.
+  const int64_t threads = at::get_num_threads();
+  int64_t kT = (256 << 10) / static_cast<int64_t>(sizeof(float) * 16 * (Ci + group));
+  kT = std::min<int64_t>(kT, (tiles + threads - 1) / threads);
+  kT = std::clamp<int64_t>((kT + kMR - 1) / kMR * kMR, kMR, 96);
+  const int64_t blocks = (tiles + kT - 1) / kT;
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> v_buf(16 * kT * Ci), m_buf(16 * kT * group);
+    float* V = v_buf.data();
+    float* M = m_buf.data();
+    for (int64_t blk = first; blk < last; ++blk) {
+      const int64_t t0 = blk * kT, nt = std::min(kT, tiles - t0);
+      const int64_t rows = (nt + kMR - 1) / kMR * kMR;  // a last partial register tile: zeros
+      // Input transform: V[k][t][ci] = (B^T d B)[k] of the tile's 4x4 patch (zero outside).
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
+        const int64_t y0 = (r / TW) * 2 - 1, x0 = (r % TW) * 2 - 1;
+        const float* p[4][4];
+        for (int i = 0; i < 4; ++i) {
+          for (int j = 0; j < 4; ++j) {
+            const int64_t yy = y0 + i, xx = x0 + j;
+            p[i][j] = yy >= 0 && yy < H && xx >= 0 && xx < W ? x + ((b * H + yy) * W + xx) * Ci
+                                                             : nullptr;
+          }
+        }
+        for (int64_t c = 0; c < Ci; c += kVL) {
+          Vec d[4][4];
+          for (int i = 0; i < 4; ++i) {
+            for (int j = 0; j < 4; ++j) d[i][j] = p[i][j] != nullptr ? Vec::loadu(p[i][j] + c) : Vec(0.f);
+          }
+          for (int j = 0; j < 4; ++j) {  // B^T d: rows
+            const Vec d0 = d[0][j], d1 = d[1][j], d2 = d[2][j], d3 = d[3][j];
+            d[0][j] = d0 - d2;
+            d[1][j] = d1 + d2;
+            d[2][j] = d2 - d1;
+            d[3][j] = d1 - d3;
+          }
+          for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
+            const Vec e[4] = {d[i][0] - d[i][2], d[i][1] + d[i][2], d[i][2] - d[i][1], d[i][1] - d[i][3]};
+            for (int j = 0; j < 4; ++j) e[j].store(V + ((i * 4 + j) * kT + t) * Ci + c);
+          }
+        }
+      }
+      for (int k = 0; k < 16; ++k) {
+        std::fill(V + (k * kT + nt) * Ci, V + (k * kT + rows) * Ci, 0.f);
+      }
+      for (int64_t co0 = 0; co0 < Co; co0 += group) {
+        const int64_t nc = std::min(group, Co - co0);
+        const int nv = static_cast<int>(nc / kVL);
+        for (int k = 0; k < 16; ++k) {  // the 16 GEMMs: M[k] = V[k] x U[k][:, co0 : co0 + nc]
+          const float* v = V + k * kT * Ci;
+          const float* uk = u + k * Ci * Co + co0;
+          float* m = M + k * kT * group;
+          for (int n = 0; n < nv;) {  // kNV vectors at a time, then 2 and 1
+            const int take = nv - n >= kNV ? kNV : (nv - n >= 2 ? 2 : 1);
+            if (take == kNV) {
+              gemm_rows<kNV>(v, Ci, uk + n * kVL, Co, Ci, m + n * kVL, group, rows);
+            } else if (take == 2) {
+              gemm_rows<2>(v, Ci, uk + n * kVL, Co, Ci, m + n * kVL, group, rows);
+            } else {
+              gemm_rows<1>(v, Ci, uk + n * kVL, Co, Ci, m + n * kVL, group, rows);
+            }
+            n += take;
+          }
+        }
+        // Output transform: the tile's 2x2 outputs A^T M A, those inside the frame stored.
+        for (int64_t t = 0; t < nt; ++t) {
+          const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
+          const int64_t oy = (r / TW) * 2, ox = (r % TW) * 2;
+          for (int64_t c = 0; c < nc; c += kVL) {
+            Vec s[2][4];  // A^T M: rows
+            for (int j = 0; j < 4; ++j) {
+              const float* mj = M + (j * kT + t) * group + c;
+              const Vec m0 = Vec::loadu(mj), m1 = Vec::loadu(mj + 4 * kT * group);
+              const Vec m2 = Vec::loadu(mj + 8 * kT * group), m3 = Vec::loadu(mj + 12 * kT * group);
+              s[0][j] = m0 + m1 + m2;
+              s[1][j] = m1 - m2 - m3;
+            }
+            for (int i = 0; i < 2 && oy + i < H; ++i) {  // (A^T M) A: columns
+              float* out = y + ((b * H + oy + i) * W + ox) * Co + co0 + c;
+              (s[i][0] + s[i][1] + s[i][2]).store(out);
+              if (ox + 1 < W) (s[i][1] - s[i][2] - s[i][3]).store(out + Co);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace winograd
+
+at::Tensor conv2d_same_cpu(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
+  check_conv2d_same_args(input, weight);
+  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Co = weight.size(0);
+  if (input.scalar_type() != at::kFloat || weight.size(2) != 3 || weight.size(3) != 3 ||
+      Ci % kVL != 0 || Co % kVL != 0 || B * H * W == 0 || Ci == 0 || Co == 0) {
+    return conv2d_same_aten(input, weight);
+  }
+  const at::Tensor x = input.permute({0, 2, 3, 1}).contiguous();  // NHWC: a view if channels_last
+  const at::Tensor w = weight.contiguous();
+  at::Tensor u = at::empty({16, Ci, Co}, input.options());
+  winograd::transform_weight(w.const_data_ptr<float>(), Co, Ci, u.data_ptr<float>());
+  at::Tensor y = at::empty({B, H, W, Co}, input.options());
+  winograd::conv3x3(x.const_data_ptr<float>(), u.const_data_ptr<float>(), y.data_ptr<float>(), B, H,
+                    W, Ci, Co);
+  return y.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+}
+
 }  // namespace
 
-// This level's kernel, registered by cpu/dispatch.cpp.
-const ConvKernels conv_kernels{&conv2d_weight_grad_cpu};
+// This level's kernels, registered by cpu/dispatch.cpp.
+const ConvKernels conv_kernels{&conv2d_weight_grad_cpu, &conv2d_same_cpu};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

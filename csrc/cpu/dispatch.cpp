@@ -320,6 +320,8 @@ TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
                                                         &ConvLSTMKernels::gates_backward>);
   m.impl(op::Conv2dWeightGrad::kName,
          &Forward<op::Conv2dWeightGrad::Sig>::call<&LevelTables::conv, &ConvKernels::weight_grad>);
+  m.impl(op::Conv2dSame::kName,
+         &Forward<op::Conv2dSame::Sig>::call<&LevelTables::conv, &ConvKernels::same>);
   m.impl(op::GdlLossForward::kName,
          &Forward<op::GdlLossForward::Sig>::call<&LevelTables::gdl, &GdlKernels::loss_forward>);
   m.impl(op::GdlLossBackward::kName,

@@ -26,6 +26,7 @@ struct ConvLSTMKernels {
 
 struct ConvKernels {
   op::Conv2dWeightGrad::Sig* weight_grad;
+  op::Conv2dSame::Sig* same;
 };
 
 struct GdlKernels {

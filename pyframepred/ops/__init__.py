@@ -16,6 +16,14 @@ _C = _load()
 from ._convlstm import convlstm_gates  # noqa: E402
 from ._cpu_isa import _set_cpu_isa, cpu_isa, cpu_isa_levels  # noqa: E402, F401
 from ._gdl import gdl_loss  # noqa: E402
-from ._layer import conv2d_weight_grad, convlstm_layer  # noqa: E402
+from ._layer import conv2d_same, conv2d_weight_grad, convlstm_layer  # noqa: E402
 
-__all__ = ["conv2d_weight_grad", "convlstm_gates", "convlstm_layer", "cpu_isa", "cpu_isa_levels", "gdl_loss"]
+__all__ = [
+    "conv2d_same",
+    "conv2d_weight_grad",
+    "convlstm_gates",
+    "convlstm_layer",
+    "cpu_isa",
+    "cpu_isa_levels",
+    "gdl_loss",
+]

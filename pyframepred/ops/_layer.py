@@ -63,6 +63,19 @@ def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Tuple[int, 
     return torch.ops.pyframepred.conv2d_weight_grad(grad_out, input, kh, kw)
 
 
+def conv2d_same(input: Tensor, weight: Tensor) -> Tensor:
+    """Stride-1, 'same'-padded convolution with an odd kernel and no bias.
+
+    ``input`` is ``(B, C_in, H, W)``, ``weight`` ``(C_out, C_in, kh, kw)``; returns
+    ``(B, C_out, H, W)`` in the input's memory format, what ``F.conv2d(input, weight,
+    padding=(kh // 2, kw // 2))`` returns. The ConvLSTM layer runs its convolutions (and, with the
+    flipped, transposed weight, their data gradients) through it: on the CPU, float32 3x3 ones
+    with channel counts that are multiples of the vector width are a Winograd F(2x2, 3x3) kernel
+    of ours; everything else is ATen's convolution. Not differentiable: use ``F.conv2d`` for that.
+    """
+    return torch.ops.pyframepred.conv2d_same(input, weight)
+
+
 def _channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 

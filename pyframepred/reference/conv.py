@@ -1,11 +1,17 @@
-"""Plain-PyTorch twin of ``pyframepred.ops.conv2d_weight_grad``."""
+"""Plain-PyTorch twins of ``pyframepred.ops.conv2d_weight_grad`` and ``conv2d_same``."""
 
 from __future__ import annotations
 
 from typing import Tuple
 
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.grad import conv2d_weight
+
+
+def conv2d_same(input: Tensor, weight: Tensor) -> Tensor:
+    """Stride-1, 'same'-padded convolution with an odd kernel, no bias: ``(B, C_out, H, W)``."""
+    return F.conv2d(input, weight, padding=(weight.shape[2] // 2, weight.shape[3] // 2))
 
 
 def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Tuple[int, int]) -> Tensor:

@@ -44,6 +44,7 @@
       const std::optional<at::Tensor>& h0 OPT, const std::optional<at::Tensor>& c0 OPT
 #define PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS \
   const at::Tensor& grad_out, const at::Tensor& input, int64_t kh, int64_t kw
+#define PYFRAMEPRED_CONV2D_SAME_PARAMS const at::Tensor& input, const at::Tensor& weight
 #define PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS \
   const at::Tensor& pred, const at::Tensor& target, double alpha, int64_t reduction
 #define PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS                                           \
@@ -120,6 +121,20 @@ struct Conv2dWeightGrad {
   static constexpr const char* kReturns = "Tensor";
   using Result = at::Tensor;
   using Sig = Result(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS);
+};
+
+// A stride-1, 'same'-padded 2-d convolution with an odd kernel, no bias, dilation or groups:
+// input (B, C_in, H, W), weight (C_out, C_in, kh, kw) -> (B, C_out, H, W), in the input's memory
+// format. The ConvLSTM layer's convolutions on the CPU (forward, and its data gradients as
+// convolutions with the flipped, transposed weight): float32 3x3 ones are a Winograd F(2x2, 3x3)
+// kernel of ours (csrc/cpu/conv_cpu.cpp), everything else is ATen's convolution. Not
+// differentiable itself: the layer's autograd (csrc/convlstm_layer.cpp) calls it in both passes.
+struct Conv2dSame {
+  static constexpr const char* kName = "conv2d_same";
+  static constexpr const char* kArgs = "(Tensor input, Tensor weight)";
+  static constexpr const char* kReturns = "Tensor";
+  using Result = at::Tensor;
+  using Sig = Result(PYFRAMEPRED_CONV2D_SAME_PARAMS);
 };
 
 // Gradient difference loss (Mathieu et al. 2015). reduction: 0 = none, 1 = mean, 2 = sum.

@@ -44,6 +44,13 @@ inline at::Tensor conv2d_weight_grad(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
   return op::handle<op::Conv2dWeightGrad>().call(grad_out, input, kh, kw);
 }
 
+// Stride-1 'same' convolution with an odd kernel and no bias: input (B, C_in, H, W), weight
+// (C_out, C_in, kh, kw) -> (B, C_out, H, W), in the input's memory format (on the CPU, float32 3x3
+// convolutions run a Winograd F(2x2, 3x3) kernel). Not differentiable.
+inline at::Tensor conv2d_same(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
+  return op::handle<op::Conv2dSame>().call(input, weight);
+}
+
 // Gradient difference loss (Mathieu et al. 2015), the difference of absolute image gradients
 // over the last two dims of pred/target (..., H, W); alpha >= 1; reduction "mean" (sum divided by
 // pred.numel()), "sum" or "none" (one value per image).

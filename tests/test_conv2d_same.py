@@ -1,0 +1,114 @@
+"""conv2d_same: the ConvLSTM layer's stride-1 'same' convolutions (on the CPU, float32 3x3 ones are
+a Winograd F(2x2, 3x3) kernel of ours), against the float64 convolution, at every CPU ISA level."""
+
+import pytest
+import torch
+
+from pyframepred import ops, reference
+
+pytestmark = pytest.mark.cpu_isa
+
+CASES = [
+    # B, Ci, Co, H, W
+    (2, 16, 32, 8, 8),  # whole 2x2 tiles
+    (3, 32, 48, 5, 7),  # odd frames: the last tile row and column half outside; Co = 48: the
+    # last group of output channels narrower than a register tile
+    (1, 16, 16, 1, 1),  # a one-pixel frame: one tile, three quarters padding
+    (5, 64, 128, 9, 13),  # several blocks of tiles, a partial last block
+    (2, 128, 32, 16, 16),  # the layer's data-gradient shape (4C -> C)
+    (40, 16, 64, 6, 6),  # many frames of few tiles
+    (3, 16, 16, 1, 17),  # one-row frames
+    (3, 16, 16, 17, 2),  # two-column frames
+]
+
+
+def _ids(case):
+    return "x".join(map(str, case))
+
+
+def _pair(B, Ci, Co, H, W, layout, dtype=torch.float32, k=(3, 3), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, Ci, H, W, generator=g, dtype=dtype)
+    w = torch.randn(Co, Ci, *k, generator=g, dtype=dtype) / (Ci * k[0] * k[1]) ** 0.5
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # every other frame of a larger batch, every other column
+        x = torch.randn(2 * B, Ci, H, 2 * W, generator=g, dtype=dtype)[::2, :, :, ::2]
+    return x, w
+
+
+def _check(got, x, w):
+    want = reference.conv2d_same(x.double(), w.double())
+    direct = torch.nn.functional.conv2d(x, w, padding=(w.shape[2] // 2, w.shape[3] // 2))
+    assert got.shape == want.shape and got.dtype == x.dtype
+    # Winograd F(2x2, 3x3)'s transforms add at most 4 terms and halve: its float32 results are
+    # within a few units in the last place of the outputs' scale, as the direct convolution's are.
+    scale = want.abs().max().item()
+    err = (got.double() - want).abs().max().item()
+    err_direct = (direct.double() - want).abs().max().item()
+    assert err <= max(4 * err_direct, 2e-6 * scale), (err, err_direct, scale)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_float32_3x3_matches_float64(case, layout):
+    x, w = _pair(*case, layout)
+    got = ops.conv2d_same(x, w)
+    _check(got, x, w)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert got.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize(
+    "case,k,dtype",
+    [
+        ((2, 3, 16, 8, 8), (3, 3), torch.float32),  # C_in not a multiple of the vector width
+        ((2, 16, 12, 8, 8), (3, 3), torch.float32),  # C_out neither
+        ((2, 16, 16, 8, 8), (5, 5), torch.float32),
+        ((2, 16, 16, 8, 8), (1, 3), torch.float32),
+        ((2, 16, 16, 8, 8), (3, 3), torch.float64),
+        ((0, 16, 16, 8, 8), (3, 3), torch.float32),  # no frames
+    ],
+    ids=["ci3", "co12", "5x5", "1x3", "float64", "empty"],
+)
+def test_other_cases_take_atens_convolution(case, k, dtype):
+    x, w = _pair(*case, "channels_last", dtype=dtype, k=k)
+    got = ops.conv2d_same(x, w)
+    want = reference.conv2d_same(x, w)
+    torch.testing.assert_close(got, want, atol=1e-6 if dtype == torch.float32 else 1e-12, rtol=1e-6)
+
+
+def test_bfloat16_is_atens():
+    x, w = _pair(2, 16, 32, 8, 8, "channels_last", dtype=torch.bfloat16)
+    torch.testing.assert_close(ops.conv2d_same(x, w), reference.conv2d_same(x, w), atol=0, rtol=0)
+
+
+def test_data_gradient_as_flipped_convolution():
+    # What the layer's backward computes with it: the input's gradient of a convolution is the
+    # convolution of the output's gradient with the flipped, transposed weight.
+    x, w = _pair(4, 32, 128, 10, 12, "channels_last")
+    x.requires_grad_()
+    dy = torch.randn(4, 128, 10, 12).contiguous(memory_format=torch.channels_last)
+    torch.nn.functional.conv2d(x.double(), w.double(), padding=1).backward(dy.double())
+    got = ops.conv2d_same(dy, w.flip(2, 3).transpose(0, 1).contiguous(memory_format=torch.channels_last))
+    scale = x.grad.abs().max().item()
+    assert (got.double() - x.grad).abs().max().item() <= 4e-6 * scale
+
+
+def test_opcheck():
+    x, w = _pair(2, 16, 32, 5, 7, "channels_last")
+    torch.library.opcheck(torch.ops.pyframepred.conv2d_same.default, (x, w))
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,match",
+    [
+        ((2, 16, 8, 8), (32, 8, 3, 3), "channels in dim 1"),
+        ((2, 16, 8), (32, 16, 3, 3), "must be 4-d"),
+        ((2, 16, 8, 8), (32, 16, 2, 2), "must be odd"),
+    ],
+)
+def test_bad_input(x_shape, w_shape, match):
+    with pytest.raises(RuntimeError, match=match):
+        ops.conv2d_same(torch.randn(x_shape), torch.randn(w_shape))
