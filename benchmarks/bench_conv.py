@@ -91,20 +91,27 @@ def test_conv_weight_grad(benchmark, annotate, device, impl, dtype, size):
     x = torch.randn(B, cin, H, W, generator=g).to(device, dt).contiguous(memory_format=cl)
     dy = torch.randn(B, cout, H, W, generator=g).to(device, dt).contiguous(memory_format=cl)
     fn = ops.conv2d_weight_grad if impl == "fused" else _aten
+    _time(benchmark, annotate, device, lambda: fn(dy, x, (3, 3)), impl, dtype, (B, cin, cout, H, W))
+
+
+def _time(benchmark, annotate, device, call, impl, dtype, shape):
+    """Times ``call`` (synchronised on a GPU) and annotates the result, with the direct
+    convolution's FLOPs over the median as ``gflops``."""
 
     def run():
-        out = fn(dy, x, (3, 3))
+        out = call()
         sync(device)
         return out
 
     for _ in range(2):
         run()
     benchmark.pedantic(run, rounds=rounds(15, 3), iterations=1, warmup_rounds=1)
+    B, cin, cout, H, W = shape
     extra = {}
     if benchmark.stats is not None:
         flop = 2 * B * H * W * 9 * cin * cout
         extra["gflops"] = round(flop / benchmark.stats.stats.median / 1e9, 1)
-    annotate(impl=impl, dtype=dtype, shape=[B, cin, cout, H, W], torch=torch.__version__, **extra)
+    annotate(impl=impl, dtype=dtype, shape=list(shape), torch=torch.__version__, **extra)
 
 
 def _inputs_same(B, cin, cout, H, W, dtype, device="cpu"):
@@ -126,19 +133,7 @@ def test_conv2d_same(benchmark, annotate, device, impl, size):
     benchmark.group = f"conv2d same {size} float32 (B={B}, {cin}->{cout}, {H}x{W}, 3x3) {device}"
     x, w = _inputs_same(B, cin, cout, H, W, torch.float32, device)
     fn = ops.conv2d_same if impl == "fused" else _aten_same
-
-    def run():
-        out = fn(x, w)
-        sync(device)
-        return out
-
-    for _ in range(2):
-        run()
-    benchmark.pedantic(run, rounds=rounds(15, 3), iterations=1, warmup_rounds=1)
-    extra = {}
-    if benchmark.stats is not None:
-        extra["gflops"] = round(2 * B * H * W * 9 * cin * cout / benchmark.stats.stats.median / 1e9, 1)
-    annotate(impl=impl, dtype="float32", shape=[B, cin, cout, H, W], torch=torch.__version__, **extra)
+    _time(benchmark, annotate, device, lambda: fn(x, w), impl, "float32", (B, cin, cout, H, W))
 
 
 # --- script mode: round-robin medians ---------------------------------------------------------
@@ -241,7 +236,13 @@ def markdown(record: dict) -> str:
         f"medians of {record['rounds']} round-robin rounds in one "
         "process; ATen / ours: the median over rounds of the ratio (above 1×: ours is faster). "
         f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags'])}), kernels at the {m['cpu_isa']} level, "
-        f"{m['threads']} threads, torch {m['torch']}, allocator {m['allocator']}.",
+        f"{m['threads']} threads, torch {m['torch']}, allocator {m['allocator']}."
+        + (
+            " TFLOP/s: the direct convolution's FLOPs (2 B H W 9 C_in C_out) over the time; "
+            "Winograd F(2x2, 3x3) computes 2.25x fewer multiplies."
+            if record.get("op") == "same"
+            else ""
+        ),
         "",
     ]
     return "\n".join(lines)
