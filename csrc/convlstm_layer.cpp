@@ -171,12 +171,14 @@ at::Tensor conv(const at::Tensor& input, const at::Tensor& weight, const LayerSh
                          1);
 }
 
-// What conv_data_grad needs of a weight: on the CPU in float32, the weight flipped in both spatial
-// dims with its channel dims swapped, (C_in, C_out, kh, kw) -- the data gradient of a stride-1
-// 'same' convolution is the convolution of the output's gradient with it, which conv2d_same runs
-// as Winograd; undefined elsewhere (ATen's convolution backward is used there).
+// What conv_data_grad needs of a weight: on the CPU in float32 and bfloat16, the weight flipped in
+// both spatial dims with its channel dims swapped, (C_in, C_out, kh, kw) -- the data gradient of
+// a stride-1 'same' convolution is the convolution of the output's gradient with it, which
+// conv2d_same runs as Winograd where it can; undefined elsewhere (ATen's convolution backward).
 at::Tensor flipped_weight(const at::Tensor& w) {
-  if (!w.is_cpu() || w.scalar_type() != at::kFloat) return at::Tensor();
+  if (!w.is_cpu() || (w.scalar_type() != at::kFloat && w.scalar_type() != at::kBFloat16)) {
+    return at::Tensor();
+  }
   return w.flip({2, 3}).transpose(0, 1).contiguous(w.suggest_memory_format());
 }
 

@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 // The AMX level's objects (csrc/cpu/isa_levels.txt) compile the bfloat16 tile kernel below, the
@@ -676,8 +677,10 @@ at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
 // that group straight into y. U = G w G^T, (16, Ci, Co), is computed once per call.
 namespace winograd {
 
-// U[k][ci][co], k = 4a + b: sum over i, j of G[a][i] w[co][ci][i][j] G[b][j].
-void transform_weight(const float* w, int64_t Co, int64_t Ci, float* u) {
+// U[k][ci][co], k = 4a + b: sum over i, j of G[a][i] w[co][ci][i][j] G[b][j], from the float32
+// weight w (Co, Ci, 3, 3); stored through Flavour::store_u (float32 as is, bfloat16 in pairs).
+template <class Flavour>
+void transform_weight(const float* w, int64_t Co, int64_t Ci, typename Flavour::u_t* u) {
   static constexpr float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
   at::parallel_for(0, Co, 16, [&](int64_t first, int64_t last) {
     for (int64_t co = first; co < last; ++co) {
@@ -689,7 +692,8 @@ void transform_weight(const float* w, int64_t Co, int64_t Ci, float* u) {
         }
         for (int a = 0; a < 4; ++a) {
           for (int b = 0; b < 4; ++b) {
-            u[((a * 4 + b) * Ci + ci) * Co + co] = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+            Flavour::store_u(u, a * 4 + b, ci, co, Ci, Co,
+                             t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2]);
           }
         }
       }
@@ -697,52 +701,120 @@ void transform_weight(const float* w, int64_t Co, int64_t Ci, float* u) {
   });
 }
 
-// m[r][...] = sum over c < K of v[r * v_stride + c] * u[c * u_stride + ...], kMR_ rows by kNV_
-// vectors.
-template <int kNV_, int kMR_>
-void gemm_tile(const float* v, int64_t v_stride, const float* u, int64_t u_stride, int64_t K,
-               float* m, int64_t m_stride) {
-  Vec acc[kMR_][kNV_];
-  for (int r = 0; r < kMR_; ++r) {
-    for (int n = 0; n < kNV_; ++n) acc[r][n] = Vec(0.f);
+// float32: V, U and the GEMMs in float32 (FMA); m[r][...] = sum over c < Ci of
+// v[r * Ci + c] * u[c * Co + ...], kMR_ rows by kNV_ vectors.
+struct F32 {
+  using in_t = float;
+  using v_t = float;
+  using u_t = float;
+  static Vec load(const float* p) { return Vec::loadu(p); }
+  static void store_v(float* p, const Vec& v) { v.store(p); }
+  static void store_y(float* p, const Vec& v) { v.store(p); }
+  static void store_u(float* u, int k, int64_t ci, int64_t co, int64_t Ci, int64_t Co, float v) {
+    u[(k * Ci + ci) * Co + co] = v;
   }
-  for (int64_t c = 0; c < K; ++c) {
-    Vec b[kNV_];
-    for (int n = 0; n < kNV_; ++n) b[n] = Vec::loadu(u + c * u_stride + n * kVL);
+  static const float* u_at(const float* u, int k, int64_t Ci, int64_t Co, int64_t co) {
+    return u + k * Ci * Co + co;
+  }
+  template <int kNV_, int kMR_>
+  static void gemm_tile(const float* v, int64_t Ci, const float* u, int64_t Co, float* m,
+                        int64_t m_stride) {
+    Vec acc[kMR_][kNV_];
     for (int r = 0; r < kMR_; ++r) {
-      const Vec a(v[r * v_stride + c]);
-      for (int n = 0; n < kNV_; ++n) acc[r][n] = at::vec::fmadd(a, b[n], acc[r][n]);
+      for (int n = 0; n < kNV_; ++n) acc[r][n] = Vec(0.f);
+    }
+    for (int64_t c = 0; c < Ci; ++c) {
+      Vec b[kNV_];
+      for (int n = 0; n < kNV_; ++n) b[n] = Vec::loadu(u + c * Co + n * kVL);
+      for (int r = 0; r < kMR_; ++r) {
+        const Vec a(v[r * Ci + c]);
+        for (int n = 0; n < kNV_; ++n) acc[r][n] = at::vec::fmadd(a, b[n], acc[r][n]);
+      }
+    }
+    for (int r = 0; r < kMR_; ++r) {
+      for (int n = 0; n < kNV_; ++n) acc[r][n].store(m + r * m_stride + n * kVL);
     }
   }
-  for (int r = 0; r < kMR_; ++r) {
-    for (int n = 0; n < kNV_; ++n) acc[r][n].store(m + r * m_stride + n * kVL);
-  }
-}
+};
 
-template <int kNV_>
-void gemm_rows(const float* v, int64_t v_stride, const float* u, int64_t u_stride, int64_t K,
-               float* m, int64_t m_stride, int64_t rows) {  // rows: a multiple of kMR
+#if defined(PYFRAMEPRED_DOT_BF16_KERNEL) && !defined(PYFRAMEPRED_AMX_KERNEL)
+// bfloat16 at the avx512_bf16 level (AMD Zen 4, Intel Cooper Lake; not at the amx level, where
+// oneDNN's direct convolutions run on the tile unit, several times faster than VDPBF16PS): the
+// transforms in float32, V and U rounded once to
+// bfloat16 and multiplied by VDPBF16PS, which adds the products of a pair of input channels
+// (2c, 2c + 1) per float32 lane -- V's channels are pairs already (a 32-bit broadcast), U is stored
+// as (k, Ci / 2, Co, 2). The products and their sums stay float32 until the output's rounding.
+struct BF16 {
+  using in_t = at::BFloat16;
+  using v_t = uint16_t;
+  using u_t = uint16_t;
+  static Vec load(const at::BFloat16* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static void store_v(uint16_t* p, const Vec& v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+  }
+  static void store_y(at::BFloat16* p, const Vec& v) { store_v(reinterpret_cast<uint16_t*>(p), v); }
+  static void store_u(uint16_t* u, int k, int64_t ci, int64_t co, int64_t Ci, int64_t Co, float v) {
+    u[((k * (Ci / 2) + ci / 2) * Co + co) * 2 + ci % 2] = c10::BFloat16(v).x;
+  }
+  static const uint16_t* u_at(const uint16_t* u, int k, int64_t Ci, int64_t Co, int64_t co) {
+    return u + k * Ci * Co + co * 2;
+  }
+  template <int kNV_, int kMR_>
+  static void gemm_tile(const uint16_t* v, int64_t Ci, const uint16_t* u, int64_t Co, float* m,
+                        int64_t m_stride) {
+    __m512 acc[kMR_][kNV_];
+    for (int r = 0; r < kMR_; ++r) {
+      for (int n = 0; n < kNV_; ++n) acc[r][n] = _mm512_setzero_ps();
+    }
+    for (int64_t c2 = 0; c2 < Ci / 2; ++c2) {
+      __m512bh b[kNV_];
+      for (int n = 0; n < kNV_; ++n) {
+        b[n] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(u + (c2 * Co + n * kVL) * 2));
+      }
+      for (int r = 0; r < kMR_; ++r) {
+        uint32_t pair;
+        std::memcpy(&pair, v + r * Ci + 2 * c2, sizeof(pair));
+        const __m512bh a = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
+        for (int n = 0; n < kNV_; ++n) acc[r][n] = _mm512_dpbf16_ps(acc[r][n], a, b[n]);
+      }
+    }
+    for (int r = 0; r < kMR_; ++r) {
+      for (int n = 0; n < kNV_; ++n) _mm512_storeu_ps(m + r * m_stride + n * kVL, acc[r][n]);
+    }
+  }
+};
+#endif
+
+template <class Flavour, int kNV_>
+void gemm_rows(const typename Flavour::v_t* v, int64_t Ci, const typename Flavour::u_t* u,
+               int64_t Co, float* m, int64_t m_stride, int64_t rows) {  // rows: a multiple of kMR
   for (int64_t r = 0; r < rows; r += kMR) {
-    gemm_tile<kNV_, kMR>(v + r * v_stride, v_stride, u, u_stride, K, m + r * m_stride, m_stride);
+    Flavour::template gemm_tile<kNV_, kMR>(v + r * Ci, Ci, u, Co, m + r * m_stride, m_stride);
   }
 }
 
 // y (B, H, W, Co) NHWC = x (B, H, W, Ci) NHWC convolved with the 3x3 weight whose transform is u
-// (16, Ci, Co); Ci and Co multiples of kVL.
-void conv3x3(const float* x, const float* u, float* y, int64_t B, int64_t H, int64_t W, int64_t Ci,
-             int64_t Co) {
+// (Flavour's layout of (16, Ci, Co)); Ci and Co multiples of kVL.
+template <class Flavour>
+void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
+             typename Flavour::in_t* y, int64_t B, int64_t H, int64_t W, int64_t Ci, int64_t Co) {
+  using v_t = typename Flavour::v_t;
   const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2, tiles = B * TH * TW;
   const int64_t group = std::min<int64_t>(Co, kNV * kVL);  // output channels per GEMM pass
   // Tiles per block: V and M of a block in about 256 KiB (L2 is 512 KiB-2 MiB on the CPUs this
   // runs on); at least one register tile, and enough blocks for every thread.
   const int64_t threads = at::get_num_threads();
-  int64_t kT = (256 << 10) / static_cast<int64_t>(sizeof(float) * 16 * (Ci + group));
+  int64_t kT = (256 << 10) / static_cast<int64_t>(16 * (sizeof(v_t) * Ci + sizeof(float) * group));
   kT = std::min<int64_t>(kT, (tiles + threads - 1) / threads);
   kT = std::clamp<int64_t>((kT + kMR - 1) / kMR * kMR, kMR, 96);
   const int64_t blocks = (tiles + kT - 1) / kT;
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> v_buf(16 * kT * Ci), m_buf(16 * kT * group);
-    float* V = v_buf.data();
+    std::vector<v_t> v_buf(16 * kT * Ci);
+    std::vector<float> m_buf(16 * kT * group);
+    v_t* V = v_buf.data();
     float* M = m_buf.data();
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t t0 = blk * kT, nt = std::min(kT, tiles - t0);
@@ -751,7 +823,7 @@ void conv3x3(const float* x, const float* u, float* y, int64_t B, int64_t H, int
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
         const int64_t y0 = (r / TW) * 2 - 1, x0 = (r % TW) * 2 - 1;
-        const float* p[4][4];
+        const typename Flavour::in_t* p[4][4];
         for (int i = 0; i < 4; ++i) {
           for (int j = 0; j < 4; ++j) {
             const int64_t yy = y0 + i, xx = x0 + j;
@@ -762,7 +834,7 @@ void conv3x3(const float* x, const float* u, float* y, int64_t B, int64_t H, int
         for (int64_t c = 0; c < Ci; c += kVL) {
           Vec d[4][4];
           for (int i = 0; i < 4; ++i) {
-            for (int j = 0; j < 4; ++j) d[i][j] = p[i][j] != nullptr ? Vec::loadu(p[i][j] + c) : Vec(0.f);
+            for (int j = 0; j < 4; ++j) d[i][j] = p[i][j] != nullptr ? Flavour::load(p[i][j] + c) : Vec(0.f);
           }
           for (int j = 0; j < 4; ++j) {  // B^T d: rows
             const Vec d0 = d[0][j], d1 = d[1][j], d2 = d[2][j], d3 = d[3][j];
@@ -773,28 +845,28 @@ void conv3x3(const float* x, const float* u, float* y, int64_t B, int64_t H, int
           }
           for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
             const Vec e[4] = {d[i][0] - d[i][2], d[i][1] + d[i][2], d[i][2] - d[i][1], d[i][1] - d[i][3]};
-            for (int j = 0; j < 4; ++j) e[j].store(V + ((i * 4 + j) * kT + t) * Ci + c);
+            for (int j = 0; j < 4; ++j) Flavour::store_v(V + ((i * 4 + j) * kT + t) * Ci + c, e[j]);
           }
         }
       }
       for (int k = 0; k < 16; ++k) {
-        std::fill(V + (k * kT + nt) * Ci, V + (k * kT + rows) * Ci, 0.f);
+        std::fill(V + (k * kT + nt) * Ci, V + (k * kT + rows) * Ci, v_t(0));
       }
       for (int64_t co0 = 0; co0 < Co; co0 += group) {
         const int64_t nc = std::min(group, Co - co0);
         const int nv = static_cast<int>(nc / kVL);
         for (int k = 0; k < 16; ++k) {  // the 16 GEMMs: M[k] = V[k] x U[k][:, co0 : co0 + nc]
-          const float* v = V + k * kT * Ci;
-          const float* uk = u + k * Ci * Co + co0;
+          const v_t* v = V + k * kT * Ci;
           float* m = M + k * kT * group;
           for (int n = 0; n < nv;) {  // kNV vectors at a time, then 2 and 1
             const int take = nv - n >= kNV ? kNV : (nv - n >= 2 ? 2 : 1);
+            const auto* uk = Flavour::u_at(u, k, Ci, Co, co0 + n * kVL);
             if (take == kNV) {
-              gemm_rows<kNV>(v, Ci, uk + n * kVL, Co, Ci, m + n * kVL, group, rows);
+              gemm_rows<Flavour, kNV>(v, Ci, uk, Co, m + n * kVL, group, rows);
             } else if (take == 2) {
-              gemm_rows<2>(v, Ci, uk + n * kVL, Co, Ci, m + n * kVL, group, rows);
+              gemm_rows<Flavour, 2>(v, Ci, uk, Co, m + n * kVL, group, rows);
             } else {
-              gemm_rows<1>(v, Ci, uk + n * kVL, Co, Ci, m + n * kVL, group, rows);
+              gemm_rows<Flavour, 1>(v, Ci, uk, Co, m + n * kVL, group, rows);
             }
             n += take;
           }
@@ -813,9 +885,9 @@ void conv3x3(const float* x, const float* u, float* y, int64_t B, int64_t H, int
               s[1][j] = m1 - m2 - m3;
             }
             for (int i = 0; i < 2 && oy + i < H; ++i) {  // (A^T M) A: columns
-              float* out = y + ((b * H + oy + i) * W + ox) * Co + co0 + c;
-              (s[i][0] + s[i][1] + s[i][2]).store(out);
-              if (ox + 1 < W) (s[i][1] - s[i][2] - s[i][3]).store(out + Co);
+              auto* out = y + ((b * H + oy + i) * W + ox) * Co + co0 + c;
+              Flavour::store_y(out, s[i][0] + s[i][1] + s[i][2]);
+              if (ox + 1 < W) Flavour::store_y(out + Co, s[i][1] - s[i][2] - s[i][3]);
             }
           }
         }
@@ -824,24 +896,38 @@ void conv3x3(const float* x, const float* u, float* y, int64_t B, int64_t H, int
   });
 }
 
+// The convolution through Flavour: x (input) and the result in scalar_t, NHWC.
+template <class Flavour>
+at::Tensor run(const at::Tensor& input, const at::Tensor& weight) {
+  using in_t = typename Flavour::in_t;
+  using u_t = typename Flavour::u_t;
+  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Co = weight.size(0);
+  const at::Tensor x = input.permute({0, 2, 3, 1}).contiguous();  // NHWC: a view if channels_last
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  std::vector<u_t> u(16 * Ci * Co);
+  transform_weight<Flavour>(w.const_data_ptr<float>(), Co, Ci, u.data());
+  at::Tensor y = at::empty({B, H, W, Co}, input.options());
+  conv3x3<Flavour>(reinterpret_cast<const in_t*>(x.const_data_ptr()), u.data(),
+                   reinterpret_cast<in_t*>(y.data_ptr()), B, H, W, Ci, Co);
+  return y.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+}
+
 }  // namespace winograd
 
 at::Tensor conv2d_same_cpu(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
   check_conv2d_same_args(input, weight);
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Co = weight.size(0);
-  if (input.scalar_type() != at::kFloat || weight.size(2) != 3 || weight.size(3) != 3 ||
-      Ci % kVL != 0 || Co % kVL != 0 || B * H * W == 0 || Ci == 0 || Co == 0) {
-    return conv2d_same_aten(input, weight);
+  const bool winograd = weight.size(2) == 3 && weight.size(3) == 3 && Ci % kVL == 0 &&
+                        Co % kVL == 0 && B * H * W > 0 && Ci > 0 && Co > 0;
+  if (winograd && input.scalar_type() == at::kFloat) return winograd::run<winograd::F32>(input, weight);
+#if defined(PYFRAMEPRED_DOT_BF16_KERNEL) && !defined(PYFRAMEPRED_AMX_KERNEL)
+  if (winograd && input.scalar_type() == at::kBFloat16) {
+    return winograd::run<winograd::BF16>(input, weight);
   }
-  const at::Tensor x = input.permute({0, 2, 3, 1}).contiguous();  // NHWC: a view if channels_last
-  const at::Tensor w = weight.contiguous();
-  at::Tensor u = at::empty({16, Ci, Co}, input.options());
-  winograd::transform_weight(w.const_data_ptr<float>(), Co, Ci, u.data_ptr<float>());
-  at::Tensor y = at::empty({B, H, W, Co}, input.options());
-  winograd::conv3x3(x.const_data_ptr<float>(), u.const_data_ptr<float>(), y.data_ptr<float>(), B, H,
-                    W, Ci, Co);
-  return y.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+#endif
+  return conv2d_same_aten(input, weight);
 }
 
 }  // namespace
