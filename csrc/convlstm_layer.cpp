@@ -162,9 +162,10 @@ LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   return s;
 }
 
-// The layer's convolutions: on the CPU the operator conv2d_same (float32 3x3: a Winograd
-// F(2x2, 3x3) kernel of ours, csrc/cpu/conv_cpu.cpp, 1.1-1.9x oneDNN's direct convolution at the
-// layer's shapes; otherwise ATen's), elsewhere ATen's convolution.
+// The layer's convolutions: on the CPU the operator conv2d_same (3x3 in float32, and in bfloat16
+// at the avx512_bf16 level: a Winograd F(2x2, 3x3) kernel of ours, csrc/cpu/conv_cpu.cpp, 1.4-1.8x
+// and 1.0-1.5x oneDNN's direct convolution at the layer's shapes; otherwise ATen's), elsewhere
+// ATen's convolution.
 at::Tensor conv(const at::Tensor& input, const at::Tensor& weight, const LayerShape& s) {
   if (input.is_cpu()) return op::handle<op::Conv2dSame>().call(input, weight);
   return at::convolution(input, weight, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0},

@@ -1,5 +1,6 @@
 // CPU kernels of the ConvLSTM layer's convolutions: conv2d_same (below, after the weight
-// gradients: float32 3x3 convolutions as Winograd F(2x2, 3x3)) and conv2d_weight_grad, the
+// gradients: 3x3 convolutions as Winograd F(2x2, 3x3), float32 and, at the avx512_bf16 level,
+// bfloat16) and conv2d_weight_grad, the
 // weight gradient of a stride-1 'same' convolution,
 //   dW[co, ci, i, j] = sum over (b, y, x) of g[b, co, y, x] * x_pad[b, ci, y + i, x + j],
 // as an implicit GEMM whose reduction runs over all B*H*W positions -- the shape of the ConvLSTM
@@ -656,18 +657,18 @@ at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
       .contiguous(input.suggest_memory_format());
 }
 
-// ---- conv2d_same: float32 3x3 convolutions as Winograd F(2x2, 3x3) -----------------------------
+// ---- conv2d_same: 3x3 convolutions as Winograd F(2x2, 3x3) -------------------------------------
 //
 // The ConvLSTM layer's 3x3 convolutions (forward, and the data gradients as convolutions with the
 // flipped, transposed weight) in the Winograd domain of Lavin & Gray (2016): each 2x2 block of
 // outputs ("tile") comes from a 4x4 patch d of the input as A^T [ (G w G^T) . (B^T d B) ] A, so
 // per tile and channel pair 16 multiplies replace 36 -- the convolution's multiply-adds become 16
 // independent GEMMs (one per position of the 4x4 domain) of 2.25x fewer FLOPs, plus transforms
-// that are additions only. Why: oneDNN runs these convolutions near the FMA peak (~200 GFLOP/s on
-// 2 Zen 4 cores), so fewer FLOPs are what is left; the convolutions are 80-90% of the layer's
-// float32 training step. F(2x2, 3x3)'s transforms have coefficients 0, +-1 and 1/2, so its
-// float32 results stay close to float64: tests/test_conv2d_same.py holds them within 4x the
-// direct convolution's own error.
+// of additions (and halvings, of the weight). Why: oneDNN runs these convolutions near the FMA
+// peak (~200 GFLOP/s on 2 Zen 4 cores), so fewer FLOPs are what is left; the convolutions are
+// 80-90% of the layer's float32 training step. F(2x2, 3x3)'s transforms have coefficients 0,
+// +-1 and 1/2, so its float32 results stay close to float64: tests/test_conv2d_same.py holds them
+// within 4x the direct convolution's own error.
 //
 // Layout: NHWC (channels_last memory), channels innermost, so every transform is whole vectors of
 // channels. Work is split into blocks of kT tiles sized so that a block's transformed input

@@ -69,9 +69,10 @@ def conv2d_same(input: Tensor, weight: Tensor) -> Tensor:
     ``input`` is ``(B, C_in, H, W)``, ``weight`` ``(C_out, C_in, kh, kw)``; returns
     ``(B, C_out, H, W)`` in the input's memory format, what ``F.conv2d(input, weight,
     padding=(kh // 2, kw // 2))`` returns. The ConvLSTM layer runs its convolutions (and, with the
-    flipped, transposed weight, their data gradients) through it: on the CPU, float32 3x3 ones
-    with channel counts that are multiples of the vector width are a Winograd F(2x2, 3x3) kernel
-    of ours; everything else is ATen's convolution. Not differentiable: use ``F.conv2d`` for that.
+    flipped, transposed weight, their data gradients) through it: on the CPU, 3x3 ones with
+    channel counts that are multiples of the vector width, in float32 (and in bfloat16 at the
+    ``avx512_bf16`` ISA level), are a Winograd F(2x2, 3x3) kernel of ours; everything else is
+    ATen's convolution. Not differentiable: use ``F.conv2d`` for that.
     """
     return torch.ops.pyframepred.conv2d_same(input, weight)
 
