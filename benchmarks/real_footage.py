@@ -230,7 +230,8 @@ def table(record: dict) -> str:
             f"| {run_name(r)} | {r['clips']} | "
             f"{bold(m['psnr'], b['psnr'], '.2f')} | {bold(m['ssim'], b['ssim'], '.3f')} |"
         )
-    for s in seed_summaries(record["runs"]):
+    summaries = seed_summaries(record["runs"])
+    for s in summaries:
         m, b = s["mean"], s["baseline"]
         lines.append(
             f"| {s['model']}: mean of {s['runs']} seeds ({s['wins']} of {s['runs']} ahead in both) | "
@@ -244,10 +245,7 @@ def table(record: dict) -> str:
         ]
         seed = f" (seed {r['seed']})" if r.get("seed") is not None else ""
         per.append(f"{r['model']}{seed}: {', '.join(parts)}")
-    spreads = [
-        f"{s['model']} {s['psnr_gain_min']:+.2f} to {s['psnr_gain_max']:+.2f} dB"
-        for s in seed_summaries(record["runs"])
-    ]
+    spreads = [f"{s['model']} {s['psnr_gain_min']:+.2f} to {s['psnr_gain_max']:+.2f} dB" for s in summaries]
     spread = f" PSNR against copy-last over the seeds: {'; '.join(spreads)}." if spreads else ""
     lines.append("")
     lines += report.wrap(

@@ -49,6 +49,7 @@
 
 #include "conv_weight_grad.h"
 #include "cpu/kernels.h"
+#include "cpu/vec_utils.h"
 
 PYFRAMEPRED_DECLARE_CPU_KERNELS(CPU_CAPABILITY)
 
@@ -749,14 +750,9 @@ struct BF16 {
   using in_t = at::BFloat16;
   using v_t = uint16_t;
   using u_t = uint16_t;
-  static Vec load(const at::BFloat16* p) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  }
-  static void store_v(uint16_t* p, const Vec& v) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
-  }
-  static void store_y(at::BFloat16* p, const Vec& v) { store_v(reinterpret_cast<uint16_t*>(p), v); }
+  static Vec load(const at::BFloat16* p) { return load_vec(p); }
+  static void store_v(uint16_t* p, const Vec& v) { store_vec(reinterpret_cast<at::BFloat16*>(p), v); }
+  static void store_y(at::BFloat16* p, const Vec& v) { store_vec(p, v); }
   static void store_u(uint16_t* u, int k, int64_t ci, int64_t co, int64_t Ci, int64_t Co, float v) {
     u[((k * (Ci / 2) + ci / 2) * Co + co) * 2 + ci % 2] = c10::BFloat16(v).x;
   }
