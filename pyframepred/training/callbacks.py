@@ -186,10 +186,12 @@ def write_sample(trainer, tag: str) -> Optional[Path]:
     cfg = trainer.cfg
     n = min(4, len(trainer.val_ds))
     clips = torch.stack([trainer.val_ds[i] for i in range(n)]).to(trainer.device)
-    trainer.model.eval()
+    model = trainer.inference_model
+    was_training = model.training
+    model.eval()
     with torch.no_grad():
-        pred = rollout(trainer.model, clips[:, : cfg.in_frames], cfg.val_steps).float()
-    trainer.model.train()
+        pred = rollout(model, clips[:, : cfg.in_frames], cfg.val_steps).float()
+    model.train(was_training)
     gen = torch.cat([clips[:, : cfg.in_frames], pred], 1)
     frames = np.concatenate([side_by_side(clips[i], gen[i], cfg.in_frames) for i in range(n)], axis=1)
     return write_animation(frames, trainer.out / "samples" / f"{tag}.gif", fps=3)

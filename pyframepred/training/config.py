@@ -25,10 +25,17 @@ __all__ = ["TrainConfig", "RUN_PRESETS", "AMP_CHOICES", "load_config_file", "che
 # Run sizes; a model can change them per preset (ModelSpec.run_overrides).
 RUN_PRESETS = {
     "tiny": dict(
-        steps=4, batch_size=2, val_every=2, val_clips=4, sample_every=0, workers=0, clips_per_video=2
+        steps=4, batch_size=2, val_every=2, val_clips=4, sample_every=0, workers=0, clips_per_video=2, ema=0.0
     ),
     "quick": dict(
-        steps=1000, batch_size=8, val_every=250, val_clips=48, sample_every=500, workers=1, clips_per_video=8
+        steps=1000,
+        batch_size=8,
+        val_every=250,
+        val_clips=48,
+        sample_every=500,
+        workers=1,
+        clips_per_video=8,
+        ema=0.995,
     ),
     "small": dict(
         steps=5000,
@@ -38,6 +45,7 @@ RUN_PRESETS = {
         sample_every=1000,
         workers=2,
         clips_per_video=16,
+        ema=0.998,
     ),
     "full": dict(
         steps=50000,
@@ -47,6 +55,7 @@ RUN_PRESETS = {
         sample_every=2000,
         workers=4,
         clips_per_video=16,
+        ema=0.999,
     ),
 }
 AMP_CHOICES = ("none", "bf16", "fp16")
@@ -78,6 +87,11 @@ class TrainConfig:
     lr_d: float = _s(2e-4, "discriminator learning rate (default 2e-4)")
     weight_decay: float = _s(0.0, "Adam weight decay", flag=False)
     grad_clip: float = _s(1.0, "gradient norm clip, 0 = off (default 1)")
+    ema: Optional[float] = _s(
+        None,
+        "decay of the moving average of the weights that is validated, saved as the model and "
+        "predicted with; 0: off (default: per preset, 0.995 for quick)",
+    )
     in_frames: int = _s(4, "input frames (default 4)")
     out_frames: int = _s(4, "frames predicted in training (seq2seq; 4)")
     val_steps: int = _s(4, "frames predicted in validation (default 4)")
@@ -209,6 +223,8 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"`amp` must be none, bf16 or fp16, got {c.amp!r}")
     if c.frame_loss not in FRAME_LOSSES:
         raise ConfigError(f"`frame_loss` must be mean or log, got {c.frame_loss!r}")
+    if not 0 <= c.ema < 1:
+        raise ConfigError(f"`ema` must be in [0, 1), got {c.ema}")
     if not c.lr > 0 or not c.lr_d > 0:
         raise ConfigError("learning rates must be positive")
     for name in ("lambda_l2", "lambda_gdl", "lambda_adv"):

@@ -21,6 +21,7 @@ from ..evaluation import evaluate_model
 from ..io import atomic_write_json, prepare_output_dir
 from ..models.registry import build_model
 from . import checkpoint as ckpt_format
+from .averaging import WeightAverage
 from .callbacks import Callback, default_callbacks
 from .config import TrainConfig
 from .cpu_threads import default_threads
@@ -137,8 +138,14 @@ class Trainer(TrainerState):
         self.best_psnr = -math.inf
         self.history = {"train": [], "val": []}
         self.rng_restored = False
+        self.averaged: Optional[WeightAverage] = None
+        averaged_state = None
         if self.resume_path is not None:
-            self._load(self.resume_path, checkpoint)
+            averaged_state = self._load(self.resume_path, checkpoint)
+        if cfg.ema:
+            self.averaged = WeightAverage(self.model, cfg.ema)
+            if averaged_state is not None:  # else it starts from the (resumed) weights
+                self.averaged.load_state_dict(*averaged_state)
         self.net, self.dnet = self.model, self.disc
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -266,14 +273,22 @@ class Trainer(TrainerState):
         self.model.train()
         loss, parts = self.task.step(clips[:, :n_in], clips[:, n_in:])
         self.scaler.update()
+        if self.averaged is not None:
+            self.averaged.update(self.model)
         self.sched.step()
         if self.sched_d is not None:
             self.sched_d.step()
         return {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
 
+    @property
+    def inference_model(self) -> torch.nn.Module:
+        """The model validated, sampled and saved as the checkpoint's ``model``: the weight
+        average with ``ema``, else the trained model itself."""
+        return self.averaged.module if self.averaged is not None else self.model
+
     def validate(self) -> dict:
         return evaluate_model(
-            self.model,
+            self.inference_model,
             self.val_ds,
             self.cfg.in_frames,
             self.cfg.val_steps,

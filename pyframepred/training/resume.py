@@ -117,7 +117,7 @@ def checkpoint_path(resume, explicit: dict) -> str:
 
 
 #: Settings added after checkpoints were first written, with what the runs before them did.
-_BEFORE_ADDED = {"frame_loss": "mean"}
+_BEFORE_ADDED = {"frame_loss": "mean", "ema": 0.0}
 
 
 def resume_settings(explicit: dict, resume=None) -> tuple:

@@ -39,16 +39,28 @@ class TrainerState:
     best_psnr: float
     history: dict
     rng_restored: bool
+    averaged: Any  # a WeightAverage with ``ema``, else None
 
     def _emit(self, hook: str, *args) -> None:
         raise NotImplementedError
+
+    def _model_states(self) -> dict:
+        """``model``: the weights to predict with (the average with ``ema``); with ``ema``
+        also ``train_model``, the trained weights themselves, which a resumed run goes on from."""
+        if self.averaged is None:
+            return {"model": self.model.state_dict()}
+        return {
+            "model": self.averaged.state_dict(),
+            "train_model": self.model.state_dict(),
+            "averaged_updates": self.averaged.updates,
+        }
 
     def _state(self) -> dict:
         return {
             "format": ckpt_format.FORMAT_VERSION,
             "config": dataclasses.asdict(self.cfg),
             "model_kwargs": self.model_kwargs,
-            "model": self.model.state_dict(),
+            **self._model_states(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -69,7 +81,7 @@ class TrainerState:
         before anything is saved: a checkpoint on disk is always a finite one)."""
         bad = ckpt_format.nonfinite_entries(
             {
-                "model": self.model.state_dict(),
+                **self._model_states(),
                 "optimizer": self.opt.state_dict(),
                 "disc": self.disc.state_dict() if self.disc is not None else None,
                 "optimizer_d": self.opt_d.state_dict() if self.opt_d is not None else None,
@@ -105,14 +117,21 @@ class TrainerState:
         self._emit("on_save")
         return path
 
-    def _load(self, path: Path, ckpt: Optional[dict] = None) -> None:
+    def _load(self, path: Path, ckpt: Optional[dict] = None) -> Optional[tuple]:
+        """Restore the training state from a checkpoint; returns the weight average's state
+        ``(state dict, updates)`` when the checkpoint has one, else None."""
         if ckpt is None:  # to CPU: load_state_dict copies to the device
             ckpt = ckpt_format.load_checkpoint(path, fields=ckpt_format.RESUME_FIELDS, task="be resumed")
         else:
             ckpt_format.check_fields(ckpt, path, ckpt_format.RESUME_FIELDS, "be resumed")
         check_resumable(self.cfg, ckpt["config"], path)
         what = f"checkpoint '{path}'"
-        ckpt_format.load_state(self.model, ckpt["model"], f"the model of {what}")
+        averaged = None
+        if isinstance(ckpt.get("train_model"), dict):  # trained with `ema`: model is the average
+            ckpt_format.load_state(self.model, ckpt["train_model"], f"the trained model of {what}")
+            averaged = (ckpt["model"], int(ckpt.get("averaged_updates") or 0))
+        else:
+            ckpt_format.load_state(self.model, ckpt["model"], f"the model of {what}")
         try:
             self.opt.load_state_dict(ckpt["optimizer"])
             self.sched.load_state_dict(ckpt["scheduler"])
@@ -135,6 +154,7 @@ class TrainerState:
             except ckpt_format.CheckpointError as exc:
                 raise ckpt_format.CheckpointError(f"{what}: {exc}") from None
             self.rng_restored = True
+        return averaged
 
     def _apply_lr_overrides(self, ckpt_cfg: dict) -> None:
         """A resumed run uses the learning rates and weight decay of its settings: restoring the
