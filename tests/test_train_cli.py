@@ -519,17 +519,41 @@ def test_resume_keeps_the_frame_loss_a_checkpoint_was_trained_with(data, tmp_pat
     assert cfg.frame_loss == "log"
 
 
-def test_resume_of_a_run_from_before_weight_averaging_keeps_it_off(data, tmp_path):
+def test_resume_of_a_run_from_before_weight_averaging_keeps_it_off(data, tmp_path, monkeypatch):
+    from pyframepred.training.config import RUN_PRESETS
+
+    monkeypatch.setitem(RUN_PRESETS["tiny"], "ema", 0.5)  # a preset that would turn it on
     out = tmp_path / "run"
-    Trainer(tiny("seq2seq", data, out, steps=2, val_every=0, ema=0.9)).fit()
+    Trainer(tiny("seq2seq", data, out, steps=2, val_every=0, ema=0.0)).fit()
     cfg, _ = tr.config_from_args(["--resume", str(out / "last.pt")])
-    assert cfg.ema == 0.9
+    assert cfg.ema == 0.0  # the run's own setting
     ckpt = torch.load(out / "last.pt", weights_only=False)
-    del ckpt["config"]["ema"]
+    assert "train_model" not in ckpt
+    del ckpt["config"]["ema"]  # as a checkpoint from before the setting
     torch.save(ckpt, out / "old.pt")
     cfg, _ = tr.config_from_args(["--resume", str(out / "old.pt")])
     assert cfg.ema == 0.0
+    cfg, _ = tr.config_from_args(["--resume", str(out / "old.pt"), "--ema", "0.9"])
+    assert cfg.ema == 0.9  # given again: it starts from the resumed weights
+    assert TrainConfig(model="seq2seq", data=str(data), preset="tiny").resolved().ema == 0.5
     assert TrainConfig(model="seq2seq", preset="quick").resolved().ema == 0.995
+
+
+def test_bad_weight_average_in_a_checkpoint_is_a_one_line_error(data, tmp_path):
+    from pyframepred.training.checkpoint import CheckpointError
+
+    out = tmp_path / "run"
+    Trainer(tiny("seq2seq", data, out, steps=2, val_every=0, ema=0.9)).fit()
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    for name, bad in (("updates", -3), ("updates", "7"), ("weights", None)):
+        broken = {**ckpt}
+        if name == "updates":
+            broken["averaged_updates"] = bad
+        else:
+            broken["model"] = {k: v[..., :1] if v.dim() else v for k, v in ckpt["model"].items()}
+        with pytest.raises(CheckpointError) as e:
+            Trainer(tiny("seq2seq", data, out, steps=3, ema=0.9), resume=out / "last.pt", checkpoint=broken)
+        assert "\n" not in str(e.value) and ("update count" in str(e.value) or "does not fit" in str(e.value))
 
 
 @pytest.mark.parametrize(
@@ -957,14 +981,14 @@ def test_weight_average_follows_its_formula():
     from pyframepred.training.averaging import WeightAverage
 
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
-    avg = WeightAverage(net, 0.9)
+    avg = WeightAverage(net, 0.5)  # the warm-up (1 + n) / (10 + n) passes 0.5 at n = 8
     expect = {k: v.detach().clone() for k, v in net.state_dict().items()}
     for n in range(30):
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(torch.randn_like(p))
         net(torch.randn(2, 2, 5, 5))  # batch-norm statistics move too
-        d = min(0.9, (1 + n) / (10 + n))
+        d = min(0.5, (1 + n) / (10 + n))
         for k, v in net.state_dict().items():
             expect[k] = d * expect[k] + (1 - d) * v if v.is_floating_point() else v.clone()
         avg.update(net)
@@ -974,6 +998,7 @@ def test_weight_average_follows_its_formula():
     assert not any(p.requires_grad for p in avg.module.parameters())
     with pytest.raises(ValueError, match="decay"):
         WeightAverage(net, 1.0)
+    assert avg.current_decay() == 0.5
 
 
 @pytest.mark.parametrize("model", ["seq2seq", "multiscale"])
@@ -997,9 +1022,17 @@ def test_ema_is_what_is_saved_validated_and_resumed(model, data, tmp_path):
     loaded = model_from_checkpoint(ckpt, "cpu")
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, ckpt["model"][k]), k
-    # validation scored the average: re-scoring it gives the recorded value
-    val = straight.validate()["model_mean"]["psnr"]
-    assert val == pytest.approx(straight.history["val"][-1]["psnr"], abs=1e-9)
+    # validation scored the average, not the trained weights
+    from pyframepred.evaluation import evaluate_model
+
+    def psnr(net):
+        cfg = straight.cfg
+        r = evaluate_model(net, straight.val_ds, cfg.in_frames, cfg.val_steps, "cpu", batch_size=8)
+        return r["model_mean"]["psnr"]
+
+    recorded = straight.history["val"][-1]["psnr"]
+    assert recorded == pytest.approx(psnr(straight.averaged.module), abs=1e-9)
+    assert recorded != pytest.approx(psnr(straight.model), abs=1e-9)
 
     first = Trainer(tiny(model, data, tmp_path / "b", steps=4, val_every=2, ema=0.5))
 

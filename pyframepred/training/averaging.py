@@ -21,6 +21,8 @@ import copy
 
 import torch
 
+from .checkpoint import load_state
+
 __all__ = ["WeightAverage"]
 
 
@@ -54,6 +56,8 @@ class WeightAverage:
     def state_dict(self) -> dict:
         return self.module.state_dict()
 
-    def load_state_dict(self, state: dict, updates: int) -> None:
-        self.module.load_state_dict(state)
+    def load_state_dict(self, state: dict, updates: int, what: str = "the weight average") -> None:
+        """Restore the average (a one-line :class:`CheckpointError` if ``state`` does not fit the
+        model) and its update count."""
+        load_state(self.module, state, what)
         self.updates = int(updates)

@@ -8,6 +8,10 @@ no other objects, so **loading a checkpoint never runs code**: a file holding an
 crafted pickle whose ``__reduce__`` calls ``os.system``, another program's pickle) is refused
 with :class:`CheckpointError` before any of it is used.
 
+A run trained with a weight average (``ema``) saves the average as ``model`` (what evaluation
+and prediction load) and the trained weights as ``train_model``, with ``averaged_updates``; a
+resumed run goes on from ``train_model``.
+
 Format versions (``"format"``):
 
 - 1 (pyframepred before the safe format): the numpy random state was a pickled numpy array.

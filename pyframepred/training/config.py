@@ -90,7 +90,8 @@ class TrainConfig:
     ema: Optional[float] = _s(
         None,
         "decay of the moving average of the weights that is validated, saved as the model and "
-        "predicted with; 0: off (default: per preset, 0.995 for quick)",
+        "predicted with; 0: off (default: per preset, 0.995 for quick; in the first steps the "
+        "warm-up (1+n)/(10+n) is used when smaller, still 0.991 at step 1000)",
     )
     in_frames: int = _s(4, "input frames (default 4)")
     out_frames: int = _s(4, "frames predicted in training (seq2seq; 4)")

@@ -142,10 +142,12 @@ class Trainer(TrainerState):
         averaged_state = None
         if self.resume_path is not None:
             averaged_state = self._load(self.resume_path, checkpoint)
-        if cfg.ema:
+        if cfg.ema and self.main:  # only the main process validates and saves it
             self.averaged = WeightAverage(self.model, cfg.ema)
             if averaged_state is not None:  # else it starts from the (resumed) weights
-                self.averaged.load_state_dict(*averaged_state)
+                state, updates = averaged_state
+                what = f"the weight average of '{self.resume_path}'"
+                self.averaged.load_state_dict(state, updates, what)
         self.net, self.dnet = self.model, self.disc
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP

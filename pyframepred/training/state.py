@@ -129,7 +129,12 @@ class TrainerState:
         averaged = None
         if isinstance(ckpt.get("train_model"), dict):  # trained with `ema`: model is the average
             ckpt_format.load_state(self.model, ckpt["train_model"], f"the trained model of {what}")
-            averaged = (ckpt["model"], int(ckpt.get("averaged_updates") or 0))
+            updates = ckpt.get("averaged_updates")
+            if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+                raise ckpt_format.CheckpointError(
+                    f"{what} holds a weight average with a bad update count ({updates!r})"
+                )
+            averaged = (ckpt["model"], updates)
         else:
             ckpt_format.load_state(self.model, ckpt["model"], f"the model of {what}")
         try:
