@@ -1072,3 +1072,30 @@ def test_ema_must_be_below_one(data, tmp_path, capsys):
         tr.main(["--model", "seq2seq", "--data", str(data), "--out", str(tmp_path / "x"), "--ema", "1"]) == 2
     )
     assert "--ema must be in [0, 1), got 1.0" in capsys.readouterr().err
+
+
+def test_ema_run_end_to_end_samples_evaluate_and_predict(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = tr.main(
+        ["--model", "seq2seq", "--data", str(data), "--preset", "tiny", "--out", str(out), "--no-progress"]
+        + ["--ema", "0.5", "--sample-every", "2", "--val-every", "2"]
+    )
+    assert rc == 0
+    assert (out / "samples" / "step_000002.gif").is_file() and (out / "samples" / "final.gif").is_file()
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert "train_model" in ckpt and ckpt["averaged_updates"] == 4
+    # evaluate scores the average (what model_from_checkpoint loads), not the trained weights
+    res_path = tmp_path / "eval.json"
+    assert ev.main([str(out / "last.pt"), "--clips", "4", "--out", str(res_path)]) == 0
+    averaged = json.loads(res_path.read_text())["model_mean"]["psnr"]
+    trained = {**ckpt, "model": ckpt["train_model"]}
+    del trained["train_model"]
+    torch.save(trained, tmp_path / "trained.pt")
+    assert ev.main([str(tmp_path / "trained.pt"), "--clips", "4", "--out", str(res_path)]) == 0
+    assert math.isfinite(averaged) and averaged != pytest.approx(
+        json.loads(res_path.read_text())["model_mean"]["psnr"], abs=1e-9
+    )
+    video = tmp_path / "clip.mp4"
+    encode_video(video, np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), 10)
+    assert pr.main([str(out / "last.pt"), str(video), "--steps", "2", "--out", str(tmp_path / "p.gif")]) == 0
+    assert (tmp_path / "p.gif").is_file()
