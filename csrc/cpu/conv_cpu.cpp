@@ -590,8 +590,9 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
 }  // namespace dot
 #endif  // AVX512-BF16
 
-at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
-  check_conv2d_weight_grad_args(grad_out, input, kh, kw);
+// The direct kernels: any kernel size (conv2d_weight_grad_cpu below takes 3x3 to the Winograd
+// domain where the channels allow).
+at::Tensor weight_grad_direct(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Co = grad_out.size(1);
 #ifdef PYFRAMEPRED_AMX_KERNEL
@@ -910,7 +911,345 @@ at::Tensor run(const at::Tensor& input, const at::Tensor& weight) {
   return y.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
 }
 
+// ---- conv2d_weight_grad of 3x3 kernels in the Winograd domain ----------------------------------
+//
+// The F(2x2, 3x3) above, run backwards to the weight. A tile's outputs are A^T [U . V] A with
+// U = G w G^T, so the tile adds (A dy A^T) . V to the gradient of U -- elementwise in the 4x4
+// domain, dy the tile's 2x2 output gradients -- and the weight's gradient is G^T dU G of the sum
+// over all tiles:
+//   dU[k][ci][co] = sum over tiles t of V[k][t][ci] * Y[k][t][co],   Y = A dy A^T (4x4).
+// These are 16 GEMMs reducing over the tiles: 16 multiply-adds per tile (4 positions) and channel
+// pair, against the direct kernel's 36 -- 2.25x fewer. Why: the direct kernels above run near the
+// multiply-add peak (VDPBF16PS: ~370 of 404 GFLOP/s on 2 Zen 4 cores), and the weight gradients
+// were the largest part of the layer's bf16 training step (46% at 4x64x[64]@64).
+//
+// Work: threads take equal shares of the tiles, each with its own float32 dU (16, Ci, Co), summed
+// in a fixed order at the end (deterministic for a given thread count, as the direct kernels).
+// A share walks blocks of kT tiles: the block's V for all input channels, then per group of
+// kNV vectors of output channels that group's Y and the 16 GEMMs into dU (register tiles of kMR
+// input channels x kNV vectors, reducing over the block's tiles).
+//
+// Flavours (Flavour::kPack tiles per reduction step):
+//   F32   V, Y and the products in float32 (FMA), one tile per step;
+//   BF16  (avx512_bf16 level) V and Y rounded once to bfloat16, as conv2d_same's BF16 rounds V
+//         and U, and multiplied by VDPBF16PS, which adds a pair of tiles' products per float32
+//         lane: V and Y are stored as pairs of tiles (t, t + 1) interleaved per channel.
+// Accuracy: float32 as the direct kernel's; bfloat16 within ~2x the direct kernel's error on random
+// data (tests/test_conv_weight_grad.py holds it to 4x).
+namespace wgrad {
+
+struct F32 {
+  using in_t = float;
+  using st_t = float;  // what V and Y are stored as
+  static constexpr int kPack = 1;
+  static Vec load(const float* p) { return Vec::loadu(p); }
+  // The channel vector of a step's tile (f[0]) at p.
+  static void put(float* p, const Vec* f) { f[0].store(p); }
+  template <int kNV_, int kMR_>
+  static void gemm_tile(const float* v, int64_t v_step, const float* y, int64_t y_step,
+                        int64_t steps, float* acc, int64_t Co) {
+    Vec a[kMR_][kNV_];
+    for (int m = 0; m < kMR_; ++m) {
+      for (int n = 0; n < kNV_; ++n) a[m][n] = Vec::loadu(acc + m * Co + n * kVL);
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+      Vec b[kNV_];
+      for (int n = 0; n < kNV_; ++n) b[n] = Vec::loadu(y + s * y_step + n * kVL);
+      for (int m = 0; m < kMR_; ++m) {
+        const Vec xv(v[s * v_step + m]);
+        for (int n = 0; n < kNV_; ++n) a[m][n] = at::vec::fmadd(xv, b[n], a[m][n]);
+      }
+    }
+    for (int m = 0; m < kMR_; ++m) {
+      for (int n = 0; n < kNV_; ++n) a[m][n].store(acc + m * Co + n * kVL);
+    }
+  }
+};
+
+#if defined(PYFRAMEPRED_DOT_BF16_KERNEL) && !defined(PYFRAMEPRED_AMX_KERNEL)
+// vpermw indices interleaving the halves of a vector (element e takes element e / 2 of the lower
+// half for even e, of the upper half for odd e).
+alignas(64) constexpr int16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                 21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+
+struct BF16 {
+  using in_t = at::BFloat16;
+  using st_t = uint16_t;
+  static constexpr int kPack = 2;
+  static Vec load(const at::BFloat16* p) { return load_vec(p); }
+  // The 16 channels of a step's two tiles (f[0], f[1]) rounded to bfloat16, as 16 pairs at p.
+  static void put(uint16_t* p, const Vec* f) {
+    const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f[1], f[0]));  // f0 | f1
+    _mm512_storeu_si512(p, _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both));
+  }
+  template <int kNV_, int kMR_>
+  static void gemm_tile(const uint16_t* v, int64_t v_step, const uint16_t* y, int64_t y_step,
+                        int64_t steps, float* acc, int64_t Co) {
+    __m512 a[kMR_][kNV_];
+    for (int m = 0; m < kMR_; ++m) {
+      for (int n = 0; n < kNV_; ++n) a[m][n] = _mm512_loadu_ps(acc + m * Co + n * kVL);
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+      __m512bh b[kNV_];
+      for (int n = 0; n < kNV_; ++n) {
+        b[n] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(y + s * y_step + n * 2 * kVL));
+      }
+      for (int m = 0; m < kMR_; ++m) {
+        uint32_t pair;
+        std::memcpy(&pair, v + s * v_step + 2 * m, sizeof(pair));
+        const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
+        for (int n = 0; n < kNV_; ++n) a[m][n] = _mm512_dpbf16_ps(a[m][n], xv, b[n]);
+      }
+    }
+    for (int m = 0; m < kMR_; ++m) {
+      for (int n = 0; n < kNV_; ++n) _mm512_storeu_ps(acc + m * Co + n * kVL, a[m][n]);
+    }
+  }
+};
+#endif
+
+// gemm_tile with the input-channel count of the last, partial register tile as a run-time value.
+template <class Flavour, int kNV_>
+void gemm_columns(int columns, const typename Flavour::st_t* v, int64_t v_step,
+                  const typename Flavour::st_t* y, int64_t y_step, int64_t steps, float* acc,
+                  int64_t Co) {
+  static_assert(kMR == 6, "gemm_columns lists the column counts 1..kMR");
+  switch (columns) {
+    case 6: return Flavour::template gemm_tile<kNV_, 6>(v, v_step, y, y_step, steps, acc, Co);
+    case 5: return Flavour::template gemm_tile<kNV_, 5>(v, v_step, y, y_step, steps, acc, Co);
+    case 4: return Flavour::template gemm_tile<kNV_, 4>(v, v_step, y, y_step, steps, acc, Co);
+    case 3: return Flavour::template gemm_tile<kNV_, 3>(v, v_step, y, y_step, steps, acc, Co);
+    case 2: return Flavour::template gemm_tile<kNV_, 2>(v, v_step, y, y_step, steps, acc, Co);
+    default: return Flavour::template gemm_tile<kNV_, 1>(v, v_step, y, y_step, steps, acc, Co);
+  }
+}
+
+// The input pixels of tile t of a block (from tile t0) under its 4x4 patch: null outside the
+// frame, and all null for t >= nt (no tile).
+template <class In>
+void tile_patch(const In* x, int64_t H, int64_t W, int64_t Ci, int64_t t0, int64_t t, int64_t nt,
+                const In* p[4][4]) {
+  const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2;
+  const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
+  const int64_t y0 = (r / TW) * 2 - 1, x0 = (r % TW) * 2 - 1;
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const int64_t yy = y0 + i, xx = x0 + j;
+      const bool inside = t < nt && yy >= 0 && yy < H && xx >= 0 && xx < W;
+      p[i][j] = inside ? x + ((b * H + yy) * W + xx) * Ci : nullptr;
+    }
+  }
+}
+
+// The output gradients of tile t's 2x2 positions from channel co0 on: null outside the frame or
+// for t >= nt.
+template <class In>
+void tile_grads(const In* dy, int64_t H, int64_t W, int64_t Co, int64_t co0, int64_t t0,
+                int64_t t, int64_t nt, const In* q[2][2]) {
+  const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2;
+  const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
+  const int64_t oy = (r / TW) * 2, ox = (r % TW) * 2;
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      const bool inside = t < nt && oy + i < H && ox + j < W;
+      q[i][j] = inside ? dy + ((b * H + oy + i) * W + ox + j) * Co + co0 : nullptr;
+    }
+  }
+}
+
+// f[k][e] = (B^T d B)[k] of channels c .. c + kVL of the patch p.
+template <class Flavour, int P>
+C10_ALWAYS_INLINE void input_transform(const typename Flavour::in_t* const p[4][4], int64_t c,
+                                       Vec f[16][P], int e) {
+  Vec d[4][4];
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 4; ++j) d[i][j] = p[i][j] != nullptr ? Flavour::load(p[i][j] + c) : Vec(0.f);
+  }
+  for (int j = 0; j < 4; ++j) {  // B^T d: rows
+    const Vec d0 = d[0][j], d1 = d[1][j], d2 = d[2][j], d3 = d[3][j];
+    d[0][j] = d0 - d2;
+    d[1][j] = d1 + d2;
+    d[2][j] = d2 - d1;
+    d[3][j] = d1 - d3;
+  }
+  for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
+    f[i * 4 + 0][e] = d[i][0] - d[i][2];
+    f[i * 4 + 1][e] = d[i][1] + d[i][2];
+    f[i * 4 + 2][e] = d[i][2] - d[i][1];
+    f[i * 4 + 3][e] = d[i][1] - d[i][3];
+  }
+}
+
+// f[k][e] = (A g A^T)[k] of channels c .. c + kVL of the 2x2 gradients q: A g has the rows
+// (g0, g0 + g1, g0 - g1, -g1), and (A g) A^T the same combinations of its columns.
+template <class Flavour, int P>
+C10_ALWAYS_INLINE void grad_transform(const typename Flavour::in_t* const q[2][2], int64_t c,
+                                      Vec f[16][P], int e) {
+  Vec g[2][2];
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) g[i][j] = q[i][j] != nullptr ? Flavour::load(q[i][j] + c) : Vec(0.f);
+  }
+  const Vec zero(0.f);
+  const Vec rows[4][2] = {{g[0][0], g[0][1]},
+                          {g[0][0] + g[1][0], g[0][1] + g[1][1]},
+                          {g[0][0] - g[1][0], g[0][1] - g[1][1]},
+                          {zero - g[1][0], zero - g[1][1]}};
+  for (int a = 0; a < 4; ++a) {
+    f[a * 4 + 0][e] = rows[a][0];
+    f[a * 4 + 1][e] = rows[a][0] + rows[a][1];
+    f[a * 4 + 2][e] = rows[a][0] - rows[a][1];
+    f[a * 4 + 3][e] = zero - rows[a][1];
+  }
+}
+
+// dU (per share: (16, Ci, Co) float32, zeroed) += the tiles [t_begin, t_end) of x (B, H, W, Ci)
+// and dy (B, H, W, Co), both NHWC; Ci and Co multiples of kVL.
+template <class Flavour>
+void accumulate(const typename Flavour::in_t* x, const typename Flavour::in_t* dy, int64_t H,
+                int64_t W, int64_t Ci, int64_t Co, int64_t t_begin, int64_t t_end, int64_t kT,
+                float* dU) {
+  using st_t = typename Flavour::st_t;
+  constexpr int P = Flavour::kPack;
+  const int64_t group = std::min<int64_t>(Co, kNV * kVL);
+  const int64_t kS = kT / P;  // reduction steps per block
+  // V[((k * kS + s) * Ci + ci) * P + e] of tile s * P + e; Y likewise with `group` channels.
+  std::vector<st_t> v_buf(16 * kT * Ci), y_buf(16 * kT * group);
+  st_t* V = v_buf.data();
+  st_t* Y = y_buf.data();
+  for (int64_t t0 = t_begin; t0 < t_end; t0 += kT) {
+    const int64_t nt = std::min(kT, t_end - t0);
+    const int64_t steps = (nt + P - 1) / P;
+    // Input transform of the block: V = B^T d B of each tile's 4x4 patch (zero outside), a
+    // reduction step (P tiles; a last pair's missing tile is zero, as is its Y) at a time.
+    for (int64_t s = 0; s < steps; ++s) {
+      const typename Flavour::in_t* p[P][4][4];
+      for (int e = 0; e < P; ++e) tile_patch(x, H, W, Ci, t0, s * P + e, nt, p[e]);
+      for (int64_t c = 0; c < Ci; c += kVL) {
+        Vec f[16][P];
+        for (int e = 0; e < P; ++e) input_transform<Flavour>(p[e], c, f, e);
+        for (int k = 0; k < 16; ++k) Flavour::put(V + ((k * kS + s) * Ci + c) * P, f[k]);
+      }
+    }
+    for (int64_t co0 = 0; co0 < Co; co0 += group) {
+      const int64_t nc = std::min(group, Co - co0);
+      // Output-gradient transform of the group's channels: Y = A dy A^T of each tile's 2x2
+      // gradients (zero outside the frame).
+      for (int64_t s = 0; s < steps; ++s) {
+        const typename Flavour::in_t* q[P][2][2];
+        for (int e = 0; e < P; ++e) tile_grads(dy, H, W, Co, co0, t0, s * P + e, nt, q[e]);
+        for (int64_t c = 0; c < nc; c += kVL) {
+          Vec f[16][P];
+          for (int e = 0; e < P; ++e) grad_transform<Flavour>(q[e], c, f, e);
+          for (int k = 0; k < 16; ++k) Flavour::put(Y + ((k * kS + s) * group + c) * P, f[k]);
+        }
+      }
+      // The 16 GEMMs: dU[k][ci][co0 ...] += sum over the block's steps of V[k] x Y[k].
+      const int nv = static_cast<int>(nc / kVL);
+      for (int k = 0; k < 16; ++k) {
+        const st_t* vk = V + k * kS * Ci * P;
+        const st_t* yk = Y + k * kS * group * P;
+        for (int n = 0; n < nv;) {  // kNV vectors at a time, then 2 and 1
+          const int take = nv - n >= kNV ? kNV : (nv - n >= 2 ? 2 : 1);
+          for (int64_t ci = 0; ci < Ci; ci += kMR) {
+            const int cols = static_cast<int>(std::min<int64_t>(kMR, Ci - ci));
+            const st_t* v = vk + ci * P;
+            const st_t* y = yk + n * kVL * P;
+            float* acc = dU + (k * Ci + ci) * Co + co0 + n * kVL;
+            if (take == kNV) {
+              gemm_columns<Flavour, kNV>(cols, v, Ci * P, y, group * P, steps, acc, Co);
+            } else if (take == 2) {
+              gemm_columns<Flavour, 2>(cols, v, Ci * P, y, group * P, steps, acc, Co);
+            } else {
+              gemm_columns<Flavour, 1>(cols, v, Ci * P, y, group * P, steps, acc, Co);
+            }
+          }
+          n += take;
+        }
+      }
+    }
+  }
+}
+
+// The weight gradient (Co, Ci, 3, 3) of conv2d_same in the input's dtype and memory format.
+template <class Flavour>
+at::Tensor run(const at::Tensor& grad_out, const at::Tensor& input) {
+  using in_t = typename Flavour::in_t;
+  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Co = grad_out.size(1);
+  const at::Tensor x = input.permute({0, 2, 3, 1}).contiguous();  // NHWC: views if channels_last
+  const at::Tensor dy = grad_out.permute({0, 2, 3, 1}).contiguous();
+  const int64_t tiles = B * ((H + 1) / 2) * ((W + 1) / 2);
+  const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
+  const int64_t group = std::min<int64_t>(Co, kNV * kVL);
+  // Tiles per block: the block's V and one group's Y in about 256 KiB; a multiple of the pack,
+  // at most 128 (longer reductions gain nothing once the accumulators' loads are amortised).
+  const int64_t st = sizeof(typename Flavour::st_t);
+  int64_t kT = (256 << 10) / (16 * st * (Ci + group));
+  kT = std::clamp<int64_t>(kT / Flavour::kPack * Flavour::kPack, Flavour::kPack, 128);
+  at::Tensor acc = at::zeros({shares, 16, Ci, Co}, input.options().dtype(at::kFloat));
+  float* accd = acc.data_ptr<float>();
+  const auto* xd = reinterpret_cast<const in_t*>(x.const_data_ptr());
+  const auto* dyd = reinterpret_cast<const in_t*>(dy.const_data_ptr());
+  at::parallel_for(0, shares, 1, [&](int64_t first, int64_t last) {
+    for (int64_t sh = first; sh < last; ++sh) {
+      accumulate<Flavour>(xd, dyd, H, W, Ci, Co, tiles * sh / shares, tiles * (sh + 1) / shares,
+                          kT, accd + sh * 16 * Ci * Co);
+    }
+  });
+  // dW = G^T dU G of the shares' sum (added in a fixed order), as the weight's channels_last
+  // memory (Co, 3, 3, Ci), rounded once to the input's dtype.
+  static constexpr float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
+  at::Tensor out = at::empty({Co, 3, 3, Ci}, input.options().dtype(at::kFloat));
+  float* od = out.data_ptr<float>();
+  at::parallel_for(0, Co, 16, [&](int64_t first, int64_t last) {
+    for (int64_t co = first; co < last; ++co) {
+      for (int64_t ci = 0; ci < Ci; ++ci) {
+        float m[4][4];
+        for (int k = 0; k < 16; ++k) {
+          float v = 0.f;
+          for (int64_t sh = 0; sh < shares; ++sh) v += accd[((sh * 16 + k) * Ci + ci) * Co + co];
+          m[k / 4][k % 4] = v;
+        }
+        for (int i = 0; i < 3; ++i) {
+          float t[4];  // (G^T m)[i][b]
+          for (int bb = 0; bb < 4; ++bb) {
+            t[bb] = G[0][i] * m[0][bb] + G[1][i] * m[1][bb] + G[2][i] * m[2][bb] + G[3][i] * m[3][bb];
+          }
+          for (int j = 0; j < 3; ++j) {
+            od[((co * 3 + i) * 3 + j) * Ci + ci] =
+                t[0] * G[0][j] + t[1] * G[1][j] + t[2] * G[2][j] + t[3] * G[3][j];
+          }
+        }
+      }
+    }
+  });
+  return out.to(input.scalar_type()).permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+}
+
+}  // namespace wgrad
+
 }  // namespace winograd
+
+// conv2d_weight_grad: 3x3 kernels in the Winograd domain (wgrad) where the channels are whole
+// vectors -- float32, and bfloat16 at the avx512_bf16 level (the amx level keeps its tile
+// kernel) --, everything else by the direct kernels.
+at::Tensor conv2d_weight_grad_cpu(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
+  check_conv2d_weight_grad_args(grad_out, input, kh, kw);
+  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Co = grad_out.size(1);
+  const bool winograd = kh == 3 && kw == 3 && Ci % kVL == 0 && Co % kVL == 0 && B * H * W > 0 &&
+                        Ci > 0 && Co > 0;
+  if (winograd && input.scalar_type() == at::kFloat) {
+    return winograd::wgrad::run<winograd::wgrad::F32>(grad_out, input);
+  }
+#if defined(PYFRAMEPRED_DOT_BF16_KERNEL) && !defined(PYFRAMEPRED_AMX_KERNEL)
+  if (winograd && input.scalar_type() == at::kBFloat16) {
+    return winograd::wgrad::run<winograd::wgrad::BF16>(grad_out, input);
+  }
+#endif
+  return weight_grad_direct(grad_out, input, kh, kw);
+}
 
 at::Tensor conv2d_same_cpu(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
   check_conv2d_same_args(input, weight);
