@@ -55,6 +55,8 @@ at::Tensor conv2d_same_aten(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
       .contiguous(input.suggest_memory_format());
 }
 
+at::Tensor nhwc(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
+
 // Every device but the CPU (which has its kernels, csrc/cpu/conv_cpu.cpp); Meta included.
 TORCH_LIBRARY_IMPL(pyframepred, CompositeExplicitAutograd, m) {
   m.impl(op::Conv2dWeightGrad::kName, &conv2d_weight_grad_aten);

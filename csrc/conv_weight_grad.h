@@ -24,4 +24,32 @@ at::Tensor conv2d_same_aten(PYFRAMEPRED_CONV2D_SAME_PARAMS);
 // the result is contiguous in the input's memory format (channels_last or NCHW).
 at::Tensor conv2d_weight_grad_aten(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS);
 
+// t (B, C, H, W) as NHWC (B, H, W, C) memory: a view of a channels_last tensor, a copy of others.
+// Out of line, in the portable objects: an ATen inline function instantiated in a kernel source
+// would be compiled for that source's ISA level (see scripts/check_cpu_isa.py).
+at::Tensor nhwc(const at::Tensor& t);
+
+// A weight of conv2d_same prepared once for the many calls of the ConvLSTM layer's steps
+// (convlstm_layer.cpp): on the CPU the Winograd transform of a 3x3 weight (csrc/cpu/conv_cpu.cpp),
+// in the layout of the ISA level that made it, with that level's kernel to run it. Empty (`run`
+// null) where there is no such form -- other devices, kernel sizes, dtypes, channel counts --
+// and the layer calls the operator instead. Not an operator: `run` may write into a tensor the
+// caller owns, which an operator's result may not alias.
+struct PreparedConv {
+  at::Tensor u;
+  // conv2d_same(input, weight) + addend (where defined), written into `out` where defined (the
+  // result is then `out`), else into a new tensor; input, addend and out in the weight's dtype.
+  at::Tensor (*run)(const at::Tensor& input, const at::Tensor& u, const at::Tensor& addend,
+                    const at::Tensor& out) = nullptr;
+};
+
+// Prepares `weight` for inputs of dtype `dtype`. Registered per device type (the CPU's by
+// cpu/dispatch.cpp, at the ISA level in use); null where none is.
+using PrepareConvSame = PreparedConv(const at::Tensor& weight, at::ScalarType dtype);
+
+inline PrepareConvSame*& prepare_conv_same(c10::DeviceType device) {
+  static PrepareConvSame* kernels[static_cast<int>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)] = {};
+  return kernels[static_cast<int>(device)];
+}
+
 }  // namespace pyframepred

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "autograd_utils.h"
+#include "conv_weight_grad.h"
 #include "convlstm_host.h"
 #include "convlstm_layer.h"
 #include "include/pyframepred/op_signatures.h"
@@ -162,33 +163,79 @@ LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   return s;
 }
 
-// The layer's convolutions: on the CPU the operator conv2d_same (3x3 in float32, and in bfloat16
-// at the avx512_bf16 level: a Winograd F(2x2, 3x3) kernel of ours, csrc/cpu/conv_cpu.cpp, 1.4-1.8x
-// and 1.0-1.5x oneDNN's direct convolution at the layer's shapes; otherwise ATen's), elsewhere
-// ATen's convolution.
-at::Tensor conv(const at::Tensor& input, const at::Tensor& weight, const LayerShape& s) {
-  if (input.is_cpu()) return op::handle<op::Conv2dSame>().call(input, weight);
-  return at::convolution(input, weight, std::nullopt, {1, 1}, s.padding(), {1, 1}, false, {0, 0},
-                         1);
+// A convolution the layer runs at every step: its weight and, where the device has a direct
+// kernel for it, the weight prepared once per layer call (PreparedConv, conv_weight_grad.h: on the
+// CPU the Winograd transform, which conv2d_same would otherwise redo at every call).
+struct StepConv {
+  at::Tensor weight;
+  PreparedConv prepared;
+};
+
+// `like`: a tensor of the inputs' dtype. Not prepared for fake tensors (torch.compile's tracing),
+// tensor subclasses and dispatch modes: they see the operator calls.
+StepConv step_conv(const at::Tensor& weight, const at::Tensor& like) {
+  StepConv c{weight, {}};
+  PrepareConvSame* prepare = prepare_conv_same(weight.device().type());
+  if (prepare != nullptr && !at::areAnyTensorSubclassLike({weight, like})) {
+    c.prepared = prepare(weight, like.scalar_type());
+  }
+  return c;
+}
+
+// `y` plus `addend` (where defined), in `out` (where defined).
+at::Tensor finish_conv(at::Tensor y, const at::Tensor& addend, const at::Tensor& out) {
+  if (addend.defined()) y = y.add_(addend);  // y is the convolution's own result
+  return out.defined() ? out.copy_(y) : y;
+}
+
+// conv(input, c.weight) + addend (where defined), written into `out` (where defined): the
+// prepared kernel where there is one and the tensors are plain ones, else the operator
+// conv2d_same (3x3 in float32, and in bfloat16 at the avx512_bf16 level: a Winograd F(2x2, 3x3)
+// kernel of ours, csrc/cpu/conv_cpu.cpp, 1.4-1.8x and 1.0-1.5x oneDNN's direct convolution at the
+// layer's shapes; otherwise ATen's) on the CPU, ATen's convolution elsewhere. In profiles the
+// prepared kernel shows as the operator it stands for.
+at::Tensor conv(const at::Tensor& input, const StepConv& c, const LayerShape& s,
+                const at::Tensor& addend = {}, const at::Tensor& out = {}) {
+  const bool plain = !at::isTensorSubclassLike(input) &&
+                     !(addend.defined() && at::isTensorSubclassLike(addend)) &&
+                     !(out.defined() && at::isTensorSubclassLike(out));
+  if (c.prepared.run != nullptr && plain) {
+    RECORD_FUNCTION("pyframepred::conv2d_same", std::vector<c10::IValue>());
+    // The kernel adds an addend of the result's dtype and layout (channels_last) as it writes the
+    // result; any other is added afterwards, as it is (never copied into that layout first).
+    const bool fused_add = addend.defined() && addend.scalar_type() == input.scalar_type() &&
+                           addend.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (fused_add || !addend.defined()) return c.prepared.run(input, c.prepared.u, addend, out);
+    return finish_conv(c.prepared.run(input, c.prepared.u, at::Tensor(), at::Tensor()), addend, out);
+  }
+  if (input.is_cpu()) return finish_conv(op::handle<op::Conv2dSame>().call(input, c.weight), addend, out);
+  return finish_conv(at::convolution(input, c.weight, std::nullopt, {1, 1}, s.padding(), {1, 1},
+                                     false, {0, 0}, 1),
+                     addend, out);
 }
 
 // What conv_data_grad needs of a weight: on the CPU in float32 and bfloat16, the weight flipped in
 // both spatial dims with its channel dims swapped, (C_in, C_out, kh, kw) -- the data gradient of
 // a stride-1 'same' convolution is the convolution of the output's gradient with it, which
-// conv2d_same runs as Winograd where it can; undefined elsewhere (ATen's convolution backward).
-at::Tensor flipped_weight(const at::Tensor& w) {
+// conv2d_same runs as Winograd where it can --, prepared as a StepConv; empty elsewhere (ATen's
+// convolution backward).
+StepConv flipped_weight(const at::Tensor& w, const at::Tensor& like) {
   if (!w.is_cpu() || (w.scalar_type() != at::kFloat && w.scalar_type() != at::kBFloat16)) {
-    return at::Tensor();
+    return {};
   }
-  return w.flip({2, 3}).transpose(0, 1).contiguous(w.suggest_memory_format());
+  return step_conv(w.flip({2, 3}).transpose(0, 1).contiguous(w.suggest_memory_format()), like);
 }
 
-// The gradient of `input` of conv(input, weight) for the gradient dg of its output.
+// The gradient of `input` of conv(input, weight) for the gradient dg of its output, plus addend
+// (where defined), written into out (where defined).
 at::Tensor conv_data_grad(const at::Tensor& dg, const at::Tensor& input, const at::Tensor& weight,
-                          const at::Tensor& flipped, const LayerShape& s) {
-  if (flipped.defined()) return op::handle<op::Conv2dSame>().call(dg, flipped);
-  return std::get<0>(at::convolution_backward(dg, input, weight, std::nullopt, {1, 1}, s.padding(),
-                                              {1, 1}, false, {0, 0}, 1, {true, false, false}));
+                          const StepConv& flipped, const LayerShape& s,
+                          const at::Tensor& addend = {}, const at::Tensor& out = {}) {
+  if (flipped.weight.defined()) return conv(dg, flipped, s, addend, out);
+  return finish_conv(std::get<0>(at::convolution_backward(dg, input, weight, std::nullopt, {1, 1},
+                                                          s.padding(), {1, 1}, false, {0, 0}, 1,
+                                                          {true, false, false})),
+                     addend, out);
 }
 
 // The weight gradient of conv(input, .) for the gradient dg of its output, batched over all the
@@ -263,13 +310,14 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
     r.gates.reserve(s.T);
     r.c_prev.reserve(s.T);
   }
+  const StepConv conv_x = step_conv(r.wx, r.x), conv_h = step_conv(r.wh, r.x);
   const int64_t K = chunk_steps(s, x);
   for (int64_t t0 = 0; t0 < s.T; t0 += K) {
     const int64_t k = std::min(K, s.T - t0);
-    const at::Tensor x_gates = conv(r.x.narrow(0, t0 * s.N, k * s.N), r.wx, s);
+    const at::Tensor x_gates = conv(r.x.narrow(0, t0 * s.N, k * s.N), conv_x, s);
     for (int64_t j = 0; j < k; ++j) {
       std::optional<at::Tensor> h_gates;
-      if (h.has_value()) h_gates = conv(*h, r.wh, s);
+      if (h.has_value()) h_gates = conv(*h, conv_h, s);
       at::Tensor h_t = r.h_seq.narrow(0, (t0 + j) * s.N, s.N);
       auto [h_new, c_new, gates] =
           gates_forward_into(h_t, x_gates.narrow(0, j * s.N, s.N), h_gates, c, bias, peephole, save);
@@ -347,17 +395,26 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     // chunk's gate gradients are alive at a time, so every chunk reuses the previous one's memory
     // instead of the sweep faulting in a sequence's worth of fresh pages.
     at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh;
-    std::vector<at::Tensor> gx_chunks;  // last chunk first
+    // dh_next already holds the sequence's gradient of its step's frame (summed into it by the
+    // hidden convolution's data gradient, in the same pass over its output).
+    bool dh_next_has_seq = false;
+    // The input's gradient: written chunk by chunk into gx by the input convolution's prepared
+    // data gradient, else its chunks (last first) concatenated at the end.
+    at::Tensor gx;
+    std::vector<at::Tensor> gx_chunks;
     const bool batched = need_x || need_wx || need_wh;
-    const at::Tensor wh_flipped = flipped_weight(wh);
-    const at::Tensor wx_flipped = need_x ? flipped_weight(wx) : at::Tensor();
+    const StepConv wh_flipped = flipped_weight(wh, h_seq);
+    const StepConv wx_flipped = need_x ? flipped_weight(wx, x) : StepConv{};
+    if (need_x && wx_flipped.prepared.run != nullptr) {
+      gx = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
+    }
     const int64_t K = chunk_steps(s, x);
     for (int64_t t0 = (s.T - 1) / K * K; t0 >= 0; t0 -= K) {
       const int64_t k = std::min(K, s.T - t0);
       std::vector<at::Tensor> d_gates(k);
       for (int64_t t = t0 + k - 1; t >= t0; --t) {
         at::Tensor dh;
-        if (g_seq.defined()) {
+        if (g_seq.defined() && !dh_next_has_seq) {
           const at::Tensor g = g_seq.narrow(0, t * s.N, s.N);
           dh = like_state(dh_next.defined() ? dh_next + g : g);
         } else {
@@ -369,9 +426,14 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         const bool h_before = t > 0 || h0.defined();
         if (h_before && (t > 0 || need_h0)) {
           const at::Tensor& h_prev = t > 0 ? h_seq.narrow(0, (t - 1) * s.N, s.N) : h0;
-          dh_next = conv_data_grad(dg, h_prev, wh, wh_flipped, s);
+          // Step t - 1's gradient of h: through the hidden convolution, plus the sequence's.
+          const at::Tensor g_prev =
+              t > 0 && g_seq.defined() ? g_seq.narrow(0, (t - 1) * s.N, s.N) : at::Tensor();
+          dh_next = conv_data_grad(dg, h_prev, wh, wh_flipped, s, g_prev);
+          dh_next_has_seq = g_prev.defined();
         } else {
           dh_next = at::Tensor();
+          dh_next_has_seq = false;
         }
         dc = std::move(dc_prev);
         d_gates[t - t0] = std::move(dg);
@@ -382,7 +444,11 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       const at::Tensor dg = k == 1 ? d_gates[0] : at::cat(d_gates, 0);
       const at::Tensor x_chunk = x.narrow(0, t0 * s.N, k * s.N);
       if (need_x) {
-        gx_chunks.push_back(conv_data_grad(dg, x_chunk, wx, wx_flipped, s));
+        if (gx.defined()) {
+          conv_data_grad(dg, x_chunk, wx, wx_flipped, s, {}, gx.narrow(0, t0 * s.N, k * s.N));
+        } else {
+          gx_chunks.push_back(conv_data_grad(dg, x_chunk, wx, wx_flipped, s));
+        }
       }
       if (need_wx) add_to(gwx, weight_grad(dg, x_chunk, s));
       if (need_wh) {
@@ -395,8 +461,11 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         if (t0 == 0 && h0.defined()) add_to(gwh, weight_grad(d_gates[0], h0, s));
       }
     }
-    std::reverse(gx_chunks.begin(), gx_chunks.end());
-    if (need_x) out[0] = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
+    if (need_x && gx.defined()) out[0] = gx;
+    if (need_x && !gx.defined()) {
+      std::reverse(gx_chunks.begin(), gx_chunks.end());
+      out[0] = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
+    }
     if (need_wx) out[2] = gwx;
     if (need_wh) out[3] = gwh.defined() ? gwh : at::zeros_like(wh);
     if (need_b) out[4] = d_params.narrow(0, 0, 4).reshape({-1});

@@ -33,6 +33,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 // The AMX level's objects (csrc/cpu/isa_levels.txt) compile the bfloat16 tile kernel below, the
@@ -47,6 +49,7 @@
 #include <immintrin.h>
 #endif
 
+#include "checks.h"
 #include "conv_weight_grad.h"
 #include "cpu/kernels.h"
 #include "cpu/vec_utils.h"
@@ -795,10 +798,12 @@ void gemm_rows(const typename Flavour::v_t* v, int64_t Ci, const typename Flavou
 }
 
 // y (B, H, W, Co) NHWC = x (B, H, W, Ci) NHWC convolved with the 3x3 weight whose transform is u
-// (Flavour's layout of (16, Ci, Co)); Ci and Co multiples of kVL.
+// (Flavour's layout of (16, Ci, Co)), plus `add` (B, H, W, Co) NHWC where not null; Ci and Co
+// multiples of kVL.
 template <class Flavour>
 void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
-             typename Flavour::in_t* y, int64_t B, int64_t H, int64_t W, int64_t Ci, int64_t Co) {
+             const typename Flavour::in_t* add, typename Flavour::in_t* y, int64_t B, int64_t H,
+             int64_t W, int64_t Ci, int64_t Co) {
   using v_t = typename Flavour::v_t;
   const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2, tiles = B * TH * TW;
   const int64_t group = std::min<int64_t>(Co, kNV * kVL);  // output channels per GEMM pass
@@ -883,9 +888,14 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
               s[1][j] = m1 - m2 - m3;
             }
             for (int i = 0; i < 2 && oy + i < H; ++i) {  // (A^T M) A: columns
-              auto* out = y + ((b * H + oy + i) * W + ox) * Co + co0 + c;
-              Flavour::store_y(out, s[i][0] + s[i][1] + s[i][2]);
-              if (ox + 1 < W) Flavour::store_y(out + Co, s[i][1] - s[i][2] - s[i][3]);
+              const int64_t at = ((b * H + oy + i) * W + ox) * Co + co0 + c;
+              Vec y0 = s[i][0] + s[i][1] + s[i][2], y1 = s[i][1] - s[i][2] - s[i][3];
+              if (add != nullptr) y0 = y0 + Flavour::load(add + at);
+              Flavour::store_y(y + at, y0);
+              if (ox + 1 < W) {
+                if (add != nullptr) y1 = y1 + Flavour::load(add + at + Co);
+                Flavour::store_y(y + at + Co, y1);
+              }
             }
           }
         }
@@ -894,21 +904,48 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
   });
 }
 
+// The weight's transform for Flavour's conv3x3, (16, Ci, Co) elements in Flavour's layout: what
+// PreparedConv::u holds (float32, or bfloat16 pairs stored as bfloat16).
+template <class Flavour>
+at::Tensor transform(const at::Tensor& weight) {
+  const int64_t Co = weight.size(0), Ci = weight.size(1);
+  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const auto dtype = std::is_same_v<typename Flavour::u_t, float> ? at::kFloat : at::kBFloat16;
+  at::Tensor u = at::empty({16, Ci, Co}, weight.options().dtype(dtype));
+  transform_weight<Flavour>(w.const_data_ptr<float>(), Co, Ci,
+                            reinterpret_cast<typename Flavour::u_t*>(u.data_ptr()));
+  return u;
+}
+
+// The convolution through Flavour with a transformed weight u (transform<Flavour>): input, and
+// `addend` (added to the result) where defined, (B, Ci, H, W) and (B, Co, H, W) in scalar_t; the
+// result written into `out` where it is a channels_last-contiguous (B, Co, H, W) of scalar_t
+// (copied into any other `out`), else a new tensor in the input's memory format.
+template <class Flavour>
+at::Tensor run_transformed(const at::Tensor& input, const at::Tensor& u, const at::Tensor& addend,
+                           const at::Tensor& out) {
+  using in_t = typename Flavour::in_t;
+  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Co = u.size(2);
+  const at::Tensor x = nhwc(input);
+  const at::Tensor a = addend.defined() ? nhwc(addend) : at::Tensor();
+  const bool into = out.defined() && out.scalar_type() == input.scalar_type() &&
+                    out.sizes() == at::IntArrayRef({B, Co, H, W}) &&
+                    out.is_contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor y = into ? out.permute({0, 2, 3, 1}) : at::empty({B, H, W, Co}, input.options());
+  conv3x3<Flavour>(reinterpret_cast<const in_t*>(x.const_data_ptr()),
+                   reinterpret_cast<const typename Flavour::u_t*>(u.const_data_ptr()),
+                   a.defined() ? reinterpret_cast<const in_t*>(a.const_data_ptr()) : nullptr,
+                   reinterpret_cast<in_t*>(y.data_ptr()), B, H, W, Ci, Co);
+  if (into) return out;
+  if (out.defined()) return out.copy_(y.permute({0, 3, 1, 2}));
+  return y.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+}
+
 // The convolution through Flavour: x (input) and the result in scalar_t, NHWC.
 template <class Flavour>
 at::Tensor run(const at::Tensor& input, const at::Tensor& weight) {
-  using in_t = typename Flavour::in_t;
-  using u_t = typename Flavour::u_t;
-  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
-  const int64_t Co = weight.size(0);
-  const at::Tensor x = input.permute({0, 2, 3, 1}).contiguous();  // NHWC: a view if channels_last
-  const at::Tensor w = weight.to(at::kFloat).contiguous();
-  std::vector<u_t> u(16 * Ci * Co);
-  transform_weight<Flavour>(w.const_data_ptr<float>(), Co, Ci, u.data());
-  at::Tensor y = at::empty({B, H, W, Co}, input.options());
-  conv3x3<Flavour>(reinterpret_cast<const in_t*>(x.const_data_ptr()), u.data(),
-                   reinterpret_cast<in_t*>(y.data_ptr()), B, H, W, Ci, Co);
-  return y.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+  return run_transformed<Flavour>(input, transform<Flavour>(weight), at::Tensor(), at::Tensor());
 }
 
 // ---- conv2d_weight_grad of 3x3 kernels in the Winograd domain ----------------------------------
@@ -1266,10 +1303,50 @@ at::Tensor conv2d_same_cpu(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
   return conv2d_same_aten(input, weight);
 }
 
+// PreparedConv::run of this level's flavours: conv2d_same with a transformed weight.
+template <class Flavour>
+at::Tensor same_prepared(const at::Tensor& input, const at::Tensor& u, const at::Tensor& addend,
+                         const at::Tensor& out) {
+  TORCH_CHECK(input.dim() == 4 && input.size(1) == u.size(1) && input.scalar_type() ==
+                  c10::CppTypeToScalarType<typename Flavour::in_t>::value,
+              "conv2d_same (prepared weight): input of shape ", shape_str(input.sizes()),
+              " and dtype ", input.scalar_type(), " does not fit the weight's ",
+              std::to_string(u.size(1)), " input channels and ",
+              c10::CppTypeToScalarType<typename Flavour::in_t>::value);
+  const std::vector<int64_t> shape = {input.size(0), u.size(2), input.size(2), input.size(3)};
+  if (addend.defined()) {
+    TORCH_CHECK(addend.sizes() == at::IntArrayRef(shape) &&
+                    addend.scalar_type() == input.scalar_type(),
+                "conv2d_same (prepared weight): addend of shape ", shape_str(addend.sizes()),
+                " and dtype ", addend.scalar_type(), ", expected ", shape_str(shape), " and ",
+                input.scalar_type());
+  }
+  return winograd::run_transformed<Flavour>(input, u, addend, out);
+}
+
+// The 3x3 weight's transform for this level's Winograd conv2d_same of `dtype` input, with the
+// kernel that runs it; nothing where conv2d_same would not run Winograd.
+PreparedConv same_prepare(const at::Tensor& weight, at::ScalarType dtype) {
+  if (weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 ||
+      weight.scalar_type() != dtype || weight.size(0) % kVL != 0 || weight.size(1) % kVL != 0 ||
+      weight.size(0) == 0 || weight.size(1) == 0 || !weight.is_cpu()) {
+    return {};
+  }
+  if (dtype == at::kFloat) {
+    return {winograd::transform<winograd::F32>(weight), &same_prepared<winograd::F32>};
+  }
+#if defined(PYFRAMEPRED_DOT_BF16_KERNEL) && !defined(PYFRAMEPRED_AMX_KERNEL)
+  if (dtype == at::kBFloat16) {
+    return {winograd::transform<winograd::BF16>(weight), &same_prepared<winograd::BF16>};
+  }
+#endif
+  return {};
+}
+
 }  // namespace
 
 // This level's kernels, registered by cpu/dispatch.cpp.
-const ConvKernels conv_kernels{&conv2d_weight_grad_cpu, &conv2d_same_cpu};
+const ConvKernels conv_kernels{&conv2d_weight_grad_cpu, &conv2d_same_cpu, &same_prepare};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

@@ -337,6 +337,14 @@ const bool kCpuGatesForwardInto = [] {
   return true;
 }();
 
+// The layer's prepared convolutions (PrepareConvSame, conv_weight_grad.h): prepared at the level in
+// use, and run by that level's kernel.
+const bool kCpuPrepareConvSame = [] {
+  prepare_conv_same(c10::DeviceType::CPU) =
+      &cpu::Forward<PrepareConvSame>::call<&cpu::LevelTables::conv, &cpu::ConvKernels::same_prepare>;
+  return true;
+}();
+
 // The level queries take no tensor: registered for every backend.
 TORCH_LIBRARY_IMPL(pyframepred, CompositeExplicitAutograd, m) {
   m.impl(op::CpuIsa::kName, &cpu::cpu_isa_op);

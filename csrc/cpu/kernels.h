@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include "conv_weight_grad.h"
 #include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
@@ -27,6 +28,8 @@ struct ConvLSTMKernels {
 struct ConvKernels {
   op::Conv2dWeightGrad::Sig* weight_grad;
   op::Conv2dSame::Sig* same;
+  // conv2d_same's weight prepared for many calls (PrepareConvSame of conv_weight_grad.h)
+  PrepareConvSame* same_prepare;
 };
 
 struct GdlKernels {

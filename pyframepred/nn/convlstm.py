@@ -150,6 +150,10 @@ def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
     return (to(x_gates, gate), to(h_gates, gate), to(c_prev, state), to(bias, state), to(peephole, state))
 
 
+# The dtypes autocast casts (float64 is left alone).
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _check_state(state, x: Tensor, hidden: int, name: str) -> None:
     if not (isinstance(state, (tuple, list)) and len(state) == 2):
         raise ValueError(f"{name} must be a pair (h, c), got {type(state).__name__}")
@@ -248,6 +252,11 @@ class ConvLSTM(nn.Module):
         if state is not None and len(state) != self.num_layers:
             raise ValueError(f"state must hold one (h, c) per layer ({self.num_layers}), got {len(state)}")
         last_states: List[State] = []
+        if self.cells[0].fused and x.dtype in _AUTOCAST_ELIGIBLE and torch.is_autocast_enabled(x.device.type):
+            # The fused layer's autocast policy (csrc/convlstm_autocast.cpp) runs it on x in the
+            # autocast dtype: cast first, so that gathering the frames below moves half the bytes
+            # (and the op's own cast finds nothing left to do).
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         # Each layer's input as the frames of all steps, time-major: (T*N, C, H, W). Built with
         # cat rather than by flattening a 5-d tensor: under torch.compile with dynamic shapes,
         # Inductor (torch <= 2.13) fails on the flattened strides (pytorch/pytorch#185510).
