@@ -201,12 +201,19 @@ at::Tensor conv(const at::Tensor& input, const StepConv& c, const LayerShape& s,
                      !(out.defined() && at::isTensorSubclassLike(out));
   if (c.prepared.run != nullptr && plain) {
     RECORD_FUNCTION("pyframepred::conv2d_same", std::vector<c10::IValue>());
+    // A result of its own comes from the buffer pool (buffer_pool.h), as the cell's do: the
+    // layer allocates these gate-sized tensors at every step, and from malloc they would fault in
+    // fresh pages whenever glibc trims the top of its heap between training steps.
+    const at::Tensor dst =
+        out.defined() ? out
+                      : cell_buffer({input.size(0), c.prepared.u.size(2), input.size(2), input.size(3)},
+                                    input.options().memory_format(at::MemoryFormat::ChannelsLast));
     // The kernel adds an addend of the result's dtype and layout (channels_last) as it writes the
     // result; any other is added afterwards, as it is (never copied into that layout first).
     const bool fused_add = addend.defined() && addend.scalar_type() == input.scalar_type() &&
                            addend.is_contiguous(at::MemoryFormat::ChannelsLast);
-    if (fused_add || !addend.defined()) return c.prepared.run(input, c.prepared.u, addend, out);
-    return finish_conv(c.prepared.run(input, c.prepared.u, at::Tensor(), at::Tensor()), addend, out);
+    if (fused_add || !addend.defined()) return c.prepared.run(input, c.prepared.u, addend, dst);
+    return c.prepared.run(input, c.prepared.u, at::Tensor(), dst).add_(addend);
   }
   if (input.is_cpu()) return finish_conv(op::handle<op::Conv2dSame>().call(input, c.weight), addend, out);
   return finish_conv(at::convolution(input, c.weight, std::nullopt, {1, 1}, s.padding(), {1, 1},
@@ -305,7 +312,7 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
     h = r.h0;
   }
   // The cell writes each step's h straight into its frame of h_seq (gates_forward_into).
-  r.h_seq = at::empty({s.T * s.N, s.C, s.H, s.W}, x.options().memory_format(fmt));
+  r.h_seq = cell_buffer({s.T * s.N, s.C, s.H, s.W}, x.options().memory_format(fmt));
   if (save) {
     r.gates.reserve(s.T);
     r.c_prev.reserve(s.T);
@@ -406,7 +413,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     const StepConv wh_flipped = flipped_weight(wh, h_seq);
     const StepConv wx_flipped = need_x ? flipped_weight(wx, x) : StepConv{};
     if (need_x && wx_flipped.prepared.run != nullptr) {
-      gx = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
+      gx = cell_buffer(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
     }
     const int64_t K = chunk_steps(s, x);
     for (int64_t t0 = (s.T - 1) / K * K; t0 >= 0; t0 -= K) {
