@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "buffer_pool.h"
 #include "checks.h"
 
 namespace pyframepred {
@@ -56,6 +57,10 @@ at::Tensor conv2d_same_aten(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
 }
 
 at::Tensor nhwc(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
+
+at::Tensor scratch_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return cell_buffer(sizes, options).zero_();
+}
 
 // Every device but the CPU (which has its kernels, csrc/cpu/conv_cpu.cpp); Meta included.
 TORCH_LIBRARY_IMPL(pyframepred, CompositeExplicitAutograd, m) {

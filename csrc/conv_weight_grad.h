@@ -29,6 +29,11 @@ at::Tensor conv2d_weight_grad_aten(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS);
 // would be compiled for that source's ISA level (see scripts/check_cpu_isa.py).
 at::Tensor nhwc(const at::Tensor& t);
 
+// Zeros for a kernel's scratch accumulators (e.g. the weight gradients' per-thread partial sums),
+// from the fused cell's buffer pool where they are large (buffer_pool.h): called at every step of
+// the layer's backward, they would otherwise fault in fresh pages. Out of line, as nhwc.
+at::Tensor scratch_zeros(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 // A weight of conv2d_same prepared once for the many calls of the ConvLSTM layer's steps
 // (convlstm_layer.cpp): on the CPU the Winograd transform of a 3x3 weight (csrc/cpu/conv_cpu.cpp),
 // in the layout of the ISA level that made it, with that level's kernel to run it. Empty (`run`

@@ -208,10 +208,11 @@ at::Tensor conv(const at::Tensor& input, const StepConv& c, const LayerShape& s,
         out.defined() ? out
                       : cell_buffer({input.size(0), c.prepared.u.size(2), input.size(2), input.size(3)},
                                     input.options().memory_format(at::MemoryFormat::ChannelsLast));
-    // The kernel adds an addend of the result's dtype and layout (channels_last) as it writes the
-    // result; any other is added afterwards, as it is (never copied into that layout first).
+    // The kernel adds an addend of the result's dtype, contiguous in either layout, as it writes
+    // the result; any other is added afterwards, as it is (never copied into a layout first).
     const bool fused_add = addend.defined() && addend.scalar_type() == input.scalar_type() &&
-                           addend.is_contiguous(at::MemoryFormat::ChannelsLast);
+                           (addend.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+                            addend.is_contiguous());
     if (fused_add || !addend.defined()) return c.prepared.run(input, c.prepared.u, addend, dst);
     return c.prepared.run(input, c.prepared.u, at::Tensor(), dst).add_(addend);
   }

@@ -798,12 +798,14 @@ void gemm_rows(const typename Flavour::v_t* v, int64_t Ci, const typename Flavou
 }
 
 // y (B, H, W, Co) NHWC = x (B, H, W, Ci) NHWC convolved with the 3x3 weight whose transform is u
-// (Flavour's layout of (16, Ci, Co)), plus `add` (B, H, W, Co) NHWC where not null; Ci and Co
-// multiples of kVL.
+// (Flavour's layout of (16, Ci, Co)), plus `add` where not null: (B, H, W, Co) NHWC, or
+// (B, Co, H, W) NCHW if add_nchw (the layout of the gradients an NCHW model hands the ConvLSTM
+// layer, which runs channels_last: gathered here, one value per channel, rather than brought into
+// NHWC by a pass of its own). Ci and Co multiples of kVL.
 template <class Flavour>
 void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
-             const typename Flavour::in_t* add, typename Flavour::in_t* y, int64_t B, int64_t H,
-             int64_t W, int64_t Ci, int64_t Co) {
+             const typename Flavour::in_t* add, bool add_nchw, typename Flavour::in_t* y,
+             int64_t B, int64_t H, int64_t W, int64_t Ci, int64_t Co) {
   using v_t = typename Flavour::v_t;
   const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2, tiles = B * TH * TW;
   const int64_t group = std::min<int64_t>(Co, kNV * kVL);  // output channels per GEMM pass
@@ -814,6 +816,14 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
   kT = std::min<int64_t>(kT, (tiles + threads - 1) / threads);
   kT = std::clamp<int64_t>((kT + kMR - 1) / kMR * kMR, kMR, 96);
   const int64_t blocks = (tiles + kT - 1) / kT;
+  // The addend's kVL channels from co at pixel (b, yy, xx).
+  const auto addend = [&](int64_t b, int64_t yy, int64_t xx, int64_t co) -> Vec {
+    if (!add_nchw) return Flavour::load(add + ((b * H + yy) * W + xx) * Co + co);
+    const auto* p = add + ((b * Co + co) * H + yy) * W + xx;
+    alignas(64) float v[kVL];
+    for (int64_t l = 0; l < kVL; ++l) v[l] = static_cast<float>(p[l * H * W]);
+    return Vec::loadu(v);
+  };
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
     std::vector<v_t> v_buf(16 * kT * Ci);
     std::vector<float> m_buf(16 * kT * group);
@@ -890,10 +900,10 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
             for (int i = 0; i < 2 && oy + i < H; ++i) {  // (A^T M) A: columns
               const int64_t at = ((b * H + oy + i) * W + ox) * Co + co0 + c;
               Vec y0 = s[i][0] + s[i][1] + s[i][2], y1 = s[i][1] - s[i][2] - s[i][3];
-              if (add != nullptr) y0 = y0 + Flavour::load(add + at);
+              if (add != nullptr) y0 = y0 + addend(b, oy + i, ox, co0 + c);
               Flavour::store_y(y + at, y0);
               if (ox + 1 < W) {
-                if (add != nullptr) y1 = y1 + Flavour::load(add + at + Co);
+                if (add != nullptr) y1 = y1 + addend(b, oy + i, ox + 1, co0 + c);
                 Flavour::store_y(y + at + Co, y1);
               }
             }
@@ -918,9 +928,10 @@ at::Tensor transform(const at::Tensor& weight) {
 }
 
 // The convolution through Flavour with a transformed weight u (transform<Flavour>): input, and
-// `addend` (added to the result) where defined, (B, Ci, H, W) and (B, Co, H, W) in scalar_t; the
-// result written into `out` where it is a channels_last-contiguous (B, Co, H, W) of scalar_t
-// (copied into any other `out`), else a new tensor in the input's memory format.
+// `addend` (added to the result; read in place when contiguous in either layout) where defined,
+// (B, Ci, H, W) and (B, Co, H, W) in scalar_t; the result written into `out` where it is a
+// channels_last-contiguous (B, Co, H, W) of scalar_t (copied into any other `out`), else a new
+// tensor in the input's memory format.
 template <class Flavour>
 at::Tensor run_transformed(const at::Tensor& input, const at::Tensor& u, const at::Tensor& addend,
                            const at::Tensor& out) {
@@ -928,7 +939,9 @@ at::Tensor run_transformed(const at::Tensor& input, const at::Tensor& u, const a
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Co = u.size(2);
   const at::Tensor x = nhwc(input);
-  const at::Tensor a = addend.defined() ? nhwc(addend) : at::Tensor();
+  const bool add_nchw = addend.defined() && !addend.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                        addend.is_contiguous();
+  const at::Tensor a = !addend.defined() ? at::Tensor() : (add_nchw ? addend : nhwc(addend));
   const bool into = out.defined() && out.scalar_type() == input.scalar_type() &&
                     out.sizes() == at::IntArrayRef({B, Co, H, W}) &&
                     out.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -936,7 +949,7 @@ at::Tensor run_transformed(const at::Tensor& input, const at::Tensor& u, const a
   conv3x3<Flavour>(reinterpret_cast<const in_t*>(x.const_data_ptr()),
                    reinterpret_cast<const typename Flavour::u_t*>(u.const_data_ptr()),
                    a.defined() ? reinterpret_cast<const in_t*>(a.const_data_ptr()) : nullptr,
-                   reinterpret_cast<in_t*>(y.data_ptr()), B, H, W, Ci, Co);
+                   add_nchw, reinterpret_cast<in_t*>(y.data_ptr()), B, H, W, Ci, Co);
   if (into) return out;
   if (out.defined()) return out.copy_(y.permute({0, 3, 1, 2}));
   return y.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
@@ -1224,7 +1237,7 @@ at::Tensor run(const at::Tensor& grad_out, const at::Tensor& input) {
   const int64_t st = sizeof(typename Flavour::st_t);
   int64_t kT = (256 << 10) / (16 * st * (Ci + group));
   kT = std::clamp<int64_t>(kT / Flavour::kPack * Flavour::kPack, Flavour::kPack, 128);
-  at::Tensor acc = at::zeros({shares, 16, Ci, Co}, input.options().dtype(at::kFloat));
+  at::Tensor acc = scratch_zeros({shares, 16, Ci, Co}, input.options().dtype(at::kFloat));
   float* accd = acc.data_ptr<float>();
   const auto* xd = reinterpret_cast<const in_t*>(x.const_data_ptr());
   const auto* dyd = reinterpret_cast<const in_t*>(dy.const_data_ptr());
