@@ -237,12 +237,9 @@ def markdown(record: dict) -> str:
         "process; ATen / ours: the median over rounds of the ratio (above 1×: ours is faster). "
         f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags'])}), kernels at the {m['cpu_isa']} level, "
         f"{m['threads']} threads, torch {m['torch']}, allocator {m['allocator']}."
-        + (
-            " TFLOP/s: the direct convolution's FLOPs (2 B H W 9 C_in C_out) over the time; "
-            "Winograd F(2x2, 3x3) computes 2.25x fewer multiplies."
-            if record.get("op") == "same"
-            else ""
-        ),
+        # Both ops run 3x3 in the Winograd domain (the weight gradient since 2026-12-05).
+        + " TFLOP/s: the direct convolution's FLOPs (2 B H W 9 C_in C_out) over the time; "
+        "Winograd F(2x2, 3x3) computes 2.25x fewer multiplies.",
         "",
     ]
     return "\n".join(lines)
