@@ -98,6 +98,7 @@ BF16_CASES = [
     (2, 16, 64, 1, 17, 3, 3),
     (9, 16, 32, 9, 13, 3, 3),
     (2, 64, 256, 16, 16, 3, 3),
+    (7, 16, 32, 32, 31, 3, 3),  # several blocks of tiles per thread, an odd tile count
 ]
 
 
