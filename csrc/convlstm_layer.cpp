@@ -191,9 +191,9 @@ at::Tensor finish_conv(at::Tensor y, const at::Tensor& addend, const at::Tensor&
 // conv(input, c.weight) + addend (where defined), written into `out` (where defined): the
 // prepared kernel where there is one and the tensors are plain ones, else the operator
 // conv2d_same (3x3 in float32, and in bfloat16 at the avx512_bf16 level: a Winograd F(2x2, 3x3)
-// kernel of ours, csrc/cpu/conv_cpu.cpp, 1.4-1.8x and 1.0-1.5x oneDNN's direct convolution at the
-// layer's shapes; otherwise ATen's) on the CPU, ATen's convolution elsewhere. In profiles the
-// prepared kernel shows as the operator it stands for.
+// kernel of ours, csrc/cpu/conv_cpu.cpp, round-robin against oneDNN in
+// benchmarks/results/conv_same_rr_cpu_*.md; otherwise ATen's) on the CPU, ATen's convolution
+// elsewhere. In profiles the prepared kernel shows as the operator it stands for.
 at::Tensor conv(const at::Tensor& input, const StepConv& c, const LayerShape& s,
                 const at::Tensor& addend = {}, const at::Tensor& out = {}) {
   const bool plain = !at::isTensorSubclassLike(input) &&

@@ -1,7 +1,8 @@
-// CPU kernels of the ConvLSTM layer's convolutions: conv2d_same (below, after the weight
+// CPU kernels of the ConvLSTM layer's convolutions: conv2d_same (below, after the direct weight
 // gradients: 3x3 convolutions as Winograd F(2x2, 3x3), float32 and, at the avx512_bf16 level,
-// bfloat16) and conv2d_weight_grad, the
-// weight gradient of a stride-1 'same' convolution,
+// bfloat16), the Winograd weight gradients of 3x3 kernels (namespace wgrad, after it), and the
+// direct conv2d_weight_grad of any kernel size (first), the weight gradient of a stride-1 'same'
+// convolution,
 //   dW[co, ci, i, j] = sum over (b, y, x) of g[b, co, y, x] * x_pad[b, ci, y + i, x + j],
 // as an implicit GEMM whose reduction runs over all B*H*W positions -- the shape of the ConvLSTM
 // layer's batched weight gradients (B = many steps' batches, K = 9*C_in columns, C_out = 4C).
