@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "buffer_pool.h"
 #include "checks.h"
@@ -57,6 +58,20 @@ at::Tensor conv2d_same_aten(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
 }
 
 at::Tensor nhwc(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
+
+void check_prepared_conv_args(const at::Tensor& input, const at::Tensor& u, at::ScalarType dtype,
+                              const at::Tensor& addend) {
+  constexpr const char* op = "conv2d_same (prepared weight)";
+  TORCH_CHECK(input.dim() == 4 && input.size(1) == u.size(1) && input.scalar_type() == dtype, op,
+              ": input of shape ", shape_str(input.sizes()), " and dtype ", input.scalar_type(),
+              " does not fit the weight's ", std::to_string(u.size(1)), " input channels and ",
+              dtype);
+  if (!addend.defined()) return;
+  const std::vector<int64_t> shape = {input.size(0), u.size(2), input.size(2), input.size(3)};
+  TORCH_CHECK(addend.sizes() == at::IntArrayRef(shape) && addend.scalar_type() == dtype, op,
+              ": addend of shape ", shape_str(addend.sizes()), " and dtype ", addend.scalar_type(),
+              ", expected ", shape_str(shape), " and ", dtype);
+}
 
 at::Tensor scratch_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return cell_buffer(sizes, options).zero_();

@@ -29,6 +29,13 @@ at::Tensor conv2d_weight_grad_aten(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS);
 // would be compiled for that source's ISA level (see scripts/check_cpu_isa.py).
 at::Tensor nhwc(const at::Tensor& t);
 
+// The argument check of PreparedConv::run (of a weight transformed for inputs of `dtype`, u of
+// shape (16, C_in, C_out)): input (B, C_in, H, W) of that dtype, addend (where defined) of the
+// result's shape and dtype; raises in one line. Out of line, as nhwc (TORCH_CHECK's message
+// formatting is inline template code).
+void check_prepared_conv_args(const at::Tensor& input, const at::Tensor& u, at::ScalarType dtype,
+                              const at::Tensor& addend);
+
 // Zeros for a kernel's scratch accumulators (e.g. the weight gradients' per-thread partial sums),
 // from the fused cell's buffer pool where they are large (buffer_pool.h): called at every step of
 // the layer's backward, they would otherwise fault in fresh pages. Out of line, as nhwc.

@@ -50,7 +50,6 @@
 #include <immintrin.h>
 #endif
 
-#include "checks.h"
 #include "conv_weight_grad.h"
 #include "cpu/kernels.h"
 #include "cpu/vec_utils.h"
@@ -1325,20 +1324,8 @@ at::Tensor conv2d_same_cpu(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
 template <class Flavour>
 at::Tensor same_prepared(const at::Tensor& input, const at::Tensor& u, const at::Tensor& addend,
                          const at::Tensor& out) {
-  TORCH_CHECK(input.dim() == 4 && input.size(1) == u.size(1) && input.scalar_type() ==
-                  c10::CppTypeToScalarType<typename Flavour::in_t>::value,
-              "conv2d_same (prepared weight): input of shape ", shape_str(input.sizes()),
-              " and dtype ", input.scalar_type(), " does not fit the weight's ",
-              std::to_string(u.size(1)), " input channels and ",
-              c10::CppTypeToScalarType<typename Flavour::in_t>::value);
-  const std::vector<int64_t> shape = {input.size(0), u.size(2), input.size(2), input.size(3)};
-  if (addend.defined()) {
-    TORCH_CHECK(addend.sizes() == at::IntArrayRef(shape) &&
-                    addend.scalar_type() == input.scalar_type(),
-                "conv2d_same (prepared weight): addend of shape ", shape_str(addend.sizes()),
-                " and dtype ", addend.scalar_type(), ", expected ", shape_str(shape), " and ",
-                input.scalar_type());
-  }
+  check_prepared_conv_args(input, u, c10::CppTypeToScalarType<typename Flavour::in_t>::value,
+                           addend);
   return winograd::run_transformed<Flavour>(input, u, addend, out);
 }
 
