@@ -34,7 +34,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -707,8 +706,7 @@ void transform_weight(const float* w, int64_t Co, int64_t Ci, typename Flavour::
   });
 }
 
-// float32: V, U and the GEMMs in float32 (FMA); m[r][...] = sum over c < Ci of
-// v[r * Ci + c] * u[c * Co + ...], kMR_ rows by kNV_ vectors.
+// float32: V, U and the GEMMs in float32 (FMA).
 struct F32 {
   using in_t = float;
   using v_t = float;
@@ -722,23 +720,29 @@ struct F32 {
   static const float* u_at(const float* u, int k, int64_t Ci, int64_t Co, int64_t co) {
     return u + k * Ci * Co + co;
   }
+  // The register tile of both Winograd GEMMs, kMR_ rows by kNV_ vectors:
+  //   c[r][...] (+)= sum over s < steps of a[r * a_row + s * a_step] * b[s * b_step + ...],
+  // c starting from zero or (accumulate) from its values. conv3x3: rows are tiles, the reduction
+  // runs over input channels; the weight gradient: rows are input channels, over tiles.
   template <int kNV_, int kMR_>
-  static void gemm_tile(const float* v, int64_t Ci, const float* u, int64_t Co, float* m,
-                        int64_t m_stride) {
+  static void dot_tile(const float* a, int64_t a_row, int64_t a_step, const float* b,
+                       int64_t b_step, int64_t steps, float* c, int64_t c_stride, bool accumulate) {
     Vec acc[kMR_][kNV_];
     for (int r = 0; r < kMR_; ++r) {
-      for (int n = 0; n < kNV_; ++n) acc[r][n] = Vec(0.f);
+      for (int n = 0; n < kNV_; ++n) {
+        acc[r][n] = accumulate ? Vec::loadu(c + r * c_stride + n * kVL) : Vec(0.f);
+      }
     }
-    for (int64_t c = 0; c < Ci; ++c) {
-      Vec b[kNV_];
-      for (int n = 0; n < kNV_; ++n) b[n] = Vec::loadu(u + c * Co + n * kVL);
+    for (int64_t s = 0; s < steps; ++s) {
+      Vec bv[kNV_];
+      for (int n = 0; n < kNV_; ++n) bv[n] = Vec::loadu(b + s * b_step + n * kVL);
       for (int r = 0; r < kMR_; ++r) {
-        const Vec a(v[r * Ci + c]);
-        for (int n = 0; n < kNV_; ++n) acc[r][n] = at::vec::fmadd(a, b[n], acc[r][n]);
+        const Vec av(a[r * a_row + s * a_step]);
+        for (int n = 0; n < kNV_; ++n) acc[r][n] = at::vec::fmadd(av, bv[n], acc[r][n]);
       }
     }
     for (int r = 0; r < kMR_; ++r) {
-      for (int n = 0; n < kNV_; ++n) acc[r][n].store(m + r * m_stride + n * kVL);
+      for (int n = 0; n < kNV_; ++n) acc[r][n].store(c + r * c_stride + n * kVL);
     }
   }
 };
@@ -763,27 +767,31 @@ struct BF16 {
   static const uint16_t* u_at(const uint16_t* u, int k, int64_t Ci, int64_t Co, int64_t co) {
     return u + k * Ci * Co + co * 2;
   }
+  // dot_tile of F32 on VDPBF16PS: a's elements are pairs (one 32-bit word: a[r * a_row +
+  // s * a_step] and the next), b's vectors 16 pairs (32 bfloat16 from b + s * b_step).
   template <int kNV_, int kMR_>
-  static void gemm_tile(const uint16_t* v, int64_t Ci, const uint16_t* u, int64_t Co, float* m,
-                        int64_t m_stride) {
+  static void dot_tile(const uint16_t* a, int64_t a_row, int64_t a_step, const uint16_t* b,
+                       int64_t b_step, int64_t steps, float* c, int64_t c_stride, bool accumulate) {
     __m512 acc[kMR_][kNV_];
     for (int r = 0; r < kMR_; ++r) {
-      for (int n = 0; n < kNV_; ++n) acc[r][n] = _mm512_setzero_ps();
-    }
-    for (int64_t c2 = 0; c2 < Ci / 2; ++c2) {
-      __m512bh b[kNV_];
       for (int n = 0; n < kNV_; ++n) {
-        b[n] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(u + (c2 * Co + n * kVL) * 2));
+        acc[r][n] = accumulate ? _mm512_loadu_ps(c + r * c_stride + n * kVL) : _mm512_setzero_ps();
+      }
+    }
+    for (int64_t s = 0; s < steps; ++s) {
+      __m512bh bv[kNV_];
+      for (int n = 0; n < kNV_; ++n) {
+        bv[n] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + s * b_step + n * 2 * kVL));
       }
       for (int r = 0; r < kMR_; ++r) {
         uint32_t pair;
-        std::memcpy(&pair, v + r * Ci + 2 * c2, sizeof(pair));
-        const __m512bh a = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
-        for (int n = 0; n < kNV_; ++n) acc[r][n] = _mm512_dpbf16_ps(acc[r][n], a, b[n]);
+        std::memcpy(&pair, a + r * a_row + s * a_step, sizeof(pair));
+        const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
+        for (int n = 0; n < kNV_; ++n) acc[r][n] = _mm512_dpbf16_ps(acc[r][n], av, bv[n]);
       }
     }
     for (int r = 0; r < kMR_; ++r) {
-      for (int n = 0; n < kNV_; ++n) _mm512_storeu_ps(m + r * m_stride + n * kVL, acc[r][n]);
+      for (int n = 0; n < kNV_; ++n) _mm512_storeu_ps(c + r * c_stride + n * kVL, acc[r][n]);
     }
   }
 };
@@ -793,7 +801,10 @@ template <class Flavour, int kNV_>
 void gemm_rows(const typename Flavour::v_t* v, int64_t Ci, const typename Flavour::u_t* u,
                int64_t Co, float* m, int64_t m_stride, int64_t rows) {  // rows: a multiple of kMR
   for (int64_t r = 0; r < rows; r += kMR) {
-    Flavour::template gemm_tile<kNV_, kMR>(v + r * Ci, Ci, u, Co, m + r * m_stride, m_stride);
+    // u's rows: Co values (F32) or Co pairs (BF16, whose v steps by pairs of channels).
+    constexpr int64_t kPair = std::is_same_v<typename Flavour::v_t, float> ? 1 : 2;
+    Flavour::template dot_tile<kNV_, kMR>(v + r * Ci, Ci, kPair, u, Co * kPair, Ci / kPair,
+                                          m + r * m_stride, m_stride, false);
   }
 }
 
@@ -995,25 +1006,7 @@ struct F32 {
   static Vec load(const float* p) { return Vec::loadu(p); }
   // The channel vector of a step's tile (f[0]) at p.
   static void put(float* p, const Vec* f) { f[0].store(p); }
-  template <int kNV_, int kMR_>
-  static void gemm_tile(const float* v, int64_t v_step, const float* y, int64_t y_step,
-                        int64_t steps, float* acc, int64_t Co) {
-    Vec a[kMR_][kNV_];
-    for (int m = 0; m < kMR_; ++m) {
-      for (int n = 0; n < kNV_; ++n) a[m][n] = Vec::loadu(acc + m * Co + n * kVL);
-    }
-    for (int64_t s = 0; s < steps; ++s) {
-      Vec b[kNV_];
-      for (int n = 0; n < kNV_; ++n) b[n] = Vec::loadu(y + s * y_step + n * kVL);
-      for (int m = 0; m < kMR_; ++m) {
-        const Vec xv(v[s * v_step + m]);
-        for (int n = 0; n < kNV_; ++n) a[m][n] = at::vec::fmadd(xv, b[n], a[m][n]);
-      }
-    }
-    for (int m = 0; m < kMR_; ++m) {
-      for (int n = 0; n < kNV_; ++n) a[m][n].store(acc + m * Co + n * kVL);
-    }
-  }
+  using Gemm = winograd::F32;  // its dot_tile
 };
 
 #if defined(PYFRAMEPRED_DOT_BF16_KERNEL) && !defined(PYFRAMEPRED_AMX_KERNEL)
@@ -1033,46 +1026,30 @@ struct BF16 {
     const __m512i both = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f[1], f[0]));  // f0 | f1
     _mm512_storeu_si512(p, _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both));
   }
-  template <int kNV_, int kMR_>
-  static void gemm_tile(const uint16_t* v, int64_t v_step, const uint16_t* y, int64_t y_step,
-                        int64_t steps, float* acc, int64_t Co) {
-    __m512 a[kMR_][kNV_];
-    for (int m = 0; m < kMR_; ++m) {
-      for (int n = 0; n < kNV_; ++n) a[m][n] = _mm512_loadu_ps(acc + m * Co + n * kVL);
-    }
-    for (int64_t s = 0; s < steps; ++s) {
-      __m512bh b[kNV_];
-      for (int n = 0; n < kNV_; ++n) {
-        b[n] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(y + s * y_step + n * 2 * kVL));
-      }
-      for (int m = 0; m < kMR_; ++m) {
-        uint32_t pair;
-        std::memcpy(&pair, v + s * v_step + 2 * m, sizeof(pair));
-        const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
-        for (int n = 0; n < kNV_; ++n) a[m][n] = _mm512_dpbf16_ps(a[m][n], xv, b[n]);
-      }
-    }
-    for (int m = 0; m < kMR_; ++m) {
-      for (int n = 0; n < kNV_; ++n) _mm512_storeu_ps(acc + m * Co + n * kVL, a[m][n]);
-    }
-  }
+  using Gemm = winograd::BF16;  // its dot_tile
 };
 #endif
 
-// gemm_tile with the input-channel count of the last, partial register tile as a run-time value.
+// The weight gradient's register tile: dU rows ci .. ci + columns - 1 (+)= sum over the block's
+// steps of V x Y -- Flavour::Gemm::dot_tile, with the input-channel count of the last, partial
+// register tile as a run-time value.
 template <class Flavour, int kNV_>
 void gemm_columns(int columns, const typename Flavour::st_t* v, int64_t v_step,
                   const typename Flavour::st_t* y, int64_t y_step, int64_t steps, float* acc,
                   int64_t Co) {
   static_assert(kMR == 6, "gemm_columns lists the column counts 1..kMR");
+  constexpr int P = Flavour::kPack;  // a row of V: an input channel's P tiles
+#define PYFRAMEPRED_WGRAD_TILE(n) \
+  Flavour::Gemm::template dot_tile<kNV_, n>(v, P, v_step, y, y_step, steps, acc, Co, true)
   switch (columns) {
-    case 6: return Flavour::template gemm_tile<kNV_, 6>(v, v_step, y, y_step, steps, acc, Co);
-    case 5: return Flavour::template gemm_tile<kNV_, 5>(v, v_step, y, y_step, steps, acc, Co);
-    case 4: return Flavour::template gemm_tile<kNV_, 4>(v, v_step, y, y_step, steps, acc, Co);
-    case 3: return Flavour::template gemm_tile<kNV_, 3>(v, v_step, y, y_step, steps, acc, Co);
-    case 2: return Flavour::template gemm_tile<kNV_, 2>(v, v_step, y, y_step, steps, acc, Co);
-    default: return Flavour::template gemm_tile<kNV_, 1>(v, v_step, y, y_step, steps, acc, Co);
+    case 6: return PYFRAMEPRED_WGRAD_TILE(6);
+    case 5: return PYFRAMEPRED_WGRAD_TILE(5);
+    case 4: return PYFRAMEPRED_WGRAD_TILE(4);
+    case 3: return PYFRAMEPRED_WGRAD_TILE(3);
+    case 2: return PYFRAMEPRED_WGRAD_TILE(2);
+    default: return PYFRAMEPRED_WGRAD_TILE(1);
   }
+#undef PYFRAMEPRED_WGRAD_TILE
 }
 
 // The input pixels of tile t of a block (from tile t0) under its 4x4 patch: null outside the
