@@ -140,9 +140,12 @@ struct ConvLSTMForwardPlan {
 
 // Takes the operator's arguments (convlstm_gates_forward, op_signatures.h), and optionally the
 // tensor h is to be written into (see GatesForwardInto); one that does not fit the h the kernel
-// would allocate (shape, dtype, device, memory layout) is not used.
+// would allocate (shape, dtype, device, memory layout) is not used. `strided`: the kernel takes
+// any h_out with a (N, C, P) view (the CPU's; e.g. a channel slice of channels_last frames),
+// not only one contiguous in the iteration's memory format.
 inline ConvLSTMForwardPlan plan_convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS,
-                                                 const at::Tensor& h_out = at::Tensor()) {
+                                                 const at::Tensor& h_out = at::Tensor(),
+                                                 bool strided = false) {
   ConvLSTMForwardPlan p;
   p.C = check_convlstm_forward_args(x_gates, h_gates, c_prev, bias, peephole);
   p.N = x_gates.size(0);
@@ -158,7 +161,7 @@ inline ConvLSTMForwardPlan plan_convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORW
   const auto opts = x_gates.options().memory_format(fmt);
   const bool into = h_out.defined() && h_out.sizes() == at::IntArrayRef({p.N, p.C, p.H, p.W}) &&
                     h_out.dtype() == x_gates.dtype() && h_out.device() == x_gates.device() &&
-                    h_out.is_contiguous(fmt);
+                    (h_out.is_contiguous(fmt) || (strided && has_view3(h_out)));
   p.h = into ? h_out : cell_buffer({p.N, p.C, p.H, p.W}, opts);
   p.c = cell_buffer({p.N, p.C, p.H, p.W}, opts.dtype(c_prev.scalar_type()));
   p.gates = save_gates ? cell_buffer({p.N, 4 * p.C, p.H, p.W}, opts) : at::empty({0}, x_gates.options());

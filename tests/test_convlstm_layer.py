@@ -180,6 +180,69 @@ def test_bfloat16_layer_close_to_float64(cpu_isa_level, grad_format):
         torch.testing.assert_close(a.double(), b, atol=b.abs().max().item() / 16, rtol=0)
 
 
+def _forward_convolutions(fn):
+    """How many convolutions (conv2d_same, ours or the operator) a call of fn runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return sum(e.name == "pyframepred::conv2d_same" for e in prof.events()), out
+
+
+@pytest.mark.parametrize("wanted", ["all", "wx", "wh", "x-wx"])
+@pytest.mark.parametrize("state", [False, True], ids=["no-state", "state"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_one_convolution_per_step(T, state, wanted):
+    # Channel counts the CPU's Winograd convolutions take: each step's gates come from one
+    # convolution of x_t and h_{t-1} side by side in one frame (step 0 without h0: of x_t
+    # alone), and both weight gradients from one call over those frames when both are wanted
+    # (separate calls otherwise). Values and the wanted gradients against float64; the forward
+    # without autograd (one reused frame) equals the one that saves its frames.
+    args = _inputs(T=T, N=2, Cin=16, C=16, H=7, W=9, state=state, peephole=True, dtype=torch.float32)
+    x, _, wx, wh, b, p, st = args
+    names = {"all": ("x", "wx", "wh"), "wx": ("wx",), "wh": ("wh",), "x-wx": ("x", "wx")}[wanted]
+    named = {"x": x, "wx": wx, "wh": wh}
+    for name, leaf in named.items():
+        leaf.requires_grad_(name in names)
+    calls, (h_seq, (h, c)) = _forward_convolutions(lambda: ops.convlstm_layer(*args))
+    assert calls == T
+    with torch.no_grad():
+        h_seq2, (h2, c2) = ops.convlstm_layer(*args)
+    for a, b2 in ((h_seq, h_seq2), (h, h2), (c, c2)):
+        torch.testing.assert_close(a.detach(), b2, atol=0, rtol=0)
+
+    args64 = _as_float64(args)
+    named64 = dict(zip(("x", "wx", "wh"), (args64[0], args64[2], args64[3])))
+    want_seq, (want_h, want_c) = _reference_layer(*args64)
+    w = torch.linspace(-1, 1, h_seq.numel(), dtype=torch.float64).view(h_seq.shape)
+
+    def loss(h_seq, h, c):
+        return (h_seq.double() * w).sum() + (h.double() * 0.7).sum() + (c.double() ** 2).sum()
+
+    got = torch.autograd.grad(loss(h_seq, h, c), [named[n] for n in names])
+    # One step without h0 never uses weight_h: the reference leaves it out of its graph, the
+    # layer gives zeros.
+    want = torch.autograd.grad(
+        loss(want_seq, want_h, want_c), [named64[n] for n in names], allow_unused=True
+    )
+    want = tuple(torch.zeros_like(named64[n]) if g is None else g for n, g in zip(names, want))
+    for a, b2 in zip((h_seq, h, c) + got, (want_seq, want_h, want_c) + want):
+        torch.testing.assert_close(a.double(), b2, atol=2e-5 * b2.abs().max().item(), rtol=1e-4)
+
+
+def test_channels_the_joined_convolution_does_not_take():
+    # C_in + C = 36 is no multiple of the vector width: the step's two convolutions run apart, as
+    # before the merged schedule (x batched: the 3 small steps in one call; h per step), with the
+    # same results.
+    args = _inputs(T=3, N=2, Cin=16, C=20, H=5, W=6, state=True, dtype=torch.float32)
+    calls, _ = _forward_convolutions(lambda: ops.convlstm_layer(*args))
+    assert calls == 1 + 3
+    got = _outputs_and_grads(ops.convlstm_layer, args, torch.contiguous_format)
+    want = _outputs_and_grads(_reference_layer, _as_float64(args), torch.contiguous_format)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=2e-5 * b.abs().max().item(), rtol=1e-4)
+
+
 @pytest.mark.parametrize("grad", ["expanded", "nchw", "channels_last"])
 def test_gradient_of_any_layout(grad):
     # The layer brings the sequence's gradient into its own layout step by step: an expanded
@@ -297,19 +360,19 @@ def test_module_uses_layer_and_matches_reference_module():
 _COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy")
 
 
-def _copy_ops(T, amp, channels_last):
+def _copy_ops(T, amp, channels_last, cin=4, hidden=8):
     """Layout/dtype copies in one forward + backward of a two-layer ConvLSTM over T steps."""
     from torch.profiler import ProfilerActivity, profile
 
     from pyframepred.nn import ConvLSTM
 
     torch.manual_seed(0)
-    m = ConvLSTM(4, [8, 8], 3)
-    x = torch.randn(2 * T, 4, 12, 12)
+    m = ConvLSTM(cin, [hidden, hidden], 3)
+    x = torch.randn(2 * T, cin, 12, 12)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    x = x.view(2, T, 4, 12, 12)
+    x = x.view(2, T, cin, 12, 12)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             out, _ = m(x)
@@ -317,12 +380,16 @@ def _copy_ops(T, amp, channels_last):
     return sum(e.name in _COPIES for e in prof.events())
 
 
+@pytest.mark.parametrize("channels", [(4, 8), (16, 16)], ids=["4-8", "16-16"])
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_no_copies_per_step(amp, channels_last):
+def test_no_copies_per_step(amp, channels_last, channels):
     """Layout and dtype conversions happen once per layer (input, weights, output), never per
-    step: doubling the sequence leaves their number unchanged, forward and backward."""
-    assert _copy_ops(3, amp, channels_last) == _copy_ops(6, amp, channels_last)
+    step: doubling the sequence leaves their number unchanged, forward and backward. With 16
+    channels the CPU runs the merged schedule (one convolution of x_t and h_{t-1} side by side),
+    whose frames are filled without a copy per step."""
+    cin, hidden = channels
+    assert _copy_ops(3, amp, channels_last, cin, hidden) == _copy_ops(6, amp, channels_last, cin, hidden)
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])

@@ -1228,34 +1228,40 @@ at::Tensor run(const at::Tensor& grad_out, const at::Tensor& input) {
                           kT, accd + sh * 16 * Ci * Co);
     }
   });
-  // dW = G^T dU G of the shares' sum (added in a fixed order), as the weight's channels_last
-  // memory (Co, 3, 3, Ci), rounded once to the input's dtype.
+  // dW = G^T dU G of the shares' sum (added in a fixed order), vectorised over the output
+  // channels (contiguous in dU) into (3, 3, Ci, Co) float32, then rounded once to the input's
+  // dtype as (Co, Ci, 3, 3) in its memory format. (Scalar, channel by channel, this took 11% of
+  // the weight gradient at (4, 128 -> 256, 64x64).)
   static constexpr float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
-  at::Tensor out = at::empty({Co, 3, 3, Ci}, input.options().dtype(at::kFloat));
-  float* od = out.data_ptr<float>();
-  at::parallel_for(0, Co, 16, [&](int64_t first, int64_t last) {
-    for (int64_t co = first; co < last; ++co) {
-      for (int64_t ci = 0; ci < Ci; ++ci) {
-        float m[4][4];
+  at::Tensor dw = at::empty({3, 3, Ci, Co}, input.options().dtype(at::kFloat));
+  float* od = dw.data_ptr<float>();
+  at::parallel_for(0, Ci, 1, [&](int64_t first, int64_t last) {
+    for (int64_t ci = first; ci < last; ++ci) {
+      for (int64_t co = 0; co < Co; co += kVL) {
+        Vec m[16];
         for (int k = 0; k < 16; ++k) {
-          float v = 0.f;
-          for (int64_t sh = 0; sh < shares; ++sh) v += accd[((sh * 16 + k) * Ci + ci) * Co + co];
-          m[k / 4][k % 4] = v;
+          m[k] = Vec::loadu(accd + (k * Ci + ci) * Co + co);
+          for (int64_t sh = 1; sh < shares; ++sh) {
+            m[k] = m[k] + Vec::loadu(accd + ((sh * 16 + k) * Ci + ci) * Co + co);
+          }
         }
         for (int i = 0; i < 3; ++i) {
-          float t[4];  // (G^T m)[i][b]
+          Vec t[4];  // (G^T m)[i][b]
           for (int bb = 0; bb < 4; ++bb) {
-            t[bb] = G[0][i] * m[0][bb] + G[1][i] * m[1][bb] + G[2][i] * m[2][bb] + G[3][i] * m[3][bb];
+            t[bb] = Vec(G[0][i]) * m[bb] + Vec(G[1][i]) * m[4 + bb] + Vec(G[2][i]) * m[8 + bb] +
+                    Vec(G[3][i]) * m[12 + bb];
           }
           for (int j = 0; j < 3; ++j) {
-            od[((co * 3 + i) * 3 + j) * Ci + ci] =
-                t[0] * G[0][j] + t[1] * G[1][j] + t[2] * G[2][j] + t[3] * G[3][j];
+            const Vec v = t[0] * Vec(G[0][j]) + t[1] * Vec(G[1][j]) + t[2] * Vec(G[2][j]) +
+                          t[3] * Vec(G[3][j]);
+            v.store(od + ((i * 3 + j) * Ci + ci) * Co + co);
           }
         }
       }
     }
   });
-  return out.to(input.scalar_type()).permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+  return at::empty({Co, Ci, 3, 3}, input.options().memory_format(input.suggest_memory_format()))
+      .copy_(dw.permute({3, 2, 0, 1}));
 }
 
 }  // namespace wgrad

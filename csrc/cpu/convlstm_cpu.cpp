@@ -175,7 +175,8 @@ void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r
 
 op::ConvLSTMGatesForward::Result convlstm_gates_forward_into_cpu(
     PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS, const at::Tensor& h_out) {
-  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out);
+  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out,
+                                 /*strided=*/true);
   const int64_t P = p.H * p.W;
   if (p.N * p.C * P == 0) return {p.h, p.c, p.gates};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_gates.scalar_type(),
