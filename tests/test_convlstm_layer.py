@@ -222,9 +222,7 @@ def test_one_convolution_per_step(T, state, wanted):
     got = torch.autograd.grad(loss(h_seq, h, c), [named[n] for n in names])
     # One step without h0 never uses weight_h: the reference leaves it out of its graph, the
     # layer gives zeros.
-    want = torch.autograd.grad(
-        loss(want_seq, want_h, want_c), [named64[n] for n in names], allow_unused=True
-    )
+    want = torch.autograd.grad(loss(want_seq, want_h, want_c), [named64[n] for n in names], allow_unused=True)
     want = tuple(torch.zeros_like(named64[n]) if g is None else g for n, g in zip(names, want))
     for a, b2 in zip((h_seq, h, c) + got, (want_seq, want_h, want_c) + want):
         torch.testing.assert_close(a.double(), b2, atol=2e-5 * b2.abs().max().item(), rtol=1e-4)
