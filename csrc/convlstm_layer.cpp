@@ -421,8 +421,11 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     ctx->saved_data["needs"] = c10::List<bool>(
         {x.requires_grad(), weight_x.requires_grad(), weight_h.requires_grad(), requires_grad(bias),
          requires_grad(peephole), requires_grad(h0), requires_grad(c0)});
-    variable_list saved = {r.x, r.wx, r.wh, peephole.value_or(at::Tensor()), r.h0,
-                           r.h_seq, r.xh};
+    // The merged schedule's frames hold x and the h sequence (but its last frame, which no
+    // step's convolution sees): neither is saved beside them.
+    const bool frames = r.xh.defined();
+    variable_list saved = {frames ? at::Tensor() : r.x, r.wx, r.wh, peephole.value_or(at::Tensor()),
+                           r.h0, frames ? at::Tensor() : r.h_seq, r.xh};
     saved.insert(saved.end(), r.gates.begin(), r.gates.end());
     saved.insert(saved.end(), r.c_prev.begin(), r.c_prev.end());
     ctx->save_for_backward(saved);
@@ -438,14 +441,18 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     const bool need_x = needs[0], need_wx = needs[1], need_wh = needs[2], need_b = needs[3],
                need_p = needs[4], need_h0 = needs[5], need_c0 = needs[6];
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& x = saved[0];
+    const at::Tensor& xh = saved[6];  // the merged schedule's frames, where it ran
     const at::Tensor& wx = saved[1];
     const at::Tensor& wh = saved[2];
     std::optional<at::Tensor> peephole;
     if (saved[3].defined()) peephole = saved[3];
     const at::Tensor& h0 = saved[4];
-    const at::Tensor& h_seq = saved[5];
-    const at::Tensor& xh = saved[6];  // the merged schedule's frames, where it ran
+    // x, and h_{t-1} of the steps from `first` on (first >= 1): views of the frames, or saved.
+    const at::Tensor x = xh.defined() ? xh.narrow(1, 0, s.Cin) : saved[0];
+    auto h_before = [&](int64_t first, int64_t n) {
+      return xh.defined() ? xh.narrow(0, first * s.N, n * s.N).narrow(1, s.Cin, s.C)
+                          : saved[5].narrow(0, (first - 1) * s.N, n * s.N);
+    };
     auto gates = [&](int64_t t) -> const at::Tensor& { return saved[7 + t]; };
     auto c_prev = [&](int64_t t) -> const at::Tensor& { return saved[7 + s.T + t]; };
     variable_list out(8);
@@ -454,7 +461,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     // order. The sequence's gradient is brought there step by step, by the sum with the gradient
     // flowing back from the next step where there is one: an expanded gradient (e.g. of .sum())
     // or one in another layout is never materialised whole.
-    const auto fmt = h_seq.suggest_memory_format();
+    const auto fmt = (xh.defined() ? xh : x).suggest_memory_format();
     auto like_state = [&](const at::Tensor& g) {
       return g.defined() && !g.is_contiguous(fmt) ? g.contiguous(fmt) : g;
     };
@@ -483,10 +490,10 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     at::Tensor gx;
     std::vector<at::Tensor> gx_chunks;
     const bool batched = need_x || need_wx || need_wh;
-    const StepConv wh_flipped = flipped_weight(wh, h_seq);
+    const StepConv wh_flipped = flipped_weight(wh, x);
     const StepConv wx_flipped = need_x ? flipped_weight(wx, x) : StepConv{};
     if (need_x && wx_flipped.prepared.run != nullptr) {
-      gx = cell_buffer(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
+      gx = cell_buffer(x.sizes(), x.options().memory_format(fmt));
     }
     const int64_t K = chunk_steps(s, x);
     for (int64_t t0 = (s.T - 1) / K * K; t0 >= 0; t0 -= K) {
@@ -498,14 +505,14 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
           const at::Tensor g = g_seq.narrow(0, t * s.N, s.N);
           dh = like_state(dh_next.defined() ? dh_next + g : g);
         } else {
-          dh = dh_next.defined() ? dh_next : zero_state(h_seq);
+          dh = dh_next.defined() ? dh_next : zero_state(x);
         }
         if (!dc.defined()) dc = zero_state(c_prev(t));
         auto [dg, dc_prev, dp] = gates_backward(dh, dc, gates(t), c_prev(t), peephole, param_grads);
         if (param_grads) d_params = d_params.defined() ? d_params + dp : dp;
-        const bool h_before = t > 0 || h0.defined();
-        if (h_before && (t > 0 || need_h0)) {
-          const at::Tensor& h_prev = t > 0 ? h_seq.narrow(0, (t - 1) * s.N, s.N) : h0;
+        const bool had_h = t > 0 || h0.defined();
+        if (had_h && (t > 0 || need_h0)) {
+          const at::Tensor h_prev = t > 0 ? h_before(t, 1) : h0;
           // Step t - 1's gradient of h: through the hidden convolution, plus the sequence's.
           const at::Tensor g_prev =
               t > 0 && g_seq.defined() ? g_seq.narrow(0, (t - 1) * s.N, s.N) : at::Tensor();
@@ -542,7 +549,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         if (first < t0 + k) {
           const int64_t n = t0 + k - first;
           add_to(gwh, weight_grad(dg.narrow(0, (first - t0) * s.N, n * s.N),
-                                  h_seq.narrow(0, (first - 1) * s.N, n * s.N), s));
+                                  h_before(first, n), s));
         }
         if (t0 == 0 && h0.defined()) add_to(gwh, weight_grad(d_gates[0], h0, s));
       }
