@@ -7,8 +7,11 @@
 //             input convolution's data and weight gradients and the hidden convolution's weight
 //             gradient in batched calls (the weight gradients by the operator
 //             conv2d_weight_grad); the bias/peephole gradients reduced once.
-// Nothing but the activated gates and the cell states is saved; h of every step is the output
-// itself, and the input is the caller's.
+// On the CPU, where a prepared (Winograd) convolution runs the layer's weights, the merged schedule
+// (merged_schedule, below) goes further: one convolution per step over x_t and h_{t-1} side by
+// side, and one weight-gradient call for both weights.
+// Nothing but the activated gates and the cell states is saved besides the input and the h
+// sequence (the caller's input and the output itself, or, in the merged schedule, its frames).
 //
 // The operator is written against ATen and the fused cell's operators, so it runs on every
 // device those run on (CPU, CUDA) and reaches LibTorch users through the dispatcher like the

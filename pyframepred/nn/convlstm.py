@@ -3,7 +3,9 @@
 ``ConvLSTMCell`` is one step; ``ConvLSTM`` runs stacked layers over a sequence, each fused layer
 as one operator (``pyframepred.ops.convlstm_layer``) scheduled like cuDNN's LSTM layers: the
 input convolution of all time steps batched and only the hidden convolution step by step, and in
-backward every weight gradient batched over the steps. ``fused=False`` switches to the
+backward every weight gradient batched over the steps (on the CPU, with channel counts its
+Winograd convolutions take, one convolution per step over x_t and h_{t-1} side by side instead,
+and one weight-gradient call for both weights). ``fused=False`` switches to the
 plain-PyTorch cell with the same parameters and state_dict, so the two are interchangeable.
 """
 
