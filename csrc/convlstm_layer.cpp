@@ -293,8 +293,8 @@ struct Rollout {
   at::Tensor x, h0;  // the input and initial h in the layout the layer runs in
   at::Tensor wx, wh; // the weights in that layout (converted once, not by every convolution)
   at::Tensor h_seq, h_last, c_last;
-  // The merged schedule's step inputs (see MergedConv): frame t = (x_t, h_{t-1}), h_{-1} = h0 or
-  // zeros; all T frames when saving (the weight gradients' input), one reused frame otherwise.
+  // The merged schedule's step inputs (see merged_schedule): frame t = (x_t, h_{t-1}), h_{-1} = h0
+  // or zeros; all T frames when saving (the weight gradients' input), one reused frame otherwise.
   at::Tensor xh;
   std::vector<at::Tensor> gates;   // activated gates of each step (when saving)
   std::vector<at::Tensor> c_prev;  // the cell state each step started from (when saving)
@@ -307,10 +307,11 @@ struct Rollout {
 // cell. One output transform, one pass over the products and one gate tensor for the cell to read
 // instead of two; the weight gradients become one call per chunk over the saved frames, whose
 // output-gradient transform the two weights share. On 2 Zen 4 cores at (4, 64 -> 256, 64x64) in
-// bf16 the step's convolution took 12.2 ms against 14.1 for the two (the weight gradient 14.2
-// against 14.7). The frames cost a copy of x (1.9 ms per call at 4x10 frames there) and of each
-// h, 0.04 ms. Step 0 without h0 convolves x alone.
-// Where it may run; it does where the joined weight has a prepared convolution too.
+// bf16 the step's convolution took 12.2 ms against 14.1 for the two, the weight gradients 12.4
+// against 13.0. The frames cost one copy of x per call (1.9 ms at 4x10 frames there) and one of
+// the h sequence out of them at the end (the cell writes each h into the next frame). Step 0
+// without h0 convolves x alone.
+// Whether it may run; it does where the joined weight has a prepared convolution too.
 bool merged_schedule(const LayerShape& s, const Rollout& r, const StepConv& conv_x,
                      const std::optional<at::Tensor>& h0) {
   return conv_x.prepared.run != nullptr && r.x.is_cpu() && (s.T > 1 || defined(h0)) &&
@@ -383,7 +384,8 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
       if (!save && t + 1 < s.T) h_part(t + 1).copy_(*h);
     }
     if (save && s.T > 1) {
-      r.h_seq.narrow(0, 0, (s.T - 1) * s.N).copy_(r.xh.narrow(0, s.N, (s.T - 1) * s.N).narrow(1, s.Cin, s.C));
+      const int64_t n = (s.T - 1) * s.N;
+      r.h_seq.narrow(0, 0, n).copy_(r.xh.narrow(0, s.N, n).narrow(1, s.Cin, s.C));
     }
     r.h_last = h->clone();
     r.c_last = std::move(c);
