@@ -180,7 +180,7 @@ def test_bfloat16_layer_close_to_float64(cpu_isa_level, grad_format):
         torch.testing.assert_close(a.double(), b, atol=b.abs().max().item() / 16, rtol=0)
 
 
-def _forward_convolutions(fn):
+def _convolutions(fn):
     """How many convolutions (conv2d_same, ours or the operator) a call of fn runs."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -196,15 +196,16 @@ def test_one_convolution_per_step(T, state, wanted):
     # Channel counts the CPU's Winograd convolutions take: each step's gates come from one
     # convolution of x_t and h_{t-1} side by side in one frame (step 0 without h0: of x_t
     # alone), and both weight gradients from one call over those frames when both are wanted
-    # (separate calls otherwise). Values and the wanted gradients against float64; the forward
-    # without autograd (one reused frame) equals the one that saves its frames.
+    # (separate calls otherwise); likewise the data gradients of x_t and h_{t-1} when x's is
+    # wanted. Values and the wanted gradients against float64; the forward without autograd (one
+    # reused frame) equals the one that saves its frames.
     args = _inputs(T=T, N=2, Cin=16, C=16, H=7, W=9, state=state, peephole=True, dtype=torch.float32)
     x, _, wx, wh, b, p, st = args
     names = {"all": ("x", "wx", "wh"), "wx": ("wx",), "wh": ("wh",), "x-wx": ("x", "wx")}[wanted]
     named = {"x": x, "wx": wx, "wh": wh}
     for name, leaf in named.items():
         leaf.requires_grad_(name in names)
-    calls, (h_seq, (h, c)) = _forward_convolutions(lambda: ops.convlstm_layer(*args))
+    calls, (h_seq, (h, c)) = _convolutions(lambda: ops.convlstm_layer(*args))
     assert calls == T
     with torch.no_grad():
         h_seq2, (h2, c2) = ops.convlstm_layer(*args)
@@ -219,7 +220,10 @@ def test_one_convolution_per_step(T, state, wanted):
     def loss(h_seq, h, c):
         return (h_seq.double() * w).sum() + (h.double() * 0.7).sum() + (c.double() ** 2).sum()
 
-    got = torch.autograd.grad(loss(h_seq, h, c), [named[n] for n in names])
+    calls, got = _convolutions(lambda: torch.autograd.grad(loss(h_seq, h, c), [named[n] for n in names]))
+    # Backward's data gradients: with x's wanted, one convolution per step for x_t and h_{t-1}
+    # both; without, one per step whose h_{t-1} exists (all of them with h0, which wants one).
+    assert calls == (T if "x" in names or state else T - 1)
     # One step without h0 never uses weight_h: the reference leaves it out of its graph, the
     # layer gives zeros.
     want = torch.autograd.grad(loss(want_seq, want_h, want_c), [named64[n] for n in names], allow_unused=True)
@@ -233,7 +237,7 @@ def test_channels_the_joined_convolution_does_not_take():
     # before the merged schedule (x batched: the 3 small steps in one call; h per step), with the
     # same results.
     args = _inputs(T=3, N=2, Cin=16, C=20, H=5, W=6, state=True, dtype=torch.float32)
-    calls, _ = _forward_convolutions(lambda: ops.convlstm_layer(*args))
+    calls, _ = _convolutions(lambda: ops.convlstm_layer(*args))
     assert calls == 1 + 3
     got = _outputs_and_grads(ops.convlstm_layer, args, torch.contiguous_format)
     want = _outputs_and_grads(_reference_layer, _as_float64(args), torch.contiguous_format)
