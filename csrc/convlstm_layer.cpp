@@ -495,22 +495,8 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     at::Tensor gx;
     std::vector<at::Tensor> gx_chunks;
     const bool batched = need_x || need_wx || need_wh;
-    // Where the merged schedule saved its frames and x's gradient is wanted (e.g. a stacked
-    // layer's): one data-gradient convolution per step for x_t and h_{t-1} both, with the two
-    // flipped weights side by side, into the step's frame of `gxh` -- the input transform of the
-    // gate gradients, the larger operand, done once instead of twice. x's gradient is then a view
-    // of those frames.
-    StepConv wxh_flipped;
-    if (xh.defined() && need_x) {
-      wxh_flipped = flipped_weight(at::cat({wx, wh}, 1).contiguous(fmt), x);
-    }
-    const bool joined_data_grad = wxh_flipped.prepared.run != nullptr;
-    at::Tensor gxh;
-    if (joined_data_grad) {
-      gxh = cell_buffer({s.T * s.N, s.Cin + s.C, s.H, s.W}, x.options().memory_format(fmt));
-    }
-    const StepConv wh_flipped = joined_data_grad ? StepConv{} : flipped_weight(wh, x);
-    const StepConv wx_flipped = need_x && !joined_data_grad ? flipped_weight(wx, x) : StepConv{};
+    const StepConv wh_flipped = flipped_weight(wh, x);
+    const StepConv wx_flipped = need_x ? flipped_weight(wx, x) : StepConv{};
     if (need_x && wx_flipped.prepared.run != nullptr) {
       gx = cell_buffer(x.sizes(), x.options().memory_format(fmt));
     }
@@ -530,20 +516,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         auto [dg, dc_prev, dp] = gates_backward(dh, dc, gates(t), c_prev(t), peephole, param_grads);
         if (param_grads) d_params = d_params.defined() ? d_params + dp : dp;
         const bool had_h = t > 0 || h0.defined();
-        if (joined_data_grad) {
-          // x_t's gradient and h_{t-1}'s (through the hidden convolution) in one frame; the
-          // sequence's gradient of h_{t-1} added to the latter (the kernel would add it to both).
-          const at::Tensor both = gxh.narrow(0, t * s.N, s.N);
-          conv(dg, wxh_flipped, s, {}, both);
-          if (had_h && (t > 0 || need_h0)) {
-            dh_next = both.narrow(1, s.Cin, s.C);
-            dh_next_has_seq = t > 0 && g_seq.defined();
-            if (dh_next_has_seq) dh_next.add_(g_seq.narrow(0, (t - 1) * s.N, s.N));
-          } else {
-            dh_next = at::Tensor();
-            dh_next_has_seq = false;
-          }
-        } else if (had_h && (t > 0 || need_h0)) {
+        if (had_h && (t > 0 || need_h0)) {
           const at::Tensor h_prev = t > 0 ? h_before(t, 1) : h0;
           // Step t - 1's gradient of h: through the hidden convolution, plus the sequence's.
           const at::Tensor g_prev =
@@ -562,7 +535,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       // h_seq frames [t0 - 1, t0 + k - 1); step 0 saw h0 (when given), not a frame of h_seq.
       const at::Tensor dg = k == 1 ? d_gates[0] : at::cat(d_gates, 0);
       const at::Tensor x_chunk = x.narrow(0, t0 * s.N, k * s.N);
-      if (need_x && !joined_data_grad) {
+      if (need_x) {
         if (gx.defined()) {
           conv_data_grad(dg, x_chunk, wx, wx_flipped, s, {}, gx.narrow(0, t0 * s.N, k * s.N));
         } else {
@@ -586,9 +559,8 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         if (t0 == 0 && h0.defined()) add_to(gwh, weight_grad(d_gates[0], h0, s));
       }
     }
-    if (joined_data_grad) out[0] = gxh.narrow(1, 0, s.Cin);
     if (need_x && gx.defined()) out[0] = gx;
-    if (need_x && !joined_data_grad && !gx.defined()) {
+    if (need_x && !gx.defined()) {
       std::reverse(gx_chunks.begin(), gx_chunks.end());
       out[0] = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
     }

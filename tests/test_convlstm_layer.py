@@ -196,9 +196,8 @@ def test_one_convolution_per_step(T, state, wanted):
     # Channel counts the CPU's Winograd convolutions take: each step's gates come from one
     # convolution of x_t and h_{t-1} side by side in one frame (step 0 without h0: of x_t
     # alone), and both weight gradients from one call over those frames when both are wanted
-    # (separate calls otherwise); likewise the data gradients of x_t and h_{t-1} when x's is
-    # wanted. Values and the wanted gradients against float64; the forward without autograd (one
-    # reused frame) equals the one that saves its frames.
+    # (separate calls otherwise). Values and the wanted gradients against float64; the forward
+    # without autograd (one reused frame) equals the one that saves its frames.
     args = _inputs(T=T, N=2, Cin=16, C=16, H=7, W=9, state=state, peephole=True, dtype=torch.float32)
     x, _, wx, wh, b, p, st = args
     names = {"all": ("x", "wx", "wh"), "wx": ("wx",), "wh": ("wh",), "x-wx": ("x", "wx")}[wanted]
@@ -221,9 +220,9 @@ def test_one_convolution_per_step(T, state, wanted):
         return (h_seq.double() * w).sum() + (h.double() * 0.7).sum() + (c.double() ** 2).sum()
 
     calls, got = _convolutions(lambda: torch.autograd.grad(loss(h_seq, h, c), [named[n] for n in names]))
-    # Backward's data gradients: with x's wanted, one convolution per step for x_t and h_{t-1}
-    # both; without, one per step whose h_{t-1} exists (all of them with h0, which wants one).
-    assert calls == (T if "x" in names or state else T - 1)
+    # Backward's data gradients: one convolution per step whose h_{t-1} exists (all of them with
+    # h0, which wants its gradient), and x's in one batched call (these small steps are one chunk).
+    assert calls == (T if state else T - 1) + ("x" in names)
     # One step without h0 never uses weight_h: the reference leaves it out of its graph, the
     # layer gives zeros.
     want = torch.autograd.grad(loss(want_seq, want_h, want_c), [named64[n] for n in names], allow_unused=True)
