@@ -48,6 +48,11 @@ SHAPES = {
     "hidden-4x64x64@64": (4, 64, 256, 64, 64),  # (4, 64, [64]) at 64x64: one step per chunk
     "hidden-dgrad-step-8x16x32@32": (8, 128, 32, 32, 32),  # the data gradient of h, one step
     "hidden-dgrad-4x64x64@64": (4, 256, 64, 64, 64),
+    # The merged schedule (the CPU's, csrc/convlstm_layer.cpp): one convolution per step over x_t
+    # and h_{t-1} side by side, and one weight gradient over those frames (C_in + C channels).
+    "merged-step-8x16x32@32": (8, 48, 128, 32, 32),  # (8, 16, [32])
+    "merged-step-8x32x32@32": (8, 64, 128, 32, 32),  # the second layer of (8, 16, [32, 32])
+    "merged-4x64x64@64": (4, 128, 256, 64, 64),  # (4, 64, [64]) at 64x64
 }
 OPS = ("weight_grad", "same")
 IMPLS = ["fused", "reference"]
