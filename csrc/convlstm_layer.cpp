@@ -311,11 +311,12 @@ struct Rollout {
 // against 13.0. The frames cost one copy of x per call (1.9 ms at 4x10 frames there) and one of
 // the h sequence out of them at the end (the cell writes each h into the next frame). Step 0
 // without h0 convolves x alone.
-// Whether it may run; it does where the joined weight has a prepared convolution too.
-bool merged_schedule(const LayerShape& s, const Rollout& r, const StepConv& conv_x,
+// Whether it may run: x's convolution is prepared (so the device has prepared convolutions and x
+// and its weight are plain tensors), and some step sees an h. It does where the joined weight has
+// a prepared convolution too (so weight_h is a plain tensor as well).
+bool merged_schedule(const LayerShape& s, const StepConv& conv_x,
                      const std::optional<at::Tensor>& h0) {
-  return conv_x.prepared.run != nullptr && r.x.is_cpu() && (s.T > 1 || defined(h0)) &&
-         !at::areAnyTensorSubclassLike({r.x, r.wx, r.wh}) &&
+  return conv_x.prepared.run != nullptr && (s.T > 1 || defined(h0)) &&
          !(defined(h0) && at::isTensorSubclassLike(*h0));
 }
 
@@ -345,7 +346,7 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
   }
   const StepConv conv_x = step_conv(r.wx, r.x);
   StepConv conv_xh;
-  if (merged_schedule(s, r, conv_x, h0)) {
+  if (merged_schedule(s, conv_x, h0)) {
     conv_xh = step_conv(at::cat({r.wx, r.wh}, 1).contiguous(fmt), r.x);
   }
   if (conv_xh.prepared.run != nullptr) {
