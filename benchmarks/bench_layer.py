@@ -86,13 +86,13 @@ class CatConvLSTM(nn.Module):
         return torch.stack(layer_in, 1)
 
 
-def build(impl: str, size, fmt):
+def build(impl: str, size, fmt, device="cpu"):
     N, cin, hidden, H, W = size
     if impl.startswith("cat"):
         model = CatConvLSTM(cin, hidden)
     else:
         model = ConvLSTM(cin, hidden, 3, num_layers=len(hidden), fused=(impl == "fused"))
-    model = model.to(memory_format=fmt)
+    model = model.to(device=device, memory_format=fmt)
     fn = model
     if impl == "cat-compile":
         fn = torch.compile(model, dynamic=False)
@@ -104,19 +104,24 @@ def build(impl: str, size, fmt):
     return model, out_of
 
 
-def make_step(impl, size, mode):
+def make_step(impl, size, mode, device="cpu"):
+    """One training step of `impl`: forward over T steps under autocast (bf16) or none, then the
+    parameters' gradients of out.sum(). On CUDA the step ends with a synchronisation, so a timer
+    around it measures the GPU's work."""
     dtype, fmt = MODES[mode]
     N, cin, hidden, H, W = size
-    model, out_of = build(impl, size, fmt)
-    x = torch.randn(N, T, cin, H, W)
+    model, out_of = build(impl, size, fmt, device)
+    x = torch.randn(N, T, cin, H, W, device=device)
     if fmt == torch.channels_last:
         x = x.flatten(0, 1).contiguous(memory_format=fmt).unflatten(0, (N, T))
     params = list(model.parameters())
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step():
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
             out = out_of(x)
         torch.autograd.grad(out.float().sum(), params)
+        sync()
 
     return step
 
@@ -125,27 +130,55 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def profile_split(step) -> dict:
-    """Self CPU time of one step split into convolutions and everything else."""
+# Convolutions (ATen's, oneDNN's, cuDNN's, ours), not the fused cell's convlstm_gates_* (whose
+# names contain "conv" too).
+_CONV_KEYS = ("convolution", "mkldnn", "conv2d")
+
+
+def _under_conv(ev) -> bool:
+    """True when the operator event `ev` is a convolution or runs inside one."""
+    while ev is not None:
+        if any(k in ev.name for k in _CONV_KEYS):
+            return True
+        ev = ev.cpu_parent
+    return False
+
+
+def profile_split(step, device="cpu") -> dict:
+    """One step's time split into convolutions and everything else: self CPU time of the
+    operators on the CPU; on CUDA the GPU time of the kernels, each counted under the operator
+    that launched it."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = device.startswith("cuda")
     step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
         step()
     conv = other = 0.0
-    for ev in prof.key_averages():
-        us = ev.self_cpu_time_total
-        # Convolutions (ATen's, oneDNN's, our weight-gradient kernel), not the fused cell's
-        # convlstm_gates_* (whose names contain "conv" too).
-        if any(k in ev.key for k in ("convolution", "mkldnn", "conv2d")):
-            conv += us
-        else:
-            other += us
+    if cuda:
+        for ev in prof.events():
+            if ev.device_type != DeviceType.CPU:
+                continue  # kernels are counted through the operators that launched them
+            us = ev.self_device_time_total
+            if _under_conv(ev):
+                conv += us
+            else:
+                other += us
+    else:
+        for ev in prof.key_averages():
+            us = ev.self_cpu_time_total
+            if any(k in ev.key for k in _CONV_KEYS):
+                conv += us
+            else:
+                other += us
     total = conv + other
     return {
         "conv_ms": round(conv / 1e3, 2),
         "other_ms": round(other / 1e3, 2),
         "conv_share": round(conv / total, 3) if total else None,
+        "time": "GPU kernels" if cuda else "CPU self",
     }
 
 
@@ -159,19 +192,22 @@ def native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def measure(sizes, modes, impls, rounds, warmup=2):
+def measure(sizes, modes, impls, rounds, warmup=2, device="cpu", on_row=None):
+    """Round-robin timings of every implementation, per size and mode; `on_row(row)` is called
+    as each row is complete (a record that is cut short keeps the rows it has)."""
     results = []
     first = next(iter(sizes))
+    cpu = device == "cpu"
     for size_name, size in sizes.items():
         for mode in modes:
-            if mode == "bf16-cl" and size_name != first and not native_bf16():
+            if cpu and mode == "bf16-cl" and size_name != first and not native_bf16():
                 print(
                     f"{size_name} {mode}: skipped, no native bf16 on this CPU (emulated bf16 "
                     f"convolutions would take minutes per step)",
                     flush=True,
                 )
                 continue
-            steps = {impl: make_step(impl, size, mode) for impl in impls}
+            steps = {impl: make_step(impl, size, mode, device) for impl in impls}
             for impl in impls:
                 for _ in range(warmup):
                     steps[impl]()
@@ -202,9 +238,9 @@ def measure(sizes, modes, impls, rounds, warmup=2):
                 ts = sorted(times[impl])
                 q = statistics.quantiles(ts, n=4) if len(ts) >= 4 else [ts[0], ts[0], ts[-1]]
                 row["impls"][impl] = {
-                    "median_ms": round(statistics.median(ts) * 1e3, 2),
-                    "min_ms": round(ts[0] * 1e3, 2),
-                    "max_ms": round(ts[-1] * 1e3, 2),
+                    "median_ms": round(statistics.median(ts) * 1e3, 3),
+                    "min_ms": round(ts[0] * 1e3, 3),
+                    "max_ms": round(ts[-1] * 1e3, 3),
                     "iqr_over_median": round((q[2] - q[0]) / statistics.median(ts), 3),
                     "faults_per_step": int(statistics.median(faults[impl])),
                 }
@@ -217,14 +253,16 @@ def measure(sizes, modes, impls, rounds, warmup=2):
                 row["impls"][impl]["fused_speedup_range"] = [round(ratios[0], 3), round(ratios[-1], 3)]
             for impl in ("fused", "cat"):
                 if impl in steps:
-                    row[f"profile_{impl}"] = profile_split(steps[impl])
+                    row[f"profile_{impl}"] = profile_split(steps[impl], device)
             results.append(row)
             print(json.dumps(row), flush=True)
+            if on_row is not None:
+                on_row(results)
             del steps
     return results
 
 
-def machine_info(malloc_tuned: bool) -> dict:
+def machine_info(malloc_tuned: bool, device: str = "cpu") -> dict:
     flags = ""
     model = platform.processor()
     try:
@@ -257,6 +295,19 @@ def machine_info(malloc_tuned: bool) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "allocator": "glibc tuned (mmap/trim thresholds 1 GiB)" if malloc_tuned else "glibc default",
+    } | (gpu_info() if device.startswith("cuda") else {})
+
+
+def gpu_info() -> dict:
+    """The GPU and the settings its float32 convolutions ran with (TF32 is on by default for
+    cuDNN's convolutions: every implementation's float32 steps use it alike)."""
+    return {
+        "device": "cuda",
+        "gpu": torch.cuda.get_device_name(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
 
 
@@ -274,22 +325,32 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
     ap.add_argument("--modes", nargs="*", default=list(MODES))
     ap.add_argument("--impls", nargs="*", default=IMPLS)
-    ap.add_argument("--out", default=None, help="write the record (JSON) here")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--out", default=None, help="write the record (JSON) here, row by row")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
     if args.malloc_tuned:
         tune_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = {k: {**SIZES, **QUICK}[k] for k in args.sizes}
     record = {
-        "machine": machine_info(args.malloc_tuned),
+        "machine": machine_info(args.malloc_tuned, args.device),
         "T": T,
         "rounds": args.rounds,
-        "results": measure(sizes, args.modes, args.impls, args.rounds),
+        "results": [],
     }
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(record, fh, indent=1)
+
+    def save(rows):  # after every row: a run cut short (a GPU lease ending) keeps what it has
+        record["results"] = rows
+        if args.out:
+            tmp = f"{args.out}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(record, fh, indent=1)
+            os.replace(tmp, args.out)
+
+    save(measure(sizes, args.modes, args.impls, args.rounds, device=args.device, on_row=save))
     return 0
 
 

@@ -54,9 +54,7 @@ def suites() -> list[str]:
 def gpu_slug() -> str:
     import torch
 
-    name = torch.cuda.get_device_name()
-    m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]*)\b", name)
-    return (m.group(1) if m else re.sub(r"\W+", "-", name)).lower()
+    return report.gpu_slug_of(torch.cuda.get_device_name()).lower()
 
 
 def result_stem(results: Path, suite: str, device: str, alloc: str, tag: str = "") -> Path:
@@ -75,13 +73,12 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
     if suite in SCRIPT_SUITES:
         cmd = [sys.executable, str(HERE / f"bench_{suite}.py"), "--out", str(stem)]
         if suite == "layer":
-            cmd = [sys.executable, str(HERE / "bench_layer.py"), "--out", str(stem.with_suffix(".json"))]
-            cmd += (["--malloc-tuned"] if alloc == "tuned" else []) + (
-                ["--sizes", "2x4x[8]@16", "--rounds", "3"] if quick else []
-            )
-            if device != "cpu":
-                print("   (the layer step record is CPU-only; skipped)")
+            if device != "cpu" and alloc == "tuned":
+                print("   (glibc's tuning does not touch the GPU's memory: only the plain record)")
                 return stem.with_suffix(".json")
+            cmd = [sys.executable, str(HERE / "bench_layer.py"), "--out", str(stem.with_suffix(".json"))]
+            cmd += ["--device", device] + (["--malloc-tuned"] if alloc == "tuned" else [])
+            cmd += ["--sizes", "2x4x[8]@16", "--rounds", "3"] if quick else []
         elif suite == "train":
             cmd += ["--device", device] + (["--repeats", "2", "--steps", "1"] if quick else [])
         elif quick:

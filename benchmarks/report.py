@@ -524,8 +524,14 @@ def section_train(files) -> list[str]:
     return lines
 
 
+def _ms(v: float) -> str:
+    """Milliseconds to about three significant digits (CPU steps of tens to thousands of ms,
+    GPU steps of a few)."""
+    return f"{v:.0f}" if v >= 20 else f"{v:.1f}" if v >= 2 else f"{v:.2f}"
+
+
 def section_layer_step(files) -> list[str]:
-    """The round-robin layer training-step record of bench_layer.py."""
+    """The round-robin layer training-step record of bench_layer.py (CPU and GPU records)."""
     names = {"cat": "cat(x, h)", "cat-compile": "compile(cat)", "reference": "reference"}
     header = [
         "N×Cin×[C]@H",
@@ -540,21 +546,26 @@ def section_layer_step(files) -> list[str]:
     ]
     rows = []
     for data in files:
-        alloc = "tuned" if "tuned" in data["machine"]["allocator"] else "plain"
-        # The kernels' level, and AMX where oneDNN has it (its bf16 convolutions run on it).
-        isa = data["machine"]["extension_cpu_isa"] + (
-            "*" if "amx_bf16" in data["machine"]["cpu_isa_flags"] else ""
+        m = data["machine"]
+        gpu = m.get("device") == "cuda"
+        alloc = "cuda" if gpu else "tuned" if "tuned" in m["allocator"] else "plain"
+        # The kernels' level, and AMX where oneDNN has it (its bf16 convolutions run on it); on a
+        # GPU, the GPU.
+        isa = (
+            gpu_slug_of(m["gpu"])
+            if gpu
+            else m["extension_cpu_isa"] + ("*" if "amx_bf16" in m["cpu_isa_flags"] else "")
         )
         for r in data["results"]:
             f = r["impls"]["fused"]
             cells = []
             for impl in names:
                 v = r["impls"].get(impl)
-                cells.append("—" if v is None else f"{v['median_ms']:.0f} {v['fused_speedup_median']:.2f}×")
+                cells.append("—" if v is None else f"{_ms(v['median_ms'])} {v['fused_speedup_median']:.2f}×")
             noisy = max(v["iqr_over_median"] for v in r["impls"].values()) > 0.25
             share = r.get("profile_fused", {}).get("conv_share")
             rows.append(
-                [r["size"] + (" (?)" if noisy else ""), r["mode"], isa, alloc, f"{f['median_ms']:.0f}"]
+                [r["size"] + (" (?)" if noisy else ""), r["mode"], isa, alloc, _ms(f["median_ms"])]
                 + cells
                 + [f"{100 * share:.0f}%" if share is not None else "—"]
             )
@@ -564,12 +575,21 @@ def section_layer_step(files) -> list[str]:
         "round-robin rounds in one process; each cell after fused: its median and, "
         "after it, the median over rounds of its time / fused's (above 1×: fused is "
         "faster). ISA: the level the CPU kernels ran at (*: the CPU has AMX, which oneDNN's bf16 "
-        "convolutions use; at the amx level our bf16 weight gradients do too). conv %: share of the "
-        "fused step's CPU time in convolutions. (?): noisy, "
-        "some implementation's IQR/median above 25%."
+        "convolutions use; at the amx level our bf16 weight gradients do too), or the GPU. conv %: "
+        "share of the fused step's CPU time in convolutions (on a GPU: of its kernels' GPU time). "
+        "(?): noisy, some implementation's IQR/median above 25%."
     )
     for data in files:
         m = data["machine"]
+        if m.get("device") == "cuda":
+            lines += [""] + wrap(
+                f"{m['date']}: {m['gpu']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}, torch {m['torch']}; "
+                f"float32 convolutions {'with' if m['cudnn_allow_tf32'] else 'without'} TF32 "
+                f"(torch's default, for every implementation alike), cuDNN benchmark mode "
+                f"{'on' if m['cudnn_benchmark'] else 'off'}; host CPU {m['cpu']} "
+                f"(`{Path(data['_path']).name}`)."
+            )
+            continue
         lines += [""] + wrap(
             f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags']) or 'no AVX2'}; "
             f"extension built for {m['extension_cpu_isa']}), {m['threads']} "
@@ -577,6 +597,12 @@ def section_layer_step(files) -> list[str]:
             f"(`{Path(data['_path']).name}`)."
         )
     return lines
+
+
+def gpu_slug_of(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'H100'."""
+    m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]*)\b", name)
+    return m.group(1) if m else name
 
 
 SECTIONS = {

@@ -96,3 +96,62 @@ def test_noisy_rows_cache_resident_share_and_allocator_label(tmp_path):
     path.write_text(json.dumps(data))
     fused = next(line for line in report.render(path).splitlines() if line.startswith("| fused "))
     assert "above copy BW" in fused and not re.search(r"\d{3,}% of", fused)
+
+
+def _layer_row(size, mode, fused_ms, others):
+    impls = {"fused": {"median_ms": fused_ms, "iqr_over_median": 0.02}}
+    for impl, (ms, ratio) in others.items():
+        impls[impl] = {"median_ms": ms, "iqr_over_median": 0.03, "fused_speedup_median": ratio}
+    return {"size": size, "mode": mode, "impls": impls, "profile_fused": {"conv_share": 0.5}}
+
+
+def test_layer_step_table_takes_cpu_and_gpu_records(tmp_path):
+    """A GPU record of bench_layer.py (--device cuda) is listed after the CPU ones, under its
+    GPU's name, with milliseconds to three significant digits and its CUDA settings said."""
+    cpu = {
+        "machine": {
+            "date": "2026-12-05",
+            "cpu": "Some CPU",
+            "cpu_isa_flags": ["avx2"],
+            "extension_cpu_isa": "avx2",
+            "threads": 2,
+            "torch": "2.13.0+cpu",
+            "allocator": "glibc default",
+        },
+        "results": [_layer_row("8x16x[32]@32", "float32", 81.4, {"cat": (186.0, 2.29)})],
+    }
+    gpu = {
+        "machine": {
+            "date": "2026-12-06",
+            "cpu": "Host CPU",
+            "cpu_isa_flags": ["avx2"],
+            "extension_cpu_isa": "avx2",
+            "threads": 16,
+            "torch": "2.11.0+cu130",
+            "allocator": "glibc default",
+            "device": "cuda",
+            "gpu": "NVIDIA H100 80GB HBM3",
+            "cuda": "13.0",
+            "cudnn": 91500,
+            "cudnn_allow_tf32": True,
+            "cudnn_benchmark": False,
+        },
+        "results": [
+            _layer_row("8x16x[32]@32", "bf16-cl", 1.234, {"cat": (3.21, 2.6), "cat-compile": (12.5, 1.7)}),
+        ],
+    }
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "layer_cpu.json").write_text(json.dumps(cpu))
+    (results / "layer_gpu_h100.json").write_text(json.dumps(gpu))
+    files = record.files_for(results, "layer")
+    assert [p.name for p in files] == ["layer_cpu.json", "layer_gpu_h100.json"]
+    lines = report.section_layer_step([report.load(p) for p in files])
+    cpu_row = next(line for line in lines if line.startswith("| 8x16x[32]@32 | float32"))
+    gpu_row = next(line for line in lines if line.startswith("| 8x16x[32]@32 | bf16-cl"))
+    assert cpu_row.startswith("| 8x16x[32]@32 | float32 | avx2 | plain | 81 | 186 2.29× | — |")
+    assert gpu_row.startswith("| 8x16x[32]@32 | bf16-cl | H100 | cuda | 1.23 | 3.2 2.60× | 12.5 1.70× | — |")
+    text = " ".join(lines)
+    assert "NVIDIA H100 80GB HBM3, CUDA 13.0, cuDNN 91500" in text and "with TF32" in text
+    assert "`layer_gpu_h100.json`" in text
+    assert report.gpu_slug_of("NVIDIA H200") == "H200"
