@@ -7,13 +7,17 @@ PYFRAMEPRED_CUDA=1|0     force the CUDA kernels on or off (default: on when the 
 TORCH_CUDA_ARCH_LIST     GPU architectures to compile for (default: csrc/build_defaults.txt, which
                          CMakeLists.txt reads too).
 CUDA_HOME                CUDA toolkit folder; found from nvcc when unset.
-MAX_JOBS                 parallel compile jobs (ninja).
+MAX_JOBS                 parallel compile jobs (ninja). From 8 on, the ISA levels' kernels and the
+                         extension's other sources compile at the same time (each level is a
+                         ninja build of its own, of three sources: one after another they kept
+                         a 16-core machine mostly idle for minutes).
 
 The CPU kernels (csrc/cpu/*_cpu.cpp) are compiled once per instruction-set level of
-csrc/cpu/isa_levels.txt (on x86-64: default, avx2, avx512; elsewhere: default), the list CMake reads
-too; the library picks the best level the running CPU supports when it is loaded.
+csrc/cpu/isa_levels.txt (on x86-64: default, avx2, avx512, avx512_bf16, amx; elsewhere: default),
+the list CMake reads too; the library picks the best level the running CPU supports when it is loaded.
 PYFRAMEPRED_CPU_ISA is a run-time setting (it caps that choice), not a build switch.
 """
+import concurrent.futures
 import copy
 import glob
 import os
@@ -214,6 +218,17 @@ def _extensions():
     return [ext]
 
 
+def _parallel_builds() -> bool:
+    """Whether the per-level builds run side by side: with MAX_JOBS (or, unset, the CPU count)
+    of 8 or more. Below, they run one after another, as each ninja build already takes the
+    jobs there are."""
+    try:
+        jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+    except ValueError:
+        jobs = 1
+    return jobs >= 8
+
+
 def _build_ext_class():
     """BuildExtension that first compiles each CPU kernel source once per ISA level, each level
     with its own flags and into its own folder, and links those objects after the extension's
@@ -233,22 +248,42 @@ def _build_ext_class():
                 kernel_sources, levels = kernels
                 if not hasattr(ext, "pf_extra_objects"):
                     ext.pf_extra_objects = list(ext.extra_objects or [])
-                objects = []
-                for name, flags in levels:
-                    extra = flags + [f"-DCPU_CAPABILITY={name}"]
-                    if name != "DEFAULT":
-                        extra.append(f"-DCPU_CAPABILITY_{name}")
-                    args = copy.deepcopy(ext.extra_compile_args)
-                    if isinstance(args, dict):
-                        args["cxx"] = args["cxx"] + extra
-                    else:
-                        args = args + extra
-                    objects += self.compiler.compile(
-                        kernel_sources, output_dir=os.path.join(self.build_temp, f"cpu-{name}"),
-                        macros=ext.define_macros, include_dirs=ext.include_dirs,
-                        debug=self.debug, extra_postargs=args, depends=ext.depends)
+                builds = [self._level_build(ext, kernel_sources, name, flags) for name, flags in levels]
+                if _parallel_builds():
+                    # The extension's own sources too, as setuptools compiles them next (same
+                    # folder, arguments and ninja file): that compile then finds them up to date.
+                    own = self._own_sources_build(ext)
+                    with concurrent.futures.ThreadPoolExecutor(len(builds) + 1) as pool:
+                        done = [pool.submit(b) for b in builds + [own]]
+                        objects = [o for f in done[:-1] for o in f.result()]
+                        done[-1].result()
+                else:
+                    objects = [o for b in builds for o in b()]
                 ext.extra_objects = ext.pf_extra_objects + objects
             super().build_extension(ext)
+
+        def _level_build(self, ext, kernel_sources, name, flags):
+            """The compile of the CPU kernels at one ISA level, into their own folder."""
+            extra = flags + [f"-DCPU_CAPABILITY={name}"]
+            if name != "DEFAULT":
+                extra.append(f"-DCPU_CAPABILITY_{name}")
+            args = copy.deepcopy(ext.extra_compile_args)
+            if isinstance(args, dict):
+                args["cxx"] = args["cxx"] + extra
+            else:
+                args = args + extra
+            return lambda: self.compiler.compile(
+                kernel_sources, output_dir=os.path.join(self.build_temp, f"cpu-{name}"),
+                macros=ext.define_macros, include_dirs=ext.include_dirs,
+                debug=self.debug, extra_postargs=args, depends=ext.depends)
+
+        def _own_sources_build(self, ext):
+            """The compile setuptools' build_extension runs for the extension's sources."""
+            macros = list(ext.define_macros) + [(undef,) for undef in ext.undef_macros]
+            return lambda: self.compiler.compile(
+                ext.sources, output_dir=self.build_temp, macros=macros,
+                include_dirs=ext.include_dirs, debug=self.debug,
+                extra_postargs=copy.deepcopy(ext.extra_compile_args or []), depends=ext.depends)
 
     return _BuildExt
 
