@@ -87,8 +87,12 @@ def test_other_cases_take_atens_convolution(case, k, dtype):
 def test_bfloat16(case):
     """At the avx512_bf16 level bfloat16 3x3 convolutions are Winograd too (V and U rounded once to
     bfloat16, float32 products and sums, VDPBF16PS): held to float64 within a few times the error
-    of oneDNN's direct bfloat16 convolution, which rounds only its output. Elsewhere (the amx
-    level: oneDNN's tile-unit convolutions are faster) bfloat16 is ATen's convolution."""
+    of oneDNN's direct bfloat16 convolution, which rounds only its output. That error varies with
+    oneDNN's version (torch 2.11's is up to 2x smaller than 2.13's on these cases) and is small
+    where the output is small beside its terms; rounding V and U errs with the size of the terms
+    |x||w|, so the bound is also never below 2^-8 of their largest sum (measured up to 0.77 of
+    that with torch 2.11 and 2.13, seeds 0-2). Elsewhere (the amx level: oneDNN's tile-unit
+    convolutions are faster) bfloat16 is ATen's convolution."""
     x, w = _pair(*case, "channels_last", dtype=torch.bfloat16)
     got = ops.conv2d_same(x, w)
     direct = reference.conv2d_same(x, w)
@@ -100,7 +104,8 @@ def test_bfloat16(case):
     scale = want.abs().max().item()
     err = (got.double() - want).abs().max().item()
     err_direct = (direct.double() - want).abs().max().item()
-    assert err <= max(BF16_FACTOR * err_direct, 2**-8 * scale), (err, err_direct, scale)
+    terms = reference.conv2d_same(x.double().abs(), w.double().abs()).max().item()
+    assert err <= max(BF16_FACTOR * err_direct, 2**-8 * terms), (err, err_direct, scale, terms)
 
 
 def test_data_gradient_as_flipped_convolution():

@@ -21,6 +21,7 @@ from pyframepred.data import synthetic
 from pyframepred.errors import ConfigError
 from pyframepred.io import encode_video
 from pyframepred.training import StepHook, TrainConfig, Trainer
+from pyframepred.training.cpu_threads import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +38,21 @@ def data(tmp_path_factory):
         classes=synthetic.CLASSES[:2],
         progress=False,
     )
+
+
+@pytest.fixture(autouse=True)
+def _threads_independent_of_load(monkeypatch):
+    """Runs of one test are compared bit for bit, and CPU kernels sum in an order that depends on
+    the thread count; the default count follows the machine's load when a run starts
+    (cpu_threads.py), which another process can change between two runs of one test. Here the
+    default is fixed; tests of the default itself set their own."""
+    import pyframepred.training.loop as loop
+
+    n = min(2, usable_cores())
+    monkeypatch.setattr(loop, "default_threads", lambda: (n, f"{n} cores (fixed by the tests)"))
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny(model, data, out, **kw):
@@ -1051,6 +1067,45 @@ def test_ema_is_what_is_saved_validated_and_resumed(model, data, tmp_path):
         sa, sb = a.state_dict(), b.state_dict()
         for k in sa:
             assert torch.equal(sa[k], sb[k]), k
+
+
+def test_resume_keeps_the_thread_count_of_the_run_it_continues(data, tmp_path, monkeypatch):
+    """The default thread count follows the machine's load when a run starts, and CPU kernels sum
+    in an order that depends on the thread count. A resumed run therefore takes the count of the
+    run it continues (saved in the checkpoint), so that it goes on bit for bit even when the
+    machine has become busier meanwhile; `threads` still overrides it."""
+    import pyframepred.training.loop as loop
+
+    monkeypatch.setattr(loop, "default_threads", lambda: (2, "2.0 of 2 cores free"))
+    monkeypatch.setattr(loop, "usable_cores", lambda: 2)
+    straight = Trainer(tiny("seq2seq", data, tmp_path / "a", steps=4, val_every=2))
+    straight.fit()
+    first = Trainer(tiny("seq2seq", data, tmp_path / "b", steps=4, val_every=2))
+
+    def stop_at_2(trainer, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first.callbacks.append(StepHook(stop_at_2))
+    assert first.fit()["status"] == "interrupted"
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["threads"] == 2
+    # The machine is busier now: the default alone would take one thread.
+    monkeypatch.setattr(loop, "default_threads", lambda: (1, "0.6 of 2 cores free"))
+    resumed = Trainer(tiny("seq2seq", data, tmp_path / "b", steps=4, val_every=2), resume=tmp_path / "b")
+    assert torch.get_num_threads() == 2 and "resumed" in resumed.threads_reason
+    resumed.fit()
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    # `threads` overrides what the checkpoint says.
+    Trainer(tiny("seq2seq", data, tmp_path / "b", steps=5, threads=1), resume=tmp_path / "b").close()
+    assert torch.get_num_threads() == 1
+    # A machine with fewer cores than the run had: the default, and a warning that the resume
+    # is not bit for bit.
+    monkeypatch.setattr(loop, "usable_cores", lambda: 1)
+    with pytest.warns(UserWarning, match="not bit for bit"):
+        Trainer(tiny("seq2seq", data, tmp_path / "b", steps=5), resume=tmp_path / "b").close()
+    assert torch.get_num_threads() == 1
 
 
 def test_ema_switched_on_or_off_when_resuming(data, tmp_path):

@@ -109,7 +109,9 @@ class TrainConfig:
     log_every: int = _s(10, "log the loss every N steps (10)")
     workers: Optional[int] = _s(None, "DataLoader worker processes")
     threads: Optional[int] = _s(
-        None, "CPU threads for torch ops (default: the cores free when the run starts)"
+        None,
+        "CPU threads for torch ops (default: the cores free when the run starts; resuming, the "
+        "count the checkpoint was computed with, for a bit-exact resume)",
     )
     test_fraction: float = _s(
         0.2,

@@ -24,7 +24,7 @@ from . import checkpoint as ckpt_format
 from .averaging import WeightAverage
 from .callbacks import Callback, default_callbacks
 from .config import TrainConfig
-from .cpu_threads import default_threads
+from .cpu_threads import default_threads, usable_cores
 from .distributed import all_ranks_max, dist_env, resolve_device, seed_everything
 from .run_folder import claim, missing_folders, remove_unused
 from .sampling import SeededClips, StepSampler
@@ -121,7 +121,7 @@ class Trainer(TrainerState):
             self._created_dirs = missing_folders(self.out)
             prepare_output_dir(self.out)
             self._lock = claim(self.out, resume, resume_step, overwrite)
-        self._set_threads(cfg)
+        self._set_threads(cfg, checkpoint)
         seed_everything(cfg.seed + self.rank)
         self._setup_data(cfg)
 
@@ -157,16 +157,31 @@ class Trainer(TrainerState):
             if self.disc is not None:
                 self.dnet = DDP(self.disc, device_ids=ids)
 
-    def _set_threads(self, cfg) -> None:
+    def _set_threads(self, cfg, checkpoint=None) -> None:
+        """CPU threads: `threads`; else, resuming, the count the checkpoint was computed with
+        (the CPU kernels' sums run in an order that depends on it, and the default below follows
+        the machine's load: taking it again keeps the resume bit for bit), where this machine
+        has that many cores; else the cores free now."""
+        saved = checkpoint.get("threads") if isinstance(checkpoint, dict) else None
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
             self.threads_reason = "`threads`"
-        elif self.device.type == "cpu" and self.world == 1:
+        elif self.device.type != "cpu" or self.world != 1:
+            self.threads_reason = "torch's default"
+        elif isinstance(saved, int) and 1 <= saved <= usable_cores():
+            torch.set_num_threads(saved)
+            self.threads_reason = "as the run resumed, for a bit-exact resume; `threads` to change"
+        else:
             n, why = default_threads()
             torch.set_num_threads(n)
             self.threads_reason = why
-        else:
-            self.threads_reason = "torch's default"
+            if isinstance(saved, int) and saved != n:
+                warnings.warn(
+                    f"resuming with {n} CPU threads where the checkpoint was computed with {saved} "
+                    f"(this machine has {usable_cores()} cores): the run goes on, but not bit for "
+                    "bit as the uninterrupted one would have",
+                    stacklevel=2,
+                )
 
     def _setup_data(self, cfg) -> None:
         if data_source.kind(cfg.data) == data_source.MOVING_MNIST:

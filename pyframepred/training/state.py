@@ -73,6 +73,9 @@ class TrainerState:
             "best_psnr": self.best_psnr,
             "history": self.history,
             "world_size": self.world,
+            # The CPU thread count the run computed with (reduction orders depend on it): a
+            # resumed run takes it again, so that it goes on bit for bit (Trainer._set_threads).
+            "threads": torch.get_num_threads(),
             "torch_version": str(torch.__version__),
         }
 
