@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Downloads the wheels the GPU machines lack (decord, PyAV) for their Python 3.12 into .whl/
 # (git-ignored). Carry `.whl` to the GPU machine: scripts/gpu_check.sh installs them from there
-# and then also runs the training, evaluation and data tests and the training benchmark on CUDA.
+# and, in its `train` stage, trains each model briefly on CUDA (also through torchrun/NCCL),
+# evaluates one checkpoint there and runs the training benchmark on CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
