@@ -32,6 +32,7 @@ import pytest
 import torch
 from torch import nn
 
+from pyframepred.io import atomic_write_bytes
 from pyframepred.nn import ConvLSTM
 
 # (N, Cin, hidden per layer, H, W), T = 10: the sizes of the layer targets.
@@ -135,10 +136,14 @@ def _faults() -> int:
 _CONV_KEYS = ("convolution", "mkldnn", "conv2d")
 
 
+def _is_conv(name: str) -> bool:
+    return any(k in name for k in _CONV_KEYS)
+
+
 def _under_conv(ev) -> bool:
     """True when the operator event `ev` is a convolution or runs inside one."""
     while ev is not None:
-        if any(k in ev.name for k in _CONV_KEYS):
+        if _is_conv(ev.name):
             return True
         ev = ev.cpu_parent
     return False
@@ -169,7 +174,7 @@ def profile_split(step, device="cpu") -> dict:
     else:
         for ev in prof.key_averages():
             us = ev.self_cpu_time_total
-            if any(k in ev.key for k in _CONV_KEYS):
+            if _is_conv(ev.key):
                 conv += us
             else:
                 other += us
@@ -193,8 +198,8 @@ def native_bf16() -> bool:
 
 
 def measure(sizes, modes, impls, rounds, warmup=2, device="cpu", on_row=None):
-    """Round-robin timings of every implementation, per size and mode; `on_row(row)` is called
-    as each row is complete (a record that is cut short keeps the rows it has)."""
+    """Round-robin timings of every implementation, per size and mode; `on_row(rows)` is called
+    with the rows so far as each one is complete (a record that is cut short keeps them)."""
     results = []
     first = next(iter(sizes))
     cpu = device == "cpu"
@@ -345,10 +350,7 @@ def main(argv=None) -> int:
     def save(rows):  # after every row: a run cut short (a GPU lease ending) keeps what it has
         record["results"] = rows
         if args.out:
-            tmp = f"{args.out}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump(record, fh, indent=1)
-            os.replace(tmp, args.out)
+            atomic_write_bytes(args.out, json.dumps(record, indent=1).encode(), fsync=False)
 
     save(measure(sizes, args.modes, args.impls, args.rounds, device=args.device, on_row=save))
     return 0

@@ -54,7 +54,7 @@ def suites() -> list[str]:
 def gpu_slug() -> str:
     import torch
 
-    return report.gpu_slug_of(torch.cuda.get_device_name()).lower()
+    return re.sub(r"\W+", "-", report.gpu_slug_of(torch.cuda.get_device_name())).lower()
 
 
 def result_stem(results: Path, suite: str, device: str, alloc: str, tag: str = "") -> Path:

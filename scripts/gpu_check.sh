@@ -67,9 +67,8 @@ stage() {
 } > "$LOGS/env.log" 2>&1
 say "$(date -u +%FT%TZ) budget ${BUDGET} s, stages: $STAGES"
 say "$(tail -n 3 "$LOGS/env.log" | tr '\n' ' ')"
-SLUG=$($PY -c "
-import sys; sys.path.insert(0, 'benchmarks'); import torch, report
-print(report.gpu_slug_of(torch.cuda.get_device_name()).lower())" 2> /dev/null || echo gpu)
+SLUG=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import record; print(record.gpu_slug())" \
+  2> /dev/null || echo gpu)
 TESTS="tests/test_convlstm_op.py tests/test_convlstm_layer.py tests/test_convlstm_nn.py \
 tests/test_convlstm_mixed_precision.py tests/test_gdl.py"
 BUILT=0

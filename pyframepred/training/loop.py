@@ -162,7 +162,7 @@ class Trainer(TrainerState):
         (the CPU kernels' sums run in an order that depends on it, and the default below follows
         the machine's load: taking it again keeps the resume bit for bit), where this machine
         has that many cores; else the cores free now."""
-        saved = checkpoint.get("threads") if isinstance(checkpoint, dict) else None
+        saved = (checkpoint or {}).get("threads")
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
             self.threads_reason = "`threads`"
