@@ -8,11 +8,16 @@
 // buffers are allocated and freed in the same sizes every step, so a pool keyed by size gives
 // them back without a fault.
 //
-// Only the tensors the fused cell itself allocates go through it (h, c, the saved gates and the
-// gradients of its backward; blocks of at least 1 MiB), through a c10::Allocator, so they are
-// ordinary resizable CPU tensors. Freed blocks are kept up to a budget --
-// PYFRAMEPRED_CPU_BUFFER_POOL_MB, default 256; 0 turns the pool off -- beyond which a freed block
-// goes back to the system at once. Thread-safe (autograd frees from its own threads).
+// Only the tensors the fused cell and layer allocate go through it (h, c, the saved gates and the
+// gradients of its backward, the layer's frames and h sequence; blocks of at least 1 MiB), through
+// a c10::Allocator, so they are ordinary resizable CPU tensors. Freed blocks are kept up to a
+// budget, beyond which a freed block goes back to the system at once: by default the most bytes
+// the pool's blocks ever held at once (in use), so that a training step's working set, however
+// large, is reused whole, while the idle blocks never exceed what the process needed at its peak;
+// PYFRAMEPRED_CPU_BUFFER_POOL_MB sets a fixed budget instead, 0 turns the pool off. (A fixed 256
+// MiB, the earlier default, let ~42 MiB a step go back and fault in afresh at (4, 64, [64],
+// 64x64), T = 10, float32, where a step's pooled blocks add up to ~400 MiB.) Thread-safe
+// (autograd frees from its own threads).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,6 +27,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -37,7 +43,8 @@ class CpuBufferPool final : public c10::Allocator {
     return *pool;
   }
 
-  size_t budget() const { return budget_; }
+  // Whether the pool is on.
+  bool enabled() const { return enabled_; }
 
   c10::DataPtr allocate(size_t n) override {
     const size_t size = round_up(n);
@@ -53,6 +60,11 @@ class CpuBufferPool final : public c10::Allocator {
     }
     if (p == nullptr) p = std::aligned_alloc(kAlignment, size);  // size: a multiple of a page
     TORCH_CHECK(p != nullptr, "pyframepred: out of memory allocating ", size, " bytes");
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      in_use_ += size;
+      peak_in_use_ = std::max(peak_in_use_, in_use_);
+    }
     return {p, new Block{p, size}, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -68,8 +80,11 @@ class CpuBufferPool final : public c10::Allocator {
 
   CpuBufferPool() {
     const char* env = std::getenv("PYFRAMEPRED_CPU_BUFFER_POOL_MB");
-    const long long mb = env != nullptr && *env != '\0' ? std::atoll(env) : 256;
-    budget_ = mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
+    if (env != nullptr && *env != '\0') {
+      const long long mb = std::atoll(env);
+      fixed_budget_ = mb > 0 ? static_cast<size_t>(mb) << 20 : 0;
+      enabled_ = mb > 0;
+    }
   }
 
   static size_t round_up(size_t n) {
@@ -86,7 +101,9 @@ class CpuBufferPool final : public c10::Allocator {
   void give_back(void* p, size_t size) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (held_ + size <= budget_) {
+      in_use_ -= size;
+      const size_t budget = fixed_budget_ ? *fixed_budget_ : peak_in_use_;
+      if (held_ + size <= budget) {
         free_[size].push_back(p);
         held_ += size;
         return;
@@ -97,8 +114,11 @@ class CpuBufferPool final : public c10::Allocator {
 
   std::mutex mutex_;
   std::unordered_map<size_t, std::vector<void*>> free_;
-  size_t held_ = 0;
-  size_t budget_ = 0;
+  size_t held_ = 0;         // bytes of idle blocks
+  size_t in_use_ = 0;       // bytes of blocks handed out and not yet given back
+  size_t peak_in_use_ = 0;  // the most in_use_ has been
+  std::optional<size_t> fixed_budget_;  // PYFRAMEPRED_CPU_BUFFER_POOL_MB, where set
+  bool enabled_ = true;
 };
 
 // at::empty(sizes, opts) for a buffer of the fused cell: from the pool on the CPU for blocks of at
@@ -108,12 +128,28 @@ inline at::Tensor cell_buffer(at::IntArrayRef sizes, const at::TensorOptions& op
     CpuBufferPool& pool = CpuBufferPool::get();
     const at::ScalarType dtype = c10::typeMetaToScalarType(opts.dtype());
     const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype);
-    if (pool.budget() > 0 && bytes >= CpuBufferPool::kMinBytes) {
+    if (pool.enabled() && bytes >= CpuBufferPool::kMinBytes) {
       return at::detail::empty_generic(sizes, &pool, c10::DispatchKeySet(c10::DispatchKey::CPU),
                                        dtype, opts.memory_format_opt());
     }
   }
   return at::empty(sizes, opts);
+}
+
+// at::empty_strided(sizes, strides, opts) for a buffer of the fused cell, from the pool as
+// cell_buffer's. `strides` must describe a dense layout (a permutation of a contiguous one).
+inline at::Tensor cell_buffer_strided(at::IntArrayRef sizes, at::IntArrayRef strides,
+                                      const at::TensorOptions& opts) {
+  if (opts.device().is_cpu()) {
+    CpuBufferPool& pool = CpuBufferPool::get();
+    const at::ScalarType dtype = c10::typeMetaToScalarType(opts.dtype());
+    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype);
+    if (pool.enabled() && bytes >= CpuBufferPool::kMinBytes) {
+      return at::detail::empty_strided_generic(sizes, strides, &pool,
+                                               c10::DispatchKeySet(c10::DispatchKey::CPU), dtype);
+    }
+  }
+  return at::empty_strided(sizes, strides, opts.memory_format(std::nullopt));
 }
 
 }  // namespace pyframepred

@@ -91,6 +91,7 @@ bool requires_grad(const std::optional<at::Tensor>& t) {
 struct LayerShape {
   int64_t T, N, Cin, C, H, W, kh, kw;
   at::ScalarType state_dtype;  // of c (and bias, peephole, c0): x's, or float32 (mixed precision)
+  bool seq = false;            // x is a sequence (T, N, C_in, H, W), not time-major frames
   std::vector<int64_t> padding() const { return {kh / 2, kw / 2}; }
   std::vector<int64_t> state() const { return {N, C, H, W}; }
 };
@@ -99,20 +100,28 @@ LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   constexpr const char* op = "convlstm_layer";
   const at::Tensor& wx = weight_x;
   const at::Tensor& wh = weight_h;
-  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-d (T*N, C_in, H, W), the frames of all steps "
-              "time-major, got shape ", shape_str(x.sizes()));
+  TORCH_CHECK(x.dim() == 4 || x.dim() == 5, op, ": x must be a sequence (T, N, C_in, H, W) or "
+              "the frames of all steps time-major (T*N, C_in, H, W), got shape ",
+              shape_str(x.sizes()));
   TORCH_CHECK(steps >= 1, op, ": steps must be >= 1, got ", std::to_string(steps));
-  TORCH_CHECK(x.size(0) % steps == 0, op, ": x has ", std::to_string(x.size(0)),
-              " frames, not a multiple of steps = ", std::to_string(steps));
+  const bool seq = x.dim() == 5;
+  if (seq) {
+    TORCH_CHECK(x.size(0) == steps, op, ": x is a sequence of ", std::to_string(x.size(0)),
+                " steps, but steps = ", std::to_string(steps));
+  } else {
+    TORCH_CHECK(x.size(0) % steps == 0, op, ": x has ", std::to_string(x.size(0)),
+                " frames, not a multiple of steps = ", std::to_string(steps));
+  }
   TORCH_CHECK(wh.dim() == 4 && wh.size(0) == 4 * wh.size(1) && wh.size(1) > 0, op,
               ": weight_h must be (4*C, C, kh, kw), got shape ", shape_str(wh.sizes()));
   LayerShape s;
+  s.seq = seq;
   s.T = steps;
-  s.N = x.size(0) / steps;
-  s.Cin = x.size(1);
+  s.N = seq ? x.size(1) : x.size(0) / steps;
+  s.Cin = x.size(seq ? 2 : 1);
   s.C = wh.size(1);
-  s.H = x.size(2);
-  s.W = x.size(3);
+  s.H = x.size(-2);
+  s.W = x.size(-1);
   s.kh = wh.size(2);
   s.kw = wh.size(3);
   TORCH_CHECK(s.kh % 2 == 1 && s.kw % 2 == 1, op, ": kernel sizes must be odd ('same' padding), "
@@ -278,21 +287,63 @@ int64_t chunk_steps(const LayerShape& s, const at::Tensor& like) {
   return std::clamp<int64_t>(chunk_bytes / std::max<int64_t>(per_step, 1), 1, s.T);
 }
 
+// Where x is a sequence (T, N, C, H, W): whether its batch dim lies outer in memory (a batch-first
+// tensor seen time-major), and whether its frames are channels_last. The output sequence is laid
+// out the same way; the fake kernel (pyframepred/ops/_layer.py) decides alike.
+bool batch_major(const at::Tensor& seq) {
+  return seq.size(0) > 1 && seq.size(1) > 1 && seq.stride(1) > seq.stride(0);
+}
+bool frames_channels_last(const at::Tensor& seq) { return seq.size(2) > 1 && seq.stride(2) == 1; }
+
 // The layout the layer runs in: channels_last when the input or the weights are, and always on the
 // CPU, where oneDNN's 3x3 convolutions run about twice as fast on channels_last as on NCHW at
 // ConvLSTM sizes (e.g. 15 vs 32 ms for (8, 32, 32, 32) -> 128 channels on one core): the input is
-// converted once per layer, not at every step. The outputs come back in this layout.
+// converted once per layer, not at every step. The outputs come back in this layout (a sequence's
+// h in the layout of x, see batch_major).
 at::MemoryFormat run_format(const at::Tensor& x, const at::Tensor& w) {
-  const bool cl = x.device().is_cpu() ||
-                  x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+  const bool x_cl = x.dim() == 5 ? frames_channels_last(x)
+                                 : x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const bool cl = x.device().is_cpu() || x_cl ||
                   w.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  return cl && x.size(1) > 0 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return cl && x.size(x.dim() - 3) > 0 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// A sequence (T, N, C, H, W) as the frames of all steps, time-major (T*N, C, H, W), in `fmt`,
+// where it lies so in memory: a view; undefined otherwise.
+at::Tensor time_major_view(const at::Tensor& seq, at::MemoryFormat fmt) {
+  const bool dense = fmt == at::MemoryFormat::ChannelsLast ? seq.permute({0, 1, 3, 4, 2}).is_contiguous()
+                                                          : seq.is_contiguous();
+  return dense ? seq.flatten(0, 1) : at::Tensor();
+}
+
+// The same frames in any case: the view, else one copy into a buffer of the pool.
+at::Tensor time_major(const at::Tensor& seq, at::MemoryFormat fmt) {
+  at::Tensor view = time_major_view(seq, fmt);
+  if (view.defined()) return view;
+  at::Tensor frames = cell_buffer({seq.size(0) * seq.size(1), seq.size(2), seq.size(3), seq.size(4)},
+                                  seq.options().memory_format(fmt));
+  frames.unflatten(0, {seq.size(0), seq.size(1)}).copy_(seq);
+  return frames;
+}
+
+// The output sequence (T, N, C, H, W) of a call on the sequence x, laid out as x (batch_major,
+// frames_channels_last); from the pool.
+at::Tensor sequence_like(const at::Tensor& x, const LayerShape& s) {
+  const bool cl = frames_channels_last(x), bm = batch_major(x);
+  const int64_t frame = s.C * s.H * s.W;
+  const int64_t sc = cl ? 1 : s.H * s.W, sw = cl ? s.C : 1, sh = s.W * sw;
+  return cell_buffer_strided({s.T, s.N, s.C, s.H, s.W},
+                             {bm ? frame : s.N * frame, bm ? s.T * frame : frame, sc, sh, sw},
+                             x.options());
 }
 
 struct Rollout {
-  at::Tensor x, h0;  // the input and initial h in the layout the layer runs in
+  at::Tensor x, h0;  // the time-major frames of x and the initial h, in the layout the layer runs in
   at::Tensor wx, wh; // the weights in that layout (converted once, not by every convolution)
-  at::Tensor h_seq, h_last, c_last;
+  // h of every step: the output (x's shape: frames, or a sequence laid out as x) and, where the
+  // merged schedule did not run, the same as time-major frames in the run layout (a view of the
+  // output where it lies so) -- what backward reads.
+  at::Tensor h_seq, h_frames, h_last, c_last;
   // The merged schedule's step inputs (see merged_schedule): frame t = (x_t, h_{t-1}), h_{-1} = h0
   // or zeros; all T frames when saving (the weight gradients' input), one reused frame otherwise.
   at::Tensor xh;
@@ -308,9 +359,9 @@ struct Rollout {
 // instead of two; the weight gradients become one call per chunk over the saved frames, whose
 // output-gradient transform the two weights share. On 2 Zen 4 cores at (4, 64 -> 256, 64x64) in
 // bf16 the step's convolution took 12.2 ms against 14.1 for the two, the weight gradients 12.4
-// against 13.0. The frames cost one copy of x per call (1.9 ms at 4x10 frames there) and one of
-// the h sequence out of them at the end (the cell writes each h into the next frame). Step 0
-// without h0 convolves x alone.
+// against 13.0. The frames cost one copy of x per call (straight from x, in whatever layout it
+// comes) and one of the h sequence out of them at the end (the cell writes each h into the next
+// frame). Step 0 without h0 convolves x alone.
 // Whether it may run: x's convolution is prepared (so the device has prepared convolutions and x
 // and its weight are plain tensors), and some step sees an h. It does where the joined weight has
 // a prepared convolution too (so weight_h is a plain tensor as well).
@@ -328,52 +379,53 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
                 const std::optional<at::Tensor>& c0, bool save) {
   Rollout r;
   const auto fmt = run_format(x, wx);
-  r.x = x.contiguous(fmt);
+  const auto opts = x.options().memory_format(fmt);
   r.wx = wx.contiguous(fmt);
   r.wh = wh.contiguous(fmt);
-  at::Tensor c = defined(c0) ? c0->contiguous(fmt)
-                             : at::zeros(s.state(), x.options().dtype(s.state_dtype).memory_format(fmt));
+  at::Tensor c = defined(c0) ? c0->contiguous(fmt) : at::zeros(s.state(), opts.dtype(s.state_dtype));
   std::optional<at::Tensor> h;
   if (defined(h0)) {
     r.h0 = h0->contiguous(fmt);
     h = r.h0;
   }
-  // The cell writes each step's h straight into its frame of h_seq (gates_forward_into).
-  r.h_seq = cell_buffer({s.T * s.N, s.C, s.H, s.W}, x.options().memory_format(fmt));
-  if (save) {
-    r.gates.reserve(s.T);
-    r.c_prev.reserve(s.T);
-  }
-  const StepConv conv_x = step_conv(r.wx, r.x);
+  // Step t's input frames (N, C_in, H, W) as x holds them, and step t's part of the output.
+  auto x_step = [&](int64_t t) { return s.seq ? x.select(0, t) : x.narrow(0, t * s.N, s.N); };
+  r.h_seq = s.seq ? sequence_like(x, s) : cell_buffer({s.T * s.N, s.C, s.H, s.W}, opts);
+  auto h_step = [&](int64_t t) {
+    return s.seq ? r.h_seq.select(0, t) : r.h_seq.narrow(0, t * s.N, s.N);
+  };
+  const StepConv conv_x = step_conv(r.wx, x);
   StepConv conv_xh;
   if (merged_schedule(s, conv_x, h0)) {
-    conv_xh = step_conv(at::cat({r.wx, r.wh}, 1).contiguous(fmt), r.x);
+    conv_xh = step_conv(at::cat({r.wx, r.wh}, 1).contiguous(fmt), x);
   }
   if (conv_xh.prepared.run != nullptr) {
     const int64_t frames = save ? s.T : 1;
-    r.xh = cell_buffer({frames * s.N, s.Cin + s.C, s.H, s.W}, x.options().memory_format(fmt));
+    r.xh = cell_buffer({frames * s.N, s.Cin + s.C, s.H, s.W}, opts);
     auto frame = [&](int64_t t) { return r.xh.narrow(0, (save ? t : 0) * s.N, s.N); };
     auto h_part = [&](int64_t t) { return frame(t).narrow(1, s.Cin, s.C); };
     // Saving (training), x goes into the frames in one copy and the cell writes each h_t (but the
     // last) into the next frame, whence the h sequence is copied once at the end: no copy per
     // step. Otherwise one frame serves every step.
-    if (save) r.xh.narrow(1, 0, s.Cin).copy_(r.x);
+    if (save) {
+      const at::Tensor x_part = r.xh.narrow(1, 0, s.Cin);
+      (s.seq ? x_part.unflatten(0, {s.T, s.N}) : x_part).copy_(x);
+    }
     if (h.has_value()) {
       h_part(0).copy_(*h);
     } else if (save) {
       h_part(0).zero_();  // step 0 runs on x alone; its frame is the weight gradient's input
     }
     for (int64_t t = 0; t < s.T; ++t) {
-      const at::Tensor x_t = r.x.narrow(0, t * s.N, s.N);
       at::Tensor gates_in;
       if (h.has_value()) {
-        if (!save) frame(t).narrow(1, 0, s.Cin).copy_(x_t);
+        if (!save) frame(t).narrow(1, 0, s.Cin).copy_(x_step(t));
         gates_in = conv(frame(t), conv_xh, s);
       } else {
-        gates_in = conv(x_t, conv_x, s);
+        gates_in = conv(x_step(t).contiguous(fmt), conv_x, s);
       }
       const bool into_frame = save && t + 1 < s.T;
-      const at::Tensor h_t = into_frame ? h_part(t + 1) : r.h_seq.narrow(0, t * s.N, s.N);
+      const at::Tensor h_t = into_frame ? h_part(t + 1) : h_step(t);
       auto [h_new, c_new, gates] =
           gates_forward_into(h_t, gates_in, std::nullopt, c, bias, peephole, save);
       if (save) {
@@ -385,12 +437,26 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
       if (!save && t + 1 < s.T) h_part(t + 1).copy_(*h);
     }
     if (save && s.T > 1) {
-      const int64_t n = (s.T - 1) * s.N;
-      r.h_seq.narrow(0, 0, n).copy_(r.xh.narrow(0, s.N, n).narrow(1, s.Cin, s.C));
+      const int64_t n = s.T - 1;
+      const at::Tensor hs = r.xh.narrow(0, s.N, n * s.N).narrow(1, s.Cin, s.C);
+      if (s.seq) {
+        r.h_seq.narrow(0, 0, n).copy_(hs.unflatten(0, {n, s.N}));
+      } else {
+        r.h_seq.narrow(0, 0, n * s.N).copy_(hs);
+      }
     }
     r.h_last = h->clone();
     r.c_last = std::move(c);
     return r;
+  }
+  r.x = s.seq ? time_major(x, fmt) : x.contiguous(fmt);
+  // The cell writes each step's h straight into the h frames: the output's, where it lies
+  // time-major in the run layout, else frames of their own, copied into it at the end.
+  if (!s.seq) {
+    r.h_frames = r.h_seq;
+  } else {
+    r.h_frames = time_major_view(r.h_seq, fmt);
+    if (!r.h_frames.defined()) r.h_frames = cell_buffer({s.T * s.N, s.C, s.H, s.W}, opts);
   }
   const StepConv conv_h = step_conv(r.wh, r.x);
   const int64_t K = chunk_steps(s, x);
@@ -400,7 +466,7 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
     for (int64_t j = 0; j < k; ++j) {
       std::optional<at::Tensor> h_gates;
       if (h.has_value()) h_gates = conv(*h, conv_h, s);
-      at::Tensor h_t = r.h_seq.narrow(0, (t0 + j) * s.N, s.N);
+      at::Tensor h_t = r.h_frames.narrow(0, (t0 + j) * s.N, s.N);
       auto [h_new, c_new, gates] =
           gates_forward_into(h_t, x_gates.narrow(0, j * s.N, s.N), h_gates, c, bias, peephole, save);
       if (save) {
@@ -411,6 +477,7 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
       h = std::move(h_new);  // h_t
     }
   }
+  if (!r.h_frames.is_alias_of(r.h_seq)) r.h_seq.copy_(r.h_frames.unflatten(0, {s.T, s.N}));
   r.h_last = h->clone();  // an output of its own, not a view of h_seq
   r.c_last = std::move(c);
   return r;
@@ -423,7 +490,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     at::AutoDispatchBelowADInplaceOrView guard;  // the schedule below is not itself recorded
     Rollout r = rollout(x, s, weight_x, weight_h, bias, peephole, h0, c0, /*save=*/true);
     ctx->saved_data["shape"] = c10::List<int64_t>({s.T, s.N, s.Cin, s.C, s.H, s.W, s.kh, s.kw,
-                                                   static_cast<int64_t>(s.state_dtype)});
+                                                   static_cast<int64_t>(s.state_dtype), s.seq});
     ctx->saved_data["needs"] = c10::List<bool>(
         {x.requires_grad(), weight_x.requires_grad(), weight_h.requires_grad(), requires_grad(bias),
          requires_grad(peephole), requires_grad(h0), requires_grad(c0)});
@@ -431,7 +498,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     // step's convolution sees): neither is saved beside them.
     const bool frames = r.xh.defined();
     variable_list saved = {frames ? at::Tensor() : r.x, r.wx, r.wh, peephole.value_or(at::Tensor()),
-                           r.h0, frames ? at::Tensor() : r.h_seq, r.xh};
+                           r.h0, frames ? at::Tensor() : r.h_frames, r.xh};
     saved.insert(saved.end(), r.gates.begin(), r.gates.end());
     saved.insert(saved.end(), r.c_prev.begin(), r.c_prev.end());
     ctx->save_for_backward(saved);
@@ -442,7 +509,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto dims = ctx->saved_data["shape"].toIntList();
     LayerShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7],
-                 static_cast<at::ScalarType>(dims[8])};
+                 static_cast<at::ScalarType>(dims[8]), dims[9] != 0};
     const auto needs = ctx->saved_data["needs"].toBoolList();
     const bool need_x = needs[0], need_wx = needs[1], need_wh = needs[2], need_b = needs[3],
                need_p = needs[4], need_h0 = needs[5], need_c0 = needs[6];
@@ -472,6 +539,10 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       return g.defined() && !g.is_contiguous(fmt) ? g.contiguous(fmt) : g;
     };
     const at::Tensor& g_seq = grads[0];
+    // Step t's part of the sequence's gradient (of x's shape: a sequence, or frames).
+    auto g_step = [&](int64_t t) {
+      return s.seq ? g_seq.select(0, t) : g_seq.narrow(0, t * s.N, s.N);
+    };
     const at::Tensor g_h_last = like_state(grads[1]), g_c_last = like_state(grads[2]);
 
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -508,7 +579,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       for (int64_t t = t0 + k - 1; t >= t0; --t) {
         at::Tensor dh;
         if (g_seq.defined() && !dh_next_has_seq) {
-          const at::Tensor g = g_seq.narrow(0, t * s.N, s.N);
+          const at::Tensor g = g_step(t);
           dh = like_state(dh_next.defined() ? dh_next + g : g);
         } else {
           dh = dh_next.defined() ? dh_next : zero_state(x);
@@ -521,7 +592,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
           const at::Tensor h_prev = t > 0 ? h_before(t, 1) : h0;
           // Step t - 1's gradient of h: through the hidden convolution, plus the sequence's.
           const at::Tensor g_prev =
-              t > 0 && g_seq.defined() ? g_seq.narrow(0, (t - 1) * s.N, s.N) : at::Tensor();
+              t > 0 && g_seq.defined() ? g_step(t - 1) : at::Tensor();
           dh_next = conv_data_grad(dg, h_prev, wh, wh_flipped, s, g_prev);
           dh_next_has_seq = g_prev.defined();
         } else {
@@ -560,11 +631,11 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         if (t0 == 0 && h0.defined()) add_to(gwh, weight_grad(d_gates[0], h0, s));
       }
     }
-    if (need_x && gx.defined()) out[0] = gx;
     if (need_x && !gx.defined()) {
       std::reverse(gx_chunks.begin(), gx_chunks.end());
-      out[0] = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
+      gx = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
     }
+    if (need_x) out[0] = s.seq ? gx.unflatten(0, {s.T, s.N}) : gx;
     if (joined) {
       gwx = gw.narrow(1, 0, s.Cin).contiguous(wx.suggest_memory_format());
       gwh = gw.narrow(1, s.Cin, s.C).contiguous(wh.suggest_memory_format());

@@ -1,5 +1,6 @@
 """The ConvLSTM layer operator (whole-sequence schedule) against the step-by-step reference."""
 
+import math
 import subprocess
 import sys
 
@@ -300,6 +301,101 @@ def test_no_grad_equals_grad_path():
     torch.testing.assert_close(ca, cb.detach(), atol=0, rtol=0)
 
 
+# A sequence (T, N, C, H, W) in each layout the op must take as it lies: time- or batch-major in
+# memory (a batch-first tensor transposed), NCHW or channels_last frames, or not dense at all.
+_SEQ_LAYOUTS = {
+    "tm-nchw": lambda x5: x5.contiguous(),
+    "bm-nchw": lambda x5: x5.transpose(0, 1).contiguous().transpose(0, 1),
+    "tm-cl": lambda x5: x5.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3),
+    "bm-cl": lambda x5: x5.permute(1, 0, 3, 4, 2).contiguous().permute(1, 0, 4, 2, 3),
+    "strided": lambda x5: torch.cat([x5, x5], -1)[..., : x5.shape[-1]],
+}
+
+
+def _as_sequence(args, layout):
+    x, T, *rest = args
+    x5 = _SEQ_LAYOUTS[layout](x.detach().unflatten(0, (T, -1))).requires_grad_()
+    return (x5, T, *rest)
+
+
+@pytest.mark.parametrize("layout", list(_SEQ_LAYOUTS))
+@pytest.mark.parametrize(
+    "dtype,channels", [(torch.float64, (3, 4)), (torch.float32, (16, 16))], ids=["f64", "f32-merged"]
+)
+def test_sequence_input_equals_frames(layout, dtype, channels):
+    # float64 runs the batched input convolution and per-step hidden one; float32 with 16 channels
+    # the CPU's merged schedule, whose frames take x straight from the sequence. Either way a
+    # sequence gives what its frames give, values and every gradient, and h_seq is laid out as x.
+    cin, C = channels
+    args = _inputs(T=3, N=2, Cin=cin, C=C, H=5, W=7, state=True, peephole=True, dtype=dtype)
+    seq_args = _as_sequence(args, layout)
+    x5 = seq_args[0]
+    want = _outputs_and_grads(ops.convlstm_layer, args, torch.contiguous_format)
+    for leaf in _leaves(args)[1:]:
+        leaf.grad = None
+    got = _outputs_and_grads(ops.convlstm_layer, seq_args, torch.contiguous_format)
+    h_seq = got[0]
+    assert h_seq.shape == (3, 2, C, 5, 7)
+    frames_cl = layout.endswith("-cl")
+    order = (1, 0) if layout.startswith("bm") else (0, 1)
+    inner = (3, 4, 2) if frames_cl else (2, 3, 4)
+    assert h_seq.permute(*order, *inner).is_contiguous(), (layout, h_seq.stride())
+    assert x5.grad.shape == x5.shape
+    got[0], got[3] = h_seq.flatten(0, 1), x5.grad.flatten(0, 1)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["bm-cl", "bm-nchw", "strided"])
+def test_opcheck_sequence(layout):
+    x, T, wx, wh, b, p, (h0, c0) = _as_sequence(
+        _inputs(T=2, dtype=torch.float32, state=True, peephole=True), layout
+    )
+    opcheck(torch.ops.pyframepred.convlstm_layer.default, (x, T, wx, wh, b, p, h0, c0))
+
+
+def _numel(shape):
+    """Elements of a profiled input's shape; for a list of tensors (cat's input), their sum."""
+    if shape and all(isinstance(d, list) for d in shape):
+        return sum(_numel(d) for d in shape)
+    return math.prod(shape) if shape and all(isinstance(d, int) for d in shape) else -1
+
+
+@pytest.mark.parametrize("cin,hidden", [(3, 8), (16, 16)], ids=["batched", "merged"])
+def test_module_copies_no_sequence_outside_the_op(cin, hidden):
+    """A batch-first input goes into the fused layer as it lies and the output comes back in its
+    layout: no operator outside the layer's own copies a sequence-sized tensor, forward or
+    backward (before: the frames gathered by cat, the output transposed by a copy, and its
+    gradient by another)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    m = ConvLSTM(cin, [hidden, hidden], 3)
+    x = torch.randn(2, 5, cin, 12, 12)
+    target = torch.randn(2, 5, hidden, 12, 12)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        out, _ = m(x)
+        (out * target).sum().backward()  # a gradient with no copy of its own
+    assert out.is_contiguous()
+    seq_numel = {x.numel(), out.numel()}
+
+    def inside_layer(ev):
+        while ev is not None:
+            if "convlstm_layer" in ev.name or "ConvLSTMLayer" in ev.name:
+                return True
+            ev = ev.cpu_parent
+        return False
+
+    copies = [
+        e.name
+        for e in prof.profiler.function_events
+        if e.name in _COPIES + ("aten::cat", "aten::stack")
+        and not inside_layer(e)
+        and any(_numel(sh) in seq_numel for sh in e.input_shapes)
+    ]
+    assert copies == [], copies
+
+
 def test_double_backward_raises():
     x, T, wx, wh, b, p, st = _inputs()
     h_seq, _ = ops.convlstm_layer(x, T, wx, wh, b, p, st)
@@ -319,7 +415,8 @@ def test_opcheck(state):
     "mutate,match",
     [
         (lambda a: a.update(x=a["x"][:5]), "multiple of steps"),
-        (lambda a: a.update(x=a["x"][0]), "4-d"),
+        (lambda a: a.update(x=a["x"][0]), "must be a sequence"),
+        (lambda a: a.update(x=a["x"].unflatten(0, (2, -1))), "sequence of 2 steps"),
         (lambda a: a.update(wx=a["wx"][:, :2]), "weight_x must be"),
         (lambda a: a.update(wh=a["wh"][:8]), "weight_h must be"),
         (lambda a: a.update(b=a["b"][:3]), "bias must have shape"),
@@ -472,3 +569,34 @@ def test_training_steps_fault_in_no_fresh_pages():
     out = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.strip()) < 1000, out.stdout
+
+
+_MODULE_FAULTS_PER_STEP = """
+import resource, torch
+from pyframepred.nn import ConvLSTM
+torch.set_num_threads(2)
+torch.manual_seed(0)
+m = ConvLSTM(64, 64, 3)
+x = torch.randn(4, 10, 64, 64, 64)  # batch-first, NCHW: sequence-sized tensors of 42 MB
+params = list(m.parameters())
+def step():
+    out, _ = m(x)
+    torch.autograd.grad(out.sum(), params)
+for _ in range(2):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+"""
+
+
+def test_module_training_steps_fault_in_no_sequence_sized_pages():
+    # The module at (4, 64, [64], 64x64), T = 10, float32, batch-first: sequence-sized tensors
+    # (42 MB, above glibc's largest mmap threshold) faulted in ~10,240 fresh pages each per step:
+    # the frames gathered by cat, their channels_last copy, the output's batch-first copy (20,481
+    # faults per step recorded), and with those gone, a pooled block the 256 MiB budget let go.
+    # Measured since: 0-3,000 per step.
+    out = subprocess.run([sys.executable, "-c", _MODULE_FAULTS_PER_STEP], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip()) < 5000, out.stdout

@@ -152,10 +152,6 @@ def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
     return (to(x_gates, gate), to(h_gates, gate), to(c_prev, state), to(bias, state), to(peephole, state))
 
 
-# The dtypes autocast casts (float64 is left alone).
-_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _check_state(state, x: Tensor, hidden: int, name: str) -> None:
     if not (isinstance(state, (tuple, list)) and len(state) == 2):
         raise ValueError(f"{name} must be a pair (h, c), got {type(state).__name__}")
@@ -254,42 +250,39 @@ class ConvLSTM(nn.Module):
         if state is not None and len(state) != self.num_layers:
             raise ValueError(f"state must hold one (h, c) per layer ({self.num_layers}), got {len(state)}")
         last_states: List[State] = []
-        if self.cells[0].fused and x.dtype in _AUTOCAST_ELIGIBLE and torch.is_autocast_enabled(x.device.type):
-            # The fused layer's autocast policy (csrc/convlstm_autocast.cpp) runs it on x in the
-            # autocast dtype: cast first, so that gathering the frames below moves half the bytes
-            # (and the op's own cast finds nothing left to do).
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        # Each layer's input as the frames of all steps, time-major: (T*N, C, H, W). Built with
-        # cat rather than by flattening a 5-d tensor: under torch.compile with dynamic shapes,
-        # Inductor (torch <= 2.13) fails on the flattened strides (pytorch/pytorch#185510).
-        frames = torch.cat(list(x.unbind(tdim)), 0)
+        # The sequence time-major, (T, N, C, H, W): a view of x. The fused layer reads it in
+        # whatever layout it lies and writes its h sequence laid out the same way (batch-major
+        # in memory for a batch-first x), so neither the input nor the output is copied here.
+        seq = x.transpose(0, 1) if self.batch_first else x
         for li, cell in enumerate(self.cells):
             layer_state = None if state is None else state[li]
             if layer_state is not None:
-                _check_state(layer_state, frames[:N], cell.hidden_channels, f"state[{li}]")
+                _check_state(layer_state, seq[0], cell.hidden_channels, f"state[{li}]")
             if cell.fused:
                 # The whole layer as one op: batched input convolution and weight gradients
                 # (under autocast: bfloat16/float16 convolutions, float32 cell state).
-                frames, layer_state = ops.convlstm_layer(
-                    frames, T, cell.conv_x.weight, cell.conv_h.weight, cell.bias, cell.peephole, layer_state
+                seq, layer_state = ops.convlstm_layer(
+                    seq, T, cell.conv_x.weight, cell.conv_h.weight, cell.bias, cell.peephole, layer_state
                 )
             else:
-                # Input convolution of all T steps at once; only the hidden one runs per step.
-                # unbind, not x_gates[t]: its backward stacks the T gradients once, where T
-                # separate selects would each scatter into a zero tensor of the full sequence.
+                # Input convolution of all T steps at once (over the frames time-major, (T*N, C,
+                # H, W): built with cat rather than by flattening a 5-d tensor, which Inductor
+                # (torch <= 2.13) fails on under dynamic shapes, pytorch/pytorch#185510); only the
+                # hidden one runs per step. unbind, not x_gates[t]: its backward stacks the T
+                # gradients once, where T separate selects would each scatter into a zero tensor
+                # of the full sequence.
+                frames = torch.cat(list(seq.unbind(0)), 0)
                 hs = []
                 for xg_t in cell.conv_x(frames).unflatten(0, (T, N)).unbind(0):
                     layer_state = cell.step(xg_t, layer_state)
                     hs.append(layer_state[0])
-                frames = torch.cat(hs, 0)
+                seq = torch.stack(hs, 0)
             last_states.append(layer_state)
-        # One copy into the output's layout, time- or batch-major: contiguous, or with channels
-        # innermost when x's frames are (channels_last frames), so that a channels_last model
-        # gets channels_last frames back -- a copy of whole pixels instead of a transposing one,
-        # and a gradient that comes back in the layout the layer runs in.
-        outputs = frames.unflatten(0, (T, N))
-        if self.batch_first:
-            outputs = outputs.transpose(0, 1)
+        # The output in x's layout, batch- or time-major: contiguous, or with channels innermost
+        # when x's frames are (channels_last frames), so that a channels_last model gets
+        # channels_last frames back and a gradient that comes back in the layout the layer runs
+        # in. The fused layer's output is so already (no copy); the reference path's is copied.
+        outputs = seq.transpose(0, 1) if self.batch_first else seq
         if x.shape[2] > 1 and x.stride(2) == 1:
             outputs = outputs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         else:

@@ -28,8 +28,9 @@ def convlstm_layer(
     """Run one ConvLSTM layer over ``steps`` time steps.
 
     Args:
-        x: ``(T*N, C_in, H, W)``, the input frames of all steps, time-major (step t is
-            ``x[t*N:(t+1)*N]``).
+        x: the input sequence ``(T, N, C_in, H, W)``, in any layout (e.g. a batch-first
+            ``(N, T, ...)`` tensor transposed: ``x.transpose(0, 1)``, no copy needed); or the
+            frames of all steps time-major, ``(T*N, C_in, H, W)`` (step t is ``x[t*N:(t+1)*N]``).
         steps: T.
         weight_x: ``(4C, C_in, kh, kw)`` input-convolution weight (odd kernel, 'same' padding,
             gate blocks i, f, g, o).
@@ -38,8 +39,12 @@ def convlstm_layer(
         state: optional ``(h0, c0)``, each ``(N, C, H, W)``; zeros when absent.
 
     Returns:
-        ``(h_seq, (h, c))``: h of every step ``(T*N, C, H, W)`` (time-major, like ``x``) and the
-        last step's state.
+        ``(h_seq, (h, c))``: h of every step and the last step's state. For a sequence ``x``,
+        ``h_seq`` is ``(T, N, C, H, W)`` laid out as ``x`` is: batch-major in memory where ``x``
+        is (so ``h_seq.transpose(0, 1)`` is a contiguous batch-first tensor), with channels_last
+        frames where ``x``'s are -- the op reads ``x`` and writes ``h_seq`` in place of the
+        copies a caller would otherwise make. For frames ``x``, ``h_seq`` is ``(T*N, C, H, W)``
+        in the layout the layer runs in (channels_last on the CPU).
 
     Mixed precision: ``x``, the weights and ``h0`` share one dtype; with float16/bfloat16 ones,
     ``c0``, ``bias`` and ``peephole`` may be float32 -- the convolutions then run in the low
@@ -81,18 +86,43 @@ def _channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
+# The layout rules of csrc/convlstm_layer.cpp (batch_major, frames_channels_last, run_format,
+# sequence_like): the fake kernel's outputs must have the real ones' strides.
+def _seq_batch_major(x: Tensor) -> bool:
+    return x.shape[0] > 1 and x.shape[1] > 1 and x.stride(1) > x.stride(0)
+
+
+def _seq_frames_channels_last(x: Tensor) -> bool:
+    return x.shape[2] > 1 and x.stride(2) == 1
+
+
+def _sequence_like(x: Tensor, C) -> Tensor:
+    T, N, _, H, W = x.shape
+    frame = C * H * W
+    sc, sw = (1, C) if _seq_frames_channels_last(x) else (H * W, 1)
+    bm = _seq_batch_major(x)
+    strides = (frame if bm else N * frame, T * frame if bm else frame, sc, W * sw, sw)
+    return x.new_empty_strided((T, N, C, H, W), strides)
+
+
 @torch.library.register_fake("pyframepred::convlstm_layer")
 def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
-    torch._check(x.dim() == 4, lambda: f"convlstm_layer: x must be 4-d, got {tuple(x.shape)}")
+    torch._check(x.dim() in (4, 5), lambda: f"convlstm_layer: x must be 4-d or 5-d, got {tuple(x.shape)}")
     torch._check(steps >= 1, lambda: f"convlstm_layer: steps must be >= 1, got {steps}")
-    TN, _, H, W = x.shape
-    N = TN // steps
+    seq = x.dim() == 5
+    if seq:
+        torch._check(x.shape[0] == steps, lambda: f"convlstm_layer: x has {x.shape[0]} steps, not {steps}")
+        N, cin = x.shape[1], x.shape[2]
+    else:
+        N, cin = x.shape[0] // steps, x.shape[1]
+    H, W = x.shape[-2], x.shape[-1]
     C = weight_h.shape[1]
-    cl = _channels_last(x) or _channels_last(weight_x)
+    x_cl = _seq_frames_channels_last(x) if seq else _channels_last(x)
+    cl = (x.device.type == "cpu" or x_cl or _channels_last(weight_x)) and cin > 0
     fmt = torch.channels_last if cl else torch.contiguous_format
     opts = dict(device=x.device, memory_format=fmt)
     state = next((t.dtype for t in (c0, bias, peephole) if t is not None), x.dtype)
-    h_seq = torch.empty((TN, C, H, W), dtype=x.dtype, **opts)
+    h_seq = _sequence_like(x, C) if seq else torch.empty((x.shape[0], C, H, W), dtype=x.dtype, **opts)
     return (
         h_seq,
         torch.empty((N, C, H, W), dtype=x.dtype, **opts),

@@ -95,11 +95,13 @@ struct ConvLSTMGatesBackward {
   using Sig = Result(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS);
 };
 
-// One ConvLSTM layer over a sequence (csrc/convlstm_layer.cpp): x (T*N, C_in, H, W) holds the
-// frames of `steps` steps time-major; weight_x (4C, C_in, kh, kw), weight_h (4C, C, kh, kw),
-// odd kernels, 'same' padding; bias, peephole as above; h0, c0 (N, C, H, W) or zeros. Returns h
-// of every step (T*N, C, H, W) and the last h and c. Input convolutions are batched over the
-// steps, and so are the weight gradients in backward.
+// One ConvLSTM layer over a sequence (csrc/convlstm_layer.cpp): x is the sequence (T, N, C_in,
+// H, W), T = steps, in any layout (e.g. a batch-first tensor transposed), or its frames
+// (T*N, C_in, H, W) time-major; weight_x (4C, C_in, kh, kw), weight_h (4C, C, kh, kw), odd
+// kernels, 'same' padding; bias, peephole as above; h0, c0 (N, C, H, W) or zeros. Returns h of
+// every step -- (T, N, C, H, W) laid out as x (batch-major in memory, channels_last frames, where
+// x is so) for a sequence, (T*N, C, H, W) for frames -- and the last h and c. Input convolutions
+// are batched over the steps, and so are the weight gradients in backward.
 struct ConvLSTMLayer {
   static constexpr const char* kName = "convlstm_layer";
   static constexpr const char* kArgs =
