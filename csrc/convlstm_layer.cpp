@@ -220,11 +220,10 @@ at::Tensor conv(const at::Tensor& input, const StepConv& c, const LayerShape& s,
         out.defined() ? out
                       : cell_buffer({input.size(0), c.prepared.u.size(2), input.size(2), input.size(3)},
                                     input.options().memory_format(at::MemoryFormat::ChannelsLast));
-    // The kernel adds an addend of the result's dtype, contiguous in either layout, as it writes
-    // the result; any other is added afterwards, as it is (never copied into a layout first).
-    const bool fused_add = addend.defined() && addend.scalar_type() == input.scalar_type() &&
-                           (addend.is_contiguous(at::MemoryFormat::ChannelsLast) ||
-                            addend.is_contiguous());
+    // The kernel adds an addend of the result's dtype, read in place in any layout (e.g. a step
+    // of a batch-major sequence's gradient), as it writes the result; one of another dtype is
+    // added afterwards, as it is (never copied into a layout first).
+    const bool fused_add = addend.defined() && addend.scalar_type() == input.scalar_type();
     if (fused_add || !addend.defined()) return c.prepared.run(input, c.prepared.u, addend, dst);
     return c.prepared.run(input, c.prepared.u, at::Tensor(), dst).add_(addend);
   }

@@ -808,14 +808,22 @@ void gemm_rows(const typename Flavour::v_t* v, int64_t Ci, const typename Flavou
   }
 }
 
+// Where an addend's element (b, c, y, x) lies: b * b_ + c * c_ + y * h_ + x * w_ elements from its
+// start (a tensor's strides, any layout).
+struct AddStrides {
+  int64_t b, c, h, w;
+};
+
 // y (B, H, W, Co) NHWC = x (B, H, W, Ci) NHWC convolved with the 3x3 weight whose transform is u
-// (Flavour's layout of (16, Ci, Co)), plus `add` where not null: (B, H, W, Co) NHWC, or
-// (B, Co, H, W) NCHW if add_nchw (the layout of the gradients an NCHW model hands the ConvLSTM
-// layer, which runs channels_last: gathered here, one value per channel, rather than brought into
-// NHWC by a pass of its own). Ci and Co multiples of kVL.
+// (Flavour's layout of (16, Ci, Co)), plus `add` where not null: (B, Co, H, W) with strides `as`,
+// read in place -- vectors of channels where they are contiguous (channels_last frames, whatever
+// the batch stride: e.g. a step of a batch-major sequence's gradient), else gathered one value
+// per channel (NCHW frames, the layout of the gradients an NCHW model hands the ConvLSTM layer,
+// which runs channels_last) rather than brought into NHWC by a pass of its own. Ci and Co
+// multiples of kVL.
 template <class Flavour>
 void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
-             const typename Flavour::in_t* add, bool add_nchw, typename Flavour::in_t* y,
+             const typename Flavour::in_t* add, AddStrides as, typename Flavour::in_t* y,
              int64_t B, int64_t H, int64_t W, int64_t Ci, int64_t Co) {
   using v_t = typename Flavour::v_t;
   const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2, tiles = B * TH * TW;
@@ -829,10 +837,10 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
   const int64_t blocks = (tiles + kT - 1) / kT;
   // The addend's kVL channels from co at pixel (b, yy, xx).
   const auto addend = [&](int64_t b, int64_t yy, int64_t xx, int64_t co) -> Vec {
-    if (!add_nchw) return Flavour::load(add + ((b * H + yy) * W + xx) * Co + co);
-    const auto* p = add + ((b * Co + co) * H + yy) * W + xx;
+    const auto* p = add + b * as.b + co * as.c + yy * as.h + xx * as.w;
+    if (as.c == 1) return Flavour::load(p);
     alignas(64) float v[kVL];
-    for (int64_t l = 0; l < kVL; ++l) v[l] = static_cast<float>(p[l * H * W]);
+    for (int64_t l = 0; l < kVL; ++l) v[l] = static_cast<float>(p[l * as.c]);
     return Vec::loadu(v);
   };
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
@@ -939,7 +947,7 @@ at::Tensor transform(const at::Tensor& weight) {
 }
 
 // The convolution through Flavour with a transformed weight u (transform<Flavour>): input, and
-// `addend` (added to the result; read in place when contiguous in either layout) where defined,
+// `addend` (added to the result; read in place, any strides) where defined,
 // (B, Ci, H, W) and (B, Co, H, W) in scalar_t; the result written into `out` where it is a
 // channels_last-contiguous (B, Co, H, W) of scalar_t (copied into any other `out`), else a new
 // tensor in the input's memory format.
@@ -950,9 +958,9 @@ at::Tensor run_transformed(const at::Tensor& input, const at::Tensor& u, const a
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Co = u.size(2);
   const at::Tensor x = nhwc(input);
-  const bool add_nchw = addend.defined() && !addend.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-                        addend.is_contiguous();
-  const at::Tensor a = !addend.defined() ? at::Tensor() : (add_nchw ? addend : nhwc(addend));
+  const at::Tensor& a = addend;
+  const AddStrides as = a.defined() ? AddStrides{a.stride(0), a.stride(1), a.stride(2), a.stride(3)}
+                                    : AddStrides{0, 0, 0, 0};
   const bool into = out.defined() && out.scalar_type() == input.scalar_type() &&
                     out.sizes() == at::IntArrayRef({B, Co, H, W}) &&
                     out.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -960,7 +968,7 @@ at::Tensor run_transformed(const at::Tensor& input, const at::Tensor& u, const a
   conv3x3<Flavour>(reinterpret_cast<const in_t*>(x.const_data_ptr()),
                    reinterpret_cast<const typename Flavour::u_t*>(u.const_data_ptr()),
                    a.defined() ? reinterpret_cast<const in_t*>(a.const_data_ptr()) : nullptr,
-                   add_nchw, reinterpret_cast<in_t*>(y.data_ptr()), B, H, W, Ci, Co);
+                   as, reinterpret_cast<in_t*>(y.data_ptr()), B, H, W, Ci, Co);
   if (into) return out;
   if (out.defined()) return out.copy_(y.permute({0, 3, 1, 2}));
   return y.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
