@@ -482,6 +482,13 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
   return r;
 }
 
+// What backward keeps of the h sequence (where the merged schedule's frames do not hold it): the
+// output itself where the h frames are its memory -- so that autograd's version check catches an
+// in-place change of the output before backward, which a view of it would not --, else the frames.
+at::Tensor saved_h(const Rollout& r) {
+  return r.h_frames.is_alias_of(r.h_seq) ? r.h_seq : r.h_frames;
+}
+
 class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
@@ -497,7 +504,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     // step's convolution sees): neither is saved beside them.
     const bool frames = r.xh.defined();
     variable_list saved = {frames ? at::Tensor() : r.x, r.wx, r.wh, peephole.value_or(at::Tensor()),
-                           r.h0, frames ? at::Tensor() : r.h_frames, r.xh};
+                           r.h0, frames ? at::Tensor() : saved_h(r), r.xh};
     saved.insert(saved.end(), r.gates.begin(), r.gates.end());
     saved.insert(saved.end(), r.c_prev.begin(), r.c_prev.end());
     ctx->save_for_backward(saved);
@@ -521,9 +528,12 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     const at::Tensor& h0 = saved[4];
     // x, and h_{t-1} of the steps from `first` on (first >= 1): views of the frames, or saved.
     const at::Tensor x = xh.defined() ? xh.narrow(1, 0, s.Cin) : saved[0];
+    // The h sequence as time-major frames (saved as the output itself where they are its memory).
+    const at::Tensor h_frames =
+        saved[5].defined() && saved[5].dim() == 5 ? saved[5].flatten(0, 1) : saved[5];
     auto h_before = [&](int64_t first, int64_t n) {
       return xh.defined() ? xh.narrow(0, first * s.N, n * s.N).narrow(1, s.Cin, s.C)
-                          : saved[5].narrow(0, (first - 1) * s.N, n * s.N);
+                          : h_frames.narrow(0, (first - 1) * s.N, n * s.N);
     };
     auto gates = [&](int64_t t) -> const at::Tensor& { return saved[7 + t]; };
     auto c_prev = [&](int64_t t) -> const at::Tensor& { return saved[7 + s.T + t]; };

@@ -346,6 +346,21 @@ def test_sequence_input_equals_frames(layout, dtype, channels):
         torch.testing.assert_close(a, b, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["frames", "tm-cl"])
+def test_in_place_change_of_the_output_before_backward_raises(layout):
+    # float64 keeps the h sequence for backward (no merged frames); where the output's memory is
+    # what backward reads (frames, or a time-major sequence with frames in the layout the layer
+    # runs in, channels_last on the CPU), changing it in place must raise autograd's version
+    # error rather than give wrong gradients. (Other layouts keep frames of their own.)
+    args = _inputs(T=3, state=True)
+    if layout != "frames":
+        args = _as_sequence(args, layout)
+    h_seq, _ = ops.convlstm_layer(*args)
+    h_seq.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h_seq.sum().backward()
+
+
 @pytest.mark.parametrize("layout", ["bm-cl", "bm-nchw", "strided"])
 def test_opcheck_sequence(layout):
     x, T, wx, wh, b, p, (h0, c0) = _as_sequence(
