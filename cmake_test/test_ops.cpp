@@ -108,6 +108,19 @@ void check_device(const at::Device& device) {
     const char* lnames[] = {"layer grad x", "layer grad weight_x", "layer grad weight_h",
                             "layer grad bias", "layer grad peephole", "layer grad c0"};
     for (size_t k = 0; k < lg.size(); ++k) expect_close(lg[k], lr[k], lnames[k]);
+
+    // The same layer on the sequence (T, N, C_in, H, W) as a batch-first tensor hands it over,
+    // transposed (no copy): h comes back laid out as x, batch-major, and equals the frames' h.
+    at::Tensor x_bf = x.detach().view({T, N, Cin, H, W}).transpose(0, 1).contiguous().requires_grad_();
+    auto [h_seq5, h_last5, c_last5] =
+        pyframepred::convlstm_layer(x_bf.transpose(0, 1), T, wx, wh, bias, peep, std::nullopt, c0);
+    expect(h_seq5.dim() == 5 && h_seq5.transpose(0, 1).is_contiguous(), "layer h batch-major");
+    expect_close(h_seq5.transpose(0, 1).reshape({N * T, C, H, W}),
+                 h_ref.view({T, N, C, H, W}).transpose(0, 1).reshape({N * T, C, H, W}),
+                 "layer h (sequence)");
+    auto sg = torch::autograd::grad({(h_seq5 * w.view({T, N, C, H, W})).sum() + c_last5.sum()},
+                                    {x_bf});
+    expect_close(sg[0].transpose(0, 1).reshape({T * N, Cin, H, W}), lr[0], "layer grad x (sequence)");
   }
 
   // The weight gradient the layer batches over its steps (on the CPU in float32 the tiled
