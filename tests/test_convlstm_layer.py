@@ -566,6 +566,10 @@ gs = torch.randn(T * N, C, H, W, generator=g).contiguous(memory_format=cl)
 def step():
     h_seq, _ = ops.convlstm_layer(x, T, wx, wh, b, None)
     torch.autograd.grad(h_seq, [x, wx, wh, b], gs)
+"""
+
+# Appended to a script that defines step(): page faults per step in steady state.
+_MEASURE_FAULTS = """
 for _ in range(3):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -575,15 +579,20 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
 """
 
 
+def _faults_per_step(script: str) -> float:
+    """Page faults per training step of `script` in a fresh process (so that earlier tests leave
+    no heap behind)."""
+    out = subprocess.run([sys.executable, "-c", script + _MEASURE_FAULTS], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return float(out.stdout.strip())
+
+
 def test_training_steps_fault_in_no_fresh_pages():
     # Item 6 of the layer's issue: under plain malloc, a training step must not fault in fresh
     # pages for the tensors it allocates again at every step. At (4, 64, [64], 64x64) the step's
     # gate-sized buffers span ~15,000 pages; they come from the buffer pool (buffer_pool.h), so
-    # a step in steady state faults in almost none (measured ~300; ~9,500 with the pool off). A
-    # fresh process, so that earlier tests leave no heap behind.
-    out = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert float(out.stdout.strip()) < 1000, out.stdout
+    # a step in steady state faults in almost none (measured ~300; ~9,500 with the pool off).
+    assert _faults_per_step(_FAULTS_PER_STEP) < 1000
 
 
 _MODULE_FAULTS_PER_STEP = """
@@ -597,12 +606,6 @@ params = list(m.parameters())
 def step():
     out, _ = m(x)
     torch.autograd.grad(out.sum(), params)
-for _ in range(2):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
 """
 
 
@@ -612,6 +615,4 @@ def test_module_training_steps_fault_in_no_sequence_sized_pages():
     # the frames gathered by cat, their channels_last copy, the output's batch-first copy (20,481
     # faults per step recorded), and with those gone, a pooled block the 256 MiB budget let go.
     # Measured since: 0-3,000 per step.
-    out = subprocess.run([sys.executable, "-c", _MODULE_FAULTS_PER_STEP], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert float(out.stdout.strip()) < 5000, out.stdout
+    assert _faults_per_step(_MODULE_FAULTS_PER_STEP) < 5000
