@@ -231,6 +231,11 @@ int main() {
     std::printf("-- cuda: no GPU here, CUDA checks skipped\n");
   }
 #endif
+  // The CPU buffer pool: its four byte counts, and a release that leaves nothing idle.
+  pyframepred::empty_cpu_buffer_pool();
+  const std::vector<int64_t> pool = pyframepred::cpu_buffer_pool_stats();
+  expect(pool.size() == 4 && pool[0] == 0 && pool[2] == pool[1], "buffer pool emptied");
+
   std::printf("%s\n", failures == 0 ? "all checks passed" : "FAILED");
   return failures == 0 ? 0 : 1;
 }

@@ -46,6 +46,28 @@ class CpuBufferPool final : public c10::Allocator {
   // Whether the pool is on.
   bool enabled() const { return enabled_; }
 
+  // Bytes: idle, in use, the peak in use, the budget of idle bytes (-1: the peak).
+  std::vector<int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {static_cast<int64_t>(held_), static_cast<int64_t>(in_use_),
+            static_cast<int64_t>(peak_in_use_),
+            fixed_budget_ ? static_cast<int64_t>(*fixed_budget_) : int64_t{-1}};
+  }
+
+  // Frees every idle block and resets the peak to the bytes in use now.
+  void release_idle() {
+    std::unordered_map<size_t, std::vector<void*>> idle;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      idle.swap(free_);
+      held_ = 0;
+      peak_in_use_ = in_use_;
+    }
+    for (auto& [size, blocks] : idle) {
+      for (void* p : blocks) std::free(p);
+    }
+  }
+
   c10::DataPtr allocate(size_t n) override {
     const size_t size = round_up(n);
     void* p = nullptr;

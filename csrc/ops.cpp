@@ -29,4 +29,6 @@ TORCH_LIBRARY(pyframepred, m) {
   def<op::CpuIsa>(m);
   def<op::CpuIsaLevels>(m);
   def<op::SetCpuIsa>(m);
+  def<op::CpuBufferPoolStats>(m);
+  def<op::EmptyCpuBufferPool>(m);
 }

@@ -13,6 +13,7 @@ from .._extension import load as _load
 _C = _load()
 
 # The operators' Python side, after the extension that registers them:
+from ._buffer_pool import cpu_buffer_pool_stats, empty_cpu_buffer_pool  # noqa: E402
 from ._convlstm import convlstm_gates  # noqa: E402
 from ._cpu_isa import _set_cpu_isa, cpu_isa, cpu_isa_levels  # noqa: E402, F401
 from ._gdl import gdl_loss  # noqa: E402
@@ -23,7 +24,9 @@ __all__ = [
     "conv2d_weight_grad",
     "convlstm_gates",
     "convlstm_layer",
+    "cpu_buffer_pool_stats",
     "cpu_isa",
     "cpu_isa_levels",
+    "empty_cpu_buffer_pool",
     "gdl_loss",
 ]

@@ -188,6 +188,26 @@ struct SetCpuIsa {
   using Sig = Result(c10::string_view level);
 };
 
+// The CPU buffer pool of the fused cell's and layer's large buffers (csrc/buffer_pool.h): its
+// byte counts [idle (kept for reuse), in use, the most ever in use at once, the budget of idle
+// bytes (-1: that peak, the default)], and the release of every idle block, which also resets the
+// peak to what is in use now (the budget then follows the working set that comes after).
+struct CpuBufferPoolStats {
+  static constexpr const char* kName = "cpu_buffer_pool_stats";
+  static constexpr const char* kArgs = "()";
+  static constexpr const char* kReturns = "int[]";
+  using Result = std::vector<int64_t>;
+  using Sig = Result();
+};
+
+struct EmptyCpuBufferPool {
+  static constexpr const char* kName = "empty_cpu_buffer_pool";
+  static constexpr const char* kArgs = "()";
+  static constexpr const char* kReturns = "()";
+  using Result = void;
+  using Sig = Result();
+};
+
 // The operators' namespace (torch.ops.pyframepred).
 constexpr const char* kNamespace = "pyframepred";
 

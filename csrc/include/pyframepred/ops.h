@@ -29,10 +29,12 @@ inline op::ConvLSTMGates::Result convlstm_gates(PYFRAMEPRED_CONVLSTM_GATES_INPUT
 }
 
 // One ConvLSTM layer over a sequence, scheduled as cuDNN schedules LSTM layers (input convolution
-// and every weight gradient batched over the steps). x: (T*N, C_in, H, W), the frames of all
-// `steps` steps, time-major; weight_x (4C, C_in, kh, kw), weight_h (4C, C, kh, kw), odd kernels,
-// 'same' padding; bias (4C,), peephole (3, C), h0 and c0 (N, C, H, W) optional. Returns h of every
-// step (T*N, C, H, W) and the last (h, c). Differentiable with respect to every tensor argument.
+// and every weight gradient batched over the steps). x: the sequence (T, N, C_in, H, W), T =
+// steps, in any layout (a batch-first tensor as x.transpose(0, 1), no copy), or its frames
+// (T*N, C_in, H, W) time-major; weight_x (4C, C_in, kh, kw), weight_h (4C, C, kh, kw), odd
+// kernels, 'same' padding; bias (4C,), peephole (3, C), h0 and c0 (N, C, H, W) optional. Returns h
+// of every step -- (T, N, C, H, W) laid out as x for a sequence, (T*N, C, H, W) for frames -- and
+// the last (h, c). Differentiable with respect to every tensor argument.
 inline op::ConvLSTMLayer::Result convlstm_layer(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS(= std::nullopt)) {
   return op::handle<op::ConvLSTMLayer>().call(x, steps, weight_x, weight_h, bias, peephole, h0,
                                               c0);
@@ -72,5 +74,13 @@ inline at::Tensor gdl_loss(const at::Tensor& pred, const at::Tensor& target, dou
 inline std::string cpu_isa() { return op::handle<op::CpuIsa>().call(); }
 
 inline std::vector<std::string> cpu_isa_levels() { return op::handle<op::CpuIsaLevels>().call(); }
+
+// The CPU buffer pool of the fused cell's and layer's large buffers: bytes idle, in use, the peak
+// in use, and the budget of idle bytes (-1: the peak, the default; PYFRAMEPRED_CPU_BUFFER_POOL_MB
+// sets a fixed one). empty_cpu_buffer_pool() frees the idle blocks and resets the peak.
+inline std::vector<int64_t> cpu_buffer_pool_stats() {
+  return op::handle<op::CpuBufferPoolStats>().call();
+}
+inline void empty_cpu_buffer_pool() { op::handle<op::EmptyCpuBufferPool>().call(); }
 
 }  // namespace pyframepred

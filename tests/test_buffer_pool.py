@@ -1,0 +1,44 @@
+"""The CPU buffer pool's queries and release (pyframepred.ops.cpu_buffer_pool_stats,
+empty_cpu_buffer_pool): what the fused layer's training step leaves in it, and that a release
+hands the idle blocks back and restarts the peak from what is in use."""
+
+import os
+
+import pytest
+import torch
+
+from pyframepred import ops
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("PYFRAMEPRED_CPU_BUFFER_POOL_MB", "") == "0", reason="the pool is turned off"
+)
+
+
+def _layer_step():
+    # Gates of 4 x 64 x 32 x 32 float32 per step: 1 MiB blocks, the pool's smallest.
+    T, N, C = 3, 4, 16
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T, N, 8, 32, 32, generator=g)
+    wx = torch.randn(4 * C, 8, 3, 3, generator=g, requires_grad=True)
+    wh = torch.randn(4 * C, C, 3, 3, generator=g, requires_grad=True)
+    h_seq, _ = ops.convlstm_layer(x, T, wx, wh)
+    torch.autograd.grad(h_seq.sum(), [wx, wh])
+
+
+def test_a_training_step_leaves_idle_blocks_and_a_release_frees_them():
+    _layer_step()
+    stats = ops.cpu_buffer_pool_stats()
+    assert set(stats) == {"idle", "in_use", "peak_in_use", "budget"}
+    if os.environ.get("PYFRAMEPRED_CPU_BUFFER_POOL_MB") is None:
+        assert stats["budget"] is None  # the default: the peak in use
+    assert stats["idle"] >= 1 << 20, stats
+    assert stats["peak_in_use"] >= stats["in_use"] + (1 << 20), stats
+
+    ops.empty_cpu_buffer_pool()
+    after = ops.cpu_buffer_pool_stats()
+    assert after["idle"] == 0 and after["in_use"] == stats["in_use"], after
+    assert after["peak_in_use"] == after["in_use"], after
+
+    _layer_step()  # the pool fills again from the working set of the next step
+    again = ops.cpu_buffer_pool_stats()
+    assert again["idle"] >= 1 << 20 and again["peak_in_use"] >= 1 << 20, again
