@@ -11,9 +11,10 @@
 // Only the tensors the fused cell and layer allocate go through it (h, c, the saved gates and the
 // gradients of its backward, the layer's frames and h sequence; blocks of at least 1 MiB), through
 // a c10::Allocator, so they are ordinary resizable CPU tensors. Freed blocks are kept up to a
-// budget, beyond which a freed block goes back to the system at once: by default the most bytes
-// the pool's blocks ever held at once (in use), so that a training step's working set, however
-// large, is reused whole, while the idle blocks never exceed what the process needed at its peak;
+// budget -- the idle blocks freed longest ago go back to the system first to make room for a block
+// just freed: by default the most bytes the pool's blocks ever held at once (in use), so that a
+// training step's working set, however large, is reused whole, while the idle blocks never
+// exceed what the process needed at its peak;
 // PYFRAMEPRED_CPU_BUFFER_POOL_MB sets a fixed budget instead, 0 turns the pool off. (A fixed 256
 // MiB, the earlier default, let ~42 MiB a step go back and fault in afresh at (4, 64, [64],
 // 64x64), T = 10, float32, where a step's pooled blocks add up to ~400 MiB.) Thread-safe
@@ -25,7 +26,9 @@
 #include <c10/core/Allocator.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
@@ -56,7 +59,7 @@ class CpuBufferPool final : public c10::Allocator {
 
   // Frees every idle block and resets the peak to the bytes in use now.
   void release_idle() {
-    std::unordered_map<size_t, std::vector<void*>> idle;
+    std::unordered_map<size_t, std::deque<Idle>> idle;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       idle.swap(free_);
@@ -64,7 +67,7 @@ class CpuBufferPool final : public c10::Allocator {
       peak_in_use_ = in_use_;
     }
     for (auto& [size, blocks] : idle) {
-      for (void* p : blocks) std::free(p);
+      for (const Idle& b : blocks) std::free(b.ptr);
     }
   }
 
@@ -75,7 +78,7 @@ class CpuBufferPool final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.find(size);
       if (it != free_.end() && !it->second.empty()) {
-        p = it->second.back();
+        p = it->second.back().ptr;  // the most recently freed
         it->second.pop_back();
         held_ -= size;
       }
@@ -120,22 +123,46 @@ class CpuBufferPool final : public c10::Allocator {
     delete block;
   }
 
+  // Keeps the freed block where the budget allows, making room by freeing the idle blocks that
+  // were given back longest ago: the blocks of the working set in use now come back at every step
+  // and stay, those of an earlier one (other sizes: another model, another frame size) go.
   void give_back(void* p, size_t size) {
+    std::vector<void*> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       in_use_ -= size;
       const size_t budget = fixed_budget_ ? *fixed_budget_ : peak_in_use_;
-      if (held_ + size <= budget) {
-        free_[size].push_back(p);
+      if (size <= budget) {
+        while (held_ + size > budget) {
+          auto oldest = free_.end();
+          for (auto it = free_.begin(); it != free_.end(); ++it) {
+            if (!it->second.empty() &&
+                (oldest == free_.end() || it->second.front().stamp < oldest->second.front().stamp)) {
+              oldest = it;
+            }
+          }
+          if (oldest == free_.end()) break;
+          evicted.push_back(oldest->second.front().ptr);
+          oldest->second.pop_front();
+          held_ -= oldest->first;
+        }
+        free_[size].push_back({p, clock_++});
         held_ += size;
-        return;
+        p = nullptr;
       }
     }
-    std::free(p);
+    for (void* q : evicted) std::free(q);
+    if (p != nullptr) std::free(p);
   }
 
+  struct Idle {
+    void* ptr;
+    uint64_t stamp;  // when it was given back (clock_)
+  };
+
   std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::unordered_map<size_t, std::deque<Idle>> free_;  // idle blocks by size, oldest first
+  uint64_t clock_ = 0;
   size_t held_ = 0;         // bytes of idle blocks
   size_t in_use_ = 0;       // bytes of blocks handed out and not yet given back
   size_t peak_in_use_ = 0;  // the most in_use_ has been

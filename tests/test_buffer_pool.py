@@ -42,3 +42,34 @@ def test_a_training_step_leaves_idle_blocks_and_a_release_frees_them():
     _layer_step()  # the pool fills again from the working set of the next step
     again = ops.cpu_buffer_pool_stats()
     assert again["idle"] >= 1 << 20 and again["peak_in_use"] >= 1 << 20, again
+
+
+_NEW_SIZES_TAKE_OVER = """
+import torch
+from pyframepred import ops
+
+def gates(C):
+    g = torch.Generator().manual_seed(0)
+    xg, c = torch.randn(4, 4 * C, 32, 32, generator=g), torch.randn(4, C, 32, 32, generator=g)
+    torch.ops.pyframepred.convlstm_gates_forward(xg, None, c, None, None, True)
+    # the saved gates (4 x 4C x 32 x 32 float32) are freed on return
+
+gates(32)  # a 2 MiB block, idle afterwards: 2 of the 4 MiB budget
+gates(48)  # a 3 MiB block: keeping it needs the 2 MiB one to go
+print(ops.cpu_buffer_pool_stats()["idle"] >> 20)
+"""
+
+
+def test_a_new_working_set_takes_the_place_of_an_old_one():
+    # With a 4 MiB budget, an idle 2 MiB block of an earlier size and a 3 MiB block just freed do
+    # not fit together: the older one goes and the new one is kept (before, the new block went
+    # back to the system at every step while the stale one stayed: 2 MiB idle).
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYFRAMEPRED_CPU_BUFFER_POOL_MB="4")
+    out = subprocess.run(
+        [sys.executable, "-c", _NEW_SIZES_TAKE_OVER], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "3", out.stdout
