@@ -387,6 +387,10 @@ Rollout rollout(const at::Tensor& x, const LayerShape& s, const at::Tensor& wx,
     r.h0 = h0->contiguous(fmt);
     h = r.h0;
   }
+  if (save) {
+    r.gates.reserve(s.T);
+    r.c_prev.reserve(s.T);
+  }
   // Step t's input frames (N, C_in, H, W) as x holds them, and step t's part of the output.
   auto x_step = [&](int64_t t) { return s.seq ? x.select(0, t) : x.narrow(0, t * s.N, s.N); };
   r.h_seq = s.seq ? sequence_like(x, s) : cell_buffer({s.T * s.N, s.C, s.H, s.W}, opts);
