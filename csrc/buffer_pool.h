@@ -170,33 +170,32 @@ class CpuBufferPool final : public c10::Allocator {
   bool enabled_ = true;
 };
 
-// at::empty(sizes, opts) for a buffer of the fused cell: from the pool on the CPU for blocks of at
-// least CpuBufferPool::kMinBytes while the pool is on; at::empty otherwise.
+// The pool, where a buffer of `sizes` and opts' dtype comes from it: on the CPU, blocks of at least
+// CpuBufferPool::kMinBytes while the pool is on; null otherwise.
+inline CpuBufferPool* pool_for(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  if (!opts.device().is_cpu()) return nullptr;
+  CpuBufferPool& pool = CpuBufferPool::get();
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * opts.dtype().itemsize();
+  return pool.enabled() && bytes >= CpuBufferPool::kMinBytes ? &pool : nullptr;
+}
+
+// at::empty(sizes, opts) for a buffer of the fused cell: from the pool where pool_for says so.
 inline at::Tensor cell_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  if (opts.device().is_cpu()) {
-    CpuBufferPool& pool = CpuBufferPool::get();
-    const at::ScalarType dtype = c10::typeMetaToScalarType(opts.dtype());
-    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype);
-    if (pool.enabled() && bytes >= CpuBufferPool::kMinBytes) {
-      return at::detail::empty_generic(sizes, &pool, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                       dtype, opts.memory_format_opt());
-    }
+  if (CpuBufferPool* pool = pool_for(sizes, opts)) {
+    return at::detail::empty_generic(sizes, pool, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     c10::typeMetaToScalarType(opts.dtype()), opts.memory_format_opt());
   }
   return at::empty(sizes, opts);
 }
 
-// at::empty_strided(sizes, strides, opts) for a buffer of the fused cell, from the pool as
-// cell_buffer's. `strides` must describe a dense layout (a permutation of a contiguous one).
+// at::empty_strided(sizes, strides, opts) for a buffer of the fused cell, from the pool where
+// pool_for says so. `strides` must describe a dense layout (a permutation of a contiguous one).
 inline at::Tensor cell_buffer_strided(at::IntArrayRef sizes, at::IntArrayRef strides,
                                       const at::TensorOptions& opts) {
-  if (opts.device().is_cpu()) {
-    CpuBufferPool& pool = CpuBufferPool::get();
-    const at::ScalarType dtype = c10::typeMetaToScalarType(opts.dtype());
-    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype);
-    if (pool.enabled() && bytes >= CpuBufferPool::kMinBytes) {
-      return at::detail::empty_strided_generic(sizes, strides, &pool,
-                                               c10::DispatchKeySet(c10::DispatchKey::CPU), dtype);
-    }
+  if (CpuBufferPool* pool = pool_for(sizes, opts)) {
+    return at::detail::empty_strided_generic(sizes, strides, pool,
+                                             c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                             c10::typeMetaToScalarType(opts.dtype()));
   }
   return at::empty_strided(sizes, strides, opts.memory_format(std::nullopt));
 }

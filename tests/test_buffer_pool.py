@@ -3,6 +3,8 @@ empty_cpu_buffer_pool): what the fused layer's training step leaves in it, and t
 hands the idle blocks back and restarts the peak from what is in use."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,9 +66,6 @@ def test_a_new_working_set_takes_the_place_of_an_old_one():
     # With a 4 MiB budget, an idle 2 MiB block of an earlier size and a 3 MiB block just freed do
     # not fit together: the older one goes and the new one is kept (before, the new block went
     # back to the system at every step while the stale one stayed: 2 MiB idle).
-    import subprocess
-    import sys
-
     env = dict(os.environ, PYFRAMEPRED_CPU_BUFFER_POOL_MB="4")
     out = subprocess.run(
         [sys.executable, "-c", _NEW_SIZES_TAKE_OVER], capture_output=True, text=True, env=env

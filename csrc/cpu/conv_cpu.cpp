@@ -808,8 +808,8 @@ void gemm_rows(const typename Flavour::v_t* v, int64_t Ci, const typename Flavou
   }
 }
 
-// Where an addend's element (b, c, y, x) lies: b * b_ + c * c_ + y * h_ + x * w_ elements from its
-// start (a tensor's strides, any layout).
+// Where an addend's element (b, c, y, x) lies: b * b + c * c + y * h + x * w elements from its
+// start, with the members below (a tensor's strides, any layout).
 struct AddStrides {
   int64_t b, c, h, w;
 };
@@ -960,7 +960,7 @@ at::Tensor run_transformed(const at::Tensor& input, const at::Tensor& u, const a
   const at::Tensor x = nhwc(input);
   const at::Tensor& a = addend;
   const AddStrides as = a.defined() ? AddStrides{a.stride(0), a.stride(1), a.stride(2), a.stride(3)}
-                                    : AddStrides{0, 0, 0, 0};
+                                    : AddStrides{};
   const bool into = out.defined() && out.scalar_type() == input.scalar_type() &&
                     out.sizes() == at::IntArrayRef({B, Co, H, W}) &&
                     out.is_contiguous(at::MemoryFormat::ChannelsLast);
