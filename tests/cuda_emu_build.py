@@ -22,6 +22,7 @@ SOURCES = [
     EMU / "emu_ops.cpp",
     EMU / "convlstm_emu.cpp",
     EMU / "gdl_emu.cpp",
+    EMU / "layer_emu.cpp",
     EMU / "selftest.cpp",
 ]
 
@@ -33,8 +34,11 @@ def asan_enabled() -> bool:
 
 
 def build():
-    """Loads (building when needed) the emulated-kernel extension; returns torch.ops.pyframepred_emu."""
+    """Loads (building when needed) the emulated-kernel extension; returns torch.ops.pyframepred_emu.
+    Once per process: the test modules that use it share one load."""
     global BUILD_SECONDS
+    if BUILD_SECONDS is not None:
+        return torch.ops.pyframepred_emu
     from torch.utils.cpp_extension import load
 
     asan = asan_enabled()

@@ -23,7 +23,12 @@ void poison(const at::Tensor& t) {
 }  // namespace
 
 op::ConvLSTMGatesForward::Result convlstm_forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
-  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
+  return convlstm_forward_into(x_gates, h_gates, c_prev, bias, peephole, save_gates, at::Tensor());
+}
+
+op::ConvLSTMGatesForward::Result convlstm_forward_into(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS,
+                                                       const at::Tensor& h_out) {
+  auto p = plan_convlstm_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out);
   poison(p.h);
   poison(p.c);
   poison(p.gates);

@@ -6,12 +6,16 @@
 
 #include <tuple>
 
+#include "convlstm_host.h"
 #include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
 namespace cuda_emu {
 
 op::ConvLSTMGatesForward::Sig convlstm_forward;
+// The same into the caller's h_out where it fits the kernel, as the CUDA launcher the ConvLSTM
+// layer calls (GatesForwardInto, convlstm_host.h).
+GatesForwardInto convlstm_forward_into;
 
 // grad_gates, grad_c_prev, grad_params and the kernel's per-block partial sums.
 using ConvLSTMBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

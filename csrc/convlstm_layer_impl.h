@@ -1,0 +1,755 @@
+#pragma once
+// One ConvLSTM layer over a whole sequence as a single operator, scheduled the way cuDNN schedules
+// LSTM layers:
+//   forward   the input convolution of all steps batched (in chunks, see below); per step only
+//             the hidden convolution and the fused cell;
+//   backward  per step (in reverse) only the fused cell's backward and the hidden convolution's
+//             data gradient; per chunk of steps (as the chunk's gate gradients are complete) the
+//             input convolution's data and weight gradients and the hidden convolution's weight
+//             gradient in batched calls (the weight gradients by the operator
+//             conv2d_weight_grad); the bias/peephole gradients reduced once.
+// On the CPU, where a prepared (Winograd) convolution runs the layer's weights, the merged schedule
+// (merged_schedule, below) goes further: one convolution per step over x_t and h_{t-1} side by
+// side, and one weight-gradient call for both weights.
+// Nothing but the activated gates and the cell states is saved besides the input and the h
+// sequence (the caller's input and the output itself, or, in the merged schedule, its frames).
+//
+// The schedule is written against ATen and the fused cell's operators, so it runs on every device
+// those run on (CPU, CUDA). What differs between devices -- the cell's kernels, the convolutions,
+// the layout the layer runs in, the chunk size -- comes from a LayerBackend. This header holds the
+// schedule and its autograd, templated on how a call picks its backend; it is included by the
+// operator (convlstm_layer.cpp, each device's own backend, registered with the dispatcher) and by
+// the CUDA execution model's tests (csrc/cuda/emu/layer_emu.cpp: the CUDA backend with the
+// emulated CUDA kernels, on CPU tensors). Mixed precision: with float16/bfloat16 x and weights and a float32 cell state (c0,
+// bias, peephole; see check_layer_args) the convolutions run in the low-precision dtype, h comes
+// out in it and c stays float32; the autocast kernel (convlstm_autocast.cpp) arranges exactly that.
+#include <ATen/ATen.h>
+#include <ATen/TensorSubclassLikeUtils.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "autograd_utils.h"
+#include "conv_weight_grad.h"
+#include "convlstm_host.h"
+#include "include/pyframepred/op_signatures.h"
+
+namespace pyframepred {
+namespace layer {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The devices' chunks of batched steps (LayerBackend::chunk_bytes, chunk_steps). On the CPU the
+// chunk is small, about an L2 cache: steps are batched while they are small (where a call's
+// overhead shows), and a step of 3 MiB or more runs alone, its gates and gate gradients never
+// copied into a chunk. On a 2-core AVX-512 Xeon that beat 12 MiB chunks by 3-10% per training
+// step at (8, 16, [32]) and (8, 16, [32, 32]) at 32x32, float32 and bf16 (and tied at
+// 4x64x[64]@64, where a step was alone already); the CUDA kernels keep 12 MiB chunks (not
+// re-measured on a GPU).
+inline constexpr int64_t kChunkBytesCpu = 3 << 20;
+inline constexpr int64_t kChunkBytesCuda = 12 << 20;
+
+// What the schedule asks of the device it runs on. The operator takes the device's own
+// (convlstm_layer.cpp: device_backend); the CUDA execution model's tests take the CUDA one with
+// the emulated kernels, on CPU tensors.
+struct LayerBackend {
+  // The fused cell's forward writing h into a given tensor (GatesForwardInto); null: the
+  // operator, its h copied in.
+  GatesForwardInto* gates_forward_into = nullptr;
+  // The fused cell's forward and backward; null: the operators, through the dispatcher.
+  op::ConvLSTMGatesForward::Sig* gates_forward = nullptr;
+  op::ConvLSTMGatesBackward::Sig* gates_backward = nullptr;
+  // The device's prepared convolution (PrepareConvSame); null: none.
+  PrepareConvSame* prepare_conv = nullptr;
+  // The CPU's convolutions: the operator conv2d_same, and data gradients as convolutions with the
+  // flipped weight (where prepare_conv takes them). Otherwise ATen's convolution and its backward
+  // (cuDNN on a GPU). Weight gradients are the operator conv2d_weight_grad's on every device.
+  bool own_convolutions = false;
+  // Runs in channels_last whatever the input's layout (see run_format).
+  bool always_channels_last = false;
+  // Bytes of gates per chunk of batched steps (see chunk_steps).
+  int64_t chunk_bytes = kChunkBytesCuda;
+  // Fresh buffers of the schedule are filled with NaN (the execution model's tests: an element
+  // the schedule fails to write then shows in the results).
+  bool poison_buffers = false;
+};
+
+// Picks the backend of a call from a tensor of it (x; in backward, a saved weight).
+using ResolveBackend = LayerBackend (*)(const at::Tensor& like);
+
+inline op::ConvLSTMGatesForward::Result gates_forward(const LayerBackend& b,
+                                                      PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+  if (b.gates_forward != nullptr) {
+    return b.gates_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
+  }
+  return op::handle<op::ConvLSTMGatesForward>().call(x_gates, h_gates, c_prev, bias, peephole,
+                                                     save_gates);
+}
+
+inline op::ConvLSTMGatesBackward::Result gates_backward(const LayerBackend& b,
+                                                        PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  if (b.gates_backward != nullptr) {
+    return b.gates_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+  }
+  return op::handle<op::ConvLSTMGatesBackward>().call(grad_h, grad_c, gates, c_prev, peephole,
+                                                      param_grads);
+}
+
+// A fresh buffer of the schedule (buffer_pool.h: from the CPU's pool where it is on).
+inline at::Tensor buffer(const LayerBackend& b, at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  at::Tensor t = cell_buffer(sizes, opts);
+  return b.poison_buffers ? t.fill_(std::numeric_limits<double>::quiet_NaN()) : t;
+}
+
+inline at::Tensor buffer_strided(const LayerBackend& b, at::IntArrayRef sizes,
+                                 at::IntArrayRef strides, const at::TensorOptions& opts) {
+  at::Tensor t = cell_buffer_strided(sizes, strides, opts);
+  return b.poison_buffers ? t.fill_(std::numeric_limits<double>::quiet_NaN()) : t;
+}
+
+// gates_forward writing h into `h_out` (a frame of the layer's h sequence) where the device has
+// such a kernel (GatesForwardInto) and the tensors are plain ones, otherwise through the operator
+// and copied in: fake tensors (torch.compile's tracing), tensor subclasses and dispatch modes see
+// the operator call. In profiles the direct call shows as the operator it stands for.
+inline op::ConvLSTMGatesForward::Result gates_forward_into(const LayerBackend& b, const at::Tensor& h_out,
+                                                           PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+  const auto subclass_like = [](const std::optional<at::Tensor>& t) {
+    return t.has_value() && at::isTensorSubclassLike(*t);
+  };
+  const bool plain = !at::areAnyTensorSubclassLike({x_gates, c_prev, h_out}) &&
+                     !subclass_like(h_gates) && !subclass_like(bias) && !subclass_like(peephole);
+  GatesForwardInto* kernel = plain ? b.gates_forward_into : nullptr;
+  op::ConvLSTMGatesForward::Result out;
+  if (kernel != nullptr) {
+    RECORD_FUNCTION("pyframepred::convlstm_gates_forward", std::vector<c10::IValue>());
+    out = kernel(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out);
+  } else {
+    out = gates_forward(b, x_gates, h_gates, c_prev, bias, peephole, save_gates);
+  }
+  if (!std::get<0>(out).is_same(h_out)) {  // written elsewhere (h_out did not fit the kernel)
+    h_out.copy_(std::get<0>(out));
+    std::get<0>(out) = h_out;
+  }
+  return out;
+}
+
+inline bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+inline bool requires_grad(const std::optional<at::Tensor>& t) {
+  return defined(t) && t->requires_grad();
+}
+
+// Shapes of one call, checked once.
+struct LayerShape {
+  int64_t T, N, Cin, C, H, W, kh, kw;
+  at::ScalarType state_dtype;  // of c (and bias, peephole, c0): x's, or float32 (mixed precision)
+  bool seq = false;            // x is a sequence (T, N, C_in, H, W), not time-major frames
+  std::vector<int64_t> padding() const { return {kh / 2, kw / 2}; }
+  std::vector<int64_t> state() const { return {N, C, H, W}; }
+};
+
+inline LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
+  constexpr const char* op = "convlstm_layer";
+  const at::Tensor& wx = weight_x;
+  const at::Tensor& wh = weight_h;
+  TORCH_CHECK(x.dim() == 4 || x.dim() == 5, op, ": x must be a sequence (T, N, C_in, H, W) or "
+              "the frames of all steps time-major (T*N, C_in, H, W), got shape ",
+              shape_str(x.sizes()));
+  TORCH_CHECK(steps >= 1, op, ": steps must be >= 1, got ", std::to_string(steps));
+  const bool seq = x.dim() == 5;
+  if (seq) {
+    TORCH_CHECK(x.size(0) == steps, op, ": x is a sequence of ", std::to_string(x.size(0)),
+                " steps, but steps = ", std::to_string(steps));
+  } else {
+    TORCH_CHECK(x.size(0) % steps == 0, op, ": x has ", std::to_string(x.size(0)),
+                " frames, not a multiple of steps = ", std::to_string(steps));
+  }
+  TORCH_CHECK(wh.dim() == 4 && wh.size(0) == 4 * wh.size(1) && wh.size(1) > 0, op,
+              ": weight_h must be (4*C, C, kh, kw), got shape ", shape_str(wh.sizes()));
+  LayerShape s;
+  s.seq = seq;
+  s.T = steps;
+  s.N = seq ? x.size(1) : x.size(0) / steps;
+  s.Cin = x.size(seq ? 2 : 1);
+  s.C = wh.size(1);
+  s.H = x.size(-2);
+  s.W = x.size(-1);
+  s.kh = wh.size(2);
+  s.kw = wh.size(3);
+  TORCH_CHECK(s.kh % 2 == 1 && s.kw % 2 == 1, op, ": kernel sizes must be odd ('same' padding), "
+              "got weight_h of shape ", shape_str(wh.sizes()));
+  TORCH_CHECK(wx.dim() == 4 && wx.size(0) == 4 * s.C && wx.size(1) == s.Cin &&
+                  wx.size(2) == s.kh && wx.size(3) == s.kw,
+              op, ": weight_x must be (4*C, C_in, kh, kw) = (", std::to_string(4 * s.C), ", ",
+              std::to_string(s.Cin), ", ", std::to_string(s.kh), ", ", std::to_string(s.kw),
+              "), got ", shape_str(wx.sizes()));
+  check_float_tensor(x, op, "x");
+  check_like(wx, x, op, "weight_x", "x");
+  check_like(wh, x, op, "weight_h", "x");
+  // The cell state's dtype is that of c0, bias and peephole (which must agree): x's, or float32
+  // when x is float16/bfloat16 (mixed precision, as the autocast kernel arranges); x's when none
+  // of them is given.
+  s.state_dtype = x.scalar_type();
+  const char* state_name = nullptr;
+  for (const auto& [t, name] :
+       {std::make_pair(&c0, "c0"), std::make_pair(&bias, "bias"), std::make_pair(&peephole, "peephole")}) {
+    if (!defined(*t)) continue;
+    check_state_dtype(**t, x.scalar_type(), op, name, "x");
+    if (state_name == nullptr) {
+      s.state_dtype = (*t)->scalar_type();
+      state_name = name;
+    } else {
+      TORCH_CHECK((*t)->scalar_type() == s.state_dtype, op, ": ", name, " has dtype ",
+                  (*t)->scalar_type(), " but ", state_name, " has dtype ", s.state_dtype,
+                  "; c0, bias and peephole must have one dtype");
+    }
+  }
+  if (defined(h0)) check_like(*h0, x, op, "h0", "x");
+  if (defined(bias)) {
+    check_device(*bias, x, op, "bias", "x");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * s.C, op, ": bias must have shape (4*C,) = (",
+                std::to_string(4 * s.C), ",), got ", shape_str(bias->sizes()));
+  }
+  if (defined(peephole)) {
+    check_device(*peephole, x, op, "peephole", "x");
+    TORCH_CHECK(peephole->dim() == 2 && peephole->size(0) == 3 && peephole->size(1) == s.C, op,
+                ": peephole must have shape (3, C) = (3, ", std::to_string(s.C), "), got ",
+                shape_str(peephole->sizes()));
+  }
+  for (const auto& [t, name] : {std::make_pair(&h0, "h0"), std::make_pair(&c0, "c0")}) {
+    if (!defined(*t)) continue;
+    check_device(**t, x, op, name, "x");
+    TORCH_CHECK((*t)->sizes() == at::IntArrayRef(s.state()), op, ": ", name,
+                " must have shape (N, C, H, W) = (", std::to_string(s.N), ", ",
+                std::to_string(s.C), ", ", std::to_string(s.H), ", ", std::to_string(s.W),
+                "), got ", shape_str((*t)->sizes()));
+  }
+  return s;
+}
+
+// A convolution the layer runs at every step: its weight and, where the device has a direct
+// kernel for it, the weight prepared once per layer call (PreparedConv, conv_weight_grad.h: on the
+// CPU the Winograd transform, which conv2d_same would otherwise redo at every call).
+struct StepConv {
+  at::Tensor weight;
+  PreparedConv prepared;
+};
+
+// `like`: a tensor of the inputs' dtype. Not prepared for fake tensors (torch.compile's tracing),
+// tensor subclasses and dispatch modes: they see the operator calls.
+inline StepConv step_conv(const LayerBackend& b, const at::Tensor& weight, const at::Tensor& like) {
+  StepConv c{weight, {}};
+  if (b.prepare_conv != nullptr && !at::areAnyTensorSubclassLike({weight, like})) {
+    c.prepared = b.prepare_conv(weight, like.scalar_type());
+  }
+  return c;
+}
+
+// `y` plus `addend` (where defined), in `out` (where defined).
+inline at::Tensor finish_conv(at::Tensor y, const at::Tensor& addend, const at::Tensor& out) {
+  if (addend.defined()) y = y.add_(addend);  // y is the convolution's own result
+  return out.defined() ? out.copy_(y) : y;
+}
+
+// conv(input, c.weight) + addend (where defined), written into `out` (where defined): the
+// prepared kernel where there is one and the tensors are plain ones, else the operator
+// conv2d_same (3x3 in float32, and in bfloat16 at the avx512_bf16 level: a Winograd F(2x2, 3x3)
+// kernel of ours, csrc/cpu/conv_cpu.cpp, round-robin against oneDNN in
+// benchmarks/results/conv_same_rr_cpu_*.md; otherwise ATen's) on the CPU, ATen's convolution
+// elsewhere. In profiles the prepared kernel shows as the operator it stands for.
+inline at::Tensor conv(const LayerBackend& b, const at::Tensor& input, const StepConv& c,
+                       const LayerShape& s, const at::Tensor& addend = {}, const at::Tensor& out = {}) {
+  const bool plain = !at::isTensorSubclassLike(input) &&
+                     !(addend.defined() && at::isTensorSubclassLike(addend)) &&
+                     !(out.defined() && at::isTensorSubclassLike(out));
+  if (c.prepared.run != nullptr && plain) {
+    RECORD_FUNCTION("pyframepred::conv2d_same", std::vector<c10::IValue>());
+    // A result of its own comes from the buffer pool (buffer_pool.h), as the cell's do: the
+    // layer allocates these gate-sized tensors at every step, and from malloc they would fault in
+    // fresh pages whenever glibc trims the top of its heap between training steps.
+    const at::Tensor dst =
+        out.defined() ? out
+                      : buffer(b, {input.size(0), c.prepared.u.size(2), input.size(2), input.size(3)},
+                               input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    // The kernel adds an addend of the result's dtype, read in place in any layout (e.g. a step
+    // of a batch-major sequence's gradient), as it writes the result; one of another dtype is
+    // added afterwards, as it is (never copied into a layout first).
+    const bool fused_add = addend.defined() && addend.scalar_type() == input.scalar_type();
+    if (fused_add || !addend.defined()) return c.prepared.run(input, c.prepared.u, addend, dst);
+    return c.prepared.run(input, c.prepared.u, at::Tensor(), dst).add_(addend);
+  }
+  if (b.own_convolutions) {
+    return finish_conv(op::handle<op::Conv2dSame>().call(input, c.weight), addend, out);
+  }
+  return finish_conv(at::convolution(input, c.weight, std::nullopt, {1, 1}, s.padding(), {1, 1},
+                                     false, {0, 0}, 1),
+                     addend, out);
+}
+
+// What conv_data_grad needs of a weight: on the CPU in float32 and bfloat16, the weight flipped in
+// both spatial dims with its channel dims swapped, (C_in, C_out, kh, kw) -- the data gradient of
+// a stride-1 'same' convolution is the convolution of the output's gradient with it, which
+// conv2d_same runs as Winograd where it can --, prepared as a StepConv; empty elsewhere (ATen's
+// convolution backward).
+inline StepConv flipped_weight(const LayerBackend& b, const at::Tensor& w, const at::Tensor& like) {
+  if (!b.own_convolutions || (w.scalar_type() != at::kFloat && w.scalar_type() != at::kBFloat16)) {
+    return {};
+  }
+  return step_conv(b, w.flip({2, 3}).transpose(0, 1).contiguous(w.suggest_memory_format()), like);
+}
+
+// The gradient of `input` of conv(input, weight) for the gradient dg of its output, plus addend
+// (where defined), written into out (where defined).
+inline at::Tensor conv_data_grad(const LayerBackend& b, const at::Tensor& dg, const at::Tensor& input,
+                                 const at::Tensor& weight, const StepConv& flipped,
+                                 const LayerShape& s, const at::Tensor& addend = {},
+                                 const at::Tensor& out = {}) {
+  if (flipped.weight.defined()) return conv(b, dg, flipped, s, addend, out);
+  return finish_conv(std::get<0>(at::convolution_backward(dg, input, weight, std::nullopt, {1, 1},
+                                                          s.padding(), {1, 1}, false, {0, 0}, 1,
+                                                          {true, false, false})),
+                     addend, out);
+}
+
+// The weight gradient of conv(input, .) for the gradient dg of its output, batched over all the
+// frames given: the operator conv2d_weight_grad (on the CPU a tiled kernel about twice as fast as
+// ATen's at these shapes, csrc/cpu/conv_cpu.cpp; elsewhere ATen's).
+inline at::Tensor weight_grad(const at::Tensor& dg, const at::Tensor& input, const LayerShape& s) {
+  return op::handle<op::Conv2dWeightGrad>().call(dg, input, s.kh, s.kw);
+}
+
+inline void add_to(at::Tensor& sum, at::Tensor term) {
+  sum = sum.defined() ? sum.add_(term) : std::move(term);
+}
+
+// The batched convolutions run over chunks of steps rather than the whole sequence at once: a
+// (T*N, 4C, H, W) tensor is far above glibc's largest mmap threshold (32 MiB), so every training
+// step would fault in and zero fresh pages for it (tens of thousands of faults per step); chunks
+// of at most b.chunk_bytes of gates are recycled by the default allocator.
+inline int64_t chunk_steps(const LayerBackend& b, const LayerShape& s, const at::Tensor& like) {
+  const int64_t per_step = s.N * 4 * s.C * s.H * s.W * static_cast<int64_t>(like.element_size());
+  return std::clamp<int64_t>(b.chunk_bytes / std::max<int64_t>(per_step, 1), 1, s.T);
+}
+
+// Where x is a sequence (T, N, C, H, W): whether its batch dim lies outer in memory (a batch-first
+// tensor seen time-major), and whether its frames are channels_last. The output sequence is laid
+// out the same way; the fake kernel (pyframepred/ops/_layer.py) decides alike.
+inline bool batch_major(const at::Tensor& seq) {
+  return seq.size(0) > 1 && seq.size(1) > 1 && seq.stride(1) > seq.stride(0);
+}
+inline bool frames_channels_last(const at::Tensor& seq) { return seq.size(2) > 1 && seq.stride(2) == 1; }
+
+// The layout the layer runs in: channels_last when the input or the weights are, and always where
+// the backend says so (the CPU's, see convlstm_layer.cpp): the input is converted once per layer,
+// not at every step. The outputs come back in this layout (a sequence's h in the layout of x,
+// see batch_major).
+inline at::MemoryFormat run_format(const LayerBackend& b, const at::Tensor& x, const at::Tensor& w) {
+  const bool x_cl = x.dim() == 5 ? frames_channels_last(x)
+                                 : x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const bool cl = b.always_channels_last || x_cl ||
+                  w.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return cl && x.size(x.dim() - 3) > 0 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// A sequence (T, N, C, H, W) as the frames of all steps, time-major (T*N, C, H, W), in `fmt`,
+// where it lies so in memory: a view; undefined otherwise.
+inline at::Tensor time_major_view(const at::Tensor& seq, at::MemoryFormat fmt) {
+  const bool dense = fmt == at::MemoryFormat::ChannelsLast ? seq.permute({0, 1, 3, 4, 2}).is_contiguous()
+                                                          : seq.is_contiguous();
+  return dense ? seq.flatten(0, 1) : at::Tensor();
+}
+
+// The same frames in any case: the view, else one copy into a buffer of the schedule.
+inline at::Tensor time_major(const LayerBackend& b, const at::Tensor& seq, at::MemoryFormat fmt) {
+  at::Tensor view = time_major_view(seq, fmt);
+  if (view.defined()) return view;
+  at::Tensor frames = buffer(b, {seq.size(0) * seq.size(1), seq.size(2), seq.size(3), seq.size(4)},
+                             seq.options().memory_format(fmt));
+  frames.unflatten(0, {seq.size(0), seq.size(1)}).copy_(seq);
+  return frames;
+}
+
+// The output sequence (T, N, C, H, W) of a call on the sequence x, laid out as x (batch_major,
+// frames_channels_last).
+inline at::Tensor sequence_like(const LayerBackend& b, const at::Tensor& x, const LayerShape& s) {
+  const bool cl = frames_channels_last(x), bm = batch_major(x);
+  const int64_t frame = s.C * s.H * s.W;
+  const int64_t sc = cl ? 1 : s.H * s.W, sw = cl ? s.C : 1, sh = s.W * sw;
+  return buffer_strided(b, {s.T, s.N, s.C, s.H, s.W},
+                        {bm ? frame : s.N * frame, bm ? s.T * frame : frame, sc, sh, sw},
+                        x.options());
+}
+
+struct Rollout {
+  at::Tensor x, h0;  // the time-major frames of x and the initial h, in the layout the layer runs in
+  at::Tensor wx, wh; // the weights in that layout (converted once, not by every convolution)
+  // h of every step: the output (x's shape: frames, or a sequence laid out as x) and, where the
+  // merged schedule did not run, the same as time-major frames in the run layout (a view of the
+  // output where it lies so) -- what backward reads.
+  at::Tensor h_seq, h_frames, h_last, c_last;
+  // The merged schedule's step inputs (see merged_schedule): frame t = (x_t, h_{t-1}), h_{-1} = h0
+  // or zeros; all T frames when saving (the weight gradients' input), one reused frame otherwise.
+  at::Tensor xh;
+  std::vector<at::Tensor> gates;   // activated gates of each step (when saving)
+  std::vector<at::Tensor> c_prev;  // the cell state each step started from (when saving)
+};
+
+// The merged schedule (the CPU's, where a prepared convolution runs the layer's weights): each
+// step's gates come from one convolution of the step's frame (x_t, h_{t-1}) -- x_t and h_{t-1}
+// side by side in the channels of one channels_last frame -- with the weights side by side,
+// (4C, C_in + C, 3, 3), instead of the input's and the hidden convolution's results summed by the
+// cell. One output transform, one pass over the products and one gate tensor for the cell to read
+// instead of two; the weight gradients become one call per chunk over the saved frames, whose
+// output-gradient transform the two weights share. On 2 Zen 4 cores at (4, 64 -> 256, 64x64) in
+// bf16 the step's convolution took 12.2 ms against 14.1 for the two, the weight gradients 12.4
+// against 13.0. The frames cost one copy of x per call (straight from x, in whatever layout it
+// comes) and one of the h sequence out of them at the end (the cell writes each h into the next
+// frame). Step 0 without h0 convolves x alone.
+// Whether it may run: x's convolution is prepared (so the device has prepared convolutions and x
+// and its weight are plain tensors), and some step sees an h. It does where the joined weight has
+// a prepared convolution too (so weight_h is a plain tensor as well).
+inline bool merged_schedule(const LayerShape& s, const StepConv& conv_x,
+                            const std::optional<at::Tensor>& h0) {
+  return conv_x.prepared.run != nullptr && (s.T > 1 || defined(h0)) &&
+         !(defined(h0) && at::isTensorSubclassLike(*h0));
+}
+
+// The forward schedule. `state_dtype` is the dtype of the cell state c (float32 under mixed
+// precision, where the gates come in the low-precision dtype).
+inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerShape& s,
+                       const at::Tensor& wx, const at::Tensor& wh,
+                       const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& peephole,
+                       const std::optional<at::Tensor>& h0, const std::optional<at::Tensor>& c0,
+                       bool save) {
+  Rollout r;
+  const auto fmt = run_format(b, x, wx);
+  const auto opts = x.options().memory_format(fmt);
+  r.wx = wx.contiguous(fmt);
+  r.wh = wh.contiguous(fmt);
+  at::Tensor c = defined(c0) ? c0->contiguous(fmt) : at::zeros(s.state(), opts.dtype(s.state_dtype));
+  std::optional<at::Tensor> h;
+  if (defined(h0)) {
+    r.h0 = h0->contiguous(fmt);
+    h = r.h0;
+  }
+  if (save) {
+    r.gates.reserve(s.T);
+    r.c_prev.reserve(s.T);
+  }
+  // Step t's input frames (N, C_in, H, W) as x holds them, and step t's part of the output.
+  auto x_step = [&](int64_t t) { return s.seq ? x.select(0, t) : x.narrow(0, t * s.N, s.N); };
+  r.h_seq = s.seq ? sequence_like(b, x, s) : buffer(b, {s.T * s.N, s.C, s.H, s.W}, opts);
+  auto h_step = [&](int64_t t) {
+    return s.seq ? r.h_seq.select(0, t) : r.h_seq.narrow(0, t * s.N, s.N);
+  };
+  const StepConv conv_x = step_conv(b, r.wx, x);
+  StepConv conv_xh;
+  if (merged_schedule(s, conv_x, h0)) {
+    conv_xh = step_conv(b, at::cat({r.wx, r.wh}, 1).contiguous(fmt), x);
+  }
+  if (conv_xh.prepared.run != nullptr) {
+    const int64_t frames = save ? s.T : 1;
+    r.xh = buffer(b, {frames * s.N, s.Cin + s.C, s.H, s.W}, opts);
+    auto frame = [&](int64_t t) { return r.xh.narrow(0, (save ? t : 0) * s.N, s.N); };
+    auto h_part = [&](int64_t t) { return frame(t).narrow(1, s.Cin, s.C); };
+    // Saving (training), x goes into the frames in one copy and the cell writes each h_t (but the
+    // last) into the next frame, whence the h sequence is copied once at the end: no copy per
+    // step. Otherwise one frame serves every step.
+    if (save) {
+      const at::Tensor x_part = r.xh.narrow(1, 0, s.Cin);
+      (s.seq ? x_part.unflatten(0, {s.T, s.N}) : x_part).copy_(x);
+    }
+    if (h.has_value()) {
+      h_part(0).copy_(*h);
+    } else if (save) {
+      h_part(0).zero_();  // step 0 runs on x alone; its frame is the weight gradient's input
+    }
+    for (int64_t t = 0; t < s.T; ++t) {
+      at::Tensor gates_in;
+      if (h.has_value()) {
+        if (!save) frame(t).narrow(1, 0, s.Cin).copy_(x_step(t));
+        gates_in = conv(b, frame(t), conv_xh, s);
+      } else {
+        gates_in = conv(b, x_step(t).contiguous(fmt), conv_x, s);
+      }
+      const bool into_frame = save && t + 1 < s.T;
+      const at::Tensor h_t = into_frame ? h_part(t + 1) : h_step(t);
+      auto [h_new, c_new, gates] =
+          gates_forward_into(b, h_t, gates_in, std::nullopt, c, bias, peephole, save);
+      if (save) {
+        r.gates.push_back(std::move(gates));
+        r.c_prev.push_back(c);
+      }
+      c = std::move(c_new);
+      h = std::move(h_new);  // h_t
+      if (!save && t + 1 < s.T) h_part(t + 1).copy_(*h);
+    }
+    if (save && s.T > 1) {
+      const int64_t n = s.T - 1;
+      const at::Tensor hs = r.xh.narrow(0, s.N, n * s.N).narrow(1, s.Cin, s.C);
+      if (s.seq) {
+        r.h_seq.narrow(0, 0, n).copy_(hs.unflatten(0, {n, s.N}));
+      } else {
+        r.h_seq.narrow(0, 0, n * s.N).copy_(hs);
+      }
+    }
+    r.h_last = h->clone();
+    r.c_last = std::move(c);
+    return r;
+  }
+  r.x = s.seq ? time_major(b, x, fmt) : x.contiguous(fmt);
+  // The cell writes each step's h straight into the h frames: the output's, where it lies
+  // time-major in the run layout, else frames of their own, copied into it at the end.
+  if (!s.seq) {
+    r.h_frames = r.h_seq;
+  } else {
+    r.h_frames = time_major_view(r.h_seq, fmt);
+    if (!r.h_frames.defined()) r.h_frames = buffer(b, {s.T * s.N, s.C, s.H, s.W}, opts);
+  }
+  const StepConv conv_h = step_conv(b, r.wh, r.x);
+  const int64_t K = chunk_steps(b, s, x);
+  for (int64_t t0 = 0; t0 < s.T; t0 += K) {
+    const int64_t k = std::min(K, s.T - t0);
+    const at::Tensor x_gates = conv(b, r.x.narrow(0, t0 * s.N, k * s.N), conv_x, s);
+    for (int64_t j = 0; j < k; ++j) {
+      std::optional<at::Tensor> h_gates;
+      if (h.has_value()) h_gates = conv(b, *h, conv_h, s);
+      at::Tensor h_t = r.h_frames.narrow(0, (t0 + j) * s.N, s.N);
+      auto [h_new, c_new, gates] =
+          gates_forward_into(b, h_t, x_gates.narrow(0, j * s.N, s.N), h_gates, c, bias, peephole,
+                             save);
+      if (save) {
+        r.gates.push_back(std::move(gates));
+        r.c_prev.push_back(c);
+      }
+      c = std::move(c_new);
+      h = std::move(h_new);  // h_t
+    }
+  }
+  if (!r.h_frames.is_alias_of(r.h_seq)) r.h_seq.copy_(r.h_frames.unflatten(0, {s.T, s.N}));
+  r.h_last = h->clone();  // an output of its own, not a view of h_seq
+  r.c_last = std::move(c);
+  return r;
+}
+
+// What backward keeps of the h sequence (where the merged schedule's frames do not hold it): the
+// output itself where the h frames are its memory -- so that autograd's version check catches an
+// in-place change of the output before backward, which a view of it would not --, else the frames.
+inline at::Tensor saved_h(const Rollout& r) {
+  return r.h_frames.is_alias_of(r.h_seq) ? r.h_seq : r.h_frames;
+}
+
+// The layer's autograd: forward saves what the schedule's backward reads. `Resolve` picks the
+// backend (in backward, from a saved weight, on the device of the call).
+template <ResolveBackend Resolve>
+class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunction<Resolve>> {
+ public:
+  static variable_list forward(AutogradContext* ctx, PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
+    const LayerShape s = check_layer_args(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+    at::AutoDispatchBelowADInplaceOrView guard;  // the schedule below is not itself recorded
+    Rollout r = rollout(Resolve(x), x, s, weight_x, weight_h, bias, peephole, h0, c0, /*save=*/true);
+    ctx->saved_data["shape"] = c10::List<int64_t>({s.T, s.N, s.Cin, s.C, s.H, s.W, s.kh, s.kw,
+                                                   static_cast<int64_t>(s.state_dtype), s.seq});
+    ctx->saved_data["needs"] = c10::List<bool>(
+        {x.requires_grad(), weight_x.requires_grad(), weight_h.requires_grad(), requires_grad(bias),
+         requires_grad(peephole), requires_grad(h0), requires_grad(c0)});
+    // The merged schedule's frames hold x and the h sequence (but its last frame, which no
+    // step's convolution sees): neither is saved beside them.
+    const bool frames = r.xh.defined();
+    variable_list saved = {frames ? at::Tensor() : r.x, r.wx, r.wh, peephole.value_or(at::Tensor()),
+                           r.h0, frames ? at::Tensor() : saved_h(r), r.xh};
+    saved.insert(saved.end(), r.gates.begin(), r.gates.end());
+    saved.insert(saved.end(), r.c_prev.begin(), r.c_prev.end());
+    ctx->save_for_backward(saved);
+    ctx->set_materialize_grads(false);
+    return {r.h_seq, r.h_last, r.c_last};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto dims = ctx->saved_data["shape"].toIntList();
+    LayerShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7],
+                 static_cast<at::ScalarType>(dims[8]), dims[9] != 0};
+    const auto needs = ctx->saved_data["needs"].toBoolList();
+    const bool need_x = needs[0], need_wx = needs[1], need_wh = needs[2], need_b = needs[3],
+               need_p = needs[4], need_h0 = needs[5], need_c0 = needs[6];
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& xh = saved[6];  // the merged schedule's frames, where it ran
+    const at::Tensor& wx = saved[1];
+    const at::Tensor& wh = saved[2];
+    const LayerBackend b = Resolve(wx);
+    std::optional<at::Tensor> peephole;
+    if (saved[3].defined()) peephole = saved[3];
+    const at::Tensor& h0 = saved[4];
+    // x, and h_{t-1} of the steps from `first` on (first >= 1): views of the frames, or saved.
+    const at::Tensor x = xh.defined() ? xh.narrow(1, 0, s.Cin) : saved[0];
+    // The h sequence as time-major frames (saved as the output itself where they are its memory).
+    const at::Tensor h_frames =
+        saved[5].defined() && saved[5].dim() == 5 ? saved[5].flatten(0, 1) : saved[5];
+    auto h_before = [&](int64_t first, int64_t n) {
+      return xh.defined() ? xh.narrow(0, first * s.N, n * s.N).narrow(1, s.Cin, s.C)
+                          : h_frames.narrow(0, (first - 1) * s.N, n * s.N);
+    };
+    auto gates = [&](int64_t t) -> const at::Tensor& { return saved[7 + t]; };
+    auto c_prev = [&](int64_t t) -> const at::Tensor& { return saved[7 + s.T + t]; };
+    variable_list out(8);
+    if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return out;
+    // Incoming gradients in the layout of the saved tensors, so the cell kernels read them in
+    // order. The sequence's gradient is brought there step by step, by the sum with the gradient
+    // flowing back from the next step where there is one: an expanded gradient (e.g. of .sum())
+    // or one in another layout is never materialised whole.
+    const auto fmt = (xh.defined() ? xh : x).suggest_memory_format();
+    auto like_state = [&](const at::Tensor& g) {
+      return g.defined() && !g.is_contiguous(fmt) ? g.contiguous(fmt) : g;
+    };
+    const at::Tensor& g_seq = grads[0];
+    // Step t's part of the sequence's gradient (of x's shape: a sequence, or frames).
+    auto g_step = [&](int64_t t) {
+      return s.seq ? g_seq.select(0, t) : g_seq.narrow(0, t * s.N, s.N);
+    };
+    const at::Tensor g_h_last = like_state(grads[1]), g_c_last = like_state(grads[2]);
+
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto zero_state = [&](const at::Tensor& like) {
+      return at::zeros({}, like.options()).expand(s.state());
+    };
+    const bool param_grads = need_b || need_p;
+    // Reverse sweep over chunks of steps, last chunk first. Per step: the cell's backward and the
+    // hidden convolution's data gradient. Per chunk, once its gate gradients are complete: the
+    // weight gradients (and the input's) in batched calls over the chunk's steps. Only one
+    // chunk's gate gradients are alive at a time, so every chunk reuses the previous one's memory
+    // instead of the sweep faulting in a sequence's worth of fresh pages.
+    at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh, gw;
+    // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule
+    // saved its frames and both are wanted.
+    const bool joined = xh.defined() && need_wx && need_wh;
+    // dh_next already holds the sequence's gradient of its step's frame (summed into it by the
+    // hidden convolution's data gradient, in the same pass over its output).
+    bool dh_next_has_seq = false;
+    // The input's gradient: written chunk by chunk into gx by the input convolution's prepared
+    // data gradient, else its chunks (last first) concatenated at the end.
+    at::Tensor gx;
+    std::vector<at::Tensor> gx_chunks;
+    const bool batched = need_x || need_wx || need_wh;
+    const StepConv wh_flipped = flipped_weight(b, wh, x);
+    const StepConv wx_flipped = need_x ? flipped_weight(b, wx, x) : StepConv{};
+    if (need_x && wx_flipped.prepared.run != nullptr) {
+      gx = buffer(b, x.sizes(), x.options().memory_format(fmt));
+    }
+    const int64_t K = chunk_steps(b, s, x);
+    for (int64_t t0 = (s.T - 1) / K * K; t0 >= 0; t0 -= K) {
+      const int64_t k = std::min(K, s.T - t0);
+      std::vector<at::Tensor> d_gates(k);
+      for (int64_t t = t0 + k - 1; t >= t0; --t) {
+        at::Tensor dh;
+        if (g_seq.defined() && !dh_next_has_seq) {
+          const at::Tensor g = g_step(t);
+          dh = like_state(dh_next.defined() ? dh_next + g : g);
+        } else {
+          dh = dh_next.defined() ? dh_next : zero_state(x);
+        }
+        if (!dc.defined()) dc = zero_state(c_prev(t));
+        auto [dg, dc_prev, dp] = gates_backward(b, dh, dc, gates(t), c_prev(t), peephole, param_grads);
+        if (param_grads) d_params = d_params.defined() ? d_params + dp : dp;
+        const bool had_h = t > 0 || h0.defined();
+        if (had_h && (t > 0 || need_h0)) {
+          const at::Tensor h_prev = t > 0 ? h_before(t, 1) : h0;
+          // Step t - 1's gradient of h: through the hidden convolution, plus the sequence's.
+          const at::Tensor g_prev =
+              t > 0 && g_seq.defined() ? g_step(t - 1) : at::Tensor();
+          dh_next = conv_data_grad(b, dg, h_prev, wh, wh_flipped, s, g_prev);
+          dh_next_has_seq = g_prev.defined();
+        } else {
+          dh_next = at::Tensor();
+          dh_next_has_seq = false;
+        }
+        dc = std::move(dc_prev);
+        d_gates[t - t0] = std::move(dg);
+      }
+      if (!batched) continue;
+      // The hidden convolution of step t saw h_{t-1}: the chunk's steps [t0, t0 + k) pair with
+      // h_seq frames [t0 - 1, t0 + k - 1); step 0 saw h0 (when given), not a frame of h_seq.
+      const at::Tensor dg = k == 1 ? d_gates[0] : at::cat(d_gates, 0);
+      const at::Tensor x_chunk = x.narrow(0, t0 * s.N, k * s.N);
+      if (need_x) {
+        if (gx.defined()) {
+          conv_data_grad(b, dg, x_chunk, wx, wx_flipped, s, {}, gx.narrow(0, t0 * s.N, k * s.N));
+        } else {
+          gx_chunks.push_back(conv_data_grad(b, dg, x_chunk, wx, wx_flipped, s));
+        }
+      }
+      if (joined) {
+        // Both weights' gradients at once, from the frames (x_t, h_{t-1}) the merged schedule
+        // convolved (h_{-1}: h0, or zeros, which add nothing).
+        add_to(gw, weight_grad(dg, xh.narrow(0, t0 * s.N, k * s.N), s));
+        continue;
+      }
+      if (need_wx) add_to(gwx, weight_grad(dg, x_chunk, s));
+      if (need_wh) {
+        const int64_t first = t0 == 0 ? 1 : t0;
+        if (first < t0 + k) {
+          const int64_t n = t0 + k - first;
+          add_to(gwh, weight_grad(dg.narrow(0, (first - t0) * s.N, n * s.N),
+                                  h_before(first, n), s));
+        }
+        if (t0 == 0 && h0.defined()) add_to(gwh, weight_grad(d_gates[0], h0, s));
+      }
+    }
+    if (need_x && !gx.defined()) {
+      std::reverse(gx_chunks.begin(), gx_chunks.end());
+      gx = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
+    }
+    if (need_x) out[0] = s.seq ? gx.unflatten(0, {s.T, s.N}) : gx;
+    if (joined) {
+      gwx = gw.narrow(1, 0, s.Cin).contiguous(wx.suggest_memory_format());
+      gwh = gw.narrow(1, s.Cin, s.C).contiguous(wh.suggest_memory_format());
+    }
+    if (need_wx) out[2] = gwx;
+    if (need_wh) out[3] = gwh.defined() ? gwh : at::zeros_like(wh);
+    if (need_b) out[4] = d_params.narrow(0, 0, 4).reshape({-1});
+    if (need_p) out[5] = d_params.narrow(0, 4, 3);
+    if (need_h0) out[6] = dh_next.defined() ? dh_next : at::zeros(s.state(), h0.options());
+    if (need_c0) out[7] = dc;
+    return once_differentiable(
+        std::move(out),
+        "pyframepred.ops.convlstm_layer: the fused backward is not differentiable, so second "
+        "derivatives (double backward, e.g. a gradient penalty) are not supported; use the "
+        "reference modules (fused=False) for that");
+  }
+};
+
+// The operator without autograd (no input needs a gradient, or below autograd).
+template <ResolveBackend Resolve>
+op::ConvLSTMLayer::Result layer_forward(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
+  const LayerShape s = check_layer_args(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+  Rollout r = rollout(Resolve(x), x, s, weight_x, weight_h, bias, peephole, h0, c0, /*save=*/false);
+  return {r.h_seq, r.h_last, r.c_last};
+}
+
+// The operator's autograd kernel.
+template <ResolveBackend Resolve>
+op::ConvLSTMLayer::Result layer_autograd(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
+  const bool grad = at::GradMode::is_enabled() &&
+                    (x.requires_grad() || weight_x.requires_grad() || weight_h.requires_grad() ||
+                     requires_grad(bias) || requires_grad(peephole) || requires_grad(h0) ||
+                     requires_grad(c0));
+  if (!grad) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return layer_forward<Resolve>(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+  }
+  auto out = ConvLSTMLayerFunction<Resolve>::apply(x, steps, weight_x, weight_h, bias, peephole,
+                                                   h0, c0);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace layer
+}  // namespace pyframepred
