@@ -31,7 +31,8 @@ layer::LayerBackend device_backend(const at::Tensor& like) {
 }  // namespace
 
 op::ConvLSTMLayer::Result convlstm_layer_forward(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
-  return layer::layer_forward<&device_backend>(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+  return layer::layer_forward<&device_backend>(x, steps, weight_x, weight_h, bias, peephole, h0,
+                                               c0);
 }
 
 TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {

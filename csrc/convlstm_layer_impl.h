@@ -1,4 +1,3 @@
-#pragma once
 // One ConvLSTM layer over a whole sequence as a single operator, scheduled the way cuDNN schedules
 // LSTM layers:
 //   forward   the input convolution of all steps batched (in chunks, see below); per step only
@@ -20,9 +19,11 @@
 // schedule and its autograd, templated on how a call picks its backend; it is included by the
 // operator (convlstm_layer.cpp, each device's own backend, registered with the dispatcher) and by
 // the CUDA execution model's tests (csrc/cuda/emu/layer_emu.cpp: the CUDA backend with the
-// emulated CUDA kernels, on CPU tensors). Mixed precision: with float16/bfloat16 x and weights and a float32 cell state (c0,
-// bias, peephole; see check_layer_args) the convolutions run in the low-precision dtype, h comes
-// out in it and c stays float32; the autocast kernel (convlstm_autocast.cpp) arranges exactly that.
+// emulated CUDA kernels, on CPU tensors). Mixed precision: with float16/bfloat16 x and weights and
+// a float32 cell state (c0, bias, peephole; see check_layer_args) the convolutions run in the
+// low-precision dtype, h comes out in it and c stays float32; the autocast kernel
+// (convlstm_autocast.cpp) arranges exactly that.
+#pragma once
 #include <ATen/ATen.h>
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -86,26 +87,16 @@ struct LayerBackend {
 // Picks the backend of a call from a tensor of it (x; in backward, a saved weight).
 using ResolveBackend = LayerBackend (*)(const at::Tensor& like);
 
-inline op::ConvLSTMGatesForward::Result gates_forward(const LayerBackend& b,
-                                                      PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
-  if (b.gates_forward != nullptr) {
-    return b.gates_forward(x_gates, h_gates, c_prev, bias, peephole, save_gates);
-  }
-  return op::handle<op::ConvLSTMGatesForward>().call(x_gates, h_gates, c_prev, bias, peephole,
-                                                     save_gates);
-}
-
-inline op::ConvLSTMGatesBackward::Result gates_backward(const LayerBackend& b,
-                                                        PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
-  if (b.gates_backward != nullptr) {
-    return b.gates_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
-  }
-  return op::handle<op::ConvLSTMGatesBackward>().call(grad_h, grad_c, gates, c_prev, peephole,
-                                                      param_grads);
+// The backend's kernel for Op where it has one, else the operator (through the dispatcher).
+template <typename Op, typename... Args>
+typename Op::Result call_op(typename Op::Sig* kernel, const Args&... args) {
+  if (kernel != nullptr) return kernel(args...);
+  return op::handle<Op>().call(args...);
 }
 
 // A fresh buffer of the schedule (buffer_pool.h: from the CPU's pool where it is on).
-inline at::Tensor buffer(const LayerBackend& b, at::IntArrayRef sizes, const at::TensorOptions& opts) {
+inline at::Tensor buffer(const LayerBackend& b, at::IntArrayRef sizes,
+                         const at::TensorOptions& opts) {
   at::Tensor t = cell_buffer(sizes, opts);
   return b.poison_buffers ? t.fill_(std::numeric_limits<double>::quiet_NaN()) : t;
 }
@@ -120,8 +111,8 @@ inline at::Tensor buffer_strided(const LayerBackend& b, at::IntArrayRef sizes,
 // such a kernel (GatesForwardInto) and the tensors are plain ones, otherwise through the operator
 // and copied in: fake tensors (torch.compile's tracing), tensor subclasses and dispatch modes see
 // the operator call. In profiles the direct call shows as the operator it stands for.
-inline op::ConvLSTMGatesForward::Result gates_forward_into(const LayerBackend& b, const at::Tensor& h_out,
-                                                           PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+inline op::ConvLSTMGatesForward::Result gates_forward_into(
+    const LayerBackend& b, const at::Tensor& h_out, PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
   const auto subclass_like = [](const std::optional<at::Tensor>& t) {
     return t.has_value() && at::isTensorSubclassLike(*t);
   };
@@ -133,7 +124,8 @@ inline op::ConvLSTMGatesForward::Result gates_forward_into(const LayerBackend& b
     RECORD_FUNCTION("pyframepred::convlstm_gates_forward", std::vector<c10::IValue>());
     out = kernel(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out);
   } else {
-    out = gates_forward(b, x_gates, h_gates, c_prev, bias, peephole, save_gates);
+    out = call_op<op::ConvLSTMGatesForward>(b.gates_forward, x_gates, h_gates, c_prev, bias,
+                                            peephole, save_gates);
   }
   if (!std::get<0>(out).is_same(h_out)) {  // written elsewhere (h_out did not fit the kernel)
     h_out.copy_(std::get<0>(out));
@@ -267,7 +259,8 @@ inline at::Tensor finish_conv(at::Tensor y, const at::Tensor& addend, const at::
 // benchmarks/results/conv_same_rr_cpu_*.md; otherwise ATen's) on the CPU, ATen's convolution
 // elsewhere. In profiles the prepared kernel shows as the operator it stands for.
 inline at::Tensor conv(const LayerBackend& b, const at::Tensor& input, const StepConv& c,
-                       const LayerShape& s, const at::Tensor& addend = {}, const at::Tensor& out = {}) {
+                       const LayerShape& s, const at::Tensor& addend = {},
+                       const at::Tensor& out = {}) {
   const bool plain = !at::isTensorSubclassLike(input) &&
                      !(addend.defined() && at::isTensorSubclassLike(addend)) &&
                      !(out.defined() && at::isTensorSubclassLike(out));
@@ -352,7 +345,8 @@ inline bool frames_channels_last(const at::Tensor& seq) { return seq.size(2) > 1
 // the backend says so (the CPU's, see convlstm_layer.cpp): the input is converted once per layer,
 // not at every step. The outputs come back in this layout (a sequence's h in the layout of x,
 // see batch_major).
-inline at::MemoryFormat run_format(const LayerBackend& b, const at::Tensor& x, const at::Tensor& w) {
+inline at::MemoryFormat run_format(const LayerBackend& b, const at::Tensor& x,
+                                   const at::Tensor& w) {
   const bool x_cl = x.dim() == 5 ? frames_channels_last(x)
                                  : x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   const bool cl = b.always_channels_last || x_cl ||
@@ -658,7 +652,8 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
           dh = dh_next.defined() ? dh_next : zero_state(x);
         }
         if (!dc.defined()) dc = zero_state(c_prev(t));
-        auto [dg, dc_prev, dp] = gates_backward(b, dh, dc, gates(t), c_prev(t), peephole, param_grads);
+        auto [dg, dc_prev, dp] = call_op<op::ConvLSTMGatesBackward>(
+            b.gates_backward, dh, dc, gates(t), c_prev(t), peephole, param_grads);
         if (param_grads) d_params = d_params.defined() ? d_params + dp : dp;
         const bool had_h = t > 0 || h0.defined();
         if (had_h && (t > 0 || need_h0)) {
