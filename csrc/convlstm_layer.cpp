@@ -11,20 +11,13 @@ namespace pyframepred {
 
 namespace {
 
-// The backend of the device `like` lies on: the kernels registered for it (the CPU's at the ISA
-// level in use, cpu/dispatch.cpp; CUDA's, cuda/convlstm_cuda.cu) and its conventions. On the CPU
-// the layer runs channels_last whatever the input's layout, as oneDNN's 3x3 convolutions run
-// about twice as fast on channels_last as on NCHW at ConvLSTM sizes (e.g. 15 vs 32 ms for
-// (8, 32, 32, 32) -> 128 channels on one core), and the convolutions are our own operators.
+// The backend of the device `like` lies on: its conventions and the kernels registered for it
+// (the CPU's at the ISA level in use, cpu/dispatch.cpp; CUDA's, cuda/convlstm_cuda.cu).
 layer::LayerBackend device_backend(const at::Tensor& like) {
   const c10::DeviceType device = like.device().type();
-  layer::LayerBackend b;
+  layer::LayerBackend b = layer::conventions(device);
   b.gates_forward_into = gates_forward_into(device);
   b.prepare_conv = prepare_conv_same(device);
-  const bool cpu = device == c10::DeviceType::CPU;
-  b.own_convolutions = cpu;
-  b.always_channels_last = cpu;
-  b.chunk_bytes = cpu ? layer::kChunkBytesCpu : layer::kChunkBytesCuda;
   return b;
 }
 

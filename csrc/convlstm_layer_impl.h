@@ -49,16 +49,6 @@ namespace layer {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The devices' chunks of batched steps (LayerBackend::chunk_bytes, chunk_steps). On the CPU the
-// chunk is small, about an L2 cache: steps are batched while they are small (where a call's
-// overhead shows), and a step of 3 MiB or more runs alone, its gates and gate gradients never
-// copied into a chunk. On a 2-core AVX-512 Xeon that beat 12 MiB chunks by 3-10% per training
-// step at (8, 16, [32]) and (8, 16, [32, 32]) at 32x32, float32 and bf16 (and tied at
-// 4x64x[64]@64, where a step was alone already); the CUDA kernels keep 12 MiB chunks (not
-// re-measured on a GPU).
-inline constexpr int64_t kChunkBytesCpu = 3 << 20;
-inline constexpr int64_t kChunkBytesCuda = 12 << 20;
-
 // What the schedule asks of the device it runs on. The operator takes the device's own
 // (convlstm_layer.cpp: device_backend); the CUDA execution model's tests take the CUDA one with
 // the emulated kernels, on CPU tensors.
@@ -78,11 +68,31 @@ struct LayerBackend {
   // Runs in channels_last whatever the input's layout (see run_format).
   bool always_channels_last = false;
   // Bytes of gates per chunk of batched steps (see chunk_steps).
-  int64_t chunk_bytes = kChunkBytesCuda;
+  int64_t chunk_bytes = 12 << 20;
   // Fresh buffers of the schedule are filled with NaN (the execution model's tests: an element
   // the schedule fails to write then shows in the results).
   bool poison_buffers = false;
 };
+
+// A device's conventions, without its kernels. On the CPU the layer runs channels_last whatever
+// the input's layout, as oneDNN's 3x3 convolutions run about twice as fast on channels_last as on
+// NCHW at ConvLSTM sizes (e.g. 15 vs 32 ms for (8, 32, 32, 32) -> 128 channels on one core); the
+// convolutions are our own operators; and the chunk of batched steps is small, about an L2 cache:
+// steps are batched while they are small (where a call's overhead shows), and a step of 3 MiB or
+// more runs alone, its gates and gate gradients never copied into a chunk. On a 2-core AVX-512
+// Xeon that beat 12 MiB chunks by 3-10% per training step at (8, 16, [32]) and (8, 16, [32, 32])
+// at 32x32, float32 and bf16 (and tied at 4x64x[64]@64, where a step was alone already). Other
+// devices (CUDA) take the defaults above: the input's layout, ATen's convolutions (cuDNN) and
+// 12 MiB chunks (not re-measured on a GPU). The CUDA execution model's tests take these too.
+inline LayerBackend conventions(c10::DeviceType device) {
+  LayerBackend b;
+  if (device == c10::DeviceType::CPU) {
+    b.own_convolutions = true;
+    b.always_channels_last = true;
+    b.chunk_bytes = 3 << 20;
+  }
+  return b;
+}
 
 // Picks the backend of a call from a tensor of it (x; in backward, a saved weight).
 using ResolveBackend = LayerBackend (*)(const at::Tensor& like);

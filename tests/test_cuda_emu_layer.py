@@ -21,8 +21,6 @@ from pyframepred import reference
 
 pytestmark = pytest.mark.cuda_emu
 
-CUDA_CHUNK_BYTES = 12 << 20  # the CUDA backend's (kChunkBytesCuda, convlstm_layer_impl.h)
-
 
 @pytest.fixture(scope="module")
 def emu():
@@ -32,10 +30,10 @@ def emu():
 @pytest.fixture(autouse=True)
 def _defaults(emu):
     emu.set_options(False, 0)
-    emu.set_layer_chunk_bytes(CUDA_CHUNK_BYTES)
+    emu.set_layer_chunk_bytes(0)  # CUDA's chunk
     yield
     emu.set_options(False, 0)
-    emu.set_layer_chunk_bytes(CUDA_CHUNK_BYTES)
+    emu.set_layer_chunk_bytes(0)
 
 
 # How the input sequence (T, N, C_in, H, W) is handed in: as time-major frames (T*N, ...) or as
@@ -148,9 +146,9 @@ def _check(emu, args, tol):
         torch.testing.assert_close(a.double(), b, atol=tol * scale, rtol=0, msg=lambda m: f"{name}: {m}")
 
 
-# chunk: the CUDA chunk (every step in one batched convolution at these sizes), one step per
-# chunk, and 3 steps per chunk (the last chunk partial).
-CHUNKS = {"cuda": CUDA_CHUNK_BYTES, "1step": 1, "3steps": None}
+# chunk: CUDA's (every step in one batched convolution at these sizes), one step per chunk, and
+# 3 steps per chunk (the last chunk partial).
+CHUNKS = ["cuda", "1step", "3steps"]
 CASES = [
     (layout, dtype, config, chunk)
     for layout in LAYOUTS
@@ -160,9 +158,11 @@ CASES = [
 ]
 
 
-def _chunk_bytes(chunk, N, C, H, W, dtype):
+def _set_chunk(emu, chunk, T, N, C, H, W, dtype):
     step = N * 4 * C * H * W * torch.empty((), dtype=dtype).element_size()
-    return 3 * step if chunk == "3steps" else CHUNKS[chunk]
+    cuda_bytes = emu.set_layer_chunk_bytes({"cuda": 0, "1step": 1, "3steps": 3 * step}[chunk])
+    if chunk == "cuda":
+        assert cuda_bytes >= T * step  # the whole sequence in one chunk
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_layer_matches_reference(emu, layout, dtype, config, chunk):
     # C = 5: channel and pixel counts off the kernels' vector width (their scalar paths), partial
     # warps; T = 7 leaves a partial chunk of 3 steps.
     T, N, Cin, C, H, W = 7, 2, 3, 5, 6, 7
-    emu.set_layer_chunk_bytes(_chunk_bytes(chunk, N, C, H, W, dtype))
+    _set_chunk(emu, chunk, T, N, C, H, W, dtype)
     args = _emu_args(_inputs(T, N, Cin, C, H, W, config=config), layout, dtype, dtype)
     _check(emu, args, 1e-12 if dtype == torch.float64 else 2e-5)
 
@@ -187,7 +187,7 @@ def test_mixed_precision_layer(emu, layout, dtype):
     # same rounded values; the bound (1/16 of each tensor's scale) is what a lost gradient term or
     # a misplaced chunk exceeds, rounding over the recurrence does not (as in the CPU's test).
     T, N, Cin, C, H, W = 5, 2, 4, 8, 6, 8
-    emu.set_layer_chunk_bytes(_chunk_bytes("3steps", N, C, H, W, dtype))
+    _set_chunk(emu, "3steps", T, N, C, H, W, dtype)
     args = _emu_args(_inputs(T, N, Cin, C, H, W), layout, dtype, torch.float32)
     h_seq, h, c = emu.convlstm_layer(*args)
     assert h_seq.dtype == dtype and h.dtype == dtype and c.dtype == torch.float32

@@ -15,10 +15,10 @@ namespace cuda_emu {
 
 namespace {
 
-// The layer's chunk of batched steps in bytes of gates: the CUDA backend's unless a test sets a
-// smaller one (so that small shapes cross chunk boundaries).
+// The layer's chunk of batched steps in bytes of gates, where a test sets one (so that small
+// shapes cross chunk boundaries); 0: CUDA's.
 int64_t& layer_chunk_bytes() {
-  static int64_t bytes = layer::kChunkBytesCuda;
+  static int64_t bytes = 0;
   return bytes;
 }
 
@@ -29,18 +29,20 @@ op::ConvLSTMGatesBackward::Result backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_P
 }
 
 layer::LayerBackend cuda_backend(const at::Tensor& /*like*/) {
-  layer::LayerBackend b;
+  layer::LayerBackend b = layer::conventions(c10::DeviceType::CUDA);
   b.gates_forward_into = &convlstm_forward_into;
   b.gates_forward = &convlstm_forward;
   b.gates_backward = &backward;
-  b.chunk_bytes = layer_chunk_bytes();
+  if (layer_chunk_bytes() > 0) b.chunk_bytes = layer_chunk_bytes();
   b.poison_buffers = true;
   return b;
 }
 
-void set_layer_chunk_bytes(int64_t bytes) {
-  TORCH_CHECK(bytes >= 1, "chunk bytes must be >= 1, got ", bytes);
+// bytes > 0: the chunk tests take; 0: CUDA's again. Returns CUDA's.
+int64_t set_layer_chunk_bytes(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "chunk bytes must be >= 0, got ", bytes);
   layer_chunk_bytes() = bytes;
+  return layer::conventions(c10::DeviceType::CUDA).chunk_bytes;
 }
 
 }  // namespace
@@ -50,7 +52,7 @@ void set_layer_chunk_bytes(int64_t bytes) {
 
 TORCH_LIBRARY_FRAGMENT(pyframepred_emu, m) {
   namespace op = pyframepred::op;
-  m.def("set_layer_chunk_bytes(int bytes) -> ()", &pyframepred::cuda_emu::set_layer_chunk_bytes);
+  m.def("set_layer_chunk_bytes(int bytes) -> int", &pyframepred::cuda_emu::set_layer_chunk_bytes);
   m.def(op::schema<op::ConvLSTMLayer>().c_str());
 }
 
