@@ -7,7 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../../convlstm_layer_impl.h"
+#include "convlstm_layer_impl.h"
 #include "emu_ops.h"
 
 namespace pyframepred {
