@@ -58,9 +58,11 @@ op::ConvLSTMLayer::Result convlstm_layer_autocast(PYFRAMEPRED_CONVLSTM_LAYER_PAR
   const auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
   if (!given(c0) && !given(bias) && !given(peephole) && is_reduced_float(x_low.scalar_type()) &&
       (x.dim() == 4 || x.dim() == 5) && weight_h.dim() == 4 && steps >= 1) {
-    // Nothing else names the state's dtype: start it as float32 zeros explicitly.
+    // Nothing else names the state's dtype: start it as float32 zeros explicitly (one zero,
+    // expanded: the layer lays it out as it runs).
     const int64_t N = x.dim() == 5 ? x.size(1) : x.size(0) / std::max<int64_t>(steps, 1);
-    c_init = at::zeros({N, weight_h.size(1), x.size(-2), x.size(-1)}, x.options().dtype(at::kFloat));
+    c_init = at::zeros({}, x.options().dtype(at::kFloat))
+                 .expand({N, weight_h.size(1), x.size(-2), x.size(-1)});
   }
   return op::handle<op::ConvLSTMLayer>().call(x_low, steps, cast.lowp(weight_x),
                                               cast.lowp(weight_h), cast.fp32(bias),

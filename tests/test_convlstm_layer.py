@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from torch.library import opcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyframepred import ops, reference
 from pyframepred.nn import ConvLSTM
@@ -503,6 +504,42 @@ def test_no_copies_per_step(amp, channels_last, channels):
     whose frames are filled without a copy per step."""
     cin, hidden = channels
     assert _copy_ops(3, amp, channels_last, cin, hidden) == _copy_ops(6, amp, channels_last, cin, hidden)
+
+
+class _CellCalls(TorchDispatchMode):
+    """Records the fused cell's operator calls (under a dispatch mode the layer calls the
+    operators, not the kernels directly): (name, the gates' tensor, the cell state read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name == "pyframepred::convlstm_gates_forward":
+            self.calls.append(("forward", args[0], args[2]))
+        elif name == "pyframepred::convlstm_gates_backward":
+            self.calls.append(("backward", args[2], args[3]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("state", [False, True], ids=["zero-state", "given-state"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_cell_reads_its_state_in_the_gates_layout(amp, state, bias):
+    """The cell state of every step, the first included, lies as the gates do (channels_last on the
+    CPU, whatever the caller's layout): the cell reads it in order, never across channels (the
+    zeros of a call without c0 were NCHW, which made step 0's cell 2-3 times slower)."""
+    x, T, wx, wh, b, p, st = _inputs(
+        T=3, N=2, Cin=4, C=8, H=6, W=7, bias=bias, state=state, dtype=torch.float32
+    )
+    with _CellCalls() as log, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        h_seq, (h, c) = ops.convlstm_layer(x, T, wx, wh, b, p, st)
+        (h_seq.float().sum() + (c.float() ** 2).sum()).backward()
+    assert [k for k, _, _ in log.calls] == ["forward"] * T + ["backward"] * T
+    for kind, gates, c_prev in log.calls:
+        assert gates.is_contiguous(memory_format=torch.channels_last), kind
+        assert c_prev.is_contiguous(memory_format=torch.channels_last), kind
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
