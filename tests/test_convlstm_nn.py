@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import requires_cuda
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyframepred import ops, reference
 from pyframepred.nn import ConvLSTM, ConvLSTMCell
@@ -144,6 +145,29 @@ def test_channels_last_input():
     g_cl = torch.autograd.grad((m(xc)[0] * w).sum(), list(m.parameters()))
     for a, b in zip(g_cl, g_ref):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_cell_zero_state_in_the_gates_layout(channels_last):
+    """ConvLSTMCell started without a state hands the fused cell a zero state laid out as the
+    gates: channels_last for a channels_last cell and input (read in order, not across channels)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    cell = ConvLSTMCell(3, 8, 3).to(memory_format=fmt)
+    x = torch.randn(2, 3, 6, 7).contiguous(memory_format=fmt)
+    seen = []
+
+    class CellCalls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name == "pyframepred::convlstm_gates_forward":
+                seen.append((args[0], args[2]))  # the gates, the state
+            return func(*args, **(kwargs or {}))
+
+    with CellCalls():
+        h, c = cell(x)
+    ((x_gates, c_prev),) = seen
+    assert x_gates.is_contiguous(memory_format=fmt) and c_prev.is_contiguous(memory_format=fmt)
+    assert not c_prev.any()
+    torch.testing.assert_close(h, cell(x.contiguous())[0], atol=1e-6, rtol=1e-6)
 
 
 def test_fused_flag_switches_op(monkeypatch):
