@@ -7,6 +7,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <optional>
+#include <utility>
+
 #include "convlstm_layer_impl.h"
 #include "emu_ops.h"
 
@@ -22,7 +26,38 @@ int64_t& layer_chunk_bytes() {
   return bytes;
 }
 
+// On a GPU the cell's kernels read their inputs along the gates' layout (NCHW or channels_last):
+// an input laid out otherwise is read uncoalesced, at a fraction of the bandwidth, with right
+// results. So the layer must hand every cell call inputs dense in the gates' memory format (or
+// expanded, as a zero gradient is); here that is an error rather than a slow kernel.
+void check_layout(const std::optional<at::Tensor>& t, const at::Tensor& gates, const char* name) {
+  if (!t.has_value() || !t->defined()) return;
+  const bool cl = channels_fastest(as_view3(gates));
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto strides = t->strides();
+  const bool expanded = std::all_of(strides.begin(), strides.end(), [](int64_t s) { return s == 0; });
+  TORCH_CHECK(expanded || t->is_contiguous(fmt), "convlstm_layer (CUDA schedule): the cell's ", name,
+              " of strides ", shape_str(strides), " is not laid out as its gates (",
+              cl ? "channels_last" : "NCHW", ")");
+}
+
+op::ConvLSTMGatesForward::Result forward_into(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS,
+                                              const at::Tensor& h_out) {
+  check_layout(h_gates, x_gates, "h_gates");
+  check_layout(c_prev, x_gates, "c_prev");
+  check_layout(h_out, x_gates, "h_out");
+  return convlstm_forward_into(x_gates, h_gates, c_prev, bias, peephole, save_gates, h_out);
+}
+
+op::ConvLSTMGatesForward::Result forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS) {
+  return forward_into(x_gates, h_gates, c_prev, bias, peephole, save_gates, at::Tensor());
+}
+
 op::ConvLSTMGatesBackward::Result backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  for (const auto& [t, name] : {std::make_pair(&grad_h, "grad_h"), std::make_pair(&grad_c, "grad_c"),
+                                std::make_pair(&c_prev, "c_prev")}) {
+    check_layout(*t, gates, name);
+  }
   auto [grad_gates, grad_c_prev, grad_params, partial] =
       convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   return {grad_gates, grad_c_prev, grad_params};
@@ -30,8 +65,8 @@ op::ConvLSTMGatesBackward::Result backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_P
 
 layer::LayerBackend cuda_backend(const at::Tensor& /*like*/) {
   layer::LayerBackend b = layer::conventions(c10::DeviceType::CUDA);
-  b.gates_forward_into = &convlstm_forward_into;
-  b.gates_forward = &convlstm_forward;
+  b.gates_forward_into = &forward_into;
+  b.gates_forward = &forward;
   b.gates_backward = &backward;
   if (layer_chunk_bytes() > 0) b.chunk_bytes = layer_chunk_bytes();
   b.poison_buffers = true;
