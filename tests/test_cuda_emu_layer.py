@@ -123,8 +123,7 @@ def _emu_args(values, layout, dtype, state_dtype, weights_cl=False):
 def _ref_args(args):
     """float64 leaves of the values the op got (the same rounding)."""
     x, steps, *rest = args
-    T = steps
-    seq = x.detach() if x.dim() == 5 else x.detach().unflatten(0, (T, -1))
+    seq = x.detach() if x.dim() == 5 else x.detach().unflatten(0, (steps, -1))
     d = lambda t: None if t is None else t.detach().double().requires_grad_()  # noqa: E731
     return (d(seq), steps, *map(d, rest))
 
@@ -153,7 +152,7 @@ CASES = [
     (layout, dtype, config, chunk)
     for layout in LAYOUTS
     for dtype in (torch.float64, torch.float32)
-    for config in ("full", "bias_only", "bare")
+    for config in ("full", "bias_only", "peephole_only", "bare")
     for chunk in CHUNKS
 ]
 
