@@ -104,17 +104,16 @@ typename Op::Result call_op(typename Op::Sig* kernel, const Args&... args) {
   return op::handle<Op>().call(args...);
 }
 
-// A fresh buffer of the schedule (buffer_pool.h: from the CPU's pool where it is on).
-inline at::Tensor buffer(const LayerBackend& b, at::IntArrayRef sizes,
-                         const at::TensorOptions& opts) {
-  at::Tensor t = cell_buffer(sizes, opts);
+// `t`, a buffer the schedule just allocated, as the backend wants fresh ones (NaN-filled for the
+// execution model's tests).
+inline at::Tensor fresh(const LayerBackend& b, at::Tensor t) {
   return b.poison_buffers ? t.fill_(std::numeric_limits<double>::quiet_NaN()) : t;
 }
 
-inline at::Tensor buffer_strided(const LayerBackend& b, at::IntArrayRef sizes,
-                                 at::IntArrayRef strides, const at::TensorOptions& opts) {
-  at::Tensor t = cell_buffer_strided(sizes, strides, opts);
-  return b.poison_buffers ? t.fill_(std::numeric_limits<double>::quiet_NaN()) : t;
+// A fresh buffer of the schedule (buffer_pool.h: from the CPU's pool where it is on).
+inline at::Tensor buffer(const LayerBackend& b, at::IntArrayRef sizes,
+                         const at::TensorOptions& opts) {
+  return fresh(b, cell_buffer(sizes, opts));
 }
 
 // gates_forward writing h into `h_out` (a frame of the layer's h sequence) where the device has
@@ -388,9 +387,9 @@ inline at::Tensor sequence_like(const LayerBackend& b, const at::Tensor& x, cons
   const bool cl = frames_channels_last(x), bm = batch_major(x);
   const int64_t frame = s.C * s.H * s.W;
   const int64_t sc = cl ? 1 : s.H * s.W, sw = cl ? s.C : 1, sh = s.W * sw;
-  return buffer_strided(b, {s.T, s.N, s.C, s.H, s.W},
-                        {bm ? frame : s.N * frame, bm ? s.T * frame : frame, sc, sh, sw},
-                        x.options());
+  return fresh(b, cell_buffer_strided({s.T, s.N, s.C, s.H, s.W},
+                                      {bm ? frame : s.N * frame, bm ? s.T * frame : frame, sc, sh, sw},
+                                      x.options()));
 }
 
 struct Rollout {

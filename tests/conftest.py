@@ -2,12 +2,30 @@ import re
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import pyframepred  # noqa: F401  (loads the compiled operators once, with a clear error if not built)
 
 CUDA = torch.cuda.is_available()
 
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+
+
+class CellCalls(TorchDispatchMode):
+    """Records the fused cell's operator calls (under a dispatch mode the layer calls the
+    operators, not the kernels directly): (name, the gates' tensor, the cell state read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name == "pyframepred::convlstm_gates_forward":
+            self.calls.append(("forward", args[0], args[2]))
+        elif name == "pyframepred::convlstm_gates_backward":
+            self.calls.append(("backward", args[2], args[3]))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
+from conftest import CellCalls
 from torch.library import opcheck
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyframepred import ops, reference
 from pyframepred.nn import ConvLSTM
@@ -506,23 +506,6 @@ def test_no_copies_per_step(amp, channels_last, channels):
     assert _copy_ops(3, amp, channels_last, cin, hidden) == _copy_ops(6, amp, channels_last, cin, hidden)
 
 
-class _CellCalls(TorchDispatchMode):
-    """Records the fused cell's operator calls (under a dispatch mode the layer calls the
-    operators, not the kernels directly): (name, the gates' tensor, the cell state read)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        if name == "pyframepred::convlstm_gates_forward":
-            self.calls.append(("forward", args[0], args[2]))
-        elif name == "pyframepred::convlstm_gates_backward":
-            self.calls.append(("backward", args[2], args[3]))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("state", [False, True], ids=["zero-state", "given-state"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -533,7 +516,7 @@ def test_cell_reads_its_state_in_the_gates_layout(amp, state, bias):
     x, T, wx, wh, b, p, st = _inputs(
         T=3, N=2, Cin=4, C=8, H=6, W=7, bias=bias, state=state, dtype=torch.float32
     )
-    with _CellCalls() as log, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+    with CellCalls() as log, torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         h_seq, (h, c) = ops.convlstm_layer(x, T, wx, wh, b, p, st)
         (h_seq.float().sum() + (c.float() ** 2).sum()).backward()
     assert [k for k, _, _ in log.calls] == ["forward"] * T + ["backward"] * T

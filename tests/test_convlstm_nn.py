@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import CellCalls, requires_cuda
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyframepred import ops, reference
 from pyframepred.nn import ConvLSTM, ConvLSTMCell
@@ -154,17 +153,9 @@ def test_cell_zero_state_in_the_gates_layout(channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     cell = ConvLSTMCell(3, 8, 3).to(memory_format=fmt)
     x = torch.randn(2, 3, 6, 7).contiguous(memory_format=fmt)
-    seen = []
-
-    class CellCalls(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func._schema.name == "pyframepred::convlstm_gates_forward":
-                seen.append((args[0], args[2]))  # the gates, the state
-            return func(*args, **(kwargs or {}))
-
-    with CellCalls():
+    with CellCalls() as log:
         h, c = cell(x)
-    ((x_gates, c_prev),) = seen
+    ((_, x_gates, c_prev),) = log.calls
     assert x_gates.is_contiguous(memory_format=fmt) and c_prev.is_contiguous(memory_format=fmt)
     assert not c_prev.any()
     torch.testing.assert_close(h, cell(x.contiguous())[0], atol=1e-6, rtol=1e-6)
