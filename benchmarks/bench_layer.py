@@ -28,6 +28,7 @@ import sys
 import time
 from datetime import date
 
+import machine
 import pytest
 import torch
 from torch import nn
@@ -300,6 +301,10 @@ def machine_info(malloc_tuned: bool, device: str = "cpu") -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "allocator": "glibc tuned (mmap/trim thresholds 1 GiB)" if malloc_tuned else "glibc default",
+        # ATen's vector level (ATEN_CPU_CAPABILITY caps it, and Inductor's with it) and any caps
+        # set for this run: a record of a capped run says so (an AVX2 CPU emulated on an AVX-512 one)
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": machine.isa_caps(),
     } | (gpu_info() if device.startswith("cuda") else {})
 
 

@@ -129,6 +129,16 @@ def _load() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
+# Environment variables that cap the vector ISA of ATen (and Inductor's generated code), of
+# oneDNN, and of our kernels: a run with any of them set emulates a CPU without the wider ISA.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "PYFRAMEPRED_CPU_ISA")
+
+
+def isa_caps() -> dict:
+    """The ISA caps set for this process ({} for none)."""
+    return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+
+
 def describe() -> dict:
     """The machine, CPU model and ISA level, versions, date and allocator of this process."""
     import torch
@@ -147,6 +157,7 @@ def describe() -> dict:
         "usable_cores": usable,
         "isa_flags": [f for f in ISA_FLAGS if f in cpu["flags"]],
         "torch_cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")(),
+        "isa_caps": isa_caps(),
         "llc_bytes": last_level_cache_bytes(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -161,8 +172,11 @@ def describe() -> dict:
 
 
 def isa_level(info: dict) -> str:
-    """'AVX2', 'AVX-512', 'AVX-512 + AMX', ... from a :func:`describe` record."""
+    """'AVX2', 'AVX-512', 'AVX-512 + AMX', ... from a :func:`describe` record; a run capped to
+    AVX2 (ATen at AVX2, see :data:`ISA_CAPS`) is 'AVX2 (capped)'."""
     flags = set(info.get("isa_flags", []))
+    if info.get("isa_caps") and info.get("torch_cpu_capability") in ("AVX2", "DEFAULT"):
+        return f"{info['torch_cpu_capability'].replace('DEFAULT', 'no AVX')} (capped)"
     if {"amx_tile", "avx512f"} <= flags:
         return "AVX-512 + AMX"
     if "avx512f" in flags:
@@ -181,4 +195,9 @@ def one_line(info: dict) -> str:
         f"cores usable, {info.get('torch_threads', '?')} torch threads; torch "
         f"{info.get('torch', '?')}, Python {info.get('python', '?')}; allocator: "
         f"{info.get('allocator', '?')}; load average {info.get('load_average_1min', '?')}"
+        + (
+            f"; every implementation capped by {', '.join(f'{k}={v}' for k, v in info['isa_caps'].items())}"
+            if info.get("isa_caps")
+            else ""
+        )
     )

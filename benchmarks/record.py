@@ -44,7 +44,7 @@ SECTION_SUITE = {
     "train": "train",
     "layer-step": "layer",
 }
-PLOT_SUITES = ("convlstm", "gdl")
+PLOT_SUITES = ("layer", "convlstm", "gdl")
 
 
 def suites() -> list[str]:
@@ -111,11 +111,14 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
 
 
 def files_for(results: Path, suite: str) -> list[Path]:
-    """The recorded files of a suite that the README shows: CPU (plain, then tuned), other CPUs'
-    (recorded with --tag), then GPUs."""
-    cpu = [results / f"{suite}_cpu.json", results / f"{suite}_cpu_malloc-tuned.json"]
-    tagged = sorted(p for p in results.glob(f"{suite}_cpu_*.json") if p not in cpu)
-    return [p for p in cpu if p.exists()] + tagged + sorted(results.glob(f"{suite}_gpu_*.json"))
+    """The recorded files of a suite that the README shows: the CPU records, newest day first
+    (plain before tuned within a machine), then the GPUs'."""
+    cpu = sorted(
+        results.glob(f"{suite}_cpu*.json"), key=lambda p: (p.stem.replace("_malloc-tuned", ""), p.name)
+    )
+    # stable: records of one day keep the name order
+    cpu.sort(key=lambda p: report.record_day(report.load(p)), reverse=True)
+    return cpu + sorted(results.glob(f"{suite}_gpu_*.json"))
 
 
 def regen_readme(readme: Path, results: Path) -> list[str]:
@@ -139,14 +142,18 @@ def regen_readme(readme: Path, results: Path) -> list[str]:
 
 
 def regen_plot(out: Path, results: Path) -> bool:
+    """Draw the newest CPU record of the layer step and of each op suite (the plain allocator's
+    where a day has both) into `out`."""
     import plot
 
-    paths = [f for s in PLOT_SUITES for f in files_for(results, s)[:1] if "_cpu" in f.name]
-    groups = plot.load_groups(paths)
-    if not groups:
+    newest = {s: next((f for f in files_for(results, s) if "_cpu" in f.name), None) for s in PLOT_SUITES}
+    paths = [f for f in newest.values() if f is not None]
+    if not paths:
         return False
-    allocs = sorted({report.allocator(report.load(p)) for p in paths})
-    plot.plot(groups, out, note=f"allocator: {', '.join(allocs)}")
+    layer = plot.load_layer(newest["layer"]) if newest.get("layer") else {}
+    groups = plot.load_groups([f for s, f in newest.items() if f is not None and s != "layer"])
+    notes = [report.plot_note(report.load(p)) for p in paths]
+    plot.plot(groups, out, note="; ".join(dict.fromkeys(notes)), layer=layer)
     return True
 
 

@@ -22,7 +22,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 NOISY = 0.25  # IQR / median above this: the row is flagged
-WIDTH = 100  # the widest line a table or header may have
+WIDTH = 100  # the widest line of prose
+TABLE_WIDTH = 110  # the widest table row (the project's code line length)
 # The allocator tuning was applied to every pytest benchmark run from this commit time on,
 # before results said which setting they used.
 _TUNED_SINCE = "2026-11-24T21:05:01"
@@ -53,9 +54,9 @@ def table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
         "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    too_wide = [line for line in lines if len(line) > WIDTH]
+    too_wide = [line for line in lines if len(line) > TABLE_WIDTH]
     if too_wide:  # a warning, not an error: a recording must not be lost over a table's width
-        print(f"warning: table line over {WIDTH} columns: {too_wide[0]!r}", file=sys.stderr)
+        print(f"warning: table line over {TABLE_WIDTH} columns: {too_wide[0]!r}", file=sys.stderr)
     return lines
 
 
@@ -83,6 +84,38 @@ def fmt_spread(x: float) -> str:
 def run_info(data: dict) -> dict:
     """Our machine record of a pytest-benchmark file ({} for files recorded before it existed)."""
     return data.get("machine_info", {}).get("pyframepred", {})
+
+
+def record_day(data: dict) -> str:
+    """The day (YYYY-MM-DD) a result file was recorded: a layer record's machine date, a
+    pytest-benchmark file's datetime."""
+    m = data.get("machine")
+    m = m if isinstance(m, dict) else {}
+    return str(m.get("date") or data.get("datetime") or data.get("date") or "")[:10]
+
+
+def cpu_family(data: dict) -> str:
+    """'EPYC', 'Xeon', ... from the CPU's model name of either kind of record ('CPU' if unknown)."""
+    m = data.get("machine")
+    if isinstance(m, dict):
+        brand = m.get("cpu")
+    else:
+        brand = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "")
+    return next((f for f in ("EPYC", "Ryzen", "Xeon", "Core") if f in str(brand)), "CPU")
+
+
+def plot_note(data: dict) -> str:
+    """One line naming a CPU record in the plot: CPU, ISA, threads, allocator, day."""
+    m = data.get("machine")
+    if isinstance(m, dict):  # a layer record
+        isa, threads = m["extension_cpu_isa"], m["threads"]
+        alloc = "tuned" if "tuned" in m["allocator"] else "plain"
+    else:
+        info = run_info(data)
+        isa = (info.get("pyframepred_build") or {}).get("cpu_isa") or _vector_isa(data)
+        threads = info.get("torch_threads", "?")
+        alloc = allocator(data)
+    return f"{cpu_family(data)} {isa}, {threads} threads, {alloc} allocator, {record_day(data)}"
 
 
 def allocator(data: dict, b: dict | None = None) -> str:
@@ -253,20 +286,25 @@ _PASS = {"forward": "forward", "forward+backward": "fwd+bwd", "backward": "backw
 
 
 def _vector_isa(data: dict) -> str:
-    """The widest vector ISA of a pytest-benchmark file's CPU: 'AVX-512', 'AVX2' or ''."""
+    """The widest vector ISA of a pytest-benchmark file's CPU: 'AVX-512', 'AVX2' or ''; a run
+    with ATen capped to AVX2 (machine.ISA_CAPS) is 'AVX2†'."""
+    info = run_info(data)
+    if info.get("isa_caps") and info.get("torch_cpu_capability") == "AVX2":
+        return "AVX2†"
     flags = set(data.get("machine_info", {}).get("cpu", {}).get("flags", []))
     return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
 
 
 def device_label(data: dict) -> str:
     """The GPU's short name ('H100') of a pytest-benchmark file, or 'CPU' with the widest vector ISA
-    of the machine ('CPU AVX2', 'CPU AVX-512'): records of two CPUs side by side stay apart."""
+    of the machine after its family ('EPYC AVX2', 'Xeon AVX-512'): records of two CPUs side by side
+    stay apart."""
     for b in data.get("benchmarks", []):
         name = b.get("extra_info", {}).get("device_name")
         if name:
             m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Za-z]*)\b", name)
             return m.group(1) if m else name
-    return f"CPU {_vector_isa(data)}".strip()
+    return f"{cpu_family(data)} {_vector_isa(data)}".strip()
 
 
 def _groups(data: dict, family: str) -> "OrderedDict[tuple, dict]":
@@ -551,10 +589,11 @@ def section_layer_step(files) -> list[str]:
         alloc = "cuda" if gpu else "tuned" if "tuned" in m["allocator"] else "plain"
         # The kernels' level, and AMX where oneDNN has it (its bf16 convolutions run on it); on a
         # GPU, the GPU.
+        caps = m.get("isa_caps") or {}
         isa = (
             gpu_slug_of(m["gpu"])
             if gpu
-            else m["extension_cpu_isa"] + ("*" if "amx_bf16" in m["cpu_isa_flags"] else "")
+            else m["extension_cpu_isa"] + ("†" if caps else "*" if "amx_bf16" in m["cpu_isa_flags"] else "")
         )
         for r in data["results"]:
             f = r["impls"]["fused"]
@@ -575,28 +614,50 @@ def section_layer_step(files) -> list[str]:
         "round-robin rounds in one process; each cell after fused: its median and, "
         "after it, the median over rounds of its time / fused's (above 1×: fused is "
         "faster). ISA: the level the CPU kernels ran at (*: the CPU has AMX, which oneDNN's bf16 "
-        "convolutions use; at the amx level our bf16 weight gradients do too), or the GPU. conv %: "
+        "convolutions use; at the amx level our bf16 weight gradients do too; †: every "
+        "implementation capped to that level, a CPU without the wider ISA emulated), or the GPU. conv %: "
         "share of the fused step's CPU time in convolutions (on a GPU: of its kernels' GPU time). "
         "(?): noisy, some implementation's IQR/median above 25%."
     )
     for data in files:
         m = data["machine"]
+        mixed = _mixed_vs_float32(data)
         if m.get("device") == "cuda":
             lines += [""] + wrap(
                 f"{m['date']}: {m['gpu']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}, torch {m['torch']}; "
                 f"float32 convolutions {'with' if m['cudnn_allow_tf32'] else 'without'} TF32 "
                 f"(torch's default, for every implementation alike), cuDNN benchmark mode "
                 f"{'on' if m['cudnn_benchmark'] else 'off'}; host CPU {m['cpu']} "
-                f"(`{Path(data['_path']).name}`)."
+                f"(`{Path(data['_path']).name}`).{mixed}"
             )
             continue
+        caps = m.get("isa_caps") or {}
+        capped = (
+            f"; every implementation capped by {', '.join(f'{k}={v}' for k, v in caps.items())}, "
+            f"ATen at {m.get('torch_cpu_capability', '?')}"
+            if caps
+            else ""
+        )
         lines += [""] + wrap(
             f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags']) or 'no AVX2'}; "
-            f"extension built for {m['extension_cpu_isa']}), {m['threads']} "
+            f"our kernels ran at {m['extension_cpu_isa']}{capped}), {m['threads']} "
             f"threads, torch {m['torch']}, allocator {m['allocator']} "
-            f"(`{Path(data['_path']).name}`)."
+            f"(`{Path(data['_path']).name}`).{mixed}"
         )
     return lines
+
+
+def _mixed_vs_float32(data: dict) -> str:
+    """' bf16 channels_last fused against float32 cat(x, h): ...' of a layer record: the mixed
+    precision step against the common formulation as a user without mixed precision runs it
+    (medians of the same process), per size; '' where the record lacks either."""
+    by = {(r["size"], r["mode"]): r["impls"] for r in data["results"]}
+    parts = [
+        f"{by[size, 'float32']['cat']['median_ms'] / impls['fused']['median_ms']:.2f}× at {size}"
+        for (size, mode), impls in by.items()
+        if mode == "bf16-cl" and "cat" in by.get((size, "float32"), {}) and "fused" in impls
+    ]
+    return f" bf16 channels_last fused against float32 `cat(x, h)`: {', '.join(parts)}." if parts else ""
 
 
 def gpu_slug_of(name: str) -> str:

@@ -41,7 +41,7 @@ def test_readme_tables_match_the_recorded_results(tmp_path):
     for name, body in _sections(regenerated).items():
         assert body.strip(), name
         for line in body.splitlines():
-            assert len(line) <= report.WIDTH, (name, line)
+            assert len(line) <= (report.TABLE_WIDTH if line.startswith("|") else report.WIDTH), (name, line)
             # a share of a bound is never printed above 100%
             for pct in re.findall(r"(\d+)% of \d+", line):
                 assert int(pct) <= 100, (name, line)
@@ -155,3 +155,129 @@ def test_layer_step_table_takes_cpu_and_gpu_records(tmp_path):
     assert "NVIDIA H100 80GB HBM3, CUDA 13.0, cuDNN 91500" in text and "with TF32" in text
     assert "`layer_gpu_h100.json`" in text
     assert report.gpu_slug_of("NVIDIA H200") == "H200"
+
+
+def _layer_record(day, cpu, flags, level, rows, allocator="glibc default", caps=None):
+    return {
+        "machine": {
+            "date": day,
+            "cpu": cpu,
+            "cpu_isa_flags": flags,
+            "extension_cpu_isa": level,
+            "threads": 2,
+            "torch": "2.13.0+cpu",
+            "allocator": allocator,
+            "torch_cpu_capability": "AVX2" if caps else "AVX512",
+            "isa_caps": caps or {},
+        },
+        "results": rows,
+    }
+
+
+def test_layer_records_newest_first_capped_runs_and_mixed_precision_ratio(tmp_path):
+    """CPU records are listed newest day first (plain before tuned); a run with ISA caps says so
+    in its rows and its line; the bf16 fused step is set against float32 cat(x, h) per size."""
+    rows = [
+        _layer_row("8x16x[32]@32", "float32", 80.0, {"cat": (200.0, 2.5)}),
+        _layer_row("8x16x[32]@32", "bf16-cl", 50.0, {"cat": (120.0, 2.4)}),
+    ]
+    results = tmp_path / "results"
+    results.mkdir()
+    old = _layer_record("2026-12-01", "AMD EPYC 7B13", ["avx2"], "avx2", rows[:1])
+    new = _layer_record(
+        "2026-12-06", "AMD EPYC 9B14", ["avx2", "avx512f", "avx512_bf16"], "avx512_bf16", rows
+    )
+    tuned = dict(new, machine=dict(new["machine"], allocator="glibc tuned (mmap/trim thresholds 1 GiB)"))
+    caps = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "PYFRAMEPRED_CPU_ISA": "avx2"}
+    capped = _layer_record("2026-12-06", "AMD EPYC 9B14", ["avx2", "avx512f"], "avx2", rows[:1], caps=caps)
+    for name, rec in {
+        "layer_cpu.json": old,
+        "layer_cpu_zen4.json": new,
+        "layer_cpu_zen4_malloc-tuned.json": tuned,
+        "layer_cpu_zen4-avx2.json": capped,
+    }.items():
+        (results / name).write_text(json.dumps(rec))
+    files = record.files_for(results, "layer")
+    assert [p.name for p in files] == [
+        "layer_cpu_zen4.json",
+        "layer_cpu_zen4_malloc-tuned.json",
+        "layer_cpu_zen4-avx2.json",
+        "layer_cpu.json",
+    ]
+    lines = report.section_layer_step([report.load(p) for p in files])
+    text = " ".join(lines)
+    assert "| 8x16x[32]@32 | float32 | avx2† | plain | 80 |" in text
+    assert (
+        "capped by ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, PYFRAMEPRED_CPU_ISA=avx2, ATen at AVX2"
+        in text
+    )
+    # 200 ms of float32 cat over 50 ms of bf16 fused, once per record that has both modes
+    assert text.count("bf16 channels_last fused against float32 `cat(x, h)`: 4.00× at 8x16x[32]@32.") == 2
+    assert report.cpu_family(report.load(files[0])) == "EPYC"
+
+
+def test_plot_draws_the_newest_layer_and_op_records(tmp_path, monkeypatch):
+    """The README's plot takes the newest CPU record of each plotted suite: the layer step's
+    panels (one per size, the dtypes side by side) come from it, the older record is left out."""
+    pytest.importorskip("matplotlib")
+    import plot
+
+    results = tmp_path / "results"
+    results.mkdir()
+    old = _layer_record(
+        "2026-12-01", "AMD EPYC", ["avx2"], "avx2", [_layer_row("1x1x[1]@8", "float32", 9.0, {})]
+    )
+    new = _layer_record(
+        "2026-12-06",
+        "AMD EPYC",
+        ["avx2", "avx512f"],
+        "avx512",
+        [
+            _layer_row("8x16x[32]@32", "float32", 80.0, {"cat": (200.0, 2.5), "cat-compile": (160.0, 2.0)}),
+            _layer_row("8x16x[32]@32", "bf16-cl", 50.0, {"cat": (120.0, 2.4)}),
+        ],
+    )
+    (results / "layer_cpu.json").write_text(json.dumps(old))
+    (results / "layer_cpu_zen4.json").write_text(json.dumps(new))
+    drawn = {}
+    monkeypatch.setattr(
+        plot, "plot", lambda groups, out, note="", layer=None: drawn.update(layer=layer, note=note)
+    )
+    assert record.regen_plot(tmp_path / "p.png", results)
+    assert list(drawn["layer"]) == ["layer training step, T=10\n8x16x[32]@32"]
+    panel = drawn["layer"]["layer training step, T=10\n8x16x[32]@32"]
+    assert panel["float32"] == {"fused": 0.08, "cat": 0.2, "compile": 0.16}
+    assert panel["bf16-cl"] == {"fused": 0.05, "cat": 0.12}
+    assert drawn["note"] == "EPYC avx512, 2 threads, plain allocator, 2026-12-06"
+
+
+def test_capped_op_record_is_labelled_avx2(monkeypatch):
+    """A pytest-benchmark record taken with ATen capped to AVX2 (an AVX2 CPU emulated on a wider
+    one) is labelled AVX2† in the op tables and says which caps it ran under."""
+    import machine
+
+    for k in machine.ISA_CAPS:
+        monkeypatch.delenv(k, raising=False)
+    assert machine.isa_caps() == {}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert machine.isa_caps() == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    info = {
+        "isa_flags": ["avx2", "avx512f"],
+        "torch_cpu_capability": "AVX2",
+        "isa_caps": {"ATEN_CPU_CAPABILITY": "avx2"},
+    }
+    data = {
+        "machine_info": {
+            "cpu": {"brand_raw": "AMD EPYC 9B14", "flags": ["avx2", "avx512f"]},
+            "pyframepred": info,
+        },
+        "benchmarks": [],
+    }
+    assert report.device_label(data) == "EPYC AVX2†"
+    assert machine.isa_level(info) == "AVX2 (capped)"
+    assert machine.one_line(info).endswith("; every implementation capped by ATEN_CPU_CAPABILITY=avx2")
+    uncapped = dict(info, isa_caps={}, torch_cpu_capability="AVX512")
+    assert report.device_label(dict(data, machine_info=dict(data["machine_info"], pyframepred=uncapped))) == (
+        "EPYC AVX-512"
+    )
+    assert machine.isa_level(uncapped) == "AVX-512"
