@@ -94,16 +94,20 @@ def time_steps(trainer: Trainer, clips: torch.Tensor, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def run(device: str = "cpu", steps: int = 5, repeats: int = 15, batch: int = 8) -> dict:
+def run(device: str = "cpu", steps: int = 5, repeats: int = 15, batch: int = 8, models=MODELS) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as out:
-        for model in MODELS:
+        for model in models:
             torch.manual_seed(0)
             t_in = 4
             t_out = 4 if model == "seq2seq" else 1
             clips = torch.rand(batch, t_in + t_out, 3, 64, 64) * 2 - 1
+            # A run folder each: a training run claims its folder, so two trainers cannot share one.
             trainers = {
-                f: make_trainer(model, f, device, batch, os.path.join(out, model)) for f in (True, False)
+                f: make_trainer(
+                    model, f, device, batch, os.path.join(out, model, "fused" if f else "reference")
+                )
+                for f in (True, False)
             }
             # Same starting weights for both settings.
             trainers[False].model.load_state_dict(trainers[True].model.state_dict())
@@ -213,6 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument(
         "--out",
         type=Path,
@@ -222,7 +227,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     machine.use_allocator(machine.allocator_from_env())
     load = os.getloadavg()[0]
-    res = run(a.device, a.steps, a.repeats, a.batch)
+    res = run(a.device, a.steps, a.repeats, a.batch, tuple(a.models))
     write_results(res, load, a.out)
     return 0
 

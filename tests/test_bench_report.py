@@ -281,3 +281,19 @@ def test_capped_op_record_is_labelled_avx2(monkeypatch):
         "EPYC AVX-512"
     )
     assert machine.isa_level(uncapped) == "AVX-512"
+
+
+def test_train_script_mode_records(tmp_path):
+    """`record.py --suite train` runs bench_train.py as a script: both settings of a model train
+    side by side (each in a run folder of its own) and the record and its table are written."""
+    import subprocess
+
+    stem = tmp_path / "train_cpu_x"
+    cmd = [sys.executable, str(BENCH / "bench_train.py"), "--steps", "1", "--repeats", "1", "--batch", "2"]
+    cmd += ["--models", "autoencoder", "--out", str(stem)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rec = json.loads(stem.with_suffix(".json").read_text())
+    assert [r["model"] for r in rec["rows"]] == ["autoencoder"]
+    assert rec["rows"][0]["fused_clips_per_s"] > 0 and rec["rows"][0]["reference_clips_per_s"] > 0
+    assert "autoencoder" in stem.with_suffix(".md").read_text()
