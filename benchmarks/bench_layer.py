@@ -185,7 +185,25 @@ def profile_split(step, device="cpu") -> dict:
         "other_ms": round(other / 1e3, 2),
         "conv_share": round(conv / total, 3) if total else None,
         "time": "GPU kernels" if cuda else "CPU self",
+        "top": top_events(prof, cuda),
     }
+
+
+def top_events(prof, cuda: bool, n: int = 12) -> list:
+    """The `n` costliest entries of one profiled step, for reading a record after the machine is
+    gone (a GPU lease): on CUDA the kernels and copies by GPU time, on the CPU the operators by
+    self CPU time; each with its milliseconds and count."""
+    from torch.autograd import DeviceType
+
+    rows = []
+    for ev in prof.key_averages():
+        if cuda and ev.device_type == DeviceType.CPU:
+            continue  # operators: their kernels are listed themselves
+        us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
+        if us > 0:
+            rows.append((us, ev.key, ev.count))
+    rows.sort(key=lambda r: -r[0])
+    return [{"name": key[:120], "ms": round(us / 1e3, 3), "calls": count} for us, key, count in rows[:n]]
 
 
 def native_bf16() -> bool:
