@@ -171,12 +171,16 @@ def describe() -> dict:
     return info
 
 
+# ATen's CPU capability -> the ISA name the tables use.
+CAPABILITY_ISA = {"DEFAULT": "no AVX", "AVX2": "AVX2", "AVX512": "AVX-512"}
+
+
 def isa_level(info: dict) -> str:
-    """'AVX2', 'AVX-512', 'AVX-512 + AMX', ... from a :func:`describe` record; a run capped to
-    AVX2 (ATen at AVX2, see :data:`ISA_CAPS`) is 'AVX2 (capped)'."""
+    """'AVX2', 'AVX-512', 'AVX-512 + AMX', ... from a :func:`describe` record; a run with ISA
+    caps (:data:`ISA_CAPS`) is named by ATen's level, e.g. 'AVX2 (capped)'."""
     flags = set(info.get("isa_flags", []))
-    if info.get("isa_caps") and info.get("torch_cpu_capability") in ("AVX2", "DEFAULT"):
-        return f"{info['torch_cpu_capability'].replace('DEFAULT', 'no AVX')} (capped)"
+    if info.get("isa_caps") and info.get("torch_cpu_capability") in CAPABILITY_ISA:
+        return f"{CAPABILITY_ISA[info['torch_cpu_capability']]} (capped)"
     if {"amx_tile", "avx512f"} <= flags:
         return "AVX-512 + AMX"
     if "avx512f" in flags:
@@ -196,7 +200,7 @@ def one_line(info: dict) -> str:
         f"{info.get('torch', '?')}, Python {info.get('python', '?')}; allocator: "
         f"{info.get('allocator', '?')}; load average {info.get('load_average_1min', '?')}"
         + (
-            f"; every implementation capped by {', '.join(f'{k}={v}' for k, v in info['isa_caps'].items())}"
+            f"; ISA caps {', '.join(f'{k}={v}' for k, v in info['isa_caps'].items())}"
             if info.get("isa_caps")
             else ""
         )

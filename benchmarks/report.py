@@ -287,10 +287,12 @@ _PASS = {"forward": "forward", "forward+backward": "fwd+bwd", "backward": "backw
 
 def _vector_isa(data: dict) -> str:
     """The widest vector ISA of a pytest-benchmark file's CPU: 'AVX-512', 'AVX2' or ''; a run
-    with ATen capped to AVX2 (machine.ISA_CAPS) is 'AVX2†'."""
+    with ISA caps (machine.ISA_CAPS) is named by ATen's level and marked, e.g. 'AVX2†'."""
+    import machine
+
     info = run_info(data)
-    if info.get("isa_caps") and info.get("torch_cpu_capability") == "AVX2":
-        return "AVX2†"
+    if info.get("isa_caps") and info.get("torch_cpu_capability") in machine.CAPABILITY_ISA:
+        return machine.CAPABILITY_ISA[info["torch_cpu_capability"]] + "†"
     flags = set(data.get("machine_info", {}).get("cpu", {}).get("flags", []))
     return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
 
@@ -614,8 +616,8 @@ def section_layer_step(files) -> list[str]:
         "round-robin rounds in one process; each cell after fused: its median and, "
         "after it, the median over rounds of its time / fused's (above 1×: fused is "
         "faster). ISA: the level the CPU kernels ran at (*: the CPU has AMX, which oneDNN's bf16 "
-        "convolutions use; at the amx level our bf16 weight gradients do too; †: every "
-        "implementation capped to that level, a CPU without the wider ISA emulated), or the GPU. conv %: "
+        "convolutions use; at the amx level our bf16 weight gradients do too; †: a run with ISA "
+        "caps, named in its line below, a CPU without the wider ISA emulated), or the GPU. conv %: "
         "share of the fused step's CPU time in convolutions (on a GPU: of its kernels' GPU time). "
         "(?): noisy, some implementation's IQR/median above 25%."
     )
@@ -633,8 +635,8 @@ def section_layer_step(files) -> list[str]:
             continue
         caps = m.get("isa_caps") or {}
         capped = (
-            f"; every implementation capped by {', '.join(f'{k}={v}' for k, v in caps.items())}, "
-            f"ATen at {m.get('torch_cpu_capability', '?')}"
+            f"; ISA caps {', '.join(f'{k}={v}' for k, v in caps.items())}, ATen at "
+            f"{m.get('torch_cpu_capability', '?')}"
             if caps
             else ""
         )

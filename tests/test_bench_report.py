@@ -208,7 +208,7 @@ def test_layer_records_newest_first_capped_runs_and_mixed_precision_ratio(tmp_pa
     text = " ".join(lines)
     assert "| 8x16x[32]@32 | float32 | avx2† | plain | 80 |" in text
     assert (
-        "capped by ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, PYFRAMEPRED_CPU_ISA=avx2, ATen at AVX2"
+        "ISA caps ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, PYFRAMEPRED_CPU_ISA=avx2, ATen at AVX2"
         in text
     )
     # 200 ms of float32 cat over 50 ms of bf16 fused, once per record that has both modes
@@ -275,7 +275,7 @@ def test_capped_op_record_is_labelled_avx2(monkeypatch):
     }
     assert report.device_label(data) == "EPYC AVX2†"
     assert machine.isa_level(info) == "AVX2 (capped)"
-    assert machine.one_line(info).endswith("; every implementation capped by ATEN_CPU_CAPABILITY=avx2")
+    assert machine.one_line(info).endswith("; ISA caps ATEN_CPU_CAPABILITY=avx2")
     uncapped = dict(info, isa_caps={}, torch_cpu_capability="AVX512")
     assert report.device_label(dict(data, machine_info=dict(data["machine_info"], pyframepred=uncapped))) == (
         "EPYC AVX-512"
