@@ -24,10 +24,12 @@ The script mode (a few minutes on 2 cores; what ``record.py`` calls) writes
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -50,6 +52,7 @@ _DATA = {}
 def _data_root() -> str:
     if "root" not in _DATA:
         tmp = tempfile.mkdtemp(prefix="pyframepred-bench-train-")
+        atexit.register(shutil.rmtree, tmp, True)  # the videos go when the process ends
         _DATA["root"] = str(
             synthetic.generate(
                 tmp,
