@@ -175,12 +175,25 @@ def describe() -> dict:
 CAPABILITY_ISA = {"DEFAULT": "no AVX", "AVX2": "AVX2", "AVX512": "AVX-512"}
 
 
+def capped_isa(info: dict) -> str:
+    """The ISA a run with ISA caps was held to, by ATen's level ('AVX2', ...); '' for a run
+    without caps. `info`: a :func:`describe` record or a layer record's machine."""
+    if not info.get("isa_caps"):
+        return ""
+    return CAPABILITY_ISA.get(info.get("torch_cpu_capability", ""), "")
+
+
+def caps_text(caps: dict) -> str:
+    """'ATEN_CPU_CAPABILITY=avx2, ...': the caps as they were set."""
+    return ", ".join(f"{k}={v}" for k, v in caps.items())
+
+
 def isa_level(info: dict) -> str:
     """'AVX2', 'AVX-512', 'AVX-512 + AMX', ... from a :func:`describe` record; a run with ISA
     caps (:data:`ISA_CAPS`) is named by ATen's level, e.g. 'AVX2 (capped)'."""
     flags = set(info.get("isa_flags", []))
-    if info.get("isa_caps") and info.get("torch_cpu_capability") in CAPABILITY_ISA:
-        return f"{CAPABILITY_ISA[info['torch_cpu_capability']]} (capped)"
+    if capped := capped_isa(info):
+        return f"{capped} (capped)"
     if {"amx_tile", "avx512f"} <= flags:
         return "AVX-512 + AMX"
     if "avx512f" in flags:
@@ -199,9 +212,5 @@ def one_line(info: dict) -> str:
         f"cores usable, {info.get('torch_threads', '?')} torch threads; torch "
         f"{info.get('torch', '?')}, Python {info.get('python', '?')}; allocator: "
         f"{info.get('allocator', '?')}; load average {info.get('load_average_1min', '?')}"
-        + (
-            f"; ISA caps {', '.join(f'{k}={v}' for k, v in info['isa_caps'].items())}"
-            if info.get("isa_caps")
-            else ""
-        )
+        + (f"; ISA caps {caps_text(info['isa_caps'])}" if info.get("isa_caps") else "")
     )

@@ -21,6 +21,8 @@ import textwrap
 from collections import OrderedDict
 from pathlib import Path
 
+import machine
+
 NOISY = 0.25  # IQR / median above this: the row is flagged
 WIDTH = 100  # the widest line of prose
 TABLE_WIDTH = 110  # the widest table row (the project's code line length)
@@ -174,8 +176,6 @@ def bandwidth(b: dict, llc: int | None) -> tuple[str, str, str | None]:
 def header_lines(data: dict) -> list[str]:
     info = run_info(data)
     if info:
-        import machine
-
         return wrap("Recorded " + machine.one_line(info) + ".")
     mi = data.get("machine_info", {})
     cpu = mi.get("cpu", {})
@@ -288,11 +288,9 @@ _PASS = {"forward": "forward", "forward+backward": "fwd+bwd", "backward": "backw
 def _vector_isa(data: dict) -> str:
     """The widest vector ISA of a pytest-benchmark file's CPU: 'AVX-512', 'AVX2' or ''; a run
     with ISA caps (machine.ISA_CAPS) is named by ATen's level and marked, e.g. 'AVX2†'."""
-    import machine
-
-    info = run_info(data)
-    if info.get("isa_caps") and info.get("torch_cpu_capability") in machine.CAPABILITY_ISA:
-        return machine.CAPABILITY_ISA[info["torch_cpu_capability"]] + "†"
+    capped = machine.capped_isa(run_info(data))
+    if capped:
+        return capped + "†"
     flags = set(data.get("machine_info", {}).get("cpu", {}).get("flags", []))
     return "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "")
 
@@ -326,8 +324,6 @@ def _device_line(data: dict) -> list[str]:
     dev = device_label(data)
     info = run_info(data)
     if info:
-        import machine
-
         what = machine.one_line(info)
     else:  # recorded before our machine record: what pytest-benchmark kept
         mi = data.get("machine_info", {})
@@ -634,12 +630,8 @@ def section_layer_step(files) -> list[str]:
             )
             continue
         caps = m.get("isa_caps") or {}
-        capped = (
-            f"; ISA caps {', '.join(f'{k}={v}' for k, v in caps.items())}, ATen at "
-            f"{m.get('torch_cpu_capability', '?')}"
-            if caps
-            else ""
-        )
+        aten = m.get("torch_cpu_capability", "?")
+        capped = f"; ISA caps {machine.caps_text(caps)}, ATen at {aten}" if caps else ""
         lines += [""] + wrap(
             f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags']) or 'no AVX2'}; "
             f"our kernels ran at {m['extension_cpu_isa']}{capped}), {m['threads']} "
