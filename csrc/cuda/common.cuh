@@ -63,6 +63,53 @@ inline void dispatch_index(bool index32, F&& f) {
   }
 }
 
+// Where in the kernel source a global-memory access is (file, line, and which part of an
+// unrolled loop or a multi-access helper), for the memory-access model of the CPU execution
+// model (emu/cuda_emu.h), which groups the accesses of a warp into the device's requests by it.
+// A defaulted Site argument names its caller's line. Under nvcc it is empty and compiles away.
+struct Site {
+#if PF_EMU
+  const char* file;
+  int line;
+  int sub = 0;
+  constexpr Site(const char* f = __builtin_FILE(), int l = __builtin_LINE()) : file(f), line(l) {}
+  // Part k (0 <= k < 15) of this access: another instruction of the same source line.
+  constexpr Site part(int k) const {
+    Site s = *this;
+    s.sub = sub * 16 + k + 1;
+    return s;
+  }
+  static constexpr Site at(int k, const char* f = __builtin_FILE(), int l = __builtin_LINE()) {
+    return Site(f, l).part(k);
+  }
+#else
+  __host__ __device__ constexpr Site() {}
+  __host__ __device__ constexpr Site part(int) const { return *this; }
+  static __host__ __device__ constexpr Site at(int) { return Site(); }
+#endif
+};
+
+#if PF_EMU
+#define PF_TRACE_GLOBAL(site, ptr, bytes, store) \
+  ::pf_emu::trace_global((site).file, (site).line, (site).sub, (ptr), (bytes), (store))
+#else
+#define PF_TRACE_GLOBAL(site, ptr, bytes, store) ((void)0)
+#endif
+
+// A scalar global load and store. Every global access of the kernels goes through these or
+// load_vec/store_vec, so the execution model sees all of them.
+template <typename T>
+__device__ __forceinline__ T load_global(const T* p, Site site = {}) {
+  PF_TRACE_GLOBAL(site, p, sizeof(T), false);
+  return *p;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_global(T* p, T v, Site site = {}) {
+  PF_TRACE_GLOBAL(site, p, sizeof(T), true);
+  *p = v;
+}
+
 // The integer type of a vector access of `Bytes` bytes.
 template <int Bytes>
 struct VecBits;
@@ -82,9 +129,10 @@ struct alignas(sizeof(T) * V) Vec {
 };
 
 template <typename T, int V>
-__device__ __forceinline__ Vec<T, V> load_vec(const T* p) {
+__device__ __forceinline__ Vec<T, V> load_vec(const T* p, Site site = {}) {
   using B = typename VecBits<sizeof(T) * V>::type;
   PF_CHECK_ALIGNED(p, sizeof(B));
+  PF_TRACE_GLOBAL(site, p, sizeof(B), false);
   const B bits = __ldg(reinterpret_cast<const B*>(p));
   Vec<T, V> out;
   memcpy(&out, &bits, sizeof(B));
@@ -92,9 +140,10 @@ __device__ __forceinline__ Vec<T, V> load_vec(const T* p) {
 }
 
 template <typename T, int V>
-__device__ __forceinline__ void store_vec(T* p, const Vec<T, V>& x) {
+__device__ __forceinline__ void store_vec(T* p, const Vec<T, V>& x, Site site = {}) {
   using B = typename VecBits<sizeof(T) * V>::type;
   PF_CHECK_ALIGNED(p, sizeof(B));
+  PF_TRACE_GLOBAL(site, p, sizeof(B), true);
   B bits;
   memcpy(&bits, &x, sizeof(B));
   __stwb(reinterpret_cast<B*>(p), bits);  // a global store (STG), also through a derived pointer

@@ -72,30 +72,47 @@ struct Operand {
 // expanded tensor: one scalar load, broadcast).
 template <int V, bool kCL, typename T, typename index_t, typename A>
 __device__ __forceinline__ void load_elems(const Operand<const T, index_t>& o, index_t off,
-                                           A (&out)[V]) {
+                                           A (&out)[V], Site site = {}) {
   const T* ptr = o.data + off;
   const index_t fast = kCL ? o.sC : o.sP;
   if (V == 1 || fast == 0) {
-    const A v = static_cast<A>(ptr[0]);
+    const A v = static_cast<A>(load_global(ptr, site));
 #pragma unroll
     for (int j = 0; j < V; ++j) out[j] = v;
   } else {
-    const Vec<T, V> x = load_vec<T, V>(ptr);
+    const Vec<T, V> x = load_vec<T, V>(ptr, site);
 #pragma unroll
     for (int j = 0; j < V; ++j) out[j] = static_cast<A>(x.v[j]);
   }
 }
 
 template <int V, typename T, typename A>
-__device__ __forceinline__ void store_elems(T* ptr, const A (&in)[V]) {
+__device__ __forceinline__ void store_elems(T* ptr, const A (&in)[V], Site site = {}) {
   if constexpr (V == 1) {
-    ptr[0] = static_cast<T>(in[0]);
+    store_global(ptr, static_cast<T>(in[0]), site);
   } else {
     Vec<T, V> x;
 #pragma unroll
     for (int j = 0; j < V; ++j) x.v[j] = static_cast<T>(in[j]);
-    store_vec<T, V>(ptr, x);
+    store_vec<T, V>(ptr, x, site);
   }
+}
+
+// The CV parameters of the thread's channels in one row of a (rows, C) parameter tensor: one
+// vector load where the row lies aligned for it (the channels_last vector variants; the check is
+// uniform across the grid), else one load per channel.
+template <int CV, typename T, typename A>
+__device__ __forceinline__ void load_params(const T* row, A (&out)[CV], Site site = {}) {
+  if constexpr (CV > 1) {
+    if (reinterpret_cast<uintptr_t>(row) % (sizeof(T) * CV) == 0) {
+      const Vec<T, CV> v = load_vec<T, CV>(row, site.part(0));
+#pragma unroll
+      for (int j = 0; j < CV; ++j) out[j] = static_cast<A>(v.v[j]);
+      return;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < CV; ++j) out[j] = static_cast<A>(load_global(row + j, site.part(1 + j)));
 }
 
 template <typename index_t>
@@ -147,12 +164,22 @@ convlstm_forward_kernel(Operand<const scalar_t, index_t> xg, Operand<const scala
   constexpr int CV = channels_per_thread<V, kCL>();
   A b[4][CV], w[3][CV];
 #pragma unroll
-  for (int j = 0; j < CV; ++j) {
-    const index_t ch = tc.ch + j;
+  for (int k = 0; k < 4; ++k) {
+    if (bias != nullptr) {
+      load_params(bias + (k * C + tc.ch), b[k], Site::at(k));
+    } else {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) b[k][j] = bias != nullptr ? static_cast<A>(bias[k * C + ch]) : A(0);
+      for (int j = 0; j < CV; ++j) b[k][j] = A(0);
+    }
+  }
 #pragma unroll
-    for (int k = 0; k < 3; ++k) w[k][j] = kPeep ? static_cast<A>(peep[k * C + ch]) : A(0);
+  for (int k = 0; k < 3; ++k) {
+    if constexpr (kPeep) {
+      load_params(peep + (k * C + tc.ch), w[k], Site::at(k));
+    } else {
+#pragma unroll
+      for (int j = 0; j < CV; ++j) w[k][j] = A(0);
+    }
   }
   const index_t gate_x = C * xg.sC, gate_h = C * hg.sC, gate_s = C * gates.sC;
   for (index_t n = blockIdx.z; n < N; n += gridDim.z) {
@@ -218,10 +245,12 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const stat
   constexpr int CV = channels_per_thread<V, kCL>();
   A w[3][CV];
 #pragma unroll
-  for (int j = 0; j < CV; ++j) {
+  for (int k = 0; k < 3; ++k) {
+    if (kPeep && active) {
+      load_params(peep + (k * C + tc.ch), w[k], Site::at(k));
+    } else {
 #pragma unroll
-    for (int k = 0; k < 3; ++k) {
-      w[k][j] = kPeep && active ? static_cast<A>(peep[k * C + tc.ch + j]) : A(0);
+      for (int j = 0; j < CV; ++j) w[k][j] = A(0);
     }
   }
   A q[kParams][CV];  // the parameter gradients' sums, per channel
@@ -281,7 +310,7 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const stat
 #pragma unroll
     for (int k = 0; k < kParams; ++k) {
       const A s = warp_sum(q[k][0], lx);
-      if (threadIdx.x == 0 && active) out[k * C + tc.ch] = s;
+      if (threadIdx.x == 0 && active) store_global(out + (k * C + tc.ch), s);
     }
   } else {
     // Channel tc.ch + j is shared by the ly threads of tile column threadIdx.x: sum them through
@@ -297,7 +326,7 @@ convlstm_backward_kernel(Operand<const scalar_t, index_t> gh, Operand<const stat
         A s = A(0);
         for (int y = 0; y < ly; ++y) s += red[y * cols + cj];
         const index_t ch = static_cast<index_t>(blockIdx.y) * cols + cj;
-        if (ch < C) out[k * C + ch] = s;
+        if (ch < C) store_global(out + (k * C + ch), s);
       }
       __syncthreads();
     }

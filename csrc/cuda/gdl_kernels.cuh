@@ -75,12 +75,12 @@ struct Plan {
 
 // One Pack in one or two accesses of at most 16 bytes (kV doubles are 32 bytes).
 template <typename scalar_t>
-__device__ __forceinline__ Pack<scalar_t> load_pack(const scalar_t* p) {
+__device__ __forceinline__ Pack<scalar_t> load_pack(const scalar_t* p, Site site) {
   constexpr int kPer = 16 / sizeof(scalar_t) < kV ? 16 / sizeof(scalar_t) : kV;
   Pack<scalar_t> out;
 #pragma unroll
   for (int h = 0; h < kV / kPer; ++h) {
-    const Vec<scalar_t, kPer> v = load_vec<scalar_t, kPer>(p + h * kPer);
+    const Vec<scalar_t, kPer> v = load_vec<scalar_t, kPer>(p + h * kPer, site.part(h));
 #pragma unroll
     for (int k = 0; k < kPer; ++k) out.v[h * kPer + k] = v.v[k];
   }
@@ -88,48 +88,49 @@ __device__ __forceinline__ Pack<scalar_t> load_pack(const scalar_t* p) {
 }
 
 template <typename scalar_t>
-__device__ __forceinline__ void store_pack(scalar_t* p, const Pack<scalar_t>& x) {
+__device__ __forceinline__ void store_pack(scalar_t* p, const Pack<scalar_t>& x, Site site) {
   constexpr int kPer = 16 / sizeof(scalar_t) < kV ? 16 / sizeof(scalar_t) : kV;
 #pragma unroll
   for (int h = 0; h < kV / kPer; ++h) {
     Vec<scalar_t, kPer> v;
 #pragma unroll
     for (int k = 0; k < kPer; ++k) v.v[k] = x.v[h * kPer + k];
-    store_vec<scalar_t, kPer>(p + h * kPer, v);
+    store_vec<scalar_t, kPer>(p + h * kPer, v, site.part(h));
   }
 }
 
 // Loads the kV elements of row `row` (a pointer to its column 0) at columns x0 .. x0+kV-1
-// (0 past W), converted to the accumulation type.
+// (0 past W), converted to the accumulation type. The packed and the element-wise accesses are
+// different instructions (parts 0 and 1 + k of `site`).
 template <bool kPack, typename scalar_t, typename index_t, typename A>
 __device__ __forceinline__ void load_row(const scalar_t* row, index_t x0, index_t W, index_t sW,
-                                         A (&out)[kV]) {
+                                         A (&out)[kV], Site site = {}) {
   if (kPack && x0 + kV <= W) {
-    const Pack<scalar_t> pk = load_pack(row + x0);
+    const Pack<scalar_t> pk = load_pack(row + x0, site.part(0));
 #pragma unroll
     for (int k = 0; k < kV; ++k) out[k] = static_cast<A>(pk.v[k]);
   } else {
 #pragma unroll
     for (int k = 0; k < kV; ++k) {
       const index_t x = x0 + k;
-      out[k] = x < W ? static_cast<A>(row[x * sW]) : A(0);
+      out[k] = x < W ? static_cast<A>(load_global(row + x * sW, site.part(1 + k))) : A(0);
     }
   }
 }
 
 template <bool kPack, typename scalar_t, typename index_t, typename A>
 __device__ __forceinline__ void store_row(scalar_t* row, index_t x0, index_t W, index_t sW,
-                                          const A (&in)[kV]) {
+                                          const A (&in)[kV], Site site = {}) {
   if (kPack && x0 + kV <= W) {
     Pack<scalar_t> pk;
 #pragma unroll
     for (int k = 0; k < kV; ++k) pk.v[k] = static_cast<scalar_t>(in[k]);
-    store_pack(row + x0, pk);
+    store_pack(row + x0, pk, site.part(0));
   } else {
 #pragma unroll
     for (int k = 0; k < kV; ++k) {
       const index_t x = x0 + k;
-      if (x < W) row[x * sW] = static_cast<scalar_t>(in[k]);
+      if (x < W) store_global(row + x * sW, static_cast<scalar_t>(in[k]), site.part(1 + k));
     }
   }
 }
@@ -189,8 +190,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks_forward<scalar_t>())
         A pl = __shfl_up_sync(kFull, pc[kV - 1], 1);
         A tl = __shfl_up_sync(kFull, tc[kV - 1], 1);
         if (lane == 0 && x0 > 0 && x0 - 1 < W) {
-          pl = static_cast<A>(P[y * psH + (x0 - 1) * psW]);
-          tl = static_cast<A>(T[y * tsH + (x0 - 1) * tsW]);
+          pl = static_cast<A>(load_global(P + (y * psH + (x0 - 1) * psW)));
+          tl = static_cast<A>(load_global(T + (y * tsH + (x0 - 1) * tsW)));
         }
 #pragma unroll
         for (int k = 0; k < kV; ++k) {
@@ -213,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_forward<scalar_t>())
       }
     }
     const A total = block_sum<kThreads>(acc, tmp);
-    if (threadIdx.x == 0) partial[g] = total;
+    if (threadIdx.x == 0) store_global(partial + g, total);
     __syncthreads();  // tmp is reused by the next group
   }
 }
@@ -229,9 +230,9 @@ __global__ void __launch_bounds__(kFinishThreads)
   for (int64_t o = blockIdx.x; o < nout; o += gridDim.x) {
     const A* src = partial + o * per_out;
     A acc = A(0);
-    for (int64_t i = threadIdx.x; i < per_out; i += kFinishThreads) acc += src[i];
+    for (int64_t i = threadIdx.x; i < per_out; i += kFinishThreads) acc += load_global(src + i);
     const A total = block_sum<kFinishThreads>(acc, tmp);
-    if (threadIdx.x == 0) out[o] = static_cast<scalar_t>(total / divisor);
+    if (threadIdx.x == 0) store_global(out + o, static_cast<scalar_t>(total / divisor));
     __syncthreads();
   }
 }
@@ -257,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index
     const scalar_t* T = t.data + t.batch.offset(it.b);
     scalar_t* GP = gp.data + gp.batch.offset(it.b);
     scalar_t* GT = kTarget ? gt.data + gt.batch.offset(it.b) : nullptr;
-    const A s = scale[per_image ? it.b : 0] / divisor;
+    const A s = load_global(scale + (per_image ? it.b : 0)) / divisor;
     const index_t x0 = static_cast<index_t>(it.strip) * kStrip + lane * kV;
     const index_t y0 = static_cast<index_t>(it.y0), y1 = static_cast<index_t>(it.y1);
     A pc[kV], tc[kV], pn[kV], tn[kV];
@@ -285,8 +286,8 @@ __global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index
       A pl = __shfl_up_sync(kFull, pc[kV - 1], 1);
       A tl = __shfl_up_sync(kFull, tc[kV - 1], 1);
       if (lane == 0 && x0 > 0 && x0 - 1 < W) {
-        pl = static_cast<A>(P[y * psH + (x0 - 1) * psW]);
-        tl = static_cast<A>(T[y * tsH + (x0 - 1) * tsW]);
+        pl = static_cast<A>(load_global(P + (y * psH + (x0 - 1) * psW)));
+        tl = static_cast<A>(load_global(T + (y * tsH + (x0 - 1) * tsW)));
       }
       A left_p[kV], left_t[kV];
 #pragma unroll
@@ -304,8 +305,8 @@ __global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index
         last_p = last_t = A(0);
         const index_t xr = x0 + kV;
         if (xr < W) {
-          const A pr = static_cast<A>(P[y * psH + xr * psW]);
-          const A tr = static_cast<A>(T[y * tsH + xr * tsW]);
+          const A pr = static_cast<A>(load_global(P + (y * psH + xr * psW)));
+          const A tr = static_cast<A>(load_global(T + (y * tsH + xr * tsW)));
           gdl_coef<kP, kTarget>(tr - tc[kV - 1], pr - pc[kV - 1], alpha, last_p, last_t);
         }
       }

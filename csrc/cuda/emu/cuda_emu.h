@@ -121,6 +121,24 @@ void launch(const dim3& grid, const dim3& block, size_t smem, size_t static_smem
 void record(const std::string& line);
 std::vector<std::string>& launch_log();
 
+// The memory-access model (off unless a test or scripts/cuda_memory_report.py turns it on).
+// Every global load and store of the kernels (common.cuh: load_global/store_global,
+// load_vec/store_vec) reports its source site, address and size. The k-th execution of a site by
+// the lanes of one warp is one request of the device (SIMT: the warp issues the instruction once
+// for its active lanes); per request the model counts the 32-byte sectors it touches, the unit
+// in which the device moves global memory, against the fewest sectors its distinct bytes fit in.
+// Per launch it also records every distinct byte read and written (the kernel's footprint).
+// memory_trace() returns the launches traced since the last call, as JSON
+// (scripts/cuda_memory_report.py, tests/test_cuda_emu_memory.py).
+extern bool g_trace_on;
+void trace_access(const char* file, int line, int sub, const void* p, size_t bytes, bool store);
+inline void trace_global(const char* file, int line, int sub, const void* p, size_t bytes,
+                         bool store) {
+  if (g_trace_on) trace_access(file, line, sub, p, bytes, store);
+}
+void set_memory_trace(bool on);
+std::string memory_trace();
+
 template <typename T>
 inline T shfl_impl(unsigned mask, T v, int src_of_me_flag, int arg, int width, int mode) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle of > 8 bytes");

@@ -1,5 +1,5 @@
 // The test extension of the CPU execution model: the emulated kernels as torch.ops.pyframepred_emu.*
-// plus the test hooks (forced 64-bit indexing, planted bugs, launch log).
+// plus the test hooks (forced 64-bit indexing, planted bugs, launch log, memory-access model).
 #include <torch/library.h>
 
 #include <string>
@@ -39,6 +39,9 @@ TORCH_LIBRARY(pyframepred_emu, m) {
   namespace op = pyframepred::op;
   m.def("set_options(bool force_index64, int plant) -> ()", &set_options);
   m.def("launch_log() -> str", &launch_log);
+  // The memory-access model (cuda_emu.h): on/off, and the launches traced since the last call.
+  m.def("set_memory_trace(bool on) -> ()", [](bool on) { ::pf_emu::set_memory_trace(on); });
+  m.def("memory_trace() -> str", [] { return ::pf_emu::memory_trace(); });
   // The emulated operators take their operator's arguments (op_signatures.h).
   m.def(op::schema<op::ConvLSTMGatesForward>("convlstm_forward", "(Tensor, Tensor, Tensor)")
             .c_str(),

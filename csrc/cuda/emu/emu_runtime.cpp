@@ -4,7 +4,10 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -27,8 +30,48 @@ constexpr size_t kMaxSharedBytes = size_t(48) << 10;
 
 enum class State { kReady, kBlockBarrier, kWarpBarrier, kDone };
 
+// ---- memory-access model: types
+struct SiteKey {
+  const char* file;
+  int line, sub;
+  bool store;
+  bool operator==(const SiteKey& o) const {
+    return file == o.file && line == o.line && sub == o.sub && store == o.store;
+  }
+};
+struct SiteKeyHash {
+  size_t operator()(const SiteKey& k) const {
+    return std::hash<const void*>()(k.file) ^ (size_t(k.line) * 1000003u) ^ (size_t(k.sub) << 20) ^
+           size_t(k.store);
+  }
+};
+// One request: the k-th execution of a site by the lanes of one warp.
+struct ReqKey {
+  int warp;
+  SiteKey site;
+  uint32_t occurrence;
+  bool operator==(const ReqKey& o) const {
+    return warp == o.warp && occurrence == o.occurrence && site == o.site;
+  }
+};
+struct ReqKeyHash {
+  size_t operator()(const ReqKey& k) const {
+    return SiteKeyHash()(k.site) ^ (size_t(k.warp) * 7919u) ^ (size_t(k.occurrence) << 32);
+  }
+};
+struct Access {
+  uint64_t addr;
+  uint32_t bytes;
+};
+struct SiteStats {
+  uint64_t requests = 0, lane_accesses = 0, bytes = 0, unique_bytes = 0, sectors = 0;
+  uint64_t min_sectors = 0;  // the fewest sectors the requests' distinct bytes could lie in
+  uint64_t max_sectors = 0;
+};
+
 struct Fiber {
   ThreadState ts;
+  std::unordered_map<SiteKey, uint32_t, SiteKeyHash> occurrences;  // memory-access model
   State state = State::kReady;
   unsigned warp_mask = 0;  // mask of the pending warp collective
   ucontext_t ctx;
@@ -43,6 +86,7 @@ struct Warp {
 struct Block {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
+  std::unordered_map<ReqKey, std::vector<Access>, ReqKeyHash> requests;  // memory-access model
   ucontext_t sched;
   const std::function<void()>* body = nullptr;
   std::string error;
@@ -55,6 +99,97 @@ struct Block {
 };
 
 thread_local Block* g_block = nullptr;
+
+// ---- memory-access model: state and folding
+struct LaunchTrace {
+  std::string kernel, variant;
+  dim3 grid, block;
+  std::unordered_map<SiteKey, SiteStats, SiteKeyHash> sites;  // by source line (sub = 0)
+  std::vector<Access> loads, stores;                          // every lane access
+};
+LaunchTrace* g_launch_trace = nullptr;  // the launch being traced
+std::vector<std::string> g_trace_json;  // launches traced since the last memory_trace()
+std::string g_variant;                  // the variant line the launcher recorded last
+
+// Distinct bytes and distinct 32-byte sectors of a set of accesses (sorted in place).
+void footprint(std::vector<Access>& v, uint64_t& bytes, uint64_t& sectors) {
+  std::sort(v.begin(), v.end(), [](const Access& a, const Access& b) { return a.addr < b.addr; });
+  bytes = sectors = 0;
+  uint64_t end = 0, next_sector = 0;  // first byte / sector not yet counted
+  for (const Access& a : v) {
+    const uint64_t lo = std::max(a.addr, end), hi = a.addr + a.bytes;
+    if (hi > lo) bytes += hi - lo;
+    end = std::max(end, hi);
+    const uint64_t s0 = std::max(a.addr >> 5, next_sector), s1 = ((hi - 1) >> 5) + 1;
+    if (s1 > s0) sectors += s1 - s0;
+    next_sector = std::max(next_sector, s1);
+  }
+}
+
+// Folds the requests of the block just run into the launch's per-site counts.
+void fold_block(Block& b) {
+  if (g_launch_trace == nullptr) return;
+  for (auto& [key, lanes] : b.requests) {
+    SiteStats& st = g_launch_trace->sites[SiteKey{key.site.file, key.site.line, 0, key.site.store}];
+    uint64_t unique = 0, sectors = 0;
+    for (const Access& a : lanes) st.bytes += a.bytes;
+    footprint(lanes, unique, sectors);
+    st.requests += 1;
+    st.lane_accesses += lanes.size();
+    st.unique_bytes += unique;
+    st.sectors += sectors;
+    st.min_sectors += (unique + 31) / 32;
+    st.max_sectors = std::max(st.max_sectors, sectors);
+  }
+  b.requests.clear();
+}
+
+std::string json_string(const std::string& in) {
+  std::string out = "\"";
+  for (char ch : in) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  return out + "\"";
+}
+
+std::string json_dims(const dim3& d) {
+  return "[" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + "]";
+}
+
+std::string launch_json(LaunchTrace& lt) {
+  uint64_t lb, ls, sb, ss;
+  footprint(lt.loads, lb, ls);
+  footprint(lt.stores, sb, ss);
+  std::vector<std::pair<std::string, const SiteStats*>> rows;
+  for (const auto& [key, st] : lt.sites) {
+    std::string file = key.file;
+    const auto slash = file.find_last_of('/');
+    if (slash != std::string::npos) file = file.substr(slash + 1);
+    char head[256];
+    std::snprintf(head, sizeof head, "{\"site\": %s, \"line\": %d, \"op\": \"%s\"",
+                  json_string(file + ":" + std::to_string(key.line)).c_str(), key.line,
+                  key.store ? "store" : "load");
+    rows.emplace_back(head, &st);
+  }
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::string out = "{\"kernel\": " + json_string(lt.kernel) + ", \"variant\": " +
+                    json_string(lt.variant) + ", \"grid\": " + json_dims(lt.grid) +
+                    ", \"block\": " + json_dims(lt.block) + ", \"footprint\": {\"load_bytes\": " +
+                    std::to_string(lb) + ", \"load_sectors\": " + std::to_string(ls) +
+                    ", \"store_bytes\": " + std::to_string(sb) + ", \"store_sectors\": " +
+                    std::to_string(ss) + "}, \"sites\": [";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const SiteStats& st = *rows[i].second;
+    out += (i ? ", " : "") + rows[i].first + ", \"requests\": " + std::to_string(st.requests) +
+           ", \"lane_accesses\": " + std::to_string(st.lane_accesses) + ", \"bytes\": " +
+           std::to_string(st.bytes) + ", \"unique_bytes\": " + std::to_string(st.unique_bytes) +
+           ", \"sectors\": " + std::to_string(st.sectors) + ", \"min_sectors\": " +
+           std::to_string(st.min_sectors) + ", \"max_sectors\": " +
+           std::to_string(st.max_sectors) + "}";
+  }
+  return out + "]}";
+}
 
 // Stacks are kept between launches (one pool per OS thread).
 struct StackPool {
@@ -130,6 +265,7 @@ void run_block(Block& b) {
   for (int i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
     f.state = State::kReady;
+    f.occurrences.clear();
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = kStackBytes;
@@ -252,6 +388,31 @@ void check_aligned(const void* p, size_t bytes, const char* what) {
   }
 }
 
+bool g_trace_on = false;
+
+void set_memory_trace(bool on) {
+  g_trace_on = on;
+  if (!on) g_variant.clear();
+}
+
+void trace_access(const char* file, int line, int sub, const void* p, size_t bytes, bool store) {
+  Block* b = g_block;
+  if (b == nullptr || b->running == nullptr || g_launch_trace == nullptr) return;
+  Fiber* f = b->running;
+  const SiteKey key{file, line, sub, store};
+  const uint32_t occurrence = f->occurrences[key]++;
+  const Access a{reinterpret_cast<uint64_t>(p), static_cast<uint32_t>(bytes)};
+  b->requests[ReqKey{f->ts.linear / 32, key, occurrence}].push_back(a);
+  (store ? g_launch_trace->stores : g_launch_trace->loads).push_back(a);
+}
+
+std::string memory_trace() {
+  std::string out = "[";
+  for (size_t i = 0; i < g_trace_json.size(); ++i) out += (i ? ",\n" : "") + g_trace_json[i];
+  g_trace_json.clear();
+  return out + "]";
+}
+
 std::vector<std::string>& launch_log() {
   static std::vector<std::string> log;
   return log;
@@ -261,6 +422,7 @@ void record(const std::string& line) {
   auto& log = launch_log();
   if (log.size() > 100000) log.erase(log.begin(), log.begin() + 50000);
   log.push_back(line);
+  if (line.find(" grid=") == std::string::npos) g_variant = line;  // a launcher's variant line
 }
 
 void launch(const dim3& grid, const dim3& block, size_t smem, size_t static_smem, const char* name,
@@ -295,12 +457,22 @@ void launch(const dim3& grid, const dim3& block, size_t smem, size_t static_smem
   grid_dim = grid;
   block_dim = block;
   g_block = &b;
+  LaunchTrace trace;
+  if (g_trace_on) {
+    trace.kernel = name;
+    trace.variant = g_variant;
+    trace.grid = grid;
+    trace.block = block;
+    g_launch_trace = &trace;
+  }
+  g_variant.clear();
   std::string error;
   for (unsigned z = 0; z < grid.z && error.empty(); ++z) {
     for (unsigned y = 0; y < grid.y && error.empty(); ++y) {
       for (unsigned x = 0; x < grid.x && error.empty(); ++x) {
         block_idx = uint3{x, y, z};
         run_block(b);
+        fold_block(b);
         if (!b.error.empty()) {
           error = b.error + " (" + name + ", block (" + std::to_string(x) + ", " +
                   std::to_string(y) + ", " + std::to_string(z) + "))";
@@ -309,6 +481,10 @@ void launch(const dim3& grid, const dim3& block, size_t smem, size_t static_smem
     }
   }
   g_block = nullptr;
+  if (g_launch_trace != nullptr) {
+    g_launch_trace = nullptr;
+    if (error.empty()) g_trace_json.push_back(launch_json(trace));
+  }
   if (!error.empty()) fail(error);
 }
 

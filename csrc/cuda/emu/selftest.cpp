@@ -1,5 +1,6 @@
 // Small kernels that check the execution model itself: barriers, shared memory, shuffles and
-// votes, launch checks, barrier divergence and alignment faults (tests/test_cuda_emu.py).
+// votes, launch checks, barrier divergence and alignment faults (tests/test_cuda_emu.py), and the
+// memory-access model's counts (tests/test_cuda_emu_memory.py).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -66,6 +67,14 @@ __global__ void vector_load_kernel(const float* in, float* out, int offset) {
   out[0] = v.v[0] + v.v[1] + v.v[2] + v.v[3];
 }
 
+// out[t] = in[t * stride] for the grid's threads t: a pattern whose requests and sectors are known
+// (the memory-access model's own check).
+__global__ void gather_kernel(const float* in, float* out, int stride) {
+  const int t = threadIdx.x + blockIdx.x * blockDim.x;
+  const float v = cuda::load_global(in + static_cast<int64_t>(t) * stride);
+  cuda::store_global(out + t, v);
+}
+
 at::Tensor selftest(const std::string& name, const at::Tensor& in, int64_t bx, int64_t by,
                     int64_t gx, int64_t smem) {
   TORCH_CHECK(in.scalar_type() == at::kFloat && in.is_contiguous(), "selftest: float32 contiguous input");
@@ -94,6 +103,15 @@ at::Tensor selftest(const std::string& name, const at::Tensor& in, int64_t bx, i
     at::Tensor out = at::zeros({1}, in.options());
     PF_LAUNCH(cfg, vector_load_kernel)(in.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
                                        static_cast<int>(by));
+    return out;
+  }
+  if (name == "gather") {  // by: the stride
+    const int64_t threads = bx * gx;
+    TORCH_CHECK(by >= 0 && (threads - 1) * by < in.numel(), "selftest gather: input too short");
+    cfg.block = dim3(static_cast<unsigned>(bx));
+    at::Tensor out = at::full({threads}, std::nanf(""), in.options());
+    PF_LAUNCH(cfg, gather_kernel)(in.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                  static_cast<int>(by));
     return out;
   }
   if (name == "noop") {
