@@ -346,34 +346,72 @@ def _worst(items) -> str:
     return fmt_spread(max(spread(b) for b in items))
 
 
+def threads(data: dict, b: dict | None = None) -> str:
+    """The torch threads a CPU record ran with ('?' where it did not say; '—' for a GPU record)."""
+    if any("device_name" in x.get("extra_info", {}) for x in data.get("benchmarks", [])):
+        return "—"
+    t = (b or {}).get("extra_info", {}).get("threads")
+    if t is None:
+        t = run_info(data).get("torch_threads")
+    if t is None:
+        t = next(
+            (
+                x["extra_info"]["threads"]
+                for x in data.get("benchmarks", [])
+                if "threads" in x.get("extra_info", {})
+            ),
+            "?",
+        )
+    return str(t)
+
+
 def _fused_bandwidth(files, family, sizes) -> list[str]:
-    parts, notes = [], []
+    """The fused op's bytes it must move / median time, per record and pass: one table, with the
+    reason where the share of the copy bandwidth does not apply (once per kind)."""
+    rows, notes = [], {}
     for data in files:
         llc = llc_bytes(data)
-        for (mode, size, _), impls in _groups(data, family).items():
+        for (mode, size, shape), impls in _groups(data, family).items():
             b = impls.get("fused")
             if size not in sizes or b is None or "bytes_moved" not in b["extra_info"]:
                 continue
             gbps, share, note = bandwidth(b, llc)
-            what = f"{_PASS[mode]} {size}" if len(sizes) > 1 else _PASS[mode]
-            parts.append(f"{device_label(data)} {what} {gbps} GB/s ({share})")
-            if note and note not in notes:
-                notes.append(note)
-    if not parts:
+            if share == "above copy BW":  # the ceiling differs per record: in the cell
+                share = f"above copy BW ({b['extra_info']['copy_GBps']:.0f} GB/s)"
+                note = (
+                    "above copy BW: faster than the copy bandwidth measured in that run, so not "
+                    "bound by it: part of its bytes stay in the caches (the cache size was not "
+                    "recorded), or the ceiling was measured low"
+                )
+            if note:
+                notes.setdefault(share.split(" (")[0], note)
+            rows.append(
+                [
+                    device_label(data),
+                    shape.replace(" ", ""),
+                    _PASS[mode],
+                    allocator(data, b),
+                    threads(data, b),
+                ]
+                + [f"{b['extra_info']['bytes_moved'] / 2**20:.1f} MiB", gbps, share]
+            )
+    if not rows:
         return []
-    return wrap(
-        "Fused op, bytes it must move / median time (share of the measured copy "
-        "bandwidth): " + "; ".join(parts) + "."
-    ) + [line for note in notes for line in wrap("* " + note + ".")]
+    header = ["device", "shape", "pass", "alloc", "thr", "must move", "GB/s", "share of copy BW"]
+    lines = wrap("The fused op's bytes it must move / median time, against the measured copy bandwidth:")
+    lines += [""] + table(header, rows, "llllrrrl")
+    if notes:
+        lines += [""] + [line for note in notes.values() for line in wrap("* " + note + ".")]
+    return lines
 
 
 def _op_section(files, family, sizes, with_shape) -> list[str]:
     header = (
         ["device"]
         + (["shape"] if with_shape else [])
-        + ["pass", "alloc", "fused", "reference", "compile", "vs ref", "vs compile", "IQR/med"]
+        + ["pass", "alloc", "thr", "fused", "reference", "compile", "vs ref", "vs compile", "IQR/med"]
     )
-    align = "l" + ("l" if with_shape else "") + "llrrrrrr"
+    align = "l" + ("l" if with_shape else "") + "llrrrrrrr"
     rows = []
     for data in files:
         for (mode, size, shape), impls in _groups(data, family).items():
@@ -386,6 +424,7 @@ def _op_section(files, family, sizes, with_shape) -> list[str]:
                 + [
                     _PASS[mode],
                     allocator(data, f),
+                    threads(data, f),
                     fmt_time(median(f)),
                     fmt_time(median(r)) if r else "—",
                     fmt_time(median(c)) if c else "—",

@@ -297,3 +297,29 @@ def test_train_script_mode_records(tmp_path):
     assert [r["model"] for r in rec["rows"]] == ["autoencoder"]
     assert rec["rows"][0]["fused_clips_per_s"] > 0 and rec["rows"][0]["reference_clips_per_s"] > 0
     assert "autoencoder" in stem.with_suffix(".md").read_text()
+
+
+def test_op_tables_name_the_threads_and_list_bandwidth_per_record(tmp_path):
+    """Two CPU records that differ only in their thread count stay apart in the op table (the
+    'thr' column), and the fused op's bandwidth is one table row per record and pass, with the
+    copy ceiling of each run in its cell."""
+    group = "gdl forward large (8, 3, 256, 256) cpu"
+    files = []
+    for n, (t, median_s, copy) in enumerate(((2, 2e-4, 23.0), (1, 5e-4, 15.0))):
+        data = {
+            "machine_info": {"pyframepred": {"allocator": "tuned", "torch_threads": t}},
+            "benchmarks": [
+                _bench(group, "fused", [median_s] * 5, device="cpu", bytes_moved=12 << 20, copy_GBps=copy),
+                _bench(group, "reference", [10 * median_s] * 5, device="cpu"),
+            ],
+        }
+        data["_path"] = str(tmp_path / f"gdl_cpu_{n}.json")
+        files.append(data)
+    lines = report.section_gdl(files)
+    rows = [line for line in lines if line.startswith("| ") and "forward" in line]
+    op_rows = [r for r in rows if "µs" in r]
+    assert [r.split(" | ")[4] for r in op_rows] == ["2", "1"]
+    bw_rows = [r for r in rows if "MiB" in r]
+    assert len(bw_rows) == 2
+    assert "above copy BW (23 GB/s)" in bw_rows[0] and "above copy BW (15 GB/s)" in bw_rows[1]
+    assert sum(line.startswith("* above copy BW") for line in lines) == 1  # one note per kind
