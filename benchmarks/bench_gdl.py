@@ -5,7 +5,8 @@ reference on the same inputs (float32, alpha = 1, reduction "mean"). Achieved ba
 the bytes the op must move: forward reads pred and target once; forward+backward reads them
 again in backward and writes grad_pred (5 tensors in all). The copy bandwidth of the device is
 the ceiling (see conftest.py). By default only the small size runs, with few rounds;
-``--bench-full`` adds the large ones (the GPU-only size skips on a CPU-only machine).
+``--bench-full`` adds the large ones, both sizes with channels_last inputs (``_cl``: what a
+model running channels_last passes) and the GPU-only size (skipped on a CPU-only machine).
 
     pytest benchmarks/bench_gdl.py --benchmark-only [--bench-full]
     python benchmarks/record.py --suite gdl       # records benchmarks/results/gdl_cpu.json
@@ -20,6 +21,8 @@ from conftest import full_size, rounds, saved_tensor_bytes, sync
 from pyframepred import ops, reference
 
 SHAPES = {"small": (16, 3, 64, 64), "large": (8, 3, 256, 256)}
+# The same in channels_last (the CPU kernels read them as interleaved planes).
+CL_SHAPES = {"small_cl": (16, 3, 64, 64), "large_cl": (8, 3, 256, 256)}
 # Larger inputs on a GPU, where the small ones are launch-bound.
 CUDA_SHAPES = {"xlarge": (32, 3, 512, 512)}
 IMPLS = ["fused", "reference", "compile"]
@@ -39,15 +42,16 @@ def _fn(impl):
 
 
 def _shapes():
-    shapes = list(SHAPES.items()) + list(CUDA_SHAPES.items())
+    shapes = list(SHAPES.items()) + list(CL_SHAPES.items()) + list(CUDA_SHAPES.items())
     return shapes if full_size() else shapes[:1]
 
 
-def _inputs(shape, device, requires_grad):
+def _inputs(shape, device, requires_grad, size):
     g = torch.Generator().manual_seed(0)
-    pred = torch.randn(shape, generator=g).to(device).requires_grad_(requires_grad)
-    target = torch.randn(shape, generator=g).to(device)
-    return pred, target
+    fmt = torch.channels_last if size in CL_SHAPES else torch.contiguous_format
+    pred = torch.randn(shape, generator=g).to(device).contiguous(memory_format=fmt)
+    target = torch.randn(shape, generator=g).to(device).contiguous(memory_format=fmt)
+    return pred.requires_grad_(requires_grad), target
 
 
 def _skip_if_not_applicable(size, device):
@@ -71,7 +75,7 @@ def test_gdl_forward(benchmark, annotate, device, impl, size):
     shape = dict(_shapes())[size]
     benchmark.group = f"gdl forward {size} {shape} {device}"
     fn = _fn(impl)
-    pred, target = _inputs(shape, device, requires_grad=False)
+    pred, target = _inputs(shape, device, requires_grad=False, size=size)
 
     def run():
         out = fn(pred, target, ALPHA, REDUCTION)
@@ -97,7 +101,7 @@ def test_gdl_forward_backward(benchmark, annotate, device, impl, size):
     shape = dict(_shapes())[size]
     benchmark.group = f"gdl forward+backward {size} {shape} {device}"
     fn = _fn(impl)
-    pred, target = _inputs(shape, device, requires_grad=True)
+    pred, target = _inputs(shape, device, requires_grad=True, size=size)
 
     def run():
         loss = fn(pred, target, ALPHA, REDUCTION)

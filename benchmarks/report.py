@@ -365,6 +365,11 @@ def threads(data: dict, b: dict | None = None) -> str:
     return str(t)
 
 
+def _shape_cell(shape: str, size: str) -> str:
+    """A group's shape as a table cell; 'cl' after it for the channels_last sizes ('large_cl')."""
+    return shape.replace(" ", "") + (" cl" if size.endswith("_cl") else "")
+
+
 def _fused_bandwidth(files, family, sizes) -> list[str]:
     """The fused op's bytes it must move / median time, per record and pass: one table, with the
     reason where the share of the copy bandwidth does not apply (once per kind)."""
@@ -388,7 +393,7 @@ def _fused_bandwidth(files, family, sizes) -> list[str]:
             rows.append(
                 [
                     device_label(data),
-                    shape.replace(" ", ""),
+                    _shape_cell(shape, size),
                     _PASS[mode],
                     allocator(data, b),
                     threads(data, b),
@@ -420,7 +425,7 @@ def _op_section(files, family, sizes, with_shape) -> list[str]:
             f, r, c = impls.get("fused"), impls.get("reference"), impls.get("compile")
             rows.append(
                 [device_label(data)]
-                + ([shape.replace(" ", "")] if with_shape else [])
+                + ([_shape_cell(shape, size)] if with_shape else [])
                 + [
                     _PASS[mode],
                     allocator(data, f),
@@ -495,8 +500,9 @@ def section_convlstm_layer(files) -> list[str]:
 
 
 def section_gdl(files) -> list[str]:
-    lines = _op_section(files, "gdl", ("small", "large", "xlarge"), with_shape=True) + [""]
-    lines += _fused_bandwidth(files, "gdl", ("large", "xlarge"))
+    sizes = ("small", "large", "small_cl", "large_cl", "xlarge")
+    lines = _op_section(files, "gdl", sizes, with_shape=True) + [""]
+    lines += _fused_bandwidth(files, "gdl", ("large", "large_cl", "xlarge"))
     return lines + [""] + _legend() + [""] + [line for d in files for line in _device_line(d)]
 
 

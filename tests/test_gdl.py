@@ -163,6 +163,78 @@ def test_non_contiguous(layout, reduction, dtype):
     assert gt.stride() == torch.empty_like(t).stride()
 
 
+def _copies(fn) -> int:
+    """The copies of whole tensors (aten::copy_ of more than one element) that fn() runs, per
+    torch.profiler (a 0-d grad_out converted to float32 is not one)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    big = [e for e in prof.events() if e.name == "aten::copy_" and e.input_shapes and any(e.input_shapes[0])]
+    return len(big)
+
+
+# (N, C, H, W): interleaved rows of W*C values that leave SIMD tails, W = 1 and H = 1, several
+# row bands per image (H * W * C > 16384), and C = 2 (a pair distance below the vector width).
+CL_SHAPES = [(2, 3, 17, 33), (3, 2, 1, 19), (2, 5, 19, 1), (1, 4, 150, 131), (2, 3, 64, 64)]
+
+
+@pytest.mark.parametrize("shape", CL_SHAPES, ids=["x".join(map(str, s)) for s in CL_SHAPES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("alpha,reduction", [(1.0, "mean"), (2.0, "sum"), (1.5, "mean")])
+def test_channels_last_is_read_as_interleaved_planes(shape, dtype, alpha, reduction):
+    """channels_last inputs with one result (mean, sum): the CPU kernels read each image's
+    channels as one plane of W*C interleaved values (horizontal pairs C apart) with no layout
+    copy, and write the gradients channels_last in place."""
+    pred, target = make(shape, dtype, seed=3)
+    p = pred.contiguous(memory_format=torch.channels_last)
+    t = target.contiguous(memory_format=torch.channels_last)
+    gp, gt = assert_matches_reference(p, t, alpha, reduction, TOL[dtype])
+    assert gp.stride() == p.stride() and gt.stride() == t.stride()
+    if shape[-1] > 1 and shape[-3] > 1:  # a true channels_last layout (W stride C)
+
+        def fwd_bwd():
+            x = p.detach().requires_grad_(True)
+            ops.gdl_loss(x, t, alpha=alpha, reduction=reduction).backward()
+
+        assert _copies(fwd_bwd) == 0
+
+
+def test_strided_rows_are_copied_when_not_interleaved():
+    """Rows with W stride != 1 that are not read as interleaved planes (reduction 'none', a
+    transposed view, channels_last pred with an NCHW target) are copied once to contiguous rows
+    (several times faster than reading them element by element) and give the reference's values."""
+    pred, target = make((2, 3, 13, 10))
+    cl = torch.channels_last
+    cases = {
+        "none": (pred.contiguous(memory_format=cl), target.contiguous(memory_format=cl), "none"),
+        "transposed": (LAYOUTS["transposed"](pred), LAYOUTS["transposed"](target), "mean"),
+        "mixed": (pred.contiguous(memory_format=cl), target, "sum"),
+    }
+    for name, (p, t, reduction) in cases.items():
+        gp, gt = assert_matches_reference(p, t, 1.5, reduction, TOL[torch.float32])
+        assert gp.stride() == torch.empty_like(p).stride(), name
+        assert _copies(lambda p=p, t=t, r=reduction: ops.gdl_loss(p, t, alpha=1.5, reduction=r)) >= 1, name
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_channels_last_gradcheck_and_determinism(reduction):
+    pred, target = make((2, 3, 5, 6), torch.float64, seed=11)
+    p = pred.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    t = target.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: ops.gdl_loss(a, b, alpha=1.5, reduction=reduction), (p, t))
+    big_p, big_t = (x.contiguous(memory_format=torch.channels_last) for x in make((3, 3, 160, 150)))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, threads, 1):
+            torch.set_num_threads(n)
+            results.append(value_and_grads(ops.gdl_loss, big_p, big_t, 1.5, reduction))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 def test_expanded_and_many_batch_dims():
     # Expanded target (stride 0 over the batch) and a 9-d input whose batch dims cannot be merged
     # (the kernel then reads a contiguous copy).

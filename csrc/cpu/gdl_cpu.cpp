@@ -74,10 +74,13 @@ inline int64_t band_rows(int64_t H, int64_t W) {
 }
 
 // Sum of the loss terms of rows [y0, y1) of image b (the vertical pairs of row y0 reach into
-// row y0 - 1). kUnit: both operands have W stride 1 (full vectors are plain loads).
+// row y0 - 1). kUnit: both operands have W stride 1 (full vectors are plain loads). d: the
+// distance of horizontal pairs along a row (1; C in an interleaved channels_last plane, whose
+// first d columns then have no left neighbour).
 template <typename scalar_t, GdlPower kP, bool kUnit>
 double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const scalar_t>& t,
-                    int64_t b, int64_t y0, int64_t y1, int64_t W, acc_t<scalar_t> alpha) {
+                    int64_t b, int64_t y0, int64_t y1, int64_t W, acc_t<scalar_t> alpha,
+                    int64_t d) {
   using A = acc_t<scalar_t>;
   using V = VecAcc<scalar_t>;
   constexpr int64_t kV = V::size();
@@ -98,8 +101,8 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
       constexpr bool kFast = decltype(fast)::value;
       const V pc = ld<kFast>(pr + x * psW, psW, n);
       const V tc = ld<kFast>(tr + x * tsW, tsW, n);
-      const V pl = ld<kFast>(pr + (x - 1) * psW, psW, n);
-      const V tl = ld<kFast>(tr + (x - 1) * tsW, tsW, n);
+      const V pl = ld<kFast>(pr + (x - d) * psW, psW, n);
+      const V tl = ld<kFast>(tr + (x - d) * tsW, tsW, n);
       V term = gdl_term<kP>(tc - tl, pc - pl, va);
       if constexpr (decltype(with_up)::value) {
         const V pu = ld<kFast>(pr - psH + x * psW, psW, n);
@@ -110,9 +113,9 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
       acc = acc + head(term, n);
     };
     auto row = [&](auto with_up) {
-      int64_t x = 1;
+      int64_t x = d;
       if constexpr (kUnit) {
-        if (W - 1 >= kV) {
+        if (W - d >= kV) {
           for (; x + kV <= W; x += kV) body(std::true_type{}, with_up, x, kV, 0);
           // The rest as one full vector ending at W, its lanes before x masked out.
           if (x < W) body(std::true_type{}, with_up, W - kV, kV, x - (W - kV));
@@ -123,9 +126,13 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
         body(std::false_type{}, with_up, x, std::min<int64_t>(kV, W - x), 0);
       }
     };
-    A first = 0;  // column 0 has only its vertical pair
+    A first = 0;  // columns 0 .. d-1 have only their vertical pairs
     if (y > 0) {
-      first = gdl_term<kP, A>(A(tr[0]) - A(tr[-tsH]), A(pr[0]) - A(pr[-psH]), alpha);
+      for (int64_t x = 0; x < d && x < W; ++x) {
+        const scalar_t* pc = pr + x * psW;
+        const scalar_t* tc = tr + x * tsW;
+        first += gdl_term<kP, A>(A(tc[0]) - A(tc[-tsH]), A(pc[0]) - A(pc[-psH]), alpha);
+      }
       row(std::true_type{});
     } else {
       row(std::false_type{});
@@ -135,34 +142,59 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
   return total;
 }
 
+// Whether the kernels read pred and target as interleaved planes (gdl_interleaved): both
+// channels_last and one result (mean or sum), which sums over the channels anyway.
+inline bool use_interleaved(const at::Tensor& pred, const at::Tensor& target, int64_t reduction) {
+  return reduction != 0 && gdl_interleaved(pred) && gdl_interleaved(target);
+}
+
+// The (B, H, W) the kernels walk and the horizontal pair distance d: the plan's, or for
+// interleaved planes B / C images of rows of W * C values with d = C.
+struct Walk {
+  int64_t B, H, W, d;
+};
+
+inline Walk walk_of(const GdlPlan& p, bool interleaved, const at::Tensor& pred) {
+  if (!interleaved) return {p.B, p.H, p.W, 1};
+  const int64_t C = pred.size(-3);
+  return {p.B / C, p.H, p.W * C, C};
+}
+
+template <typename T>
+inline GdlOperand<T> operand_of(T* data, const at::Tensor& t, bool interleaved) {
+  return interleaved ? gdl_interleaved_operand(data, t) : gdl_operand(data, t);
+}
+
 op::GdlLossForward::Result gdl_loss_forward_cpu(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName);
+  const bool il = use_interleaved(pred, target, reduction);
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName, !il);
+  const Walk w = walk_of(p, il, pred);
   at::Tensor out = gdl_forward_output(pred, reduction);
-  const int64_t rows = band_rows(p.H, p.W);
-  const int64_t bands = (p.H + rows - 1) / rows;
-  const int64_t tasks = p.B * bands;
+  const int64_t rows = band_rows(w.H, w.W);
+  const int64_t bands = (w.H + rows - 1) / rows;
+  const int64_t tasks = w.B * bands;
   std::vector<double> partial(tasks);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_forward_cpu", [&] {
     using A = acc_t<scalar_t>;
-    const auto po = gdl_operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
-    const auto to = gdl_operand(p.target.const_data_ptr<scalar_t>(), p.target);
+    const auto po = operand_of(p.pred.const_data_ptr<scalar_t>(), p.pred, il);
+    const auto to = operand_of(p.target.const_data_ptr<scalar_t>(), p.target, il);
     const A a = static_cast<A>(alpha);
-    const int64_t grain = std::max<int64_t>(1, 32768 / (rows * p.W));
+    const int64_t grain = std::max<int64_t>(1, 32768 / (rows * w.W));
     gdl_dispatch_power(alpha, [&](auto tag) {
       constexpr GdlPower kP = decltype(tag)::value;
       const bool unit = po.sW == 1 && to.sW == 1;
       at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
         for (int64_t k = t0; k < t1; ++k) {
-          const int64_t b = k / bands, y0 = (k % bands) * rows, y1 = std::min(p.H, y0 + rows);
-          partial[k] = unit ? forward_band<scalar_t, kP, true>(po, to, b, y0, y1, p.W, a)
-                            : forward_band<scalar_t, kP, false>(po, to, b, y0, y1, p.W, a);
+          const int64_t b = k / bands, y0 = (k % bands) * rows, y1 = std::min(w.H, y0 + rows);
+          partial[k] = unit ? forward_band<scalar_t, kP, true>(po, to, b, y0, y1, w.W, a, w.d)
+                            : forward_band<scalar_t, kP, false>(po, to, b, y0, y1, w.W, a, w.d);
         }
       });
     });
     // Fixed-order final sums.
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    if (reduction == 0) {
+    if (reduction == 0) {  // never interleaved: w.B == p.B
       for (int64_t b = 0; b < p.B; ++b) {
         double s = 0;
         for (int64_t j = 0; j < bands; ++j) s += partial[b * bands + j];
@@ -185,11 +217,12 @@ struct BackwardArgs {
   const acc_t<scalar_t>* scale;  // incoming gradient: per image (none) or one value
   bool per_image;
   int64_t H, W, numel;
+  int64_t d = 1;  // horizontal pair distance along a row (C in an interleaved plane)
   bool mean;
   acc_t<scalar_t> alpha;
 };
 
-// Gradients of rows [y0, y1) of image b. `buf` holds 6 * (W + 1) accumulation values. kUnit:
+// Gradients of rows [y0, y1) of image b. `buf` holds 6 * (W + d) accumulation values. kUnit:
 // every operand has W stride 1.
 template <typename scalar_t, GdlPower kP, bool kTarget, bool kUnit>
 void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64_t y1,
@@ -197,7 +230,7 @@ void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64
   using A = acc_t<scalar_t>;
   using V = VecAcc<scalar_t>;
   constexpr int64_t kV = V::size();
-  const int64_t H = a.H, W = a.W;
+  const int64_t H = a.H, W = a.W, d = a.d;
   const scalar_t* P = a.p.data + a.p.batch.offset(b);
   const scalar_t* T = a.t.data + a.t.batch.offset(b);
   scalar_t* GP = a.gp.data + a.gp.batch.offset(b);
@@ -210,8 +243,8 @@ void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64
 
   // Row buffers (pred, then target): coefficients of the vertical pairs above the row (`up`,
   // carried from the previous row) and below it (`down`), and of the row's horizontal pairs
-  // (h[x] = pair (x-1, x), h[0] = h[W] = 0).
-  const int64_t L = W + 1;
+  // (h[x] = pair (x-d, x); h[0 .. d-1] = h[W .. W+d-1] = 0).
+  const int64_t L = W + d;
   A* up_p = buf;
   A* down_p = buf + L;
   A* h_p = buf + 2 * L;
@@ -257,18 +290,17 @@ void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64
     std::fill(up_p, up_p + W, A(0));
     if constexpr (kTarget) std::fill(up_t, up_t + W, A(0));
   }
-  h_p[0] = h_p[W] = A(0);
-  h_t[0] = h_t[W] = A(0);
+  for (int64_t j = 0; j < d; ++j) h_p[j] = h_p[W + j] = h_t[j] = h_t[W + j] = A(0);
 
   for (int64_t y = y0; y < y1; ++y) {
     const scalar_t* pr = P + y * psH;
     const scalar_t* tr = T + y * tsH;
-    sweep(1, [&](auto fast, int64_t x, int64_t n) {
+    sweep(d, [&](auto fast, int64_t x, int64_t n) {
       constexpr bool kFast = decltype(fast)::value;
       const V pc = ld<kFast>(pr + x * psW, psW, n);
       const V tc = ld<kFast>(tr + x * tsW, tsW, n);
-      const V pl = ld<kFast>(pr + (x - 1) * psW, psW, n);
-      const V tl = ld<kFast>(tr + (x - 1) * tsW, tsW, n);
+      const V pl = ld<kFast>(pr + (x - d) * psW, psW, n);
+      const V tl = ld<kFast>(tr + (x - d) * tsW, tsW, n);
       V cp, ct;
       gdl_coef<kP, kTarget>(tc - tl, pc - pl, va, cp, ct);
       cp.store(h_p + x, n);
@@ -287,11 +319,11 @@ void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64
         if constexpr (kTarget) dn_t.store(down_t + x, n);
       }
       const V g = gdl_gather(V::loadu(up_p + x, n), dn_p, V::loadu(h_p + x, n),
-                             V::loadu(h_p + x + 1, n), vs);
+                             V::loadu(h_p + x + d, n), vs);
       st<kFast>(gpr + x * gpW, gpW, g, n);
       if constexpr (kTarget) {
         const V gt = gdl_gather(V::loadu(up_t + x, n), dn_t, V::loadu(h_t + x, n),
-                                V::loadu(h_t + x + 1, n), vs);
+                                V::loadu(h_t + x + d, n), vs);
         st<kFast>(gtr + x * gtW, gtW, gt, n);
       }
     });
@@ -302,38 +334,41 @@ void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64
 
 op::GdlLossBackward::Result gdl_loss_backward_cpu(PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS) {
   constexpr const char* name = op::GdlLossBackward::kName;
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name);
+  const bool il = use_interleaved(pred, target, reduction);
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name, !il);
+  const Walk w = walk_of(p, il, pred);
   const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, name);
-  GdlGradOut gp = gdl_grad_output(pred);
+  GdlGradOut gp = gdl_grad_output(pred, !il);  // empty_like: channels_last, like pred
   GdlGradOut gt;
-  if (target_grad) gt = gdl_grad_output(target);
-  const int64_t rows = band_rows(p.H, p.W);
-  const int64_t bands = (p.H + rows - 1) / rows;
-  const int64_t tasks = p.B * bands;
+  if (target_grad) gt = gdl_grad_output(target, !il);
+  const int64_t rows = band_rows(w.H, w.W);
+  const int64_t bands = (w.H + rows - 1) / rows;
+  const int64_t tasks = w.B * bands;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
     BackwardArgs<scalar_t> a;
-    a.p = gdl_operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
-    a.t = gdl_operand(p.target.const_data_ptr<scalar_t>(), p.target);
-    a.gp = gdl_operand(gp.write.mutable_data_ptr<scalar_t>(), gp.write);
-    if (target_grad) a.gt = gdl_operand(gt.write.mutable_data_ptr<scalar_t>(), gt.write);
+    a.p = operand_of(p.pred.const_data_ptr<scalar_t>(), p.pred, il);
+    a.t = operand_of(p.target.const_data_ptr<scalar_t>(), p.target, il);
+    a.gp = operand_of(gp.write.mutable_data_ptr<scalar_t>(), gp.write, il);
+    if (target_grad) a.gt = operand_of(gt.write.mutable_data_ptr<scalar_t>(), gt.write, il);
     a.scale = scale.const_data_ptr<A>();
     a.per_image = reduction == 0;
-    a.H = p.H;
-    a.W = p.W;
+    a.H = w.H;
+    a.W = w.W;
+    a.d = w.d;
     a.numel = p.numel;
     a.mean = reduction == 1;
     a.alpha = static_cast<A>(alpha);
-    const int64_t grain = std::max<int64_t>(1, 32768 / (rows * p.W));
+    const int64_t grain = std::max<int64_t>(1, 32768 / (rows * w.W));
     gdl_dispatch_power(alpha, [&](auto tag) {
       constexpr GdlPower kP = decltype(tag)::value;
       const bool unit =
           a.p.sW == 1 && a.t.sW == 1 && a.gp.sW == 1 && (!target_grad || a.gt.sW == 1);
       at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-        std::vector<A> buf(6 * (p.W + 1));
+        std::vector<A> buf(6 * (w.W + w.d));
         for (int64_t k = t0; k < t1; ++k) {
-          const int64_t b = k / bands, y0 = (k % bands) * rows, y1 = std::min(p.H, y0 + rows);
+          const int64_t b = k / bands, y0 = (k % bands) * rows, y1 = std::min(w.H, y0 + rows);
           if (target_grad) {
             unit ? backward_band<scalar_t, kP, true, true>(a, b, y0, y1, buf.data())
                  : backward_band<scalar_t, kP, true, false>(a, b, y0, y1, buf.data());
