@@ -64,7 +64,8 @@ def load_layer(path) -> dict:
 def _title(group: str) -> str:
     # "convlstm-op forward+backward realistic (16, 64, 64, 64) cpu" -> two short lines
     name, _, rest = group.partition(" ")
-    return f"{name}\n{rest.replace(' realistic', '').replace(' large', '')}"
+    rest = rest.replace(" realistic", "").replace(" large_cl", " channels_last").replace(" large", "")
+    return f"{name}\n{rest}"
 
 
 def _label(ax, bar, times: dict, impl: str) -> None:

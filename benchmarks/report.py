@@ -366,8 +366,9 @@ def threads(data: dict, b: dict | None = None) -> str:
 
 
 def _shape_cell(shape: str, size: str) -> str:
-    """A group's shape as a table cell; 'cl' after it for the channels_last sizes ('large_cl')."""
-    return shape.replace(" ", "") + (" cl" if size.endswith("_cl") else "")
+    """A group's shape as a table cell ('8,3,256,256'); 'cl' after it for the channels_last sizes
+    ('large_cl')."""
+    return shape.replace(" ", "").strip("()") + (" cl" if size.endswith("_cl") else "")
 
 
 def _fused_bandwidth(files, family, sizes) -> list[str]:

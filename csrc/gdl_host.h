@@ -49,10 +49,10 @@ struct GdlOperand {
 };
 
 // The batch map of `t`; false when its batch dims need more than kGdlMaxBatchDims entries.
-inline bool gdl_batch_of(const at::Tensor& t, GdlBatch& out) {
+inline bool gdl_batch_of(const at::Tensor& t, GdlBatch& out, int64_t image_dims = 2) {
   out = GdlBatch{};
   int n = 0;
-  for (int64_t d = 0; d + 2 < t.dim(); ++d) {
+  for (int64_t d = 0; d + image_dims < t.dim(); ++d) {
     const int64_t size = t.size(d), stride = t.stride(d);
     if (size == 1) continue;
     if (n > 0 && out.stride[n - 1] == size * stride) {  // merges with the previous dim
@@ -152,7 +152,7 @@ template <typename T>
 inline GdlOperand<T> gdl_interleaved_operand(T* data, const at::Tensor& t) {
   GdlOperand<T> o;
   o.data = data;
-  TORCH_INTERNAL_ASSERT(gdl_batch_of(t.select(-3, 0), o.batch));
+  TORCH_INTERNAL_ASSERT(gdl_batch_of(t, o.batch, /*image_dims=*/3));
   o.sH = t.stride(-2);
   o.sW = 1;
   return o;

@@ -125,12 +125,10 @@ def convlstm_backward_case(n, c, h, w, dtype, fmt, state_dtype=None, peep=True, 
 
 def _gdl_inputs(b, h, w, dtype, strided):
     g = torch.Generator().manual_seed(2)
-    if strided:  # W stride != 1: the element-wise variant
-        p = torch.randn(b, 3, w, h, generator=g).to(dtype).transpose(-1, -2)
-        t = torch.randn(b, 3, w, h, generator=g).to(dtype).transpose(-1, -2)
-    else:
-        p = torch.randn(b, 3, h, w, generator=g).to(dtype)
-        t = torch.randn(b, 3, h, w, generator=g).to(dtype)
+    p = torch.randn(b, 3, h, w, generator=g).to(dtype)
+    t = torch.randn(b, 3, h, w, generator=g).to(dtype)
+    if strided:  # rows one element off the 16-byte alignment: the element-wise variant
+        p, t = (torch.cat([torch.zeros(1, dtype=dtype), x.flatten()])[1:].view(x.shape) for x in (p, t))
     return p, t
 
 
@@ -160,11 +158,11 @@ def gdl_forward_case(b, h, w, dtype, strided=False, **kw):
         return 2 * bhw * e, launch["grid"][0] * ACC[dtype]  # one partial sum per group
 
     return Case(
-        name="gdl forward" + (" strided" if strided else ""),
+        name="gdl forward" + (" misaligned" if strided else ""),
         kernel="gdl_forward",
         run=lambda ops: ops.gdl_forward(p, t, 1.0, 1),
         must_move=must_move,
-        shape=f"({b}, 3, {h}, {w})" + (" W-stride H" if strided else ""),
+        shape=f"({b}, 3, {h}, {w})" + (" misaligned" if strided else ""),
         dtype=DT[dtype],
         **kw,
     )
@@ -179,11 +177,11 @@ def gdl_backward_case(b, h, w, dtype, strided=False, target=True, **kw):
         return 2 * bhw * e + ACC[dtype], bhw * e * (2 if target else 1)  # + the scale
 
     return Case(
-        name="gdl backward" + (" strided" if strided else "") + (" +target" if target else ""),
+        name="gdl backward" + (" misaligned" if strided else "") + (" +target" if target else ""),
         kernel="gdl_backward",
         run=lambda ops: ops.gdl_backward(grad, p, t, 1.0, 1, target),
         must_move=must_move,
-        shape=f"({b}, 3, {h}, {w})" + (" W-stride H" if strided else ""),
+        shape=f"({b}, 3, {h}, {w})" + (" misaligned" if strided else ""),
         dtype=DT[dtype],
         **kw,
     )
@@ -220,7 +218,7 @@ def cases() -> list[Case]:
             gdl_forward_case(2, 40, 144, dtype, width=width, floor=floor, reread=fwd, note=note),
             gdl_backward_case(2, 40, 144, dtype, width=width, floor=floor, reread=bwd, note=note),
         ]
-    strided = "element-wise variant (W stride != 1): not checked"
+    strided = "element-wise variant (rows not 16-byte aligned): not checked"
     out += [
         gdl_backward_case(
             2, 40, 144, f32, target=False, width=16, reread=gdl_reread_bound(2, 40, 144, f32, 2)
@@ -372,8 +370,9 @@ def markdown(rows: list[dict], when: str) -> str:
         "warp item also loads the row above its band (and the backward the row below), 1/R more",
         "with bands of R = 4 rows at this size (up to 32 at sizes that fill a GPU), and its edge",
         "lanes load one element of the neighbouring strip per row. The element-wise GDL variant",
-        "(inputs whose W stride is not 1) reads one sector per element: its footprint is checked,",
-        "its requests are not. The ConvLSTM's re-reads are the parameter loads (each thread loads",
+        "(rows not aligned for the lane packs; rows whose W stride is not 1 are copied to contiguous",
+        "ones first) loads each lane's 4 columns one at a time: its footprint is checked, its",
+        "requests are not. The ConvLSTM's re-reads are the parameter loads (each thread loads",
         "its channels' bias and peephole weights once).",
         "The last case is built to be uncoalesced (c_prev channels_last under NCHW gates: right",
         "values, one sector per lane) and shows what the model reports for such an access.",

@@ -215,6 +215,20 @@ def test_strided_rows_are_copied_when_not_interleaved():
         assert _copies(lambda p=p, t=t, r=reduction: ops.gdl_loss(p, t, alpha=1.5, reduction=r)) >= 1, name
 
 
+@pytest.mark.parametrize("batch_dims", [3, 7])
+def test_channels_last_rows_under_batch_dims_that_do_not_merge(batch_dims):
+    """Channels-last strides in the last three dims under batch dims that do not merge: 3 fit the
+    kernels' batch map (read as interleaved planes), 7 do not (the plan copies them)."""
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(*([3] * batch_dims), 5, 6, 3, generator=g, dtype=torch.float64)
+    view = base[(slice(1, None),) * batch_dims]  # sizes 2, strides 3x apart: no two dims merge
+    pred, target = view.movedim(-1, -3), (view * 0.5 + 1).movedim(-1, -3)
+    assert pred.stride()[-3:] == (1, 18, 3)
+    assert_matches_reference(pred, target, 1.5, "mean", TOL[torch.float64])
+    copies = _copies(lambda: ops.gdl_loss(pred, target, alpha=1.5, reduction="mean"))
+    assert (copies == 0) == (batch_dims == 3)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_channels_last_gradcheck_and_determinism(reduction):
     pred, target = make((2, 3, 5, 6), torch.float64, seed=11)

@@ -145,7 +145,12 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
 // Whether the kernels read pred and target as interleaved planes (gdl_interleaved): both
 // channels_last and one result (mean or sum), which sums over the channels anyway.
 inline bool use_interleaved(const at::Tensor& pred, const at::Tensor& target, int64_t reduction) {
-  return reduction != 0 && gdl_interleaved(pred) && gdl_interleaved(target);
+  if (reduction == 0 || !gdl_interleaved(pred) || !gdl_interleaved(target)) return false;
+  GdlBatch b;  // the plan keeps both uncopied, and their images have a batch map
+  for (const at::Tensor* t : {&pred, &target}) {
+    if (!gdl_batch_of(*t, b) || !gdl_batch_of(*t, b, /*image_dims=*/3)) return false;
+  }
+  return true;
 }
 
 // The (B, H, W) the kernels walk and the horizontal pair distance d: the plan's, or for
