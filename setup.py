@@ -17,6 +17,7 @@ csrc/cpu/isa_levels.txt (on x86-64: default, avx2, avx512, avx512_bf16, amx; els
 the list CMake reads too; the library picks the best level the running CPU supports when it is loaded.
 PYFRAMEPRED_CPU_ISA is a run-time setting (it caps that choice), not a build switch.
 """
+
 import concurrent.futures
 import copy
 import glob
@@ -40,8 +41,12 @@ def _toolkit_from_nvcc(nvcc):
     """
     try:
         # A dry run compiles nothing; it prints the variables nvcc sets, TOP among them.
-        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         text = out.stdout + out.stderr
     except (OSError, subprocess.SubprocessError):
         text = ""
@@ -79,18 +84,20 @@ def _want_cuda(torch):
     forced = flag in ("1", "on", "true", "yes")
     if torch.version.cuda is None:
         if forced:
-            raise RuntimeError("PYFRAMEPRED_CUDA=1 but the installed torch is a CPU-only build "
-                               f"({torch.__version__}); install a CUDA build of torch first")
+            raise RuntimeError(
+                "PYFRAMEPRED_CUDA=1 but the installed torch is a CPU-only build "
+                f"({torch.__version__}); install a CUDA build of torch first"
+            )
         return False, f"torch {torch.__version__} is a CPU-only build"
     cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if not cuda_home:
         nvcc = shutil.which("nvcc")
         if nvcc is None:
             if forced:
-                raise RuntimeError("PYFRAMEPRED_CUDA=1 but nvcc was not found on PATH and CUDA_HOME "
-                                   "is unset")
-            return False, (f"torch {torch.__version__} is a CUDA build but nvcc is not on PATH "
-                           "(and CUDA_HOME is unset)")
+                raise RuntimeError("PYFRAMEPRED_CUDA=1 but nvcc was not found on PATH and CUDA_HOME is unset")
+            return False, (
+                f"torch {torch.__version__} is a CUDA build but nvcc is not on PATH (and CUDA_HOME is unset)"
+            )
         cuda_home = _toolkit_from_nvcc(nvcc)
         if cuda_home is None:
             msg = f"found {nvcc} but could not locate the CUDA toolkit behind it; set CUDA_HOME"
@@ -100,8 +107,9 @@ def _want_cuda(torch):
     # torch.utils.cpp_extension reads CUDA_HOME when it is first imported.
     os.environ["CUDA_HOME"] = cuda_home
     why = "PYFRAMEPRED_CUDA=1" if forced else f"torch {torch.__version__} is a CUDA build"
-    return True, (f"{why}, toolkit in {cuda_home}; no GPU needed, but it takes minutes "
-                  "(PYFRAMEPRED_CUDA=0 skips it)")
+    return True, (
+        f"{why}, toolkit in {cuda_home}; no GPU needed, but it takes minutes (PYFRAMEPRED_CUDA=0 skips it)"
+    )
 
 
 def _announce(msg):
@@ -148,11 +156,13 @@ def _build_defaults():
 
 def _write_build_config(torch, levels, use_cuda, cuda_reason):
     path = os.path.join(HERE, "pyframepred", "_build_config.py")
-    text = ("# Written by setup.py when the extension is built; do not edit.\n"
-            f"TORCH_VERSION = {torch.__version__.split('+')[0]!r}\n"
-            f"CPU_ISA_LEVELS = {tuple(name.lower() for name, _ in levels)!r}\n"
-            f"WITH_CUDA = {bool(use_cuda)!r}\n"
-            f"CUDA_REASON = {cuda_reason!r}\n")
+    text = (
+        "# Written by setup.py when the extension is built; do not edit.\n"
+        f"TORCH_VERSION = {torch.__version__.split('+')[0]!r}\n"
+        f"CPU_ISA_LEVELS = {tuple(name.lower() for name, _ in levels)!r}\n"
+        f"WITH_CUDA = {bool(use_cuda)!r}\n"
+        f"CUDA_REASON = {cuda_reason!r}\n"
+    )
     with open(path, "w") as fh:
         fh.write(text)
 
@@ -174,11 +184,11 @@ def _extensions():
     # csrc/cpu/dispatch.cpp among them, once with the portable flags.
     kernel_sources = sorted(glob.glob("csrc/cpu/*_cpu.cpp"))
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(
-        f for f in glob.glob("csrc/cpu/*.cpp") if f not in kernel_sources)
+        f for f in glob.glob("csrc/cpu/*.cpp") if f not in kernel_sources
+    )
     levels = _cpu_levels(compiler_is_msvc=sys.platform == "win32")
     base_version = torch.__version__.split("+")[0]
-    define_macros = [("PYFRAMEPRED_TORCH_VERSION", f'"{base_version}"'),
-                     ("Py_LIMITED_API", "0x030A0000")]
+    define_macros = [("PYFRAMEPRED_TORCH_VERSION", f'"{base_version}"'), ("Py_LIMITED_API", "0x030A0000")]
     define_macros += [(f"PYFRAMEPRED_CPU_LEVEL_{name}", None) for name, _ in levels[1:]]
     cxx_flags = ["-O3", "-fdiagnostics-color=always"]  # the C++ standard is torch's choice
     # at::parallel_for only spreads work over threads when the kernels are compiled with the
@@ -189,31 +199,49 @@ def _extensions():
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
     names = ", ".join(name.lower() for name, _ in levels)
-    _announce(f"building CPU kernels for {names} (the best one the CPU supports is chosen when "
-              f"the library loads; {'OpenMP threads' if link_flags else 'single-threaded'}); "
-              f"CUDA kernels: {'yes' if use_cuda else 'no'} ({cuda_reason})")
+    _announce(
+        f"building CPU kernels for {names} (the best one the CPU supports is chosen when "
+        f"the library loads; {'OpenMP threads' if link_flags else 'single-threaded'}); "
+        f"CUDA kernels: {'yes' if use_cuda else 'no'} ({cuda_reason})"
+    )
     if os.environ.get("PYFRAMEPRED_CPU_ISA"):
-        _announce("PYFRAMEPRED_CPU_ISA is read when the library loads, not at build time: "
-                  "every level above is compiled")
+        _announce(
+            "PYFRAMEPRED_CPU_ISA is read when the library loads, not at build time: "
+            "every level above is compiled"
+        )
     _write_build_config(torch, levels, use_cuda, cuda_reason)
     # Rebuild when a kernel source or header changes (the kernels are not in `sources`).
-    depends = kernel_sources + sorted(glob.glob("csrc/**/*.h", recursive=True)) + sorted(
-        glob.glob("csrc/cuda/*.cuh")) + ["csrc/cpu/isa_levels.txt", "csrc/build_defaults.txt"]
+    depends = (
+        kernel_sources
+        + sorted(glob.glob("csrc/**/*.h", recursive=True))
+        + sorted(glob.glob("csrc/cuda/*.cuh"))
+        + ["csrc/cpu/isa_levels.txt", "csrc/build_defaults.txt"]
+    )
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _build_defaults()["TORCH_CUDA_ARCH_LIST"])
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define_macros.append(("PYFRAMEPRED_WITH_CUDA", None))
         ext = CUDAExtension(
-            "pyframepred._C", sources, define_macros=define_macros, py_limited_api=True,
+            "pyframepred._C",
+            sources,
+            define_macros=define_macros,
+            py_limited_api=True,
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": cxx_flags,
-                                "nvcc": ["-O3", "-lineinfo"]},
-            extra_link_args=link_flags, depends=depends)
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link_flags,
+            depends=depends,
+        )
     else:
         ext = CppExtension(
-            "pyframepred._C", sources, define_macros=define_macros, py_limited_api=True,
+            "pyframepred._C",
+            sources,
+            define_macros=define_macros,
+            py_limited_api=True,
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags, depends=depends)
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+            depends=depends,
+        )
     ext.pf_cpu_kernels = (kernel_sources, levels)
     return [ext]
 
@@ -273,17 +301,27 @@ def _build_ext_class():
             else:
                 args = args + extra
             return lambda: self.compiler.compile(
-                kernel_sources, output_dir=os.path.join(self.build_temp, f"cpu-{name}"),
-                macros=ext.define_macros, include_dirs=ext.include_dirs,
-                debug=self.debug, extra_postargs=args, depends=ext.depends)
+                kernel_sources,
+                output_dir=os.path.join(self.build_temp, f"cpu-{name}"),
+                macros=ext.define_macros,
+                include_dirs=ext.include_dirs,
+                debug=self.debug,
+                extra_postargs=args,
+                depends=ext.depends,
+            )
 
         def _own_sources_build(self, ext):
             """The compile setuptools' build_extension runs for the extension's sources."""
             macros = list(ext.define_macros) + [(undef,) for undef in ext.undef_macros]
             return lambda: self.compiler.compile(
-                ext.sources, output_dir=self.build_temp, macros=macros,
-                include_dirs=ext.include_dirs, debug=self.debug,
-                extra_postargs=copy.deepcopy(ext.extra_compile_args or []), depends=ext.depends)
+                ext.sources,
+                output_dir=self.build_temp,
+                macros=macros,
+                include_dirs=ext.include_dirs,
+                debug=self.debug,
+                extra_postargs=copy.deepcopy(ext.extra_compile_args or []),
+                depends=ext.depends,
+            )
 
     return _BuildExt
 
@@ -291,9 +329,11 @@ def _build_ext_class():
 def main():
     ext_modules = _extensions()  # first: it fixes CUDA_HOME before cpp_extension is imported
 
-    setup(ext_modules=ext_modules,
-          cmdclass={"build_ext": _build_ext_class()},
-          options={"bdist_wheel": {"py_limited_api": "cp310"}})
+    setup(
+        ext_modules=ext_modules,
+        cmdclass={"build_ext": _build_ext_class()},
+        options={"bdist_wheel": {"py_limited_api": "cp310"}},
+    )
 
 
 if __name__ == "__main__":

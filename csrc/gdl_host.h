@@ -1,12 +1,14 @@
 // Host-side part of the fused GDL shared by the CPU and CUDA implementations: argument checks with
-// clear messages (built from the shared ones of checks.h), and the strided (B, H, W) view the
-// kernels iterate.
+// clear messages (built from the shared ones of checks.h), and the strided (B, H, W) walk the
+// kernels make (GdlPlan).
 //
 // An input of shape (..., H, W) is seen as B = prod(...) images of H x W pixels. Each operand
-// keeps its own strides: any strides of the last two dims (transposed, sliced, expanded, or
-// channels_last tensors) are read in place, and the batch dims are described by up to
-// kGdlMaxBatchDims (size, stride) pairs after dropping size-1 dims and merging dims that are
-// adjacent in memory; only a tensor whose batch dims still do not fit is copied (.contiguous()).
+// keeps its own strides: the batch dims are described by up to kGdlMaxBatchDims (size, stride)
+// pairs after dropping size-1 dims and merging dims that are adjacent in memory, and rows are
+// read through their strides (sliced, expanded views). Copied (.contiguous()) are only a tensor
+// whose batch dims do not fit, and dense rows whose W stride is not 1 (transposed views,
+// channels_last) -- except that channels_last inputs of the mean or the sum are read in place as
+// interleaved planes of their C channels (gdl_interleaved).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -69,29 +71,6 @@ inline bool gdl_batch_of(const at::Tensor& t, GdlBatch& out, int64_t image_dims 
   return true;
 }
 
-// Largest element offset inside one image, for the 32-bit indexing decision.
-inline int64_t gdl_image_extent(const at::Tensor& t) {
-  const int64_t H = t.size(-2), W = t.size(-1);
-  return (H - 1) * std::abs(t.stride(-2)) + (W - 1) * std::abs(t.stride(-1));
-}
-
-// True when the coordinates and every in-image offset of `t` fit in int32 with room to spare
-// (the kernels then index inside an image with 32-bit arithmetic).
-inline bool gdl_fits32(const at::Tensor& t) {
-  constexpr int64_t kMax32 = std::numeric_limits<int32_t>::max() / 2;
-  return t.size(-2) < kMax32 && t.size(-1) < kMax32 && gdl_image_extent(t) < kMax32;
-}
-
-template <typename T>
-inline GdlOperand<T> gdl_operand(T* data, const at::Tensor& t) {
-  GdlOperand<T> o;
-  o.data = data;
-  TORCH_INTERNAL_ASSERT(gdl_batch_of(t, o.batch));
-  o.sH = t.stride(-2);
-  o.sW = t.stride(-1);
-  return o;
-}
-
 inline const char* gdl_reduction_name(int64_t reduction) {
   return reduction == 0 ? "none" : (reduction == 1 ? "mean" : "sum");
 }
@@ -114,13 +93,6 @@ inline void check_gdl_args(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS, const char* op) 
               std::to_string(reduction));
 }
 
-// Inputs after checking, with the (B, H, W) geometry.
-struct GdlPlan {
-  int64_t B = 1, H = 1, W = 1, numel = 0;
-  at::Tensor pred, target;  // the inputs, or contiguous copies when their batch dims do not fit
-  bool fits32 = true;       // every in-image offset and coordinate fits in int32
-};
-
 // Whether t's rows are a permuted dense layout with W stride != 1 (channels_last, a transposed
 // view): the kernels would read such rows one element at a time, through a cache line or a
 // sector per element, so a contiguous copy and the vector path are several times faster (CPU,
@@ -130,48 +102,90 @@ inline bool gdl_rows_strided(const at::Tensor& t) {
   return t.size(-1) > 1 && t.stride(-1) != 1 && t.is_non_overlapping_and_dense();
 }
 
-inline at::Tensor gdl_readable(const at::Tensor& t, bool copy_strided_rows = true) {
+inline at::Tensor gdl_readable(const at::Tensor& t) {
   GdlBatch b;
-  return gdl_batch_of(t, b) && !(copy_strided_rows && gdl_rows_strided(t)) ? t : t.contiguous();
+  return gdl_batch_of(t, b) && !gdl_rows_strided(t) ? t : t.contiguous();
 }
 
-// Whether t (..., C, H, W) is channels_last (strides C along W, 1 along C, W*C along H, C > 1):
-// each image of C channels is then H rows of W*C interleaved values, in which a pixel's
-// horizontal neighbour lies C values away. Summed over its channels, the loss of such an image is
-// the loss of that one plane with horizontal pairs C apart; the CPU kernels take it so, without
-// a copy, when the result is one value (reduction mean or sum).
+// Whether t (..., C, H, W) is channels_last (strides C along W, 1 along C, W*C along H, C > 1)
+// with a batch map for its (..., C) images: each such image is then H rows of W*C interleaved
+// values, in which a pixel's horizontal neighbour lies C values away. Summed over its channels,
+// the loss of the image is the loss of that one plane with horizontal pairs C apart, so when the
+// result is one value (reduction mean or sum) the kernels read the plane in place, no copy.
 inline bool gdl_interleaved(const at::Tensor& t) {
   if (t.dim() < 3) return false;
   const int64_t C = t.size(-3), W = t.size(-1);
-  return C > 1 && t.stride(-3) == 1 && t.stride(-1) == C && t.stride(-2) == W * C;
+  GdlBatch b;
+  return C > 1 && t.stride(-3) == 1 && t.stride(-1) == C && t.stride(-2) == W * C &&
+         gdl_batch_of(t, b, /*image_dims=*/3);
 }
 
-// The interleaved view of a channels_last operand: images of the dims before C, rows of W*C
-// values at unit stride.
-template <typename T>
-inline GdlOperand<T> gdl_interleaved_operand(T* data, const at::Tensor& t) {
-  GdlOperand<T> o;
-  o.data = data;
-  TORCH_INTERNAL_ASSERT(gdl_batch_of(t, o.batch, /*image_dims=*/3));
-  o.sH = t.stride(-2);
-  o.sW = 1;
-  return o;
+// True when a walk of rows of W values (stride sW, rows sH apart) has its coordinates and every
+// in-image offset in int32 with room to spare (the kernels then index inside an image with
+// 32-bit arithmetic).
+inline bool gdl_fits32(int64_t H, int64_t W, int64_t sH, int64_t sW) {
+  constexpr int64_t kMax32 = std::numeric_limits<int32_t>::max() / 2;
+  return H < kMax32 && W < kMax32 && (H - 1) * std::abs(sH) + (W - 1) * std::abs(sW) < kMax32;
 }
+
+inline bool gdl_fits32(const at::Tensor& t) {
+  return gdl_fits32(t.size(-2), t.size(-1), t.stride(-2), t.stride(-1));
+}
+
+// Inputs after checking, and the walk the kernels make over them: B images of H rows of W values,
+// horizontal pairs d values apart. Either the inputs' (..., H, W) images with d = 1, or, for
+// interleaved planes (gdl_interleaved), their (..., C) images as H rows of W * C values with
+// d = C (the first d values of a row have no left neighbour).
+struct GdlPlan {
+  int64_t B = 1, H = 1, W = 1, d = 1;
+  int64_t numel = 0;        // elements of pred (the divisor of mean)
+  bool interleaved = false;
+  at::Tensor pred, target;  // the inputs, or contiguous copies (batch dims that do not fit,
+                            // strided rows that are not read as interleaved planes)
+  bool fits32 = true;       // every in-image offset and coordinate fits in int32
+
+  // The operand the kernels walk over t (pred, target, or a gradient of their layout).
+  template <typename T>
+  GdlOperand<T> operand(T* data, const at::Tensor& t) const {
+    GdlOperand<T> o;
+    o.data = data;
+    TORCH_INTERNAL_ASSERT(gdl_batch_of(t, o.batch, interleaved ? 3 : 2));
+    o.sH = t.stride(-2);
+    o.sW = interleaved ? 1 : t.stride(-1);
+    return o;
+  }
+
+  // Whether t's walk fits 32-bit offsets (gdl_fits32).
+  bool fits32_for(const at::Tensor& t) const {
+    return interleaved ? gdl_fits32(H, W, t.stride(-2), 1) : gdl_fits32(t);
+  }
+};
 
 // Takes the operator's arguments (gdl_loss_forward, op_signatures.h) and its name for messages.
-// copy_strided_rows: copy inputs whose rows are strided (gdl_rows_strided); false where the
-// caller reads them as interleaved planes (gdl_interleaved).
+// allow_interleaved: read channels_last inputs as interleaved planes where the reduction allows
+// (mean or sum); false for kernels that cannot.
 inline GdlPlan plan_gdl(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS, const char* op,
-                        bool copy_strided_rows = true) {
+                        bool allow_interleaved = true) {
   check_gdl_args(pred, target, alpha, reduction, op);
   GdlPlan p;
   p.H = pred.size(-2);
   p.W = pred.size(-1);
   p.numel = pred.numel();
   p.B = p.numel / (p.H * p.W);
-  p.pred = gdl_readable(pred, copy_strided_rows);
-  p.target = gdl_readable(target, copy_strided_rows);
-  p.fits32 = gdl_fits32(p.pred) && gdl_fits32(p.target);
+  p.interleaved = allow_interleaved && reduction != 0 && gdl_interleaved(pred) &&
+                  gdl_interleaved(target);
+  if (p.interleaved) {
+    const int64_t C = pred.size(-3);
+    p.B /= C;
+    p.W *= C;
+    p.d = C;
+    p.pred = pred;
+    p.target = target;
+  } else {
+    p.pred = gdl_readable(pred);
+    p.target = gdl_readable(target);
+  }
+  p.fits32 = p.fits32_for(p.pred) && p.fits32_for(p.target);
   return p;
 }
 
@@ -204,21 +218,28 @@ inline at::Tensor gdl_grad_scale(const at::Tensor& grad_out, const at::Tensor& p
   return grad_out.to(acc).reshape({-1}).contiguous();
 }
 
-// Output gradients have the layout torch.empty_like gives (as the fake kernel); when that layout
-// cannot be described by a batch map, or its rows are strided (gdl_rows_strided), the kernel
-// writes a contiguous tensor that is copied over.
+// Output gradients have the layout torch.empty_like gives (as the fake kernel). The kernel writes
+// them in place when the plan's walk can: a batch map, and rows that are interleaved planes
+// (interleaved plans) or not strided (the others). Otherwise it writes a stand-in of such a
+// layout, copied over: contiguous, or for interleaved plans (..., H, W, C) viewed as (..., C, H, W).
 struct GdlGradOut {
   at::Tensor result;  // what is returned
-  at::Tensor write;   // what the kernel writes (result itself, or a contiguous stand-in)
+  at::Tensor write;   // what the kernel writes (result itself, or a stand-in)
 };
 
-inline GdlGradOut gdl_grad_output(const at::Tensor& like, bool copy_strided_rows = true) {
+inline GdlGradOut gdl_grad_output(const GdlPlan& p, const at::Tensor& like) {
   GdlGradOut g;
   g.result = at::empty_like(like);
   GdlBatch b;
-  g.write = gdl_batch_of(g.result, b) && !(copy_strided_rows && gdl_rows_strided(g.result))
-      ? g.result
-      : at::empty(like.sizes(), like.options());
+  if (p.interleaved) {
+    g.write = gdl_interleaved(g.result)
+        ? g.result
+        : at::empty_like(like.movedim(-3, -1), at::MemoryFormat::Contiguous).movedim(-1, -3);
+  } else {
+    g.write = gdl_batch_of(g.result, b) && !gdl_rows_strided(g.result)
+        ? g.result
+        : at::empty(like.sizes(), like.options());
+  }
   return g;
 }
 

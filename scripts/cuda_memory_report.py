@@ -123,10 +123,12 @@ def convlstm_backward_case(n, c, h, w, dtype, fmt, state_dtype=None, peep=True, 
     )
 
 
-def _gdl_inputs(b, h, w, dtype, strided):
+def _gdl_inputs(b, h, w, dtype, strided, cl=False):
     g = torch.Generator().manual_seed(2)
     p = torch.randn(b, 3, h, w, generator=g).to(dtype)
     t = torch.randn(b, 3, h, w, generator=g).to(dtype)
+    if cl:  # channels_last frames: read in place as interleaved planes of W * 3 values
+        p, t = p.contiguous(memory_format=CL), t.contiguous(memory_format=CL)
     if strided:  # rows one element off the 16-byte alignment: the element-wise variant
         p, t = (torch.cat([torch.zeros(1, dtype=dtype), x.flatten()])[1:].view(x.shape) for x in (p, t))
     return p, t
@@ -140,36 +142,39 @@ def gdl_band_rows(b, h, w) -> int:
     return min(rows, h)
 
 
-def gdl_reread_bound(b, h, w, dtype, halo_rows: int) -> float:
+def gdl_reread_bound(b, h, w, dtype, halo_rows: int, d: int = 1) -> float:
     """Each warp item also loads `halo_rows` rows next to its band of R rows (1 forward, 2
-    backward), and per row at most two edge lanes load one element outside its strip (one sector
-    each, against the strip row's 128 * element size / 32 sectors); the float64 lane packs are two
-    loads that each touch every sector of the strip row."""
+    backward), and per row at most two edge lanes load outside its strip: one element, or in an
+    interleaved plane (horizontal pairs d <= 4 apart) one lane Pack, one sector each, against the
+    strip row's 128 * element size / 32 sectors; the float64 lane packs are two loads that each
+    touch every sector of the strip row. b images of 3 channels, w columns; an interleaved plane
+    (d > 1) is one image of w * 3 columns."""
     size = torch.tensor([], dtype=dtype).element_size()
-    bound = (1 + halo_rows / gdl_band_rows(b * 3, h, w)) * (1 + 2 / (128 * size / SECTOR))
+    images, cols = (b * 3, w) if d == 1 else (b, w * 3)
+    bound = (1 + halo_rows / gdl_band_rows(images, h, cols)) * (1 + 2 / (128 * size / SECTOR))
     return 2 * bound if dtype == torch.float64 else bound
 
 
-def gdl_forward_case(b, h, w, dtype, strided=False, **kw):
-    p, t = _gdl_inputs(b, h, w, dtype, strided)
+def gdl_forward_case(b, h, w, dtype, strided=False, cl=False, **kw):
+    p, t = _gdl_inputs(b, h, w, dtype, strided, cl)
     e, bhw = p.element_size(), p.numel()
 
     def must_move(launch):
         return 2 * bhw * e, launch["grid"][0] * ACC[dtype]  # one partial sum per group
 
     return Case(
-        name="gdl forward" + (" misaligned" if strided else ""),
+        name="gdl forward" + (" misaligned" if strided else "") + (" channels_last" if cl else ""),
         kernel="gdl_forward",
         run=lambda ops: ops.gdl_forward(p, t, 1.0, 1),
         must_move=must_move,
-        shape=f"({b}, 3, {h}, {w})" + (" misaligned" if strided else ""),
+        shape=f"({b}, 3, {h}, {w})" + (" misaligned" if strided else "") + (" cl" if cl else ""),
         dtype=DT[dtype],
         **kw,
     )
 
 
-def gdl_backward_case(b, h, w, dtype, strided=False, target=True, **kw):
-    p, t = _gdl_inputs(b, h, w, dtype, strided)
+def gdl_backward_case(b, h, w, dtype, strided=False, target=True, cl=False, **kw):
+    p, t = _gdl_inputs(b, h, w, dtype, strided, cl)
     e, bhw = p.element_size(), p.numel()
     grad = torch.tensor(1.3, dtype=dtype)
 
@@ -177,11 +182,14 @@ def gdl_backward_case(b, h, w, dtype, strided=False, target=True, **kw):
         return 2 * bhw * e + ACC[dtype], bhw * e * (2 if target else 1)  # + the scale
 
     return Case(
-        name="gdl backward" + (" misaligned" if strided else "") + (" +target" if target else ""),
+        name="gdl backward"
+        + (" misaligned" if strided else "")
+        + (" channels_last" if cl else "")
+        + (" +target" if target else ""),
         kernel="gdl_backward",
         run=lambda ops: ops.gdl_backward(grad, p, t, 1.0, 1, target),
         must_move=must_move,
-        shape=f"({b}, 3, {h}, {w})" + (" misaligned" if strided else ""),
+        shape=f"({b}, 3, {h}, {w})" + (" misaligned" if strided else "") + (" cl" if cl else ""),
         dtype=DT[dtype],
         **kw,
     )
@@ -217,6 +225,15 @@ def cases() -> list[Case]:
         out += [
             gdl_forward_case(2, 40, 144, dtype, width=width, floor=floor, reread=fwd, note=note),
             gdl_backward_case(2, 40, 144, dtype, width=width, floor=floor, reread=bwd, note=note),
+        ]
+    # channels_last frames: interleaved planes of 48 x 3 = 144 values read in place (no copy),
+    # left and right neighbours 3 values away.
+    for dtype, width in ((f32, 16), (bf16, 8)):
+        note = "interleaved plane, pairs 3 apart"
+        fwd, bwd = gdl_reread_bound(2, 40, 48, dtype, 1, d=3), gdl_reread_bound(2, 40, 48, dtype, 2, d=3)
+        out += [
+            gdl_forward_case(2, 40, 48, dtype, cl=True, width=width, reread=fwd, note=note),
+            gdl_backward_case(2, 40, 48, dtype, cl=True, width=width, reread=bwd, note=note),
         ]
     strided = "element-wise variant (rows not 16-byte aligned): not checked"
     out += [

@@ -204,7 +204,8 @@ def intent(name: str):
         m = re.search(r", (\d+)>\(", name)
         return (m is not None and int(m.group(1)) > 1), elem
     if "gdl_forward_kernel" in name or "gdl_backward_kernel" in name:
-        return bool(re.search(r", true>\(", name)), elem  # kPack is the last template argument
+        m = re.search(r", (\d+)>\(", name)  # kD, the last template argument: 0 element-wise
+        return (m is not None and int(m.group(1)) > 0), elem
     return False, elem
 
 

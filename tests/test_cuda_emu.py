@@ -449,6 +449,105 @@ def test_gdl_backward(emu, shape, dtype, alpha, kind, reduction, target_grad):
     assert "gdl_backward" in log and ((" target" in log) == target_grad)
 
 
+# channels_last inputs of the mean and the sum: read in place as interleaved planes of W * C
+# values, horizontal pairs C apart, for C = 3 (RGB frames, the channel count the CUDA variant is
+# compiled for, in every type but float64); W * 3 a multiple of 4, 1-3 strips, partial strips and
+# partial warps. C = 2, 4, 5, 130 and float64: copied to contiguous rows (the CPU kernels take any
+# C and type).
+GDL_IL_SHAPES = [
+    (2, 3, 9, 52),
+    (1, 3, 5, 44),
+    (2, 3, 7, 4),
+    (1, 3, 4, 96),
+    (1, 2, 5, 66),
+    (2, 4, 7, 40),
+    (1, 5, 6, 36),
+    (1, 130, 3, 2),
+]
+GDL_IL = [
+    (s, dt, (1.0, 2.0, 1.5)[i % 3], 1 + i % 2, i % 2 == 0)
+    for dt in DTYPES
+    for i, s in enumerate(GDL_IL_SHAPES)
+]
+GDL_IL_IDS = [f"{DT_ID[dt]}-a{a}-r{r}-{'x'.join(map(str, s))}" for s, dt, a, r, _ in GDL_IL]
+
+
+@pytest.mark.parametrize("shape,dtype,alpha,reduction,target_grad", GDL_IL, ids=GDL_IL_IDS)
+def test_gdl_interleaved(emu, shape, dtype, alpha, reduction, target_grad):
+    """channels_last pred and target of the mean or the sum, forward and backward: with 3
+    channels without a copy (the interleaved variant), else copied; gradients channels_last."""
+    interleaved = shape[1] == 3 and dtype != torch.float64  # float64: copied
+    pred, target = _gdl_inputs(shape, dtype, "channels_last", 12)
+    red = ("none", "mean", "sum")[reduction]
+    p = pred.double().requires_grad_(True)
+    t = target.double().requires_grad_(True)
+    ref = reference.gdl_loss(p, t, alpha, red)
+    out = emu.gdl_forward(pred, target, alpha, reduction)
+    n_terms = 2 * pred.numel()
+    close(out, ref.detach(), dtype, scale=1.0 if reduction == 1 else math.sqrt(n_terms), what="loss")
+    log = emu.launch_log()  # read once: reading clears it
+    assert "gdl_forward" in log and (" interleaved" in log) == interleaved, log
+    grad_out = torch.tensor(1.3, dtype=dtype)
+    ref.backward(grad_out.double())
+    gp, gt = emu.gdl_backward(grad_out, pred, target, alpha, reduction, target_grad)
+    assert (" interleaved" in emu.launch_log()) == interleaved
+    close(gp, p.grad, dtype, what="grad_pred")
+    assert gp.is_contiguous(memory_format=torch.channels_last)
+    if target_grad:
+        close(gt, t.grad, dtype, what="grad_target")
+        assert gt.is_contiguous(memory_format=torch.channels_last)
+
+
+def _cl_views():
+    gen = torch.Generator().manual_seed(13)
+    cl = torch.randn(6, 3, 5, 12, generator=gen).contiguous(memory_format=torch.channels_last)
+    buf = torch.empty(cl.numel() + 1)
+    shifted = buf[1:].as_strided(cl.shape, cl.stride())
+    shifted.copy_(cl)
+    return {
+        # (N, T, C, H, W) from a channels_last (N * T, C, H, W): two batch dims
+        "5d": (cl.view(2, 3, 3, 5, 12), True),
+        # every other image: a batch stride of two images, not dense
+        "sliced": (cl[::2], True),
+        # a data pointer one element off: not a Pack at a time, copied
+        "misaligned": (shifted, False),
+        # W * C = 21: rows not a multiple of a Pack, copied
+        "odd": (torch.randn(2, 3, 4, 7, generator=gen).contiguous(memory_format=torch.channels_last), False),
+    }
+
+
+@pytest.mark.parametrize("reduction", [1, 2])
+@pytest.mark.parametrize("view", ["5d", "sliced", "misaligned", "odd"])
+def test_gdl_interleaved_views(emu, view, reduction):
+    """Batched and sliced channels_last views are read in place; planes the vector variant cannot
+    read are copied to contiguous rows, with the same result."""
+    pred, interleaved = _cl_views()[view]
+    target = torch.empty_like(pred).copy_(
+        torch.randn(pred.shape, generator=torch.Generator().manual_seed(14))
+    )
+    red = ("none", "mean", "sum")[reduction]
+    p = pred.double().requires_grad_(True)
+    ref = reference.gdl_loss(p, target.double(), 2.0, red)
+    ref.backward()
+    out = emu.gdl_forward(pred, target, 2.0, reduction)
+    log = emu.launch_log()
+    assert (" interleaved" in log) == interleaved, log
+    gp, _ = emu.gdl_backward(torch.tensor(1.0), pred, target, 2.0, reduction, False)
+    log = emu.launch_log()
+    assert (" interleaved" in log) == interleaved, log
+    close(out, ref.detach(), torch.float32, scale=math.sqrt(2 * pred.numel()), what="loss")
+    close(gp, p.grad, torch.float32, what="grad_pred")
+
+
+def test_gdl_interleaved_not_for_none(emu):
+    """Reduction 'none' keeps one loss per channel image: channels_last inputs are copied."""
+    pred, target = _gdl_inputs((2, 3, 6, 8), torch.float32, "channels_last", 15)
+    out = emu.gdl_forward(pred, target, 1.0, 0)
+    log = emu.launch_log()
+    assert " interleaved" not in log and " pack" in log, log
+    close(out, reference.gdl_loss(pred.double(), target.double(), 1.0, "none"), torch.float32, scale=10)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_ID.get)
 def test_gdl_index64(emu, dtype):
     pred, target = _gdl_inputs((2, 19, 36), dtype, "contiguous", 7)

@@ -465,6 +465,27 @@ def test_cuda_non_contiguous(layout):
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 17, 36), (2, 3, 64, 64), (2, 4, 9, 20)], ids=str)
+@pytest.mark.parametrize("alpha,reduction", [(1.0, "mean"), (2.0, "sum"), (1.5, "mean")])
+def test_cuda_channels_last(dtype, shape, alpha, reduction):
+    """channels_last frames on CUDA: RGB planes (float32, bf16, fp16) are read in place by the
+    interleaved variant, with no copy; float64 and 4 channels are copied; gradients channels_last."""
+    pred, target = make(shape, dtype, "cuda", seed=5)
+    p = pred.contiguous(memory_format=torch.channels_last)
+    t = target.contiguous(memory_format=torch.channels_last)
+    gp, gt = assert_matches_reference(p, t, alpha, reduction, TOL[dtype])
+    assert gp.stride() == p.stride() and gt.stride() == t.stride()
+
+    def fwd_bwd():
+        x = p.detach().requires_grad_(True)
+        ops.gdl_loss(x, t, alpha=alpha, reduction=reduction).backward()
+
+    in_place = shape[1] == 3 and dtype != torch.float64
+    assert (_copies(fwd_bwd) == 0) == in_place
+
+
+@needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_deterministic(dtype):
     pred, target = make((8, 3, 256, 256), dtype, "cuda")

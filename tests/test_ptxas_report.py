@@ -20,14 +20,18 @@ def report():
 
 def test_short_names_keep_the_power_argument(report):
     # "(pyframepred::GdlPower)1" holds a "(": the names of the three powers must stay apart.
-    names = {
-        report.short(
-            f"void pyframepred::cuda::gdl::gdl_backward_kernel<float, int, (pyframepred::GdlPower){p}, "
-            "true, true>(pyframepred::GdlOperand<float const>, long, long)"
-        )
+    full = {
+        (p, d): f"void pyframepred::cuda::gdl::gdl_backward_kernel<float, int, (pyframepred::GdlPower){p}, "
+        f"true, {d}>(pyframepred::GdlOperand<float const>, long, long)"
         for p in range(3)
+        for d in (0, 1, 3)
     }
-    assert names == {f"void gdl::gdl_backward_kernel<float, int, p{p}, true, true>" for p in range(3)}
+    names = {report.short(n) for n in full.values()}
+    assert names == {
+        f"void gdl::gdl_backward_kernel<float, int, p{p}, true, {d}>" for p in range(3) for d in (0, 1, 3)
+    }
+    # Vector accesses are intended by the packed variants (kD > 0), not by the element-wise one.
+    assert [report.intent(full[(1, d)]) for d in (0, 1, 3)] == [(False, 4), (True, 4), (True, 4)]
     assert (
         report.short(
             "void pyframepred::cuda::convlstm::convlstm_forward_kernel<c10::BFloat16, float, int, true, false, 4>(x)"

@@ -142,64 +142,34 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
   return total;
 }
 
-// Whether the kernels read pred and target as interleaved planes (gdl_interleaved): both
-// channels_last and one result (mean or sum), which sums over the channels anyway.
-inline bool use_interleaved(const at::Tensor& pred, const at::Tensor& target, int64_t reduction) {
-  if (reduction == 0 || !gdl_interleaved(pred) || !gdl_interleaved(target)) return false;
-  GdlBatch b;  // the plan keeps both uncopied, and their images have a batch map
-  for (const at::Tensor* t : {&pred, &target}) {
-    if (!gdl_batch_of(*t, b) || !gdl_batch_of(*t, b, /*image_dims=*/3)) return false;
-  }
-  return true;
-}
-
-// The (B, H, W) the kernels walk and the horizontal pair distance d: the plan's, or for
-// interleaved planes B / C images of rows of W * C values with d = C.
-struct Walk {
-  int64_t B, H, W, d;
-};
-
-inline Walk walk_of(const GdlPlan& p, bool interleaved, const at::Tensor& pred) {
-  if (!interleaved) return {p.B, p.H, p.W, 1};
-  const int64_t C = pred.size(-3);
-  return {p.B / C, p.H, p.W * C, C};
-}
-
-template <typename T>
-inline GdlOperand<T> operand_of(T* data, const at::Tensor& t, bool interleaved) {
-  return interleaved ? gdl_interleaved_operand(data, t) : gdl_operand(data, t);
-}
-
 op::GdlLossForward::Result gdl_loss_forward_cpu(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
-  const bool il = use_interleaved(pred, target, reduction);
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName, !il);
-  const Walk w = walk_of(p, il, pred);
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName);
   at::Tensor out = gdl_forward_output(pred, reduction);
-  const int64_t rows = band_rows(w.H, w.W);
-  const int64_t bands = (w.H + rows - 1) / rows;
-  const int64_t tasks = w.B * bands;
+  const int64_t rows = band_rows(p.H, p.W);
+  const int64_t bands = (p.H + rows - 1) / rows;
+  const int64_t tasks = p.B * bands;
   std::vector<double> partial(tasks);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_forward_cpu", [&] {
     using A = acc_t<scalar_t>;
-    const auto po = operand_of(p.pred.const_data_ptr<scalar_t>(), p.pred, il);
-    const auto to = operand_of(p.target.const_data_ptr<scalar_t>(), p.target, il);
+    const auto po = p.operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
+    const auto to = p.operand(p.target.const_data_ptr<scalar_t>(), p.target);
     const A a = static_cast<A>(alpha);
-    const int64_t grain = std::max<int64_t>(1, 32768 / (rows * w.W));
+    const int64_t grain = std::max<int64_t>(1, 32768 / (rows * p.W));
     gdl_dispatch_power(alpha, [&](auto tag) {
       constexpr GdlPower kP = decltype(tag)::value;
       const bool unit = po.sW == 1 && to.sW == 1;
       at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
         for (int64_t k = t0; k < t1; ++k) {
-          const int64_t b = k / bands, y0 = (k % bands) * rows, y1 = std::min(w.H, y0 + rows);
-          partial[k] = unit ? forward_band<scalar_t, kP, true>(po, to, b, y0, y1, w.W, a, w.d)
-                            : forward_band<scalar_t, kP, false>(po, to, b, y0, y1, w.W, a, w.d);
+          const int64_t b = k / bands, y0 = (k % bands) * rows, y1 = std::min(p.H, y0 + rows);
+          partial[k] = unit ? forward_band<scalar_t, kP, true>(po, to, b, y0, y1, p.W, a, p.d)
+                            : forward_band<scalar_t, kP, false>(po, to, b, y0, y1, p.W, a, p.d);
         }
       });
     });
     // Fixed-order final sums.
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    if (reduction == 0) {  // never interleaved: w.B == p.B
+    if (reduction == 0) {  // never interleaved: p.B images of the batch shape
       for (int64_t b = 0; b < p.B; ++b) {
         double s = 0;
         for (int64_t j = 0; j < bands; ++j) s += partial[b * bands + j];
@@ -339,41 +309,39 @@ void backward_band(const BackwardArgs<scalar_t>& a, int64_t b, int64_t y0, int64
 
 op::GdlLossBackward::Result gdl_loss_backward_cpu(PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS) {
   constexpr const char* name = op::GdlLossBackward::kName;
-  const bool il = use_interleaved(pred, target, reduction);
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name, !il);
-  const Walk w = walk_of(p, il, pred);
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name);
   const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, name);
-  GdlGradOut gp = gdl_grad_output(pred, !il);  // empty_like: channels_last, like pred
+  GdlGradOut gp = gdl_grad_output(p, pred);  // empty_like: channels_last, like pred
   GdlGradOut gt;
-  if (target_grad) gt = gdl_grad_output(target, !il);
-  const int64_t rows = band_rows(w.H, w.W);
-  const int64_t bands = (w.H + rows - 1) / rows;
-  const int64_t tasks = w.B * bands;
+  if (target_grad) gt = gdl_grad_output(p, target);
+  const int64_t rows = band_rows(p.H, p.W);
+  const int64_t bands = (p.H + rows - 1) / rows;
+  const int64_t tasks = p.B * bands;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
     BackwardArgs<scalar_t> a;
-    a.p = operand_of(p.pred.const_data_ptr<scalar_t>(), p.pred, il);
-    a.t = operand_of(p.target.const_data_ptr<scalar_t>(), p.target, il);
-    a.gp = operand_of(gp.write.mutable_data_ptr<scalar_t>(), gp.write, il);
-    if (target_grad) a.gt = operand_of(gt.write.mutable_data_ptr<scalar_t>(), gt.write, il);
+    a.p = p.operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
+    a.t = p.operand(p.target.const_data_ptr<scalar_t>(), p.target);
+    a.gp = p.operand(gp.write.mutable_data_ptr<scalar_t>(), gp.write);
+    if (target_grad) a.gt = p.operand(gt.write.mutable_data_ptr<scalar_t>(), gt.write);
     a.scale = scale.const_data_ptr<A>();
     a.per_image = reduction == 0;
-    a.H = w.H;
-    a.W = w.W;
-    a.d = w.d;
+    a.H = p.H;
+    a.W = p.W;
+    a.d = p.d;
     a.numel = p.numel;
     a.mean = reduction == 1;
     a.alpha = static_cast<A>(alpha);
-    const int64_t grain = std::max<int64_t>(1, 32768 / (rows * w.W));
+    const int64_t grain = std::max<int64_t>(1, 32768 / (rows * p.W));
     gdl_dispatch_power(alpha, [&](auto tag) {
       constexpr GdlPower kP = decltype(tag)::value;
       const bool unit =
           a.p.sW == 1 && a.t.sW == 1 && a.gp.sW == 1 && (!target_grad || a.gt.sW == 1);
       at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-        std::vector<A> buf(6 * (w.W + w.d));
+        std::vector<A> buf(6 * (p.W + p.d));
         for (int64_t k = t0; k < t1; ++k) {
-          const int64_t b = k / bands, y0 = (k % bands) * rows, y1 = std::min(w.H, y0 + rows);
+          const int64_t b = k / bands, y0 = (k % bands) * rows, y1 = std::min(p.H, y0 + rows);
           if (target_grad) {
             unit ? backward_band<scalar_t, kP, true, true>(a, b, y0, y1, buf.data())
                  : backward_band<scalar_t, kP, true, false>(a, b, y0, y1, buf.data());

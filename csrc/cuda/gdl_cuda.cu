@@ -22,7 +22,7 @@ namespace {
 const auto kLaunchCheck = [] { C10_CUDA_KERNEL_LAUNCH_CHECK(); };
 
 op::GdlLossForward::Result gdl_loss_forward_cuda(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName);
+  const GdlPlan p = gdl::plan(pred, target, alpha, reduction, op::GdlLossForward::kName);
   const c10::cuda::CUDAGuard guard(pred.device());
   at::Tensor out = gdl_forward_output(pred, reduction);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -35,12 +35,12 @@ op::GdlLossForward::Result gdl_loss_forward_cuda(PYFRAMEPRED_GDL_LOSS_FORWARD_PA
 
 op::GdlLossBackward::Result gdl_loss_backward_cuda(PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS) {
   constexpr const char* name = op::GdlLossBackward::kName;
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name);
+  const GdlPlan p = gdl::plan(pred, target, alpha, reduction, name);
   const c10::cuda::CUDAGuard guard(pred.device());
   const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, name);
-  GdlGradOut gp = gdl_grad_output(pred);
+  GdlGradOut gp = gdl_grad_output(p, pred);
   GdlGradOut gt;
-  if (target_grad) gt = gdl_grad_output(target);
+  if (target_grad) gt = gdl_grad_output(p, target);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(),
                                   "gdl_loss_backward_cuda", [&] {

@@ -8,7 +8,10 @@
 // right neighbours come from the adjacent lanes by warp shuffles (lanes 0 and 31 load theirs).
 // Rows whose W stride is 1 and that are suitably aligned are read (and gradients written) with
 // one vector access per lane (two for double); any other layout is read element by element
-// through its strides. The next row is loaded before the current one is processed, to keep loads
+// through its strides. Interleaved channels_last planes of 3 channels (gdl_host.h: rows of W * 3
+// values whose horizontal pairs are 3 apart, for the mean and the sum) take a third variant of
+// the vector one: a lane's left neighbours are 3 columns back, in its own registers or the
+// previous lane's. The next row is loaded before the current one is processed, to keep loads
 // in flight. The per-element math is the shared gdl.h, exactly what the CPU kernels run.
 //
 // Forward: the 8 warps of a block take 8 consecutive items of one image; a block reduction
@@ -40,20 +43,37 @@ constexpr int kFinishThreads = 256;
 // Resident blocks per SM the register allocation must allow (__launch_bounds__' second
 // argument): 4 x 256 threads (at most 64 registers; half occupancy) where ptxas fits the kernel
 // in 64 registers without spilling; else 3 (80 registers: on sm_90, the backward that also
-// writes the target's gradient, for float32 or 64-bit indices), else 2 (128: float64, whose
-// backward took 180 registers, 1/8 occupancy, unbounded; the backward with a general power,
-// around its call into pow).
+// writes the target's gradient, for float32 or 64-bit indices; on both, the interleaved one that
+// writes it: 77-78 registers on sm_90, 116-128 bytes spilled at 64 on sm_80), else 2 (128:
+// float64, whose backward took 180 registers, 1/8 occupancy, unbounded; the backward with a
+// general power, around its call into pow). The interleaved variant is not compiled for float64
+// (its backward with the target's gradient spilled 72-92 bytes even at 128 registers).
 template <typename scalar_t>
 constexpr int min_blocks_forward() {
   return sizeof(scalar_t) == 8 ? 2 : 4;
 }
 
-template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget>
+template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget, int kD>
 constexpr int min_blocks_backward() {
   if (sizeof(scalar_t) == 8 || kP == GdlPower::kGeneral) return 2;
+  if (kD > 1 && kTarget) return 3;
   return PF_CUDA_ARCH >= 900 && kTarget && (sizeof(scalar_t) == 4 || sizeof(index_t) == 8) ? 3 : 4;
 }
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride beyond
+
+// How a kernel accesses its rows, its template argument kD: 0, element by element through the
+// strides; d = 1 .. kV, a Pack per lane, horizontal pairs d columns apart (1: ordinary rows; more:
+// interleaved channels_last planes of d channels). The distance is a compile-time constant, so
+// that the neighbours are fixed registers: a run-time d costs selects and live values that made
+// the backward spill (docs/cuda-kernels.md). Compiled for kInterleavedD channels, RGB frames;
+// planes of other channel counts are copied to contiguous rows.
+constexpr int kInterleavedD = 3;
+
+// Whether the interleaved variant exists for this element type (not float64: see above).
+template <typename scalar_t>
+constexpr bool has_interleaved() {
+  return sizeof(scalar_t) < 8;
+}
 constexpr unsigned kFull = kFullMask;
 
 template <typename scalar_t>
@@ -153,17 +173,107 @@ __device__ __forceinline__ bool item_of(const Plan& q, int64_t H, int64_t g, int
   return true;
 }
 
-template <typename scalar_t, typename index_t, GdlPower kP, bool kPack>
+// l[k]: the value kD columns left of the lane's column x0 + k, in the row at offset `yo` from
+// `base` whose columns x0 .. x0 + kV - 1 the lane holds in `c`: the lane's own register k - kD,
+// or (k < kD) the previous lane's register k - kD + kV by a shuffle, which lane 0 takes from the
+// strip before (one element for kD <= 1, else the Pack before its columns). Columns x < kD have
+// no left neighbour; their l[k] is not used.
+template <int kD, typename scalar_t, typename index_t, typename A>
+__device__ __forceinline__ void left_of(const A (&c)[kV], const scalar_t* base, index_t yo,
+                                        index_t x0, index_t W, index_t sW, int lane, A (&l)[kV],
+                                        Site site = {}) {
+  if constexpr (kD <= 1) {
+    l[0] = __shfl_up_sync(kFull, c[kV - 1], 1);
+    if (lane == 0 && x0 > 0 && x0 - 1 < W) {
+      l[0] = static_cast<A>(load_global(base + (yo + (x0 - 1) * sW), site.part(0)));
+    }
+#pragma unroll
+    for (int k = 1; k < kV; ++k) l[k] = c[k - 1];
+  } else {
+    A before[kV];
+#pragma unroll
+    for (int k = 0; k < kV; ++k) before[k] = A(0);
+    if (lane == 0 && x0 >= kV) load_row<true>(base + yo, x0 - kV, W, sW, before, site.part(0));
+#pragma unroll
+    for (int k = 0; k < kV; ++k) {
+      if (k >= kD) {
+        l[k] = c[k - kD];
+      } else {
+        const A prev = __shfl_up_sync(kFull, c[k - kD + kV], 1);
+        l[k] = lane == 0 ? before[k - kD + kV] : prev;
+      }
+    }
+  }
+}
+
+// The gradient coefficients of the horizontal pairs (x, x + kD) of the lane's columns
+// x = x0 + k: the `left` coefficients of column x + kD, the lane's own or (k + kD >= kV) the next
+// lane's by a shuffle; lane 31 computes those of the strip after from memory (one element for
+// kD <= 1, else the Packs after its columns). Zero where x + kD >= W.
+template <int kD, GdlPower kP, bool kTarget, typename scalar_t, typename index_t, typename A>
+__device__ __forceinline__ void right_of(const A (&left_p)[kV], const A (&left_t)[kV],
+                                         const A (&pc)[kV], const A (&tc)[kV],
+                                         const scalar_t* P, index_t pyo, index_t psW,
+                                         const scalar_t* T, index_t tyo, index_t tsW, index_t x0,
+                                         index_t W, int lane, A alpha, A (&right_p)[kV],
+                                         A (&right_t)[kV], Site site = {}) {
+  if constexpr (kD <= 1) {
+    A last_p = __shfl_down_sync(kFull, left_p[0], 1);
+    A last_t = __shfl_down_sync(kFull, left_t[0], 1);
+    if (lane == 31) {
+      last_p = last_t = A(0);
+      const index_t xr = x0 + kV;
+      if (xr < W) {
+        const A pr = static_cast<A>(load_global(P + (pyo + xr * psW), site.part(0)));
+        const A tr = static_cast<A>(load_global(T + (tyo + xr * tsW), site.part(1)));
+        gdl_coef<kP, kTarget>(tr - tc[kV - 1], pr - pc[kV - 1], alpha, last_p, last_t);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kV; ++k) {
+      right_p[k] = k + 1 < kV ? left_p[k + 1] : last_p;
+      right_t[k] = k + 1 < kV ? left_t[k + 1] : last_t;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kV; ++k) {
+      if (k + kD < kV) {
+        right_p[k] = left_p[k + kD];
+        right_t[k] = left_t[k + kD];
+      } else {
+        right_p[k] = __shfl_down_sync(kFull, left_p[k + kD - kV], 1);
+        right_t[k] = kTarget ? __shfl_down_sync(kFull, left_t[k + kD - kV], 1) : A(0);
+      }
+    }
+    if (lane == 31) {  // the pairs whose right column lies in the next strip
+      A after_p[kV], after_t[kV];
+      load_row<true>(P + pyo, x0 + kV, W, psW, after_p, site.part(0));
+      load_row<true>(T + tyo, x0 + kV, W, tsW, after_t, site.part(1));
+#pragma unroll
+      for (int k = kV - kD; k < kV; ++k) {
+        right_p[k] = right_t[k] = A(0);
+        if (x0 + k + kD < W) {
+          gdl_coef<kP, kTarget>(after_t[k + kD - kV] - tc[k], after_p[k + kD - kV] - pc[k], alpha,
+                                right_p[k], right_t[k]);
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename index_t, GdlPower kP, int kD>
 __global__ void __launch_bounds__(kThreads, min_blocks_forward<scalar_t>())
     gdl_forward_kernel(const GdlOperand<const scalar_t> p, const GdlOperand<const scalar_t> t,
                        const Plan q, const int64_t H64, const int64_t W64,
                        const acc_t<scalar_t> alpha, acc_t<scalar_t>* __restrict__ partial) {
   using A = acc_t<scalar_t>;
   __shared__ A tmp[kThreads / 32];
+  constexpr bool kPack = kD > 0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const index_t H = static_cast<index_t>(H64), W = static_cast<index_t>(W64);
   const index_t psH = static_cast<index_t>(p.sH), psW = static_cast<index_t>(p.sW);
   const index_t tsH = static_cast<index_t>(t.sH), tsW = static_cast<index_t>(t.sW);
+  constexpr int d = kD > 1 ? kD : 1;  // distance of horizontal pairs
   for (int64_t g = blockIdx.x; g < q.groups; g += gridDim.x) {
     A acc = A(0);
     Item it;
@@ -186,21 +296,14 @@ __global__ void __launch_bounds__(kThreads, min_blocks_forward<scalar_t>())
           load_row<kPack>(P + (y + 1) * psH, x0, W, psW, pn);
           load_row<kPack>(T + (y + 1) * tsH, x0, W, tsW, tn);
         }
-        // Left neighbour of the lane's first column: the previous lane's last one.
-        A pl = __shfl_up_sync(kFull, pc[kV - 1], 1);
-        A tl = __shfl_up_sync(kFull, tc[kV - 1], 1);
-        if (lane == 0 && x0 > 0 && x0 - 1 < W) {
-          pl = static_cast<A>(load_global(P + (y * psH + (x0 - 1) * psW)));
-          tl = static_cast<A>(load_global(T + (y * tsH + (x0 - 1) * tsW)));
-        }
+        A pl[kV], tl[kV];  // left neighbours
+        left_of<kD>(pc, P, y * psH, x0, W, psW, lane, pl);
+        left_of<kD>(tc, T, y * tsH, x0, W, tsW, lane, tl);
 #pragma unroll
         for (int k = 0; k < kV; ++k) {
           const index_t x = x0 + k;
           if (x < W) {
-            if (x > 0) {
-              const A lp = k == 0 ? pl : pc[k - 1], lt = k == 0 ? tl : tc[k - 1];
-              acc += gdl_term<kP>(tc[k] - lt, pc[k] - lp, alpha);
-            }
+            if (x >= d) acc += gdl_term<kP>(tc[k] - tl[k], pc[k] - pl[k], alpha);
             if (y > 0) acc += gdl_term<kP>(tc[k] - tu[k], pc[k] - pu[k], alpha);
           }
         }
@@ -237,20 +340,22 @@ __global__ void __launch_bounds__(kFinishThreads)
   }
 }
 
-template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget, bool kPack>
-__global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index_t, kP, kTarget>()))
+template <typename scalar_t, typename index_t, GdlPower kP, bool kTarget, int kD>
+__global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index_t, kP, kTarget, kD>()))
     gdl_backward_kernel(const GdlOperand<const scalar_t> p, const GdlOperand<const scalar_t> t,
                         const GdlOperand<scalar_t> gp, const GdlOperand<scalar_t> gt,
                         const Plan q, const int64_t H64, const int64_t W64,
                         const acc_t<scalar_t> alpha, const acc_t<scalar_t>* __restrict__ scale,
                         const bool per_image, const acc_t<scalar_t> divisor) {
   using A = acc_t<scalar_t>;
+  constexpr bool kPack = kD > 0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const index_t H = static_cast<index_t>(H64), W = static_cast<index_t>(W64);
   const index_t psH = static_cast<index_t>(p.sH), psW = static_cast<index_t>(p.sW);
   const index_t tsH = static_cast<index_t>(t.sH), tsW = static_cast<index_t>(t.sW);
   const index_t gpH = static_cast<index_t>(gp.sH), gpW = static_cast<index_t>(gp.sW);
   const index_t gtH = static_cast<index_t>(gt.sH), gtW = static_cast<index_t>(gt.sW);
+  constexpr int d = kD > 1 ? kD : 1;  // distance of horizontal pairs
   for (int64_t g = blockIdx.x; g < q.groups; g += gridDim.x) {
     Item it;
     if (!item_of(q, H64, g, warp, it)) continue;  // warp-uniform
@@ -281,35 +386,20 @@ __global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index
         load_row<kPack>(P + (y + 1) * psH, x0, W, psW, pn);
         load_row<kPack>(T + (y + 1) * tsH, x0, W, tsW, tn);
       }
-      // Horizontal pairs (x-1, x) of the lane's columns: `left`; the pair (x, x+1) of its last
-      // column is the next lane's first `left` (lane 31 computes it from memory).
-      A pl = __shfl_up_sync(kFull, pc[kV - 1], 1);
-      A tl = __shfl_up_sync(kFull, tc[kV - 1], 1);
-      if (lane == 0 && x0 > 0 && x0 - 1 < W) {
-        pl = static_cast<A>(load_global(P + (y * psH + (x0 - 1) * psW)));
-        tl = static_cast<A>(load_global(T + (y * tsH + (x0 - 1) * tsW)));
-      }
+      // Horizontal pairs (x - d, x) of the lane's columns: `left`; the pairs (x, x + d): `right`.
+      A pl[kV], tl[kV];
+      left_of<kD>(pc, P, y * psH, x0, W, psW, lane, pl);
+      left_of<kD>(tc, T, y * tsH, x0, W, tsW, lane, tl);
       A left_p[kV], left_t[kV];
 #pragma unroll
       for (int k = 0; k < kV; ++k) {
         left_p[k] = left_t[k] = A(0);
         const index_t x = x0 + k;
-        if (x < W && x > 0) {
-          const A lp = k == 0 ? pl : pc[k - 1], lt = k == 0 ? tl : tc[k - 1];
-          gdl_coef<kP, kTarget>(tc[k] - lt, pc[k] - lp, alpha, left_p[k], left_t[k]);
-        }
+        if (x < W && x >= d) gdl_coef<kP, kTarget>(tc[k] - tl[k], pc[k] - pl[k], alpha, left_p[k], left_t[k]);
       }
-      A last_p = __shfl_down_sync(kFull, left_p[0], 1);
-      A last_t = __shfl_down_sync(kFull, left_t[0], 1);
-      if (lane == 31) {
-        last_p = last_t = A(0);
-        const index_t xr = x0 + kV;
-        if (xr < W) {
-          const A pr = static_cast<A>(load_global(P + (y * psH + xr * psW)));
-          const A tr = static_cast<A>(load_global(T + (y * tsH + xr * tsW)));
-          gdl_coef<kP, kTarget>(tr - tc[kV - 1], pr - pc[kV - 1], alpha, last_p, last_t);
-        }
-      }
+      A right_p[kV], right_t[kV];
+      right_of<kD, kP, kTarget>(left_p, left_t, pc, tc, P, y * psH, psW, T, y * tsH, tsW, x0, W,
+                                lane, alpha, right_p, right_t);
       A down_p[kV], down_t[kV], out_p[kV], out_t[kV];
 #pragma unroll
       for (int k = 0; k < kV; ++k) {
@@ -317,12 +407,8 @@ __global__ void __launch_bounds__(kThreads, (min_blocks_backward<scalar_t, index
         if (down && x0 + k < W) {
           gdl_coef<kP, kTarget>(tn[k] - tc[k], pn[k] - pc[k], alpha, down_p[k], down_t[k]);
         }
-        const A right_p = k + 1 < kV ? left_p[k + 1] : last_p;
-        out_p[k] = gdl_gather(up_p[k], down_p[k], left_p[k], right_p, s);
-        if constexpr (kTarget) {
-          const A right_t = k + 1 < kV ? left_t[k + 1] : last_t;
-          out_t[k] = gdl_gather(up_t[k], down_t[k], left_t[k], right_t, s);
-        }
+        out_p[k] = gdl_gather(up_p[k], down_p[k], left_p[k], right_p[k], s);
+        if constexpr (kTarget) out_t[k] = gdl_gather(up_t[k], down_t[k], left_t[k], right_t[k], s);
       }
       store_row<kPack>(GP + y * gpH, x0, W, gpW, out_p);
       if constexpr (kTarget) store_row<kPack>(GT + y * gtH, x0, W, gtW, out_t);

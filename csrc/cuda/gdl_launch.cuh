@@ -36,20 +36,61 @@ inline Plan make_plan(const GdlPlan& p) {
 inline int grid_for(int64_t n) { return static_cast<int>(std::min<int64_t>(n, kMaxBlocks)); }
 
 
-// Whether `t` can be accessed a Pack at a time at every lane's first column: W stride 1, every
-// other stride a multiple of kV, and the data pointer aligned.
-template <typename scalar_t>
-inline bool packable(const at::Tensor& t, const scalar_t* data) {
-  if (t.stride(-1) != 1) return false;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) {
-    if (t.size(d) > 1 && t.stride(d) % kV != 0) return false;
+// Whether an operand can be accessed a Pack at a time at every lane's first column: W stride 1,
+// the row and image strides multiples of kV, and the data pointer aligned.
+inline bool packable(const GdlBatch& batch, int64_t sH, int64_t sW, const void* data,
+                     size_t elem_size) {
+  if (sW != 1 || sH % kV != 0) return false;
+  for (int k = 0; k < batch.ndim; ++k) {
+    if (batch.stride[k] % kV != 0) return false;
   }
-  return reinterpret_cast<uintptr_t>(data) % (sizeof(scalar_t) * kV) == 0;
+  return reinterpret_cast<uintptr_t>(data) % (elem_size * kV) == 0;
 }
 
+template <typename T>
+inline bool packable(const GdlOperand<T>& o) {
+  return packable(o.batch, o.sH, o.sW, o.data, sizeof(T));
+}
+
+// The plan of the CUDA kernels (plan_gdl's). They read interleaved channels_last planes with a
+// vector variant compiled for kInterleavedD channels and element types other than float64
+// (has_interleaved): other planes, and planes that cannot be read a Pack at a time, are copied to
+// contiguous rows instead. Gradients written in the plan's layout are then packable too (fresh
+// allocations, strides of pred's or dense ones).
+inline GdlPlan plan(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS, const char* op) {
+  GdlPlan p = plan_gdl(pred, target, alpha, reduction, op);
+  if (!p.interleaved) return p;
+  bool ok = p.d == kInterleavedD && pred.scalar_type() != at::kDouble;
+  for (const at::Tensor* t : {&p.pred, &p.target}) {
+    const auto o = p.operand(t->const_data_ptr(), *t);
+    ok = ok && packable(o.batch, o.sH, o.sW, o.data, t->element_size());
+  }
+  return ok ? p : plan_gdl(pred, target, alpha, reduction, op, /*allow_interleaved=*/false);
+}
 
 // 32-bit offsets inside an image, unless a test forces the 64-bit variant.
 inline bool use_index32(bool fits32) { return fits32 && !launch_options().force_index64; }
+
+// The access variant (the kernels' kD): element-wise (0), Packs of rows whose horizontal pairs
+// are adjacent (1) or kInterleavedD apart (interleaved planes).
+inline const char* variant_name(int kD) {
+  return kD == 0 ? " strided" : (kD == 1 ? " pack" : " interleaved");
+}
+
+template <typename scalar_t, typename F>
+inline void dispatch_layout(bool pack, int64_t d, F&& f) {
+  if (!pack) {
+    f(std::integral_constant<int, 0>{});
+  } else if (d == 1) {
+    f(std::integral_constant<int, 1>{});
+  } else if constexpr (has_interleaved<scalar_t>()) {
+    TORCH_INTERNAL_ASSERT(d == kInterleavedD, "no GDL kernel for interleaved planes of ", d,
+                          " channels");
+    f(std::integral_constant<int, kInterleavedD>{});
+  } else {
+    TORCH_INTERNAL_ASSERT(false, "no interleaved GDL kernel for this dtype");
+  }
+}
 
 inline const char* power_name(GdlPower kP) {
   return kP == GdlPower::kOne ? "p1" : (kP == GdlPower::kTwo ? "p2" : "pgen");
@@ -70,27 +111,28 @@ template <typename scalar_t, typename Check>
 void launch_forward_partials(const GdlPlan& p, const Plan& q, double alpha,
                              acc_t<scalar_t>* partial, cudaStream_t stream, Check&& check) {
   using A = acc_t<scalar_t>;
-  const auto po = gdl_operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
-  const auto to = gdl_operand(p.target.const_data_ptr<scalar_t>(), p.target);
-  const bool pack = packable(p.pred, po.data) && packable(p.target, to.data);
+  const auto po = p.operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
+  const auto to = p.operand(p.target.const_data_ptr<scalar_t>(), p.target);
+  const bool pack = packable(po) && packable(to);
+  TORCH_INTERNAL_ASSERT(pack || p.d == 1, "interleaved GDL planes need the vector variant");
   const bool i32 = use_index32(p.fits32);
   const A a = static_cast<A>(alpha);
   const LaunchCfg cfg = kernel_cfg<scalar_t>(q.groups, kThreads, stream);
   gdl_dispatch_power(alpha, [&](auto tag) {
     constexpr GdlPower kP = decltype(tag)::value;
-    auto launch = [&](auto pack_tag, auto index_tag) {
-      constexpr bool kPack = decltype(pack_tag)::value;
+    auto launch = [&](auto layout_tag, auto index_tag) {
+      constexpr int kD = decltype(layout_tag)::value;
       using index_t = decltype(index_tag);
 #if PF_EMU
-      ::pf_emu::record(std::string("gdl_forward ") + power_name(kP) + (kPack ? " pack" : " strided") +
+      ::pf_emu::record(std::string("gdl_forward ") + power_name(kP) + variant_name(kD) +
                        (sizeof(index_t) == 4 ? " i32" : " i64"));
 #endif
-      PF_LAUNCH(cfg, gdl_forward_kernel<scalar_t, index_t, kP, kPack>)(po, to, q, p.H, p.W, a,
+      PF_LAUNCH(cfg, gdl_forward_kernel<scalar_t, index_t, kP, kD>)(po, to, q, p.H, p.W, a,
                                                                         partial);
       check();
     };
-    dispatch_bool(pack, [&](auto pack_tag) {
-      dispatch_index(i32, [&](auto index_tag) { launch(pack_tag, index_tag); });
+    dispatch_layout<scalar_t>(pack, p.d, [&](auto layout_tag) {
+      dispatch_index(i32, [&](auto index_tag) { launch(layout_tag, index_tag); });
     });
   });
 }
@@ -131,13 +173,13 @@ void launch_backward(const GdlPlan& p, double alpha, int64_t reduction, const at
   const bool target_grad = gt != nullptr;
   const bool i32 = use_index32(p.fits32 && gdl_fits32(gp.write) && (!target_grad || gdl_fits32(gt->write)));
   const Plan q = make_plan(p);
-  const auto po = gdl_operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
-  const auto to = gdl_operand(p.target.const_data_ptr<scalar_t>(), p.target);
-  const auto gpo = gdl_operand(gp.write.mutable_data_ptr<scalar_t>(), gp.write);
+  const auto po = p.operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
+  const auto to = p.operand(p.target.const_data_ptr<scalar_t>(), p.target);
+  const auto gpo = p.operand(gp.write.mutable_data_ptr<scalar_t>(), gp.write);
   GdlOperand<scalar_t> gto;
-  if (target_grad) gto = gdl_operand(gt->write.mutable_data_ptr<scalar_t>(), gt->write);
-  const bool pack = packable(p.pred, po.data) && packable(p.target, to.data) &&
-                    packable(gp.write, gpo.data) && (!target_grad || packable(gt->write, gto.data));
+  if (target_grad) gto = p.operand(gt->write.mutable_data_ptr<scalar_t>(), gt->write);
+  const bool pack = packable(po) && packable(to) && packable(gpo) && (!target_grad || packable(gto));
+  TORCH_INTERNAL_ASSERT(pack || p.d == 1, "interleaved GDL planes need the vector variant");
   const A a = static_cast<A>(alpha);
   const A* sc = scale.const_data_ptr<A>();
   const bool per_image = reduction == 0;
@@ -146,21 +188,21 @@ void launch_backward(const GdlPlan& p, double alpha, int64_t reduction, const at
   cfg.static_smem = 0;
   gdl_dispatch_power(alpha, [&](auto tag) {
     constexpr GdlPower kP = decltype(tag)::value;
-    auto launch = [&](auto target_tag, auto pack_tag, auto index_tag) {
+    auto launch = [&](auto target_tag, auto layout_tag, auto index_tag) {
       constexpr bool kTarget = decltype(target_tag)::value;
-      constexpr bool kPack = decltype(pack_tag)::value;
+      constexpr int kD = decltype(layout_tag)::value;
       using index_t = decltype(index_tag);
 #if PF_EMU
-      ::pf_emu::record(std::string("gdl_backward ") + power_name(kP) + (kPack ? " pack" : " strided") +
+      ::pf_emu::record(std::string("gdl_backward ") + power_name(kP) + variant_name(kD) +
                        (sizeof(index_t) == 4 ? " i32" : " i64") + (kTarget ? " target" : ""));
 #endif
-      PF_LAUNCH(cfg, gdl_backward_kernel<scalar_t, index_t, kP, kTarget, kPack>)(
+      PF_LAUNCH(cfg, gdl_backward_kernel<scalar_t, index_t, kP, kTarget, kD>)(
           po, to, gpo, gto, q, p.H, p.W, a, sc, per_image, divisor);
       check();
     };
     dispatch_bool(target_grad, [&](auto target_tag) {
-      dispatch_bool(pack, [&](auto pack_tag) {
-        dispatch_index(i32, [&](auto index_tag) { launch(target_tag, pack_tag, index_tag); });
+      dispatch_layout<scalar_t>(pack, p.d, [&](auto layout_tag) {
+        dispatch_index(i32, [&](auto index_tag) { launch(target_tag, layout_tag, index_tag); });
       });
     });
   });

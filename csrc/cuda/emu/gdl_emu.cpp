@@ -19,7 +19,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 }  // namespace
 
 op::GdlLossForward::Result gdl_forward(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName);
+  const GdlPlan p = cuda::gdl::plan(pred, target, alpha, reduction, op::GdlLossForward::kName);
   at::Tensor out = gdl_forward_output(pred, reduction);
   out.fill_(kNaN);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "gdl_forward_emu", [&] {
@@ -29,7 +29,7 @@ op::GdlLossForward::Result gdl_forward(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
 }
 
 at::Tensor gdl_partials(const at::Tensor& pred, const at::Tensor& target, double alpha) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, 0, op::GdlLossForward::kName);
+  const GdlPlan p = cuda::gdl::plan(pred, target, alpha, 0, op::GdlLossForward::kName);
   const cuda::gdl::Plan q = cuda::gdl::make_plan(p);
   at::Tensor partial = at::full({p.B, q.groups_per_image}, kNaN,
                                 pred.options().dtype(at::toOpMathType(pred.scalar_type())));
@@ -56,13 +56,13 @@ at::Tensor gdl_finish(const at::Tensor& partial, double divisor, at::ScalarType 
 
 op::GdlLossBackward::Result gdl_backward(PYFRAMEPRED_GDL_LOSS_BACKWARD_PARAMS) {
   constexpr const char* name = op::GdlLossBackward::kName;
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, name);
+  const GdlPlan p = cuda::gdl::plan(pred, target, alpha, reduction, name);
   const at::Tensor scale = gdl_grad_scale(grad_out, pred, reduction, name);
-  GdlGradOut gp = gdl_grad_output(pred);
+  GdlGradOut gp = gdl_grad_output(p, pred);
   gp.write.fill_(kNaN);
   GdlGradOut gt;
   if (target_grad) {
-    gt = gdl_grad_output(target);
+    gt = gdl_grad_output(p, target);
     gt.write.fill_(kNaN);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "gdl_backward_emu", [&] {
