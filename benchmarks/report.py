@@ -80,7 +80,7 @@ def spread(b: dict) -> float:
 
 
 def fmt_spread(x: float) -> str:
-    return (f"{100 * x:.0f}%" if x < 10 else ">999%") + (" noisy" if x > NOISY else "")
+    return (f"{100 * x:.0f}%" if x < 10 else ">999%") + (" (?)" if x > NOISY else "")
 
 
 def run_info(data: dict) -> dict:
@@ -259,7 +259,7 @@ def render(path) -> str:
             lines += wrap("* " + note + ".")
         lines.append("")
     lines += wrap(
-        f"Median over the rounds; IQR/med: interquartile range over median, 'noisy' "
+        f"Median over the rounds; IQR/med: interquartile range over median, (?): noisy, "
         f"above {100 * NOISY:.0f}% (don't quote those rows); vs ref: the eager "
         "reference's median over this one; alloc: the allocator setting (plain: what "
         "users get; tuned: freed memory kept in-process; caching: the GPU's own)."
@@ -445,7 +445,7 @@ def _op_section(files, family, sizes, with_shape) -> list[str]:
 def _legend() -> list[str]:
     return wrap(
         f"Medians; IQR/med: the widest interquartile range / median of the row's "
-        f"implementations, 'noisy' above {100 * NOISY:.0f}% (don't quote those rows)."
+        f"implementations, (?): noisy, above {100 * NOISY:.0f}% (don't quote those rows)."
     )
 
 
