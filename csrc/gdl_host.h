@@ -230,12 +230,12 @@ struct GdlGradOut {
 inline GdlGradOut gdl_grad_output(const GdlPlan& p, const at::Tensor& like) {
   GdlGradOut g;
   g.result = at::empty_like(like);
-  GdlBatch b;
   if (p.interleaved) {
     g.write = gdl_interleaved(g.result)
         ? g.result
         : at::empty_like(like.movedim(-3, -1), at::MemoryFormat::Contiguous).movedim(-1, -3);
   } else {
+    GdlBatch b;
     g.write = gdl_batch_of(g.result, b) && !gdl_rows_strided(g.result)
         ? g.result
         : at::empty(like.sizes(), like.options());

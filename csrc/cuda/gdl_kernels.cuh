@@ -69,11 +69,8 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride beyond
 // planes of other channel counts are copied to contiguous rows.
 constexpr int kInterleavedD = 3;
 
-// Whether the interleaved variant exists for this element type (not float64: see above).
-template <typename scalar_t>
-constexpr bool has_interleaved() {
-  return sizeof(scalar_t) < 8;
-}
+// Whether the interleaved variant exists for elements of this size (not float64: see above).
+constexpr bool has_interleaved(size_t elem_size) { return elem_size < 8; }
 constexpr unsigned kFull = kFullMask;
 
 template <typename scalar_t>

@@ -53,14 +53,14 @@ inline bool packable(const GdlOperand<T>& o) {
 }
 
 // The plan of the CUDA kernels (plan_gdl's). They read interleaved channels_last planes with a
-// vector variant compiled for kInterleavedD channels and element types other than float64
-// (has_interleaved): other planes, and planes that cannot be read a Pack at a time, are copied to
+// vector variant compiled for kInterleavedD channels and the element types of has_interleaved:
+// other planes, and planes that cannot be read a Pack at a time, are copied to
 // contiguous rows instead. Gradients written in the plan's layout are then packable too (fresh
 // allocations, strides of pred's or dense ones).
 inline GdlPlan plan(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS, const char* op) {
   GdlPlan p = plan_gdl(pred, target, alpha, reduction, op);
   if (!p.interleaved) return p;
-  bool ok = p.d == kInterleavedD && pred.scalar_type() != at::kDouble;
+  bool ok = p.d == kInterleavedD && has_interleaved(pred.element_size());
   for (const at::Tensor* t : {&p.pred, &p.target}) {
     const auto o = p.operand(t->const_data_ptr(), *t);
     ok = ok && packable(o.batch, o.sH, o.sW, o.data, t->element_size());
@@ -83,7 +83,7 @@ inline void dispatch_layout(bool pack, int64_t d, F&& f) {
     f(std::integral_constant<int, 0>{});
   } else if (d == 1) {
     f(std::integral_constant<int, 1>{});
-  } else if constexpr (has_interleaved<scalar_t>()) {
+  } else if constexpr (has_interleaved(sizeof(scalar_t))) {
     TORCH_INTERNAL_ASSERT(d == kInterleavedD, "no GDL kernel for interleaved planes of ", d,
                           " channels");
     f(std::integral_constant<int, kInterleavedD>{});
@@ -171,7 +171,8 @@ void launch_backward(const GdlPlan& p, double alpha, int64_t reduction, const at
                      Check&& check) {
   using A = acc_t<scalar_t>;
   const bool target_grad = gt != nullptr;
-  const bool i32 = use_index32(p.fits32 && gdl_fits32(gp.write) && (!target_grad || gdl_fits32(gt->write)));
+  const bool i32 =
+      use_index32(p.fits32 && p.fits32_for(gp.write) && (!target_grad || p.fits32_for(gt->write)));
   const Plan q = make_plan(p);
   const auto po = p.operand(p.pred.const_data_ptr<scalar_t>(), p.pred);
   const auto to = p.operand(p.target.const_data_ptr<scalar_t>(), p.target);
