@@ -1,5 +1,6 @@
 """conv2d_same: the ConvLSTM layer's stride-1 'same' convolutions (on the CPU, float32 3x3 ones are
-a Winograd F(2x2, 3x3) kernel of ours), against the float64 convolution, at every CPU ISA level."""
+a Winograd F(4x4, 3x3) kernel of ours, bfloat16 ones F(2x2, 3x3)), against the float64
+convolution, at every CPU ISA level."""
 
 import pytest
 import torch
@@ -46,12 +47,14 @@ def _check(got, x, w):
     want = reference.conv2d_same(x.double(), w.double())
     direct = torch.nn.functional.conv2d(x, w, padding=(w.shape[2] // 2, w.shape[3] // 2))
     assert got.shape == want.shape and got.dtype == x.dtype
-    # Winograd F(2x2, 3x3)'s transforms add at most 4 terms and halve: its float32 results are
-    # within a few units in the last place of the outputs' scale, as the direct convolution's are.
+    # Winograd F(4x4, 3x3)'s transforms multiply by up to 8 (csrc/cpu/conv_cpu.cpp): its float32
+    # results were within 5e-6 of the outputs' scale on these cases and on the layer's shapes
+    # (up to 128 input channels), 3-17x the direct float32 convolution's error. A wrong transform
+    # coefficient is off by a sizeable fraction of the scale.
     scale = want.abs().max().item()
     err = (got.double() - want).abs().max().item()
     err_direct = (direct.double() - want).abs().max().item()
-    assert err <= max(4 * err_direct, 2e-6 * scale), (err, err_direct, scale)
+    assert err <= max(4 * err_direct, 1e-5 * scale), (err, err_direct, scale)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)

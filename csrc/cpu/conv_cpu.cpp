@@ -661,44 +661,111 @@ at::Tensor weight_grad_direct(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
       .contiguous(input.suggest_memory_format());
 }
 
-// ---- conv2d_same: 3x3 convolutions as Winograd F(2x2, 3x3) -------------------------------------
+// ---- conv2d_same: 3x3 convolutions as Winograd F(4x4, 3x3) (float32) and F(2x2, 3x3) (bfloat16)
 //
 // The ConvLSTM layer's 3x3 convolutions (forward, and the data gradients as convolutions with the
-// flipped, transposed weight) in the Winograd domain of Lavin & Gray (2016): each 2x2 block of
-// outputs ("tile") comes from a 4x4 patch d of the input as A^T [ (G w G^T) . (B^T d B) ] A, so
-// per tile and channel pair 16 multiplies replace 36 -- the convolution's multiply-adds become 16
-// independent GEMMs (one per position of the 4x4 domain) of 2.25x fewer FLOPs, plus transforms
-// of additions (and halvings, of the weight). Why: oneDNN runs these convolutions near the FMA
-// peak (~200 GFLOP/s on 2 Zen 4 cores), so fewer FLOPs are what is left; the convolutions are
-// 80-90% of the layer's float32 training step. F(2x2, 3x3)'s transforms have coefficients 0,
-// +-1 and 1/2, so its float32 results stay close to float64: tests/test_conv2d_same.py holds them
-// within 4x the direct convolution's own error.
+// flipped, transposed weight) in the Winograd domain of Lavin & Gray (2016): each kM x kM block of
+// outputs ("tile") comes from a (kM + 2)^2 patch d of the input as A^T [ (G w G^T) . (B^T d B) ] A,
+// so the convolution's multiply-adds become (kM + 2)^2 independent GEMMs (one per position of the
+// transformed patch) of fewer FLOPs -- 2.25x fewer than direct for F(2x2, 3x3), 4x for F(4x4, 3x3)
+// -- plus transforms of a few multiply-adds per value. Why: oneDNN runs these convolutions near
+// the FMA peak (~200 GFLOP/s on 2 Zen 4 cores), so fewer FLOPs are what is left; the convolutions
+// are 80-90% of the layer's float32 training step. F(2x2, 3x3)'s transforms have coefficients 0,
+// +-1 and 1/2 and its float32 results are as close to float64 as the direct convolution's;
+// float32 runs F(4x4, 3x3), 1.1-1.4x faster than F(2x2, 3x3) at the layer's shapes on 2 Zen 4
+// cores, whose larger coefficients cost a few bits (Tiling<4> below; tests/test_conv2d_same.py
+// bounds the error). bfloat16 keeps F(2x2, 3x3): its V and U are rounded to bfloat16.
 //
 // Layout: NHWC (channels_last memory), channels innermost, so every transform is whole vectors of
 // channels. Work is split into blocks of kT tiles sized so that a block's transformed input
-// V[16][kT][Ci] and products M[16][kT][kNV vectors] stay in L2; per block: the input transform
-// into V, then per group of kNV vectors of output channels the 16 GEMMs M = V x U (register tiles
-// of kMR tiles x kNV vectors, as the weight-gradient kernel above) and the output transform of
-// that group straight into y. U = G w G^T, (16, Ci, Co), is computed once per call.
+// V[kA^2][kT][Ci] and products M[kA^2][kT][kNV vectors] stay in L2; per block: the input
+// transform into V, then per group of kNV vectors of output channels the kA^2 GEMMs M = V x U
+// (register tiles of kMR tiles x kNV vectors, as the weight-gradient kernel above) and the output
+// transform of that group straight into y. U = G w G^T, (kA^2, Ci, Co), is computed once per call.
 namespace winograd {
 
-// U[k][ci][co], k = 4a + b: sum over i, j of G[a][i] w[co][ci][i][j] G[b][j], from the float32
+// The Winograd tilings of a 3x3 kernel, F(kM x kM, 3x3): a tile of kM x kM outputs from an input
+// patch d of kA = kM + 2 values a side, as A^T [ (G w G^T) . (B^T d B) ] A -- kA^2 multiplies per
+// tile and channel pair instead of 9 kM^2. The matrices come from the interpolation points of
+// Lavin & Gray's construction (plus the point at infinity).
+template <int kM>
+struct Tiling;
+
+// F(2x2, 3x3), points 0, 1, -1: 16 multiplies for 4 outputs (2.25x fewer than direct); additions
+// and halvings only, so float32 results stay as close to float64 as the direct convolution's.
+// bfloat16 runs it (its V and U are rounded to bfloat16: larger coefficients would magnify that).
+template <>
+struct Tiling<2> {
+  static constexpr int kA = 4;
+  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr float G[4][3] = {{1, 0, 0}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0, 0, 1}};
+  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+
+// F(4x4, 3x3), points 0, 1, -1, 2, -1/2: 36 multiplies for 16 outputs (4x fewer than direct,
+// 1.78x fewer than F(2x2, 3x3)). Its coefficients up to 8 cost accuracy: on the layer's shapes
+// its float32 error against float64 is 6-15x the direct float32 convolution's (about 3e-6 of the
+// outputs' scale), where the points 0, +-1, +-2 give 14-34x (tests/test_conv2d_same.py bounds it).
+template <>
+struct Tiling<4> {
+  static constexpr int kA = 6;
+  static constexpr float BT[6][6] = {{1, 1.5f, -2, -1.5f, 1, 0},  {0, -1, -2.5f, -.5f, 1, 0},
+                                     {0, 1, .5f, -2.5f, 1, 0},    {0, -.5f, -1, .5f, 1, 0},
+                                     {0, 2, -1, -2, 1, 0},        {0, 1, 1.5f, -2, -1.5f, 1}};
+  static constexpr float G[6][3] = {{1, 0, 0},
+                                    {-1.f / 3, -1.f / 3, -1.f / 3},
+                                    {1.f / 3, -1.f / 3, 1.f / 3},
+                                    {1.f / 15, 2.f / 15, 4.f / 15},
+                                    {-16.f / 15, 8.f / 15, -4.f / 15},
+                                    {0, 0, 1}};
+  static constexpr float AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -.5f, 0}, {0, 1, 1, 4, .25f, 0}, {0, 1, -1, 8, -.125f, 1}};
+};
+
+// out[i] = sum over j of m[i][j] * in[j], for vectors: fully unrolled, so that the zero terms
+// and the multiplies by +-1 of the constant matrices fold away (float arithmetic may not drop
+// `+ 0 * x` by itself).
+template <int R, int C>
+C10_ALWAYS_INLINE void mat_vec(const float (&m)[R][C], const Vec (&in)[C], Vec (&out)[R]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    Vec acc(0.f);
+    bool first = true;
+#pragma GCC unroll 8
+    for (int j = 0; j < C; ++j) {
+      const float c = m[i][j];
+      if (c == 0.f) continue;
+      if (first) {
+        acc = c == 1.f ? in[j] : (c == -1.f ? in[j].neg() : in[j] * Vec(c));
+      } else {
+        acc = c == 1.f ? acc + in[j] : (c == -1.f ? acc - in[j] : at::vec::fmadd(Vec(c), in[j], acc));
+      }
+      first = false;
+    }
+    out[i] = acc;
+  }
+}
+
+// U[k][ci][co], k = kA a + b: sum over i, j of G[a][i] w[co][ci][i][j] G[b][j], from the float32
 // weight w (Co, Ci, 3, 3); stored through Flavour::store_u (float32 as is, bfloat16 in pairs).
 template <class Flavour>
 void transform_weight(const float* w, int64_t Co, int64_t Ci, typename Flavour::u_t* u) {
-  static constexpr float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
+  using T = Tiling<Flavour::kM>;
+  constexpr int kA = T::kA;
   at::parallel_for(0, Co, 16, [&](int64_t first, int64_t last) {
     for (int64_t co = first; co < last; ++co) {
       for (int64_t ci = 0; ci < Ci; ++ci) {
         const float* g = w + (co * Ci + ci) * 9;
-        float t[4][3];  // G g
-        for (int a = 0; a < 4; ++a) {
-          for (int j = 0; j < 3; ++j) t[a][j] = G[a][0] * g[j] + G[a][1] * g[3 + j] + G[a][2] * g[6 + j];
+        float t[kA][3];  // G g
+        for (int a = 0; a < kA; ++a) {
+          for (int j = 0; j < 3; ++j) {
+            t[a][j] = T::G[a][0] * g[j] + T::G[a][1] * g[3 + j] + T::G[a][2] * g[6 + j];
+          }
         }
-        for (int a = 0; a < 4; ++a) {
-          for (int b = 0; b < 4; ++b) {
-            Flavour::store_u(u, a * 4 + b, ci, co, Ci, Co,
-                             t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2]);
+        for (int a = 0; a < kA; ++a) {
+          for (int b = 0; b < kA; ++b) {
+            Flavour::store_u(u, a * kA + b, ci, co, Ci, Co,
+                             t[a][0] * T::G[b][0] + t[a][1] * T::G[b][1] + t[a][2] * T::G[b][2]);
           }
         }
       }
@@ -708,6 +775,7 @@ void transform_weight(const float* w, int64_t Co, int64_t Ci, typename Flavour::
 
 // float32: V, U and the GEMMs in float32 (FMA).
 struct F32 {
+  static constexpr int kM = 4;  // F(4x4, 3x3)
   using in_t = float;
   using v_t = float;
   using u_t = float;
@@ -755,6 +823,7 @@ struct F32 {
 // (2c, 2c + 1) per float32 lane -- V's channels are pairs already (a 32-bit broadcast), U is stored
 // as (k, Ci / 2, Co, 2). The products and their sums stay float32 until the output's rounding.
 struct BF16 {
+  static constexpr int kM = 2;  // F(2x2, 3x3)
   using in_t = at::BFloat16;
   using v_t = uint16_t;
   using u_t = uint16_t;
@@ -815,7 +884,7 @@ struct AddStrides {
 };
 
 // y (B, H, W, Co) NHWC = x (B, H, W, Ci) NHWC convolved with the 3x3 weight whose transform is u
-// (Flavour's layout of (16, Ci, Co)), plus `add` where not null: (B, Co, H, W) with strides `as`,
+// (Flavour's layout of (kA^2, Ci, Co)), plus `add` where not null: (B, Co, H, W) with strides `as`,
 // read in place -- vectors of channels where they are contiguous (channels_last frames, whatever
 // the batch stride: e.g. a step of a batch-major sequence's gradient), else gathered one value
 // per channel (NCHW frames, the layout of the gradients an NCHW model hands the ConvLSTM layer,
@@ -826,12 +895,14 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
              const typename Flavour::in_t* add, AddStrides as, typename Flavour::in_t* y,
              int64_t B, int64_t H, int64_t W, int64_t Ci, int64_t Co) {
   using v_t = typename Flavour::v_t;
-  const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2, tiles = B * TH * TW;
+  using T = Tiling<Flavour::kM>;
+  constexpr int kM = Flavour::kM, kA = T::kA, kK = kA * kA;  // kK: the GEMMs, one per position
+  const int64_t TH = (H + kM - 1) / kM, TW = (W + kM - 1) / kM, tiles = B * TH * TW;
   const int64_t group = std::min<int64_t>(Co, kNV * kVL);  // output channels per GEMM pass
   // Tiles per block: V and M of a block in about 256 KiB (L2 is 512 KiB-2 MiB on the CPUs this
   // runs on); at least one register tile, and enough blocks for every thread.
   const int64_t threads = at::get_num_threads();
-  int64_t kT = (256 << 10) / static_cast<int64_t>(16 * (sizeof(v_t) * Ci + sizeof(float) * group));
+  int64_t kT = (256 << 10) / static_cast<int64_t>(kK * (sizeof(v_t) * Ci + sizeof(float) * group));
   kT = std::min<int64_t>(kT, (tiles + threads - 1) / threads);
   kT = std::clamp<int64_t>((kT + kMR - 1) / kMR * kMR, kMR, 96);
   const int64_t blocks = (tiles + kT - 1) / kT;
@@ -844,50 +915,47 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
     return Vec::loadu(v);
   };
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-    std::vector<v_t> v_buf(16 * kT * Ci);
-    std::vector<float> m_buf(16 * kT * group);
+    std::vector<v_t> v_buf(kK * kT * Ci);
+    std::vector<float> m_buf(kK * kT * group);
     v_t* V = v_buf.data();
     float* M = m_buf.data();
     for (int64_t blk = first; blk < last; ++blk) {
       const int64_t t0 = blk * kT, nt = std::min(kT, tiles - t0);
       const int64_t rows = (nt + kMR - 1) / kMR * kMR;  // a last partial register tile: zeros
-      // Input transform: V[k][t][ci] = (B^T d B)[k] of the tile's 4x4 patch (zero outside).
+      // Input transform: V[k][t][ci] = (B^T d B)[k] of the tile's kA x kA patch (zero outside).
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
-        const int64_t y0 = (r / TW) * 2 - 1, x0 = (r % TW) * 2 - 1;
-        const typename Flavour::in_t* p[4][4];
-        for (int i = 0; i < 4; ++i) {
-          for (int j = 0; j < 4; ++j) {
+        const int64_t y0 = (r / TW) * kM - 1, x0 = (r % TW) * kM - 1;
+        const typename Flavour::in_t* p[kA][kA];
+        for (int i = 0; i < kA; ++i) {
+          for (int j = 0; j < kA; ++j) {
             const int64_t yy = y0 + i, xx = x0 + j;
             p[i][j] = yy >= 0 && yy < H && xx >= 0 && xx < W ? x + ((b * H + yy) * W + xx) * Ci
                                                              : nullptr;
           }
         }
         for (int64_t c = 0; c < Ci; c += kVL) {
-          Vec d[4][4];
-          for (int i = 0; i < 4; ++i) {
-            for (int j = 0; j < 4; ++j) d[i][j] = p[i][j] != nullptr ? Flavour::load(p[i][j] + c) : Vec(0.f);
+          Vec d[kA][kA];  // d, then B^T d
+          for (int j = 0; j < kA; ++j) {  // B^T d: columns
+            Vec col[kA], out[kA];
+            for (int i = 0; i < kA; ++i) col[i] = p[i][j] != nullptr ? Flavour::load(p[i][j] + c) : Vec(0.f);
+            mat_vec(T::BT, col, out);
+            for (int i = 0; i < kA; ++i) d[i][j] = out[i];
           }
-          for (int j = 0; j < 4; ++j) {  // B^T d: rows
-            const Vec d0 = d[0][j], d1 = d[1][j], d2 = d[2][j], d3 = d[3][j];
-            d[0][j] = d0 - d2;
-            d[1][j] = d1 + d2;
-            d[2][j] = d2 - d1;
-            d[3][j] = d1 - d3;
-          }
-          for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
-            const Vec e[4] = {d[i][0] - d[i][2], d[i][1] + d[i][2], d[i][2] - d[i][1], d[i][1] - d[i][3]};
-            for (int j = 0; j < 4; ++j) Flavour::store_v(V + ((i * 4 + j) * kT + t) * Ci + c, e[j]);
+          for (int i = 0; i < kA; ++i) {  // (B^T d) B: rows
+            Vec e[kA];
+            mat_vec(T::BT, d[i], e);
+            for (int j = 0; j < kA; ++j) Flavour::store_v(V + ((i * kA + j) * kT + t) * Ci + c, e[j]);
           }
         }
       }
-      for (int k = 0; k < 16; ++k) {
+      for (int k = 0; k < kK; ++k) {
         std::fill(V + (k * kT + nt) * Ci, V + (k * kT + rows) * Ci, v_t(0));
       }
       for (int64_t co0 = 0; co0 < Co; co0 += group) {
         const int64_t nc = std::min(group, Co - co0);
         const int nv = static_cast<int>(nc / kVL);
-        for (int k = 0; k < 16; ++k) {  // the 16 GEMMs: M[k] = V[k] x U[k][:, co0 : co0 + nc]
+        for (int k = 0; k < kK; ++k) {  // the GEMMs: M[k] = V[k] x U[k][:, co0 : co0 + nc]
           const v_t* v = V + k * kT * Ci;
           float* m = M + k * kT * group;
           for (int n = 0; n < nv;) {  // kNV vectors at a time, then 2 and 1
@@ -903,27 +971,27 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
             n += take;
           }
         }
-        // Output transform: the tile's 2x2 outputs A^T M A, those inside the frame stored.
+        // Output transform: the tile's kM x kM outputs A^T M A, those inside the frame stored.
         for (int64_t t = 0; t < nt; ++t) {
           const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
-          const int64_t oy = (r / TW) * 2, ox = (r % TW) * 2;
+          const int64_t oy = (r / TW) * kM, ox = (r % TW) * kM;
+          const int rows_in = static_cast<int>(std::min<int64_t>(kM, H - oy));
+          const int cols_in = static_cast<int>(std::min<int64_t>(kM, W - ox));
           for (int64_t c = 0; c < nc; c += kVL) {
-            Vec s[2][4];  // A^T M: rows
-            for (int j = 0; j < 4; ++j) {
-              const float* mj = M + (j * kT + t) * group + c;
-              const Vec m0 = Vec::loadu(mj), m1 = Vec::loadu(mj + 4 * kT * group);
-              const Vec m2 = Vec::loadu(mj + 8 * kT * group), m3 = Vec::loadu(mj + 12 * kT * group);
-              s[0][j] = m0 + m1 + m2;
-              s[1][j] = m1 - m2 - m3;
+            Vec s[kM][kA];  // A^T M
+            for (int j = 0; j < kA; ++j) {
+              Vec col[kA], out[kM];
+              for (int i = 0; i < kA; ++i) col[i] = Vec::loadu(M + ((i * kA + j) * kT + t) * group + c);
+              mat_vec(T::AT, col, out);
+              for (int i = 0; i < kM; ++i) s[i][j] = out[i];
             }
-            for (int i = 0; i < 2 && oy + i < H; ++i) {  // (A^T M) A: columns
+            for (int i = 0; i < rows_in; ++i) {  // (A^T M) A
+              Vec out[kM];
+              mat_vec(T::AT, s[i], out);
               const int64_t at = ((b * H + oy + i) * W + ox) * Co + co0 + c;
-              Vec y0 = s[i][0] + s[i][1] + s[i][2], y1 = s[i][1] - s[i][2] - s[i][3];
-              if (add != nullptr) y0 = y0 + addend(b, oy + i, ox, co0 + c);
-              Flavour::store_y(y + at, y0);
-              if (ox + 1 < W) {
-                if (add != nullptr) y1 = y1 + addend(b, oy + i, ox + 1, co0 + c);
-                Flavour::store_y(y + at + Co, y1);
+              for (int j = 0; j < cols_in; ++j) {
+                if (add != nullptr) out[j] = out[j] + addend(b, oy + i, ox + j, co0 + c);
+                Flavour::store_y(y + at + j * Co, out[j]);
               }
             }
           }
@@ -933,14 +1001,15 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
   });
 }
 
-// The weight's transform for Flavour's conv3x3, (16, Ci, Co) elements in Flavour's layout: what
+// The weight's transform for Flavour's conv3x3, (kA^2, Ci, Co) elements in Flavour's layout: what
 // PreparedConv::u holds (float32, or bfloat16 pairs stored as bfloat16).
 template <class Flavour>
 at::Tensor transform(const at::Tensor& weight) {
   const int64_t Co = weight.size(0), Ci = weight.size(1);
   const at::Tensor w = weight.to(at::kFloat).contiguous();
   const auto dtype = std::is_same_v<typename Flavour::u_t, float> ? at::kFloat : at::kBFloat16;
-  at::Tensor u = at::empty({16, Ci, Co}, weight.options().dtype(dtype));
+  constexpr int kA = Tiling<Flavour::kM>::kA;
+  at::Tensor u = at::empty({kA * kA, Ci, Co}, weight.options().dtype(dtype));
   transform_weight<Flavour>(w.const_data_ptr<float>(), Co, Ci,
                             reinterpret_cast<typename Flavour::u_t*>(u.data_ptr()));
   return u;
