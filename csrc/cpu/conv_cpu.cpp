@@ -722,28 +722,38 @@ struct Tiling<4> {
       {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -.5f, 0}, {0, 1, 1, 4, .25f, 0}, {0, 1, -1, 8, -.125f, 1}};
 };
 
-// out[i] = sum over j of m[i][j] * in[j], for vectors: fully unrolled, so that the zero terms
-// and the multiplies by +-1 of the constant matrices fold away (float arithmetic may not drop
-// `+ 0 * x` by itself).
+// sum over j < N of coef(j) * in[j], for vectors, with coef(j) a constant once inlined: unrolled,
+// so that the zero terms and the multiplies by +-1 of the transforms' constant matrices fold away
+// (float arithmetic may not drop `+ 0 * x` by itself).
+template <int N, class Coef>
+C10_ALWAYS_INLINE Vec combine(Coef coef, const Vec (&in)[N]) {
+  Vec acc(0.f);
+  bool first = true;
+#pragma GCC unroll 8
+  for (int j = 0; j < N; ++j) {
+    const float c = coef(j);
+    if (c == 0.f) continue;
+    if (first) {
+      acc = c == 1.f ? in[j] : (c == -1.f ? in[j].neg() : in[j] * Vec(c));
+    } else {
+      acc = c == 1.f ? acc + in[j] : (c == -1.f ? acc - in[j] : at::vec::fmadd(Vec(c), in[j], acc));
+    }
+    first = false;
+  }
+  return acc;
+}
+
+// out = m in, and out = m^T in (mat_t_vec), for the R x C constant matrices of a Tiling.
 template <int R, int C>
 C10_ALWAYS_INLINE void mat_vec(const float (&m)[R][C], const Vec (&in)[C], Vec (&out)[R]) {
 #pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    Vec acc(0.f);
-    bool first = true;
+  for (int i = 0; i < R; ++i) out[i] = combine<C>([&](int j) { return m[i][j]; }, in);
+}
+
+template <int R, int C>
+C10_ALWAYS_INLINE void mat_t_vec(const float (&m)[R][C], const Vec (&in)[R], Vec (&out)[C]) {
 #pragma GCC unroll 8
-    for (int j = 0; j < C; ++j) {
-      const float c = m[i][j];
-      if (c == 0.f) continue;
-      if (first) {
-        acc = c == 1.f ? in[j] : (c == -1.f ? in[j].neg() : in[j] * Vec(c));
-      } else {
-        acc = c == 1.f ? acc + in[j] : (c == -1.f ? acc - in[j] : at::vec::fmadd(Vec(c), in[j], acc));
-      }
-      first = false;
-    }
-    out[i] = acc;
-  }
+  for (int j = 0; j < C; ++j) out[j] = combine<R>([&](int i) { return m[i][j]; }, in);
 }
 
 // U[k][ci][co], k = kA a + b: sum over i, j of G[a][i] w[co][ci][i][j] G[b][j], from the float32
@@ -1077,6 +1087,7 @@ at::Tensor run(const at::Tensor& input, const at::Tensor& weight) {
 namespace wgrad {
 
 struct F32 {
+  static constexpr int kM = 4;  // F(4x4, 3x3)
   using in_t = float;
   using st_t = float;  // what V and Y are stored as
   static constexpr int kPack = 1;
@@ -1094,6 +1105,7 @@ alignas(64) constexpr int16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4
                                                  11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
 
 struct BF16 {
+  static constexpr int kM = 2;  // F(2x2, 3x3)
   using in_t = at::BFloat16;
   using st_t = uint16_t;
   static constexpr int kPack = 2;
@@ -1129,16 +1141,16 @@ void gemm_columns(int columns, const typename Flavour::st_t* v, int64_t v_step,
 #undef PYFRAMEPRED_WGRAD_TILE
 }
 
-// The input pixels of tile t of a block (from tile t0) under its 4x4 patch: null outside the
+// The input pixels of tile t of a block (from tile t0) under its kA x kA patch: null outside the
 // frame, and all null for t >= nt (no tile).
-template <class In>
+template <int kM, class In>
 void tile_patch(const In* x, int64_t H, int64_t W, int64_t Ci, int64_t t0, int64_t t, int64_t nt,
-                const In* p[4][4]) {
-  const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2;
+                const In* p[kM + 2][kM + 2]) {
+  const int64_t TH = (H + kM - 1) / kM, TW = (W + kM - 1) / kM;
   const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
-  const int64_t y0 = (r / TW) * 2 - 1, x0 = (r % TW) * 2 - 1;
-  for (int i = 0; i < 4; ++i) {
-    for (int j = 0; j < 4; ++j) {
+  const int64_t y0 = (r / TW) * kM - 1, x0 = (r % TW) * kM - 1;
+  for (int i = 0; i < kM + 2; ++i) {
+    for (int j = 0; j < kM + 2; ++j) {
       const int64_t yy = y0 + i, xx = x0 + j;
       const bool inside = t < nt && yy >= 0 && yy < H && xx >= 0 && xx < W;
       p[i][j] = inside ? x + ((b * H + yy) * W + xx) * Ci : nullptr;
@@ -1146,16 +1158,16 @@ void tile_patch(const In* x, int64_t H, int64_t W, int64_t Ci, int64_t t0, int64
   }
 }
 
-// The output gradients of tile t's 2x2 positions from channel co0 on: null outside the frame or
-// for t >= nt.
-template <class In>
+// The output gradients of tile t's kM x kM positions from channel co0 on: null outside the frame
+// or for t >= nt.
+template <int kM, class In>
 void tile_grads(const In* dy, int64_t H, int64_t W, int64_t Co, int64_t co0, int64_t t0,
-                int64_t t, int64_t nt, const In* q[2][2]) {
-  const int64_t TH = (H + 1) / 2, TW = (W + 1) / 2;
+                int64_t t, int64_t nt, const In* q[kM][kM]) {
+  const int64_t TH = (H + kM - 1) / kM, TW = (W + kM - 1) / kM;
   const int64_t tile = t0 + t, b = tile / (TH * TW), r = tile % (TH * TW);
-  const int64_t oy = (r / TW) * 2, ox = (r % TW) * 2;
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 2; ++j) {
+  const int64_t oy = (r / TW) * kM, ox = (r % TW) * kM;
+  for (int i = 0; i < kM; ++i) {
+    for (int j = 0; j < kM; ++j) {
       const bool inside = t < nt && oy + i < H && ox + j < W;
       q[i][j] = inside ? dy + ((b * H + oy + i) * W + ox + j) * Co + co0 : nullptr;
     }
@@ -1163,94 +1175,87 @@ void tile_grads(const In* dy, int64_t H, int64_t W, int64_t Co, int64_t co0, int
 }
 
 // f[k][e] = (B^T d B)[k] of channels c .. c + kVL of the patch p.
-template <class Flavour, int P>
-C10_ALWAYS_INLINE void input_transform(const typename Flavour::in_t* const p[4][4], int64_t c,
-                                       Vec f[16][P], int e) {
-  Vec d[4][4];
-  for (int i = 0; i < 4; ++i) {
-    for (int j = 0; j < 4; ++j) d[i][j] = p[i][j] != nullptr ? Flavour::load(p[i][j] + c) : Vec(0.f);
+template <class Flavour, int P, class T = Tiling<Flavour::kM>>
+C10_ALWAYS_INLINE void input_transform(const typename Flavour::in_t* const p[T::kA][T::kA],
+                                       int64_t c, Vec f[T::kA * T::kA][P], int e) {
+  constexpr int kA = T::kA;
+  Vec d[kA][kA];  // B^T d
+  for (int j = 0; j < kA; ++j) {  // B^T d: columns
+    Vec col[kA], out[kA];
+    for (int i = 0; i < kA; ++i) col[i] = p[i][j] != nullptr ? Flavour::load(p[i][j] + c) : Vec(0.f);
+    mat_vec(T::BT, col, out);
+    for (int i = 0; i < kA; ++i) d[i][j] = out[i];
   }
-  for (int j = 0; j < 4; ++j) {  // B^T d: rows
-    const Vec d0 = d[0][j], d1 = d[1][j], d2 = d[2][j], d3 = d[3][j];
-    d[0][j] = d0 - d2;
-    d[1][j] = d1 + d2;
-    d[2][j] = d2 - d1;
-    d[3][j] = d1 - d3;
-  }
-  for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
-    f[i * 4 + 0][e] = d[i][0] - d[i][2];
-    f[i * 4 + 1][e] = d[i][1] + d[i][2];
-    f[i * 4 + 2][e] = d[i][2] - d[i][1];
-    f[i * 4 + 3][e] = d[i][1] - d[i][3];
+  for (int i = 0; i < kA; ++i) {  // (B^T d) B: rows
+    Vec out[kA];
+    mat_vec(T::BT, d[i], out);
+    for (int j = 0; j < kA; ++j) f[i * kA + j][e] = out[j];
   }
 }
 
-// f[k][e] = (A g A^T)[k] of channels c .. c + kVL of the 2x2 gradients q: A g has the rows
-// (g0, g0 + g1, g0 - g1, -g1), and (A g) A^T the same combinations of its columns.
-template <class Flavour, int P>
-C10_ALWAYS_INLINE void grad_transform(const typename Flavour::in_t* const q[2][2], int64_t c,
-                                      Vec f[16][P], int e) {
-  Vec g[2][2];
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 2; ++j) g[i][j] = q[i][j] != nullptr ? Flavour::load(q[i][j] + c) : Vec(0.f);
+// f[k][e] = (A g A^T)[k] of channels c .. c + kVL of the kM x kM gradients q (A = (A^T)^T).
+template <class Flavour, int P, class T = Tiling<Flavour::kM>>
+C10_ALWAYS_INLINE void grad_transform(const typename Flavour::in_t* const q[Flavour::kM][Flavour::kM],
+                                      int64_t c, Vec f[T::kA * T::kA][P], int e) {
+  constexpr int kM = Flavour::kM, kA = T::kA;
+  Vec r[kA][kM];  // A g
+  for (int j = 0; j < kM; ++j) {  // A g: columns
+    Vec col[kM], out[kA];
+    for (int i = 0; i < kM; ++i) col[i] = q[i][j] != nullptr ? Flavour::load(q[i][j] + c) : Vec(0.f);
+    mat_t_vec(T::AT, col, out);
+    for (int i = 0; i < kA; ++i) r[i][j] = out[i];
   }
-  const Vec zero(0.f);
-  const Vec rows[4][2] = {{g[0][0], g[0][1]},
-                          {g[0][0] + g[1][0], g[0][1] + g[1][1]},
-                          {g[0][0] - g[1][0], g[0][1] - g[1][1]},
-                          {zero - g[1][0], zero - g[1][1]}};
-  for (int a = 0; a < 4; ++a) {
-    f[a * 4 + 0][e] = rows[a][0];
-    f[a * 4 + 1][e] = rows[a][0] + rows[a][1];
-    f[a * 4 + 2][e] = rows[a][0] - rows[a][1];
-    f[a * 4 + 3][e] = zero - rows[a][1];
+  for (int i = 0; i < kA; ++i) {  // (A g) A^T: rows
+    Vec out[kA];
+    mat_t_vec(T::AT, r[i], out);
+    for (int j = 0; j < kA; ++j) f[i * kA + j][e] = out[j];
   }
 }
 
-// dU (per share: (16, Ci, Co) float32, zeroed) += the tiles [t_begin, t_end) of x (B, H, W, Ci)
+// dU (per share: (kA^2, Ci, Co) float32, zeroed) += the tiles [t_begin, t_end) of x (B, H, W, Ci)
 // and dy (B, H, W, Co), both NHWC; Ci and Co multiples of kVL.
 template <class Flavour>
 void accumulate(const typename Flavour::in_t* x, const typename Flavour::in_t* dy, int64_t H,
                 int64_t W, int64_t Ci, int64_t Co, int64_t t_begin, int64_t t_end, int64_t kT,
                 float* dU) {
   using st_t = typename Flavour::st_t;
-  constexpr int P = Flavour::kPack;
+  constexpr int P = Flavour::kPack, kM = Flavour::kM, kA = kM + 2, kK = kA * kA;
   const int64_t group = std::min<int64_t>(Co, kNV * kVL);
   const int64_t kS = kT / P;  // reduction steps per block
   // V[((k * kS + s) * Ci + ci) * P + e] of tile s * P + e; Y likewise with `group` channels.
-  std::vector<st_t> v_buf(16 * kT * Ci), y_buf(16 * kT * group);
+  std::vector<st_t> v_buf(kK * kT * Ci), y_buf(kK * kT * group);
   st_t* V = v_buf.data();
   st_t* Y = y_buf.data();
   for (int64_t t0 = t_begin; t0 < t_end; t0 += kT) {
     const int64_t nt = std::min(kT, t_end - t0);
     const int64_t steps = (nt + P - 1) / P;
-    // Input transform of the block: V = B^T d B of each tile's 4x4 patch (zero outside), a
+    // Input transform of the block: V = B^T d B of each tile's kA x kA patch (zero outside), a
     // reduction step (P tiles; a last pair's missing tile is zero, as is its Y) at a time.
     for (int64_t s = 0; s < steps; ++s) {
-      const typename Flavour::in_t* p[P][4][4];
-      for (int e = 0; e < P; ++e) tile_patch(x, H, W, Ci, t0, s * P + e, nt, p[e]);
+      const typename Flavour::in_t* p[P][kA][kA];
+      for (int e = 0; e < P; ++e) tile_patch<kM>(x, H, W, Ci, t0, s * P + e, nt, p[e]);
       for (int64_t c = 0; c < Ci; c += kVL) {
-        Vec f[16][P];
-        for (int e = 0; e < P; ++e) input_transform<Flavour>(p[e], c, f, e);
-        for (int k = 0; k < 16; ++k) Flavour::put(V + ((k * kS + s) * Ci + c) * P, f[k]);
+        Vec f[kK][P];
+        for (int e = 0; e < P; ++e) input_transform<Flavour, P>(p[e], c, f, e);
+        for (int k = 0; k < kK; ++k) Flavour::put(V + ((k * kS + s) * Ci + c) * P, f[k]);
       }
     }
     for (int64_t co0 = 0; co0 < Co; co0 += group) {
       const int64_t nc = std::min(group, Co - co0);
-      // Output-gradient transform of the group's channels: Y = A dy A^T of each tile's 2x2
+      // Output-gradient transform of the group's channels: Y = A dy A^T of each tile's kM x kM
       // gradients (zero outside the frame).
       for (int64_t s = 0; s < steps; ++s) {
-        const typename Flavour::in_t* q[P][2][2];
-        for (int e = 0; e < P; ++e) tile_grads(dy, H, W, Co, co0, t0, s * P + e, nt, q[e]);
+        const typename Flavour::in_t* q[P][kM][kM];
+        for (int e = 0; e < P; ++e) tile_grads<kM>(dy, H, W, Co, co0, t0, s * P + e, nt, q[e]);
         for (int64_t c = 0; c < nc; c += kVL) {
-          Vec f[16][P];
-          for (int e = 0; e < P; ++e) grad_transform<Flavour>(q[e], c, f, e);
-          for (int k = 0; k < 16; ++k) Flavour::put(Y + ((k * kS + s) * group + c) * P, f[k]);
+          Vec f[kK][P];
+          for (int e = 0; e < P; ++e) grad_transform<Flavour, P>(q[e], c, f, e);
+          for (int k = 0; k < kK; ++k) Flavour::put(Y + ((k * kS + s) * group + c) * P, f[k]);
         }
       }
-      // The 16 GEMMs: dU[k][ci][co0 ...] += sum over the block's steps of V[k] x Y[k].
+      // The kA^2 GEMMs: dU[k][ci][co0 ...] += sum over the block's steps of V[k] x Y[k].
       const int nv = static_cast<int>(nc / kVL);
-      for (int k = 0; k < 16; ++k) {
+      for (int k = 0; k < kK; ++k) {
         const st_t* vk = V + k * kS * Ci * P;
         const st_t* yk = Y + k * kS * group * P;
         for (int n = 0; n < nv;) {  // kNV vectors at a time, then 2 and 1
@@ -1283,7 +1288,9 @@ at::Tensor run(const at::Tensor& grad_out, const at::Tensor& input) {
   const int64_t Co = grad_out.size(1);
   const at::Tensor x = nhwc(input);  // views if channels_last
   const at::Tensor dy = nhwc(grad_out);
-  const int64_t tiles = B * ((H + 1) / 2) * ((W + 1) / 2);
+  constexpr int kM = Flavour::kM, kA = kM + 2, kK = kA * kA;
+  using T = Tiling<kM>;
+  const int64_t tiles = B * ((H + kM - 1) / kM) * ((W + kM - 1) / kM);
   const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles));
   const int64_t group = std::min<int64_t>(Co, kNV * kVL);
   // Tiles per block: the block's V and one group's Y in about 256 KiB, or in as much as the share's
@@ -1292,47 +1299,47 @@ at::Tensor run(const at::Tensor& grad_out, const at::Tensor& input) {
   // 7.9 ms in bf16 and 14.7 in float32 against 8.4 and 16.3 with 256 KiB blocks; the smaller
   // shapes of the layer unchanged); a multiple of the pack, at most 256 tiles.
   const int64_t st = sizeof(typename Flavour::st_t);
-  const int64_t dU_bytes = 16 * Ci * Co * static_cast<int64_t>(sizeof(float));
-  int64_t kT = std::max<int64_t>(256 << 10, dU_bytes) / (16 * st * (Ci + group));
+  const int64_t dU_bytes = kK * Ci * Co * static_cast<int64_t>(sizeof(float));
+  int64_t kT = std::max<int64_t>(256 << 10, dU_bytes) / (kK * st * (Ci + group));
   kT = std::clamp<int64_t>(kT / Flavour::kPack * Flavour::kPack, Flavour::kPack, 256);
-  at::Tensor acc = scratch_zeros({shares, 16, Ci, Co}, input.options().dtype(at::kFloat));
+  at::Tensor acc = scratch_zeros({shares, kK, Ci, Co}, input.options().dtype(at::kFloat));
   float* accd = acc.data_ptr<float>();
   const auto* xd = reinterpret_cast<const in_t*>(x.const_data_ptr());
   const auto* dyd = reinterpret_cast<const in_t*>(dy.const_data_ptr());
   at::parallel_for(0, shares, 1, [&](int64_t first, int64_t last) {
     for (int64_t sh = first; sh < last; ++sh) {
       accumulate<Flavour>(xd, dyd, H, W, Ci, Co, tiles * sh / shares, tiles * (sh + 1) / shares,
-                          kT, accd + sh * 16 * Ci * Co);
+                          kT, accd + sh * kK * Ci * Co);
     }
   });
   // dW = G^T dU G of the shares' sum (added in a fixed order), vectorised over the output
   // channels (contiguous in dU) into (3, 3, Ci, Co) float32, then rounded once to the input's
   // dtype as (Co, Ci, 3, 3) in its memory format. (Scalar, channel by channel, this took 11% of
   // the weight gradient at (4, 128 -> 256, 64x64).)
-  static constexpr float G[4][3] = {{1.f, 0.f, 0.f}, {.5f, .5f, .5f}, {.5f, -.5f, .5f}, {0.f, 0.f, 1.f}};
   at::Tensor dw = at::empty({3, 3, Ci, Co}, input.options().dtype(at::kFloat));
   float* od = dw.data_ptr<float>();
   at::parallel_for(0, Ci, 1, [&](int64_t first, int64_t last) {
     for (int64_t ci = first; ci < last; ++ci) {
       for (int64_t co = 0; co < Co; co += kVL) {
-        Vec m[16];
-        for (int k = 0; k < 16; ++k) {
-          m[k] = Vec::loadu(accd + (k * Ci + ci) * Co + co);
+        Vec m[kA][kA];
+        for (int k = 0; k < kK; ++k) {
+          Vec sum = Vec::loadu(accd + (k * Ci + ci) * Co + co);
           for (int64_t sh = 1; sh < shares; ++sh) {
-            m[k] = m[k] + Vec::loadu(accd + ((sh * 16 + k) * Ci + ci) * Co + co);
+            sum = sum + Vec::loadu(accd + ((sh * kK + k) * Ci + ci) * Co + co);
           }
+          m[k / kA][k % kA] = sum;
         }
-        for (int i = 0; i < 3; ++i) {
-          Vec t[4];  // (G^T m)[i][b]
-          for (int bb = 0; bb < 4; ++bb) {
-            t[bb] = Vec(G[0][i]) * m[bb] + Vec(G[1][i]) * m[4 + bb] + Vec(G[2][i]) * m[8 + bb] +
-                    Vec(G[3][i]) * m[12 + bb];
-          }
-          for (int j = 0; j < 3; ++j) {
-            const Vec v = t[0] * Vec(G[0][j]) + t[1] * Vec(G[1][j]) + t[2] * Vec(G[2][j]) +
-                          t[3] * Vec(G[3][j]);
-            v.store(od + ((i * 3 + j) * Ci + ci) * Co + co);
-          }
+        Vec t[3][kA];  // G^T m
+        for (int b = 0; b < kA; ++b) {
+          Vec col[kA], out[3];
+          for (int a = 0; a < kA; ++a) col[a] = m[a][b];
+          mat_t_vec(T::G, col, out);
+          for (int i = 0; i < 3; ++i) t[i][b] = out[i];
+        }
+        for (int i = 0; i < 3; ++i) {  // (G^T m) G
+          Vec out[3];
+          mat_t_vec(T::G, t[i], out);
+          for (int j = 0; j < 3; ++j) out[j].store(od + ((i * 3 + j) * Ci + ci) * Co + co);
         }
       }
     }
