@@ -14,9 +14,10 @@ the median time.
     python benchmarks/bench_conv.py --op same --dtypes float32 --out results/conv_same_rr_cpu_<tag>.json
 
 Forward convolutions (``--op same``, and the ``conv2d same`` benchmark groups): ``ops.conv2d_same``
-(on the CPU in float32 our Winograd F(2x2, 3x3) kernel) against ``F.conv2d``, with input and
-weight channels_last as the layer has them; the ``dgrad`` shapes are the data gradients the
-layer's backward runs as convolutions with the flipped, transposed weight (4C -> C).
+(on the CPU in float32 our Winograd F(4x4, 3x3) kernel, in bfloat16 F(2x2, 3x3)) against
+``F.conv2d``, with input and weight channels_last as the layer has them; the ``dgrad`` shapes are
+the data gradients the layer's backward runs as convolutions with the flipped, transposed weight
+(4C -> C).
 
 The pytest cases time each implementation's rounds one after the other; the script mode (last
 line) alternates them round by round in one process, so that a machine's drift falls on both
@@ -244,7 +245,8 @@ def markdown(record: dict) -> str:
         f"{m['threads']} threads, torch {m['torch']}, allocator {m['allocator']}."
         # Both ops run 3x3 in the Winograd domain (the weight gradient since 2026-12-05).
         + " TFLOP/s: the direct convolution's FLOPs (2 B H W 9 C_in C_out) over the time; "
-        "Winograd F(2x2, 3x3) computes 2.25x fewer multiplies.",
+        "Winograd computes fewer multiplies: F(4x4, 3x3) (float32, since 2026-12-06) 4x, "
+        "F(2x2, 3x3) (bf16) 2.25x.",
         "",
     ]
     return "\n".join(lines)

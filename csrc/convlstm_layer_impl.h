@@ -263,8 +263,8 @@ inline at::Tensor finish_conv(at::Tensor y, const at::Tensor& addend, const at::
 
 // conv(input, c.weight) + addend (where defined), written into `out` (where defined): the
 // prepared kernel where there is one and the tensors are plain ones, else the operator
-// conv2d_same (3x3 in float32, and in bfloat16 at the avx512_bf16 level: a Winograd F(2x2, 3x3)
-// kernel of ours, csrc/cpu/conv_cpu.cpp, round-robin against oneDNN in
+// conv2d_same (3x3 in float32, and in bfloat16 at the avx512_bf16 level: a Winograd F(4x4, 3x3)
+// and F(2x2, 3x3) kernel of ours, csrc/cpu/conv_cpu.cpp, round-robin against oneDNN in
 // benchmarks/results/conv_same_rr_cpu_*.md; otherwise ATen's) on the CPU, ATen's convolution
 // elsewhere. In profiles the prepared kernel shows as the operator it stands for.
 inline at::Tensor conv(const LayerBackend& b, const at::Tensor& input, const StepConv& c,

@@ -5,8 +5,8 @@ four on AVX-512, then tails of two and one) and columns by six; the cases below 
 partial tiles of both, kernels other than 3x3, one-pixel rows and columns, row counts that do not
 split evenly over threads, both memory layouts, and the shapes it hands to ATen (float64, output
 channels not a multiple of the vector width). 3x3 kernels with channels in whole vectors run in
-the Winograd domain (F(2x2, 3x3), csrc/cpu/conv_cpu.cpp's wgrad), float32 at every level and
-bfloat16 at avx512_bf16; their cases cover partial tiles, one-pixel, one-row and two-column frames,
+the Winograd domain (csrc/cpu/conv_cpu.cpp's wgrad), float32 as F(4x4, 3x3) at every level and
+bfloat16 as F(2x2, 3x3) at avx512_bf16; their cases cover partial tiles (1 to 3 of 4 rows or columns), one-pixel, one-row and two-column frames,
 partial register tiles and channel groups, and several blocks of tiles. The oracle is
 torch.nn.grad.conv2d_weight in float64.
 

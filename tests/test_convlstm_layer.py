@@ -139,7 +139,7 @@ def _outputs_and_grads(fn, args, grad_format):
 def test_float32_winograd_convolutions_close_to_float64(cpu_isa_level, grad_format):
     # Channel counts the CPU's Winograd convolutions take (multiples of 16), odd frames (partial
     # tiles): the forward convolutions, the data gradients of h and x and the weight gradients run
-    # as Winograd F(2x2, 3x3) in float32 (the layer's weights transformed once per call); the same
+    # as Winograd F(4x4, 3x3) in float32 (the layer's weights transformed once per call); the same
     # values in float64 are the oracle. A channels_last gradient of the sequence is summed into
     # the hidden data gradient as the convolution writes it, an NCHW one afterwards.
     args = _inputs(T=4, N=2, Cin=16, C=16, H=7, W=9, state=True, peephole=True, dtype=torch.float32)

@@ -724,15 +724,17 @@ struct Tiling<4> {
 
 // sum over j < N of coef(j) * in[j], for vectors, with coef(j) a constant once inlined: unrolled,
 // so that the zero terms and the multiplies by +-1 of the transforms' constant matrices fold away
-// (float arithmetic may not drop `+ 0 * x` by itself).
+// (float arithmetic may not drop `+ 0 * x` by itself). The positive terms come first, so that a
+// -1 costs a subtraction rather than a negation.
 template <int N, class Coef>
 C10_ALWAYS_INLINE Vec combine(Coef coef, const Vec (&in)[N]) {
   Vec acc(0.f);
   bool first = true;
-#pragma GCC unroll 8
-  for (int j = 0; j < N; ++j) {
+#pragma GCC unroll 16
+  for (int n = 0; n < 2 * N; ++n) {
+    const int j = n % N;
     const float c = coef(j);
-    if (c == 0.f) continue;
+    if (c == 0.f || (n < N) != (c > 0.f)) continue;
     if (first) {
       acc = c == 1.f ? in[j] : (c == -1.f ? in[j].neg() : in[j] * Vec(c));
     } else {
@@ -995,11 +997,16 @@ void conv3x3(const typename Flavour::in_t* x, const typename Flavour::u_t* u,
               mat_vec(T::AT, col, out);
               for (int i = 0; i < kM; ++i) s[i][j] = out[i];
             }
-            for (int i = 0; i < rows_in; ++i) {  // (A^T M) A
+            // (A^T M) A; loops of constant length, so that s and out stay in registers.
+#pragma GCC unroll 4
+            for (int i = 0; i < kM; ++i) {
+              if (i >= rows_in) break;
               Vec out[kM];
               mat_vec(T::AT, s[i], out);
               const int64_t at = ((b * H + oy + i) * W + ox) * Co + co0 + c;
-              for (int j = 0; j < cols_in; ++j) {
+#pragma GCC unroll 4
+              for (int j = 0; j < kM; ++j) {
+                if (j >= cols_in) break;
                 if (add != nullptr) out[j] = out[j] + addend(b, oy + i, ox + j, co0 + c);
                 Flavour::store_y(y + at + j * Co, out[j]);
               }
@@ -1061,29 +1068,32 @@ at::Tensor run(const at::Tensor& input, const at::Tensor& weight) {
 
 // ---- conv2d_weight_grad of 3x3 kernels in the Winograd domain ----------------------------------
 //
-// The F(2x2, 3x3) above, run backwards to the weight. A tile's outputs are A^T [U . V] A with
-// U = G w G^T, so the tile adds (A dy A^T) . V to the gradient of U -- elementwise in the 4x4
-// domain, dy the tile's 2x2 output gradients -- and the weight's gradient is G^T dU G of the sum
-// over all tiles:
-//   dU[k][ci][co] = sum over tiles t of V[k][t][ci] * Y[k][t][co],   Y = A dy A^T (4x4).
-// These are 16 GEMMs reducing over the tiles: 16 multiply-adds per tile (4 positions) and channel
-// pair, against the direct kernel's 36 -- 2.25x fewer. Why: the direct kernels above run near the
-// multiply-add peak (VDPBF16PS: ~370 of 404 GFLOP/s on 2 Zen 4 cores), and the weight gradients
-// were the largest part of the layer's bf16 training step (46% at 4x64x[64]@64).
+// The Winograd convolution above, run backwards to the weight. A tile's outputs are
+// A^T [U . V] A with U = G w G^T, so the tile adds (A dy A^T) . V to the gradient of U --
+// elementwise in the kA x kA domain, dy the tile's kM x kM output gradients -- and the weight's
+// gradient is G^T dU G of the sum over all tiles:
+//   dU[k][ci][co] = sum over tiles t of V[k][t][ci] * Y[k][t][co],   Y = A dy A^T (kA x kA).
+// These are kA^2 GEMMs reducing over the tiles: per tile and channel pair 16 multiply-adds for 4
+// positions (F(2x2, 3x3)) or 36 for 16 (F(4x4, 3x3)), against the direct kernel's 36 or 144.
+// Why: the direct kernels above run near the multiply-add peak (VDPBF16PS: ~370 of 404 GFLOP/s
+// on 2 Zen 4 cores), and the weight gradients were the largest part of the layer's bf16 training
+// step (46% at 4x64x[64]@64).
 //
-// Work: threads take equal shares of the tiles, each with its own float32 dU (16, Ci, Co), summed
-// in a fixed order at the end (deterministic for a given thread count, as the direct kernels).
-// A share walks blocks of kT tiles: the block's V for all input channels, then per group of
-// kNV vectors of output channels that group's Y and the 16 GEMMs into dU (register tiles of kMR
-// input channels x kNV vectors, reducing over the block's tiles).
+// Work: threads take equal shares of the tiles, each with its own float32 dU (kA^2, Ci, Co),
+// summed in a fixed order at the end (deterministic for a given thread count, as the direct
+// kernels). A share walks blocks of kT tiles: the block's V for all input channels, then per group
+// of kNV vectors of output channels that group's Y and the kA^2 GEMMs into dU (register tiles of
+// kMR input channels x kNV vectors, reducing over the block's tiles).
 //
-// Flavours (Flavour::kPack tiles per reduction step):
-//   F32   V, Y and the products in float32 (FMA), one tile per step;
-//   BF16  (avx512_bf16 level) V and Y rounded once to bfloat16, as conv2d_same's BF16 rounds V
-//         and U, and multiplied by VDPBF16PS, which adds a pair of tiles' products per float32
-//         lane: V and Y are stored as pairs of tiles (t, t + 1) interleaved per channel.
-// Accuracy: float32 as the direct kernel's; bfloat16 within ~2x the direct kernel's error on random
-// data (tests/test_conv_weight_grad.py holds it to 4x).
+// Flavours (Flavour::kM, the tiling; Flavour::kPack tiles per reduction step):
+//   F32   F(4x4, 3x3); V, Y and the products in float32 (FMA), one tile per step;
+//   BF16  (avx512_bf16 level) F(2x2, 3x3); V and Y rounded once to bfloat16, as conv2d_same's
+//         BF16 rounds V and U, and multiplied by VDPBF16PS, which adds a pair of tiles' products
+//         per float32 lane: V and Y are stored as pairs of tiles (t, t + 1) interleaved per channel.
+// Accuracy: float32 within 1-2.5x the error of ATen's direct weight gradient against float64 at the
+// layer's shapes (the sum over many positions dominates the transforms' rounding; F(2x2, 3x3)
+// was 0.3-0.8x); bfloat16 within ~2x the direct kernel's error on random data
+// (tests/test_conv_weight_grad.py holds float32 to 1e-4 of the scale, bfloat16 to 4x).
 namespace wgrad {
 
 struct F32 {

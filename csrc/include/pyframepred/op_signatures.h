@@ -129,7 +129,8 @@ struct Conv2dWeightGrad {
 // input (B, C_in, H, W), weight (C_out, C_in, kh, kw) -> (B, C_out, H, W), in the input's memory
 // format. The ConvLSTM layer's convolutions on the CPU (forward, and its data gradients as
 // convolutions with the flipped, transposed weight): 3x3 ones in float32, and in bfloat16 at the
-// avx512_bf16 level, are a Winograd F(2x2, 3x3) kernel of ours (csrc/cpu/conv_cpu.cpp); everything
+// avx512_bf16 level, are Winograd kernels of ours (F(4x4, 3x3) in float32, F(2x2, 3x3) in
+// bfloat16; csrc/cpu/conv_cpu.cpp); everything
 // else is ATen's convolution. Not
 // differentiable itself: the layer's autograd (csrc/convlstm_layer.cpp) calls it in both passes.
 struct Conv2dSame {

@@ -48,8 +48,8 @@ inline at::Tensor conv2d_weight_grad(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
 
 // Stride-1 'same' convolution with an odd kernel and no bias: input (B, C_in, H, W), weight
 // (C_out, C_in, kh, kw) -> (B, C_out, H, W), in the input's memory format (on the CPU, 3x3
-// convolutions in float32, and in bfloat16 at the avx512_bf16 level, run a Winograd F(2x2, 3x3)
-// kernel). Not differentiable.
+// convolutions in float32 run a Winograd F(4x4, 3x3) kernel, in bfloat16 at the avx512_bf16 level
+// an F(2x2, 3x3) one). Not differentiable.
 inline at::Tensor conv2d_same(PYFRAMEPRED_CONV2D_SAME_PARAMS) {
   return op::handle<op::Conv2dSame>().call(input, weight);
 }
