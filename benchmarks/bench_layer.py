@@ -360,6 +360,7 @@ def main(argv=None) -> int:
         ap.error("--device cuda: no CUDA device here")
     if args.malloc_tuned:
         tune_malloc()
+    machine.separate_inductor_cache()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = {k: {**SIZES, **QUICK}[k] for k in args.sizes}

@@ -50,6 +50,7 @@ def pytest_configure(config):
     _SETTINGS["full"] = _SETTINGS["full"] or config.getoption("--bench-full", False)
     tuned = config.getoption("--bench-malloc-tuned", False)
     machine.use_allocator("tuned" if tuned else machine.allocator_from_env())
+    machine.separate_inductor_cache()
 
 
 def pytest_report_header(config):

@@ -2,7 +2,8 @@
 
 Shared by the pytest suites (``conftest.py`` adds :func:`describe` to pytest-benchmark's
 ``machine_info``), the script-mode suites (``bench_data.py``, ``bench_train.py``) and
-``record.py``. Importing this module changes nothing; :func:`use_allocator` does.
+``record.py``. Importing this module changes nothing; :func:`use_allocator` and
+:func:`separate_inductor_cache` do.
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "PYFRAMEPRED_CPU_ISA")
 def isa_caps() -> dict:
     """The ISA caps set for this process ({} for none)."""
     return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+
+
+def separate_inductor_cache() -> str | None:
+    """Under an ATen ISA cap, point torch.compile's cache (TORCHINDUCTOR_CACHE_DIR, unless set) at
+    a directory of that cap's own, and return it. Inductor's cache key leaves the cap out: kernels
+    generated for 8-lane AVX2 vectors, found by a later uncapped run (16 lanes on AVX-512),
+    corrupted its heap (torch 2.13, 2026-12-06); and an uncapped run's kernels found by a capped
+    one would time AVX-512 code as AVX2. Call before the first compile."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if not cap or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    import getpass
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_isa-{cap}")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    return path
 
 
 def describe() -> dict:
