@@ -170,8 +170,12 @@ def measure_round_robin(
                     "aten": lambda dy=dy, x=x: _aten(dy, x, (3, 3)),
                 }
             times: dict = {k: [] for k in fns}
-            for fn in fns.values():
-                fn()
+            # Warm-up: at least 0.2 s of calls; the first shape of a process ran ~2x slow over all
+            # its rounds after a single warm-up call (its record row stood out, 2026-12-06).
+            t_end = time.perf_counter() + 0.2
+            while time.perf_counter() < t_end:
+                for fn in fns.values():
+                    fn()
             for _ in range(n_rounds):
                 for k, fn in fns.items():
                     t0 = time.perf_counter()
