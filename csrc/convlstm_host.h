@@ -183,6 +183,14 @@ inline GatesForwardInto*& gates_forward_into(c10::DeviceType device) {
   return kernels[static_cast<int>(device)];
 }
 
+// The ConvLSTM layer's copy between planar and interleaved frames (the operator _copy_frames,
+// op_signatures.h): registered for the CPU (cpu/dispatch.cpp, at the ISA level in use); null
+// elsewhere, where the layer copies with copy_.
+inline op::CopyFrames::Sig*& frames_copy_kernel(c10::DeviceType device) {
+  static op::CopyFrames::Sig* kernels[static_cast<int>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)] = {};
+  return kernels[static_cast<int>(device)];
+}
+
 struct ConvLSTMBackwardPlan {
   int64_t N, C, H, W;
   bool cl;

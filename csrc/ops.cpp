@@ -29,6 +29,7 @@ TORCH_LIBRARY(pyframepred, m) {
   def<op::CpuIsa>(m);
   def<op::CpuIsaLevels>(m);
   def<op::SetCpuIsa>(m);
+  def<op::CopyFrames>(m);
   def<op::CpuBufferPoolStats>(m);
   def<op::EmptyCpuBufferPool>(m);
 }

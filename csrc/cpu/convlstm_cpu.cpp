@@ -14,6 +14,7 @@
 
 #include "convlstm.h"
 #include "convlstm_host.h"
+#include "cpu/frames_copy.h"
 #include "cpu/kernels.h"
 #include "cpu/vec_utils.h"
 
@@ -382,7 +383,7 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLS
 
 // This level's kernels, registered by cpu/dispatch.cpp.
 const ConvLSTMKernels convlstm_kernels{&convlstm_gates_forward_cpu, &convlstm_gates_backward_cpu,
-                                       &convlstm_gates_forward_into_cpu};
+                                       &convlstm_gates_forward_into_cpu, &copy_frames};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

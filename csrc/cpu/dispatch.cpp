@@ -326,6 +326,8 @@ TORCH_LIBRARY_IMPL(pyframepred, CPU, m) {
          &Forward<op::GdlLossForward::Sig>::call<&LevelTables::gdl, &GdlKernels::loss_forward>);
   m.impl(op::GdlLossBackward::kName,
          &Forward<op::GdlLossBackward::Sig>::call<&LevelTables::gdl, &GdlKernels::loss_backward>);
+  m.impl(op::CopyFrames::kName,
+         &Forward<op::CopyFrames::Sig>::call<&LevelTables::convlstm, &ConvLSTMKernels::copy_frames>);
 }
 
 // The ConvLSTM layer's cell forward into its h sequence (GatesForwardInto, convlstm_host.h), at
@@ -334,6 +336,14 @@ const bool kCpuGatesForwardInto = [] {
   gates_forward_into(c10::DeviceType::CPU) =
       &cpu::Forward<GatesForwardInto>::call<&cpu::LevelTables::convlstm,
                                             &cpu::ConvLSTMKernels::gates_forward_into>;
+  return true;
+}();
+
+// The layer's copies between planar and interleaved frames (frames_copy_kernel, convlstm_host.h).
+const bool kCpuFramesCopy = [] {
+  frames_copy_kernel(c10::DeviceType::CPU) =
+      &cpu::Forward<op::CopyFrames::Sig>::call<&cpu::LevelTables::convlstm,
+                                               &cpu::ConvLSTMKernels::copy_frames>;
   return true;
 }();
 

@@ -23,6 +23,8 @@ struct ConvLSTMKernels {
   // gates_forward with h written into a given tensor (GatesForwardInto of convlstm_host.h)
   op::ConvLSTMGatesForward::Result (*gates_forward_into)(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS,
                                                          const at::Tensor& h_out);
+  // the layer's copy between planar and interleaved frames (CopyFramesKernel of convlstm_host.h)
+  op::CopyFrames::Sig* copy_frames;
 };
 
 struct ConvKernels {

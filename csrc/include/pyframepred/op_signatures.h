@@ -189,6 +189,18 @@ struct SetCpuIsa {
   using Sig = Result(c10::string_view level);
 };
 
+// The ConvLSTM layer's copy between planar (NCHW) and interleaved (channels_last) frames
+// (csrc/cpu/frames_copy.h): dst.copy_(src) for 4-d or 5-d CPU tensors of one dtype (float32,
+// bfloat16, float16) where one side's frames are planar and the other's interleaved; returns
+// false, dst untouched, for anything else. For tests; the layer calls the kernel directly.
+struct CopyFrames {
+  static constexpr const char* kName = "_copy_frames";
+  static constexpr const char* kArgs = "(Tensor(a!) dst, Tensor src)";
+  static constexpr const char* kReturns = "bool";
+  using Result = bool;
+  using Sig = Result(const at::Tensor& dst, const at::Tensor& src);
+};
+
 // The CPU buffer pool of the fused cell's and layer's large buffers (csrc/buffer_pool.h): its
 // byte counts [idle (kept for reuse), in use, the most ever in use at once, the budget of idle
 // bytes (-1: that peak, the default)], and the release of every idle block, which also resets the
