@@ -114,8 +114,21 @@ inline void transpose_tile(const T* s, int64_t ls, int rows, int cols, T* d, int
       for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(reinterpret_cast<const float*>(s + i * ls));
       transpose_8x8(r);
       for (int j = 0; j < 8; ++j) _mm256_storeu_ps(reinterpret_cast<float*>(d + j * ld), r[j]);
-      return;
+    } else {  // 16-bit elements widened to 32-bit lanes; narrowed back by an unsigned pack
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) {
+        const __m128i row = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * ls));
+        r[i] = _mm256_castsi256_ps(_mm256_cvtepu16_epi32(row));
+      }
+      transpose_8x8(r);
+      for (int j = 0; j < 8; ++j) {
+        const __m256i w = _mm256_castps_si256(r[j]);
+        // packus packs within 128-bit lanes (values < 2^16: exact): qwords 0 and 2 hold the row
+        const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(w, w), 0x08);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + j * ld), _mm256_castsi256_si128(packed));
+      }
     }
+    return;
 #endif
   }
   for (int j = 0; j < cols; ++j) {
