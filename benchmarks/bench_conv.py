@@ -30,11 +30,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
 import pytest
 import torch
 from conftest import full_size, rounds, sync
+from round_robin import median_ratio, time_round_robin
 
 from pyframepred import ops
 
@@ -169,21 +169,10 @@ def measure_round_robin(
                     "ours": lambda dy=dy, x=x: ops.conv2d_weight_grad(dy, x, (3, 3)),
                     "aten": lambda dy=dy, x=x: _aten(dy, x, (3, 3)),
                 }
-            times: dict = {k: [] for k in fns}
-            # Warm-up: at least 0.2 s of calls; the first shape of a process ran ~2x slow over all
-            # its rounds after a single warm-up call (its record row stood out, 2026-12-06).
-            t_end = time.perf_counter() + 0.2
-            while time.perf_counter() < t_end:
-                for fn in fns.values():
-                    fn()
-            for _ in range(n_rounds):
-                for k, fn in fns.items():
-                    t0 = time.perf_counter()
-                    fn()
-                    times[k].append(time.perf_counter() - t0)
+            times = time_round_robin(fns, n_rounds)
             flop = 2 * B * H * W * 9 * cin * cout
             med = {k: statistics.median(v) for k, v in times.items()}
-            ratio = statistics.median(a / o for a, o in zip(times["aten"], times["ours"]))
+            ratio = median_ratio(times, "aten", "ours")
             out.append(
                 {
                     "size": size,

@@ -20,11 +20,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 
 import pytest
 import torch
 from conftest import rounds
+from round_robin import median_ratio, time_round_robin
 
 import pyframepred.ops  # noqa: F401  (loads the operators)
 
@@ -72,18 +72,10 @@ def measure_round_robin(sizes: dict, dtypes: list[str], n_rounds: int) -> list[d
     for size, (N, Cin, C, H) in sizes.items():
         for dtype in dtypes:
             for copy, (dst, src) in cases(N, Cin, C, H, DTYPES[dtype]).items():
-                times: dict = {k: [] for k in IMPLS}
-                t_end = time.perf_counter() + 0.2  # warm-up: at least 0.2 s of calls
-                while time.perf_counter() < t_end:
-                    for impl in IMPLS:
-                        call(impl, dst, src)
-                for r in range(n_rounds):
-                    for impl in IMPLS if r % 2 == 0 else IMPLS[::-1]:
-                        t0 = time.perf_counter()
-                        call(impl, dst, src)
-                        times[impl].append(time.perf_counter() - t0)
+                fns = {impl: (lambda impl=impl, dst=dst, src=src: call(impl, dst, src)) for impl in IMPLS}
+                times = time_round_robin(fns, n_rounds)
                 med = {k: statistics.median(v) for k, v in times.items()}
-                ratio = statistics.median(a / o for a, o in zip(times["copy_"], times["ours"]))
+                ratio = median_ratio(times, "copy_", "ours")
                 nbytes = src.numel() * src.element_size()
                 out.append(
                     {
