@@ -120,7 +120,8 @@ inline at::Tensor buffer(const LayerBackend& b, at::IntArrayRef sizes,
 }
 
 // dst.copy_(src): through the device's frames copy where it takes these tensors (a change of
-// layout: on the CPU ~2-3x faster than copy_, cpu/frames_copy.h), else copy_.
+// layout: on the CPU 2.4-7.4x faster than copy_ at the layer's sizes, cpu/frames_copy.h), else
+// copy_.
 inline void copy_into(const LayerBackend& b, const at::Tensor& dst, const at::Tensor& src) {
   if (b.copy_frames == nullptr || at::areAnyTensorSubclassLike({dst, src}) ||
       !b.copy_frames(dst, src)) {
@@ -559,7 +560,9 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
       h = std::move(h_new);  // h_t
     }
   }
-  if (!r.h_frames.is_alias_of(r.h_seq)) copy_into(b, r.h_seq, r.h_frames.unflatten(0, {s.T, s.N}));
+  if (!r.h_frames.is_alias_of(r.h_seq)) {
+    copy_into(b, r.h_seq, r.h_frames.unflatten(0, {s.T, s.N}));
+  }
   r.h_last = h->clone();  // an output of its own, not a view of h_seq
   r.c_last = std::move(c);
   return r;
