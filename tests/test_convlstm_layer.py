@@ -636,3 +636,49 @@ def test_module_training_steps_fault_in_no_sequence_sized_pages():
     # faults per step recorded), and with those gone, a pooled block the 256 MiB budget let go.
     # Measured since: 0-3,000 per step.
     assert _faults_per_step(_MODULE_FAULTS_PER_STEP) < 5000
+
+
+def _module_step(threads, amp, channels_last, N, Cin, hidden, H, W, T=4):
+    """Output and all gradients of a two-term loss of ConvLSTM at `threads` threads (fixed data)."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    m = ConvLSTM(Cin, list(hidden), 3, num_layers=len(hidden))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    x = torch.randn(N, T, Cin, H, W, generator=g)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (N, T))
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        out, states = m(x)
+    gy = torch.randn(out.shape, generator=g)
+    loss = out.float().mul(gy).sum() + states[-1][1].float().sum()
+    grads = torch.autograd.grad(loss, [x, *m.parameters()])
+    return [out.float(), *(gr.float() for gr in grads)]
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(3, 5, (19, 13), 11, 13), (8, 16, (32,), 32, 32), (2, 3, (7,), 5, 70)],
+    ids=["odd-2-layers", "16-32", "wide"],
+)
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_module_agrees_across_thread_counts(channels_last, amp, size):
+    # Every CPU kernel of the layer splits its work with at::parallel_for (Winograd tiles, weight
+    # gradient partial sums, frames copies, the cell): the split differs with the thread count, and
+    # only the order of float sums may change with it. More threads than this machine's cores
+    # still split the work as a many-core CPU would.
+    threads = torch.get_num_threads()
+    try:
+        one = _module_step(1, amp, channels_last, *size)
+        for n in (3, 7, 16):
+            other = _module_step(n, amp, channels_last, *size)
+            assert len(other) == len(one) > 3
+            for i, (a, b) in enumerate(zip(one, other)):
+                tol = (2e-3 if amp else 1e-5) * a.abs().max().item()
+                torch.testing.assert_close(b, a, atol=tol, rtol=0, msg=f"tensor {i}: {n} threads vs 1")
+    finally:
+        torch.set_num_threads(threads)
