@@ -465,13 +465,17 @@ def test_unreadable_and_short_videos_are_skipped_with_one_warning(data_root, cap
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = VideoClips(data_root, frames=4, test_fraction=0, progress=False)
+        stretched = VideoClips(data_root, frames=4, size=(64, 64), test_fraction=0, progress=False)
     ours = [w for w in caught if "VideoClips: skipped" in str(w.message)]
-    assert len(ours) == 1
+    assert len(ours) == 2  # one per data set
     msg = str(ours[0].message)
     assert "skipped 3 of 12 videos" in msg and str(data_root) in msg
-    # the other warning: the default size (64, 64) stretches the 4:3 and 3:2 videos
+    # the other warning: only the pair (64, 64) stretches the 4:3 and 3:2 videos; the default
+    # size, the short side 64, crops them
     bent = [str(w.message) for w in caught if "stretches" in str(w.message)]
     assert len(bent) == 1 and "stretches 3 of 9 videos" in bent[0], bent
+    assert ds.resize == "cover" and stretched.resize == "stretch"
+    assert ds[0].shape == stretched[0].shape == (4, 3, 64, 64)
     assert "2 unreadable" in msg and "corrupt.mp4" in msg and "truncated.mp4" in msg
     assert "1 too short" in msg and "short.mp4 (3 frames)" in msg
     assert len(ds) == len(GOOD)

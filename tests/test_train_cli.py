@@ -905,12 +905,30 @@ def test_failed_run_leaves_no_empty_folder(tmp_path, capsys):
     assert keep.is_dir()  # a folder that existed before is left in place
 
 
-def test_evaluate_names_a_foreign_file(tmp_path, capsys):
+def _saved_then_cut(tmp_path) -> bytes:
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": {"w": torch.zeros(64)}, "config": {"model": "seq2seq"}}, whole)
+    return whole.read_bytes()[:300]
+
+
+@pytest.mark.parametrize(
+    "content,why",
+    [
+        (lambda tmp: b"hello", "neither a zip archive nor a pickle"),
+        (lambda tmp: np.random.default_rng(0).bytes(4096), "neither a zip archive nor a pickle"),
+        (lambda tmp: b'{"model": "seq2seq"}\n', "neither a zip archive nor a pickle"),
+        (lambda tmp: b"", "the file is empty"),
+        (_saved_then_cut, "a truncated or damaged zip archive"),
+    ],
+    ids=["text", "random-bytes", "json", "empty", "truncated"],
+)
+def test_evaluate_names_a_foreign_file(content, why, tmp_path, capsys):
+    # Not a refusal: nothing in these files could run, they are no checkpoints at all.
     bogus = tmp_path / "notes.pt"
-    bogus.write_text("hello")
+    bogus.write_bytes(content(tmp_path))
     assert ev.main([str(bogus)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is not a checkpoint written by torch.save" in err[0]
+    assert len(err) == 1 and "is not a checkpoint written by torch.save" in err[0] and why in err[0], err
 
 
 def test_evaluate_all_videos_of_a_folder_without_groups(checkpoint, tmp_path, capsys):
@@ -922,7 +940,10 @@ def test_evaluate_all_videos_of_a_folder_without_groups(checkpoint, tmp_path, ca
         encode_video(footage / name / f"{name.lower()}.mp4", frames, 25)
     out = tmp_path / "eval.json"
     assert ev.main([str(checkpoint), "--data", str(footage), "--steps", "2", "--out", str(out)]) == 2
-    assert "no videos for the test side" in capsys.readouterr().err  # the split holds none out
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no videos for the test side" in err[0]  # the split holds none out
+    assert err[0].endswith("Pass --all-videos to evaluate on clips of every video")
+    assert "split_dir" not in err[0] and "test_fraction=0 to" not in err[0]  # not evaluate's options
     rc = ev.main(
         [
             str(checkpoint),

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..data import EmptySplitError
 from ..errors import PyframepredError
 from ..evaluation import evaluate_model, format_table, heldout_clips
 from ..io import atomic_write_json, check_output_file
@@ -58,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="use every video of --data, not the test side of its split (footage the model never saw)",
     )
     p.add_argument("--clips", type=int, default=256, help="held-out clips to use (default 256)")
-    p.add_argument("--clips-per-video", type=int, default=2)
+    p.add_argument(
+        "--clips-per-video", type=int, default=2, help="clips drawn from each held-out video (default 2)"
+    )
     p.add_argument("--seed", type=int, default=0, help="chooses the fixed clips (default 0)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument(
         "--fused",
@@ -131,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate_mathieu(model, ds, n_in, steps, device, args.batch_size, args.clips)
         else:
             result = evaluate_model(model, ds, n_in, steps, device, args.batch_size, args.clips)
+    except EmptySplitError as exc:
+        # The data set's advice names the Python settings (test_fraction, split_dir); here the
+        # way out is --all-videos.
+        why = str(exc).split(" Pass ")[0]
+        return report(EmptySplitError(f"{why} Pass --all-videos to evaluate on clips of every video"), parser)
     except PyframepredError as exc:
         return report(exc, parser)
     result.update(

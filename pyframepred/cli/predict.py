@@ -36,8 +36,8 @@ __all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m pyframepred.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint")
-    p.add_argument("video")
+    p.add_argument("checkpoint", help="a checkpoint written by pyframepred.train (last.pt/best.pt)")
+    p.add_argument("video", help="the video whose frames are the input (any format decord reads)")
     p.add_argument("--steps", type=int, default=4, help="frames to predict (default 4)")
     p.add_argument("--out", default="prediction.gif", help=".gif or .mp4 (default prediction.gif)")
     p.add_argument("--start", type=int, help="first frame (default: middle of the video)")
@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames per second of the output: a number or N/D, e.g. 30000/1001 (default 3)",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the fused ConvLSTM kernels (default; --no-fused: the plain-PyTorch reference)",
+    )
     return p
 
 

@@ -49,13 +49,21 @@ import torch.distributed as dist
 from ..data import EmptySplitError
 from ..errors import PyframepredError
 from ..training import Trainer
-from ..training.config import load_config_file, setting_fields
+from ..training.config import RUN_PRESETS, load_config_file, setting_fields
 from ..training.distributed import dist_env
 from ..training.resume import resume_settings
 from ..training.signals import StopFlag
 from .common import EXIT_INTERRUPTED, EXIT_OK, OneLineParser, flag_wording, plain_warnings, report
 
 __all__ = ["main", "build_parser", "config_from_args"]
+
+
+def _help_with_preset_default(name: str, text: str) -> str | None:
+    """A setting's help, with the default of each run preset where the preset decides it."""
+    if name not in RUN_PRESETS["quick"] or "default" in text:
+        return text or None
+    per = ", ".join(f"{preset} {values[name]}" for preset, values in RUN_PRESETS.items())
+    return f"{text} (default per --preset: {per}; a model may change it)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         args = typing.get_args(tp)
         base = next((a for a in args if a is not type(None)), tp) if args else tp
-        kw = dict(help=f.metadata.get("help") or None)
+        kw = dict(help=_help_with_preset_default(f.name, f.metadata.get("help") or ""))
         choices = f.metadata.get("choices")
         if base is bool:
             kw.update(action=argparse.BooleanOptionalAction, default=None)

@@ -73,7 +73,8 @@ class VideoClips(Dataset):
         Videos shorter than one clip are skipped.
 
     Frame size
-        As torchvision's video transforms read it: an int ``size=s`` is the *short side*: the
+        As torchvision's video transforms read it: an int ``size=s`` (the default, 64, as the
+        command line's ``--size``) is the *short side*: the
         frame is scaled, aspect ratio kept, until its short side is ``s``, and an ``s x s``
         window is cropped from it -- at a random place along the long side in training, the
         centre in evaluation (UCF-101's 320x240 becomes 85x64, cropped to 64x64; motion is not
@@ -119,7 +120,7 @@ class VideoClips(Dataset):
         root,
         frames: int = 4,
         interval: int = 0,
-        size=(64, 64),
+        size=64,
         include_classes: Iterable[str] | None = None,
         exclude_classes: Iterable[str] | None = None,
         train: bool = True,

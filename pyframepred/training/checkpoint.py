@@ -318,17 +318,28 @@ def load(path, map_location="cpu") -> dict:
         with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. torch's note on the pickle protocol
             ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise _refusal(path, exc) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
         text = " ".join(str(exc).split())
-        if "weights_only" in text or "Unsupported global" in text:
+        # Neither a zip archive (torch.save's format) nor a pickle (the legacy one: it starts
+        # with the PROTO opcode): a foreign file, not a refused one.
+        foreign = not zipfile.is_zipfile(io.BytesIO(data)) and not data.startswith(b"\x80")
+        if not foreign and (
+            isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Unsupported global" in text
+        ):
             raise _refusal(path, exc) from None
-        if len(text) < 20 or not zipfile.is_zipfile(io.BytesIO(data)):
+        if foreign or len(text) < 20:
             # torch.load's own words for a foreign file are cryptic (e.g. a bare byte value).
+            if not data:
+                why = "the file is empty"
+            elif data.startswith(b"PK\x03\x04") and foreign:
+                why = "a truncated or damaged zip archive"
+            elif foreign:
+                why = "it is neither a zip archive nor a pickle"
+            else:
+                why = f"torch.load says: {text}"
             raise CheckpointError(
                 f"'{path}' is not a checkpoint written by torch.save (e.g. a run's best.pt or "
-                f"last.pt): torch.load says: {text[:200] or type(exc).__name__}"
+                f"last.pt): {why[:200] or type(exc).__name__}"
             ) from None
         raise CheckpointError(f"cannot read checkpoint '{path}': {text[:300]}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:

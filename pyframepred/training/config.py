@@ -85,7 +85,7 @@ class TrainConfig:
     batch_size: Optional[int] = _s(None, "clips per step and process")
     lr: float = _s(1e-3, "learning rate (Adam; default 1e-3)")
     lr_d: float = _s(2e-4, "discriminator learning rate (default 2e-4)")
-    weight_decay: float = _s(0.0, "Adam weight decay", flag=False)
+    weight_decay: float = _s(0.0, "Adam weight decay (default 0)")
     grad_clip: float = _s(1.0, "gradient norm clip, 0 = off (default 1)")
     ema: Optional[float] = _s(
         None,
@@ -140,7 +140,11 @@ class TrainConfig:
         "(default off: it learns from its own rollouts, as it predicts)",
     )
     batch_norm: Optional[bool] = _s(None, "seq2seq/autoencoder: batch norm (default: per preset)")
-    residual: bool = _s(True, "predict a change of the last frame inside the tanh (default on)")
+    residual: bool = _s(
+        True,
+        "predict a change of the last frame: added before the output's clip (the presets) or "
+        "inside its tanh (default on)",
+    )
     lambda_l2: float = _s(1.0, "weight of the L2 loss (1)")
     lambda_gdl: float = _s(1.0, "weight of the GDL loss (1)")
     lambda_adv: float = _s(0.05, "multiscale: adversarial weight (0.05)")
