@@ -375,6 +375,7 @@ def test_signal_to_process_group_with_workers_saves_and_exits_130(sig, when, rep
     err = _finish(proc, seen)
     assert proc.returncode == 130, err
     assert "interrupted: saved" in err and "Traceback" not in err, err
+    assert err.count("--resume") == 1 and f"continue with --resume {out / 'last.pt'}" in err, err
     assert "KeyboardInterrupt" not in err, err  # no worker died of the signal
     ckpt = ckpt_format.load(out / "last.pt")
     assert ckpt["step"] >= (2 if when == "training" else 0)

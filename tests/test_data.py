@@ -743,7 +743,7 @@ def test_unusable_videos_are_set_aside_before_the_group_split(tmp_path):
     # the bad files are reported once, on the train side (their groups have no usable video)
     assert {p for p, _ in train.skipped} == set(names[4:]) and test.skipped == []
     ours = [str(w.message) for w in caught if "VideoClips" in str(w.message)]
-    assert len(ours) == 1 and "skipped 2 of 5 videos" in ours[0]
+    assert len(ours) == 1 and "skipped 2 of 5 videos of the train side" in ours[0]
     assert test[0].shape == (4, 3, 64, 64)
 
 

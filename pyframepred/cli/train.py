@@ -165,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             return EXIT_OK
         trainer = Trainer(cfg, resume=resume, checkpoint=ckpt, overwrite=overwrite)
+        trainer.resume_hint = f"continue with --resume {trainer.out / 'last.pt'}"
         del ckpt
         # From here a Ctrl-C/SIGTERM stops the run cleanly (saved, exit 130); fit() keeps
         # this handler for the loop.
@@ -192,8 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     if result["status"] == "interrupted":
-        if trainer.main:
-            print(f"continue with --resume {trainer.out / 'last.pt'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if trainer.main and result["val"] is not None:
         mm, bm = result["val"]["model_mean"], result["val"]["baseline_mean"]

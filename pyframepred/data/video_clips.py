@@ -254,6 +254,7 @@ class VideoClips(Dataset):
                     )
                 )
         logger.debug("%s split of %s: %d of %d videos", side, root_txt, sum(keep), len(infos))
+        of_side = f" of the {side} side" if not all(keep) else ""  # counts below: this side's
         infos = [v for v, k in zip(infos, keep) if k]
         classes = [c for c, k in zip(classes, keep) if k]
         unusable = [u for u, k in zip(unusable, keep) if k]
@@ -297,9 +298,8 @@ class VideoClips(Dataset):
             )
         if self.skipped:
             warnings.warn(
-                f"VideoClips: skipped {len(self.skipped)} of {len(infos)} videos in '{root_txt}': "
-                + "; ".join(parts)
-                + f". Why: {why} (all of them: VideoClips.skipped).",
+                f"VideoClips: skipped {len(self.skipped)} of {len(infos)} videos{of_side} in "
+                f"'{root_txt}': " + "; ".join(parts) + f". Why: {why} (all of them: VideoClips.skipped).",
                 stacklevel=2,
             )
 

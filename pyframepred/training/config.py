@@ -155,7 +155,7 @@ class TrainConfig:
         "PSNR scores; mean: per-pixel means over the batch (default: the model's, log for seq2seq)",
         choices=lambda: FRAME_LOSSES,
     )
-    tensorboard: bool = _s(False, "also log to <out>/tensorboard")
+    tensorboard: bool = _s(False, "also log to <out>/tensorboard (default off)")
     progress: bool = _s(True, "progress bar (default on)")
     model_kwargs: dict = _s(None, "extra constructor arguments of the model", flag=False, factory=dict)
 
@@ -232,11 +232,12 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"`frame_loss` must be mean or log, got {c.frame_loss!r}")
     if not 0 <= c.ema < 1:
         raise ConfigError(f"`ema` must be in [0, 1), got {c.ema}")
-    if not c.lr > 0 or not c.lr_d > 0:
-        raise ConfigError("learning rates must be positive")
+    for name in ("lr", "lr_d"):
+        if not getattr(c, name) > 0:
+            raise ConfigError(f"`{name}` must be positive, got {getattr(c, name)}")
     for name in ("lambda_l2", "lambda_gdl", "lambda_adv"):
         if not getattr(c, name) >= 0:
-            raise ConfigError(f"`{name}` must be >= 0")
+            raise ConfigError(f"`{name}` must be >= 0, got {getattr(c, name)}")
     if not 0 <= c.test_fraction < 1:
         raise ConfigError(f"`test_fraction` must be in [0, 1), got {c.test_fraction}")
     if c.split_index not in (1, 2, 3):

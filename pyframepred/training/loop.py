@@ -107,6 +107,8 @@ class Trainer(TrainerState):
             torch.cuda.set_device(self.device)
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
         self.out = Path(cfg.out)
+        #: How the interruption message tells to continue (the command line names its flag).
+        self.resume_hint = f"`resume` from {self.out / 'last.pt'} to continue"
         self.resume_path = None
         if resume:
             self.resume_path = Path(resume)
@@ -460,7 +462,7 @@ class Trainer(TrainerState):
                 if status == "interrupted" and self.main:
                     print(
                         f"\ninterrupted: saved {self.out / 'last.pt'} at step {self.step}; "
-                        f"`resume` from it to continue",
+                        f"{self.resume_hint}",
                         file=sys.stderr,
                     )
             finally:
