@@ -26,6 +26,7 @@ TILINGS = {
     "F(3x3) 0 1 -1 -2": (3, [0, 1, -1, -2]),
     "F(4x4) 0 1 -1 2 -1/2": (4, [0, 1, -1, 2, Fraction(-1, 2)]),
     "F(4x4) 0 1 -1 2 -2": (4, [0, 1, -1, 2, -2]),
+    "F(6x6) 0 1 -1 2 -2 1/2 -1/2": (6, [0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)]),
 }
 # (B, C_in, C_out, H): the layer's kinds of shape, small enough for an emulation
 CASES = [(2, 16, 64, 32), (2, 64, 64, 32), (1, 128, 32, 32)]
