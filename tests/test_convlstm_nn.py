@@ -1,5 +1,7 @@
 """ConvLSTMCell / ConvLSTM modules: fused vs reference equivalence, state handling, errors."""
 
+import copy
+
 import pytest
 import torch
 from conftest import CellCalls, requires_cuda
@@ -119,9 +121,9 @@ def test_autocast_bfloat16(fused):
     ref, _ = m(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, states = m(x)
-    # The fused layer's one autocast policy: h in the autocast dtype, c in float32. The reference
-    # runs PyTorch's promotion (bfloat16 gates + float32 bias -> float32).
-    assert out.dtype == (torch.bfloat16 if fused else torch.float32)
+    # The one autocast policy, fused or not: h in the autocast dtype, c in float32 (the reference
+    # computes h in float32 by PyTorch's promotion, bfloat16 gates + float32 bias, and rounds it).
+    assert out.dtype == states[0][0].dtype == torch.bfloat16
     assert states[0][1].dtype == torch.float32
     torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
     out.sum().backward()
@@ -184,8 +186,9 @@ def test_fused_flag_switches_op(monkeypatch):
     [
         (dict(kernel_size=4), "odd"),
         (dict(kernel_size=(3, 2)), "odd"),
-        (dict(num_layers=2, hidden_channels=[4, 4, 4]), "one entry per layer"),
+        (dict(num_layers=2, hidden_channels=[4, 4, 4]), "one per layer"),
         (dict(num_layers=0), "num_layers"),
+        (dict(kernel_size=(3, 3, 3)), r"kernel_size must be an odd int or a pair of them, or a list"),
     ],
 )
 def test_constructor_errors(kwargs, match):
@@ -193,6 +196,119 @@ def test_constructor_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         ConvLSTM(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(hidden_channels=4.0), "hidden_channels must be an int or a list of ints, got 4.0"),
+        (dict(hidden_channels=[4, 4.5]), "hidden_channels must be an int, got 4.5"),
+        (dict(num_layers=2.0), "num_layers must be an int, got 2.0"),
+        (dict(in_channels=True), "in_channels must be an int, got True"),
+    ],
+)
+def test_constructor_type_errors(kwargs, match):
+    args = dict(in_channels=3, hidden_channels=4)
+    args.update(kwargs)
+    with pytest.raises(TypeError, match=match):
+        ConvLSTM(**args)
+
+
+def test_constructor_takes_numpy_ints_and_sequences():
+    np = pytest.importorskip("numpy")
+    assert ConvLSTM(np.int64(3), np.int64(4)).hidden_channels == [4]
+    assert ConvLSTM(3, np.array([4, 5])).hidden_channels == [4, 5]
+    assert ConvLSTM(3, range(2, 4)).hidden_channels == [2, 3]
+
+
+@pytest.mark.parametrize(
+    "hook",
+    ["spectral_norm", "weight_norm", "prune", "forward_hook"],
+)
+def test_hooks_on_the_convolutions_run_as_with_the_reference(hook):
+    # The layer operator reads the weights itself; hook-based weight tools of torch.nn.utils
+    # recompute the weight in a forward pre-hook, so a layer with hooks on its convolutions calls
+    # the modules (step by step, fused cell). Values, gradients and the hooks' calls must equal
+    # the reference path's.
+    from torch.nn.utils import prune, spectral_norm, weight_norm
+
+    calls = []
+
+    def build(fused):
+        torch.manual_seed(0)
+        m = ConvLSTM(3, [4, 5], 3, fused=fused)
+        for cell in m.cells:
+            for conv in (cell.conv_x, cell.conv_h):
+                if hook == "spectral_norm":
+                    spectral_norm(conv)
+                elif hook == "weight_norm":
+                    weight_norm(conv)
+                elif hook == "prune":
+                    prune.l1_unstructured(conv, "weight", 0.3)
+                else:
+                    conv.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
+        return m.eval()  # spectral_norm: no power iteration, so both paths see the same weight
+
+    m, ref = build(True), build(False)  # (modules with these hooks cannot be deep-copied)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(2, 3, 3, 6, 7)
+    results = []
+    for model in (m, ref):
+        calls.clear()
+        out, states = model(x)
+        grads = torch.autograd.grad(out.square().sum() + states[-1][1].sum(), list(model.parameters()))
+        results.append((out, grads, list(calls)))
+    (out, grads, calls_fused), (out_ref, grads_ref, calls_ref) = results
+    torch.testing.assert_close(out, out_ref, atol=1e-4, rtol=1e-4)
+    for g, g_ref in zip(grads, grads_ref):  # (spectral_norm's are ~1e3: relative to their scale)
+        torch.testing.assert_close(g, g_ref, atol=1e-4 * g_ref.abs().max().item(), rtol=1e-4)
+    assert calls_fused == calls_ref
+    if hook == "forward_hook":
+        assert calls_fused == [6, 2, 2, 6, 2, 2]  # per layer: the batched input conv, then per step
+    # Training steps run (the hook-based prune and weight_norm rebuild the weight every call).
+    opt = torch.optim.SGD(m.parameters(), 0.1)
+    m.train()
+    for _ in range(2):
+        opt.zero_grad()
+        m(x)[0].sum().backward()
+        opt.step()
+
+
+def test_parametrized_weights_keep_the_layer_operator(monkeypatch):
+    from torch.nn.utils import parametrizations
+
+    m = ConvLSTM(3, 4, 3)
+    parametrizations.weight_norm(m.cells[0].conv_x)
+    calls = []
+    monkeypatch.setattr(ops, "convlstm_layer", lambda *a: calls.append(1) or ops._layer.convlstm_layer(*a))
+    ref = copy.deepcopy(m)
+    ref.fused = False
+    x = torch.randn(2, 3, 3, 6, 7)
+    torch.testing.assert_close(m(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+    assert calls == [1]
+
+
+def test_one_step_without_state_leaves_the_hidden_weight_without_gradient():
+    # h_{-1} is zero, so conv_h is unused: None, as in the reference, not zeros (which an
+    # optimiser with momentum or weight decay would step on).
+    for fused in (True, False):
+        m = ConvLSTM(3, 4, 3, fused=fused)
+        m(torch.randn(2, 1, 3, 6, 7))[0].sum().backward()
+        assert m.cells[0].conv_h.weight.grad is None
+        assert m.cells[0].conv_x.weight.grad is not None
+
+
+@pytest.mark.parametrize("module", ["layer", "cell"])
+def test_autocast_output_dtype_is_the_same_fused_or_not(module):
+    torch.manual_seed(0)
+    m = ConvLSTM(3, 4, 3) if module == "layer" else ConvLSTMCell(3, 4, 3)
+    ref = copy.deepcopy(m)
+    ref.fused = False
+    x = torch.randn(2, 3, 3, 6, 7) if module == "layer" else torch.randn(2, 3, 6, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (h, *_), (h_ref, *_) = m(x), ref(x)
+    assert h.dtype == h_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(h.float(), h_ref.float(), atol=2e-2, rtol=2e-2)
 
 
 def test_forward_errors():
@@ -208,6 +324,11 @@ def test_forward_errors():
     cell = ConvLSTMCell(3, 4, 3)
     with pytest.raises(ValueError, match="expects x of shape"):
         cell(torch.randn(2, 5, 8, 8))
+    h = torch.zeros(2, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"state\[0\]: c must be a tensor, got NoneType"):
+        m(torch.randn(2, 2, 3, 8, 8), [(h, None)])
+    with pytest.raises(ValueError, match="state: c must be a floating-point tensor, got torch.int64"):
+        cell(torch.randn(2, 3, 8, 8), (h, h.long()))
 
 
 @requires_cuda

@@ -379,6 +379,28 @@ def test_module():
     torch.testing.assert_close(ref_module(pred, target), loss(pred, target))
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_module_mixed_dtypes_and_scalar_types(fused):
+    np = pytest.importorskip("numpy")
+    pred, target = make((2, 3, 8, 9))
+    # Two float dtypes: computed in the common one, as MSELoss does (e.g. a bf16 prediction under
+    # autocast against a float32 target).
+    low = pred.bfloat16()
+    got = GDLLoss(fused=fused)(low, target)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, reference.gdl_loss(low.float(), target))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert GDLLoss(fused=fused)(low, target).dtype == torch.float32
+    # NumPy scalars for alpha, as Python numbers
+    for alpha in (np.float32(2), np.float64(2), np.int64(2)):
+        torch.testing.assert_close(GDLLoss(alpha, fused=fused)(pred, target), GDLLoss(2.0)(pred, target))
+    with pytest.raises(ValueError, match="a Python or NumPy scalar"):
+        GDLLoss(torch.tensor(2.0))
+    # integer images: the same error, fused or not (the reference summed them as integers)
+    with pytest.raises(RuntimeError, match="pred must be a floating-point tensor"):
+        GDLLoss(fused=fused)(pred.long(), target.long())
+
+
 def test_double_backward_is_a_clear_error_not_a_wrong_result():
     pred, target = make((2, 3, 8, 9), dtype=torch.float64)
     pred.requires_grad_(True)

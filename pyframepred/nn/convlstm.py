@@ -12,6 +12,7 @@ plain-PyTorch cell with the same parameters and state_dict, so the two are inter
 from __future__ import annotations
 
 import math
+import operator
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -22,6 +23,27 @@ from ..ops._common import valid_state_dtype
 
 State = Tuple[Tensor, Tensor]
 IntOrPair = Union[int, Tuple[int, int]]
+
+
+def _count(value, name: str, what: str = "an int") -> int:
+    """``value`` as an int (Python or NumPy integers), or a one-line error naming ``name``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, got {value!r}") from None
+
+
+def _calls_its_convolutions(cell: "ConvLSTMCell") -> bool:
+    """Whether ``cell``'s convolutions must run as modules: hooks on them (e.g. the hook-based
+    ``spectral_norm``, ``weight_norm`` and ``prune`` of ``torch.nn.utils``, which recompute the
+    weight before each call, or a user's forward hooks), or global module hooks. The layer
+    operator reads the weights directly and would skip them."""
+    glob = nn.modules.module
+    if glob._global_forward_pre_hooks or glob._global_forward_hooks:
+        return True
+    return any(conv._forward_pre_hooks or conv._forward_hooks for conv in (cell.conv_x, cell.conv_h))
 
 
 def _pair(kernel_size: IntOrPair) -> Tuple[int, int]:
@@ -61,6 +83,8 @@ class ConvLSTMCell(nn.Module):
         fused: bool = True,
     ):
         super().__init__()
+        in_channels = _count(in_channels, "in_channels")
+        hidden_channels = _count(hidden_channels, "hidden_channels")
         if in_channels < 1 or hidden_channels < 1:
             raise ValueError(
                 f"in_channels and hidden_channels must be positive, got {in_channels} and {hidden_channels}"
@@ -124,7 +148,11 @@ class ConvLSTMCell(nn.Module):
             h_gates = self.conv_h(h_prev)
         bias, peephole = self.bias, self.peephole
         if not self.fused:
-            return reference.convlstm_gates(x_gates, h_gates, c_prev, bias, peephole)
+            h, c = reference.convlstm_gates(x_gates, h_gates, c_prev, bias, peephole)
+            device = x_gates.device.type
+            if torch.is_autocast_enabled(device):  # h in the autocast dtype, as the fused op's
+                h = h.to(torch.get_autocast_dtype(device))
+            return h, c
         if not torch.is_autocast_enabled(x_gates.device.type):
             # Outside autocast the op takes one dtype, or float16/bfloat16 gates with a float32
             # state and parameters; any other mix runs in the widest dtype.
@@ -162,6 +190,10 @@ def _check_state(state, x: Tensor, hidden: int, name: str) -> None:
         raise ValueError(f"{name} must be a pair (h, c), got {type(state).__name__}")
     expected = (x.shape[0], hidden, x.shape[-2], x.shape[-1])
     for part, t in zip("hc", state):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name}: {part} must be a tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: {part} must be a floating-point tensor, got {t.dtype}")
         if tuple(t.shape) != expected:
             raise ValueError(f"{name}: {part} must have shape {expected}, got {tuple(t.shape)}")
 
@@ -178,6 +210,14 @@ class ConvLSTM(nn.Module):
         batch_first: inputs/outputs are (N, T, C, H, W) if True (the default here, unlike
             ``torch.nn.LSTM``: video batches are usually batch-major), else (T, N, C, H, W).
         bias, peephole, fused: as in :class:`ConvLSTMCell`.
+
+    Each layer runs as one operator (:func:`pyframepred.ops.convlstm_layer`), which reads the
+    cells' weights itself. Where a cell's ``conv_x`` or ``conv_h`` has hooks (the hook-based
+    ``torch.nn.utils.spectral_norm``, ``weight_norm`` or ``prune``, or forward hooks of your own),
+    that layer calls its convolution modules instead, step by step with the fused cell, so the
+    hooks run as they do with ``fused=False``. Parametrizations
+    (``torch.nn.utils.parametrizations``) need no such detour: the operator gets the
+    parametrized weight.
 
     ``forward(x, state=None) -> (outputs, last_states)``: ``outputs`` holds the last layer's ``h``
     at every step (same layout as ``x``: contiguous, or channels_last frames for channels_last
@@ -197,8 +237,14 @@ class ConvLSTM(nn.Module):
         fused: bool = True,
     ):
         super().__init__()
+        one_width = isinstance(hidden_channels, int) or not hasattr(hidden_channels, "__iter__")
+        if one_width:
+            hidden_channels = _count(hidden_channels, "hidden_channels", "an int or a list of ints")
+        else:
+            hidden_channels = list(hidden_channels)
         if num_layers is None:  # one layer, or one per entry of a hidden_channels list
-            num_layers = 1 if isinstance(hidden_channels, int) else len(list(hidden_channels))
+            num_layers = 1 if one_width else len(hidden_channels)
+        num_layers = _count(num_layers, "num_layers")
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         hidden = self._per_layer(hidden_channels, num_layers, "hidden_channels", int)
@@ -227,8 +273,13 @@ class ConvLSTM(nn.Module):
         if kind is int and isinstance(value, int):
             return [value] * num_layers
         value = list(value)
+        if kind is int:
+            value = [_count(v, name) for v in value]
         if len(value) != num_layers:
-            raise ValueError(f"{name} must have one entry per layer ({num_layers}), got {value}")
+            what = "an int" if kind is int else "an odd int or a pair of them"
+            raise ValueError(
+                f"{name} must be {what}, or a list with one per layer ({num_layers}), got {value}"
+            )
         return value
 
     @property
@@ -263,13 +314,17 @@ class ConvLSTM(nn.Module):
             layer_state = None if state is None else state[li]
             if layer_state is not None:
                 _check_state(layer_state, seq[0], cell.hidden_channels, f"state[{li}]")
-            if cell.fused:
+            if cell.fused and not _calls_its_convolutions(cell):
                 # The whole layer as one op: batched input convolution and weight gradients
                 # (under autocast: bfloat16/float16 convolutions, float32 cell state).
+                # With one step and no state the hidden weight is not used: it gets no gradient
+                # (None, as in the per-step path), not zeros, which optimisers would step on.
+                wh = cell.conv_h.weight if T > 1 or layer_state is not None else cell.conv_h.weight.detach()
                 seq, layer_state = ops.convlstm_layer(
-                    seq, T, cell.conv_x.weight, cell.conv_h.weight, cell.bias, cell.peephole, layer_state
+                    seq, T, cell.conv_x.weight, wh, cell.bias, cell.peephole, layer_state
                 )
             else:
+                # (Also the fused cell's path when the convolutions have hooks, which must run.)
                 # Input convolution of all T steps at once (over the frames time-major, (T*N, C,
                 # H, W): built with cat rather than by flattening a 5-d tensor, which Inductor
                 # (torch <= 2.13) fails on under dynamic shapes, pytorch/pytorch#185510); only the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .. import reference
@@ -15,6 +16,9 @@ class GDLLoss(nn.Module):
     ``loss = GDLLoss(alpha=1.0, reduction="mean"); loss(pred, target)`` with ``pred`` and
     ``target`` of shape ``(..., H, W)``. See :func:`pyframepred.ops.gdl_loss` for the formula
     (the difference of absolute image gradients), the reductions and the supported dtypes.
+    Floating-point inputs of two dtypes are computed in their common dtype (a bfloat16
+    prediction under autocast against a float32 target: in float32), as ``MSELoss`` does; the op
+    itself takes one dtype.
 
     Args:
         alpha: exponent, a finite float ``>= 1``.
@@ -33,6 +37,9 @@ class GDLLoss(nn.Module):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:  # noqa: A002 (nn.Module style)
         fn = gdl_loss if self.fused else reference.gdl_loss
+        if input.dtype != target.dtype and input.is_floating_point() and target.is_floating_point():
+            common = torch.promote_types(input.dtype, target.dtype)
+            input, target = input.to(common), target.to(common)
         return fn(input, target, self.alpha, self.reduction)
 
     def extra_repr(self) -> str:

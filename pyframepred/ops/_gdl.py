@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -22,8 +23,9 @@ def reduction_code(reduction: str) -> int:
 
 
 def check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise ValueError(f"{_OP}: alpha must be a number >= 1, got {alpha!r}")
+    # numbers.Real: Python's int and float, and NumPy's scalars (which register as such)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise ValueError(f"{_OP}: alpha must be a number >= 1 (a Python or NumPy scalar), got {alpha!r}")
     alpha = float(alpha)
     if not (math.isfinite(alpha) and alpha >= 1.0):
         raise ValueError(f"{_OP}: alpha must be a finite number >= 1, got {alpha}")

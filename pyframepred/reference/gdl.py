@@ -23,6 +23,11 @@ def gdl_loss(pred: Tensor, target: Tensor, alpha: float = 1.0, reduction: str = 
     alpha = float(alpha)
     if not (math.isfinite(alpha) and alpha >= 1.0):
         raise ValueError(f"gdl_loss: alpha must be a finite number >= 1, got {alpha}")
+    if not pred.is_floating_point():  # (as the fused op: integer images have no loss here)
+        raise RuntimeError(
+            f"gdl_loss: pred must be a floating-point tensor (float32, float64, float16 or "
+            f"bfloat16), got {pred.dtype}"
+        )
     if pred.dim() < 2:
         raise RuntimeError(
             f"gdl_loss: pred must have at least 2 dims (..., H, W), got shape {tuple(pred.shape)}"
