@@ -139,3 +139,51 @@ def test_opcheck():
 def test_bad_input(x_shape, w_shape, match):
     with pytest.raises(RuntimeError, match=match):
         ops.conv2d_same(torch.randn(x_shape), torch.randn(w_shape))
+
+
+@pytest.mark.parametrize("channels", [4, 16], ids=["aten", "winograd"])
+def test_autograd_of_both_convolution_ops(channels):
+    # Differentiable in every tensor argument, whichever kernel runs (4 channels: ATen's, 16: our
+    # Winograd kernels): gradients as those of F.conv2d in float64.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 7, 9, generator=g).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(32, channels, 3, 3, generator=g) / 6).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(2, 32, 7, 9, generator=g).contiguous(memory_format=torch.channels_last)
+
+    def grads(x, w, dy, conv, wgrad):
+        x, w, dy = (t.detach().requires_grad_() for t in (x, w, dy))
+        y = conv(x, w)
+        assert y.requires_grad
+        loss = (y * dy.detach()).sum() + (wgrad(dy, x, w) * w.detach()).sum()
+        return torch.autograd.grad(loss, [x, w, dy])
+
+    got = grads(x, w, dy, ops.conv2d_same, lambda d, a, w: ops.conv2d_weight_grad(d, a, (3, 3)))
+    want = grads(
+        x.double(),
+        w.double(),
+        dy.double(),
+        lambda a, w: torch.nn.functional.conv2d(a, w, padding=1),
+        lambda d, a, w: torch.nn.grad.conv2d_weight(a, w.shape, d, padding=1),
+    )
+    for a, b in zip(got, want):
+        scale = b.abs().max().item()
+        assert (a.double() - b).abs().max().item() <= 2e-5 * scale
+
+
+def test_second_order_gradients():
+    # The derivatives are the two ops again, so gradgradcheck passes (float64: ATen's kernels).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(1, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(ops.conv2d_same, (x, w))
+    torch.autograd.gradgradcheck(ops.conv2d_same, (x, w))
+    torch.autograd.gradcheck(lambda d, a: ops.conv2d_weight_grad(d, a, (3, 3)), (dy, x))
+    torch.autograd.gradgradcheck(lambda d, a: ops.conv2d_weight_grad(d, a, (3, 3)), (dy, x))
+
+
+def test_opcheck_with_gradients():
+    x, w = _pair(2, 16, 32, 5, 7, "channels_last")
+    torch.library.opcheck(torch.ops.pyframepred.conv2d_same.default, (x.requires_grad_(), w.requires_grad_()))
+    dy = torch.randn(2, 32, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.pyframepred.conv2d_weight_grad.default, (dy, x, 3, 3))

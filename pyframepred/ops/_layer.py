@@ -63,6 +63,8 @@ def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Tuple[int, 
     ``(C_out, C_in, kh, kw)``, what ``torch.nn.grad.conv2d_weight`` returns for these
     convolutions. The ConvLSTM layer's backward computes its weight gradients with it, batched over
     all steps; on the CPU (float32) it is a tiled kernel of ours, elsewhere ATen's.
+    Differentiable with respect to both tensors, to any order (its derivatives are
+    :func:`conv2d_same` calls).
     """
     kh, kw = kernel_size
     return torch.ops.pyframepred.conv2d_weight_grad(grad_out, input, kh, kw)
@@ -78,7 +80,9 @@ def conv2d_same(input: Tensor, weight: Tensor) -> Tensor:
     channel counts that are multiples of the vector width, in float32 (and in bfloat16 at the
     ``avx512_bf16`` ISA level), are a Winograd kernel of ours (F(4x4, 3x3) in float32: within 1e-5
     of the outputs' scale of float64, a few times the direct convolution's error; F(2x2, 3x3) in
-    bfloat16); everything else is ATen's convolution. Not differentiable: use ``F.conv2d`` for that.
+    bfloat16); everything else is ATen's convolution. Differentiable with respect to ``input``
+    and ``weight``, to any order: the data gradient is this convolution with the flipped,
+    transposed weight, the weight gradient :func:`conv2d_weight_grad` (autograd in C++).
     """
     return torch.ops.pyframepred.conv2d_same(input, weight)
 

@@ -130,9 +130,9 @@ struct Conv2dWeightGrad {
 // format. The ConvLSTM layer's convolutions on the CPU (forward, and its data gradients as
 // convolutions with the flipped, transposed weight): 3x3 ones in float32, and in bfloat16 at the
 // avx512_bf16 level, are Winograd kernels of ours (F(4x4, 3x3) in float32, F(2x2, 3x3) in
-// bfloat16; csrc/cpu/conv_cpu.cpp); everything
-// else is ATen's convolution. Not
-// differentiable itself: the layer's autograd (csrc/convlstm_layer.cpp) calls it in both passes.
+// bfloat16; csrc/cpu/conv_cpu.cpp); everything else is ATen's convolution. Differentiable in
+// input and weight, to any order (csrc/conv_autograd.cpp), like conv2d_weight_grad; the layer's
+// own autograd (csrc/convlstm_layer.cpp) calls both below autograd.
 struct Conv2dSame {
   static constexpr const char* kName = "conv2d_same";
   static constexpr const char* kArgs = "(Tensor input, Tensor weight)";
