@@ -41,7 +41,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         args = typing.get_args(tp)
         base = next((a for a in args if a is not type(None)), tp) if args else tp
-        kw = dict(help=_help_with_preset_default(f.name, f.metadata.get("help") or ""))
+        kw: dict[str, Any] = dict(help=_help_with_preset_default(f.name, f.metadata.get("help") or ""))
         choices = f.metadata.get("choices")
         if base is bool:
             kw.update(action=argparse.BooleanOptionalAction, default=None)
