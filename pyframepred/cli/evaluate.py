@@ -134,11 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate_mathieu(model, ds, n_in, steps, device, args.batch_size, args.clips)
         else:
             result = evaluate_model(model, ds, n_in, steps, device, args.batch_size, args.clips)
-    except EmptySplitError as exc:
-        # The data set's advice names the Python settings (test_fraction, split_dir); here the
-        # way out is --all-videos.
-        why = str(exc).split(" Pass ")[0]
-        return report(EmptySplitError(f"{why} Pass --all-videos to evaluate on clips of every video"), parser)
+    except EmptySplitError as exc:  # its advice names VideoClips' settings; evaluate has --all-videos
+        advice = "Pass --all-videos to evaluate on clips of every video"
+        return report(EmptySplitError(f"{exc.situation} {advice}"), parser)
     except PyframepredError as exc:
         return report(exc, parser)
     result.update(

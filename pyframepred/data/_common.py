@@ -90,7 +90,11 @@ class NoVideosError(ConfigError):
 class EmptySplitError(NoVideosError):
     """The group train/test split left the requested side without videos (e.g. every class has a
     single group); the message says why and names the ways out (``test_fraction=0``, split lists,
-    more groups)."""
+    more groups), :attr:`situation` only why (for callers whose ways out are other settings)."""
+
+    def __init__(self, message: str, situation: str | None = None):
+        super().__init__(message)
+        self.situation = message if situation is None else situation
 
 
 class NoDecodableVideosError(NoVideosError, RuntimeError):

@@ -107,8 +107,8 @@ def names(items, limit=8) -> str:
     return text
 
 
-def empty_side_message(root_txt, side, test_fraction, paths, classes) -> str:
-    """Why the group split left the ``side`` (train/test) without videos, and the ways out."""
+def empty_side_situation(root_txt, side, test_fraction, paths, classes) -> str:
+    """Why the group split left the ``side`` (train/test) without videos."""
     groups: dict[str, set] = {}
     for p, c in zip(paths, classes):
         groups.setdefault(c, set()).add(group_key(p, c))
@@ -130,8 +130,14 @@ def empty_side_message(root_txt, side, test_fraction, paths, classes) -> str:
         f"(test_fraction={test_fraction}) keeps all the clips of a group (gXX in UCF-101 "
         f"names; a file without one is its own group) on one side, and the "
         f"{len(paths)} usable videos form {n_groups} group(s) (per class: {per_class}): "
-        f"{why}. "
-        + ("Pass a smaller test_fraction, or " if side == "train" else "Pass ")
+        f"{why}."
+    )
+
+
+def empty_side_advice(side) -> str:
+    """The ways out of an empty side, in VideoClips' settings."""
+    return (
+        ("Pass a smaller test_fraction, or " if side == "train" else "Pass ")
         + "test_fraction=0 to use every video on both sides (no held-out data), give "
         "UCF-101 split lists (split_dir), or add videos from more groups (at least two "
         "per class)."

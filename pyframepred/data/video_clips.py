@@ -17,7 +17,15 @@ from ..io import normalize_into
 from ._common import VIDEO_EXTENSIONS, EmptySplitError, NoDecodableVideosError, NoVideosError, as_hw, logger
 from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
-from .splits import empty_side_message, group_key, group_split, list_key, names, read_ucf_split
+from .splits import (
+    empty_side_advice,
+    empty_side_situation,
+    group_key,
+    group_split,
+    list_key,
+    names,
+    read_ucf_split,
+)
 
 __all__ = ["VideoClips", "Clip", "NoVideosError", "EmptySplitError", "NoDecodableVideosError"]
 
@@ -244,15 +252,14 @@ class VideoClips(Dataset):
             # whole group is unusable).
             keep = [(group_key(v.path, c) in test_groups) != self.train for v, c in zip(infos, classes)]
             if not any(keep[i] for i in usable):
-                raise EmptySplitError(
-                    empty_side_message(
-                        root_txt,
-                        side,
-                        test_fraction,
-                        [infos[i].path for i in usable],
-                        [classes[i] for i in usable],
-                    )
+                situation = empty_side_situation(
+                    root_txt,
+                    side,
+                    test_fraction,
+                    [infos[i].path for i in usable],
+                    [classes[i] for i in usable],
                 )
+                raise EmptySplitError(f"{situation} {empty_side_advice(side)}", situation)
         logger.debug("%s split of %s: %d of %d videos", side, root_txt, sum(keep), len(infos))
         of_side = f" of the {side} side" if not all(keep) else ""  # counts below: this side's
         infos = [v for v, k in zip(infos, keep) if k]

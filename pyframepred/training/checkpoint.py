@@ -291,6 +291,19 @@ def _refusal(path, exc: BaseException) -> CheckpointError:
     )
 
 
+def _foreign_format(data: bytes) -> str | None:
+    """Why ``data`` is neither torch.save's zip archive nor a legacy pickle (which starts with the
+    PROTO opcode), so that a failed load is a foreign file rather than a refused one; None when it
+    may be either."""
+    if not data:
+        return "the file is empty"
+    if zipfile.is_zipfile(io.BytesIO(data)) or data.startswith(b"\x80"):
+        return None
+    if data.startswith(b"PK\x03\x04"):
+        return "a truncated or damaged zip archive"
+    return "it is neither a zip archive nor a pickle"
+
+
 def load(path, map_location="cpu") -> dict:
     """Read the checkpoint at ``path`` with ``torch.load(weights_only=True)`` (see the module
     docstring); returns the dictionary with the random states in the current form. Any problem
@@ -320,23 +333,14 @@ def load(path, map_location="cpu") -> dict:
             ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
         text = " ".join(str(exc).split())
-        # Neither a zip archive (torch.save's format) nor a pickle (the legacy one: it starts
-        # with the PROTO opcode): a foreign file, not a refused one.
-        foreign = not zipfile.is_zipfile(io.BytesIO(data)) and not data.startswith(b"\x80")
-        if not foreign and (
+        foreign = _foreign_format(data)
+        if foreign is None and (
             isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Unsupported global" in text
         ):
             raise _refusal(path, exc) from None
-        if foreign or len(text) < 20:
+        if foreign is not None or len(text) < 20:
             # torch.load's own words for a foreign file are cryptic (e.g. a bare byte value).
-            if not data:
-                why = "the file is empty"
-            elif data.startswith(b"PK\x03\x04") and foreign:
-                why = "a truncated or damaged zip archive"
-            elif foreign:
-                why = "it is neither a zip archive nor a pickle"
-            else:
-                why = f"torch.load says: {text}"
+            why = foreign or f"torch.load says: {text}"
             raise CheckpointError(
                 f"'{path}' is not a checkpoint written by torch.save (e.g. a run's best.pt or "
                 f"last.pt): {why[:200] or type(exc).__name__}"
