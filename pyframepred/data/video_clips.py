@@ -252,13 +252,8 @@ class VideoClips(Dataset):
             # whole group is unusable).
             keep = [(group_key(v.path, c) in test_groups) != self.train for v, c in zip(infos, classes)]
             if not any(keep[i] for i in usable):
-                situation = empty_side_situation(
-                    root_txt,
-                    side,
-                    test_fraction,
-                    [infos[i].path for i in usable],
-                    [classes[i] for i in usable],
-                )
+                paths, usable_classes = [infos[i].path for i in usable], [classes[i] for i in usable]
+                situation = empty_side_situation(root_txt, side, test_fraction, paths, usable_classes)
                 raise EmptySplitError(f"{situation} {empty_side_advice(side)}", situation)
         logger.debug("%s split of %s: %d of %d videos", side, root_txt, sum(keep), len(infos))
         of_side = f" of the {side} side" if not all(keep) else ""  # counts below: this side's
