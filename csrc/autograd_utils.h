@@ -1,5 +1,6 @@
-// Helpers shared by the C++ autograd of the fused ops.
+// Helpers shared by the C++ autograd of the fused ops and of the convolutions.
 #pragma once
+#include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
@@ -9,6 +10,13 @@
 #include <utility>
 
 namespace pyframepred {
+
+// flip(w)^T: (C_out, C_in, kh, kw) -> (C_in, C_out, kh, kw), flipped in kh and kw, contiguous in
+// w's memory format. The stride-1 'same' convolution's data gradient is the convolution of the
+// output's gradient with it (odd kernels: symmetric padding).
+inline at::Tensor flipped_transposed(const at::Tensor& w) {
+  return w.flip({2, 3}).transpose(0, 1).contiguous(w.suggest_memory_format());
+}
 
 // The fused backward kernels are not themselves differentiable. Under create_graph=True (grad
 // mode on inside backward) their results would otherwise enter the new graph as constants, and

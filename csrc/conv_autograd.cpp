@@ -15,6 +15,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd_utils.h"
 #include "include/pyframepred/op_signatures.h"
 
 namespace pyframepred {
@@ -22,11 +23,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// flip(w)^T: (C_out, C_in, kh, kw) -> (C_in, C_out, kh, kw), flipped in kh and kw.
-at::Tensor flipped_transposed(const at::Tensor& w) {
-  return w.flip({2, 3}).transpose(0, 1).contiguous(w.suggest_memory_format());
-}
 
 at::Tensor conv2d_same(const at::Tensor& input, const at::Tensor& weight) {
   return op::handle<op::Conv2dSame>().call(input, weight);

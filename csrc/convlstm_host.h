@@ -183,6 +183,20 @@ inline GatesForwardInto*& gates_forward_into(c10::DeviceType device) {
   return kernels[static_cast<int>(device)];
 }
 
+// The fused cell's backward as the ConvLSTM layer calls it on devices where the parameter
+// gradients come from a second pass over per-block partial sums (CUDA): grad_gates, grad_c_prev
+// and, with param_grads, those partial sums (R, 7, C) in the accumulation type, unfinished. The
+// layer finishes all steps' sums in one reduction (finish_param_grads) instead of a reduction and
+// an addition per step. Registered by cuda/convlstm_cuda.cu; null where none is (the layer then
+// calls the operator).
+using GatesBackwardPartial = op::ConvLSTMGatesBackward::Result(
+    PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS);
+
+inline GatesBackwardPartial*& gates_backward_partial(c10::DeviceType device) {
+  static GatesBackwardPartial* kernels[static_cast<int>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)] = {};
+  return kernels[static_cast<int>(device)];
+}
+
 // The ConvLSTM layer's copy between planar and interleaved frames (the operator _copy_frames,
 // op_signatures.h): registered for the CPU (cpu/dispatch.cpp, at the ISA level in use); null
 // elsewhere, where the layer copies with copy_.

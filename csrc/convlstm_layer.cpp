@@ -17,6 +17,7 @@ layer::LayerBackend device_backend(const at::Tensor& like) {
   const c10::DeviceType device = like.device().type();
   layer::LayerBackend b = layer::conventions(device);
   b.gates_forward_into = gates_forward_into(device);
+  b.gates_backward_partial = gates_backward_partial(device);
   b.prepare_conv = prepare_conv_same(device);
   b.copy_frames = frames_copy_kernel(device);
   return b;

@@ -59,6 +59,9 @@ struct LayerBackend {
   // The fused cell's forward and backward; null: the operators, through the dispatcher.
   op::ConvLSTMGatesForward::Sig* gates_forward = nullptr;
   op::ConvLSTMGatesBackward::Sig* gates_backward = nullptr;
+  // The fused cell's backward leaving the parameter gradients as partial sums
+  // (GatesBackwardPartial), summed once per call; null: gates_backward, finished per step.
+  GatesBackwardPartial* gates_backward_partial = nullptr;
   // The device's prepared convolution (PrepareConvSame); null: none.
   PrepareConvSame* prepare_conv = nullptr;
   // The device's copy between planar (NCHW) and interleaved (channels_last) frames
@@ -156,6 +159,25 @@ inline op::ConvLSTMGatesForward::Result gates_forward_into(
   return out;
 }
 
+// Whether none of the tensors is a subclass or fake one (which must see operator calls).
+inline bool plain_tensors(const std::vector<at::Tensor>& saved, const at::Tensor& a,
+                          const at::Tensor& b, const at::Tensor& c) {
+  const auto plain = [](const at::Tensor& t) { return !t.defined() || !at::isTensorSubclassLike(t); };
+  return plain(a) && plain(b) && plain(c) && std::all_of(saved.begin(), saved.end(), plain);
+}
+
+// The cell's backward: the device's GatesBackwardPartial where `partial_sums` (the third result
+// then holds unfinished partial sums), else the operator's (finished parameter gradients).
+inline op::ConvLSTMGatesBackward::Result gates_backward(const LayerBackend& b, bool partial_sums,
+                                                        PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  if (partial_sums) {
+    RECORD_FUNCTION("pyframepred::convlstm_gates_backward", std::vector<c10::IValue>());
+    return b.gates_backward_partial(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+  }
+  return call_op<op::ConvLSTMGatesBackward>(b.gates_backward, grad_h, grad_c, gates, c_prev,
+                                            peephole, param_grads);
+}
+
 inline bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 inline bool requires_grad(const std::optional<at::Tensor>& t) {
@@ -201,6 +223,10 @@ inline LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   s.kw = wh.size(3);
   TORCH_CHECK(s.kh % 2 == 1 && s.kw % 2 == 1, op, ": kernel sizes must be odd ('same' padding), "
               "got weight_h of shape ", shape_str(wh.sizes()));
+  TORCH_CHECK(wx.dim() != 4 || (wx.size(2) == s.kh && wx.size(3) == s.kw), op,
+              ": weight_x and weight_h must have one kernel size, got (", std::to_string(wx.size(2)),
+              ", ", std::to_string(wx.size(3)), ") and (", std::to_string(s.kh), ", ",
+              std::to_string(s.kw), ")");
   TORCH_CHECK(wx.dim() == 4 && wx.size(0) == 4 * s.C && wx.size(1) == s.Cin &&
                   wx.size(2) == s.kh && wx.size(3) == s.kw,
               op, ": weight_x must be (4*C, C_in, kh, kw) = (", std::to_string(4 * s.C), ", ",
@@ -319,7 +345,7 @@ inline StepConv flipped_weight(const LayerBackend& b, const at::Tensor& w, const
   if (!b.own_convolutions || (w.scalar_type() != at::kFloat && w.scalar_type() != at::kBFloat16)) {
     return {};
   }
-  return step_conv(b, w.flip({2, 3}).transpose(0, 1).contiguous(w.suggest_memory_format()), like);
+  return step_conv(b, flipped_transposed(w), like);
 }
 
 // The gradient of `input` of conv(input, weight) for the gradient dg of its output, plus addend
@@ -649,6 +675,11 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       return at::zeros({}, like.options()).expand(s.state());
     };
     const bool param_grads = need_b || need_p;
+    // The parameter gradients' partial sums of every step, finished once after the sweep, where
+    // the device leaves them unfinished (partial_sums); else each step's finished ones are added.
+    const bool partial_sums =
+        b.gates_backward_partial != nullptr && plain_tensors(saved, g_seq, g_h_last, g_c_last);
+    std::vector<at::Tensor> d_param_partials;
     // Reverse sweep over chunks of steps, last chunk first. Per step: the cell's backward and the
     // hidden convolution's data gradient. Per chunk, once its gate gradients are complete: the
     // weight gradients (and the input's) in batched calls over the chunk's steps. Only one
@@ -684,9 +715,13 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
           dh = dh_next.defined() ? dh_next : zero_state(x);
         }
         if (!dc.defined()) dc = zero_state(c_prev(t));
-        auto [dg, dc_prev, dp] = call_op<op::ConvLSTMGatesBackward>(
-            b.gates_backward, dh, dc, gates(t), c_prev(t), peephole, param_grads);
-        if (param_grads) d_params = d_params.defined() ? d_params + dp : dp;
+        auto [dg, dc_prev, dp] =
+            gates_backward(b, partial_sums, dh, dc, gates(t), c_prev(t), peephole, param_grads);
+        if (param_grads && partial_sums) {
+          d_param_partials.push_back(std::move(dp));
+        } else if (param_grads) {
+          d_params = d_params.defined() ? d_params + dp : dp;
+        }
         const bool had_h = t > 0 || h0.defined();
         if (had_h && (t > 0 || need_h0)) {
           const at::Tensor h_prev = t > 0 ? h_before(t, 1) : h0;
@@ -730,6 +765,11 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         }
         if (t0 == 0 && h0.defined()) add_to(gwh, weight_grad(d_gates[0], h0, s));
       }
+    }
+    if (!d_param_partials.empty()) {
+      d_params = finish_param_grads(
+          d_param_partials.size() == 1 ? d_param_partials[0] : at::cat(d_param_partials, 0),
+          s.state_dtype);
     }
     if (need_x && !gx.defined()) {
       std::reverse(gx_chunks.begin(), gx_chunks.end());

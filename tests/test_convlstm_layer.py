@@ -434,6 +434,7 @@ def test_opcheck(state):
         (lambda a: a.update(x=a["x"][0]), "must be a sequence"),
         (lambda a: a.update(x=a["x"].unflatten(0, (2, -1))), "sequence of 2 steps"),
         (lambda a: a.update(wx=a["wx"][:, :2]), "weight_x must be"),
+        (lambda a: a.update(wx=a["wx"][..., :1, :]), r"one kernel size, got \(1, 3\) and \(3, 3\)"),
         (lambda a: a.update(wh=a["wh"][:8]), "weight_h must be"),
         (lambda a: a.update(b=a["b"][:3]), "bias must have shape"),
         (lambda a: a.update(p=torch.zeros(2, 4, dtype=torch.float64)), "peephole must have shape"),

@@ -261,6 +261,31 @@ def test_no_copies_per_step_and_no_host_sync(emu, layout):
     assert not [n for n in long if n in _SYNCS]
 
 
+def _backward_schedule_ops(emu, T, layout):
+    """Names of the ATen operators the emulated CUDA layer's backward calls itself (not inside
+    the operators it calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    args = _emu_args(_inputs(T, 2, 4, 8, 12, 12), layout, torch.float32, torch.float32)
+    h_seq, h, c = emu.convlstm_layer(*args)
+    loss = h_seq.sum() + h.sum() + c.sum()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss.backward()
+    node = "torch::autograd::CppNode<pyframepred::layer::ConvLSTMLayerFunction"
+    return [e.name for e in prof.events() if e.cpu_parent is not None and e.cpu_parent.name.startswith(node)]
+
+
+@pytest.mark.parametrize("layout", ["frames", "seq_cl"])
+def test_parameter_gradients_reduced_once_per_call(emu, layout):
+    """The bias and peephole gradients leave the cell's CUDA kernel as per-block partial sums.
+    The schedule sums every step's partials in one reduction after the sweep, instead of a
+    reduction and an addition per step (two launches a step on a GPU)."""
+    short, long = _backward_schedule_ops(emu, 3, layout), _backward_schedule_ops(emu, 6, layout)
+    assert short.count("aten::sum") == long.count("aten::sum") == 1
+    assert short.count("aten::add") == long.count("aten::add") <= 1  # the last step's h gradients
+    assert long.count("pyframepred::convlstm_gates_backward") == 6
+
+
 def _layer_matches(emu, layout) -> bool:
     args = _emu_args(_inputs(4, 2, 3, 6, 5, 6), layout, torch.float32, torch.float32)
     try:

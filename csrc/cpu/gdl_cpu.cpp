@@ -153,7 +153,8 @@ double forward_band(const GdlOperand<const scalar_t>& p, const GdlOperand<const 
 }
 
 op::GdlLossForward::Result gdl_loss_forward_cpu(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
-  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, op::GdlLossForward::kName);
+  // Messages name the public function (pyframepred.ops.gdl_loss, pyframepred::gdl_loss).
+  const GdlPlan p = plan_gdl(pred, target, alpha, reduction, "gdl_loss");
   at::Tensor out = gdl_forward_output(pred, reduction);
   const int64_t rows = band_rows(p.H, p.W);
   const int64_t bands = (p.H + rows - 1) / rows;

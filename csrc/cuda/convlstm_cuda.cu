@@ -40,7 +40,10 @@ op::ConvLSTMGatesForward::Result convlstm_gates_forward_cuda(PYFRAMEPRED_CONVLST
                                           at::Tensor());
 }
 
-op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cuda(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+// grad_gates, grad_c_prev and the kernel's unfinished partial sums of the parameter gradients
+// (GatesBackwardPartial, convlstm_host.h).
+op::ConvLSTMGatesBackward::Result convlstm_gates_backward_partial_cuda(
+    PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   c10::cuda::CUDAGuard guard(gates.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -52,14 +55,22 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cuda(PYFRAMEPRED_CONVL
       partial = convlstm::launch_backward<scalar_t, state_t>(p, param_grads, stream, kLaunchCheck);
     });
   });
+  return {p.grad_gates, p.grad_c_prev, partial};
+}
+
+op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cuda(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  auto [grad_gates, grad_c_prev, partial] = convlstm_gates_backward_partial_cuda(
+      grad_h, grad_c, gates, c_prev, peephole, param_grads);
   at::Tensor grad_params = param_grads ? finish_param_grads(partial, c_prev.scalar_type())
                                        : at::empty({0}, c_prev.options());
-  return {p.grad_gates, p.grad_c_prev, grad_params};
+  return {grad_gates, grad_c_prev, grad_params};
 }
 
 // The ConvLSTM layer's cell forward into its h sequence (GatesForwardInto, convlstm_host.h).
-const bool kCudaGatesForwardInto = [] {
+// Its cell backward with the parameter gradients left as partial sums (GatesBackwardPartial).
+const bool kCudaLayerKernels = [] {
   gates_forward_into(c10::DeviceType::CUDA) = &convlstm_gates_forward_into_cuda;
+  gates_backward_partial(c10::DeviceType::CUDA) = &convlstm_gates_backward_partial_cuda;
   return true;
 }();
 

@@ -22,7 +22,8 @@ namespace {
 const auto kLaunchCheck = [] { C10_CUDA_KERNEL_LAUNCH_CHECK(); };
 
 op::GdlLossForward::Result gdl_loss_forward_cuda(PYFRAMEPRED_GDL_LOSS_FORWARD_PARAMS) {
-  const GdlPlan p = gdl::plan(pred, target, alpha, reduction, op::GdlLossForward::kName);
+  // Messages name the public function (pyframepred.ops.gdl_loss, pyframepred::gdl_loss).
+  const GdlPlan p = gdl::plan(pred, target, alpha, reduction, "gdl_loss");
   const c10::cuda::CUDAGuard guard(pred.device());
   at::Tensor out = gdl_forward_output(pred, reduction);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -86,7 +86,7 @@ def _check(op: str, pred: Tensor, target: Tensor, alpha: float, reduction: int) 
 
 @torch.library.register_fake("pyframepred::gdl_loss_forward")
 def _forward_fake(pred, target, alpha, reduction):
-    _check("gdl_loss_forward", pred, target, alpha, reduction)
+    _check("gdl_loss", pred, target, alpha, reduction)  # as the kernels: the public name
     shape = pred.shape[:-2] if reduction == 0 else ()
     return pred.new_empty(shape)
 

@@ -42,7 +42,7 @@ op::ConvLSTMGatesForward::Result convlstm_forward_into(PYFRAMEPRED_CONVLSTM_GATE
   return {p.h, p.c, p.gates};
 }
 
-ConvLSTMBackwardResult convlstm_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+op::ConvLSTMGatesBackward::Result convlstm_backward_partial(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   poison(p.grad_gates);
   poison(p.grad_c_prev);
@@ -54,10 +54,16 @@ ConvLSTMBackwardResult convlstm_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PAR
       partial = cuda::convlstm::launch_backward<scalar_t, state_t>(p, param_grads, nullptr, kNoCheck);
     });
   });
+  return {p.grad_gates, p.grad_c_prev, partial};
+}
+
+ConvLSTMBackwardResult convlstm_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  auto [grad_gates, grad_c_prev, partial] =
+      convlstm_backward_partial(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   at::Tensor grad_params = param_grads ? finish_param_grads(partial, c_prev.scalar_type())
                                        : at::empty({0}, c_prev.options());
   if (!partial.defined()) partial = at::empty({0}, gates.options());
-  return {p.grad_gates, p.grad_c_prev, grad_params, partial};
+  return {grad_gates, grad_c_prev, grad_params, partial};
 }
 
 }  // namespace cuda_emu

@@ -17,6 +17,9 @@ op::ConvLSTMGatesForward::Sig convlstm_forward;
 // layer calls (GatesForwardInto, convlstm_host.h).
 GatesForwardInto convlstm_forward_into;
 
+// grad_gates, grad_c_prev and the kernel's per-block partial sums of the parameter gradients,
+// unfinished, as CUDA's GatesBackwardPartial (convlstm_host.h).
+GatesBackwardPartial convlstm_backward_partial;
 // grad_gates, grad_c_prev, grad_params and the kernel's per-block partial sums.
 using ConvLSTMBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 ConvLSTMBackwardResult convlstm_backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS);

@@ -53,14 +53,24 @@ op::ConvLSTMGatesForward::Result forward(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARA
   return forward_into(x_gates, h_gates, c_prev, bias, peephole, save_gates, at::Tensor());
 }
 
-op::ConvLSTMGatesBackward::Result backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+void check_backward_layouts(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
   for (const auto& [t, name] : {std::make_pair(&grad_h, "grad_h"), std::make_pair(&grad_c, "grad_c"),
                                 std::make_pair(&c_prev, "c_prev")}) {
     check_layout(*t, gates, name);
   }
+}
+
+op::ConvLSTMGatesBackward::Result backward(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  check_backward_layouts(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   auto [grad_gates, grad_c_prev, grad_params, partial] =
       convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
   return {grad_gates, grad_c_prev, grad_params};
+}
+
+// As CUDA's GatesBackwardPartial: the parameter gradients left as the kernel's partial sums.
+op::ConvLSTMGatesBackward::Result backward_partial(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  check_backward_layouts(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+  return convlstm_backward_partial(grad_h, grad_c, gates, c_prev, peephole, param_grads);
 }
 
 layer::LayerBackend cuda_backend(const at::Tensor& /*like*/) {
@@ -68,6 +78,7 @@ layer::LayerBackend cuda_backend(const at::Tensor& /*like*/) {
   b.gates_forward_into = &forward_into;
   b.gates_forward = &forward;
   b.gates_backward = &backward;
+  b.gates_backward_partial = &backward_partial;
   if (layer_chunk_bytes() > 0) b.chunk_bytes = layer_chunk_bytes();
   b.poison_buffers = true;
   return b;
