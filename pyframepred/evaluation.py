@@ -10,7 +10,10 @@ The command line is ``python -m pyframepred.evaluate`` (:mod:`pyframepred.cli.ev
 
 from __future__ import annotations
 
+import os
+import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -115,6 +118,20 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _trained_on(data, cfg: dict) -> bool:
+    """Whether the folder ``data`` (``None``: the checkpoint's own) is the one the checkpoint's
+    settings ``cfg`` trained on."""
+    if data is None:
+        return True
+    trained = cfg.get("data")
+    if not isinstance(trained, str) or not os.path.isabs(trained):
+        return False  # the embedded set, or an older checkpoint's relative path
+    try:
+        return Path(data).resolve() == Path(trained).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def heldout_clips(
     cfg: dict,
     data,
@@ -124,19 +141,21 @@ def heldout_clips(
     count: int = 256,
     mnist_test=None,
     all_videos: bool = False,
+    channels: int = 3,
 ):
     """The held-out clips of ``frames`` frames for a checkpoint's settings ``cfg``, from the
     folder ``data`` (``None``: the data set the checkpoint was trained on; ``"moving-mnist"``:
     Moving MNIST, from the standard test file ``mnist_test`` or ``count`` fixed sequences of the
-    held-out digits). ``all_videos`` takes fixed clips of every video in the folder instead of
-    the test side of its group split: for footage the model never saw."""
+    held-out digits). On the data the checkpoint was trained on, the test side of the split it
+    trained with (its ``test_fraction``, or its ``split_dir`` lists); on another folder, the
+    test side of a group split with ``test_fraction`` 0.2. ``all_videos`` takes fixed clips of
+    every video in the folder instead: for footage the model never saw. ``channels`` 1 (a grey
+    model, e.g. Moving MNIST's) turns colour clips grey (the mean of the channels)."""
     from .data import VideoClips, default_dataset_root, moving_mnist
     from .data import source as data_source
     from .training.checkpoint import data_root
 
-    if data is None:
-        data = data_root(cfg)
-    if data_source.kind(data) == data_source.MOVING_MNIST:
+    if data_source.kind(data if data is not None else cfg.get("data")) == data_source.MOVING_MNIST:
         return moving_mnist.clips(
             frames,
             False,
@@ -145,9 +164,27 @@ def heldout_clips(
             seed=seed,
             count=count,
         )
+    own_data = _trained_on(data, cfg)
+    if data is None:
+        data = data_root(cfg)
     root = data if data is not None else default_dataset_root()
+    split: dict = dict(test_fraction=0.2)
+    if all_videos:
+        split = dict(test_fraction=0)
+    elif own_data:
+        split = dict(
+            test_fraction=cfg.get("test_fraction", 0.2),
+            split_dir=cfg.get("split_dir"),
+            split_index=cfg.get("split_index", 1),
+        )
+        if split["split_dir"] is None and not split["test_fraction"]:
+            warnings.warn(
+                "the checkpoint was trained with test_fraction 0, on every video of its data: "
+                "these scores are on training videos, not held-out ones",
+                stacklevel=2,
+            )
     try:
-        return VideoClips(
+        clips = VideoClips(
             root,
             frames=frames,
             interval=cfg.get("interval", 0),
@@ -155,8 +192,22 @@ def heldout_clips(
             train=False,
             seed=seed,
             clips_per_video=clips_per_video,
-            test_fraction=0 if all_videos else 0.2,
             progress=False,
+            **split,
         )
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ConfigError(str(exc)) from exc
+    return _Grey(clips) if channels == 1 else clips
+
+
+class _Grey(Dataset):
+    """Colour clips ``(T, 3, H, W)`` as grey ones ``(T, 1, H, W)``, for a grey model."""
+
+    def __init__(self, clips):
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index):
+        return self.clips[index].mean(-3, keepdim=True)

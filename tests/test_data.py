@@ -686,6 +686,28 @@ def test_ucf_split_lists(data_root, tmp_path):
         VideoClips(data_root, split_dir=tmp_path, split_index=2, progress=False)
 
 
+def test_evaluation_takes_the_test_side_of_the_checkpoints_own_split(data_root, tmp_path):
+    from pyframepred.evaluation import heldout_clips
+
+    (tmp_path / "trainlist01.txt").write_text("Walk/v_Walk_g02_c01.avi 3\nRun/v_Run_g01_c01.avi 2\n")
+    (tmp_path / "testlist01.txt").write_text("Walk/v_Walk_g01_c01.avi\n")
+    cfg = dict(data=str(data_root), split_dir=str(tmp_path), split_index=1, test_fraction=0.2)
+    for data in (None, str(data_root)):  # the checkpoint's own data, named or not
+        assert [v.path for v in heldout_clips(cfg, data, 3).videos] == ["Walk/v_Walk_g01_c01.mp4"]
+    # trained on every video: evaluated on them too, with a warning that says so
+    every = {v.path for v in quiet(VideoClips, data_root, frames=3, test_fraction=0, progress=False).videos}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = heldout_clips(dict(data=str(data_root), test_fraction=0.0), None, 3)
+    assert {v.path for v in ds.videos} == every
+    assert any("scores are on training videos" in str(w.message) for w in caught)
+    # the checkpoint's test_fraction decides the group split of its own data
+    for fraction in (0.2, 0.5):
+        expected = quiet(VideoClips, data_root, frames=3, train=False, test_fraction=fraction, progress=False)
+        ds = quiet(heldout_clips, dict(data=str(data_root), test_fraction=fraction), None, 3)
+        assert [v.path for v in ds.videos] == [v.path for v in expected.videos]
+
+
 def test_group_split_never_puts_a_group_on_both_sides():
     rng = np.random.default_rng(0)
     paths, classes = [], []
@@ -747,6 +769,33 @@ def test_unusable_videos_are_set_aside_before_the_group_split(tmp_path):
     assert test[0].shape == (4, 3, 64, 64)
 
 
+def test_the_group_split_does_not_depend_on_the_clip_length(tmp_path):
+    # A run trains on clips of in + out frames and validates on clips of in + steps frames. Ten
+    # groups, two on the test side; one of them is too short for the longer clips. Splitting only
+    # the videos long enough for a clip would move a training group to the test side of the
+    # longer clips (validation on training videos).
+    names = [f"v_Swim_g{g:02d}_c01.mp4" for g in range(1, 11)]
+    is_test = pd.group_split(names, ["Swim"] * 10, 0.2)
+    short = names[is_test.index(True)]
+    for g, name in enumerate(names):
+        write_video(tmp_path / name, coded_frames(8 if name == short else 16, first=g), 25)
+    sides = {}
+    for frames in (4, 12):
+        for train in (True, False):
+            ds = quiet(VideoClips, tmp_path, frames=frames, train=train, progress=False)
+            sides[frames, train] = {v.path for v in ds.videos}
+    assert sides[4, True] == sides[12, True] == {n for n, t in zip(names, is_test) if not t}
+    assert sides[4, False] == {n for n, t in zip(names, is_test) if t}
+    assert sides[12, False] == sides[4, False] - {short}
+
+
+def test_group_split_takes_file_names_that_are_not_utf8():
+    names = [f"v_A_g{g:02d}_caf\udce9.avi" for g in range(1, 6)]  # b"caf\xe9" from the disk
+    assert sum(pd.group_split(names, ["A"] * 5, 0.2)) == 1
+    # UTF-8 names rank as before (the splits of existing runs stay)
+    assert pd.group_split(["v_A_g01_c01.avi", "v_A_g02_c01.avi"], ["A"] * 2, 0.5) == [True, False]
+
+
 def test_a_bad_video_counts_on_the_side_of_its_group(tmp_path):
     for g in range(1, 6):
         write_video(tmp_path / "A" / f"v_A_g{g:02d}_c01.mp4", coded_frames(12), 25)
@@ -770,7 +819,7 @@ def test_classes_with_a_single_group_leave_the_test_side_empty_with_a_clear_erro
         VideoClips(tmp_path, frames=4, train=False, progress=False)
     msg = str(err.value)
     assert str(tmp_path) in msg and "test side" in msg
-    assert "3 usable videos form 2 group(s)" in msg and "Jump: 1, Run: 1" in msg
+    assert "3 readable videos form 2 group(s)" in msg and "Jump: 1, Run: 1" in msg
     assert "every class has a single group" in msg
     assert "test_fraction=0" in msg and "split_dir" in msg and "more groups" in msg
     # the ways out it names work

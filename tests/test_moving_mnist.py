@@ -4,6 +4,7 @@ evaluation with the OpenSTL metrics -- on small generated digits (no download)."
 import gzip
 import importlib
 import json
+import math
 import os
 import sys
 
@@ -166,6 +167,18 @@ def test_train_and_evaluate_on_moving_mnist(idx_file, tmp_path, capsys):
     assert res["clips"] == 5 and res["steps"] == 3 and res["data"] == "moving-mnist"
     assert res["baseline_mean"]["mse"] > 0 and len(res["model"]["mae"]) == 3
     assert "mse" in capsys.readouterr().out
+    # the grey model on a folder of colour videos: their clips are turned grey
+    from pyframepred.data import find_videos, synthetic
+
+    videos = synthetic.generate(
+        tmp_path / "videos", seed=1, videos_per_class=1, groups_per_class=1, frames=(12, 12),
+        classes=synthetic.CLASSES[:2], progress=False,
+    )  # fmt: skip
+    colour = [str(out / "last.pt"), "--data", str(videos), "--all-videos", "--out", str(tmp_path / "c.json")]
+    assert ev.main(colour) == 0, capsys.readouterr().err
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["clips"] == 2 * len(find_videos(videos))  # --clips-per-video 2
+    assert math.isfinite(res["model_mean"]["psnr"])
     assert tr.main(["--resume", str(out / "last.pt"), "--steps", "6", "--no-progress"]) == 0
 
 

@@ -59,7 +59,9 @@ def list_key(rel_path: str) -> str:
 
 
 def _rank(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+    # surrogatepass: a file name that is not UTF-8 reaches Python with surrogates; UTF-8 names
+    # hash as before.
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def group_key(rel_path: str, cls: str) -> tuple[str, str]:
@@ -129,7 +131,7 @@ def empty_side_situation(root_txt, side, test_fraction, paths, classes) -> str:
         f"VideoClips: no videos for the {side} side in '{root_txt}': the group split "
         f"(test_fraction={test_fraction}) keeps all the clips of a group (gXX in UCF-101 "
         f"names; a file without one is its own group) on one side, and the "
-        f"{len(paths)} usable videos form {n_groups} group(s) (per class: {per_class}): "
+        f"{len(paths)} readable videos form {n_groups} group(s) (per class: {per_class}): "
         f"{why}."
     )
 

@@ -61,8 +61,9 @@ class VideoClips(Dataset):
         ``N = split_index``), the videos listed in the train (``train=True``) or test list;
         matching is on the file name without extension (a listed video that is unusable is
         skipped, see *Bad input*). Otherwise a deterministic split by group (``gXX`` in UCF
-        names; one group never lands on both sides) of the usable videos (unreadable and too
-        short ones are set aside first, so they never take a side's place), ``test_fraction`` of
+        names; one group never lands on both sides) of the readable videos (unreadable ones are
+        set aside first, so they never take a side's place; too-short ones are skipped after the
+        split, which so stays the same whatever the clip length), ``test_fraction`` of
         each class's groups going to the test side. A class with a single group stays on the
         train side: when no class has two groups the test side is empty, which is an error that
         says so. ``test_fraction=0`` (or ``None``) disables the split: ``train=True`` and
@@ -113,7 +114,7 @@ class VideoClips(Dataset):
         raise :class:`NoVideosError`; both name the folder and the cause. Unreadable files and
         videos too short for one clip are skipped with one warning that counts and names them
         (with the group split, on the side of their group; on the train side when the whole
-        group is unusable); the reasons are in :attr:`skipped` and in the ``pyframepred.data``
+        group is unreadable); the reasons are in :attr:`skipped` and in the ``pyframepred.data``
         log. A video that fails to decode later (inside a ``DataLoader`` worker, say) is logged
         once and replaced by the next decodable video, deterministically, so a bad file never
         stops a run; only when every video fails is :class:`NoDecodableVideosError` (a
@@ -226,8 +227,9 @@ class VideoClips(Dataset):
         infos = [v for v, k in zip(infos, keep) if k]
         classes = [c for c, k in zip(classes, keep) if k]
 
-        # -- unreadable and too short: judged before the split, so that a bad file never takes
-        # the place of a usable group on one side of the group split.
+        # -- unreadable and too short. Only unreadable files are left out of the group split (a bad
+        # file never takes a group's place): with the short ones, train (in + out frames) and
+        # validation clips (in + steps) of one run would split differently.
         unusable = [self._unusable(info) for info in infos]  # None, or (kind, reason)
 
         # -- train/test split
@@ -240,20 +242,19 @@ class VideoClips(Dataset):
                     f"VideoClips: no videos for '{root_txt}': none of its {len(infos)} videos is "
                     f"listed in the {side} list of split {split_index} in '{split_dir}'"
                 )
-        elif not test_fraction or all(u is not None for u in unusable):
+        elif not test_fraction or not any(info.ok for info in infos):
             keep = [True] * len(infos)  # no split: both sides use every video
         else:
-            usable = [i for i, u in enumerate(unusable) if u is None]
+            readable = [i for i, info in enumerate(infos) if info.ok]
             is_test = group_split(
-                [infos[i].path for i in usable], [classes[i] for i in usable], test_fraction
+                [infos[i].path for i in readable], [classes[i] for i in readable], test_fraction
             )
-            test_groups = {group_key(infos[i].path, classes[i]) for i, t in zip(usable, is_test) if t}
-            # An unusable video is reported on the side of its group (the train side when its
-            # whole group is unusable).
+            test_groups = {group_key(infos[i].path, classes[i]) for i, t in zip(readable, is_test) if t}
+            # An unreadable video counts on its group's side (train: a wholly unreadable group).
             keep = [(group_key(v.path, c) in test_groups) != self.train for v, c in zip(infos, classes)]
-            if not any(keep[i] for i in usable):
-                paths, usable_classes = [infos[i].path for i in usable], [classes[i] for i in usable]
-                situation = empty_side_situation(root_txt, side, test_fraction, paths, usable_classes)
+            if not any(keep[i] for i in readable):
+                paths, ok_classes = [infos[i].path for i in readable], [classes[i] for i in readable]
+                situation = empty_side_situation(root_txt, side, test_fraction, paths, ok_classes)
                 raise EmptySplitError(f"{situation} {empty_side_advice(side)}", situation)
         logger.debug("%s split of %s: %d of %d videos", side, root_txt, sum(keep), len(infos))
         of_side = f" of the {side} side" if not all(keep) else ""  # counts below: this side's
@@ -304,7 +305,6 @@ class VideoClips(Dataset):
                 f"'{root_txt}': " + "; ".join(parts) + f". Why: {why} (all of them: VideoClips.skipped).",
                 stacklevel=2,
             )
-
         self.videos: list[VideoInfo] = videos  #: the videos used, in order
         self.classes: list[str] = sorted(set(video_classes))  #: class names, sorted
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
