@@ -458,6 +458,51 @@ def test_second_run_into_a_finished_run_refuses_and_changes_nothing(run, data, t
     assert ckpt_format.load(out / "last.pt")["step"] == 2
 
 
+def test_overwrite_keeps_the_old_run_until_the_new_one_saves(run, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    (out / "eval.json").write_text("{}")  # the old run's evaluation
+    old = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt")}
+    # a new run that fails before its first save (no videos): the old checkpoints stay
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["--model", "seq2seq", "--out", str(out), "--overwrite"] + TINY
+    assert tr.main(argv + ["--data", str(empty)]) == 2
+    assert "no video" in _one_error_line(capsys.readouterr().err)
+    assert {name: (out / name).read_bytes() for name in old} == old
+    # one that saves replaces them, and the old evaluation goes with them
+    assert tr.main(argv + ["--data", str(data), "--steps", "2"]) == 0
+    for name in old:
+        assert ckpt_format.load(out / name)["config"]["model"] == "seq2seq"
+    assert not (out / "eval.json").exists()
+
+
+def test_resume_into_another_runs_folder_refuses_and_changes_nothing(data, tmp_path, capsys):
+    ae = tmp_path / "ae"  # an autoencoder run: step 2, then resumed in place to step 4
+    base = ["--model", "autoencoder", "--data", str(data), "--out", str(ae)] + TINY
+    assert tr.main(base + ["--steps", "2"]) == 0
+    shutil.copy(ae / "last.pt", tmp_path / "ae2.pt")
+    assert tr.main(["--resume", str(ae / "last.pt"), "--steps", "4", "--no-progress"]) == 0
+    shutil.copy(ae / "last.pt", tmp_path / "ae4.pt")
+    other = tmp_path / "other"  # a seq2seq run at step 2
+    argv = ["--model", "seq2seq", "--data", str(data), "--out", str(other), "--steps", "2"] + TINY
+    assert tr.main(argv) == 0
+    before = _snapshot(other)
+    capsys.readouterr()
+    resume = ["--resume", str(tmp_path / "ae4.pt"), "--steps", "6", "--no-progress"]
+    assert tr.main(resume + ["--out", str(other)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "another run's checkpoints (last.pt: model seq2seq, step 2)" in line, line
+    assert "--overwrite" in line, line
+    assert _snapshot(other) == before
+    # an earlier checkpoint of the same run is replaced, as before
+    early = tmp_path / "early"
+    early.mkdir()
+    shutil.copy(tmp_path / "ae2.pt", early / "last.pt")
+    assert tr.main(resume + ["--out", str(early)]) == 0
+    assert ckpt_format.load(early / "last.pt")["step"] == 6
+
+
 def test_a_locked_folder_is_refused(data, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -446,6 +446,30 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert "4 steps of 2 x 2 clips" in proc.stderr
 
 
+def _mean_over_two_ranks(rank, port, out_dir):
+    import torch.distributed as dist
+
+    from pyframepred.training.distributed import all_ranks_mean
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        mean = all_ranks_mean({"loss": rank + 1.0, "l2": 10.0 * rank}, torch.device("cpu"))
+        (Path(out_dir) / f"{rank}.json").write_text(json.dumps(mean))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_reported_loss_is_the_mean_over_the_ranks(tmp_path):
+    # Under torchrun each rank computes the loss of its share of the batch; the history, the
+    # progress bar and the loss plot get their mean, not rank 0's.
+    torch.multiprocessing.spawn(_mean_over_two_ranks, args=(_free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == {"loss": 1.5, "l2": 5.0}
+    from pyframepred.training.distributed import all_ranks_mean
+
+    assert all_ranks_mean({"loss": 0.25}, torch.device("cpu")) == {"loss": 0.25}  # outside DDP
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_cpu(amp, data, tmp_path):
     t = Trainer(tiny("seq2seq", data, tmp_path, steps=2, val_every=0, amp=amp))

@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="replace the checkpoints of another run in --out (a new run refuses "
-        "such a folder without it), or a newer last.pt when resuming another "
-        "checkpoint into it",
+        "such a folder without it; they go at the new run's first save), or a newer "
+        "last.pt, or another run's, when resuming a checkpoint into it",
     )
     for f, tp in setting_fields():
         if not f.metadata.get("flag", True):

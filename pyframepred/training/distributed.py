@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["dist_env", "seed_everything", "resolve_device", "all_ranks_max"]
+__all__ = ["dist_env", "seed_everything", "resolve_device", "all_ranks_max", "all_ranks_mean"]
 
 
 def dist_env() -> tuple:
@@ -59,3 +59,17 @@ def all_ranks_max(value: float, device: torch.device) -> float:
             t = t.to(device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def all_ranks_mean(values: dict, device: torch.device) -> dict:
+    """``values`` (name -> number, the same names on every rank) averaged over all ranks, in
+    one all-reduce: the loss of the whole batch rather than rank 0's share (``values`` itself
+    outside DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(values)
+    names = sorted(values)
+    t = torch.tensor([float(values[k]) for k in names], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.to(device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: v / dist.get_world_size() for k, v in zip(names, t.tolist())}

@@ -25,7 +25,7 @@ from .averaging import WeightAverage
 from .callbacks import Callback, default_callbacks
 from .config import TrainConfig
 from .cpu_threads import default_threads, usable_cores
-from .distributed import all_ranks_max, dist_env, resolve_device, seed_everything
+from .distributed import all_ranks_max, all_ranks_mean, dist_env, resolve_device, seed_everything
 from .run_folder import claim, missing_folders, remove_unused
 from .sampling import SeededClips, StepSampler
 from .signals import (
@@ -61,8 +61,8 @@ class Trainer(TrainerState):
 
     The output folder is owned by the trainer from construction to the end of :meth:`fit` (or
     :meth:`close`): a lock keeps other runs out. A new run refuses a folder that holds
-    checkpoints, and a resumed one refuses to replace a newer ``last.pt`` than the checkpoint it
-    continues, unless ``overwrite``.
+    checkpoints, and a resumed one refuses to replace a ``last.pt`` newer than the checkpoint it
+    continues or of another run, unless ``overwrite`` (which replaces them at the first save).
     """
 
     def __init__(
@@ -122,7 +122,7 @@ class Trainer(TrainerState):
         if self.main:
             self._created_dirs = missing_folders(self.out)
             prepare_output_dir(self.out)
-            self._lock = claim(self.out, resume, resume_step, overwrite)
+            self._lock = claim(self.out, resume, resume_step, overwrite, (checkpoint or {}).get("history"))
         self._set_threads(cfg, checkpoint)
         seed_everything(cfg.seed + self.rank)
         self._setup_data(cfg)
@@ -286,7 +286,7 @@ class Trainer(TrainerState):
 
     def train_step(self, clips: torch.Tensor) -> dict:
         """One optimiser update on a batch of clips ``(B, in_frames + out_frames, 3, H, W)``;
-        returns the step's losses as floats."""
+        returns the step's losses as floats (under DDP, averaged over the ranks)."""
         clips = clips.to(self.device, non_blocking=True)
         n_in = self.cfg.in_frames
         self.model.train()
@@ -297,12 +297,12 @@ class Trainer(TrainerState):
         self.sched.step()
         if self.sched_d is not None:
             self.sched_d.step()
-        return {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+        values = {"loss": loss.detach(), **parts}
+        return all_ranks_mean({k: float(v) for k, v in values.items()}, self.device)
 
     @property
     def inference_model(self) -> torch.nn.Module:
-        """The model validated, sampled and saved as the checkpoint's ``model``: the weight
-        average with ``ema``, else the trained model itself."""
+        """The model validated, sampled and saved as ``model``: the ``ema`` average, or itself."""
         return self.averaged.module if self.averaged is not None else self.model
 
     def validate(self) -> dict:

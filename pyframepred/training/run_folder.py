@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Optional
 
 __all__ = ["LOCK_FILENAME", "FolderBusyError", "RunFolderLock", "claim", "missing_folders", "remove_unused"]
 
@@ -30,6 +31,9 @@ class RunFolderLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILENAME
         self._fd = None
+        #: Files of the run an ``overwrite`` replaces, removed by the new run's first save (see
+        #: :func:`claim`).
+        self.replaced: list = []
 
     @property
     def held(self) -> bool:
@@ -74,14 +78,19 @@ class RunFolderLock:
         self.release()
 
 
-def claim(out: Path, resume, resume_step: int, overwrite: bool) -> RunFolderLock:
+def claim(
+    out: Path, resume, resume_step: int, overwrite: bool, resume_history: Optional[dict] = None
+) -> RunFolderLock:
     """Lock the output folder ``out`` for a run, refuse to destroy another run's checkpoints, and
     remove the partial files of killed saves; returns the held lock.
 
     A new run (``resume`` is ``None``) refuses a folder that holds ``last.pt``/``best.pt``, and a
-    resumed one refuses to replace a newer (or unreadable) ``last.pt`` than the checkpoint it
-    continues (at ``resume_step``), unless ``overwrite``; a new run with ``overwrite`` removes
-    the old checkpoints. Refusals are :class:`~pyframepred.errors.OutputError`.
+    resumed one refuses to replace a ``last.pt`` there that is newer than the checkpoint it
+    continues (at ``resume_step``), unreadable, or of another run (its history, when
+    ``resume_history`` is given, not the start of the resumed one's), unless ``overwrite``. A new
+    run with ``overwrite`` replaces the old run's checkpoints (and its ``eval.json``) at its first
+    save, not before: a run that fails earlier loses nothing. Refusals are
+    :class:`~pyframepred.errors.OutputError`.
     """
     from ..errors import OutputError
     from . import checkpoint as ckpt_format
@@ -111,9 +120,10 @@ def claim(out: Path, resume, resume_step: int, overwrite: bool) -> RunFolderLock
                 same = False
             if not same:
                 try:
-                    newer = ckpt_format.load(last).get("step", 0)
+                    there = ckpt_format.load(last)
+                    newer = there.get("step", 0)
                 except ckpt_format.CheckpointError:
-                    newer = None
+                    there, newer = {}, None
                 if newer is None or not isinstance(newer, int) or newer > resume_step:
                     at = "an unreadable" if newer is None else f"a newer (step {newer})"
                     raise OutputError(
@@ -121,14 +131,33 @@ def claim(out: Path, resume, resume_step: int, overwrite: bool) -> RunFolderLock
                         f"replace {at} last.pt there; resume from '{last}' instead, pass "
                         f"`overwrite` to replace it, or choose another `out`"
                     )
-        if resume is None and overwrite:
-            for p in existing:  # the old run's checkpoints go, not mixed
-                p.unlink()
+                if resume_history is not None and not _starts(resume_history, there.get("history")):
+                    model = (there.get("config") or {}).get("model", "?")
+                    raise OutputError(
+                        f"`out` '{out}' holds another run's checkpoints (last.pt: model {model}, "
+                        f"step {newer}), not an earlier point of the run resumed from '{src}'; "
+                        f"choose another `out`, or pass `overwrite` to replace them"
+                    )
+        if resume is None and overwrite:  # replaced at the first save, not mixed with the new ones
+            lock.replaced = [p for p in (last, best, out / "eval.json") if p.exists()]
         ckpt_format.remove_stale_temps(out)
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def _starts(history: dict, head) -> bool:
+    """Whether the training history ``head`` (a checkpoint's ``{"train": [...], "val": [...]}``)
+    is the start of ``history``: an earlier checkpoint of the same run."""
+    if not isinstance(head, dict) or not isinstance(history, dict):
+        return False
+    return all(
+        isinstance(head.get(k), list)
+        and isinstance(history.get(k), list)
+        and history[k][: len(head[k])] == head[k]
+        for k in ("train", "val")
+    )
 
 
 def missing_folders(path: Path) -> list:

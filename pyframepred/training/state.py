@@ -110,6 +110,7 @@ class TrainerState:
         path = self.out / "last.pt"
         try:
             data = ckpt_format.to_bytes(self._state())
+            self._remove_replaced()
             ckpt_format.save(None, [path] + ([self.out / "best.pt"] if best else []), data)
             atomic_write_json(self.out / "history.json", self.history)
         except OSError as exc:
@@ -119,6 +120,14 @@ class TrainerState:
             ) from exc
         self._emit("on_save")
         return path
+
+    def _remove_replaced(self) -> None:
+        """The first save of a run started with ``overwrite``: the old run's checkpoints and
+        evaluation go now, not at the start, so that a run that fails before saving loses
+        nothing (run_folder.claim)."""
+        lock = getattr(self, "_lock", None)
+        while lock is not None and lock.replaced:
+            lock.replaced.pop().unlink(missing_ok=True)
 
     def _load(self, path: Path, ckpt: Optional[dict] = None) -> Optional[tuple]:
         """Restore the training state from a checkpoint; returns the weight average's state
