@@ -30,7 +30,7 @@ at::Tensor conv2d_weight_grad_aten(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS);
 at::Tensor nhwc(const at::Tensor& t);
 
 // The argument check of PreparedConv::run (of a weight transformed for inputs of `dtype`, u of
-// shape (16, C_in, C_out)): input (B, C_in, H, W) of that dtype, addend (where defined) of the
+// shape (tile points, C_in, C_out): 36 for float32's F(4x4, 3x3), 16 for F(2x2, 3x3)): input (B, C_in, H, W) of that dtype, addend (where defined) of the
 // result's shape and dtype; raises in one line. Out of line, as nhwc (TORCH_CHECK's message
 // formatting is inline template code).
 void check_prepared_conv_args(const at::Tensor& input, const at::Tensor& u, at::ScalarType dtype,

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -566,6 +567,28 @@ def test_resume_from_best_does_not_replace_a_newer_last(data, tmp_path, monkeypa
     assert _snapshot(out) == before
     assert tr.main(["--resume", str(out / "best.pt"), "--steps", "3", "--no-progress", "--overwrite"]) == 0
     assert ckpt_format.load(out / "last.pt")["step"] == 3
+
+
+def test_resuming_with_another_process_count_warns(data, tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(
+        model="autoencoder", data=str(data), out=str(out), preset="tiny", progress=False, steps=2
+    )
+    Trainer(cfg).fit()
+    ckpt = ckpt_format.load(out / "last.pt")
+    ckpt["world_size"] = 2  # as written by a torchrun run of two processes
+    torch.save(ckpt, tmp_path / "ddp.pt")
+    with pytest.warns(
+        UserWarning, match=r"trained with 2 process\(es\), this run has 1: each step now takes 1 x"
+    ):
+        t = Trainer(dataclasses_replace(cfg, steps=3, out=str(tmp_path / "more")), resume=tmp_path / "ddp.pt")
+    assert not t.rng_restored
+    t.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same process count: no warning
+        t = Trainer(dataclasses_replace(cfg, steps=3), resume=out / "last.pt")
+    assert t.rng_restored
+    t.close()
 
 
 def test_lr_given_with_resume_is_applied(data, tmp_path):

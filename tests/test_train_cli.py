@@ -446,6 +446,38 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert "4 steps of 2 x 2 clips" in proc.stderr
 
 
+_CRASH_ON_RANK_1 = """
+import os, sys
+import pyframepred.training.loop as loop
+step = loop.Trainer.train_step
+def failing_step(self, clips):
+    if int(os.environ["RANK"]) == 1 and self.step == 2:
+        raise RuntimeError("simulated failure of rank 1")
+    return step(self, clips)
+loop.Trainer.train_step = failing_step
+from pyframepred.cli.train import main
+sys.exit(main())
+"""
+
+
+def test_ddp_a_failed_process_gives_the_others_one_line(data, tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASH_ON_RANK_1)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr"]
+    cmd += ["127.0.0.1", "--master_port", str(_free_port()), str(script), "--model", "seq2seq"]
+    cmd += ["--data", str(data), "--preset", "tiny", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    proc = subprocess.run(
+        cmd + ["--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode != 0
+    assert "RuntimeError: simulated failure of rank 1" in proc.stderr  # the failed one's own error
+    line = "error: another process of this 2-process run stopped (its output says why)"
+    assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
+    assert "[rank0]: Traceback" not in proc.stderr and "[rank0]:" not in proc.stderr
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 2  # kept
+
+
 def _mean_over_two_ranks(rank, port, out_dir):
     import torch.distributed as dist
 

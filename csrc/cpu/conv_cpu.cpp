@@ -1,6 +1,6 @@
 // CPU kernels of the ConvLSTM layer's convolutions: conv2d_same (below, after the direct weight
-// gradients: 3x3 convolutions as Winograd F(2x2, 3x3), float32 and, at the avx512_bf16 level,
-// bfloat16), the Winograd weight gradients of 3x3 kernels (namespace wgrad, after it), and the
+// gradients: 3x3 convolutions in the Winograd domain, float32 as F(4x4, 3x3) and, at the
+// avx512_bf16 level, bfloat16 as F(2x2, 3x3)), the Winograd weight gradients of 3x3 kernels (namespace wgrad, after it), and the
 // direct conv2d_weight_grad of any kernel size (first), the weight gradient of a stride-1 'same'
 // convolution,
 //   dW[co, ci, i, j] = sum over (b, y, x) of g[b, co, y, x] * x_pad[b, ci, y + i, x + j],

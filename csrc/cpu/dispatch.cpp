@@ -19,10 +19,10 @@
 //
 // Linking: where objects of several levels instantiate the same inline function of a header
 // (c10, ATen, std, our *_host.h) the linker keeps one copy, the first it sees. Both builds link
-// the portable objects first (this file and the other sources, then the DEFAULT kernels, then
-// AVX2, then AVX512), so the copy kept is the one compiled for the lowest level that uses it;
-// tests/test_cpu_isa.py disassembles the built library to check that no code outside the AVX2 and
-// AVX512 kernels uses AVX or AVX-512 instructions.
+// the portable objects first (this file and the other sources, then the kernels level by level,
+// lowest first: DEFAULT, AVX2, AVX512, AVX512_BF16, AMX), so the copy kept is the one compiled for
+// the lowest level that uses it; tests/test_cpu_isa.py disassembles the built library to check
+// that no code outside the kernels of the wider levels uses AVX or AVX-512 instructions.
 #include <ATen/ATen.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>

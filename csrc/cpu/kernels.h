@@ -2,7 +2,7 @@
 // pointers per kernel source and ISA level.
 //
 // Each csrc/cpu/<op>_cpu.cpp is compiled once per level of csrc/cpu/isa_levels.txt, with
-// CPU_CAPABILITY defined to the level's name (DEFAULT, AVX2, AVX512). Everything such a source
+// CPU_CAPABILITY defined to the level's name (DEFAULT, AVX2, AVX512, AVX512_BF16, AMX). Everything such a source
 // defines lives in the namespace pyframepred::cpu::CPU_CAPABILITY (the kernels themselves in an
 // anonymous namespace inside it), so the copies of different levels never share a symbol; the
 // only names they export are the tables below, e.g. pyframepred::cpu::AVX2::gdl_kernels.

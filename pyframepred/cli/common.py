@@ -22,6 +22,7 @@ from ..errors import (
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_WORKER_DIED, EXIT_WRITE_FAILED = 0, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
+EXIT_PEER_FAILED = 6  # under torchrun: another process of the run failed
 
 # Library exception -> exit status (the first match wins; CheckpointError and the data
 # errors are PyframepredErrors: bad input, status 2).

@@ -32,7 +32,8 @@ unwritable output folder, or an output folder in use by another run or holding a
 checkpoints; 3 the loss, the weights or the optimiser state became NaN/Inf (training stops;
 nothing non-finite is saved, the last finite checkpoint is left untouched); 4 a DataLoader worker
 died (``last.pt`` saved first); 5 an output could not be written, e.g. a full disk (the previous
-checkpoint is intact); 130 interrupted by Ctrl-C (SIGINT) or SIGTERM, also when sent to the whole
+checkpoint is intact); 6 under torchrun, another process of the run failed (one line here,
+its own error in its output); 130 interrupted by Ctrl-C (SIGINT) or SIGTERM, also when sent to the whole
 process group, after saving ``last.pt`` at the current step.
 """
 
@@ -53,7 +54,15 @@ from ..training.config import RUN_PRESETS, load_config_file, setting_fields
 from ..training.distributed import dist_env
 from ..training.resume import resume_settings
 from ..training.signals import StopFlag
-from .common import EXIT_INTERRUPTED, EXIT_OK, OneLineParser, flag_wording, plain_warnings, report
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PEER_FAILED,
+    OneLineParser,
+    flag_wording,
+    plain_warnings,
+    report,
+)
 
 __all__ = ["main", "build_parser", "config_from_args"]
 
@@ -76,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "another run), 3 NaN/Inf loss or weights (nothing non-finite "
         "saved), 4 a data-loading worker died (checkpoint saved), 5 an "
         "output could not be written (e.g. disk full; previous checkpoint "
-        "intact), 130 interrupted (checkpoint saved).",
+        "intact), 6 another torchrun process failed, 130 interrupted "
+        "(checkpoint saved).",
     )
     p.add_argument("--config", help="JSON or TOML file of options (command line wins)")
     p.add_argument(
@@ -149,6 +159,14 @@ def _start_line(cfg, trainer, resume) -> str:
     )
 
 
+def _peer_failed(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a collective broken off by another process's end."""
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("Connection closed by peer", "remote worker", "Connection reset by peer")
+    )
+
+
 @plain_warnings(parser=build_parser)
 def main(argv: Sequence[str] | None = None) -> int:
     trainer = cfg = None
@@ -180,6 +198,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
         return report(exc, build_parser(), hint)
+    except RuntimeError as exc:
+        if trainer is None or not trainer.distributed or not _peer_failed(exc):
+            raise
+        # Under torchrun, another process failed (its own error is in its output) and the
+        # collective this one waited in broke off: say so in one line, not in a traceback.
+        print(
+            f"error: another process of this {trainer.world}-process run stopped (its output says "
+            f"why); nothing saved past the last checkpoint in {cfg.out}",
+            file=sys.stderr,
+        )
+        return EXIT_PEER_FAILED
     except KeyboardInterrupt:  # before training started (or a second Ctrl-C)
         print(
             "\ninterrupted"

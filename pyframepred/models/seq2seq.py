@@ -43,7 +43,7 @@ class Seq2Seq(nn.Module):
         teacher_forcing: feed true frames to the decoder in training (when targets are given).
         residual: predict ``tanh(atanh(previous frame) + delta)`` instead of ``tanh(delta)``, so
             that the untrained model starts from copying the last frame.
-        motion: also predict a displacement field and move the previous frame by it (bilinear
+        motion: also predict a displacement field and move the previous frame by it (bicubic
             warping) before adding ``delta``: motion costs the decoder a smooth field instead of
             a redrawn texture, so a camera pan over a detailed scene is easy to express. Needs
             ``residual``; the untrained model still copies the last frame (zero field). The

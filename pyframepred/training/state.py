@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -165,7 +166,16 @@ class TrainerState:
         self.best_psnr = float(ckpt["best_psnr"])
         self.history = ckpt["history"]
         self._apply_lr_overrides(ckpt["config"])
-        if ckpt.get("world_size", 1) == self.world and self.rank == 0:
+        saved_world = ckpt.get("world_size", 1)
+        if saved_world != self.world and self.main:
+            warnings.warn(
+                f"{what} was trained with {saved_world} process(es), this run has {self.world}: "
+                f"each step now takes {self.world} x {self.cfg.batch_size} clips (was "
+                f"{saved_world} x {self.cfg.batch_size}), the clip order changes and the random "
+                f"state is not restored, so the run does not go on as it would have",
+                stacklevel=2,
+            )
+        if saved_world == self.world and self.rank == 0:
             try:
                 ckpt_format.set_rng_state(ckpt["rng"])
             except ckpt_format.CheckpointError as exc:
