@@ -4,9 +4,14 @@ Every function takes ``pred`` and ``target`` of the same shape ``(..., C, H, W)`
 one value per image, shape ``(...)`` (use ``.mean()`` to average). ``data_range`` is the span of
 pixel values: the default ``2.0`` assumes frames in [-1, 1] as produced by
 :mod:`pyframepred.data` and the models; pass ``255.0`` for uint8-scaled frames or ``1.0`` for
-[0, 1]. Computation is in float32 (float64 inputs stay float64).
+[0, 1]. PSNR, L2 and the OpenSTL sums depend on the range only through ``data_range``; SSIM's
+luminance term is not shift-invariant and the sharpness difference not scale-invariant, so their
+values for the same frames in [-1, 1] and in [0, 1] differ (compare within one convention).
+Computation is in float32 (float64 inputs stay float64).
 
-* :func:`psnr` -- peak signal-to-noise ratio in dB, ``10 log10(range^2 / MSE)``;
+* :func:`psnr` -- peak signal-to-noise ratio in dB, ``10 log10(range^2 / MSE)``, the MSE floored
+  at the noise of 8-bit rounding (``(range / 255)^2 / 12``): a frame right to 8-bit precision
+  scores 58.92 dB, as an exact one does (see :func:`psnr`);
 * :func:`ssim` -- structural similarity (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5,
   K1=0.01, K2=0.03, averaged over channels and valid window positions);
 * :func:`sharpness` -- Mathieu et al. (2015)'s sharpness difference in dB,
@@ -21,11 +26,14 @@ pixel values: the default ``2.0`` assumes frames in [-1, 1] as produced by
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "ssim", "sharpness", "l2", "gdl", "mse_sum", "mae_sum", "all_metrics"]
+__all__ = ["PSNR_MAX", "psnr", "ssim", "sharpness", "l2", "gdl", "mse_sum", "mae_sum", "all_metrics"]
 
 
 def _prep(pred: Tensor, target: Tensor, name: str):
@@ -57,8 +65,21 @@ def mae_sum(pred: Tensor, target: Tensor, data_range: float = 2.0) -> Tensor:
     return ((p - t) / data_range).abs().sum(dim=(-3, -2, -1))
 
 
-def psnr(pred: Tensor, target: Tensor, data_range: float = 2.0, eps: float = 1e-10) -> Tensor:
-    """PSNR in dB per image; ``data_range`` 2.0 for [-1, 1] frames (MSE floored at ``eps``)."""
+#: The highest PSNR :func:`psnr` gives (dB): that of the noise of rounding to 8 bits.
+PSNR_MAX = 10.0 * math.log10(12 * 255**2)
+
+
+def psnr(pred: Tensor, target: Tensor, data_range: float = 2.0, eps: Optional[float] = None) -> Tensor:
+    """PSNR in dB per image; ``data_range`` 2.0 for [-1, 1] frames.
+
+    The MSE is floored at ``eps``, by default the noise power of rounding to 8 bits,
+    ``(data_range / 255)^2 / 12``, so no frame scores above :data:`PSNR_MAX` (58.92 dB). Frames
+    come from 8-bit video, where an error below that is not there to measure; without the
+    floor an exact frame would score a number set by float rounding (106 dB with a floor of
+    1e-10), and a few such frames -- a still scene that a video repeats exactly, which copying
+    the last frame predicts exactly -- would outweigh every other frame in a mean of PSNRs."""
+    if eps is None:
+        eps = (data_range / 255.0) ** 2 / 12.0
     mse = l2(pred, target).clamp_min(eps)
     return 10.0 * torch.log10(data_range**2 / mse)
 

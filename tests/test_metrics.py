@@ -19,7 +19,16 @@ def test_psnr_known_value_and_range():
     assert torch.allclose(M.psnr(p, t), torch.full((2,), 10 * math.log10(4 / 0.01)), atol=1e-3)
     # same images scaled to [0, 255] with data_range=255 give the same PSNR
     assert torch.allclose(M.psnr(p * 127.5 + 127.5, t * 127.5 + 127.5, 255.0), M.psnr(p, t), atol=1e-3)
-    assert M.psnr(t, t).min() > 90
+    # an exact frame, and one within 8-bit rounding, score the ceiling of 8-bit precision, in
+    # any range; a frame one 8-bit step off everywhere scores 10 log10(255^2) = 48.13 dB
+    assert M.PSNR_MAX == pytest.approx(58.9226, abs=1e-4)
+    for scale in (1.0, 127.5):
+        assert torch.allclose(M.psnr(t * scale, t * scale, 2.0 * scale), torch.full((2,), M.PSNR_MAX))
+        near = t * scale + scale * 2 / 255 / 4  # a quarter step off
+        assert torch.allclose(M.psnr(near, t * scale, 2.0 * scale), torch.full((2,), M.PSNR_MAX))
+    step_off = M.psnr(t + 2 / 255, t)
+    assert torch.allclose(step_off, torch.full((2,), 20 * math.log10(255)), atol=1e-3)
+    assert M.psnr(t, t, eps=1e-10).min() > 100  # an explicit floor
 
 
 def test_ssim_properties():
