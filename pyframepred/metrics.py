@@ -10,8 +10,8 @@ values for the same frames in [-1, 1] and in [0, 1] differ (compare within one c
 Computation is in float32 (float64 inputs stay float64).
 
 * :func:`psnr` -- peak signal-to-noise ratio in dB, ``10 log10(range^2 / MSE)``, the MSE floored
-  at the noise of 8-bit rounding (``(range / 255)^2 / 12``): a frame right to 8-bit precision
-  scores 58.92 dB, as an exact one does (see :func:`psnr`);
+  at the noise power of 8-bit rounding (``(range / 255)^2 / 12``): a frame whose error is below
+  that scores 58.92 dB, as an exact one does (see :func:`psnr`);
 * :func:`ssim` -- structural similarity (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5,
   K1=0.01, K2=0.03, averaged over channels and valid window positions);
 * :func:`sharpness` -- Mathieu et al. (2015)'s sharpness difference in dB,

@@ -4,6 +4,7 @@ robust indexing."""
 
 import errno
 import json
+import math
 import os
 import pickle
 import random
@@ -459,7 +460,7 @@ def test_second_run_into_a_finished_run_refuses_and_changes_nothing(run, data, t
     assert ckpt_format.load(out / "last.pt")["step"] == 2
 
 
-def test_overwrite_keeps_the_old_run_until_the_new_one_saves(run, data, tmp_path, capsys):
+def test_overwrite_keeps_the_old_run_until_the_new_one_saves(run, data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     shutil.copytree(run, out)
     (out / "eval.json").write_text("{}")  # the old run's evaluation
@@ -471,6 +472,15 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_saves(run, data, tmp_path
     assert tr.main(argv + ["--data", str(empty)]) == 2
     assert "no video" in _one_error_line(capsys.readouterr().err)
     assert {name: (out / name).read_bytes() for name in old} == old
+
+    # one whose first save fails (a full disk): the same
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_format, "save", full_disk)
+    assert tr.main(argv + ["--data", str(data), "--steps", "2"]) == EXIT_WRITE_FAILED
+    assert {name: (out / name).read_bytes() for name in old} == old and (out / "eval.json").exists()
+    monkeypatch.undo()
     # one that saves replaces them, and the old evaluation goes with them
     assert tr.main(argv + ["--data", str(data), "--steps", "2"]) == 0
     for name in old:
@@ -502,6 +512,15 @@ def test_resume_into_another_runs_folder_refuses_and_changes_nothing(data, tmp_p
     shutil.copy(tmp_path / "ae2.pt", early / "last.pt")
     assert tr.main(resume + ["--out", str(early)]) == 0
     assert ckpt_format.load(early / "last.pt")["step"] == 6
+    # with --overwrite the other run's files go once the resumed run has saved
+    (other / "eval.json").write_text("{}")
+    assert tr.main(resume + ["--out", str(other), "--overwrite"]) == 0
+    assert ckpt_format.load(other / "last.pt")["config"]["model"] == "autoencoder"
+    assert (
+        not (other / "best.pt").exists()
+        or ckpt_format.load(other / "best.pt")["config"]["model"] == "autoencoder"
+    )
+    assert not (other / "eval.json").exists()
 
 
 def test_a_locked_folder_is_refused(data, tmp_path, capsys):
@@ -589,6 +608,24 @@ def test_resuming_with_another_process_count_warns(data, tmp_path):
         t = Trainer(dataclasses_replace(cfg, steps=3), resume=out / "last.pt")
     assert t.rng_restored
     t.close()
+
+
+def test_resuming_a_checkpoint_validated_with_the_old_psnr_picks_best_anew(data, tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(
+        model="autoencoder", data=str(data), out=str(out), preset="tiny", progress=False, steps=2
+    )
+    Trainer(cfg).fit()
+    ckpt = ckpt_format.load(out / "last.pt")
+    assert ckpt["psnr_max"] == pytest.approx(58.9226, abs=1e-4)
+    del ckpt["psnr_max"]  # as written before the 8-bit floor
+    ckpt["best_psnr"] = 106.0
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="validated with an earlier PSNR"):
+        t = Trainer(dataclasses_replace(cfg, steps=4, out=str(tmp_path / "more")), resume=tmp_path / "old.pt")
+    assert t.best_psnr == -math.inf
+    t.fit()
+    assert ckpt_format.load(tmp_path / "more" / "best.pt")["step"] in (3, 4)  # picked anew
 
 
 def test_lr_given_with_resume_is_applied(data, tmp_path):

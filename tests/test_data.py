@@ -787,6 +787,9 @@ def test_the_group_split_does_not_depend_on_the_clip_length(tmp_path):
     assert sides[4, True] == sides[12, True] == {n for n, t in zip(names, is_test) if not t}
     assert sides[4, False] == {n for n, t in zip(names, is_test) if t}
     assert sides[12, False] == sides[4, False] - {short}
+    # a test side left without a video long enough says which side it is
+    with pytest.raises(NoVideosError, match=r"left after filtering \(test side\).*too short"):
+        quiet(VideoClips, tmp_path, frames=12, train=False, test_fraction=0.1, progress=False)
 
 
 def test_group_split_takes_file_names_that_are_not_utf8():

@@ -478,6 +478,38 @@ def test_ddp_a_failed_process_gives_the_others_one_line(data, tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 2  # kept
 
 
+def test_a_broken_collective_is_exit_6_and_an_own_error_keeps_its_traceback(
+    data, tmp_path, monkeypatch, capsys
+):
+    # What each process of a torchrun run does when a collective breaks: gloo's message for a
+    # peer that went away gives one line and exit 6; any other error is raised as it is.
+    from pyframepred.cli.common import EXIT_PEER_FAILED
+
+    errors = iter(
+        [
+            RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:32992"),
+            RuntimeError("NCCL error: unhandled cuda error (run out of memory)"),
+        ]
+    )
+
+    class Distributed(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.distributed, self.world = True, 2
+
+        def fit(self):
+            raise next(errors)
+
+    monkeypatch.setattr(tr, "Trainer", Distributed)
+    argv = ["--model", "autoencoder", "--data", str(data), "--preset", "tiny", "--no-progress", "--overwrite"]
+    argv += ["--out", str(tmp_path / "run")]
+    assert tr.main(argv) == EXIT_PEER_FAILED == 6
+    err = capsys.readouterr().err
+    assert "error: another process of this 2-process run stopped" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="NCCL error"):
+        tr.main(argv)
+
+
 def _mean_over_two_ranks(rank, port, out_dir):
     import torch.distributed as dist
 

@@ -160,11 +160,10 @@ def _start_line(cfg, trainer, resume) -> str:
 
 
 def _peer_failed(exc: RuntimeError) -> bool:
-    """Whether ``exc`` is a collective broken off by another process's end."""
+    """Whether ``exc`` is a collective broken off by another process's end (gloo says so; a
+    failure of this process's own, an NCCL error say, keeps its traceback)."""
     text = str(exc)
-    return isinstance(exc, getattr(dist, "DistError", ())) or any(
-        s in text for s in ("Connection closed by peer", "remote worker", "Connection reset by peer")
-    )
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer"))
 
 
 @plain_warnings(parser=build_parser)

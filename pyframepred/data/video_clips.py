@@ -294,7 +294,7 @@ class VideoClips(Dataset):
             )
             logger.info("VideoClips skipped in %s:\n%s", root_txt, details)
         if not videos:
-            side_txt = f" ({side} side)" if split_dir is not None else ""
+            side_txt = f" ({side} side)" if split_dir is not None or of_side else ""
             raise NoVideosError(
                 f"VideoClips: no usable videos in '{root_txt}': of the {len(infos)} video(s) "
                 f"left after filtering{side_txt}, " + "; ".join(parts) + f". Why: {why}."

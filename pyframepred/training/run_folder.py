@@ -87,9 +87,9 @@ def claim(
     A new run (``resume`` is ``None``) refuses a folder that holds ``last.pt``/``best.pt``, and a
     resumed one refuses to replace a ``last.pt`` there that is newer than the checkpoint it
     continues (at ``resume_step``), unreadable, or of another run (its history, when
-    ``resume_history`` is given, not the start of the resumed one's), unless ``overwrite``. A new
-    run with ``overwrite`` replaces the old run's checkpoints (and its ``eval.json``) at its first
-    save, not before: a run that fails earlier loses nothing. Refusals are
+    ``resume_history`` is given, not the start of the resumed one's), unless ``overwrite``. With
+    ``overwrite``, another run's checkpoints (and its ``eval.json``) are replaced after the new
+    run's first save has written its own, not before: a run that fails earlier loses nothing. Refusals are
     :class:`~pyframepred.errors.OutputError`.
     """
     from ..errors import OutputError
@@ -111,7 +111,7 @@ def claim(
                 f"({', '.join(p.name for p in existing)}); continue it with `resume`, replace it "
                 f"with `overwrite`, or choose another `out`"
             )
-        if resume is not None and last.exists() and not overwrite:
+        if resume is not None and last.exists():
             src = Path(resume)
             src = src / "last.pt" if src.is_dir() else src
             try:
@@ -124,14 +124,18 @@ def claim(
                     newer = there.get("step", 0)
                 except ckpt_format.CheckpointError:
                     there, newer = {}, None
-                if newer is None or not isinstance(newer, int) or newer > resume_step:
+                own = resume_history is not None and _starts(resume_history, there.get("history"))
+                if overwrite:
+                    if not own:  # another run's files: replaced at the first save
+                        lock.replaced = [p for p in (last, best, out / "eval.json") if p.exists()]
+                elif newer is None or not isinstance(newer, int) or newer > resume_step:
                     at = "an unreadable" if newer is None else f"a newer (step {newer})"
                     raise OutputError(
                         f"resuming '{src}' (step {resume_step}) into `out` '{out}' would "
                         f"replace {at} last.pt there; resume from '{last}' instead, pass "
                         f"`overwrite` to replace it, or choose another `out`"
                     )
-                if resume_history is not None and not _starts(resume_history, there.get("history")):
+                elif resume_history is not None and not own:
                     model = (there.get("config") or {}).get("model", "?")
                     raise OutputError(
                         f"`out` '{out}' holds another run's checkpoints (last.pt: model {model}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -11,6 +12,7 @@ import torch
 
 from ..errors import OutputWriteError, TrainingDiverged
 from ..io import atomic_write_json
+from ..metrics import PSNR_MAX
 from . import checkpoint as ckpt_format
 from .resume import check_resumable
 
@@ -72,6 +74,7 @@ class TrainerState:
             "rng": ckpt_format.rng_state(),
             "step": self.step,
             "best_psnr": self.best_psnr,
+            "psnr_max": PSNR_MAX,  # the PSNR that best_psnr and the history were measured with
             "history": self.history,
             "world_size": self.world,
             # The CPU thread count the run computed with (reduction orders depend on it): a
@@ -111,8 +114,9 @@ class TrainerState:
         path = self.out / "last.pt"
         try:
             data = ckpt_format.to_bytes(self._state())
-            self._remove_replaced()
-            ckpt_format.save(None, [path] + ([self.out / "best.pt"] if best else []), data)
+            written = [path] + ([self.out / "best.pt"] if best else [])
+            ckpt_format.save(None, written, data)
+            self._remove_replaced(written)
             atomic_write_json(self.out / "history.json", self.history)
         except OSError as exc:
             raise OutputWriteError(
@@ -122,13 +126,15 @@ class TrainerState:
         self._emit("on_save")
         return path
 
-    def _remove_replaced(self) -> None:
-        """The first save of a run started with ``overwrite``: the old run's checkpoints and
-        evaluation go now, not at the start, so that a run that fails before saving loses
-        nothing (run_folder.claim)."""
+    def _remove_replaced(self, written: list) -> None:
+        """After the first save of a run that ``overwrite`` let into another run's folder: that
+        run's files not just replaced (``written`` atomically replaced theirs) go now, not at the
+        start, so that a run that fails before it has saved loses nothing (run_folder.claim)."""
         lock = getattr(self, "_lock", None)
         while lock is not None and lock.replaced:
-            lock.replaced.pop().unlink(missing_ok=True)
+            old = lock.replaced.pop()
+            if old not in written:
+                old.unlink(missing_ok=True)
 
     def _load(self, path: Path, ckpt: Optional[dict] = None) -> Optional[tuple]:
         """Restore the training state from a checkpoint; returns the weight average's state
@@ -164,6 +170,17 @@ class TrainerState:
             ) from exc
         self.step = int(ckpt["step"])
         self.best_psnr = float(ckpt["best_psnr"])
+        if ckpt.get("psnr_max") != PSNR_MAX and self.step > 0:
+            # Validated with the PSNR of before 2026-12-06 (MSE floored at 1e-10: exact frames
+            # scored 106 dB), whose values are not comparable with today's.
+            self.best_psnr = -math.inf
+            if self.main:
+                warnings.warn(
+                    f"{what} was validated with an earlier PSNR (exact frames scored 106 dB, now "
+                    f"{PSNR_MAX:.2f}): best.pt is picked anew from this run's validations, and "
+                    f"its history's earlier PSNRs are not comparable with the new ones",
+                    stacklevel=2,
+                )
         self.history = ckpt["history"]
         self._apply_lr_overrides(ckpt["config"])
         saved_world = ckpt.get("world_size", 1)
