@@ -588,13 +588,18 @@ def test_resume_from_best_does_not_replace_a_newer_last(data, tmp_path, monkeypa
     assert ckpt_format.load(out / "last.pt")["step"] == 3
 
 
-def test_resuming_with_another_process_count_warns(data, tmp_path):
-    out = tmp_path / "run"
+def _two_step_run(data, out):
+    """A tiny autoencoder run of 2 steps in ``out``: its config and its last checkpoint."""
     cfg = TrainConfig(
         model="autoencoder", data=str(data), out=str(out), preset="tiny", progress=False, steps=2
     )
     Trainer(cfg).fit()
-    ckpt = ckpt_format.load(out / "last.pt")
+    return cfg, ckpt_format.load(out / "last.pt")
+
+
+def test_resuming_with_another_process_count_warns(data, tmp_path):
+    out = tmp_path / "run"
+    cfg, ckpt = _two_step_run(data, out)
     ckpt["world_size"] = 2  # as written by a torchrun run of two processes
     torch.save(ckpt, tmp_path / "ddp.pt")
     with pytest.warns(
@@ -612,11 +617,7 @@ def test_resuming_with_another_process_count_warns(data, tmp_path):
 
 def test_resuming_a_checkpoint_validated_with_the_old_psnr_picks_best_anew(data, tmp_path):
     out = tmp_path / "run"
-    cfg = TrainConfig(
-        model="autoencoder", data=str(data), out=str(out), preset="tiny", progress=False, steps=2
-    )
-    Trainer(cfg).fit()
-    ckpt = ckpt_format.load(out / "last.pt")
+    cfg, ckpt = _two_step_run(data, out)
     assert ckpt["psnr_max"] == pytest.approx(58.9226, abs=1e-4)
     del ckpt["psnr_max"]  # as written before the 8-bit floor
     ckpt["best_psnr"] = 106.0

@@ -105,6 +105,8 @@ def claim(
     try:
         last, best = out / "last.pt", out / "best.pt"
         existing = [p for p in (last, best) if p.exists()]
+        # What an `overwrite` replaces: the checkpoints there and their evaluation.
+        old_run = existing + [p for p in (out / "eval.json",) if p.exists()]
         if resume is None and existing and not overwrite:
             raise OutputError(
                 f"`out` '{out}' already holds a run's checkpoints "
@@ -127,7 +129,7 @@ def claim(
                 own = resume_history is not None and _starts(resume_history, there.get("history"))
                 if overwrite:
                     if not own:  # another run's files: replaced at the first save
-                        lock.replaced = [p for p in (last, best, out / "eval.json") if p.exists()]
+                        lock.replaced = old_run
                 elif newer is None or not isinstance(newer, int) or newer > resume_step:
                     at = "an unreadable" if newer is None else f"a newer (step {newer})"
                     raise OutputError(
@@ -143,7 +145,7 @@ def claim(
                         f"choose another `out`, or pass `overwrite` to replace them"
                     )
         if resume is None and overwrite:  # replaced at the first save, not mixed with the new ones
-            lock.replaced = [p for p in (last, best, out / "eval.json") if p.exists()]
+            lock.replaced = old_run
         ckpt_format.remove_stale_temps(out)
     except BaseException:
         lock.release()
