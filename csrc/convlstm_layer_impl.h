@@ -455,13 +455,20 @@ struct Rollout {
 // bf16 the step's convolution took 12.2 ms against 14.1 for the two, the weight gradients 12.4
 // against 13.0. The frames cost one copy of x per call (straight from x, in whatever layout it
 // comes) and one of the h sequence out of them at the end (the cell writes each h into the next
-// frame). Step 0 without h0 convolves x alone.
-// Whether it may run: x's convolution is prepared (so the device has prepared convolutions and x
-// and its weight are plain tensors), and some step sees an h. It does where the joined weight has
-// a prepared convolution too (so weight_h is a plain tensor as well).
-inline bool merged_schedule(const LayerShape& s, const StepConv& conv_x,
-                            const std::optional<at::Tensor>& h0) {
-  return conv_x.prepared.run != nullptr && (s.T > 1 || defined(h0)) &&
+// frame). Step 0 without h0 convolves x alone. In bfloat16 where the device runs its own
+// convolutions but has no prepared one for these weights (the amx level, where oneDNN's
+// convolutions run on the tile unit), the step's one convolution is ATen's: on 2 Xeon cores with
+// AMX a bf16 training step took 29.2 against 32.0 ms at 8x16x[32]@32 and 61.0 against 66.0 at
+// 8x16x[32,32]@32 (the two weights' gradients stay apart there, see the backward).
+// Whether it may run: x and its weight are plain tensors and x's convolution is prepared, or the
+// device runs its own convolutions and x is bfloat16; and some step sees an h. Where x's convolution is prepared it
+// runs only if the joined weight's is too (rollout).
+inline bool merged_schedule(const LayerBackend& b, const LayerShape& s, const at::Tensor& x,
+                            const StepConv& conv_x, const std::optional<at::Tensor>& h0) {
+  const bool own = conv_x.prepared.run != nullptr ||
+                   (b.own_convolutions && x.scalar_type() == at::kBFloat16 &&
+                    !at::areAnyTensorSubclassLike({x, conv_x.weight}));
+  return own && (s.T > 1 || defined(h0)) &&
          !(defined(h0) && at::isTensorSubclassLike(*h0));
 }
 
@@ -499,10 +506,13 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
   };
   const StepConv conv_x = step_conv(b, r.wx, x);
   StepConv conv_xh;
-  if (merged_schedule(s, conv_x, h0)) {
+  if (merged_schedule(b, s, x, conv_x, h0)) {
     conv_xh = step_conv(b, at::cat({r.wx, r.wh}, 1).contiguous(fmt), x);
+    // Where x's convolution is prepared but the joined one is not (C_in + C no multiple of the
+    // vector width), the two prepared ones apart beat ATen's joined one.
+    if (conv_x.prepared.run != nullptr && conv_xh.prepared.run == nullptr) conv_xh = {};
   }
-  if (conv_xh.prepared.run != nullptr) {
+  if (conv_xh.weight.defined()) {
     const int64_t frames = save ? s.T : 1;
     r.xh = buffer(b, {frames * s.N, s.Cin + s.C, s.H, s.W}, opts);
     auto frame = [&](int64_t t) { return r.xh.narrow(0, (save ? t : 0) * s.N, s.N); };
@@ -661,9 +671,12 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     // or one in another layout is never materialised whole.
     const auto fmt = (xh.defined() ? xh : x).suggest_memory_format();
     auto like_state = [&](const at::Tensor& g) {
-      return g.defined() && !g.is_contiguous(fmt) ? g.contiguous(fmt) : g;
+      if (!g.defined() || g.is_contiguous(fmt)) return g;
+      const at::Tensor t = buffer(b, g.sizes(), g.options().memory_format(fmt));
+      copy_into(b, t, g);
+      return t;
     };
-    const at::Tensor& g_seq = grads[0];
+    at::Tensor g_seq = grads[0];
     // Step t's part of the sequence's gradient (of x's shape: a sequence, or frames).
     auto g_step = [&](int64_t t) {
       return s.seq ? g_seq.select(0, t) : g_seq.narrow(0, t * s.N, s.N);
@@ -686,9 +699,6 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     // chunk's gate gradients are alive at a time, so every chunk reuses the previous one's memory
     // instead of the sweep faulting in a sequence's worth of fresh pages.
     at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh, gw;
-    // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule
-    // saved its frames and both are wanted.
-    const bool joined = xh.defined() && need_wx && need_wh;
     // dh_next already holds the sequence's gradient of its step's frame (summed into it by the
     // hidden convolution's data gradient, in the same pass over its output).
     bool dh_next_has_seq = false;
@@ -699,6 +709,20 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     const bool batched = need_x || need_wx || need_wh;
     const StepConv wh_flipped = flipped_weight(b, wh, x);
     const StepConv wx_flipped = need_x ? flipped_weight(b, wx, x) : StepConv{};
+    // Where ATen's convolution gives the hidden data gradient (no prepared one: e.g. bfloat16 at
+    // the amx level), add_ sums the sequence's gradient into its result, which across layouts took
+    // 1.37 ms against 0.16 within one ((4, 64, 64, 64) bfloat16, 2 Xeon cores): a gradient in
+    // another layout is then brought into the layer's, whole, by one frames copy.
+    if (g_seq.defined() && wh_flipped.weight.defined() && wh_flipped.prepared.run == nullptr &&
+        b.copy_frames != nullptr && plain_tensors(saved, g_seq, g_h_last, g_c_last)) {
+      g_seq = s.seq ? time_major(b, g_seq, fmt).unflatten(0, {s.T, s.N}) : like_state(g_seq);
+    }
+    // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule
+    // saved its frames, both are wanted and the device's own (Winograd) kernels run the weights,
+    // whose output-gradient transform the two then share. Elsewhere (bfloat16 at the amx level:
+    // oneDNN's convolutions, the AMX weight-gradient kernel) two calls over the frames' parts:
+    // 2 x 2.9 ms a step against 8.1 joined at 4x64x[64]@64 on 2 Xeon cores.
+    const bool joined = xh.defined() && need_wx && need_wh && wh_flipped.prepared.run != nullptr;
     if (need_x && wx_flipped.prepared.run != nullptr) {
       gx = buffer(b, x.sizes(), x.options().memory_format(fmt));
     }

@@ -310,8 +310,14 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
   const int64_t plane = Hp * Lp, xp_elems = B * Ci * plane;
   at::Tensor xp = at::empty({kw * xp_elems}, input.options());
   bf16* xd = reinterpret_cast<bf16*>(xp.data_ptr<at::BFloat16>());
-  const at::Tensor xn = input.permute({0, 2, 3, 1}).contiguous();  // NHWC: a view if channels_last
+  // NHWC rows read in place where the channels are the fastest dim (channels_last, or a channel
+  // slice of channels_last frames: the ConvLSTM layer's x and h parts of its merged frames), a
+  // copy otherwise: pixel (b, y, x) at b * sb + y * sy + x * sx.
+  const at::Tensor xn = input.stride(1) == 1 && input.stride(3) >= Ci
+                            ? input
+                            : input.permute({0, 2, 3, 1}).contiguous().permute({0, 3, 1, 2});
   const at::BFloat16* xs = xn.const_data_ptr<at::BFloat16>();
+  const int64_t sb = xn.stride(0), sy = xn.stride(2), sx = xn.stride(3);
   // One task per padded row (b, yy): the input row transposed into the unshifted copy
   // (j = kw / 2; 32 x 32 blocks), then the shifted ones from it with masked loads.
   at::parallel_for(0, B * Hp, 1, [&](int64_t first, int64_t last) {
@@ -338,7 +344,7 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
             for (int k = 0; k < n; ++k) _mm512_store_si512(dst + k * plane, zero);
           }
           if (m > 0) {
-            at::vec::transpose_mxn<at::BFloat16>(xs + ((b * H + y) * W + x0) * Ci + ci0, Ci,
+            at::vec::transpose_mxn<at::BFloat16>(xs + b * sb + y * sy + x0 * sx + ci0, sx,
                                                  reinterpret_cast<at::BFloat16*>(dst), plane, m, n);
           }
         }
