@@ -184,24 +184,29 @@ void pack_g(const bf16* g, int64_t W, int64_t Co, int64_t chunks, int64_t R, bf1
   }
 }
 
-// (columns, Co) float32 accumulators, one per share -> their sum as the weight's channels_last
-// memory (Co, kh, kw, Ci), shares added in a fixed order and rounded once to bfloat16; returned in
-// the input's memory format.
+// (columns, Co) float32 accumulators, one per share -> their sum, shares added in a fixed order
+// and rounded once to bfloat16, vectors of output channels at a time (it had read across Co, one
+// element per cache line: 0.16 ms a call at (4, 64 -> 256, 64x64) on 2 Xeon cores); then
+// transposed to (Co, Ci, kh, kw) in the input's memory format.
 at::Tensor finish(const float* accd, int64_t shares, int64_t Co, int64_t kh, int64_t kw,
                   int64_t Ci, const at::Tensor& input) {
   const int64_t columns = kh * kw * Ci;
-  at::Tensor out = at::empty({Co, kh, kw, Ci}, input.options());
-  at::BFloat16* od = out.data_ptr<at::BFloat16>();
-  at::parallel_for(0, Co, 16, [&](int64_t first, int64_t last) {
-    for (int64_t co = first; co < last; ++co) {
-      for (int64_t col = 0; col < columns; ++col) {
-        float v = 0.f;
-        for (int64_t sh = 0; sh < shares; ++sh) v += accd[(sh * columns + col) * Co + co];
-        od[co * columns + col] = static_cast<at::BFloat16>(v);
+  at::Tensor out = at::empty({columns, Co}, input.options());
+  bf16* od = reinterpret_cast<bf16*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, columns, 16, [&](int64_t first, int64_t last) {
+    for (int64_t col = first; col < last; ++col) {
+      for (int64_t co = 0; co < Co; co += 16) {
+        const __mmask16 m = Co - co >= 16 ? __mmask16(0xffff) : __mmask16((1u << (Co - co)) - 1u);
+        __m512 v = _mm512_maskz_loadu_ps(m, accd + col * Co + co);
+        for (int64_t sh = 1; sh < shares; ++sh) {
+          v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, accd + (sh * columns + col) * Co + co));
+        }
+        _mm256_mask_storeu_epi16(od + col * Co + co, m, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
       }
     }
   });
-  return out.permute({0, 3, 1, 2}).contiguous(input.suggest_memory_format());
+  // (kh, kw, Ci, Co) -> (Co, Ci, kh, kw)
+  return out.view({kh, kw, Ci, Co}).permute({3, 2, 0, 1}).contiguous(input.suggest_memory_format());
 }
 
 }  // namespace bf16_pairs
