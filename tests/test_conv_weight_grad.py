@@ -99,6 +99,12 @@ BF16_CASES = [
     (9, 16, 32, 9, 13, 3, 3),
     (2, 64, 256, 16, 16, 3, 3),
     (7, 16, 32, 32, 31, 3, 3),  # several blocks of tiles per thread, an odd tile count
+    # The amx level's slabs of padded input (512 KiB, all kw copies): 8 rows at C_in = 128 and
+    # 64 columns (three slabs per 20-row image, the last of 4), 1 at a 5x5 kernel's C_in = 256,
+    # and thread shares that start inside an image (3 x 13 rows over 2 threads).
+    (2, 128, 64, 20, 64, 3, 3),
+    (3, 128, 32, 13, 64, 3, 3),
+    (1, 256, 16, 6, 40, 5, 5),
 ]
 
 
@@ -111,14 +117,19 @@ def test_bfloat16_matches_reference(case, layout):
     if layout == "channels_last":
         x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
     got = ops.conv2d_weight_grad(g, x, (kh, kw))
-    want = reference.conv2d_weight_grad(g.double(), x.double(), (kh, kw))
     assert got.shape == (Co, Ci, kh, kw) and got.dtype == torch.bfloat16
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert got.is_contiguous(memory_format=memory_format)
-    if _bf16_winograd(Ci, Co, kh, kw):
+    _assert_bfloat16_close(got, g, x, (kh, kw))
+
+
+def _assert_bfloat16_close(got, g, x, k):
+    """A bfloat16 weight gradient against float64, as close as its kernel at this level allows."""
+    want = reference.conv2d_weight_grad(g.double(), x.double(), k)
+    if _bf16_winograd(x.shape[1], g.shape[1], *k):
         # V and Y rounded once to bfloat16 before their products: within a few times the error of
         # ATen's direct bfloat16 weight gradient (measured: 1.5-2.2x on random data).
-        direct = reference.conv2d_weight_grad(g, x, (kh, kw))
+        direct = reference.conv2d_weight_grad(g, x, k)
         scale = want.abs().max().item()
         err = (got.double() - want).abs().max().item()
         err_direct = (direct.double() - want).abs().max().item()
@@ -136,6 +147,19 @@ def _bf16_winograd(Ci, Co, kh, kw):
     """Whether bfloat16 runs the Winograd weight gradient (the avx512_bf16 level, 3x3, channels in
     multiples of 16); the amx level keeps its tile kernel."""
     return ops.cpu_isa() == "avx512_bf16" and (kh, kw) == (3, 3) and Ci % 16 == 0 and Co % 16 == 0
+
+
+def test_bfloat16_channel_slice_of_channels_last_frames():
+    # The ConvLSTM layer's weight gradients over the x and h parts of its merged frames: channel
+    # slices of channels_last tensors (the AMX kernel reads them in place) give the same results
+    # as the slices copied.
+    frames = torch.randn(4, 48, 9, 20).bfloat16().contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 64, 9, 20).bfloat16().contiguous(memory_format=torch.channels_last)
+    for part in (frames[:, :16], frames[:, 16:]):
+        got = ops.conv2d_weight_grad(g, part, (3, 3))
+        copied = ops.conv2d_weight_grad(g, part.contiguous(memory_format=torch.channels_last), (3, 3))
+        assert torch.equal(got, copied)
+        _assert_bfloat16_close(got, g, part, (3, 3))
 
 
 def test_bfloat16_deterministic():

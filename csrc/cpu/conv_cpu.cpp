@@ -300,46 +300,39 @@ void tile_block_n(int nb, float* const c[2], int64_t c_stride, const bf16* const
   }
 }
 
-// The weight gradient for bfloat16 g and input with Ci and Co multiples of 16; (Co, Ci, kh, kw)
-// in the input's memory format and dtype, as the other paths.
-at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
-                            int64_t kw) {
-  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
-  const int64_t Co = grad_out.size(1);
-  const int64_t chunks = (W + kChunk - 1) / kChunk;
-  // x_pad[j], j < kw: the input in NCHW planes of Hp = H + kh - 1 rows (kh / 2 zero rows above
-  // and below) by Lp = roundup(W, 32) columns, shifted by j - kw / 2 columns: column x of row
-  // y + kh / 2 holds input pixel (y, x + j - kw / 2), zero outside the frame. So the A tile of
-  // tap (i, j), chunk c of output row y, is x_pad[j] + (y + i) * Lp + 32c: 64-byte aligned.
-  const int64_t Hp = H + kh - 1, Lp = chunks * kChunk;
-  const int64_t plane = Hp * Lp, xp_elems = B * Ci * plane;
-  at::Tensor xp = at::empty({kw * xp_elems}, input.options());
-  bf16* xd = reinterpret_cast<bf16*>(xp.data_ptr<at::BFloat16>());
-  // NHWC rows read in place where the channels are the fastest dim (channels_last, or a channel
-  // slice of channels_last frames: the ConvLSTM layer's x and h parts of its merged frames), a
-  // copy otherwise: pixel (b, y, x) at b * sb + y * sy + x * sx.
-  const at::Tensor xn = input.stride(1) == 1 && input.stride(3) >= Ci
-                            ? input
-                            : input.permute({0, 2, 3, 1}).contiguous().permute({0, 3, 1, 2});
-  const at::BFloat16* xs = xn.const_data_ptr<at::BFloat16>();
-  const int64_t sb = xn.stride(0), sy = xn.stride(2), sx = xn.stride(3);
-  // One task per padded row (b, yy): the input row transposed into the unshifted copy
-  // (j = kw / 2; 32 x 32 blocks), then the shifted ones from it with masked loads.
-  at::parallel_for(0, B * Hp, 1, [&](int64_t first, int64_t last) {
+// The input's padded planes for a slab of output rows: x_pad[j], j < kw, holds the input in NCHW
+// planes of the slab's S + kh - 1 rows (output rows y0 - kh / 2 .. y0 + S - 1 + kh / 2, zero
+// outside the frame) by Lp = roundup(W, 32) columns, shifted by j - kw / 2 columns: column x of
+// slab row r holds input pixel (y0 + r - kh / 2, x + j - kw / 2). So the A tile of tap (i, j),
+// chunk c of output row y0 + yb is x_pad[j] + (yb + i) * Lp + 32c: 64-byte aligned. Each thread
+// builds the slabs of its own rows, sized to stay in its L2 cache (a whole-input x_pad, 6.2 MiB at
+// (4, 64, 64x64), went through memory twice: written, then read by the tile products).
+struct Slab {
+  const at::BFloat16* xs;  // the input's NHWC rows: pixel (b, y, x) at b * sb + y * sy + x * sx
+  int64_t sb, sy, sx;
+  int64_t H, W, Ci, kh, kw, Lp;
+  int64_t rows(int64_t S) const { return S + kh - 1; }
+  int64_t copy_elems(int64_t S) const { return Ci * rows(S) * Lp; }
+  // Fills the rows of x_pad for output rows y0 .. y0 + S - 1 of image b, x_pad laid out for
+  // S_max >= S rows (kw copies of copy_elems(S_max)).
+  void build(bf16* xpad, int64_t b, int64_t y0, int64_t S, int64_t S_max) const {
+    const int64_t plane = rows(S_max) * Lp, copy = copy_elems(S_max);
     const __m512i zero = _mm512_setzero_si512();
-    for (int64_t task = first; task < last; ++task) {
-      const int64_t b = task / Hp, yy = task % Hp, y = yy - kh / 2;
-      bf16* row = xd + b * Ci * plane + yy * Lp;  // row yy of channel 0 in x_pad[0]
+    for (int64_t r = 0; r < rows(S); ++r) {
+      const int64_t y = y0 + r - kh / 2;
+      bf16* row = xpad + r * Lp;  // slab row r of channel 0 in x_pad[0]
       if (y < 0 || y >= H) {
         for (int64_t j = 0; j < kw; ++j) {
           for (int64_t ci = 0; ci < Ci; ++ci) {
-            bf16* dst = row + j * xp_elems + ci * plane;
+            bf16* dst = row + j * copy + ci * plane;
             for (int64_t col = 0; col < Lp; col += kChunk) _mm512_store_si512(dst + col, zero);
           }
         }
         continue;
       }
-      bf16* center = row + (kw / 2) * xp_elems;
+      // The input row transposed into the unshifted copy (j = kw / 2; 32 x 32 blocks), then the
+      // shifted ones from it with masked loads.
+      bf16* center = row + (kw / 2) * copy;
       for (int64_t ci0 = 0; ci0 < Ci; ci0 += kChunk) {
         const int n = static_cast<int>(std::min<int64_t>(kChunk, Ci - ci0));
         for (int64_t x0 = 0; x0 < Lp; x0 += kChunk) {
@@ -359,7 +352,7 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
         if (shift == 0) continue;
         for (int64_t ci = 0; ci < Ci; ++ci) {
           const bf16* src = center + ci * plane;
-          bf16* dst = row + j * xp_elems + ci * plane;
+          bf16* dst = row + j * copy + ci * plane;
           for (int64_t col = 0; col < Lp; col += kChunk) {
             // Lanes whose source column col + lane + shift lies in [0, W); masked-off lanes are
             // not read (no fault before the row's start).
@@ -373,7 +366,29 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
         }
       }
     }
-  });
+  }
+};
+
+// Bytes of a thread's slab of padded input (all kw copies): its output rows are as many as fit.
+constexpr int64_t kSlabBytes = 512 << 10;
+
+// The weight gradient for bfloat16 g and input with Ci and Co multiples of 16; (Co, Ci, kh, kw)
+// in the input's memory format and dtype, as the other paths.
+at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
+                            int64_t kw) {
+  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Co = grad_out.size(1);
+  const int64_t chunks = (W + kChunk - 1) / kChunk, Lp = chunks * kChunk;
+  // The input's NHWC rows read in place where the channels are the fastest dim (channels_last,
+  // or a channel slice of channels_last frames: the ConvLSTM layer's x and h parts of its merged
+  // frames), a copy otherwise.
+  const at::Tensor xn = input.stride(1) == 1 && input.stride(3) >= Ci
+                            ? input
+                            : input.permute({0, 2, 3, 1}).contiguous().permute({0, 3, 1, 2});
+  const Slab slab{xn.const_data_ptr<at::BFloat16>(), xn.stride(0), xn.stride(2), xn.stride(3),
+                  H, W, Ci, kh, kw, Lp};
+  const int64_t slab_rows = std::clamp<int64_t>(
+      kSlabBytes / (kw * Ci * Lp * 2) - (kh - 1), 1, H);
   const at::Tensor g = grad_out.permute({0, 2, 3, 1}).contiguous();
   const int64_t columns = kh * kw * Ci, groups = Ci / 16, combos = kh * kw * groups;
   const int64_t nN = Co / 16;
@@ -387,39 +402,48 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
     configure_tiles();
     at::Tensor bbuf_t = at::empty({rows_per_block * chunks * nN * kTileElems}, input.options());
     bf16* bbuf = reinterpret_cast<bf16*>(bbuf_t.data_ptr<at::BFloat16>());
+    const int64_t copy_elems = slab.copy_elems(slab_rows), plane = slab.rows(slab_rows) * Lp;
+    at::Tensor xpad_t = at::empty({kw * copy_elems}, input.options());
+    bf16* xpad = reinterpret_cast<bf16*>(xpad_t.data_ptr<at::BFloat16>());
     for (int64_t share = first; share < last; ++share) {
       const int64_t r_begin = rows * share / shares, r_end = rows * (share + 1) / shares;
       float* mine = accd + share * columns * Co;
-      for (int64_t r0 = r_begin; r0 < r_end;) {
-        // A block: rows of one image.
-        const int64_t b = r0 / H, y0 = r0 % H;
-        const int64_t R = std::min({r_end - r0, rows_per_block, H - y0});
-        pack_g(gd + r0 * W * Co, W, Co, chunks, R, bbuf);
-        for (int64_t m = 0; m < combos; m += 2) {
-          const int mb = combos - m >= 2 ? 2 : 1;
-          float* c[2];
-          const bf16* a[2];
-          for (int k = 0; k < mb; ++k) {
-            const int64_t tap = (m + k) / groups, grp = (m + k) % groups;
-            const int64_t i = tap / kw, j = tap % kw;
-            c[k] = mine + (tap * Ci + grp * 16) * Co;
-            a[k] = xd + j * xp_elems + (b * Ci + grp * 16) * plane + (y0 + i) * Lp;
-          }
-          if (mb == 1) {
-            c[1] = c[0];
-            a[1] = a[0];
-          }
-          for (int64_t n = 0; n < nN; n += 2) {
-            const int nb = nN - n >= 2 ? 2 : 1;
-            float* cn[2] = {c[0] + n * 16, c[1] + n * 16};
-            if (mb == 2) {
-              tile_block_n<2>(nb, cn, Co * 4, a, plane * 2, Lp, bbuf, n, nN, R, chunks);
-            } else {
-              tile_block_n<1>(nb, cn, Co * 4, a, plane * 2, Lp, bbuf, n, nN, R, chunks);
+      for (int64_t s0 = r_begin; s0 < r_end;) {
+        // A slab: rows of one image, laid out with the planes of slab_rows rows whatever its S.
+        const int64_t b = s0 / H, ys = s0 % H;
+        const int64_t S = std::min({r_end - s0, slab_rows, H - ys});
+        slab.build(xpad, b, ys, S, slab_rows);
+        // Within it, blocks of rows whose packed g stays in L1.
+        for (int64_t yb = 0; yb < S;) {
+          const int64_t R = std::min(rows_per_block, S - yb);
+          pack_g(gd + (s0 + yb) * W * Co, W, Co, chunks, R, bbuf);
+          for (int64_t m = 0; m < combos; m += 2) {
+            const int mb = combos - m >= 2 ? 2 : 1;
+            float* c[2];
+            const bf16* a[2];
+            for (int k = 0; k < mb; ++k) {
+              const int64_t tap = (m + k) / groups, grp = (m + k) % groups;
+              const int64_t i = tap / kw, j = tap % kw;
+              c[k] = mine + (tap * Ci + grp * 16) * Co;
+              a[k] = xpad + j * copy_elems + grp * 16 * plane + (yb + i) * Lp;
+            }
+            if (mb == 1) {
+              c[1] = c[0];
+              a[1] = a[0];
+            }
+            for (int64_t n = 0; n < nN; n += 2) {
+              const int nb = nN - n >= 2 ? 2 : 1;
+              float* cn[2] = {c[0] + n * 16, c[1] + n * 16};
+              if (mb == 2) {
+                tile_block_n<2>(nb, cn, Co * 4, a, plane * 2, Lp, bbuf, n, nN, R, chunks);
+              } else {
+                tile_block_n<1>(nb, cn, Co * 4, a, plane * 2, Lp, bbuf, n, nN, R, chunks);
+              }
             }
           }
+          yb += R;
         }
-        r0 += R;
+        s0 += S;
       }
     }
     _tile_release();
