@@ -719,14 +719,10 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     }
     // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule
     // saved its frames and both are wanted: one call per chunk, whose output-gradient transform
-    // (Winograd) or packing (the AMX kernel) the two weights share. Without a prepared convolution
-    // (bfloat16 at the amx level) only while the joined gradient's float32 sums stay small: on 2
-    // Xeon cores with AMX the bf16 step took 29.2 / 62.0 ms joined against 31.1 / 65.2 apart at
-    // 8x16x[32]@32 / 8x16x[32, 32]@32 (sums of 147 / 295 KiB), but at 4x64x[64]@64 (1.1 MiB)
-    // a step's joined call took 8.1 ms against 2 x 3.1 apart.
-    const int64_t joined_sums = s.kh * s.kw * (s.Cin + s.C) * 4 * s.C * 4;
-    const bool joined = xh.defined() && need_wx && need_wh &&
-                        (wh_flipped.prepared.run != nullptr || joined_sums <= (512 << 10));
+    // (Winograd) or packing (the AMX kernel) the two weights share. (In bf16 on 2 Xeon cores with
+    // AMX: 29.2 / 62.0 ms a training step joined, 31.1 / 65.2 apart at 8x16x[32]@32 /
+    // 8x16x[32, 32]@32, the same at 4x64x[64]@64.)
+    const bool joined = xh.defined() && need_wx && need_wh;
     if (need_x && wx_flipped.prepared.run != nullptr) {
       gx = buffer(b, x.sizes(), x.options().memory_format(fmt));
     }
