@@ -4,7 +4,7 @@
     python benchmarks/record.py --suite convlstm gdl     # some suites
     python benchmarks/record.py --allocator both         # plain and tuned, side by side
     python benchmarks/record.py --device cuda            # on a GPU machine
-    python benchmarks/record.py --suite layer --tag xeon-avx512   # a second CPU, kept beside
+    python benchmarks/record.py --suite layer --tag xeon-amx   # a second CPU, kept beside
     python benchmarks/record.py --regen-only             # README tables + plot from results/ only
 
 Recording runs each suite in its own process and writes ``benchmarks/results/<suite>_<device>

@@ -459,10 +459,10 @@ struct Rollout {
 // convolutions but has no prepared one for these weights (the amx level, where oneDNN's
 // convolutions run on the tile unit), the step's one convolution is ATen's: on 2 Xeon cores with
 // AMX a bf16 training step took 29.2 against 32.0 ms at 8x16x[32]@32 and 61.0 against 66.0 at
-// 8x16x[32,32]@32 (the two weights' gradients stay apart there, see the backward).
+// 8x16x[32,32]@32.
 // Whether it may run: x and its weight are plain tensors and x's convolution is prepared, or the
-// device runs its own convolutions and x is bfloat16; and some step sees an h. Where x's convolution is prepared it
-// runs only if the joined weight's is too (rollout).
+// device runs its own convolutions and x is bfloat16; and some step sees an h. Where x's
+// convolution is prepared, it runs only if the joined weight's is too (rollout).
 inline bool merged_schedule(const LayerBackend& b, const LayerShape& s, const at::Tensor& x,
                             const StepConv& conv_x, const std::optional<at::Tensor>& h0) {
   const bool own = conv_x.prepared.run != nullptr ||
@@ -719,9 +719,9 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     }
     // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule
     // saved its frames and both are wanted: one call per chunk, whose output-gradient transform
-    // (Winograd) or packing (the AMX kernel) the two weights share. (In bf16 on 2 Xeon cores with
-    // AMX: 29.2 / 62.0 ms a training step joined, 31.1 / 65.2 apart at 8x16x[32]@32 /
-    // 8x16x[32, 32]@32, the same at 4x64x[64]@64.)
+    // (Winograd) or packing (the AMX kernel) the two weights share. (bf16, 2 Xeon cores with
+    // AMX: a training step took 29.2 / 62.0 ms joined against 31.1 / 65.2 apart at 8x16x[32]@32 /
+    // 8x16x[32, 32]@32, and 158.6 against 158.7 at 4x64x[64]@64.)
     const bool joined = xh.defined() && need_wx && need_wh;
     if (need_x && wx_flipped.prepared.run != nullptr) {
       gx = buffer(b, x.sizes(), x.options().memory_format(fmt));

@@ -201,7 +201,8 @@ at::Tensor finish(const float* accd, int64_t shares, int64_t Co, int64_t kh, int
         for (int64_t sh = 1; sh < shares; ++sh) {
           v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, accd + (sh * columns + col) * Co + co));
         }
-        _mm256_mask_storeu_epi16(od + col * Co + co, m, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+        const __m256i rounded = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+        _mm256_mask_storeu_epi16(od + col * Co + co, m, rounded);
       }
     }
   });
