@@ -668,7 +668,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     // Incoming gradients in the layout of the saved tensors, so the cell kernels read them in
     // order. The sequence's gradient is brought there step by step, by the sum with the gradient
     // flowing back from the next step where there is one: an expanded gradient (e.g. of .sum())
-    // or one in another layout is never materialised whole.
+    // is never materialised whole, nor one in another layout but where noted below.
     const auto fmt = (xh.defined() ? xh : x).suggest_memory_format();
     auto like_state = [&](const at::Tensor& g) {
       if (!g.defined() || g.is_contiguous(fmt)) return g;
@@ -711,10 +711,17 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     const StepConv wx_flipped = need_x ? flipped_weight(b, wx, x) : StepConv{};
     // Where ATen's convolution gives the hidden data gradient (no prepared one: e.g. bfloat16 at
     // the amx level), add_ sums the sequence's gradient into its result, which across layouts took
-    // 1.37 ms against 0.16 within one ((4, 64, 64, 64) bfloat16, 2 Xeon cores): a gradient in
-    // another layout is then brought into the layer's, whole, by one frames copy.
+    // 1.37 ms against 0.16 within one ((4, 64, 64, 64) bfloat16, 2 Xeon cores): a dense gradient
+    // whose frames lie in the other layout is then brought into the layer's, whole, by one frames
+    // copy (an expanded one, or one in the layer's layout, is added as it is).
+    const auto other_layout = [&](const at::Tensor& g) {
+      const bool cl = s.seq ? frames_channels_last(g)
+                            : g.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+      return g.is_non_overlapping_and_dense() && cl != (fmt == at::MemoryFormat::ChannelsLast);
+    };
     if (g_seq.defined() && wh_flipped.weight.defined() && wh_flipped.prepared.run == nullptr &&
-        b.copy_frames != nullptr && plain_tensors(saved, g_seq, g_h_last, g_c_last)) {
+        b.copy_frames != nullptr && other_layout(g_seq) &&
+        plain_tensors(saved, g_seq, g_h_last, g_c_last)) {
       g_seq = s.seq ? time_major(b, g_seq, fmt).unflatten(0, {s.T, s.N}) : like_state(g_seq);
     }
     // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule

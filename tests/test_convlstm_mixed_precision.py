@@ -145,6 +145,44 @@ def test_layer_mixed_matches_step_reference(dtype):
     torch.testing.assert_close(c.double(), cr, **TOL[dtype])
 
 
+@pytest.mark.parametrize("seq_layout", ["bm-nchw", "bm-cl"])
+def test_layer_bf16_gradient_in_either_layout(seq_layout):
+    """bf16 layer with a float32 state over a batch-first sequence (the modules' form; 16 + 16
+    channels: the merged schedule): the sequence's gradient in NCHW or channels_last frames gives
+    one set of gradients, and so do ones expanded (of .sum()) and dense. At the amx level, where
+    oneDNN computes the hidden data gradient, a dense gradient in the other layout is converted
+    once before its sums; elsewhere it is read in place."""
+    g = torch.Generator().manual_seed(3)
+    N, T, Cin, C, H, W = 2, 4, 16, 16, 6, 7
+    cl = torch.channels_last
+
+    def batch_first(t, channels_last):
+        return t.flatten(0, 1).contiguous(memory_format=cl).unflatten(0, (N, T)) if channels_last else t
+
+    x = batch_first(torch.randn(N, T, Cin, H, W, generator=g).bfloat16(), seq_layout == "bm-cl")
+    wx = (torch.randn(4 * C, Cin, 3, 3, generator=g) * 0.2).bfloat16()
+    wh = (torch.randn(4 * C, C, 3, 3, generator=g) * 0.2).bfloat16()
+    b = torch.randn(4 * C, generator=g) * 0.3
+    gv = torch.randn(N, T, C, H, W, generator=g).bfloat16()
+
+    def grads(seq_grad):
+        leaves = [t.detach().requires_grad_(True) for t in (x, wx, wh, b)]
+        h_seq, _ = ops.convlstm_layer(leaves[0].transpose(0, 1), T, *leaves[1:], None)
+        if seq_grad is None:
+            h_seq.sum().backward()
+        else:
+            h_seq.backward(seq_grad.transpose(0, 1))
+        return [t.grad for t in leaves]
+
+    pairs = [
+        (grads(batch_first(gv, False)), grads(batch_first(gv, True))),
+        (grads(None), grads(batch_first(torch.ones_like(gv), False))),
+    ]
+    for got, want in pairs:
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, atol=0, rtol=0)
+
+
 def test_autocast_registration_cell():
     xg, hg, cp, b, pw = _cell_inputs(torch.float32, False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
