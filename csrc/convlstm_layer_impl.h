@@ -7,7 +7,8 @@
 //             input convolution's data and weight gradients and the hidden convolution's weight
 //             gradient in batched calls (the weight gradients by the operator
 //             conv2d_weight_grad); the bias/peephole gradients reduced once.
-// On the CPU, where a prepared (Winograd) convolution runs the layer's weights, the merged schedule
+// On the CPU, where a prepared (Winograd) convolution runs the layer's weights or the layer runs in
+// bfloat16 on ATen's convolutions (the amx level), the merged schedule
 // (merged_schedule, below) goes further: one convolution per step over x_t and h_{t-1} side by
 // side, and one weight-gradient call for both weights.
 // Nothing but the activated gates and the cell states is saved besides the input and the h
@@ -445,7 +446,7 @@ struct Rollout {
   std::vector<at::Tensor> c_prev;  // the cell state each step started from (when saving)
 };
 
-// The merged schedule (the CPU's, where a prepared convolution runs the layer's weights): each
+// The merged schedule (the CPU's; where it may run: merged_schedule's last lines): each
 // step's gates come from one convolution of the step's frame (x_t, h_{t-1}) -- x_t and h_{t-1}
 // side by side in the channels of one channels_last frame -- with the weights side by side,
 // (4C, C_in + C, 3, 3), instead of the input's and the hidden convolution's results summed by the

@@ -312,14 +312,14 @@ struct Slab {
   const at::BFloat16* xs;  // the input's NHWC rows: pixel (b, y, x) at b * sb + y * sy + x * sx
   int64_t sb, sy, sx;
   int64_t H, W, Ci, kh, kw, Lp;
-  int64_t rows(int64_t S) const { return S + kh - 1; }
-  int64_t copy_elems(int64_t S) const { return Ci * rows(S) * Lp; }
-  // Fills the rows of x_pad for output rows y0 .. y0 + S - 1 of image b, x_pad laid out for
-  // S_max >= S rows (kw copies of copy_elems(S_max)).
-  void build(bf16* xpad, int64_t b, int64_t y0, int64_t S, int64_t S_max) const {
-    const int64_t plane = rows(S_max) * Lp, copy = copy_elems(S_max);
+  int64_t S_max;  // output rows of the largest slab, which x_pad is laid out for
+  int64_t plane() const { return (S_max + kh - 1) * Lp; }  // a channel's rows, one copy
+  int64_t copy() const { return Ci * plane(); }            // one of the kw copies
+  // Fills the rows of x_pad for output rows y0 .. y0 + S - 1 of image b, S <= S_max.
+  void build(bf16* xpad, int64_t b, int64_t y0, int64_t S) const {
+    const int64_t plane = this->plane(), copy = this->copy();
     const __m512i zero = _mm512_setzero_si512();
-    for (int64_t r = 0; r < rows(S); ++r) {
+    for (int64_t r = 0; r < S + kh - 1; ++r) {
       const int64_t y = y0 + r - kh / 2;
       bf16* row = xpad + r * Lp;  // slab row r of channel 0 in x_pad[0]
       if (y < 0 || y >= H) {
@@ -386,10 +386,9 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
   const at::Tensor xn = input.stride(1) == 1 && input.stride(3) >= Ci
                             ? input
                             : input.permute({0, 2, 3, 1}).contiguous().permute({0, 3, 1, 2});
+  const int64_t slab_rows = std::clamp<int64_t>(kSlabBytes / (kw * Ci * Lp * 2) - (kh - 1), 1, H);
   const Slab slab{xn.const_data_ptr<at::BFloat16>(), xn.stride(0), xn.stride(2), xn.stride(3),
-                  H, W, Ci, kh, kw, Lp};
-  const int64_t slab_rows = std::clamp<int64_t>(
-      kSlabBytes / (kw * Ci * Lp * 2) - (kh - 1), 1, H);
+                  H, W, Ci, kh, kw, Lp, slab_rows};
   const at::Tensor g = grad_out.permute({0, 2, 3, 1}).contiguous();
   const int64_t columns = kh * kw * Ci, groups = Ci / 16, combos = kh * kw * groups;
   const int64_t nN = Co / 16;
@@ -403,7 +402,7 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
     configure_tiles();
     at::Tensor bbuf_t = at::empty({rows_per_block * chunks * nN * kTileElems}, input.options());
     bf16* bbuf = reinterpret_cast<bf16*>(bbuf_t.data_ptr<at::BFloat16>());
-    const int64_t copy_elems = slab.copy_elems(slab_rows), plane = slab.rows(slab_rows) * Lp;
+    const int64_t copy_elems = slab.copy(), plane = slab.plane();
     at::Tensor xpad_t = at::empty({kw * copy_elems}, input.options());
     bf16* xpad = reinterpret_cast<bf16*>(xpad_t.data_ptr<at::BFloat16>());
     for (int64_t share = first; share < last; ++share) {
@@ -413,7 +412,7 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
         // A slab: rows of one image, laid out with the planes of slab_rows rows whatever its S.
         const int64_t b = s0 / H, ys = s0 % H;
         const int64_t S = std::min({r_end - s0, slab_rows, H - ys});
-        slab.build(xpad, b, ys, S, slab_rows);
+        slab.build(xpad, b, ys, S);
         // Within it, blocks of rows whose packed g stays in L1.
         for (int64_t yb = 0; yb < S;) {
           const int64_t R = std::min(rows_per_block, S - yb);
