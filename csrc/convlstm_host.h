@@ -197,6 +197,22 @@ inline GatesBackwardPartial*& gates_backward_partial(c10::DeviceType device) {
   return kernels[static_cast<int>(device)];
 }
 
+// The fused cell's backward for the gradient grad_h + grad_h_add of h, the sum formed as the
+// kernel reads its inputs: the ConvLSTM layer's where the hidden convolution's data gradient comes
+// from a convolution that cannot add the sequence's gradient to its result as it writes it (ATen's,
+// e.g. bfloat16 at the CPU's amx level), instead of an add_ over the state (0.6 ms a step at
+// (4, 64, 64, 64) in bfloat16 on 2 Xeon cores, for a kernel that reads grad_h anyway).
+// grad_h_add has grad_h's shape, dtype and device, in any layout with an (N, C, P) view (read at
+// full speed in grad_h's layout, or expanded: one value per image). Registered by the CPU sources
+// (cpu/dispatch.cpp); null where none is (the layer then adds).
+using GatesBackwardAdd = op::ConvLSTMGatesBackward::Result(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS,
+                                                           const at::Tensor& grad_h_add);
+
+inline GatesBackwardAdd*& gates_backward_add(c10::DeviceType device) {
+  static GatesBackwardAdd* kernels[static_cast<int>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)] = {};
+  return kernels[static_cast<int>(device)];
+}
+
 // The ConvLSTM layer's copy between planar and interleaved frames (the operator _copy_frames,
 // op_signatures.h): registered for the CPU (cpu/dispatch.cpp, at the ISA level in use); null
 // elsewhere, where the layer copies with copy_.

@@ -18,6 +18,7 @@ layer::LayerBackend device_backend(const at::Tensor& like) {
   layer::LayerBackend b = layer::conventions(device);
   b.gates_forward_into = gates_forward_into(device);
   b.gates_backward_partial = gates_backward_partial(device);
+  b.gates_backward_add = gates_backward_add(device);
   b.prepare_conv = prepare_conv_same(device);
   b.copy_frames = frames_copy_kernel(device);
   return b;

@@ -63,6 +63,8 @@ struct LayerBackend {
   // The fused cell's backward leaving the parameter gradients as partial sums
   // (GatesBackwardPartial), summed once per call; null: gates_backward, finished per step.
   GatesBackwardPartial* gates_backward_partial = nullptr;
+  // The fused cell's backward for a sum of two gradients of h (GatesBackwardAdd); null: none.
+  GatesBackwardAdd* gates_backward_add = nullptr;
   // The device's prepared convolution (PrepareConvSame); null: none.
   PrepareConvSame* prepare_conv = nullptr;
   // The device's copy between planar (NCHW) and interleaved (channels_last) frames
@@ -725,6 +727,19 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         plain_tensors(saved, g_seq, g_h_last, g_c_last)) {
       g_seq = s.seq ? time_major(b, g_seq, fmt).unflatten(0, {s.T, s.N}) : like_state(g_seq);
     }
+    // There, too, the cell's backward adds the sequence's gradient of a step, where its images lie
+    // in the layer's layout or are one value each (expanded, e.g. of .sum()), to the gradient flowing
+    // back from the next step as it reads them (GatesBackwardAdd), in the accumulation type,
+    // instead of an add_ over the state per step, rounded.
+    const bool add_in_cell = g_seq.defined() && b.gates_backward_add != nullptr && !partial_sums &&
+                             wh_flipped.prepared.run == nullptr &&
+                             plain_tensors(saved, g_seq, g_h_last, g_c_last);
+    auto cell_addend = [&](int64_t t) {
+      if (!add_in_cell) return at::Tensor();
+      const at::Tensor g = g_step(t);
+      const bool per_image = g.stride(1) == 0 && g.stride(2) == 0 && g.stride(3) == 0;
+      return per_image || g.narrow(0, 0, 1).is_contiguous(fmt) ? g : at::Tensor();
+    };
     // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule
     // saved its frames and both are wanted: one call per chunk, whose output-gradient transform
     // (Winograd) or packing (the AMX kernel) the two weights share. (bf16, 2 Xeon cores with
@@ -739,16 +754,24 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       const int64_t k = std::min(K, s.T - t0);
       std::vector<at::Tensor> d_gates(k);
       for (int64_t t = t0 + k - 1; t >= t0; --t) {
-        at::Tensor dh;
+        at::Tensor dh, dh_add;  // the gradient of h_t: dh, plus dh_add where defined
         if (g_seq.defined() && !dh_next_has_seq) {
           const at::Tensor g = g_step(t);
-          dh = like_state(dh_next.defined() ? dh_next + g : g);
+          if (dh_next.defined() && dh_next.is_contiguous(fmt)) dh_add = cell_addend(t);
+          if (dh_add.defined()) {
+            dh = dh_next;
+          } else {
+            dh = like_state(dh_next.defined() ? dh_next + g : g);
+          }
         } else {
           dh = dh_next.defined() ? dh_next : zero_state(x);
         }
         if (!dc.defined()) dc = zero_state(c_prev(t));
         auto [dg, dc_prev, dp] =
-            gates_backward(b, partial_sums, dh, dc, gates(t), c_prev(t), peephole, param_grads);
+            dh_add.defined()
+                ? b.gates_backward_add(dh, dc, gates(t), c_prev(t), peephole, param_grads, dh_add)
+                : gates_backward(b, partial_sums, dh, dc, gates(t), c_prev(t), peephole,
+                                 param_grads);
         if (param_grads && partial_sums) {
           d_param_partials.push_back(std::move(dp));
         } else if (param_grads) {
@@ -759,7 +782,8 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
           const at::Tensor h_prev = t > 0 ? h_before(t, 1) : h0;
           // Step t - 1's gradient of h: through the hidden convolution, plus the sequence's.
           const at::Tensor g_prev =
-              t > 0 && g_seq.defined() ? g_step(t - 1) : at::Tensor();
+              t > 0 && g_seq.defined() && !cell_addend(t - 1).defined() ? g_step(t - 1)
+                                                                        : at::Tensor();
           dh_next = conv_data_grad(b, dg, h_prev, wh, wh_flipped, s, g_prev);
           dh_next_has_seq = g_prev.defined();
         } else {

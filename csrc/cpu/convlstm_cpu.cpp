@@ -225,7 +225,8 @@ op::ConvLSTMGatesForward::Result convlstm_gates_forward_cpu(PYFRAMEPRED_CONVLSTM
 
 template <typename scalar_t, typename state_t>
 struct BackwardArgs {
-  Rows<const scalar_t> gh, gates;
+  Rows<const scalar_t> gh, gh_add, gates;  // gh_add: read where add_gh (grad_h + grad_h_add)
+  bool add_gh;
   Rows<const state_t> gc, cp, peep;
   Rows<scalar_t> dgates;
   Rows<state_t> dcp;
@@ -243,13 +244,14 @@ inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t rn, i
   static_assert(std::is_same_v<V, VecAcc<state_t>>, "gates and state share the accumulation type");
   const V zero(0);
   const scalar_t* gh = a.gh.at(rn, rk);
+  const scalar_t* gha = a.gh_add.at(rn, rk);
   const state_t* gc = a.gc.at(rn, rk);
   const scalar_t* gt = a.gates.at(rn, rk);
   const state_t* cp = a.cp.at(rn, rk);
   const state_t* w = a.peep.at(rn, rk);
   scalar_t* dg_out = a.dgates.at(rn, rk);
   state_t* dcp_out = a.dcp.at(rn, rk);
-  const int64_t ghs = a.gh.inner(), gcs = a.gc.inner(), gts = a.gates.inner(), gtk = a.gates.gate();
+  const int64_t ghs = a.gh.inner(), ghas = a.gh_add.inner(), gcs = a.gc.inner(), gts = a.gates.inner(), gtk = a.gates.gate();
   const int64_t cs = a.cp.inner(), ws = a.peep.inner(), wk = a.peep.gate();
   const int64_t ds = a.dgates.inner(), dk = a.dgates.gate(), dcs = a.dcp.inner();
   for (int64_t j = j0; j < j1; j += V::size()) {
@@ -259,7 +261,8 @@ inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t rn, i
     const V g = load_row<kDense>(gt + j * gts + 2 * gtk, gts, n);
     const V o = load_row<kDense>(gt + j * gts + 3 * gtk, gts, n);
     const V c_prev = load_row<kDense>(cp + j * cs, cs, n);
-    const V dh = load_row<kDense>(gh + j * ghs, ghs, n);
+    V dh = load_row<kDense>(gh + j * ghs, ghs, n);
+    if (a.add_gh) dh = dh + load_row<kDense>(gha + j * ghas, ghas, n);
     const V dc = load_row<kDense>(gc + j * gcs, gcs, n);
     V wci = zero, wcf = zero, wco = zero;
     if constexpr (kPeep) {
@@ -287,8 +290,18 @@ inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t rn, i
   }
 }
 
-op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+// grad_h_add (may be undefined): summed into grad_h as it is read (GatesBackwardAdd,
+// convlstm_host.h).
+op::ConvLSTMGatesBackward::Result convlstm_gates_backward_add_cpu(
+    PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS, const at::Tensor& grad_h_add) {
   auto p = plan_convlstm_backward(grad_h, grad_c, gates, c_prev, peephole, param_grads);
+  const bool add_gh = grad_h_add.defined();
+  at::Tensor gh_add;
+  if (add_gh) {
+    check_like(grad_h_add, grad_h, "convlstm_gates_backward", "grad_h_add", "grad_h");
+    check_shape(grad_h_add, grad_h.sizes(), "convlstm_gates_backward", "grad_h_add", "grad_h's");
+    gh_add = as_view3(grad_h_add);
+  }
   const int64_t P = p.H * p.W;
   const bool peep = p.peephole.defined();
   const auto acc_dtype = at::toOpMathType(gates.scalar_type());
@@ -312,7 +325,11 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLS
       using V = VecAcc<scalar_t>;
       static const state_t kZeroState[1] = {state_t(0)};
       BackwardArgs<scalar_t, state_t> a;
+      static const scalar_t kZero[1] = {scalar_t(0)};
       a.gh = Rows<const scalar_t>(p.grad_h.const_data_ptr<scalar_t>(), p.grad_h, p.C, p.cl);
+      a.add_gh = add_gh;
+      a.gh_add = add_gh ? Rows<const scalar_t>(gh_add.const_data_ptr<scalar_t>(), gh_add, p.C, p.cl)
+                        : Rows<const scalar_t>::zero(kZero);
       a.gc = Rows<const state_t>(p.grad_c.const_data_ptr<state_t>(), p.grad_c, p.C, p.cl);
       a.gates = Rows<const scalar_t>(p.gates.const_data_ptr<scalar_t>(), p.gates, p.C, p.cl);
       a.cp = Rows<const state_t>(p.c_prev.const_data_ptr<state_t>(), p.c_prev, p.C, p.cl);
@@ -327,7 +344,8 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLS
       const int64_t C = p.C;
       const int64_t grain = p.cl ? 1 : std::max<int64_t>(1, 8192 / len);
       const bool dense = is_dense(len, V::size(),
-                                  {a.gh.inner(), a.gc.inner(), a.gates.inner(), a.cp.inner(), a.peep.inner()},
+                                  {a.gh.inner(), a.gh_add.inner(), a.gc.inner(), a.gates.inner(),
+                                   a.cp.inner(), a.peep.inner()},
                                   {a.dgates.inner(), a.dcp.inner()});
       with_flags(peep, dense, [&](auto peep_flag, auto dense_flag) {
       constexpr bool kPeep = decltype(peep_flag)::value, kDense = decltype(dense_flag)::value;
@@ -381,9 +399,15 @@ op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLS
 
 }  // namespace
 
+op::ConvLSTMGatesBackward::Result convlstm_gates_backward_cpu(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS) {
+  return convlstm_gates_backward_add_cpu(grad_h, grad_c, gates, c_prev, peephole, param_grads,
+                                         at::Tensor());
+}
+
 // This level's kernels, registered by cpu/dispatch.cpp.
 const ConvLSTMKernels convlstm_kernels{&convlstm_gates_forward_cpu, &convlstm_gates_backward_cpu,
-                                       &convlstm_gates_forward_into_cpu, &copy_frames};
+                                       &convlstm_gates_forward_into_cpu,
+                                       &convlstm_gates_backward_add_cpu, &copy_frames};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

@@ -339,6 +339,14 @@ const bool kCpuGatesForwardInto = [] {
   return true;
 }();
 
+// The layer's cell backward for a sum of two gradients of h (GatesBackwardAdd, convlstm_host.h).
+const bool kCpuGatesBackwardAdd = [] {
+  gates_backward_add(c10::DeviceType::CPU) =
+      &cpu::Forward<GatesBackwardAdd>::call<&cpu::LevelTables::convlstm,
+                                            &cpu::ConvLSTMKernels::gates_backward_add>;
+  return true;
+}();
+
 // The layer's copies between planar and interleaved frames (frames_copy_kernel, convlstm_host.h).
 const bool kCpuFramesCopy = [] {
   frames_copy_kernel(c10::DeviceType::CPU) =

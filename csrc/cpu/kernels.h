@@ -23,6 +23,9 @@ struct ConvLSTMKernels {
   // gates_forward with h written into a given tensor (GatesForwardInto of convlstm_host.h)
   op::ConvLSTMGatesForward::Result (*gates_forward_into)(PYFRAMEPRED_CONVLSTM_GATES_FORWARD_PARAMS,
                                                          const at::Tensor& h_out);
+  // gates_backward for grad_h + grad_h_add (GatesBackwardAdd of convlstm_host.h)
+  op::ConvLSTMGatesBackward::Result (*gates_backward_add)(PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS,
+                                                         const at::Tensor& grad_h_add);
   // the layer's copy between planar and interleaved frames (CopyFramesKernel of convlstm_host.h)
   op::CopyFrames::Sig* copy_frames;
 };
