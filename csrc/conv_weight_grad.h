@@ -64,4 +64,28 @@ inline PrepareConvSame*& prepare_conv_same(c10::DeviceType device) {
   return kernels[static_cast<int>(device)];
 }
 
+// conv2d_weight_grad summed over calls in float32 and rounded once: the ConvLSTM layer's weight
+// gradients over the chunks of its backward sweep, without a zeroing of the kernel's partial sums,
+// a finishing pass and an addition of the results per chunk (at 4x64x[64]@64 in bfloat16, ten of
+// each per training step), and more exact than adding rounded results. `add` adds the products of
+// one call into `sum`, the kernel's partial sums (an undefined one: allocated, by the first call);
+// it returns false, having done nothing, where the kernel does not take the tensors (the caller
+// then adds the operator's results). `finish` gives the sum as the operator gives a gradient:
+// (Co, Ci, kh, kw) in the dtype and memory format of `input`, one of the inputs summed.
+// Registered per device type (the CPU's: bfloat16 at the amx and avx512_bf16 levels,
+// cpu/dispatch.cpp); null where none is.
+using WeightGradSumAdd = bool(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
+                              int64_t kw, at::Tensor& sum);
+using WeightGradSumFinish = at::Tensor(const at::Tensor& sum, int64_t kh, int64_t kw,
+                                       const at::Tensor& input);
+struct WeightGradSum {
+  WeightGradSumAdd* add = nullptr;
+  WeightGradSumFinish* finish = nullptr;
+};
+
+inline WeightGradSum& weight_grad_sum(c10::DeviceType device) {
+  static WeightGradSum kernels[static_cast<int>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)] = {};
+  return kernels[static_cast<int>(device)];
+}
+
 }  // namespace pyframepred

@@ -2,7 +2,8 @@
 // AutocastCUDA dispatch keys (as torchvision registers its ops), so it holds for Python and
 // LibTorch callers alike:
 //   - what feeds a convolution or a gate sum -- x, the weights, h0, the gate pre-activations --
-//     runs in the autocast dtype (bfloat16 / float16);
+//     runs in the autocast dtype (bfloat16 / float16); the layer takes a float32 x as it is and
+//     casts it as it reads it;
 //   - the cell state and the per-channel parameters -- c_prev / c0, bias, peephole -- in float32.
 // The kernels take that mix directly: the gates are read in the low-precision dtype and widened in
 // registers, h comes out in the autocast dtype, c stays float32. float64 inputs are left alone (as
@@ -53,10 +54,14 @@ op::ConvLSTMGatesForward::Result convlstm_gates_forward_autocast(
 template <c10::DeviceType kDevice>
 op::ConvLSTMLayer::Result convlstm_layer_autocast(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   const AutocastCasts<kDevice> cast;
-  const at::Tensor x_low = cast.lowp(x);
+  // A float32 x goes in as it is: the layer casts it as it reads it (x_cast,
+  // convlstm_layer_impl.h), in the one pass over x it makes anyway.
+  const bool cast_in_layer = x.scalar_type() == at::kFloat && is_reduced_float(cast.low);
+  const at::Tensor x_low = cast_in_layer ? x : cast.lowp(x);
   std::optional<at::Tensor> c_init = cast.fp32(c0);
   const auto given = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
-  if (!given(c0) && !given(bias) && !given(peephole) && is_reduced_float(x_low.scalar_type()) &&
+  if (!given(c0) && !given(bias) && !given(peephole) &&
+      (cast_in_layer || is_reduced_float(x_low.scalar_type())) &&
       (x.dim() == 4 || x.dim() == 5) && weight_h.dim() == 4 && steps >= 1) {
     // Nothing else names the state's dtype: start it as float32 zeros explicitly (one zero,
     // expanded: the layer lays it out as it runs).

@@ -20,6 +20,7 @@ layer::LayerBackend device_backend(const at::Tensor& like) {
   b.gates_backward_partial = gates_backward_partial(device);
   b.gates_backward_add = gates_backward_add(device);
   b.prepare_conv = prepare_conv_same(device);
+  b.weight_grad_sum = weight_grad_sum(device);
   b.copy_frames = frames_copy_kernel(device);
   return b;
 }

@@ -67,6 +67,8 @@ struct LayerBackend {
   GatesBackwardAdd* gates_backward_add = nullptr;
   // The device's prepared convolution (PrepareConvSame); null: none.
   PrepareConvSame* prepare_conv = nullptr;
+  // The device's weight gradients summed over calls (WeightGradSum); nulls: none.
+  WeightGradSum weight_grad_sum;
   // The device's copy between planar (NCHW) and interleaved (channels_last) frames
   // (frames_copy_kernel, convlstm_host.h); null: copy_.
   op::CopyFrames::Sig* copy_frames = nullptr;
@@ -125,9 +127,9 @@ inline at::Tensor buffer(const LayerBackend& b, at::IntArrayRef sizes,
   return fresh(b, cell_buffer(sizes, opts));
 }
 
-// dst.copy_(src): through the device's frames copy where it takes these tensors (a change of
-// layout: on the CPU 2.4-7.4x faster than copy_ at the layer's sizes, cpu/frames_copy.h), else
-// copy_.
+// dst.copy_(src): through the device's frames copy where it takes these tensors (on the CPU a
+// change of layout, 2.4-7.4x faster than copy_ at the layer's sizes, or frames of one layout in
+// another order or dtype, cpu/frames_copy.h), else copy_.
 inline void copy_into(const LayerBackend& b, const at::Tensor& dst, const at::Tensor& src) {
   if (b.copy_frames == nullptr || at::areAnyTensorSubclassLike({dst, src}) ||
       !b.copy_frames(dst, src)) {
@@ -191,10 +193,19 @@ inline bool requires_grad(const std::optional<at::Tensor>& t) {
 struct LayerShape {
   int64_t T, N, Cin, C, H, W, kh, kw;
   at::ScalarType state_dtype;  // of c (and bias, peephole, c0): x's, or float32 (mixed precision)
+  at::ScalarType dtype;        // the layer runs in (the weights', h's): x's, or x's cast (x_cast)
   bool seq = false;            // x is a sequence (T, N, C_in, H, W), not time-major frames
   std::vector<int64_t> padding() const { return {kh / 2, kw / 2}; }
   std::vector<int64_t> state() const { return {N, C, H, W}; }
 };
+
+// Whether x is float32 beside float16/bfloat16 weights: the layer runs in the weights' dtype and
+// casts x as it reads it -- under autocast (convlstm_autocast.cpp) one pass over x, in the copy of
+// x into the merged schedule's frames, instead of autocast's cast and then that copy (at
+// 4x64x[64]@64, T = 10, on 2 Xeon cores: 6.2 and 4.0 ms a training step).
+inline bool x_cast(const at::Tensor& x, const at::Tensor& weight_x) {
+  return x.scalar_type() == at::kFloat && is_reduced_float(weight_x.scalar_type());
+}
 
 inline LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   constexpr const char* op = "convlstm_layer";
@@ -236,17 +247,23 @@ inline LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
               std::to_string(s.Cin), ", ", std::to_string(s.kh), ", ", std::to_string(s.kw),
               "), got ", shape_str(wx.sizes()));
   check_float_tensor(x, op, "x");
-  check_like(wx, x, op, "weight_x", "x");
-  check_like(wh, x, op, "weight_h", "x");
-  // The cell state's dtype is that of c0, bias and peephole (which must agree): x's, or float32
-  // when x is float16/bfloat16 (mixed precision, as the autocast kernel arranges); x's when none
-  // of them is given.
-  s.state_dtype = x.scalar_type();
+  // float32 x with float16/bfloat16 weights: cast to theirs as the layer reads it (x_cast).
+  if (x_cast(x, wx)) {
+    check_device(wx, x, op, "weight_x", "x");
+  } else {
+    check_like(wx, x, op, "weight_x", "x");
+  }
+  check_like(wh, wx, op, "weight_h", "weight_x");
+  s.dtype = wx.scalar_type();
+  // The cell state's dtype is that of c0, bias and peephole (which must agree): the weights', or
+  // float32 when they are float16/bfloat16 (mixed precision, as the autocast kernel arranges);
+  // the weights' when none of them is given.
+  s.state_dtype = s.dtype;
   const char* state_name = nullptr;
   for (const auto& [t, name] :
        {std::make_pair(&c0, "c0"), std::make_pair(&bias, "bias"), std::make_pair(&peephole, "peephole")}) {
     if (!defined(*t)) continue;
-    check_state_dtype(**t, x.scalar_type(), op, name, "x");
+    check_state_dtype(**t, s.dtype, op, name, "weight_x");
     if (state_name == nullptr) {
       s.state_dtype = (*t)->scalar_type();
       state_name = name;
@@ -256,7 +273,7 @@ inline LayerShape check_layer_args(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
                   "; c0, bias and peephole must have one dtype");
     }
   }
-  if (defined(h0)) check_like(*h0, x, op, "h0", "x");
+  if (defined(h0)) check_like(*h0, wx, op, "h0", "weight_x");
   if (defined(bias)) {
     check_device(*bias, x, op, "bias", "x");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == 4 * s.C, op, ": bias must have shape (4*C,) = (",
@@ -287,12 +304,12 @@ struct StepConv {
   PreparedConv prepared;
 };
 
-// `like`: a tensor of the inputs' dtype. Not prepared for fake tensors (torch.compile's tracing),
-// tensor subclasses and dispatch modes: they see the operator calls.
+// For inputs of the weight's dtype. `like`: a tensor of the call. Not prepared for fake tensors
+// (torch.compile's tracing), tensor subclasses and dispatch modes: they see the operator calls.
 inline StepConv step_conv(const LayerBackend& b, const at::Tensor& weight, const at::Tensor& like) {
   StepConv c{weight, {}};
   if (b.prepare_conv != nullptr && !at::areAnyTensorSubclassLike({weight, like})) {
-    c.prepared = b.prepare_conv(weight, like.scalar_type());
+    c.prepared = b.prepare_conv(weight, weight.scalar_type());
   }
   return c;
 }
@@ -375,6 +392,28 @@ inline void add_to(at::Tensor& sum, at::Tensor term) {
   sum = sum.defined() ? sum.add_(term) : std::move(term);
 }
 
+// A weight's gradient summed over the chunks of the backward sweep: in the device's float32
+// partial sums where it keeps them (WeightGradSum: rounded once at the end), else the operator's
+// results added.
+struct WeightGradTotal {
+  at::Tensor added, sum, input;  // input: one of the inputs summed (finish's layout and dtype)
+
+  void add(const LayerBackend& b, const at::Tensor& dg, const at::Tensor& x, const LayerShape& s) {
+    if (b.weight_grad_sum.add != nullptr && !at::areAnyTensorSubclassLike({dg, x}) &&
+        b.weight_grad_sum.add(dg, x, s.kh, s.kw, sum)) {
+      input = x;
+      return;
+    }
+    add_to(added, weight_grad(dg, x, s));
+  }
+
+  at::Tensor result(const LayerBackend& b, const LayerShape& s) const {
+    if (!sum.defined()) return added;
+    at::Tensor total = b.weight_grad_sum.finish(sum, s.kh, s.kw, input);
+    return added.defined() ? total.add_(added) : total;
+  }
+};
+
 // The batched convolutions run over chunks of steps rather than the whole sequence at once: a
 // (T*N, 4C, H, W) tensor is far above glibc's largest mmap threshold (32 MiB), so every training
 // step would fault in and zero fresh pages for it (tens of thousands of faults per step); chunks
@@ -431,7 +470,7 @@ inline at::Tensor sequence_like(const LayerBackend& b, const at::Tensor& x, cons
   const int64_t sc = cl ? 1 : s.H * s.W, sw = cl ? s.C : 1, sh = s.W * sw;
   return fresh(b, cell_buffer_strided({s.T, s.N, s.C, s.H, s.W},
                                       {bm ? frame : s.N * frame, bm ? s.T * frame : frame, sc, sh, sw},
-                                      x.options()));
+                                      x.options().dtype(s.dtype)));
 }
 
 struct Rollout {
@@ -469,7 +508,7 @@ struct Rollout {
 inline bool merged_schedule(const LayerBackend& b, const LayerShape& s, const at::Tensor& x,
                             const StepConv& conv_x, const std::optional<at::Tensor>& h0) {
   const bool own = conv_x.prepared.run != nullptr ||
-                   (b.own_convolutions && x.scalar_type() == at::kBFloat16 &&
+                   (b.own_convolutions && s.dtype == at::kBFloat16 &&
                     !at::areAnyTensorSubclassLike({x, conv_x.weight}));
   return own && (s.T > 1 || defined(h0)) &&
          !(defined(h0) && at::isTensorSubclassLike(*h0));
@@ -485,7 +524,7 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
                        bool save) {
   Rollout r;
   const auto fmt = run_format(b, x, wx);
-  const auto opts = x.options().memory_format(fmt);
+  const auto opts = x.options().dtype(s.dtype).memory_format(fmt);
   r.wx = wx.contiguous(fmt);
   r.wh = wh.contiguous(fmt);
   // c0, or zeros, in the layout the layer runs in (at::zeros would make NCHW ones, which the cell
@@ -503,6 +542,8 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
   }
   // Step t's input frames (N, C_in, H, W) as x holds them, and step t's part of the output.
   auto x_step = [&](int64_t t) { return s.seq ? x.select(0, t) : x.narrow(0, t * s.N, s.N); };
+  // x in the layer's dtype where it is to be cast (x_cast) and no copy of it casts it.
+  auto x_run = [&](const at::Tensor& t) { return t.scalar_type() == s.dtype ? t : t.to(s.dtype); };
   r.h_seq = s.seq ? sequence_like(b, x, s) : buffer(b, {s.T * s.N, s.C, s.H, s.W}, opts);
   auto h_step = [&](int64_t t) {
     return s.seq ? r.h_seq.select(0, t) : r.h_seq.narrow(0, t * s.N, s.N);
@@ -542,7 +583,7 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
         if (!save) copy_into(b, frame(t).narrow(1, 0, s.Cin), x_step(t));
         gates_in = conv(b, frame(t), conv_xh, s);
       } else {
-        gates_in = conv(b, x_step(t).contiguous(fmt), conv_x, s);
+        gates_in = conv(b, x_run(x_step(t)).contiguous(fmt), conv_x, s);
       }
       const bool last = t + 1 == s.T;
       const at::Tensor h_t = last ? buffer(b, s.state(), opts) : h_part(t + 1);
@@ -570,7 +611,7 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
     r.c_last = std::move(c);
     return r;
   }
-  r.x = s.seq ? time_major(b, x, fmt) : x.contiguous(fmt);
+  r.x = s.seq ? time_major(b, x_run(x), fmt) : x_run(x).contiguous(fmt);
   // The cell writes each step's h straight into the h frames: the output's, where it lies
   // time-major in the run layout, else frames of their own, copied into it at the end.
   if (!s.seq) {
@@ -580,7 +621,7 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
     if (!r.h_frames.defined()) r.h_frames = buffer(b, {s.T * s.N, s.C, s.H, s.W}, opts);
   }
   const StepConv conv_h = step_conv(b, r.wh, r.x);
-  const int64_t K = chunk_steps(b, s, x);
+  const int64_t K = chunk_steps(b, s, r.x);
   for (int64_t t0 = 0; t0 < s.T; t0 += K) {
     const int64_t k = std::min(K, s.T - t0);
     const at::Tensor x_gates = conv(b, r.x.narrow(0, t0 * s.N, k * s.N), conv_x, s);
@@ -623,8 +664,9 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     const LayerShape s = check_layer_args(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
     at::AutoDispatchBelowADInplaceOrView guard;  // the schedule below is not itself recorded
     Rollout r = rollout(Resolve(x), x, s, weight_x, weight_h, bias, peephole, h0, c0, /*save=*/true);
-    ctx->saved_data["shape"] = c10::List<int64_t>({s.T, s.N, s.Cin, s.C, s.H, s.W, s.kh, s.kw,
-                                                   static_cast<int64_t>(s.state_dtype), s.seq});
+    ctx->saved_data["shape"] = c10::List<int64_t>(
+        {s.T, s.N, s.Cin, s.C, s.H, s.W, s.kh, s.kw, static_cast<int64_t>(s.state_dtype),
+         static_cast<int64_t>(s.dtype), s.seq, static_cast<int64_t>(x.scalar_type())});
     ctx->saved_data["needs"] = c10::List<bool>(
         {x.requires_grad(), weight_x.requires_grad(), weight_h.requires_grad(), requires_grad(bias),
          requires_grad(peephole), requires_grad(h0), requires_grad(c0)});
@@ -643,7 +685,9 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto dims = ctx->saved_data["shape"].toIntList();
     LayerShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7],
-                 static_cast<at::ScalarType>(dims[8]), dims[9] != 0};
+                 static_cast<at::ScalarType>(dims[8]), static_cast<at::ScalarType>(dims[9]),
+                 dims[10] != 0};
+    const auto x_dtype = static_cast<at::ScalarType>(dims[11]);
     const auto needs = ctx->saved_data["needs"].toBoolList();
     const bool need_x = needs[0], need_wx = needs[1], need_wh = needs[2], need_b = needs[3],
                need_p = needs[4], need_h0 = needs[5], need_c0 = needs[6];
@@ -701,7 +745,8 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
     // weight gradients (and the input's) in batched calls over the chunk's steps. Only one
     // chunk's gate gradients are alive at a time, so every chunk reuses the previous one's memory
     // instead of the sweep faulting in a sequence's worth of fresh pages.
-    at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh, gw;
+    at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh;
+    WeightGradTotal sum_wx, sum_wh, sum_w;
     // dh_next already holds the sequence's gradient of its step's frame (summed into it by the
     // hidden convolution's data gradient, in the same pass over its output).
     bool dh_next_has_seq = false;
@@ -808,18 +853,17 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       if (joined) {
         // Both weights' gradients at once, from the frames (x_t, h_{t-1}) the merged schedule
         // convolved (h_{-1}: h0, or zeros, which add nothing).
-        add_to(gw, weight_grad(dg, xh.narrow(0, t0 * s.N, k * s.N), s));
+        sum_w.add(b, dg, xh.narrow(0, t0 * s.N, k * s.N), s);
         continue;
       }
-      if (need_wx) add_to(gwx, weight_grad(dg, x_chunk, s));
+      if (need_wx) sum_wx.add(b, dg, x_chunk, s);
       if (need_wh) {
         const int64_t first = t0 == 0 ? 1 : t0;
         if (first < t0 + k) {
           const int64_t n = t0 + k - first;
-          add_to(gwh, weight_grad(dg.narrow(0, (first - t0) * s.N, n * s.N),
-                                  h_before(first, n), s));
+          sum_wh.add(b, dg.narrow(0, (first - t0) * s.N, n * s.N), h_before(first, n), s);
         }
-        if (t0 == 0 && h0.defined()) add_to(gwh, weight_grad(d_gates[0], h0, s));
+        if (t0 == 0 && h0.defined()) sum_wh.add(b, d_gates[0], h0, s);
       }
     }
     if (!d_param_partials.empty()) {
@@ -831,10 +875,17 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       std::reverse(gx_chunks.begin(), gx_chunks.end());
       gx = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
     }
-    if (need_x) out[0] = s.seq ? gx.unflatten(0, {s.T, s.N}) : gx;
+    if (need_x) {
+      if (gx.scalar_type() != x_dtype) gx = gx.to(x_dtype);  // x was cast (x_cast)
+      out[0] = s.seq ? gx.unflatten(0, {s.T, s.N}) : gx;
+    }
     if (joined) {
+      const at::Tensor gw = sum_w.result(b, s);
       gwx = gw.narrow(1, 0, s.Cin).contiguous(wx.suggest_memory_format());
       gwh = gw.narrow(1, s.Cin, s.C).contiguous(wh.suggest_memory_format());
+    } else {
+      gwx = sum_wx.result(b, s);
+      gwh = sum_wh.result(b, s);
     }
     if (need_wx) out[2] = gwx;
     if (need_wh) out[3] = gwh.defined() ? gwh : at::zeros_like(wh);

@@ -106,11 +106,12 @@ def test_opcheck_mixed(dtype):
         test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
     )
     x, wx, wh = _layer_inputs(dtype, N=1, T=2, Cin=2, C=3, H=4, W=4)
-    torch.library.opcheck(
-        torch.ops.pyframepred.convlstm_layer.default,
-        (x, 2, wx, wh, b, pw, None, None),
-        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
-    )
+    for x_in in (x, x.detach().float().requires_grad_(True)):  # float32 x: cast as it is read
+        torch.library.opcheck(
+            torch.ops.pyframepred.convlstm_layer.default,
+            (x_in, 2, wx, wh, b, pw, None, None),
+            test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+        )
 
 
 def _layer_inputs(dtype, N=2, T=4, Cin=3, C=6, H=6, W=7, seed=1):
@@ -181,6 +182,94 @@ def test_layer_bf16_gradient_in_either_layout(seq_layout):
     for got, want in pairs:
         for a, e in zip(got, want):
             torch.testing.assert_close(a, e, atol=0, rtol=0)
+
+
+SEQ_FORMS = {
+    "frames": lambda x, N, T: x,
+    "bf-nchw": lambda x, N, T: x.unflatten(0, (N, T)).transpose(0, 1),
+    "bf-cl": lambda x, N, T: x.contiguous(memory_format=torch.channels_last).unflatten(0, (N, T)).transpose(0, 1),
+}
+
+
+@pytest.mark.cpu_isa
+@pytest.mark.parametrize("dtype", LOW, ids=LOW_ID.get)
+@pytest.mark.parametrize("form", list(SEQ_FORMS))
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "h0"])
+@pytest.mark.parametrize("C", [6, 16])
+def test_layer_float32_x_cast_as_read(dtype, form, with_h0, C):
+    """float32 x beside low-precision weights (what the autocast kernel passes): the layer casts x
+    as it reads it (into the merged schedule's frames where that runs: 16 + 16 channels in bf16),
+    with exactly the results of x cast beforehand, and x's gradient comes back float32."""
+    N, T, Cin, H, W = 2, 3, 16, 5, 6
+    g = torch.Generator().manual_seed(4)
+    x32 = torch.randn(N * T, Cin, H, W, generator=g) * 3
+    wx = (torch.randn(4 * C, Cin, 3, 3, generator=g) * 0.2).to(dtype)
+    wh = (torch.randn(4 * C, C, 3, 3, generator=g) * 0.2).to(dtype)
+    b = torch.randn(4 * C, generator=g) * 0.3
+    h0 = torch.randn(N, C, H, W, generator=g).to(dtype) if with_h0 else None
+    c0 = torch.randn(N, C, H, W, generator=g) if with_h0 else None
+    gv = torch.randn(T, N, C, H, W, generator=g).to(dtype)
+
+    def run(x):
+        leaves = [t.detach().requires_grad_(True) for t in (SEQ_FORMS[form](x, N, T), wx, wh, b)]
+        state = (h0, c0) if with_h0 else None
+        h_seq, (h, c) = ops.convlstm_layer(leaves[0], T, *leaves[1:], None, state)
+        seq_grad = gv if h_seq.dim() == 5 else gv.flatten(0, 1)
+        torch.autograd.backward([h_seq, c], [seq_grad, torch.ones_like(c)])
+        return (h_seq, h, c), [t.grad for t in leaves]
+
+    (out32, grads32), (out_low, grads_low) = run(x32), run(x32.to(dtype))
+    for a, e in zip(out32, out_low):
+        assert a.dtype == e.dtype
+        torch.testing.assert_close(a, e, atol=0, rtol=0)
+    assert grads32[0].dtype == torch.float32
+    torch.testing.assert_close(grads32[0], grads_low[0].float(), atol=0, rtol=0)
+    for a, e in zip(grads32[1:], grads_low[1:]):
+        torch.testing.assert_close(a, e, atol=0, rtol=0)
+
+
+@pytest.mark.cpu_isa
+def test_layer_bf16_weight_gradients_over_chunks():
+    """bf16 steps of 2 MiB of gates each run as chunks of their own in backward, whose weight
+    gradients are summed (in float32 partial sums at the amx and avx512_bf16 levels, rounded
+    once): every chunk's share counts, the result within bf16 accuracy of float64."""
+    N, T, Cin, C, H, W = 4, 3, 16, 16, 64, 64
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(T * N, Cin, H, W, generator=g).bfloat16()
+    wx = (torch.randn(4 * C, Cin, 3, 3, generator=g) * 0.1).bfloat16()
+    wh = (torch.randn(4 * C, C, 3, 3, generator=g) * 0.1).bfloat16()
+    b = torch.randn(4 * C, generator=g) * 0.3
+    gv = torch.randn(T * N, C, H, W, generator=g)
+
+    def grads(dtype, fused):
+        leaves = [t.detach().to(dtype).requires_grad_(True) for t in (wx, wh)]
+        xs = x.to(dtype)
+        if fused:
+            h_seq, _ = ops.convlstm_layer(xs, T, *leaves, b, None)
+        else:
+            h, c, hs = None, torch.zeros(N, C, H, W, dtype=torch.float64), []
+            for t in range(T):
+                z = torch.nn.functional.conv2d(xs[t * N : (t + 1) * N], leaves[0], padding=1)
+                if h is not None:
+                    z = z + torch.nn.functional.conv2d(h, leaves[1], padding=1)
+                h, c = reference.convlstm_gates(z, None, c, b.double(), None)
+                hs.append(h)
+            h_seq = torch.cat(hs)
+        h_seq.backward(gv.to(h_seq.dtype))
+        return [t.grad.double() for t in leaves]
+
+    for got, want in zip(grads(torch.bfloat16, True), grads(torch.float64, False)):
+        rel = (got - want).norm() / want.norm()
+        assert rel < 2e-2, rel
+
+
+def test_layer_x_dtype_errors():
+    wx = torch.randn(8, 3, 3, 3).bfloat16()
+    wh = torch.randn(8, 2, 3, 3).bfloat16()
+    with pytest.raises(RuntimeError, match="weight_x"):
+        ops.convlstm_layer(torch.randn(4, 3, 5, 5).double(), 2, wx, wh)  # only float32 x is cast
+    with pytest.raises(RuntimeError, match="weight_x"):
+        ops.convlstm_layer(torch.randn(4, 3, 5, 5).bfloat16(), 2, wx.float(), wh.float())
 
 
 def test_autocast_registration_cell():

@@ -373,10 +373,10 @@ struct Slab {
 // Bytes of a thread's slab of padded input (all kw copies): its output rows are as many as fit.
 constexpr int64_t kSlabBytes = 512 << 10;
 
-// The weight gradient for bfloat16 g and input with Ci and Co multiples of 16; (Co, Ci, kh, kw)
-// in the input's memory format and dtype, as the other paths.
-at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
-                            int64_t kw) {
+// The weight gradient for bfloat16 g and input with Ci and Co multiples of 16, added into the
+// float32 partial sums `acc` (shares, kh * kw * Ci, Co), one share per thread at most.
+void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
+                           int64_t kw, const at::Tensor& acc) {
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Co = grad_out.size(1);
   const int64_t chunks = (W + kChunk - 1) / kChunk, Lp = chunks * kChunk;
@@ -393,8 +393,7 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
   const int64_t columns = kh * kw * Ci, groups = Ci / 16, combos = kh * kw * groups;
   const int64_t nN = Co / 16;
   const int64_t rows = B * H;
-  const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
-  at::Tensor acc = at::zeros({shares, columns, Co}, input.options().dtype(at::kFloat));
+  const int64_t shares = acc.size(0);
   const bf16* gd = reinterpret_cast<const bf16*>(g.const_data_ptr<at::BFloat16>());
   float* accd = acc.data_ptr<float>();
   const int64_t rows_per_block = std::max<int64_t>(1, kBlockPositions / (chunks * kChunk));
@@ -448,7 +447,6 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
     }
     _tile_release();
   });
-  return finish(accd, shares, Co, kh, kw, Ci, input);
 }
 
 }  // namespace amx
@@ -563,10 +561,10 @@ void tile_columns(int columns, const uint32_t* xk, int64_t x_row, const bf16* gp
 // Positions per block (its packed g: 32 KiB at Co = 128).
 constexpr int64_t kBlockPositions = 128;
 
-// The weight gradient for bfloat16 g and input with Co a multiple of 16; (Co, Ci, kh, kw) in the
-// input's memory format and dtype, as the other paths.
-at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
-                            int64_t kw) {
+// The weight gradient for bfloat16 g and input with Co a multiple of 16, added into the float32
+// partial sums `acc` (shares, kh * kw * Ci, Co), one share per thread at most.
+void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
+                           int64_t kw, const at::Tensor& acc) {
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Co = grad_out.size(1), nN = Co / 16;
   const int64_t rows = B * H, pw = kw / 2;
@@ -579,8 +577,7 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
   pack_x(reinterpret_cast<const bf16*>(xn.const_data_ptr<at::BFloat16>()), rows, W, Ci, pw, Up, xpk);
   const bf16* gd = reinterpret_cast<const bf16*>(g.const_data_ptr<at::BFloat16>());
   const int64_t columns = kh * kw * Ci;
-  const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
-  at::Tensor acc = at::zeros({shares, columns, Co}, input.options().dtype(at::kFloat));
+  const int64_t shares = acc.size(0);
   float* accd = acc.data_ptr<float>();
   const int64_t rows_per_block = std::max<int64_t>(1, kBlockPositions / (chunks * kChunk));
   const int64_t x_row = Up * Ci;
@@ -621,25 +618,75 @@ at::Tensor weight_grad_bf16(const at::Tensor& grad_out, const at::Tensor& input,
       }
     }
   });
-  return finish(accd, shares, Co, kh, kw, Ci, input);
 }
 
 }  // namespace dot
 #endif  // AVX512-BF16
+
+// Whether a bfloat16 kernel of this level (the tile unit's, else VDPBF16PS') takes the input.
+bool bf16_kernel(const at::Tensor& input, int64_t Co) {
+  const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
+  if (input.scalar_type() != at::kBFloat16 || Co % 16 != 0 || B * H * W == 0 || Ci == 0) return false;
+#ifdef PYFRAMEPRED_AMX_KERNEL
+  if (Ci % 16 == 0) return true;
+#endif
+#ifdef PYFRAMEPRED_DOT_BF16_KERNEL
+  return true;
+#else
+  return false;
+#endif
+}
+
+// WeightGradSum (conv_weight_grad.h): the bfloat16 kernels' products added into float32 partial
+// sums that the first call allocates, one rounding in finish.
+bool weight_grad_sum_add(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
+                         int64_t kw, at::Tensor& sum) {
+#if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
+  check_conv2d_weight_grad_args(grad_out, input, kh, kw);
+  const int64_t Co = grad_out.size(1), columns = kh * kw * input.size(1);
+  if (!bf16_kernel(input, Co)) return false;
+  if (!sum.defined()) {
+    const int64_t rows = input.size(0) * input.size(2);
+    const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+    sum = scratch_zeros({shares, columns, Co}, input.options().dtype(at::kFloat));
+  }
+  TORCH_CHECK(sum.dim() == 3 && sum.size(1) == columns && sum.size(2) == Co &&
+                  sum.scalar_type() == at::kFloat && sum.is_contiguous(),
+              "conv2d_weight_grad: partial sums of another weight's shape");
+#ifdef PYFRAMEPRED_AMX_KERNEL
+  if (input.size(1) % 16 == 0) {
+    amx::weight_grad_bf16_into(grad_out, input, kh, kw, sum);
+    return true;
+  }
+#endif
+#ifdef PYFRAMEPRED_DOT_BF16_KERNEL
+  dot::weight_grad_bf16_into(grad_out, input, kh, kw, sum);
+  return true;
+#endif
+#endif
+  return false;
+}
+
+at::Tensor weight_grad_sum_finish(const at::Tensor& sum, int64_t kh, int64_t kw,
+                                  const at::Tensor& input) {
+#if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
+  return bf16_pairs::finish(sum.const_data_ptr<float>(), sum.size(0), sum.size(2), kh, kw,
+                            input.size(1), input);
+#else
+  TORCH_CHECK(false, "conv2d_weight_grad: no partial sums at this ISA level");
+#endif
+}
 
 // The direct kernels: any kernel size (conv2d_weight_grad_cpu below takes 3x3 to the Winograd
 // domain where the channels allow).
 at::Tensor weight_grad_direct(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Co = grad_out.size(1);
-#ifdef PYFRAMEPRED_AMX_KERNEL
-  if (input.scalar_type() == at::kBFloat16 && Ci % 16 == 0 && Co % 16 == 0 && B * H * W > 0) {
-    return amx::weight_grad_bf16(grad_out, input, kh, kw);
-  }
-#endif
-#ifdef PYFRAMEPRED_DOT_BF16_KERNEL
-  if (input.scalar_type() == at::kBFloat16 && Co % 16 == 0 && B * H * W > 0 && Ci > 0) {
-    return dot::weight_grad_bf16(grad_out, input, kh, kw);
+#if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
+  if (bf16_kernel(input, Co)) {
+    at::Tensor sum;
+    weight_grad_sum_add(grad_out, input, kh, kw, sum);
+    return weight_grad_sum_finish(sum, kh, kw, input);
   }
 #endif
   if (input.scalar_type() != at::kFloat || Co % kVL != 0 || B * H * W == 0 || Ci == 0) {
@@ -1455,7 +1502,8 @@ PreparedConv same_prepare(const at::Tensor& weight, at::ScalarType dtype) {
 }  // namespace
 
 // This level's kernels, registered by cpu/dispatch.cpp.
-const ConvKernels conv_kernels{&conv2d_weight_grad_cpu, &conv2d_same_cpu, &same_prepare};
+const ConvKernels conv_kernels{&conv2d_weight_grad_cpu, &conv2d_same_cpu, &same_prepare,
+                               &weight_grad_sum_add, &weight_grad_sum_finish};
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu

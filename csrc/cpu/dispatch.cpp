@@ -339,6 +339,16 @@ const bool kCpuGatesForwardInto = [] {
   return true;
 }();
 
+// The layer's weight gradients summed over its chunks (WeightGradSum, conv_weight_grad.h).
+const bool kCpuWeightGradSum = [] {
+  weight_grad_sum(c10::DeviceType::CPU) = {
+      &cpu::Forward<WeightGradSumAdd>::call<&cpu::LevelTables::conv,
+                                            &cpu::ConvKernels::weight_grad_sum_add>,
+      &cpu::Forward<WeightGradSumFinish>::call<&cpu::LevelTables::conv,
+                                               &cpu::ConvKernels::weight_grad_sum_finish>};
+  return true;
+}();
+
 // The layer's cell backward for a sum of two gradients of h (GatesBackwardAdd, convlstm_host.h).
 const bool kCpuGatesBackwardAdd = [] {
   gates_backward_add(c10::DeviceType::CPU) =

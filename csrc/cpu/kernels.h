@@ -35,6 +35,9 @@ struct ConvKernels {
   op::Conv2dSame::Sig* same;
   // conv2d_same's weight prepared for many calls (PrepareConvSame of conv_weight_grad.h)
   PrepareConvSame* same_prepare;
+  // weight gradients summed over calls (WeightGradSum of conv_weight_grad.h)
+  WeightGradSumAdd* weight_grad_sum_add;
+  WeightGradSumFinish* weight_grad_sum_finish;
 };
 
 struct GdlKernels {

@@ -48,8 +48,10 @@ def convlstm_layer(
 
     Mixed precision: ``x``, the weights and ``h0`` share one dtype; with float16/bfloat16 ones,
     ``c0``, ``bias`` and ``peephole`` may be float32 -- the convolutions then run in the low
-    dtype, h comes out in it and c stays float32. Under ``torch.autocast`` the op casts to exactly
-    that itself (one autocast policy, registered in C++).
+    dtype, h comes out in it and c stays float32 -- and ``x`` may be float32: the op casts it as
+    it reads it (x's gradient comes back float32). Under ``torch.autocast`` the op casts to
+    exactly that itself (one autocast policy, registered in C++), leaving a float32 ``x`` to that
+    cast.
     """
     h0, c0 = (None, None) if state is None else state
     h_seq, h, c = torch.ops.pyframepred.convlstm_layer(x, steps, weight_x, weight_h, bias, peephole, h0, c0)
@@ -101,13 +103,13 @@ def _seq_frames_channels_last(x: Tensor) -> bool:
     return x.shape[2] > 1 and x.stride(2) == 1
 
 
-def _sequence_like(x: Tensor, C) -> Tensor:
+def _sequence_like(x: Tensor, C, dtype: torch.dtype) -> Tensor:
     T, N, _, H, W = x.shape
     frame = C * H * W
     sc, sw = (1, C) if _seq_frames_channels_last(x) else (H * W, 1)
     bm = _seq_batch_major(x)
     strides = (frame if bm else N * frame, T * frame if bm else frame, sc, W * sw, sw)
-    return x.new_empty_strided((T, N, C, H, W), strides)
+    return x.new_empty_strided((T, N, C, H, W), strides, dtype=dtype)
 
 
 @torch.library.register_fake("pyframepred::convlstm_layer")
@@ -126,10 +128,11 @@ def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
     cl = (x.device.type == "cpu" or x_cl or _channels_last(weight_x)) and cin > 0
     fmt = torch.channels_last if cl else torch.contiguous_format
     opts = dict(device=x.device, memory_format=fmt)
-    state = next((t.dtype for t in (c0, bias, peephole) if t is not None), x.dtype)
-    h_seq = _sequence_like(x, C) if seq else torch.empty((x.shape[0], C, H, W), dtype=x.dtype, **opts)
+    dtype = weight_x.dtype  # x's, or x cast to it (float32 x, float16/bfloat16 weights)
+    state = next((t.dtype for t in (c0, bias, peephole) if t is not None), dtype)
+    h_seq = _sequence_like(x, C, dtype) if seq else torch.empty((x.shape[0], C, H, W), dtype=dtype, **opts)
     return (
         h_seq,
-        torch.empty((N, C, H, W), dtype=x.dtype, **opts),
+        torch.empty((N, C, H, W), dtype=dtype, **opts),
         torch.empty((N, C, H, W), dtype=state, **opts),
     )
