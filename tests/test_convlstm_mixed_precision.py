@@ -187,7 +187,9 @@ def test_layer_bf16_gradient_in_either_layout(seq_layout):
 SEQ_FORMS = {
     "frames": lambda x, N, T: x,
     "bf-nchw": lambda x, N, T: x.unflatten(0, (N, T)).transpose(0, 1),
-    "bf-cl": lambda x, N, T: x.contiguous(memory_format=torch.channels_last).unflatten(0, (N, T)).transpose(0, 1),
+    "bf-cl": lambda x, N, T: (
+        x.contiguous(memory_format=torch.channels_last).unflatten(0, (N, T)).transpose(0, 1)
+    ),
 }
 
 
