@@ -183,6 +183,13 @@ inline op::ConvLSTMGatesBackward::Result gates_backward(const LayerBackend& b, b
                                             peephole, param_grads);
 }
 
+// The cell's backward for grad_h + grad_h_add (GatesBackwardAdd); in profiles as the operator.
+inline op::ConvLSTMGatesBackward::Result gates_backward_add(
+    const LayerBackend& b, PYFRAMEPRED_CONVLSTM_GATES_BACKWARD_PARAMS, const at::Tensor& grad_h_add) {
+  RECORD_FUNCTION("pyframepred::convlstm_gates_backward", std::vector<c10::IValue>());
+  return b.gates_backward_add(grad_h, grad_c, gates, c_prev, peephole, param_grads, grad_h_add);
+}
+
 inline bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 inline bool requires_grad(const std::optional<at::Tensor>& t) {
@@ -399,10 +406,13 @@ struct WeightGradTotal {
   at::Tensor added, sum, input;  // input: one of the inputs summed (finish's layout and dtype)
 
   void add(const LayerBackend& b, const at::Tensor& dg, const at::Tensor& x, const LayerShape& s) {
-    if (b.weight_grad_sum.add != nullptr && !at::areAnyTensorSubclassLike({dg, x}) &&
-        b.weight_grad_sum.add(dg, x, s.kh, s.kw, sum)) {
-      input = x;
-      return;
+    if (b.weight_grad_sum.add != nullptr && !at::areAnyTensorSubclassLike({dg, x})) {
+      // In profiles, as the operator it stands for.
+      RECORD_FUNCTION("pyframepred::conv2d_weight_grad", std::vector<c10::IValue>());
+      if (b.weight_grad_sum.add(dg, x, s.kh, s.kw, sum)) {
+        input = x;
+        return;
+      }
     }
     add_to(added, weight_grad(dg, x, s));
   }
@@ -814,7 +824,7 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
         if (!dc.defined()) dc = zero_state(c_prev(t));
         auto [dg, dc_prev, dp] =
             dh_add.defined()
-                ? b.gates_backward_add(dh, dc, gates(t), c_prev(t), peephole, param_grads, dh_add)
+                ? gates_backward_add(b, dh, dc, gates(t), c_prev(t), peephole, param_grads, dh_add)
                 : gates_backward(b, partial_sums, dh, dc, gates(t), c_prev(t), peephole,
                                  param_grads);
         if (param_grads && partial_sums) {
