@@ -72,8 +72,8 @@ inline PrepareConvSame*& prepare_conv_same(c10::DeviceType device) {
 // it returns false, having done nothing, where the kernel does not take the tensors (the caller
 // then adds the operator's results). `finish` gives the sum as the operator gives a gradient:
 // (Co, Ci, kh, kw) in the dtype and memory format of `input`, one of the inputs summed.
-// Registered per device type (the CPU's: bfloat16 at the amx and avx512_bf16 levels,
-// cpu/dispatch.cpp); null where none is.
+// Registered per device type (the CPU's: bfloat16 at the amx level, and at avx512_bf16 where
+// the operator runs no Winograd kernel for the shape, cpu/dispatch.cpp); null where none is.
 using WeightGradSumAdd = bool(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
                               int64_t kw, at::Tensor& sum);
 using WeightGradSumFinish = at::Tensor(const at::Tensor& sum, int64_t kh, int64_t kw,

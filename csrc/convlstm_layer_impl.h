@@ -406,10 +406,16 @@ struct WeightGradTotal {
   at::Tensor added, sum, input;  // input: one of the inputs summed (finish's layout and dtype)
 
   void add(const LayerBackend& b, const at::Tensor& dg, const at::Tensor& x, const LayerShape& s) {
-    if (b.weight_grad_sum.add != nullptr && !at::areAnyTensorSubclassLike({dg, x})) {
-      // In profiles, as the operator it stands for.
-      RECORD_FUNCTION("pyframepred::conv2d_weight_grad", std::vector<c10::IValue>());
-      if (b.weight_grad_sum.add(dg, x, s.kh, s.kw, sum)) {
+    // The kernels that keep sums are bfloat16 ones: others go to the operator straight away (in
+    // profiles, then, one event per call).
+    if (b.weight_grad_sum.add != nullptr && dg.scalar_type() == at::kBFloat16 &&
+        !at::areAnyTensorSubclassLike({dg, x})) {
+      bool taken = false;
+      {
+        RECORD_FUNCTION("pyframepred::conv2d_weight_grad", std::vector<c10::IValue>());
+        taken = b.weight_grad_sum.add(dg, x, s.kh, s.kw, sum);
+      }
+      if (taken) {
         input = x;
         return;
       }

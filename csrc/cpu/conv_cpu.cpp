@@ -645,6 +645,11 @@ bool weight_grad_sum_add(const at::Tensor& grad_out, const at::Tensor& input, in
   check_conv2d_weight_grad_args(grad_out, input, kh, kw);
   const int64_t Co = grad_out.size(1), columns = kh * kw * input.size(1);
   if (!bf16_kernel(input, Co)) return false;
+#if !defined(PYFRAMEPRED_AMX_KERNEL)
+  // Where the operator runs a 3x3 gradient as Winograd (conv2d_weight_grad_cpu), that is faster
+  // than summing the direct kernel's products: the caller adds the operator's results.
+  if (kh == 3 && kw == 3 && input.size(1) % kVL == 0 && Co % kVL == 0) return false;
+#endif
   if (!sum.defined()) {
     const int64_t rows = input.size(0) * input.size(2);
     const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
