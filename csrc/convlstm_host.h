@@ -213,7 +213,7 @@ inline GatesBackwardAdd*& gates_backward_add(c10::DeviceType device) {
   return kernels[static_cast<int>(device)];
 }
 
-// The ConvLSTM layer's copies of frames, between layouts or dtypes (the operator _copy_frames,
+// The ConvLSTM layer's copy between planar and interleaved frames (the operator _copy_frames,
 // op_signatures.h): registered for the CPU (cpu/dispatch.cpp, at the ISA level in use); null
 // elsewhere, where the layer copies with copy_.
 inline op::CopyFrames::Sig*& frames_copy_kernel(c10::DeviceType device) {

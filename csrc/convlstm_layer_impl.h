@@ -127,9 +127,9 @@ inline at::Tensor buffer(const LayerBackend& b, at::IntArrayRef sizes,
   return fresh(b, cell_buffer(sizes, opts));
 }
 
-// dst.copy_(src): through the device's frames copy where it takes these tensors (on the CPU a
-// change of layout, 2.4-7.4x faster than copy_ at the layer's sizes, or frames of one layout in
-// another order or dtype, cpu/frames_copy.h), else copy_.
+// dst.copy_(src): through the device's frames copy where it takes these tensors (a change of
+// layout: on the CPU 2.4-7.4x faster than copy_ at the layer's sizes, cpu/frames_copy.h), else
+// copy_ (which also casts, in the same pass, where the dtypes differ: x_cast).
 inline void copy_into(const LayerBackend& b, const at::Tensor& dst, const at::Tensor& src) {
   if (b.copy_frames == nullptr || at::areAnyTensorSubclassLike({dst, src}) ||
       !b.copy_frames(dst, src)) {

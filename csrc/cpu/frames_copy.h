@@ -13,7 +13,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #include <immintrin.h>
@@ -22,7 +21,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
-#include <type_traits>
 #include <utility>
 
 namespace pyframepred {
@@ -203,69 +201,18 @@ inline bool shares_memory(const at::Tensor& a, const at::Tensor& b) {
   return a0 < b1 && b0 < a1;
 }
 
-// Frames of one layout on both sides, e.g. the ConvLSTM layer's input copied into its merged
-// frames (x_t, h_{t-1}) -- time-major there, batch-major in a batch-first input, a channel slice
-// of wider frames -- and cast on the way where the dtypes differ (a float32 input of a bfloat16
-// layer under autocast): each frame's rows of contiguous elements (a pixel's channels, or a
-// channel's pixels) converted by ATen's vectorised convert. On 2 Xeon cores a (10, 4, 64, 64, 64)
-// bfloat16 sequence into the frames took 4.0 ms by copy_; autocast's float32 -> bfloat16 cast of
-// it before, 6.2 ms.
-template <typename D, typename S>
-void copy_rows(D* d0, const FrameStrides& fd, const S* s0, const FrameStrides& fs, bool interleaved) {
-  const int64_t rows = interleaved ? fd.P : fd.C, len = interleaved ? fd.C : fd.P;
-  const int64_t d_row = interleaved ? fd.sp : fd.sc, s_row = interleaved ? fs.sp : fs.sc;
-  const int64_t grain = std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(len * sizeof(S), 1));
-  at::parallel_for(0, fd.A * fd.B * rows, grain, [&](int64_t first, int64_t last) {
-    for (int64_t r = first; r < last; ++r) {
-      const int64_t frame = r / rows, row = r % rows, a = frame / fd.B, b = frame % fd.B;
-      at::vec::convert(s0 + a * fs.sa + b * fs.sb + row * s_row,
-                       d0 + a * fd.sa + b * fd.sb + row * d_row, len);
-    }
-  });
-}
-
-// f(T*) with the C++ type T of a float32, bfloat16 or float16 tensor (copy_frames checks).
-template <typename F>
-void with_frame_type(at::ScalarType type, F&& f) {
-  if (type == at::kFloat) {
-    f(static_cast<float*>(nullptr));
-  } else if (type == at::kBFloat16) {
-    f(static_cast<at::BFloat16*>(nullptr));
-  } else {
-    f(static_cast<at::Half*>(nullptr));
-  }
-}
-
-// dst.copy_(src) for CPU tensors of the same sizes, dst not overlapping itself or src, whose
-// frames are either planar (pixel stride 1) on one side and interleaved (channel stride 1) on the
-// other, both of one dtype of 4 or 2 bytes (a transpose, below), or of one layout on both sides,
-// float32, bfloat16 or float16 each (copy_rows). Returns false, having written nothing, for any
-// other case.
+// dst.copy_(src) where one side's frames are planar (pixel stride 1) and the other's interleaved
+// (channel stride 1), both CPU tensors of one dtype of 4 or 2 bytes, the same sizes, dst not
+// overlapping itself or src. Returns false, having written nothing, for any other case.
 inline bool copy_frames(const at::Tensor& dst, const at::Tensor& src) {
-  const auto type = dst.scalar_type();
-  const auto element = [](at::ScalarType t) {
-    return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
-  };
-  if (!dst.device().is_cpu() || !src.device().is_cpu() || !dst.sizes().equals(src.sizes()) ||
-      dst.numel() == 0 || !element(type) || !element(src.scalar_type())) {
+  if (!dst.device().is_cpu() || !src.device().is_cpu() || dst.scalar_type() != src.scalar_type() ||
+      !dst.sizes().equals(src.sizes()) || dst.numel() == 0) {
     return false;
   }
+  const auto type = dst.scalar_type();
+  if (type != at::kFloat && type != at::kBFloat16 && type != at::kHalf) return false;
   const auto fd = frame_strides(dst), fs = frame_strides(src);
   if (!fd || !fs || fd->C < 2 || fd->P < 2) return false;
-  const bool interleaved = fs->sc == 1 && fd->sc == 1, planar = fs->sp == 1 && fd->sp == 1;
-  if (interleaved || planar) {
-    if (!non_overlapping(dst) || shares_memory(dst, src)) return false;
-    with_frame_type(type, [&](auto* d_tag) {
-      using D = std::remove_pointer_t<decltype(d_tag)>;
-      D* d0 = static_cast<D*>(dst.data_ptr());
-      with_frame_type(src.scalar_type(), [&](auto* s_tag) {
-        using S = std::remove_pointer_t<decltype(s_tag)>;
-        copy_rows(d0, *fd, static_cast<const S*>(src.const_data_ptr()), *fs, interleaved);
-      });
-    });
-    return true;
-  }
-  if (type != src.scalar_type()) return false;
   const bool to_interleaved = fs->sp == 1 && fd->sc == 1;
   const bool to_planar = fs->sc == 1 && fd->sp == 1;
   if (!(to_interleaved || to_planar)) return false;

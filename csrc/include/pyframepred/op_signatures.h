@@ -189,11 +189,10 @@ struct SetCpuIsa {
   using Sig = Result(c10::string_view level);
 };
 
-// The ConvLSTM layer's copies of frames (csrc/cpu/frames_copy.h): dst.copy_(src) for 4-d or 5-d
-// CPU tensors of float32, bfloat16 or float16 where one side's frames are planar (NCHW) and the
-// other's interleaved (channels_last), of one dtype, or both sides' frames have one layout (cast
-// where the dtypes differ); returns false, dst untouched, for anything else. For tests; the layer
-// calls the kernel directly.
+// The ConvLSTM layer's copy between planar (NCHW) and interleaved (channels_last) frames
+// (csrc/cpu/frames_copy.h): dst.copy_(src) for 4-d or 5-d CPU tensors of one dtype (float32,
+// bfloat16, float16) where one side's frames are planar and the other's interleaved; returns
+// false, dst untouched, for anything else. For tests; the layer calls the kernel directly.
 struct CopyFrames {
   static constexpr const char* kName = "_copy_frames";
   static constexpr const char* kArgs = "(Tensor(a!) dst, Tensor src)";
