@@ -637,19 +637,12 @@ bool bf16_kernel(const at::Tensor& input, int64_t Co) {
 #endif
 }
 
-// WeightGradSum (conv_weight_grad.h): the bfloat16 kernels' products added into float32 partial
-// sums that the first call allocates, one rounding in finish.
-bool weight_grad_sum_add(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
-                         int64_t kw, at::Tensor& sum) {
 #if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
-  check_conv2d_weight_grad_args(grad_out, input, kh, kw);
+// The products of the bfloat16 kernel that takes the input (bf16_kernel) added into float32
+// partial sums (shares, kh * kw * Ci, Co), allocated zeroed where `sum` is undefined.
+void weight_grad_bf16_sum(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
+                          int64_t kw, at::Tensor& sum) {
   const int64_t Co = grad_out.size(1), columns = kh * kw * input.size(1);
-  if (!bf16_kernel(input, Co)) return false;
-#if !defined(PYFRAMEPRED_AMX_KERNEL)
-  // Where the operator runs a 3x3 gradient as Winograd (conv2d_weight_grad_cpu), that is faster
-  // than summing the direct kernel's products: the caller adds the operator's results.
-  if (kh == 3 && kw == 3 && input.size(1) % kVL == 0 && Co % kVL == 0) return false;
-#endif
   if (!sum.defined()) {
     const int64_t rows = input.size(0) * input.size(2);
     const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
@@ -661,15 +654,33 @@ bool weight_grad_sum_add(const at::Tensor& grad_out, const at::Tensor& input, in
 #ifdef PYFRAMEPRED_AMX_KERNEL
   if (input.size(1) % 16 == 0) {
     amx::weight_grad_bf16_into(grad_out, input, kh, kw, sum);
-    return true;
+    return;
   }
 #endif
 #ifdef PYFRAMEPRED_DOT_BF16_KERNEL
   dot::weight_grad_bf16_into(grad_out, input, kh, kw, sum);
+#endif
+}
+#endif
+
+// WeightGradSum (conv_weight_grad.h): the bfloat16 kernels' products added into float32 partial
+// sums that the first call allocates, one rounding in finish.
+bool weight_grad_sum_add(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
+                         int64_t kw, at::Tensor& sum) {
+#if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
+  check_conv2d_weight_grad_args(grad_out, input, kh, kw);
+  const int64_t Co = grad_out.size(1);
+  if (!bf16_kernel(input, Co)) return false;
+#if !defined(PYFRAMEPRED_AMX_KERNEL)
+  // Where the operator runs a 3x3 gradient as Winograd (conv2d_weight_grad_cpu), that is faster
+  // than summing the direct kernel's products: the caller adds the operator's results.
+  if (kh == 3 && kw == 3 && input.size(1) % kVL == 0 && Co % kVL == 0) return false;
+#endif
+  weight_grad_bf16_sum(grad_out, input, kh, kw, sum);
   return true;
-#endif
-#endif
+#else
   return false;
+#endif
 }
 
 at::Tensor weight_grad_sum_finish(const at::Tensor& sum, int64_t kh, int64_t kw,
@@ -690,7 +701,7 @@ at::Tensor weight_grad_direct(PYFRAMEPRED_CONV2D_WEIGHT_GRAD_PARAMS) {
 #if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
   if (bf16_kernel(input, Co)) {
     at::Tensor sum;
-    weight_grad_sum_add(grad_out, input, kh, kw, sum);
+    weight_grad_bf16_sum(grad_out, input, kh, kw, sum);
     return weight_grad_sum_finish(sum, kh, kw, input);
   }
 #endif
