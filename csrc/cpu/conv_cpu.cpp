@@ -231,11 +231,18 @@ at::Tensor finish(const float* accd, int64_t shares, int64_t Co, int64_t kh, int
 namespace amx {
 
 using namespace bf16_pairs;
-// Positions per block: 4 chunks of 32x32 frames (packed g: 32 KiB at Co = 128, which stays in L1
-// with the A tiles of a pair of taps while every output-channel pair uses them). Measured on a
-// 2-core Xeon: 128 beat 32, 64 and 256 at (24, 16 -> 128, 32x32), (24, 32 -> 128) and
-// (4, 64 -> 256, 64x64).
-constexpr int64_t kBlockPositions = 128;
+// Positions per block: 8 chunks of 32 (4 rows of 64x64 frames). A block's C tiles are loaded from
+// the accumulator and stored back once per block, whatever its depth, and on the tile unit that
+// round trip costs about what the products do: a loop of 2 x 2 tile products with its C tiles
+// loaded and stored every 4 chunks ran at 1.6 TFLOP/s on a Xeon core, every 8 at 2.2, never at 3.3
+// (the accumulator, 1.2 MiB, read from L2). Deeper blocks pack more g (128 KiB at Co = 256), which
+// then comes from L2 rather than L1. Measured round-robin in one process on a 2-core Xeon
+// (2026-12-07), against 128 positions: 1.18-1.25x at (4, 64 -> 256, 64x64) and (4, 128 -> 256),
+// 1.09-1.16x at (8, 16 -> 128, 32x32), (24, 32 -> 128) and (8, 48 -> 128); 384 and 512 were within
+// a few percent of 256 either way. (Splitting each thread's share by input channels instead of
+// rows, to halve the accumulator it cycles through, measured 0.8-1.05x: each share then packs all
+// of g.)
+constexpr int64_t kBlockPositions = 256;
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
