@@ -423,6 +423,19 @@ struct WeightGradTotal {
     add_to(added, weight_grad(dg, x, s));
   }
 
+  // Adds the products of x_lead, the first channels of an input whose other channels are zeros,
+  // where the device's partial sums, allocated by an earlier add of the whole input, take it;
+  // false, having done nothing, otherwise.
+  bool add_leading(const LayerBackend& b, const at::Tensor& dg, const at::Tensor& x_lead,
+                   const LayerShape& s) {
+    if (!sum.defined() || b.weight_grad_sum.add == nullptr ||
+        at::areAnyTensorSubclassLike({dg, x_lead})) {
+      return false;
+    }
+    RECORD_FUNCTION("pyframepred::conv2d_weight_grad", std::vector<c10::IValue>());
+    return b.weight_grad_sum.add(dg, x_lead, s.kh, s.kw, sum);
+  }
+
   at::Tensor result(const LayerBackend& b, const LayerShape& s) const {
     if (!sum.defined()) return added;
     at::Tensor total = b.weight_grad_sum.finish(sum, s.kh, s.kw, input);
@@ -868,8 +881,20 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
       }
       if (joined) {
         // Both weights' gradients at once, from the frames (x_t, h_{t-1}) the merged schedule
-        // convolved (h_{-1}: h0, or zeros, which add nothing).
-        sum_w.add(b, dg, xh.narrow(0, t0 * s.N, k * s.N), s);
+        // convolved. h_{-1} is h0, or zeros, which add nothing: without h0, where the chunks
+        // before (later steps) laid out partial sums of the device for the whole frames, step 0's
+        // products are those of its x alone (at 4x64x[64]@64, T = 10, a twentieth of the
+        // weight gradients' products).
+        const bool lead = t0 == 0 && !h0.defined() && sum_w.sum.defined();
+        const int64_t first = lead ? 1 : t0;
+        if (first < t0 + k) {
+          const int64_t n = t0 + k - first;
+          sum_w.add(b, dg.narrow(0, (first - t0) * s.N, n * s.N),
+                    xh.narrow(0, first * s.N, n * s.N), s);
+        }
+        if (lead && !sum_w.add_leading(b, dg.narrow(0, 0, s.N), x.narrow(0, 0, s.N), s)) {
+          sum_w.add(b, dg.narrow(0, 0, s.N), xh.narrow(0, 0, s.N), s);
+        }
         continue;
       }
       if (need_wx) sum_wx.add(b, dg, x_chunk, s);

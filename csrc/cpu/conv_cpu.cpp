@@ -381,7 +381,9 @@ struct Slab {
 constexpr int64_t kSlabBytes = 512 << 10;
 
 // The weight gradient for bfloat16 g and input with Ci and Co multiples of 16, added into the
-// float32 partial sums `acc` (shares, kh * kw * Ci, Co), one share per thread at most.
+// float32 partial sums `acc` (shares, kh * kw * Ci_w, Co), one share per thread at most: the
+// input's channels are the first Ci of the Ci_w >= Ci the sums are laid out for (the others, zero,
+// add nothing).
 void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
                            int64_t kw, const at::Tensor& acc) {
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
@@ -397,7 +399,8 @@ void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, 
   const Slab slab{xn.const_data_ptr<at::BFloat16>(), xn.stride(0), xn.stride(2), xn.stride(3),
                   H, W, Ci, kh, kw, Lp, slab_rows};
   const at::Tensor g = grad_out.permute({0, 2, 3, 1}).contiguous();
-  const int64_t columns = kh * kw * Ci, groups = Ci / 16, combos = kh * kw * groups;
+  const int64_t columns = acc.size(1), Ci_w = columns / (kh * kw);
+  const int64_t groups = Ci / 16, combos = kh * kw * groups;
   const int64_t nN = Co / 16;
   const int64_t rows = B * H;
   const int64_t shares = acc.size(0);
@@ -430,7 +433,7 @@ void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, 
             for (int k = 0; k < mb; ++k) {
               const int64_t tap = (m + k) / groups, grp = (m + k) % groups;
               const int64_t i = tap / kw, j = tap % kw;
-              c[k] = mine + (tap * Ci + grp * 16) * Co;
+              c[k] = mine + (tap * Ci_w + grp * 16) * Co;
               a[k] = xpad + j * copy_elems + grp * 16 * plane + (yb + i) * Lp;
             }
             if (mb == 1) {
@@ -569,7 +572,8 @@ void tile_columns(int columns, const uint32_t* xk, int64_t x_row, const bf16* gp
 constexpr int64_t kBlockPositions = 128;
 
 // The weight gradient for bfloat16 g and input with Co a multiple of 16, added into the float32
-// partial sums `acc` (shares, kh * kw * Ci, Co), one share per thread at most.
+// partial sums `acc` (shares, kh * kw * Ci_w, Co), one share per thread at most (the input's
+// channels: the first Ci of Ci_w, as the tile kernel's).
 void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
                            int64_t kw, const at::Tensor& acc) {
   const int64_t B = input.size(0), Ci = input.size(1), H = input.size(2), W = input.size(3);
@@ -583,7 +587,7 @@ void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, 
   uint32_t* xpk = reinterpret_cast<uint32_t*>(xpk_t.data_ptr<int32_t>());
   pack_x(reinterpret_cast<const bf16*>(xn.const_data_ptr<at::BFloat16>()), rows, W, Ci, pw, Up, xpk);
   const bf16* gd = reinterpret_cast<const bf16*>(g.const_data_ptr<at::BFloat16>());
-  const int64_t columns = kh * kw * Ci;
+  const int64_t columns = acc.size(1), Ci_w = columns / (kh * kw);
   const int64_t shares = acc.size(0);
   float* accd = acc.data_ptr<float>();
   const int64_t rows_per_block = std::max<int64_t>(1, kBlockPositions / (chunks * kChunk));
@@ -608,7 +612,7 @@ void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, 
               const uint32_t* xj = xpk + ((j % 2) * rows + r0) * x_row + (j / 2) * Ci;
               for (int64_t ci = 0; ci < Ci; ci += kMR) {
                 const int cols = static_cast<int>(std::min<int64_t>(kMR, Ci - ci));
-                float* a = mine + ((i * kw + j) * Ci + ci) * Co + n * 16;
+                float* a = mine + ((i * kw + j) * Ci_w + ci) * Co + n * 16;
                 if (nv == 4) {
                   tile_columns<4>(cols, xj + ci, x_row, gp, chunks, nN, pairs, H, y0, di, R, Ci, Co, a);
                 } else if (nv == 2) {
@@ -646,7 +650,9 @@ bool bf16_kernel(const at::Tensor& input, int64_t Co) {
 
 #if defined(PYFRAMEPRED_AMX_KERNEL) || defined(PYFRAMEPRED_DOT_BF16_KERNEL)
 // The products of the bfloat16 kernel that takes the input (bf16_kernel) added into float32
-// partial sums (shares, kh * kw * Ci, Co), allocated zeroed where `sum` is undefined.
+// partial sums (shares, kh * kw * Ci_w, Co), allocated zeroed (Ci_w = Ci) where `sum` is
+// undefined; a defined one may be laid out for more input channels than the input's, which are
+// then the first ones (WeightGradSum's leading channels).
 void weight_grad_bf16_sum(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,
                           int64_t kw, at::Tensor& sum) {
   const int64_t Co = grad_out.size(1), columns = kh * kw * input.size(1);
@@ -655,8 +661,8 @@ void weight_grad_bf16_sum(const at::Tensor& grad_out, const at::Tensor& input, i
     const int64_t shares = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
     sum = scratch_zeros({shares, columns, Co}, input.options().dtype(at::kFloat));
   }
-  TORCH_CHECK(sum.dim() == 3 && sum.size(1) == columns && sum.size(2) == Co &&
-                  sum.scalar_type() == at::kFloat && sum.is_contiguous(),
+  TORCH_CHECK(sum.dim() == 3 && sum.size(1) >= columns && sum.size(1) % (kh * kw) == 0 &&
+                  sum.size(2) == Co && sum.scalar_type() == at::kFloat && sum.is_contiguous(),
               "conv2d_weight_grad: partial sums of another weight's shape");
 #ifdef PYFRAMEPRED_AMX_KERNEL
   if (input.size(1) % 16 == 0) {
