@@ -231,14 +231,15 @@ def test_layer_float32_x_cast_as_read(dtype, form, with_h0, C):
 
 
 @pytest.mark.cpu_isa
-@pytest.mark.parametrize("Cin, C", [(16, 16), (8, 24), (8, 16)])
-def test_layer_bf16_weight_gradients_over_chunks(Cin, C):
-    """bf16 steps of 2 MiB of gates each run as chunks of their own in backward, whose weight
-    gradients are summed (in float32 partial sums at the amx and avx512_bf16 levels, rounded
-    once): every chunk's share counts, the result within bf16 accuracy of float64. Step 0 (no
-    h0) adds the products of its x alone into the sums laid out for the frames (x, h): by the
-    tile kernel (16 channels), by the VDPBF16PS one (8) beside frames of either kernel (32, 24)."""
-    N, T, H, W = 4, 3, 64, 64
+@pytest.mark.parametrize("N, T, Cin, C", [(4, 3, 16, 16), (4, 3, 8, 24), (4, 3, 8, 16), (1, 8, 8, 16)])
+def test_layer_bf16_weight_gradients_over_chunks(N, T, Cin, C):
+    """bf16 steps of gates run in chunks in backward (of one step each at N = 4, of six and two
+    steps at N = 1), whose weight gradients are summed (in float32 partial sums at the amx and
+    avx512_bf16 levels, rounded once): every chunk's share counts, the result within bf16
+    accuracy of float64. Step 0 (no h0) adds the products of its x alone into the sums laid out
+    for the frames (x, h): by the tile kernel (16 channels), by the VDPBF16PS one (8) beside
+    frames of either kernel (32, 24), and in a chunk of several steps after the others."""
+    H, W = 64, 64
     g = torch.Generator().manual_seed(5)
     x = torch.randn(T * N, Cin, H, W, generator=g).bfloat16()
     wx = (torch.randn(4 * C, Cin, 3, 3, generator=g) * 0.1).bfloat16()

@@ -422,7 +422,7 @@ void weight_grad_bf16_into(const at::Tensor& grad_out, const at::Tensor& input, 
         const int64_t b = s0 / H, ys = s0 % H;
         const int64_t S = std::min({r_end - s0, slab_rows, H - ys});
         slab.build(xpad, b, ys, S);
-        // Within it, blocks of rows whose packed g stays in L1.
+        // Within it, blocks of rows whose packed g every tap and channel group reuses.
         for (int64_t yb = 0; yb < S;) {
           const int64_t R = std::min(rows_per_block, S - yb);
           pack_g(gd + (s0 + yb) * W * Co, W, Co, chunks, R, bbuf);
