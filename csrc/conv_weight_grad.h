@@ -71,8 +71,9 @@ inline PrepareConvSame*& prepare_conv_same(c10::DeviceType device) {
 // one call into `sum`, the kernel's partial sums (an undefined one: allocated, by the first call);
 // it returns false, having done nothing, where the kernel does not take the tensors (the caller
 // then adds the operator's results). A defined `sum` laid out for more input channels than
-// `input` has takes `input` as their first channels, the others zero (adding nothing). `finish` gives the sum as the operator gives a gradient:
-// (Co, Ci, kh, kw) in the dtype and memory format of `input`, one of the inputs summed.
+// `input` has takes `input` as their first channels, the others zero (adding nothing). `finish`
+// gives the sum as the operator gives a gradient: (Co, Ci, kh, kw) in the dtype and memory format
+// of `input`, one of the inputs summed.
 // Registered per device type (the CPU's: bfloat16 at the amx level, and at avx512_bf16 where
 // the operator runs no Winograd kernel for the shape, cpu/dispatch.cpp); null where none is.
 using WeightGradSumAdd = bool(const at::Tensor& grad_out, const at::Tensor& input, int64_t kh,

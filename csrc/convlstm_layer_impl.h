@@ -406,19 +406,9 @@ struct WeightGradTotal {
   at::Tensor added, sum, input;  // input: one of the inputs summed (finish's layout and dtype)
 
   void add(const LayerBackend& b, const at::Tensor& dg, const at::Tensor& x, const LayerShape& s) {
-    // The kernels that keep sums are bfloat16 ones: others go to the operator straight away (in
-    // profiles, then, one event per call).
-    if (b.weight_grad_sum.add != nullptr && dg.scalar_type() == at::kBFloat16 &&
-        !at::areAnyTensorSubclassLike({dg, x})) {
-      bool taken = false;
-      {
-        RECORD_FUNCTION("pyframepred::conv2d_weight_grad", std::vector<c10::IValue>());
-        taken = b.weight_grad_sum.add(dg, x, s.kh, s.kw, sum);
-      }
-      if (taken) {
-        input = x;
-        return;
-      }
+    if (add_to_sum(b, dg, x, s)) {
+      input = x;
+      return;
     }
     add_to(added, weight_grad(dg, x, s));
   }
@@ -428,18 +418,27 @@ struct WeightGradTotal {
   // false, having done nothing, otherwise.
   bool add_leading(const LayerBackend& b, const at::Tensor& dg, const at::Tensor& x_lead,
                    const LayerShape& s) {
-    if (!sum.defined() || b.weight_grad_sum.add == nullptr ||
-        at::areAnyTensorSubclassLike({dg, x_lead})) {
-      return false;
-    }
-    RECORD_FUNCTION("pyframepred::conv2d_weight_grad", std::vector<c10::IValue>());
-    return b.weight_grad_sum.add(dg, x_lead, s.kh, s.kw, sum);
+    return sum.defined() && add_to_sum(b, dg, x_lead, s);
   }
 
   at::Tensor result(const LayerBackend& b, const LayerShape& s) const {
     if (!sum.defined()) return added;
     at::Tensor total = b.weight_grad_sum.finish(sum, s.kh, s.kw, input);
     return added.defined() ? total.add_(added) : total;
+  }
+
+ private:
+  // The products added into the device's partial sums, where it keeps them for these tensors;
+  // false, having done nothing, otherwise. The kernels that keep sums are bfloat16 ones: others go
+  // to the operator straight away (in profiles, then, one event per call).
+  bool add_to_sum(const LayerBackend& b, const at::Tensor& dg, const at::Tensor& x,
+                  const LayerShape& s) {
+    if (b.weight_grad_sum.add == nullptr || dg.scalar_type() != at::kBFloat16 ||
+        at::areAnyTensorSubclassLike({dg, x})) {
+      return false;
+    }
+    RECORD_FUNCTION("pyframepred::conv2d_weight_grad", std::vector<c10::IValue>());
+    return b.weight_grad_sum.add(dg, x, s.kh, s.kw, sum);
   }
 };
 
