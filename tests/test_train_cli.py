@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -412,6 +413,10 @@ def _free_port():
 
 
 def test_ddp_two_processes_gloo(data, tmp_path):
+    # The data with one corrupt file: every rank indexes it alike, rank 0 alone warns of it.
+    shutil.copytree(data, tmp_path / "videos")
+    data = tmp_path / "videos"
+    (next(p for p in sorted(data.iterdir()) if p.is_dir()) / "corrupt.mp4").write_bytes(b"not a video")
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [
@@ -443,6 +448,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     ckpt = torch.load(out / "last.pt", weights_only=False)
     assert ckpt["world_size"] == 2 and ckpt["step"] == 4
     assert proc.stderr.count("training multiscale") == 1  # only rank 0 logs
+    assert proc.stderr.count("warning: VideoClips: skipped 1 of") == 1, proc.stderr[-3000:]
     assert "4 steps of 2 x 2 clips" in proc.stderr
 
 

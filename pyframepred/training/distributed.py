@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -12,7 +14,14 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["dist_env", "seed_everything", "resolve_device", "all_ranks_max", "all_ranks_mean"]
+__all__ = [
+    "dist_env",
+    "seed_everything",
+    "resolve_device",
+    "all_ranks_max",
+    "all_ranks_mean",
+    "warnings_once",
+]
 
 
 def dist_env() -> tuple:
@@ -21,6 +30,19 @@ def dist_env() -> tuple:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     return world, rank, local
+
+
+@contextlib.contextmanager
+def warnings_once(main: bool):
+    """Around set-up that every rank does alike (indexing the same videos with the same
+    settings): warnings show on the main rank only, so a ``torchrun`` run of N processes prints
+    each once rather than N times. Errors are not touched."""
+    if main:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def seed_everything(seed: int) -> None:

@@ -21,6 +21,7 @@ from ..evaluation import evaluate_model
 from ..io import atomic_write_json, prepare_output_dir
 from ..models.registry import build_model
 from . import checkpoint as ckpt_format
+from . import distributed
 from .averaging import WeightAverage
 from .callbacks import Callback, default_callbacks
 from .config import TrainConfig
@@ -125,8 +126,8 @@ class Trainer(TrainerState):
             self._lock = claim(self.out, resume, resume_step, overwrite, (checkpoint or {}).get("history"))
         self._set_threads(cfg, checkpoint)
         seed_everything(cfg.seed + self.rank)
-        self._setup_data(cfg)
-
+        with distributed.warnings_once(self.main):  # the same data on every rank: its warnings once
+            self._setup_data(cfg)
         # -- networks, optimisers; the task adds what its model needs more
         self.model_kwargs = cfg.model_args()
         self.model = build_model(cfg.model, self.model_kwargs, cfg.fused).to(self.device)
@@ -424,8 +425,7 @@ class Trainer(TrainerState):
         # signals): a Ctrl-C or SIGTERM to the process group stops the run cleanly.
         with StopFlag() as flag:
             it = start_workers(self._loader())
-            # After the iterator: its first start installs torch's SIGCHLD handler, which the
-            # watch replaces for the loop.
+            # After the iterator: its first start installs torch's SIGCHLD handler, replaced here.
             watch = WorkerWatch().__enter__()
             try:
                 while self.step < cfg.steps:
