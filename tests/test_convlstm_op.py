@@ -168,6 +168,38 @@ def test_dense_rows_and_saturated_gates_float32(layout, has_h, peephole):
     assert_close_results(fused, ref, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("scale", [1e-7, 1e-4, 1e-2, 0.3, 2.0])
+def test_float32_relative_accuracy_of_small_states(layout, scale):
+    """h = sigmoid(o) tanh(c) and c = sigmoid(i) tanh(g) to within a few float32 ulps, relative,
+    whatever their size: small cell states and g gates are common, and a tanh whose error is
+    absolute (1 - 2 / (1 + e^2x) alone) gave them relative errors of 1e-3 to 1 and more
+    (tanh(x) = 0 below ~3e-8)."""
+    gen = torch.Generator().manual_seed(1)
+    N, C, H, W = 2, 32, 8, 8  # dense rows at every level, and a partial-vector tail below
+
+    def t(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    for hw in ((H, W), (3, 5)):
+        c_prev, gg, o = t(N, C, *hw) * scale, t(N, C, *hw) * scale, t(N, C, *hw)
+        on, off = torch.full_like(c_prev, 40.0), torch.full_like(c_prev, -40.0)
+        for gates, cp in (  # f on, i off: c = c_prev exactly; i on, c_prev 0: c = tanh(g)
+            (torch.cat([off, on, gg, o], 1), c_prev),
+            (torch.cat([on, off, gg, o], 1), torch.zeros_like(c_prev)),
+        ):
+            if layout == "channels_last":
+                gates, cp = (
+                    gates.to(memory_format=torch.channels_last),
+                    cp.to(memory_format=torch.channels_last),
+                )
+            h, c = ops.convlstm_gates(gates, None, cp)
+            h_ref, c_ref = reference.convlstm_gates(gates.double(), None, cp.double())
+            for got, want in ((h, h_ref), (c, c_ref)):
+                rel = ((got.double() - want).abs() / want.abs().clamp_min(1e-300)).max().item()
+                assert rel < 1.2e-6, (scale, hw, rel)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_reduced_precision_cpu(dtype, layout):

@@ -125,6 +125,10 @@ struct ForwardArgs {
   int64_t len;  // elements per row
 };
 
+// The cell's math for gates of type scalar_t: 16-bit gates take the cheaper tanh (vec_utils.h).
+template <typename scalar_t>
+using CellMath = std::conditional_t<kReduced<scalar_t>, FnGates16<VecAcc<scalar_t>>, Fn<VecAcc<scalar_t>>>;
+
 // kDense: the rows are of the dense kind (vec_utils.h), checked by is_dense.
 template <typename scalar_t, typename state_t, bool kPeep, bool kDense>
 void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r1) {
@@ -160,8 +164,8 @@ void forward_rows(const ForwardArgs<scalar_t, state_t>& a, int64_t r0, int64_t r
         wco = load_row<kDense>(w + j * ws + 2 * wk, ws, n);
       }
       V i, f, g, o, c, h;
-      convlstm_cell_forward<V, kPeep>(g4[0], g4[1], g4[2], g4[3], c_prev, wci, wcf, wco, i, f, g,
-                                      o, c, h);
+      convlstm_cell_forward<V, kPeep, CellMath<scalar_t>>(g4[0], g4[1], g4[2], g4[3], c_prev, wci,
+                                                          wcf, wco, i, f, g, o, c, h);
       store_row<kDense>(ho + j * hos, hos, h, n);
       store_row<kDense>(co + j * cos, cos, c, n);
       if (go != nullptr) {
@@ -271,8 +275,8 @@ inline void backward_row(const BackwardArgs<scalar_t, state_t>& a, int64_t rn, i
       wco = load_row<kDense>(w + j * ws + 2 * wk, ws, n);
     }
     V di, df, dg, do_, dc_prev, c;
-    convlstm_cell_backward<V, kPeep>(i, f, g, o, c_prev, dh, dc, wci, wcf, wco, di, df, dg, do_,
-                                     dc_prev, c);
+    convlstm_cell_backward<V, kPeep, CellMath<scalar_t>>(i, f, g, o, c_prev, dh, dc, wci, wcf, wco,
+                                                         di, df, dg, do_, dc_prev, c);
     store_row<kDense>(dg_out + j * ds, ds, di, n);
     store_row<kDense>(dg_out + j * ds + dk, ds, df, n);
     store_row<kDense>(dg_out + j * ds + 2 * dk, ds, dg, n);
