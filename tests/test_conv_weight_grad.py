@@ -210,3 +210,11 @@ def test_opcheck():
 def test_bad_input(g_shape, x_shape, k, message):
     with pytest.raises(RuntimeError, match=message):
         ops.conv2d_weight_grad(torch.randn(g_shape), torch.randn(x_shape), k)
+
+
+def test_kernel_size_an_int_or_a_pair():
+    x, g = torch.randn(2, 3, 6, 6), torch.randn(2, 4, 6, 6)
+    assert torch.equal(ops.conv2d_weight_grad(g, x, 3), ops.conv2d_weight_grad(g, x, (3, 3)))
+    for bad in ((3,), (3, 3, 3), (3.0, 3), "33", None):
+        with pytest.raises(ValueError, match=r"kernel_size must be an int or a pair of ints, got"):
+            ops.conv2d_weight_grad(g, x, bad)

@@ -8,7 +8,8 @@ backward the cell and the hidden convolution's data gradient per step, then ever
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import operator
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -58,17 +59,24 @@ def convlstm_layer(
     return h_seq, (h, c)
 
 
-def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Tuple[int, int]) -> Tensor:
+def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Union[int, Tuple[int, int]]) -> Tensor:
     """Weight gradient of a stride-1, 'same'-padded convolution with an odd kernel.
 
-    ``grad_out`` is ``(B, C_out, H, W)``, ``input`` ``(B, C_in, H, W)``; returns
+    ``grad_out`` is ``(B, C_out, H, W)``, ``input`` ``(B, C_in, H, W)``, ``kernel_size`` an odd
+    int or a pair ``(kh, kw)``; returns
     ``(C_out, C_in, kh, kw)``, what ``torch.nn.grad.conv2d_weight`` returns for these
     convolutions. The ConvLSTM layer's backward computes its weight gradients with it, batched over
     all steps; on the CPU (float32) it is a tiled kernel of ours, elsewhere ATen's.
     Differentiable with respect to both tensors, to any order (its derivatives are
     :func:`conv2d_same` calls).
     """
-    kh, kw = kernel_size
+    pair = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    try:
+        kh, kw = (operator.index(k) for k in pair)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"conv2d_weight_grad: kernel_size must be an int or a pair of ints, got {kernel_size!r}"
+        ) from None
     return torch.ops.pyframepred.conv2d_weight_grad(grad_out, input, kh, kw)
 
 
