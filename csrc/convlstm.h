@@ -6,8 +6,8 @@
 //   i = sigmoid(gi + wci*c_prev)   f = sigmoid(gf + wcf*c_prev)   g = tanh(gg)
 //   c = f*c_prev + i*g             o = sigmoid(go + wco*c)        h = o*tanh(c)
 // The backward pass saves only the activated gates (i, f, g, o) and c_prev; c and tanh(c) are
-// recomputed. M: the math (exp, tanh, ...) of T, Fn<T> unless a kernel picks another (the CPU
-// kernels of 16-bit gates: a cheaper tanh, cpu/vec_utils.h).
+// recomputed. M::tanh: Fn<T>::tanh unless a kernel picks another (the CPU kernels of 16-bit
+// gates: a cheaper one, cpu/vec_utils.h); sigmoid is always Fn<T>'s.
 #pragma once
 
 #include "pf_math.h"

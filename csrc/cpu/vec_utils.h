@@ -47,29 +47,34 @@ struct Fn<at::vec::Vectorized<float>> {
   // exp_u20's bit tricks would turn a NaN into a number: pass NaNs through explicitly.
   static inline V exp(V x) { return V::blendv(x.exp_u20(), x, x.isnan()); }
 #endif
-  // tanh(x) for |x| >= 0.4 as 1 - 2 / (1 + e^2x): one exp and one division, cheaper than Sleef's
-  // tanh, the limits exact (e^2x = inf gives 1, e^2x = 0 gives -1). Its error is absolute, a few
-  // ulps of 1, so for small |x| the difference cancels: tanh(1e-4) came out ~1e-3 off relative
-  // (2e-2 at the avx2 level, whose exp is within 20 ulp) and arguments below ~3e-8 gave 0 --
-  // small hidden and cell states, which float32 gradients then carried at a 1e-4 relative error.
-  // Below 0.4, the odd Taylor polynomial to x^11 instead (the first term left out is < 0.5 ulp
-  // there; all relative errors now within a few ulps). A NaN takes the first branch and stays NaN.
+  // tanh(x), as an odd function: computed on a = |x|, then given x's sign (so -0 stays -0, and
+  // both signs get the same accuracy). For a >= 0.4 as 1 - 2 / (1 + e^2a): one exp and one
+  // division, cheaper than Sleef's tanh, with an error that is absolute (a few ulps of 1), fine
+  // there. Not below: the difference cancels. On x itself (before 2026-12-07) that formula made
+  // tanh(1e-4) ~1e-3 off, relative (tanh(1e-5) 2e-2 at the avx2 level, whose exp is within 20
+  // ulp), gave 0 below ~3e-8 and negative arguments twice the error of positive ones -- small cell
+  // states and g gates, which float32 gradients then carried at 1e-4 relative errors. Below 0.4,
+  // the odd Taylor polynomial to x^13 (the first term left out is ~0.05 ulp there). NaN stays NaN,
+  // +-inf give +-1 exactly.
   static inline V tanh(V x) {
-    const V far = tanh_absolute(x);
-    const V x2 = x * x;
-    V p = at::vec::fmadd(x2, V(-1382.0f / 155925.0f), V(62.0f / 2835.0f));
-    p = at::vec::fmadd(x2, p, V(-17.0f / 315.0f));
-    p = at::vec::fmadd(x2, p, V(2.0f / 15.0f));
-    p = at::vec::fmadd(x2, p, V(-1.0f / 3.0f));
-    const V near = at::vec::fmadd(x * x2, p, x);
+    const V a = x.abs();
+    const V far = tanh_absolute(a);
+    const V a2 = a * a;
+    V p = at::vec::fmadd(a2, V(21844.0f / 6081075.0f), V(-1382.0f / 155925.0f));
+    p = at::vec::fmadd(a2, p, V(62.0f / 2835.0f));
+    p = at::vec::fmadd(a2, p, V(-17.0f / 315.0f));
+    p = at::vec::fmadd(a2, p, V(2.0f / 15.0f));
+    p = at::vec::fmadd(a2, p, V(-1.0f / 3.0f));
+    const V near = at::vec::fmadd(a * a2, p, a);
 #if defined(CPU_CAPABILITY_AVX512)
-    const __mmask16 small = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(0.4f), _CMP_LT_OQ);
-    return _mm512_mask_mov_ps(far, small, near);
+    const __mmask16 small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.4f), _CMP_LT_OQ);
+    const V t = _mm512_mask_mov_ps(far, small, near);
 #else
-    return V::blendv(far, near, x.abs() < V(0.4f));
+    const V t = V::blendv(far, near, a < V(0.4f));
 #endif
+    return t | (x & V(-0.0f));  // t >= 0 (or NaN): x's sign bit
   }
-  // The one-exp formula alone: within a few ulps of 1, absolute.
+  // The one-exp formula alone, 1 - 2 / (1 + e^2x): within a few ulps of 1, absolute.
   static inline V tanh_absolute(V x) {
     const V one(1.0f), two(2.0f);
     return one - two * recip(one + exp(x + x));
@@ -95,15 +100,18 @@ struct Fn<at::vec::Vectorized<float>> {
   }
 };
 
-// The math of the CPU cell kernels whose gates come in bfloat16 or float16: tanh by the one-exp
-// formula alone, as before the small-argument branch. Its absolute error (~1e-7; ~2e-6 at the
-// avx2 level) lies far below those gates' rounding (2^-9 and 2^-12 relative), and h goes out
-// in their type; the branch cost the bf16 cell forward 5-15% (2 Xeon cores, processes
-// alternated), for nothing a 16-bit result can show.
+// The math of the CPU cell kernels whose gates come in bfloat16 or float16 (unit roundoff 2^-8
+// and 2^-11): a cheaper tanh, the one-exp formula where its absolute error (~1e-7, a few times
+// that at the avx2 level) is small against tanh, and tanh(x) = x below |x| = 2^-7 (relative error
+// x^2 / 3 <= 2e-5): within ~1e-4 relative everywhere, below those types' rounding, also for the
+// float32 cell state their gates update. The float32 tanh's polynomial cost the bf16 cell forward
+// 5-15% (2 Xeon cores, processes alternated).
 // (A template over the vector type, as Fn: each ISA level's copy is a type of its own.)
 template <typename V>
 struct FnGates16 : Fn<V> {
-  static inline V tanh(V x) { return Fn<V>::tanh_absolute(x); }
+  static inline V tanh(V x) {
+    return V::blendv(Fn<V>::tanh_absolute(x), x, x.abs() < V(0.0078125f));
+  }
 };
 
 template <>
