@@ -19,6 +19,7 @@ kernels 1x1 to 5x5 and 3x1, frames of one row or one column, and row counts that
 evenly over threads.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,6 +216,8 @@ def test_bad_input(g_shape, x_shape, k, message):
 def test_kernel_size_an_int_or_a_pair():
     x, g = torch.randn(2, 3, 6, 6), torch.randn(2, 4, 6, 6)
     assert torch.equal(ops.conv2d_weight_grad(g, x, 3), ops.conv2d_weight_grad(g, x, (3, 3)))
-    for bad in ((3,), (3, 3, 3), (3.0, 3), "33", None):
-        with pytest.raises(ValueError, match=r"kernel_size must be an int or a pair of ints, got"):
-            ops.conv2d_weight_grad(g, x, bad)
+    assert torch.equal(ops.conv2d_weight_grad(g, x, np.int64(3)), ops.conv2d_weight_grad(g, x, [3, 3]))
+    for bad in ((3,), (3, 3, 3), (3.0, 3), "33", None, True, (True, 3)):
+        for fn in (ops.conv2d_weight_grad, reference.conv2d_weight_grad):
+            with pytest.raises(ValueError, match=r"conv2d_weight_grad: kernel_size must be an int or a pair"):
+                fn(g, x, bad)

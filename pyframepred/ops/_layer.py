@@ -8,11 +8,12 @@ backward the cell and the hidden convolution's data gradient per step, then ever
 
 from __future__ import annotations
 
-import operator
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from ..reference.conv import kernel_pair
 
 _State = Tuple[Tensor, Tensor]
 
@@ -70,13 +71,7 @@ def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Union[int, 
     Differentiable with respect to both tensors, to any order (its derivatives are
     :func:`conv2d_same` calls).
     """
-    pair = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-    try:
-        kh, kw = (operator.index(k) for k in pair)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"conv2d_weight_grad: kernel_size must be an int or a pair of ints, got {kernel_size!r}"
-        ) from None
+    kh, kw = kernel_pair(kernel_size, "conv2d_weight_grad")
     return torch.ops.pyframepred.conv2d_weight_grad(grad_out, input, kh, kw)
 
 

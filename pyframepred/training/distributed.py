@@ -20,7 +20,7 @@ __all__ = [
     "resolve_device",
     "all_ranks_max",
     "all_ranks_mean",
-    "warnings_once",
+    "warn_once",
 ]
 
 
@@ -33,7 +33,7 @@ def dist_env() -> tuple:
 
 
 @contextlib.contextmanager
-def warnings_once(main: bool):
+def warn_once(main: bool):
     """Around set-up that every rank does alike (indexing the same videos with the same
     settings): warnings show on the main rank only, so a ``torchrun`` run of N processes prints
     each once rather than N times. Errors are not touched."""

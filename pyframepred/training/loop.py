@@ -21,12 +21,11 @@ from ..evaluation import evaluate_model
 from ..io import atomic_write_json, prepare_output_dir
 from ..models.registry import build_model
 from . import checkpoint as ckpt_format
-from . import distributed
 from .averaging import WeightAverage
 from .callbacks import Callback, default_callbacks
 from .config import TrainConfig
 from .cpu_threads import default_threads, usable_cores
-from .distributed import all_ranks_max, all_ranks_mean, dist_env, resolve_device, seed_everything
+from .distributed import all_ranks_max, all_ranks_mean, dist_env, resolve_device, seed_everything, warn_once
 from .run_folder import claim, missing_folders, remove_unused
 from .sampling import SeededClips, StepSampler
 from .signals import (
@@ -126,8 +125,9 @@ class Trainer(TrainerState):
             self._lock = claim(self.out, resume, resume_step, overwrite, (checkpoint or {}).get("history"))
         self._set_threads(cfg, checkpoint)
         seed_everything(cfg.seed + self.rank)
-        with distributed.warnings_once(self.main):  # the same data on every rank: its warnings once
+        with warn_once(self.main):  # the same data on every rank: its warnings from rank 0 only
             self._setup_data(cfg)
+
         # -- networks, optimisers; the task adds what its model needs more
         self.model_kwargs = cfg.model_args()
         self.model = build_model(cfg.model, self.model_kwargs, cfg.fused).to(self.device)
