@@ -127,7 +127,6 @@ class Trainer(TrainerState):
         seed_everything(cfg.seed + self.rank)
         with warn_once(self.main):  # the same data on every rank: its warnings from rank 0 only
             self._setup_data(cfg)
-
         # -- networks, optimisers; the task adds what its model needs more
         self.model_kwargs = cfg.model_args()
         self.model = build_model(cfg.model, self.model_kwargs, cfg.fused).to(self.device)
