@@ -502,6 +502,31 @@ def test_a_truncated_stream_keeps_the_frames_it_still_has(tmp_path):
     assert last.indices[-1] == n - 1 and frame_ids(last.frames) == last.indices
 
 
+def test_files_that_are_no_video_are_skipped_quietly_with_ffmpegs_reason(tmp_path, capfd):
+    import av
+
+    (tmp_path / "text.mp4").write_bytes(b"this is not a video " * 200)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with av.open(str(tmp_path / "audio.mp4"), "w") as out:  # a sound track and no picture
+        stream = out.add_stream("aac", rate=8000)
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.rate, frame.pts = 8000, i * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    capfd.readouterr()
+    errors = {p.name: index_mod.probe_video(p)["error"] for p in sorted(tmp_path.iterdir())}
+    assert errors == {
+        "audio.mp4": "not a video: no video stream",
+        "empty.mp4": "empty file",
+        "text.mp4": "not a video: Invalid data found when processing input",
+    }
+    # Neither decord nor FFmpeg wrote to the process's stderr (one line each per file before).
+    assert capfd.readouterr().err == ""
+
+
 def test_length_requirement_depends_on_clip_span(data_root):
     # 3 frames is enough for frames=3, interval=0: the short video is then used
     ds = quiet(VideoClips, data_root, frames=3, test_fraction=0, progress=False)

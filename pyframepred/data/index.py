@@ -1,6 +1,7 @@
 """Finding videos under a folder and indexing them (frame count, size, frame rate), with a cache.
 
-Probing a video means opening it with decord, reading its frame count, average frame rate and
+Probing a video means opening it with decord (after PyAV has read the container's header, so
+that a file that is no video is skipped quietly), reading its frame count, average frame rate and
 frame size, and decoding its first and last frames (which catches files that do not open,
 truncated files and files whose header announces frames that are not there). The results, failures
 included, are kept in a JSON index keyed by the path relative to the data folder, together with
@@ -173,8 +174,12 @@ def probe_video(path) -> dict:
     result = {"frames": 0, "height": 0, "width": 0, "fps": 0.0, "error": None}
     path = os.fspath(path)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
             result["error"] = "not a regular file"
+            return result
+        if st.st_size == 0:
+            result["error"] = "empty file"
             return result
     except OSError as exc:
         result["error"] = "cannot open: " + _short_error(exc)
@@ -183,7 +188,28 @@ def probe_video(path) -> dict:
         return _probe(decord, dpath, result)
 
 
+def _not_a_video(path: str) -> str | None:
+    """Why FFmpeg finds no video in the file ``path`` (read through PyAV, which keeps FFmpeg's log
+    quiet), or ``None`` when the file may well be one. Asked first, so that a file that is no
+    video at all (text, an empty or cut-off file, audio only) is skipped with FFmpeg's own reason
+    and without decord's two lines of log on stderr per file. Anything less certain than the
+    container's header failing to parse, or holding no video stream, is left to decord."""
+    import av
+
+    try:
+        with av.open(path) as container:  # reads the header, decodes nothing
+            return None if container.streams.video else "no video stream"
+    except av.error.InvalidDataError as exc:
+        return str(exc.strerror or "invalid data")
+    except Exception:  # e.g. a demuxer only decord's FFmpeg has: decord decides
+        return None
+
+
 def _probe(decord, path: str, result: dict) -> dict:
+    reason = _not_a_video(path)
+    if reason is not None:
+        result["error"] = "not a video: " + reason
+        return result
     try:
         vr = decord.VideoReader(path, num_threads=1)
         n = len(vr)
