@@ -636,7 +636,10 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
     }
     copy_into(b, h_step(s.T - 1), *h);
     r.h_last = *h;  // a tensor of its own, not a view of the output
-    r.c_last = std::move(c);
+    // In the run layout, as the fake kernel has it: the cell's c takes the layout of its gates,
+    // which a convolution of frames contiguous in both layouts (one channel, a frame one pixel
+    // wide) may give either way.
+    r.c_last = c.contiguous(fmt);
     return r;
   }
   r.x = s.seq ? time_major(b, x_run(x), fmt) : x_run(x).contiguous(fmt);
@@ -672,7 +675,7 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
     copy_into(b, r.h_seq, r.h_frames.unflatten(0, {s.T, s.N}));
   }
   r.h_last = h->clone();  // an output of its own, not a view of h_seq
-  r.c_last = std::move(c);
+  r.c_last = c.contiguous(fmt);
   return r;
 }
 

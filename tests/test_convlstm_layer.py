@@ -420,6 +420,39 @@ def test_double_backward_raises():
         g.sum().backward()
 
 
+@pytest.mark.parametrize("cin,W,layout", [(1, 3, "tm"), (3, 1, "tm"), (3, 3, "cl"), (16, 3, "cl")])
+@pytest.mark.parametrize("state", [False, True])
+def test_fake_kernel_gives_the_real_strides_in_mixed_precision(cin, W, layout, state):
+    """bfloat16 gates with a float32 state, where the frames are contiguous in both layouts (one
+    channel, one pixel across) or channels_last: the fake kernel's outputs (what torch.export and
+    torch.compile plan with) have the real ones' strides, the last c's included."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(0)
+    T, N, C, H = 2, 1, 16, 4
+    x = torch.randn(T * N, cin, H, W, dtype=torch.bfloat16)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.view(T, N, cin, H, W)
+    wx = torch.randn(4 * C, cin, 3, 3, dtype=torch.bfloat16)
+    wh = torch.randn(4 * C, C, 3, 3, dtype=torch.bfloat16)
+    b = torch.randn(4 * C)
+    h0, c0 = (
+        (torch.randn(N, C, H, W, dtype=torch.bfloat16), torch.randn(N, C, H, W)) if state else (None,) * 2
+    )
+    args = (x, T, wx, wh, b, None, h0, c0)
+    real = torch.ops.pyframepred.convlstm_layer(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = torch.ops.pyframepred.convlstm_layer(
+            *(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        )
+
+    def layout_of(t):  # strides of the dimensions longer than 1 (the others' strides are free)
+        return [st for size, st in zip(t.shape, t.stride()) if size > 1], t.dtype
+
+    assert [layout_of(t) for t in fake] == [layout_of(t) for t in real]
+
+
 @pytest.mark.parametrize("state", [False, True])
 def test_opcheck(state):
     x, T, wx, wh, b, p, st = _inputs(T=2, dtype=torch.float32, state=state, peephole=True)

@@ -311,6 +311,88 @@ def test_autocast_output_dtype_is_the_same_fused_or_not(module):
     torch.testing.assert_close(h.float(), h_ref.float(), atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("frames", ["nchw", "channels_last"])
+def test_last_states_are_laid_out_as_with_the_reference(frames):
+    """The fused layer runs channels_last on the CPU; its last states come back laid out as the
+    step-by-step path gives them (as the output's frames), so code written for NCHW states (a
+    .view of them) works with either path."""
+    torch.manual_seed(0)
+    m = ConvLSTM(3, [8, 8], 3)
+    ref = copy.deepcopy(m)
+    ref.fused = False
+    x = torch.randn(2, 3, 3, 6, 5)
+    if frames == "channels_last":
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (2, 3))
+    (out, states), (out_ref, states_ref) = m(x), ref(x)
+    torch.testing.assert_close(out, out_ref)
+    for (h, c), (h_ref, c_ref) in zip(states, states_ref):
+        for t, t_ref in ((h, h_ref), (c, c_ref)):
+            assert t.stride() == t_ref.stride()
+            torch.testing.assert_close(t, t_ref)
+    if frames == "nchw":
+        assert states[-1][0].view(2, -1).shape == (2, 8 * 30)
+    # Passed back in (an encoder's states to a decoder), they give what one call over both gives.
+    out2, _ = m(x, states)
+    out_both, _ = m(torch.cat([x, x], 1))
+    torch.testing.assert_close(out2, out_both[:, 3:])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_autocast_keeps_c_float32_without_bias(fused):
+    """Without a bias or peephole the cell state still stays float32 under autocast (it took the
+    gates' bfloat16 on the reference path), and h comes out in the autocast dtype."""
+    torch.manual_seed(0)
+    m = ConvLSTM(4, 4, 3, bias=False, fused=fused)
+    cell = ConvLSTMCell(4, 4, 3, bias=False, fused=fused)
+    x = torch.randn(2, 3, 4, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, [(h, c)] = m(x)
+        h1, c1 = cell(x[:, 0])
+    assert (h.dtype, c.dtype) == (h1.dtype, c1.dtype) == (torch.bfloat16, torch.float32)
+
+
+def test_reference_path_of_a_float64_model_under_autocast():
+    """Autocast leaves float64 convolutions alone: the reference path keeps h float64 (it cast h
+    to the autocast dtype, and the next step's float64 convolution then failed), as the fused."""
+    torch.manual_seed(0)
+    m = ConvLSTM(3, 4, 3, fused=False).double()
+    x = torch.randn(1, 3, 3, 5, 5, dtype=torch.float64)
+    expected, _ = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, [(h, c)] = m(x)
+    assert out.dtype == h.dtype == c.dtype == torch.float64
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_modules_run_on_the_meta_device(fused):
+    """Shapes without data (e.g. to size a model): the modules run on the meta device, where
+    autocast has no state to ask about."""
+    with torch.device("meta"):
+        cell = ConvLSTMCell(3, 8, 3, fused=fused)
+        layer = ConvLSTM(3, [8, 8], 3, fused=fused)
+        h, c = cell(torch.randn(2, 3, 16, 16))
+        out, _ = layer(torch.randn(2, 4, 3, 16, 16))
+    assert h.shape == c.shape == (2, 8, 16, 16) and h.is_meta
+    assert out.shape == (2, 4, 8, 16, 16) and out.is_meta
+
+
+def test_kernel_size_takes_numpy_ints_and_refuses_other_types():
+    np = pytest.importorskip("numpy")
+    assert ConvLSTMCell(3, 4, np.int64(3)).kernel_size == (3, 3)
+    assert ConvLSTM(3, [4, 4], (np.int64(3), np.int64(5))).cells[1].kernel_size == (3, 5)
+    assert ConvLSTM(3, 4, (np.int64(3), np.int64(5))).cells[0].kernel_size == (3, 5)
+    for bad in (3.0, True, "3"):
+        with pytest.raises(
+            TypeError, match=f"kernel_size must be an odd int or a pair of odd ints, got {bad!r}"
+        ):
+            ConvLSTMCell(3, 4, bad)
+        with pytest.raises(TypeError, match="kernel_size must be an odd int or a pair of them, or a list"):
+            ConvLSTM(3, 4, bad)
+    with pytest.raises(TypeError, match="kernel_size must be an odd int or a pair of odd ints, got 3.0"):
+        ConvLSTMCell(3, 4, (3.0, 3))
+
+
 def test_forward_errors():
     m = ConvLSTM(3, 4, 3)
     with pytest.raises(ValueError, match="5-d input"):

@@ -46,10 +46,24 @@ def _calls_its_convolutions(cell: "ConvLSTMCell") -> bool:
     return any(conv._forward_pre_hooks or conv._forward_hooks for conv in (cell.conv_x, cell.conv_h))
 
 
+def _is_int(value) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy; a bool is not)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _pair(kernel_size: IntOrPair) -> Tuple[int, int]:
-    if isinstance(kernel_size, int):
+    what = "an odd int or a pair of odd ints"
+    if _is_int(kernel_size):
         kernel_size = (kernel_size, kernel_size)
-    kernel_size = tuple(int(k) for k in kernel_size)
+    elif not isinstance(kernel_size, (tuple, list)):
+        raise TypeError(f"kernel_size must be {what}, got {kernel_size!r}")
+    kernel_size = tuple(_count(k, "kernel_size", what) for k in kernel_size)
     if len(kernel_size) != 2 or any(k < 1 or k % 2 == 0 for k in kernel_size):
         raise ValueError(
             f"kernel_size must be an odd int or a pair of odd ints (odd sizes keep "
@@ -126,7 +140,9 @@ class ConvLSTMCell(nn.Module):
         gates in order (an NCHW one across channels, at 2-3 times the time of a step)."""
         n, _, h, w = like.shape
         param = self.bias if self.bias is not None else self.peephole
-        dtype = param.dtype if param is not None else like.dtype
+        if param is None:  # the weights' dtype: float32 beside autocast's gates too
+            param = self.conv_h.weight
+        dtype = param.dtype
         cl = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
         fmt = torch.channels_last if cl else torch.contiguous_format
         shape = (n, self.hidden_channels, h, w)
@@ -147,13 +163,13 @@ class ConvLSTMCell(nn.Module):
             h_prev, c_prev = state
             h_gates = self.conv_h(h_prev)
         bias, peephole = self.bias, self.peephole
+        autocast = _autocast_dtype(x_gates.device.type)
         if not self.fused:
             h, c = reference.convlstm_gates(x_gates, h_gates, c_prev, bias, peephole)
-            device = x_gates.device.type
-            if torch.is_autocast_enabled(device):  # h in the autocast dtype, as the fused op's
-                h = h.to(torch.get_autocast_dtype(device))
+            if x_gates.dtype == autocast:  # h in the autocast dtype, as the fused op's
+                h = h.to(autocast)
             return h, c
-        if not torch.is_autocast_enabled(x_gates.device.type):
+        if autocast is None:
             # Outside autocast the op takes one dtype, or float16/bfloat16 gates with a float32
             # state and parameters; any other mix runs in the widest dtype.
             x_gates, h_gates, c_prev, bias, peephole = _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole)
@@ -167,6 +183,14 @@ class ConvLSTMCell(nn.Module):
         if state is not None:
             _check_state(state, x, self.hidden_channels, "state")
         return self.step(self.conv_x(x), state)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The autocast dtype where autocast is on for ``device_type``, else ``None`` (also for
+    devices autocast does not know, such as ``meta``)."""
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
@@ -221,8 +245,14 @@ class ConvLSTM(nn.Module):
 
     ``forward(x, state=None) -> (outputs, last_states)``: ``outputs`` holds the last layer's ``h``
     at every step (same layout as ``x``: contiguous, or channels_last frames for channels_last
-    frames); ``last_states`` is a list of ``(h, c)`` per layer, which can be passed back as
-    ``state`` (e.g. from an encoder to a decoder).
+    frames); ``last_states`` is a list of ``(h, c)`` per layer (laid out as the output's frames),
+    which can be passed back as ``state`` (e.g. from an encoder to a decoder).
+
+    Global module hooks (``torch.nn.modules.module.register_module_forward_hook``, which
+    ``torch.utils.module_tracker.ModuleTracker`` and ``FlopCounterMode`` register) also send every
+    layer down the step-by-step path, at about half the speed, so that they see the convolutions.
+    The fused modules' autograd is a C++ ``autograd.Function``: ``torch.func`` transforms
+    (``grad``, ``jvp``) and forward-mode AD need ``fused=False``.
     """
 
     def __init__(
@@ -248,10 +278,8 @@ class ConvLSTM(nn.Module):
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         hidden = self._per_layer(hidden_channels, num_layers, "hidden_channels", int)
-        is_one = isinstance(kernel_size, int) or (
-            isinstance(kernel_size, tuple)
-            and len(kernel_size) == 2
-            and all(isinstance(k, int) for k in kernel_size)
+        is_one = _is_int(kernel_size) or (
+            isinstance(kernel_size, tuple) and len(kernel_size) == 2 and all(_is_int(k) for k in kernel_size)
         )
         kernels = (
             [kernel_size] * num_layers
@@ -270,13 +298,15 @@ class ConvLSTM(nn.Module):
 
     @staticmethod
     def _per_layer(value, num_layers, name, kind):
+        what = "an int" if kind is int else "an odd int or a pair of them"
         if kind is int and isinstance(value, int):
             return [value] * num_layers
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise TypeError(f"{name} must be {what}, or a list with one per layer, got {value!r}")
         value = list(value)
         if kind is int:
             value = [_count(v, name) for v in value]
         if len(value) != num_layers:
-            what = "an int" if kind is int else "an odd int or a pair of them"
             raise ValueError(
                 f"{name} must be {what}, or a list with one per layer ({num_layers}), got {value}"
             )
@@ -342,9 +372,15 @@ class ConvLSTM(nn.Module):
         # when x's frames are (channels_last frames), so that a channels_last model gets
         # channels_last frames back and a gradient that comes back in the layout the layer runs
         # in. The fused layer's output is so already (no copy); the reference path's is copied.
+        # The last states likewise, as the step-by-step path gives them: the fused layer keeps them
+        # in the layout it runs in (channels_last on the CPU), which code written for NCHW states
+        # (a .view of them) would trip over.
         outputs = seq.transpose(0, 1) if self.batch_first else seq
         if x.shape[2] > 1 and x.stride(2) == 1:
             outputs = outputs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+            fmt = torch.channels_last
         else:
             outputs = outputs.contiguous()
+            fmt = torch.contiguous_format
+        last_states = [tuple(t.contiguous(memory_format=fmt) for t in st) for st in last_states]
         return outputs, last_states

@@ -25,7 +25,8 @@ class GDLLoss(nn.Module):
         reduction: ``"mean"`` (sum / ``pred.numel()``), ``"sum"`` or ``"none"`` (one value per
             image, shape ``pred.shape[:-2]``).
         fused: the fused kernel (True) or the plain-PyTorch reference (False), which also
-            supports second derivatives (the fused backward is not differentiable).
+            supports second derivatives (the fused backward is not differentiable) and the
+            ``torch.func`` transforms and forward-mode AD (the fused op's autograd is C++).
     """
 
     def __init__(self, alpha: float = 1.0, reduction: str = "mean", fused: bool = True) -> None:
