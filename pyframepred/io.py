@@ -319,13 +319,23 @@ def _probe_writable(folder: Path, what: str) -> None:
         raise OutputError(f"cannot write {what}: {exc.strerror or exc}") from exc
 
 
-def check_output_file(path, setting: str = "out") -> None:
+def check_output_file(path, setting: str = "out", inputs: dict | None = None) -> None:
     """Before the work starts: :class:`OutputError` unless the file ``path`` can be written (its
-    folder exists or can be created, and is writable; ``path`` is not a folder). ``setting``
-    names the option that gave the path, in the message."""
+    folder exists or can be created, and is writable; ``path`` is not a folder, nor one of the
+    files ``inputs`` maps descriptions to, e.g. ``{"the input video": video}``, under any name).
+    ``setting`` names the option that gave the path, in the message."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"`{setting}` '{path}' is a directory; give a file name")
+    for what, source in (inputs or {}).items():
+        try:
+            same = os.path.samefile(path, source)
+        except (OSError, TypeError, ValueError):  # one of them missing, or no path at all
+            same = False
+        if same:
+            raise OutputError(
+                f"`{setting}` '{path}' is {what}, which writing it would destroy; give another file name"
+            )
     base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise OutputError(f"`{setting}` '{path}': '{base}' exists and is not a directory")

@@ -460,6 +460,41 @@ def test_second_run_into_a_finished_run_refuses_and_changes_nothing(run, data, t
     assert ckpt_format.load(out / "last.pt")["step"] == 2
 
 
+def test_predict_and_evaluate_never_write_over_their_inputs(run, data, tmp_path, capsys):
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(run / "best.pt", ckpt)
+    video = tmp_path / "clip.mp4"
+    shutil.copy(_video(data), video)
+    (tmp_path / "link.mp4").symlink_to(video)  # the same file under another name
+    before = _snapshot(tmp_path)
+    for out in (video, tmp_path / "link.mp4"):
+        assert pr.main([str(ckpt), str(video), "--out", str(out)]) == 2
+        assert "is the input video" in _one_error_line(capsys.readouterr().err)
+    assert ev.main([str(ckpt), "--data", str(data), "--out", str(ckpt)]) == 2
+    assert "is the checkpoint" in _one_error_line(capsys.readouterr().err)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_new_run_refuses_to_replace_files_of_a_run_without_checkpoints(data, tmp_path, capsys):
+    """A folder with a run's other files and no checkpoint (a run that failed before its first
+    save, or a project folder with a config.json of its own) is not written over silently."""
+    out = tmp_path / "project"
+    (out / "samples").mkdir(parents=True)
+    (out / "config.json").write_text('{"mine": true}')
+    (out / "history.json").write_text("[]")
+    (out / "samples" / "final.gif").write_bytes(b"GIF89a")
+    (out / "notes.txt").write_text("kept")
+    before = _snapshot(out)
+    argv = ["--model", "autoencoder", "--data", str(data), "--out", str(out), "--steps", "2"] + TINY
+    assert tr.main(argv) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "config.json, history.json, samples/final.gif" in line and "--overwrite" in line, line
+    assert _snapshot(out) == before
+    assert tr.main(argv + ["--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"] == "autoencoder"
+    assert (out / "notes.txt").read_text() == "kept"
+
+
 def test_overwrite_keeps_the_old_run_until_the_new_one_saves(run, data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     shutil.copytree(run, out)
@@ -627,6 +662,40 @@ def test_resuming_a_checkpoint_validated_with_the_old_psnr_picks_best_anew(data,
     assert t.best_psnr == -math.inf
     t.fit()
     assert ckpt_format.load(tmp_path / "more" / "best.pt")["step"] in (3, 4)  # picked anew
+
+
+def test_resuming_on_another_split_is_refused_and_other_clips_pick_best_anew(data, tmp_path, capsys):
+    """The checkpoint records the videos its run trained and validated on: a resumed run that
+    would train on a held-out video (or hold out a trained-on one) is refused before training;
+    one that validates on other clips of the same videos picks best.pt anew."""
+    out = tmp_path / "run"
+    cfg, ckpt = _two_step_run(data, out)
+    split = ckpt["split"]
+    assert split["train"] and split["val"] and not set(split["train"]) & set(split["val"])
+    t = Trainer(dataclasses_replace(cfg, steps=3, out=str(tmp_path / "same")), resume=out / "last.pt")
+    assert t.best_psnr == ckpt["best_psnr"]  # the same split and clips: nothing changes
+    t.close()
+    swapped = dict(ckpt, split=dict(split, train=split["val"], val=split["train"]))
+    torch.save(swapped, tmp_path / "swapped.pt")
+    argv = ["--resume", str(tmp_path / "swapped.pt"), "--steps", "3", "--out", str(tmp_path / "x")]
+    capsys.readouterr()
+    assert tr.main(argv + ["--no-progress"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "another split of the data" in line and "now held out" in line and "now trained on" in line, line
+    assert split["val"][0] in line and "--seed" in line and "--test-fraction" in line, line
+    assert not (tmp_path / "x" / "last.pt").exists()
+    # other validation clips of the same videos (another val_clips): a warning, best picked anew
+    with pytest.warns(UserWarning, match="validates on other clips"):
+        t = Trainer(
+            dataclasses_replace(cfg, steps=3, val_clips=1, out=str(tmp_path / "more")), resume=out / "last.pt"
+        )
+    assert t.best_psnr == -math.inf
+    t.close()
+    # a checkpoint from before the record resumes unchecked
+    torch.save({k: v for k, v in ckpt.items() if k != "split"}, tmp_path / "old.pt")
+    t = Trainer(dataclasses_replace(cfg, steps=3, out=str(tmp_path / "old")), resume=tmp_path / "old.pt")
+    assert t.best_psnr == ckpt["best_psnr"]
+    t.close()
 
 
 def test_lr_given_with_resume_is_applied(data, tmp_path):

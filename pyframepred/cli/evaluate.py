@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
-        check_output_file(out)
+        check_output_file(out, inputs={"the checkpoint": args.checkpoint})
         cfg = ckpt["config"]
         mathieu = args.protocol == "mathieu"
         steps = args.steps or (2 if mathieu else cfg.get("val_steps", 4))

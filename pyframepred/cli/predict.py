@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
             raise ConfigError(f"`out` must end in .gif or .mp4, got '{args.out}'")
         check_fps(args.fps)
-        check_output_file(args.out)
+        check_output_file(args.out, inputs={"the input video": args.video, "the checkpoint": args.checkpoint})
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         cfg = ckpt["config"]

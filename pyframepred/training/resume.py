@@ -4,11 +4,17 @@ change, and which must match.
 :func:`resume_settings` merges explicit settings over a checkpoint's: every setting not given
 again comes from the checkpoint; the :data:`RESUME_FIXED` ones (they fix the network's shape or
 the layout of its data) must match it; the output folder defaults to the checkpoint's folder.
+
+:func:`split_of` and :func:`check_split` keep the held-out videos held out: a checkpoint records
+which videos its run trained on and validated on, and a resumed run whose settings (``data``,
+``seed``, ``test_fraction``, ``split_dir``) would now train on a video it validated on, or the
+reverse, is refused; one that validates on other clips picks ``best.pt`` anew.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,6 +32,8 @@ __all__ = [
     "check_same_model",
     "checkpoint_path",
     "resume_settings",
+    "split_of",
+    "check_split",
 ]
 
 # Settings that fix the network's shape or the layout of its data: a resumed run keeps them.
@@ -156,3 +164,50 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
     if ckpt is not None:
         check_resumable(cfg, ckpt["config"], resume)
     return cfg, resume, ckpt
+
+
+def split_of(train_ds, val_ds) -> dict | None:
+    """What a run trains and validates on, as its checkpoint records it: the videos of each side
+    (paths relative to the data folder, sorted) and a digest of the validation clips (each one's
+    video and frame numbers). ``None`` for data that is not a folder of videos (Moving MNIST)."""
+    from ..data import VideoClips
+
+    base = getattr(val_ds, "dataset", val_ds)  # the validation clips: a Subset of the first ones
+    if not isinstance(train_ds, VideoClips) or not isinstance(base, VideoClips):
+        return None
+    clips = hashlib.sha1()
+    for i in range(len(val_ds)):
+        video, slot = base.locate(i)
+        frames = base.frame_indices(video, base.eval_start(video, slot))
+        clips.update(f"{base.videos[video].path}\0{frames}\n".encode("utf-8", "surrogatepass"))
+    return {
+        "train": sorted(v.path for v in train_ds.videos),
+        "val": sorted(v.path for v in base.videos),
+        "val_clips": clips.hexdigest(),
+    }
+
+
+def _names(paths: list) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def check_split(saved, now, path) -> bool:
+    """Whether a run resumed from the checkpoint at ``path`` validates on the clips it did
+    (``saved`` and ``now``: :func:`split_of` of the checkpoint's run and of the resumed one's);
+    :class:`ConfigError` where a video would change sides (a checkpoint without the record, or
+    data without videos, is not checked)."""
+    if not isinstance(saved, dict) or now is None:
+        return True
+    old_train, old_val = set(saved.get("train") or ()), set(saved.get("val") or ())
+    to_val = sorted(old_train & set(now["val"]))
+    to_train = sorted(old_val & set(now["train"]))
+    if to_val or to_train:
+        moved = [f"{len(to_val)} it trained on are now held out ({_names(to_val)})"] if to_val else []
+        if to_train:
+            moved.append(f"{len(to_train)} it held out are now trained on ({_names(to_train)})")
+        raise ConfigError(
+            f"cannot resume '{path}' on another split of the data: of its videos, "
+            f"{'; '.join(moved)}. `data`, `seed`, `test_fraction` and `split_dir` decide the "
+            f"split: leave them out to keep the checkpoint's, or start a new run"
+        )
+    return saved.get("val_clips") == now["val_clips"] and sorted(old_val) == now["val"]

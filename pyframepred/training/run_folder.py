@@ -113,6 +113,14 @@ def claim(
                 f"({', '.join(p.name for p in existing)}); continue it with `resume`, replace it "
                 f"with `overwrite`, or choose another `out`"
             )
+        if resume is None and not overwrite:
+            written = run_files(out)
+            if written:
+                raise OutputError(
+                    f"`out` '{out}' already holds files a run writes "
+                    f"({', '.join(str(p.relative_to(out)) for p in written)}), which this run would "
+                    f"replace; choose another `out`, or pass `overwrite` to replace them"
+                )
         if resume is not None and last.exists():
             src = Path(resume)
             src = src / "last.pt" if src.is_dir() else src
@@ -151,6 +159,17 @@ def claim(
         lock.release()
         raise
     return lock
+
+
+def run_files(out: Path) -> list:
+    """The files besides the checkpoints that a run writes into ``out`` and that exist there:
+    what a new run would replace (a failed run's, or files of the user's own of those names)."""
+    names = [out / n for n in ("config.json", "history.json", "eval.json", "loss.png")]
+    samples = out / "samples"
+    found = [p for p in names if p.is_file()]
+    if samples.is_dir():
+        found += sorted(p for p in samples.iterdir() if p.name == "final.gif" or p.name.startswith("step_"))
+    return found
 
 
 def _starts(history: dict, head) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from ..errors import OutputWriteError, TrainingDiverged
 from ..io import atomic_write_json
 from ..metrics import PSNR_MAX
 from . import checkpoint as ckpt_format
-from .resume import check_resumable
+from .resume import check_resumable, check_split, split_of
 
 __all__ = ["TrainerState"]
 
@@ -43,6 +44,8 @@ class TrainerState:
     history: dict
     rng_restored: bool
     averaged: Any  # a WeightAverage with ``ema``, else None
+    train_ds: Any
+    val_ds: Any
 
     def _emit(self, hook: str, *args) -> None:
         raise NotImplementedError
@@ -57,6 +60,12 @@ class TrainerState:
             "train_model": self.model.state_dict(),
             "averaged_updates": self.averaged.updates,
         }
+
+    @functools.cached_property
+    def split(self) -> Optional[dict]:
+        """The videos this run trains and validates on, and its validation clips, as its
+        checkpoints record them (:func:`~pyframepred.training.resume.split_of`)."""
+        return split_of(self.train_ds, self.val_ds)
 
     def _state(self) -> dict:
         return {
@@ -76,6 +85,8 @@ class TrainerState:
             "best_psnr": self.best_psnr,
             "psnr_max": PSNR_MAX,  # the PSNR that best_psnr and the history were measured with
             "history": self.history,
+            # The videos trained and validated on, and the validation clips (resume.split_of).
+            "split": self.split,
             "world_size": self.world,
             # The CPU thread count the run computed with (reduction orders depend on it): a
             # resumed run takes it again, so that it goes on bit for bit (Trainer._set_threads).
@@ -144,6 +155,7 @@ class TrainerState:
         else:
             ckpt_format.check_fields(ckpt, path, ckpt_format.RESUME_FIELDS, "be resumed")
         check_resumable(self.cfg, ckpt["config"], path)
+        same_clips = check_split(ckpt.get("split"), self.split, path)
         what = f"checkpoint '{path}'"
         averaged = None
         if isinstance(ckpt.get("train_model"), dict):  # trained with `ema`: model is the average
@@ -179,6 +191,15 @@ class TrainerState:
                     f"{what} was validated with an earlier PSNR (exact frames scored 106 dB, now "
                     f"{PSNR_MAX:.2f}): best.pt is picked anew from this run's validations, and "
                     f"its history's earlier PSNRs are not comparable with the new ones",
+                    stacklevel=2,
+                )
+        if not same_clips and self.step > 0 and math.isfinite(self.best_psnr):
+            self.best_psnr = -math.inf
+            if self.main:
+                warnings.warn(
+                    f"this run validates on other clips than {what} did (`data`, `seed`, "
+                    f"`val_steps`, `val_clips` or `clips_per_video` changed): best.pt is picked "
+                    f"anew from this run's validations",
                     stacklevel=2,
                 )
         self.history = ckpt["history"]
