@@ -156,6 +156,22 @@ def test_find_videos_is_recursive_case_insensitive_and_skips_hidden(data_root):
     assert not any("hidden" in f or f.endswith(".txt") for f in found)
 
 
+def test_find_videos_counts_a_linked_file_once_under_its_own_name(tmp_path, caplog):
+    """A link to a video of the folder (or a hard link) would put one file on both sides of a
+    train/test split: it is indexed once, under the name that is not a link."""
+    for rel in ("Jump/a.mp4", "Walk/b.m4v", "Walk/c.MPG", "Run/d.mts"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "Clips").mkdir()
+    (tmp_path / "Clips" / "link.mp4").symlink_to(tmp_path / "Jump" / "a.mp4")  # walked first
+    os.link(tmp_path / "Walk" / "b.m4v", tmp_path / "Walk" / "b_hard.m4v")
+    with caplog.at_level(logging.INFO, logger="pyframepred"):
+        found = find_videos(tmp_path)
+    assert found == ["Jump/a.mp4", "Run/d.mts", "Walk/b.m4v", "Walk/c.MPG"]
+    assert "skipping Clips/link.mp4: the same file as Jump/a.mp4" in caplog.text
+    assert "skipping Walk/b_hard.m4v: the same file as Walk/b.m4v" in caplog.text
+
+
 def test_classes_from_folders_and_file_names(data_root):
     ds = quiet(VideoClips, data_root, frames=4, test_fraction=0, progress=False)
     assert ds.classes == ["Jump", "Run", "Swim", "Walk"]

@@ -12,7 +12,12 @@ from ..errors import ConfigError
 logger = logging.getLogger("pyframepred.data")
 
 #: File extensions (lower case) that are treated as videos.
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm")
+# Containers FFmpeg (decord's decoder) reads that hold camera and web video. Not ".ts": a data
+# folder's TypeScript would be probed as video.
+VIDEO_EXTENSIONS = (
+    ".avi", ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".mts", ".m2ts", ".wmv",
+    ".flv", ".3gp", ".ogv",
+)  # fmt: skip
 
 
 def default_cache_dir() -> Path:

@@ -74,12 +74,14 @@ def find_videos(root) -> list[str]:
     folders (name starting with ``.``, which includes macOS ``._*`` resource forks) are ignored.
     Symbolic links are followed, each folder is walked once: a link back to a folder already
     walked (a loop, or a second link to the same folder) is skipped, so a loop neither hangs nor
-    multiplies the data set. Only regular files count: a FIFO, socket or device named
+    multiplies the data set; a file found under two names (a link to a video of the folder, a
+    hard link) counts once, under its own name rather than a link's (logged), so that it cannot
+    land on both sides of a train/test split. Only regular files count: a FIFO, socket or device named
     ``*.mp4`` (which would block the probe forever) and broken links are skipped (logged).
     File names are kept as the file system gives them (undecodable bytes as surrogate escapes).
     """
     root = os.fspath(root)
-    found = []
+    found: dict = {}  # (device, inode) of a video -> (its relative path, whether a link)
     seen = set()
     stack = [(root, "")]
     while stack:
@@ -117,17 +119,21 @@ def find_videos(root) -> list[str]:
                 continue
             if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
                 continue
-            try:
-                regular = entry.is_file()  # follows links; False for FIFOs, devices
+            try:  # is_file and stat follow links; is_file is False for FIFOs, devices
+                file_st, link = (entry.stat() if entry.is_file() else None), entry.is_symlink()
             except OSError:
-                regular = False
-            if regular:
-                found.append(rel + name)
-            else:
+                file_st = None
+            if file_st is None:
                 logger.info("skipping %s: not a regular file (or a broken link)", entry.path)
+                continue
+            key, this = (file_st.st_dev, file_st.st_ino), (rel + name, link)
+            other = found.setdefault(key, this)
+            if other != this:
+                keep, drop = (this, other) if other[1] and not link else (other, this)
+                found[key] = keep
+                logger.info("skipping %s: the same file as %s, indexed once", drop[0], keep[0])
         stack.extend(reversed(subdirs))  # depth-first, in name order
-    found.sort()
-    return found
+    return sorted(rel for rel, _ in found.values())
 
 
 def class_of(rel_path: str, root_name: str = "") -> str:
@@ -189,11 +195,10 @@ def probe_video(path) -> dict:
 
 
 def _not_a_video(path: str) -> str | None:
-    """Why FFmpeg finds no video in the file ``path`` (read through PyAV, which keeps FFmpeg's log
-    quiet), or ``None`` when the file may well be one. Asked first, so that a file that is no
-    video at all (text, an empty or cut-off file, audio only) is skipped with FFmpeg's own reason
-    and without decord's two lines of log on stderr per file. Anything less certain than the
-    container's header failing to parse, or holding no video stream, is left to decord."""
+    """Why FFmpeg (through PyAV, which keeps FFmpeg's log quiet) finds no video in ``path``, or
+    ``None``: a file that is no video (text, a cut-off header, sound only) is skipped with that
+    reason and without decord's lines on stderr. Anything less certain (the header parses, or
+    fails otherwise) is left to decord."""
     import av
 
     try:
