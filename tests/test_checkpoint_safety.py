@@ -8,6 +8,7 @@ import math
 import os
 import pickle
 import random
+import re
 import resource
 import shutil
 import signal
@@ -62,7 +63,8 @@ def _video(data):
 
 
 def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    # (the loss lines a run without a progress bar prints every `log_every` steps aside)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not re.match(r"step \d+/\d+: loss ", ln)]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
 

@@ -80,7 +80,13 @@ def test_train_cli_writes_outputs(model, data, tmp_path, capsys):
     assert ckpt["step"] == 4 and ckpt["config"]["model"] == model
     hist = json.loads((out / "history.json").read_text())
     assert [v["step"] for v in hist["val"]] == [2, 4]
-    assert "copy-last" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "copy-last" in err
+    # Without a progress bar (a log file, a batch job) the loss is printed every `log_every`
+    # steps (10: beyond this run's 4) and at the last one.
+    loss_lines = [ln for ln in err.splitlines() if ln.startswith("step 4/4: loss ")]
+    assert len(loss_lines) == 1 and loss_lines[0].endswith(" clips/s"), err
+    assert math.isfinite(float(loss_lines[0].split("loss ")[1].split(",")[0]))
 
 
 def test_tensorboard_logging(data, tmp_path):

@@ -65,11 +65,12 @@ class StepHook(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar with the loss and clips/s (off with ``progress=False``); validation lines are
-    printed either way."""
+    """A tqdm bar with the loss and clips/s; with ``progress=False`` (a log file, a batch job) a
+    line of them every ``log_every`` steps instead (on the main process: ``lines``). Validation
+    lines are printed either way."""
 
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar = enabled, None
+    def __init__(self, enabled: bool, lines: bool = True):
+        self.enabled, self.lines, self.bar = enabled, lines, None
 
     def on_fit_start(self, trainer):
         from tqdm.auto import tqdm
@@ -88,7 +89,11 @@ class ProgressBar(Callback):
         self.bar.update(1)
 
     def on_log(self, trainer, record, clips_per_s):
-        self.bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{clips_per_s:.1f}")
+        if self.enabled:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", clips_s=f"{clips_per_s:.1f}")
+        elif self.lines:
+            steps, loss = f"{trainer.step}/{trainer.cfg.steps}", record["loss"]
+            print(f"step {steps}: loss {loss:.4f}, {clips_per_s:.1f} clips/s", file=sys.stderr, flush=True)
 
     def on_validation(self, trainer, record, best):
         self.bar.write(
@@ -172,7 +177,7 @@ class Samples(Callback):
 def default_callbacks(trainer) -> list:
     """The built-in callbacks for the trainer's settings (only the main process writes)."""
     cfg = trainer.cfg
-    out = [ProgressBar(cfg.progress and trainer.main)]
+    out = [ProgressBar(cfg.progress and trainer.main, lines=trainer.main)]
     if trainer.main:
         if cfg.tensorboard:
             out.append(TensorBoard(trainer.out / "tensorboard"))
