@@ -89,6 +89,22 @@ def test_train_cli_writes_outputs(model, data, tmp_path, capsys):
     assert math.isfinite(float(loss_lines[0].split("loss ")[1].split(",")[0]))
 
 
+def test_paths_starting_with_a_tilde_are_the_home_folder(data, tmp_path, monkeypatch, capsys):
+    """`~` in a path the shell does not expand (`--out=~/x`, a config file's `data = "~/v"`)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(data, tmp_path / "videos")
+    (tmp_path / "cfg.toml").write_text('data = "~/videos"\n')
+    argv = ["--model", "autoencoder", "--config", str(tmp_path / "cfg.toml"), "--out=~/runs/x"]
+    assert tr.main(argv + ["--preset", "tiny", "--no-progress", "--steps", "2"]) == 0
+    assert (tmp_path / "runs" / "x" / "last.pt").is_file()
+    assert tr.main(["--resume=~/runs/x/last.pt", "--steps", "3", "--no-progress"]) == 0
+    video = sorted((tmp_path / "videos").rglob("*.mp4"))[0].relative_to(tmp_path)
+    assert pr.main(["~/runs/x/last.pt", f"~/{video}", "--out=~/pred.gif"]) == 0
+    assert ev.main(["~/runs/x/last.pt", "--out=~/eval.json"]) == 0
+    assert (tmp_path / "pred.gif").is_file() and (tmp_path / "eval.json").is_file()
+    assert not (Path.cwd() / "~").exists()
+
+
 def test_tensorboard_logging(data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

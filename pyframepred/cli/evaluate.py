@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -45,8 +46,14 @@ __all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m pyframepred.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="a checkpoint written by pyframepred.train (last.pt/best.pt)")
-    p.add_argument("--data", help="folder of videos (default: the checkpoint's data set)")
+    p.add_argument(
+        "checkpoint",
+        type=os.path.expanduser,
+        help="a checkpoint written by pyframepred.train (last.pt/best.pt)",
+    )
+    p.add_argument(
+        "--data", type=os.path.expanduser, help="folder of videos (default: the checkpoint's data set)"
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -85,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="--protocol mathieu on videos: a pixel moves when its estimated flow is at least this "
         "many pixels (default 1.0)",
     )
-    p.add_argument("--out", help="JSON file (default: eval.json next to the checkpoint)")
+    p.add_argument(
+        "--out", type=os.path.expanduser, help="JSON file (default: eval.json next to the checkpoint)"
+    )
     p.add_argument(
         "--mnist-test",
         help="Moving MNIST checkpoints: the standard test sequences "

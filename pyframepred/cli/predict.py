@@ -16,6 +16,7 @@ past the end of the video are shown grey on the expected side. Prints PSNR/SSIM 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -36,10 +37,23 @@ __all__ = ["main", "build_parser"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m pyframepred.predict", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="a checkpoint written by pyframepred.train (last.pt/best.pt)")
-    p.add_argument("video", help="the video whose frames are the input (any format decord reads)")
+    p.add_argument(
+        "checkpoint",
+        type=os.path.expanduser,
+        help="a checkpoint written by pyframepred.train (last.pt/best.pt)",
+    )
+    p.add_argument(
+        "video",
+        type=os.path.expanduser,
+        help="the video whose frames are the input (any format decord reads)",
+    )
     p.add_argument("--steps", type=int, default=4, help="frames to predict (default 4)")
-    p.add_argument("--out", default="prediction.gif", help=".gif or .mp4 (default prediction.gif)")
+    p.add_argument(
+        "--out",
+        type=os.path.expanduser,
+        default="prediction.gif",
+        help=".gif or .mp4 (default prediction.gif)",
+    )
     p.add_argument("--start", type=int, help="first frame (default: middle of the video)")
     p.add_argument("--interval", type=int, help="frames skipped between frames (default: as trained)")
     p.add_argument(

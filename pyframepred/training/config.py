@@ -159,6 +159,13 @@ class TrainConfig:
     progress: bool = _s(True, "progress bar (default on)")
     model_kwargs: dict = _s(None, "extra constructor arguments of the model", flag=False, factory=dict)
 
+    def __post_init__(self) -> None:
+        # "~/videos" from a config file, or `--out=~/runs` (which the shell leaves as it is)
+        for name in ("data", "out", "split_dir", "mnist", "mnist_test"):
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                setattr(self, name, os.path.expanduser(value))
+
     @property
     def spec(self) -> registry.ModelSpec:
         return registry.get(self.model)

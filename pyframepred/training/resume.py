@@ -108,6 +108,8 @@ def check_resumable(cfg: TrainConfig, ckpt_cfg: dict, path) -> None:
 def checkpoint_path(resume, explicit: dict) -> str:
     """The checkpoint file ``resume`` names: itself, ``<folder>/last.pt`` for a folder, and for
     ``"auto"`` ``<out>/last.pt`` of the explicit (or the model's default) output folder."""
+    if resume != "auto":
+        resume = os.path.expanduser(resume)
     if resume == "auto":
         if "out" not in explicit and "model" not in explicit:
             raise ConfigError(
