@@ -718,8 +718,15 @@ def test_ucf_split_lists(data_root, tmp_path):
         "Walk/v_Walk_g02_c01.avi 3\nRun/v_Run_g01_c01.avi 2\nWalk/corrupt.avi 3\n"
     )
     (tmp_path / "testlist01.txt").write_text("Walk/v_Walk_g01_c01.avi\nJump/v_Jump_g01_c01.avi\n")
-    train = quiet(VideoClips, data_root, split_dir=tmp_path, train=True, progress=False)
-    test = VideoClips(data_root, split_dir=tmp_path, train=False, progress=False)
+    # The train side says which videos of the folder neither list names (they are not used).
+    with pytest.warns(
+        UserWarning, match=r"VideoClips: 7 of the 12 videos in .* are in neither list of split 1"
+    ) as w:
+        train = VideoClips(data_root, split_dir=tmp_path, train=True, progress=False)
+    assert any("Jump/short.mp4" in str(x.message) and "neither" in str(x.message) for x in w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the test side: no second warning
+        test = VideoClips(data_root, split_dir=tmp_path, train=False, progress=False)
     assert [v.path for v in train.videos] == ["Run/v_Run_g01_c01.avi", "Walk/v_Walk_g02_c01.mp4"]
     assert train.skipped[0][0] == "Walk/corrupt.mp4"
     assert [v.path for v in test.videos] == ["Jump/v_Jump_g01_c01.mov", "Walk/v_Walk_g01_c01.mp4"]

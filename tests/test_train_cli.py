@@ -963,6 +963,10 @@ def test_split_options(one_group_data, tmp_path, capsys):
         (["--split-index", "4"], "--split-index"),
         (["--threads", "0"], "--threads"),
         (["--split-dir", str(tmp_path / "none")], "split folder"),
+        (
+            ["--split-dir", str(tmp_path), "--test-fraction", "0.5"],
+            "--split-dir and --test-fraction are alternatives",
+        ),
     ):
         assert tr.main(base + ["--out", str(tmp_path / "c")] + extra) == 2
         assert message in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -51,6 +52,38 @@ def read_ucf_split(split_dir, split_index: int = 1, train: bool = True) -> set[s
     if not keys:
         raise ValueError(f"UCF-101 split list {str(list_file)!r} lists no videos")
     return keys
+
+
+def listed_side(split_dir, split_index: int, train: bool, paths: Sequence[str], root_txt: str) -> list[bool]:
+    """Which of the videos ``paths`` (relative to the data folder ``root_txt``) the ``train`` or
+    test list of ``split_dir`` names. The train side warns of the videos that neither list
+    names (they are not used: lists written for a part of the folder); the listed videos the
+    folder lacks are logged (lists of the whole of UCF-101 over a part of it are common)."""
+    from ._common import logger
+
+    listed = read_ucf_split(split_dir, split_index, train)
+    keys = [list_key(p) for p in paths]
+    missing = len(listed - set(keys))
+    if missing:
+        side = "train" if train else "test"
+        logger.info(
+            "%d of the %d videos of the %s list of split %d in '%s' are not in '%s'",
+            missing, len(listed), side, split_index, split_dir, root_txt,
+        )  # fmt: skip
+    if train and Path(split_dir).is_dir():
+        try:
+            other = read_ucf_split(split_dir, split_index, False)
+        except (OSError, ValueError):
+            other = set()
+        unlisted = [p for p, k in zip(paths, keys) if k not in listed and k not in other]
+        if unlisted:
+            warnings.warn(
+                f"VideoClips: {len(unlisted)} of the {len(paths)} videos in '{root_txt}' are in "
+                f"neither list of split {split_index} in '{split_dir}' and are not used "
+                f"({names(unlisted)})",
+                stacklevel=3,
+            )
+    return [k in listed for k in keys]
 
 
 def list_key(rel_path: str) -> str:

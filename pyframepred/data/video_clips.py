@@ -22,9 +22,8 @@ from .splits import (
     empty_side_situation,
     group_key,
     group_split,
-    list_key,
+    listed_side,
     names,
-    read_ucf_split,
 )
 
 __all__ = ["VideoClips", "Clip", "NoVideosError", "EmptySplitError", "NoDecodableVideosError"]
@@ -235,8 +234,7 @@ class VideoClips(Dataset):
         # -- train/test split
         side = "train" if self.train else "test"
         if split_dir is not None:  # the lists decide; unusable listed videos are skipped below
-            listed = read_ucf_split(split_dir, split_index, self.train)
-            keep = [list_key(v.path) in listed for v in infos]
+            keep = listed_side(split_dir, split_index, self.train, [v.path for v in infos], root_txt)
             if not any(keep):
                 raise NoVideosError(
                     f"VideoClips: no videos for '{root_txt}': none of its {len(infos)} videos is "

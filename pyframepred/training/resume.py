@@ -140,6 +140,8 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
     unknown = sorted(set(explicit) - fields)
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    if explicit.get("split_dir") is not None and "test_fraction" in explicit:
+        raise ConfigError("`split_dir` and `test_fraction` are alternatives (the lists decide the split)")
     ckpt = None
     if resume is not None:
         resume = checkpoint_path(resume, explicit)
