@@ -477,6 +477,18 @@ def test_predict_and_evaluate_never_write_over_their_inputs(run, data, tmp_path,
     assert _snapshot(tmp_path) == before
 
 
+def test_evaluate_beside_a_read_only_checkpoint_names_the_way_out(run, monkeypatch, capsys):
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(atomic, "create_temp", read_only)  # the folder's write test fails
+    assert ev.main([str(run / "best.pt")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert (
+        "eval.json" in line and "Permission denied" in line and "--out FILE to write it elsewhere" in line
+    ), line
+
+
 def test_a_new_run_refuses_to_replace_files_of_a_run_without_checkpoints(data, tmp_path, capsys):
     """A folder with a run's other files and no checkpoint (a run that failed before its first
     save, or a project folder with a config.json of its own) is not written over silently."""

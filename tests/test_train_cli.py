@@ -428,6 +428,26 @@ def test_predict_keeps_the_video_aspect_ratio(checkpoint, tmp_path, capsys):
     assert "32x64 frames" in capsys.readouterr().out
 
 
+def test_predict_says_which_steps_the_video_cannot_score(checkpoint, tmp_path, capsys):
+    frames = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    video = tmp_path / "five.mp4"
+    encode_video(video, frames, 25)  # the tiny autoencoder takes 4 frames: 1 left to compare
+    assert (
+        pr.main(
+            [str(checkpoint), str(video), "--steps", "4", "--start", "0", "--out", str(tmp_path / "p.gif")]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("step 1: PSNR ") and lines[1] == (
+        "step 2-4: no score, the video has no frame there (its expected frames are grey)"
+    )
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    assert pr.main([str(checkpoint), str(fifo), "--out", str(tmp_path / "q.gif")]) == 2
+    assert "video '" + str(fifo) + "' is not a regular file" in capsys.readouterr().err
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data import EmptySplitError
-from ..errors import PyframepredError
+from ..errors import OutputError, PyframepredError
 from ..evaluation import evaluate_model, format_table, heldout_clips
 from ..io import atomic_write_json, check_output_file
 from ..mathieu import MathieuTestSet, evaluate_mathieu, format_mathieu_table, with_computed_masks
@@ -112,7 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
-        check_output_file(out, inputs={"the checkpoint": args.checkpoint})
+        try:
+            check_output_file(out, inputs={"the checkpoint": args.checkpoint})
+        except OutputError as exc:
+            if args.out:
+                raise
+            raise OutputError(
+                f"{exc} (eval.json goes next to the checkpoint; `out` FILE to write it elsewhere)"
+            ) from None
         cfg = ckpt["config"]
         mathieu = args.protocol == "mathieu"
         steps = args.steps or (2 if mathieu else cfg.get("val_steps", 4))

@@ -133,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{M.psnr(b, t).item():.2f}), SSIM {M.ssim(p, t).item():.4f} "
                 f"({M.ssim(b, t).item():.4f})"
             )
+    scored = max(0, min(args.steps, n_real - n_in))
+    if scored < args.steps:  # the video ends first: nothing to compare those steps with
+        steps = f"step {scored + 1}" + (f"-{args.steps}" if scored + 1 < args.steps else "")
+        print(f"{steps}: no score, the video has no frame there (its expected frames are grey)")
     print(f"wrote {out} (expected | generated, {clip.shape[-2]}x{clip.shape[-1]} frames)")
     return 0
 

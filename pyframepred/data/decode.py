@@ -227,7 +227,8 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
     if path.is_dir():
         raise ConfigError(f"'{path}' is a folder, not a video file")
     if not path.is_file():
-        raise ConfigError(f"video '{path}' does not exist")
+        there = path.exists() or path.is_symlink()
+        raise ConfigError(f"video '{path}' " + ("is not a regular file" if there else "does not exist"))
     try:
         vr = FrameReader(path, size=None if isinstance(size, int) else size)
     except Exception as exc:  # noqa: BLE001 - decord raises its own error types
