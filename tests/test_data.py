@@ -860,27 +860,38 @@ def test_a_bad_video_counts_on_the_side_of_its_group(tmp_path):
     assert [p for p, _ in test.skipped] == [bad] and train.skipped == []
 
 
-def test_classes_with_a_single_group_leave_the_test_side_empty_with_a_clear_error(tmp_path):
+def test_classes_with_a_single_group_are_split_together(tmp_path):
+    # A folder per video (or per scene): each class alone would keep its one group on the train
+    # side; together they are split as one class, a whole group (here: a class) on each side.
+    for cls in ("Jump", "Run", "Swim", "Walk", "Dive"):
+        write_video(tmp_path / cls / f"v_{cls}_g01_c01.mp4", coded_frames(10), 25)
+    write_video(tmp_path / "Jump" / "v_Jump_g01_c02.mp4", coded_frames(10), 25)
+    train = VideoClips(tmp_path, frames=4, train=True, progress=False)
+    test = VideoClips(tmp_path, frames=4, train=False, progress=False)
+    assert len(test.classes) == 1 and set(train.classes).isdisjoint(test.classes)  # round(0.2 * 5)
+    assert len(train) + len(test) == 6
+    assert sorted(train.classes + test.classes) == ["Dive", "Jump", "Run", "Swim", "Walk"]
+
+
+def test_a_single_group_leaves_the_test_side_empty_with_a_clear_error(tmp_path):
     write_video(tmp_path / "Jump" / "v_Jump_g01_c01.mp4", coded_frames(10), 25)
     write_video(tmp_path / "Jump" / "v_Jump_g01_c02.mp4", coded_frames(10), 25)
-    write_video(tmp_path / "Run" / "v_Run_g01_c01.mp4", coded_frames(10), 25)
     train = VideoClips(tmp_path, frames=4, train=True, progress=False)
-    assert len(train) == 3
+    assert len(train) == 2
     with pytest.raises(NoVideosError) as err:
         VideoClips(tmp_path, frames=4, train=False, progress=False)
     msg = str(err.value)
     assert str(tmp_path) in msg and "test side" in msg
-    assert "3 readable videos form 2 group(s)" in msg and "Jump: 1, Run: 1" in msg
-    assert "every class has a single group" in msg
+    assert "2 readable videos form 1 group(s)" in msg and "Jump: 1" in msg
+    assert "its one group stays on the train side" in msg
     assert "test_fraction=0" in msg and "split_dir" in msg and "more groups" in msg
     # the ways out it names work
-    assert len(VideoClips(tmp_path, frames=4, train=False, test_fraction=0, progress=False)) == 3
-    # and a test_fraction that sends the only groups to the test side says so for train
+    assert len(VideoClips(tmp_path, frames=4, train=False, test_fraction=0, progress=False)) == 2
+    # and a test_fraction that sends the only group to the test side says so for train
     with pytest.raises(NoVideosError, match="train side.*sends every group to the test side"):
         VideoClips(tmp_path, frames=4, train=True, test_fraction=0.8, progress=False)
 
 
-# --------------------------------------------------------------------------- multi-scale
 def test_multiscale_inputs_and_targets():
     clip = torch.rand(5, 3, 64, 64) * 2 - 1
     inputs, targets = multiscale(clip, scales=(4, 16, 32, 64))

@@ -950,7 +950,7 @@ def one_group_data(tmp_path_factory):
         videos_per_class=2,
         groups_per_class=1,
         frames=(16, 20),
-        classes=synthetic.CLASSES[:2],
+        classes=synthetic.CLASSES[:1],  # one class of one group: nothing to hold out
         progress=False,
     )
 
@@ -967,7 +967,7 @@ def test_split_options(one_group_data, tmp_path, capsys):
         "--steps",
         "2",
     ]
-    # One group per class: the held-out side of the group split is empty -> the way out is named.
+    # A single group: the held-out side of the group split is empty -> the way out is named.
     assert tr.main(base + ["--out", str(tmp_path / "a")]) == 2
     assert "--test-fraction 0" in capsys.readouterr().err
     threads = torch.get_num_threads()
@@ -1075,16 +1075,23 @@ def test_evaluate_names_a_foreign_file(content, why, tmp_path, capsys):
 def test_evaluate_all_videos_of_a_folder_without_groups(checkpoint, tmp_path, capsys):
     footage = tmp_path / "footage"
     rng = np.random.default_rng(0)
-    for name in ("Street", "Room"):  # one video each: no split
+
+    def add(name):
         (footage / name).mkdir(parents=True)
         frames = (rng.random((12, 48, 80, 3)) * 255).astype(np.uint8)
         encode_video(footage / name / f"{name.lower()}.mp4", frames, 25)
+
+    add("Street")  # one video: a single group, no split
     out = tmp_path / "eval.json"
-    assert ev.main([str(checkpoint), "--data", str(footage), "--steps", "2", "--out", str(out)]) == 2
+    argv = [str(checkpoint), "--data", str(footage), "--steps", "2", "--out", str(out)]
+    assert ev.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no videos for the test side" in err[0]  # the split holds none out
     assert err[0].endswith("Pass --all-videos to evaluate on clips of every video")
     assert "split_dir" not in err[0] and "test_fraction=0 to" not in err[0]  # not evaluate's options
+    add("Room")  # a folder per video: split together, one of the two is the test side
+    assert ev.main(argv) == 0
+    assert json.loads(out.read_text())["clips"] == 2  # the held-out video's 2 (--clips-per-video)
     rc = ev.main(
         [
             str(checkpoint),

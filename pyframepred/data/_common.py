@@ -93,7 +93,7 @@ class NoVideosError(ConfigError):
 
 
 class EmptySplitError(NoVideosError):
-    """The group train/test split left the requested side without videos (e.g. every class has a
+    """The group train/test split left the requested side without videos (e.g. the data has a
     single group); the message says why and names the ways out (``test_fraction=0``, split lists,
     more groups), :attr:`situation` only why (for callers whose ways out are other settings)."""
 

@@ -112,24 +112,30 @@ def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: flo
     group is its own group. Within each class, the groups are ordered by a hash of their name and
     the first ``round(test_fraction * n_groups)`` go to the test set (at least one and at most
     ``n_groups - 1`` when the class has two or more groups and ``0 < test_fraction < 1``). The
-    split depends only on the file names: never on a seed, the machine, or the other classes.
+    classes with a single group (a folder per video, say) are split so together, as one class:
+    alone, each would keep its group on the train side. The split depends only on the file
+    names: never on a seed or the machine.
     """
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
-    groups_per_class: dict[str, set[str]] = {}
+    groups_per_class: dict[str, set[tuple[str, str]]] = {}
     keys = []
     for rel, cls in zip(paths, classes):
         key = group_key(rel, cls)
         keys.append(key)
-        groups_per_class.setdefault(key[0], set()).add(key[1])
+        groups_per_class.setdefault(key[0], set()).add(key)
+    singles = [c for c, groups in groups_per_class.items() if len(groups) == 1]
+    units = [groups for groups in groups_per_class.values() if len(groups) > 1]
+    units += [{g for c in singles for g in groups_per_class[c]}] if len(singles) > 1 else []
+    units += [groups_per_class[singles[0]]] if len(singles) == 1 else []
     test_groups: set[tuple[str, str]] = set()
-    for cls, groups in groups_per_class.items():
+    for groups in units:
         n = len(groups)
         n_test = int(round(test_fraction * n))
         if 0.0 < test_fraction < 1.0 and n >= 2:
             n_test = min(max(n_test, 1), n - 1)
-        ordered = sorted(groups, key=lambda g: _rank(f"{cls}/{g}"))
-        test_groups.update((cls, g) for g in ordered[:n_test])
+        ordered = sorted(groups, key=lambda k: _rank(f"{k[0]}/{k[1]}"))
+        test_groups.update(ordered[:n_test])
     return [k in test_groups for k in keys]
 
 
@@ -149,16 +155,13 @@ def empty_side_situation(root_txt, side, test_fraction, paths, classes) -> str:
         groups.setdefault(c, set()).add(group_key(p, c))
     n_groups = sum(len(g) for g in groups.values())
     per_class = names((f"{c}: {len(g)}" for c, g in sorted(groups.items())), 12)
-    single = all(len(g) == 1 for g in groups.values())
     if side == "test":
         why = (
-            "every class has a single group, which stays on the train side"
-            if single
-            else "no class has a group left for the test side"
+            "its one group stays on the train side" if n_groups == 1 else "no group is left for the test side"
         )
     else:
         why = f"test_fraction={test_fraction} sends every group to the test side" + (
-            " (every class has a single group)" if single else ""
+            " (a single group)" if n_groups == 1 else ""
         )
     return (
         f"VideoClips: no videos for the {side} side in '{root_txt}': the group split "
@@ -174,6 +177,5 @@ def empty_side_advice(side) -> str:
     return (
         ("Pass a smaller test_fraction, or " if side == "train" else "Pass ")
         + "test_fraction=0 to use every video on both sides (no held-out data), give "
-        "UCF-101 split lists (split_dir), or add videos from more groups (at least two "
-        "per class)."
+        "UCF-101 split lists (split_dir), or add videos from more groups (at least two)."
     )

@@ -63,9 +63,9 @@ class VideoClips(Dataset):
         names; one group never lands on both sides) of the readable videos (unreadable ones are
         set aside first, so they never take a side's place; too-short ones are skipped after the
         split, which so stays the same whatever the clip length), ``test_fraction`` of
-        each class's groups going to the test side. A class with a single group stays on the
-        train side: when no class has two groups the test side is empty, which is an error that
-        says so. ``test_fraction=0`` (or ``None``) disables the split: ``train=True`` and
+        each class's groups going to the test side; the classes with a single group (a folder
+        per video) are split together, as one class. A lone group has no test side: that is an
+        error that says so. ``test_fraction=0`` (or ``None``) disables the split: ``train=True`` and
         ``train=False`` then both use every video (``train`` still chooses random or fixed
         clips).
 
