@@ -188,6 +188,7 @@ def heldout_clips(
             root,
             frames=frames,
             interval=cfg.get("interval", 0),
+            fps=cfg.get("fps"),
             size=cfg.get("size", 64),
             train=False,
             seed=seed,

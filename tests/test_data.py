@@ -543,6 +543,20 @@ def test_files_that_are_no_video_are_skipped_quietly_with_ffmpegs_reason(tmp_pat
     assert capfd.readouterr().err == ""
 
 
+def test_read_clip_counts_frames_at_the_training_frame_rate(tmp_path):
+    from pyframepred.data.decode import read_clip
+
+    video = write_video(tmp_path / "fast.mp4", coded_frames(40), 20)
+    clip, n_real = read_clip(video, 3, 2, 0, None, start=1, fps=10)  # every other frame
+    assert n_real == 5 and frame_ids(clip) == [1, 3, 5, 7, 9]
+    clip, _ = read_clip(video, 3, 2, 1, None, start=0, fps=10)  # interval 1 at 10 fps: 4 apart
+    assert frame_ids(clip) == [0, 4, 8, 12, 16]
+    assert frame_ids(read_clip(video, 3, 2, 0, None, start=0)[0]) == [0, 1, 2, 3, 4]  # as stored
+    # the same frames VideoClips takes for a clip from the same start
+    ds = VideoClips(tmp_path, frames=5, fps=10, train=False, test_fraction=0, progress=False)
+    assert ds.frame_indices(0, 1) == [1, 3, 5, 7, 9]
+
+
 def test_length_requirement_depends_on_clip_span(data_root):
     # 3 frames is enough for frames=3, interval=0: the short video is then used
     ds = quiet(VideoClips, data_root, frames=3, test_fraction=0, progress=False)

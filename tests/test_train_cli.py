@@ -105,6 +105,24 @@ def test_paths_starting_with_a_tilde_are_the_home_folder(data, tmp_path, monkeyp
     assert not (Path.cwd() / "~").exists()
 
 
+def test_fps_resamples_training_validation_and_prediction(data, tmp_path, capsys):
+    """--fps: every video's frames taken at that rate (the synthetic videos are 25 fps: 12.5
+    takes every other frame), recorded in the checkpoint, used by evaluate and predict."""
+    out = tmp_path / "run"
+    argv = ["--model", "autoencoder", "--data", str(data), "--out", str(out), "--fps", "12.5"]
+    assert tr.main(argv + ["--preset", "tiny", "--no-progress", "--steps", "2"]) == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["config"]["fps"] == 12.5
+    t = Trainer(tiny("autoencoder", data, tmp_path / "more", fps=12.5, steps=3), resume=out / "last.pt")
+    assert t.val_ds.dataset.frame_indices(0, 0)[:3] == [0, 2, 4]
+    t.close()
+    assert ev.main([str(out / "last.pt"), "--steps", "2", "--out", str(tmp_path / "e.json")]) == 0
+    video = sorted(Path(data).rglob("*.mp4"))[0]
+    assert pr.main([str(out / "last.pt"), str(video), "--steps", "2", "--out", str(tmp_path / "p.gif")]) == 0
+    with pytest.raises(ConfigError, match="`fps` must be a positive number"):
+        tiny("autoencoder", data, out, fps=0.0).resolved()
+
+
 def test_tensorboard_logging(data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -716,6 +734,7 @@ def test_bad_weight_average_in_a_checkpoint_is_a_one_line_error(data, tmp_path):
         (["--size", "32"], "--size is 64 in the checkpoint but 32 was given"),
         (["--in-frames", "3"], "--in-frames is 4 in the checkpoint but 3 was given"),
         (["--no-residual"], "--residual is true in the checkpoint but false was given"),
+        (["--fps", "12.5"], "--fps is null in the checkpoint but 12.5 was given"),
         (["--model", "autoencoder"], "holds a seq2seq model, not an autoencoder model"),
     ],
 )

@@ -5,7 +5,8 @@ Usage::
     python -m pyframepred.predict CHECKPOINT VIDEO --steps K --out out.gif   # or out.mp4
 
 Reads ``in_frames + K`` frames of ``VIDEO`` (any file decord reads) from ``--start`` (default:
-the middle of the video), ``--interval`` frames apart (default: the checkpoint's), scaled to
+the middle of the video), ``--interval`` frames apart (default: the checkpoint's; counted at
+the frame rate the model was trained at, where it was trained with ``--fps``), scaled to
 ``--size`` (default: the training size as the short side, so the output keeps the video's aspect
 ratio; ``--size H W`` exactly that; ``--size 0`` the video's own size: the fully convolutional
 models accept any), predicts ``K`` frames from the first ``in_frames`` and writes the
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("`interval` must be >= 0")
         size = _size(args.size, cfg)
         model = model_from_checkpoint(ckpt, device, args.fused)
-        clip, n_real = read_clip(args.video, n_in, args.steps, interval, size, args.start)
+        clip, n_real = read_clip(args.video, n_in, args.steps, interval, size, args.start, cfg.get("fps"))
         if ckpt["model_kwargs"].get("channels", 3) == 1:  # a grey model (Moving MNIST)
             clip = clip.mean(1, keepdim=True)
         with torch.no_grad():

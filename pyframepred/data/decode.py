@@ -17,6 +17,7 @@ never worked is then not tried directly on new videos either.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -214,12 +215,13 @@ class FrameReader:
         )
 
 
-def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
+def read_clip(video, n_in: int, steps: int, interval: int, size, start=None, fps=None):
     """``(frames, n_real)`` for predicting ``steps`` frames from ``n_in`` frames of ``video``:
-    float32 ``(n_in + steps, 3, H, W)`` in [-1, 1], taken ``interval`` frames apart from
-    ``start`` (default: centred in the video), at ``size`` (``(H, W)``; ``None``: the video's
-    own; an int: the short side, the aspect ratio kept), and the number of frames read (frames
-    past the end are grey). Unusable input is a :class:`~pyframepred.errors.ConfigError`."""
+    float32 ``(n_in + steps, 3, H, W)`` in [-1, 1], taken ``interval`` frames apart (frames at
+    ``fps``, as :class:`~pyframepred.data.VideoClips` counts them, where given) from ``start``
+    (default: centred in the video), at ``size`` (``(H, W)``; ``None``: the video's own; an
+    int: the short side, the aspect ratio kept), and the number of frames read (frames past
+    the end are grey). Unusable input is a :class:`~pyframepred.errors.ConfigError`."""
     from ..errors import ConfigError
     from ..io import normalize
 
@@ -236,20 +238,20 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None):
     if isinstance(size, int):  # the short side; the other follows the video's aspect ratio
         h, w = vr.native_size
         vr.size = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
-    n = len(vr)
-    step = interval + 1
-    need_in = (n_in - 1) * step + 1
+    n, total = len(vr), n_in + steps
+    step = (interval + 1) * (vr.fps / fps if fps and vr.fps > 0 else 1.0)
+    offsets = [int(math.floor(k * step + 0.5)) for k in range(total)]  # as VideoClips takes them
+    need_in = offsets[n_in - 1] + 1
     if n < need_in:
         raise ConfigError(
             f"video '{path}' has {n} frame{'s' if n != 1 else ''}; {n_in} input "
-            f"frames {interval} apart need {need_in}"
+            f"frames {interval} apart{f' at {fps:g} fps' if fps else ''} need {need_in}"
         )
-    total = n_in + steps
     if start is None:
-        start = max(0, (n - ((total - 1) * step + 1)) // 2)
+        start = max(0, (n - (offsets[-1] + 1)) // 2)
     if not 0 <= start <= n - need_in:
         raise ConfigError(f"`start` must be in [0, {n - need_in}] for this video, got {start}")
-    idx = [start + k * step for k in range(total)]
+    idx = [start + o for o in offsets]
     real = [i for i in idx if i < n]
     try:
         arr = vr.get_batch(real)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass
@@ -97,6 +98,11 @@ class TrainConfig:
     out_frames: int = _s(4, "frames predicted in training (seq2seq; 4)")
     val_steps: int = _s(4, "frames predicted in validation (default 4)")
     interval: int = _s(0, "frames skipped between taken frames (0)")
+    fps: Optional[float] = _s(
+        None,
+        "frame rate the interval counts at: each video's frames are taken at the nearest time, so "
+        "footage of mixed rates gives clips of one duration (default: frames as stored)",
+    )
     size: int = _s(
         64,
         "frame short side: frames keep their aspect ratio and are cropped to size x size, at a "
@@ -253,6 +259,8 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"the split folder '{c.split_dir}' does not exist")
     if not 0 <= c.seed < 2**32:
         raise ConfigError(f"`seed` must be in [0, 4294967295], got {c.seed}")
+    if c.fps is not None and not (math.isfinite(c.fps) and c.fps > 0):
+        raise ConfigError(f"`fps` must be a positive number, got {c.fps}")
     if c.threads is not None and c.threads < 1:
         raise ConfigError(f"`threads` must be >= 1, got {c.threads}")
     if not c.alpha >= 1:

@@ -207,29 +207,24 @@ class Trainer(TrainerState):
         )
         self.data_root = root
         split = dict(test_fraction=cfg.test_fraction, split_dir=cfg.split_dir, split_index=cfg.split_index)
+        shared = dict(interval=cfg.interval, fps=cfg.fps, size=cfg.size, seed=cfg.seed, **split)
         try:
             train_ds = VideoClips(
                 root,
                 frames=cfg.in_frames + cfg.out_frames,
-                interval=cfg.interval,
-                size=cfg.size,
                 train=True,
-                seed=cfg.seed,
                 clips_per_video=cfg.clips_per_video,
                 hflip=True,
                 progress=cfg.progress and self.main,
-                **split,
+                **shared,
             )
             val_ds = VideoClips(
                 root,
                 frames=cfg.in_frames + cfg.val_steps,
-                interval=cfg.interval,
-                size=cfg.size,
                 train=False,
-                seed=cfg.seed,
                 clips_per_video=max(1, cfg.clips_per_video // 4),
                 progress=False,
-                **split,
+                **shared,
             )
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise ConfigError(str(exc)) from exc

@@ -43,6 +43,7 @@ RESUME_FIXED = (
     "in_frames",
     "out_frames",
     "interval",
+    "fps",
     "size",
     "residual",
     "batch_norm",
