@@ -27,7 +27,7 @@ from pyframepred.cli import predict as pr
 from pyframepred.cli import train as tr
 from pyframepred.cli.common import EXIT_WORKER_DIED, EXIT_WRITE_FAILED
 from pyframepred.data import decode_frames, find_videos, index_videos, synthetic
-from pyframepred.errors import OutputError
+from pyframepred.errors import ConfigError, OutputError
 from pyframepred.training import TrainConfig, Trainer
 from pyframepred.training import checkpoint as ckpt_format
 from pyframepred.training.run_folder import RunFolderLock
@@ -696,7 +696,7 @@ def test_resuming_on_another_split_is_refused_and_other_clips_pick_best_anew(dat
     assert tr.main(argv + ["--no-progress"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "another split of the data" in line and "now held out" in line and "now trained on" in line, line
-    assert split["val"][0] in line and "--seed" in line and "--test-fraction" in line, line
+    assert split["val"][0] in line and "--test-fraction" in line and "--split-index" in line, line
     assert not (tmp_path / "x" / "last.pt").exists()
     # other validation clips of the same videos (another val_clips): a warning, best picked anew
     with pytest.warns(UserWarning, match="validates on other clips"):
@@ -705,10 +705,28 @@ def test_resuming_on_another_split_is_refused_and_other_clips_pick_best_anew(dat
         )
     assert t.best_psnr == -math.inf
     t.close()
-    # a checkpoint from before the record resumes unchecked
+    # a checkpoint from before the record, or with a malformed one, resumes unchecked
     torch.save({k: v for k, v in ckpt.items() if k != "split"}, tmp_path / "old.pt")
-    t = Trainer(dataclasses_replace(cfg, steps=3, out=str(tmp_path / "old")), resume=tmp_path / "old.pt")
-    assert t.best_psnr == ckpt["best_psnr"]
+    torch.save(dict(ckpt, split=dict(split, train=[["x"]])), tmp_path / "odd.pt")
+    for name in ("old", "odd"):
+        t = Trainer(
+            dataclasses_replace(cfg, steps=3, out=str(tmp_path / name)), resume=tmp_path / f"{name}.pt"
+        )
+        assert t.best_psnr == ckpt["best_psnr"]
+        t.close()
+    # validating on every video (test_fraction 0) holds none out: such a run resumes; one that
+    # held some out does not go on training on them
+    with pytest.raises(ConfigError, match=r"it held out are now trained on") as err:
+        Trainer(
+            dataclasses_replace(cfg, steps=3, test_fraction=0.0, out=str(tmp_path / "y")),
+            resume=out / "last.pt",
+        )
+    assert "now held out" not in str(err.value)
+    every = dataclasses_replace(cfg, test_fraction=0.0, out=str(tmp_path / "every"))
+    with pytest.warns(UserWarning, match="not held-out"):
+        Trainer(every).fit()
+    with pytest.warns(UserWarning, match="not held-out"):
+        t = Trainer(dataclasses_replace(every, steps=3), resume=tmp_path / "every" / "last.pt")
     t.close()
 
 

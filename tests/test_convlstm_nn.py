@@ -382,6 +382,7 @@ def test_kernel_size_takes_numpy_ints_and_refuses_other_types():
     assert ConvLSTMCell(3, 4, np.int64(3)).kernel_size == (3, 3)
     assert ConvLSTM(3, [4, 4], (np.int64(3), np.int64(5))).cells[1].kernel_size == (3, 5)
     assert ConvLSTM(3, 4, (np.int64(3), np.int64(5))).cells[0].kernel_size == (3, 5)
+    assert ConvLSTMCell(3, 4, np.array([3, 5])).kernel_size == (3, 5)
     for bad in (3.0, True, "3"):
         with pytest.raises(
             TypeError, match=f"kernel_size must be an odd int or a pair of odd ints, got {bad!r}"

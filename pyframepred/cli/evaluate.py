@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mnist-test",
+        type=os.path.expanduser,
         help="Moving MNIST checkpoints: the standard test sequences "
         "(mnist_test_seq.npy; default: the run's own held-out set)",
     )

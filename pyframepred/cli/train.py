@@ -40,6 +40,7 @@ process group, after saving ``last.pt`` at the current step.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from typing import Any, Sequence
@@ -88,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         "intact), 6 another torchrun process failed, 130 interrupted "
         "(checkpoint saved).",
     )
-    p.add_argument("--config", help="JSON or TOML file of options (command line wins)")
+    p.add_argument(
+        "--config", type=os.path.expanduser, help="JSON or TOML file of options (command line wins)"
+    )
     p.add_argument(
         "--resume",
         nargs="?",

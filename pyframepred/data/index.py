@@ -74,14 +74,14 @@ def find_videos(root) -> list[str]:
     folders (name starting with ``.``, which includes macOS ``._*`` resource forks) are ignored.
     Symbolic links are followed, each folder is walked once: a link back to a folder already
     walked (a loop, or a second link to the same folder) is skipped, so a loop neither hangs nor
-    multiplies the data set; a file found under two names (a link to a video of the folder, a
-    hard link) counts once, under its own name rather than a link's (logged), so that it cannot
-    land on both sides of a train/test split. Only regular files count: a FIFO, socket or device named
-    ``*.mp4`` (which would block the probe forever) and broken links are skipped (logged).
-    File names are kept as the file system gives them (undecodable bytes as surrogate escapes).
-    """
+    multiplies the data set; a file found under two names (a link to a video of the folder; of
+    a hard link's, the one walked first) counts once, under its own name rather than a symbolic
+    link's (logged), so that it cannot land on both sides of a train/test split. Only regular
+    files count: a FIFO, socket or device named ``*.mp4`` (which would block the probe forever)
+    and broken links are skipped (logged). File names are kept as the file system gives them
+    (undecodable bytes as surrogate escapes)."""
     root = os.fspath(root)
-    found: dict = {}  # (device, inode) of a video -> (its relative path, whether a link)
+    found: dict = {}  # (dev, inode, size, mtime: inodes repeat on some network mounts) -> (name, is link)
     seen = set()
     stack = [(root, "")]
     while stack:
@@ -126,7 +126,8 @@ def find_videos(root) -> list[str]:
             if file_st is None:
                 logger.info("skipping %s: not a regular file (or a broken link)", entry.path)
                 continue
-            key, this = (file_st.st_dev, file_st.st_ino), (rel + name, link)
+            key = (file_st.st_dev, file_st.st_ino, file_st.st_size, file_st.st_mtime_ns)
+            this = (rel + name, link)
             other = found.setdefault(key, this)
             if other != this:
                 keep, drop = (this, other) if other[1] and not link else (other, this)

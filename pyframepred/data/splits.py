@@ -111,10 +111,11 @@ def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: flo
     UCF-101 a group is one actor/scene, so its clips are near duplicates); a video without a
     group is its own group. Within each class, the groups are ordered by a hash of their name and
     the first ``round(test_fraction * n_groups)`` go to the test set (at least one and at most
-    ``n_groups - 1`` when the class has two or more groups and ``0 < test_fraction < 1``). The
-    classes with a single group (a folder per video, say) are split so together, as one class:
-    alone, each would keep its group on the train side. The split depends only on the file
-    names: never on a seed or the machine.
+    ``n_groups - 1`` when the class has two or more groups and ``0 < test_fraction < 1``); a
+    class with a single group keeps it on the train side. Where every class has a single group
+    (a folder per video, say), the classes are split so together, as one class, rather than
+    leave the test side empty. The split depends only on the file names: never on a seed or
+    the machine.
     """
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
@@ -124,10 +125,9 @@ def group_split(paths: Sequence[str], classes: Sequence[str], test_fraction: flo
         key = group_key(rel, cls)
         keys.append(key)
         groups_per_class.setdefault(key[0], set()).add(key)
-    singles = [c for c, groups in groups_per_class.items() if len(groups) == 1]
-    units = [groups for groups in groups_per_class.values() if len(groups) > 1]
-    units += [{g for c in singles for g in groups_per_class[c]}] if len(singles) > 1 else []
-    units += [groups_per_class[singles[0]]] if len(singles) == 1 else []
+    units = list(groups_per_class.values())
+    if len(units) > 1 and all(len(groups) == 1 for groups in units):
+        units = [set().union(*units)]
     test_groups: set[tuple[str, str]] = set()
     for groups in units:
         n = len(groups)

@@ -63,11 +63,11 @@ class VideoClips(Dataset):
         names; one group never lands on both sides) of the readable videos (unreadable ones are
         set aside first, so they never take a side's place; too-short ones are skipped after the
         split, which so stays the same whatever the clip length), ``test_fraction`` of
-        each class's groups going to the test side; the classes with a single group (a folder
-        per video) are split together, as one class. A lone group has no test side: that is an
-        error that says so. ``test_fraction=0`` (or ``None``) disables the split: ``train=True`` and
-        ``train=False`` then both use every video (``train`` still chooses random or fixed
-        clips).
+        each class's groups going to the test side (a class with a single group keeps it on the
+        train side; where every class has one, a folder per video, they are split together, as
+        one class). A lone group has no test side: that is an error that says so.
+        ``test_fraction=0`` (or ``None``) disables the split: ``train=True`` and ``train=False``
+        then both use every video (``train`` still chooses random or fixed clips).
 
     Clip selection
         ``interval`` frames are skipped between two taken frames: frame numbers

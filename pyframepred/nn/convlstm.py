@@ -61,7 +61,7 @@ def _pair(kernel_size: IntOrPair) -> Tuple[int, int]:
     what = "an odd int or a pair of odd ints"
     if _is_int(kernel_size):
         kernel_size = (kernel_size, kernel_size)
-    elif not isinstance(kernel_size, (tuple, list)):
+    elif isinstance(kernel_size, (str, bytes)) or not hasattr(kernel_size, "__iter__"):
         raise TypeError(f"kernel_size must be {what}, got {kernel_size!r}")
     kernel_size = tuple(_count(k, "kernel_size", what) for k in kernel_size)
     if len(kernel_size) != 2 or any(k < 1 or k % 2 == 0 for k in kernel_size):

@@ -6,9 +6,10 @@ again comes from the checkpoint; the :data:`RESUME_FIXED` ones (they fix the net
 the layout of its data) must match it; the output folder defaults to the checkpoint's folder.
 
 :func:`split_of` and :func:`check_split` keep the held-out videos held out: a checkpoint records
-which videos its run trained on and validated on, and a resumed run whose settings (``data``,
-``seed``, ``test_fraction``, ``split_dir``) would now train on a video it validated on, or the
-reverse, is refused; one that validates on other clips picks ``best.pt`` anew.
+which videos its run trained on and validated on, and a resumed run whose split (its
+``test_fraction``, ``split_dir``, ``split_index``, or the videos in ``data``) would now train on a
+video it held out, or hold out one it trained on only, is refused; one that validates on other
+clips picks ``best.pt`` anew.
 """
 
 from __future__ import annotations
@@ -109,8 +110,6 @@ def check_resumable(cfg: TrainConfig, ckpt_cfg: dict, path) -> None:
 def checkpoint_path(resume, explicit: dict) -> str:
     """The checkpoint file ``resume`` names: itself, ``<folder>/last.pt`` for a folder, and for
     ``"auto"`` ``<out>/last.pt`` of the explicit (or the model's default) output folder."""
-    if resume != "auto":
-        resume = os.path.expanduser(resume)
     if resume == "auto":
         if "out" not in explicit and "model" not in explicit:
             raise ConfigError(
@@ -121,7 +120,8 @@ def checkpoint_path(resume, explicit: dict) -> str:
             explicit.get("out")
             or TrainConfig(model=explicit["model"], preset=explicit.get("preset", "quick")).resolved().out
         )
-        return os.path.join(out, "last.pt")
+        return os.path.join(os.path.expanduser(out), "last.pt")
+    resume = os.path.expanduser(resume)
     if Path(resume).is_dir():
         return os.path.join(resume, "last.pt")
     return os.fspath(resume)
@@ -141,8 +141,6 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
     unknown = sorted(set(explicit) - fields)
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(unknown)}")
-    if explicit.get("split_dir") is not None and "test_fraction" in explicit:
-        raise ConfigError("`split_dir` and `test_fraction` are alternatives (the lists decide the split)")
     ckpt = None
     if resume is not None:
         resume = checkpoint_path(resume, explicit)
@@ -161,6 +159,8 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
         values.setdefault("out", str(Path(resume).parent))
     else:
         values = dict(explicit)
+    if values.get("split_dir") is not None and "test_fraction" in explicit:
+        raise ConfigError("`split_dir` and `test_fraction` are alternatives (the lists decide the split)")
     if "model" not in values:
         raise ConfigError(f"`model` is required ({', '.join(registry.names())})")
     cfg = TrainConfig(**values)
@@ -196,23 +196,33 @@ def _names(paths: list) -> str:
     return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
+def _paths(value) -> set | None:
+    """A recorded list of video paths as a set; ``None`` for anything else (a crafted record)."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        return None
+    return set(value)
+
+
 def check_split(saved, now, path) -> bool:
     """Whether a run resumed from the checkpoint at ``path`` validates on the clips it did
     (``saved`` and ``now``: :func:`split_of` of the checkpoint's run and of the resumed one's);
-    :class:`ConfigError` where a video would change sides (a checkpoint without the record, or
-    data without videos, is not checked)."""
-    if not isinstance(saved, dict) or now is None:
+    :class:`ConfigError` where a video it trained on only is now held out, or one it held out is
+    now trained on (``test_fraction`` 0 puts every video on both sides: it holds none out). A
+    checkpoint without the record, or data without videos, is not checked."""
+    old_train, old_val = (_paths(saved.get(k)) if isinstance(saved, dict) else None for k in ("train", "val"))
+    if old_train is None or old_val is None or now is None:
         return True
-    old_train, old_val = set(saved.get("train") or ()), set(saved.get("val") or ())
-    to_val = sorted(old_train & set(now["val"]))
-    to_train = sorted(old_val & set(now["train"]))
+    now_train, now_val = set(now["train"]), set(now["val"])
+    to_val = sorted((old_train - old_val) & (now_val - now_train))
+    to_train = sorted((old_val - old_train) & now_train)
     if to_val or to_train:
         moved = [f"{len(to_val)} it trained on are now held out ({_names(to_val)})"] if to_val else []
         if to_train:
             moved.append(f"{len(to_train)} it held out are now trained on ({_names(to_train)})")
         raise ConfigError(
             f"cannot resume '{path}' on another split of the data: of its videos, "
-            f"{'; '.join(moved)}. `data`, `seed`, `test_fraction` and `split_dir` decide the "
-            f"split: leave them out to keep the checkpoint's, or start a new run"
+            f"{'; '.join(moved)}. The split follows `test_fraction`, `split_dir` and "
+            f"`split_index`, and the videos in `data` (added or removed ones can move a group): "
+            f"resume with the checkpoint's settings and videos, or start a new run"
         )
-    return saved.get("val_clips") == now["val_clips"] and sorted(old_val) == now["val"]
+    return saved.get("val_clips") == now["val_clips"] and old_val == now_val
