@@ -24,6 +24,7 @@
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -171,9 +172,12 @@ class CpuBufferPool final : public c10::Allocator {
 };
 
 // The pool, where a buffer of `sizes` and opts' dtype comes from it: on the CPU, blocks of at least
-// CpuBufferPool::kMinBytes while the pool is on; null otherwise.
+// CpuBufferPool::kMinBytes while the pool is on and no Python dispatch mode is active; null
+// otherwise. The pool makes its tensors without the dispatcher: under a mode (torch.compile's
+// fake tensors, a FlopCounterMode) at::empty must run for the mode to see it, or a real tensor
+// would meet the traced fake ones.
 inline CpuBufferPool* pool_for(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  if (!opts.device().is_cpu()) return nullptr;
+  if (!opts.device().is_cpu() || c10::impl::TorchDispatchModeTLS::stack_len() > 0) return nullptr;
   CpuBufferPool& pool = CpuBufferPool::get();
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * opts.dtype().itemsize();
   return pool.enabled() && bytes >= CpuBufferPool::kMinBytes ? &pool : nullptr;

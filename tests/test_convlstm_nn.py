@@ -447,6 +447,28 @@ def test_module_compiles_across_frame_sizes(fused):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+def test_module_compiles_at_sizes_the_buffer_pool_serves(dtype):
+    """torch.compile traces the layer with fake tensors: the schedule's buffers of 1 MiB and more,
+    which come from the CPU buffer pool in eager runs (as here before it), are made through the
+    dispatcher then, where the pool's real tensors met the fake ones and tracing failed."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    lstm = ConvLSTM(8, 16, 3)
+    x = torch.randn(4, 3, 8, 32, 32)  # gates of (4, 64, 32, 32): 1 MiB in float32
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    with autocast:
+        ref, _ = lstm(x)
+    (g_ref,) = torch.autograd.grad(ref.float().square().sum(), lstm.cells[0].conv_h.weight)
+    compiled = torch.compile(lstm, fullgraph=True)
+    with autocast:
+        out, _ = compiled(x)
+    (g,) = torch.autograd.grad(out.float().square().sum(), lstm.cells[0].conv_h.weight)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.float(), ref.float(), **tol)
+    torch.testing.assert_close(g, g_ref, **(tol if dtype == "float32" else dict(rtol=5e-2, atol=5e-2)))
+
+
 def test_torch_export_and_pt2_round_trip(tmp_path):
     """A model with the fused layer exports with torch.export (the graph keeps the custom op, so a
     LibTorch/AOTInductor deployment needs libpyframepred_ops) and survives save/load."""
