@@ -142,6 +142,7 @@ def heldout_clips(
     mnist_test=None,
     all_videos: bool = False,
     channels: int = 3,
+    split_record=None,
 ):
     """The held-out clips of ``frames`` frames for a checkpoint's settings ``cfg``, from the
     folder ``data`` (``None``: the data set the checkpoint was trained on; ``"moving-mnist"``:
@@ -150,7 +151,10 @@ def heldout_clips(
     trained with (its ``test_fraction``, or its ``split_dir`` lists); on another folder, the
     test side of a group split with ``test_fraction`` 0.2. ``all_videos`` takes fixed clips of
     every video in the folder instead: for footage the model never saw. ``channels`` 1 (a grey
-    model, e.g. Moving MNIST's) turns colour clips grey (the mean of the channels)."""
+    model, e.g. Moving MNIST's) turns colour clips grey (the mean of the channels).
+    ``split_record``: the checkpoint's record of the videos it trained on and held out
+    (``checkpoint["split"]``); where the test side now holds videos it trained on only (the
+    folder changed since), a warning names them."""
     from .data import VideoClips, default_dataset_root, moving_mnist
     from .data import source as data_source
     from .training.checkpoint import data_root
@@ -198,7 +202,26 @@ def heldout_clips(
         )
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ConfigError(str(exc)) from exc
+    if own_data and not all_videos and isinstance(split_record, dict):
+        _warn_trained_on(clips, split_record)
     return _Grey(clips) if channels == 1 else clips
+
+
+def _warn_trained_on(clips, record: dict) -> None:
+    from .data.splits import names
+    from .training.resume import recorded_paths
+
+    train, val = recorded_paths(record.get("train")), recorded_paths(record.get("val"))
+    if train is None or val is None:
+        return
+    seen = sorted(v.path for v in clips.videos if v.path in train - val)
+    if seen:
+        warnings.warn(
+            f"{len(seen)} of the {len(clips.videos)} test-side videos were trained on by this "
+            f"checkpoint (its data folder changed since): their scores are not held-out ones "
+            f"({names(seen)})",
+            stacklevel=3,
+        )
 
 
 class _Grey(Dataset):

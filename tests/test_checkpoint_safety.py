@@ -730,6 +730,22 @@ def test_resuming_on_another_split_is_refused_and_other_clips_pick_best_anew(dat
     t.close()
 
 
+def test_evaluate_warns_of_test_side_videos_the_checkpoint_trained_on(run, tmp_path, capsys):
+    """The folder changed since training (here: the record says so), moving a video the run
+    trained on to the test side: evaluate names it, its scores not being held-out ones."""
+    ckpt = ckpt_format.load(run / "best.pt")
+    split = ckpt["split"]
+    assert ev.main([str(run / "best.pt"), "--steps", "2", "--out", str(tmp_path / "a.json")]) == 0
+    assert "were trained on" not in capsys.readouterr().err
+    moved = split["val"][0]
+    record = dict(split, train=split["train"] + [moved], val=split["val"][1:])
+    torch.save(dict(ckpt, split=record), tmp_path / "changed.pt")
+    assert ev.main([str(tmp_path / "changed.pt"), "--steps", "2", "--out", str(tmp_path / "b.json")]) == 0
+    err = capsys.readouterr().err
+    assert f"1 of the {len(split['val'])} test-side videos were trained on by this checkpoint" in err, err
+    assert moved in err
+
+
 def test_lr_given_with_resume_is_applied(data, tmp_path):
     out = tmp_path / "run"
     cfg = TrainConfig(

@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.mnist_test,
                 all_videos=args.all_videos,
                 channels=ckpt["model_kwargs"].get("channels", 3),
+                split_record=ckpt.get("split"),
             )
             if mathieu:
                 ds = with_computed_masks(ds, n_in, steps, args.moving_threshold)

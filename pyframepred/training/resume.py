@@ -196,7 +196,7 @@ def _names(paths: list) -> str:
     return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
-def _paths(value) -> set | None:
+def recorded_paths(value) -> set | None:
     """A recorded list of video paths as a set; ``None`` for anything else (a crafted record)."""
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         return None
@@ -209,7 +209,9 @@ def check_split(saved, now, path) -> bool:
     :class:`ConfigError` where a video it trained on only is now held out, or one it held out is
     now trained on (``test_fraction`` 0 puts every video on both sides: it holds none out). A
     checkpoint without the record, or data without videos, is not checked."""
-    old_train, old_val = (_paths(saved.get(k)) if isinstance(saved, dict) else None for k in ("train", "val"))
+    old_train, old_val = (
+        recorded_paths(saved.get(k)) if isinstance(saved, dict) else None for k in ("train", "val")
+    )
     if old_train is None or old_val is None or now is None:
         return True
     now_train, now_val = set(now["train"]), set(now["val"])
