@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -85,6 +86,13 @@ def as_hw(size) -> tuple[int, int] | None:
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
     return h, w
+
+
+def frame_offsets(frames: int, interval: int, rate_ratio: float = 1.0) -> list[int]:
+    """Frame numbers of a clip's frames after its first: ``interval`` frames skipped between two,
+    counted at a frame rate ``rate_ratio`` times slower than the video's own (its fps / the clip's
+    fps), each frame the nearest in time."""
+    return [int(math.floor(k * (interval + 1) * rate_ratio + 0.5)) for k in range(frames)]
 
 
 class NoVideosError(ConfigError):

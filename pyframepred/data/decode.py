@@ -17,7 +17,6 @@ never worked is then not tried directly on new videos either.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._common import as_hw, decodable_path, logger
+from ._common import as_hw, decodable_path, frame_offsets, logger
 
 __all__ = ["decode_frames", "FrameReader", "resize_frames", "read_clip"]
 
@@ -239,8 +238,7 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None, fps
         h, w = vr.native_size
         vr.size = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
     n, total = len(vr), n_in + steps
-    step = (interval + 1) * (vr.fps / fps if fps and vr.fps > 0 else 1.0)
-    offsets = [int(math.floor(k * step + 0.5)) for k in range(total)]  # as VideoClips takes them
+    offsets = frame_offsets(total, interval, vr.fps / fps if fps and vr.fps > 0 else 1.0)
     need_in = offsets[n_in - 1] + 1
     if n < need_in:
         raise ConfigError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 import zlib
@@ -15,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ..io import normalize_into
 from ._common import VIDEO_EXTENSIONS, EmptySplitError, NoDecodableVideosError, NoVideosError, as_hw, logger
+from ._common import frame_offsets as _frame_offsets
 from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
 from .splits import (
@@ -336,11 +336,8 @@ class VideoClips(Dataset):
 
     # ------------------------------------------------------------------ clip geometry in time
     def _offsets_for(self, info: VideoInfo) -> list[int]:
-        step = self.interval + 1
-        if self.fps is None or info.fps <= 0:
-            return [k * step for k in range(self.frames)]
-        ratio = info.fps / self.fps
-        return [int(math.floor(k * step * ratio + 0.5)) for k in range(self.frames)]
+        ratio = info.fps / self.fps if self.fps is not None and info.fps > 0 else 1.0
+        return _frame_offsets(self.frames, self.interval, ratio)
 
     def _unusable(self, info: VideoInfo):
         """``None`` for a usable video, else ``("unreadable" or "short", reason)``."""

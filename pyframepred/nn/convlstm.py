@@ -47,11 +47,9 @@ def _calls_its_convolutions(cell: "ConvLSTMCell") -> bool:
 
 
 def _is_int(value) -> bool:
-    """Whether ``value`` is an integer (Python or NumPy; a bool is not)."""
-    if isinstance(value, bool):
-        return False
+    """Whether ``value`` is an integer :func:`_count` takes (Python or NumPy; a bool is not)."""
     try:
-        operator.index(value)
+        _count(value, "value")
     except TypeError:
         return False
     return True

@@ -185,23 +185,17 @@ class TrainerState:
         if ckpt.get("psnr_max") != PSNR_MAX and self.step > 0:
             # Validated with the PSNR of before 2026-12-06 (MSE floored at 1e-10: exact frames
             # scored 106 dB), whose values are not comparable with today's.
-            self.best_psnr = -math.inf
-            if self.main:
-                warnings.warn(
-                    f"{what} was validated with an earlier PSNR (exact frames scored 106 dB, now "
-                    f"{PSNR_MAX:.2f}): best.pt is picked anew from this run's validations, and "
-                    f"its history's earlier PSNRs are not comparable with the new ones",
-                    stacklevel=2,
-                )
+            self._pick_best_anew(
+                f"{what} was validated with an earlier PSNR (exact frames scored 106 dB, now "
+                f"{PSNR_MAX:.2f}): best.pt is picked anew from this run's validations, and "
+                f"its history's earlier PSNRs are not comparable with the new ones"
+            )
         if not same_clips and self.step > 0 and math.isfinite(self.best_psnr):
-            self.best_psnr = -math.inf
-            if self.main:
-                warnings.warn(
-                    f"this run validates on other clips than {what} did (`data`, `seed`, "
-                    f"`val_steps`, `val_clips` or `clips_per_video` changed): best.pt is picked "
-                    f"anew from this run's validations",
-                    stacklevel=2,
-                )
+            self._pick_best_anew(
+                f"this run validates on other clips than {what} did (`data`, `seed`, "
+                f"`val_steps`, `val_clips` or `clips_per_video` changed): best.pt is picked "
+                f"anew from this run's validations"
+            )
         self.history = ckpt["history"]
         self._apply_lr_overrides(ckpt["config"])
         saved_world = ckpt.get("world_size", 1)
@@ -220,6 +214,13 @@ class TrainerState:
                 raise ckpt_format.CheckpointError(f"{what}: {exc}") from None
             self.rng_restored = True
         return averaged
+
+    def _pick_best_anew(self, why: str) -> None:
+        """Forget the resumed best score (the validations from here cannot be compared with it),
+        saying ``why`` from the main process."""
+        self.best_psnr = -math.inf
+        if self.main:
+            warnings.warn(why, stacklevel=3)
 
     def _apply_lr_overrides(self, ckpt_cfg: dict) -> None:
         """A resumed run uses the learning rates and weight decay of its settings: restoring the
