@@ -1,6 +1,8 @@
 """ConvLSTM layer training step, where users feel it: ``pyframepred.nn.ConvLSTM`` against the
 formulation most code copies (one convolution over ``cat(x, h)`` per step, eager gate math),
-``torch.compile`` of that formulation, and our own reference module (``fused=False``).
+``torch.compile`` of that formulation, and our own reference module (``fused=False``); and, with
+``--impls fused fused-compile cat-compile`` (``record.py --suite layer_compile``), the fused layer
+under ``torch.compile`` against itself eager.
 
 Two ways to run it:
 
@@ -45,6 +47,9 @@ SIZES = {
 QUICK = {"2x4x[8]@16": (2, 4, [8], 16, 16)}
 T = 10
 IMPLS = ["fused", "cat", "cat-compile", "reference"]
+# The layer under torch.compile (a model compiled whole, the layer in it): against eager fused and
+# the compiled common formulation.
+COMPILE_IMPLS = ["fused", "fused-compile", "cat-compile"]
 MODES = {
     "float32": (torch.float32, torch.contiguous_format),
     "bf16-cl": (torch.bfloat16, torch.channels_last),
@@ -93,10 +98,10 @@ def build(impl: str, size, fmt, device="cpu"):
     if impl.startswith("cat"):
         model = CatConvLSTM(cin, hidden)
     else:
-        model = ConvLSTM(cin, hidden, 3, num_layers=len(hidden), fused=(impl == "fused"))
+        model = ConvLSTM(cin, hidden, 3, num_layers=len(hidden), fused=impl.startswith("fused"))
     model = model.to(device=device, memory_format=fmt)
     fn = model
-    if impl == "cat-compile":
+    if impl.endswith("-compile"):
         fn = torch.compile(model, dynamic=False)
 
     def out_of(x):
@@ -352,7 +357,7 @@ def main(argv=None) -> int:
     ap.add_argument("--malloc-tuned", action="store_true")
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
     ap.add_argument("--modes", nargs="*", default=list(MODES))
-    ap.add_argument("--impls", nargs="*", default=IMPLS)
+    ap.add_argument("--impls", nargs="*", default=IMPLS, choices=IMPLS + COMPILE_IMPLS[1:2])
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", default=None, help="write the record (JSON) here, row by row")
     args = ap.parse_args(argv)
@@ -384,7 +389,7 @@ def main(argv=None) -> int:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPLS + ["fused-compile"])
 def test_layer_training_step(benchmark, impl, mode):
     if not os.environ.get("PYFRAMEPRED_BENCH_DEVICES", "cpu").startswith("cpu"):
         pytest.skip("CPU layer step")

@@ -34,7 +34,7 @@ import report  # noqa: E402
 from pyframepred.io import atomic_write  # noqa: E402
 
 # Suites with their own measuring protocol and result format (a script mode that records).
-SCRIPT_SUITES = ("data", "train", "layer")
+SCRIPT_SUITES = ("data", "train", "layer", "layer_compile")
 # README section -> the suite whose results it shows.
 SECTION_SUITE = {
     "convlstm-op": "convlstm",
@@ -43,12 +43,14 @@ SECTION_SUITE = {
     "data": "data",
     "train": "train",
     "layer-step": "layer",
+    "layer-compile": "layer_compile",
 }
 PLOT_SUITES = ("layer", "convlstm", "gdl")
 
 
 def suites() -> list[str]:
-    return sorted(p.stem[len("bench_") :] for p in HERE.glob("bench_*.py"))
+    # layer_compile: bench_layer.py's fused layer under torch.compile, a record of its own.
+    return sorted([p.stem[len("bench_") :] for p in HERE.glob("bench_*.py")] + ["layer_compile"])
 
 
 def gpu_slug() -> str:
@@ -72,20 +74,22 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
     print(f"== recording {suite} on {device}, allocator {alloc} -> {stem}.json", flush=True)
     if suite in SCRIPT_SUITES:
         cmd = [sys.executable, str(HERE / f"bench_{suite}.py"), "--out", str(stem)]
-        if suite == "layer":
+        if suite in ("layer", "layer_compile"):
             if device != "cpu" and alloc == "tuned":
                 print("   (glibc's tuning does not touch the GPU's memory: only the plain record)")
                 return stem.with_suffix(".json")
             cmd = [sys.executable, str(HERE / "bench_layer.py"), "--out", str(stem.with_suffix(".json"))]
             cmd += ["--device", device] + (["--malloc-tuned"] if alloc == "tuned" else [])
             cmd += ["--sizes", "2x4x[8]@16", "--rounds", "3"] if quick else []
+            cmd += ["--impls", "fused", "fused-compile", "cat-compile"] if suite == "layer_compile" else []
         elif suite == "train":
             cmd += ["--device", device] + (["--repeats", "2", "--steps", "1"] if quick else [])
         elif quick:
             cmd.append("--quick")
         subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-        if suite == "layer":
-            md = report.section_layer_step([report.load(stem.with_suffix(".json"))])
+        if suite in ("layer", "layer_compile"):
+            render = report.section_layer_step if suite == "layer" else report.section_layer_compile
+            md = render([report.load(stem.with_suffix(".json"))])
             stem.with_suffix(".md").write_text("\n".join([f"## {stem.name}.json", ""] + md) + "\n")
         return stem.with_suffix(".json")
 

@@ -612,33 +612,54 @@ def _ms(v: float) -> str:
     return f"{v:.0f}" if v >= 20 else f"{v:.1f}" if v >= 2 else f"{v:.2f}"
 
 
-def section_layer_step(files) -> list[str]:
-    """The round-robin layer training-step record of bench_layer.py (CPU and GPU records)."""
-    names = {"cat": "cat(x, h)", "cat-compile": "compile(cat)", "reference": "reference"}
-    header = [
-        "N×Cin×[C]@H",
-        "dtype",
-        "ISA",
-        "alloc",
-        "fused",
-        "cat(x, h)",
-        "compile(cat)",
-        "reference",
-        "conv %",
-    ]
-    rows = []
+def _layer_isa_alloc(m: dict) -> tuple[str, str]:
+    """The ISA column (the kernels' level, * where oneDNN has AMX, † for an ISA-capped run; on a
+    GPU, the GPU) and the allocator column of a layer record's machine."""
+    gpu = m.get("device") == "cuda"
+    alloc = "cuda" if gpu else "tuned" if "tuned" in m["allocator"] else "plain"
+    caps = m.get("isa_caps") or {}
+    isa = (
+        gpu_slug_of(m["gpu"])
+        if gpu
+        else m["extension_cpu_isa"] + ("†" if caps else "*" if "amx_bf16" in m["cpu_isa_flags"] else "")
+    )
+    return isa, alloc
+
+
+def _layer_machine_lines(files, mixed: bool = True) -> list[str]:
+    """One line per layer record: the machine it ran on and how."""
+    lines = []
     for data in files:
         m = data["machine"]
-        gpu = m.get("device") == "cuda"
-        alloc = "cuda" if gpu else "tuned" if "tuned" in m["allocator"] else "plain"
-        # The kernels' level, and AMX where oneDNN has it (its bf16 convolutions run on it); on a
-        # GPU, the GPU.
+        extra = _mixed_vs_float32(data) if mixed else ""
+        if m.get("device") == "cuda":
+            lines += [""] + wrap(
+                f"{m['date']}: {m['gpu']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}, torch {m['torch']}; "
+                f"float32 convolutions {'with' if m['cudnn_allow_tf32'] else 'without'} TF32 "
+                f"(torch's default, for every implementation alike), cuDNN benchmark mode "
+                f"{'on' if m['cudnn_benchmark'] else 'off'}; host CPU {m['cpu']} "
+                f"(`{Path(data['_path']).name}`).{extra}"
+            )
+            continue
         caps = m.get("isa_caps") or {}
-        isa = (
-            gpu_slug_of(m["gpu"])
-            if gpu
-            else m["extension_cpu_isa"] + ("†" if caps else "*" if "amx_bf16" in m["cpu_isa_flags"] else "")
+        aten = m.get("torch_cpu_capability", "?")
+        capped = f"; ISA caps {machine.caps_text(caps)}, ATen at {aten}" if caps else ""
+        lines += [""] + wrap(
+            f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags']) or 'no AVX2'}; "
+            f"our kernels ran at {m['extension_cpu_isa']}{capped}), {m['threads']} "
+            f"threads, torch {m['torch']}, allocator {m['allocator']} "
+            f"(`{Path(data['_path']).name}`).{extra}"
         )
+    return lines
+
+
+def _layer_rows(files, names: dict, share: bool) -> list[list[str]]:
+    """Rows of layer records: size, dtype, ISA, allocator, fused's milliseconds, then per
+    implementation in `names` its milliseconds and its time over fused's; the convolutions'
+    share of the fused step where `share`."""
+    rows = []
+    for data in files:
+        isa, alloc = _layer_isa_alloc(data["machine"])
         for r in data["results"]:
             f = r["impls"]["fused"]
             cells = []
@@ -646,13 +667,19 @@ def section_layer_step(files) -> list[str]:
                 v = r["impls"].get(impl)
                 cells.append("—" if v is None else f"{_ms(v['median_ms'])} {v['fused_speedup_median']:.2f}×")
             noisy = max(v["iqr_over_median"] for v in r["impls"].values()) > 0.25
-            share = r.get("profile_fused", {}).get("conv_share")
-            rows.append(
-                [r["size"] + (" (?)" if noisy else ""), r["mode"], isa, alloc, _ms(f["median_ms"])]
-                + cells
-                + [f"{100 * share:.0f}%" if share is not None else "—"]
-            )
-    lines = table(header, rows, "lllllrrrr") + [""]
+            row = [r["size"] + (" (?)" if noisy else ""), r["mode"], isa, alloc, _ms(f["median_ms"])] + cells
+            if share:
+                s = r.get("profile_fused", {}).get("conv_share")
+                row.append(f"{100 * s:.0f}%" if s is not None else "—")
+            rows.append(row)
+    return rows
+
+
+def section_layer_step(files) -> list[str]:
+    """The round-robin layer training-step record of bench_layer.py (CPU and GPU records)."""
+    names = {"cat": "cat(x, h)", "cat-compile": "compile(cat)", "reference": "reference"}
+    header = ["N×Cin×[C]@H", "dtype", "ISA", "alloc", "fused", *names.values(), "conv %"]
+    lines = table(header, _layer_rows(files, names, share=True), "lllllrrrr") + [""]
     lines += wrap(
         "Milliseconds per training step (forward over T = 10 + backward of out.sum()), medians of "
         "round-robin rounds in one process; each cell after fused: its median and, "
@@ -663,28 +690,24 @@ def section_layer_step(files) -> list[str]:
         "share of the fused step's CPU time in convolutions (on a GPU: of its kernels' GPU time). "
         "(?): noisy, some implementation's IQR/median above 25%."
     )
-    for data in files:
-        m = data["machine"]
-        mixed = _mixed_vs_float32(data)
-        if m.get("device") == "cuda":
-            lines += [""] + wrap(
-                f"{m['date']}: {m['gpu']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}, torch {m['torch']}; "
-                f"float32 convolutions {'with' if m['cudnn_allow_tf32'] else 'without'} TF32 "
-                f"(torch's default, for every implementation alike), cuDNN benchmark mode "
-                f"{'on' if m['cudnn_benchmark'] else 'off'}; host CPU {m['cpu']} "
-                f"(`{Path(data['_path']).name}`).{mixed}"
-            )
-            continue
-        caps = m.get("isa_caps") or {}
-        aten = m.get("torch_cpu_capability", "?")
-        capped = f"; ISA caps {machine.caps_text(caps)}, ATen at {aten}" if caps else ""
-        lines += [""] + wrap(
-            f"{m['date']}: {m['cpu']} ({', '.join(m['cpu_isa_flags']) or 'no AVX2'}; "
-            f"our kernels ran at {m['extension_cpu_isa']}{capped}), {m['threads']} "
-            f"threads, torch {m['torch']}, allocator {m['allocator']} "
-            f"(`{Path(data['_path']).name}`).{mixed}"
-        )
-    return lines
+    return lines + _layer_machine_lines(files)
+
+
+def section_layer_compile(files) -> list[str]:
+    """The fused layer under torch.compile (record.py --suite layer_compile)."""
+    names = {"fused-compile": "compile(fused)", "cat-compile": "compile(cat)"}
+    header = ["N×Cin×[C]@H", "dtype", "ISA", "alloc", "fused (eager)", *names.values()]
+    lines = table(header, _layer_rows(files, names, share=False), "lllllrr") + [""]
+    lines += wrap(
+        "Milliseconds per training step as in the table above (round-robin in one process, "
+        "medians), the ConvLSTM module eager and compiled with `torch.compile(model)` (default "
+        "Inductor backend), beside the compiled common formulation; after each median, the "
+        "median over rounds of its time / eager fused's (above 1×: eager fused is faster). "
+        "Compiled, a training step calls the layer as two operators (its forward, returning what "
+        "backward reads, and its backward) that AOTAutograd keeps one node each. "
+        "(?): noisy, some implementation's IQR/median above 25%."
+    )
+    return lines + _layer_machine_lines(files, mixed=False)
 
 
 def _mixed_vs_float32(data: dict) -> str:
@@ -710,6 +733,7 @@ SECTIONS = {
     "convlstm-op": section_convlstm_op,
     "convlstm-layer": section_convlstm_layer,
     "layer-step": section_layer_step,
+    "layer-compile": section_layer_compile,
     "gdl": section_gdl,
     "data": section_data,
     "train": section_train,

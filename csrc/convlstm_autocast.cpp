@@ -51,8 +51,10 @@ op::ConvLSTMGatesForward::Result convlstm_gates_forward_autocast(
                                                      cast.fp32(peephole), save_gates);
 }
 
-template <c10::DeviceType kDevice>
-op::ConvLSTMLayer::Result convlstm_layer_autocast(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
+// The layer's policy, for convlstm_layer and its training step's forward convlstm_layer_train
+// (whose backward, convlstm_layer_backward, takes the tensors autocast gave the forward).
+template <c10::DeviceType kDevice, typename Op>
+typename Op::Result convlstm_layer_autocast(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   const AutocastCasts<kDevice> cast;
   // A float32 x goes in as it is: the layer casts it as it reads it (x_cast,
   // convlstm_layer_impl.h), in the one pass over x it makes anyway.
@@ -69,21 +71,26 @@ op::ConvLSTMLayer::Result convlstm_layer_autocast(PYFRAMEPRED_CONVLSTM_LAYER_PAR
     c_init = at::zeros({}, x.options().dtype(at::kFloat))
                  .expand({N, weight_h.size(1), x.size(-2), x.size(-1)});
   }
-  return op::handle<op::ConvLSTMLayer>().call(x_low, steps, cast.lowp(weight_x),
-                                              cast.lowp(weight_h), cast.fp32(bias),
-                                              cast.fp32(peephole), cast.lowp(h0), c_init);
+  return op::handle<Op>().call(x_low, steps, cast.lowp(weight_x), cast.lowp(weight_h),
+                               cast.fp32(bias), cast.fp32(peephole), cast.lowp(h0), c_init);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyframepred, AutocastCPU, m) {
   m.impl(op::ConvLSTMGatesForward::kName, &convlstm_gates_forward_autocast<c10::DeviceType::CPU>);
-  m.impl(op::ConvLSTMLayer::kName, &convlstm_layer_autocast<c10::DeviceType::CPU>);
+  m.impl(op::ConvLSTMLayer::kName,
+         &convlstm_layer_autocast<c10::DeviceType::CPU, op::ConvLSTMLayer>);
+  m.impl(op::ConvLSTMLayerTrain::kName,
+         &convlstm_layer_autocast<c10::DeviceType::CPU, op::ConvLSTMLayerTrain>);
 }
 
 TORCH_LIBRARY_IMPL(pyframepred, AutocastCUDA, m) {
   m.impl(op::ConvLSTMGatesForward::kName, &convlstm_gates_forward_autocast<c10::DeviceType::CUDA>);
-  m.impl(op::ConvLSTMLayer::kName, &convlstm_layer_autocast<c10::DeviceType::CUDA>);
+  m.impl(op::ConvLSTMLayer::kName,
+         &convlstm_layer_autocast<c10::DeviceType::CUDA, op::ConvLSTMLayer>);
+  m.impl(op::ConvLSTMLayerTrain::kName,
+         &convlstm_layer_autocast<c10::DeviceType::CUDA, op::ConvLSTMLayerTrain>);
 }
 
 }  // namespace pyframepred

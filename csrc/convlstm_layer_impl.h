@@ -542,6 +542,19 @@ inline bool merged_schedule(const LayerBackend& b, const LayerShape& s, const at
          !(defined(h0) && at::isTensorSubclassLike(*h0));
 }
 
+// The merged schedule's convolution of the frames (x_t, h_{t-1}) where it runs, else none (an
+// undefined weight). conv_x: x's convolution (step_conv of the weight in the run layout `fmt`).
+inline StepConv merged_conv(const LayerBackend& b, const LayerShape& s, const at::Tensor& x,
+                            const StepConv& conv_x, const at::Tensor& wh,
+                            const std::optional<at::Tensor>& h0, at::MemoryFormat fmt) {
+  if (!merged_schedule(b, s, x, conv_x, h0)) return {};
+  StepConv conv_xh = step_conv(b, at::cat({conv_x.weight, wh}, 1).contiguous(fmt), x);
+  // Where x's convolution is prepared but the joined one is not (C_in + C no multiple of the
+  // vector width), the two prepared ones apart beat ATen's joined one.
+  if (conv_x.prepared.run != nullptr && conv_xh.prepared.run == nullptr) return {};
+  return conv_xh;
+}
+
 // The forward schedule. `state_dtype` is the dtype of the cell state c (float32 under mixed
 // precision, where the gates come in the low-precision dtype).
 inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerShape& s,
@@ -577,13 +590,7 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
     return s.seq ? r.h_seq.select(0, t) : r.h_seq.narrow(0, t * s.N, s.N);
   };
   const StepConv conv_x = step_conv(b, r.wx, x);
-  StepConv conv_xh;
-  if (merged_schedule(b, s, x, conv_x, h0)) {
-    conv_xh = step_conv(b, at::cat({r.wx, r.wh}, 1).contiguous(fmt), x);
-    // Where x's convolution is prepared but the joined one is not (C_in + C no multiple of the
-    // vector width), the two prepared ones apart beat ATen's joined one.
-    if (conv_x.prepared.run != nullptr && conv_xh.prepared.run == nullptr) conv_xh = {};
-  }
+  const StepConv conv_xh = merged_conv(b, s, x, conv_x, r.wh, h0, fmt);
   if (conv_xh.weight.defined()) {
     const int64_t frames = save ? s.T : 1;
     r.xh = buffer(b, {frames * s.N, s.Cin + s.C, s.H, s.W}, opts);
@@ -686,6 +693,256 @@ inline at::Tensor saved_h(const Rollout& r) {
   return r.h_frames.is_alias_of(r.h_seq) ? r.h_seq : r.h_frames;
 }
 
+// What the schedule's backward reads besides the incoming gradients: what the layer's autograd
+// (ConvLSTMLayerFunction) saved, or what convlstm_layer_backward rebuilds from its arguments.
+struct LayerSaved {
+  LayerShape s;
+  at::ScalarType x_dtype;  // x's as given: x's gradient comes back in it (x_cast)
+  at::Tensor x;            // x's time-major frames in the run layout (where xh does not hold x)
+  at::Tensor wx, wh;       // the weights in the run layout
+  std::optional<at::Tensor> peephole;
+  at::Tensor h0;  // in the run layout, or undefined
+  // The h sequence (where xh does not hold it): time-major frames in the run layout, or the output
+  // itself (a sequence whose frames lie so).
+  at::Tensor h;
+  at::Tensor xh;  // the merged schedule's frames, where it ran
+  std::vector<at::Tensor> gates, c_prev;  // of every step
+
+  std::vector<at::Tensor> tensors() const {
+    std::vector<at::Tensor> all = {x, wx, wh, peephole.value_or(at::Tensor()), h0, h, xh};
+    all.insert(all.end(), gates.begin(), gates.end());
+    all.insert(all.end(), c_prev.begin(), c_prev.end());
+    return all;
+  }
+};
+
+// Which gradients backward computes, in the order of the layer's tensor arguments: x, weight_x,
+// weight_h, bias, peephole, h0, c0.
+using LayerNeeds = std::array<bool, 7>;
+
+// The schedule's backward: the gradients of (x, weight_x, weight_h, bias, peephole, h0, c0) from
+// those of (h_seq, h_last, c_last) (each may be undefined: zeros); undefined where not needed, or
+// where no gradient came in at all.
+inline std::array<at::Tensor, 7> layer_backward(const LayerBackend& b, const LayerSaved& sv,
+                                                const LayerNeeds& needs, at::Tensor g_seq,
+                                                const at::Tensor& grad_h_last,
+                                                const at::Tensor& grad_c_last) {
+  const LayerShape& s = sv.s;
+  const at::ScalarType x_dtype = sv.x_dtype;
+  const bool need_x = needs[0], need_wx = needs[1], need_wh = needs[2], need_b = needs[3],
+             need_p = needs[4], need_h0 = needs[5], need_c0 = needs[6];
+  const std::vector<at::Tensor> saved = sv.tensors();  // (plain_tensors)
+  const at::Tensor& xh = sv.xh;
+  const at::Tensor& wx = sv.wx;
+  const at::Tensor& wh = sv.wh;
+  const std::optional<at::Tensor>& peephole = sv.peephole;
+  const at::Tensor& h0 = sv.h0;
+  // x, and h_{t-1} of the steps from `first` on (first >= 1): views of the frames, or saved.
+  const at::Tensor x = xh.defined() ? xh.narrow(1, 0, s.Cin) : sv.x;
+  const at::Tensor h_frames = sv.h.defined() && sv.h.dim() == 5 ? sv.h.flatten(0, 1) : sv.h;
+  auto h_before = [&](int64_t first, int64_t n) {
+    return xh.defined() ? xh.narrow(0, first * s.N, n * s.N).narrow(1, s.Cin, s.C)
+                        : h_frames.narrow(0, (first - 1) * s.N, n * s.N);
+  };
+  auto gates = [&](int64_t t) -> const at::Tensor& { return sv.gates[t]; };
+  auto c_prev = [&](int64_t t) -> const at::Tensor& { return sv.c_prev[t]; };
+  std::array<at::Tensor, 7> out;
+  if (!g_seq.defined() && !grad_h_last.defined() && !grad_c_last.defined()) return out;
+  // Incoming gradients in the layout of the saved tensors, so the cell kernels read them in
+  // order. The sequence's gradient is brought there step by step, by the sum with the gradient
+  // flowing back from the next step where there is one: an expanded gradient (e.g. of .sum())
+  // is never materialised whole, nor one in another layout but where noted below.
+  const auto fmt = (xh.defined() ? xh : x).suggest_memory_format();
+  auto like_state = [&](const at::Tensor& g) {
+    if (!g.defined() || g.is_contiguous(fmt)) return g;
+    const at::Tensor t = buffer(b, g.sizes(), g.options().memory_format(fmt));
+    copy_into(b, t, g);
+    return t;
+  };
+  // Step t's part of the sequence's gradient (of x's shape: a sequence, or frames).
+  auto g_step = [&](int64_t t) {
+    return s.seq ? g_seq.select(0, t) : g_seq.narrow(0, t * s.N, s.N);
+  };
+  const at::Tensor g_h_last = like_state(grad_h_last), g_c_last = like_state(grad_c_last);
+
+  at::AutoDispatchBelowADInplaceOrView guard;
+  auto zero_state = [&](const at::Tensor& like) {
+    return at::zeros({}, like.options()).expand(s.state());
+  };
+  const bool param_grads = need_b || need_p;
+  // The parameter gradients' partial sums of every step, finished once after the sweep, where
+  // the device leaves them unfinished (partial_sums); else each step's finished ones are added.
+  const bool partial_sums =
+      b.gates_backward_partial != nullptr && plain_tensors(saved, g_seq, g_h_last, g_c_last);
+  std::vector<at::Tensor> d_param_partials;
+  // Reverse sweep over chunks of steps, last chunk first. Per step: the cell's backward and the
+  // hidden convolution's data gradient. Per chunk, once its gate gradients are complete: the
+  // weight gradients (and the input's) in batched calls over the chunk's steps. Only one
+  // chunk's gate gradients are alive at a time, so every chunk reuses the previous one's memory
+  // instead of the sweep faulting in a sequence's worth of fresh pages.
+  at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh;
+  WeightGradTotal sum_wx, sum_wh, sum_w;
+  // dh_next already holds the sequence's gradient of its step's frame (summed into it by the
+  // hidden convolution's data gradient, in the same pass over its output).
+  bool dh_next_has_seq = false;
+  // The input's gradient: written chunk by chunk into gx by the input convolution's prepared
+  // data gradient, else its chunks (last first) concatenated at the end.
+  at::Tensor gx;
+  std::vector<at::Tensor> gx_chunks;
+  const bool batched = need_x || need_wx || need_wh;
+  const StepConv wh_flipped = flipped_weight(b, wh, x);
+  const StepConv wx_flipped = need_x ? flipped_weight(b, wx, x) : StepConv{};
+  // Where ATen's convolution gives the hidden data gradient (no prepared one: e.g. bfloat16 at
+  // the amx level), add_ sums the sequence's gradient into its result, which across layouts took
+  // 1.37 ms against 0.16 within one ((4, 64, 64, 64) bfloat16, 2 Xeon cores): a dense gradient
+  // whose frames lie in the other layout is then brought into the layer's, whole, by one frames
+  // copy (an expanded one, or one in the layer's layout, is added as it is).
+  const auto other_layout = [&](const at::Tensor& g) {
+    const bool cl = s.seq ? frames_channels_last(g)
+                          : g.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+    return g.is_non_overlapping_and_dense() && cl != (fmt == at::MemoryFormat::ChannelsLast);
+  };
+  if (g_seq.defined() && wh_flipped.weight.defined() && wh_flipped.prepared.run == nullptr &&
+      b.copy_frames != nullptr && other_layout(g_seq) &&
+      plain_tensors(saved, g_seq, g_h_last, g_c_last)) {
+    g_seq = s.seq ? time_major(b, g_seq, fmt).unflatten(0, {s.T, s.N}) : like_state(g_seq);
+  }
+  // There, too, the cell's backward adds the sequence's gradient of a step, where its images lie
+  // in the layer's layout or are one value each (expanded, e.g. of .sum()), to the gradient flowing
+  // back from the next step as it reads them (GatesBackwardAdd), in the accumulation type,
+  // instead of an add_ over the state per step, rounded.
+  const bool add_in_cell = g_seq.defined() && b.gates_backward_add != nullptr && !partial_sums &&
+                           wh_flipped.prepared.run == nullptr &&
+                           plain_tensors(saved, g_seq, g_h_last, g_c_last);
+  auto cell_addend = [&](int64_t t) {
+    if (!add_in_cell) return at::Tensor();
+    const at::Tensor g = g_step(t);
+    const bool per_image = g.stride(1) == 0 && g.stride(2) == 0 && g.stride(3) == 0;
+    return per_image || g.narrow(0, 0, 1).is_contiguous(fmt) ? g : at::Tensor();
+  };
+  // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule
+  // saved its frames and both are wanted: one call per chunk, whose output-gradient transform
+  // (Winograd) or packing (the AMX kernel) the two weights share. (bf16, 2 Xeon cores with
+  // AMX: a training step took 29.2 / 62.0 ms joined against 31.1 / 65.2 apart at 8x16x[32]@32 /
+  // 8x16x[32, 32]@32, and 158.6 against 158.7 at 4x64x[64]@64.)
+  const bool joined = xh.defined() && need_wx && need_wh;
+  if (need_x && wx_flipped.prepared.run != nullptr) {
+    gx = buffer(b, x.sizes(), x.options().memory_format(fmt));
+  }
+  const int64_t K = chunk_steps(b, s, x);
+  for (int64_t t0 = (s.T - 1) / K * K; t0 >= 0; t0 -= K) {
+    const int64_t k = std::min(K, s.T - t0);
+    std::vector<at::Tensor> d_gates(k);
+    for (int64_t t = t0 + k - 1; t >= t0; --t) {
+      at::Tensor dh, dh_add;  // the gradient of h_t: dh, plus dh_add where defined
+      if (g_seq.defined() && !dh_next_has_seq) {
+        const at::Tensor g = g_step(t);
+        if (dh_next.defined() && dh_next.is_contiguous(fmt)) dh_add = cell_addend(t);
+        if (dh_add.defined()) {
+          dh = dh_next;
+        } else {
+          dh = like_state(dh_next.defined() ? dh_next + g : g);
+        }
+      } else {
+        dh = dh_next.defined() ? dh_next : zero_state(x);
+      }
+      if (!dc.defined()) dc = zero_state(c_prev(t));
+      auto [dg, dc_prev, dp] =
+          dh_add.defined()
+              ? gates_backward_add(b, dh, dc, gates(t), c_prev(t), peephole, param_grads, dh_add)
+              : gates_backward(b, partial_sums, dh, dc, gates(t), c_prev(t), peephole,
+                               param_grads);
+      if (param_grads && partial_sums) {
+        d_param_partials.push_back(std::move(dp));
+      } else if (param_grads) {
+        d_params = d_params.defined() ? d_params + dp : dp;
+      }
+      const bool had_h = t > 0 || h0.defined();
+      if (had_h && (t > 0 || need_h0)) {
+        const at::Tensor h_prev = t > 0 ? h_before(t, 1) : h0;
+        // Step t - 1's gradient of h: through the hidden convolution, plus the sequence's.
+        const at::Tensor g_prev =
+            t > 0 && g_seq.defined() && !cell_addend(t - 1).defined() ? g_step(t - 1)
+                                                                      : at::Tensor();
+        dh_next = conv_data_grad(b, dg, h_prev, wh, wh_flipped, s, g_prev);
+        dh_next_has_seq = g_prev.defined();
+      } else {
+        dh_next = at::Tensor();
+        dh_next_has_seq = false;
+      }
+      dc = std::move(dc_prev);
+      d_gates[t - t0] = std::move(dg);
+    }
+    if (!batched) continue;
+    // The hidden convolution of step t saw h_{t-1}: the chunk's steps [t0, t0 + k) pair with
+    // h_seq frames [t0 - 1, t0 + k - 1); step 0 saw h0 (when given), not a frame of h_seq.
+    const at::Tensor dg = k == 1 ? d_gates[0] : at::cat(d_gates, 0);
+    const at::Tensor x_chunk = x.narrow(0, t0 * s.N, k * s.N);
+    if (need_x) {
+      if (gx.defined()) {
+        conv_data_grad(b, dg, x_chunk, wx, wx_flipped, s, {}, gx.narrow(0, t0 * s.N, k * s.N));
+      } else {
+        gx_chunks.push_back(conv_data_grad(b, dg, x_chunk, wx, wx_flipped, s));
+      }
+    }
+    if (joined) {
+      // Both weights' gradients at once, from the frames (x_t, h_{t-1}) the merged schedule
+      // convolved. h_{-1} is h0, or zeros, which add nothing: without h0, where the chunks
+      // before (later steps) laid out partial sums of the device for the whole frames, step 0's
+      // products are those of its x alone (at 4x64x[64]@64, T = 10, a twentieth of the
+      // weight gradients' products).
+      const bool lead = t0 == 0 && !h0.defined() && sum_w.sum.defined();
+      const int64_t first = lead ? 1 : t0;
+      if (first < t0 + k) {
+        const int64_t n = t0 + k - first;
+        sum_w.add(b, dg.narrow(0, (first - t0) * s.N, n * s.N),
+                  xh.narrow(0, first * s.N, n * s.N), s);
+      }
+      if (lead && !sum_w.add_leading(b, dg.narrow(0, 0, s.N), x.narrow(0, 0, s.N), s)) {
+        sum_w.add(b, dg.narrow(0, 0, s.N), xh.narrow(0, 0, s.N), s);
+      }
+      continue;
+    }
+    if (need_wx) sum_wx.add(b, dg, x_chunk, s);
+    if (need_wh) {
+      const int64_t first = t0 == 0 ? 1 : t0;
+      if (first < t0 + k) {
+        const int64_t n = t0 + k - first;
+        sum_wh.add(b, dg.narrow(0, (first - t0) * s.N, n * s.N), h_before(first, n), s);
+      }
+      if (t0 == 0 && h0.defined()) sum_wh.add(b, d_gates[0], h0, s);
+    }
+  }
+  if (!d_param_partials.empty()) {
+    d_params = finish_param_grads(
+        d_param_partials.size() == 1 ? d_param_partials[0] : at::cat(d_param_partials, 0),
+        s.state_dtype);
+  }
+  if (need_x && !gx.defined()) {
+    std::reverse(gx_chunks.begin(), gx_chunks.end());
+    gx = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
+  }
+  if (need_x) {
+    if (gx.scalar_type() != x_dtype) gx = gx.to(x_dtype);  // x was cast (x_cast)
+    out[0] = s.seq ? gx.unflatten(0, {s.T, s.N}) : gx;
+  }
+  if (joined) {
+    const at::Tensor gw = sum_w.result(b, s);
+    gwx = gw.narrow(1, 0, s.Cin).contiguous(wx.suggest_memory_format());
+    gwh = gw.narrow(1, s.Cin, s.C).contiguous(wh.suggest_memory_format());
+  } else {
+    gwx = sum_wx.result(b, s);
+    gwh = sum_wh.result(b, s);
+  }
+  if (need_wx) out[1] = gwx;
+  if (need_wh) out[2] = gwh.defined() ? gwh : at::zeros_like(wh);
+  if (need_b) out[3] = d_params.narrow(0, 0, 4).reshape({-1});
+  if (need_p) out[4] = d_params.narrow(0, 4, 3);
+  if (need_h0) out[5] = dh_next.defined() ? dh_next : at::zeros(s.state(), h0.options());
+  if (need_c0) out[6] = dc;
+  return out;
+}
+
 // The layer's autograd: forward saves what the schedule's backward reads. `Resolve` picks the
 // backend (in backward, from a saved weight, on the device of the call).
 template <ResolveBackend Resolve>
@@ -715,227 +972,28 @@ class ConvLSTMLayerFunction : public torch::autograd::Function<ConvLSTMLayerFunc
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto dims = ctx->saved_data["shape"].toIntList();
-    LayerShape s{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7],
-                 static_cast<at::ScalarType>(dims[8]), static_cast<at::ScalarType>(dims[9]),
-                 dims[10] != 0};
-    const auto x_dtype = static_cast<at::ScalarType>(dims[11]);
-    const auto needs = ctx->saved_data["needs"].toBoolList();
-    const bool need_x = needs[0], need_wx = needs[1], need_wh = needs[2], need_b = needs[3],
-               need_p = needs[4], need_h0 = needs[5], need_c0 = needs[6];
+    LayerSaved sv{LayerShape{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6],
+                             dims[7], static_cast<at::ScalarType>(dims[8]),
+                             static_cast<at::ScalarType>(dims[9]), dims[10] != 0},
+                  static_cast<at::ScalarType>(dims[11])};
+    const auto need = ctx->saved_data["needs"].toBoolList();
+    LayerNeeds needs;
+    for (size_t i = 0; i < needs.size(); ++i) needs[i] = need[i];
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& xh = saved[6];  // the merged schedule's frames, where it ran
-    const at::Tensor& wx = saved[1];
-    const at::Tensor& wh = saved[2];
-    const LayerBackend b = Resolve(wx);
-    std::optional<at::Tensor> peephole;
-    if (saved[3].defined()) peephole = saved[3];
-    const at::Tensor& h0 = saved[4];
-    // x, and h_{t-1} of the steps from `first` on (first >= 1): views of the frames, or saved.
-    const at::Tensor x = xh.defined() ? xh.narrow(1, 0, s.Cin) : saved[0];
-    // The h sequence as time-major frames (saved as the output itself where they are its memory).
-    const at::Tensor h_frames =
-        saved[5].defined() && saved[5].dim() == 5 ? saved[5].flatten(0, 1) : saved[5];
-    auto h_before = [&](int64_t first, int64_t n) {
-      return xh.defined() ? xh.narrow(0, first * s.N, n * s.N).narrow(1, s.Cin, s.C)
-                          : h_frames.narrow(0, (first - 1) * s.N, n * s.N);
-    };
-    auto gates = [&](int64_t t) -> const at::Tensor& { return saved[7 + t]; };
-    auto c_prev = [&](int64_t t) -> const at::Tensor& { return saved[7 + s.T + t]; };
-    variable_list out(8);
-    if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return out;
-    // Incoming gradients in the layout of the saved tensors, so the cell kernels read them in
-    // order. The sequence's gradient is brought there step by step, by the sum with the gradient
-    // flowing back from the next step where there is one: an expanded gradient (e.g. of .sum())
-    // is never materialised whole, nor one in another layout but where noted below.
-    const auto fmt = (xh.defined() ? xh : x).suggest_memory_format();
-    auto like_state = [&](const at::Tensor& g) {
-      if (!g.defined() || g.is_contiguous(fmt)) return g;
-      const at::Tensor t = buffer(b, g.sizes(), g.options().memory_format(fmt));
-      copy_into(b, t, g);
-      return t;
-    };
-    at::Tensor g_seq = grads[0];
-    // Step t's part of the sequence's gradient (of x's shape: a sequence, or frames).
-    auto g_step = [&](int64_t t) {
-      return s.seq ? g_seq.select(0, t) : g_seq.narrow(0, t * s.N, s.N);
-    };
-    const at::Tensor g_h_last = like_state(grads[1]), g_c_last = like_state(grads[2]);
-
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto zero_state = [&](const at::Tensor& like) {
-      return at::zeros({}, like.options()).expand(s.state());
-    };
-    const bool param_grads = need_b || need_p;
-    // The parameter gradients' partial sums of every step, finished once after the sweep, where
-    // the device leaves them unfinished (partial_sums); else each step's finished ones are added.
-    const bool partial_sums =
-        b.gates_backward_partial != nullptr && plain_tensors(saved, g_seq, g_h_last, g_c_last);
-    std::vector<at::Tensor> d_param_partials;
-    // Reverse sweep over chunks of steps, last chunk first. Per step: the cell's backward and the
-    // hidden convolution's data gradient. Per chunk, once its gate gradients are complete: the
-    // weight gradients (and the input's) in batched calls over the chunk's steps. Only one
-    // chunk's gate gradients are alive at a time, so every chunk reuses the previous one's memory
-    // instead of the sweep faulting in a sequence's worth of fresh pages.
-    at::Tensor dh_next = g_h_last, dc = g_c_last, d_params, gwx, gwh;
-    WeightGradTotal sum_wx, sum_wh, sum_w;
-    // dh_next already holds the sequence's gradient of its step's frame (summed into it by the
-    // hidden convolution's data gradient, in the same pass over its output).
-    bool dh_next_has_seq = false;
-    // The input's gradient: written chunk by chunk into gx by the input convolution's prepared
-    // data gradient, else its chunks (last first) concatenated at the end.
-    at::Tensor gx;
-    std::vector<at::Tensor> gx_chunks;
-    const bool batched = need_x || need_wx || need_wh;
-    const StepConv wh_flipped = flipped_weight(b, wh, x);
-    const StepConv wx_flipped = need_x ? flipped_weight(b, wx, x) : StepConv{};
-    // Where ATen's convolution gives the hidden data gradient (no prepared one: e.g. bfloat16 at
-    // the amx level), add_ sums the sequence's gradient into its result, which across layouts took
-    // 1.37 ms against 0.16 within one ((4, 64, 64, 64) bfloat16, 2 Xeon cores): a dense gradient
-    // whose frames lie in the other layout is then brought into the layer's, whole, by one frames
-    // copy (an expanded one, or one in the layer's layout, is added as it is).
-    const auto other_layout = [&](const at::Tensor& g) {
-      const bool cl = s.seq ? frames_channels_last(g)
-                            : g.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-      return g.is_non_overlapping_and_dense() && cl != (fmt == at::MemoryFormat::ChannelsLast);
-    };
-    if (g_seq.defined() && wh_flipped.weight.defined() && wh_flipped.prepared.run == nullptr &&
-        b.copy_frames != nullptr && other_layout(g_seq) &&
-        plain_tensors(saved, g_seq, g_h_last, g_c_last)) {
-      g_seq = s.seq ? time_major(b, g_seq, fmt).unflatten(0, {s.T, s.N}) : like_state(g_seq);
-    }
-    // There, too, the cell's backward adds the sequence's gradient of a step, where its images lie
-    // in the layer's layout or are one value each (expanded, e.g. of .sum()), to the gradient flowing
-    // back from the next step as it reads them (GatesBackwardAdd), in the accumulation type,
-    // instead of an add_ over the state per step, rounded.
-    const bool add_in_cell = g_seq.defined() && b.gates_backward_add != nullptr && !partial_sums &&
-                             wh_flipped.prepared.run == nullptr &&
-                             plain_tensors(saved, g_seq, g_h_last, g_c_last);
-    auto cell_addend = [&](int64_t t) {
-      if (!add_in_cell) return at::Tensor();
-      const at::Tensor g = g_step(t);
-      const bool per_image = g.stride(1) == 0 && g.stride(2) == 0 && g.stride(3) == 0;
-      return per_image || g.narrow(0, 0, 1).is_contiguous(fmt) ? g : at::Tensor();
-    };
-    // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule
-    // saved its frames and both are wanted: one call per chunk, whose output-gradient transform
-    // (Winograd) or packing (the AMX kernel) the two weights share. (bf16, 2 Xeon cores with
-    // AMX: a training step took 29.2 / 62.0 ms joined against 31.1 / 65.2 apart at 8x16x[32]@32 /
-    // 8x16x[32, 32]@32, and 158.6 against 158.7 at 4x64x[64]@64.)
-    const bool joined = xh.defined() && need_wx && need_wh;
-    if (need_x && wx_flipped.prepared.run != nullptr) {
-      gx = buffer(b, x.sizes(), x.options().memory_format(fmt));
-    }
-    const int64_t K = chunk_steps(b, s, x);
-    for (int64_t t0 = (s.T - 1) / K * K; t0 >= 0; t0 -= K) {
-      const int64_t k = std::min(K, s.T - t0);
-      std::vector<at::Tensor> d_gates(k);
-      for (int64_t t = t0 + k - 1; t >= t0; --t) {
-        at::Tensor dh, dh_add;  // the gradient of h_t: dh, plus dh_add where defined
-        if (g_seq.defined() && !dh_next_has_seq) {
-          const at::Tensor g = g_step(t);
-          if (dh_next.defined() && dh_next.is_contiguous(fmt)) dh_add = cell_addend(t);
-          if (dh_add.defined()) {
-            dh = dh_next;
-          } else {
-            dh = like_state(dh_next.defined() ? dh_next + g : g);
-          }
-        } else {
-          dh = dh_next.defined() ? dh_next : zero_state(x);
-        }
-        if (!dc.defined()) dc = zero_state(c_prev(t));
-        auto [dg, dc_prev, dp] =
-            dh_add.defined()
-                ? gates_backward_add(b, dh, dc, gates(t), c_prev(t), peephole, param_grads, dh_add)
-                : gates_backward(b, partial_sums, dh, dc, gates(t), c_prev(t), peephole,
-                                 param_grads);
-        if (param_grads && partial_sums) {
-          d_param_partials.push_back(std::move(dp));
-        } else if (param_grads) {
-          d_params = d_params.defined() ? d_params + dp : dp;
-        }
-        const bool had_h = t > 0 || h0.defined();
-        if (had_h && (t > 0 || need_h0)) {
-          const at::Tensor h_prev = t > 0 ? h_before(t, 1) : h0;
-          // Step t - 1's gradient of h: through the hidden convolution, plus the sequence's.
-          const at::Tensor g_prev =
-              t > 0 && g_seq.defined() && !cell_addend(t - 1).defined() ? g_step(t - 1)
-                                                                        : at::Tensor();
-          dh_next = conv_data_grad(b, dg, h_prev, wh, wh_flipped, s, g_prev);
-          dh_next_has_seq = g_prev.defined();
-        } else {
-          dh_next = at::Tensor();
-          dh_next_has_seq = false;
-        }
-        dc = std::move(dc_prev);
-        d_gates[t - t0] = std::move(dg);
-      }
-      if (!batched) continue;
-      // The hidden convolution of step t saw h_{t-1}: the chunk's steps [t0, t0 + k) pair with
-      // h_seq frames [t0 - 1, t0 + k - 1); step 0 saw h0 (when given), not a frame of h_seq.
-      const at::Tensor dg = k == 1 ? d_gates[0] : at::cat(d_gates, 0);
-      const at::Tensor x_chunk = x.narrow(0, t0 * s.N, k * s.N);
-      if (need_x) {
-        if (gx.defined()) {
-          conv_data_grad(b, dg, x_chunk, wx, wx_flipped, s, {}, gx.narrow(0, t0 * s.N, k * s.N));
-        } else {
-          gx_chunks.push_back(conv_data_grad(b, dg, x_chunk, wx, wx_flipped, s));
-        }
-      }
-      if (joined) {
-        // Both weights' gradients at once, from the frames (x_t, h_{t-1}) the merged schedule
-        // convolved. h_{-1} is h0, or zeros, which add nothing: without h0, where the chunks
-        // before (later steps) laid out partial sums of the device for the whole frames, step 0's
-        // products are those of its x alone (at 4x64x[64]@64, T = 10, a twentieth of the
-        // weight gradients' products).
-        const bool lead = t0 == 0 && !h0.defined() && sum_w.sum.defined();
-        const int64_t first = lead ? 1 : t0;
-        if (first < t0 + k) {
-          const int64_t n = t0 + k - first;
-          sum_w.add(b, dg.narrow(0, (first - t0) * s.N, n * s.N),
-                    xh.narrow(0, first * s.N, n * s.N), s);
-        }
-        if (lead && !sum_w.add_leading(b, dg.narrow(0, 0, s.N), x.narrow(0, 0, s.N), s)) {
-          sum_w.add(b, dg.narrow(0, 0, s.N), xh.narrow(0, 0, s.N), s);
-        }
-        continue;
-      }
-      if (need_wx) sum_wx.add(b, dg, x_chunk, s);
-      if (need_wh) {
-        const int64_t first = t0 == 0 ? 1 : t0;
-        if (first < t0 + k) {
-          const int64_t n = t0 + k - first;
-          sum_wh.add(b, dg.narrow(0, (first - t0) * s.N, n * s.N), h_before(first, n), s);
-        }
-        if (t0 == 0 && h0.defined()) sum_wh.add(b, d_gates[0], h0, s);
-      }
-    }
-    if (!d_param_partials.empty()) {
-      d_params = finish_param_grads(
-          d_param_partials.size() == 1 ? d_param_partials[0] : at::cat(d_param_partials, 0),
-          s.state_dtype);
-    }
-    if (need_x && !gx.defined()) {
-      std::reverse(gx_chunks.begin(), gx_chunks.end());
-      gx = gx_chunks.size() == 1 ? gx_chunks[0] : at::cat(gx_chunks, 0);
-    }
-    if (need_x) {
-      if (gx.scalar_type() != x_dtype) gx = gx.to(x_dtype);  // x was cast (x_cast)
-      out[0] = s.seq ? gx.unflatten(0, {s.T, s.N}) : gx;
-    }
-    if (joined) {
-      const at::Tensor gw = sum_w.result(b, s);
-      gwx = gw.narrow(1, 0, s.Cin).contiguous(wx.suggest_memory_format());
-      gwh = gw.narrow(1, s.Cin, s.C).contiguous(wh.suggest_memory_format());
-    } else {
-      gwx = sum_wx.result(b, s);
-      gwh = sum_wh.result(b, s);
-    }
-    if (need_wx) out[2] = gwx;
-    if (need_wh) out[3] = gwh.defined() ? gwh : at::zeros_like(wh);
-    if (need_b) out[4] = d_params.narrow(0, 0, 4).reshape({-1});
-    if (need_p) out[5] = d_params.narrow(0, 4, 3);
-    if (need_h0) out[6] = dh_next.defined() ? dh_next : at::zeros(s.state(), h0.options());
-    if (need_c0) out[7] = dc;
+    sv.x = saved[0];
+    sv.wx = saved[1];
+    sv.wh = saved[2];
+    if (saved[3].defined()) sv.peephole = saved[3];
+    sv.h0 = saved[4];
+    sv.h = saved[5];
+    sv.xh = saved[6];
+    sv.gates.assign(saved.begin() + 7, saved.begin() + 7 + sv.s.T);
+    sv.c_prev.assign(saved.begin() + 7 + sv.s.T, saved.begin() + 7 + 2 * sv.s.T);
+    const std::array<at::Tensor, 7> g =
+        layer_backward(Resolve(sv.wx), sv, needs, grads[0], grads[1], grads[2]);
+    variable_list out(8);  // steps (index 1) has no gradient
+    out[0] = g[0];
+    for (size_t i = 1; i < g.size(); ++i) out[i + 1] = g[i];
     return once_differentiable(
         std::move(out),
         "pyframepred.ops.convlstm_layer: the fused backward is not differentiable, so second "
@@ -952,8 +1010,118 @@ op::ConvLSTMLayer::Result layer_forward(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   return {r.h_seq, r.h_last, r.c_last};
 }
 
-// The operator's autograd kernel.
+// convlstm_layer_train: the forward of a training step, returning what backward reads besides
+// the arguments and h_seq (the gates and the cell states c_1 .. c_{T-1}) for an autograd
+// registered outside C++ (torch.compile). Each in the run layout, as the fake kernel has them.
 template <ResolveBackend Resolve>
+op::ConvLSTMLayerTrain::Result layer_train(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
+  const LayerShape s = check_layer_args(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+  const LayerBackend b = Resolve(x);
+  Rollout r = rollout(b, x, s, weight_x, weight_h, bias, peephole, h0, c0, /*save=*/true);
+  const auto fmt = run_format(b, x, weight_x);
+  std::vector<at::Tensor> gates, cells;
+  gates.reserve(s.T);
+  cells.reserve(s.T - 1);
+  for (int64_t t = 0; t < s.T; ++t) {
+    gates.push_back(r.gates[t].contiguous(fmt));
+    if (t > 0) cells.push_back(r.c_prev[t].contiguous(fmt));
+  }
+  return {r.h_seq, r.h_last, r.c_last, std::move(gates), std::move(cells)};
+}
+
+// convlstm_layer_backward: the schedule's backward (layer_backward) on what convlstm_layer_train
+// returned and the call's arguments. Where the forward ran the merged schedule, backward reads x
+// and the h sequence apart (the frames it convolved are not kept): the weight gradients then come
+// in two calls per chunk, not one. Gradients in the layouts op_signatures.h states.
+template <ResolveBackend Resolve>
+op::ConvLSTMLayerBackward::Result layer_train_backward(
+    PYFRAMEPRED_CONVLSTM_LAYER_BACKWARD_PARAMS) {
+  const LayerShape s = check_layer_args(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+  constexpr const char* op = "convlstm_layer_backward";
+  TORCH_CHECK(static_cast<int64_t>(gates.size()) == s.T &&
+                  static_cast<int64_t>(cells.size()) == s.T - 1,
+              op, ": expected ", std::to_string(s.T), " gates and ", std::to_string(s.T - 1),
+              " cells (convlstm_layer_train's), got ", std::to_string(gates.size()), " and ",
+              std::to_string(cells.size()));
+  TORCH_CHECK(output_mask[5] <= defined(h0) && output_mask[6] <= defined(c0) &&
+                  output_mask[3] <= defined(bias) && output_mask[4] <= defined(peephole),
+              op, ": output_mask asks for the gradient of an absent argument");
+  const LayerBackend b = Resolve(x);
+  const auto fmt = run_format(b, x, weight_x);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  LayerSaved sv{s, x.scalar_type()};
+  sv.wx = weight_x.contiguous(fmt);
+  sv.wh = weight_h.contiguous(fmt);
+  sv.peephole = peephole;
+  if (defined(h0)) sv.h0 = h0->contiguous(fmt);
+  if (merged_conv(b, s, x, step_conv(b, sv.wx, x), sv.wh, h0, fmt).weight.defined()) {
+    // The frames (x_t, h_{t-1}) the forward convolved (h_{-1}: h0, or zeros), whose joined weight
+    // gradient backward computes in one call per chunk: as many bytes copied as x and the h
+    // sequence in the run layout would take.
+    sv.xh = buffer(b, {s.T * s.N, s.Cin + s.C, s.H, s.W}, x.options().dtype(s.dtype).memory_format(fmt));
+    const at::Tensor x_part = sv.xh.narrow(1, 0, s.Cin);
+    copy_into(b, s.seq ? x_part.unflatten(0, {s.T, s.N}) : x_part, x);
+    const at::Tensor h_part = sv.xh.narrow(1, s.Cin, s.C);
+    if (defined(h0)) {
+      h_part.narrow(0, 0, s.N).copy_(*h0);
+    } else {
+      h_part.narrow(0, 0, s.N).zero_();
+    }
+    if (s.T > 1) {
+      const int64_t n = s.T - 1;
+      const at::Tensor hs = h_part.narrow(0, s.N, n * s.N);
+      copy_into(b, s.seq ? hs.unflatten(0, {n, s.N}) : hs,
+                s.seq ? h_seq.narrow(0, 0, n) : h_seq.narrow(0, 0, n * s.N));
+    }
+  } else {
+    const at::Tensor x_run = x.scalar_type() == s.dtype ? x : x.to(s.dtype);
+    sv.x = s.seq ? time_major(b, x_run, fmt) : x_run.contiguous(fmt);
+    sv.h = s.seq ? time_major(b, h_seq, fmt) : h_seq.contiguous(fmt);
+  }
+  sv.gates.assign(gates.begin(), gates.end());
+  sv.c_prev.reserve(s.T);
+  sv.c_prev.push_back(defined(c0) ? c0->contiguous(fmt)
+                                  : at::zeros(s.state(), x.options().dtype(s.state_dtype).memory_format(fmt)));
+  sv.c_prev.insert(sv.c_prev.end(), cells.begin(), cells.end());
+  const auto grad = [](const std::optional<at::Tensor>& g) { return g.value_or(at::Tensor()); };
+  std::array<at::Tensor, 7> g =
+      layer_backward(b, sv, output_mask, grad(grad_h_seq), grad(grad_h_last), grad(grad_c_last));
+  // The layouts the fake kernel gives: x's as layer_backward leaves it (time-major frames in the
+  // run layout), the states' in the run layout, the weights' in their own memory format.
+  const std::array<at::Tensor, 7> args = {x, weight_x, weight_h, bias.value_or(at::Tensor()),
+                                          peephole.value_or(at::Tensor()),
+                                          h0.value_or(at::Tensor()), c0.value_or(at::Tensor())};
+  std::vector<at::Tensor> out;
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (!output_mask[i]) continue;
+    at::Tensor gi = g[i];
+    if (!gi.defined()) {  // no gradient came in
+      gi = at::zeros_like(args[i]);
+    }
+    if (i == 0) {
+      gi = s.seq ? time_major(b, gi, fmt).unflatten(0, {s.T, s.N}) : gi.contiguous(fmt);
+    } else if (i == 1 || i == 2) {
+      const bool cl = !args[i].is_contiguous() &&
+                      args[i].is_contiguous(at::MemoryFormat::ChannelsLast);
+      gi = gi.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+    } else if (i == 5 || i == 6) {
+      gi = gi.contiguous(fmt);
+    }
+    // A view into a larger result (the peephole's beside the bias's, a weight's part of the
+    // joined gradient) becomes a tensor of its own: the results alias nothing, as the fake's.
+    if (gi.storage_offset() != 0) gi = gi.clone();
+    out.push_back(std::move(gi));
+  }
+  return out;
+}
+
+// The operator whose autograd kernel layer_autograd is (convlstm_layer; the CUDA execution model's
+// tests register the schedule under another name).
+using LayerHandle = const c10::TypedOperatorHandle<op::ConvLSTMLayer::Sig>& (*)();
+
+// The operator's autograd kernel. Without gradients it calls the operator below autograd, so that
+// tracers (torch.compile's inference graphs, dispatch modes) see the one operator, not the steps.
+template <ResolveBackend Resolve, LayerHandle Handle = &op::handle<op::ConvLSTMLayer>>
 op::ConvLSTMLayer::Result layer_autograd(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
   const bool grad = at::GradMode::is_enabled() &&
                     (x.requires_grad() || weight_x.requires_grad() || weight_h.requires_grad() ||
@@ -961,7 +1129,7 @@ op::ConvLSTMLayer::Result layer_autograd(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
                      requires_grad(c0));
   if (!grad) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return layer_forward<Resolve>(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
+    return Handle().call(x, steps, weight_x, weight_h, bias, peephole, h0, c0);
   }
   auto out = ConvLSTMLayerFunction<Resolve>::apply(x, steps, weight_x, weight_h, bias, peephole,
                                                    h0, c0);

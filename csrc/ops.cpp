@@ -22,6 +22,8 @@ TORCH_LIBRARY(pyframepred, m) {
   def<op::ConvLSTMGatesForward>(m, {at::Tag::flexible_layout});
   def<op::ConvLSTMGatesBackward>(m, {at::Tag::flexible_layout});
   def<op::ConvLSTMLayer>(m, {at::Tag::flexible_layout});
+  def<op::ConvLSTMLayerTrain>(m, {at::Tag::flexible_layout});
+  def<op::ConvLSTMLayerBackward>(m, {at::Tag::flexible_layout});
   def<op::Conv2dWeightGrad>(m, {at::Tag::flexible_layout});
   def<op::Conv2dSame>(m, {at::Tag::flexible_layout});
   def<op::GdlLossForward>(m, {at::Tag::flexible_layout});

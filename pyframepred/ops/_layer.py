@@ -4,11 +4,17 @@ The schedule (csrc/convlstm_layer.cpp) is the one cuDNN uses for LSTM layers: th
 convolution of all steps batched, per step only the hidden convolution and the fused cell; in
 backward the cell and the hidden convolution's data gradient per step, then every weight gradient
 (and the input's) in batched calls over the steps. Autograd is registered in C++.
+
+Under ``torch.compile`` a training step calls the same schedule split in two operators instead,
+``convlstm_layer_train`` (the forward, returning what backward reads) and
+``convlstm_layer_backward``, tied by an autograd registered here: AOTAutograd then keeps the layer
+one node of the forward graph and one of the backward graph, where it would trace the C++
+autograd into the schedule's steps (and run them slower than eager).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -56,8 +62,20 @@ def convlstm_layer(
     cast.
     """
     h0, c0 = (None, None) if state is None else state
-    h_seq, h, c = torch.ops.pyframepred.convlstm_layer(x, steps, weight_x, weight_h, bias, peephole, h0, c0)
+    args = (x, steps, weight_x, weight_h, bias, peephole, h0, c0)
+    if _compiling_a_training_step(args):
+        h_seq, h, c, _, _ = torch.ops.pyframepred.convlstm_layer_train(*args)
+    else:
+        h_seq, h, c = torch.ops.pyframepred.convlstm_layer(*args)
     return h_seq, (h, c)
+
+
+def _compiling_a_training_step(args) -> bool:
+    """Whether torch.compile traces a call that autograd records (not torch.export's tracing,
+    which keeps the one operator ``convlstm_layer``)."""
+    if not torch.compiler.is_compiling() or torch.compiler.is_exporting() or not torch.is_grad_enabled():
+        return False
+    return any(isinstance(t, Tensor) and t.requires_grad for t in args)
 
 
 def conv2d_weight_grad(grad_out: Tensor, input: Tensor, kernel_size: Union[int, Tuple[int, int]]) -> Tensor:
@@ -115,8 +133,23 @@ def _sequence_like(x: Tensor, C, dtype: torch.dtype) -> Tensor:
     return x.new_empty_strided((T, N, C, H, W), strides, dtype=dtype)
 
 
-@torch.library.register_fake("pyframepred::convlstm_layer")
-def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
+class _Plan(NamedTuple):
+    """A layer call's sizes, the layout it runs in and its dtypes."""
+
+    seq: bool  # x is a sequence (T, N, C_in, H, W), not frames
+    T: int
+    N: int
+    cin: int
+    C: int
+    H: int
+    W: int
+    fmt: torch.memory_format  # the layout the layer runs in
+    dtype: torch.dtype  # of the convolutions and h
+    state: torch.dtype  # of c
+
+
+def _plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0) -> _Plan:
+    """What the fake kernels need of a call: its sizes, layout and dtypes, by the C++ rules."""
     torch._check(x.dim() in (4, 5), lambda: f"convlstm_layer: x must be 4-d or 5-d, got {tuple(x.shape)}")
     torch._check(steps >= 1, lambda: f"convlstm_layer: steps must be >= 1, got {steps}")
     seq = x.dim() == 5
@@ -125,17 +158,113 @@ def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
         N, cin = x.shape[1], x.shape[2]
     else:
         N, cin = x.shape[0] // steps, x.shape[1]
-    H, W = x.shape[-2], x.shape[-1]
-    C = weight_h.shape[1]
     x_cl = _seq_frames_channels_last(x) if seq else _channels_last(x)
     cl = (x.device.type == "cpu" or x_cl or _channels_last(weight_x)) and cin > 0
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    opts = dict(device=x.device, memory_format=fmt)
     dtype = weight_x.dtype  # x's, or x cast to it (float32 x, float16/bfloat16 weights)
     state = next((t.dtype for t in (c0, bias, peephole) if t is not None), dtype)
-    h_seq = _sequence_like(x, C, dtype) if seq else torch.empty((x.shape[0], C, H, W), dtype=dtype, **opts)
-    return (
-        h_seq,
-        torch.empty((N, C, H, W), dtype=dtype, **opts),
-        torch.empty((N, C, H, W), dtype=state, **opts),
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return _Plan(seq, steps, N, cin, weight_h.shape[1], x.shape[-2], x.shape[-1], fmt, dtype, state)
+
+
+def _frames(p: _Plan, n: int, C: int, dtype: torch.dtype, like: Tensor) -> Tensor:
+    return torch.empty((n, C, p.H, p.W), dtype=dtype, device=like.device, memory_format=p.fmt)
+
+
+@torch.library.register_fake("pyframepred::convlstm_layer")
+def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
+    p = _plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0)
+    h_seq = _sequence_like(x, p.C, p.dtype) if p.seq else _frames(p, x.shape[0], p.C, p.dtype, x)
+    return h_seq, _frames(p, p.N, p.C, p.dtype, x), _frames(p, p.N, p.C, p.state, x)
+
+
+@torch.library.register_fake("pyframepred::convlstm_layer_train")
+def _train_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
+    p = _plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0)
+    gates = [_frames(p, p.N, 4 * p.C, p.dtype, x) for _ in range(steps)]
+    cells = [_frames(p, p.N, p.C, p.state, x) for _ in range(steps - 1)]
+    return (*_layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0), gates, cells)
+
+
+def _weight_format(w: Tensor) -> torch.memory_format:
+    return torch.channels_last if _channels_last(w) else torch.contiguous_format
+
+
+@torch.library.register_fake("pyframepred::convlstm_layer_backward")
+def _layer_backward_fake(
+    grad_h_seq,
+    grad_h_last,
+    grad_c_last,
+    x,
+    steps,
+    weight_x,
+    weight_h,
+    bias,
+    peephole,
+    h0,
+    c0,
+    h_seq,
+    gates,
+    cells,
+    output_mask,
+):
+    p = _plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0)
+    grads = []
+    if output_mask[0]:  # time-major frames in the run layout
+        gx = _frames(p, p.T * p.N, p.cin, x.dtype, x)
+        grads.append(gx.unflatten(0, (p.T, p.N)) if p.seq else gx)
+    for w, wanted in ((weight_x, output_mask[1]), (weight_h, output_mask[2])):
+        if wanted:
+            grads.append(
+                torch.empty(w.shape, dtype=w.dtype, device=w.device, memory_format=_weight_format(w))
+            )
+    for t, wanted in ((bias, output_mask[3]), (peephole, output_mask[4])):
+        if wanted:
+            grads.append(torch.empty(t.shape, dtype=t.dtype, device=t.device))
+    for t, wanted in ((h0, output_mask[5]), (c0, output_mask[6])):
+        if wanted:
+            grads.append(_frames(p, p.N, p.C, t.dtype, x))
+    return grads
+
+
+# The autograd of convlstm_layer_train (torch.compile's training steps, see convlstm_layer).
+def _train_setup_context(ctx, inputs, output):
+    x, steps, weight_x, weight_h, bias, peephole, h0, c0 = inputs
+    h_seq, _, _, gates, cells = output
+    ctx.steps = steps
+    ctx.save_for_backward(x, weight_x, weight_h, bias, peephole, h0, c0, h_seq, *gates, *cells)
+    ctx.mark_non_differentiable(*gates, *cells)
+    ctx.set_materialize_grads(False)
+
+
+def _train_backward(ctx, grad_h_seq, grad_h_last, grad_c_last, _grad_gates, _grad_cells):
+    x, weight_x, weight_h, bias, peephole, h0, c0, h_seq, *rest = ctx.saved_tensors
+    T = ctx.steps
+    tensors = (x, weight_x, weight_h, bias, peephole, h0, c0)
+    need = (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:])
+    mask = [bool(n) and t is not None for n, t in zip(need, tensors)]
+    grads = iter(
+        torch.ops.pyframepred.convlstm_layer_backward(
+            grad_h_seq,
+            grad_h_last,
+            grad_c_last,
+            x,
+            T,
+            weight_x,
+            weight_h,
+            bias,
+            peephole,
+            h0,
+            c0,
+            h_seq,
+            rest[:T],
+            rest[T:],
+            mask,
+        )
     )
+    out = [next(grads) if m else None for m in mask]
+    return out[0], None, *out[1:]
+
+
+torch.library.register_autograd(
+    "pyframepred::convlstm_layer_train", _train_backward, setup_context=_train_setup_context
+)

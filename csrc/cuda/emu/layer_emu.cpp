@@ -93,6 +93,14 @@ int64_t set_layer_chunk_bytes(int64_t bytes) {
 
 }  // namespace
 
+// This library's convlstm_layer (the no-gradient path of layer_autograd calls it).
+const c10::TypedOperatorHandle<op::ConvLSTMLayer::Sig>& emu_layer_handle() {
+  static const auto h = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("pyframepred_emu::convlstm_layer", "")
+                            .typed<op::ConvLSTMLayer::Sig>();
+  return h;
+}
+
 }  // namespace cuda_emu
 }  // namespace pyframepred
 
@@ -109,5 +117,7 @@ TORCH_LIBRARY_IMPL(pyframepred_emu, CPU, m) {
 
 TORCH_LIBRARY_IMPL(pyframepred_emu, Autograd, m) {
   using pyframepred::cuda_emu::cuda_backend;
-  m.impl(pyframepred::op::ConvLSTMLayer::kName, &pyframepred::layer::layer_autograd<&cuda_backend>);
+  using pyframepred::cuda_emu::emu_layer_handle;
+  m.impl(pyframepred::op::ConvLSTMLayer::kName,
+         &pyframepred::layer::layer_autograd<&cuda_backend, &emu_layer_handle>);
 }
