@@ -1080,8 +1080,10 @@ op::ConvLSTMLayerBackward::Result layer_train_backward(
   }
   sv.gates.assign(gates.begin(), gates.end());
   sv.c_prev.reserve(s.T);
+  // c0, or zeros, in the run layout (at::zeros would make NCHW ones, read across channels).
   sv.c_prev.push_back(defined(c0) ? c0->contiguous(fmt)
-                                  : at::zeros(s.state(), x.options().dtype(s.state_dtype).memory_format(fmt)));
+                                  : buffer(b, s.state(), x.options().dtype(s.state_dtype).memory_format(fmt))
+                                        .zero_());
   sv.c_prev.insert(sv.c_prev.end(), cells.begin(), cells.end());
   const auto grad = [](const std::optional<at::Tensor>& g) { return g.value_or(at::Tensor()); };
   std::array<at::Tensor, 7> g =

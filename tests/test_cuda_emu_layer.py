@@ -232,6 +232,39 @@ def test_no_grad_forward_equals_training_forward(emu):
         torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "dtype,state_dtype",
+    [(torch.float64, torch.float64), (torch.bfloat16, torch.float32)],
+    ids=["f64", "bf16"],
+)
+@pytest.mark.parametrize("config", ["full", "bare"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_training_step_operators_equal_the_layer(emu, layout, config, dtype, state_dtype):
+    """torch.compile's two operators of a training step (convlstm_layer_train, then
+    convlstm_layer_backward on what it returned) on the CUDA schedule give the layer's outputs
+    and the gradients of its C++ autograd, element for element (NaN-filled buffers: nothing
+    left unwritten)."""
+    T, N, Cin, C, H, W = 5, 2, 3, 5, 6, 7
+    _set_chunk(emu, "3steps", T, N, C, H, W, dtype)
+    args = _emu_args(_inputs(T, N, Cin, C, H, W, config=config), layout, dtype, state_dtype)
+    x, steps, *rest = args
+    tensors = [x] + [t for t in rest if t is not None]
+    outs = emu.convlstm_layer(*args)
+    g = torch.Generator().manual_seed(1)
+    grads_in = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+    want = list(outs) + list(torch.autograd.grad(outs, tensors, grads_in))
+    with torch.no_grad():
+        h_seq, h, c, gates, cells = emu.convlstm_layer_train(*args)
+        assert len(gates) == T and len(cells) == T - 1
+        mask = [True, True, True] + [t is not None for t in rest[2:]]
+        got = [h_seq, h, c] + list(emu.convlstm_layer_backward(*grads_in, *args, h_seq, gates, cells, mask))
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert not torch.isnan(a).any(), f"result {i}: NaN (an element was not written)"
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=lambda m: f"result {i}: {m}")  # noqa: B023
+
+
 _COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy")
 _SYNCS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::is_nonzero", "aten::equal")
 

@@ -108,11 +108,17 @@ TORCH_LIBRARY_FRAGMENT(pyframepred_emu, m) {
   namespace op = pyframepred::op;
   m.def("set_layer_chunk_bytes(int bytes) -> int", &pyframepred::cuda_emu::set_layer_chunk_bytes);
   m.def(op::schema<op::ConvLSTMLayer>().c_str());
+  m.def(op::schema<op::ConvLSTMLayerTrain>().c_str());
+  m.def(op::schema<op::ConvLSTMLayerBackward>().c_str());
 }
 
 TORCH_LIBRARY_IMPL(pyframepred_emu, CPU, m) {
   using pyframepred::cuda_emu::cuda_backend;
   m.impl(pyframepred::op::ConvLSTMLayer::kName, &pyframepred::layer::layer_forward<&cuda_backend>);
+  // The training step's two operators (torch.compile's), called directly by the tests.
+  m.impl(pyframepred::op::ConvLSTMLayerTrain::kName, &pyframepred::layer::layer_train<&cuda_backend>);
+  m.impl(pyframepred::op::ConvLSTMLayerBackward::kName,
+         &pyframepred::layer::layer_train_backward<&cuda_backend>);
 }
 
 TORCH_LIBRARY_IMPL(pyframepred_emu, Autograd, m) {
