@@ -1,8 +1,9 @@
 """ConvLSTM layer training step, where users feel it: ``pyframepred.nn.ConvLSTM`` against the
 formulation most code copies (one convolution over ``cat(x, h)`` per step, eager gate math),
 ``torch.compile`` of that formulation, and our own reference module (``fused=False``); and, with
-``--impls fused fused-compile cat-compile`` (``record.py --suite layer_compile``), the fused layer
-under ``torch.compile`` against itself eager.
+``--impls fused fused-compile fused-compile-traced cat-compile`` (``record.py --suite
+layer_compile``), the fused layer under ``torch.compile`` against itself eager, and compiled as it
+was before its training operators (traced into the schedule's steps).
 
 Two ways to run it:
 
@@ -37,6 +38,7 @@ from torch import nn
 
 from pyframepred.io import atomic_write_bytes
 from pyframepred.nn import ConvLSTM
+from pyframepred.ops import _layer as layer_ops
 
 # (N, Cin, hidden per layer, H, W), T = 10: the sizes of the layer targets.
 SIZES = {
@@ -49,7 +51,9 @@ T = 10
 IMPLS = ["fused", "cat", "cat-compile", "reference"]
 # The layer under torch.compile (a model compiled whole, the layer in it): against eager fused and
 # the compiled common formulation.
-COMPILE_IMPLS = ["fused", "fused-compile", "cat-compile"]
+# fused-compile-traced: compiled as before the layer's two training operators, traced through the C++
+# autograd into the schedule's steps.
+COMPILE_IMPLS = ["fused", "fused-compile", "fused-compile-traced", "cat-compile"]
 MODES = {
     "float32": (torch.float32, torch.contiguous_format),
     "bf16-cl": (torch.bfloat16, torch.channels_last),
@@ -101,11 +105,16 @@ def build(impl: str, size, fmt, device="cpu"):
         model = ConvLSTM(cin, hidden, 3, num_layers=len(hidden), fused=impl.startswith("fused"))
     model = model.to(device=device, memory_format=fmt)
     fn = model
-    if impl.endswith("-compile"):
+    if "-compile" in impl:
         fn = torch.compile(model, dynamic=False)
+    one_node = impl != "fused-compile-traced"
 
     def out_of(x):
-        y = fn(x)
+        layer_ops._compile_as_one_node = one_node
+        try:
+            y = fn(x)
+        finally:
+            layer_ops._compile_as_one_node = True
         return y[0] if isinstance(y, tuple) else y
 
     return model, out_of
@@ -357,7 +366,7 @@ def main(argv=None) -> int:
     ap.add_argument("--malloc-tuned", action="store_true")
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
     ap.add_argument("--modes", nargs="*", default=list(MODES))
-    ap.add_argument("--impls", nargs="*", default=IMPLS, choices=IMPLS + COMPILE_IMPLS[1:2])
+    ap.add_argument("--impls", nargs="*", default=IMPLS, choices=IMPLS + COMPILE_IMPLS[1:3])
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", default=None, help="write the record (JSON) here, row by row")
     args = ap.parse_args(argv)

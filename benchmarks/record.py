@@ -81,7 +81,8 @@ def record_suite(suite: str, device: str, alloc: str, results: Path, quick: bool
             cmd = [sys.executable, str(HERE / "bench_layer.py"), "--out", str(stem.with_suffix(".json"))]
             cmd += ["--device", device] + (["--malloc-tuned"] if alloc == "tuned" else [])
             cmd += ["--sizes", "2x4x[8]@16", "--rounds", "3"] if quick else []
-            cmd += ["--impls", "fused", "fused-compile", "cat-compile"] if suite == "layer_compile" else []
+            compile_impls = ["fused", "fused-compile", "fused-compile-traced", "cat-compile"]
+            cmd += ["--impls", *compile_impls] if suite == "layer_compile" else []
         elif suite == "train":
             cmd += ["--device", device] + (["--repeats", "2", "--steps", "1"] if quick else [])
         elif quick:

@@ -695,16 +695,21 @@ def section_layer_step(files) -> list[str]:
 
 def section_layer_compile(files) -> list[str]:
     """The fused layer under torch.compile (record.py --suite layer_compile)."""
-    names = {"fused-compile": "compile(fused)", "cat-compile": "compile(cat)"}
+    names = {
+        "fused-compile": "compile(fused)",
+        "fused-compile-traced": "compile(fused), traced",
+        "cat-compile": "compile(cat)",
+    }
     header = ["N×Cin×[C]@H", "dtype", "ISA", "alloc", "fused (eager)", *names.values()]
-    lines = table(header, _layer_rows(files, names, share=False), "lllllrr") + [""]
+    lines = table(header, _layer_rows(files, names, share=False), "lllllrrr") + [""]
     lines += wrap(
         "Milliseconds per training step as in the table above (round-robin in one process, "
         "medians), the ConvLSTM module eager and compiled with `torch.compile(model)` (default "
         "Inductor backend), beside the compiled common formulation; after each median, the "
         "median over rounds of its time / eager fused's (above 1×: eager fused is faster). "
         "Compiled, a training step calls the layer as two operators (its forward, returning what "
-        "backward reads, and its backward) that AOTAutograd keeps one node each. "
+        "backward reads, and its backward) that AOTAutograd keeps one node each; *traced*: "
+        "compiled as before those operators, the C++ autograd traced into the schedule's steps. "
         "(?): noisy, some implementation's IQR/median above 25%."
     )
     return lines + _layer_machine_lines(files, mixed=False)

@@ -70,7 +70,7 @@ say "$(tail -n 3 "$LOGS/env.log" | tr '\n' ' ')"
 SLUG=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import record; print(record.gpu_slug())" \
   2> /dev/null || echo gpu)
 TESTS="tests/test_convlstm_op.py tests/test_convlstm_layer.py tests/test_convlstm_nn.py \
-tests/test_convlstm_mixed_precision.py tests/test_gdl.py"
+tests/test_convlstm_mixed_precision.py tests/test_convlstm_layer_compile.py tests/test_gdl.py"
 BUILT=0
 
 for s in $STAGES; do

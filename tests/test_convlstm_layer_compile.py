@@ -4,6 +4,7 @@ compiled graphs keep it one node each way; results equal the C++ autograd's."""
 
 import pytest
 import torch
+from conftest import requires_cuda
 from torch._dynamo.testing import AotEagerAndRecordGraphs
 from torch.library import opcheck
 
@@ -189,3 +190,30 @@ def test_compiled_inference_calls_the_layer():
     ops = _graph_ops(fw)
     assert any(o.startswith("pyframepred.convlstm_layer.") for o in ops), ops
     assert not any("convlstm_layer_train" in o for o in ops), ops
+
+
+@requires_cuda
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("form", ["batch_first", "channels_last", "frames"])
+def test_cuda_train_ops_equal_the_layer(form, autocast):
+    """On a GPU: the two training operators against the layer with its C++ autograd (the same
+    CUDA schedule and kernels), and the compiled module against eager."""
+    args = [
+        a.detach().cuda().requires_grad_() if isinstance(a, torch.Tensor) else a
+        for a in _args(form, dtype=torch.float32)
+    ]
+
+    def run(op):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            outs = op(*args)[:3]
+        loss = sum((o.float() * (i + 1)).square().mean() for i, o in enumerate(outs))
+        return list(outs) + list(torch.autograd.grad(loss, [a for a in args if isinstance(a, torch.Tensor)]))
+
+    for e, g in zip(run(_OPS.convlstm_layer), run(_OPS.convlstm_layer_train)):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    lstm = ConvLSTM(3, [4, 4], 3, num_layers=2).cuda()
+    x = torch.randn(2, 3, 3, 8, 8, device="cuda")
+    step = lambda m: list(torch.autograd.grad(m(x)[0].square().sum(), list(lstm.parameters())))  # noqa: E731
+    for e, g in zip(step(lstm), step(torch.compile(lstm, fullgraph=True))):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
