@@ -38,14 +38,14 @@ op::ConvLSTMLayerBackward::Result layer_backward_autograd(
     at::AutoDispatchBelowADInplaceOrView guard;
     out = op::handle<op::ConvLSTMLayerBackward>().call(grad_h_seq, grad_h_last, grad_c_last, x,
                                                        steps, weight_x, weight_h, bias, peephole,
-                                                       h0, c0, h_seq, gates, cells, output_mask);
+                                                       h0, c0, h_prev, gates, cells, output_mask);
   }
   const auto wants = [](const std::optional<at::Tensor>& t) {
     return t.has_value() && t->defined() && t->requires_grad();
   };
   bool any = wants(grad_h_seq) || wants(grad_h_last) || wants(grad_c_last) || wants(x) ||
              wants(weight_x) || wants(weight_h) || wants(bias) || wants(peephole) || wants(h0) ||
-             wants(c0) || wants(h_seq);
+             wants(c0) || wants(h_prev);
   for (const auto& list : {gates, cells}) {
     for (const at::Tensor& t : list) any = any || t.requires_grad();
   }

@@ -1011,7 +1011,7 @@ op::ConvLSTMLayer::Result layer_forward(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
 }
 
 // convlstm_layer_train: the forward of a training step, returning what backward reads besides
-// the arguments and h_seq (the gates and the cell states c_1 .. c_{T-1}) for an autograd
+// the arguments (h_0 .. h_{T-2}, the gates and the cell states c_1 .. c_{T-1}) for an autograd
 // registered outside C++ (torch.compile). Each in the run layout, as the fake kernel has them.
 template <ResolveBackend Resolve>
 op::ConvLSTMLayerTrain::Result layer_train(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
@@ -1026,7 +1026,19 @@ op::ConvLSTMLayerTrain::Result layer_train(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) 
     gates.push_back(r.gates[t].contiguous(fmt));
     if (t > 0) cells.push_back(r.c_prev[t].contiguous(fmt));
   }
-  return {r.h_seq, r.h_last, r.c_last, std::move(gates), std::move(cells)};
+  // h_0 .. h_{T-2} as frames of their own: the output's memory may change before backward.
+  const int64_t n = (s.T - 1) * s.N;
+  at::Tensor h_prev;
+  if (r.xh.defined() || r.h_frames.is_alias_of(r.h_seq)) {
+    h_prev = buffer(b, {n, s.C, s.H, s.W}, x.options().dtype(s.dtype).memory_format(fmt));
+    if (n > 0) {
+      copy_into(b, h_prev,
+                r.xh.defined() ? r.xh.narrow(0, s.N, n).narrow(1, s.Cin, s.C) : r.h_frames.narrow(0, 0, n));
+    }
+  } else {
+    h_prev = r.h_frames.narrow(0, 0, n);  // the frames the cell wrote, copied into the output
+  }
+  return {r.h_seq, r.h_last, r.c_last, h_prev, std::move(gates), std::move(cells)};
 }
 
 // convlstm_layer_backward: the schedule's backward (layer_backward) on what convlstm_layer_train
@@ -1043,6 +1055,9 @@ op::ConvLSTMLayerBackward::Result layer_train_backward(
               op, ": expected ", std::to_string(s.T), " gates and ", std::to_string(s.T - 1),
               " cells (convlstm_layer_train's), got ", std::to_string(gates.size()), " and ",
               std::to_string(cells.size()));
+  TORCH_CHECK(h_prev.dim() == 4 && h_prev.size(0) == (s.T - 1) * s.N, op,
+              ": h_prev must hold the h of steps 0 .. T-2 as frames ((T-1)*N, C, H, W), got shape ",
+              shape_str(h_prev.sizes()));
   TORCH_CHECK(output_mask[5] <= defined(h0) && output_mask[6] <= defined(c0) &&
                   output_mask[3] <= defined(bias) && output_mask[4] <= defined(peephole),
               op, ": output_mask asks for the gradient of an absent argument");
@@ -1067,16 +1082,11 @@ op::ConvLSTMLayerBackward::Result layer_train_backward(
     } else {
       h_part.narrow(0, 0, s.N).zero_();
     }
-    if (s.T > 1) {
-      const int64_t n = s.T - 1;
-      const at::Tensor hs = h_part.narrow(0, s.N, n * s.N);
-      copy_into(b, s.seq ? hs.unflatten(0, {n, s.N}) : hs,
-                s.seq ? h_seq.narrow(0, 0, n) : h_seq.narrow(0, 0, n * s.N));
-    }
+    if (s.T > 1) copy_into(b, h_part.narrow(0, s.N, (s.T - 1) * s.N), h_prev);
   } else {
     const at::Tensor x_run = x.scalar_type() == s.dtype ? x : x.to(s.dtype);
     sv.x = s.seq ? time_major(b, x_run, fmt) : x_run.contiguous(fmt);
-    sv.h = s.seq ? time_major(b, h_seq, fmt) : h_seq.contiguous(fmt);
+    sv.h = h_prev.contiguous(fmt);
   }
   sv.gates.assign(gates.begin(), gates.end());
   sv.c_prev.reserve(s.T);
@@ -1098,7 +1108,7 @@ op::ConvLSTMLayerBackward::Result layer_train_backward(
     if (!output_mask[i]) continue;
     at::Tensor gi = g[i];
     if (!gi.defined()) {  // no gradient came in
-      gi = at::zeros_like(args[i]);
+      gi = at::zeros(args[i].sizes(), args[i].options());  // laid out below
     }
     if (i == 0) {
       gi = s.seq ? time_major(b, gi, fmt).unflatten(0, {s.T, s.N}) : gi.contiguous(fmt);

@@ -79,10 +79,11 @@ def test_train_ops_equal_the_layer_and_its_cpp_autograd(form, case):
 def test_opcheck_train_and_backward():
     args = _args("batch_first")
     opcheck(_OPS.convlstm_layer_train.default, tuple(args))
-    h_seq, h, c, gates, cells = _OPS.convlstm_layer_train(
-        *[a.detach() if isinstance(a, torch.Tensor) else a for a in args]
-    )
-    x, T, wx, wh, b, p, h0, c0 = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    h_seq, h, c, h_prev, gates, cells = _OPS.convlstm_layer_train(*plain)
+    assert h_prev.shape == (2 * 2, 4, 5, 6)  # h of steps 0 .. T-2, time-major frames
+    torch.testing.assert_close(h_prev, h_seq[:2].flatten(0, 1), rtol=0, atol=0)
+    x, T, wx, wh, b, p, h0, c0 = plain
     for mask in ([True] * 7, [True, False, True, False, True, False, True]):
         opcheck(
             _OPS.convlstm_layer_backward.default,
@@ -98,22 +99,28 @@ def test_opcheck_train_and_backward():
                 p,
                 h0,
                 c0,
-                h_seq,
+                h_prev,
                 gates,
                 cells,
                 mask,
             ),
         )
+    # No incoming gradient: zeros, laid out as the fake kernel says (a transposed peephole too).
+    p_t = p.t().contiguous().t()
+    opcheck(
+        _OPS.convlstm_layer_backward.default,
+        (None, None, None, x, T, wx, wh, b, p_t, h0, c0, h_prev, gates, cells, [True] * 7),
+    )
 
 
 def test_backward_asks_only_for_present_arguments():
     x, T, wx, wh, *_ = _args("time_major", state=False, bias=False, peephole=False)
-    h_seq, _, _, gates, cells = _OPS.convlstm_layer_train(
+    h_seq, _, _, h_prev, gates, cells = _OPS.convlstm_layer_train(
         x.detach(), T, wx.detach(), wh.detach(), None, None, None, None
     )
     with pytest.raises(RuntimeError, match="absent argument"):
         _OPS.convlstm_layer_backward(
-            h_seq, None, None, x, T, wx, wh, None, None, None, None, h_seq, gates, cells, [True] * 7
+            h_seq, None, None, x, T, wx, wh, None, None, None, None, h_prev, gates, cells, [True] * 7
         )
     with pytest.raises(RuntimeError, match="expected 3 gates and 2 cells"):
         _OPS.convlstm_layer_backward(
@@ -128,11 +135,50 @@ def test_backward_asks_only_for_present_arguments():
             None,
             None,
             None,
-            h_seq,
+            h_prev,
             gates[:2],
             cells,
             [True] + [False] * 6,
         )
+    with pytest.raises(RuntimeError, match="h_prev must hold"):
+        _OPS.convlstm_layer_backward(
+            h_seq,
+            None,
+            None,
+            x,
+            T,
+            wx,
+            wh,
+            None,
+            None,
+            None,
+            None,
+            h_prev[:2],
+            gates,
+            cells,
+            [True] + [False] * 6,
+        )
+
+
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_compiled_output_changed_in_place_before_backward(batch_first, channels_last):
+    """Backward reads the h sequence from frames of its own, not from the output: an in-place
+    change of the compiled module's output (outside the compiled graph, where autograd's version
+    check does not reach) leaves the gradients those of the changed values, as in eager mode."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    lstm = ConvLSTM(3, 4, 3, batch_first=batch_first)
+    x = torch.randn(2, 3, 3, 6, 6)
+    if channels_last:
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (2, 3))
+    params = list(lstm.parameters())
+    out, _ = lstm(x)
+    expected = torch.autograd.grad(out.relu().sum(), params)
+    out, _ = torch.compile(lstm, backend="aot_eager", fullgraph=True)(x)
+    out.relu_()
+    for e, g in zip(expected, torch.autograd.grad(out.sum(), params)):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 
 
 def test_second_derivative_raises():

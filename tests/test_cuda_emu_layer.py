@@ -254,15 +254,40 @@ def test_training_step_operators_equal_the_layer(emu, layout, config, dtype, sta
     grads_in = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
     want = list(outs) + list(torch.autograd.grad(outs, tensors, grads_in))
     with torch.no_grad():
-        h_seq, h, c, gates, cells = emu.convlstm_layer_train(*args)
-        assert len(gates) == T and len(cells) == T - 1
+        h_seq, h, c, h_prev, gates, cells = emu.convlstm_layer_train(*args)
+        assert len(gates) == T and len(cells) == T - 1 and h_prev.shape[0] == (T - 1) * N
         mask = [True, True, True] + [t is not None for t in rest[2:]]
-        got = [h_seq, h, c] + list(emu.convlstm_layer_backward(*grads_in, *args, h_seq, gates, cells, mask))
+        got = [h_seq, h, c] + list(emu.convlstm_layer_backward(*grads_in, *args, h_prev, gates, cells, mask))
     assert len(got) == len(want)
     for i, (a, b) in enumerate(zip(got, want)):
         assert not torch.isnan(a).any(), f"result {i}: NaN (an element was not written)"
         assert a.dtype == b.dtype and a.shape == b.shape, i
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=lambda m: f"result {i}: {m}")  # noqa: B023
+
+
+@pytest.mark.parametrize("case", ["nchw", "x_cl", "w1x1_cl"])
+def test_fake_kernels_give_the_cuda_schedules_strides(emu, case):
+    """The fake kernels under a GPU's layout rules (those of any device but the CPU: here meta
+    tensors) give the results the strides the CUDA schedule's have -- also where a layout shows
+    only in the strides of size-1 dimensions (1x1 weights made channels_last)."""
+    T, N, Cin, C, H, W = 3, 2, 3, 4, 5, 6
+    k = 1 if case == "w1x1_cl" else 3
+    x = torch.randn(T * N, Cin, H, W)
+    if case == "x_cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    wx, wh = torch.randn(4 * C, Cin, k, k), torch.randn(4 * C, C, k, k)
+    if case == "w1x1_cl":
+        wx, wh = (w.to(memory_format=torch.channels_last) for w in (wx, wh))
+    args = (x.unflatten(0, (T, N)), T, wx, wh, None, None, None, None)
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    ops = torch.ops.pyframepred
+    for real, fake in (
+        (emu.convlstm_layer(*args), ops.convlstm_layer(*meta)),
+        (emu.convlstm_layer_train(*args), ops.convlstm_layer_train(*meta)),
+    ):
+        flat = lambda r: [t for v in r for t in (v if isinstance(v, list) else [v])]  # noqa: E731
+        for a, b in zip(flat(real), flat(fake)):
+            assert a.shape == b.shape and a.stride() == b.stride(), (a.stride(), b.stride())
 
 
 _COPIES = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy")

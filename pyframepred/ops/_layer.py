@@ -6,7 +6,7 @@ backward the cell and the hidden convolution's data gradient per step, then ever
 (and the input's) in batched calls over the steps. Autograd is registered in C++.
 
 Under ``torch.compile`` a training step calls the same schedule split in two operators instead,
-``convlstm_layer_train`` (the forward, returning what backward reads) and
+``convlstm_layer_train`` (the forward, returning what backward reads besides the arguments) and
 ``convlstm_layer_backward``, tied by an autograd registered here: AOTAutograd then keeps the layer
 one node of the forward graph and one of the backward graph, where it would trace the C++
 autograd into the schedule's steps (and run them slower than eager).
@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch._prims_common import suggest_memory_format
 
 from ..reference.conv import kernel_pair
 
@@ -64,7 +65,7 @@ def convlstm_layer(
     h0, c0 = (None, None) if state is None else state
     args = (x, steps, weight_x, weight_h, bias, peephole, h0, c0)
     if _compiling_a_training_step(args):
-        h_seq, h, c, _, _ = torch.ops.pyframepred.convlstm_layer_train(*args)
+        h_seq, h, c, *_ = torch.ops.pyframepred.convlstm_layer_train(*args)
     else:
         h_seq, h, c = torch.ops.pyframepred.convlstm_layer(*args)
     return h_seq, (h, c)
@@ -165,8 +166,11 @@ def _plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0) -> _Plan:
         N, cin = x.shape[1], x.shape[2]
     else:
         N, cin = x.shape[0] // steps, x.shape[1]
-    x_cl = _seq_frames_channels_last(x) if seq else _channels_last(x)
-    cl = (x.device.type == "cpu" or x_cl or _channels_last(weight_x)) and cin > 0
+    # run_format's rule (suggest_memory_format, which also reads layouts that differ only in the
+    # strides of size-1 dimensions, e.g. 1x1 weights made channels_last, as C++ does).
+    x_cl = _seq_frames_channels_last(x) if seq else suggest_memory_format(x) == torch.channels_last
+    w_cl = suggest_memory_format(weight_x) == torch.channels_last
+    cl = (x.device.type == "cpu" or x_cl or w_cl) and cin > 0
     dtype = weight_x.dtype  # x's, or x cast to it (float32 x, float16/bfloat16 weights)
     state = next((t.dtype for t in (c0, bias, peephole) if t is not None), dtype)
     fmt = torch.channels_last if cl else torch.contiguous_format
@@ -187,9 +191,10 @@ def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
 @torch.library.register_fake("pyframepred::convlstm_layer_train")
 def _train_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
     p = _plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0)
+    h_prev = _frames(p, (steps - 1) * p.N, p.C, p.dtype, x)
     gates = [_frames(p, p.N, 4 * p.C, p.dtype, x) for _ in range(steps)]
     cells = [_frames(p, p.N, p.C, p.state, x) for _ in range(steps - 1)]
-    return (*_layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0), gates, cells)
+    return (*_layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0), h_prev, gates, cells)
 
 
 def _weight_format(w: Tensor) -> torch.memory_format:
@@ -209,7 +214,7 @@ def _layer_backward_fake(
     peephole,
     h0,
     c0,
-    h_seq,
+    h_prev,
     gates,
     cells,
     output_mask,
@@ -236,15 +241,16 @@ def _layer_backward_fake(
 # The autograd of convlstm_layer_train (torch.compile's training steps, see convlstm_layer).
 def _train_setup_context(ctx, inputs, output):
     x, steps, weight_x, weight_h, bias, peephole, h0, c0 = inputs
-    h_seq, _, _, gates, cells = output
+    _, _, _, h_prev, gates, cells = output
     ctx.steps = steps
-    ctx.save_for_backward(x, weight_x, weight_h, bias, peephole, h0, c0, h_seq, *gates, *cells)
-    ctx.mark_non_differentiable(*gates, *cells)
+    # h_prev, not the output h_seq: a caller may change the output in place before backward.
+    ctx.save_for_backward(x, weight_x, weight_h, bias, peephole, h0, c0, h_prev, *gates, *cells)
+    ctx.mark_non_differentiable(h_prev, *gates, *cells)
     ctx.set_materialize_grads(False)
 
 
-def _train_backward(ctx, grad_h_seq, grad_h_last, grad_c_last, _grad_gates, _grad_cells):
-    x, weight_x, weight_h, bias, peephole, h0, c0, h_seq, *rest = ctx.saved_tensors
+def _train_backward(ctx, grad_h_seq, grad_h_last, grad_c_last, _grad_h_prev, _grad_gates, _grad_cells):
+    x, weight_x, weight_h, bias, peephole, h0, c0, h_prev, *rest = ctx.saved_tensors
     T = ctx.steps
     tensors = (x, weight_x, weight_h, bias, peephole, h0, c0)
     need = (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:])
@@ -262,7 +268,7 @@ def _train_backward(ctx, grad_h_seq, grad_h_last, grad_c_last, _grad_gates, _gra
             peephole,
             h0,
             c0,
-            h_seq,
+            h_prev,
             rest[:T],
             rest[T:],
             mask,

@@ -11,7 +11,10 @@
 //     <pyframepred/ops.h>) goes through op::handle<Op>().
 // The schema (kArgs, kReturns) and the C++ type (Sig) are the two languages of one declaration;
 // the dispatcher compares every registered kernel's C++ type with the schema when the library
-// loads, so they cannot drift apart unnoticed.
+// loads, so they cannot drift apart unnoticed. An operator whose schema changes gets a new name:
+// torch.compile's on-disk caches (AOTAutograd's, Inductor's) know an operator by its name, not its
+// schema, and would run code compiled for the old one (seen with convlstm_layer_train's results
+// while it was written).
 //
 // This header is installed with <pyframepred/ops.h> and needs nothing but ATen.
 #pragma once
@@ -116,27 +119,31 @@ struct ConvLSTMLayer {
 // convlstm_layer for a training step whose autograd is registered outside C++ (torch.compile:
 // pyframepred/ops/_layer.py registers it in Python, so that AOTAutograd keeps the layer one node of
 // the forward graph and its backward one node of the backward graph, instead of tracing the C++
-// autograd into its steps). The same results, and what backward reads besides the arguments and
-// h_seq: the activated gates of every step (T tensors (N, 4C, H, W)) and the cell states
-// c_1 .. c_{T-1} that steps 1 .. T-1 started from (T - 1 tensors (N, C, H, W)), all in the layout
-// the layer runs in. No autograd of its own in C++: LibTorch callers train through convlstm_layer.
+// autograd into its steps). The same results, and what backward reads besides the arguments:
+// h_prev, the h of steps 0 .. T-2 (the hidden convolution's inputs of steps 1 .. T-1) as time-major
+// frames ((T-1)*N, C, H, W) of their own -- not the output's memory, which a caller may change in
+// place before backward (autograd's version check, which catches that in eager mode, does not
+// reach into a compiled graph) --, the activated gates of every step (T tensors (N, 4C, H, W))
+// and the cell states c_1 .. c_{T-1} that steps 1 .. T-1 started from (T - 1 tensors
+// (N, C, H, W)), all in the layout the layer runs in. No autograd of its own in C++: LibTorch
+// callers train through convlstm_layer.
 struct ConvLSTMLayerTrain {
   static constexpr const char* kName = "convlstm_layer_train";
   static constexpr const char* kArgs = ConvLSTMLayer::kArgs;
   static constexpr const char* kReturns =
-      "(Tensor h_seq, Tensor h_last, Tensor c_last, Tensor[] gates, Tensor[] cells)";
-  using Result =
-      std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+      "(Tensor h_seq, Tensor h_last, Tensor c_last, Tensor h_prev, Tensor[] gates, Tensor[] cells)";
+  using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>,
+                            std::vector<at::Tensor>>;
   using Sig = Result(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS());
 };
 
 #define PYFRAMEPRED_CONVLSTM_LAYER_BACKWARD_PARAMS                                               \
   const std::optional<at::Tensor>& grad_h_seq, const std::optional<at::Tensor>& grad_h_last,     \
       const std::optional<at::Tensor>& grad_c_last, PYFRAMEPRED_CONVLSTM_LAYER_PARAMS(),        \
-      const at::Tensor& h_seq, at::TensorList gates, at::TensorList cells,                      \
+      const at::Tensor& h_prev, at::TensorList gates, at::TensorList cells,                     \
       std::array<bool, 7> output_mask
 // Backward of convlstm_layer_train: the incoming gradients (absent: zeros), the call's arguments,
-// its h_seq, gates and cells. Returns the gradients of the arguments output_mask names, in order
+// its h_prev, gates and cells. Returns the gradients of the arguments output_mask names, in order
 // (x, weight_x, weight_h, bias, peephole, h0, c0), each in the argument's dtype; x's as time-major
 // frames in the layer's layout (a sequence's unflattened to (T, N, ...)), h0's and c0's in that
 // layout, the weights' in their own memory format.
@@ -145,7 +152,7 @@ struct ConvLSTMLayerBackward {
   static constexpr const char* kArgs =
       "(Tensor? grad_h_seq, Tensor? grad_h_last, Tensor? grad_c_last, Tensor x, int steps, "
       "Tensor weight_x, Tensor weight_h, Tensor? bias, Tensor? peephole, Tensor? h0, Tensor? c0, "
-      "Tensor h_seq, Tensor[] gates, Tensor[] cells, bool[7] output_mask)";
+      "Tensor h_prev, Tensor[] gates, Tensor[] cells, bool[7] output_mask)";
   static constexpr const char* kReturns = "Tensor[]";
   using Result = std::vector<at::Tensor>;
   using Sig = Result(PYFRAMEPRED_CONVLSTM_LAYER_BACKWARD_PARAMS);
