@@ -818,6 +818,7 @@ inline std::array<at::Tensor, 7> layer_backward(const LayerBackend& b, const Lay
     if (!add_in_cell) return at::Tensor();
     const at::Tensor g = g_step(t);
     const bool per_image = g.stride(1) == 0 && g.stride(2) == 0 && g.stride(3) == 0;
+    if (g.numel() == 0) return at::Tensor();  // an empty batch: nothing to add
     return per_image || g.narrow(0, 0, 1).is_contiguous(fmt) ? g : at::Tensor();
   };
   // The weights' gradients side by side, (4C, C_in + C, kh, kw), where the merged schedule

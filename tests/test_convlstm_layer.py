@@ -104,6 +104,20 @@ def test_channels_last_and_rectangular_kernel():
     _compare((x, T, wx5, wh5, b, p, st))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_empty_batch(dtype):
+    """A batch of no sequences (N = 0, e.g. a last partial batch split across devices): empty
+    outputs and zero weight gradients, forward and backward."""
+    x = torch.randn(3, 0, 16, 8, 8, dtype=dtype, requires_grad=True)
+    wx = torch.randn(64, 16, 3, 3, dtype=dtype, requires_grad=True)
+    wh = torch.randn(64, 16, 3, 3, dtype=dtype, requires_grad=True)
+    h_seq, (h, c) = ops.convlstm_layer(x, 3, wx, wh)
+    assert h_seq.shape == (3, 0, 16, 8, 8) and h.shape == c.shape == (0, 16, 8, 8)
+    (h_seq.float().square().sum() + c.float().sum()).backward()
+    assert x.grad.shape == x.shape
+    assert not wx.grad.any() and not wh.grad.any()
+
+
 def test_chunked_batches_match():
     # Gates per step 2*32*32*32 float64 = 512 KiB: the CPU's 3 MiB chunks hold 6 steps, so T = 14
     # runs the batched convolutions (forward and weight gradients) as chunks of 6, 6 and 2; a step
