@@ -555,6 +555,15 @@ inline StepConv merged_conv(const LayerBackend& b, const LayerShape& s, const at
   return conv_xh;
 }
 
+// c0, or zeros, in the layout the layer runs in, `fmt` (at::zeros would make NCHW ones, which the
+// cell of a channels_last run would read across channels, at 2-3 times the time of a step).
+inline at::Tensor initial_c(const LayerBackend& b, const LayerShape& s,
+                            const std::optional<at::Tensor>& c0, const at::Tensor& x,
+                            at::MemoryFormat fmt) {
+  if (defined(c0)) return c0->contiguous(fmt);
+  return buffer(b, s.state(), x.options().dtype(s.state_dtype).memory_format(fmt)).zero_();
+}
+
 // The forward schedule. `state_dtype` is the dtype of the cell state c (float32 under mixed
 // precision, where the gates come in the low-precision dtype).
 inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerShape& s,
@@ -568,10 +577,7 @@ inline Rollout rollout(const LayerBackend& b, const at::Tensor& x, const LayerSh
   const auto opts = x.options().dtype(s.dtype).memory_format(fmt);
   r.wx = wx.contiguous(fmt);
   r.wh = wh.contiguous(fmt);
-  // c0, or zeros, in the layout the layer runs in (at::zeros would make NCHW ones, which the cell
-  // of a channels_last run would read across channels, at 2-3 times the time of a step).
-  at::Tensor c = defined(c0) ? c0->contiguous(fmt)
-                             : buffer(b, s.state(), opts.dtype(s.state_dtype)).zero_();
+  at::Tensor c = initial_c(b, s, c0, x, fmt);
   std::optional<at::Tensor> h;
   if (defined(h0)) {
     r.h0 = h0->contiguous(fmt);
@@ -1043,9 +1049,10 @@ op::ConvLSTMLayerTrain::Result layer_train(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) 
 }
 
 // convlstm_layer_backward: the schedule's backward (layer_backward) on what convlstm_layer_train
-// returned and the call's arguments. Where the forward ran the merged schedule, backward reads x
-// and the h sequence apart (the frames it convolved are not kept): the weight gradients then come
-// in two calls per chunk, not one. Gradients in the layouts op_signatures.h states.
+// returned and the call's arguments. Where the forward ran the merged schedule, backward rebuilds
+// the frames it convolved from x, h0 and h_prev (convlstm_layer_train does not return them: their
+// shape would depend on the schedule's choice, which the fake kernel cannot see). Gradients in the
+// layouts op_signatures.h states.
 template <ResolveBackend Resolve>
 op::ConvLSTMLayerBackward::Result layer_train_backward(
     PYFRAMEPRED_CONVLSTM_LAYER_BACKWARD_PARAMS) {
@@ -1091,10 +1098,7 @@ op::ConvLSTMLayerBackward::Result layer_train_backward(
   }
   sv.gates.assign(gates.begin(), gates.end());
   sv.c_prev.reserve(s.T);
-  // c0, or zeros, in the run layout (at::zeros would make NCHW ones, read across channels).
-  sv.c_prev.push_back(defined(c0) ? c0->contiguous(fmt)
-                                  : buffer(b, s.state(), x.options().dtype(s.state_dtype).memory_format(fmt))
-                                        .zero_());
+  sv.c_prev.push_back(initial_c(b, s, c0, x, fmt));
   sv.c_prev.insert(sv.c_prev.end(), cells.begin(), cells.end());
   const auto grad = [](const std::optional<at::Tensor>& g) { return g.value_or(at::Tensor()); };
   std::array<at::Tensor, 7> g =

@@ -118,46 +118,19 @@ def test_backward_asks_only_for_present_arguments():
     h_seq, _, _, h_prev, gates, cells = _OPS.convlstm_layer_train(
         x.detach(), T, wx.detach(), wh.detach(), None, None, None, None
     )
+
+    def backward(h_prev=h_prev, gates=gates, mask=[True] + [False] * 6):
+        none4 = (None, None, None, None)  # bias, peephole, h0, c0
+        return _OPS.convlstm_layer_backward(
+            h_seq, None, None, x, T, wx, wh, *none4, h_prev, gates, cells, mask
+        )
+
     with pytest.raises(RuntimeError, match="absent argument"):
-        _OPS.convlstm_layer_backward(
-            h_seq, None, None, x, T, wx, wh, None, None, None, None, h_prev, gates, cells, [True] * 7
-        )
+        backward(mask=[True] * 7)
     with pytest.raises(RuntimeError, match="expected 3 gates and 2 cells"):
-        _OPS.convlstm_layer_backward(
-            h_seq,
-            None,
-            None,
-            x,
-            T,
-            wx,
-            wh,
-            None,
-            None,
-            None,
-            None,
-            h_prev,
-            gates[:2],
-            cells,
-            [True] + [False] * 6,
-        )
+        backward(gates=gates[:2])
     with pytest.raises(RuntimeError, match="h_prev must hold"):
-        _OPS.convlstm_layer_backward(
-            h_seq,
-            None,
-            None,
-            x,
-            T,
-            wx,
-            wh,
-            None,
-            None,
-            None,
-            None,
-            h_prev[:2],
-            gates,
-            cells,
-            [True] + [False] * 6,
-        )
+        backward(h_prev=h_prev[:2])
 
 
 @pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])

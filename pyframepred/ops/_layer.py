@@ -181,11 +181,15 @@ def _frames(p: _Plan, n: int, C: int, dtype: torch.dtype, like: Tensor) -> Tenso
     return torch.empty((n, C, p.H, p.W), dtype=dtype, device=like.device, memory_format=p.fmt)
 
 
-@torch.library.register_fake("pyframepred::convlstm_layer")
-def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
-    p = _plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0)
+def _layer_results(p: _Plan, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """convlstm_layer's results (h_seq, h_last, c_last) for a call planned as `p`."""
     h_seq = _sequence_like(x, p.C, p.dtype) if p.seq else _frames(p, x.shape[0], p.C, p.dtype, x)
     return h_seq, _frames(p, p.N, p.C, p.dtype, x), _frames(p, p.N, p.C, p.state, x)
+
+
+@torch.library.register_fake("pyframepred::convlstm_layer")
+def _layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
+    return _layer_results(_plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0), x)
 
 
 @torch.library.register_fake("pyframepred::convlstm_layer_train")
@@ -194,7 +198,7 @@ def _train_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0):
     h_prev = _frames(p, (steps - 1) * p.N, p.C, p.dtype, x)
     gates = [_frames(p, p.N, 4 * p.C, p.dtype, x) for _ in range(steps)]
     cells = [_frames(p, p.N, p.C, p.state, x) for _ in range(steps - 1)]
-    return (*_layer_fake(x, steps, weight_x, weight_h, bias, peephole, h0, c0), h_prev, gates, cells)
+    return (*_layer_results(p, x), h_prev, gates, cells)
 
 
 def _weight_format(w: Tensor) -> torch.memory_format:
