@@ -537,6 +537,57 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_saves(run, data, tmp_path
     assert not (out / "eval.json").exists()
 
 
+def test_overwrite_removes_the_old_runs_samples_and_event_files_once_it_saves(run, data, tmp_path, capsys):
+    """Files an old run wrote under names of its own (samples of its steps, TensorBoard event
+    files) would mix with the new run's: they go at the new run's first save, not before, and a
+    file the new run has written under an old name by then is the new run's and stays."""
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    (out / "samples").mkdir(exist_ok=True)
+    (out / "tensorboard").mkdir()
+    old = {
+        "samples/step_000001.gif": b"GIF89a old step 1",
+        "samples/step_000999.gif": b"GIF89a old step 999",
+        "samples/final.gif": b"GIF89a old final",
+        "tensorboard/events.out.tfevents.1700000000.host.1.0": b"old events",
+    }
+    for name, data_ in old.items():
+        (out / name).write_bytes(data_)
+    (out / "samples" / "mine.png").write_bytes(b"not a run's")
+    argv = ["--model", "seq2seq", "--out", str(out), "--overwrite"] + TINY
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert tr.main(argv + ["--data", str(empty)]) == 2  # fails before its first save
+    capsys.readouterr()
+    assert all((out / name).read_bytes() == data_ for name, data_ in old.items())
+    # steps 1 and 2 sampled; the first save (step 2) comes after step 1's sample
+    assert tr.main(argv + ["--data", str(data), "--steps", "2", "--sample-every", "1"]) == 0
+    left = sorted(p.relative_to(out).as_posix() for p in (out / "samples").iterdir())
+    assert left == ["samples/final.gif", "samples/mine.png", "samples/step_000001.gif", "samples/step_000002.gif"]
+    for name in ("samples/step_000001.gif", "samples/final.gif"):  # the new run's
+        assert (out / name).read_bytes()[:6] == b"GIF89a" and (out / name).read_bytes() != old[name]
+    assert list((out / "tensorboard").iterdir()) == []
+
+
+def test_resume_into_a_folder_of_a_runs_files_without_checkpoints_refuses(run, data, tmp_path, capsys):
+    """Resuming into another folder that holds files a run writes but no last.pt (a run that
+    failed before its first save, a project's own config.json) is refused as a new run is."""
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    before = _snapshot(out)
+    resume = ["--resume", str(run / "last.pt"), "--steps", "6", "--no-progress", "--out", str(out)]
+    assert tr.main(resume) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "config.json" in line and "--overwrite" in line, line
+    assert _snapshot(out) == before
+    assert tr.main(resume + ["--overwrite"]) == 0
+    assert ckpt_format.load(out / "last.pt")["step"] == 6
+    assert json.loads((out / "config.json").read_text())["model"] == "autoencoder"
+    # resuming in the checkpoint's own folder is not "another folder"
+    assert tr.main(["--resume", str(out / "last.pt"), "--steps", "8", "--no-progress"]) == 0
+
+
 def test_resume_into_another_runs_folder_refuses_and_changes_nothing(data, tmp_path, capsys):
     ae = tmp_path / "ae"  # an autoencoder run: step 2, then resumed in place to step 4
     base = ["--model", "autoencoder", "--data", str(data), "--out", str(ae)] + TINY

@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         default=None,
-        help="replace the checkpoints of another run in --out (a new run refuses "
-        "such a folder without it; they go at the new run's first save), or a newer "
-        "last.pt, or another run's, when resuming a checkpoint into it",
+        help="replace another run in --out (a new run refuses a folder with a run's "
+        "files without it; its checkpoints, samples and event files go at the new run's "
+        "first save), or a newer last.pt, or another run's, when resuming a checkpoint into it",
     )
     for f, tp in setting_fields():
         if not f.metadata.get("flag", True):

@@ -14,7 +14,17 @@ import os
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["LOCK_FILENAME", "FolderBusyError", "RunFolderLock", "claim", "missing_folders", "remove_unused"]
+__all__ = [
+    "LOCK_FILENAME",
+    "FolderBusyError",
+    "RunFolderLock",
+    "claim",
+    "missing_folders",
+    "old_outputs",
+    "remove_unused",
+    "run_files",
+    "unchanged",
+]
 
 LOCK_FILENAME = ".pyframepred.lock"
 
@@ -31,8 +41,8 @@ class RunFolderLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILENAME
         self._fd = None
-        #: Files of the run an ``overwrite`` replaces, removed by the new run's first save (see
-        #: :func:`claim`).
+        #: ``(path, signature)`` of the files of the run an ``overwrite`` replaces, removed by the
+        #: new run's first save where still unchanged (see :func:`claim`).
         self.replaced: list = []
 
     @property
@@ -87,10 +97,12 @@ def claim(
     A new run (``resume`` is ``None``) refuses a folder that holds ``last.pt``/``best.pt``, and a
     resumed one refuses to replace a ``last.pt`` there that is newer than the checkpoint it
     continues (at ``resume_step``), unreadable, or of another run (its history, when
-    ``resume_history`` is given, not the start of the resumed one's), unless ``overwrite``. With
-    ``overwrite``, another run's checkpoints (and its ``eval.json``) are replaced after the new
-    run's first save has written its own, not before: a run that fails earlier loses nothing. Refusals are
-    :class:`~pyframepred.errors.OutputError`.
+    ``resume_history`` is given, not the start of the resumed one's), unless ``overwrite``. A
+    resumed run into a folder without ``last.pt`` other than its own refuses files a run writes
+    there (:func:`run_files`), as a new run does, unless ``overwrite``. With ``overwrite``, another
+    run's files (checkpoints, ``eval.json``, samples, TensorBoard event files) go after the new
+    run's first save has written its own checkpoint, not before: a run that fails earlier loses no
+    checkpoint. Refusals are :class:`~pyframepred.errors.OutputError`.
     """
     from ..errors import OutputError
     from . import checkpoint as ckpt_format
@@ -105,15 +117,17 @@ def claim(
     try:
         last, best = out / "last.pt", out / "best.pt"
         existing = [p for p in (last, best) if p.exists()]
-        # What an `overwrite` replaces: the checkpoints there and their evaluation.
-        old_run = existing + [p for p in (out / "eval.json",) if p.exists()]
-        if resume is None and existing and not overwrite:
+        # What an `overwrite` replaces: the checkpoints there, their evaluation, the run's samples
+        # and event files (the new run's files of the same names replace theirs as it writes them).
+        old_run = _signed(existing + [p for p in (out / "eval.json",) if p.exists()] + old_outputs(out))
+        into_other = resume is not None and not last.exists() and not _same_folder(resume, out)
+        if (resume is None or into_other) and existing and not overwrite:
             raise OutputError(
                 f"`out` '{out}' already holds a run's checkpoints "
                 f"({', '.join(p.name for p in existing)}); continue it with `resume`, replace it "
                 f"with `overwrite`, or choose another `out`"
             )
-        if resume is None and not overwrite:
+        if (resume is None or into_other) and not overwrite:
             written = run_files(out)
             if written:
                 raise OutputError(
@@ -152,7 +166,7 @@ def claim(
                         f"step {newer}), not an earlier point of the run resumed from '{src}'; "
                         f"choose another `out`, or pass `overwrite` to replace them"
                     )
-        if resume is None and overwrite:  # replaced at the first save, not mixed with the new ones
+        if (resume is None or into_other) and overwrite:  # replaced at the first save, not mixed
             lock.replaced = old_run
         ckpt_format.remove_stale_temps(out)
     except BaseException:
@@ -165,11 +179,52 @@ def run_files(out: Path) -> list:
     """The files besides the checkpoints that a run writes into ``out`` and that exist there:
     what a new run would replace (a failed run's, or files of the user's own of those names)."""
     names = [out / n for n in ("config.json", "history.json", "eval.json", "loss.png")]
-    samples = out / "samples"
-    found = [p for p in names if p.is_file()]
+    return [p for p in names if p.is_file()] + old_outputs(out)
+
+
+def old_outputs(out: Path) -> list:
+    """The files in ``out`` that a run writes under names of its own choosing (samples of a step,
+    ``final.gif``, TensorBoard event files): what another run's ``overwrite`` removes, as no file
+    of the new run need replace them."""
+    found = []
+    samples, events = out / "samples", out / "tensorboard"
     if samples.is_dir():
         found += sorted(p for p in samples.iterdir() if p.name == "final.gif" or p.name.startswith("step_"))
-    return found
+    if events.is_dir():
+        found += sorted(p for p in events.iterdir() if p.name.startswith("events.out.tfevents."))
+    return [p for p in found if p.is_file()]
+
+
+def _signed(paths: list) -> list:
+    """``(path, (inode, mtime))`` of each file: removed later only while it is still that file
+    (a file the new run wrote under the same name since is another inode and stays)."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.append((p, (st.st_ino, st.st_mtime_ns)))
+    return out
+
+
+def unchanged(path: Path, signature) -> bool:
+    """Whether ``path`` is still the file :func:`_signed` saw."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return (st.st_ino, st.st_mtime_ns) == signature
+
+
+def _same_folder(resume, out: Path) -> bool:
+    """Whether the checkpoint ``resume`` (a file or its folder) lies in ``out``."""
+    src = Path(resume)
+    folder = src if src.is_dir() else src.parent
+    try:
+        return os.path.samefile(folder, out)
+    except OSError:
+        return False
 
 
 def _starts(history: dict, head) -> bool:

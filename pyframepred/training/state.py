@@ -16,6 +16,7 @@ from ..io import atomic_write_json
 from ..metrics import PSNR_MAX
 from . import checkpoint as ckpt_format
 from .resume import check_resumable, check_split, split_of
+from .run_folder import unchanged
 
 __all__ = ["TrainerState"]
 
@@ -143,8 +144,8 @@ class TrainerState:
         start, so that a run that fails before it has saved loses nothing (run_folder.claim)."""
         lock = getattr(self, "_lock", None)
         while lock is not None and lock.replaced:
-            old = lock.replaced.pop()
-            if old not in written:
+            old, signature = lock.replaced.pop()
+            if old not in written and unchanged(old, signature):
                 old.unlink(missing_ok=True)
 
     def _load(self, path: Path, ckpt: Optional[dict] = None) -> Optional[tuple]:
