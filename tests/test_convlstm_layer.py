@@ -467,6 +467,22 @@ def test_fake_kernel_gives_the_real_strides_in_mixed_precision(cin, W, layout, s
     assert [layout_of(t) for t in fake] == [layout_of(t) for t in real]
 
 
+@pytest.mark.parametrize("op", ["convlstm_layer", "convlstm_layer_train"])
+def test_fake_kernel_refuses_frames_that_do_not_split_into_the_steps(op):
+    """What torch.compile and torch.export plan with refuses the call the real op refuses (5
+    frames in 3 steps), with the same message, instead of planning a batch of 2."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, T, wx, wh, b, p, st = _inputs(state=True, peephole=True)
+    args = (x[:5], T, wx, wh, b, p, *st)
+    with pytest.raises(RuntimeError, match=f"x has 5 frames, not a multiple of steps = {T}"):
+        getattr(torch.ops.pyframepred, op)(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        with pytest.raises(RuntimeError, match=f"x has 5 frames, not a multiple of steps = {T}"):
+            getattr(torch.ops.pyframepred, op)(*fake)
+
+
 @pytest.mark.parametrize("state", [False, True])
 def test_opcheck(state):
     x, T, wx, wh, b, p, st = _inputs(T=2, dtype=torch.float32, state=state, peephole=True)

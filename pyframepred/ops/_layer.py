@@ -165,6 +165,10 @@ def _plan(x, steps, weight_x, weight_h, bias, peephole, h0, c0) -> _Plan:
         torch._check(x.shape[0] == steps, lambda: f"convlstm_layer: x has {x.shape[0]} steps, not {steps}")
         N, cin = x.shape[1], x.shape[2]
     else:
+        torch._check(
+            x.shape[0] % steps == 0,
+            lambda: f"convlstm_layer: x has {x.shape[0]} frames, not a multiple of steps = {steps}",
+        )
         N, cin = x.shape[0] // steps, x.shape[1]
     # run_format's rule (suggest_memory_format, which also reads layouts that differ only in the
     # strides of size-1 dimensions, e.g. 1x1 weights made channels_last, as C++ does).
