@@ -377,6 +377,33 @@ def test_modules_run_on_the_meta_device(fused):
     assert out.shape == (2, 4, 8, 16, 16) and out.is_meta
 
 
+@pytest.mark.parametrize("frames", ["nchw", "channels_last"])
+def test_reference_path_runs_under_torch_func(frames):
+    """fused=False is the path for torch.func: vmap over a batch of sequences and per-sample
+    gradients (vmap of grad) give what a loop over the samples gives."""
+    torch.manual_seed(0)
+    m = ConvLSTM(3, [4, 5], 3, peephole=True, fused=False).double()
+    for cell in m.cells:
+        torch.nn.init.normal_(cell.peephole)
+    x = torch.randn(3 * 2 * 4, 3, 6, 7, dtype=torch.float64)
+    if frames == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.view(3, 2, 4, 3, 6, 7)  # 3 samples of (N=2, T=4) sequences
+    out = torch.func.vmap(lambda xs: m(xs)[0])(x)
+    torch.testing.assert_close(out, torch.stack([m(xs)[0] for xs in x]), rtol=1e-12, atol=1e-12)
+
+    params = dict(m.named_parameters())
+
+    def loss(p, xs):
+        return torch.func.functional_call(m, p, (xs,))[0].square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+    for i, xs in enumerate(x):
+        expected = torch.autograd.grad(loss(params, xs), list(params.values()))
+        for name, g in zip(params, expected):
+            torch.testing.assert_close(per_sample[name][i], g, rtol=1e-12, atol=1e-12)
+
+
 def test_kernel_size_takes_numpy_ints_and_refuses_other_types():
     np = pytest.importorskip("numpy")
     assert ConvLSTMCell(3, 4, np.int64(3)).kernel_size == (3, 3)

@@ -141,7 +141,8 @@ class ConvLSTMCell(nn.Module):
         if param is None:  # the weights' dtype: float32 beside autocast's gates too
             param = self.conv_h.weight
         dtype = param.dtype
-        cl = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+        # channels_last and not contiguous, asked in a way torch.func.vmap also answers
+        cl = not like.is_contiguous() and like.permute(0, 2, 3, 1).is_contiguous()
         fmt = torch.channels_last if cl else torch.contiguous_format
         shape = (n, self.hidden_channels, h, w)
         return torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt).zero_()
@@ -250,7 +251,8 @@ class ConvLSTM(nn.Module):
     ``torch.utils.module_tracker.ModuleTracker`` and ``FlopCounterMode`` register) also send every
     layer down the step-by-step path, at about half the speed, so that they see the convolutions.
     The fused modules' autograd is a C++ ``autograd.Function``: ``torch.func`` transforms
-    (``grad``, ``jvp``) and forward-mode AD need ``fused=False``.
+    (``grad``, ``jvp``, per-sample gradients as ``vmap(grad(...))``) and forward-mode AD need
+    ``fused=False`` (``vmap`` alone runs the fused layer once per sample).
     """
 
     def __init__(
@@ -373,12 +375,15 @@ class ConvLSTM(nn.Module):
         # The last states likewise, as the step-by-step path gives them: the fused layer keeps them
         # in the layout it runs in (channels_last on the CPU), which code written for NCHW states
         # (a .view of them) would trip over.
+        # (Through permute, not memory_format=, which torch.func.vmap does not take.)
         outputs = seq.transpose(0, 1) if self.batch_first else seq
         if x.shape[2] > 1 and x.stride(2) == 1:
             outputs = outputs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-            fmt = torch.channels_last
+            last_states = [
+                tuple(t.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for t in st)
+                for st in last_states
+            ]
         else:
             outputs = outputs.contiguous()
-            fmt = torch.contiguous_format
-        last_states = [tuple(t.contiguous(memory_format=fmt) for t in st) for st in last_states]
+            last_states = [tuple(t.contiguous() for t in st) for st in last_states]
         return outputs, last_states
