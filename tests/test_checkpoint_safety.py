@@ -563,7 +563,12 @@ def test_overwrite_removes_the_old_runs_samples_and_event_files_once_it_saves(ru
     # steps 1 and 2 sampled; the first save (step 2) comes after step 1's sample
     assert tr.main(argv + ["--data", str(data), "--steps", "2", "--sample-every", "1"]) == 0
     left = sorted(p.relative_to(out).as_posix() for p in (out / "samples").iterdir())
-    assert left == ["samples/final.gif", "samples/mine.png", "samples/step_000001.gif", "samples/step_000002.gif"]
+    assert left == [
+        "samples/final.gif",
+        "samples/mine.png",
+        "samples/step_000001.gif",
+        "samples/step_000002.gif",
+    ]
     for name in ("samples/step_000001.gif", "samples/final.gif"):  # the new run's
         assert (out / name).read_bytes()[:6] == b"GIF89a" and (out / name).read_bytes() != old[name]
     assert list((out / "tensorboard").iterdir()) == []

@@ -37,6 +37,7 @@ __all__ = ["load_sequences", "load_digits", "generate", "MovingMNIST", "DATA_NAM
 
 #: The value of the ``data`` setting that selects Moving MNIST.
 DATA_NAME = "moving-mnist"
+FRAME_SIDE = 64  # frames are FRAME_SIDE x FRAME_SIDE
 _IDX_IMAGES = 0x00000803  # IDX magic: unsigned bytes, 3 dimensions
 
 

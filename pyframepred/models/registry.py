@@ -59,6 +59,8 @@ class ModelSpec:
     run_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     discriminator: Optional[type] = None
     frame_loss: str = "mean"
+    #: ``check_run(cfg, model_kwargs)``: a ConfigError for settings the network cannot train with.
+    check_run: Optional[Callable[[Any, dict], None]] = None
 
     def constructor_args(self) -> list:
         return [k for k in inspect.signature(self.cls.__init__).parameters if k != "self"]
@@ -94,6 +96,13 @@ def check_model_kwargs(name: str, kwargs: dict, reserved=("fused",)) -> None:
     """:class:`ConfigError` naming the keys of ``kwargs`` that the model's constructor does not
     take (``reserved``: chosen by the run's settings, not by ``model_kwargs``)."""
     spec = get(name)
+    taken = sorted(k for k in kwargs if k in reserved and k in spec.constructor_args())
+    if taken:
+        raise ConfigError(
+            f"`model_kwargs`: the {name} model's {', '.join(taken)} "
+            f"{'comes' if len(taken) == 1 else 'come'} from the run's settings and data (e.g. "
+            f"`in_frames`, `val_steps`, the frames' channels); change the setting instead"
+        )
     known = sorted(k for k in spec.constructor_args() if k not in reserved)
     unknown = sorted(k for k in kwargs if k not in known)
     if unknown:
@@ -164,6 +173,21 @@ register(
     )
 )
 
+
+def _autoencoder_check(cfg, kwargs: dict) -> None:
+    """Batch norm in training needs more than one value per channel: one clip a step whose
+    deepest level is 1x1 (frames no larger than the levels' total downsampling) has one."""
+    batch_norm = kwargs.get("batch_norm", get("autoencoder").default("batch_norm"))
+    levels = len(kwargs.get("widths") or get("autoencoder").default("widths"))
+    multiple = 2 ** (levels - 1)
+    if batch_norm and cfg.batch_size == 1 and -(-cfg.size // multiple) == 1:
+        raise ConfigError(
+            f"the autoencoder's deepest level is 1x1 at `size` {cfg.size} ({levels} levels), where "
+            f"batch norm needs more than one clip a step: use `batch_size` >= 2, a `size` above "
+            f"{multiple}, or `batch_norm` false"
+        )
+
+
 register(
     ModelSpec(
         name="autoencoder",
@@ -176,6 +200,7 @@ register(
             "full": dict(widths=(32, 64, 128, 256, 512)),
         },
         run_settings=lambda c: dict(in_frames=c.in_frames, residual=c.residual),
+        check_run=_autoencoder_check,
     )
 )
 

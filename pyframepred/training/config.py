@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..data import moving_mnist
 from ..data import source as data_source
 from ..errors import ConfigError
 from ..models import registry
@@ -196,8 +197,12 @@ class TrainConfig:
                 f"`frame_loss` is a setting of the frames task (seq2seq, autoencoder); the {c.model} "
                 "model's loss sums each image's errors as its paper does"
             )
+        if data_source.kind(c.data) == data_source.MOVING_MNIST:
+            _moving_mnist_frames(c)
         _validate(c)
-        registry.check_model_kwargs(c.model, c.model_kwargs)
+        # what the run's settings and its data choose is not the model_kwargs' to change
+        from_run = sorted(set(spec.run_settings(c)) | {"channels"})
+        registry.check_model_kwargs(c.model, c.model_kwargs, reserved=("fused", *from_run))
         if not spec.sequence_output:
             c.out_frames = 1
         if c.split_dir is not None:
@@ -208,6 +213,8 @@ class TrainConfig:
                 if not Path(getattr(c, name)).is_file():
                     raise ConfigError(f"the `{name}` file '{getattr(c, name)}' does not exist")
                 setattr(c, name, os.path.abspath(getattr(c, name)))
+        if spec.check_run is not None:
+            spec.check_run(c, c.model_args())
         return c
 
     def model_args(self) -> dict:
@@ -220,6 +227,19 @@ class TrainConfig:
             kw["channels"] = data_source.channels(self.data)  # grey frames
         kw.update(self.model_kwargs)
         return kw
+
+
+def _moving_mnist_frames(c: TrainConfig) -> None:
+    """Moving MNIST's clips are its own: 64x64 frames, one a step. Settings that choose frames
+    from videos are an error rather than recorded and ignored (a checkpoint saying 32x32 of a
+    model trained at 64x64 would mislead predict and evaluate)."""
+    side = moving_mnist.FRAME_SIDE
+    for name, value, default in (("size", c.size, side), ("interval", c.interval, 0), ("fps", c.fps, None)):
+        if value != default:
+            raise ConfigError(
+                f"`{name}` {value} does not apply to Moving MNIST, whose clips are {side}x{side} "
+                f"frames, one a step; leave `size`, `interval` and `fps` unset"
+            )
 
 
 def _validate(c: TrainConfig) -> None:
@@ -269,6 +289,8 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"`grad_clip` must be >= 0 (0 = off), got {c.grad_clip}")
     if not c.weight_decay >= 0:
         raise ConfigError(f"`weight_decay` must be >= 0, got {c.weight_decay}")
+    if c.size < 2:  # the image metrics (sharpness, SSIM) compare neighbouring pixels
+        raise ConfigError(f"`size` must be >= 2, got {c.size}")
 
 
 def setting_fields() -> list:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -16,9 +15,9 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import VideoClips, default_dataset_root, moving_mnist
 from ..data import source as data_source
-from ..errors import ConfigError, OutputWriteError, TrainingDiverged, WorkerDied
+from ..errors import ConfigError, TrainingDiverged, WorkerDied
 from ..evaluation import evaluate_model
-from ..io import atomic_write_json, prepare_output_dir
+from ..io import prepare_output_dir
 from ..models.registry import build_model
 from . import checkpoint as ckpt_format
 from .averaging import WeightAverage
@@ -377,13 +376,6 @@ class Trainer(TrainerState):
                 "val": None,
                 "out": str(self.out),
             }
-        if self.main:
-            try:
-                atomic_write_json(self.out / "config.json", dataclasses.asdict(cfg), indent=2)
-            except OSError as exc:
-                raise OutputWriteError(
-                    f"cannot write '{self.out / 'config.json'}': {exc.strerror or exc}"
-                ) from exc
         try:
             self._emit("on_fit_start")
             status, last_val, watch = self._run()

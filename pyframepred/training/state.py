@@ -116,7 +116,9 @@ class TrainerState:
             )
 
     def save(self, best: bool = False) -> Optional[Path]:
-        """Write ``last.pt`` (and ``best.pt``) atomically, then ``history.json``; then the
+        """Write ``last.pt`` (and ``best.pt``) atomically, then ``history.json`` (and, at the
+        run's first save, ``config.json``: a run that fails before it has saved leaves no files
+        of its own that would make the next run into the folder ask for ``overwrite``); then the
         callbacks' ``on_save``. Non-finite weights are refused (:class:`TrainingDiverged`); a
         failed write (a full disk) is an :class:`OutputWriteError` and leaves the previous
         files intact."""
@@ -130,6 +132,9 @@ class TrainerState:
             ckpt_format.save(None, written, data)
             self._remove_replaced(written)
             atomic_write_json(self.out / "history.json", self.history)
+            if not getattr(self, "_config_saved", False):
+                atomic_write_json(self.out / "config.json", dataclasses.asdict(self.cfg), indent=2)
+                self._config_saved = True
         except OSError as exc:
             raise OutputWriteError(
                 f"cannot write the checkpoint in '{self.out}' at step {self.step}: "

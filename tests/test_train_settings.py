@@ -1,0 +1,116 @@
+"""Settings a run cannot train with are one-line errors before it starts, and settings that would
+be recorded but not used are refused; a run that fails before its first save leaves nothing that
+makes the next run into its folder ask for --overwrite."""
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from pyframepred.cli import train as tr
+from pyframepred.cli.common import EXIT_USAGE, EXIT_WRITE_FAILED
+from pyframepred.data import synthetic
+from pyframepred.errors import ConfigError
+from pyframepred.training import TrainConfig
+from pyframepred.training import checkpoint as ckpt_format
+
+TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synthetic.generate(
+        tmp_path_factory.mktemp("videos"),
+        seed=2,
+        videos_per_class=2,
+        groups_per_class=2,
+        frames=(16, 20),
+        classes=synthetic.CLASSES[:2],
+        progress=False,
+    )
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "autoencoder", "--size", "1"], "size must be >= 2, got 1"),
+        (
+            ["--model", "autoencoder", "--size", "4", "--batch-size", "1"],
+            "deepest level is 1x1 at --size 4 (3 levels)",
+        ),
+        (["--model", "seq2seq", "--data", "moving-mnist", "--size", "32"], "--size 32 does not apply"),
+        (["--model", "seq2seq", "--data", "moving-mnist", "--interval", "5"], "--interval 5 does not"),
+        (["--model", "seq2seq", "--data", "moving-mnist", "--fps", "10"], "--fps 10.0 does not"),
+    ],
+)
+def test_settings_a_run_cannot_use_are_one_line_errors(argv, message, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = argv + ([] if "--data" in argv else ["--data", str(data)])
+    assert tr.main(args + ["--out", str(out)] + TINY) == EXIT_USAGE
+    assert message in _error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_batch_norm_check_lets_through_what_trains():
+    """The 1x1 check refuses only batch norm over a single value per channel."""
+    ok = [
+        dict(preset="quick", size=17, batch_size=1),  # 2x2 at the deepest level
+        dict(preset="quick", size=16, batch_size=2),
+        dict(preset="quick", size=16, batch_size=1, batch_norm=False),
+    ]
+    for kw in ok:
+        TrainConfig(model="autoencoder", **kw).resolved()
+    with pytest.raises(ConfigError, match="deepest level is 1x1"):
+        TrainConfig(model="autoencoder", preset="quick", size=16, batch_size=1).resolved()
+    # Moving MNIST's own frame settings are what the run records
+    c = TrainConfig(model="seq2seq", preset="tiny", data="moving-mnist").resolved()
+    assert (c.size, c.interval, c.fps) == (64, 0, None)
+
+
+@pytest.mark.parametrize(
+    "model,kwargs,name",
+    [
+        ("autoencoder", {"in_frames": 2}, "in_frames"),
+        ("autoencoder", {"channels": 1}, "channels"),
+        ("seq2seq", {"out_steps": 3}, "out_steps"),
+        ("multiscale", {"base_size": 32}, "base_size"),
+    ],
+)
+def test_model_kwargs_cannot_override_what_the_run_sets(model, kwargs, name, data, tmp_path, capsys):
+    """in_frames or channels in `model_kwargs` built a network that crashed on the run's clips at
+    step 1; they come from the run's settings and data."""
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": model, "model_kwargs": kwargs}))
+    argv = ["--config", str(config), "--data", str(data), "--out", str(tmp_path / "run")] + TINY
+    assert tr.main(argv) == EXIT_USAGE
+    line = _error_line(capsys.readouterr().err)
+    assert f"the {model} model's {name} comes from the run's settings" in line, line
+    # the model's own arguments still go through
+    TrainConfig(model="autoencoder", preset="tiny", model_kwargs={"widths": [8, 16]}).resolved()
+
+
+def test_a_run_failing_before_its_first_save_leaves_no_config(data, tmp_path, capsys, monkeypatch):
+    """config.json is written with the first checkpoint: a run whose first save fails (a full
+    disk) leaves no run files, so the next run into the folder needs no --overwrite."""
+    out = tmp_path / "run"
+    argv = ["--model", "autoencoder", "--data", str(data), "--out", str(out), "--steps", "2"] + TINY
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_format, "save", full_disk)
+    assert tr.main(argv) == EXIT_WRITE_FAILED
+    capsys.readouterr()
+    assert not (out / "config.json").exists() and not (out / "last.pt").exists()
+    monkeypatch.undo()
+    assert tr.main(argv) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == "autoencoder" and saved["steps"] == 2
+    assert ckpt_format.load(Path(out) / "last.pt")["step"] == 2
