@@ -61,7 +61,9 @@ def _open(path: str, request, num_threads: int):
 
     h, w = request if request is not None else (-1, -1)
     try:
-        with decodable_path(path) as p:  # a name that is not UTF-8: opened through its fd
+        # Absolute: FFmpeg takes a relative "a:b.mp4" for a URL of the protocol "a". A name that
+        # is not UTF-8: opened through its fd.
+        with decodable_path(os.path.abspath(path)) as p:
             return decord.VideoReader(p, ctx=decord.cpu(0), width=w, height=h, num_threads=num_threads)
     except Exception:
         if os.path.isdir(path):
@@ -224,6 +226,8 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None, fps
     from ..errors import ConfigError
     from ..io import normalize
 
+    if not os.fspath(video):  # Path("") would be the current folder
+        raise ConfigError("the video path is empty")
     path = Path(video)
     if path.is_dir():
         raise ConfigError(f"'{path}' is a folder, not a video file")

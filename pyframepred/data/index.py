@@ -5,7 +5,9 @@ that a file that is no video is skipped quietly), reading its frame count, avera
 frame size, and decoding its first and last frames (which catches files that do not open,
 truncated files and files whose header announces frames that are not there). The results, failures
 included, are kept in a JSON index keyed by the path relative to the data folder, together with
-each file's size and modification time: a later run re-probes only new or changed files.
+each file's size and modification time: a later run re-probes only new or changed files. Not
+kept: failures that say nothing about the contents (no access, a probe timed out) and those of a
+version-1 index (FFmpeg took a relative ``day:1/x.mp4`` for a URL; decoders now get absolute paths).
 
 The index lives beside the data (``<root>/.pyframepred-index.json``); when that folder is not
 writable it goes to ``<cache>/indexes/<hash of the folder's real path>.json`` instead (see
@@ -39,7 +41,9 @@ __all__ = [
 ]
 
 INDEX_FILENAME = ".pyframepred-index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+# Failures of the file's access, not of its contents: retried, never remembered in the index.
+_TRANSIENT = ("cannot open: ", "probe timed out")
 
 # v_<Class>_g<group>_c<clip>, UCF-101's naming ("v_ApplyEyeMakeup_g08_c01.avi").
 _UCF_NAME = re.compile(r"^v_(?P<cls>.+?)_g(?P<group>\d+)_c(?P<clip>\d+)", re.IGNORECASE)
@@ -179,7 +183,8 @@ def probe_video(path) -> dict:
     import decord
 
     result = {"frames": 0, "height": 0, "width": 0, "fps": 0.0, "error": None}
-    path = os.fspath(path)
+    # Absolute: FFmpeg takes a relative "day:1/x.mp4" for a URL of the protocol "day".
+    path = os.path.abspath(os.fspath(path))
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -188,6 +193,8 @@ def probe_video(path) -> dict:
         if st.st_size == 0:
             result["error"] = "empty file"
             return result
+        with open(path, "rb") as fh:  # not readable here (permissions, I/O): not the contents' fault
+            fh.read(1)
     except OSError as exc:
         result["error"] = "cannot open: " + _short_error(exc)
         return result
@@ -274,13 +281,14 @@ def _load_index(path: Path, root: Path) -> dict | None:
     except (OSError, ValueError, RecursionError) as exc:
         logger.info("ignoring unreadable video index %s: %s", path, exc)
         return None
-    if (
-        not isinstance(data, dict)
-        or data.get("version") != INDEX_VERSION
-        or not isinstance(data.get("videos"), dict)
-    ):
+    if not isinstance(data, dict) or data.get("version") not in (1, INDEX_VERSION):
         return None
-    return data["videos"]
+    videos = data.get("videos")
+    if not isinstance(videos, dict):
+        return None
+    if data["version"] == 1:  # its failures may be FFmpeg reading a relative path as a URL
+        return {k: v for k, v in videos.items() if isinstance(v, dict) and v.get("error") is None}
+    return videos
 
 
 def _is_int(v) -> bool:
@@ -302,7 +310,7 @@ def _cached_info(rel: str, entry) -> VideoInfo | None:
         return None
     if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and math.isfinite(fps) and fps >= 0):
         return None
-    if error is not None and not isinstance(error, str):
+    if error is not None and (not isinstance(error, str) or error.startswith(_TRANSIENT)):
         return None
     if error is None and (frames < 1 or height < 1 or width < 1):
         return None
@@ -360,16 +368,8 @@ def _probe_all(root: Path, rels: list, workers: int, timeout: float):
             for rel in stuck:
                 pending.discard(rel)
                 logger.info("%s: probing did not finish within %.0f s; skipped", root / rel, timeout)
-                yield (
-                    rel,
-                    {
-                        "frames": 0,
-                        "height": 0,
-                        "width": 0,
-                        "fps": 0.0,
-                        "error": f"probe timed out after {timeout:g} s",
-                    },
-                )
+                error = f"probe timed out after {timeout:g} s"
+                yield rel, {"frames": 0, "height": 0, "width": 0, "fps": 0.0, "error": error}
             # A stuck probe holds its thread: start a replacement so the rest keeps moving.
             for _ in stuck:
                 t = threading.Thread(target=worker, name="pfp-index-extra", daemon=True)
@@ -484,8 +484,7 @@ def index_videos(
             "videos": {
                 v.path: {k: val for k, val in asdict(v).items() if k != "path"}
                 for v in ordered
-                # a timed-out probe is retried next time, not remembered
-                if not (v.error or "").startswith("probe timed out")
+                if not (v.error or "").startswith(_TRANSIENT)  # retried next time, not remembered
             },
         }
         for loc in locations:

@@ -18,9 +18,12 @@ EMBEDDED, FOLDER = "embedded", "folder"
 
 
 def kind(data: Optional[str]) -> str:
-    """``"embedded"``, ``"moving-mnist"`` or ``"folder"``."""
+    """``"embedded"``, ``"moving-mnist"`` or ``"folder"``. An empty path (an unset variable, say)
+    is a :class:`~pyframepred.errors.ConfigError`, not the current folder."""
     if data is None:
         return EMBEDDED
+    if isinstance(data, str) and not data:
+        raise ConfigError("`data` is an empty path; give a data folder ('.' for the current one)")
     return MOVING_MNIST if data == MOVING_MNIST else FOLDER
 
 

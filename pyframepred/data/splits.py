@@ -19,12 +19,22 @@ def _key(rel_path: str) -> str:
     return os.path.splitext(rel_path.replace("\\", "/").rsplit("/", 1)[-1])[0].lower()
 
 
+def _listed_path(line: str) -> str:
+    """The path of a split list's (stripped) line: all of it, less a trailing integer label."""
+    parts = line.rsplit(None, 1)
+    if len(parts) == 2 and parts[1].isascii() and parts[1].isdigit():
+        return parts[0]
+    return line
+
+
 def read_ucf_split(split_dir, split_index: int = 1, train: bool = True) -> set[str]:
     """Video keys (lower-case file names without extension) listed in UCF-101's
     ``trainlist0N.txt`` (``train=True``) or ``testlist0N.txt`` in ``split_dir``.
 
     ``split_dir`` may also be the list file itself. Lines look like
-    ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`` (train) or without the label (test).
+    ``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`` (train) or without the label (test): the
+    path is the whole line less a trailing integer label after the last blank, so names may
+    hold spaces (``My Class/clip 1.avi 3``).
     """
     split_path = Path(split_dir)
     if split_path.is_file():
@@ -48,7 +58,7 @@ def read_ucf_split(split_dir, split_index: int = 1, train: bool = True) -> set[s
         for line in fh:
             line = line.strip()
             if line and not line.startswith("#"):
-                keys.add(_key(line.split()[0]))
+                keys.add(_key(_listed_path(line)))
     if not keys:
         raise ValueError(f"UCF-101 split list {str(list_file)!r} lists no videos")
     return keys

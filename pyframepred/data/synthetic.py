@@ -38,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from ._common import atomic_write_json, default_cache_dir, logger
 from .synthetic_render import CLASSES, render_video
 
@@ -66,7 +67,8 @@ def write_video(
 
     opts = {"crf": str(crf), "preset": "medium"} if codec == "libx264" else {}
     opts.update(options or {})
-    encode_video(path, frames, fps, codec=codec, pix_fmt=pix_fmt, options=opts)
+    # absolute: FFmpeg takes a relative "day:1/x.mp4" for a URL of the protocol "day"
+    encode_video(os.path.abspath(path), frames, fps, codec=codec, pix_fmt=pix_fmt, options=opts)
 
 
 # --------------------------------------------------------------------------- data sets
@@ -227,6 +229,18 @@ def default_dataset_root(cache_dir=None, *, progress: bool = True, **params) -> 
     name = f"scenes-v{GENERATOR_VERSION}-{h}x{w}-seed{cfg['seed']}-{digest}"
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     final = base / "synthetic" / name
+    try:
+        return _made(final, name, progress, defaults)
+    except OSError as exc:  # not writable, not a folder, a full disk...
+        setting = "`cache_dir`" if cache_dir is not None else "the PYFRAMEPRED_CACHE variable"
+        reason = " ".join(f"{type(exc).__name__}: {exc.strerror or exc}".split())
+        raise ConfigError(
+            f"cannot create the default synthetic data set in the cache folder '{base}' ({reason}); "
+            f"set {setting} to a writable folder"
+        ) from exc
+
+
+def _made(final: Path, name: str, progress: bool, defaults: dict) -> Path:
     if (final / MANIFEST).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
