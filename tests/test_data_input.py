@@ -185,3 +185,10 @@ def test_an_unusable_cache_folder_is_a_one_line_error(tmp_path, monkeypatch, cap
         rc == 2 and len(err) == 1 and err[0].startswith("error: cannot create the default synthetic data set")
     )
     assert "PYFRAMEPRED_CACHE" in err[0] and blocker.read_text() == "not a folder"
+
+
+def test_video_clips_of_an_empty_path_is_an_error_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="empty path"):
+        VideoClips("")
+    assert list(tmp_path.iterdir()) == []  # nothing indexed or written here

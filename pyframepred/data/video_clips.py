@@ -166,6 +166,8 @@ class VideoClips(Dataset):
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be positive or None, got {fps!r}")
 
+        if not os.fspath(root):  # Path("") would be the current folder
+            raise FileNotFoundError("VideoClips: the data folder is an empty path ('.' for the current one)")
         self.root = Path(root).expanduser()
         self.frames = int(frames)
         self.interval = int(interval)
