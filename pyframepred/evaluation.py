@@ -16,25 +16,44 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, default_collate
 
 from . import metrics as M
 from .errors import ConfigError
 from .models.registry import rollout
 
-__all__ = ["METRICS", "evaluate_model", "format_table", "heldout_clips"]
+__all__ = ["METRICS", "evaluate_model", "format_table", "heldout_clips", "match_channels", "with_channels"]
 
 METRICS = ("psnr", "ssim", "sharpness", "l2", "gdl", "mse", "mae")
 
 
-def clip_loader(dataset: Dataset, batch_size: int, max_clips: int | None, empty: str) -> DataLoader:
-    """The first ``max_clips`` of ``dataset`` in order, in batches; :class:`ConfigError`
-    ``empty`` when there are none."""
-    if max_clips is not None and max_clips < len(dataset):
-        dataset = Subset(dataset, range(max_clips))
-    if len(dataset) == 0:
+def _shapes(item):
+    if isinstance(item, (tuple, list)):
+        return tuple(_shapes(x) for x in item)
+    return tuple(getattr(item, "shape", ()))
+
+
+def clip_loader(dataset: Dataset, batch_size: int, max_clips: int | None, empty: str):
+    """The first ``max_clips`` items of ``dataset`` in order, collated in batches of up to
+    ``batch_size`` consecutive items of one shape: a batch ends early where the next clip's
+    frames differ in size (a test set of clips of several sizes); :class:`ConfigError` ``empty``
+    when there are none."""
+    count = len(dataset) if max_clips is None else min(len(dataset), max_clips)
+    if count <= 0:
         raise ConfigError(empty)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+    def batches():
+        batch, shape = [], None
+        for i in range(count):
+            item = dataset[i]
+            if batch and (len(batch) == batch_size or _shapes(item) != shape):
+                yield default_collate(batch)
+                batch = []
+            batch.append(item)
+            shape = _shapes(item)
+        yield default_collate(batch)
+
+    return batches()
 
 
 @contextmanager
@@ -61,9 +80,10 @@ def evaluate_model(
 ) -> dict:
     """Metrics per predicted step, model vs copy-last-frame baseline.
 
-    ``dataset`` yields clips ``(n_input + steps, 3, H, W)`` in [-1, 1]; the first ``max_clips``
-    are used, in order. Returns ``{"clips", "steps", "model": {metric: [per step]},
-    "baseline": {...}, "model_mean": {metric: mean}, "baseline_mean": {...}}``.
+    ``dataset`` yields clips ``(n_input + steps, C, H, W)`` in [-1, 1] (``C``: the model's
+    channels); the first ``max_clips`` are used, in order, batched by ``batch_size`` (clips of
+    different sizes go in different batches). Returns ``{"clips", "steps", "model": {metric:
+    [per step]}, "baseline": {...}, "model_mean": {metric: mean}, "baseline_mean": {...}}``.
     """
     device = torch.device(device)
     loader = clip_loader(dataset, batch_size, max_clips, "no held-out clips to evaluate on")
@@ -150,8 +170,9 @@ def heldout_clips(
     held-out digits). On the data the checkpoint was trained on, the test side of the split it
     trained with (its ``test_fraction``, or its ``split_dir`` lists); on another folder, the
     test side of a group split with ``test_fraction`` 0.2. ``all_videos`` takes fixed clips of
-    every video in the folder instead: for footage the model never saw. ``channels`` 1 (a grey
-    model, e.g. Moving MNIST's) turns colour clips grey (the mean of the channels).
+    every video in the folder instead: for footage the model never saw. ``channels``: the
+    model's; the clips are given to it as :func:`match_channels` makes them (colour clips grey for
+    a grey model, grey Moving MNIST clips as RGB for a colour one).
     ``split_record``: the checkpoint's record of the videos it trained on and held out
     (``checkpoint["split"]``); where the test side now holds videos it trained on only (the
     folder changed since), a warning names them."""
@@ -159,8 +180,9 @@ def heldout_clips(
     from .data import source as data_source
     from .training.checkpoint import data_root
 
-    if data_source.kind(data if data is not None else cfg.get("data")) == data_source.MOVING_MNIST:
-        return moving_mnist.clips(
+    source = data if data is not None else cfg.get("data")
+    if data_source.kind(source) == data_source.MOVING_MNIST:
+        clips = moving_mnist.clips(
             frames,
             False,
             mnist=cfg.get("mnist"),
@@ -168,6 +190,7 @@ def heldout_clips(
             seed=seed,
             count=count,
         )
+        return with_channels(clips, channels, data_source.channels(source))
     own_data = _trained_on(data, cfg)
     if data is None:
         data = data_root(cfg)
@@ -204,7 +227,7 @@ def heldout_clips(
         raise ConfigError(str(exc)) from exc
     if own_data and not all_videos and isinstance(split_record, dict):
         _warn_trained_on(clips, split_record)
-    return _Grey(clips) if channels == 1 else clips
+    return with_channels(clips, channels, data_source.channels(source))
 
 
 def _warn_trained_on(clips, record: dict) -> None:
@@ -224,14 +247,47 @@ def _warn_trained_on(clips, record: dict) -> None:
         )
 
 
-class _Grey(Dataset):
-    """Colour clips ``(T, 3, H, W)`` as grey ones ``(T, 1, H, W)``, for a grey model."""
+def match_channels(frames: torch.Tensor, channels: int) -> torch.Tensor:
+    """Frames ``(..., C, H, W)`` with the ``channels`` a model takes: colour frames grey (the mean
+    of the channels) for a grey model (``channels`` 1), grey frames as RGB (the channel repeated,
+    as the written GIFs and videos show them) for a colour one; :class:`ConfigError` for other
+    mismatches."""
+    have = frames.shape[-3]
+    if have == channels:
+        return frames
+    if channels == 1:
+        return frames.mean(-3, keepdim=True)
+    if have == 1:
+        return frames.expand(*frames.shape[:-3], channels, *frames.shape[-2:]).contiguous()
+    raise ConfigError(f"the checkpoint's model takes frames of {channels} channels, the data has {have}")
 
-    def __init__(self, clips):
-        self.clips = clips
+
+def with_channels(clips: Dataset, channels: int, have: int) -> Dataset:
+    """``clips`` (clips of ``have`` channels, or tuples whose first item is such a clip) with the
+    ``channels`` of a model (:func:`match_channels`); :class:`ConfigError` when they cannot be."""
+    if have == channels:
+        return clips
+    match_channels(torch.zeros(have, 1, 1), channels)  # refused now, not at the first clip
+    return _Channels(clips, channels)
+
+
+class _Channels(Dataset):
+    """Another data set's clips with a model's channels (:func:`match_channels`); its other
+    attributes (``root``, ``videos``) are the data set's."""
+
+    def __init__(self, clips, channels: int):
+        self.clips, self.channels = clips, channels
 
     def __len__(self) -> int:
         return len(self.clips)
 
+    def __getattr__(self, name):
+        if name in ("clips", "channels"):  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.clips, name)
+
     def __getitem__(self, index):
-        return self.clips[index].mean(-3, keepdim=True)
+        item = self.clips[index]
+        if isinstance(item, (tuple, list)):
+            return (match_channels(item[0], self.channels), *item[1:])
+        return match_channels(item, self.channels)

@@ -44,6 +44,11 @@ __all__ = [
     "frames_to_uint8",
     "encode_video",
     "write_animation",
+    "check_fps",
+    "video_rate",
+    "gif_delay",
+    "GIF_FPS",
+    "VIDEO_FPS",
     "side_by_side",
     "check_output_file",
     "prepare_output_dir",
@@ -248,7 +253,9 @@ def encode_video(
     container: str | None = None,
 ) -> None:
     """Encode uint8 ``(T, H, W, 3)`` RGB frames to ``path`` with PyAV (the package's one encode
-    loop; the container follows the suffix unless ``container`` names it). ``yuv420p`` needs even
+    loop; the container follows the suffix unless ``container`` names it) at exactly ``fps``
+    frames per second (a float given for a fraction, 30000/1001 say, is read as that fraction;
+    :data:`VIDEO_FPS` is the range, :class:`ConfigError` outside it). ``yuv420p`` needs even
     sizes: odd ones are padded by repeating the last row/column."""
     import av
 
@@ -259,8 +266,10 @@ def encode_video(
         frames = np.pad(
             frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge"
         )
-    with av.open(os.fspath(path), mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+    rate = video_rate(fps)
+    # absolute: FFmpeg reads a relative "a:b.mp4" as a URL of the protocol "a"
+    with av.open(os.path.abspath(path), mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pix_fmt
         if options:
@@ -272,28 +281,94 @@ def encode_video(
             out.mux(packet)
 
 
-def check_fps(fps) -> None:
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+#: The frame rates :func:`encode_video` writes, exactly: a frame an hour to 1000 a second (FFmpeg's
+#: MP4 writer fails or drops frames that last about 18 hours; Matroska counts milliseconds).
+VIDEO_FPS = (Fraction(1, 3600), Fraction(1000))
+#: The frame rates a GIF plays: its frame delays are whole hundredths of a second up to 65535
+#: (655.35 s), and viewers play delays under 0.02 s at a speed of their own (about 0.1 s).
+GIF_FPS = (Fraction(100, 65535), Fraction(50))
+_GIF_MAX_DELAY = 65535  # hundredths of a second (a 16-bit field)
+_VIDEO_RANGE = "1/3600 (a frame an hour) to 1000"
+_GIF_RANGE = "100/65535 (a frame every 655.35 s) to 50"
+
+
+def _within(fps, bounds) -> bool:
+    lo, hi = bounds  # a float typed as a fraction (100/65535) may miss its bound by a rounding
+    return float(lo) * (1 - 1e-12) <= fps <= float(hi) * (1 + 1e-12)
+
+
+def check_fps(fps, suffix: str | None = None) -> None:
+    """:class:`ConfigError` unless ``fps`` is a positive number and, for a file of ``suffix``
+    (``.gif``, or a video's: ``.mp4``, ``.mkv``, ``.mov``), within the rates it can play
+    (:data:`GIF_FPS`, :data:`VIDEO_FPS`)."""
+    if not (isinstance(fps, (int, float, Fraction)) and math.isfinite(fps) and fps > 0):
         raise ConfigError(f"`fps` must be a positive number, got {fps}")
+    suffix = (suffix or "").lower()
+    if suffix == ".gif" and not _within(fps, GIF_FPS):
+        raise ConfigError(
+            f"`fps` {float(fps):g} cannot be played by a GIF (its frame delays are whole hundredths "
+            f"of a second, at most 655.35 s, and viewers play delays under 0.02 s at their own "
+            f"speed): .gif takes {_GIF_RANGE}, .mp4 {_VIDEO_RANGE}"
+        )
+    if suffix in VIDEO_SUFFIXES and not _within(fps, VIDEO_FPS):
+        raise ConfigError(
+            f"`fps` {float(fps):g} is outside the frame rates written to {suffix} files: {_VIDEO_RANGE}"
+        )
+
+
+def video_rate(fps) -> Fraction:
+    """``fps`` as the exact frame rate :func:`encode_video` writes: a float given for a fraction
+    (30000/1001, 1/2500) is that fraction; :class:`ConfigError` outside :data:`VIDEO_FPS`."""
+    check_fps(fps, ".mp4")
+    rate = Fraction(fps).limit_denominator(10**6)  # numerator and denominator fit FFmpeg's int32
+    return min(max(rate, VIDEO_FPS[0]), VIDEO_FPS[1])
+
+
+def gif_delay(frames: np.ndarray, fps) -> int:
+    """The frame delay in milliseconds (a whole number of hundredths of a second) of a GIF of
+    ``frames`` at ``fps``; :class:`ConfigError` where ``fps`` is outside :data:`GIF_FPS`, or where
+    a run of identical frames (which the GIF writer stores as one frame showing for all of their
+    time) would last longer than a GIF frame can."""
+    check_fps(fps, ".gif")
+    delay = min(max(round(100 / fps), 2), _GIF_MAX_DELAY)
+    run = longest = 1
+    for a, b in zip(frames[:-1], frames[1:]):
+        run = run + 1 if np.array_equal(a, b) else 1
+        longest = max(longest, run)
+    if longest * delay > _GIF_MAX_DELAY:
+        raise ConfigError(
+            f"at `fps` {float(fps):g} the GIF would show {longest} identical frames as one for "
+            f"{longest * delay / 100:g} s, longer than a GIF frame can last (655.35 s); raise "
+            f"`fps` or write .mp4"
+        )
+    return delay * 10
 
 
 def write_animation(frames: np.ndarray, path, fps: float = 4.0) -> Path:
     """Write uint8 ``(T, H, W, 3)`` frames as a GIF or (``.mp4``, ``.mkv``, ``.mov``) an H.264
     video, atomically (a temporary file renamed over ``path``: a symbolic link at ``path`` is
-    replaced, its target is not written through)."""
+    replaced, its target is not written through). A video plays at exactly ``fps`` (within
+    :data:`VIDEO_FPS`); a GIF at the nearest whole hundredth of a second per frame (within
+    :data:`GIF_FPS`); :class:`ConfigError` outside those ranges, before anything is written."""
     path = Path(path)
-    check_fps(fps)
     suffix = path.suffix.lower()
     if suffix != ".gif" and suffix not in VIDEO_SUFFIXES:
         raise ConfigError(f"output must end in .gif or .mp4, got '{path.name}'")
+    check_fps(fps, suffix)
+    if suffix == ".gif":
+        duration = gif_delay(frames, fps)
 
     def write_gif(tmp):
         from PIL import Image
 
         imgs = [Image.fromarray(f) for f in frames]
-        imgs[0].save(
-            tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0
-        )
+        try:
+            imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=duration, loop=0)
+        except OverflowError:  # frames that only became identical in the GIF's palette
+            raise ConfigError(
+                f"at `fps` {float(fps):g} a GIF frame would last longer than a GIF frame can "
+                f"(655.35 s); raise `fps` or write .mp4"
+            ) from None
 
     def write_video(tmp):
         encode_video(tmp, frames, fps, container=VIDEO_SUFFIXES[suffix])

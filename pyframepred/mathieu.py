@@ -248,15 +248,21 @@ class MathieuTestSet(Dataset):
     the input frames ``pred_1.png`` ... ``pred_N.png``, the targets ``target_1.png`` ...,
     and the flow images ``pred_N_flow.png`` (of the first predicted step) and
     ``target_K_flow.png`` (of step K + 1). Yields ``(clip, masks)``: the ``N + steps`` frames
-    ``(N + steps, 3, H, W)`` in [-1, 1] and the moving pixels ``(steps, H, W)`` (bool).
-    Clips that lack a frame or flow image for ``steps`` steps are skipped with a count in
-    :attr:`skipped`; ``n_input`` keeps the last frames of longer inputs."""
+    ``(N + steps, channels, H, W)`` in [-1, 1] (``channels`` 1, for a grey model: the mean of
+    the colour channels) and the moving pixels ``(steps, H, W)`` (bool). Clips may differ in
+    size (:func:`evaluate_mathieu` batches those of one size together). Clips that lack a frame or
+    flow image for ``steps`` steps are skipped with a count in :attr:`skipped`; ``n_input`` keeps
+    the last frames of longer inputs."""
 
-    def __init__(self, root, n_input: int, steps: int):
+    def __init__(self, root, n_input: int, steps: int, channels: int = 3):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ConfigError(f"test set folder '{self.root}' does not exist")
-        self.n_input, self.steps = n_input, steps
+        if channels not in (1, 3):
+            raise ConfigError(
+                f"the checkpoint's model takes frames of {channels} channels, the test set has 3"
+            )
+        self.n_input, self.steps, self.channels = n_input, steps, channels
         self.items: list[tuple[list[Path], list[Path]]] = []
         self.skipped = 0
         folders = sorted(
@@ -298,6 +304,8 @@ class MathieuTestSet(Dataset):
         if len({a.shape for a in clip}) > 1:
             raise ConfigError(f"the frames of '{frames[0].parent}' differ in size")
         x = torch.from_numpy(normalize(clip)).permute(0, 3, 1, 2).contiguous()
+        if self.channels == 1:
+            x = x.mean(1, keepdim=True)
         masks = []
         for f in flows:
             img = torch.from_numpy(_read_png(f)).permute(2, 0, 1).float() / 255.0
@@ -356,7 +364,8 @@ def evaluate_mathieu(
     max_clips: int | None = None,
 ) -> dict:
     """The model and copy-last scored by the protocol: ``dataset`` yields ``(clip, masks)``
-    (:class:`MathieuTestSet`, or :func:`with_computed_masks`). Per step, PSNR, SSIM and
+    (:class:`MathieuTestSet`, or :func:`with_computed_masks`), batched by ``batch_size`` (clips
+    of different sizes go in different batches). Per step, PSNR, SSIM and
     sharpness of the masked frames averaged over the clips whose masked PSNR is below
     :data:`PSNR_CUTOFF` (each predictor's own), with how many clips counted and the share of
     moving pixels."""

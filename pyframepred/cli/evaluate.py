@@ -18,9 +18,16 @@ the authors' UCF-101 test subset (one folder per clip with ``pred_*.png``, ``tar
 the flow images that give the moving pixels), or any folder of videos, whose moving pixels are
 then estimated (``--moving-threshold`` pixels of flow or more).
 
+Frames are given to the model with its channels: colour frames turned grey (the mean of the
+channels) for a grey model (Moving MNIST's), Moving MNIST's grey frames as RGB (the grey channel
+repeated) for a colour one.
+
 The checkpoint is read without running any code it may carry (``weights_only``; see
 :mod:`pyframepred.training.checkpoint`); the JSON is written atomically (a symbolic link at ``--out`` is
 replaced by the file, not written through).
+
+Exit status: 0 done; 1 a model score is not finite; 2 bad arguments, data or checkpoint, or an
+unwritable ``--out``; 130 interrupted by Ctrl-C (nothing written).
 """
 
 from __future__ import annotations
@@ -33,13 +40,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data import EmptySplitError
-from ..errors import OutputError, PyframepredError
+from ..errors import ConfigError, OutputError, PyframepredError
 from ..evaluation import evaluate_model, format_table, heldout_clips
 from ..io import atomic_write_json, check_output_file
 from ..mathieu import MathieuTestSet, evaluate_mathieu, format_mathieu_table, with_computed_masks
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
 from ..training.distributed import resolve_device
-from .common import OneLineParser, check_positive, plain_warnings, report
+from .common import EXIT_INTERRUPTED, OneLineParser, check_positive, plain_warnings, report
 
 __all__ = ["main", "build_parser"]
 
@@ -108,8 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    written: list = []
+    try:
+        return _evaluate(parser, args, written)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (the JSON is written atomically)
+        print("\ninterrupted" + ("" if written else "; nothing written"), file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _evaluate(parser, args, written: list) -> int:
     try:
         check_positive(args, ("steps", "clips", "clips_per_video", "batch_size"))
+        if not 0 <= args.seed < 2**32:
+            raise ConfigError(f"`seed` must be in [0, 4294967295], got {args.seed}")
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
@@ -125,9 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         mathieu = args.protocol == "mathieu"
         steps = args.steps or (2 if mathieu else cfg.get("val_steps", 4))
         n_in = cfg.get("in_frames", 4)
+        channels = ckpt["model_kwargs"].get("channels", 3)
         model = model_from_checkpoint(ckpt, device, args.fused)
         if mathieu and args.data and MathieuTestSet.looks_like(args.data):
-            ds = MathieuTestSet(args.data, n_in, steps)
+            ds = MathieuTestSet(args.data, n_in, steps, channels=channels)
             if ds.skipped:
                 print(
                     f"skipped {ds.skipped} clip folder(s) of '{args.data}' without {n_in} input "
@@ -144,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.clips,
                 args.mnist_test,
                 all_videos=args.all_videos,
-                channels=ckpt["model_kwargs"].get("channels", 3),
+                channels=channels,
                 split_record=ckpt.get("split"),
             )
             if mathieu:
@@ -178,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot write --out '{out}': {exc}", file=sys.stderr)
         return 2
+    written.append(out)
     print(f"wrote {out}")
     if mathieu:
         finite = all(

@@ -12,6 +12,15 @@ ratio; ``--size H W`` exactly that; ``--size 0`` the video's own size: the fully
 models accept any), predicts ``K`` frames from the first ``in_frames`` and writes the
 expected (left) and generated (right, red border on predicted frames) clips side by side. Frames
 past the end of the video are shown grey on the expected side. Prints PSNR/SSIM per step.
+A grey model (Moving MNIST's) is given the frames grey (the mean of the colour channels).
+
+``--fps``: an ``.mp4`` plays at exactly that rate, from 1/3600 (a frame an hour) to 1000; a GIF
+holds whole hundredths of a second per frame, the nearest to ``1/fps``, and takes 100/65535 (a
+frame every 655.35 s, the longest GIF delay) to 50 (viewers play shorter delays at a speed of
+their own); other rates are refused before any work.
+
+Exit status: 0 done; 2 bad arguments, video or checkpoint, or an unwritable ``--out``; 130
+interrupted by Ctrl-C (nothing written: the output is written atomically).
 """
 
 from __future__ import annotations
@@ -27,11 +36,12 @@ import torch
 from .. import metrics as M
 from ..data.decode import read_clip
 from ..errors import ConfigError, PyframepredError
+from ..evaluation import match_channels
 from ..io import check_fps, check_output_file, side_by_side, write_animation
 from ..models.registry import rollout
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
 from ..training.distributed import resolve_device
-from .common import OneLineParser, check_positive, parse_fps, plain_warnings, report
+from .common import EXIT_INTERRUPTED, OneLineParser, check_positive, parse_fps, plain_warnings, report
 
 __all__ = ["main", "build_parser"]
 
@@ -69,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fps",
         type=parse_fps,
         default=3.0,
-        help="frames per second of the output: a number or N/D, e.g. 30000/1001 (default 3)",
+        help="frames per second of the output: a number or N/D, e.g. 30000/1001 (default 3); "
+        ".mp4 1/3600 to 1000, .gif 100/65535 to 50",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument(
@@ -99,11 +110,21 @@ def _size(arg, cfg):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    written: list = []
+    try:
+        return _predict(parser, args, written)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (the output is written atomically)
+        print("\ninterrupted" + ("" if written else "; nothing written"), file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _predict(parser, args, written: list) -> int:
     try:
         check_positive(args, ("steps", "scale"))
-        if Path(args.out).suffix.lower() not in (".gif", ".mp4"):
+        suffix = Path(args.out).suffix.lower()
+        if suffix not in (".gif", ".mp4"):
             raise ConfigError(f"`out` must end in .gif or .mp4, got '{args.out}'")
-        check_fps(args.fps)
+        check_fps(args.fps, suffix)
         check_output_file(args.out, inputs={"the input video": args.video, "the checkpoint": args.checkpoint})
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
@@ -115,12 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = _size(args.size, cfg)
         model = model_from_checkpoint(ckpt, device, args.fused)
         clip, n_real = read_clip(args.video, n_in, args.steps, interval, size, args.start, cfg.get("fps"))
-        if ckpt["model_kwargs"].get("channels", 3) == 1:  # a grey model (Moving MNIST)
-            clip = clip.mean(1, keepdim=True)
+        clip = match_channels(clip, ckpt["model_kwargs"].get("channels", 3))  # grey for a grey model
         with torch.no_grad():
             pred = rollout(model, clip[None, :n_in].to(device), args.steps)[0].float().cpu()
         gen = torch.cat([clip[:n_in], pred])
         out = write_animation(side_by_side(clip, gen, n_in, scale=args.scale), args.out, fps=args.fps)
+        written.append(out)
     except PyframepredError as exc:
         return report(exc, parser)
     except OSError as exc:
