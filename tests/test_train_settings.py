@@ -80,7 +80,7 @@ def test_batch_norm_check_lets_through_what_trains():
         ("autoencoder", {"in_frames": 2}, "in_frames"),
         ("autoencoder", {"channels": 1}, "channels"),
         ("seq2seq", {"out_steps": 3}, "out_steps"),
-        ("multiscale", {"base_size": 32}, "base_size"),
+        ("multiscale", {"in_frames": 2}, "in_frames"),
     ],
 )
 def test_model_kwargs_cannot_override_what_the_run_sets(model, kwargs, name, data, tmp_path, capsys):
@@ -91,7 +91,7 @@ def test_model_kwargs_cannot_override_what_the_run_sets(model, kwargs, name, dat
     argv = ["--config", str(config), "--data", str(data), "--out", str(tmp_path / "run")] + TINY
     assert tr.main(argv) == EXIT_USAGE
     line = _error_line(capsys.readouterr().err)
-    assert f"the {model} model's {name} comes from the run's settings" in line, line
+    assert f"the run sets the {model} model's {name} from " in line, line
     # the model's own arguments still go through
     TrainConfig(model="autoencoder", preset="tiny", model_kwargs={"widths": [8, 16]}).resolved()
 
@@ -114,3 +114,62 @@ def test_a_run_failing_before_its_first_save_leaves_no_config(data, tmp_path, ca
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"] == "autoencoder" and saved["steps"] == 2
     assert ckpt_format.load(Path(out) / "last.pt")["step"] == 2
+
+
+def test_a_tensorboard_run_failing_before_its_first_save_leaves_no_event_file(data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    argv = ["--model", "autoencoder", "--data", str(data), "--out", str(out), "--steps", "2"] + TINY
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_format, "save", full_disk)
+    assert tr.main(argv + ["--tensorboard"]) == EXIT_WRITE_FAILED
+    assert not out.exists() or not (out / "tensorboard").exists()
+    monkeypatch.undo()
+    assert tr.main(argv + ["--tensorboard"]) == 0  # no --overwrite needed
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def test_resuming_best_with_overwrite_keeps_the_runs_own_files(data, tmp_path, capsys):
+    """--resume best.pt --overwrite rewinds a run whose last.pt is newer: only last.pt is
+    replaced; best.pt (what it resumes) and the run's samples stay."""
+    out = tmp_path / "run"
+    argv = ["--model", "autoencoder", "--data", str(data), "--out", str(out), "--steps", "4"] + TINY
+    assert tr.main(argv + ["--sample-every", "1", "--lambda-l2", "1e9"]) == 0
+    best = ckpt_format.load(out / "best.pt")
+    last = ckpt_format.load(out / "last.pt")
+    if best["step"] == last["step"]:
+        pytest.skip("best.pt is the last step in this run: nothing to rewind")
+    samples = sorted(p.name for p in (out / "samples").iterdir())
+    resume = ["--resume", str(out / "best.pt"), "--steps", "4", "--no-progress"]
+    assert tr.main(resume) == 2  # a newer last.pt: refused without --overwrite
+    assert "--overwrite" in _error_line(capsys.readouterr().err)
+    assert tr.main(resume + ["--overwrite"]) == 0
+    assert (out / "best.pt").exists()
+    assert set(samples) <= {p.name for p in (out / "samples").iterdir()}
+
+
+def test_older_runs_resume_with_the_settings_they_recorded(data, tmp_path):
+    """Checkpoints written before the settings checks: Moving MNIST runs that recorded a size of
+    their own, and model_kwargs holding what the run sets, still resume."""
+    from pyframepred.training.resume import resume_settings
+
+    out = tmp_path / "run"
+    argv = ["--model", "autoencoder", "--data", str(data), "--out", str(out), "--steps", "2"] + TINY
+    assert tr.main(argv) == 0
+    ckpt = ckpt_format.load(out / "last.pt")
+    ckpt["config"]["model_kwargs"] = {"residual": ckpt["config"]["residual"]}
+    ckpt["model_kwargs"] = {**ckpt["model_kwargs"], "residual": ckpt["config"]["residual"]}
+    old = tmp_path / "old.pt"
+    ckpt_format.save(ckpt, [old])
+    cfg, _, _ = resume_settings({"steps": 3}, old)
+    assert cfg.model_kwargs == {"residual": ckpt["config"]["residual"]}
+    # a Moving MNIST run's recorded but unused size: the run's own frames are what it resumes with
+    ckpt["config"].update(data="moving-mnist", size=32, interval=3, fps=10.0, model_kwargs={})
+    mnist = tmp_path / "mnist.pt"
+    ckpt_format.save(ckpt, [mnist])
+    cfg, _, _ = resume_settings({"steps": 3}, mnist)
+    assert (cfg.size, cfg.interval, cfg.fps) == (64, 0, None)
+    with pytest.raises(ConfigError, match="`size` 32 does not apply"):
+        resume_settings({"steps": 3, "size": 32}, mnist)  # given, not inherited

@@ -92,16 +92,19 @@ def get(name: str) -> ModelSpec:
         raise ConfigError(f"unknown model {name!r}; choose from {', '.join(_REGISTRY)}") from None
 
 
+#: What sets a constructor argument of the run's (by default the setting of its name).
+_SET_BY = {"out_steps": "the `val_steps` setting", "channels": "the data (grey or colour frames)"}
+
+
 def check_model_kwargs(name: str, kwargs: dict, reserved=("fused",)) -> None:
     """:class:`ConfigError` naming the keys of ``kwargs`` that the model's constructor does not
     take (``reserved``: chosen by the run's settings, not by ``model_kwargs``)."""
     spec = get(name)
     taken = sorted(k for k in kwargs if k in reserved and k in spec.constructor_args())
     if taken:
+        where = [f"{k} from {_SET_BY.get(k, f'the `{k}` setting')}" for k in taken]
         raise ConfigError(
-            f"`model_kwargs`: the {name} model's {', '.join(taken)} "
-            f"{'comes' if len(taken) == 1 else 'come'} from the run's settings and data (e.g. "
-            f"`in_frames`, `val_steps`, the frames' channels); change the setting instead"
+            f"`model_kwargs`: the run sets the {name} model's {', '.join(where)}, not `model_kwargs`"
         )
     known = sorted(k for k in spec.constructor_args() if k not in reserved)
     unknown = sorted(k for k in kwargs if k not in known)

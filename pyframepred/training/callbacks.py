@@ -121,6 +121,8 @@ class TensorBoard(Callback):
             raise ConfigError(
                 "`tensorboard` needs the tensorboard package (pip install 'pyframepred[tensorboard]')"
             ) from exc
+        self.folder = Path(folder)
+        self._before = set(self.folder.iterdir()) if self.folder.is_dir() else None
         self.writer = SummaryWriter(os.fspath(folder))
 
     def on_log(self, trainer, record, clips_per_s):
@@ -136,6 +138,17 @@ class TensorBoard(Callback):
 
     def on_exit(self, trainer):
         self.writer.close()
+        if not getattr(trainer, "saved_this_run", False):
+            # a run that ends before its first checkpoint leaves no event file of its own (it
+            # would make the next run into the folder ask for `overwrite`)
+            before = self._before or set()
+            for p in set(self.folder.iterdir()) - before:
+                p.unlink(missing_ok=True)
+            if self._before is None:
+                try:
+                    self.folder.rmdir()
+                except OSError:
+                    pass
 
 
 class LossPlot(Callback):

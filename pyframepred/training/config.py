@@ -177,9 +177,12 @@ class TrainConfig:
     def spec(self) -> registry.ModelSpec:
         return registry.get(self.model)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self, inherited=()) -> "TrainConfig":
         """A validated copy with the preset filled in for every setting left unset;
-        :class:`~pyframepred.errors.ConfigError` names the first bad setting."""
+        :class:`~pyframepred.errors.ConfigError` names the first bad setting. ``inherited``: the
+        names of settings taken from a resumed checkpoint rather than given, which keep what
+        older runs recorded (``model_kwargs`` as they built the network; Moving MNIST's unused
+        ``size``/``interval``/``fps`` put back to its own)."""
         spec = self.spec
         if self.preset not in RUN_PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; choose from {', '.join(RUN_PRESETS)}")
@@ -198,11 +201,13 @@ class TrainConfig:
                 "model's loss sums each image's errors as its paper does"
             )
         if data_source.kind(c.data) == data_source.MOVING_MNIST:
-            _moving_mnist_frames(c)
+            _moving_mnist_frames(c, inherited)
         _validate(c)
-        # what the run's settings and its data choose is not the model_kwargs' to change
-        from_run = sorted(set(spec.run_settings(c)) | {"channels"})
-        registry.check_model_kwargs(c.model, c.model_kwargs, reserved=("fused", *from_run))
+        if "model_kwargs" in inherited:  # the network the checkpoint holds was built with them
+            registry.check_model_kwargs(c.model, c.model_kwargs)
+        else:  # what the run's settings and data choose is not the model_kwargs' to change
+            from_run = sorted((set(spec.run_settings(c)) | {"channels"}) - {"base_size"})
+            registry.check_model_kwargs(c.model, c.model_kwargs, reserved=("fused", *from_run))
         if not spec.sequence_output:
             c.out_frames = 1
         if c.split_dir is not None:
@@ -229,13 +234,16 @@ class TrainConfig:
         return kw
 
 
-def _moving_mnist_frames(c: TrainConfig) -> None:
+def _moving_mnist_frames(c: TrainConfig, inherited=()) -> None:
     """Moving MNIST's clips are its own: 64x64 frames, one a step. Settings that choose frames
     from videos are an error rather than recorded and ignored (a checkpoint saying 32x32 of a
-    model trained at 64x64 would mislead predict and evaluate)."""
+    model trained at 64x64 would mislead predict and evaluate); where an older checkpoint
+    recorded such values, they become what the run actually used."""
     side = moving_mnist.FRAME_SIDE
     for name, value, default in (("size", c.size, side), ("interval", c.interval, 0), ("fps", c.fps, None)):
-        if value != default:
+        if value != default and name in inherited:
+            setattr(c, name, default)
+        elif value != default:
             raise ConfigError(
                 f"`{name}` {value} does not apply to Moving MNIST, whose clips are {side}x{side} "
                 f"frames, one a step; leave `size`, `interval` and `fps` unset"

@@ -72,7 +72,8 @@ class Trainer(TrainerState):
         overwrite: bool = False,
         callbacks: Sequence[Callback] = (),
     ):
-        self.cfg = cfg = cfg.resolved()
+        # resumed: the checkpoint's model_kwargs built the network it holds
+        self.cfg = cfg = cfg.resolved(inherited=("model_kwargs",) if resume else ())
         self._lock = None
         self._created_dirs: list = []
         try:

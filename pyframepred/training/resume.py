@@ -74,9 +74,12 @@ def resume_conflicts(cfg: TrainConfig, ckpt_cfg: dict) -> list:
     the resolved ``cfg`` differs from a checkpoint's settings."""
     given = dataclasses.asdict(cfg)
     out = []
+    mnist = data_source.kind(cfg.data) == data_source.MOVING_MNIST
     for name in RESUME_FIXED:
         if name == "batch_norm" and not cfg.spec.batch_norm:
             continue  # not used by this model
+        if mnist and name in ("size", "interval", "fps"):
+            continue  # Moving MNIST's frames are its own
         a, b = _fixed_value(ckpt_cfg, name), _fixed_value(given, name)
         if a != b:
             out.append((name, a, b))
@@ -165,7 +168,7 @@ def resume_settings(explicit: dict, resume=None) -> tuple:
         raise ConfigError(f"`model` is required ({', '.join(registry.names())})")
     cfg = TrainConfig(**values)
     data_source.check_exists(cfg.data)
-    cfg = cfg.resolved()
+    cfg = cfg.resolved(inherited=set(values) - set(explicit))
     if ckpt is not None:
         check_resumable(cfg, ckpt["config"], resume)
     return cfg, resume, ckpt

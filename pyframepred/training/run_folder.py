@@ -149,8 +149,11 @@ def claim(
                 except ckpt_format.CheckpointError:
                     there, newer = {}, None
                 own = resume_history is not None and _starts(resume_history, there.get("history"))
+                # resuming an earlier point of the run there (its best.pt, say): its other files
+                # are this run's own, rewritten as it goes on
+                rewind = resume_history is not None and _starts(there.get("history"), resume_history)
                 if overwrite:
-                    if not own:  # another run's files: replaced at the first save
+                    if not own and not rewind:  # another run's files: replaced at the first save
                         lock.replaced = old_run
                 elif newer is None or not isinstance(newer, int) or newer > resume_step:
                     at = "an unreadable" if newer is None else f"a newer (step {newer})"

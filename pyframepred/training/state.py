@@ -130,16 +130,23 @@ class TrainerState:
             data = ckpt_format.to_bytes(self._state())
             written = [path] + ([self.out / "best.pt"] if best else [])
             ckpt_format.save(None, written, data)
+            self.saved_this_run = True
             self._remove_replaced(written)
             atomic_write_json(self.out / "history.json", self.history)
-            if not getattr(self, "_config_saved", False):
-                atomic_write_json(self.out / "config.json", dataclasses.asdict(self.cfg), indent=2)
-                self._config_saved = True
         except OSError as exc:
             raise OutputWriteError(
                 f"cannot write the checkpoint in '{self.out}' at step {self.step}: "
                 f"{exc.strerror or exc}; the previous checkpoint is intact"
             ) from exc
+        if not getattr(self, "_config_saved", False):
+            try:
+                atomic_write_json(self.out / "config.json", dataclasses.asdict(self.cfg), indent=2)
+            except OSError as exc:
+                raise OutputWriteError(
+                    f"cannot write '{self.out / 'config.json'}' at step {self.step}: "
+                    f"{exc.strerror or exc}; {path} was saved"
+                ) from exc
+            self._config_saved = True
         self._emit("on_save")
         return path
 
