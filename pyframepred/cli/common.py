@@ -103,6 +103,17 @@ def parse_fps(text: str) -> float:
     return value
 
 
+def interruptible(run, parser: argparse.ArgumentParser, args) -> int:
+    """``run(parser, args, written)``, where Ctrl-C is one line and :data:`EXIT_INTERRUPTED`,
+    not a traceback (``written``: the outputs ``run`` has finished, each written atomically)."""
+    written: list = []
+    try:
+        return run(parser, args, written)
+    except KeyboardInterrupt:
+        print("\ninterrupted" + ("" if written else "; nothing written"), file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 def check_positive(args, names) -> None:
     """``ConfigError`` for the first of the integer arguments ``names`` that is below 1."""
     for name in names:

@@ -46,7 +46,7 @@ from ..io import atomic_write_json, check_output_file
 from ..mathieu import MathieuTestSet, evaluate_mathieu, format_mathieu_table, with_computed_masks
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
 from ..training.distributed import resolve_device
-from .common import EXIT_INTERRUPTED, OneLineParser, check_positive, plain_warnings, report
+from .common import OneLineParser, check_positive, interruptible, plain_warnings, report
 
 __all__ = ["main", "build_parser"]
 
@@ -115,12 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    written: list = []
-    try:
-        return _evaluate(parser, args, written)
-    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (the JSON is written atomically)
-        print("\ninterrupted" + ("" if written else "; nothing written"), file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return interruptible(_evaluate, parser, args)
 
 
 def _evaluate(parser, args, written: list) -> int:

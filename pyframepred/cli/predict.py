@@ -41,7 +41,7 @@ from ..io import check_fps, check_output_file, side_by_side, write_animation
 from ..models.registry import rollout
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
 from ..training.distributed import resolve_device
-from .common import EXIT_INTERRUPTED, OneLineParser, check_positive, parse_fps, plain_warnings, report
+from .common import OneLineParser, check_positive, interruptible, parse_fps, plain_warnings, report
 
 __all__ = ["main", "build_parser"]
 
@@ -110,12 +110,7 @@ def _size(arg, cfg):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    written: list = []
-    try:
-        return _predict(parser, args, written)
-    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (the output is written atomically)
-        print("\ninterrupted" + ("" if written else "; nothing written"), file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return interruptible(_predict, parser, args)
 
 
 def _predict(parser, args, written: list) -> int:
