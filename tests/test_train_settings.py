@@ -131,6 +131,29 @@ def test_a_tensorboard_run_failing_before_its_first_save_leaves_no_event_file(da
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
+def test_resuming_a_finished_tensorboard_run_adds_no_event_file(data, tmp_path):
+    """``Trainer.fit`` of a run resumed when already done writes nothing: the callbacks get their
+    ``on_exit`` (TensorBoard's writer, made with the trainer, leaves no empty event file)."""
+    from pyframepred.training import Trainer
+
+    cfg = TrainConfig(
+        model="autoencoder",
+        data=str(data),
+        out=str(tmp_path / "run"),
+        preset="tiny",
+        steps=2,
+        progress=False,
+        tensorboard=True,
+        threads=1,
+    )
+    assert Trainer(cfg).fit()["status"] == "done"
+    events = tmp_path / "run" / "tensorboard"
+    before = sorted(p.name for p in events.iterdir())
+    assert len(before) == 1
+    assert Trainer(cfg, resume=tmp_path / "run" / "last.pt").fit()["status"] == "already_done"
+    assert sorted(p.name for p in events.iterdir()) == before
+
+
 def test_resuming_best_with_overwrite_keeps_the_runs_own_files(data, tmp_path, capsys):
     """--resume best.pt --overwrite rewinds a run whose last.pt is newer: only last.pt is
     replaced; best.pt (what it resumes) and the run's samples stay."""

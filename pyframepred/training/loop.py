@@ -370,6 +370,7 @@ class Trainer(TrainerState):
     def _fit(self) -> dict:
         cfg = self.cfg
         if self.step >= cfg.steps:  # resumed from a finished run: nothing to do
+            self._emit("on_exit")  # "always, last": the callbacks give back what they hold
             return {
                 "status": "already_done",
                 "step": self.step,
