@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data import EmptySplitError
-from ..errors import ConfigError, OutputError, PyframepredError
+from ..errors import OutputError, PyframepredError
 from ..evaluation import evaluate_model, format_table, heldout_clips
 from ..io import atomic_write_json, check_output_file
 from ..mathieu import MathieuTestSet, evaluate_mathieu, format_mathieu_table, with_computed_masks
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
+from ..training.config import check_seed
 from ..training.distributed import resolve_device
 from .common import OneLineParser, check_positive, interruptible, plain_warnings, report
 
@@ -121,8 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _evaluate(parser, args, written: list) -> int:
     try:
         check_positive(args, ("steps", "clips", "clips_per_video", "batch_size"))
-        if not 0 <= args.seed < 2**32:
-            raise ConfigError(f"`seed` must be in [0, 4294967295], got {args.seed}")
+        check_seed(args.seed)
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")

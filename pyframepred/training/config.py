@@ -22,7 +22,15 @@ from ..data import source as data_source
 from ..errors import ConfigError
 from ..models import registry
 
-__all__ = ["TrainConfig", "RUN_PRESETS", "AMP_CHOICES", "load_config_file", "check_type", "setting_fields"]
+__all__ = [
+    "TrainConfig",
+    "RUN_PRESETS",
+    "AMP_CHOICES",
+    "load_config_file",
+    "check_type",
+    "check_seed",
+    "setting_fields",
+]
 
 # Run sizes; a model can change them per preset (ModelSpec.run_overrides).
 RUN_PRESETS = {
@@ -250,6 +258,12 @@ def _moving_mnist_frames(c: TrainConfig, inherited=()) -> None:
             )
 
 
+def check_seed(seed: int) -> None:
+    """A seed numpy and the data order take: ``0 <= seed < 2**32`` (else a one-line ConfigError)."""
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"`seed` must be in [0, 4294967295], got {seed}")
+
+
 def _validate(c: TrainConfig) -> None:
     for name in (
         "steps",
@@ -285,8 +299,7 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"`split_index` must be 1, 2 or 3, got {c.split_index}")
     if c.split_dir is not None and not Path(c.split_dir).is_dir():
         raise ConfigError(f"the split folder '{c.split_dir}' does not exist")
-    if not 0 <= c.seed < 2**32:
-        raise ConfigError(f"`seed` must be in [0, 4294967295], got {c.seed}")
+    check_seed(c.seed)
     if c.fps is not None and not (math.isfinite(c.fps) and c.fps > 0):
         raise ConfigError(f"`fps` must be a positive number, got {c.fps}")
     if c.threads is not None and c.threads < 1:
