@@ -223,7 +223,7 @@ def test_constructor_takes_numpy_ints_and_sequences():
 
 @pytest.mark.parametrize(
     "hook",
-    ["spectral_norm", "weight_norm", "prune", "forward_hook"],
+    ["spectral_norm", "weight_norm", "prune", "forward_hook", "backward_hook", "backward_pre_hook"],
 )
 def test_hooks_on_the_convolutions_run_as_with_the_reference(hook):
     # The layer operator reads the weights itself; hook-based weight tools of torch.nn.utils
@@ -245,8 +245,12 @@ def test_hooks_on_the_convolutions_run_as_with_the_reference(hook):
                     weight_norm(conv)
                 elif hook == "prune":
                     prune.l1_unstructured(conv, "weight", 0.3)
-                else:
+                elif hook == "forward_hook":
                     conv.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
+                elif hook == "backward_hook":
+                    conv.register_full_backward_hook(lambda mod, gin, gout: calls.append(gout[0].shape[0]))
+                else:
+                    conv.register_full_backward_pre_hook(lambda mod, gout: calls.append(-gout[0].shape[0]))
         return m.eval()  # spectral_norm: no power iteration, so both paths see the same weight
 
     m, ref = build(True), build(False)  # (modules with these hooks cannot be deep-copied)
@@ -265,6 +269,8 @@ def test_hooks_on_the_convolutions_run_as_with_the_reference(hook):
     assert calls_fused == calls_ref
     if hook == "forward_hook":
         assert calls_fused == [6, 2, 2, 6, 2, 2]  # per layer: the batched input conv, then per step
+    elif hook == "backward_hook":  # the last layer's steps, its input conv; then the first's
+        assert sorted(calls_fused) == [2, 2, 2, 2, 6, 6]
     # Training steps run (the hook-based prune and weight_norm rebuild the weight every call).
     opt = torch.optim.SGD(m.parameters(), 0.1)
     m.train()
@@ -272,6 +278,105 @@ def test_hooks_on_the_convolutions_run_as_with_the_reference(hook):
         opt.zero_grad()
         m(x)[0].sum().backward()
         opt.step()
+
+
+def test_global_backward_hooks_see_the_convolutions():
+    # A global module backward hook (as a gradient-logging tool registers) sends the layer down
+    # the step-by-step path, so it fires for the convolutions as with fused=False.
+    seen = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        m = ConvLSTM(3, 4, 3, fused=fused)
+        names = []
+        handle = nn.modules.module.register_module_full_backward_hook(
+            lambda mod, gin, gout: names.append((type(mod).__name__, round(gout[0].norm().item(), 4)))
+        )
+        try:
+            m(torch.randn(2, 3, 3, 6, 7, generator=torch.Generator().manual_seed(1)))[0].sum().backward()
+        finally:
+            handle.remove()
+        seen[fused] = names
+    assert [n for n, _ in seen[True]] == ["ConvLSTM", "Conv2d", "Conv2d", "Conv2d"]
+    assert [n for n, _ in seen[True]] == [n for n, _ in seen[False]]
+    for (_, a), (_, b) in zip(seen[True], seen[False]):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
+class _StandardisedConv(nn.Conv2d):
+    """A weight-standardised convolution: a subclass with a forward of its own."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+@pytest.mark.parametrize("change", ["subclass", "padding_mode", "conv_bias", "not_a_conv", "same"])
+def test_convolutions_the_operator_does_not_compute_run_as_modules(change, monkeypatch):
+    # The layer operator reads only the weights of plain convolutions; a convolution that computes
+    # something else (its own forward, reflect padding, a bias, another module) runs as a module,
+    # step by step, so fused=True equals fused=False; padding="same" is the plain convolution.
+    torch.manual_seed(0)
+    m = ConvLSTM(3, [4, 5], 3)
+    cell = m.cells[1]
+    if change == "subclass":
+        conv = _StandardisedConv(5, 20, 3, padding=1, bias=False)
+        conv.weight.data.copy_(cell.conv_h.weight)
+        cell.conv_h = conv
+    elif change == "padding_mode":
+        cell.conv_h.padding_mode = "reflect"
+    elif change == "conv_bias":
+        cell.conv_x.bias = nn.Parameter(torch.randn(20))
+    elif change == "not_a_conv":
+        cell.conv_x = nn.Sequential(nn.Conv2d(4, 20, 1), nn.Conv2d(20, 20, 3, padding=1, bias=False))
+    else:
+        cell.conv_x.padding = "same"
+    ref = copy.deepcopy(m)
+    ref.fused = False
+    calls = []
+    monkeypatch.setattr(ops, "convlstm_layer", lambda *a: calls.append(1) or ops._layer.convlstm_layer(*a))
+    x = torch.randn(2, 3, 3, 6, 7)
+    out, states = m(x)
+    out_ref, states_ref = ref(x)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    grads = _grads(m, out.square().sum() + states[-1][1].sum())
+    grads_ref = _grads(ref, out_ref.square().sum() + states_ref[-1][1].sum())
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+    # the first layer keeps the operator; the second only where its convolutions are plain
+    assert calls == ([1, 1] if change == "same" else [1])
+
+
+@pytest.mark.parametrize("module", ["cell", "layer"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_bfloat16_module_takes_autocasts_state_outside_autocast(module, fused):
+    # The state autocast returns -- h bfloat16, c float32 -- fed back to a bfloat16 module with
+    # autocast off: h stays bfloat16 (the next step's convolution takes it), c float32, fused or not.
+    torch.manual_seed(0)
+    cls = ConvLSTMCell if module == "cell" else ConvLSTM
+    m = cls(3, 4, 3, peephole=True, fused=fused).bfloat16()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:  # peephole: nonzero, so its dtype matters
+                p.normal_(0, 0.5)
+    x = torch.randn(2, 3, 3, 5, 6).bfloat16()
+    state = (torch.randn(2, 4, 5, 6).bfloat16(), torch.randn(2, 4, 5, 6))
+    if module == "cell":
+        h, c = m(x[:, 0], state)
+        h, c = m(x[:, 1], (h, c))
+    else:
+        out, [(h, c)] = m(x, [state])
+        assert out.dtype == torch.bfloat16
+    assert (h.dtype, c.dtype) == (torch.bfloat16, torch.float32)
+    # the same run in float32 (state and parameters as given): bfloat16's rounding apart
+    m32 = copy.deepcopy(m).float()
+    state32 = tuple(t.float() for t in state)
+    if module == "cell":
+        h32, c32 = m32(x[:, 1].float(), m32(x[:, 0].float(), state32))
+    else:
+        _, [(h32, c32)] = m32(x.float(), [state32])
+    torch.testing.assert_close(c, c32, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(h.float(), h32, atol=0.05, rtol=0.05)
 
 
 def test_parametrized_weights_keep_the_layer_operator(monkeypatch):

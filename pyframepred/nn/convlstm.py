@@ -36,14 +36,47 @@ def _count(value, name: str, what: str = "an int") -> int:
 
 
 def _calls_its_convolutions(cell: "ConvLSTMCell") -> bool:
-    """Whether ``cell``'s convolutions must run as modules: hooks on them (e.g. the hook-based
-    ``spectral_norm``, ``weight_norm`` and ``prune`` of ``torch.nn.utils``, which recompute the
-    weight before each call, or a user's forward hooks), or global module hooks. The layer
-    operator reads the weights directly and would skip them."""
+    """Whether ``cell``'s convolutions must run as modules, because the layer operator (which
+    reads only their weights) would compute something else or skip code that must run:
+
+    * hooks on them, forward or backward (e.g. the hook-based ``spectral_norm``, ``weight_norm``
+      and ``prune`` of ``torch.nn.utils``, which recompute the weight before each call, or a
+      user's hooks), or global module hooks;
+    * a convolution that is not the cell's own kind: a module other than ``nn.Conv2d`` or a
+      subclass with its own ``forward`` (a weight-standardised convolution, a LoRA wrapper), a
+      bias, another ``padding_mode``, stride, dilation, groups or padding, or a kernel size other
+      than the cell's. Parametrizations keep the operator: it gets the parametrized weight."""
     glob = nn.modules.module
-    if glob._global_forward_pre_hooks or glob._global_forward_hooks:
+    if (
+        glob._global_forward_pre_hooks
+        or glob._global_forward_hooks
+        or glob._global_backward_pre_hooks
+        or glob._global_backward_hooks
+    ):
         return True
-    return any(conv._forward_pre_hooks or conv._forward_hooks for conv in (cell.conv_x, cell.conv_h))
+    return not all(_plain_conv(conv, cell.kernel_size) for conv in (cell.conv_x, cell.conv_h))
+
+
+def _plain_conv(conv: nn.Module, kernel_size: Tuple[int, int]) -> bool:
+    """Whether ``conv`` computes what the layer operator does with its weight: an unhooked
+    ``nn.Conv2d`` of ``kernel_size``, stride 1, 'same' zero padding, no bias, no groups."""
+    if not isinstance(conv, nn.Conv2d):
+        return False
+    kind = type(conv)
+    if kind.forward is not nn.Conv2d.forward or kind._conv_forward is not nn.Conv2d._conv_forward:
+        return False
+    if conv._forward_pre_hooks or conv._forward_hooks or conv._backward_pre_hooks or conv._backward_hooks:
+        return False
+    same = (kernel_size[0] // 2, kernel_size[1] // 2)
+    return (
+        tuple(conv.kernel_size) == tuple(kernel_size)
+        and conv.bias is None
+        and conv.padding_mode == "zeros"
+        and tuple(conv.stride) == (1, 1)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.groups == 1
+        and (conv.padding == "same" or tuple(conv.padding) == same)
+    )
 
 
 def _is_int(value) -> bool:
@@ -165,8 +198,12 @@ class ConvLSTMCell(nn.Module):
         autocast = _autocast_dtype(x_gates.device.type)
         if not self.fused:
             h, c = reference.convlstm_gates(x_gates, h_gates, c_prev, bias, peephole)
-            if x_gates.dtype == autocast:  # h in the autocast dtype, as the fused op's
-                h = h.to(autocast)
+            # float16/bfloat16 gates with a float32 cell state (under autocast, or a low-precision
+            # module given autocast's state): h in the gates' dtype, as the fused op's, which the
+            # next step's convolution takes
+            gate = x_gates.dtype if h_gates is None else torch.promote_types(x_gates.dtype, h_gates.dtype)
+            if h.dtype != gate and c.dtype != gate and valid_state_dtype(gate, c.dtype):
+                h = h.to(gate)
             return h, c
         if autocast is None:
             # Outside autocast the op takes one dtype, or float16/bfloat16 gates with a float32
@@ -206,6 +243,19 @@ def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
         return t if t is None or t.dtype == dtype else t.to(dtype)
 
     return (to(x_gates, gate), to(h_gates, gate), to(c_prev, state), to(bias, state), to(peephole, state))
+
+
+def _state_dtypes(gate: torch.dtype, bias, peephole, c0):
+    """The layer's state-side operands (bias, peephole, ``c0``) in one dtype the fused layer
+    takes beside gates of dtype ``gate``, where promoting them gives one; else unchanged (the
+    operator then says what does not match)."""
+    state = c0.dtype
+    for t in (bias, peephole):
+        if t is not None:
+            state = torch.promote_types(state, t.dtype)
+    if not valid_state_dtype(gate, state):
+        return bias, peephole, c0
+    return tuple(t if t is None or t.dtype == state else t.to(state) for t in (bias, peephole, c0))
 
 
 def _check_state(state, x: Tensor, hidden: int, name: str) -> None:
@@ -350,8 +400,14 @@ class ConvLSTM(nn.Module):
                 # With one step and no state the hidden weight is not used: it gets no gradient
                 # (None, as in the per-step path), not zeros, which optimisers would step on.
                 wh = cell.conv_h.weight if T > 1 or layer_state is not None else cell.conv_h.weight.detach()
+                bias, peephole = cell.bias, cell.peephole
+                if layer_state is not None and _autocast_dtype(seq.device.type) is None:
+                    # a low-precision module given a float32 cell state (autocast's kind): the
+                    # bias and peephole join the state's dtype, as in the cell's step
+                    bias, peephole, c0 = _state_dtypes(seq.dtype, bias, peephole, layer_state[1])
+                    layer_state = (layer_state[0], c0)
                 seq, layer_state = ops.convlstm_layer(
-                    seq, T, cell.conv_x.weight, wh, cell.bias, cell.peephole, layer_state
+                    seq, T, cell.conv_x.weight, wh, bias, peephole, layer_state
                 )
             else:
                 # (Also the fused cell's path when the convolutions have hooks, which must run.)
