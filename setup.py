@@ -326,10 +326,21 @@ def _build_ext_class():
     return _BuildExt
 
 
+def _license() -> dict:
+    """The license, in the form the running setuptools takes: an SPDX expression from 77 on (the
+    TOML-table form is deprecated there, to be refused later), the plain field before (which
+    refuses a string ``project.license``). pyproject.toml declares it dynamic for this."""
+    import setuptools
+
+    major = int(re.match(r"\d+", setuptools.__version__).group())
+    return {"license_expression": "MIT"} if major >= 77 else {"license": "MIT"}
+
+
 def main():
     ext_modules = _extensions()  # first: it fixes CUDA_HOME before cpp_extension is imported
 
     setup(
+        **_license(),
         ext_modules=ext_modules,
         cmdclass={"build_ext": _build_ext_class()},
         options={"bdist_wheel": {"py_limited_api": "cp310"}},
