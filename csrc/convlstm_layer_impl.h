@@ -196,6 +196,12 @@ inline bool requires_grad(const std::optional<at::Tensor>& t) {
   return defined(t) && t->requires_grad();
 }
 
+// Whether t carries a forward-mode tangent (torch.autograd.forward_ad, and torch.func.jvp/jacfwd,
+// which run on it): the layer's autograd, a C++ Function, has no jvp.
+inline bool has_tangent(const std::optional<at::Tensor>& t) {
+  return defined(t) && t->_fw_grad(/*level=*/0).defined();
+}
+
 // Shapes of one call, checked once.
 struct LayerShape {
   int64_t T, N, Cin, C, H, W, kh, kw;
@@ -1140,6 +1146,13 @@ using LayerHandle = const c10::TypedOperatorHandle<op::ConvLSTMLayer::Sig>& (*)(
 // tracers (torch.compile's inference graphs, dispatch modes) see the one operator, not the steps.
 template <ResolveBackend Resolve, LayerHandle Handle = &op::handle<op::ConvLSTMLayer>>
 op::ConvLSTMLayer::Result layer_autograd(PYFRAMEPRED_CONVLSTM_LAYER_PARAMS()) {
+  // Refused, not dropped: below autograd (no input requiring a gradient, as under jvp) the
+  // tangents would silently come out zero.
+  TORCH_CHECK(!(has_tangent(x) || has_tangent(weight_x) || has_tangent(weight_h) ||
+                has_tangent(bias) || has_tangent(peephole) || has_tangent(h0) || has_tangent(c0)),
+              "pyframepred.ops.convlstm_layer: forward-mode AD (torch.func.jvp, jacfwd, "
+              "torch.autograd.forward_ad) is not supported by the fused layer; use the reference "
+              "path (fused=False in the modules) for it");
   const bool grad = at::GradMode::is_enabled() &&
                     (x.requires_grad() || weight_x.requires_grad() || weight_h.requires_grad() ||
                      requires_grad(bias) || requires_grad(peephole) || requires_grad(h0) ||

@@ -509,6 +509,40 @@ def test_reference_path_runs_under_torch_func(frames):
             torch.testing.assert_close(per_sample[name][i], g, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("how", ["jvp", "jacfwd", "forward_ad_frozen", "forward_ad"])
+def test_forward_mode_ad_of_the_fused_layer_is_refused_not_dropped(how):
+    # The fused layer's autograd has no jvp: tangents must raise, never come out zero (as they
+    # did where no input required a gradient); fused=False gives the finite-difference tangent.
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    fused = ConvLSTM(3, 4, 3).double()
+    ref = copy.deepcopy(fused)
+    ref.fused = False
+    x, v = torch.randn(2, 2, 3, 5, 5, dtype=torch.float64), torch.randn(2, 2, 3, 5, 5, dtype=torch.float64)
+
+    def tangent(m):
+        if how == "jvp":
+            return torch.func.jvp(lambda a: m(a)[0], (x,), (v,))[1]
+        if how == "jacfwd":
+            return torch.func.jacfwd(lambda a: m(a)[0].sum())(x)
+        if how == "forward_ad_frozen":
+            m.requires_grad_(False)
+        with fwAD.dual_level():
+            return fwAD.unpack_dual(m(fwAD.make_dual(x, v))[0]).tangent
+
+    with pytest.raises(RuntimeError, match="forward-mode AD .* not supported by the fused layer"):
+        tangent(fused)
+    expected = tangent(ref)
+    eps = 1e-6
+    if how == "jacfwd":
+        fd = (ref(x + eps * v)[0].sum() - ref(x - eps * v)[0].sum()) / (2 * eps)
+        torch.testing.assert_close((expected * v).sum(), fd.detach(), rtol=1e-6, atol=1e-8)
+    else:
+        fd = (ref(x + eps * v)[0] - ref(x - eps * v)[0]) / (2 * eps)
+        torch.testing.assert_close(expected, fd.detach(), rtol=1e-6, atol=1e-8)
+
+
 def test_kernel_size_takes_numpy_ints_and_refuses_other_types():
     np = pytest.importorskip("numpy")
     assert ConvLSTMCell(3, 4, np.int64(3)).kernel_size == (3, 3)

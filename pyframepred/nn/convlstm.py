@@ -286,9 +286,11 @@ class ConvLSTM(nn.Module):
 
     Each layer runs as one operator (:func:`pyframepred.ops.convlstm_layer`), which reads the
     cells' weights itself. Where a cell's ``conv_x`` or ``conv_h`` has hooks (the hook-based
-    ``torch.nn.utils.spectral_norm``, ``weight_norm`` or ``prune``, or forward hooks of your own),
-    that layer calls its convolution modules instead, step by step with the fused cell, so the
-    hooks run as they do with ``fused=False``. Parametrizations
+    ``torch.nn.utils.spectral_norm``, ``weight_norm`` or ``prune``, or forward or backward hooks
+    of your own) or computes something else than a plain 'same' convolution without bias (a
+    subclass with its own ``forward``, reflect padding, a bias, another module in its place), that
+    layer calls its convolution modules instead, step by step with the fused cell, so they run as
+    they do with ``fused=False``. Parametrizations
     (``torch.nn.utils.parametrizations``) need no such detour: the operator gets the
     parametrized weight.
 
@@ -297,9 +299,10 @@ class ConvLSTM(nn.Module):
     frames); ``last_states`` is a list of ``(h, c)`` per layer (laid out as the output's frames),
     which can be passed back as ``state`` (e.g. from an encoder to a decoder).
 
-    Global module hooks (``torch.nn.modules.module.register_module_forward_hook``, which
-    ``torch.utils.module_tracker.ModuleTracker`` and ``FlopCounterMode`` register) also send every
-    layer down the step-by-step path, at about half the speed, so that they see the convolutions.
+    Global module hooks, forward or backward (``torch.nn.modules.module.register_module_forward_hook``,
+    which ``torch.utils.module_tracker.ModuleTracker`` and ``FlopCounterMode`` register) also send
+    every layer down the step-by-step path, at about half the speed, so that they see the
+    convolutions.
     The fused modules' autograd is a C++ ``autograd.Function``: ``torch.func`` transforms
     (``grad``, ``jvp``, per-sample gradients as ``vmap(grad(...))``) and forward-mode AD need
     ``fused=False`` (``vmap`` alone runs the fused layer once per sample).
