@@ -152,6 +152,16 @@ def _trained_on(data, cfg: dict) -> bool:
         return False
 
 
+def check_mnist_test(mnist_test, source) -> None:
+    """:class:`ConfigError` where a Moving MNIST test file is given for clips of another
+    ``source`` (it would be ignored, the scores silently of other clips)."""
+    from .data import source as data_source
+
+    if mnist_test is not None and data_source.kind(source) != data_source.MOVING_MNIST:
+        where = f"'{source}'" if source else "the embedded data set"
+        raise ConfigError(f"`mnist_test` applies to Moving MNIST clips; these come from {where}")
+
+
 def heldout_clips(
     cfg: dict,
     data,
@@ -181,6 +191,7 @@ def heldout_clips(
     from .training.checkpoint import data_root
 
     source = data if data is not None else cfg.get("data")
+    check_mnist_test(mnist_test, source)
     if data_source.kind(source) == data_source.MOVING_MNIST:
         clips = moving_mnist.clips(
             frames,

@@ -31,6 +31,7 @@ import torch
 from .errors import ConfigError, OutputError
 
 __all__ = [
+    "check_memory",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -382,6 +383,21 @@ def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def check_memory(nbytes: int, what: str, hint: str) -> None:
+    """:class:`ConfigError` where ``what`` would take more than half this machine's physical
+    memory (a setting of absurd size, say, refused before anything is allocated)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: nothing to compare with
+        return
+    if nbytes > total // 2:
+        size = f"{nbytes / 2**30:,.1f} GiB" if nbytes < 2**80 else "more than any memory"
+        raise ConfigError(
+            f"{what} would take {size}, more than half this machine's memory "
+            f"({total / 2**30:.1f} GiB); {hint}"
+        )
 
 
 def _probe_writable(folder: Path, what: str) -> None:

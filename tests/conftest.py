@@ -28,6 +28,28 @@ class CellCalls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+#: Command-line flags of the smallest training run (4 steps, one thread, no progress bar).
+TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A small embedded-style data set shared by the training, checkpoint and CLI tests: two
+    classes, two groups each (one held out), two videos per class, 16-20 frames of real H.264.
+    Tests read it; none writes into it but the video index, which they all share."""
+    from pyframepred.data import synthetic
+
+    return synthetic.generate(
+        tmp_path_factory.mktemp("videos"),
+        seed=1,
+        videos_per_class=2,
+        groups_per_class=2,
+        frames=(16, 20),
+        classes=synthetic.CLASSES[:2],
+        progress=False,
+    )
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

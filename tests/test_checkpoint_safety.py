@@ -20,34 +20,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from pyframepred import io as atomic
 from pyframepred.cli import evaluate as ev
 from pyframepred.cli import predict as pr
 from pyframepred.cli import train as tr
 from pyframepred.cli.common import EXIT_WORKER_DIED, EXIT_WRITE_FAILED
-from pyframepred.data import decode_frames, find_videos, index_videos, synthetic
+from pyframepred.data import decode_frames, find_videos, index_videos
 from pyframepred.errors import ConfigError, OutputError
 from pyframepred.training import TrainConfig, Trainer
 from pyframepred.training import checkpoint as ckpt_format
 from pyframepred.training.run_folder import RunFolderLock
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("videos")
-    return synthetic.generate(
-        out,
-        seed=1,
-        videos_per_class=2,
-        groups_per_class=2,
-        frames=(16, 20),
-        classes=synthetic.CLASSES[:2],
-        progress=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +246,7 @@ def _all_checkpoints_finite(folder: Path):
         assert not bad, (p, bad)
 
 
-@pytest.mark.parametrize("lr", ["inf", "1e38"])
+@pytest.mark.parametrize("lr", ["1e308", "1e38"])  # (inf itself is refused as a setting)
 def test_divergence_never_saves_nonfinite_weights(lr, data, tmp_path, capsys):
     out = tmp_path / "run"
     rc = tr.main(
@@ -286,7 +272,7 @@ def test_divergence_never_saves_nonfinite_weights(lr, data, tmp_path, capsys):
         "\n".join(ln for ln in err.splitlines() if not ln.startswith(("training ", "step ")))
     )
     _all_checkpoints_finite(out)
-    if lr == "inf":  # step 1 already ruined the weights: nothing saved
+    if lr == "1e308":  # step 1 already ruined the weights (inf in float32): nothing saved
         assert not (out / "last.pt").exists()
         assert "without saving them" in err
 
@@ -473,6 +459,11 @@ def test_predict_and_evaluate_never_write_over_their_inputs(run, data, tmp_path,
         assert pr.main([str(ckpt), str(video), "--out", str(out)]) == 2
         assert "is the input video" in _one_error_line(capsys.readouterr().err)
     assert ev.main([str(ckpt), "--data", str(data), "--out", str(ckpt)]) == 2
+    assert "must be a .json file" in _one_error_line(capsys.readouterr().err)
+    named_json = tmp_path / "weights.json"  # a checkpoint under a .json name
+    shutil.copy(ckpt, named_json)
+    before = _snapshot(tmp_path)
+    assert ev.main([str(named_json), "--data", str(data), "--out", str(named_json)]) == 2
     assert "is the checkpoint" in _one_error_line(capsys.readouterr().err)
     assert _snapshot(tmp_path) == before
 

@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 
 from pyframepred import io
@@ -19,24 +20,8 @@ from pyframepred.cli import evaluate as ev
 from pyframepred.cli import predict as pr
 from pyframepred.cli import train as tr
 from pyframepred.cli.common import EXIT_INTERRUPTED
-from pyframepred.data import synthetic
 from pyframepred.errors import ConfigError
 from pyframepred.evaluation import evaluate_model
-
-TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return synthetic.generate(
-        tmp_path_factory.mktemp("videos"),
-        seed=1,
-        videos_per_class=2,
-        groups_per_class=2,
-        frames=(16, 20),
-        classes=synthetic.CLASSES[:2],
-        progress=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +99,66 @@ def test_evaluate_refuses_a_seed_out_of_range(colour_ckpt, data, tmp_path, capsy
 
 
 # ----------------------------------------------------------------------------- channels
+@pytest.mark.parametrize("name", ["last.pt", "best.pt", "scores.txt", "config.json", "history.json"])
+def test_evaluate_refuses_an_out_that_is_not_its_json(colour_ckpt, name, capsys):
+    # a mistyped --out must not replace a checkpoint or the run's own files with the scores
+    run = colour_ckpt.parent
+    target = run / name
+    before = target.read_bytes() if target.exists() else None
+    assert ev.main([str(run / "best.pt"), "--clips", "2", "--out", str(target)]) == 2
+    message = one_error_line(capsys.readouterr().err)
+    assert (
+        "must be a .json file" if name.endswith((".pt", ".txt")) else f"is the {name} of the run"
+    ) in message
+    assert (target.read_bytes() if target.exists() else None) == before
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--steps", "100000000"], "predicted frames of 32x32 would take"),
+        (["--steps", str(10**20)], "more than any memory"),
+        (["--scale", "1000000"], "the output at --scale 1000000"),
+    ],
+)
+def test_predict_refuses_sizes_no_memory_holds_in_one_line(
+    colour_ckpt, video, tmp_path, capsys, extra, message
+):
+    # refused before anything is allocated (these hung, or ended in a numpy/torch traceback)
+    out = tmp_path / "p.gif"
+    assert pr.main([str(colour_ckpt), str(video), "--size", "32", "--out", str(out)] + extra) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line and "more than half this machine's memory" in line
+    assert not out.exists()
+
+
+def test_evaluate_refuses_clips_longer_than_every_video_in_one_line(colour_ckpt, data, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    assert ev.main([str(colour_ckpt), "--data", str(data), "--steps", "100000000", "--out", str(out)]) == 2
+    assert "too short" in one_error_line(capsys.readouterr().err) and not out.exists()
+
+
+def test_evaluate_refuses_a_moving_mnist_test_file_for_video_clips(colour_ckpt, data, tmp_path, capsys):
+    # it was ignored: the scores of other clips than the user asked for
+    out = tmp_path / "e.json"
+    argv = [str(colour_ckpt), "--data", str(data), "--mnist-test", str(tmp_path / "x.npy"), "--out", str(out)]
+    assert ev.main(argv) == 2
+    assert "--mnist-test applies to Moving MNIST clips" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_predict_on_a_truncated_video_is_one_clean_line(colour_ckpt, video, tmp_path, capfd):
+    # the header is read as indexing reads it: no FFmpeg or decord lines around the error
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(Path(video).read_bytes()[:3000])
+    assert pr.main([str(colour_ckpt), str(cut), "--out", str(tmp_path / "p.gif")]) == 2
+    err = capfd.readouterr().err
+    assert (
+        one_error_line(err)
+        == f"error: cannot read video '{cut}': not a video: Invalid data found when processing input"
+    )
+
+
 def test_colour_model_on_moving_mnist_gets_the_grey_channel_repeated(colour_ckpt, tmp_path, capsys):
     seqs = np.random.default_rng(1).integers(0, 256, (20, 3, 64, 64), dtype=np.uint8)  # (T, N, H, W)
     np.save(tmp_path / "test.npy", seqs)

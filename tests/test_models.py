@@ -222,6 +222,9 @@ def test_bad_inputs():
         MultiScaleGenerator(width=0.0625)([torch.zeros(1, 12, 4, 4)])
     with pytest.raises(ValueError, match="increasing"):
         MultiScaleGenerator(scales=(16, 4))
+    for kwargs in (dict(scales=(4, 16, 32)), dict(base_size=32), dict(scales=(16, 64, 128))):
+        with pytest.raises(ValueError, match="must be base_size"):  # it failed at the first validation
+            MultiScaleGenerator(**kwargs)
     with pytest.raises(ValueError, match="lambda_adv"):
         MultiScaleLoss(lambda_adv=-1)
 

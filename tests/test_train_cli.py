@@ -27,20 +27,6 @@ from pyframepred.training.cpu_threads import usable_cores
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("videos")
-    return synthetic.generate(
-        out,
-        seed=1,
-        videos_per_class=2,
-        groups_per_class=2,
-        frames=(16, 20),
-        classes=synthetic.CLASSES[:2],
-        progress=False,
-    )
-
-
 @pytest.fixture(autouse=True)
 def _threads_independent_of_load(monkeypatch):
     """Runs of one test are compared bit for bit, and CPU kernels sum in an order that depends on
@@ -295,8 +281,8 @@ def test_reference_ops_and_config_file(data, tmp_path):
         ([], "--model is required"),
         (["--model", "autoencoder", "--data", "/nonexistent/videos"], "does not exist"),
         (["--model", "autoencoder", "--steps", "0"], "--steps must be >= 1"),
-        (["--model", "autoencoder", "--lr", "-1"], "--lr must be positive, got -1.0"),
-        (["--model", "autoencoder", "--lr-d", "nan"], "--lr-d must be positive, got nan"),
+        (["--model", "autoencoder", "--lr", "-1"], "--lr must be a positive number, got -1.0"),
+        (["--model", "autoencoder", "--lr-d", "nan"], "--lr-d must be a positive number, got nan"),
         (["--model", "autoencoder", "--device", "tpu"], "--device"),
         (["--model", "autoencoder", "--config", "/nonexistent.json"], "does not exist"),
     ],

@@ -7,28 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 from pyframepred.cli import train as tr
 from pyframepred.cli.common import EXIT_USAGE, EXIT_WRITE_FAILED
-from pyframepred.data import synthetic
 from pyframepred.errors import ConfigError
 from pyframepred.training import TrainConfig
 from pyframepred.training import checkpoint as ckpt_format
-
-TINY = ["--preset", "tiny", "--no-progress", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return synthetic.generate(
-        tmp_path_factory.mktemp("videos"),
-        seed=2,
-        videos_per_class=2,
-        groups_per_class=2,
-        frames=(16, 20),
-        classes=synthetic.CLASSES[:2],
-        progress=False,
-    )
 
 
 def _error_line(err: str) -> str:
@@ -48,6 +33,9 @@ def _error_line(err: str) -> str:
         (["--model", "seq2seq", "--data", "moving-mnist", "--size", "32"], "--size 32 does not apply"),
         (["--model", "seq2seq", "--data", "moving-mnist", "--interval", "5"], "--interval 5 does not"),
         (["--model", "seq2seq", "--data", "moving-mnist", "--fps", "10"], "--fps 10.0 does not"),
+        (["--model", "seq2seq", "--lr", "inf"], "must be a positive number, got inf"),
+        (["--model", "multiscale", "--lr-d", "inf"], "must be a positive number, got inf"),
+        (["--model", "seq2seq", "--lambda-gdl", "inf"], "must be a number >= 0, got inf"),
     ],
 )
 def test_settings_a_run_cannot_use_are_one_line_errors(argv, message, data, tmp_path, capsys):
@@ -56,6 +44,37 @@ def test_settings_a_run_cannot_use_are_one_line_errors(argv, message, data, tmp_
     assert tr.main(args + ["--out", str(out)] + TINY) == EXIT_USAGE
     assert message in _error_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_multiscale_scales_not_ending_at_the_frame_are_refused_before_training(data, tmp_path, capsys):
+    config = tmp_path / "ms.toml"
+    config.write_text('model = "multiscale"\n[model_kwargs]\nscales = [4, 16, 32]\n')
+    out = tmp_path / "run"
+    assert tr.main(["--config", str(config), "--data", str(data), "--out", str(out)] + TINY) == EXIT_USAGE
+    assert "cannot build the multiscale model" in _error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_an_empty_out_is_refused_not_the_current_folder(data, tmp_path, monkeypatch, capsys):
+    # `--out "$OUT"` with OUT unset: a run must not fill (or later `overwrite`) the current folder
+    monkeypatch.chdir(tmp_path)
+    assert tr.main(["--model", "autoencoder", "--data", str(data), "--out", ""] + TINY) == EXIT_USAGE
+    assert "--out is an empty path" in _error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError, match="`out` is an empty path"):
+        TrainConfig(model="autoencoder", out="").resolved()
+
+
+def test_a_config_file_with_a_byte_order_mark_loads(tmp_path):
+    from pyframepred.training.config import load_config_file
+
+    for name, text in (
+        ("c.toml", 'model = "seq2seq"\nsteps = 2\n'),
+        ("c.json", '{"model": "seq2seq", "steps": 2}'),
+    ):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Windows editors save UTF-8
+        assert load_config_file(path) == {"model": "seq2seq", "steps": 2}
 
 
 def test_batch_norm_check_lets_through_what_trains():

@@ -41,7 +41,7 @@ from typing import Sequence
 
 from ..data import EmptySplitError
 from ..errors import OutputError, PyframepredError
-from ..evaluation import evaluate_model, format_table, heldout_clips
+from ..evaluation import check_mnist_test, evaluate_model, format_table, heldout_clips
 from ..io import atomic_write_json, check_output_file
 from ..mathieu import MathieuTestSet, evaluate_mathieu, format_mathieu_table, with_computed_masks
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -119,6 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return interruptible(_evaluate, parser, args)
 
 
+def _check_json_out(out: Path) -> None:
+    """The scores are JSON: ``out`` ends in ``.json`` (so that a mistyped ``--out last.pt`` does
+    not replace a checkpoint) and is not a run's own ``config.json``/``history.json``."""
+    if out.suffix.lower() != ".json":
+        raise OutputError(f"`out` '{out}' must be a .json file (the scores are written as JSON)")
+    run = out.parent
+    if out.name in ("config.json", "history.json") and any(
+        (run / n).exists() for n in ("last.pt", "best.pt")
+    ):
+        raise OutputError(f"`out` '{out}' is the {out.name} of the run in '{run}'; give another file name")
+
+
 def _evaluate(parser, args, written: list) -> int:
     try:
         check_positive(args, ("steps", "clips", "clips_per_video", "batch_size"))
@@ -126,6 +138,7 @@ def _evaluate(parser, args, written: list) -> int:
         device = resolve_device(args.device)
         ckpt = load_checkpoint(args.checkpoint)
         out = Path(args.out) if args.out else Path(args.checkpoint).with_name("eval.json")
+        _check_json_out(out)
         try:
             check_output_file(out, inputs={"the checkpoint": args.checkpoint})
         except OutputError as exc:
@@ -141,6 +154,7 @@ def _evaluate(parser, args, written: list) -> int:
         channels = ckpt["model_kwargs"].get("channels", 3)
         model = model_from_checkpoint(ckpt, device, args.fused)
         if mathieu and args.data and MathieuTestSet.looks_like(args.data):
+            check_mnist_test(args.mnist_test, args.data)
             ds = MathieuTestSet(args.data, n_in, steps, channels=channels)
             if ds.skipped:
                 print(

@@ -37,7 +37,7 @@ from .. import metrics as M
 from ..data.decode import read_clip
 from ..errors import ConfigError, PyframepredError
 from ..evaluation import match_channels
-from ..io import check_fps, check_output_file, side_by_side, write_animation
+from ..io import check_fps, check_memory, check_output_file, side_by_side, write_animation
 from ..models.registry import rollout
 from ..training.checkpoint import load_checkpoint, model_from_checkpoint
 from ..training.distributed import resolve_device
@@ -132,6 +132,12 @@ def _predict(parser, args, written: list) -> int:
         model = model_from_checkpoint(ckpt, device, args.fused)
         clip, n_real = read_clip(args.video, n_in, args.steps, interval, size, args.start, cfg.get("fps"))
         clip = match_channels(clip, ckpt["model_kwargs"].get("channels", 3))  # grey for a grey model
+        h, w, s = clip.shape[-2], clip.shape[-1], args.scale
+        check_memory(  # the side-by-side frames (and the two zoomed clips they are made of)
+            len(clip) * 3 * ((h * s + 8) * (2 * w * s + 12) + 2 * h * s * w * s),
+            f"the output at `scale` {s} ({len(clip)} frames of {h * s}x{w * s}, twice)",
+            "use a smaller `scale`, fewer `steps` or a smaller `size`",
+        )
         with torch.no_grad():
             pred = rollout(model, clip[None, :n_in].to(device), args.steps)[0].float().cpu()
         gen = torch.cat([clip[:n_in], pred])

@@ -92,7 +92,13 @@ def frame_offsets(frames: int, interval: int, rate_ratio: float = 1.0) -> list[i
     """Frame numbers of a clip's frames after its first: ``interval`` frames skipped between two,
     counted at a frame rate ``rate_ratio`` times slower than the video's own (its fps / the clip's
     fps), each frame the nearest in time."""
-    return [int(math.floor(k * (interval + 1) * rate_ratio + 0.5)) for k in range(frames)]
+    return [frame_offset(k, interval, rate_ratio) for k in range(frames)]
+
+
+def frame_offset(k: int, interval: int, rate_ratio: float = 1.0) -> int:
+    """The frame number of a clip's frame ``k`` after its first (``frame_offsets(...)[k]``, without
+    the list: what a clip of ``k + 1`` frames spans, for any ``k``)."""
+    return int(math.floor(k * (interval + 1) * rate_ratio + 0.5))
 
 
 class NoVideosError(ConfigError):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ._common import as_hw, decodable_path, frame_offsets, logger
+from .index import not_a_video
 
 __all__ = ["decode_frames", "FrameReader", "resize_frames", "read_clip"]
 
@@ -224,7 +225,7 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None, fps
     int: the short side, the aspect ratio kept), and the number of frames read (frames past
     the end are grey). Unusable input is a :class:`~pyframepred.errors.ConfigError`."""
     from ..errors import ConfigError
-    from ..io import normalize
+    from ..io import check_memory, normalize
 
     if not os.fspath(video):  # Path("") would be the current folder
         raise ConfigError("the video path is empty")
@@ -234,6 +235,9 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None, fps
     if not path.is_file():
         there = path.exists() or path.is_symlink()
         raise ConfigError(f"video '{path}' " + ("is not a regular file" if there else "does not exist"))
+    reason = not_a_video(os.fspath(path))  # as indexing does: without decord's lines on stderr
+    if reason is not None:
+        raise ConfigError(f"cannot read video '{path}': not a video: {reason}")
     try:
         vr = FrameReader(path, size=None if isinstance(size, int) else size)
     except Exception as exc:  # noqa: BLE001 - decord raises its own error types
@@ -242,6 +246,12 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None, fps
         h, w = vr.native_size
         vr.size = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
     n, total = len(vr), n_in + steps
+    h, w = vr.size if vr.size is not None else vr.native_size
+    check_memory(
+        total * 3 * h * w * 4,
+        f"{n_in} input and {steps} predicted frames of {h}x{w}",
+        "predict fewer `steps`, or at a smaller `size`",
+    )
     offsets = frame_offsets(total, interval, vr.fps / fps if fps and vr.fps > 0 else 1.0)
     need_in = offsets[n_in - 1] + 1
     if n < need_in:

@@ -202,7 +202,7 @@ def probe_video(path) -> dict:
         return _probe(decord, dpath, result)
 
 
-def _not_a_video(path: str) -> str | None:
+def not_a_video(path: str) -> str | None:
     """Why FFmpeg (through PyAV, which keeps FFmpeg's log quiet) finds no video in ``path``, or
     ``None``: a file that is no video (text, a cut-off header, sound only) is skipped with that
     reason and without decord's lines on stderr. Anything less certain (the header parses, or
@@ -219,7 +219,7 @@ def _not_a_video(path: str) -> str | None:
 
 
 def _probe(decord, path: str, result: dict) -> dict:
-    reason = _not_a_video(path)
+    reason = not_a_video(path)
     if reason is not None:
         result["error"] = "not a video: " + reason
         return result

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from ..io import normalize_into
 from ._common import VIDEO_EXTENSIONS, EmptySplitError, NoDecodableVideosError, NoVideosError, as_hw, logger
+from ._common import frame_offset as _frame_offset
 from ._common import frame_offsets as _frame_offsets
 from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
@@ -337,15 +338,17 @@ class VideoClips(Dataset):
             )
 
     # ------------------------------------------------------------------ clip geometry in time
+    def _ratio(self, info: VideoInfo) -> float:
+        return info.fps / self.fps if self.fps is not None and info.fps > 0 else 1.0
+
     def _offsets_for(self, info: VideoInfo) -> list[int]:
-        ratio = info.fps / self.fps if self.fps is not None and info.fps > 0 else 1.0
-        return _frame_offsets(self.frames, self.interval, ratio)
+        return _frame_offsets(self.frames, self.interval, self._ratio(info))
 
     def _unusable(self, info: VideoInfo):
         """``None`` for a usable video, else ``("unreadable" or "short", reason)``."""
         if not info.ok:
             return "unreadable", info.error
-        last = self._offsets_for(info)[-1]
+        last = _frame_offset(self.frames - 1, self.interval, self._ratio(info))  # no list: any frames
         if info.frames - 1 < last:
             return "short", f"too short: {info.frames} frames, a clip spans {last + 1}"
         return None

@@ -48,6 +48,11 @@ class _Scales(nn.Module):
         if not self.scales or list(self.scales) != sorted(self.scales):
             raise ValueError(f"scales must be a non-empty increasing list, got {scales!r}")
         self.base_size = check_positive_int(base_size, "base_size")
+        if self.scales[-1] != self.base_size:
+            raise ValueError(
+                f"the finest of scales {list(self.scales)} must be base_size ({self.base_size}): "
+                "the last stage predicts the whole frame"
+            )
 
     def pyramid(self, x: Tensor) -> List[Tensor]:
         """Stacked input frames ``(B, T*C, H, W)`` (or ``(B, T, C, H, W)``) at every scale."""

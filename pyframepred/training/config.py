@@ -201,6 +201,8 @@ class TrainConfig:
                 setattr(c, k, v)
         if c.out is None:
             c.out = os.path.join("runs", f"{c.model}-{c.preset}")
+        elif not os.fspath(c.out):  # an unset variable, say: not the current folder
+            raise ConfigError("`out` is an empty path; give an output folder ('.' for the current one)")
         if c.frame_loss is None:
             c.frame_loss = spec.frame_loss
         elif c.frame_loss != spec.frame_loss and spec.task != "frames":
@@ -288,11 +290,11 @@ def _validate(c: TrainConfig) -> None:
     if not 0 <= c.ema < 1:
         raise ConfigError(f"`ema` must be in [0, 1), got {c.ema}")
     for name in ("lr", "lr_d"):
-        if not getattr(c, name) > 0:
-            raise ConfigError(f"`{name}` must be positive, got {getattr(c, name)}")
+        if not 0 < getattr(c, name) < math.inf:
+            raise ConfigError(f"`{name}` must be a positive number, got {getattr(c, name)}")
     for name in ("lambda_l2", "lambda_gdl", "lambda_adv"):
-        if not getattr(c, name) >= 0:
-            raise ConfigError(f"`{name}` must be >= 0, got {getattr(c, name)}")
+        if not 0 <= getattr(c, name) < math.inf:
+            raise ConfigError(f"`{name}` must be a number >= 0, got {getattr(c, name)}")
     if not 0 <= c.test_fraction < 1:
         raise ConfigError(f"`test_fraction` must be in [0, 1), got {c.test_fraction}")
     if c.split_index not in (1, 2, 3):
@@ -366,7 +368,7 @@ def load_config_file(path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file '{p}' is not a regular file")
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = p.read_bytes().decode("utf-8-sig")  # with or without a byte-order mark
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"config file '{p}' is not UTF-8 text (byte {exc.start}: "
