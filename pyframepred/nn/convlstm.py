@@ -302,10 +302,14 @@ class ConvLSTM(nn.Module):
     Global module hooks, forward or backward (``torch.nn.modules.module.register_module_forward_hook``,
     which ``torch.utils.module_tracker.ModuleTracker`` and ``FlopCounterMode`` register) also send
     every layer down the step-by-step path, at about half the speed, so that they see the
-    convolutions.
+    convolutions. The cells themselves are not called (on either path the input convolution of
+    all steps is batched, then ``cell.step`` advances): hooks on a ``ConvLSTMCell`` in a
+    ``ConvLSTM`` do not run, hooks on its ``conv_x``/``conv_h`` do.
+
     The fused modules' autograd is a C++ ``autograd.Function``: ``torch.func`` transforms
     (``grad``, ``jvp``, per-sample gradients as ``vmap(grad(...))``) and forward-mode AD need
-    ``fused=False`` (``vmap`` alone runs the fused layer once per sample).
+    ``fused=False`` (``vmap`` alone runs the fused layer once per sample); the fused layer refuses
+    forward-mode AD with an error.
     """
 
     def __init__(
