@@ -192,3 +192,32 @@ def test_video_clips_of_an_empty_path_is_an_error_not_the_current_folder(tmp_pat
     with pytest.raises(FileNotFoundError, match="empty path"):
         VideoClips("")
     assert list(tmp_path.iterdir()) == []  # nothing indexed or written here
+
+
+# --------------------------------------------------------------------------- VideoClips arguments
+@pytest.mark.parametrize("size", ["32", (32.9, 40), True, "ab", (16, "8")])
+def test_a_size_that_is_not_integers_is_refused(tmp_path, size):
+    # "32" became the pair ("3", "2") -> 3x2 frames, 32.9 was cut to 32, True gave 1x1 frames
+    write_video(tmp_path / "A" / "v_A_g01_c01.mp4")
+    with pytest.raises(ValueError, match="size must be an int or a \\(height, width\\) pair of ints"):
+        VideoClips(tmp_path, frames=3, size=size, test_fraction=0, train=False, progress=False)
+
+
+def test_numpy_and_tensor_integer_sizes_are_the_short_side_as_an_int_is(tmp_path):
+    import torch
+
+    write_video(tmp_path / "A" / "v_A_g01_c01.mp4", size=40)
+    kw = dict(frames=3, test_fraction=0, train=False, progress=False)
+    expected = VideoClips(tmp_path, size=16, **kw)[0]
+    for size in (np.int64(16), torch.tensor(16)):
+        clips = VideoClips(tmp_path, size=size, **kw)
+        assert clips.short_side and clips.size == (16, 16)
+        assert np.array_equal(clips[0].numpy(), expected.numpy())
+    assert VideoClips(tmp_path, size=(np.int32(16), 24), **kw)[0].shape[-2:] == (16, 24)
+
+
+@pytest.mark.parametrize("name", ["frames", "interval", "clips_per_video"])
+@pytest.mark.parametrize("value", [None, "4", 2.5, True])
+def test_clip_counts_that_are_not_whole_numbers_are_one_line_errors(tmp_path, name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a (positive|non-negative) integer, got"):
+        VideoClips(tmp_path, **{name: value}, progress=False)

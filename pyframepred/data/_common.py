@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import operator
 import os
 from pathlib import Path
 
@@ -71,18 +72,44 @@ def decodable_path(path):
     yield p
 
 
+def integer(value) -> int | None:
+    """``value`` as an int where it is an integer (Python, NumPy or a one-element integer tensor;
+    not a bool, a float or a string), else ``None``."""
+    if isinstance(value, (bool, str, bytes)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def check_whole(value, name: str, low: int, what: str) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a whole number >= ``low`` (an integer,
+    or a float such as 4.0; not a bool, a string or ``None``)."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= low
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 def as_hw(size) -> tuple[int, int] | None:
-    """Normalise a size argument: ``None``, an int ``s`` -> ``(s, s)``, or ``(height, width)``."""
+    """Normalise a size argument: ``None``, an integer ``s`` -> ``(s, s)``, or ``(height, width)``
+    integers; anything else (a string, floats, a bool) is a ``ValueError``."""
     if size is None:
         return None
-    if isinstance(size, int):
-        h = w = size
+    what = f"size must be an int or a (height, width) pair of ints, got {size!r}"
+    if integer(size) is not None:
+        h = w = integer(size)
     else:
         try:
-            h, w = size
+            h, w = (None, None) if isinstance(size, (str, bytes)) else size
         except (TypeError, ValueError):
-            raise ValueError(f"size must be an int or a (height, width) pair, got {size!r}") from None
-    h, w = int(h), int(w)
+            raise ValueError(what) from None
+        h, w = integer(h), integer(w)
+        if h is None or w is None:
+            raise ValueError(what)
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
     return h, w

@@ -14,8 +14,10 @@ from torch.utils.data import Dataset
 
 from ..io import normalize_into
 from ._common import VIDEO_EXTENSIONS, EmptySplitError, NoDecodableVideosError, NoVideosError, as_hw, logger
+from ._common import check_whole as _check_whole
 from ._common import frame_offset as _frame_offset
 from ._common import frame_offsets as _frame_offsets
+from ._common import integer as _integer
 from .decode import decode_frames
 from .index import VideoInfo, class_of, index_videos
 from .splits import (
@@ -152,12 +154,9 @@ class VideoClips(Dataset):
         decode_threads: int = 1,
     ):
         super().__init__()
-        if int(frames) != frames or frames < 1:
-            raise ValueError(f"frames must be a positive integer, got {frames!r}")
-        if int(interval) != interval or interval < 0:
-            raise ValueError(f"interval must be a non-negative integer, got {interval!r}")
-        if int(clips_per_video) != clips_per_video or clips_per_video < 1:
-            raise ValueError(f"clips_per_video must be a positive integer, got {clips_per_video!r}")
+        _check_whole(frames, "frames", 1, "a positive integer")
+        _check_whole(interval, "interval", 0, "a non-negative integer")
+        _check_whole(clips_per_video, "clips_per_video", 1, "a positive integer")
         if resize not in (None, "stretch", "cover"):
             raise ValueError(f"resize must be 'stretch', 'cover' or None, got {resize!r}")
         if not crop_scale >= 1.0:
@@ -174,7 +173,7 @@ class VideoClips(Dataset):
         self.interval = int(interval)
         self.size = as_hw(size)
         # An int size is the short side (aspect kept, then a square crop: random in training).
-        self.short_side = isinstance(size, int) and resize is None
+        self.short_side = _integer(size) is not None and resize is None
         if resize is None:
             resize = "cover" if self.short_side else "stretch"
         self.train = bool(train)
