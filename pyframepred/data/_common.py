@@ -100,8 +100,9 @@ def as_hw(size) -> tuple[int, int] | None:
     if size is None:
         return None
     what = f"size must be an int or a (height, width) pair of ints, got {size!r}"
-    if integer(size) is not None:
-        h = w = integer(size)
+    side = integer(size)
+    if side is not None:
+        h = w = side
     else:
         try:
             h, w = (None, None) if isinstance(size, (str, bytes)) else size

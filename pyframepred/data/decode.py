@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._common import as_hw, decodable_path, frame_offsets, logger
+from ._common import as_hw, decodable_path, frame_offsets, integer, logger
 from .index import not_a_video
 
 __all__ = ["decode_frames", "FrameReader", "resize_frames", "read_clip"]
@@ -238,11 +238,13 @@ def read_clip(video, n_in: int, steps: int, interval: int, size, start=None, fps
     reason = not_a_video(os.fspath(path))  # as indexing does: without decord's lines on stderr
     if reason is not None:
         raise ConfigError(f"cannot read video '{path}': not a video: {reason}")
+    side = integer(size)  # an integer (NumPy's too) is the short side, as in VideoClips
     try:
-        vr = FrameReader(path, size=None if isinstance(size, int) else size)
+        vr = FrameReader(path, size=None if side is not None else size)
     except Exception as exc:  # noqa: BLE001 - decord raises its own error types
         raise ConfigError(f"cannot read video '{path}': {' '.join(str(exc).split())[:200]}") from exc
-    if isinstance(size, int):  # the short side; the other follows the video's aspect ratio
+    if side is not None:  # the other side follows the video's aspect ratio
+        size = side
         h, w = vr.native_size
         vr.size = (size, max(1, round(w * size / h))) if h <= w else (max(1, round(h * size / w)), size)
     n, total = len(vr), n_in + steps

@@ -229,33 +229,42 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     return torch.get_autocast_dtype(device_type)
 
 
-def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
-    """The fused cell's operands in dtypes it accepts (see ``ops.convlstm_gates``)."""
-    gate = x_gates.dtype if h_gates is None else torch.promote_types(x_gates.dtype, h_gates.dtype)
-    state = c_prev.dtype
+def _state_dtype(c: Tensor, bias, peephole) -> torch.dtype:
+    """The one dtype of the cell state and the parameters beside it: the widest of theirs."""
+    state = c.dtype
     for t in (bias, peephole):
         if t is not None:
             state = torch.promote_types(state, t.dtype)
+    return state
+
+
+def _to(t, dtype):
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def _cell_dtypes(x_gates, h_gates, c_prev, bias, peephole):
+    """The fused cell's operands in dtypes it accepts (see ``ops.convlstm_gates``)."""
+    gate = x_gates.dtype if h_gates is None else torch.promote_types(x_gates.dtype, h_gates.dtype)
+    state = _state_dtype(c_prev, bias, peephole)
     if not valid_state_dtype(gate, state):
         gate = state = torch.promote_types(gate, state)
-
-    def to(t, dtype):
-        return t if t is None or t.dtype == dtype else t.to(dtype)
-
-    return (to(x_gates, gate), to(h_gates, gate), to(c_prev, state), to(bias, state), to(peephole, state))
+    return (
+        _to(x_gates, gate),
+        _to(h_gates, gate),
+        _to(c_prev, state),
+        _to(bias, state),
+        _to(peephole, state),
+    )
 
 
 def _state_dtypes(gate: torch.dtype, bias, peephole, c0):
     """The layer's state-side operands (bias, peephole, ``c0``) in one dtype the fused layer
     takes beside gates of dtype ``gate``, where promoting them gives one; else unchanged (the
     operator then says what does not match)."""
-    state = c0.dtype
-    for t in (bias, peephole):
-        if t is not None:
-            state = torch.promote_types(state, t.dtype)
+    state = _state_dtype(c0, bias, peephole)
     if not valid_state_dtype(gate, state):
         return bias, peephole, c0
-    return tuple(t if t is None or t.dtype == state else t.to(state) for t in (bias, peephole, c0))
+    return _to(bias, state), _to(peephole, state), _to(c0, state)
 
 
 def _check_state(state, x: Tensor, hidden: int, name: str) -> None:
